@@ -1,0 +1,322 @@
+//! Emission: a validated [`Draft`] → the [`Policy`] model, its decision programs and its tables.
+//!
+//! The order of steps within a stage is fixed here and documented in docs/policy.md ("How a
+//! recipient is decided"): safety checks first, role accounts, then the anti-spam checks that trust
+//! may skip, greylisting last so that a triplet is only recorded for mail that passed everything else.
+
+use crate::lower::{AddressEntry, Draft, DraftFarm, DraftRelay, DomainEntry, NetEntry};
+use mtac_ruleset::model::{
+    AccessAction, BanRule, Check, Dnsbl, DnsblZone, Farm, FarmKind, Greylist, Limits, Policy, Program, Relay, Reply,
+    Scanner, Stage, Step, TableId, TableInfo, TableKind, Timeouts, Tls,
+};
+use mtac_ruleset::tables::{AddressTableBuilder, DomainTableBuilder, PrefixTableBuilder};
+use mtac_ruleset::TableInput;
+
+/// The emitted policy and its table inputs (same order as `policy.tables`).
+pub struct Emitted {
+    pub policy: Policy,
+    pub tables: Vec<TableInput>,
+}
+
+struct Tables {
+    infos: Vec<TableInfo>,
+    inputs: Vec<TableInput>,
+    errors: Vec<String>,
+}
+
+impl Tables {
+    fn next_id(&self) -> TableId {
+        u32::try_from(self.infos.len()).unwrap_or(u32::MAX)
+    }
+
+    fn domains(&mut self, name: String, entries: &[DomainEntry], sources: &[String]) -> Option<TableId> {
+        if entries.is_empty() {
+            return None;
+        }
+        let mut builder = DomainTableBuilder::new();
+        for entry in entries {
+            if let Err(e) = builder.insert(&entry.domain, entry.subdomains, 0) {
+                self.errors.push(format!("{name}: {e}"));
+            }
+        }
+        self.push(name, TableKind::Domains, entries.len(), sources, TableInput::Domains(builder))
+    }
+
+    fn addresses(&mut self, name: String, entries: &[AddressEntry], sources: &[String]) -> Option<TableId> {
+        if entries.is_empty() {
+            return None;
+        }
+        let mut builder = AddressTableBuilder::new();
+        for entry in entries {
+            if let Err(e) = builder.insert(&entry.address, 0) {
+                self.errors.push(format!("{name}: {e}"));
+            }
+        }
+        self.push(name, TableKind::Addresses, entries.len(), sources, TableInput::Addresses(builder))
+    }
+
+    /// Prefixes with values from `value_of` (an index into the farm's access actions, or 0).
+    fn prefixes(
+        &mut self,
+        name: String,
+        entries: &[NetEntry],
+        sources: &[String],
+        mut value_of: impl FnMut(&NetEntry) -> u32,
+    ) -> Option<TableId> {
+        if entries.is_empty() {
+            return None;
+        }
+        let mut builder = PrefixTableBuilder::new();
+        for entry in entries {
+            builder.insert(entry.net, value_of(entry));
+        }
+        self.push(name, TableKind::Prefixes, entries.len(), sources, TableInput::Prefixes(builder))
+    }
+
+    fn push(
+        &mut self,
+        name: String,
+        kind: TableKind,
+        entries: usize,
+        sources: &[String],
+        input: TableInput,
+    ) -> Option<TableId> {
+        let id = self.next_id();
+        self.infos.push(TableInfo { kind, name, entries: entries as u64, sources: sources.to_vec() });
+        self.inputs.push(input);
+        Some(id)
+    }
+}
+
+/// Build the model. `Err` carries internal table errors (validation should have caught them).
+pub fn emit(draft: &Draft) -> Result<Emitted, Vec<String>> {
+    let mut tables = Tables { infos: Vec::new(), inputs: Vec::new(), errors: Vec::new() };
+    let hostname = draft.hostname.as_ref().map(|(h, _)| h.clone()).unwrap_or_else(|| "localhost.localdomain".to_owned());
+    let farms = draft.farms.iter().map(|farm| emit_farm(farm, &hostname, &mut tables)).collect();
+    if !tables.errors.is_empty() {
+        return Err(tables.errors);
+    }
+    let policy = Policy {
+        banner: draft.banner.clone().unwrap_or_else(|| "ESMTP mtac".to_owned()),
+        hostname,
+        spool: draft.spool.clone().unwrap_or_else(|| "/dev/shm/mtac".to_owned()),
+        farms,
+        tables: tables.infos,
+    };
+    Ok(Emitted { policy, tables: tables.inputs })
+}
+
+fn emit_farm(farm: &DraftFarm, hostname: &str, tables: &mut Tables) -> Farm {
+    let n = &farm.name;
+    let local_domains = tables.domains(format!("{n}.local-domains"), &farm.local_domains, &farm.local_domain_sources.0);
+    let local_addresses =
+        tables.addresses(format!("{n}.local-addresses"), &farm.local_addresses, &farm.local_address_sources.0);
+    // Distinct actions of the access list; table values index this list.
+    let mut access_actions: Vec<AccessAction> = Vec::new();
+    for entry in &farm.access {
+        if !access_actions.contains(&entry.action) {
+            access_actions.push(entry.action.clone());
+        }
+    }
+    let access = tables.prefixes(format!("{n}.access"), &farm.access, &farm.access_sources.0, |entry| {
+        let index = access_actions.iter().position(|a| *a == entry.action).unwrap_or(0);
+        u32::try_from(index).unwrap_or(0)
+    });
+    let relay_clients =
+        tables.prefixes(format!("{n}.relay-clients"), &farm.relay_clients, &farm.relay_client_sources.0, |_| 0);
+    let deny_domains =
+        tables.domains(format!("{n}.sender-deny-domains"), &farm.sender.deny_domains, &farm.sender.deny_sources.0);
+    let deny_addresses = tables.addresses(
+        format!("{n}.sender-deny-addresses"),
+        &farm.sender.deny_addresses,
+        &farm.sender.deny_sources.0,
+    );
+    let greylist = farm.greylist.as_ref().map(|g| Greylist {
+        delay: g.delay,
+        retry_window: g.retry_window,
+        lifetime: g.lifetime,
+        v4_prefix: g.v4_prefix,
+        v6_prefix: g.v6_prefix,
+        auto_whitelist: g.auto_whitelist,
+        whitelist_clients: tables.prefixes(format!("{n}.greylist-clients"), &g.clients, &["inline".to_owned()], |_| 0),
+        whitelist_senders: tables.domains(format!("{n}.greylist-senders"), &g.sender_domains, &["inline".to_owned()]),
+        whitelist_recipients: tables.addresses(format!("{n}.greylist-recipients"), &g.recipients, &["inline".to_owned()]),
+        reply: g.reply.clone().unwrap_or_else(|| Reply::new(451, "4.7.1", "Greylisted, please try again later")),
+    });
+    let program = program(farm, hostname, deny_domains, deny_addresses);
+    Farm {
+        name: farm.name.clone(),
+        kind: farm.kind,
+        listeners: farm.listeners.iter().map(|(l, _)| l.clone()).collect(),
+        limits: Limits {
+            connections: farm.limits.connections,
+            connections_per_ip: farm.limits.connections_per_ip,
+            message_size: farm.limits.message_size,
+            recipients: farm.limits.recipients,
+            line_length: farm.limits.line_length,
+            errors: farm.limits.errors,
+            timeouts: Timeouts {
+                command: farm.limits.command_timeout,
+                data: farm.limits.data_timeout,
+                relay: farm.limits.relay_timeout,
+                pregreet: farm.limits.pregreet,
+            },
+        },
+        trust_loopback: farm.trust_loopback,
+        local_domains,
+        local_addresses,
+        role_accounts: farm.role_accounts.clone(),
+        access,
+        access_actions,
+        relay_clients,
+        program,
+        dnsbl: farm.dnsbl.as_ref().map(|d| Dnsbl {
+            threshold: d.threshold,
+            allow_threshold: d.allow_threshold,
+            zones: d
+                .zones
+                .iter()
+                .map(|z| DnsblZone { zone: z.zone.clone(), target: z.target, answers: z.answers.clone() })
+                .collect(),
+        }),
+        bans: farm
+            .bans
+            .iter()
+            .map(|b| BanRule {
+                after: b.after.iter().map(|(r, _)| r.clone()).collect(),
+                seconds: b.seconds,
+                v4_prefix: b.v4_prefix,
+                v6_prefix: b.v6_prefix,
+            })
+            .collect(),
+        greylist,
+        scanners: farm
+            .scanners
+            .iter()
+            .map(|s| Scanner {
+                kind: s.kind,
+                address: s.address.clone(),
+                timeout: s.timeout,
+                fail_open: s.fail_open,
+                tag_score: s.tag_score,
+                reject_score: s.reject_score,
+            })
+            .collect(),
+        relay: match &farm.relay {
+            Some((DraftRelay::Backends(b), _)) => Relay::Backends(b.clone()),
+            Some((DraftRelay::Maildir(d), _)) => Relay::Maildir(d.clone()),
+            None => Relay::Backends(Vec::new()),
+        },
+        tls: farm.tls.as_ref().map(|t| Tls { certificate: t.certificate.clone(), key: t.key.clone(), required: t.required }),
+        auth: farm.auth.as_ref().map(|(a, _)| a.clone()),
+        bare_line_ends: farm.bare_line_ends,
+    }
+}
+
+fn step(rule: &str, check: Check, reply: Reply) -> Step {
+    Step { rule: rule.to_owned(), check, reply }
+}
+
+/// The decision program of a farm. Client-level rejects wait for RCPT TO by default (as Postfix's
+/// smtpd_delay_reject): a listed client is answered there, not dropped (seed 002).
+fn program(farm: &DraftFarm, hostname: &str, deny_domains: Option<TableId>, deny_addresses: Option<TableId>) -> Program {
+    let mut p = Program::default();
+    let access_stage = farm.access_stage.unwrap_or(Stage::Rcpt);
+    let dnsbl_stage = farm.dnsbl.as_ref().and_then(|d| d.stage).unwrap_or(Stage::Rcpt);
+    let helo_stage = farm.helo.stage.unwrap_or(Stage::Rcpt);
+    let sender_stage = farm.sender.stage.unwrap_or(Stage::Rcpt);
+
+    if farm.helo.required {
+        p.mail.push(step("helo.required", Check::HeloRequired, Reply::new(503, "5.5.1", "Error: send HELO/EHLO first")));
+    }
+    if farm.kind == FarmKind::Submission {
+        p.rcpt.push(step("auth.required", Check::AuthRequired, Reply::new(530, "5.7.0", "Authentication required")));
+    }
+    if farm.recipient_fqdn {
+        p.rcpt.push(step(
+            "recipient.fqdn",
+            Check::RecipientFqdn,
+            Reply::new(504, "5.5.2", "Recipient address rejected: need fully-qualified address"),
+        ));
+    }
+    // Relay control is in every farm and is never skipped: this is what makes an open relay impossible.
+    p.rcpt.push(step("relay", Check::RelayControl, Reply::new(554, "5.7.1", "Relay access denied")));
+    if !farm.role_accounts.is_empty() {
+        p.rcpt.push(step("recipient.role-account", Check::RoleAccount, Reply::new(250, "2.1.5", "OK")));
+    }
+    if !farm.local_addresses.is_empty() {
+        p.rcpt.push(step(
+            "recipient.unknown",
+            Check::RecipientKnown,
+            Reply::new(550, "5.1.1", "Recipient address rejected: User unknown in local recipient table"),
+        ));
+    }
+
+    if !farm.access.is_empty() {
+        p.stage_mut(access_stage).push(step(
+            "access",
+            Check::Access,
+            Reply::new(554, "5.7.1", "Client host rejected: Access denied"),
+        ));
+    }
+    if let Some(d) = &farm.dnsbl {
+        let reply = d.reply.clone().unwrap_or_else(|| {
+            Reply::new(554, "5.7.1", "Service unavailable; client host blocked using DNS block lists")
+        });
+        p.stage_mut(dnsbl_stage).push(step("dnsbl", Check::Dnsbl, reply));
+    }
+    let helo_steps = [
+        (farm.helo.syntax, "helo.syntax", Check::HeloSyntax, Reply::new(501, "5.5.2", "Helo command rejected: Invalid name")),
+        (farm.helo.fqdn, "helo.fqdn", Check::HeloFqdn, Reply::new(504, "5.5.2", "Helo command rejected: need fully-qualified hostname")),
+        (
+            farm.helo.not_ours,
+            "helo.not-ours",
+            Check::HeloNotOurs { names: vec![hostname.to_ascii_lowercase()] },
+            Reply::new(550, "5.7.1", "Helo command rejected: You are not me"),
+        ),
+    ];
+    for (on, rule, check, reply) in helo_steps {
+        if on {
+            p.stage_mut(helo_stage).push(step(rule, check, reply));
+        }
+    }
+    if farm.sender.fqdn {
+        p.stage_mut(sender_stage).push(step(
+            "sender.fqdn",
+            Check::SenderFqdn,
+            Reply::new(504, "5.5.2", "Sender address rejected: need fully-qualified address"),
+        ));
+    }
+    if deny_domains.is_some() || deny_addresses.is_some() {
+        p.stage_mut(sender_stage).push(step(
+            "sender.deny",
+            Check::SenderDeny { domains: deny_domains, addresses: deny_addresses },
+            Reply::new(550, "5.7.1", "Sender address rejected: Access denied"),
+        ));
+    }
+    if farm.sender.resolvable {
+        p.stage_mut(sender_stage).push(step(
+            "sender.resolvable",
+            Check::SenderResolvable,
+            Reply::new(550, "5.1.8", "Sender address rejected: Domain not found"),
+        ));
+    }
+    if let Some(g) = &farm.greylist {
+        let reply = g.reply.clone().unwrap_or_else(|| Reply::new(451, "4.7.1", "Greylisted, please try again later"));
+        p.rcpt.push(step("greylist", Check::Greylist, reply));
+    }
+    p
+}
+
+/// Every rule name of a program (for `ban after=` checks).
+pub fn rule_names(program: &Program) -> Vec<String> {
+    let mut names: Vec<String> = Vec::new();
+    for stage in Stage::ALL {
+        for s in program.stage(stage) {
+            if !names.contains(&s.rule) {
+                names.push(s.rule.clone());
+            }
+        }
+    }
+    names
+}

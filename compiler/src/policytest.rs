@@ -1,0 +1,343 @@
+//! `mtac test`: declarative policy tests kept beside the policy in git.
+//!
+//! A test file is KDL. It names the policy it tests and lists sessions with the reply each must get:
+//!
+//! ```kdl
+//! policy "mx.kdl"
+//! test "a DNSBL-listed client is refused at RCPT" {
+//!     farm "mx"
+//!     client "192.0.2.1"
+//!     helo "mail.example.org"
+//!     from "alice@example.org"
+//!     rcpt "john@example.com"
+//!     dnsbl "zen.spamhaus.org" "127.0.0.2"
+//!     expect "554 5.7.1" stage="rcpt" rule="dnsbl"
+//! }
+//! ```
+//!
+//! Each test is evaluated against the compiled ruleset with [`mtac_ruleset::eval::simulate`], the
+//! function the runtime and `mtac explain` use, so a passing test proves what a node will answer.
+
+use crate::diag::{did_you_mean, Diag, Diagnostics, SourceFile};
+use kdl::{KdlDocument, KdlNode, KdlValue};
+use mtac_ruleset::eval::{self, DomainStatus, Facts, GivenDns, GreylistStatus, ListAnswer};
+use mtac_ruleset::model::Stage;
+use mtac_ruleset::Ruleset;
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// One session to evaluate and what it must get.
+#[derive(Debug, Clone)]
+pub struct PolicyTest {
+    pub name: String,
+    pub line: usize,
+    pub farm: Option<String>,
+    pub session: Session,
+    pub expect: Expectation,
+}
+
+/// The facts of a session, as given on the command line or in a test.
+#[derive(Debug, Clone)]
+pub struct Session {
+    pub client: IpAddr,
+    pub helo: Option<String>,
+    pub from: Option<String>,
+    pub rcpt: Option<String>,
+    pub authenticated: bool,
+    pub dns: GivenDns,
+}
+
+impl Default for Session {
+    fn default() -> Self {
+        Session {
+            client: IpAddr::from([192, 0, 2, 1]),
+            helo: None,
+            from: None,
+            rcpt: None,
+            authenticated: false,
+            dns: GivenDns::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Expectation {
+    /// `accept`, or a reply prefix such as `550` or `550 5.7.1`.
+    pub reply: String,
+    pub stage: Option<Stage>,
+    pub rule: Option<String>,
+}
+
+/// A test file: the policy it names and its tests.
+pub struct TestFile {
+    pub policy: PathBuf,
+    pub tests: Vec<PolicyTest>,
+}
+
+/// What one test got.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    pub stage: Option<Stage>,
+    pub reply: String,
+    pub rule: Option<String>,
+}
+
+impl std::fmt::Display for Outcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match (&self.stage, &self.rule) {
+            (Some(stage), Some(rule)) => write!(f, "{} at {} (rule {rule})", self.reply, stage.as_str()),
+            (Some(stage), None) => write!(f, "{} at {}", self.reply, stage.as_str()),
+            _ => write!(f, "{}", self.reply),
+        }
+    }
+}
+
+/// Parse a DNS list answer flag value: `127.0.0.2`, `127.0.0.2,127.0.0.4`, `none`, `error`.
+pub fn parse_list_answer(text: &str) -> Option<ListAnswer> {
+    match text {
+        "none" | "not-listed" => Some(ListAnswer::NotListed),
+        "error" | "timeout" | "servfail" => Some(ListAnswer::Error),
+        _ => text
+            .split(',')
+            .map(|a| a.trim().parse::<Ipv4Addr>().ok())
+            .collect::<Option<Vec<_>>>()
+            .map(ListAnswer::Listed),
+    }
+}
+
+pub fn parse_domain_status(text: &str) -> Option<DomainStatus> {
+    match text {
+        "resolves" | "ok" => Some(DomainStatus::Resolves),
+        "nxdomain" | "no-records" => Some(DomainStatus::NoRecords),
+        "null-mx" => Some(DomainStatus::NullMx),
+        "tempfail" | "servfail" => Some(DomainStatus::TempFail),
+        _ => None,
+    }
+}
+
+pub fn parse_greylist(text: &str) -> Option<GreylistStatus> {
+    match text {
+        "pass" => Some(GreylistStatus::Pass),
+        "defer" => Some(GreylistStatus::Defer),
+        _ => None,
+    }
+}
+
+/// Evaluate one session against a farm, exactly as the runtime decides.
+pub fn run_session(ruleset: &Ruleset, farm: &mtac_ruleset::model::Farm, session: &Session) -> (eval::Simulation, Outcome) {
+    let facts = Facts {
+        client_ip: session.client,
+        helo: session.helo.as_deref(),
+        sender: session.from.as_deref(),
+        recipient: session.rcpt.as_deref(),
+        authenticated: session.authenticated,
+        hostname: &ruleset.policy().hostname,
+        dns: &session.dns,
+    };
+    let simulation = eval::simulate(ruleset, farm, &facts);
+    let outcome = match simulation.refusal() {
+        Some((stage, decision)) => Outcome {
+            stage: Some(stage),
+            reply: decision.reply.as_ref().map(|r| r.to_string()).unwrap_or_default(),
+            rule: decision.rule.clone(),
+        },
+        None => Outcome { stage: None, reply: "accept".to_owned(), rule: None },
+    };
+    (simulation, outcome)
+}
+
+impl PolicyTest {
+    /// `Ok(outcome)` when the test passes, `Err((outcome, why))` otherwise.
+    pub fn check(&self, ruleset: &Ruleset) -> Result<Outcome, (Option<Outcome>, String)> {
+        let farm = match &self.farm {
+            Some(name) => ruleset.farm(name),
+            None => ruleset.policy().farms.first(),
+        };
+        let Some(farm) = farm else {
+            let names: Vec<&str> = ruleset.policy().farms.iter().map(|f| f.name.as_str()).collect();
+            return Err((None, format!("no farm {:?} in the policy (farms: {})", self.farm, names.join(", "))));
+        };
+        let (_, outcome) = run_session(ruleset, farm, &self.session);
+        let reply_ok = if self.expect.reply == "accept" {
+            outcome.stage.is_none()
+        } else {
+            outcome.stage.is_some() && outcome.reply.starts_with(&self.expect.reply)
+        };
+        let stage_ok = self.expect.stage.is_none() || self.expect.stage == outcome.stage;
+        let rule_ok = self.expect.rule.is_none() || self.expect.rule == outcome.rule;
+        if reply_ok && stage_ok && rule_ok {
+            Ok(outcome)
+        } else {
+            let mut want = self.expect.reply.clone();
+            if let Some(stage) = self.expect.stage {
+                want.push_str(&format!(" at {}", stage.as_str()));
+            }
+            if let Some(rule) = &self.expect.rule {
+                want.push_str(&format!(" (rule {rule})"));
+            }
+            Err((Some(outcome), want))
+        }
+    }
+}
+
+const TEST_NODES: &[&str] =
+    &["farm", "client", "helo", "from", "rcpt", "authenticated", "dnsbl", "sender-domain", "greylist", "expect"];
+
+/// Read a test file; problems are reported as diagnostics (same form as policy errors).
+pub fn load(path: &Path, diags: &mut Diagnostics) -> Option<TestFile> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) => {
+            diags.push(Diag::error("mtac::io", format!("cannot read {}: {e}", path.display())));
+            return None;
+        }
+    };
+    let source = SourceFile { name: path.display().to_string(), text: Arc::new(text) };
+    let doc = match KdlDocument::parse_v2(&source.text) {
+        Ok(doc) => doc,
+        Err(e) => {
+            for d in e.diagnostics {
+                diags.push(
+                    Diag::error("mtac::kdl::syntax", format!("KDL syntax: {}", d.message.unwrap_or_default())).at(
+                        &source,
+                        d.span,
+                        d.label.unwrap_or_else(|| "here".to_owned()),
+                    ),
+                );
+            }
+            return None;
+        }
+    };
+    let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
+    let mut policy = None;
+    let mut tests = Vec::new();
+    for node in doc.nodes() {
+        match node.name().value() {
+            "policy" => policy = first_string(node).map(|p| dir.join(p)),
+            "test" => {
+                if let Some(test) = lower_test(node, &source, diags) {
+                    tests.push(test);
+                }
+            }
+            other => {
+                let help = did_you_mean(other, &["policy", "test"]).map_or_else(
+                    || "a test file holds `policy \"FILE\"` and `test \"NAME\" { … }` nodes".to_owned(),
+                    |g| format!("did you mean `{g}`?"),
+                );
+                diags.push(
+                    Diag::error("mtac::test::unknown-node", format!("unknown node `{other}`"))
+                        .at(&source, node.name().span(), "unknown")
+                        .help(help),
+                );
+            }
+        }
+    }
+    let Some(policy) = policy else {
+        diags.push(
+            Diag::error("mtac::test::no-policy", "the test file names no policy")
+                .at(&source, miette::SourceSpan::new(0.into(), 0), "in this file")
+                .help("add `policy \"policy.kdl\"` (relative to the test file)"),
+        );
+        return None;
+    };
+    if tests.is_empty() {
+        diags.push(Diag::warning("mtac::test::none", format!("{} holds no test", path.display())));
+    }
+    Some(TestFile { policy, tests })
+}
+
+fn first_string(node: &KdlNode) -> Option<String> {
+    node.entries().iter().find(|e| e.name().is_none()).and_then(|e| e.value().as_string()).map(str::to_owned)
+}
+
+fn strings(node: &KdlNode) -> Vec<String> {
+    node.entries()
+        .iter()
+        .filter(|e| e.name().is_none())
+        .filter_map(|e| e.value().as_string())
+        .map(str::to_owned)
+        .collect()
+}
+
+fn lower_test(node: &KdlNode, source: &SourceFile, diags: &mut Diagnostics) -> Option<PolicyTest> {
+    let name = first_string(node)?;
+    let line = source.line_col(node.span().offset()).0;
+    let mut session = Session::default();
+    let mut farm = None;
+    let mut expect = None;
+    let errors_before = diags.errors();
+    let bad = |diags: &mut Diagnostics, child: &KdlNode, message: String, help: &str| {
+        diags.push(Diag::error("mtac::test::value", message).at(source, child.span(), "invalid").help(help));
+    };
+    for child in node.children().map(|d| d.nodes()).unwrap_or_default() {
+        let values = strings(child);
+        let value = values.first().cloned();
+        match child.name().value() {
+            "farm" => farm = value,
+            "client" => match value.as_deref().map(str::parse::<IpAddr>) {
+                Some(Ok(ip)) => session.client = ip,
+                _ => bad(diags, child, "`client` needs an IP address".to_owned(), "e.g. client \"192.0.2.1\""),
+            },
+            "helo" => session.helo = value,
+            "from" => session.from = value.map(|v| v.trim_start_matches('<').trim_end_matches('>').to_owned()),
+            "rcpt" => session.rcpt = value.map(|v| v.trim_start_matches('<').trim_end_matches('>').to_owned()),
+            "authenticated" => {
+                session.authenticated = child
+                    .entries()
+                    .iter()
+                    .find(|e| e.name().is_none())
+                    .map_or(true, |e| e.value() == &KdlValue::Bool(true))
+            }
+            "dnsbl" => match (values.first(), values.get(1).map(|a| parse_list_answer(a))) {
+                (Some(zone), Some(Some(answer))) => session.dns.lists.push((zone.clone(), answer)),
+                _ => bad(
+                    diags,
+                    child,
+                    "`dnsbl` needs a zone and its answer".to_owned(),
+                    "e.g. dnsbl \"zen.spamhaus.org\" \"127.0.0.2\" (or \"none\", \"error\")",
+                ),
+            },
+            "sender-domain" => match value.as_deref().and_then(parse_domain_status) {
+                Some(status) => session.dns.sender_domain = Some(status),
+                None => bad(diags, child, "unknown sender-domain status".to_owned(), "resolves, nxdomain, null-mx or tempfail"),
+            },
+            "greylist" => match value.as_deref().and_then(parse_greylist) {
+                Some(status) => session.dns.greylist = Some(status),
+                None => bad(diags, child, "unknown greylist status".to_owned(), "pass or defer"),
+            },
+            "expect" => {
+                let stage = child.get("stage").and_then(|v| v.as_string()).map(|s| Stage::parse(s));
+                if let Some(None) = stage {
+                    bad(diags, child, "unknown stage".to_owned(), "connect, helo, mail or rcpt");
+                }
+                let rule = child.get("rule").and_then(|v| v.as_string()).map(str::to_owned);
+                match value {
+                    Some(reply) => expect = Some(Expectation { reply, stage: stage.flatten(), rule }),
+                    None => bad(diags, child, "`expect` needs a reply".to_owned(), "e.g. expect \"550 5.7.1\" or expect \"accept\""),
+                }
+            }
+            other => {
+                let help = did_you_mean(other, TEST_NODES)
+                    .map_or_else(|| format!("a test may contain: {}", TEST_NODES.join(", ")), |g| format!("did you mean `{g}`?"));
+                diags.push(
+                    Diag::error("mtac::test::unknown-node", format!("unknown node `{other}` in test `{name}`"))
+                        .at(source, child.name().span(), "unknown")
+                        .help(help),
+                );
+            }
+        }
+    }
+    let Some(expect) = expect else {
+        diags.push(
+            Diag::error("mtac::test::no-expect", format!("test `{name}` expects nothing"))
+                .at(source, node.span(), "no expect")
+                .help("add e.g. expect \"550 5.7.1\" stage=\"rcpt\", or expect \"accept\""),
+        );
+        return None;
+    };
+    if diags.errors() > errors_before {
+        return None;
+    }
+    Some(PolicyTest { name, line, farm, session, expect })
+}

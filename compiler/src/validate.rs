@@ -1,0 +1,468 @@
+//! Validation of a lowered policy: duplicates, contradictions, rules that can never fire, and the
+//! safety errors (open relay, AUTH without TLS, a farm with no back end). Runs on the whole
+//! [`Draft`] and reports everything it finds.
+
+use crate::diag::{did_you_mean, Diag};
+use crate::lower::{Draft, DraftFarm, Lowerer, NetEntry, Origin};
+use ipnet::IpNet;
+use mtac_ruleset::model::{AccessAction, FarmKind};
+use std::collections::HashMap;
+use std::net::IpAddr;
+
+/// How many findings of one kind are listed before they are summarised.
+const MAX_LISTED: usize = 10;
+
+pub fn validate(lw: &mut Lowerer<'_>, draft: &Draft) {
+    if draft.hostname.is_none() {
+        lw.diags.push(
+            Diag::error("mtac::hostname::missing", "the policy names no host name")
+                .help("add `hostname \"mx1.example.net\"` at the top level: it is the greeting and Received name"),
+        );
+    }
+    if draft.farms.is_empty() {
+        lw.diags.push(
+            Diag::error("mtac::farm::none", "the policy defines no farm")
+                .help("add `farm \"mx\" kind=\"inbound-mx\" { … }` (see docs/policy.md)"),
+        );
+    }
+    let mut listeners: HashMap<std::net::SocketAddr, (&str, Origin)> = HashMap::new();
+    for farm in &draft.farms {
+        for (listener, origin) in &farm.listeners {
+            if let Some((other, _)) = listeners.get(&listener.address) {
+                lw.report(
+                    Diag::error("mtac::listen::shared", format!("{} is also a listener of farm `{other}`", listener.address))
+                        .help("each address:port belongs to one farm"),
+                    *origin,
+                    "listened on twice",
+                );
+            } else {
+                listeners.insert(listener.address, (&farm.name, *origin));
+            }
+        }
+        validate_farm(lw, farm);
+    }
+}
+
+fn validate_farm(lw: &mut Lowerer<'_>, farm: &DraftFarm) {
+    let name = &farm.name;
+    if farm.listeners.is_empty() {
+        lw.report(
+            Diag::error("mtac::listen::none", format!("farm `{name}` listens nowhere"))
+                .help("add e.g. `listen \"0.0.0.0:25\"`"),
+            farm.origin,
+            "no listen",
+        );
+    }
+    if farm.relay.is_none() {
+        lw.report(
+            Diag::error("mtac::relay::none", format!("farm `{name}` has no back end"))
+                .help("mtac keeps no queue: add `relay { backend \"smtp://10.0.0.5:25\" }`, or `deliver maildir=\"DIR\"` on one machine"),
+            farm.origin,
+            "mail would have nowhere to go",
+        );
+    }
+    match farm.kind {
+        FarmKind::InboundMx => {
+            if farm.local_domains.is_empty() {
+                lw.report(
+                    Diag::error("mtac::local-domains::none", format!("inbound farm `{name}` has no local domains"))
+                        .help("list the domains it receives mail for: `local-domains \"example.com\"`; without them every recipient is refused"),
+                    farm.origin,
+                    "accepts no mail",
+                );
+            }
+        }
+        FarmKind::Submission => {
+            if farm.auth.is_none() {
+                lw.report(
+                    Diag::error("mtac::submission::no-auth", format!("submission farm `{name}` has no `auth`"))
+                        .help("a submission farm relays for its users only: add `auth { ldap … }` or `auth { user … }`"),
+                    farm.origin,
+                    "anyone could relay",
+                );
+            }
+            if farm.greylist.is_some() {
+                lw.report(
+                    Diag::warning("mtac::greylist::submission", "greylisting never applies on a submission farm")
+                        .help("authenticated clients skip greylisting; remove it"),
+                    farm.greylist.as_ref().map_or(farm.origin, |g| g.origin),
+                    "can never fire",
+                );
+            }
+        }
+    }
+    if let Some((_, origin)) = &farm.auth {
+        if farm.tls.is_none() {
+            lw.report(
+                Diag::error("mtac::auth::no-tls", format!("farm `{name}` offers AUTH without TLS"))
+                    .help("passwords must never cross the network in clear: add `tls certificate=\"…\" key=\"…\"`"),
+                *origin,
+                "AUTH without TLS",
+            );
+        }
+    }
+    for (listener, origin) in &farm.listeners {
+        if listener.implicit_tls && farm.tls.is_none() {
+            lw.report(
+                Diag::error("mtac::listen::no-certificate", format!("{} wants implicit TLS but the farm has no `tls`", listener.address))
+                    .help("add `tls certificate=\"…\" key=\"…\"` to the farm"),
+                *origin,
+                "implicit TLS without a certificate",
+            );
+        }
+        let port = listener.address.port();
+        if farm.kind == FarmKind::Submission && port == 25 {
+            lw.report(
+                Diag::warning("mtac::listen::port", "a submission farm on port 25")
+                    .help("submission is ports 587 and 465 (RFC 6409, RFC 8314); MX traffic on 25 would be refused for want of AUTH"),
+                *origin,
+                "port 25",
+            );
+        }
+        if farm.kind == FarmKind::InboundMx && (port == 587 || port == 465) {
+            lw.report(
+                Diag::warning("mtac::listen::port", format!("an inbound-mx farm on submission port {port}"))
+                    .help("users submitting here would be treated as strangers; use a submission farm"),
+                *origin,
+                "submission port",
+            );
+        }
+    }
+    if let Some(tls) = &farm.tls {
+        for (what, path) in [("certificate", &tls.certificate), ("key", &tls.key)] {
+            if let Err(e) = std::fs::metadata(path) {
+                lw.report(
+                    Diag::error("mtac::tls::file", format!("TLS {what} {path}: {e}"))
+                        .help("the node reads it at start and on reload; deploy it with the ruleset"),
+                    tls.origin,
+                    "file missing",
+                );
+            }
+        }
+    }
+    duplicate_domains(lw, farm);
+    addresses_outside_domains(lw, farm);
+    access_conflicts(lw, &farm.access, "access");
+    relay_clients(lw, farm);
+    dnsbl(lw, farm);
+}
+
+fn duplicate_domains(lw: &mut Lowerer<'_>, farm: &DraftFarm) {
+    let mut seen: HashMap<(&str, bool), Origin> = HashMap::with_capacity(farm.local_domains.len());
+    let mut reported = 0usize;
+    let mut more = 0usize;
+    for entry in &farm.local_domains {
+        if let Some(first) = seen.insert((&entry.domain, entry.subdomains), entry.origin) {
+            if reported < MAX_LISTED {
+                reported += 1;
+                let first_at = describe(lw, first);
+                lw.report(
+                    Diag::warning("mtac::local-domains::duplicate", format!("local domain `{}` is listed twice", entry.domain))
+                        .help(format!("first listed at {first_at}; remove one")),
+                    entry.origin,
+                    "duplicate",
+                );
+            } else {
+                more += 1;
+            }
+        }
+    }
+    summarise(lw, more, "duplicate local domains");
+}
+
+/// Addresses whose domain is not local can never be accepted: relay control refuses them first.
+fn addresses_outside_domains(lw: &mut Lowerer<'_>, farm: &DraftFarm) {
+    if farm.local_addresses.is_empty() {
+        return;
+    }
+    let exact: HashMap<&str, ()> = farm.local_domains.iter().map(|d| (d.domain.as_str(), ())).collect();
+    let wildcard: Vec<&str> = farm.local_domains.iter().filter(|d| d.subdomains).map(|d| d.domain.as_str()).collect();
+    let is_local = |domain: &str| {
+        exact.contains_key(domain)
+            || wildcard.iter().any(|w| domain.len() > w.len() && domain.ends_with(w) && domain.as_bytes().get(domain.len() - w.len() - 1) == Some(&b'.'))
+    };
+    let mut sorted: Vec<(String, usize)> = Vec::with_capacity(farm.local_addresses.len());
+    let mut outside = 0usize;
+    let mut listed = 0usize;
+    for (index, entry) in farm.local_addresses.iter().enumerate() {
+        let key = entry.address.to_ascii_lowercase();
+        let domain = key.rsplit_once('@').map_or("", |(_, d)| d).trim_end_matches('.');
+        if !is_local(domain) {
+            if listed < MAX_LISTED {
+                listed += 1;
+                lw.report(
+                    Diag::warning("mtac::local-addresses::not-local", format!("`{}` is not in a local domain: it can never match", entry.address))
+                        .help("add its domain to `local-domains`, or remove the address"),
+                    entry.origin,
+                    "never matches",
+                );
+            } else {
+                outside += 1;
+            }
+        }
+        sorted.push((key, index));
+    }
+    summarise(lw, outside, "addresses outside the local domains");
+    sorted.sort_unstable();
+    let mut dup_more = 0usize;
+    let mut dup_listed = 0usize;
+    for pair in sorted.windows(2) {
+        if let [(a, first), (b, second)] = pair {
+            if a == b {
+                if dup_listed < MAX_LISTED {
+                    dup_listed += 1;
+                    let (Some(f), Some(s)) = (farm.local_addresses.get(*first), farm.local_addresses.get(*second)) else { continue };
+                    let first_at = describe(lw, f.origin);
+                    lw.report(
+                        Diag::warning("mtac::local-addresses::duplicate", format!("address `{}` is listed twice", s.address))
+                            .help(format!("first listed at {first_at} (addresses compare case-insensitively)")),
+                        s.origin,
+                        "duplicate",
+                    );
+                } else {
+                    dup_more += 1;
+                }
+            }
+        }
+    }
+    summarise(lw, dup_more, "duplicate addresses");
+}
+
+fn action_name(action: &AccessAction) -> &'static str {
+    match action {
+        AccessAction::Accept => "accept",
+        AccessAction::Reject(_) => "reject",
+        AccessAction::Defer(_) => "defer",
+    }
+}
+
+/// Same network twice with different actions is an error; nested networks with different actions
+/// are legal (the longer prefix wins) and explained; nested ones with the same action never fire.
+pub fn access_conflicts(lw: &mut Lowerer<'_>, entries: &[NetEntry], list: &str) {
+    let mut order: Vec<usize> = (0..entries.len()).collect();
+    // Sort by family, network start, then prefix length: an enclosing prefix comes before what it contains.
+    let key = |i: &usize| {
+        entries.get(*i).map(|e| match e.net {
+            IpNet::V4(n) => (0u8, u128::from(u32::from(n.network())), n.prefix_len()),
+            IpNet::V6(n) => (1u8, u128::from(n.network()), n.prefix_len()),
+        })
+    };
+    order.sort_by_key(key);
+    let mut stack: Vec<usize> = Vec::new();
+    let (mut contradictions, mut overlaps, mut redundant, mut dups) = (0usize, 0usize, 0usize, 0usize);
+    let mut hidden = 0usize;
+    for &index in &order {
+        let Some(entry) = entries.get(index) else { continue };
+        while let Some(&top) = stack.last() {
+            if entries.get(top).is_some_and(|t| t.net.contains(&entry.net)) {
+                break;
+            }
+            stack.pop();
+        }
+        if let Some(parent) = stack.last().and_then(|&t| entries.get(t)) {
+            let (this, that) = (action_name(&entry.action), action_name(&parent.action));
+            let parent_at = describe(lw, parent.origin);
+            if parent.net == entry.net {
+                if this != that {
+                    contradictions += 1;
+                    lw.report(
+                        Diag::error("mtac::access::contradiction", format!("{} is both {that}ed and {this}ed in {list}", entry.net))
+                            .help(format!("the other entry is at {parent_at}; keep one of them")),
+                        entry.origin,
+                        "contradicts an earlier entry",
+                    );
+                } else if parent.action == entry.action {
+                    if dups < MAX_LISTED {
+                        lw.report(
+                            Diag::warning("mtac::access::duplicate", format!("{} is listed twice in {list}", entry.net))
+                                .help(format!("first at {parent_at}")),
+                            entry.origin,
+                            "duplicate",
+                        );
+                    } else {
+                        hidden += 1;
+                    }
+                    dups += 1;
+                } else {
+                    contradictions += 1;
+                    lw.report(
+                        Diag::error("mtac::access::contradiction", format!("{} is listed twice in {list} with different replies", entry.net))
+                            .help(format!("the other entry is at {parent_at}; keep one reply")),
+                        entry.origin,
+                        "contradicts an earlier entry",
+                    );
+                }
+            } else if this != that {
+                if overlaps < MAX_LISTED {
+                    lw.report(
+                        Diag::warning("mtac::access::overlap", format!("{} ({this}) lies inside {} ({that})", entry.net, parent.net))
+                            .help(format!("the longest prefix wins: {this} for {}, {that} for the rest of {} (at {parent_at})", entry.net, parent.net)),
+                        entry.origin,
+                        "overrides a wider entry",
+                    );
+                } else {
+                    hidden += 1;
+                }
+                overlaps += 1;
+            } else if parent.action == entry.action {
+                if redundant < MAX_LISTED {
+                    lw.report(
+                        Diag::warning("mtac::access::never-fires", format!("{} can never change a decision", entry.net))
+                            .help(format!("{} (at {parent_at}) already {that}s it with the same reply; remove the narrower entry", parent.net)),
+                        entry.origin,
+                        "redundant",
+                    );
+                } else {
+                    hidden += 1;
+                }
+                redundant += 1;
+            }
+        }
+        stack.push(index);
+    }
+    summarise(lw, hidden, &format!("further overlapping or duplicate entries in {list}"));
+    let _ = contradictions;
+}
+
+/// Public networks wider than a /16 (v4) or /32 (v6) in relay-clients make an open relay.
+fn relay_clients(lw: &mut Lowerer<'_>, farm: &DraftFarm) {
+    for entry in &farm.relay_clients {
+        let too_wide = match entry.net {
+            IpNet::V4(n) => n.prefix_len() < 16,
+            IpNet::V6(n) => n.prefix_len() < 32,
+        };
+        if !too_wide {
+            continue;
+        }
+        if let Some(client) = public_address_in(&entry.net) {
+            let rcpt = "someone@relay-probe.example";
+            lw.report(
+                Diag::error("mtac::open-relay", format!("farm `{}` would relay for anyone in {}", farm.name, entry.net))
+                    .help(format!(
+                        "counter-example: client {client}, MAIL FROM:<spammer@example.org>, RCPT TO:<{rcpt}> would be relayed. \
+                         List only your own networks in relay-clients; users authenticate on a submission farm"
+                    )),
+                entry.origin,
+                "open relay",
+            );
+        }
+    }
+    access_conflicts(lw, &farm.relay_clients, "relay-clients");
+}
+
+/// A globally routable address inside `net`, if there is one (for counter-examples).
+pub fn public_address_in(net: &IpNet) -> Option<IpAddr> {
+    let candidates: [IpAddr; 8] = [
+        net.network(),
+        IpAddr::from([8, 8, 8, 8]),
+        IpAddr::from([1, 1, 1, 1]),
+        IpAddr::from([45, 1, 2, 3]),
+        IpAddr::from([100, 1, 2, 3]),
+        IpAddr::from([200, 1, 2, 3]),
+        "2001:4860:4860::8888".parse().unwrap_or(IpAddr::from([0u8; 16])),
+        "2a00:1450::1".parse().unwrap_or(IpAddr::from([0u8; 16])),
+    ];
+    candidates.into_iter().find(|ip| net.contains(ip) && is_global(*ip))
+}
+
+fn is_global(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => {
+            let [a, b, ..] = v4.octets();
+            !(v4.is_private()
+                || v4.is_loopback()
+                || v4.is_link_local()
+                || v4.is_unspecified()
+                || v4.is_broadcast()
+                || v4.is_documentation()
+                || a == 0
+                || (a == 100 && (64..128).contains(&b))
+                || a >= 224)
+        }
+        IpAddr::V6(v6) => {
+            let first = v6.segments().first().copied().unwrap_or(0);
+            (0x2000..0x4000).contains(&first) && !(first == 0x2001 && v6.segments().get(1) == Some(&0x0db8))
+        }
+    }
+}
+
+fn dnsbl(lw: &mut Lowerer<'_>, farm: &DraftFarm) {
+    let Some(dnsbl) = &farm.dnsbl else { return };
+    let reachable: i64 = dnsbl
+        .zones
+        .iter()
+        .map(|z| i64::from(z.answers.iter().map(|a| a.weight).max().unwrap_or(0).max(0)))
+        .sum();
+    if reachable < i64::from(dnsbl.threshold) {
+        lw.report(
+            Diag::error("mtac::dnsbl::never-fires", format!("the DNS lists can score at most {reachable}, below the threshold {}", dnsbl.threshold))
+                .help("raise the answer weights or lower the threshold: as written, no client is ever rejected"),
+            dnsbl.origin,
+            "can never fire",
+        );
+    }
+    if let Some(allow) = dnsbl.allow_threshold {
+        let lowest: i64 = dnsbl
+            .zones
+            .iter()
+            .map(|z| i64::from(z.answers.iter().map(|a| a.weight).min().unwrap_or(0).min(0)))
+            .sum();
+        if lowest > i64::from(allow) {
+            lw.report(
+                Diag::warning("mtac::dnsbl::allow-never-fires", format!("no answer has a negative weight, so allow-threshold {allow} is never reached"))
+                    .help("give an allow list (DNSWL) negative weights, e.g. `answer \"127.0.[0..255].[1..3]\" weight=-2`"),
+                dnsbl.origin,
+                "can never fire",
+            );
+        }
+    }
+    let mut zones: HashMap<&str, Origin> = HashMap::new();
+    for zone in &dnsbl.zones {
+        if zones.insert(zone.zone.as_str(), zone.origin).is_some() {
+            lw.report(
+                Diag::warning("mtac::dnsbl::duplicate", format!("zone `{}` is listed twice", zone.zone))
+                    .help("each zone is queried once; merge the answers into one `zone`"),
+                zone.origin,
+                "duplicate",
+            );
+        }
+    }
+}
+
+/// Rule names a ban may name, checked once the program is known.
+pub fn check_ban_rules(lw: &mut Lowerer<'_>, farm: &DraftFarm, rules: &[String]) {
+    let known: Vec<&str> = rules.iter().map(String::as_str).collect();
+    for ban in &farm.bans {
+        for (rule, origin) in &ban.after {
+            if !known.contains(&rule.as_str()) {
+                let help = match did_you_mean(rule, &known) {
+                    Some(g) => format!("did you mean `{g}`?"),
+                    None if known.is_empty() => "this farm has no rule that rejects".to_owned(),
+                    None => format!("rules of this farm: {}", known.join(", ")),
+                };
+                lw.report(
+                    Diag::error("mtac::ban::unknown-rule", format!("no rule `{rule}` in farm `{}`", farm.name)).help(help),
+                    *origin,
+                    "can never fire",
+                );
+            }
+        }
+    }
+}
+
+fn describe(lw: &Lowerer<'_>, origin: Origin) -> String {
+    let span = lw.span_of(origin);
+    match lw.file(origin.file) {
+        Some(file) => {
+            let (line, col) = file.line_col(span.offset());
+            format!("{}:{line}:{col}", file.name)
+        }
+        None => "an earlier line".to_owned(),
+    }
+}
+
+fn summarise(lw: &mut Lowerer<'_>, more: usize, what: &str) {
+    if more > 0 {
+        lw.diags.push(Diag::warning("mtac::more", format!("… and {more} more {what}")));
+    }
+}

@@ -1,0 +1,440 @@
+//! The evaluator of the decision program: given what is known about a session, which reply does
+//! the policy give at a stage, and why.
+//!
+//! This is the one place where policy decisions are made. The runtime calls it at each stage of a
+//! live session; `mtac explain` and `mtac test` call it with facts given on the command line. Both
+//! therefore decide exactly alike. It does no I/O: DNS answers and greylist state arrive as
+//! [`Facts`], gathered beforehand by the runtime (or given as flags).
+//!
+//! **Invariant:** relay control and syntax checks are never skipped, whatever the client's trust.
+
+use crate::model::{AccessAction, Check, Dnsbl, DnsblTarget, Farm, Reply, Stage, Step, TableId};
+use crate::syntax;
+use std::net::{IpAddr, Ipv4Addr};
+
+/// Table lookups the evaluator needs; implemented by [`crate::Ruleset`].
+pub trait Lookup {
+    fn domain(&self, table: TableId, domain: &str) -> Option<u32>;
+    fn address(&self, table: TableId, address: &str) -> Option<u32>;
+    fn address_domain(&self, table: TableId, domain: &str) -> bool;
+    fn prefix(&self, table: TableId, ip: IpAddr) -> Option<u32>;
+}
+
+/// One DNS list's answer for this session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ListAnswer {
+    NotListed,
+    Listed(Vec<Ipv4Addr>),
+    /// Timeout, SERVFAIL, or the zone is suspended: counts as not listed.
+    Error,
+}
+
+/// Whether the sender's domain can receive mail (Postfix's reject_unknown_sender_domain).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DomainStatus {
+    Resolves,
+    /// Neither MX nor A/AAAA.
+    NoRecords,
+    /// RFC 7505 null MX: the domain says it accepts no mail, so its mail cannot be answered.
+    NullMx,
+    TempFail,
+}
+
+/// Greylisting state of the current triplet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GreylistStatus {
+    Pass,
+    Defer,
+}
+
+/// What the session knows; `None` where the runtime (or the operator) has no answer.
+pub trait DnsFacts {
+    fn list(&self, zone: &str, target: DnsblTarget) -> Option<ListAnswer>;
+    fn sender_domain(&self, domain: &str) -> Option<DomainStatus>;
+    fn greylist(&self) -> Option<GreylistStatus>;
+}
+
+/// Facts with no DNS at all: every list "not listed", every domain unknown.
+pub struct NoDns;
+
+impl DnsFacts for NoDns {
+    fn list(&self, _: &str, _: DnsblTarget) -> Option<ListAnswer> {
+        None
+    }
+    fn sender_domain(&self, _: &str) -> Option<DomainStatus> {
+        None
+    }
+    fn greylist(&self) -> Option<GreylistStatus> {
+        None
+    }
+}
+
+/// Everything the evaluator may consult.
+pub struct Facts<'a> {
+    pub client_ip: IpAddr,
+    pub helo: Option<&'a str>,
+    /// `Some("")` is the null sender `<>`.
+    pub sender: Option<&'a str>,
+    pub recipient: Option<&'a str>,
+    pub authenticated: bool,
+    /// The node's own host name (for the HELO "not ours" check).
+    pub hostname: &'a str,
+    pub dns: &'a dyn DnsFacts,
+}
+
+/// What happened at one step, for `explain` and logs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StepOutcome {
+    Passed(String),
+    Skipped(String),
+    /// The check decided: this reply ends the stage.
+    Decided(Reply),
+    /// Role account: accepted, later steps skipped.
+    Accepted(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TraceLine {
+    pub rule: String,
+    pub outcome: StepOutcome,
+}
+
+/// The result of one stage.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision {
+    /// `None`: the stage passes (the runtime answers its usual 250).
+    pub reply: Option<Reply>,
+    /// The rule that decided, if any.
+    pub rule: Option<String>,
+    /// Why the client is trusted, if it is.
+    pub trusted: Option<String>,
+    pub trace: Vec<TraceLine>,
+}
+
+/// Evaluate `stage` of `farm` for `facts`.
+pub fn evaluate(tables: &dyn Lookup, farm: &Farm, stage: Stage, facts: &Facts<'_>) -> Decision {
+    let trusted = trust(tables, farm, facts);
+    let mut trace = Vec::new();
+    // A role account (abuse@, postmaster@) must be reachable even by a client the access list
+    // refuses: that client may be the one trying to report a problem.
+    let mut role_account: Option<String> = None;
+    for step in farm.program.stage(stage) {
+        let skip = match (&trusted, &role_account) {
+            (_, Some(why)) if step.check.is_antispam() || step.check == Check::Access => Some(why.clone()),
+            (Some(why), _) if step.check.is_antispam() => Some(why.clone()),
+            _ => None,
+        };
+        if let Some(why) = skip {
+            trace.push(TraceLine { rule: step.rule.clone(), outcome: StepOutcome::Skipped(why) });
+            continue;
+        }
+        let outcome = run_step(tables, farm, step, facts);
+        let decided = match &outcome {
+            StepOutcome::Decided(reply) => Some(reply.clone()),
+            StepOutcome::Accepted(why) => {
+                role_account = Some(why.clone());
+                None
+            }
+            _ => None,
+        };
+        trace.push(TraceLine { rule: step.rule.clone(), outcome });
+        if let Some(reply) = decided {
+            return Decision { reply: Some(reply), rule: Some(step.rule.clone()), trusted, trace };
+        }
+    }
+    Decision { reply: None, rule: None, trusted, trace }
+}
+
+/// Why the client is trusted (anti-spam checks skipped), if it is.
+fn trust(tables: &dyn Lookup, farm: &Farm, facts: &Facts<'_>) -> Option<String> {
+    if facts.authenticated {
+        return Some("authenticated".to_owned());
+    }
+    if let Some(table) = farm.access {
+        if let Some(AccessAction::Accept) = access_action(tables, farm, table, facts.client_ip) {
+            return Some(format!("client {} accepted by the access list", facts.client_ip));
+        }
+    }
+    if let Some(dnsbl) = &farm.dnsbl {
+        if let Some(allow) = dnsbl.allow_threshold {
+            let (score, _) = dnsbl_score(dnsbl, facts);
+            if score <= allow {
+                return Some(format!("DNS allow-list score {score} <= {allow}"));
+            }
+        }
+    }
+    None
+}
+
+fn access_action<'f>(
+    tables: &dyn Lookup,
+    farm: &'f Farm,
+    table: TableId,
+    ip: IpAddr,
+) -> Option<&'f AccessAction> {
+    let index = tables.prefix(table, ip)?;
+    farm.access_actions.get(usize::try_from(index).ok()?)
+}
+
+/// Sum of the weights of every zone's answers; the text lists what contributed.
+pub fn dnsbl_score(dnsbl: &Dnsbl, facts: &Facts<'_>) -> (i32, Vec<String>) {
+    let mut score = 0i32;
+    let mut notes = Vec::new();
+    for zone in &dnsbl.zones {
+        match facts.dns.list(&zone.zone, zone.target) {
+            Some(ListAnswer::Listed(answers)) => {
+                for answer in answers {
+                    // Only the zone's documented answers count; anything else (127.255.255.x from a
+                    // public resolver, say) is a zone error, never a listing.
+                    match zone.answers.iter().find(|a| a.matches(answer)) {
+                        Some(filter) => {
+                            score = score.saturating_add(filter.weight);
+                            notes.push(format!("{} {} {:+}", zone.zone, answer, filter.weight));
+                        }
+                        None => notes.push(format!("{} {} ignored (undocumented answer)", zone.zone, answer)),
+                    }
+                }
+            }
+            Some(ListAnswer::Error) => notes.push(format!("{} error (not listed)", zone.zone)),
+            Some(ListAnswer::NotListed) | None => {}
+        }
+    }
+    (score, notes)
+}
+
+fn sender_domain<'a>(facts: &Facts<'a>) -> Option<&'a str> {
+    facts.sender.and_then(|s| syntax::split_address(s)).map(|(_, d)| d)
+}
+
+fn run_step(tables: &dyn Lookup, farm: &Farm, step: &Step, facts: &Facts<'_>) -> StepOutcome {
+    let fail = || StepOutcome::Decided(step.reply.clone());
+    let pass = |why: &str| StepOutcome::Passed(why.to_owned());
+    match &step.check {
+        Check::Access => {
+            let Some(table) = farm.access else { return pass("no access list") };
+            match access_action(tables, farm, table, facts.client_ip) {
+                Some(AccessAction::Reject(reply)) | Some(AccessAction::Defer(reply)) => {
+                    StepOutcome::Decided(reply.clone())
+                }
+                Some(AccessAction::Accept) => pass("client accepted"),
+                None => pass("client not listed"),
+            }
+        }
+        Check::Dnsbl => {
+            let Some(dnsbl) = &farm.dnsbl else { return pass("no DNS lists") };
+            let (score, notes) = dnsbl_score(dnsbl, facts);
+            let detail = if notes.is_empty() { "no listing".to_owned() } else { notes.join(", ") };
+            if score >= dnsbl.threshold {
+                StepOutcome::Decided(step.reply.clone())
+            } else {
+                pass(&format!("score {score} < {} ({detail})", dnsbl.threshold))
+            }
+        }
+        Check::HeloRequired => match facts.helo {
+            Some(_) => pass("HELO given"),
+            None => fail(),
+        },
+        Check::HeloSyntax => match facts.helo {
+            Some(h) if syntax::is_hostname(h) || syntax::parse_address_literal(h).is_some() => pass("valid"),
+            Some(_) => fail(),
+            None => pass("no HELO yet"),
+        },
+        Check::HeloFqdn => match facts.helo {
+            Some(h) if syntax::is_fqdn(h) || syntax::parse_address_literal(h).is_some() => pass("fully qualified"),
+            Some(_) => fail(),
+            None => pass("no HELO yet"),
+        },
+        Check::HeloNotOurs { names } => match facts.helo {
+            Some(h) => {
+                let h = syntax::normalize_domain(h);
+                let ours = h == syntax::normalize_domain(facts.hostname)
+                    || names.iter().any(|n| *n == h)
+                    || farm.local_domains.is_some_and(|t| tables.domain(t, &h).is_some())
+                    || syntax::parse_address_literal(&h).is_some_and(|ip| {
+                        farm.listeners.iter().any(|l| l.address.ip() == ip && !l.address.ip().is_unspecified())
+                    });
+                if ours {
+                    fail()
+                } else {
+                    pass("not one of our names")
+                }
+            }
+            None => pass("no HELO yet"),
+        },
+        Check::SenderFqdn => match facts.sender {
+            Some("") => pass("null sender"),
+            Some(s) => match syntax::split_address(s) {
+                Some((_, d)) if syntax::is_fqdn(d) || syntax::parse_address_literal(d).is_some() => {
+                    pass("fully qualified")
+                }
+                _ => fail(),
+            },
+            None => pass("no sender yet"),
+        },
+        Check::SenderDeny { domains, addresses } => {
+            let Some(sender) = facts.sender.filter(|s| !s.is_empty()) else {
+                return pass("null or no sender");
+            };
+            let by_address = addresses.is_some_and(|t| tables.address(t, sender).is_some());
+            let by_domain = domains.is_some_and(|t| sender_domain(facts).is_some_and(|d| tables.domain(t, d).is_some()));
+            if by_address || by_domain {
+                fail()
+            } else {
+                pass("not denied")
+            }
+        }
+        Check::SenderResolvable => {
+            let Some(domain) = sender_domain(facts) else { return pass("null or no sender") };
+            match facts.dns.sender_domain(domain) {
+                Some(DomainStatus::Resolves) => pass("domain resolves"),
+                Some(DomainStatus::NoRecords) | Some(DomainStatus::NullMx) => fail(),
+                Some(DomainStatus::TempFail) => StepOutcome::Decided(Reply::new(
+                    450,
+                    "4.1.8",
+                    "Sender address rejected: Domain not found (temporary DNS failure)",
+                )),
+                None => pass("not looked up (assumed to resolve)"),
+            }
+        }
+        Check::RecipientFqdn => match facts.recipient.and_then(syntax::split_address) {
+            Some((_, d)) if syntax::is_fqdn(d) || syntax::parse_address_literal(d).is_some() => pass("fully qualified"),
+            Some(_) => fail(),
+            None => match facts.recipient {
+                // `<postmaster>` without a domain is always allowed (RFC 5321 4.5.1).
+                Some(r) if r.eq_ignore_ascii_case("postmaster") => pass("postmaster"),
+                Some(_) => fail(),
+                None => pass("no recipient yet"),
+            },
+        },
+        Check::RelayControl => {
+            let local = match facts.recipient {
+                Some(r) if r.eq_ignore_ascii_case("postmaster") => true,
+                Some(r) => is_local_recipient(tables, farm, r),
+                None => return pass("no recipient yet"),
+            };
+            if local {
+                pass("local domain")
+            } else if facts.authenticated {
+                pass("authenticated client may relay")
+            } else if farm.relay_clients.is_some_and(|t| tables.prefix(t, facts.client_ip).is_some()) {
+                pass("client may relay")
+            } else {
+                fail()
+            }
+        }
+        Check::RecipientKnown => {
+            let Some(recipient) = facts.recipient else { return pass("no recipient yet") };
+            let Some((local, domain)) = syntax::split_address(recipient) else {
+                return pass("postmaster");
+            };
+            if !is_local_recipient(tables, farm, recipient) {
+                return pass("not a local domain");
+            }
+            if is_role_account(farm, local) {
+                return pass("role account");
+            }
+            match farm.local_addresses {
+                Some(t) if tables.address_domain(t, domain) => {
+                    if tables.address(t, recipient).is_some() {
+                        pass("listed address")
+                    } else {
+                        fail()
+                    }
+                }
+                _ => pass("domain accepts any address (the back end decides)"),
+            }
+        }
+        Check::RoleAccount => match facts.recipient {
+            Some(r) if r.eq_ignore_ascii_case("postmaster") => StepOutcome::Accepted("postmaster".to_owned()),
+            Some(r) => match syntax::split_address(r) {
+                Some((local, _)) if is_role_account(farm, local) && is_local_recipient(tables, farm, r) => {
+                    StepOutcome::Accepted(format!("role account {}", local.to_ascii_lowercase()))
+                }
+                _ => pass("not a role account"),
+            },
+            None => pass("no recipient yet"),
+        },
+        Check::Greylist => match facts.dns.greylist() {
+            Some(GreylistStatus::Defer) => fail(),
+            Some(GreylistStatus::Pass) => pass("triplet passed"),
+            None => pass("not consulted"),
+        },
+        Check::AuthRequired => {
+            if facts.authenticated {
+                pass("authenticated")
+            } else {
+                fail()
+            }
+        }
+    }
+}
+
+fn is_role_account(farm: &Farm, local: &str) -> bool {
+    farm.role_accounts.iter().any(|r| r.eq_ignore_ascii_case(local))
+}
+
+/// Is the recipient's domain one of the farm's local domains?
+pub fn is_local_recipient(tables: &dyn Lookup, farm: &Farm, recipient: &str) -> bool {
+    let Some((_, domain)) = syntax::split_address(recipient) else { return false };
+    let domain = syntax::normalize_domain(domain);
+    farm.local_domains.is_some_and(|t| tables.domain(t, &domain).is_some())
+}
+
+/// DNS and greylist answers given up front (by `mtac explain` flags or a policy test).
+#[derive(Debug, Clone, Default)]
+pub struct GivenDns {
+    /// Zone → the answers it gave (empty = not listed).
+    pub lists: Vec<(String, ListAnswer)>,
+    pub sender_domain: Option<DomainStatus>,
+    pub greylist: Option<GreylistStatus>,
+}
+
+impl DnsFacts for GivenDns {
+    fn list(&self, zone: &str, _: DnsblTarget) -> Option<ListAnswer> {
+        self.lists.iter().find(|(z, _)| z.eq_ignore_ascii_case(zone)).map(|(_, a)| a.clone())
+    }
+    fn sender_domain(&self, _: &str) -> Option<DomainStatus> {
+        self.sender_domain
+    }
+    fn greylist(&self) -> Option<GreylistStatus> {
+        self.greylist
+    }
+}
+
+/// The outcome of a whole simulated session up to its last given command.
+#[derive(Debug, Clone)]
+pub struct Simulation {
+    /// Each evaluated stage and its decision, in order.
+    pub stages: Vec<(Stage, Decision)>,
+}
+
+impl Simulation {
+    /// The stage and decision that refused the session, if any.
+    pub fn refusal(&self) -> Option<(Stage, &Decision)> {
+        self.stages.iter().find(|(_, d)| d.reply.is_some()).map(|(s, d)| (*s, d))
+    }
+}
+
+/// Evaluate the stages a session reaches with these facts, stopping at the first refusal: connect
+/// always, HELO when given, MAIL when a sender is given, RCPT when a recipient is given.
+pub fn simulate(tables: &dyn Lookup, farm: &Farm, facts: &Facts<'_>) -> Simulation {
+    let mut stages = Vec::new();
+    let reached = [
+        (Stage::Connect, true),
+        (Stage::Helo, facts.helo.is_some()),
+        (Stage::Mail, facts.sender.is_some()),
+        (Stage::Rcpt, facts.recipient.is_some()),
+    ];
+    for (stage, reached) in reached {
+        if !reached {
+            continue;
+        }
+        let decision = evaluate(tables, farm, stage, facts);
+        let refused = decision.reply.is_some();
+        stages.push((stage, decision));
+        if refused {
+            break;
+        }
+    }
+    Simulation { stages }
+}

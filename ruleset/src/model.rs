@@ -1,0 +1,425 @@
+//! The compiled policy: what the compiler checked and the runtime obeys.
+//!
+//! These types are the contract between `mtac build` and `mtac run`. The compiler fills them from a
+//! checked KDL policy; the ruleset file stores them (postcard-encoded) in its `Policy` section next to
+//! the large lookup tables, which stay memory-mapped and are referenced here by [`TableId`].
+//!
+//! Everything here is plain data: no paths are opened, no names resolved. Durations are whole
+//! seconds, sizes are bytes, and every reply text was sanitised by the compiler (no CR, LF or NUL).
+
+use serde::{Deserialize, Serialize};
+use std::net::{IpAddr, SocketAddr};
+
+/// Index of a lookup table inside the ruleset (its section id).
+pub type TableId = u32;
+
+/// The whole node: one ruleset drives every listener of every farm.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Policy {
+    /// The node's own host name: greeting, Received headers, "not our own name" HELO check.
+    pub hostname: String,
+    /// Text after the host name in the 220 greeting.
+    pub banner: String,
+    /// Directory of the RAM-disk spool.
+    pub spool: String,
+    /// Every farm this node serves.
+    pub farms: Vec<Farm>,
+    /// Where each table came from, for `mtac inspect` (indexed by [`TableId`]).
+    pub tables: Vec<TableInfo>,
+}
+
+/// What a table holds and where its entries came from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TableInfo {
+    pub kind: TableKind,
+    /// Human-readable name, e.g. `mx.local-domains`.
+    pub name: String,
+    /// Entry count.
+    pub entries: u64,
+    /// Files (and "inline") that contributed entries.
+    pub sources: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TableKind {
+    Domains,
+    Addresses,
+    Prefixes,
+}
+
+/// The two kinds of farm mtac is built for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum FarmKind {
+    /// Public port 25: every anti-spam check, local recipients only.
+    InboundMx,
+    /// Ports 587/465: TLS and AUTH required, light checks.
+    Submission,
+}
+
+impl FarmKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FarmKind::InboundMx => "inbound-mx",
+            FarmKind::Submission => "submission",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Farm {
+    pub name: String,
+    pub kind: FarmKind,
+    pub listeners: Vec<Listener>,
+    pub limits: Limits,
+    /// Loopback clients are exempt from per-IP connection limits only when this is set.
+    pub trust_loopback: bool,
+    /// Domains this farm receives mail for (subdomains included where the policy said so).
+    pub local_domains: Option<TableId>,
+    /// Known recipient addresses; when present, recipients of a local domain must be listed.
+    pub local_addresses: Option<TableId>,
+    /// Local parts always accepted at every local domain (postmaster, abuse…), lowercase.
+    pub role_accounts: Vec<String>,
+    /// Client access list: prefix → index into `access_actions`.
+    pub access: Option<TableId>,
+    pub access_actions: Vec<AccessAction>,
+    /// Networks allowed to relay to any domain (like Postfix's mynetworks).
+    pub relay_clients: Option<TableId>,
+    /// The decision program, one list of steps per stage.
+    pub program: Program,
+    pub dnsbl: Option<Dnsbl>,
+    pub bans: Vec<BanRule>,
+    pub greylist: Option<Greylist>,
+    pub scanners: Vec<Scanner>,
+    pub relay: Relay,
+    pub tls: Option<Tls>,
+    pub auth: Option<Auth>,
+    /// What to do with bare CR, bare LF and NUL in DATA.
+    pub bare_line_ends: BarePolicy,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum BarePolicy {
+    /// Refuse the message (550 5.6.11).
+    Reject,
+    /// Turn bare CR/LF into CRLF and drop NUL before relaying.
+    Normalize,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Listener {
+    pub address: SocketAddr,
+    /// TLS from the first byte (RFC 8314, port 465).
+    pub implicit_tls: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Limits {
+    pub connections: u32,
+    pub connections_per_ip: u32,
+    pub message_size: u64,
+    pub recipients: u32,
+    pub line_length: u32,
+    /// Protocol or policy errors before the session is closed with 421.
+    pub errors: u32,
+    pub timeouts: Timeouts,
+}
+
+/// Seconds allowed per stage. Each bounds the whole stage, so a client trickling one byte at a time
+/// cannot stretch it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Timeouts {
+    /// Waiting for a command (HELO, MAIL, RCPT, RSET…).
+    pub command: u32,
+    /// Receiving the whole DATA payload.
+    pub data: u32,
+    /// Waiting for the back end (each reply).
+    pub relay: u32,
+    /// How long the greeting is delayed to catch early talkers (0 = no pregreet test).
+    pub pregreet: u32,
+}
+
+/// One entry of a client access list.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AccessAction {
+    /// Trusted: anti-spam checks are skipped (relay control is not).
+    Accept,
+    Reject(Reply),
+    Defer(Reply),
+}
+
+/// An SMTP reply the policy decided on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reply {
+    pub code: u16,
+    /// Enhanced status code (RFC 3463), e.g. `5.7.1`.
+    pub status: String,
+    pub text: String,
+}
+
+impl Reply {
+    pub fn new(code: u16, status: &str, text: &str) -> Reply {
+        Reply { code, status: status.to_owned(), text: text.to_owned() }
+    }
+
+    pub fn is_permanent(&self) -> bool {
+        self.code >= 500
+    }
+}
+
+impl std::fmt::Display for Reply {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {} {}", self.code, self.status, self.text)
+    }
+}
+
+/// The SMTP stages at which the policy decides. Names match docs/session.md.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum Stage {
+    Connect,
+    Helo,
+    Mail,
+    Rcpt,
+}
+
+impl Stage {
+    pub const ALL: [Stage; 4] = [Stage::Connect, Stage::Helo, Stage::Mail, Stage::Rcpt];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Stage::Connect => "connect",
+            Stage::Helo => "helo",
+            Stage::Mail => "mail",
+            Stage::Rcpt => "rcpt",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Stage> {
+        Stage::ALL.into_iter().find(|stage| stage.as_str() == s)
+    }
+}
+
+/// The decision program: at each stage, the steps in order. The first step that decides wins.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Program {
+    pub connect: Vec<Step>,
+    pub helo: Vec<Step>,
+    pub mail: Vec<Step>,
+    pub rcpt: Vec<Step>,
+}
+
+impl Program {
+    pub fn stage(&self, stage: Stage) -> &[Step] {
+        match stage {
+            Stage::Connect => &self.connect,
+            Stage::Helo => &self.helo,
+            Stage::Mail => &self.mail,
+            Stage::Rcpt => &self.rcpt,
+        }
+    }
+
+    pub fn stage_mut(&mut self, stage: Stage) -> &mut Vec<Step> {
+        match stage {
+            Stage::Connect => &mut self.connect,
+            Stage::Helo => &mut self.helo,
+            Stage::Mail => &mut self.mail,
+            Stage::Rcpt => &mut self.rcpt,
+        }
+    }
+}
+
+/// One rule of the program: a check and the reply when it fails.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Step {
+    /// Stable rule name used in logs, metrics and `mtac explain`, e.g. `helo.fqdn`.
+    pub rule: String,
+    pub check: Check,
+    /// The reply when the check fails (access lists carry their own per entry).
+    pub reply: Reply,
+}
+
+/// What a step checks. Anti-spam checks are skipped for trusted clients, authenticated sessions
+/// and role-account recipients; safety checks (relay control, syntax) never are.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Check {
+    /// Client access list: accept (trust), reject or defer by longest prefix.
+    Access,
+    /// DNSBL/DNSWL score at or above the threshold.
+    Dnsbl,
+    /// A HELO/EHLO was given before MAIL.
+    HeloRequired,
+    /// The HELO argument is a syntactically valid host name or address literal.
+    HeloSyntax,
+    /// The HELO name is a fully qualified domain name (or an address literal).
+    HeloFqdn,
+    /// The HELO name is not our host name, one of our local domains, or one of our addresses.
+    HeloNotOurs { names: Vec<String> },
+    /// The sender's domain is fully qualified.
+    SenderFqdn,
+    /// The sender (address or domain) is not in a deny table.
+    SenderDeny { domains: Option<TableId>, addresses: Option<TableId> },
+    /// The sender's domain resolves (MX, A or AAAA; null MX refused).
+    SenderResolvable,
+    /// The recipient's domain is fully qualified.
+    RecipientFqdn,
+    /// The recipient is in a local domain, or the client may relay. Always present in inbound farms.
+    RelayControl,
+    /// The recipient is a known address (or a role account) of its local domain.
+    RecipientKnown,
+    /// The recipient is a role account: accept now, skipping the anti-spam steps after this one.
+    RoleAccount,
+    /// Greylisting (state kept by the runtime).
+    Greylist,
+    /// Submission farms: the session must be authenticated.
+    AuthRequired,
+}
+
+impl Check {
+    /// Whether a trusted client (access accept, DNSWL, AUTH) or a role account skips this step.
+    pub fn is_antispam(&self) -> bool {
+        matches!(
+            self,
+            Check::Dnsbl
+                | Check::HeloSyntax
+                | Check::HeloFqdn
+                | Check::HeloNotOurs { .. }
+                | Check::SenderFqdn
+                | Check::SenderDeny { .. }
+                | Check::SenderResolvable
+                | Check::Greylist
+        )
+    }
+}
+
+/// DNSBL/DNSWL scoring like Postfix's postscreen_dnsbl_sites.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Dnsbl {
+    pub threshold: i32,
+    /// A score at or below this makes the client trusted (DNSWL), like postscreen_dnsbl_whitelist_threshold.
+    pub allow_threshold: Option<i32>,
+    pub zones: Vec<DnsblZone>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DnsblZone {
+    pub zone: String,
+    /// What the zone is queried for.
+    pub target: DnsblTarget,
+    /// Weights by answer; an answer that matches none of them is a zone error, never a listing.
+    pub answers: Vec<DnsblAnswer>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DnsblTarget {
+    ClientIp,
+    HeloName,
+    SenderDomain,
+}
+
+/// `127.0.0.x` filter: the answer matches when each octet lies in its inclusive range.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DnsblAnswer {
+    pub octets: [(u8, u8); 4],
+    pub weight: i32,
+}
+
+impl DnsblAnswer {
+    pub fn matches(&self, ip: std::net::Ipv4Addr) -> bool {
+        self.octets.iter().zip(ip.octets()).all(|(&(lo, hi), o)| lo <= o && o <= hi)
+    }
+}
+
+/// Ban the client after one of these rules rejected it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BanRule {
+    /// Rule names (as in [`Step::rule`]) whose reject triggers the ban.
+    pub after: Vec<String>,
+    pub seconds: u32,
+    /// Prefix length the ban covers for IPv4 and IPv6 (32/128 = the address alone).
+    pub v4_prefix: u8,
+    pub v6_prefix: u8,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Greylist {
+    pub delay: u32,
+    pub retry_window: u32,
+    pub lifetime: u32,
+    pub v4_prefix: u8,
+    pub v6_prefix: u8,
+    pub auto_whitelist: u32,
+    pub whitelist_clients: Option<TableId>,
+    pub whitelist_senders: Option<TableId>,
+    pub whitelist_recipients: Option<TableId>,
+    pub reply: Reply,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Scanner {
+    pub kind: ScannerKind,
+    /// `unix:/path`, `host:port` or an http URL for rspamd.
+    pub address: String,
+    pub timeout: u32,
+    pub fail_open: bool,
+    pub tag_score: Option<i32>,
+    pub reject_score: Option<i32>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ScannerKind {
+    Clamav,
+    Spamassassin,
+    Rspamd,
+}
+
+/// Where accepted mail goes, while the sender waits.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Relay {
+    /// Back ends tried in order (failover).
+    Backends(Vec<Backend>),
+    /// The embedded one-machine default: write to a maildir, fsync, then answer 250.
+    Maildir(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Backend {
+    pub protocol: BackendProtocol,
+    /// `host:port` as written in the policy (resolved by the runtime).
+    pub address: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum BackendProtocol {
+    Smtp,
+    Lmtp,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Tls {
+    pub certificate: String,
+    pub key: String,
+    /// STARTTLS must succeed before MAIL (always true on submission farms).
+    pub required: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Auth {
+    pub mechanisms: Vec<String>,
+    pub backend: AuthBackend,
+    /// Failed attempts before the client is banned.
+    pub max_failures: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AuthBackend {
+    Ldap { url: String, bind_dn_template: String },
+    /// Users and password hashes (PHC strings) compiled in.
+    Table(Vec<(String, String)>),
+}
+
+/// Helper for the prefix fields: is `ip` loopback (v4 or v6, mapped included)?
+pub fn is_loopback(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => v4.is_loopback(),
+        IpAddr::V6(v6) => v6.is_loopback() || v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback()),
+    }
+}

@@ -1,0 +1,21 @@
+//! `mtac`: the one binary. It wires the compiler (check, build, test), the ruleset reader
+//! (inspect, explain) and the runtime (run). Arguments are parsed here and turned into the
+//! crates' own settings; no policy logic lives in this file.
+
+#![forbid(unsafe_code)]
+
+mod cli;
+
+use clap::Parser;
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    let args = cli::Cli::parse();
+    match cli::dispatch(args) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("mtac: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
