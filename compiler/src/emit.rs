@@ -219,7 +219,7 @@ fn step(rule: &str, check: Check, reply: Reply) -> Step {
 
 /// The decision program of a farm. Client-level rejects wait for RCPT TO by default (as Postfix's
 /// smtpd_delay_reject): a listed client is answered there, not dropped (seed 002).
-fn program(farm: &DraftFarm, hostname: &str, deny_domains: Option<TableId>, deny_addresses: Option<TableId>) -> Program {
+pub fn program(farm: &DraftFarm, hostname: &str, deny_domains: Option<TableId>, deny_addresses: Option<TableId>) -> Program {
     let mut p = Program::default();
     let access_stage = farm.access_stage.unwrap_or(Stage::Rcpt);
     let dnsbl_stage = farm.dnsbl.as_ref().and_then(|d| d.stage).unwrap_or(Stage::Rcpt);
@@ -287,7 +287,7 @@ fn program(farm: &DraftFarm, hostname: &str, deny_domains: Option<TableId>, deny
             Reply::new(504, "5.5.2", "Sender address rejected: need fully-qualified address"),
         ));
     }
-    if deny_domains.is_some() || deny_addresses.is_some() {
+    if !farm.sender.deny_domains.is_empty() || !farm.sender.deny_addresses.is_empty() {
         p.stage_mut(sender_stage).push(step(
             "sender.deny",
             Check::SenderDeny { domains: deny_domains, addresses: deny_addresses },

@@ -92,12 +92,6 @@ fn emit_and_probe(lw: &mut Lowerer<'_>, draft: &lower::Draft) -> Option<Output> 
             return None;
         }
     };
-    for (farm, draft_farm) in emitted.policy.farms.iter().zip(&draft.farms) {
-        validate::check_ban_rules(lw, draft_farm, &emit::rule_names(&farm.program));
-    }
-    if lw.diags.has_errors() {
-        return None;
-    }
     let bytes = match mtac_ruleset::build(&emitted.policy, emitted.tables) {
         Ok(bytes) => bytes,
         Err(e) => {

@@ -140,6 +140,19 @@ fn validate_farm(lw: &mut Lowerer<'_>, farm: &DraftFarm) {
             }
         }
     }
+    for entry in farm.local_domains.iter().filter(|d| d.subdomains && !d.domain.contains('.')) {
+        lw.report(
+            Diag::error("mtac::open-relay", format!("farm `{}` would accept mail for every domain under `.{}`", farm.name, entry.domain))
+                .help(format!(
+                    "counter-example: client 198.51.100.77, MAIL FROM:<spammer@example.org>, RCPT TO:<someone@victim.{}> \
+                     would be accepted and relayed. List the exact domains you receive mail for",
+                    entry.domain
+                )),
+            entry.origin,
+            "a whole top-level domain",
+        );
+    }
+    check_ban_rules(lw, farm, &crate::emit::rule_names(&crate::emit::program(farm, "", None, None)));
     duplicate_domains(lw, farm);
     addresses_outside_domains(lw, farm);
     access_conflicts(lw, &farm.access, "access");

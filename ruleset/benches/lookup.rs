@@ -18,8 +18,7 @@ use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughpu
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use mtac_ruleset::container::{write_atomic, Container, ContainerWriter, SectionKind};
 use mtac_ruleset::tables::{
-    AddressTable, AddressTableBuilder, DomainTable, DomainTableBuilder, PrefixTable,
-    PrefixTableBuilder,
+    AddressTable, AddressTableBuilder, DomainTable, DomainTableBuilder, PrefixTable, PrefixTableBuilder,
 };
 
 /// SplitMix64, so every run measures the same tables.
@@ -49,22 +48,12 @@ struct Sizes {
 }
 
 fn sizes() -> Sizes {
-    let div = if std::env::var_os("MTAC_BENCH_SMALL").is_some() {
-        100
-    } else {
-        1
-    };
-    Sizes {
-        prefixes_per_family: 1_000_000 / div,
-        addresses: 1_000_000 / div,
-        domains: 100_000 / div,
-    }
+    let div = if std::env::var_os("MTAC_BENCH_SMALL").is_some() { 100 } else { 1 };
+    Sizes { prefixes_per_family: 1_000_000 / div, addresses: 1_000_000 / div, domains: 100_000 / div }
 }
 
 fn label(rng: &mut Rng, len: usize) -> String {
-    (0..len)
-        .map(|_| char::from(b'a' + rng.below(26) as u8))
-        .collect()
+    (0..len).map(|_| char::from(b'a' + rng.below(26) as u8)).collect()
 }
 
 fn bench(c: &mut Criterion) {
@@ -93,9 +82,7 @@ fn bench(c: &mut Criterion) {
     }
     while v4_probes.len() < PROBES {
         v4_probes.push(IpAddr::V4(Ipv4Addr::from(rng.next() as u32)));
-        v6_probes.push(IpAddr::V6(Ipv6Addr::from(
-            (0x2000u128 << 112) | (u128::from(rng.next()) << 64),
-        )));
+        v6_probes.push(IpAddr::V6(Ipv6Addr::from((0x2000u128 << 112) | (u128::from(rng.next()) << 64))));
     }
     let prefix_bytes = prefixes.build().unwrap();
 
@@ -130,20 +117,13 @@ fn bench(c: &mut Criterion) {
     let domain_bytes = domains.build().unwrap();
 
     let mut writer = ContainerWriter::new();
-    writer
-        .add_section(SectionKind::PrefixTable, 0, prefix_bytes)
-        .unwrap();
-    writer
-        .add_section(SectionKind::AddressTable, 0, address_bytes)
-        .unwrap();
-    writer
-        .add_section(SectionKind::DomainTable, 0, domain_bytes)
-        .unwrap();
+    writer.add_section(SectionKind::PrefixTable, 0, prefix_bytes).unwrap();
+    writer.add_section(SectionKind::AddressTable, 0, address_bytes).unwrap();
+    writer.add_section(SectionKind::DomainTable, 0, domain_bytes).unwrap();
     let file = writer.to_bytes("bench");
     let container = Container::from_vec(file.clone()).unwrap();
     let prefix = PrefixTable::new(container.section(SectionKind::PrefixTable, 0).unwrap()).unwrap();
-    let address =
-        AddressTable::new(container.section(SectionKind::AddressTable, 0).unwrap()).unwrap();
+    let address = AddressTable::new(container.section(SectionKind::AddressTable, 0).unwrap()).unwrap();
     let domain = DomainTable::new(container.section(SectionKind::DomainTable, 0).unwrap()).unwrap();
     eprintln!(
         "ruleset {} bytes; prefixes: {} ({} v4 + {} v6 intervals, {} bytes); \
@@ -168,29 +148,13 @@ fn bench(c: &mut Criterion) {
         b.iter(|| v6_probes.iter().filter_map(|&ip| prefix.lookup(black_box(ip))).count())
     });
     group.bench_function("address", |b| {
-        b.iter(|| {
-            address_probes
-                .iter()
-                .filter_map(|a| address.lookup(black_box(a)))
-                .count()
-        })
+        b.iter(|| address_probes.iter().filter_map(|a| address.lookup(black_box(a))).count())
     });
     group.bench_function("address_contains_domain", |b| {
-        b.iter(|| {
-            mail_domains
-                .iter()
-                .take(PROBES)
-                .filter(|d| address.contains_domain(black_box(d)))
-                .count()
-        })
+        b.iter(|| mail_domains.iter().take(PROBES).filter(|d| address.contains_domain(black_box(d))).count())
     });
     group.bench_function("domain", |b| {
-        b.iter(|| {
-            domain_probes
-                .iter()
-                .filter_map(|d| domain.lookup(black_box(d)))
-                .count()
-        })
+        b.iter(|| domain_probes.iter().filter_map(|d| domain.lookup(black_box(d))).count())
     });
     group.finish();
 
@@ -201,11 +165,7 @@ fn bench(c: &mut Criterion) {
     group.throughput(Throughput::Bytes(file.len() as u64));
     group.sample_size(20);
     group.bench_function("from_vec", |b| {
-        b.iter_batched(
-            || file.clone(),
-            |bytes| Container::from_vec(bytes).unwrap(),
-            BatchSize::LargeInput,
-        )
+        b.iter_batched(|| file.clone(), |bytes| Container::from_vec(bytes).unwrap(), BatchSize::LargeInput)
     });
     group.bench_function("open", |b| b.iter(|| Container::open(&path).unwrap()));
     group.finish();

@@ -116,12 +116,8 @@ pub enum SectionKind {
 
 impl SectionKind {
     /// Every kind this build knows, in numeric order.
-    pub const ALL: [SectionKind; 4] = [
-        SectionKind::Policy,
-        SectionKind::DomainTable,
-        SectionKind::AddressTable,
-        SectionKind::PrefixTable,
-    ];
+    pub const ALL: [SectionKind; 4] =
+        [SectionKind::Policy, SectionKind::DomainTable, SectionKind::AddressTable, SectionKind::PrefixTable];
 
     /// The number stored in the file.
     pub fn as_u32(self) -> u32 {
@@ -171,7 +167,9 @@ pub enum ContainerError {
         source: io::Error,
     },
     /// The file is larger than this machine's address space.
-    #[error("ruleset file is {len} bytes, too large to map on this machine; compile a smaller policy or use a 64-bit build")]
+    #[error(
+        "ruleset file is {len} bytes, too large to map on this machine; compile a smaller policy or use a 64-bit build"
+    )]
     TooLarge {
         /// The file size.
         len: u64,
@@ -225,7 +223,9 @@ pub enum ContainerError {
         extra: u64,
     },
     /// The hash does not match the contents.
-    #[error("ruleset file is corrupted: its hash is {expected} but its contents hash to {actual}; restore it or recompile")]
+    #[error(
+        "ruleset file is corrupted: its hash is {expected} but its contents hash to {actual}; restore it or recompile"
+    )]
     HashMismatch {
         /// Hash stored in the header, hex.
         expected: String,
@@ -276,7 +276,9 @@ pub enum ContainerError {
         second: usize,
     },
     /// The same `(kind, id)` appears twice.
-    #[error("ruleset has two {kind} sections with id {id}; the file is damaged or the compiler is buggy, recompile it")]
+    #[error(
+        "ruleset has two {kind} sections with id {id}; the file is damaged or the compiler is buggy, recompile it"
+    )]
     DuplicateSection {
         /// The kind.
         kind: SectionKind,
@@ -342,30 +344,19 @@ impl Bytes {
     /// Wraps an owned buffer.
     pub fn from_vec(vec: Vec<u8>) -> Bytes {
         let end = vec.len();
-        Bytes {
-            backing: Arc::new(Backing::Owned(vec)),
-            start: 0,
-            end,
-        }
+        Bytes { backing: Arc::new(Backing::Owned(vec)), start: 0, end }
     }
 
     fn from_backing(backing: Backing) -> Bytes {
         let end = backing.as_slice().len();
-        Bytes {
-            backing: Arc::new(backing),
-            start: 0,
-            end,
-        }
+        Bytes { backing: Arc::new(backing), start: 0, end }
     }
 
     /// The viewed bytes.
     pub fn as_slice(&self) -> &[u8] {
         // `start..end` is inside the backing by construction; the fallback
         // keeps a broken invariant from becoming a panic.
-        self.backing
-            .as_slice()
-            .get(self.start..self.end)
-            .unwrap_or(&[])
+        self.backing.as_slice().get(self.start..self.end).unwrap_or(&[])
     }
 
     /// Number of bytes viewed.
@@ -405,10 +396,7 @@ impl AsRef<[u8]> for Bytes {
 
 impl fmt::Debug for Bytes {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Bytes")
-            .field("backing", &self.backing)
-            .field("range", &(self.start..self.end))
-            .finish()
+        f.debug_struct("Bytes").field("backing", &self.backing).field("range", &(self.start..self.end)).finish()
     }
 }
 
@@ -439,12 +427,7 @@ impl ContainerWriter {
 
     /// Adds a section. Each `(kind, id)` may appear once, because readers look
     /// sections up by that pair.
-    pub fn add_section(
-        &mut self,
-        kind: SectionKind,
-        id: u32,
-        bytes: Vec<u8>,
-    ) -> Result<(), WriteError> {
+    pub fn add_section(&mut self, kind: SectionKind, id: u32, bytes: Vec<u8>) -> Result<(), WriteError> {
         if self.sections.iter().any(|(k, i, _)| *k == kind && *i == id) {
             return Err(WriteError::DuplicateSection { kind, id });
         }
@@ -568,10 +551,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
 
     let name = path.file_name().ok_or_else(|| {
-        io::Error::new(
-            io::ErrorKind::InvalidInput,
-            format!("{} does not name a file", path.display()),
-        )
+        io::Error::new(io::ErrorKind::InvalidInput, format!("{} does not name a file", path.display()))
     })?;
     let dir = match path.parent() {
         Some(parent) if !parent.as_os_str().is_empty() => parent,
@@ -579,23 +559,16 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
     };
     let mut tmp_name = std::ffi::OsString::from(".");
     tmp_name.push(name);
-    tmp_name.push(format!(
-        ".tmp.{}.{}",
-        std::process::id(),
-        COUNTER.fetch_add(1, Ordering::Relaxed)
-    ));
+    tmp_name.push(format!(".tmp.{}.{}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed)));
     let tmp = dir.join(tmp_name);
 
     // `create_new` refuses to follow a symlink or reuse a file someone else
     // left there.
     let mut file = OpenOptions::new().write(true).create_new(true).open(&tmp)?;
-    let written = file
-        .write_all(bytes)
-        .and_then(|()| file.sync_all())
-        .and_then(|()| {
-            drop(file);
-            fs::rename(&tmp, path)
-        });
+    let written = file.write_all(bytes).and_then(|()| file.sync_all()).and_then(|()| {
+        drop(file);
+        fs::rename(&tmp, path)
+    });
     if let Err(err) = written {
         // Best effort: the original error is the one worth reporting.
         let _ = fs::remove_file(&tmp);
@@ -649,10 +622,7 @@ impl Container {
     /// The file is read once in full to check its hash; after that, lookups
     /// touch only the pages they need.
     pub fn open(path: &Path) -> Result<Container, ContainerError> {
-        let io_err = |source| ContainerError::Io {
-            path: path.to_path_buf(),
-            source,
-        };
+        let io_err = |source| ContainerError::Io { path: path.to_path_buf(), source };
         let file = File::open(path).map_err(io_err)?;
         let len = file.metadata().map_err(io_err)?.len();
         if usize::try_from(len).is_err() {
@@ -692,10 +662,7 @@ impl Container {
         }
         let format_version = u32::from_le_bytes(reader.array()?);
         if format_version != FORMAT_VERSION {
-            return Err(ContainerError::UnsupportedVersion {
-                found: format_version,
-                supported: FORMAT_VERSION,
-            });
+            return Err(ContainerError::UnsupportedVersion { found: format_version, supported: FORMAT_VERSION });
         }
         let flags = u32::from_le_bytes(reader.array()?);
         if flags != 0 {
@@ -703,14 +670,10 @@ impl Container {
         }
         let version_len = usize::from(u16::from_le_bytes(reader.array()?));
         if version_len > MAX_COMPILER_VERSION_LEN {
-            return Err(ContainerError::BadCompilerVersion {
-                reason: "longer than 64 bytes",
-            });
+            return Err(ContainerError::BadCompilerVersion { reason: "longer than 64 bytes" });
         }
         let compiler_version = std::str::from_utf8(reader.take(version_len)?)
-            .map_err(|_| ContainerError::BadCompilerVersion {
-                reason: "not UTF-8",
-            })?
+            .map_err(|_| ContainerError::BadCompilerVersion { reason: "not UTF-8" })?
             .to_owned();
         let payload_len = u64::from_le_bytes(reader.array()?);
         let hash_at = reader.pos;
@@ -729,22 +692,14 @@ impl Container {
                 need: usize::try_from(payload_start).unwrap_or(usize::MAX),
             });
         }
-        let expected = payload_start.checked_add(payload_len).ok_or(
-            ContainerError::Truncated {
-                expected: u64::MAX,
-                found: file_len,
-            },
-        )?;
+        let expected = payload_start
+            .checked_add(payload_len)
+            .ok_or(ContainerError::Truncated { expected: u64::MAX, found: file_len })?;
         if expected > file_len {
-            return Err(ContainerError::Truncated {
-                expected,
-                found: file_len,
-            });
+            return Err(ContainerError::Truncated { expected, found: file_len });
         }
         if expected < file_len {
-            return Err(ContainerError::TrailingBytes {
-                extra: file_len - expected,
-            });
+            return Err(ContainerError::TrailingBytes { extra: file_len - expected });
         }
         // Both fit: they are at most the file length.
         let payload_start = payload_start as usize;
@@ -752,15 +707,9 @@ impl Container {
 
         let actual = file_hash(file, hash_at);
         if actual != hash {
-            return Err(ContainerError::HashMismatch {
-                expected: hex(&hash),
-                actual: hex(&actual),
-            });
+            return Err(ContainerError::HashMismatch { expected: hex(&hash), actual: hex(&actual) });
         }
-        if file
-            .get(header_end..payload_start)
-            .is_some_and(|pad| pad.iter().any(|&b| b != 0))
-        {
+        if file.get(header_end..payload_start).is_some_and(|pad| pad.iter().any(|&b| b != 0)) {
             return Err(ContainerError::NonZeroPadding);
         }
 
@@ -774,16 +723,9 @@ impl Container {
                 offset: u64::from_le_bytes(reader.array()?),
                 len: u64::from_le_bytes(reader.array()?),
             };
-            let kind = SectionKind::from_u32(raw.kind).ok_or(
-                ContainerError::UnknownSectionKind {
-                    index,
-                    kind: raw.kind,
-                },
-            )?;
-            let in_bounds = raw
-                .offset
-                .checked_add(raw.len)
-                .is_some_and(|end| end <= payload_len);
+            let kind =
+                SectionKind::from_u32(raw.kind).ok_or(ContainerError::UnknownSectionKind { index, kind: raw.kind })?;
+            let in_bounds = raw.offset.checked_add(raw.len).is_some_and(|end| end <= payload_len);
             if !in_bounds {
                 return Err(ContainerError::SectionOutOfBounds {
                     index,
@@ -795,28 +737,13 @@ impl Container {
                 });
             }
             if raw.offset % ALIGN as u64 != 0 {
-                return Err(ContainerError::SectionMisaligned {
-                    index,
-                    offset: raw.offset,
-                });
+                return Err(ContainerError::SectionMisaligned { index, offset: raw.offset });
             }
-            sections.push(SectionInfo {
-                kind,
-                id: raw.id,
-                offset: raw.offset,
-                len: raw.len,
-            });
+            sections.push(SectionInfo { kind, id: raw.id, offset: raw.offset, len: raw.len });
         }
         check_disjoint(&sections)?;
 
-        Ok(Container {
-            bytes,
-            format_version,
-            compiler_version,
-            hash,
-            payload_start,
-            sections,
-        })
+        Ok(Container { bytes, format_version, compiler_version, hash, payload_start, sections })
     }
 
     /// The hash stored in (and verified against) the file.
@@ -861,13 +788,8 @@ impl Container {
 
     /// The bytes of the section `(kind, id)`, if the file has it.
     pub fn section(&self, kind: SectionKind, id: u32) -> Option<Bytes> {
-        let info = self
-            .sections
-            .iter()
-            .find(|s| s.kind == kind && s.id == id)?;
-        let start = self
-            .payload_start
-            .checked_add(usize::try_from(info.offset).ok()?)?;
+        let info = self.sections.iter().find(|s| s.kind == kind && s.id == id)?;
+        let start = self.payload_start.checked_add(usize::try_from(info.offset).ok()?)?;
         let end = start.checked_add(usize::try_from(info.len).ok()?)?;
         self.bytes.slice(start..end)
     }
@@ -886,10 +808,7 @@ fn check_disjoint(sections: &[SectionInfo]) -> Result<(), ContainerError> {
         }
         if let Some((prev_index, prev_end)) = prev {
             if s.offset < prev_end {
-                return Err(ContainerError::SectionsOverlap {
-                    first: prev_index.min(i),
-                    second: prev_index.max(i),
-                });
+                return Err(ContainerError::SectionsOverlap { first: prev_index.min(i), second: prev_index.max(i) });
             }
         }
         // In bounds was checked, so this does not overflow.
@@ -917,13 +836,8 @@ struct Reader<'a> {
 impl<'a> Reader<'a> {
     fn take(&mut self, n: usize) -> Result<&'a [u8], ContainerError> {
         let end = self.pos.saturating_add(n);
-        let out = self
-            .file
-            .get(self.pos..end)
-            .ok_or(ContainerError::TruncatedHeader {
-                len: self.file.len(),
-                need: end,
-            })?;
+        let out =
+            self.file.get(self.pos..end).ok_or(ContainerError::TruncatedHeader { len: self.file.len(), need: end })?;
         self.pos = end;
         Ok(out)
     }
@@ -951,24 +865,15 @@ mod tests {
 
     fn sample() -> Vec<u8> {
         let mut w = ContainerWriter::new();
-        w.add_section(SectionKind::Policy, 0, b"hello policy".to_vec())
-            .unwrap();
-        w.add_section(SectionKind::DomainTable, 7, vec![1, 2, 3])
-            .unwrap();
-        w.add_section(SectionKind::PrefixTable, 1, Vec::new())
-            .unwrap();
-        w.add_section(SectionKind::AddressTable, 2, vec![9; 17])
-            .unwrap();
+        w.add_section(SectionKind::Policy, 0, b"hello policy".to_vec()).unwrap();
+        w.add_section(SectionKind::DomainTable, 7, vec![1, 2, 3]).unwrap();
+        w.add_section(SectionKind::PrefixTable, 1, Vec::new()).unwrap();
+        w.add_section(SectionKind::AddressTable, 2, vec![9; 17]).unwrap();
         w.to_bytes("test 1.0")
     }
 
     fn entry(kind: SectionKind, id: u32, offset: u64, len: u64) -> RawEntry {
-        RawEntry {
-            kind: kind.as_u32(),
-            id,
-            offset,
-            len,
-        }
+        RawEntry { kind: kind.as_u32(), id, offset, len }
     }
 
     #[test]
@@ -979,19 +884,10 @@ mod tests {
         assert_eq!(c.compiler_version(), "test 1.0");
         assert_eq!(c.len(), bytes.len());
         assert_eq!(c.hash_hex().len(), 64);
-        assert_eq!(
-            c.section(SectionKind::Policy, 0).unwrap().as_ref(),
-            b"hello policy"
-        );
-        assert_eq!(
-            c.section(SectionKind::DomainTable, 7).unwrap().as_ref(),
-            &[1, 2, 3]
-        );
+        assert_eq!(c.section(SectionKind::Policy, 0).unwrap().as_ref(), b"hello policy");
+        assert_eq!(c.section(SectionKind::DomainTable, 7).unwrap().as_ref(), &[1, 2, 3]);
         assert!(c.section(SectionKind::PrefixTable, 1).unwrap().is_empty());
-        assert_eq!(
-            c.section(SectionKind::AddressTable, 2).unwrap().as_ref(),
-            &[9; 17]
-        );
+        assert_eq!(c.section(SectionKind::AddressTable, 2).unwrap().as_ref(), &[9; 17]);
         assert!(c.section(SectionKind::DomainTable, 0).is_none());
         let kinds: Vec<_> = c.sections().map(|s| (s.kind, s.id)).collect();
         assert_eq!(
@@ -1024,10 +920,7 @@ mod tests {
     fn writer_rejects_duplicate() {
         let mut w = ContainerWriter::new();
         w.add_section(SectionKind::Policy, 0, vec![]).unwrap();
-        assert!(matches!(
-            w.add_section(SectionKind::Policy, 0, vec![1]),
-            Err(WriteError::DuplicateSection { .. })
-        ));
+        assert!(matches!(w.add_section(SectionKind::Policy, 0, vec![1]), Err(WriteError::DuplicateSection { .. })));
     }
 
     #[test]
@@ -1051,10 +944,7 @@ mod tests {
             for bit in 0..8 {
                 let mut bad = bytes.clone();
                 bad[i] ^= 1 << bit;
-                assert!(
-                    Container::from_vec(bad).is_err(),
-                    "flip of bit {bit} at byte {i} not detected"
-                );
+                assert!(Container::from_vec(bad).is_err(), "flip of bit {bit} at byte {i} not detected");
             }
         }
     }
@@ -1067,10 +957,7 @@ mod tests {
         }
         let mut longer = bytes.clone();
         longer.push(0);
-        assert!(matches!(
-            Container::from_vec(longer),
-            Err(ContainerError::TrailingBytes { extra: 1 })
-        ));
+        assert!(matches!(Container::from_vec(longer), Err(ContainerError::TrailingBytes { extra: 1 })));
     }
 
     #[test]
@@ -1078,13 +965,7 @@ mod tests {
         let mut bytes = sample();
         bytes[8..12].copy_from_slice(&7u32.to_le_bytes());
         let err = Container::from_vec(bytes).unwrap_err();
-        assert!(matches!(
-            err,
-            ContainerError::UnsupportedVersion {
-                found: 7,
-                supported: 1
-            }
-        ));
+        assert!(matches!(err, ContainerError::UnsupportedVersion { found: 7, supported: 1 }));
         let msg = err.to_string();
         assert!(msg.contains("version 7") && msg.contains("reads version 1"), "{msg}");
     }
@@ -1093,53 +974,26 @@ mod tests {
     fn hostile_section_tables() {
         let payload = vec![0u8; 64];
         let cases: Vec<(Vec<RawEntry>, fn(&ContainerError) -> bool)> = vec![
-            (vec![entry(SectionKind::Policy, 0, 64, 1)], |e| {
-                matches!(e, ContainerError::SectionOutOfBounds { .. })
-            }),
+            (vec![entry(SectionKind::Policy, 0, 64, 1)], |e| matches!(e, ContainerError::SectionOutOfBounds { .. })),
             (vec![entry(SectionKind::Policy, 0, 8, u64::MAX)], |e| {
                 matches!(e, ContainerError::SectionOutOfBounds { .. })
             }),
             (vec![entry(SectionKind::Policy, 0, u64::MAX - 7, 16)], |e| {
                 matches!(e, ContainerError::SectionOutOfBounds { .. })
             }),
-            (vec![entry(SectionKind::Policy, 0, 4, 4)], |e| {
-                matches!(e, ContainerError::SectionMisaligned { .. })
+            (vec![entry(SectionKind::Policy, 0, 4, 4)], |e| matches!(e, ContainerError::SectionMisaligned { .. })),
+            (vec![entry(SectionKind::Policy, 0, 0, 16), entry(SectionKind::DomainTable, 0, 8, 8)], |e| {
+                matches!(e, ContainerError::SectionsOverlap { .. })
             }),
-            (
-                vec![
-                    entry(SectionKind::Policy, 0, 0, 16),
-                    entry(SectionKind::DomainTable, 0, 8, 8),
-                ],
-                |e| matches!(e, ContainerError::SectionsOverlap { .. }),
-            ),
-            (
-                vec![
-                    entry(SectionKind::DomainTable, 3, 32, 8),
-                    entry(SectionKind::Policy, 0, 0, 64),
-                ],
-                |e| matches!(e, ContainerError::SectionsOverlap { .. }),
-            ),
-            (
-                vec![
-                    entry(SectionKind::DomainTable, 3, 0, 8),
-                    entry(SectionKind::DomainTable, 3, 8, 8),
-                ],
-                |e| matches!(e, ContainerError::DuplicateSection { .. }),
-            ),
-            (
-                vec![RawEntry {
-                    kind: 99,
-                    id: 0,
-                    offset: 0,
-                    len: 8,
-                }],
-                |e| {
-                    matches!(
-                        e,
-                        ContainerError::UnknownSectionKind { kind: 99, .. }
-                    )
-                },
-            ),
+            (vec![entry(SectionKind::DomainTable, 3, 32, 8), entry(SectionKind::Policy, 0, 0, 64)], |e| {
+                matches!(e, ContainerError::SectionsOverlap { .. })
+            }),
+            (vec![entry(SectionKind::DomainTable, 3, 0, 8), entry(SectionKind::DomainTable, 3, 8, 8)], |e| {
+                matches!(e, ContainerError::DuplicateSection { .. })
+            }),
+            (vec![RawEntry { kind: 99, id: 0, offset: 0, len: 8 }], |e| {
+                matches!(e, ContainerError::UnknownSectionKind { kind: 99, .. })
+            }),
         ];
         for (i, (entries, check)) in cases.into_iter().enumerate() {
             let err = Container::from_vec(encode("x", &entries, &payload)).unwrap_err();
@@ -1154,17 +1008,11 @@ mod tests {
         let mut bytes = encode("", &[], &[]);
         let count_at = COMPILER_VERSION_OFFSET + 8 + 32;
         bytes[count_at..count_at + 4].copy_from_slice(&u32::MAX.to_le_bytes());
-        assert!(matches!(
-            Container::from_vec(bytes),
-            Err(ContainerError::TruncatedHeader { .. })
-        ));
+        assert!(matches!(Container::from_vec(bytes), Err(ContainerError::TruncatedHeader { .. })));
         let mut bytes = encode("", &[], &[]);
         let len_at = COMPILER_VERSION_OFFSET;
         bytes[len_at..len_at + 8].copy_from_slice(&u64::MAX.to_le_bytes());
-        assert!(matches!(
-            Container::from_vec(bytes),
-            Err(ContainerError::Truncated { .. })
-        ));
+        assert!(matches!(Container::from_vec(bytes), Err(ContainerError::Truncated { .. })));
     }
 
     #[test]
@@ -1223,10 +1071,7 @@ mod tests {
         fs::create_dir(&target).unwrap();
         fs::write(target.join("keep"), b"x").unwrap();
         assert!(write_atomic(&target, &sample()).is_err());
-        let names: Vec<_> = fs::read_dir(dir.path())
-            .unwrap()
-            .map(|e| e.unwrap().file_name())
-            .collect();
+        let names: Vec<_> = fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
         assert_eq!(names, vec![std::ffi::OsString::from("target")]);
 
         // A missing directory fails before anything is created.

@@ -171,11 +171,7 @@ fn sort_dedup<K: Ord + Clone>(
     for pair in entries.windows(2) {
         if let [(ka, va), (kb, vb)] = pair {
             if ka == kb {
-                conflicts.push(Conflict {
-                    key: show(ka),
-                    first: *va,
-                    second: *vb,
-                });
+                conflicts.push(Conflict { key: show(ka), first: *va, second: *vb });
             }
         }
     }
@@ -186,10 +182,7 @@ fn sort_dedup<K: Ord + Clone>(
     }
 }
 
-fn build_fst<'a>(
-    table: &'static str,
-    entries: impl Iterator<Item = (&'a [u8], u64)>,
-) -> Result<Vec<u8>, TableError> {
+fn build_fst<'a>(table: &'static str, entries: impl Iterator<Item = (&'a [u8], u64)>) -> Result<Vec<u8>, TableError> {
     let fst_err = |source| TableError::Fst { table, source };
     let mut builder = MapBuilder::memory();
     for (key, value) in entries {
@@ -203,9 +196,7 @@ fn open_fst(table: &'static str, bytes: Bytes) -> Result<Map<Bytes>, TableError>
 }
 
 fn verify_fst(table: &'static str, map: &Map<Bytes>) -> Result<(), TableError> {
-    map.as_fst()
-        .verify()
-        .map_err(|source| TableError::Fst { table, source })
+    map.as_fst().verify().map_err(|source| TableError::Fst { table, source })
 }
 
 /// Follows `key` from the root; `None` if the fst has no path for it.
@@ -285,16 +276,8 @@ impl DomainTableBuilder {
     ///
     /// The same domain added once with and once without subdomains, with the
     /// same value, keeps the subdomains: the table matches the union.
-    pub fn insert(
-        &mut self,
-        domain: &str,
-        include_subdomains: bool,
-        value: u32,
-    ) -> Result<(), TableError> {
-        let invalid = |reason| TableError::InvalidDomain {
-            domain: domain.to_owned(),
-            reason,
-        };
+    pub fn insert(&mut self, domain: &str, include_subdomains: bool, value: u32) -> Result<(), TableError> {
+        let invalid = |reason| TableError::InvalidDomain { domain: domain.to_owned(), reason };
         let normalized = normalize_domain(domain).map_err(invalid)?;
         let mut buf = [0u8; MAX_DOMAIN_LEN];
         let len = reverse_labels(&normalized, &mut buf).ok_or(invalid("it has an empty label"))?;
@@ -331,9 +314,7 @@ impl DomainTableBuilder {
         sort_dedup(pairs, "domain table", |k| unreverse(k))?;
         build_fst(
             "domain table",
-            merged
-                .iter()
-                .map(|((k, subs), v)| (k.as_slice(), (u64::from(*v) << 1) | u64::from(*subs))),
+            merged.iter().map(|((k, subs), v)| (k.as_slice(), (u64::from(*v) << 1) | u64::from(*subs))),
         )
     }
 }
@@ -357,10 +338,7 @@ pub struct DomainTable {
 
 impl fmt::Debug for DomainTable {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("DomainTable")
-            .field("len", &self.len())
-            .field("byte_len", &self.byte_len())
-            .finish()
+        f.debug_struct("DomainTable").field("len", &self.len()).field("byte_len", &self.byte_len()).finish()
     }
 }
 
@@ -368,9 +346,7 @@ impl DomainTable {
     /// Opens a section built by [`DomainTableBuilder`]. Checks the fst header
     /// and footer only; see the module docs on trust.
     pub fn new(bytes: Bytes) -> Result<DomainTable, TableError> {
-        Ok(DomainTable {
-            map: open_fst("domain table", bytes)?,
-        })
+        Ok(DomainTable { map: open_fst("domain table", bytes)? })
     }
 
     /// Checks fst's own checksum over the whole table (not needed for a table
@@ -478,16 +454,12 @@ impl AddressTableBuilder {
 
     /// Adds `address` (`local@domain`) with `value`.
     pub fn insert(&mut self, address: &str, value: u32) -> Result<(), TableError> {
-        let invalid = |reason| TableError::InvalidAddress {
-            address: address.to_owned(),
-            reason,
-        };
+        let invalid = |reason| TableError::InvalidAddress { address: address.to_owned(), reason };
         let (_, domain) = address.rsplit_once('@').ok_or(invalid("it has no '@'"))?;
         normalize_domain(domain).map_err(invalid)?;
         let mut buf = [0u8; MAX_ADDRESS_LEN];
         let len = address_key(address, &mut buf).map_err(invalid)?;
-        self.entries
-            .push((buf.get(..len).unwrap_or(&[]).to_vec(), value));
+        self.entries.push((buf.get(..len).unwrap_or(&[]).to_vec(), value));
         Ok(())
     }
 
@@ -511,10 +483,7 @@ impl AddressTableBuilder {
                 None => s.into_owned(),
             }
         })?;
-        build_fst(
-            "address table",
-            entries.iter().map(|(k, v)| (k.as_slice(), u64::from(*v))),
-        )
+        build_fst("address table", entries.iter().map(|(k, v)| (k.as_slice(), u64::from(*v))))
     }
 }
 
@@ -530,10 +499,7 @@ pub struct AddressTable {
 
 impl fmt::Debug for AddressTable {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("AddressTable")
-            .field("len", &self.len())
-            .field("byte_len", &self.byte_len())
-            .finish()
+        f.debug_struct("AddressTable").field("len", &self.len()).field("byte_len", &self.byte_len()).finish()
     }
 }
 
@@ -541,9 +507,7 @@ impl AddressTable {
     /// Opens a section built by [`AddressTableBuilder`]. Checks the fst
     /// header and footer only; see the module docs on trust.
     pub fn new(bytes: Bytes) -> Result<AddressTable, TableError> {
-        Ok(AddressTable {
-            map: open_fst("address table", bytes)?,
-        })
+        Ok(AddressTable { map: open_fst("address table", bytes)? })
     }
 
     /// Checks fst's own checksum over the whole table.
@@ -580,8 +544,7 @@ impl AddressTable {
         *at = b'@';
         // Every state of an fst built from keys lies on the path of some key,
         // so reaching the state after "domain@" means a key starts with it.
-        buf.get(..=d.len())
-            .is_some_and(|prefix| walk(self.map.as_fst(), prefix).is_some())
+        buf.get(..=d.len()).is_some_and(|prefix| walk(self.map.as_fst(), prefix).is_some())
     }
 
     /// Number of addresses in the table.
@@ -642,22 +605,11 @@ impl PrefixTableBuilder {
             IpNet::V4(n) => {
                 let start = u32::from(n.network());
                 let end = u32::from(n.broadcast());
-                self.v4.push((
-                    Span {
-                        start: start.into(),
-                        prefix_len: n.prefix_len(),
-                        end: end.into(),
-                    },
-                    value,
-                ));
+                self.v4.push((Span { start: start.into(), prefix_len: n.prefix_len(), end: end.into() }, value));
             }
             IpNet::V6(n) => {
                 self.v6.push((
-                    Span {
-                        start: u128::from(n.network()),
-                        prefix_len: n.prefix_len(),
-                        end: u128::from(n.broadcast()),
-                    },
+                    Span { start: u128::from(n.network()), prefix_len: n.prefix_len(), end: u128::from(n.broadcast()) },
                     value,
                 ));
             }
@@ -684,10 +636,7 @@ impl PrefixTableBuilder {
     pub fn build(self) -> Result<Vec<u8>, TableError> {
         let show4 = |s: &Span| show_span(s, false);
         let show6 = |s: &Span| show_span(s, true);
-        let (v4, v6) = match (
-            sort_dedup(self.v4, "prefix table", show4),
-            sort_dedup(self.v6, "prefix table", show6),
-        ) {
+        let (v4, v6) = match (sort_dedup(self.v4, "prefix table", show4), sort_dedup(self.v6, "prefix table", show6)) {
             (Ok(v4), Ok(v6)) => (v4, v6),
             (Err(a), Err(b)) => return Err(merge_conflicts(a, b)),
             (Err(e), _) | (_, Err(e)) => return Err(e),
@@ -696,8 +645,7 @@ impl PrefixTableBuilder {
         let v4 = flatten(&v4);
         let v6 = flatten(&v6);
 
-        let mut out =
-            Vec::with_capacity(PREFIX_HEADER_LEN + v4.len() * V4_RECORD_LEN + v6.len() * V6_RECORD_LEN);
+        let mut out = Vec::with_capacity(PREFIX_HEADER_LEN + v4.len() * V4_RECORD_LEN + v6.len() * V6_RECORD_LEN);
         out.extend_from_slice(&prefixes.to_le_bytes());
         out.extend_from_slice(&(v4.len() as u64).to_le_bytes());
         out.extend_from_slice(&(v6.len() as u64).to_le_bytes());
@@ -718,18 +666,9 @@ impl PrefixTableBuilder {
 
 fn merge_conflicts(a: TableError, b: TableError) -> TableError {
     match (a, b) {
-        (
-            TableError::Conflicts {
-                table,
-                conflicts: mut first,
-            },
-            TableError::Conflicts { conflicts, .. },
-        ) => {
+        (TableError::Conflicts { table, conflicts: mut first }, TableError::Conflicts { conflicts, .. }) => {
             first.extend(conflicts);
-            TableError::Conflicts {
-                table,
-                conflicts: first,
-            }
+            TableError::Conflicts { table, conflicts: first }
         }
         (a, _) => a,
     }
@@ -748,9 +687,7 @@ fn show_span(s: &Span, v6: bool) -> String {
 fn normalize_net(net: IpNet) -> IpNet {
     match net.trunc() {
         IpNet::V6(n) if n.prefix_len() >= 96 => match n.network().to_ipv4_mapped() {
-            Some(v4) => Ipv4Net::new(v4, n.prefix_len() - 96)
-                .map(IpNet::V4)
-                .unwrap_or(IpNet::V6(n)),
+            Some(v4) => Ipv4Net::new(v4, n.prefix_len() - 96).map(IpNet::V4).unwrap_or(IpNet::V6(n)),
             None => IpNet::V6(n),
         },
         other => other,
@@ -847,14 +784,10 @@ impl PrefixTable {
     /// matches its header.
     pub fn new(bytes: Bytes) -> Result<PrefixTable, TableError> {
         let found = bytes.len();
-        let size_err = |expected: Option<u64>| TableError::PrefixTableSize {
-            expected: expected.unwrap_or(u64::MAX),
-            found,
-        };
+        let size_err =
+            |expected: Option<u64>| TableError::PrefixTableSize { expected: expected.unwrap_or(u64::MAX), found };
         let b = bytes.as_slice();
-        let (Some(prefixes), Some(n4), Some(n6)) =
-            (read_u64(b, 0), read_u64(b, 8), read_u64(b, 16))
-        else {
+        let (Some(prefixes), Some(n4), Some(n6)) = (read_u64(b, 0), read_u64(b, 8), read_u64(b, 16)) else {
             return Err(size_err(Some(PREFIX_HEADER_LEN as u64)));
         };
         let expected = n4
@@ -868,13 +801,7 @@ impl PrefixTable {
         // Both counts are bounded by the section size now.
         let v4_count = n4 as usize;
         let v6_count = n6 as usize;
-        Ok(PrefixTable {
-            prefixes,
-            v4_count,
-            v6_count,
-            v6_at: PREFIX_HEADER_LEN + v4_count * V4_RECORD_LEN,
-            bytes,
-        })
+        Ok(PrefixTable { prefixes, v4_count, v6_count, v6_at: PREFIX_HEADER_LEN + v4_count * V4_RECORD_LEN, bytes })
     }
 
     /// The value of the longest prefix containing `ip`. IPv4-mapped IPv6
@@ -913,11 +840,7 @@ impl PrefixTable {
             let (start, rest) = r.split_first_chunk::<16>()?;
             let (end, rest) = rest.split_first_chunk::<16>()?;
             let value: &[u8; 4] = rest.try_into().ok()?;
-            Some((
-                u128::from_le_bytes(*start),
-                u128::from_le_bytes(*end),
-                u32::from_le_bytes(*value),
-            ))
+            Some((u128::from_le_bytes(*start), u128::from_le_bytes(*end), u32::from_le_bytes(*value)))
         };
         search(self.v6_count, u128::from(ip), record)
     }
@@ -956,11 +879,7 @@ impl PrefixTable {
 /// Binary search for the last interval starting at or before `x` among
 /// `count` records; its value if it also ends at or after `x`. A record that
 /// cannot be read ends the search with `None`.
-fn search<T: Ord + Copy>(
-    count: usize,
-    x: T,
-    record: impl Fn(usize) -> Option<(T, T, u32)>,
-) -> Option<u32> {
+fn search<T: Ord + Copy>(count: usize, x: T, record: impl Fn(usize) -> Option<(T, T, u32)>) -> Option<u32> {
     let (mut lo, mut hi) = (0usize, count);
     while lo < hi {
         let mid = lo + (hi - lo) / 2;
@@ -992,26 +911,16 @@ mod tests {
 
     #[test]
     fn flatten_nested() {
-        let s = |start: u128, end: u128, len: u8| Span {
-            start,
-            prefix_len: len,
-            end,
-        };
+        let s = |start: u128, end: u128, len: u8| Span { start, prefix_len: len, end };
         let spans = vec![(s(0, 255, 24), 1), (s(16, 31, 28), 2), (s(20, 23, 30), 3)];
-        assert_eq!(
-            flatten(&spans),
-            vec![(0, 15, 1), (16, 19, 2), (20, 23, 3), (24, 31, 2), (32, 255, 1)]
-        );
+        assert_eq!(flatten(&spans), vec![(0, 15, 1), (16, 19, 2), (20, 23, 3), (24, 31, 2), (32, 255, 1)]);
         // Child ending with its parent, and a child with the parent's value.
         let spans = vec![(s(0, 255, 24), 1), (s(128, 255, 25), 2)];
         assert_eq!(flatten(&spans), vec![(0, 127, 1), (128, 255, 2)]);
         let spans = vec![(s(0, 255, 24), 1), (s(128, 255, 25), 1)];
         assert_eq!(flatten(&spans), vec![(0, 255, 1)]);
         let spans = vec![(s(0, u128::MAX, 0), 1), (s(u128::MAX, u128::MAX, 128), 2)];
-        assert_eq!(
-            flatten(&spans),
-            vec![(0, u128::MAX - 1, 1), (u128::MAX, u128::MAX, 2)]
-        );
+        assert_eq!(flatten(&spans), vec![(0, u128::MAX - 1, 1), (u128::MAX, u128::MAX, 2)]);
     }
 
     #[test]

@@ -8,8 +8,7 @@ use std::path::PathBuf;
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use mtac_ruleset::container::{Bytes, Container, ContainerWriter, SectionKind};
 use mtac_ruleset::tables::{
-    AddressTable, AddressTableBuilder, DomainTable, DomainTableBuilder, PrefixTable,
-    PrefixTableBuilder, TableError,
+    AddressTable, AddressTableBuilder, DomainTable, DomainTableBuilder, PrefixTable, PrefixTableBuilder, TableError,
 };
 
 /// SplitMix64: small, deterministic, good enough to scatter test inputs.
@@ -51,11 +50,7 @@ fn ip(s: &str) -> IpAddr {
 
 /// Longest-prefix match by trying every prefix.
 fn naive_lpm(entries: &[(IpNet, u32)], addr: IpAddr) -> Option<u32> {
-    entries
-        .iter()
-        .filter(|(n, _)| n.trunc().contains(&addr))
-        .max_by_key(|(n, _)| n.prefix_len())
-        .map(|&(_, v)| v)
+    entries.iter().filter(|(n, _)| n.trunc().contains(&addr)).max_by_key(|(n, _)| n.prefix_len()).map(|&(_, v)| v)
 }
 
 #[test]
@@ -108,14 +103,8 @@ fn prefix_defaults_and_extremes() {
     assert_eq!(t.lookup(ip("255.255.255.255")), Some(2));
     assert_eq!(t.lookup(ip("::")), Some(6));
     assert_eq!(t.lookup(ip("::2")), Some(4));
-    assert_eq!(
-        t.lookup(ip("ffff:ffff:ffff:ffff:ffff:ffff:ffff:fffe")),
-        Some(4)
-    );
-    assert_eq!(
-        t.lookup(ip("ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff")),
-        Some(5)
-    );
+    assert_eq!(t.lookup(ip("ffff:ffff:ffff:ffff:ffff:ffff:ffff:fffe")), Some(4));
+    assert_eq!(t.lookup(ip("ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff")), Some(5));
     // ::ffff:0:0/96 goes to the IPv4 side, where 0.0.0.0/0 covers it.
     assert_eq!(t.lookup(ip("::ffff:1.2.3.4")), Some(1));
 }
@@ -172,7 +161,8 @@ fn random_v4_prefix(rng: &mut Rng) -> Ipv4Net {
 
 fn random_v6_prefix(rng: &mut Rng) -> Ipv6Net {
     let base = [0x2001_0db8u128 << 96, 0xfe80 << 112, 0, u128::MAX << 16];
-    let addr = base[rng.below(base.len() as u64) as usize] ^ (u128::from(rng.next()) << 32 | u128::from(rng.next() as u32)) >> rng.below(64);
+    let addr = base[rng.below(base.len() as u64) as usize]
+        ^ (u128::from(rng.next()) << 32 | u128::from(rng.next() as u32)) >> rng.below(64);
     let len = match rng.below(4) {
         0 => rng.below(129) as u8,
         _ => 32 + rng.below(97) as u8,
@@ -236,9 +226,7 @@ fn prefix_lpm_matches_brute_force() {
 #[test]
 fn prefix_build_is_deterministic() {
     let mut rng = Rng(42);
-    let mut entries: Vec<(IpNet, u32)> = (0..500)
-        .map(|i| (IpNet::V4(random_v4_prefix(&mut rng)), i))
-        .collect();
+    let mut entries: Vec<(IpNet, u32)> = (0..500).map(|i| (IpNet::V4(random_v4_prefix(&mut rng)), i)).collect();
     entries.sort_by_key(|(n, _)| n.trunc());
     entries.dedup_by_key(|(n, _)| n.trunc());
     let build = |e: &[(IpNet, u32)]| {
@@ -355,10 +343,7 @@ fn domain_matches_brute_force() {
     let mut rng = Rng(99);
     let random_domain = |rng: &mut Rng| {
         let n = 1 + rng.below(4) as usize;
-        (0..n)
-            .map(|_| labels[rng.below(labels.len() as u64) as usize])
-            .collect::<Vec<_>>()
-            .join(".")
+        (0..n).map(|_| labels[rng.below(labels.len() as u64) as usize]).collect::<Vec<_>>().join(".")
     };
     for _ in 0..20 {
         let mut entries: std::collections::BTreeMap<String, (bool, u32)> = Default::default();
@@ -367,8 +352,7 @@ fn domain_matches_brute_force() {
             let e = (rng.below(2) == 0, rng.below(1000) as u32);
             entries.entry(d).or_insert(e);
         }
-        let list: Vec<(&str, bool, u32)> =
-            entries.iter().map(|(d, &(s, v))| (d.as_str(), s, v)).collect();
+        let list: Vec<(&str, bool, u32)> = entries.iter().map(|(d, &(s, v))| (d.as_str(), s, v)).collect();
         let t = domain_table(&list);
         for _ in 0..500 {
             let q = random_domain(&mut rng);
@@ -392,9 +376,8 @@ fn domain_matches_brute_force() {
 #[test]
 fn domain_build_is_deterministic() {
     let mut rng = Rng(5);
-    let mut entries: Vec<(String, bool, u32)> = (0..1000)
-        .map(|i| (format!("h{}.d{}.example", i, rng.below(50)), i % 3 == 0, i))
-        .collect();
+    let mut entries: Vec<(String, bool, u32)> =
+        (0..1000).map(|i| (format!("h{}.d{}.example", i, rng.below(50)), i % 3 == 0, i)).collect();
     let build = |e: &[(String, bool, u32)]| {
         let mut b = DomainTableBuilder::new();
         for (d, s, v) in e {
@@ -465,9 +448,8 @@ fn address_builder_rules() {
 #[test]
 fn address_build_is_deterministic() {
     let mut rng = Rng(11);
-    let mut entries: Vec<(String, u32)> = (0..2000)
-        .map(|i| (format!("user{}@d{}.example", i, rng.below(30)), i))
-        .collect();
+    let mut entries: Vec<(String, u32)> =
+        (0..2000).map(|i| (format!("user{}@d{}.example", i, rng.below(30)), i)).collect();
     let build = |e: &[(String, u32)]| {
         let mut b = AddressTableBuilder::new();
         for (a, v) in e {
@@ -506,14 +488,10 @@ fn small_ruleset() -> Vec<u8> {
     p.insert(net("192.0.2.0/24"), 1);
     p.insert(net("2001:db8::/32"), 2);
     let mut w = ContainerWriter::new();
-    w.add_section(SectionKind::Policy, 0, b"policy".to_vec())
-        .unwrap();
-    w.add_section(SectionKind::DomainTable, 0, d.build().unwrap())
-        .unwrap();
-    w.add_section(SectionKind::AddressTable, 0, a.build().unwrap())
-        .unwrap();
-    w.add_section(SectionKind::PrefixTable, 0, p.build().unwrap())
-        .unwrap();
+    w.add_section(SectionKind::Policy, 0, b"policy".to_vec()).unwrap();
+    w.add_section(SectionKind::DomainTable, 0, d.build().unwrap()).unwrap();
+    w.add_section(SectionKind::AddressTable, 0, a.build().unwrap()).unwrap();
+    w.add_section(SectionKind::PrefixTable, 0, p.build().unwrap()).unwrap();
     w.to_bytes("mtac-ruleset test")
 }
 
@@ -545,8 +523,7 @@ fn ruleset_is_deterministic() {
 /// rewrites it after a format change.
 #[test]
 fn fuzz_seed_is_current() {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../fuzz/corpus/ruleset_reader/small-ruleset.mtac");
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus/ruleset_reader/small-ruleset.mtac");
     if std::env::var_os("MTAC_REGENERATE_SEED").is_some() {
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();
         std::fs::write(&path, small_ruleset()).unwrap();
