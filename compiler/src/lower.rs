@@ -992,7 +992,7 @@ impl<'d> Lowerer<'d> {
                 "scan" => self.scan(at, farm),
                 "relay" => self.relay(at, farm),
                 "deliver" => self.deliver(at, farm),
-                "tls" => self.tls(at, farm),
+                "tls" => self.tls(at, dir, farm),
                 "auth" => self.auth(at, farm),
                 "bare-line-ends" => {
                     self.shape(at, &[], 1, false);
@@ -1665,7 +1665,7 @@ impl<'d> Lowerer<'d> {
         }
     }
 
-    fn tls(&mut self, at: At<'_>, farm: &mut DraftFarm) {
+    fn tls(&mut self, at: At<'_>, dir: &Path, farm: &mut DraftFarm) {
         self.shape(at, &["certificate", "key", "required"], 0, false);
         let get = |this: &mut Self, key: &str| match Self::prop(at, key) {
             Some(e) => this.string(e, at.file, &format!("`{key}`")),
@@ -1685,6 +1685,9 @@ impl<'d> Lowerer<'d> {
         let key = get(self, "key");
         let required = self.bool_prop(at, "required", farm.kind == FarmKind::Submission);
         if let (Some(certificate), Some(key)) = (certificate, key) {
+            // Relative paths are relative to the policy file, like every other path it names.
+            let resolve = |p: String| if Path::new(&p).is_absolute() { p } else { dir.join(p).display().to_string() };
+            let (certificate, key) = (resolve(certificate), resolve(key));
             farm.tls = Some(DraftTls { certificate, key, required, origin: self.origin_of(at) });
         }
     }
@@ -2065,7 +2068,23 @@ pub fn parse_reply(text: &str) -> Result<Reply, String> {
 /// `127.0.0.2`, `127.0.0.[4..7]`, `127.0.[0..255].[1..3]`.
 pub fn parse_answer_pattern(text: &str) -> Option<[(u8, u8); 4]> {
     let mut octets = [(0u8, 0u8); 4];
-    let mut parts = text.split('.');
+    // Split on the dots that separate octets, not the `..` inside a `[lo..hi]` range.
+    let mut parts_list = Vec::with_capacity(4);
+    let mut depth = 0usize;
+    let mut start = 0usize;
+    for (i, c) in text.char_indices() {
+        match c {
+            '[' => depth += 1,
+            ']' => depth = depth.checked_sub(1)?,
+            '.' if depth == 0 => {
+                parts_list.push(text.get(start..i)?);
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    parts_list.push(text.get(start..)?);
+    let mut parts = parts_list.into_iter();
     for slot in octets.iter_mut() {
         let part = parts.next()?;
         *slot = if let Some(range) = part.strip_prefix('[').and_then(|p| p.strip_suffix(']')) {

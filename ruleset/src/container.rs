@@ -479,7 +479,7 @@ fn truncate_str(s: &str) -> &str {
 }
 
 fn pad_to_alignment(buf: &mut Vec<u8>) {
-    while buf.len() % ALIGN != 0 {
+    while !buf.len().is_multiple_of(ALIGN) {
         buf.push(0);
     }
 }
@@ -736,7 +736,7 @@ impl Container {
                     payload_len,
                 });
             }
-            if raw.offset % ALIGN as u64 != 0 {
+            if !raw.offset.is_multiple_of(ALIGN as u64) {
                 return Err(ContainerError::SectionMisaligned { index, offset: raw.offset });
             }
             sections.push(SectionInfo { kind, id: raw.id, offset: raw.offset, len: raw.len });
@@ -973,7 +973,8 @@ mod tests {
     #[test]
     fn hostile_section_tables() {
         let payload = vec![0u8; 64];
-        let cases: Vec<(Vec<RawEntry>, fn(&ContainerError) -> bool)> = vec![
+        type Check = fn(&ContainerError) -> bool;
+        let cases: Vec<(Vec<RawEntry>, Check)> = vec![
             (vec![entry(SectionKind::Policy, 0, 64, 1)], |e| matches!(e, ContainerError::SectionOutOfBounds { .. })),
             (vec![entry(SectionKind::Policy, 0, 8, u64::MAX)], |e| {
                 matches!(e, ContainerError::SectionOutOfBounds { .. })

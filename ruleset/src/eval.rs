@@ -354,11 +354,16 @@ fn run_step(tables: &dyn Lookup, farm: &Farm, step: &Step, facts: &Facts<'_>) ->
             },
             None => pass("no recipient yet"),
         },
-        Check::Greylist => match facts.dns.greylist() {
+        Check::Greylist => {
+            if let Some(why) = greylist_whitelisted(tables, farm, facts) {
+                return pass(&why);
+            }
+            match facts.dns.greylist() {
             Some(GreylistStatus::Defer) => fail(),
             Some(GreylistStatus::Pass) => pass("triplet passed"),
             None => pass("not consulted"),
-        },
+            }
+        }
         Check::AuthRequired => {
             if facts.authenticated {
                 pass("authenticated")
@@ -367,6 +372,25 @@ fn run_step(tables: &dyn Lookup, farm: &Farm, step: &Step, facts: &Facts<'_>) ->
             }
         }
     }
+}
+
+/// The static greylist whitelists compiled into the ruleset (clients, sender domains, recipients).
+fn greylist_whitelisted(tables: &dyn Lookup, farm: &Farm, facts: &Facts<'_>) -> Option<String> {
+    let greylist = farm.greylist.as_ref()?;
+    if greylist.whitelist_clients.is_some_and(|t| tables.prefix(t, facts.client_ip).is_some()) {
+        return Some("client whitelisted for greylisting".to_owned());
+    }
+    if let (Some(t), Some(domain)) = (greylist.whitelist_senders, sender_domain(facts)) {
+        if tables.domain(t, &syntax::normalize_domain(domain)).is_some() {
+            return Some(format!("sender domain {domain} whitelisted for greylisting"));
+        }
+    }
+    if let (Some(t), Some(rcpt)) = (greylist.whitelist_recipients, facts.recipient) {
+        if tables.address(t, rcpt).is_some() {
+            return Some("recipient opted out of greylisting".to_owned());
+        }
+    }
+    None
 }
 
 fn is_role_account(farm: &Farm, local: &str) -> bool {
