@@ -1,0 +1,5 @@
+//! The integration tests of the `mtac` binary and its crates, in one test binary (link time on
+//! two cores). Paths are relative to the repository root, where cargo runs them.
+
+mod cli;
+mod policies;
