@@ -140,6 +140,9 @@ pub struct RunArgs {
     /// Log as JSON lines instead of text
     #[arg(long)]
     pub log_json: bool,
+    /// Seconds sessions may take to finish after SIGTERM before they are told 421
+    #[arg(long, default_value_t = 30, value_name = "SECONDS")]
+    pub grace: u64,
 }
 
 pub fn dispatch(cli: Cli) -> Result<ExitCode, String> {
@@ -431,6 +434,55 @@ fn run_tests(paths: &[PathBuf]) -> Result<ExitCode, String> {
 }
 
 pub fn run(args: RunArgs) -> Result<ExitCode, String> {
-    let _ = (&args.ruleset, &args.policy, args.log_json);
-    Err("`mtac run` is not built yet".to_owned())
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let subscriber = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if args.log_json {
+        subscriber.json().init();
+    } else {
+        subscriber.init();
+    }
+    let (loader, watch): (mtac_runtime::Loader, PathBuf) = match (args.ruleset, args.policy) {
+        (Some(path), _) => {
+            let p = path.clone();
+            (std::sync::Arc::new(move || Ruleset::open(&p).map_err(|e| format!("{}: {e}", p.display()))), path)
+        }
+        (None, Some(policy)) => {
+            let p = policy.clone();
+            let loader = move || {
+                let compilation = mtac_compiler::compile_path(&p);
+                match compilation.output {
+                    Some(out) => Ok(out.ruleset),
+                    None => {
+                        let first = compilation.diagnostics.list.iter().find(|d| d.is_error());
+                        Err(format!(
+                            "{} does not compile ({} error(s); first: {}); run `mtac check` for details",
+                            p.display(),
+                            compilation.diagnostics.errors(),
+                            first.map_or_else(String::new, |d| d.message.clone())
+                        ))
+                    }
+                }
+            };
+            (std::sync::Arc::new(loader), policy)
+        }
+        (None, None) => return Err("give a ruleset file or --policy".to_owned()),
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("mtac-worker")
+        .build()
+        .map_err(|e| format!("cannot start the runtime: {e}"))?;
+    let config = mtac_runtime::RunConfig {
+        loader,
+        watch: Some(watch),
+        grace: std::time::Duration::from_secs(args.grace),
+    };
+    match runtime.block_on(mtac_runtime::run(config)) {
+        Ok(()) => Ok(ExitCode::SUCCESS),
+        Err(e) => {
+            tracing::error!("{e}");
+            Err(e.to_string())
+        }
+    }
 }

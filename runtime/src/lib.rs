@@ -1,3 +1,29 @@
-//! placeholder
+//! # mtac-runtime: the node
+//!
+//! `mtac run` serves every farm of a ruleset: one tokio task per connection, decisions from the
+//! memory-mapped ruleset at the stages the policy names, DATA spooled to a RAM disk, and relay
+//! without a queue — the client gets 250 only after the back end said 250.
+//!
+//! - [`smtp`]: the protocol pieces, sans I/O (framing, commands, DATA, replies);
+//! - [`session`]: the session state machine, sans I/O; policy decisions via the ruleset's evaluator;
+//! - [`conn`]: one connection's I/O around a session: deadlines, pipelining, spool, relay;
+//! - [`relay`]: the SMTP/LMTP client of the back ends, with failover and a small pool;
+//! - [`spool`], [`maildir`], [`received`]: the message's way through the node;
+//! - [`server`]: listeners, connection limits, the ruleset snapshot, hot reload, graceful stop.
+//!
+//! **Invariant:** the runtime never parses KDL; it reads only compiled rulesets.
+//! **Invariant:** mtac never queues: a message is relayed while its sender waits, or refused
+//! with a 4xx/5xx.
 
+#![forbid(unsafe_code)]
+
+pub mod conn;
+pub mod maildir;
+pub mod received;
+pub mod relay;
+pub mod server;
+pub mod session;
 pub mod smtp;
+pub mod spool;
+
+pub use server::{run, Loader, Node, RunConfig, RunError};

@@ -158,13 +158,7 @@ pub struct DataReceiver {
 impl DataReceiver {
     /// A receiver that keeps at most `max_size` content bytes in `out`.
     pub fn new(max_size: u64, policy: BarePolicy) -> Self {
-        Self {
-            max_size,
-            policy,
-            state: State::LineStart { real: true },
-            stats: DataStats::default(),
-            line_len: 0,
-        }
+        Self { max_size, policy, state: State::LineStart { real: true }, stats: DataStats::default(), line_len: 0 }
     }
 
     /// Reads `input`, appending content to `out`, up to and including the end marker. The
@@ -178,10 +172,7 @@ impl DataReceiver {
             }
             if self.state == State::Text {
                 // Fast path: copy a run of ordinary bytes at once.
-                let run_len = rest
-                    .iter()
-                    .position(|&b| matches!(b, b'\r' | b'\n' | 0))
-                    .unwrap_or(rest.len());
+                let run_len = rest.iter().position(|&b| matches!(b, b'\r' | b'\n' | 0)).unwrap_or(rest.len());
                 if run_len > 0 {
                     self.content(rest.get(..run_len).unwrap_or_default(), out);
                     i += run_len;
@@ -193,10 +184,7 @@ impl DataReceiver {
             self.step(b, out);
         }
         self.stats.raw_bytes = self.stats.raw_bytes.saturating_add(i as u64);
-        DataProgress {
-            consumed: i,
-            done: self.state == State::Done,
-        }
+        DataProgress { consumed: i, done: self.state == State::Done }
     }
 
     /// True once the end marker has been read.
@@ -220,10 +208,7 @@ impl DataReceiver {
             });
         }
         if self.stats.size > self.max_size {
-            return Err(DataError::TooLarge {
-                size: self.stats.size,
-                max: self.max_size,
-            });
+            return Err(DataError::TooLarge { size: self.stats.size, max: self.max_size });
         }
         Ok(())
     }
@@ -353,10 +338,7 @@ impl Default for DotStuffer {
 impl DotStuffer {
     /// A stuffer at the start of a message.
     pub fn new() -> Self {
-        Self {
-            last: [0, 0],
-            empty: true,
-        }
+        Self { last: [0, 0], empty: true }
     }
 
     fn at_line_start(&self) -> bool {
@@ -370,10 +352,7 @@ impl DotStuffer {
             if self.at_line_start() && rest.first() == Some(&b'.') {
                 out.push(b'.');
             }
-            let line_len = rest
-                .iter()
-                .position(|&b| b == b'\n')
-                .map_or(rest.len(), |lf| lf + 1);
+            let line_len = rest.iter().position(|&b| b == b'\n').map_or(rest.len(), |lf| lf + 1);
             let (line, tail) = rest.split_at(line_len);
             out.extend_from_slice(line);
             self.last = match line {
@@ -435,12 +414,7 @@ mod tests {
         let (out, consumed, rx) = run(&[input], max, policy);
         for split in 0..=input.len() {
             let (o, c, r) = run(&[&input[..split], &input[split..]], max, policy);
-            assert_eq!(
-                o,
-                out,
-                "split at {split} of {:?}",
-                String::from_utf8_lossy(input)
-            );
+            assert_eq!(o, out, "split at {split} of {:?}", String::from_utf8_lossy(input));
             assert_eq!(c, consumed, "split at {split}");
             assert_eq!(r.stats(), rx.stats(), "split at {split}");
             assert_eq!(r.is_done(), rx.is_done());
@@ -518,10 +492,7 @@ mod tests {
         let (out, consumed2, rx) = whole(attack, BarePolicy::Reject);
         assert_eq!(consumed2, consumed);
         assert_eq!(out, b"Subject: x\r\n\r\nhi");
-        assert!(matches!(
-            rx.check(),
-            Err(DataError::BareLineEnding { lf: 6, .. })
-        ));
+        assert!(matches!(rx.check(), Err(DataError::BareLineEnding { lf: 6, .. })));
         assert_eq!(rx.check().unwrap_err().reply().code(), 550);
 
         let cr_attack: &[u8] = b"hi\r.\rMAIL FROM:<e@x>\r\r\n.\r\n";
@@ -659,13 +630,7 @@ mod tests {
         let mut rx = DataReceiver::new(BIG, BarePolicy::Reject);
         let mut out = Vec::new();
         assert!(rx.feed(b"x\r\n.\r\n", &mut out).done);
-        assert_eq!(
-            rx.feed(b"more", &mut out),
-            DataProgress {
-                consumed: 0,
-                done: true
-            }
-        );
+        assert_eq!(rx.feed(b"more", &mut out), DataProgress { consumed: 0, done: true });
         assert_eq!(out, b"x\r\n");
     }
 

@@ -65,10 +65,7 @@ pub struct LineReader {
 impl LineReader {
     /// A reader that accepts lines of at most `max_line` bytes, line end not included.
     pub fn new(max_line: usize) -> Self {
-        Self {
-            max_line,
-            skipping: false,
-        }
+        Self { max_line, skipping: false }
     }
 
     /// The limit this reader enforces.
@@ -93,12 +90,7 @@ impl LineReader {
                     skipped = lf + 1;
                     rest = rest.get(skipped..).unwrap_or_default();
                 }
-                None => {
-                    return Framed {
-                        frame: Frame::NeedMore,
-                        consumed: buf.len(),
-                    }
-                }
+                None => return Framed { frame: Frame::NeedMore, consumed: buf.len() },
             }
         }
         // A line of `max_line` bytes plus CRLF fits in `max_line + 2`; looking no further keeps
@@ -111,20 +103,13 @@ impl LineReader {
                 let line = with_cr.strip_suffix(b"\r").unwrap_or(with_cr);
                 let consumed = skipped + lf + 1;
                 if line.len() > self.max_line {
-                    Framed {
-                        frame: Frame::TooLong,
-                        consumed,
-                    }
+                    Framed { frame: Frame::TooLong, consumed }
                 } else {
-                    Framed {
-                        frame: Frame::Line(line),
-                        consumed,
-                    }
+                    Framed { frame: Frame::Line(line), consumed }
                 }
             }
             None if window > self.max_line.saturating_add(1)
-                || (window == self.max_line.saturating_add(1)
-                    && head.last().is_some_and(|&b| b != b'\r')) =>
+                || (window == self.max_line.saturating_add(1) && head.last().is_some_and(|&b| b != b'\r')) =>
             {
                 // The line end may already be in the buffer beyond the window: drop up to it and
                 // leave what follows (pipelined commands) alone.
@@ -135,15 +120,9 @@ impl LineReader {
                         buf.len()
                     }
                 };
-                Framed {
-                    frame: Frame::TooLong,
-                    consumed,
-                }
+                Framed { frame: Frame::TooLong, consumed }
             }
-            None => Framed {
-                frame: Frame::NeedMore,
-                consumed: skipped,
-            },
+            None => Framed { frame: Frame::NeedMore, consumed: skipped },
         }
     }
 }
@@ -189,19 +168,13 @@ mod tests {
     #[test]
     fn crlf_and_bare_lf_end_commands() {
         let mut r = LineReader::new(100);
-        assert_eq!(
-            run(&mut r, &[b"EHLO a\r\nNOOP\nQUIT\r\n"]),
-            lines(&["EHLO a", "NOOP", "QUIT"])
-        );
+        assert_eq!(run(&mut r, &[b"EHLO a\r\nNOOP\nQUIT\r\n"]), lines(&["EHLO a", "NOOP", "QUIT"]));
     }
 
     #[test]
     fn bare_cr_is_not_a_line_end() {
         let mut r = LineReader::new(100);
-        assert_eq!(
-            run(&mut r, &[b"MAIL FROM:<a@b>\rRCPT TO:<c@d>\r\n"]),
-            lines(&["MAIL FROM:<a@b>\rRCPT TO:<c@d>"])
-        );
+        assert_eq!(run(&mut r, &[b"MAIL FROM:<a@b>\rRCPT TO:<c@d>\r\n"]), lines(&["MAIL FROM:<a@b>\rRCPT TO:<c@d>"]));
         // Only the CR right before the LF belongs to the line end.
         assert_eq!(run(&mut r, &[b"NOOP\r\r\n"]), lines(&["NOOP\r"]));
     }
@@ -209,20 +182,8 @@ mod tests {
     #[test]
     fn incomplete_until_whole() {
         let mut r = LineReader::new(100);
-        assert_eq!(
-            r.read(b"EHLO"),
-            Framed {
-                frame: Frame::NeedMore,
-                consumed: 0
-            }
-        );
-        assert_eq!(
-            r.read(b"EHLO x\r"),
-            Framed {
-                frame: Frame::NeedMore,
-                consumed: 0
-            }
-        );
+        assert_eq!(r.read(b"EHLO"), Framed { frame: Frame::NeedMore, consumed: 0 });
+        assert_eq!(r.read(b"EHLO x\r"), Framed { frame: Frame::NeedMore, consumed: 0 });
         let f = r.read(b"EHLO x\r\nDATA\r\n");
         assert_eq!(f.frame, Frame::Line(b"EHLO x"));
         assert_eq!(f.consumed, 8);
@@ -248,10 +209,7 @@ mod tests {
         let mut r = LineReader::new(4);
         assert_eq!(run(&mut r, &[b"NOOP\r\n"]), lines(&["NOOP"]));
         assert_eq!(run(&mut r, &[b"NOOP\n"]), lines(&["NOOP"]));
-        assert_eq!(
-            run(&mut r, &[b"NOOPS\r\nQUIT\r\n"]),
-            vec![Err(()), Ok(b"QUIT".to_vec())]
-        );
+        assert_eq!(run(&mut r, &[b"NOOPS\r\nQUIT\r\n"]), vec![Err(()), Ok(b"QUIT".to_vec())]);
         // Byte at a time: the CR after exactly max_line bytes must not trigger TooLong.
         let bytes: Vec<&[u8]> = b"NOOP\r\nQUIT\r\n".chunks(1).collect();
         assert_eq!(run(&mut r, &bytes), lines(&["NOOP", "QUIT"]));
@@ -262,10 +220,7 @@ mod tests {
         let mut r = LineReader::new(8);
         let long = [b'x'; 1000];
         let out = run(&mut r, &[b"NOOP\r\n", &long, &long, b"yyy\r\nQUIT\r\n"]);
-        assert_eq!(
-            out,
-            vec![Ok(b"NOOP".to_vec()), Err(()), Ok(b"QUIT".to_vec())]
-        );
+        assert_eq!(out, vec![Ok(b"NOOP".to_vec()), Err(()), Ok(b"QUIT".to_vec())]);
         assert!(!r.is_skipping());
     }
 
@@ -287,20 +242,13 @@ mod tests {
         let expected = vec![Ok(b"NOOP".to_vec()), Err(()), Ok(b"QUIT".to_vec())];
         for split in 0..=input.len() {
             let mut r = LineReader::new(8);
-            assert_eq!(
-                run(&mut r, &[&input[..split], &input[split..]]),
-                expected,
-                "split at {split}"
-            );
+            assert_eq!(run(&mut r, &[&input[..split], &input[split..]]), expected, "split at {split}");
         }
     }
 
     #[test]
     fn zero_limit_accepts_only_empty_lines() {
         let mut r = LineReader::new(0);
-        assert_eq!(
-            run(&mut r, &[b"\r\n\nx\r\n\r\n"]),
-            vec![Ok(vec![]), Ok(vec![]), Err(()), Ok(vec![])]
-        );
+        assert_eq!(run(&mut r, &[b"\r\n\nx\r\n\r\n"]), vec![Ok(vec![]), Ok(vec![]), Err(()), Ok(vec![])]);
     }
 }

@@ -7,7 +7,7 @@
 //!
 //! The pieces, in the order a connection meets them:
 //!
-//! * [`line`]: [`LineReader`] frames command lines on a caller-owned buffer and reports
+//! * [`line`](mod@line): [`LineReader`] frames command lines on a caller-owned buffer and reports
 //!   over-long lines without ever holding more than the limit.
 //! * [`command`]: [`parse`] turns one line into a [`Command`], or a [`ParseError`] whose
 //!   [`ParseError::reply`] is the RFC 5321/3463 answer. Written by hand rather than with
@@ -47,8 +47,8 @@ pub mod line;
 pub mod reply;
 
 pub use command::{
-    helo_name_is_valid, parse, AddressError, Body, Command, ForwardPath, MailFrom, Mailbox,
-    ParseError, RcptTo, ReversePath,
+    helo_name_is_valid, parse, AddressError, Body, Command, ForwardPath, MailFrom, Mailbox, ParseError, RcptTo,
+    ReversePath,
 };
 pub use data::{BarePolicy, DataError, DataProgress, DataReceiver, DataStats, DotStuffer};
 pub use line::{Frame, Framed, LineReader, RFC5321_MAX_COMMAND_LINE};

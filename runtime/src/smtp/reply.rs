@@ -70,11 +70,7 @@ impl EnhancedCode {
     /// detail of at most three digits.
     pub const fn new(class: u8, subject: u16, detail: u16) -> Option<Self> {
         if matches!(class, 2 | 4 | 5) && subject <= 999 && detail <= 999 {
-            Some(Self {
-                class,
-                subject,
-                detail,
-            })
+            Some(Self { class, subject, detail })
         } else {
             None
         }
@@ -82,11 +78,7 @@ impl EnhancedCode {
 
     /// For the constants above, which are valid by inspection.
     const fn known(class: u8, subject: u16, detail: u16) -> Self {
-        Self {
-            class,
-            subject,
-            detail,
-        }
+        Self { class, subject, detail }
     }
 
     /// The class digit: 2, 4 or 5.
@@ -144,11 +136,7 @@ impl Reply {
     }
 
     /// Like [`Reply::new`] with one text per line; long lines are wrapped further.
-    pub fn multiline<I, S>(
-        code: u16,
-        enhanced: Option<EnhancedCode>,
-        lines: I,
-    ) -> Result<Self, ReplyError>
+    pub fn multiline<I, S>(code: u16, enhanced: Option<EnhancedCode>, lines: I) -> Result<Self, ReplyError>
     where
         I: IntoIterator<Item = S>,
         S: AsRef<str>,
@@ -161,11 +149,7 @@ impl Reply {
                 return Err(ReplyError::ClassMismatch { code, enhanced: e });
             }
         }
-        let mut reply = Self {
-            code,
-            enhanced,
-            lines: Vec::new(),
-        };
+        let mut reply = Self { code, enhanced, lines: Vec::new() };
         let budget = reply.text_budget();
         for line in lines {
             wrap_into(&sanitize(line.as_ref()), budget, &mut reply.lines);
@@ -178,11 +162,7 @@ impl Reply {
 
     /// For this module's own constructors, whose codes are valid by inspection.
     pub(crate) fn fixed(code: u16, enhanced: Option<EnhancedCode>, text: &str) -> Self {
-        let mut reply = Self {
-            code,
-            enhanced,
-            lines: Vec::new(),
-        };
+        let mut reply = Self { code, enhanced, lines: Vec::new() };
         let budget = reply.text_budget();
         wrap_into(&sanitize(text), budget, &mut reply.lines);
         if reply.lines.is_empty() {
@@ -312,20 +292,12 @@ impl Reply {
 
     /// `454 4.7.0 TLS not available due to local problem`.
     pub fn tls_unavailable() -> Self {
-        Self::fixed(
-            454,
-            Some(EnhancedCode::SECURITY_TEMPORARY),
-            "TLS not available due to local problem",
-        )
+        Self::fixed(454, Some(EnhancedCode::SECURITY_TEMPORARY), "TLS not available due to local problem")
     }
 
     /// `530 5.7.0 Must issue a STARTTLS command first`.
     pub fn tls_required() -> Self {
-        Self::fixed(
-            530,
-            Some(EnhancedCode::SECURITY),
-            "Must issue a STARTTLS command first",
-        )
+        Self::fixed(530, Some(EnhancedCode::SECURITY), "Must issue a STARTTLS command first")
     }
 
     /// `214 2.0.0 …`: the answer to `HELP`.
@@ -344,50 +316,30 @@ impl Reply {
 
     /// `502 5.5.1 EXPN not available`: mailing lists are not disclosed.
     pub fn expn_disabled() -> Self {
-        Self::fixed(
-            502,
-            Some(EnhancedCode::INVALID_COMMAND),
-            "EXPN not available",
-        )
+        Self::fixed(502, Some(EnhancedCode::INVALID_COMMAND), "EXPN not available")
     }
 
     /// `503 5.5.1 Error: <what>`: a command out of sequence (e.g. `RCPT` before `MAIL`).
     pub fn bad_sequence(what: &str) -> Self {
-        Self::fixed(
-            503,
-            Some(EnhancedCode::INVALID_COMMAND),
-            &format!("Error: {what}"),
-        )
+        Self::fixed(503, Some(EnhancedCode::INVALID_COMMAND), &format!("Error: {what}"))
     }
 
     /// `500 5.5.2 Error: line too long`: a command line over the limit. (RFC 5321 §4.5.3.1.10
     /// gives 500; 5.5.6 is reserved by RFC 4954 for `AUTH` exchange lines, see
     /// [`Reply::auth_line_too_long`].)
     pub fn line_too_long() -> Self {
-        Self::fixed(
-            500,
-            Some(EnhancedCode::SYNTAX_ERROR),
-            "Error: line too long",
-        )
+        Self::fixed(500, Some(EnhancedCode::SYNTAX_ERROR), "Error: line too long")
     }
 
     /// `500 5.5.6 Authentication Exchange line is too long` (RFC 4954 §4).
     pub fn auth_line_too_long() -> Self {
-        Self::fixed(
-            500,
-            Some(EnhancedCode::AUTH_LINE_TOO_LONG),
-            "Authentication Exchange line is too long",
-        )
+        Self::fixed(500, Some(EnhancedCode::AUTH_LINE_TOO_LONG), "Authentication Exchange line is too long")
     }
 
     /// `552 5.3.4 Message size exceeds fixed limit`: for `SIZE=` over the limit and for data
     /// that went over it.
     pub fn message_too_big() -> Self {
-        Self::fixed(
-            552,
-            Some(EnhancedCode::MESSAGE_TOO_BIG),
-            "Message size exceeds fixed limit",
-        )
+        Self::fixed(552, Some(EnhancedCode::MESSAGE_TOO_BIG), "Message size exceeds fixed limit")
     }
 
     /// `550 5.5.2 Error: bare CR, LF or NUL received`: message data with a bare CR, a bare LF
@@ -395,47 +347,27 @@ impl Reply {
     /// because the client broke RFC 5321 §2.3.8's framing, which is a protocol fault rather
     /// than a content (5.6.x) one; Postfix answers the same for its bare-LF rejection.
     pub fn bare_line_ending() -> Self {
-        Self::fixed(
-            550,
-            Some(EnhancedCode::SYNTAX_ERROR),
-            "Error: bare CR, LF or NUL received",
-        )
+        Self::fixed(550, Some(EnhancedCode::SYNTAX_ERROR), "Error: bare CR, LF or NUL received")
     }
 
     /// `452 4.5.3 Error: too many recipients`.
     pub fn too_many_recipients() -> Self {
-        Self::fixed(
-            452,
-            Some(EnhancedCode::TOO_MANY_RECIPIENTS),
-            "Error: too many recipients",
-        )
+        Self::fixed(452, Some(EnhancedCode::TOO_MANY_RECIPIENTS), "Error: too many recipients")
     }
 
     /// `554 5.5.1 Error: no valid recipients`: `DATA` with no accepted recipient.
     pub fn no_valid_recipients() -> Self {
-        Self::fixed(
-            554,
-            Some(EnhancedCode::INVALID_COMMAND),
-            "Error: no valid recipients",
-        )
+        Self::fixed(554, Some(EnhancedCode::INVALID_COMMAND), "Error: no valid recipients")
     }
 
     /// `553 5.6.7 …`: a non-ASCII address without the `SMTPUTF8` parameter (RFC 6531 §3.5).
     pub fn smtputf8_required() -> Self {
-        Self::fixed(
-            553,
-            Some(EnhancedCode::NON_ASCII_ADDRESS),
-            "Error: non-ASCII address requires SMTPUTF8",
-        )
+        Self::fixed(553, Some(EnhancedCode::NON_ASCII_ADDRESS), "Error: non-ASCII address requires SMTPUTF8")
     }
 
     /// `451 4.3.0 Error: local error, try again later`.
     pub fn local_error() -> Self {
-        Self::fixed(
-            451,
-            Some(EnhancedCode::LOCAL_ERROR),
-            "Error: local error, try again later",
-        )
+        Self::fixed(451, Some(EnhancedCode::LOCAL_ERROR), "Error: local error, try again later")
     }
 
     /// `421 4.3.2 host Service not available, closing transmission channel`: shutdown.
@@ -449,29 +381,17 @@ impl Reply {
 
     /// `421 4.4.2 host Error: timeout exceeded`.
     pub fn timeout(hostname: &str) -> Self {
-        Self::fixed(
-            421,
-            Some(EnhancedCode::BAD_CONNECTION),
-            &format!("{hostname} Error: timeout exceeded"),
-        )
+        Self::fixed(421, Some(EnhancedCode::BAD_CONNECTION), &format!("{hostname} Error: timeout exceeded"))
     }
 
     /// `421 4.7.0 host Error: too many errors`: the session gives up on a client.
     pub fn too_many_errors(hostname: &str) -> Self {
-        Self::fixed(
-            421,
-            Some(EnhancedCode::SECURITY_TEMPORARY),
-            &format!("{hostname} Error: too many errors"),
-        )
+        Self::fixed(421, Some(EnhancedCode::SECURITY_TEMPORARY), &format!("{hostname} Error: too many errors"))
     }
 
     /// The `EHLO` answer: the host name line, then one line per offered extension.
     pub fn ehlo(hostname: &str, caps: &EhloCapabilities) -> Self {
-        let mut lines = vec![
-            hostname.to_owned(),
-            "PIPELINING".to_owned(),
-            format!("SIZE {}", caps.max_size),
-        ];
+        let mut lines = vec![hostname.to_owned(), "PIPELINING".to_owned(), format!("SIZE {}", caps.max_size)];
         lines.push("8BITMIME".to_owned());
         if caps.smtputf8 {
             lines.push("SMTPUTF8".to_owned());
@@ -485,20 +405,14 @@ impl Reply {
             .auth_mechanisms
             .iter()
             .filter(|m| {
-                (1..=20).contains(&m.len())
-                    && m.bytes()
-                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+                (1..=20).contains(&m.len()) && m.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
             })
             .map(|m| m.to_ascii_uppercase())
             .collect();
         if !mechs.is_empty() {
             lines.push(format!("AUTH {}", mechs.join(" ")));
         }
-        let mut reply = Self {
-            code: 250,
-            enhanced: None,
-            lines: Vec::new(),
-        };
+        let mut reply = Self { code: 250, enhanced: None, lines: Vec::new() };
         let budget = reply.text_budget();
         for line in lines {
             wrap_into(&sanitize(&line), budget, &mut reply.lines);
@@ -571,53 +485,27 @@ mod tests {
     #[test]
     fn single_and_multi_line() {
         assert_eq!(wire(&Reply::ok()), "250 2.0.0 Ok\r\n");
-        assert_eq!(
-            wire(&Reply::start_data()),
-            "354 End data with <CR><LF>.<CR><LF>\r\n"
-        );
-        let r = Reply::multiline(
-            550,
-            EnhancedCode::new(5, 7, 1),
-            ["first", "second", "third"],
-        )
-        .unwrap();
-        assert_eq!(
-            wire(&r),
-            "550-5.7.1 first\r\n550-5.7.1 second\r\n550 5.7.1 third\r\n"
-        );
+        assert_eq!(wire(&Reply::start_data()), "354 End data with <CR><LF>.<CR><LF>\r\n");
+        let r = Reply::multiline(550, EnhancedCode::new(5, 7, 1), ["first", "second", "third"]).unwrap();
+        assert_eq!(wire(&r), "550-5.7.1 first\r\n550-5.7.1 second\r\n550 5.7.1 third\r\n");
         let r = Reply::multiline(250, None, ["a", "", "c"]).unwrap();
         assert_eq!(wire(&r), "250-a\r\n250-\r\n250 c\r\n");
         assert_eq!(wire(&Reply::new(250, None, "").unwrap()), "250\r\n");
-        assert_eq!(
-            wire(&Reply::new(250, Some(EnhancedCode::OK), "").unwrap()),
-            "250 2.0.0\r\n"
-        );
+        assert_eq!(wire(&Reply::new(250, Some(EnhancedCode::OK), "").unwrap()), "250 2.0.0\r\n");
         let none: [&str; 0] = [];
         assert_eq!(wire(&Reply::multiline(221, None, none).unwrap()), "221\r\n");
     }
 
     #[test]
     fn no_injection_from_texts() {
-        let r = Reply::new(
-            550,
-            EnhancedCode::new(5, 7, 1),
-            "no\r\n250 2.0.0 Ok\nfake\0x\x1b[31m",
-        )
-        .unwrap();
+        let r = Reply::new(550, EnhancedCode::new(5, 7, 1), "no\r\n250 2.0.0 Ok\nfake\0x\x1b[31m").unwrap();
         let w = wire(&r);
         assert_eq!(w.matches("\r\n").count(), 1);
         assert!(!w.contains('\n') || w.ends_with("\r\n"));
         assert_eq!(w, "550 5.7.1 no  250 2.0.0 Ok fake x [31m\r\n");
         let r = Reply::bad_sequence("sender <jöran@bücher>\r\nQUIT");
         assert_eq!(wire(&r), "503 5.5.1 Error: sender <j?ran@b?cher>  QUIT\r\n");
-        assert!(
-            Reply::greeting("mx\r\n250 evil", "ESMTP")
-                .to_bytes()
-                .iter()
-                .filter(|&&b| b == b'\n')
-                .count()
-                == 1
-        );
+        assert!(Reply::greeting("mx\r\n250 evil", "ESMTP").to_bytes().iter().filter(|&&b| b == b'\n').count() == 1);
     }
 
     #[test]
@@ -630,17 +518,11 @@ mod tests {
         for (i, line) in lines.iter().enumerate() {
             assert!(line.len() <= MAX_REPLY_LINE, "{}", line.len());
             let sep = if i + 1 == lines.len() { b' ' } else { b'-' };
-            assert_eq!(
-                &line[..10],
-                &[b'5', b'5', b'4', sep, b'5', b'.', b'7', b'.', b'1', b' '][..]
-            );
+            assert_eq!(&line[..10], &[b'5', b'5', b'4', sep, b'5', b'.', b'7', b'.', b'1', b' '][..]);
         }
         let unbroken = "x".repeat(2000);
         let w = Reply::new(250, None, &unbroken).unwrap().to_bytes();
-        let total: usize = w
-            .split(|&b| b == b'\n')
-            .map(|l| l.len().saturating_sub(5))
-            .sum();
+        let total: usize = w.split(|&b| b == b'\n').map(|l| l.len().saturating_sub(5)).sum();
         assert_eq!(total, 2000);
         for line in w.split_inclusive(|&b| b == b'\n') {
             assert!(line.len() <= MAX_REPLY_LINE);
@@ -651,20 +533,12 @@ mod tests {
     fn codes_are_checked() {
         assert_eq!(Reply::new(199, None, "x"), Err(ReplyError::BadCode(199)));
         assert_eq!(Reply::new(600, None, "x"), Err(ReplyError::BadCode(600)));
-        assert!(matches!(
-            Reply::new(550, Some(EnhancedCode::OK), "x"),
-            Err(ReplyError::ClassMismatch { .. })
-        ));
-        assert!(matches!(
-            Reply::new(354, Some(EnhancedCode::OK), "x"),
-            Err(ReplyError::ClassMismatch { .. })
-        ));
+        assert!(matches!(Reply::new(550, Some(EnhancedCode::OK), "x"), Err(ReplyError::ClassMismatch { .. })));
+        assert!(matches!(Reply::new(354, Some(EnhancedCode::OK), "x"), Err(ReplyError::ClassMismatch { .. })));
         assert_eq!(EnhancedCode::new(3, 0, 0), None);
         assert_eq!(EnhancedCode::new(5, 1000, 0), None);
         assert_eq!(EnhancedCode::new(4, 7, 1).unwrap().to_string(), "4.7.1");
-        assert!(Reply::new(421, EnhancedCode::new(4, 7, 0), "x")
-            .unwrap()
-            .is_transient());
+        assert!(Reply::new(421, EnhancedCode::new(4, 7, 0), "x").unwrap().is_transient());
         assert!(Reply::message_too_big().is_permanent());
         assert!(Reply::ok().is_positive());
     }
@@ -682,12 +556,7 @@ mod tests {
             "250-mx.example\r\n250-PIPELINING\r\n250-SIZE 10485760\r\n250-8BITMIME\r\n\
              250-SMTPUTF8\r\n250-ENHANCEDSTATUSCODES\r\n250-STARTTLS\r\n250 AUTH PLAIN LOGIN\r\n"
         );
-        let caps = EhloCapabilities {
-            max_size: 1000,
-            smtputf8: false,
-            starttls: false,
-            auth_mechanisms: vec![],
-        };
+        let caps = EhloCapabilities { max_size: 1000, smtputf8: false, starttls: false, auth_mechanisms: vec![] };
         let w = wire(&Reply::ehlo("mx.example", &caps));
         assert_eq!(
             w,
@@ -730,13 +599,7 @@ mod tests {
             let checked = Reply::multiline(r.code(), r.enhanced(), r.lines()).unwrap();
             assert_eq!(checked, r);
         }
-        assert_eq!(
-            wire(&Reply::bare_line_ending()),
-            "550 5.5.2 Error: bare CR, LF or NUL received\r\n"
-        );
-        assert_eq!(
-            wire(&Reply::message_too_big()),
-            "552 5.3.4 Message size exceeds fixed limit\r\n"
-        );
+        assert_eq!(wire(&Reply::bare_line_ending()), "550 5.5.2 Error: bare CR, LF or NUL received\r\n");
+        assert_eq!(wire(&Reply::message_too_big()), "552 5.3.4 Message size exceeds fixed limit\r\n");
     }
 }

@@ -1,0 +1,436 @@
+//! One client connection: the I/O around a [`Session`].
+//!
+//! The driver reads bytes with a deadline per stage, frames command lines, hands parsed
+//! commands to the session and carries out its [`Action`]s: replies are collected and written in
+//! one batch when the client's pipelined input is used up (RFC 2920), recipients go to the back
+//! end, DATA streams to the spool and then to the back end, and only the back end's verdict is
+//! returned to the client.
+//!
+//! Phases, as docs/session.md names them: connect → greet → helo → mail → rcpt → data → relay →
+//! log. Every wait is bounded by the stage's timeout, measured from the start of the stage, so a
+//! client trickling one byte at a time cannot stretch it.
+
+use crate::relay::{Envelope, Relay, Transaction};
+use crate::received::{self, Trace};
+use crate::server::{Delivery, Shared, Shutdown, Snapshot};
+use crate::session::{Action, Session};
+use crate::smtp::{parse, BarePolicy as SmtpBare, DataReceiver, EnhancedCode, Frame, LineReader, Reply};
+use crate::spool::{self, SpoolFile};
+use mtac_ruleset::model::{BackendProtocol, BarePolicy, Farm};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+/// Spool writes are batched to this size.
+const SPOOL_CHUNK: usize = 64 * 1024;
+/// Input buffer growth step while reading commands.
+const READ_STEP: usize = 1024;
+
+/// How a session ended, for the closing log line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum End {
+    Quit,
+    ClientClosed,
+    Timeout,
+    TooManyErrors,
+    Refused,
+    Shutdown,
+    EarlyTalker,
+    Io,
+}
+
+impl End {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            End::Quit => "quit",
+            End::ClientClosed => "client-closed",
+            End::Timeout => "timeout",
+            End::TooManyErrors => "too-many-errors",
+            End::Refused => "refused",
+            End::Shutdown => "shutdown",
+            End::EarlyTalker => "early-talker",
+            End::Io => "io-error",
+        }
+    }
+}
+
+enum Read {
+    Data,
+    Closed,
+    Timeout,
+    Shutdown,
+    Error,
+}
+
+struct Conn<'s> {
+    stream: TcpStream,
+    input: Vec<u8>,
+    output: Vec<u8>,
+    shared: &'s Shared,
+    shutdown: tokio::sync::watch::Receiver<Shutdown>,
+}
+
+impl Conn<'_> {
+    async fn flush(&mut self, deadline: Instant) -> bool {
+        if self.output.is_empty() {
+            return true;
+        }
+        let ok = matches!(tokio::time::timeout_at(deadline, self.stream.write_all(&self.output)).await, Ok(Ok(())));
+        self.output.clear();
+        // A big EHLO or error reply should not pin memory for an idle session.
+        if self.output.capacity() > 4096 {
+            self.output.shrink_to(512);
+        }
+        ok
+    }
+
+    /// Read more input before `deadline`. `in_transaction` lets a draining node finish a message.
+    async fn read(&mut self, deadline: Instant, in_transaction: bool) -> Read {
+        if self.input.capacity() - self.input.len() < READ_STEP / 2 {
+            self.input.reserve(READ_STEP);
+        }
+        loop {
+            let state = *self.shutdown.borrow();
+            if state == Shutdown::Now || (state == Shutdown::Draining && !in_transaction) {
+                return Read::Shutdown;
+            }
+            tokio::select! {
+                read = tokio::time::timeout_at(deadline, self.stream.read_buf(&mut self.input)) => {
+                    return match read {
+                        Ok(Ok(0)) => Read::Closed,
+                        Ok(Ok(_)) => Read::Data,
+                        Ok(Err(_)) => Read::Error,
+                        Err(_) => Read::Timeout,
+                    };
+                }
+                changed = self.shutdown.changed() => {
+                    if changed.is_err() {
+                        // The server is gone: treat as an immediate stop.
+                        return Read::Shutdown;
+                    }
+                }
+            }
+        }
+    }
+
+    fn reply(&mut self, reply: &Reply) {
+        reply.write_to(&mut self.output);
+    }
+
+    /// Write a last reply and report how the session ended.
+    async fn close(&mut self, reply: &Reply, end: End) -> End {
+        self.reply(reply);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        self.flush(deadline).await;
+        let _ = self.stream.shutdown().await;
+        end
+    }
+}
+
+/// Serve one connection of `farm_name` on the snapshot current at accept time.
+pub async fn serve(stream: TcpStream, peer: SocketAddr, farm_name: &str, shared: Arc<Shared>, id: String) {
+    let _ = stream.set_nodelay(true);
+    // The session keeps the ruleset it started with, whatever reloads happen meanwhile.
+    let snapshot = shared.snapshot();
+    let Some((farm_index, farm)) = snapshot.farm(farm_name) else {
+        let mut stream = stream;
+        let reply = Reply::shutting_down(&snapshot.ruleset.policy().hostname);
+        let _ = stream.write_all(&reply.to_bytes()).await;
+        tracing::warn!(session = %id, farm = farm_name, "farm no longer in the ruleset; connection refused");
+        return;
+    };
+    let mut conn = Conn {
+        stream,
+        input: Vec::with_capacity(READ_STEP),
+        output: Vec::with_capacity(512),
+        shared: &shared,
+        shutdown: shared.shutdown_receiver(),
+    };
+    let mut session = Session::new(id.clone(), peer, &snapshot.ruleset, farm);
+    let end = run(&mut conn, &mut session, &snapshot, farm_index, farm).await;
+    tracing::info!(
+        session = %session.id,
+        client = %peer.ip(),
+        farm = farm_name,
+        helo = session.helo.as_deref().unwrap_or(""),
+        accepted = session.accepted,
+        rule = session.last_rule.as_deref().unwrap_or(""),
+        end = end.as_str(),
+        "session closed"
+    );
+}
+
+async fn run(conn: &mut Conn<'_>, session: &mut Session, snapshot: &Snapshot, farm_index: usize, farm: &Farm) -> End {
+    let limits = &farm.limits;
+    let hostname = snapshot.ruleset.policy().hostname.clone();
+    let command_timeout = Duration::from_secs(u64::from(limits.timeouts.command));
+
+    // Early talkers: a client that speaks before the greeting is a bot (postscreen's pregreet test).
+    if limits.timeouts.pregreet > 0 {
+        let wait = Instant::now() + Duration::from_secs(u64::from(limits.timeouts.pregreet));
+        match conn.read(wait, false).await {
+            Read::Timeout => {}
+            Read::Data => {
+                session.last_rule = Some("pregreet".to_owned());
+                let reply = Reply::new(554, EnhancedCode::new(5, 5, 1), "Protocol error: you talked before the greeting")
+                    .unwrap_or_else(|_| Reply::local_error());
+                return conn.close(&reply, End::EarlyTalker).await;
+            }
+            Read::Closed => return End::ClientClosed,
+            Read::Shutdown => return conn.close(&Reply::shutting_down(&hostname), End::Shutdown).await,
+            Read::Error => return End::Io,
+        }
+    }
+    match session.greet(&snapshot.ruleset, farm) {
+        Action::Close(reply) => {
+            return conn.close(&reply, End::Refused).await;
+        }
+        Action::Reply(reply) => conn.reply(&reply),
+        _ => {}
+    }
+
+    let relay = snapshot.delivery(farm_index);
+    let mut lines = LineReader::new(usize::try_from(limits.line_length).unwrap_or(usize::MAX));
+    let mut txn: Option<Transaction<'_>> = None;
+    let mut deadline = Instant::now() + command_timeout;
+    let end = loop {
+        let framed = lines.read(&conn.input);
+        let consumed = framed.consumed;
+        let action = match framed.frame {
+            Frame::NeedMore => {
+                conn.input.drain(..consumed);
+                if !conn.flush(deadline).await {
+                    break End::Io;
+                }
+                match conn.read(deadline, session.txn.is_some()).await {
+                    Read::Data => continue,
+                    Read::Closed => break End::ClientClosed,
+                    Read::Error => break End::Io,
+                    Read::Timeout => break conn.close(&Reply::timeout(&hostname), End::Timeout).await,
+                    Read::Shutdown => break conn.close(&Reply::shutting_down(&hostname), End::Shutdown).await,
+                }
+            }
+            Frame::TooLong => session.line_too_long(),
+            Frame::Line(line) => match parse(line) {
+                Ok(command) => session.command(command, &snapshot.ruleset, farm),
+                Err(e) => session.parse_error(&e),
+            },
+        };
+        conn.input.drain(..consumed);
+        deadline = Instant::now() + command_timeout;
+
+        let action = match action {
+            Action::Recipient { address } => {
+                let verdict = match &relay {
+                    Delivery::Maildir(_) => Ok(()),
+                    Delivery::Relay(relay) => recipient(relay, &mut txn, session, &address).await,
+                };
+                session.recipient_result(address, verdict)
+            }
+            other => other,
+        };
+        match action {
+            Action::Reply(reply) => conn.reply(&reply),
+            Action::Close(reply) => {
+                let end = if reply.code() == 221 {
+                    End::Quit
+                } else if reply.code() == 421 {
+                    End::TooManyErrors
+                } else {
+                    End::Refused
+                };
+                break conn.close(&reply, end).await;
+            }
+            Action::Data => {
+                let outcome = data(conn, session, farm, &hostname, &relay, txn.take()).await;
+                match outcome {
+                    Ok(reply) => {
+                        let accepted = reply.is_positive();
+                        let action = if accepted { Action::Reply(reply) } else { session.data_refused(reply) };
+                        session.end_transaction(accepted);
+                        match action {
+                            Action::Close(r) => break conn.close(&r, End::TooManyErrors).await,
+                            Action::Reply(r) => conn.reply(&r),
+                            _ => {}
+                        }
+                    }
+                    Err(end) => break end,
+                }
+                deadline = Instant::now() + command_timeout;
+            }
+            Action::Recipient { .. } => {}
+        }
+        // RSET, a new EHLO, or a refused transaction: release the back end connection.
+        if session.txn.is_none() {
+            if let Some(t) = txn.take() {
+                t.abort().await;
+            }
+        }
+    };
+    if let Some(t) = txn.take() {
+        t.abort().await;
+    }
+    end
+}
+
+/// Ask the back end about one recipient, opening the transaction at the first.
+async fn recipient<'r>(
+    relay: &'r Relay,
+    txn: &mut Option<Transaction<'r>>,
+    session: &Session,
+    address: &str,
+) -> Result<(), Reply> {
+    if txn.is_none() {
+        let Some(envelope) = session.txn.as_ref().map(|t| Envelope {
+            sender: t.sender.clone(),
+            size: t.size,
+            eight_bit: t.eight_bit,
+            smtputf8: t.smtputf8,
+        }) else {
+            return Err(Reply::bad_sequence("need MAIL command"));
+        };
+        *txn = Some(relay.begin(&envelope).await?);
+    }
+    let Some(t) = txn.as_mut() else { return Err(Reply::local_error()) };
+    // LMTP answers per recipient after DATA while our client expects one reply: one recipient
+    // per transaction keeps every answer exact (ARCHITECTURE.md, "LMTP").
+    if t.protocol() == BackendProtocol::Lmtp && session.txn.as_ref().is_some_and(|s| !s.recipients.is_empty()) {
+        return Err(Reply::new(452, EnhancedCode::new(4, 5, 3), "One recipient per message on this path; send the others again")
+            .unwrap_or_else(|_| Reply::too_many_recipients()));
+    }
+    t.rcpt(address).await
+}
+
+/// Receive DATA into the spool and deliver it. `Ok(reply)` is the final answer for the client;
+/// `Err(end)` means the connection is over.
+async fn data(
+    conn: &mut Conn<'_>,
+    session: &Session,
+    farm: &Farm,
+    hostname: &str,
+    delivery: &Delivery<'_>,
+    txn: Option<Transaction<'_>>,
+) -> Result<Reply, End> {
+    let Some(envelope) = session.txn.as_ref() else { return Ok(Reply::bad_sequence("need MAIL command")) };
+    let mut spool = match conn.shared.spool.create(&session.id).await {
+        Ok(file) => file,
+        Err(e) => {
+            tracing::error!(session = %session.id, error = %e, "spool: cannot create a file");
+            if let Some(t) = txn {
+                t.abort().await;
+            }
+            return Ok(insufficient_storage());
+        }
+    };
+    conn.reply(&Reply::start_data());
+    let data_deadline = Instant::now() + Duration::from_secs(u64::from(farm.limits.timeouts.data));
+    if !conn.flush(data_deadline).await {
+        return Err(End::Io);
+    }
+    let trace = received::header(&Trace {
+        helo: session.helo.as_deref(),
+        client: session.peer.ip(),
+        hostname,
+        esmtp: session.esmtp(),
+        smtputf8: envelope.smtputf8,
+        id: &session.id,
+        recipient: match envelope.recipients.as_slice() {
+            [one] => Some(one.as_str()),
+            _ => None,
+        },
+    });
+    let bare = match farm.bare_line_ends {
+        BarePolicy::Reject => SmtpBare::Reject,
+        BarePolicy::Normalize => SmtpBare::Normalize,
+    };
+    let mut receiver = DataReceiver::new(farm.limits.message_size, bare);
+    let mut chunk = Vec::with_capacity(SPOOL_CHUNK.min(16 * 1024));
+    chunk.extend_from_slice(trace.as_bytes());
+    let mut spool_error: Option<std::io::Error> = None;
+    loop {
+        let progress = receiver.feed(&conn.input, &mut chunk);
+        conn.input.drain(..progress.consumed);
+        if chunk.len() >= SPOOL_CHUNK || (progress.done && !chunk.is_empty()) {
+            if spool_error.is_none() {
+                if let Err(e) = spool.write(&chunk).await {
+                    spool_error = Some(e);
+                }
+            }
+            chunk.clear();
+        }
+        if progress.done {
+            break;
+        }
+        match conn.read(data_deadline, true).await {
+            Read::Data => {}
+            Read::Closed => return Err(End::ClientClosed),
+            Read::Error => return Err(End::Io),
+            Read::Timeout => return Err(conn.close(&Reply::timeout(hostname), End::Timeout).await),
+            Read::Shutdown => return Err(conn.close(&Reply::shutting_down(hostname), End::Shutdown).await),
+        }
+    }
+    // The input buffer may have grown with a large message: give the memory back.
+    conn.input.shrink_to(READ_STEP);
+    if let Err(e) = receiver.check() {
+        return Ok(abandon(txn, e.reply()).await);
+    }
+    if let Some(e) = spool_error {
+        tracing::error!(session = %session.id, error = %e, full = spool::is_full(&e), "spool: write failed");
+        return Ok(abandon(txn, insufficient_storage()).await);
+    }
+    if let Err(e) = spool.flush().await {
+        tracing::error!(session = %session.id, error = %e, "spool: flush failed");
+        return Ok(abandon(txn, insufficient_storage()).await);
+    }
+    Ok(deliver(session, delivery, txn, &mut spool, hostname).await)
+}
+
+/// Give up the back-end transaction and answer `reply`.
+async fn abandon(txn: Option<Transaction<'_>>, reply: Reply) -> Reply {
+    if let Some(t) = txn {
+        t.abort().await;
+    }
+    reply
+}
+
+fn insufficient_storage() -> Reply {
+    Reply::new(452, EnhancedCode::new(4, 3, 1), "Insufficient system storage, try again later")
+        .unwrap_or_else(|_| Reply::local_error())
+}
+
+/// Hand the spooled message to the back end (or the maildir) and return its verdict.
+async fn deliver(
+    session: &Session,
+    delivery: &Delivery<'_>,
+    txn: Option<Transaction<'_>>,
+    spool: &mut SpoolFile,
+    hostname: &str,
+) -> Reply {
+    match delivery {
+        Delivery::Relay(_) => match txn {
+            Some(t) => t.data(spool).await,
+            None => Reply::new(451, EnhancedCode::new(4, 4, 0), "Back end transaction lost, try again later")
+                .unwrap_or_else(|_| Reply::local_error()),
+        },
+        Delivery::Maildir(dir) => {
+            let dir = dir.to_path_buf();
+            let path = spool.path().to_path_buf();
+            let sender = session.txn.as_ref().map(|t| t.sender.clone()).unwrap_or_default();
+            let host = hostname.to_owned();
+            let result = tokio::task::spawn_blocking(move || crate::maildir::deliver(&dir, &path, &sender, &host)).await;
+            match result {
+                Ok(Ok(_)) => Reply::new(250, EnhancedCode::new(2, 0, 0), &format!("Ok: delivered as {}", session.id))
+                    .unwrap_or_else(|_| Reply::ok()),
+                Ok(Err(e)) => {
+                    tracing::error!(session = %session.id, error = %e, "maildir delivery failed");
+                    Reply::new(451, EnhancedCode::new(4, 3, 0), "Local delivery failed, try again later")
+                        .unwrap_or_else(|_| Reply::local_error())
+                }
+                Err(_) => Reply::local_error(),
+            }
+        }
+    }
+}

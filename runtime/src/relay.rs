@@ -1,0 +1,437 @@
+//! The no-queue relay: mtac as an SMTP/LMTP client of its back ends, while its own client waits.
+//!
+//! A transaction opens (or takes from a small pool) a connection at the first recipient the
+//! policy accepts, replays MAIL FROM, forwards each RCPT so the back end's own verdict reaches
+//! the client, and after DATA streams the spooled message, dot-stuffed, in large writes with
+//! TCP_NODELAY set (Haraka loses ~40 ms per message to Nagle on exactly this socket).
+//!
+//! Back ends are tried in the policy's order: a connection that fails to open or greet moves on
+//! to the next one (failover). A pooled connection that turns out dead is replaced once by a fresh
+//! one; a reply is never retried, so a recipient is never offered twice in one transaction.
+//!
+//! **Invariant:** mtac answers 250 to DATA only after the back end answered 250 (SMTP) or every
+//! recipient got 250 (LMTP). Everything else becomes a 4xx or the back end's own 5xx.
+
+use crate::smtp::{DotStuffer, EnhancedCode, Reply};
+use crate::spool::SpoolFile;
+use mtac_ruleset::model::{Backend, BackendProtocol};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// Pooled connections older than this are closed rather than reused (back ends time idle
+/// clients out; Postfix after 300 s).
+const POOL_IDLE: Duration = Duration::from_secs(30);
+/// Idle connections kept per back end.
+const POOL_SIZE: usize = 64;
+/// A back-end reply longer than this is a protocol error.
+const MAX_REPLY: usize = 16 * 1024;
+/// Chunk size when streaming the spool file.
+const CHUNK: usize = 64 * 1024;
+
+/// Why a back-end exchange failed before a reply could be relayed.
+#[derive(Debug, thiserror::Error)]
+pub enum RelayError {
+    #[error("no back end reachable: {0}")]
+    Unreachable(String),
+    #[error("back end timed out")]
+    Timeout,
+    #[error("back end connection failed: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("back end protocol error: {0}")]
+    Protocol(String),
+}
+
+impl RelayError {
+    /// The reply the client gets: always temporary, so the sender keeps the message and retries.
+    pub fn reply(&self) -> Reply {
+        let (detail, text) = match self {
+            RelayError::Unreachable(_) => (1, "Back end unavailable, try again later"),
+            RelayError::Timeout => (2, "Back end timed out, try again later"),
+            RelayError::Io(_) => (2, "Back end connection lost, try again later"),
+            RelayError::Protocol(_) => (0, "Back end protocol error, try again later"),
+        };
+        Reply::new(451, EnhancedCode::new(4, 4, detail), text).unwrap_or_else(|_| Reply::local_error())
+    }
+}
+
+/// One reply from a back end.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackendReply {
+    pub code: u16,
+    pub lines: Vec<String>,
+}
+
+impl BackendReply {
+    fn is_positive(&self) -> bool {
+        (200..400).contains(&self.code)
+    }
+
+    /// The back end's reply, passed on to the client (text sanitised, enhanced code kept).
+    pub fn to_client(&self) -> Reply {
+        let joined = self.lines.join(" ");
+        let (enhanced, text) = split_enhanced(&joined);
+        Reply::new(self.code, enhanced, text)
+            .or_else(|_| Reply::new(self.code, None, text))
+            .unwrap_or_else(|_| Reply::local_error())
+    }
+
+    /// After DATA, a temporary failure of the back end is a 451 (RFC 5321's "local error"), with
+    /// the back end's text so the sender's logs say why.
+    pub fn to_client_after_data(&self) -> Reply {
+        if (400..500).contains(&self.code) {
+            let joined = self.lines.join(" ");
+            let (enhanced, text) = split_enhanced(&joined);
+            let enhanced = enhanced.filter(|e| e.class() == 4).or(EnhancedCode::new(4, 4, 0));
+            return Reply::new(451, enhanced, &format!("Back end: {text}")).unwrap_or_else(|_| Reply::local_error());
+        }
+        self.to_client()
+    }
+}
+
+fn split_enhanced(text: &str) -> (Option<EnhancedCode>, &str) {
+    let (first, rest) = text.split_once(' ').unwrap_or((text, ""));
+    let mut parts = first.split('.').map(|p| p.parse::<u16>().ok());
+    match (parts.next().flatten(), parts.next().flatten(), parts.next().flatten(), parts.next()) {
+        (Some(c), Some(s), Some(d), None) => match u8::try_from(c).ok().and_then(|c| EnhancedCode::new(c, s, d)) {
+            Some(e) => (Some(e), rest),
+            None => (None, text),
+        },
+        _ => (None, text),
+    }
+}
+
+/// What the back end said it supports (EHLO/LHLO keywords).
+#[derive(Debug, Clone, Copy, Default)]
+struct Capabilities {
+    smtputf8: bool,
+    eight_bit: bool,
+    size: bool,
+}
+
+/// An open, greeted back-end connection.
+pub struct Connection {
+    stream: TcpStream,
+    buf: Vec<u8>,
+    backend: usize,
+    protocol: BackendProtocol,
+    caps: Capabilities,
+    last_used: Instant,
+}
+
+impl Connection {
+    async fn write(&mut self, bytes: &[u8], timeout: Duration) -> Result<(), RelayError> {
+        tokio::time::timeout(timeout, self.stream.write_all(bytes)).await.map_err(|_| RelayError::Timeout)??;
+        Ok(())
+    }
+
+    /// Read one complete (possibly multi-line) reply.
+    async fn reply(&mut self, timeout: Duration) -> Result<BackendReply, RelayError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut lines = Vec::new();
+        loop {
+            while let Some(end) = self.buf.iter().position(|&b| b == b'\n') {
+                let line: Vec<u8> = self.buf.drain(..=end).collect();
+                let line = String::from_utf8_lossy(&line).trim_end_matches(['\r', '\n']).to_owned();
+                let code = line.get(..3).and_then(|c| c.parse::<u16>().ok()).filter(|c| (200..600).contains(c));
+                let Some(code) = code else {
+                    return Err(RelayError::Protocol(format!("malformed reply line {line:?}")));
+                };
+                let last = line.as_bytes().get(3) != Some(&b'-');
+                lines.push(line.get(4..).unwrap_or("").to_owned());
+                if last {
+                    return Ok(BackendReply { code, lines });
+                }
+                if lines.len() > 100 {
+                    return Err(RelayError::Protocol("reply too long".to_owned()));
+                }
+            }
+            if self.buf.len() > MAX_REPLY {
+                return Err(RelayError::Protocol("reply line too long".to_owned()));
+            }
+            self.buf.reserve(1024);
+            let n = tokio::time::timeout_at(deadline, self.stream.read_buf(&mut self.buf))
+                .await
+                .map_err(|_| RelayError::Timeout)??;
+            if n == 0 {
+                return Err(RelayError::Io(std::io::ErrorKind::UnexpectedEof.into()));
+            }
+        }
+    }
+
+    async fn command(&mut self, line: &str, timeout: Duration) -> Result<BackendReply, RelayError> {
+        let mut bytes = Vec::with_capacity(line.len() + 2);
+        bytes.extend_from_slice(line.as_bytes());
+        bytes.extend_from_slice(b"\r\n");
+        self.write(&bytes, timeout).await?;
+        self.reply(timeout).await
+    }
+}
+
+/// The envelope replayed to the back end.
+#[derive(Debug, Clone)]
+pub struct Envelope {
+    pub sender: String,
+    pub size: Option<u64>,
+    pub eight_bit: bool,
+    pub smtputf8: bool,
+}
+
+/// The back ends of one farm and their idle connections.
+pub struct Relay {
+    backends: Vec<Backend>,
+    pools: Vec<Mutex<Vec<Connection>>>,
+    hostname: String,
+    timeout: Duration,
+}
+
+impl Relay {
+    pub fn new(backends: Vec<Backend>, hostname: String, timeout: Duration) -> Relay {
+        let pools = backends.iter().map(|_| Mutex::new(Vec::new())).collect();
+        Relay { backends, pools, hostname, timeout }
+    }
+
+    pub fn backends(&self) -> &[Backend] {
+        &self.backends
+    }
+
+    fn take_pooled(&self) -> Option<Connection> {
+        for pool in &self.pools {
+            let mut pool = pool.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            while let Some(conn) = pool.pop() {
+                if conn.last_used.elapsed() < POOL_IDLE {
+                    return Some(conn);
+                }
+            }
+        }
+        None
+    }
+
+    fn give_back(&self, mut conn: Connection) {
+        conn.last_used = Instant::now();
+        conn.buf.clear();
+        if let Some(pool) = self.pools.get(conn.backend) {
+            let mut pool = pool.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            if pool.len() < POOL_SIZE {
+                pool.push(conn);
+            }
+        }
+    }
+
+    async fn connect(&self) -> Result<Connection, RelayError> {
+        let mut failures = Vec::new();
+        for (index, backend) in self.backends.iter().enumerate() {
+            match self.connect_one(index, backend).await {
+                Ok(conn) => return Ok(conn),
+                Err(e) => {
+                    tracing::warn!(backend = %backend.address, error = %e, "back end failed, trying the next");
+                    failures.push(format!("{}: {e}", backend.address));
+                }
+            }
+        }
+        Err(RelayError::Unreachable(failures.join("; ")))
+    }
+
+    async fn connect_one(&self, index: usize, backend: &Backend) -> Result<Connection, RelayError> {
+        let stream = tokio::time::timeout(self.timeout, TcpStream::connect(backend.address.as_str()))
+            .await
+            .map_err(|_| RelayError::Timeout)??;
+        stream.set_nodelay(true)?;
+        let mut conn = Connection {
+            stream,
+            buf: Vec::with_capacity(1024),
+            backend: index,
+            protocol: backend.protocol,
+            caps: Capabilities::default(),
+            last_used: Instant::now(),
+        };
+        let greeting = conn.reply(self.timeout).await?;
+        if greeting.code != 220 {
+            return Err(RelayError::Protocol(format!("greeting {}", greeting.code)));
+        }
+        let hello = match backend.protocol {
+            BackendProtocol::Smtp => "EHLO",
+            BackendProtocol::Lmtp => "LHLO",
+        };
+        let reply = conn.command(&format!("{hello} {}", self.hostname), self.timeout).await?;
+        if reply.code != 250 {
+            return Err(RelayError::Protocol(format!("{hello} answered {}", reply.code)));
+        }
+        for line in reply.lines.iter().skip(1) {
+            let keyword = line.split_whitespace().next().unwrap_or("").to_ascii_uppercase();
+            match keyword.as_str() {
+                "SMTPUTF8" => conn.caps.smtputf8 = true,
+                "8BITMIME" => conn.caps.eight_bit = true,
+                "SIZE" => conn.caps.size = true,
+                _ => {}
+            }
+        }
+        Ok(conn)
+    }
+
+    /// Open a transaction: a connection (pooled or new) that accepted MAIL FROM.
+    /// `Err(reply)` is what the client must get for the recipient that triggered it.
+    pub async fn begin(&self, envelope: &Envelope) -> Result<Transaction<'_>, Reply> {
+        // A pooled connection may have been closed by the back end while idle: one fresh retry.
+        if let Some(conn) = self.take_pooled() {
+            match self.mail_from(conn, envelope).await {
+                Ok(Ok(txn)) => return Ok(txn),
+                Ok(Err(reply)) => return Err(reply),
+                Err(_) => {}
+            }
+        }
+        let conn = self.connect().await.map_err(|e| {
+            tracing::warn!(error = %e, "relay: no back end");
+            e.reply()
+        })?;
+        match self.mail_from(conn, envelope).await {
+            Ok(result) => result,
+            Err(e) => {
+                tracing::warn!(error = %e, "relay: MAIL FROM failed");
+                Err(e.reply())
+            }
+        }
+    }
+
+    async fn mail_from(
+        &self,
+        mut conn: Connection,
+        envelope: &Envelope,
+    ) -> Result<Result<Transaction<'_>, Reply>, RelayError> {
+        if envelope.smtputf8 && !conn.caps.smtputf8 {
+            self.give_back(conn);
+            return Ok(Err(Reply::new(553, EnhancedCode::new(5, 6, 7), "The back end does not accept SMTPUTF8 mail")
+                .unwrap_or_else(|_| Reply::local_error())));
+        }
+        let mut line = format!("MAIL FROM:<{}>", envelope.sender);
+        if envelope.eight_bit && conn.caps.eight_bit {
+            line.push_str(" BODY=8BITMIME");
+        }
+        if envelope.smtputf8 {
+            line.push_str(" SMTPUTF8");
+        }
+        if let (Some(size), true) = (envelope.size, conn.caps.size) {
+            line.push_str(&format!(" SIZE={size}"));
+        }
+        let reply = conn.command(&line, self.timeout).await?;
+        if reply.is_positive() {
+            Ok(Ok(Transaction { relay: self, conn: Some(conn), recipients: 0 }))
+        } else {
+            let client = reply.to_client();
+            self.reset_and_pool(conn).await;
+            Ok(Err(client))
+        }
+    }
+
+    /// RSET a connection whose transaction was abandoned and pool it if it still answers.
+    async fn reset_and_pool(&self, mut conn: Connection) {
+        if let Ok(reply) = conn.command("RSET", self.timeout).await {
+            if reply.code == 250 {
+                self.give_back(conn);
+            }
+        }
+    }
+}
+
+/// A back-end transaction in progress.
+pub struct Transaction<'r> {
+    relay: &'r Relay,
+    conn: Option<Connection>,
+    recipients: usize,
+}
+
+impl Transaction<'_> {
+    pub fn protocol(&self) -> BackendProtocol {
+        self.conn.as_ref().map_or(BackendProtocol::Smtp, |c| c.protocol)
+    }
+
+    /// Forward one recipient; `Err` carries the reply for the client.
+    pub async fn rcpt(&mut self, address: &str) -> Result<(), Reply> {
+        let timeout = self.relay.timeout;
+        let Some(conn) = self.conn.as_mut() else { return Err(RelayError::Protocol("closed".into()).reply()) };
+        match conn.command(&format!("RCPT TO:<{address}>"), timeout).await {
+            Ok(reply) if reply.is_positive() => {
+                self.recipients += 1;
+                Ok(())
+            }
+            Ok(reply) => Err(reply.to_client()),
+            Err(e) => {
+                self.conn = None;
+                tracing::warn!(error = %e, "relay: RCPT failed");
+                Err(e.reply())
+            }
+        }
+    }
+
+    /// Send the spooled message and return the reply for the client.
+    pub async fn data(mut self, spool: &mut SpoolFile) -> Reply {
+        let relay = self.relay;
+        let Some(mut conn) = self.conn.take() else { return RelayError::Protocol("closed".into()).reply() };
+        match send_data(&mut conn, spool, self.recipients, relay.timeout).await {
+            Ok(reply) => {
+                if reply.code < 400 {
+                    relay.give_back(conn);
+                } else {
+                    relay.reset_and_pool(conn).await;
+                }
+                reply.to_client_after_data()
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "relay: DATA failed");
+                e.reply()
+            }
+        }
+    }
+
+    /// Abandon the transaction (client RSET, QUIT, refused DATA): RSET and pool the connection.
+    pub async fn abort(mut self) {
+        if let Some(conn) = self.conn.take() {
+            self.relay.reset_and_pool(conn).await;
+        }
+    }
+}
+
+async fn send_data(
+    conn: &mut Connection,
+    spool: &mut SpoolFile,
+    recipients: usize,
+    timeout: Duration,
+) -> Result<BackendReply, RelayError> {
+    let go = conn.command("DATA", timeout).await?;
+    if go.code != 354 {
+        return Ok(go);
+    }
+    spool.rewind().await?;
+    let mut stuffer = DotStuffer::new();
+    let mut chunk = vec![0u8; CHUNK];
+    let mut out = Vec::with_capacity(CHUNK + CHUNK / 8);
+    loop {
+        let n = spool.read(&mut chunk).await?;
+        if n == 0 {
+            break;
+        }
+        stuffer.encode(chunk.get(..n).unwrap_or(&[]), &mut out);
+        if out.len() >= CHUNK {
+            conn.write(&out, timeout).await?;
+            out.clear();
+        }
+    }
+    stuffer.finish(&mut out);
+    conn.write(&out, timeout).await?;
+    match conn.protocol {
+        BackendProtocol::Smtp => conn.reply(timeout).await,
+        BackendProtocol::Lmtp => {
+            // One reply per recipient. mtac sends one recipient per LMTP transaction (see
+            // ARCHITECTURE.md), so this is one reply; should there be more, the worst one counts.
+            let mut worst: Option<BackendReply> = None;
+            for _ in 0..recipients.max(1) {
+                let reply = conn.reply(timeout).await?;
+                if worst.as_ref().is_none_or(|w| reply.code > w.code) {
+                    worst = Some(reply);
+                }
+            }
+            worst.ok_or_else(|| RelayError::Protocol("no LMTP reply".to_owned()))
+        }
+    }
+}

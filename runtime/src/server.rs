@@ -1,0 +1,504 @@
+//! The node: listeners, connection limits, the current ruleset snapshot, hot reload and
+//! graceful stop.
+//!
+//! **Invariant:** the ruleset in use is an immutable [`Snapshot`] behind an `ArcSwap`. A session
+//! takes the snapshot current at accept and keeps it to the end; a reload builds a whole new
+//! snapshot and swaps it in with one atomic store. No session ever sees half of a reload, and
+//! the hot path takes no lock to read the policy.
+//!
+//! One reload path: the file watcher and SIGHUP both call [`Node::reload`]: load and verify,
+//! check the runtime supports everything it asks for, swap — or log why not and keep serving
+//! the old one.
+
+use crate::relay::Relay;
+use crate::spool::Spool;
+use arc_swap::ArcSwap;
+use mtac_ruleset::model::{self, Farm, FarmKind, Relay as RelayModel};
+use mtac_ruleset::Ruleset;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+
+/// Loads a ruleset (from the ruleset file, or by compiling a policy in `mtac run --policy`).
+pub type Loader = Arc<dyn Fn() -> Result<Ruleset, String> + Send + Sync>;
+
+/// Why the node could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("cannot load the ruleset: {0}")]
+    Load(String),
+    #[error("the ruleset asks for what this build does not do yet:\n  {}", .0.join("\n  "))]
+    Unsupported(Vec<String>),
+    #[error("cannot listen on {address}: {source}")]
+    Listen { address: SocketAddr, source: std::io::Error },
+    #[error("spool directory {path}: {source}")]
+    Spool { path: String, source: std::io::Error },
+    #[error("maildir {path}: {source}")]
+    Maildir { path: String, source: std::io::Error },
+    #[error("cannot install signal handlers: {0}")]
+    Signals(std::io::Error),
+}
+
+/// Node-wide stop state, watched by every session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shutdown {
+    Running,
+    /// Stop accepting; idle sessions get 421, sessions in a transaction may finish it.
+    Draining,
+    /// The grace period is over: every session answers 421 now.
+    Now,
+}
+
+/// Where a farm's accepted mail goes.
+pub enum Delivery<'a> {
+    Relay(&'a Relay),
+    Maildir(&'a Path),
+}
+
+/// An immutable view of one ruleset and the relays built for it.
+pub struct Snapshot {
+    pub ruleset: Ruleset,
+    /// Per farm (same index as the policy's farms): its relay, or a maildir.
+    relays: Vec<Option<Arc<Relay>>>,
+    maildirs: Vec<Option<PathBuf>>,
+}
+
+impl Snapshot {
+    fn new(ruleset: Ruleset, previous: Option<&Snapshot>) -> Snapshot {
+        let hostname = ruleset.policy().hostname.clone();
+        let mut relays = Vec::new();
+        let mut maildirs = Vec::new();
+        for farm in &ruleset.policy().farms {
+            match &farm.relay {
+                RelayModel::Backends(backends) => {
+                    // Keep the old relay (and its pooled connections) when nothing changed.
+                    let reused = previous.and_then(|p| {
+                        let (index, _) = p.farm(&farm.name)?;
+                        p.relays.get(index)?.as_ref().filter(|r| r.backends() == backends.as_slice()).cloned()
+                    });
+                    let timeout = Duration::from_secs(u64::from(farm.limits.timeouts.relay));
+                    relays.push(Some(
+                        reused.unwrap_or_else(|| Arc::new(Relay::new(backends.clone(), hostname.clone(), timeout))),
+                    ));
+                    maildirs.push(None);
+                }
+                RelayModel::Maildir(dir) => {
+                    relays.push(None);
+                    maildirs.push(Some(PathBuf::from(dir)));
+                }
+            }
+        }
+        Snapshot { ruleset, relays, maildirs }
+    }
+
+    /// The farm called `name` and its index.
+    pub fn farm(&self, name: &str) -> Option<(usize, &Farm)> {
+        self.ruleset.policy().farms.iter().enumerate().find(|(_, f)| f.name == name)
+    }
+
+    pub fn delivery(&self, farm: usize) -> Delivery<'_> {
+        match (self.relays.get(farm).and_then(Option::as_ref), self.maildirs.get(farm).and_then(Option::as_ref)) {
+            (Some(relay), _) => Delivery::Relay(relay),
+            (None, Some(dir)) => Delivery::Maildir(dir),
+            // Every farm has one or the other (Snapshot::new); an empty maildir path fails safely with 451.
+            (None, None) => Delivery::Maildir(Path::new("")),
+        }
+    }
+}
+
+/// Counters the admin listener and tests read.
+#[derive(Debug, Default)]
+pub struct Counters {
+    pub connections_total: AtomicU64,
+    pub connections_now: AtomicUsize,
+    pub refused_limit: AtomicU64,
+    pub reloads_ok: AtomicU64,
+    pub reloads_failed: AtomicU64,
+}
+
+/// What every session shares.
+pub struct Shared {
+    snapshot: ArcSwap<Snapshot>,
+    pub spool: Spool,
+    pub counters: Counters,
+    shutdown: watch::Sender<Shutdown>,
+    sessions: AtomicU64,
+    started: u64,
+    pub last_reload_error: Mutex<Option<String>>,
+}
+
+impl Shared {
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.snapshot.load_full()
+    }
+
+    pub fn shutdown_receiver(&self) -> watch::Receiver<Shutdown> {
+        self.shutdown.subscribe()
+    }
+
+    /// A session id unique on this node: start time and a counter, in hex.
+    fn next_id(&self) -> String {
+        let n = self.sessions.fetch_add(1, Ordering::Relaxed);
+        format!("{:08X}{:06X}", self.started, n & 0xFF_FFFF)
+    }
+}
+
+/// What `mtac run` was asked to do.
+pub struct RunConfig {
+    pub loader: Loader,
+    /// The file to watch for changes (the ruleset, or the policy with `--policy`).
+    pub watch: Option<PathBuf>,
+    /// How long sessions may finish after SIGTERM before they are told 421.
+    pub grace: Duration,
+}
+
+/// Features the ruleset may ask for that this build does not enforce yet. Serving them
+/// half-way would be worse than refusing: a configured DNSBL that silently never fires.
+pub fn unsupported(ruleset: &Ruleset) -> Vec<String> {
+    let mut missing = Vec::new();
+    for farm in &ruleset.policy().farms {
+        let mut need = |what: &str| missing.push(format!("farm `{}`: {what}", farm.name));
+        if farm.kind == FarmKind::Submission {
+            need("submission farms (STARTTLS and AUTH: the submission issue)");
+        }
+        if farm.dnsbl.is_some() {
+            need("DNSBL/DNSWL scoring (the DNS issue)");
+        }
+        if farm.greylist.is_some() {
+            need("greylisting (the greylisting issue)");
+        }
+        if !farm.scanners.is_empty() {
+            need("content scanners (the scanning issue)");
+        }
+        if farm.tls.is_some() || farm.listeners.iter().any(|l| l.implicit_tls) {
+            need("TLS (the submission issue)");
+        }
+        if farm.auth.is_some() {
+            need("SMTP AUTH (the submission issue)");
+        }
+        if !farm.bans.is_empty() {
+            need("bans (the DNS issue)");
+        }
+        let dns_steps = model::Stage::ALL.iter().flat_map(|s| farm.program.stage(*s)).any(|step| {
+            matches!(step.check, model::Check::SenderResolvable)
+        });
+        if dns_steps {
+            need("sender domain resolution (the DNS issue)");
+        }
+    }
+    missing
+}
+
+/// The running node.
+pub struct Node {
+    pub shared: Arc<Shared>,
+    loader: Loader,
+}
+
+impl Node {
+    /// Load the ruleset, prepare the spool, and build the node (nothing listens yet).
+    pub fn new(loader: Loader) -> Result<Node, RunError> {
+        let ruleset = loader().map_err(RunError::Load)?;
+        let missing = unsupported(&ruleset);
+        if !missing.is_empty() {
+            return Err(RunError::Unsupported(missing));
+        }
+        let spool_dir = ruleset.policy().spool.clone();
+        let spool = Spool::new(Path::new(&spool_dir)).map_err(|source| RunError::Spool { path: spool_dir, source })?;
+        let stale = spool.clean_stale();
+        if stale > 0 {
+            tracing::warn!(files = stale, "spool: removed files left by a node that did not stop cleanly");
+        }
+        prepare_maildirs(&ruleset)?;
+        let started = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs() as u32)
+            .unwrap_or(0);
+        tracing::info!(hash = %ruleset.hash_hex(), "ruleset loaded");
+        let (shutdown, _) = watch::channel(Shutdown::Running);
+        let shared = Arc::new(Shared {
+            snapshot: ArcSwap::from_pointee(Snapshot::new(ruleset, None)),
+            spool,
+            counters: Counters::default(),
+            shutdown,
+            sessions: AtomicU64::new(0),
+            started: u64::from(started),
+            last_reload_error: Mutex::new(None),
+        });
+        Ok(Node { shared, loader })
+    }
+
+    /// The one reload path (file watcher and SIGHUP).
+    pub fn reload(&self) -> Result<bool, String> {
+        let result = (self.loader)().and_then(|ruleset| {
+            let missing = unsupported(&ruleset);
+            if missing.is_empty() {
+                prepare_maildirs(&ruleset).map_err(|e| e.to_string())?;
+                Ok(ruleset)
+            } else {
+                Err(format!("the new ruleset asks for unsupported features: {}", missing.join("; ")))
+            }
+        });
+        match result {
+            Ok(ruleset) => {
+                let old = self.shared.snapshot();
+                let (old_hash, new_hash) = (old.ruleset.hash_hex(), ruleset.hash_hex());
+                if old_hash == new_hash {
+                    return Ok(false);
+                }
+                let old_listeners: Vec<_> = old.ruleset.policy().farms.iter().map(|f| &f.listeners).collect();
+                let new_listeners: Vec<_> = ruleset.policy().farms.iter().map(|f| &f.listeners).collect();
+                if old_listeners != new_listeners {
+                    tracing::warn!("the new ruleset changes listeners: they take effect at the next restart");
+                }
+                self.shared.snapshot.store(Arc::new(Snapshot::new(ruleset, Some(&old))));
+                self.shared.counters.reloads_ok.fetch_add(1, Ordering::Relaxed);
+                *self.shared.last_reload_error.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = None;
+                tracing::info!(old = %old_hash, new = %new_hash, "ruleset reloaded");
+                Ok(true)
+            }
+            Err(e) => {
+                self.shared.counters.reloads_failed.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(error = %e, "ruleset reload refused; the running ruleset keeps serving");
+                *self.shared.last_reload_error.lock().unwrap_or_else(std::sync::PoisonError::into_inner) =
+                    Some(e.clone());
+                Err(e)
+            }
+        }
+    }
+
+    /// Bind every listener of every farm.
+    pub async fn bind(&self) -> Result<Vec<(TcpListener, String)>, RunError> {
+        let snapshot = self.shared.snapshot();
+        let mut bound = Vec::new();
+        for farm in &snapshot.ruleset.policy().farms {
+            for listener in &farm.listeners {
+                let socket = bind(listener.address).map_err(|source| RunError::Listen { address: listener.address, source })?;
+                tracing::info!(farm = %farm.name, address = %listener.address, "listening");
+                bound.push((socket, farm.name.clone()));
+            }
+        }
+        Ok(bound)
+    }
+
+    /// Serve until SIGTERM/SIGINT, hot-reloading on file change and SIGHUP.
+    pub async fn run(self, listeners: Vec<(TcpListener, String)>, config: RunConfig) -> Result<(), RunError> {
+        let node = Arc::new(self);
+        let mut limits: HashMap<String, Arc<FarmLimits>> = HashMap::new();
+        let mut accept_tasks = Vec::new();
+        for (listener, farm) in listeners {
+            let farm_limits = limits.entry(farm.clone()).or_default().clone();
+            let shared = node.shared.clone();
+            accept_tasks.push(tokio::spawn(accept_loop(listener, farm, farm_limits, shared)));
+        }
+        let reload_task = tokio::spawn(reload_loop(node.clone(), config.watch.clone()));
+
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = signal(SignalKind::terminate()).map_err(RunError::Signals)?;
+        let mut int = signal(SignalKind::interrupt()).map_err(RunError::Signals)?;
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+        tracing::info!(grace = ?config.grace, "stopping: no new connections, sessions may finish");
+        let _ = node.shared.shutdown.send(Shutdown::Draining);
+        for task in &accept_tasks {
+            task.abort();
+        }
+        reload_task.abort();
+        let deadline = tokio::time::Instant::now() + config.grace;
+        while node.shared.counters.connections_now.load(Ordering::Relaxed) > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let _ = node.shared.shutdown.send(Shutdown::Now);
+        let last = tokio::time::Instant::now() + Duration::from_secs(2);
+        while node.shared.counters.connections_now.load(Ordering::Relaxed) > 0 && tokio::time::Instant::now() < last {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        tracing::info!("stopped");
+        Ok(())
+    }
+}
+
+fn prepare_maildirs(ruleset: &Ruleset) -> Result<(), RunError> {
+    for farm in &ruleset.policy().farms {
+        if let RelayModel::Maildir(dir) = &farm.relay {
+            crate::maildir::prepare(Path::new(dir)).map_err(|source| RunError::Maildir { path: dir.clone(), source })?;
+        }
+    }
+    Ok(())
+}
+
+/// A listening socket with a deep backlog: a spam wave arrives as a burst of connects.
+fn bind(address: SocketAddr) -> std::io::Result<TcpListener> {
+    let domain = if address.is_ipv4() { socket2::Domain::IPV4 } else { socket2::Domain::IPV6 };
+    let socket = socket2::Socket::new(domain, socket2::Type::STREAM, Some(socket2::Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    if address.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    socket.set_nonblocking(true)?;
+    socket.bind(&address.into())?;
+    socket.listen(4096)?;
+    TcpListener::from_std(socket.into())
+}
+
+/// Connection counts of one farm, shared by its listeners.
+#[derive(Default)]
+struct FarmLimits {
+    total: AtomicU32,
+    per_ip: Mutex<HashMap<IpAddr, u32>>,
+}
+
+/// Holds a farm connection slot and the client's per-IP slot; both are released on drop.
+struct Slot {
+    limits: Arc<FarmLimits>,
+    ip: Option<IpAddr>,
+    shared: Arc<Shared>,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.limits.total.fetch_sub(1, Ordering::Relaxed);
+        self.shared.counters.connections_now.fetch_sub(1, Ordering::Relaxed);
+        if let Some(ip) = self.ip {
+            let mut map = self.limits.per_ip.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            if let Some(count) = map.get_mut(&ip) {
+                *count = count.saturating_sub(1);
+                if *count == 0 {
+                    map.remove(&ip);
+                }
+            }
+        }
+    }
+}
+
+/// Refuse a connection cheaply: one non-blocking write and close, no task.
+fn refuse(stream: TcpStream, text: &str) {
+    let _ = stream.try_write(text.as_bytes());
+}
+
+async fn accept_loop(listener: TcpListener, farm: String, limits: Arc<FarmLimits>, shared: Arc<Shared>) {
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(pair) => pair,
+            Err(e) => {
+                // EMFILE and friends: back off instead of spinning.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        shared.counters.connections_total.fetch_add(1, Ordering::Relaxed);
+        let snapshot = shared.snapshot();
+        let Some((_, farm_model)) = snapshot.farm(&farm) else {
+            refuse(stream, "421 4.3.2 Service not available\r\n");
+            continue;
+        };
+        let peer = normalize(peer);
+        let max_total = farm_model.limits.connections;
+        let max_per_ip = farm_model.limits.connections_per_ip;
+        let exempt = farm_model.trust_loopback && model::is_loopback(peer.ip());
+        drop(snapshot);
+        if limits.total.fetch_add(1, Ordering::Relaxed) >= max_total {
+            limits.total.fetch_sub(1, Ordering::Relaxed);
+            shared.counters.refused_limit.fetch_add(1, Ordering::Relaxed);
+            refuse(stream, "421 4.7.0 Too many connections, try again later\r\n");
+            continue;
+        }
+        let ip = if exempt { None } else { Some(peer.ip()) };
+        if let Some(ip) = ip {
+            let mut map = limits.per_ip.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let count = map.entry(ip).or_insert(0);
+            if *count >= max_per_ip {
+                drop(map);
+                limits.total.fetch_sub(1, Ordering::Relaxed);
+                shared.counters.refused_limit.fetch_add(1, Ordering::Relaxed);
+                refuse(stream, "421 4.7.0 Too many connections from your address, try again later\r\n");
+                continue;
+            }
+            *count += 1;
+        }
+        shared.counters.connections_now.fetch_add(1, Ordering::Relaxed);
+        let slot = Slot { limits: limits.clone(), ip, shared: shared.clone() };
+        let id = shared.next_id();
+        let shared = shared.clone();
+        let farm = farm.clone();
+        tokio::spawn(async move {
+            let _slot = slot;
+            crate::conn::serve(stream, peer, &farm, shared, id).await;
+        });
+    }
+}
+
+/// IPv4-mapped IPv6 peers (dual-stack sockets) are IPv4 clients for every check and limit.
+fn normalize(peer: SocketAddr) -> SocketAddr {
+    match peer {
+        SocketAddr::V6(v6) => match v6.ip().to_ipv4_mapped() {
+            Some(v4) => SocketAddr::new(IpAddr::V4(v4), v6.port()),
+            None => peer,
+        },
+        v4 => v4,
+    }
+}
+
+/// Reload on SIGHUP and when the watched file changes (debounced; re-armed after atomic renames
+/// because the watch is on the directory, not the file's inode).
+async fn reload_loop(node: Arc<Node>, watch_path: Option<PathBuf>) {
+    use notify::Watcher;
+    use tokio::signal::unix::{signal, SignalKind};
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<()>(16);
+    let _watcher = watch_path.as_ref().and_then(|path| {
+        let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new(".")).to_path_buf();
+        let name = path.file_name()?.to_owned();
+        let tx = tx.clone();
+        let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+            if let Ok(event) = event {
+                if event.paths.iter().any(|p| p.file_name() == Some(name.as_os_str())) {
+                    let _ = tx.try_send(());
+                }
+            }
+        })
+        .map_err(|e| tracing::error!(error = %e, "cannot watch the ruleset; SIGHUP still reloads"))
+        .ok()?;
+        watcher
+            .watch(&dir, notify::RecursiveMode::NonRecursive)
+            .map_err(|e| tracing::error!(error = %e, dir = %dir.display(), "cannot watch the ruleset directory"))
+            .ok()?;
+        Some(watcher)
+    });
+    let mut hup = match signal(SignalKind::hangup()) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot handle SIGHUP");
+            None
+        }
+    };
+    loop {
+        tokio::select! {
+            Some(()) = rx.recv() => {
+                // Let a burst of events (write, rename, chmod) settle, then reload once.
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                while rx.try_recv().is_ok() {}
+            }
+            Some(()) = async { match hup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => {
+                tracing::info!("SIGHUP: reloading");
+            }
+        }
+        let node = node.clone();
+        // Loading maps and hashes the file (and `--policy` compiles): keep it off the workers.
+        let _ = tokio::task::spawn_blocking(move || node.reload()).await;
+    }
+}
+
+/// `mtac run`: load, bind, serve.
+pub async fn run(config: RunConfig) -> Result<(), RunError> {
+    let node = Node::new(config.loader.clone())?;
+    let listeners = node.bind().await?;
+    node.run(listeners, config).await
+}

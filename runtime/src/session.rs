@@ -1,0 +1,309 @@
+//! The SMTP session state machine, sans I/O.
+//!
+//! A [`Session`] is fed parsed commands and answers with [`Action`]s: a reply to send, a reply
+//! and a close, "ask the back end about this recipient", or "start DATA". It owns the protocol
+//! rules (command order, limits, error counting) and asks the ruleset's evaluator
+//! ([`mtac_ruleset::eval`]) for every policy decision, at the stage the policy placed it.
+//! Sockets, timers, the spool and the back end live in [`crate::conn`]; this file can be driven
+//! by a unit test line by line.
+//!
+//! **Invariant:** a recipient is only ever reported to the driver as acceptable after relay
+//! control passed (the evaluator never skips it), and only the driver's back-end verdict turns
+//! it into an accepted recipient ([`Session::recipient_result`]).
+
+use crate::smtp::{Command, EhloCapabilities, EnhancedCode, ForwardPath, ParseError, Reply, ReversePath};
+use mtac_ruleset::eval::{self, Facts, NoDns};
+use mtac_ruleset::model::{self, Farm, Stage};
+use mtac_ruleset::Ruleset;
+use std::net::SocketAddr;
+
+/// What the driver must do next.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Send this reply and read the next command.
+    Reply(Reply),
+    /// Send this reply and close the connection.
+    Close(Reply),
+    /// The policy accepts this recipient: get the back end's verdict, then call
+    /// [`Session::recipient_result`].
+    Recipient { address: String },
+    /// Send 354 and receive the message.
+    Data,
+}
+
+/// The envelope of the transaction in progress.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transaction {
+    /// `""` for the null sender.
+    pub sender: String,
+    pub size: Option<u64>,
+    pub eight_bit: bool,
+    pub smtputf8: bool,
+    /// Recipients the back end (or the maildir) accepted.
+    pub recipients: Vec<String>,
+}
+
+/// Per-session protocol state.
+#[derive(Debug)]
+pub struct Session {
+    pub id: String,
+    pub peer: SocketAddr,
+    hostname: String,
+    limits: model::Limits,
+    /// The connect stage refused this client: every command but QUIT is refused.
+    refused: Option<Reply>,
+    pub helo: Option<String>,
+    esmtp: bool,
+    pub txn: Option<Transaction>,
+    errors: u32,
+    /// Messages accepted in this session (for the closing log line).
+    pub accepted: u32,
+    /// The rule behind the last refusal, for logs.
+    pub last_rule: Option<String>,
+}
+
+/// A policy reply (from the ruleset) as an SMTP reply.
+pub fn policy_reply(reply: &model::Reply) -> Reply {
+    let mut parts = reply.status.split('.').map(|p| p.parse::<u16>().ok());
+    let enhanced = match (parts.next().flatten(), parts.next().flatten(), parts.next().flatten()) {
+        (Some(class), Some(subject), Some(detail)) => {
+            u8::try_from(class).ok().and_then(|c| EnhancedCode::new(c, subject, detail))
+        }
+        _ => None,
+    };
+    Reply::new(reply.code, enhanced, &reply.text)
+        .or_else(|_| Reply::new(reply.code, None, &reply.text))
+        .unwrap_or_else(|_| Reply::local_error())
+}
+
+fn reply(code: u16, class: u8, subject: u16, detail: u16, text: &str) -> Reply {
+    Reply::new(code, EnhancedCode::new(class, subject, detail), text).unwrap_or_else(|_| Reply::local_error())
+}
+
+impl Session {
+    pub fn new(id: String, peer: SocketAddr, ruleset: &Ruleset, farm: &Farm) -> Session {
+        Session {
+            id,
+            peer,
+            hostname: ruleset.policy().hostname.clone(),
+            limits: farm.limits.clone(),
+            refused: None,
+            helo: None,
+            esmtp: false,
+            txn: None,
+            errors: 0,
+            accepted: 0,
+            last_rule: None,
+        }
+    }
+
+    /// Evaluate `stage` with what the session knows; remember the rule of a refusal for the log.
+    fn decide(
+        &mut self,
+        ruleset: &Ruleset,
+        farm: &Farm,
+        stage: Stage,
+        sender: Option<&str>,
+        recipient: Option<&str>,
+    ) -> Option<Reply> {
+        let facts = Facts {
+            client_ip: self.peer.ip(),
+            helo: self.helo.as_deref(),
+            sender,
+            recipient,
+            authenticated: false,
+            hostname: &ruleset.policy().hostname,
+            dns: &NoDns,
+        };
+        let decision = eval::evaluate(ruleset, farm, stage, &facts);
+        let reply = decision.reply.as_ref().map(policy_reply);
+        if reply.is_some() {
+            self.last_rule = decision.rule;
+        }
+        reply
+    }
+
+    /// The greeting, after the connect stage of the policy.
+    pub fn greet(&mut self, ruleset: &Ruleset, farm: &Farm) -> Action {
+        match self.decide(ruleset, farm, Stage::Connect, None, None) {
+            None => Action::Reply(Reply::greeting(&self.hostname, &ruleset.policy().banner)),
+            // A temporary refusal at connect closes at once: the client will come back later.
+            Some(r) if r.is_transient() => Action::Close(r),
+            // RFC 5321 3.1: a 554 greeting, then 503 to everything until QUIT.
+            Some(r) => {
+                let greeting = reply(554, 5, 7, 1, &format!("{} {}", self.hostname, r.lines().join(" ")));
+                self.refused = Some(r);
+                Action::Reply(greeting)
+            }
+        }
+    }
+
+    /// Count negative replies; past the policy's limit the session ends with 421.
+    fn answer(&mut self, reply: Reply) -> Action {
+        if reply.is_transient() || reply.is_permanent() {
+            self.errors = self.errors.saturating_add(1);
+            if self.errors >= self.limits.errors {
+                return Action::Close(Reply::too_many_errors(&self.hostname));
+            }
+        }
+        Action::Reply(reply)
+    }
+
+    /// A line that did not parse.
+    pub fn parse_error(&mut self, error: &ParseError) -> Action {
+        let r = error.reply();
+        self.answer(r)
+    }
+
+    /// A command line longer than the policy allows.
+    pub fn line_too_long(&mut self) -> Action {
+        self.answer(Reply::line_too_long())
+    }
+
+    /// The EHLO capabilities this farm offers.
+    fn capabilities(&self) -> EhloCapabilities {
+        EhloCapabilities {
+            max_size: self.limits.message_size,
+            smtputf8: true,
+            starttls: false,
+            auth_mechanisms: Vec::new(),
+        }
+    }
+
+    pub fn command(&mut self, command: Command, ruleset: &Ruleset, farm: &Farm) -> Action {
+        if let Some(refusal) = &self.refused {
+            return match command {
+                Command::Quit => Action::Close(Reply::closing()),
+                _ => {
+                    let r = reply(503, 5, 7, 1, &refusal.lines().join(" "));
+                    self.answer(r)
+                }
+            };
+        }
+        match command {
+            Command::Helo(name) | Command::Ehlo(name) if name.is_empty() => {
+                self.answer(reply(501, 5, 5, 4, "Syntax: EHLO hostname"))
+            }
+            Command::Helo(name) => self.helo(name, false, ruleset, farm),
+            Command::Ehlo(name) => self.helo(name, true, ruleset, farm),
+            Command::Mail(mail) => {
+                if self.txn.is_some() {
+                    return self.answer(Reply::bad_sequence("nested MAIL command"));
+                }
+                if mail.size.is_some_and(|s| s > self.limits.message_size) {
+                    return self.answer(Reply::message_too_big());
+                }
+                let sender = match &mail.from {
+                    ReversePath::Null => String::new(),
+                    ReversePath::Mailbox(m) => {
+                        if !m.is_ascii() && !mail.smtputf8 {
+                            return self.answer(Reply::smtputf8_required());
+                        }
+                        m.to_string()
+                    }
+                };
+                if let Some(r) = self.decide(ruleset, farm, Stage::Mail, Some(&sender), None) {
+                    return self.answer(r);
+                }
+                self.txn = Some(Transaction {
+                    sender,
+                    size: mail.size,
+                    eight_bit: mail.body == Some(crate::smtp::Body::EightBitMime),
+                    smtputf8: mail.smtputf8,
+                    recipients: Vec::new(),
+                });
+                Action::Reply(Reply::sender_ok())
+            }
+            Command::Rcpt(rcpt) => {
+                let Some(txn) = &self.txn else {
+                    return self.answer(Reply::bad_sequence("need MAIL command"));
+                };
+                let smtputf8 = txn.smtputf8;
+                let count = txn.recipients.len();
+                let sender = txn.sender.clone();
+                if count >= usize::try_from(self.limits.recipients).unwrap_or(usize::MAX) {
+                    return self.answer(Reply::too_many_recipients());
+                }
+                let address = match &rcpt.to {
+                    ForwardPath::Postmaster => "postmaster".to_owned(),
+                    ForwardPath::Mailbox(m) => {
+                        if !m.is_ascii() && !smtputf8 {
+                            return self.answer(Reply::smtputf8_required());
+                        }
+                        m.to_string()
+                    }
+                };
+                match self.decide(ruleset, farm, Stage::Rcpt, Some(&sender), Some(&address)) {
+                    Some(r) => self.answer(r),
+                    None => Action::Recipient { address },
+                }
+            }
+            Command::Data => match &self.txn {
+                None => self.answer(Reply::bad_sequence("need MAIL command")),
+                Some(txn) if txn.recipients.is_empty() => self.answer(Reply::no_valid_recipients()),
+                Some(_) => Action::Data,
+            },
+            Command::Rset => {
+                self.txn = None;
+                Action::Reply(Reply::ok())
+            }
+            Command::Noop => Action::Reply(Reply::ok()),
+            Command::Quit => Action::Close(Reply::closing()),
+            Command::Help => Action::Reply(Reply::help()),
+            Command::Vrfy(_) => Action::Reply(Reply::cannot_vrfy()),
+            Command::Expn(_) => self.answer(Reply::expn_disabled()),
+            Command::StartTls => self.answer(reply(502, 5, 5, 1, "STARTTLS not available on this listener")),
+            Command::Auth { .. } => self.answer(reply(503, 5, 5, 1, "Error: authentication not enabled")),
+        }
+    }
+
+    fn helo(&mut self, name: String, esmtp: bool, ruleset: &Ruleset, farm: &Farm) -> Action {
+        // A new HELO/EHLO resets the transaction (RFC 5321 4.1.4).
+        self.txn = None;
+        let previous = self.helo.replace(name);
+        if let Some(r) = self.decide(ruleset, farm, Stage::Helo, None, None) {
+            self.helo = previous;
+            return self.answer(r);
+        }
+        self.esmtp = esmtp;
+        if esmtp {
+            Action::Reply(Reply::ehlo(&self.hostname, &self.capabilities()))
+        } else {
+            Action::Reply(Reply::helo(&self.hostname))
+        }
+    }
+
+    /// The back end's verdict on a recipient the policy accepted (`Ok` = accepted).
+    pub fn recipient_result(&mut self, address: String, verdict: Result<(), Reply>) -> Action {
+        match verdict {
+            Ok(()) => {
+                if let Some(txn) = &mut self.txn {
+                    txn.recipients.push(address);
+                }
+                Action::Reply(Reply::recipient_ok())
+            }
+            Err(r) => self.answer(r),
+        }
+    }
+
+    /// The message was answered (accepted or not): the transaction is over.
+    pub fn end_transaction(&mut self, accepted: bool) {
+        self.txn = None;
+        if accepted {
+            self.accepted = self.accepted.saturating_add(1);
+        }
+    }
+
+    /// Count a negative final reply to DATA (relay refusal, size, bare line ends).
+    pub fn data_refused(&mut self, reply: Reply) -> Action {
+        self.answer(reply)
+    }
+
+    pub fn hostname(&self) -> &str {
+        &self.hostname
+    }
+
+    pub fn esmtp(&self) -> bool {
+        self.esmtp
+    }
+}
