@@ -114,8 +114,10 @@ def gen_addresses(rng, domains, count):
     out = []
     while len(out) < count:
         # Domain sizes are skewed: a few large customers, many small ones.
-        domain = domains[min(int(rng.paretovariate(1.2)) - 1, len(domains) - 1)] \
-            if rng.random() < 0.3 else rng.choice(domains)
+        if rng.random() < 0.3:
+            domain = domains[min(int((rng.paretovariate(1.2) - 1) * 100), len(domains) - 1)]
+        else:
+            domain = rng.choice(domains)
         first, last = rng.choice(FIRST), rng.choice(LAST)
         form = rng.random()
         if form < 0.6:

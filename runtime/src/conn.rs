@@ -126,6 +126,17 @@ impl Conn<'_> {
         let deadline = Instant::now() + Duration::from_secs(10);
         self.flush(deadline).await;
         let _ = self.stream.shutdown().await;
+        // Lingering close: closing a socket with unread input makes the kernel send RST, which
+        // can destroy the reply we just wrote before the client reads it. Drain briefly first.
+        let linger = Instant::now() + Duration::from_secs(1);
+        let mut sink = [0u8; 512];
+        let mut drained = 0usize;
+        while drained < 64 * 1024 {
+            match tokio::time::timeout_at(linger, self.stream.read(&mut sink)).await {
+                Ok(Ok(n)) if n > 0 => drained += n,
+                _ => break,
+            }
+        }
         end
     }
 }

@@ -288,6 +288,25 @@ impl Node {
 
     /// Serve until SIGTERM/SIGINT, hot-reloading on file change and SIGHUP.
     pub async fn run(self, listeners: Vec<(TcpListener, String)>, config: RunConfig) -> Result<(), RunError> {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = signal(SignalKind::terminate()).map_err(RunError::Signals)?;
+        let mut int = signal(SignalKind::interrupt()).map_err(RunError::Signals)?;
+        let stop = async move {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        };
+        self.run_until(listeners, config, stop).await
+    }
+
+    /// Serve until `stop` completes, then drain gracefully (tests stop a node this way).
+    pub async fn run_until(
+        self,
+        listeners: Vec<(TcpListener, String)>,
+        config: RunConfig,
+        stop: impl std::future::Future<Output = ()>,
+    ) -> Result<(), RunError> {
         let node = Arc::new(self);
         let mut limits: HashMap<String, Arc<FarmLimits>> = HashMap::new();
         let mut accept_tasks = Vec::new();
@@ -298,13 +317,7 @@ impl Node {
         }
         let reload_task = tokio::spawn(reload_loop(node.clone(), config.watch.clone()));
 
-        use tokio::signal::unix::{signal, SignalKind};
-        let mut term = signal(SignalKind::terminate()).map_err(RunError::Signals)?;
-        let mut int = signal(SignalKind::interrupt()).map_err(RunError::Signals)?;
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = int.recv() => {}
-        }
+        stop.await;
         tracing::info!(grace = ?config.grace, "stopping: no new connections, sessions may finish");
         let _ = node.shared.shutdown.send(Shutdown::Draining);
         for task in &accept_tasks {

@@ -3,3 +3,5 @@
 
 mod cli;
 mod policies;
+mod runtime;
+mod support;

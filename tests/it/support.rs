@@ -1,0 +1,315 @@
+//! Test support: an in-process SMTP/LMTP back end that records what it receives, a raw SMTP
+//! client, and an mtac node started in-process on 127.0.0.1:0.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, TcpStream};
+
+/// One message as the back end received it (DATA unstuffed, without the final `.`).
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub from: String,
+    pub rcpts: Vec<String>,
+    pub data: Vec<u8>,
+}
+
+/// How the back end behaves. Recipients steer their own fate: a local part starting with
+/// `reject5` gets 550, `defer4` gets 450.
+#[derive(Debug, Clone)]
+pub struct Behaviour {
+    pub lmtp: bool,
+    pub data_reply: String,
+    pub hang_after_data: bool,
+    pub reset_mid_data: bool,
+    pub greeting_delay: Duration,
+}
+
+impl Default for Behaviour {
+    fn default() -> Self {
+        Behaviour {
+            lmtp: false,
+            data_reply: "250 2.0.0 Ok: queued".to_owned(),
+            hang_after_data: false,
+            reset_mid_data: false,
+            greeting_delay: Duration::ZERO,
+        }
+    }
+}
+
+pub struct Sink {
+    pub addr: SocketAddr,
+    pub messages: Arc<Mutex<Vec<Received>>>,
+    pub behaviour: Arc<Mutex<Behaviour>>,
+    /// Connections the back end accepted (pooling keeps this low).
+    pub connections: Arc<Mutex<u32>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Sink {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Sink {
+    pub async fn start(behaviour: Behaviour) -> Sink {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let messages = Arc::new(Mutex::new(Vec::new()));
+        let behaviour = Arc::new(Mutex::new(behaviour));
+        let connections = Arc::new(Mutex::new(0));
+        let (m, b, c) = (messages.clone(), behaviour.clone(), connections.clone());
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else { return };
+                *c.lock().unwrap() += 1;
+                tokio::spawn(sink_session(stream, m.clone(), b.clone()));
+            }
+        });
+        Sink { addr, messages, behaviour, connections, task }
+    }
+
+    pub fn messages(&self) -> Vec<Received> {
+        self.messages.lock().unwrap().clone()
+    }
+}
+
+async fn sink_session(stream: TcpStream, messages: Arc<Mutex<Vec<Received>>>, behaviour: Arc<Mutex<Behaviour>>) {
+    let b = behaviour.lock().unwrap().clone();
+    tokio::time::sleep(b.greeting_delay).await;
+    let mut stream = BufReader::new(stream);
+    if stream.get_mut().write_all(b"220 sink ESMTP\r\n").await.is_err() {
+        return;
+    }
+    let (mut from, mut rcpts) = (String::new(), Vec::<String>::new());
+    loop {
+        let mut line = String::new();
+        match stream.read_line(&mut line).await {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+        let upper = line.to_ascii_uppercase();
+        let reply: String = if upper.starts_with("EHLO") || upper.starts_with("LHLO") {
+            "250-sink\r\n250-8BITMIME\r\n250-SMTPUTF8\r\n250 SIZE 100000000\r\n".to_owned()
+        } else if upper.starts_with("MAIL FROM:") {
+            from = between(&line).to_owned();
+            rcpts.clear();
+            "250 2.1.0 Ok\r\n".to_owned()
+        } else if upper.starts_with("RCPT TO:") {
+            let rcpt = between(&line).to_owned();
+            if rcpt.starts_with("reject5") {
+                "550 5.1.1 <rcpt>: Recipient address rejected: User unknown\r\n".to_owned()
+            } else if rcpt.starts_with("defer4") {
+                "450 4.2.0 Mailbox busy\r\n".to_owned()
+            } else {
+                rcpts.push(rcpt);
+                "250 2.1.5 Ok\r\n".to_owned()
+            }
+        } else if upper.starts_with("DATA") {
+            if stream.get_mut().write_all(b"354 go ahead\r\n").await.is_err() {
+                return;
+            }
+            let b = behaviour.lock().unwrap().clone();
+            let mut raw = Vec::new();
+            loop {
+                let mut chunk = Vec::new();
+                match stream.read_until(b'\n', &mut chunk).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => {}
+                }
+                if b.reset_mid_data && raw.len() > 10 {
+                    return;
+                }
+                if chunk == b".\r\n" && (raw.is_empty() || raw.ends_with(b"\r\n")) {
+                    break;
+                }
+                raw.extend_from_slice(&chunk);
+            }
+            if b.hang_after_data {
+                tokio::time::sleep(Duration::from_secs(3600)).await;
+                return;
+            }
+            let data = unstuff(&raw);
+            let ok = b.data_reply.starts_with('2');
+            if ok {
+                messages.lock().unwrap().push(Received { from: from.clone(), rcpts: rcpts.clone(), data });
+            }
+            if b.lmtp {
+                rcpts.iter().map(|_| format!("{}\r\n", b.data_reply)).collect()
+            } else {
+                format!("{}\r\n", b.data_reply)
+            }
+        } else if upper.starts_with("RSET") {
+            "250 2.0.0 Ok\r\n".to_owned()
+        } else if upper.starts_with("QUIT") {
+            let _ = stream.get_mut().write_all(b"221 2.0.0 Bye\r\n").await;
+            return;
+        } else {
+            "502 5.5.2 Error: command not recognized\r\n".to_owned()
+        };
+        if stream.get_mut().write_all(reply.as_bytes()).await.is_err() {
+            return;
+        }
+    }
+}
+
+fn between(line: &str) -> &str {
+    let start = line.find('<').map_or(0, |i| i + 1);
+    let end = line.rfind('>').unwrap_or(line.len());
+    line.get(start..end).unwrap_or("")
+}
+
+fn unstuff(raw: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(raw.len());
+    let mut at_start = true;
+    for &b in raw {
+        if at_start && b == b'.' {
+            at_start = false;
+            continue;
+        }
+        out.push(b);
+        at_start = b == b'\n';
+    }
+    out
+}
+
+/// A raw SMTP client.
+pub struct Client {
+    pub stream: BufReader<TcpStream>,
+}
+
+impl Client {
+    pub async fn connect(addr: SocketAddr) -> Client {
+        Client { stream: BufReader::new(TcpStream::connect(addr).await.unwrap()) }
+    }
+
+    /// Connect from a given loopback source address (per-IP limits).
+    pub async fn connect_from(addr: SocketAddr, source: &str) -> Client {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind(format!("{source}:0").parse().unwrap()).unwrap();
+        Client { stream: BufReader::new(socket.connect(addr).await.unwrap()) }
+    }
+
+    /// One whole reply, lines joined with `\n`; empty on EOF.
+    pub async fn reply(&mut self) -> String {
+        let mut all = String::new();
+        loop {
+            let mut line = String::new();
+            match tokio::time::timeout(Duration::from_secs(20), self.stream.read_line(&mut line)).await {
+                Ok(Ok(0)) | Ok(Err(_)) => return all,
+                Ok(Ok(_)) => {}
+                Err(_) => panic!("no reply within 20 s; so far: {all:?}"),
+            }
+            let done = line.as_bytes().get(3) != Some(&b'-');
+            all.push_str(line.trim_end());
+            if done {
+                return all;
+            }
+            all.push('\n');
+        }
+    }
+
+    pub async fn send(&mut self, bytes: &[u8]) {
+        self.stream.get_mut().write_all(bytes).await.unwrap();
+    }
+
+    pub async fn cmd(&mut self, line: &str) -> String {
+        self.send(format!("{line}\r\n").as_bytes()).await;
+        self.reply().await
+    }
+
+    /// Is the connection closed by the server (EOF within a second)?
+    pub async fn closed(&mut self) -> bool {
+        let mut buf = [0u8; 64];
+        matches!(tokio::time::timeout(Duration::from_secs(5), self.stream.read(&mut buf)).await, Ok(Ok(0)) | Ok(Err(_)))
+    }
+}
+
+pub fn code(reply: &str) -> u16 {
+    reply.get(..3).and_then(|c| c.parse().ok()).unwrap_or(0)
+}
+
+/// An mtac node running in-process.
+pub struct TestNode {
+    pub addr: SocketAddr,
+    pub shared: Arc<mtac_runtime::server::Shared>,
+    pub dir: tempfile::TempDir,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl TestNode {
+    /// Start a node for `policy`, where `{backend}` is replaced by the sink's address, `{dir}` by
+    /// a temporary directory (spool, maildir). The first listener should be "127.0.0.1:0".
+    pub async fn start(policy: &str, backend: Option<SocketAddr>) -> TestNode {
+        let dir = tempfile::tempdir().unwrap();
+        let text = policy
+            .replace("{backend}", &backend.map(|b| b.to_string()).unwrap_or_default())
+            .replace("{dir}", dir.path().to_str().unwrap());
+        let path = dir.path().join("policy.kdl");
+        std::fs::write(&path, &text).unwrap();
+        let p = path.clone();
+        let loader: mtac_runtime::Loader = Arc::new(move || {
+            let c = mtac_compiler::compile_path(&p);
+            c.output.map(|o| o.ruleset).ok_or_else(|| {
+                c.diagnostics.list.iter().map(|d| d.message.clone()).collect::<Vec<_>>().join("; ")
+            })
+        });
+        let node = mtac_runtime::Node::new(loader.clone()).unwrap_or_else(|e| panic!("node: {e}\n{text}"));
+        let listeners = node.bind().await.unwrap();
+        let addr = listeners[0].0.local_addr().unwrap();
+        let shared = node.shared.clone();
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let config = mtac_runtime::RunConfig { loader, watch: Some(path), grace: Duration::from_secs(5) };
+        let task = tokio::spawn(async move {
+            let _ = node
+                .run_until(listeners, config, async move {
+                    let _ = stop_rx.await;
+                })
+                .await;
+        });
+        TestNode { addr, shared, dir, stop: Some(stop_tx), task: Some(task) }
+    }
+
+    pub fn spool_files(&self) -> usize {
+        std::fs::read_dir(self.dir.path().join("spool")).map(|d| d.count()).unwrap_or(0)
+    }
+
+    /// Stop gracefully and wait until the node has finished.
+    pub async fn stop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(15), task).await;
+        }
+    }
+}
+
+impl Drop for TestNode {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+/// A relay policy for tests: `{backend}` and `{dir}` are filled in by [`TestNode::start`].
+pub fn relay_policy(extra: &str) -> String {
+    format!(
+        r#"
+hostname "mx.test.example"
+spool "{{dir}}/spool"
+farm "mx" kind="inbound-mx" {{
+    listen "127.0.0.1:0"
+    local-domains "example.test"
+    relay {{
+        backend "smtp://{{backend}}"
+    }}
+    {extra}
+}}
+"#
+    )
+}
