@@ -445,7 +445,7 @@ pub fn run(args: RunArgs) -> Result<ExitCode, String> {
     let (loader, watch): (mtac_runtime::Loader, PathBuf) = match (args.ruleset, args.policy) {
         (Some(path), _) => {
             let p = path.clone();
-            (std::sync::Arc::new(move || Ruleset::open(&p).map_err(|e| format!("{}: {e}", p.display()))), path)
+            (std::sync::Arc::new(move || Ruleset::open_sealed(&p).map_err(|e| format!("{}: {e}", p.display()))), path)
         }
         (None, Some(policy)) => {
             let p = policy.clone();

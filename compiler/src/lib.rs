@@ -30,6 +30,8 @@
 
 pub mod diag;
 pub mod emit;
+#[doc(hidden)]
+pub mod fuzz;
 pub mod lower;
 pub mod policytest;
 pub mod validate;

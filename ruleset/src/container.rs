@@ -530,6 +530,29 @@ fn encode(compiler_version: &str, entries: &[RawEntry], payload: &[u8]) -> Vec<u
     out
 }
 
+/// Overwrites the hash of `file` with the hash of its contents, if its header
+/// reaches that far; whether it did. Fuzzing uses it so that mutated files get
+/// past the integrity check and the section table, policy and table checks
+/// behind it are exercised too.
+pub(crate) fn rehash(file: &mut [u8]) -> bool {
+    let Some(&[lo, hi]) = file.get(COMPILER_VERSION_OFFSET - 2..COMPILER_VERSION_OFFSET) else {
+        return false;
+    };
+    let version_len = usize::from(u16::from_le_bytes([lo, hi]));
+    let hash_at = COMPILER_VERSION_OFFSET + version_len + 8;
+    if file.len() < hash_at + 32 {
+        return false;
+    }
+    let hash = file_hash(file, hash_at);
+    match file.get_mut(hash_at..hash_at + 32) {
+        Some(slot) => {
+            slot.copy_from_slice(&hash);
+            true
+        }
+        None => false,
+    }
+}
+
 /// BLAKE3 of `file` without the 32 bytes at `hash_at`.
 fn file_hash(file: &[u8], hash_at: usize) -> [u8; 32] {
     let mut hasher = blake3::Hasher::new();
@@ -641,6 +664,39 @@ impl Container {
         // operators must deploy rulesets by rename, as documented.
         #[allow(unsafe_code)]
         let map = unsafe { memmap2::Mmap::map(&file) }.map_err(io_err)?;
+        Container::verify(Bytes::from_backing(Backing::Mapped(map)))
+    }
+
+    /// Copies the file at `path` into a sealed anonymous memory file and maps that: what a
+    /// serving node uses. Whatever later happens to `path` — `cp` over it, truncation, a push
+    /// that is still being written — cannot reach the mapped bytes, because the kernel forbids
+    /// every write, shrink and grow of the sealed copy. A copy taken while the file was being
+    /// written is simply incomplete, and the hash check refuses it. Where memfd is not available
+    /// the bytes are read into private memory instead.
+    pub fn open_sealed(path: &Path) -> Result<Container, ContainerError> {
+        use rustix::fs::{fcntl_add_seals, memfd_create, MemfdFlags, SealFlags};
+        let io_err = |source| ContainerError::Io { path: path.to_path_buf(), source };
+        let mut source = File::open(path).map_err(io_err)?;
+        let memfd = match memfd_create("mtac-ruleset", MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING) {
+            Ok(fd) => File::from(fd),
+            Err(_) => {
+                let mut bytes = Vec::new();
+                std::io::Read::read_to_end(&mut source, &mut bytes).map_err(io_err)?;
+                return Container::from_vec(bytes);
+            }
+        };
+        let mut writer = &memfd;
+        std::io::copy(&mut source, &mut writer).map_err(io_err)?;
+        fcntl_add_seals(&memfd, SealFlags::SHRINK | SealFlags::GROW | SealFlags::WRITE | SealFlags::SEAL)
+            .map_err(|e| io_err(e.into()))?;
+        let len = memfd.metadata().map_err(io_err)?.len();
+        if usize::try_from(len).is_err() {
+            return Err(ContainerError::TooLarge { len });
+        }
+        // SAFETY: the memory file is sealed against writes, shrinking and growing (and against
+        // removing those seals), and no path leads to it: its bytes cannot change while mapped.
+        #[allow(unsafe_code)]
+        let map = unsafe { memmap2::Mmap::map(&memfd) }.map_err(io_err)?;
         Container::verify(Bytes::from_backing(Backing::Mapped(map)))
     }
 

@@ -27,6 +27,8 @@
 
 pub mod container;
 pub mod eval;
+#[doc(hidden)]
+pub mod fuzz;
 pub mod model;
 pub mod syntax;
 pub mod tables;
@@ -93,6 +95,13 @@ impl Ruleset {
     /// Map and verify the file at `path`.
     pub fn open(path: &Path) -> Result<Ruleset, LoadError> {
         Ruleset::from_container(Container::open(path)?)
+    }
+
+    /// Load the file at `path` as a serving node must: from a sealed private copy, so that no
+    /// later change to the file (an in-place `cp`, a half-written push) can reach the ruleset in
+    /// use. See [`Container::open_sealed`].
+    pub fn open_sealed(path: &Path) -> Result<Ruleset, LoadError> {
+        Ruleset::from_container(Container::open_sealed(path)?)
     }
 
     /// Verify a ruleset held in memory (`mtac run --policy` compiles without a file).

@@ -3,5 +3,6 @@
 
 mod cli;
 mod policies;
+mod process;
 mod runtime;
 mod support;

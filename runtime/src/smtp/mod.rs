@@ -18,6 +18,9 @@
 //! * [`reply`]: [`Reply`] writes (multi-line) replies with sanitised text, and builds the
 //!   `EHLO` answer from [`EhloCapabilities`].
 //!
+//! The hidden `fuzz` module holds the checks that the fuzz targets in `fuzz/` run; `cargo test`
+//! replays their committed corpora through the same checks.
+//!
 //! **Invariant: the end of a message is decided once, here, on the raw bytes, and only a real
 //! `CR LF . CR LF` ends it.** Everything downstream gets normalised, unstuffed content.
 //!
@@ -43,6 +46,8 @@
 
 pub mod command;
 pub mod data;
+#[doc(hidden)]
+pub mod fuzz;
 pub mod line;
 pub mod reply;
 

@@ -1,0 +1,272 @@
+//! `mtac run` as a real process: killed with SIGKILL mid-transaction (no acknowledged message may
+//! be lost), stopped with SIGTERM, and fed new and corrupt rulesets while it serves.
+
+use crate::support::{code, Behaviour, Client, Sink};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn write_policy(dir: &Path, port: u16, backend: SocketAddr, domains: &str) -> PathBuf {
+    let text = format!(
+        r#"hostname "mx.test.example"
+spool "{spool}"
+farm "mx" kind="inbound-mx" {{
+    listen "127.0.0.1:{port}"
+    trust-loopback
+    limits {{
+        connections-per-ip 200
+        timeout relay="10s"
+    }}
+    local-domains {domains}
+    relay {{
+        backend "smtp://{backend}"
+    }}
+}}
+"#,
+        spool = dir.join("spool").display()
+    );
+    let path = dir.join("policy.kdl");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn build(policy: &Path, out: &Path) {
+    let status = Command::new(env!("CARGO_BIN_EXE_mtac")).args(["build"]).arg(policy).arg("-o").arg(out).status().unwrap();
+    assert!(status.success());
+}
+
+struct Mtac {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Mtac {
+    fn start(ruleset: &Path, dir: &Path) -> Mtac {
+        let log = dir.join(format!("mtac-{}.log", std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos()));
+        let child = Command::new(env!("CARGO_BIN_EXE_mtac"))
+            .args(["run", "--grace", "5"])
+            .arg(ruleset)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        Mtac { child, log }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn signal(&self, sig: &str) {
+        Command::new("kill").args([sig, &self.child.id().to_string()]).status().unwrap();
+    }
+}
+
+impl Drop for Mtac {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn wait_ready(port: u16) {
+    for _ in 0..200 {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("mtac did not start listening on {port}");
+}
+
+/// One transaction; `Ok(true)` when the node answered 250 to the final dot.
+async fn send_one(addr: SocketAddr, token: &str, rcpt_domain: &str) -> Result<bool, ()> {
+    let stream = tokio::time::timeout(Duration::from_secs(2), tokio::net::TcpStream::connect(addr)).await.map_err(|_| ())?.map_err(|_| ())?;
+    let mut c = Client { stream: tokio::io::BufReader::new(stream) };
+    if code(&c.reply().await) != 220 {
+        return Err(());
+    }
+    let steps: [&str; 4] = ["EHLO load.example.org", "MAIL FROM:<load@example.org>", &format!("RCPT TO:<u@{rcpt_domain}>"), "DATA"];
+    let expected = [250, 250, 250, 354];
+    for (line, want) in steps.iter().zip(expected) {
+        let r = c.cmd(line).await;
+        if r.is_empty() {
+            return Err(());
+        }
+        if code(&r) != want {
+            return Ok(false);
+        }
+    }
+    c.send(body(token).as_bytes()).await;
+    let r = c.cmd(".").await;
+    if r.is_empty() {
+        return Err(());
+    }
+    let _ = c.cmd("QUIT").await;
+    Ok(code(&r) == 250)
+}
+
+fn body(token: &str) -> String {
+    format!("Subject: {token}\r\nMessage-ID: <{token}@test>\r\n\r\n{token}\r\n..dotted {token}\r\n{}\r\n", "x".repeat(600))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_at_random_points_never_loses_an_acknowledged_message() {
+    let sink = Sink::start(Behaviour::default()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let acknowledged: Arc<Mutex<Vec<String>>> = Arc::new(Mutex::new(Vec::new()));
+    let counter = Arc::new(AtomicU64::new(0));
+    let mut attempted = 0u64;
+    // A pseudo-random kill schedule that differs per run but is printed for reproduction.
+    let seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64;
+    eprintln!("kill schedule seed {seed}");
+    let mut rng = seed | 1;
+    for round in 0..6 {
+        let port = free_port();
+        let policy = write_policy(dir.path(), port, sink.addr, "\"example.test\"");
+        let ruleset = dir.path().join("ruleset.mtac");
+        build(&policy, &ruleset);
+        let node = Mtac::start(&ruleset, dir.path());
+        wait_ready(port).await;
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut clients = Vec::new();
+        for _ in 0..8 {
+            let (stop, acknowledged, counter) = (stop.clone(), acknowledged.clone(), counter.clone());
+            clients.push(tokio::spawn(async move {
+                let mut tried = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    let token = format!("tok{}", counter.fetch_add(1, Ordering::Relaxed));
+                    tried += 1;
+                    if let Ok(true) = send_one(addr, &token, "example.test").await {
+                        acknowledged.lock().unwrap().push(token);
+                    }
+                }
+                tried
+            }));
+        }
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        let delay = 150 + rng % 600;
+        tokio::time::sleep(Duration::from_millis(delay)).await;
+        node.signal("-KILL");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        stop.store(true, Ordering::Relaxed);
+        for c in clients {
+            attempted += c.await.unwrap();
+        }
+        eprintln!("round {round}: killed after {delay} ms");
+        drop(node);
+    }
+    let received: std::collections::HashMap<String, Vec<u8>> = sink
+        .messages()
+        .into_iter()
+        .map(|m| {
+            let text = String::from_utf8_lossy(&m.data).into_owned();
+            let token = text.split("Subject: ").nth(1).and_then(|s| s.split("\r\n").next()).unwrap_or("").to_owned();
+            (token, m.data)
+        })
+        .collect();
+    let acknowledged = acknowledged.lock().unwrap().clone();
+    assert!(acknowledged.len() >= 100, "too few transactions to mean anything: {} of {attempted}", acknowledged.len());
+    for token in &acknowledged {
+        let data = received.get(token).unwrap_or_else(|| panic!("{token} was acknowledged with 250 but never reached the back end"));
+        assert!(data.ends_with(body(token).replace("\r\n..", "\r\n.").as_bytes()), "{token} arrived altered");
+    }
+    eprintln!("{} attempted, {} acknowledged, {} at the back end, 0 lost", attempted, acknowledged.len(), received.len());
+    // The next start removes what the killed nodes left in the spool.
+    let port = free_port();
+    let policy = write_policy(dir.path(), port, sink.addr, "\"example.test\"");
+    let ruleset = dir.path().join("ruleset.mtac");
+    build(&policy, &ruleset);
+    let node = Mtac::start(&ruleset, dir.path());
+    wait_ready(port).await;
+    let left = std::fs::read_dir(dir.path().join("spool")).unwrap().count();
+    assert_eq!(left, 0, "stale spool files survived a restart");
+    drop(node);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ruleset_pushes_reload_under_load_and_a_corrupt_push_is_refused() {
+    let sink = Sink::start(Behaviour::default()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let ruleset = dir.path().join("ruleset.mtac");
+    let policy = write_policy(dir.path(), port, sink.addr, "\"example.test\"");
+    build(&policy, &ruleset);
+    let mut node = Mtac::start(&ruleset, dir.path());
+    wait_ready(port).await;
+
+    // Load during the pushes: every session must succeed.
+    let stop = Arc::new(AtomicBool::new(false));
+    let failures = Arc::new(AtomicU64::new(0));
+    let successes = Arc::new(AtomicU64::new(0));
+    let mut clients = Vec::new();
+    for i in 0..4 {
+        let (stop, failures, successes) = (stop.clone(), failures.clone(), successes.clone());
+        clients.push(tokio::spawn(async move {
+            let mut n = 0;
+            while !stop.load(Ordering::Relaxed) {
+                n += 1;
+                match send_one(addr, &format!("load{i}-{n}"), "example.test").await {
+                    Ok(true) => successes.fetch_add(1, Ordering::Relaxed),
+                    _ => failures.fetch_add(1, Ordering::Relaxed),
+                };
+            }
+        }));
+    }
+    // Five good pushes, each adding a domain, written atomically by `mtac build`.
+    for i in 0..5 {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let domains = format!("\"example.test\" \"push{i}.example\"");
+        let policy = write_policy(dir.path(), port, sink.addr, &domains);
+        build(&policy, &ruleset);
+    }
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(send_one(addr, "after-push", "push4.example").await, Ok(true), "the last push is live");
+
+    // A corrupt push (a truncated copy written in place) is refused; the node keeps serving.
+    let bytes = std::fs::read(&ruleset).unwrap();
+    std::fs::write(&ruleset, &bytes[..bytes.len() / 2]).unwrap();
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(send_one(addr, "after-corrupt", "push4.example").await, Ok(true), "the old ruleset keeps serving");
+    stop.store(true, Ordering::Relaxed);
+    for c in clients {
+        c.await.unwrap();
+    }
+    let log = node.log();
+    assert!(log.contains("ruleset reload refused"), "{log}");
+    assert_eq!(failures.load(Ordering::Relaxed), 0, "sessions failed during reloads; log:\n{log}");
+    assert!(successes.load(Ordering::Relaxed) > 20);
+    assert!(log.matches("ruleset reloaded").count() >= 1, "{log}");
+
+    // SIGTERM: a session in DATA finishes, the process exits cleanly.
+    let mut busy = Client::connect(addr).await;
+    busy.reply().await;
+    busy.cmd("EHLO a.example.org").await;
+    busy.cmd("MAIL FROM:<a@example.org>").await;
+    busy.cmd("RCPT TO:<b@example.test>").await;
+    assert_eq!(code(&busy.cmd("DATA").await), 354);
+    busy.send(b"Subject: sigterm\r\n\r\nhalf").await;
+    node.signal("-TERM");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(code(&busy.cmd(" and the rest\r\n.").await), 250);
+    let status = tokio::task::spawn_blocking(move || {
+        let status = node.child.wait().unwrap();
+        (status, node)
+    })
+    .await
+    .unwrap()
+    .0;
+    assert!(status.success(), "{status:?}");
+}
