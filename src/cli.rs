@@ -199,12 +199,7 @@ fn check(policy: &Path, args: &OutputArgs, output: Option<&Path>) -> ExitCode {
             return ExitCode::from(2);
         }
         if args.format == Format::Human {
-            eprintln!(
-                "wrote {} ({} bytes, hash {})",
-                path.display(),
-                out.bytes.len(),
-                out.ruleset.hash_hex()
-            );
+            eprintln!("wrote {} ({} bytes, hash {})", path.display(), out.bytes.len(), out.ruleset.hash_hex());
         }
     } else if args.format == Format::Human {
         eprintln!("{}: ok ({} farm(s))", policy.display(), out.ruleset.policy().farms.len());
@@ -274,9 +269,11 @@ fn inspect(path: &Path, format: Format) -> Result<ExitCode, String> {
         println!("farm {} ({})", farm.name, farm.kind.as_str());
         println!("  listen     {}", listeners.join(", "));
         let relay = match &farm.relay {
-            Relay::Backends(b) => {
-                b.iter().map(|b| format!("{:?} {}", b.protocol, b.address).to_lowercase()).collect::<Vec<_>>().join(", ")
-            }
+            Relay::Backends(b) => b
+                .iter()
+                .map(|b| format!("{:?} {}", b.protocol, b.address).to_lowercase())
+                .collect::<Vec<_>>()
+                .join(", "),
             Relay::Maildir(dir) => format!("maildir {dir}"),
         };
         println!("  relay      {relay}");
@@ -473,11 +470,8 @@ pub fn run(args: RunArgs) -> Result<ExitCode, String> {
         .thread_name("mtac-worker")
         .build()
         .map_err(|e| format!("cannot start the runtime: {e}"))?;
-    let config = mtac_runtime::RunConfig {
-        loader,
-        watch: Some(watch),
-        grace: std::time::Duration::from_secs(args.grace),
-    };
+    let config =
+        mtac_runtime::RunConfig { loader, watch: Some(watch), grace: std::time::Duration::from_secs(args.grace) };
     match runtime.block_on(mtac_runtime::run(config)) {
         Ok(()) => Ok(ExitCode::SUCCESS),
         Err(e) => {

@@ -147,9 +147,7 @@ impl miette::Diagnostic for Diag {
         if self.labels.is_empty() {
             return None;
         }
-        Some(Box::new(
-            self.labels.iter().map(|(span, label)| LabeledSpan::new_with_span(Some(label.clone()), *span)),
-        ))
+        Some(Box::new(self.labels.iter().map(|(span, label)| LabeledSpan::new_with_span(Some(label.clone()), *span))))
     }
 }
 

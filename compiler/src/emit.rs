@@ -4,7 +4,7 @@
 //! recipient is decided"): safety checks first, role accounts, then the anti-spam checks that trust
 //! may skip, greylisting last so that a triplet is only recorded for mail that passed everything else.
 
-use crate::lower::{AddressEntry, Draft, DraftFarm, DraftRelay, DomainEntry, NetEntry};
+use crate::lower::{AddressEntry, DomainEntry, Draft, DraftFarm, DraftRelay, NetEntry};
 use mtac_ruleset::model::{
     AccessAction, BanRule, Check, Dnsbl, DnsblZone, Farm, FarmKind, Greylist, Limits, Policy, Program, Relay, Reply,
     Scanner, Stage, Step, TableId, TableInfo, TableKind, Timeouts, Tls,
@@ -91,7 +91,8 @@ impl Tables {
 /// Build the model. `Err` carries internal table errors (validation should have caught them).
 pub fn emit(draft: &Draft) -> Result<Emitted, Vec<String>> {
     let mut tables = Tables { infos: Vec::new(), inputs: Vec::new(), errors: Vec::new() };
-    let hostname = draft.hostname.as_ref().map(|(h, _)| h.clone()).unwrap_or_else(|| "localhost.localdomain".to_owned());
+    let hostname =
+        draft.hostname.as_ref().map(|(h, _)| h.clone()).unwrap_or_else(|| "localhost.localdomain".to_owned());
     let farms = draft.farms.iter().map(|farm| emit_farm(farm, &hostname, &mut tables)).collect();
     if !tables.errors.is_empty() {
         return Err(tables.errors);
@@ -140,7 +141,11 @@ fn emit_farm(farm: &DraftFarm, hostname: &str, tables: &mut Tables) -> Farm {
         auto_whitelist: g.auto_whitelist,
         whitelist_clients: tables.prefixes(format!("{n}.greylist-clients"), &g.clients, &["inline".to_owned()], |_| 0),
         whitelist_senders: tables.domains(format!("{n}.greylist-senders"), &g.sender_domains, &["inline".to_owned()]),
-        whitelist_recipients: tables.addresses(format!("{n}.greylist-recipients"), &g.recipients, &["inline".to_owned()]),
+        whitelist_recipients: tables.addresses(
+            format!("{n}.greylist-recipients"),
+            &g.recipients,
+            &["inline".to_owned()],
+        ),
         reply: g.reply.clone().unwrap_or_else(|| Reply::new(451, "4.7.1", "Greylisted, please try again later")),
     });
     let program = program(farm, hostname, deny_domains, deny_addresses);
@@ -207,7 +212,11 @@ fn emit_farm(farm: &DraftFarm, hostname: &str, tables: &mut Tables) -> Farm {
             Some((DraftRelay::Maildir(d), _)) => Relay::Maildir(d.clone()),
             None => Relay::Backends(Vec::new()),
         },
-        tls: farm.tls.as_ref().map(|t| Tls { certificate: t.certificate.clone(), key: t.key.clone(), required: t.required }),
+        tls: farm.tls.as_ref().map(|t| Tls {
+            certificate: t.certificate.clone(),
+            key: t.key.clone(),
+            required: t.required,
+        }),
         auth: farm.auth.as_ref().map(|(a, _)| a.clone()),
         bare_line_ends: farm.bare_line_ends,
     }
@@ -219,7 +228,12 @@ fn step(rule: &str, check: Check, reply: Reply) -> Step {
 
 /// The decision program of a farm. Client-level rejects wait for RCPT TO by default (as Postfix's
 /// smtpd_delay_reject): a listed client is answered there, not dropped (seed 002).
-pub fn program(farm: &DraftFarm, hostname: &str, deny_domains: Option<TableId>, deny_addresses: Option<TableId>) -> Program {
+pub fn program(
+    farm: &DraftFarm,
+    hostname: &str,
+    deny_domains: Option<TableId>,
+    deny_addresses: Option<TableId>,
+) -> Program {
     let mut p = Program::default();
     let access_stage = farm.access_stage.unwrap_or(Stage::Rcpt);
     let dnsbl_stage = farm.dnsbl.as_ref().and_then(|d| d.stage).unwrap_or(Stage::Rcpt);
@@ -227,7 +241,11 @@ pub fn program(farm: &DraftFarm, hostname: &str, deny_domains: Option<TableId>, 
     let sender_stage = farm.sender.stage.unwrap_or(Stage::Rcpt);
 
     if farm.helo.required {
-        p.mail.push(step("helo.required", Check::HeloRequired, Reply::new(503, "5.5.1", "Error: send HELO/EHLO first")));
+        p.mail.push(step(
+            "helo.required",
+            Check::HeloRequired,
+            Reply::new(503, "5.5.1", "Error: send HELO/EHLO first"),
+        ));
     }
     if farm.kind == FarmKind::Submission {
         p.rcpt.push(step("auth.required", Check::AuthRequired, Reply::new(530, "5.7.0", "Authentication required")));
@@ -266,8 +284,18 @@ pub fn program(farm: &DraftFarm, hostname: &str, deny_domains: Option<TableId>, 
         p.stage_mut(dnsbl_stage).push(step("dnsbl", Check::Dnsbl, reply));
     }
     let helo_steps = [
-        (farm.helo.syntax, "helo.syntax", Check::HeloSyntax, Reply::new(501, "5.5.2", "Helo command rejected: Invalid name")),
-        (farm.helo.fqdn, "helo.fqdn", Check::HeloFqdn, Reply::new(504, "5.5.2", "Helo command rejected: need fully-qualified hostname")),
+        (
+            farm.helo.syntax,
+            "helo.syntax",
+            Check::HeloSyntax,
+            Reply::new(501, "5.5.2", "Helo command rejected: Invalid name"),
+        ),
+        (
+            farm.helo.fqdn,
+            "helo.fqdn",
+            Check::HeloFqdn,
+            Reply::new(504, "5.5.2", "Helo command rejected: need fully-qualified hostname"),
+        ),
         (
             farm.helo.not_ours,
             "helo.not-ours",

@@ -97,7 +97,9 @@ fn emit_and_probe(lw: &mut Lowerer<'_>, draft: &lower::Draft) -> Option<Output> 
     let bytes = match mtac_ruleset::build(&emitted.policy, emitted.tables) {
         Ok(bytes) => bytes,
         Err(e) => {
-            lw.diags.push(Diag::error("mtac::internal::build", e.to_string()).help("this is a compiler bug: please report it"));
+            lw.diags.push(
+                Diag::error("mtac::internal::build", e.to_string()).help("this is a compiler bug: please report it"),
+            );
             return None;
         }
     };
@@ -146,10 +148,12 @@ fn probe_open_relay(lw: &mut Lowerer<'_>, draft: &lower::Draft, ruleset: &Rulese
                     .find(|d| domain.ends_with(&d.domain))
                     .map_or(draft_farm.origin, |d| d.origin);
                 lw.report(
-                    Diag::error("mtac::open-relay", format!("inbound farm `{}` is an open relay", farm.name)).help(format!(
+                    Diag::error("mtac::open-relay", format!("inbound farm `{}` is an open relay", farm.name)).help(
+                        format!(
                         "counter-example: client {stranger}, HELO mail.example.org, MAIL FROM:<spammer@example.org>, \
                          RCPT TO:<{recipient}> is accepted. List the exact domains you receive mail for"
-                    )),
+                    ),
+                    ),
                     origin,
                     "accepts mail for domains that are not ours",
                 );

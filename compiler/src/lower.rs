@@ -966,8 +966,7 @@ impl<'d> Lowerer<'d> {
                     farm.helo.fqdn = self.bool_prop(at, "fqdn", farm.helo.fqdn);
                     farm.helo.syntax = self.bool_prop(at, "syntax", farm.helo.syntax);
                     farm.helo.not_ours = self.bool_prop(at, "not-ours", farm.helo.not_ours);
-                    farm.helo.stage =
-                        self.stage(at, &[Stage::Helo, Stage::Mail, Stage::Rcpt]).or(farm.helo.stage);
+                    farm.helo.stage = self.stage(at, &[Stage::Helo, Stage::Mail, Stage::Rcpt]).or(farm.helo.stage);
                 }
                 "sender" => self.sender(at, dir, farm),
                 "recipient" => {
@@ -1075,15 +1074,8 @@ impl<'d> Lowerer<'d> {
 
     fn limits(&mut self, at: At<'_>, farm: &mut DraftFarm) {
         self.shape(at, &[], 0, true);
-        const LIMITS: &[&str] = &[
-            "connections",
-            "connections-per-ip",
-            "message-size",
-            "recipients",
-            "line-length",
-            "errors",
-            "timeout",
-        ];
+        const LIMITS: &[&str] =
+            &["connections", "connections-per-ip", "message-size", "recipients", "line-length", "errors", "timeout"];
         for child in Self::children(at) {
             let name = child.node.name().value();
             if name == "timeout" {
@@ -1100,7 +1092,9 @@ impl<'d> Lowerer<'d> {
                 set(self, "data", &mut l.data_timeout);
                 set(self, "relay", &mut l.relay_timeout);
                 set(self, "pregreet", &mut l.pregreet);
-                for (key, value) in [("command", l.command_timeout), ("data", l.data_timeout), ("relay", l.relay_timeout)] {
+                for (key, value) in
+                    [("command", l.command_timeout), ("data", l.data_timeout), ("relay", l.relay_timeout)]
+                {
                     if value == 0 {
                         if let Some(entry) = Self::prop(child, key) {
                             self.err(
@@ -1333,7 +1327,9 @@ impl<'d> Lowerer<'d> {
                 self.shape(answer, &["weight"], 1, false);
                 let Some(pattern) = self.one_string(answer, "an answer pattern") else { continue };
                 let weight = match Self::prop(answer, "weight") {
-                    Some(entry) => self.integer(entry, answer.file, "`weight`", -1000, 1000).and_then(|v| i32::try_from(v).ok()),
+                    Some(entry) => {
+                        self.integer(entry, answer.file, "`weight`", -1000, 1000).and_then(|v| i32::try_from(v).ok())
+                    }
                     None => Some(1),
                 };
                 match (parse_answer_pattern(&pattern), weight) {
@@ -1347,7 +1343,9 @@ impl<'d> Lowerer<'d> {
                                 "not a list answer",
                                 "DNS lists answer in 127.0.0.0/8; anything else is a resolver or zone error",
                             );
-                        } else if octets == [(127, 127), (255, 255), (255, 255), (0, 255)] || octets.get(1) == Some(&(255, 255)) {
+                        } else if octets == [(127, 127), (255, 255), (255, 255), (0, 255)]
+                            || octets.get(1) == Some(&(255, 255))
+                        {
                             self.err(
                                 "mtac::dnsbl::error-code",
                                 format!("`{pattern}` is an error code, not a listing"),
@@ -1527,7 +1525,10 @@ impl<'d> Lowerer<'d> {
             let Some(address) = self.one_string(child, "the scanner's address") else { continue };
             let address_ok = match kind {
                 ScannerKind::Rspamd => address.starts_with("http://") && address.len() > 7,
-                _ => address.strip_prefix("unix:").is_some_and(|p| p.starts_with('/')) || address.parse::<SocketAddr>().is_ok(),
+                _ => {
+                    address.strip_prefix("unix:").is_some_and(|p| p.starts_with('/'))
+                        || address.parse::<SocketAddr>().is_ok()
+                }
             };
             if !address_ok {
                 self.err(
@@ -1715,9 +1716,8 @@ impl<'d> Lowerer<'d> {
                 );
             }
         }
-        let max_failures = Self::prop(at, "max-failures")
-            .and_then(|e| self.u32_value(e, at.file, "`max-failures`", 1))
-            .unwrap_or(5);
+        let max_failures =
+            Self::prop(at, "max-failures").and_then(|e| self.u32_value(e, at.file, "`max-failures`", 1)).unwrap_or(5);
         let mut backend = None;
         let mut users = Vec::new();
         for child in Self::children(at) {
@@ -1727,7 +1727,9 @@ impl<'d> Lowerer<'d> {
                     let url = Self::prop(child, "url").and_then(|e| self.string(e, child.file, "`url`"));
                     let dn = Self::prop(child, "bind-dn").and_then(|e| self.string(e, child.file, "`bind-dn`"));
                     match (url, dn) {
-                        (Some(url), Some(dn)) if (url.starts_with("ldap://") || url.starts_with("ldaps://")) && dn.contains("{user}") => {
+                        (Some(url), Some(dn))
+                            if (url.starts_with("ldap://") || url.starts_with("ldaps://")) && dn.contains("{user}") =>
+                        {
                             backend = Some(AuthBackend::Ldap { url, bind_dn_template: dn })
                         }
                         _ => self.err(
@@ -1925,8 +1927,11 @@ impl<'d> Lowerer<'d> {
                         }
                         Ok(reply) => {
                             self.report(
-                                Diag::error("mtac::reply::class", format!("reply {} has the wrong class for this list", reply.code))
-                                    .help("reject lists take 5xx replies, defer lists 4xx"),
+                                Diag::error(
+                                    "mtac::reply::class",
+                                    format!("reply {} has the wrong class for this list", reply.code),
+                                )
+                                .help("reject lists take 5xx replies, defer lists 4xx"),
                                 origin,
                                 "wrong reply class",
                             );
@@ -1934,8 +1939,9 @@ impl<'d> Lowerer<'d> {
                         }
                         Err(why) => {
                             self.report(
-                                Diag::error("mtac::reply", format!("invalid SMTP reply: {why}"))
-                                    .help("after the network, write \"CODE X.Y.Z text\", e.g. 550 5.7.1 Known spam source"),
+                                Diag::error("mtac::reply", format!("invalid SMTP reply: {why}")).help(
+                                    "after the network, write \"CODE X.Y.Z text\", e.g. 550 5.7.1 Known spam source",
+                                ),
                                 origin,
                                 "invalid reply",
                             );
@@ -2106,6 +2112,7 @@ pub fn parse_answer_pattern(text: &str) -> Option<[(u8, u8); 4]> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

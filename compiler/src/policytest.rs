@@ -125,7 +125,11 @@ pub fn parse_greylist(text: &str) -> Option<GreylistStatus> {
 }
 
 /// Evaluate one session against a farm, exactly as the runtime decides.
-pub fn run_session(ruleset: &Ruleset, farm: &mtac_ruleset::model::Farm, session: &Session) -> (eval::Simulation, Outcome) {
+pub fn run_session(
+    ruleset: &Ruleset,
+    farm: &mtac_ruleset::model::Farm,
+    session: &Session,
+) -> (eval::Simulation, Outcome) {
     let facts = Facts {
         client_ip: session.client,
         helo: session.helo.as_deref(),
@@ -287,7 +291,7 @@ fn lower_test(node: &KdlNode, source: &SourceFile, diags: &mut Diagnostics) -> O
                     .entries()
                     .iter()
                     .find(|e| e.name().is_none())
-                    .map_or(true, |e| e.value() == &KdlValue::Bool(true))
+                    .is_none_or(|e| e.value() == &KdlValue::Bool(true))
             }
             "dnsbl" => match (values.first(), values.get(1).map(|a| parse_list_answer(a))) {
                 (Some(zone), Some(Some(answer))) => session.dns.lists.push((zone.clone(), answer)),
@@ -300,26 +304,38 @@ fn lower_test(node: &KdlNode, source: &SourceFile, diags: &mut Diagnostics) -> O
             },
             "sender-domain" => match value.as_deref().and_then(parse_domain_status) {
                 Some(status) => session.dns.sender_domain = Some(status),
-                None => bad(diags, child, "unknown sender-domain status".to_owned(), "resolves, nxdomain, null-mx or tempfail"),
+                None => bad(
+                    diags,
+                    child,
+                    "unknown sender-domain status".to_owned(),
+                    "resolves, nxdomain, null-mx or tempfail",
+                ),
             },
             "greylist" => match value.as_deref().and_then(parse_greylist) {
                 Some(status) => session.dns.greylist = Some(status),
                 None => bad(diags, child, "unknown greylist status".to_owned(), "pass or defer"),
             },
             "expect" => {
-                let stage = child.get("stage").and_then(|v| v.as_string()).map(|s| Stage::parse(s));
+                let stage = child.get("stage").and_then(|v| v.as_string()).map(Stage::parse);
                 if let Some(None) = stage {
                     bad(diags, child, "unknown stage".to_owned(), "connect, helo, mail or rcpt");
                 }
                 let rule = child.get("rule").and_then(|v| v.as_string()).map(str::to_owned);
                 match value {
                     Some(reply) => expect = Some(Expectation { reply, stage: stage.flatten(), rule }),
-                    None => bad(diags, child, "`expect` needs a reply".to_owned(), "e.g. expect \"550 5.7.1\" or expect \"accept\""),
+                    None => bad(
+                        diags,
+                        child,
+                        "`expect` needs a reply".to_owned(),
+                        "e.g. expect \"550 5.7.1\" or expect \"accept\"",
+                    ),
                 }
             }
             other => {
-                let help = did_you_mean(other, TEST_NODES)
-                    .map_or_else(|| format!("a test may contain: {}", TEST_NODES.join(", ")), |g| format!("did you mean `{g}`?"));
+                let help = did_you_mean(other, TEST_NODES).map_or_else(
+                    || format!("a test may contain: {}", TEST_NODES.join(", ")),
+                    |g| format!("did you mean `{g}`?"),
+                );
                 diags.push(
                     Diag::error("mtac::test::unknown-node", format!("unknown node `{other}` in test `{name}`"))
                         .at(source, child.name().span(), "unknown")

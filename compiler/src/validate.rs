@@ -30,8 +30,11 @@ pub fn validate(lw: &mut Lowerer<'_>, draft: &Draft) {
         for (listener, origin) in &farm.listeners {
             if let Some((other, _)) = listeners.get(&listener.address) {
                 lw.report(
-                    Diag::error("mtac::listen::shared", format!("{} is also a listener of farm `{other}`", listener.address))
-                        .help("each address:port belongs to one farm"),
+                    Diag::error(
+                        "mtac::listen::shared",
+                        format!("{} is also a listener of farm `{other}`", listener.address),
+                    )
+                    .help("each address:port belongs to one farm"),
                     *origin,
                     "listened on twice",
                 );
@@ -75,8 +78,9 @@ fn validate_farm(lw: &mut Lowerer<'_>, farm: &DraftFarm) {
         FarmKind::Submission => {
             if farm.auth.is_none() {
                 lw.report(
-                    Diag::error("mtac::submission::no-auth", format!("submission farm `{name}` has no `auth`"))
-                        .help("a submission farm relays for its users only: add `auth { ldap … }` or `auth { user … }`"),
+                    Diag::error("mtac::submission::no-auth", format!("submission farm `{name}` has no `auth`")).help(
+                        "a submission farm relays for its users only: add `auth { ldap … }` or `auth { user … }`",
+                    ),
                     farm.origin,
                     "anyone could relay",
                 );
@@ -104,8 +108,11 @@ fn validate_farm(lw: &mut Lowerer<'_>, farm: &DraftFarm) {
     for (listener, origin) in &farm.listeners {
         if listener.implicit_tls && farm.tls.is_none() {
             lw.report(
-                Diag::error("mtac::listen::no-certificate", format!("{} wants implicit TLS but the farm has no `tls`", listener.address))
-                    .help("add `tls certificate=\"…\" key=\"…\"` to the farm"),
+                Diag::error(
+                    "mtac::listen::no-certificate",
+                    format!("{} wants implicit TLS but the farm has no `tls`", listener.address),
+                )
+                .help("add `tls certificate=\"…\" key=\"…\"` to the farm"),
                 *origin,
                 "implicit TLS without a certificate",
             );
@@ -142,12 +149,15 @@ fn validate_farm(lw: &mut Lowerer<'_>, farm: &DraftFarm) {
     }
     for entry in farm.local_domains.iter().filter(|d| d.subdomains && !d.domain.contains('.')) {
         lw.report(
-            Diag::error("mtac::open-relay", format!("farm `{}` would accept mail for every domain under `.{}`", farm.name, entry.domain))
-                .help(format!(
-                    "counter-example: client 198.51.100.77, MAIL FROM:<spammer@example.org>, RCPT TO:<someone@victim.{}> \
+            Diag::error(
+                "mtac::open-relay",
+                format!("farm `{}` would accept mail for every domain under `.{}`", farm.name, entry.domain),
+            )
+            .help(format!(
+                "counter-example: client 198.51.100.77, MAIL FROM:<spammer@example.org>, RCPT TO:<someone@victim.{}> \
                      would be accepted and relayed. List the exact domains you receive mail for",
-                    entry.domain
-                )),
+                entry.domain
+            )),
             entry.origin,
             "a whole top-level domain",
         );
@@ -170,8 +180,11 @@ fn duplicate_domains(lw: &mut Lowerer<'_>, farm: &DraftFarm) {
                 reported += 1;
                 let first_at = describe(lw, first);
                 lw.report(
-                    Diag::warning("mtac::local-domains::duplicate", format!("local domain `{}` is listed twice", entry.domain))
-                        .help(format!("first listed at {first_at}; remove one")),
+                    Diag::warning(
+                        "mtac::local-domains::duplicate",
+                        format!("local domain `{}` is listed twice", entry.domain),
+                    )
+                    .help(format!("first listed at {first_at}; remove one")),
                     entry.origin,
                     "duplicate",
                 );
@@ -192,7 +205,11 @@ fn addresses_outside_domains(lw: &mut Lowerer<'_>, farm: &DraftFarm) {
     let wildcard: Vec<&str> = farm.local_domains.iter().filter(|d| d.subdomains).map(|d| d.domain.as_str()).collect();
     let is_local = |domain: &str| {
         exact.contains_key(domain)
-            || wildcard.iter().any(|w| domain.len() > w.len() && domain.ends_with(w) && domain.as_bytes().get(domain.len() - w.len() - 1) == Some(&b'.'))
+            || wildcard.iter().any(|w| {
+                domain.len() > w.len()
+                    && domain.ends_with(w)
+                    && domain.as_bytes().get(domain.len() - w.len() - 1) == Some(&b'.')
+            })
     };
     let mut sorted: Vec<(String, usize)> = Vec::with_capacity(farm.local_addresses.len());
     let mut outside = 0usize;
@@ -204,8 +221,11 @@ fn addresses_outside_domains(lw: &mut Lowerer<'_>, farm: &DraftFarm) {
             if listed < MAX_LISTED {
                 listed += 1;
                 lw.report(
-                    Diag::warning("mtac::local-addresses::not-local", format!("`{}` is not in a local domain: it can never match", entry.address))
-                        .help("add its domain to `local-domains`, or remove the address"),
+                    Diag::warning(
+                        "mtac::local-addresses::not-local",
+                        format!("`{}` is not in a local domain: it can never match", entry.address),
+                    )
+                    .help("add its domain to `local-domains`, or remove the address"),
                     entry.origin,
                     "never matches",
                 );
@@ -224,11 +244,17 @@ fn addresses_outside_domains(lw: &mut Lowerer<'_>, farm: &DraftFarm) {
             if a == b {
                 if dup_listed < MAX_LISTED {
                     dup_listed += 1;
-                    let (Some(f), Some(s)) = (farm.local_addresses.get(*first), farm.local_addresses.get(*second)) else { continue };
+                    let (Some(f), Some(s)) = (farm.local_addresses.get(*first), farm.local_addresses.get(*second))
+                    else {
+                        continue;
+                    };
                     let first_at = describe(lw, f.origin);
                     lw.report(
-                        Diag::warning("mtac::local-addresses::duplicate", format!("address `{}` is listed twice", s.address))
-                            .help(format!("first listed at {first_at} (addresses compare case-insensitively)")),
+                        Diag::warning(
+                            "mtac::local-addresses::duplicate",
+                            format!("address `{}` is listed twice", s.address),
+                        )
+                        .help(format!("first listed at {first_at} (addresses compare case-insensitively)")),
                         s.origin,
                         "duplicate",
                     );
@@ -274,21 +300,30 @@ pub fn access_conflicts(lw: &mut Lowerer<'_>, entries: &[NetEntry], list: &str) 
         }
         if let Some(parent) = stack.last().and_then(|&t| entries.get(t)) {
             let (this, that) = (action_name(&entry.action), action_name(&parent.action));
-            let parent_at = describe(lw, parent.origin);
+            // `describe` scans the list file up to the parent's line: call it only for a
+            // diagnostic that is listed, not for every nested entry of a large list.
             if parent.net == entry.net {
                 if this != that {
                     contradictions += 1;
+                    let parent_at = describe(lw, parent.origin);
                     lw.report(
-                        Diag::error("mtac::access::contradiction", format!("{} is both {that}ed and {this}ed in {list}", entry.net))
-                            .help(format!("the other entry is at {parent_at}; keep one of them")),
+                        Diag::error(
+                            "mtac::access::contradiction",
+                            format!("{} is both {that}ed and {this}ed in {list}", entry.net),
+                        )
+                        .help(format!("the other entry is at {parent_at}; keep one of them")),
                         entry.origin,
                         "contradicts an earlier entry",
                     );
                 } else if parent.action == entry.action {
                     if dups < MAX_LISTED {
+                        let parent_at = describe(lw, parent.origin);
                         lw.report(
-                            Diag::warning("mtac::access::duplicate", format!("{} is listed twice in {list}", entry.net))
-                                .help(format!("first at {parent_at}")),
+                            Diag::warning(
+                                "mtac::access::duplicate",
+                                format!("{} is listed twice in {list}", entry.net),
+                            )
+                            .help(format!("first at {parent_at}")),
                             entry.origin,
                             "duplicate",
                         );
@@ -298,18 +333,29 @@ pub fn access_conflicts(lw: &mut Lowerer<'_>, entries: &[NetEntry], list: &str) 
                     dups += 1;
                 } else {
                     contradictions += 1;
+                    let parent_at = describe(lw, parent.origin);
                     lw.report(
-                        Diag::error("mtac::access::contradiction", format!("{} is listed twice in {list} with different replies", entry.net))
-                            .help(format!("the other entry is at {parent_at}; keep one reply")),
+                        Diag::error(
+                            "mtac::access::contradiction",
+                            format!("{} is listed twice in {list} with different replies", entry.net),
+                        )
+                        .help(format!("the other entry is at {parent_at}; keep one reply")),
                         entry.origin,
                         "contradicts an earlier entry",
                     );
                 }
             } else if this != that {
                 if overlaps < MAX_LISTED {
+                    let parent_at = describe(lw, parent.origin);
                     lw.report(
-                        Diag::warning("mtac::access::overlap", format!("{} ({this}) lies inside {} ({that})", entry.net, parent.net))
-                            .help(format!("the longest prefix wins: {this} for {}, {that} for the rest of {} (at {parent_at})", entry.net, parent.net)),
+                        Diag::warning(
+                            "mtac::access::overlap",
+                            format!("{} ({this}) lies inside {} ({that})", entry.net, parent.net),
+                        )
+                        .help(format!(
+                            "the longest prefix wins: {this} for {}, {that} for the rest of {} (at {parent_at})",
+                            entry.net, parent.net
+                        )),
                         entry.origin,
                         "overrides a wider entry",
                     );
@@ -319,9 +365,16 @@ pub fn access_conflicts(lw: &mut Lowerer<'_>, entries: &[NetEntry], list: &str) 
                 overlaps += 1;
             } else if parent.action == entry.action {
                 if redundant < MAX_LISTED {
+                    let parent_at = describe(lw, parent.origin);
                     lw.report(
-                        Diag::warning("mtac::access::never-fires", format!("{} can never change a decision", entry.net))
-                            .help(format!("{} (at {parent_at}) already {that}s it with the same reply; remove the narrower entry", parent.net)),
+                        Diag::warning(
+                            "mtac::access::never-fires",
+                            format!("{} can never change a decision", entry.net),
+                        )
+                        .help(format!(
+                            "{} (at {parent_at}) already {that}s it with the same reply; remove the narrower entry",
+                            parent.net
+                        )),
                         entry.origin,
                         "redundant",
                     );
@@ -401,29 +454,29 @@ fn is_global(ip: IpAddr) -> bool {
 
 fn dnsbl(lw: &mut Lowerer<'_>, farm: &DraftFarm) {
     let Some(dnsbl) = &farm.dnsbl else { return };
-    let reachable: i64 = dnsbl
-        .zones
-        .iter()
-        .map(|z| i64::from(z.answers.iter().map(|a| a.weight).max().unwrap_or(0).max(0)))
-        .sum();
+    let reachable: i64 =
+        dnsbl.zones.iter().map(|z| i64::from(z.answers.iter().map(|a| a.weight).max().unwrap_or(0).max(0))).sum();
     if reachable < i64::from(dnsbl.threshold) {
         lw.report(
-            Diag::error("mtac::dnsbl::never-fires", format!("the DNS lists can score at most {reachable}, below the threshold {}", dnsbl.threshold))
-                .help("raise the answer weights or lower the threshold: as written, no client is ever rejected"),
+            Diag::error(
+                "mtac::dnsbl::never-fires",
+                format!("the DNS lists can score at most {reachable}, below the threshold {}", dnsbl.threshold),
+            )
+            .help("raise the answer weights or lower the threshold: as written, no client is ever rejected"),
             dnsbl.origin,
             "can never fire",
         );
     }
     if let Some(allow) = dnsbl.allow_threshold {
-        let lowest: i64 = dnsbl
-            .zones
-            .iter()
-            .map(|z| i64::from(z.answers.iter().map(|a| a.weight).min().unwrap_or(0).min(0)))
-            .sum();
+        let lowest: i64 =
+            dnsbl.zones.iter().map(|z| i64::from(z.answers.iter().map(|a| a.weight).min().unwrap_or(0).min(0))).sum();
         if lowest > i64::from(allow) {
             lw.report(
-                Diag::warning("mtac::dnsbl::allow-never-fires", format!("no answer has a negative weight, so allow-threshold {allow} is never reached"))
-                    .help("give an allow list (DNSWL) negative weights, e.g. `answer \"127.0.[0..255].[1..3]\" weight=-2`"),
+                Diag::warning(
+                    "mtac::dnsbl::allow-never-fires",
+                    format!("no answer has a negative weight, so allow-threshold {allow} is never reached"),
+                )
+                .help("give an allow list (DNSWL) negative weights, e.g. `answer \"127.0.[0..255].[1..3]\" weight=-2`"),
                 dnsbl.origin,
                 "can never fire",
             );
@@ -454,7 +507,8 @@ pub fn check_ban_rules(lw: &mut Lowerer<'_>, farm: &DraftFarm, rules: &[String])
                     None => format!("rules of this farm: {}", known.join(", ")),
                 };
                 lw.report(
-                    Diag::error("mtac::ban::unknown-rule", format!("no rule `{rule}` in farm `{}`", farm.name)).help(help),
+                    Diag::error("mtac::ban::unknown-rule", format!("no rule `{rule}` in farm `{}`", farm.name))
+                        .help(help),
                     *origin,
                     "can never fire",
                 );

@@ -166,12 +166,7 @@ fn trust(tables: &dyn Lookup, farm: &Farm, facts: &Facts<'_>) -> Option<String> 
     None
 }
 
-fn access_action<'f>(
-    tables: &dyn Lookup,
-    farm: &'f Farm,
-    table: TableId,
-    ip: IpAddr,
-) -> Option<&'f AccessAction> {
+fn access_action<'f>(tables: &dyn Lookup, farm: &'f Farm, table: TableId, ip: IpAddr) -> Option<&'f AccessAction> {
     let index = tables.prefix(table, ip)?;
     farm.access_actions.get(usize::try_from(index).ok()?)
 }
@@ -248,7 +243,7 @@ fn run_step(tables: &dyn Lookup, farm: &Farm, step: &Step, facts: &Facts<'_>) ->
             Some(h) => {
                 let h = syntax::normalize_domain(h);
                 let ours = h == syntax::normalize_domain(facts.hostname)
-                    || names.iter().any(|n| *n == h)
+                    || names.contains(&h)
                     || farm.local_domains.is_some_and(|t| tables.domain(t, &h).is_some())
                     || syntax::parse_address_literal(&h).is_some_and(|ip| {
                         farm.listeners.iter().any(|l| l.address.ip() == ip && !l.address.ip().is_unspecified())
@@ -276,7 +271,8 @@ fn run_step(tables: &dyn Lookup, farm: &Farm, step: &Step, facts: &Facts<'_>) ->
                 return pass("null or no sender");
             };
             let by_address = addresses.is_some_and(|t| tables.address(t, sender).is_some());
-            let by_domain = domains.is_some_and(|t| sender_domain(facts).is_some_and(|d| tables.domain(t, d).is_some()));
+            let by_domain =
+                domains.is_some_and(|t| sender_domain(facts).is_some_and(|d| tables.domain(t, d).is_some()));
             if by_address || by_domain {
                 fail()
             } else {
@@ -359,9 +355,9 @@ fn run_step(tables: &dyn Lookup, farm: &Farm, step: &Step, facts: &Facts<'_>) ->
                 return pass(&why);
             }
             match facts.dns.greylist() {
-            Some(GreylistStatus::Defer) => fail(),
-            Some(GreylistStatus::Pass) => pass("triplet passed"),
-            None => pass("not consulted"),
+                Some(GreylistStatus::Defer) => fail(),
+                Some(GreylistStatus::Pass) => pass("triplet passed"),
+                None => pass("not consulted"),
             }
         }
         Check::AuthRequired => {

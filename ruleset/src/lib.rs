@@ -37,10 +37,15 @@ use container::{Container, ContainerError, ContainerWriter, SectionKind, WriteEr
 use model::{Check, Policy, Relay, TableId, TableKind};
 use std::net::IpAddr;
 use std::path::Path;
-use tables::{AddressTable, AddressTableBuilder, DomainTable, DomainTableBuilder, PrefixTable, PrefixTableBuilder, TableError};
+use tables::{
+    AddressTable, AddressTableBuilder, DomainTable, DomainTableBuilder, PrefixTable, PrefixTableBuilder, TableError,
+};
 
 /// The version of the program that wrote a ruleset, recorded in its header.
 pub const COMPILER_VERSION: &str = concat!("mtac ", env!("CARGO_PKG_VERSION"));
+
+/// Opens one kind of table over its section's bytes.
+type TableOpener = fn(container::Bytes) -> Result<Table, TableError>;
 
 /// A loaded table.
 #[derive(Debug)]
@@ -120,7 +125,7 @@ impl Ruleset {
                 reason: "too many tables".to_owned(),
             })?;
             let fail = |reason: String| LoadError::Table { id, name: info.name.clone(), reason };
-            let (kind, open): (SectionKind, fn(container::Bytes) -> Result<Table, TableError>) = match info.kind {
+            let (kind, open): (SectionKind, TableOpener) = match info.kind {
                 TableKind::Domains => (SectionKind::DomainTable, |b| DomainTable::new(b).map(Table::Domains)),
                 TableKind::Addresses => (SectionKind::AddressTable, |b| AddressTable::new(b).map(Table::Addresses)),
                 TableKind::Prefixes => (SectionKind::PrefixTable, |b| PrefixTable::new(b).map(Table::Prefixes)),

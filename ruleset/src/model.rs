@@ -411,7 +411,10 @@ pub struct Auth {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum AuthBackend {
-    Ldap { url: String, bind_dn_template: String },
+    Ldap {
+        url: String,
+        bind_dn_template: String,
+    },
     /// Users and password hashes (PHC strings) compiled in.
     Table(Vec<(String, String)>),
 }

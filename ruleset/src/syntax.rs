@@ -73,6 +73,7 @@ pub fn normalize_domain(domain: &str) -> String {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -9,7 +9,7 @@
 //! |------------------|--------------------------------------|------------------------------|--------------------|
 //! | [`DomainTable`]  | a domain, optionally its subdomains  | most specific entry          | `fst::Map`         |
 //! | [`AddressTable`] | a mail address                       | exact (after case folding)   | `fst::Map`         |
-//! | [`PrefixTable`]  | an IPv4 or IPv6 prefix               | longest prefix               | sorted intervals   |
+//! | [`PrefixTable`]  | an IPv4 or IPv6 prefix               | longest prefix               | interval bounds    |
 //!
 //! # Determinism
 //!
@@ -122,10 +122,24 @@ pub enum TableError {
     /// The section's size does not match what its header says.
     #[error("prefix table section is {found} bytes but its header implies {expected}; the ruleset was written by an incompatible or buggy compiler, recompile it")]
     PrefixTableSize {
-        /// Size implied by the header (`u64::MAX` if it overflows).
+        /// Size implied by the header.
         expected: u64,
         /// Actual size.
         found: usize,
+    },
+    /// The section's header is not one a builder writes.
+    #[error(
+        "prefix table section {reason}; the ruleset was written by an incompatible or buggy compiler, recompile it"
+    )]
+    PrefixTableFormat {
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+    /// A family has more boundaries than the format counts (over 2^32).
+    #[error("prefix table needs {boundaries} interval boundaries, more than the format holds; split the list")]
+    PrefixTableTooLarge {
+        /// Boundaries needed.
+        boundaries: usize,
     },
 }
 
@@ -567,13 +581,18 @@ impl AddressTable {
 // IP prefixes
 // ---------------------------------------------------------------------------
 
-/// Section header: distinct prefixes, IPv4 intervals, IPv6 intervals (u64
-/// each).
+/// First bytes of a prefix table section: the layout's name and version, so
+/// a reader meets a clear error, not wrong answers, on another layout.
+const PREFIX_MAGIC: [u8; 4] = *b"LPM2";
+/// Section header: magic, distinct value count u32, distinct prefix count
+/// u64, value width u8, 7 reserved bytes.
 const PREFIX_HEADER_LEN: usize = 24;
-/// IPv4 record: start u32, end u32 (inclusive), value u32.
-const V4_RECORD_LEN: usize = 12;
-/// IPv6 record: start u128, end u128 (inclusive), value u32.
-const V6_RECORD_LEN: usize = 36;
+/// Family descriptor: boundaries u32, valued intervals u32, buckets u32,
+/// key shift u8, residual width u8, 2 reserved bytes, base u128.
+const FAMILY_LEN: usize = 32;
+/// Zero bytes at the end of the section, so that a residual is always read
+/// as one 8- or 16-byte load and masked.
+const PREFIX_PADDING: usize = 16;
 
 /// A prefix as a closed interval of addresses (both families in u128).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -626,13 +645,32 @@ impl PrefixTableBuilder {
         self.v4.is_empty() && self.v6.is_empty()
     }
 
-    /// The section bytes: the nested prefixes flattened into sorted, disjoint
-    /// intervals, each carrying the value of the longest prefix covering it.
+    /// The section bytes. The nested prefixes of each family are flattened
+    /// into sorted disjoint intervals, each carrying the value of the longest
+    /// prefix covering it, and only the *boundaries* are stored: the address
+    /// where an interval or a gap starts, with the interval's value or "no
+    /// match". A lookup finds the last boundary at or before the address.
     ///
-    /// Layout (little-endian): distinct prefix count u64, IPv4 interval
-    /// count u64, IPv6 interval count u64, the IPv4 records (start u32, end
-    /// u32, value u32), then the IPv6 records (start u128, end u128, value
-    /// u32). Ends are inclusive, so `0.0.0.0/0` fits.
+    /// Layout (little-endian), see [`PrefixTable`] for why:
+    ///
+    /// ```text
+    /// header   "LPM2", distinct values d u32, prefixes u64, value width vw u8, 7 zero bytes
+    /// family   IPv4 descriptor, then IPv6 descriptor, each:
+    ///          boundaries n u32, valued intervals u32, buckets nb u32,
+    ///          shift u8, residual width w u8, 2 zero bytes, base u128
+    /// values   d × u32, sorted; boundary code c means values[c - 1], 0 "no match"
+    /// IPv4     bucket index (nb + 1) × u32, residuals n × w bytes, codes n × vw bytes
+    /// IPv6     the same
+    /// padding  16 zero bytes
+    /// ```
+    ///
+    /// A boundary `b` is stored as its key `k = b >> shift`; `shift` is the
+    /// number of trailing zero bits every boundary has (64 or more when all
+    /// IPv6 prefixes are /64 or shorter). Keys are split at byte `w` into a
+    /// bucket `(k - base) >> 8w` and a residual, the low `8w` bits, stored in
+    /// `w` bytes; `w` is the width that makes the family smallest. Bucket `j`
+    /// holds boundaries `index[j]..index[j + 1]`. With a single distinct value
+    /// the codes are implied (boundaries alternate value, gap) and `vw` is 0.
     pub fn build(self) -> Result<Vec<u8>, TableError> {
         let show4 = |s: &Span| show_span(s, false);
         let show6 = |s: &Span| show_span(s, true);
@@ -645,23 +683,162 @@ impl PrefixTableBuilder {
         let v4 = flatten(&v4);
         let v6 = flatten(&v6);
 
-        let mut out = Vec::with_capacity(PREFIX_HEADER_LEN + v4.len() * V4_RECORD_LEN + v6.len() * V6_RECORD_LEN);
+        let mut values: Vec<u32> = v4.iter().chain(&v6).map(|&(_, _, v)| v).collect();
+        values.sort_unstable();
+        values.dedup();
+        let code_of = |v: u32| values.binary_search(&v).map_or(0, |i| i + 1);
+        let value_width: usize = match values.len() {
+            0 | 1 => 0,
+            n if n < 0x100 => 1,
+            n if n < 0x1_0000 => 2,
+            _ => 4,
+        };
+        let v4 = Family::encode(&boundaries(&v4, u128::from(u32::MAX), code_of))?;
+        let v6 = Family::encode(&boundaries(&v6, u128::MAX, code_of))?;
+        let too_large = || TableError::PrefixTableTooLarge { boundaries: v4.codes.len() + v6.codes.len() };
+        let value_count = u32::try_from(values.len()).map_err(|_| too_large())?;
+
+        let mut out = Vec::with_capacity(
+            PREFIX_HEADER_LEN
+                + 2 * FAMILY_LEN
+                + 4 * values.len()
+                + v4.byte_len(value_width)
+                + v6.byte_len(value_width)
+                + PREFIX_PADDING,
+        );
+        out.extend_from_slice(&PREFIX_MAGIC);
+        out.extend_from_slice(&value_count.to_le_bytes());
         out.extend_from_slice(&prefixes.to_le_bytes());
-        out.extend_from_slice(&(v4.len() as u64).to_le_bytes());
-        out.extend_from_slice(&(v6.len() as u64).to_le_bytes());
-        for &(start, end, value) in &v4 {
-            // IPv4 spans were built from u32s, so they fit.
-            out.extend_from_slice(&(start as u32).to_le_bytes());
-            out.extend_from_slice(&(end as u32).to_le_bytes());
-            out.extend_from_slice(&value.to_le_bytes());
+        out.push(value_width as u8);
+        out.extend_from_slice(&[0; 7]);
+        v4.write_descriptor(&mut out);
+        v6.write_descriptor(&mut out);
+        for v in &values {
+            out.extend_from_slice(&v.to_le_bytes());
         }
-        for &(start, end, value) in &v6 {
-            out.extend_from_slice(&start.to_le_bytes());
-            out.extend_from_slice(&end.to_le_bytes());
-            out.extend_from_slice(&value.to_le_bytes());
-        }
+        v4.write_arrays(&mut out, value_width);
+        v6.write_arrays(&mut out, value_width);
+        out.extend_from_slice(&[0; PREFIX_PADDING]);
         Ok(out)
     }
+}
+
+/// Turns flattened intervals into boundaries `(address, code)`: each interval
+/// start with its value's code, and the address after an interval with code 0
+/// when a gap follows (not when the next interval is adjacent or the
+/// interval ends at `max`).
+fn boundaries(intervals: &[(u128, u128, u32)], max: u128, code_of: impl Fn(u32) -> usize) -> Vec<(u128, usize)> {
+    let mut out = Vec::with_capacity(intervals.len() * 2);
+    let mut gap_at: Option<u128> = None;
+    for &(start, end, value) in intervals {
+        if let Some(gap) = gap_at {
+            if gap < start {
+                out.push((gap, 0));
+            }
+        }
+        out.push((start, code_of(value)));
+        gap_at = end.checked_add(1).filter(|&g| g <= max);
+    }
+    if let Some(gap) = gap_at {
+        out.push((gap, 0));
+    }
+    out
+}
+
+/// One family's boundaries, encoded.
+struct Family {
+    intervals: u32,
+    shift: u8,
+    width: u8,
+    base: u128,
+    /// Bucket index: `buckets + 1` starts.
+    index: Vec<u32>,
+    residuals: Vec<u128>,
+    codes: Vec<usize>,
+}
+
+impl Family {
+    fn encode(bounds: &[(u128, usize)]) -> Result<Family, TableError> {
+        let too_large = || TableError::PrefixTableTooLarge { boundaries: bounds.len() };
+        let n = bounds.len();
+        let n32 = u32::try_from(n).map_err(|_| too_large())?;
+        let intervals = bounds.iter().filter(|&&(_, code)| code != 0).count() as u32;
+        // Every boundary has at least `shift` trailing zero bits, so
+        // `b <= x` exactly when `b >> shift <= x >> shift`.
+        let shift = bounds.iter().filter(|&&(b, _)| b != 0).map(|&(b, _)| b.trailing_zeros()).min().unwrap_or(0);
+        let shift = shift.min(127) as u8;
+        let keys: Vec<u128> = bounds.iter().map(|&(b, _)| b >> shift).collect();
+        let base = keys.first().copied().unwrap_or(0);
+        let range = keys.last().copied().unwrap_or(0) - base;
+
+        // The residual width that makes this family smallest; ties go to the
+        // narrower width, which means more buckets and shorter searches.
+        let mut best: Option<(u128, u8, u128)> = None;
+        for width in 1..=16u8 {
+            let buckets = range.checked_shr(8 * u32::from(width)).unwrap_or(0) + 1;
+            if buckets >= u128::from(u32::MAX) {
+                continue;
+            }
+            let size = n as u128 * u128::from(width) + 4 * (buckets + 1);
+            if best.is_none_or(|(s, _, _)| size < s) {
+                best = Some((size, width, buckets));
+            }
+        }
+        // Width 16 always fits (one bucket).
+        let (_, width, buckets) = best.unwrap_or((0, 16, 1));
+        let bits = 8 * u32::from(width);
+        let (buckets, width) = if n == 0 { (0, 1) } else { (buckets as usize, width) };
+
+        let mut index = Vec::with_capacity(buckets + 1);
+        let mut residuals = Vec::with_capacity(n);
+        for (i, &k) in keys.iter().enumerate() {
+            let d = k - base;
+            // Buckets fit in u32 (checked above), and so does `i`.
+            let bucket = d.checked_shr(bits).unwrap_or(0) as usize;
+            while index.len() <= bucket {
+                index.push(i as u32);
+            }
+            residuals.push(d & low_mask(bits));
+        }
+        while index.len() <= buckets {
+            index.push(n32);
+        }
+        Ok(Family { intervals, shift, width, base, index, residuals, codes: bounds.iter().map(|&(_, c)| c).collect() })
+    }
+
+    fn byte_len(&self, value_width: usize) -> usize {
+        4 * self.index.len() + self.residuals.len() * (usize::from(self.width) + value_width)
+    }
+
+    fn write_descriptor(&self, out: &mut Vec<u8>) {
+        // Lengths fit in u32: checked by `encode`.
+        out.extend_from_slice(&(self.codes.len() as u32).to_le_bytes());
+        out.extend_from_slice(&self.intervals.to_le_bytes());
+        out.extend_from_slice(&(self.index.len().saturating_sub(1) as u32).to_le_bytes());
+        out.extend_from_slice(&[self.shift, self.width, 0, 0]);
+        out.extend_from_slice(&self.base.to_le_bytes());
+    }
+
+    fn write_arrays(&self, out: &mut Vec<u8>, value_width: usize) {
+        for start in &self.index {
+            out.extend_from_slice(&start.to_le_bytes());
+        }
+        let width = usize::from(self.width);
+        for r in &self.residuals {
+            out.extend_from_slice(r.to_le_bytes().get(..width).unwrap_or(&[]));
+        }
+        if value_width > 0 {
+            for &code in &self.codes {
+                // Codes are below the distinct value count, which chose the width.
+                out.extend_from_slice((code as u32).to_le_bytes().get(..value_width).unwrap_or(&[]));
+            }
+        }
+    }
+}
+
+/// The low `bits` bits set.
+fn low_mask(bits: u32) -> u128 {
+    u128::MAX.checked_shr(128u32.saturating_sub(bits)).unwrap_or(0)
 }
 
 fn merge_conflicts(a: TableError, b: TableError) -> TableError {
@@ -750,99 +927,208 @@ fn flatten(spans: &[(Span, u32)]) -> Vec<(u128, u128, u32)> {
     out
 }
 
+/// Where one family's arrays lie in the section, from its descriptor.
+#[derive(Debug, Clone, Copy, Default)]
+struct FamilyView {
+    boundaries: usize,
+    intervals: usize,
+    buckets: usize,
+    shift: u32,
+    width: usize,
+    base: u128,
+    index_at: usize,
+    residuals_at: usize,
+    codes_at: usize,
+}
+
+impl FamilyView {
+    /// Reads a descriptor at `at`; `arrays_at` is where its arrays start.
+    /// Returns the view and where the next family's arrays start, or why the
+    /// descriptor is impossible.
+    fn read(b: &[u8], at: usize, arrays_at: u64, value_width: u64) -> Result<(FamilyView, u64), &'static str> {
+        let d: &[u8; FAMILY_LEN] = b.get(at..at + FAMILY_LEN).and_then(|d| d.try_into().ok()).ok_or("is truncated")?;
+        let [n0, n1, n2, n3, i0, i1, i2, i3, b0, b1, b2, b3, shift, width, _, _, base @ ..] = *d;
+        let n = u64::from(u32::from_le_bytes([n0, n1, n2, n3]));
+        let intervals = u32::from_le_bytes([i0, i1, i2, i3]);
+        let buckets = u64::from(u32::from_le_bytes([b0, b1, b2, b3]));
+        if !(1..=16).contains(&width) || shift > 127 {
+            return Err("has an impossible key shift or residual width");
+        }
+        if n > 0 && buckets == 0 {
+            return Err("has boundaries but no bucket");
+        }
+        // All u64 products of u32 counts and small widths: no overflow.
+        let index_at = arrays_at;
+        let residuals_at = index_at + 4 * (buckets + 1);
+        let codes_at = residuals_at + n * u64::from(width);
+        let end = codes_at + n * value_width;
+        let usize_of = |v: u64| usize::try_from(v).map_err(|_| "does not fit in memory");
+        let view = FamilyView {
+            boundaries: usize_of(n)?,
+            intervals: usize_of(u64::from(intervals))?,
+            buckets: usize_of(buckets)?,
+            shift: u32::from(shift),
+            width: usize::from(width),
+            base: u128::from_le_bytes(base),
+            index_at: usize_of(index_at)?,
+            residuals_at: usize_of(residuals_at)?,
+            codes_at: usize_of(codes_at)?,
+        };
+        Ok((view, end))
+    }
+
+    /// Index of the last boundary at or before `x`, if any.
+    #[inline]
+    fn last_at_or_before(&self, b: &[u8], x: u128) -> Option<usize> {
+        let key = x.checked_shr(self.shift).unwrap_or(0);
+        let d = key.checked_sub(self.base)?;
+        let bits = 8 * self.width as u32;
+        let bucket = d.checked_shr(bits).unwrap_or(0);
+        if bucket >= self.buckets as u128 {
+            // Past the last bucket: after every boundary.
+            return self.boundaries.checked_sub(1);
+        }
+        // `bucket < buckets`, which came from a u32.
+        let at = self.index_at.checked_add(4 * bucket as usize)?;
+        let (lo, hi) = (read_u32(b, at)? as usize, read_u32(b, at.checked_add(4)?)? as usize);
+        if lo > hi || hi > self.boundaries {
+            return None;
+        }
+        let residual = d & low_mask(bits);
+        // First boundary of the bucket whose residual is above `residual`.
+        let (mut lo, mut hi) = (lo, hi);
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            let at = self.residuals_at.checked_add(mid.checked_mul(self.width)?)?;
+            if read_residual(b, at, self.width)? <= residual {
+                lo = mid + 1;
+            } else {
+                hi = mid;
+            }
+        }
+        lo.checked_sub(1)
+    }
+}
+
+fn read_u32(b: &[u8], at: usize) -> Option<u32> {
+    Some(u32::from_le_bytes(b.get(at..at.checked_add(4)?)?.try_into().ok()?))
+}
+
+/// A `width`-byte little-endian number at `at`, read as one 8- or 16-byte
+/// load (the section's padding keeps it in bounds) and masked.
+#[inline]
+fn read_residual(b: &[u8], at: usize, width: usize) -> Option<u128> {
+    if width <= 8 {
+        let raw = u64::from_le_bytes(b.get(at..at.checked_add(8)?)?.try_into().ok()?);
+        let mask = u64::MAX.checked_shr(64 - 8 * width as u32).unwrap_or(0);
+        Some(u128::from(raw & mask))
+    } else {
+        let raw = u128::from_le_bytes(b.get(at..at.checked_add(16)?)?.try_into().ok()?);
+        Some(raw & low_mask(8 * width as u32))
+    }
+}
+
 /// IPv4 and IPv6 prefixes with longest-prefix match.
 ///
-/// Stored as sorted disjoint intervals, so a lookup is one binary search over
-/// the section, reading fixed-size records in place. Every read is
-/// bounds-checked: a damaged table answers wrongly, never panics.
+/// Stored as the boundaries of the flattened intervals (see
+/// [`PrefixTableBuilder::build`] for the layout): a lookup reads one bucket
+/// index entry and binary-searches the fixed-width residuals of one bucket,
+/// in place. The widths are chosen at build time to make the table small:
+/// random IPv4 block lists need about two bytes per boundary, IPv6 lists of
+/// /64s and shorter about six, and a table with a single value stores no
+/// values at all. Every read is bounds-checked: a damaged table answers
+/// wrongly, never panics.
 #[derive(Clone)]
 pub struct PrefixTable {
     bytes: Bytes,
     prefixes: u64,
-    v4_count: usize,
-    v6_count: usize,
-    v6_at: usize,
+    values: usize,
+    values_at: usize,
+    value_width: usize,
+    v4: FamilyView,
+    v6: FamilyView,
 }
 
 impl fmt::Debug for PrefixTable {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("PrefixTable")
             .field("prefixes", &self.prefixes)
-            .field("v4_intervals", &self.v4_count)
-            .field("v6_intervals", &self.v6_count)
+            .field("v4_intervals", &self.v4.intervals)
+            .field("v6_intervals", &self.v6.intervals)
+            .field("v4_boundaries", &self.v4.boundaries)
+            .field("v6_boundaries", &self.v6.boundaries)
+            .field("values", &self.values)
             .field("byte_len", &self.byte_len())
             .finish()
     }
 }
 
-fn read_u64(bytes: &[u8], at: usize) -> Option<u64> {
-    Some(u64::from_le_bytes(bytes.get(at..at.checked_add(8)?)?.try_into().ok()?))
-}
-
 impl PrefixTable {
-    /// Opens a section built by [`PrefixTableBuilder`], checking that its size
-    /// matches its header.
+    /// Opens a section built by [`PrefixTableBuilder`], checking its header
+    /// and that its size matches it.
     pub fn new(bytes: Bytes) -> Result<PrefixTable, TableError> {
         let found = bytes.len();
-        let size_err =
-            |expected: Option<u64>| TableError::PrefixTableSize { expected: expected.unwrap_or(u64::MAX), found };
+        let format = |reason| TableError::PrefixTableFormat { reason };
         let b = bytes.as_slice();
-        let (Some(prefixes), Some(n4), Some(n6)) = (read_u64(b, 0), read_u64(b, 8), read_u64(b, 16)) else {
-            return Err(size_err(Some(PREFIX_HEADER_LEN as u64)));
-        };
-        let expected = n4
-            .checked_mul(V4_RECORD_LEN as u64)
-            .zip(n6.checked_mul(V6_RECORD_LEN as u64))
-            .and_then(|(a, b)| a.checked_add(b))
-            .and_then(|r| r.checked_add(PREFIX_HEADER_LEN as u64));
-        if expected != Some(found as u64) {
-            return Err(size_err(expected));
+        let header: &[u8; PREFIX_HEADER_LEN] =
+            b.get(..PREFIX_HEADER_LEN).and_then(|h| h.try_into().ok()).ok_or(format("is shorter than its header"))?;
+        let [m0, m1, m2, m3, d0, d1, d2, d3, p0, p1, p2, p3, p4, p5, p6, p7, value_width, ..] = *header;
+        if [m0, m1, m2, m3] != PREFIX_MAGIC {
+            return Err(format("does not start with the prefix table magic (an older or newer layout)"));
         }
-        // Both counts are bounded by the section size now.
-        let v4_count = n4 as usize;
-        let v6_count = n6 as usize;
-        Ok(PrefixTable { prefixes, v4_count, v6_count, v6_at: PREFIX_HEADER_LEN + v4_count * V4_RECORD_LEN, bytes })
+        let values = u64::from(u32::from_le_bytes([d0, d1, d2, d3]));
+        let prefixes = u64::from_le_bytes([p0, p1, p2, p3, p4, p5, p6, p7]);
+        let vw = u64::from(value_width);
+        if !matches!(value_width, 0 | 1 | 2 | 4) || (value_width == 0 && values > 1) {
+            return Err(format("has an impossible value width"));
+        }
+        let values_at = (PREFIX_HEADER_LEN + 2 * FAMILY_LEN) as u64;
+        let v4_at = values_at + 4 * values;
+        let (v4, v6_at) = FamilyView::read(b, PREFIX_HEADER_LEN, v4_at, vw).map_err(format)?;
+        let (v6, end) = FamilyView::read(b, PREFIX_HEADER_LEN + FAMILY_LEN, v6_at, vw).map_err(format)?;
+        let expected = end + PREFIX_PADDING as u64;
+        if expected != found as u64 {
+            return Err(TableError::PrefixTableSize { expected, found });
+        }
+        Ok(PrefixTable {
+            // Both bounded by the section size now.
+            values: values as usize,
+            values_at: values_at as usize,
+            value_width: usize::from(value_width),
+            prefixes,
+            v4,
+            v6,
+            bytes,
+        })
     }
 
     /// The value of the longest prefix containing `ip`. IPv4-mapped IPv6
     /// addresses (`::ffff:a.b.c.d`) are looked up as IPv4.
     pub fn lookup(&self, ip: IpAddr) -> Option<u32> {
-        match ip {
-            IpAddr::V4(v4) => self.lookup_v4(v4),
+        let (family, x) = match ip {
+            IpAddr::V4(v4) => (&self.v4, u128::from(u32::from(v4))),
             IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-                Some(v4) => self.lookup_v4(v4),
-                None => self.lookup_v6(v6),
+                Some(v4) => (&self.v4, u128::from(u32::from(v4))),
+                None => (&self.v6, u128::from(v6)),
             },
+        };
+        let b = self.bytes.as_slice();
+        let i = family.last_at_or_before(b, x)?;
+        let code = match self.value_width {
+            // One distinct value: boundaries alternate between it and a gap.
+            0 => usize::from(i % 2 == 0),
+            1 => usize::from(*b.get(family.codes_at.checked_add(i)?)?),
+            2 => {
+                let at = family.codes_at.checked_add(i.checked_mul(2)?)?;
+                usize::from(u16::from_le_bytes(b.get(at..at.checked_add(2)?)?.try_into().ok()?))
+            }
+            _ => read_u32(b, family.codes_at.checked_add(i.checked_mul(4)?)?)? as usize,
+        };
+        let slot = code.checked_sub(1)?;
+        if slot >= self.values {
+            return None;
         }
-    }
-
-    fn lookup_v4(&self, ip: Ipv4Addr) -> Option<u32> {
-        let b = self.bytes.as_slice();
-        let record = |i: usize| {
-            let at = PREFIX_HEADER_LEN.checked_add(i.checked_mul(V4_RECORD_LEN)?)?;
-            let r: &[u8; V4_RECORD_LEN] = b.get(at..at.checked_add(V4_RECORD_LEN)?)?.try_into().ok()?;
-            let [s0, s1, s2, s3, e0, e1, e2, e3, v0, v1, v2, v3] = *r;
-            Some((
-                u32::from_le_bytes([s0, s1, s2, s3]),
-                u32::from_le_bytes([e0, e1, e2, e3]),
-                u32::from_le_bytes([v0, v1, v2, v3]),
-            ))
-        };
-        search(self.v4_count, u32::from(ip), record)
-    }
-
-    fn lookup_v6(&self, ip: Ipv6Addr) -> Option<u32> {
-        let b = self.bytes.as_slice();
-        let base = self.v6_at;
-        let record = |i: usize| {
-            let at = base.checked_add(i.checked_mul(V6_RECORD_LEN)?)?;
-            let r = b.get(at..at.checked_add(V6_RECORD_LEN)?)?;
-            let (start, rest) = r.split_first_chunk::<16>()?;
-            let (end, rest) = rest.split_first_chunk::<16>()?;
-            let value: &[u8; 4] = rest.try_into().ok()?;
-            Some((u128::from_le_bytes(*start), u128::from_le_bytes(*end), u32::from_le_bytes(*value)))
-        };
-        search(self.v6_count, u128::from(ip), record)
+        read_u32(b, self.values_at.checked_add(slot.checked_mul(4)?)?)
     }
 
     /// Number of distinct prefixes the table was built from.
@@ -855,43 +1141,26 @@ impl PrefixTable {
         self.prefixes == 0
     }
 
-    /// Number of stored IPv4 intervals.
+    /// Number of IPv4 intervals with a value (adjacent intervals with the
+    /// same value count once).
     pub fn v4_intervals(&self) -> usize {
-        self.v4_count
+        self.v4.intervals
     }
 
-    /// Number of stored IPv6 intervals.
+    /// Number of IPv6 intervals with a value.
     pub fn v6_intervals(&self) -> usize {
-        self.v6_count
+        self.v6.intervals
     }
 
-    /// Number of stored intervals, both families.
+    /// Number of intervals with a value, both families.
     pub fn interval_count(&self) -> usize {
-        self.v4_count + self.v6_count
+        self.v4.intervals.saturating_add(self.v6.intervals)
     }
 
     /// Size of the section in bytes.
     pub fn byte_len(&self) -> usize {
         self.bytes.len()
     }
-}
-
-/// Binary search for the last interval starting at or before `x` among
-/// `count` records; its value if it also ends at or after `x`. A record that
-/// cannot be read ends the search with `None`.
-fn search<T: Ord + Copy>(count: usize, x: T, record: impl Fn(usize) -> Option<(T, T, u32)>) -> Option<u32> {
-    let (mut lo, mut hi) = (0usize, count);
-    while lo < hi {
-        let mid = lo + (hi - lo) / 2;
-        let (start, _, _) = record(mid)?;
-        if start <= x {
-            lo = mid + 1;
-        } else {
-            hi = mid;
-        }
-    }
-    let (start, end, value) = record(lo.checked_sub(1)?)?;
-    (start <= x && x <= end).then_some(value)
 }
 
 #[cfg(test)]
@@ -921,6 +1190,206 @@ mod tests {
         assert_eq!(flatten(&spans), vec![(0, 255, 1)]);
         let spans = vec![(s(0, u128::MAX, 0), 1), (s(u128::MAX, u128::MAX, 128), 2)];
         assert_eq!(flatten(&spans), vec![(0, u128::MAX - 1, 1), (u128::MAX, u128::MAX, 2)]);
+    }
+
+    /// Longest-prefix match by trying every prefix (host bits cleared,
+    /// mapped IPv6 prefixes as IPv4, as the builder does).
+    fn naive(entries: &[(IpNet, u32)], ip: IpAddr) -> Option<u32> {
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+            v4 => v4,
+        };
+        entries
+            .iter()
+            .map(|&(n, v)| (normalize_net(n), v))
+            .filter(|(n, _)| n.contains(&ip))
+            .max_by_key(|(n, _)| n.prefix_len())
+            .map(|(_, v)| v)
+    }
+
+    fn table(entries: &[(IpNet, u32)]) -> PrefixTable {
+        let mut b = PrefixTableBuilder::new();
+        for &(n, v) in entries {
+            b.insert(n, v);
+        }
+        PrefixTable::new(Bytes::from_vec(b.build().unwrap())).unwrap()
+    }
+
+    /// Addresses where an answer can change: both edges of every prefix and
+    /// their neighbours, and both sides of every bucket edge of both families.
+    fn probes(t: &PrefixTable, entries: &[(IpNet, u32)]) -> Vec<IpAddr> {
+        let mut out = Vec::new();
+        let mut around = |v6: bool, x: u128| {
+            for p in [x.wrapping_sub(1), x, x.wrapping_add(1)] {
+                if v6 {
+                    out.push(IpAddr::V6(p.into()));
+                } else {
+                    out.push(IpAddr::V4((p as u32).into()));
+                }
+            }
+        };
+        for &(n, _) in entries {
+            match normalize_net(n) {
+                IpNet::V4(n) => {
+                    around(false, u32::from(n.network()).into());
+                    around(false, u32::from(n.broadcast()).into());
+                }
+                IpNet::V6(n) => {
+                    around(true, n.network().into());
+                    around(true, n.broadcast().into());
+                }
+            }
+        }
+        for (f, v6) in [(t.v4, false), (t.v6, true)] {
+            let bits = 8 * f.width as u32;
+            for j in 0..=f.buckets as u128 {
+                let key = f.base.wrapping_add(j.checked_shl(bits).unwrap_or(0));
+                around(v6, key << f.shift);
+                around(v6, (key << f.shift).wrapping_sub(1));
+            }
+        }
+        for x in [0, u128::from(u32::MAX), u128::MAX] {
+            around(false, x);
+            around(true, x);
+        }
+        out
+    }
+
+    fn check(entries: &[(IpNet, u32)]) -> PrefixTable {
+        let t = table(entries);
+        for ip in probes(&t, entries) {
+            assert_eq!(t.lookup(ip), naive(entries, ip), "{ip} in {entries:?}");
+        }
+        t
+    }
+
+    fn nets(list: &[(&str, u32)]) -> Vec<(IpNet, u32)> {
+        list.iter().map(|&(n, v)| (n.parse().unwrap(), v)).collect()
+    }
+
+    #[test]
+    fn prefix_encoding_edges() {
+        // Empty: no boundary, nothing matches.
+        let t = check(&[]);
+        assert_eq!((t.v4.boundaries, t.v6.boundaries, t.interval_count()), (0, 0, 0));
+        // /0 alone: one boundary at 0, no gap after (it ends at the last address).
+        let t = check(&nets(&[("0.0.0.0/0", 7), ("::/0", 8)]));
+        assert_eq!((t.v4.boundaries, t.v6.boundaries), (1, 1));
+        // Single addresses at both ends of both families.
+        let t = check(&nets(&[
+            ("0.0.0.0/32", 1),
+            ("255.255.255.255/32", 2),
+            ("::/128", 3),
+            ("ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff/128", 4),
+        ]));
+        // 0 (value), 1 (gap), max (value): nothing after max.
+        assert_eq!((t.v4.boundaries, t.v6.boundaries), (3, 3));
+        assert_eq!(t.v6.shift, 0);
+        // Adjacent intervals with different values share one boundary; with
+        // the same value they merge; a gap adds a "no match" boundary.
+        let t = check(&nets(&[("10.0.0.0/24", 1), ("10.0.1.0/24", 2), ("10.0.2.0/24", 2), ("10.0.4.0/24", 1)]));
+        assert_eq!((t.v4.boundaries, t.v4_intervals()), (5, 3));
+        // Nested prefixes ending together with their parent.
+        check(&nets(&[("10.0.0.0/8", 1), ("10.255.255.0/24", 2), ("10.255.255.255/32", 3), ("11.0.0.0/8", 1)]));
+        // A prefix ending at the last address, after a gap.
+        check(&nets(&[("128.0.0.0/1", 5), ("1.0.0.0/8", 6), ("8000::/1", 5), ("2001:db8::/32", 6)]));
+        // Mapped IPv6 prefixes go to the IPv4 side.
+        let t = check(&nets(&[("::ffff:10.0.0.0/104", 1), ("::ffff:0:0/96", 2)]));
+        assert_eq!(t.v6.boundaries, 0);
+    }
+
+    #[test]
+    fn prefix_ipv6_shift_uses_trailing_zeros() {
+        let t = check(&nets(&[("2001:db8::/32", 1), ("2001:db8:1::/48", 2), ("2001:db8:1:2::/64", 3)]));
+        // Boundaries are multiples of 2^64, so keys are the high half.
+        assert!(t.v6.shift >= 64, "shift {}", t.v6.shift);
+        // One /128 brings the low half back.
+        let t = check(&nets(&[("2001:db8::/32", 1), ("2001:db8::1/128", 2)]));
+        assert_eq!(t.v6.shift, 0);
+        // An IPv6 prefix that ends at the last address.
+        check(&nets(&[("ffff:ffff:ffff:ffff::/64", 1), ("ffff::/16", 2)]));
+    }
+
+    #[test]
+    fn prefix_value_widths() {
+        let mut state = 0x1234_5678_9abc_def0u64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        // Distinct /24s under 10/8 and /64s under 2001:db8::/32, with 1, 255,
+        // 256 and 70,000 distinct values: widths 0, 1, 2 and 4.
+        for (distinct, width) in [(1u32, 0usize), (255, 1), (256, 2), (70_000, 4)] {
+            let count = distinct.max(300) as usize;
+            let mut entries = Vec::with_capacity(count);
+            let mut seen = std::collections::BTreeSet::new();
+            while entries.len() < count {
+                let r = next();
+                let net: IpNet = if r % 2 == 0 {
+                    let a = 0x0a00_0000u32 | ((r >> 8) as u32 & 0x00ff_ff00);
+                    IpNet::V4(Ipv4Net::new(Ipv4Addr::from(a), 24).unwrap())
+                } else {
+                    let a = (0x2001_0db8u128 << 96) | (u128::from((r >> 1) as u32) << 64);
+                    IpNet::V6(ipnet::Ipv6Net::new(Ipv6Addr::from(a), 64).unwrap())
+                };
+                if seen.insert(net) {
+                    entries.push((net, entries.len() as u32 % distinct));
+                }
+            }
+            let t = table(&entries);
+            assert_eq!(t.value_width, width, "{distinct} values");
+            assert_eq!(t.values, distinct as usize);
+            // Every prefix answers its own value (they do not nest).
+            for &(n, v) in entries.iter().take(2000) {
+                assert_eq!(t.lookup(n.network()), Some(v));
+                assert_eq!(t.lookup(n.broadcast()), Some(v));
+            }
+        }
+    }
+
+    #[test]
+    fn prefix_bucket_edges_match_brute_force() {
+        // Dense runs of /32s and /31s around chosen keys make buckets of one,
+        // many, and none, at widths 1 and 2; every bucket edge is probed.
+        let mut entries = Vec::new();
+        let mut value = 0;
+        for base in [0x0000_0000u32, 0x0000_00fe, 0x0000_ff00, 0x0001_0000, 0x7fff_fffe, 0xffff_fff0] {
+            for i in 0..8u32 {
+                let addr = base.wrapping_add(i * 2);
+                let len = if i % 3 == 0 { 31 } else { 32 };
+                let net = IpNet::V4(Ipv4Net::new(Ipv4Addr::from(addr), len).unwrap().trunc());
+                if !entries.iter().any(|&(n, _)| n == net) {
+                    value += 1;
+                    entries.push((net, value % 3));
+                }
+            }
+        }
+        for base in [0u128, 1 << 64, u128::MAX - 0xff, 0x2001_0db8 << 96] {
+            for i in 0..6u128 {
+                let addr = base.wrapping_add(i * 3);
+                let net = IpNet::V6(ipnet::Ipv6Net::new(Ipv6Addr::from(addr), 127).unwrap().trunc());
+                if !entries.iter().any(|&(n, _)| n == net) {
+                    value += 1;
+                    entries.push((net, value % 3));
+                }
+            }
+        }
+        let t = check(&entries);
+        assert!(t.v4.buckets > 1 && t.v6.buckets >= 1);
+        // And a wide spread of /32s, where width 2 wins.
+        let mut state = 99u64;
+        let spread: Vec<(IpNet, u32)> = (0..20_000u32)
+            .map(|i| {
+                state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                (IpNet::V4(Ipv4Net::new(Ipv4Addr::from((state >> 32) as u32), 32).unwrap()), i % 2)
+            })
+            .collect::<std::collections::BTreeMap<_, _>>()
+            .into_iter()
+            .collect();
+        let t = check(&spread);
+        assert_eq!(t.v4.width, 2);
     }
 
     #[test]

@@ -10,8 +10,8 @@
 //! log. Every wait is bounded by the stage's timeout, measured from the start of the stage, so a
 //! client trickling one byte at a time cannot stretch it.
 
-use crate::relay::{Envelope, Relay, Transaction};
 use crate::received::{self, Trace};
+use crate::relay::{Envelope, Relay, Transaction};
 use crate::server::{Delivery, Shared, Shutdown, Snapshot};
 use crate::session::{Action, Session};
 use crate::smtp::{parse, BarePolicy as SmtpBare, DataReceiver, EnhancedCode, Frame, LineReader, Reply};
@@ -186,8 +186,9 @@ async fn run(conn: &mut Conn<'_>, session: &mut Session, snapshot: &Snapshot, fa
             Read::Timeout => {}
             Read::Data => {
                 session.last_rule = Some("pregreet".to_owned());
-                let reply = Reply::new(554, EnhancedCode::new(5, 5, 1), "Protocol error: you talked before the greeting")
-                    .unwrap_or_else(|_| Reply::local_error());
+                let reply =
+                    Reply::new(554, EnhancedCode::new(5, 5, 1), "Protocol error: you talked before the greeting")
+                        .unwrap_or_else(|_| Reply::local_error());
                 return conn.close(&reply, End::EarlyTalker).await;
             }
             Read::Closed => return End::ClientClosed,
@@ -309,8 +310,12 @@ async fn recipient<'r>(
     // LMTP answers per recipient after DATA while our client expects one reply: one recipient
     // per transaction keeps every answer exact (ARCHITECTURE.md, "LMTP").
     if t.protocol() == BackendProtocol::Lmtp && session.txn.as_ref().is_some_and(|s| !s.recipients.is_empty()) {
-        return Err(Reply::new(452, EnhancedCode::new(4, 5, 3), "One recipient per message on this path; send the others again")
-            .unwrap_or_else(|_| Reply::too_many_recipients()));
+        return Err(Reply::new(
+            452,
+            EnhancedCode::new(4, 5, 3),
+            "One recipient per message on this path; send the others again",
+        )
+        .unwrap_or_else(|_| Reply::too_many_recipients()));
     }
     t.rcpt(address).await
 }
@@ -431,7 +436,8 @@ async fn deliver(
             let path = spool.path().to_path_buf();
             let sender = session.txn.as_ref().map(|t| t.sender.clone()).unwrap_or_default();
             let host = hostname.to_owned();
-            let result = tokio::task::spawn_blocking(move || crate::maildir::deliver(&dir, &path, &sender, &host)).await;
+            let result =
+                tokio::task::spawn_blocking(move || crate::maildir::deliver(&dir, &path, &sender, &host)).await;
             match result {
                 Ok(Ok(_)) => Reply::new(250, EnhancedCode::new(2, 0, 0), &format!("Ok: delivered as {}", session.id))
                     .unwrap_or_else(|_| Reply::ok()),

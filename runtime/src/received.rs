@@ -34,10 +34,8 @@ pub fn header(trace: &Trace<'_>) -> String {
         (true, false) => "ESMTP",
         (false, _) => "SMTP",
     };
-    let mut out = format!(
-        "Received: from {helo} ({literal})\r\n\tby {} (mtac) with {protocol} id {}",
-        trace.hostname, trace.id
-    );
+    let mut out =
+        format!("Received: from {helo} ({literal})\r\n\tby {} (mtac) with {protocol} id {}", trace.hostname, trace.id);
     if let Some(rcpt) = trace.recipient {
         let rcpt: String = rcpt.chars().filter(|c| !c.is_control() && *c != '<' && *c != '>').collect();
         out.push_str(&format!("\r\n\tfor <{rcpt}>"));
@@ -56,12 +54,7 @@ pub fn rfc5322_date(time: SystemTime) -> String {
     const MONTHS: [&str; 12] = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
     let weekday = WEEKDAYS.get((days % 7) as usize).copied().unwrap_or("Thu");
     let month_name = MONTHS.get(month.saturating_sub(1) as usize).copied().unwrap_or("Jan");
-    format!(
-        "{weekday}, {day:02} {month_name} {year} {:02}:{:02}:{:02} +0000",
-        rem / 3600,
-        (rem % 3600) / 60,
-        rem % 60
-    )
+    format!("{weekday}, {day:02} {month_name} {year} {:02}:{:02}:{:02} +0000", rem / 3600, (rem % 3600) / 60, rem % 60)
 }
 
 /// Days since 1970-01-01 → (year, month 1–12, day 1–31), Howard Hinnant's algorithm.
@@ -104,7 +97,9 @@ mod tests {
             id: "ABC",
             recipient: Some("john@example.com"),
         });
-        assert!(h.starts_with("Received: from evilX-Injectedyes ([192.0.2.1])\r\n\tby mx.example.net (mtac) with ESMTP id ABC"));
+        assert!(h.starts_with(
+            "Received: from evilX-Injectedyes ([192.0.2.1])\r\n\tby mx.example.net (mtac) with ESMTP id ABC"
+        ));
         assert!(h.contains("for <john@example.com>;"));
         assert!(h.ends_with("+0000\r\n"));
         assert_eq!(h.matches("\r\n").count(), h.matches('\n').count());

@@ -184,9 +184,10 @@ pub fn unsupported(ruleset: &Ruleset) -> Vec<String> {
         if !farm.bans.is_empty() {
             need("bans (the DNS issue)");
         }
-        let dns_steps = model::Stage::ALL.iter().flat_map(|s| farm.program.stage(*s)).any(|step| {
-            matches!(step.check, model::Check::SenderResolvable)
-        });
+        let dns_steps = model::Stage::ALL
+            .iter()
+            .flat_map(|s| farm.program.stage(*s))
+            .any(|step| matches!(step.check, model::Check::SenderResolvable));
         if dns_steps {
             need("sender domain resolution (the DNS issue)");
         }
@@ -215,10 +216,8 @@ impl Node {
             tracing::warn!(files = stale, "spool: removed files left by a node that did not stop cleanly");
         }
         prepare_maildirs(&ruleset)?;
-        let started = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs() as u32)
-            .unwrap_or(0);
+        let started =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as u32).unwrap_or(0);
         tracing::info!(hash = %ruleset.hash_hex(), "ruleset loaded");
         let (shutdown, _) = watch::channel(Shutdown::Running);
         let shared = Arc::new(Shared {
@@ -278,7 +277,8 @@ impl Node {
         let mut bound = Vec::new();
         for farm in &snapshot.ruleset.policy().farms {
             for listener in &farm.listeners {
-                let socket = bind(listener.address).map_err(|source| RunError::Listen { address: listener.address, source })?;
+                let socket =
+                    bind(listener.address).map_err(|source| RunError::Listen { address: listener.address, source })?;
                 tracing::info!(farm = %farm.name, address = %listener.address, "listening");
                 bound.push((socket, farm.name.clone()));
             }
@@ -325,7 +325,8 @@ impl Node {
         }
         reload_task.abort();
         let deadline = tokio::time::Instant::now() + config.grace;
-        while node.shared.counters.connections_now.load(Ordering::Relaxed) > 0 && tokio::time::Instant::now() < deadline {
+        while node.shared.counters.connections_now.load(Ordering::Relaxed) > 0 && tokio::time::Instant::now() < deadline
+        {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         let _ = node.shared.shutdown.send(Shutdown::Now);
@@ -341,7 +342,8 @@ impl Node {
 fn prepare_maildirs(ruleset: &Ruleset) -> Result<(), RunError> {
     for farm in &ruleset.policy().farms {
         if let RelayModel::Maildir(dir) = &farm.relay {
-            crate::maildir::prepare(Path::new(dir)).map_err(|source| RunError::Maildir { path: dir.clone(), source })?;
+            crate::maildir::prepare(Path::new(dir))
+                .map_err(|source| RunError::Maildir { path: dir.clone(), source })?;
         }
     }
     Ok(())
@@ -509,8 +511,27 @@ async fn reload_loop(node: Arc<Node>, watch_path: Option<PathBuf>) {
     }
 }
 
+/// Raise the open-file limit to the hard limit: every session is a descriptor, and mtac must not
+/// cap a node below what the system allows. Returns the limit in force.
+pub fn raise_file_limit() -> Option<u64> {
+    use rustix::process::{getrlimit, setrlimit, Resource};
+    let mut limit = getrlimit(Resource::Nofile);
+    if limit.current != limit.maximum {
+        limit.current = limit.maximum;
+        if let Err(e) = setrlimit(Resource::Nofile, limit) {
+            tracing::warn!(error = %e, "cannot raise the open-file limit");
+            return getrlimit(Resource::Nofile).current;
+        }
+    }
+    limit.current
+}
+
 /// `mtac run`: load, bind, serve.
 pub async fn run(config: RunConfig) -> Result<(), RunError> {
+    match raise_file_limit() {
+        Some(n) => tracing::info!(max_connections_by_files = n, "open-file limit"),
+        None => tracing::info!("open-file limit: unlimited"),
+    }
     let node = Node::new(config.loader.clone())?;
     let listeners = node.bind().await?;
     node.run(listeners, config).await

@@ -1,6 +1,8 @@
 //! The integration tests of the `mtac` binary and its crates, in one test binary (link time on
 //! two cores). Paths are relative to the repository root, where cargo runs them.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+
 mod cli;
 mod policies;
 mod process;

@@ -56,9 +56,9 @@ fn error_policies_render_their_expected_diagnostics() {
 #[test]
 fn ok_policies_compile() {
     let mut files = kdl_files("tests/policies/ok");
-    for example in ["examples/quickstart/policy.kdl"] {
-        files.push(PathBuf::from(example));
-    }
+    files.extend(
+        ["examples/quickstart/policy.kdl", "examples/company/policy.kdl", "examples/isp/policy.kdl"].map(PathBuf::from),
+    );
     for file in files {
         let (diags, produced) = render(&file);
         assert!(produced, "{} does not compile:\n{diags}", file.display());

@@ -38,7 +38,8 @@ farm "mx" kind="inbound-mx" {{
 }
 
 fn build(policy: &Path, out: &Path) {
-    let status = Command::new(env!("CARGO_BIN_EXE_mtac")).args(["build"]).arg(policy).arg("-o").arg(out).status().unwrap();
+    let status =
+        Command::new(env!("CARGO_BIN_EXE_mtac")).args(["build"]).arg(policy).arg("-o").arg(out).status().unwrap();
     assert!(status.success());
 }
 
@@ -49,7 +50,10 @@ struct Mtac {
 
 impl Mtac {
     fn start(ruleset: &Path, dir: &Path) -> Mtac {
-        let log = dir.join(format!("mtac-{}.log", std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos()));
+        let log = dir.join(format!(
+            "mtac-{}.log",
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos()
+        ));
         let child = Command::new(env!("CARGO_BIN_EXE_mtac"))
             .args(["run", "--grace", "5"])
             .arg(ruleset)
@@ -89,12 +93,16 @@ async fn wait_ready(port: u16) {
 
 /// One transaction; `Ok(true)` when the node answered 250 to the final dot.
 async fn send_one(addr: SocketAddr, token: &str, rcpt_domain: &str) -> Result<bool, ()> {
-    let stream = tokio::time::timeout(Duration::from_secs(2), tokio::net::TcpStream::connect(addr)).await.map_err(|_| ())?.map_err(|_| ())?;
+    let stream = tokio::time::timeout(Duration::from_secs(2), tokio::net::TcpStream::connect(addr))
+        .await
+        .map_err(|_| ())?
+        .map_err(|_| ())?;
     let mut c = Client { stream: tokio::io::BufReader::new(stream) };
     if code(&c.reply().await) != 220 {
         return Err(());
     }
-    let steps: [&str; 4] = ["EHLO load.example.org", "MAIL FROM:<load@example.org>", &format!("RCPT TO:<u@{rcpt_domain}>"), "DATA"];
+    let steps: [&str; 4] =
+        ["EHLO load.example.org", "MAIL FROM:<load@example.org>", &format!("RCPT TO:<u@{rcpt_domain}>"), "DATA"];
     let expected = [250, 250, 250, 354];
     for (line, want) in steps.iter().zip(expected) {
         let r = c.cmd(line).await;
@@ -115,7 +123,10 @@ async fn send_one(addr: SocketAddr, token: &str, rcpt_domain: &str) -> Result<bo
 }
 
 fn body(token: &str) -> String {
-    format!("Subject: {token}\r\nMessage-ID: <{token}@test>\r\n\r\n{token}\r\n..dotted {token}\r\n{}\r\n", "x".repeat(600))
+    format!(
+        "Subject: {token}\r\nMessage-ID: <{token}@test>\r\n\r\n{token}\r\n..dotted {token}\r\n{}\r\n",
+        "x".repeat(600)
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -179,10 +190,17 @@ async fn sigkill_at_random_points_never_loses_an_acknowledged_message() {
     let acknowledged = acknowledged.lock().unwrap().clone();
     assert!(acknowledged.len() >= 100, "too few transactions to mean anything: {} of {attempted}", acknowledged.len());
     for token in &acknowledged {
-        let data = received.get(token).unwrap_or_else(|| panic!("{token} was acknowledged with 250 but never reached the back end"));
+        let data = received
+            .get(token)
+            .unwrap_or_else(|| panic!("{token} was acknowledged with 250 but never reached the back end"));
         assert!(data.ends_with(body(token).replace("\r\n..", "\r\n.").as_bytes()), "{token} arrived altered");
     }
-    eprintln!("{} attempted, {} acknowledged, {} at the back end, 0 lost", attempted, acknowledged.len(), received.len());
+    eprintln!(
+        "{} attempted, {} acknowledged, {} at the back end, 0 lost",
+        attempted,
+        acknowledged.len(),
+        received.len()
+    );
     // The next start removes what the killed nodes left in the spool.
     let port = free_port();
     let policy = write_policy(dir.path(), port, sink.addr, "\"example.test\"");

@@ -34,7 +34,8 @@ async fn a_message_reaches_the_back_end_byte_exact_before_the_250() {
     assert_eq!(code(&c.cmd("RCPT TO:<bob@example.test>").await), 250);
     assert_eq!(code(&c.cmd("DATA").await), 354);
     // Dot-stuffed lines, a lone dot inside a line, 8-bit bytes, a long line.
-    let body: &[u8] = b"Subject: t\r\n\r\n..leading dot\r\n...two dots\r\nmid . dot\r\ncaf\xc3\xa9 \xff\xfe raw 8-bit\r\n";
+    let body: &[u8] =
+        b"Subject: t\r\n\r\n..leading dot\r\n...two dots\r\nmid . dot\r\ncaf\xc3\xa9 \xff\xfe raw 8-bit\r\n";
     c.send(body).await;
     let final_reply = c.cmd(".").await;
     assert_eq!(code(&final_reply), 250, "{final_reply}");
@@ -45,8 +46,13 @@ async fn a_message_reaches_the_back_end_byte_exact_before_the_250() {
     assert_eq!(m.from, "alice@example.org");
     assert_eq!(m.rcpts, vec!["bob@example.test".to_owned()]);
     let data = &m.data;
-    let expected_body: &[u8] = b"Subject: t\r\n\r\n.leading dot\r\n..two dots\r\nmid . dot\r\ncaf\xc3\xa9 \xff\xfe raw 8-bit\r\n";
-    assert!(data.starts_with(b"Received: from client.example.org ([127.0.0.1])\r\n\tby mx.test.example (mtac)"), "{}", String::from_utf8_lossy(data));
+    let expected_body: &[u8] =
+        b"Subject: t\r\n\r\n.leading dot\r\n..two dots\r\nmid . dot\r\ncaf\xc3\xa9 \xff\xfe raw 8-bit\r\n";
+    assert!(
+        data.starts_with(b"Received: from client.example.org ([127.0.0.1])\r\n\tby mx.test.example (mtac)"),
+        "{}",
+        String::from_utf8_lossy(data)
+    );
     assert!(data.ends_with(expected_body), "{}", String::from_utf8_lossy(data));
     assert_eq!(code(&c.cmd("QUIT").await), 221);
     assert_eq!(node.spool_files(), 0);
@@ -123,7 +129,8 @@ async fn smuggled_end_of_data_never_ends_the_message() {
         assert_eq!(code(&c.cmd("DATA").await), 354);
         let mut payload = b"Subject: smuggle\r\n\r\nhello".to_vec();
         payload.extend_from_slice(vector);
-        payload.extend_from_slice(b"MAIL FROM:<evil@example.org>\r\nRCPT TO:<victim@example.test>\r\nDATA\r\nforged\r\n");
+        payload
+            .extend_from_slice(b"MAIL FROM:<evil@example.org>\r\nRCPT TO:<victim@example.test>\r\nDATA\r\nforged\r\n");
         c.send(&payload).await;
         // Only the real CRLF.CRLF ends it; the default policy refuses bare line ends.
         let reply = c.cmd(".").await;

@@ -253,9 +253,9 @@ impl TestNode {
         let p = path.clone();
         let loader: mtac_runtime::Loader = Arc::new(move || {
             let c = mtac_compiler::compile_path(&p);
-            c.output.map(|o| o.ruleset).ok_or_else(|| {
-                c.diagnostics.list.iter().map(|d| d.message.clone()).collect::<Vec<_>>().join("; ")
-            })
+            c.output
+                .map(|o| o.ruleset)
+                .ok_or_else(|| c.diagnostics.list.iter().map(|d| d.message.clone()).collect::<Vec<_>>().join("; "))
         });
         let node = mtac_runtime::Node::new(loader.clone()).unwrap_or_else(|e| panic!("node: {e}\n{text}"));
         let listeners = node.bind().await.unwrap();
