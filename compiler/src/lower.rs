@@ -294,7 +294,7 @@ impl<'d> Lowerer<'d> {
         let file = self.add_file(name, text);
         let doc = self.parse(file)?;
         let mut draft = Draft::default();
-        self.include_stack.push(PathBuf::from(name));
+        self.include_stack.push(stack_key(name));
         self.top_level(&doc, file, dir.as_deref().unwrap_or(Path::new(".")), &mut draft);
         self.include_stack.pop();
         Some(draft)
@@ -691,7 +691,7 @@ impl<'d> Lowerer<'d> {
                 "spool" => {
                     self.shape(at, &[], 1, false);
                     if let Some(value) = self.one_string(at, "a directory") {
-                        draft.spool = Some(value);
+                        draft.spool = Some(relative_to(dir, value));
                     }
                 }
                 "farm" => {
@@ -786,11 +786,12 @@ impl<'d> Lowerer<'d> {
                 }
             }
         };
-        let key = PathBuf::from(&name);
+        let key = stack_key(&name);
         if self.include_stack.contains(&key) {
+            let chain: Vec<String> = self.include_stack.iter().map(|p| p.display().to_string()).collect();
             self.err(
                 "mtac::include::cycle",
-                format!("`{name}` includes itself (through {})", self.include_stack.len()),
+                format!("`{name}` is already being included ({} → {name})", chain.join(" → ")),
                 at.file,
                 at.node.span(),
                 "include cycle",
@@ -990,7 +991,7 @@ impl<'d> Lowerer<'d> {
                 "greylist" => self.greylist(at, dir, farm),
                 "scan" => self.scan(at, farm),
                 "relay" => self.relay(at, farm),
-                "deliver" => self.deliver(at, farm),
+                "deliver" => self.deliver(at, dir, farm),
                 "tls" => self.tls(at, dir, farm),
                 "auth" => self.auth(at, farm),
                 "bare-line-ends" => {
@@ -1275,7 +1276,7 @@ impl<'d> Lowerer<'d> {
             None => Some(1),
         };
         let allow_threshold = Self::prop(at, "allow-threshold")
-            .and_then(|entry| self.integer(entry, at.file, "`allow-threshold`", -1000, 0))
+            .and_then(|entry| self.integer(entry, at.file, "`allow-threshold`", -1000, -1))
             .and_then(|v| i32::try_from(v).ok());
         let stage = self.stage(at, &[Stage::Connect, Stage::Helo, Stage::Mail, Stage::Rcpt]);
         let reply = Self::prop(at, "reply").and_then(|entry| self.reply(entry, at.file, Some('5')));
@@ -1343,12 +1344,10 @@ impl<'d> Lowerer<'d> {
                                 "not a list answer",
                                 "DNS lists answer in 127.0.0.0/8; anything else is a resolver or zone error",
                             );
-                        } else if octets == [(127, 127), (255, 255), (255, 255), (0, 255)]
-                            || octets.get(1) == Some(&(255, 255))
-                        {
+                        } else if octets.get(1).is_some_and(|o| o.1 == 255) && octets.get(2).is_some_and(|o| o.1 == 255) {
                             self.err(
                                 "mtac::dnsbl::error-code",
-                                format!("`{pattern}` is an error code, not a listing"),
+                                format!("`{pattern}` covers 127.255.255.x, which are error codes, not listings"),
                                 answer.file,
                                 answer.node.span(),
                                 "error answer",
@@ -1647,12 +1646,12 @@ impl<'d> Lowerer<'d> {
         farm.relay = Some((DraftRelay::Backends(backends), self.origin_of(at)));
     }
 
-    fn deliver(&mut self, at: At<'_>, farm: &mut DraftFarm) {
+    fn deliver(&mut self, at: At<'_>, dir: &Path, farm: &mut DraftFarm) {
         self.shape(at, &["maildir"], 0, false);
         match Self::prop(at, "maildir") {
             Some(entry) => {
-                if let Some(dir) = self.string(entry, at.file, "`maildir`") {
-                    farm.relay = Some((DraftRelay::Maildir(dir), self.origin_of(at)));
+                if let Some(maildir) = self.string(entry, at.file, "`maildir`") {
+                    farm.relay = Some((DraftRelay::Maildir(relative_to(dir, maildir)), self.origin_of(at)));
                 }
             }
             None => self.err(
@@ -1687,8 +1686,7 @@ impl<'d> Lowerer<'d> {
         let required = self.bool_prop(at, "required", farm.kind == FarmKind::Submission);
         if let (Some(certificate), Some(key)) = (certificate, key) {
             // Relative paths are relative to the policy file, like every other path it names.
-            let resolve = |p: String| if Path::new(&p).is_absolute() { p } else { dir.join(p).display().to_string() };
-            let (certificate, key) = (resolve(certificate), resolve(key));
+            let (certificate, key) = (relative_to(dir, certificate), relative_to(dir, key));
             farm.tls = Some(DraftTls { certificate, key, required, origin: self.origin_of(at) });
         }
     }
@@ -1765,7 +1763,18 @@ impl<'d> Lowerer<'d> {
             }
         }
         let backend = match (backend, users.is_empty()) {
-            (Some(b), _) => b,
+            (Some(_), false) => {
+                self.err(
+                    "mtac::auth::backend",
+                    "`auth` has both `ldap` and `user` entries".to_owned(),
+                    at.file,
+                    at.node.span(),
+                    "two credential sources",
+                    "choose one: the directory (`ldap`) or compiled-in users (`user`)",
+                );
+                return;
+            }
+            (Some(b), true) => b,
             (None, false) => AuthBackend::Table(users),
             (None, true) => {
                 self.err(
@@ -1982,6 +1991,21 @@ impl<'d> Lowerer<'d> {
                 None
             }
         }
+    }
+}
+
+/// The identity of an included file for cycle detection: its canonical path when it exists, so
+/// `../sub/frag.kdl` and `frag.kdl` are the same file.
+fn stack_key(name: &str) -> PathBuf {
+    std::fs::canonicalize(name).unwrap_or_else(|_| PathBuf::from(name))
+}
+
+/// A path the policy names, relative to the policy file's directory unless absolute.
+fn relative_to(dir: &Path, path: String) -> String {
+    if Path::new(&path).is_absolute() {
+        path
+    } else {
+        dir.join(path).display().to_string()
     }
 }
 

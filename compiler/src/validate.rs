@@ -454,8 +454,8 @@ fn is_global(ip: IpAddr) -> bool {
 
 fn dnsbl(lw: &mut Lowerer<'_>, farm: &DraftFarm) {
     let Some(dnsbl) = &farm.dnsbl else { return };
-    let reachable: i64 =
-        dnsbl.zones.iter().map(|z| i64::from(z.answers.iter().map(|a| a.weight).max().unwrap_or(0).max(0))).sum();
+    // A zone may return several addresses, each matching its own answer: every positive weight counts.
+    let reachable: i64 = dnsbl.zones.iter().flat_map(|z| &z.answers).map(|a| i64::from(a.weight.max(0))).sum();
     if reachable < i64::from(dnsbl.threshold) {
         lw.report(
             Diag::error(
@@ -487,7 +487,7 @@ fn dnsbl(lw: &mut Lowerer<'_>, farm: &DraftFarm) {
         if zones.insert(zone.zone.as_str(), zone.origin).is_some() {
             lw.report(
                 Diag::warning("mtac::dnsbl::duplicate", format!("zone `{}` is listed twice", zone.zone))
-                    .help("each zone is queried once; merge the answers into one `zone`"),
+                    .help("its answers would count twice; merge them into one `zone`"),
                 zone.origin,
                 "duplicate",
             );

@@ -6,7 +6,9 @@
 //! therefore decide exactly alike. It does no I/O: DNS answers and greylist state arrive as
 //! [`Facts`], gathered beforehand by the runtime (or given as flags).
 //!
-//! **Invariant:** relay control and syntax checks are never skipped, whatever the client's trust.
+//! **Invariant:** relay control, recipient syntax and the known-recipient table are never skipped,
+//! whatever the client's trust. HELO and sender hygiene checks count as anti-spam checks: trust and
+//! role accounts skip them.
 
 use crate::model::{AccessAction, Check, Dnsbl, DnsblTarget, Farm, Reply, Stage, Step, TableId};
 use crate::syntax;
@@ -326,7 +328,8 @@ fn run_step(tables: &dyn Lookup, farm: &Farm, step: &Step, facts: &Facts<'_>) ->
             if !is_local_recipient(tables, farm, recipient) {
                 return pass("not a local domain");
             }
-            if is_role_account(farm, local) {
+            // RFC 5321 4.5.1: every domain must accept postmaster, listed or not.
+            if is_role_account(farm, local) || local.eq_ignore_ascii_case("postmaster") {
                 return pass("role account");
             }
             match farm.local_addresses {

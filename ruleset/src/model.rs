@@ -99,7 +99,7 @@ pub struct Farm {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum BarePolicy {
-    /// Refuse the message (550 5.6.11).
+    /// Refuse the message (550 5.5.2, the framing violation of RFC 5321 2.3.8).
     Reject,
     /// Turn bare CR/LF into CRLF and drop NUL before relaying.
     Normalize,

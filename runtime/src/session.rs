@@ -127,8 +127,11 @@ impl Session {
     pub fn greet(&mut self, ruleset: &Ruleset, farm: &Farm) -> Action {
         match self.decide(ruleset, farm, Stage::Connect, None, None) {
             None => Action::Reply(Reply::greeting(&self.hostname, &ruleset.policy().banner)),
-            // A temporary refusal at connect closes at once: the client will come back later.
-            Some(r) if r.is_transient() => Action::Close(r),
+            // A temporary refusal at connect closes at once: RFC 5321 4.3.2 allows only 220, 554
+            // or 421 as a greeting, so a deferral becomes 421 with the policy's text.
+            Some(r) if r.is_transient() => {
+                Action::Close(reply(421, 4, 7, 0, &format!("{} {}", self.hostname, r.lines().join(" "))))
+            }
             // RFC 5321 3.1: a 554 greeting, then 503 to everything until QUIT.
             Some(r) => {
                 let greeting = reply(554, 5, 7, 1, &format!("{} {}", self.hostname, r.lines().join(" ")));

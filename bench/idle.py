@@ -1,0 +1,97 @@
+#!/usr/bin/env python3
+"""Idle-session memory of `mtac run`: hold N sessions after EHLO and read the node's memory.
+
+    bench/idle.py [--counts 1000,5000,10000,19000] [--procs 4]
+
+Starts target/release/mtac on a scratch policy, then for each N (ascending) opens sessions from
+many 127.x.y.z source addresses spread over several client processes (each process is capped at
+the machine's open-file limit, like the node), sends EHLO, reads the reply, and holds them.
+Reports the node's RSS and PSS (from /proc) above its baseline, per session.
+"""
+import argparse, os, socket, subprocess, sys, tempfile, time
+from multiprocessing import Process, Queue
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+BIN = os.environ.get("MTAC_BIN", os.path.join(HERE, "..", "target", "release", "mtac"))
+
+def mem(pid):
+    rss = pss = 0
+    with open(f"/proc/{pid}/smaps_rollup") as f:
+        for line in f:
+            if line.startswith("Rss:"): rss = int(line.split()[1])
+            if line.startswith("Pss:"): pss = int(line.split()[1])
+    return rss, pss
+
+def holder(port, start, count, ready, done):
+    socks = []
+    failed = 0
+    for i in range(start, start + count):
+        src = f"127.{1 + (i // 60000) % 250}.{(i // 250) % 250}.{1 + i % 250}"
+        try:
+            s = socket.socket(); s.settimeout(10)
+            s.bind((src, 0)); s.connect(("127.0.0.1", port))
+            f = s.makefile("rb")
+            if not f.readline().startswith(b"220"): failed += 1; continue
+            s.sendall(b"EHLO idle.example.org\r\n")
+            while True:
+                line = f.readline()
+                if not line or line[3:4] != b"-": break
+            if not line.startswith(b"250"): failed += 1; continue
+            socks.append((s, f))
+        except OSError:
+            failed += 1
+    ready.put((len(socks), failed))
+    done.get()
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--counts", default="1000,5000,10000,19000")
+    ap.add_argument("--procs", type=int, default=4)
+    a = ap.parse_args()
+    import resource
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    d = tempfile.mkdtemp()
+    port = 36000 + os.getpid() % 1000
+    policy = os.path.join(d, "policy.kdl")
+    open(policy, "w").write(f'''hostname "mx.idle.example"
+spool "{d}/spool"
+farm "mx" kind="inbound-mx" {{
+    listen "127.0.0.1:{port}"
+    limits {{
+        connections 1000000
+        connections-per-ip 1000
+        timeout command="30m"
+    }}
+    local-domains "example.net"
+    deliver maildir="{d}/Maildir"
+}}
+''')
+    node = subprocess.Popen([BIN, "run", "--policy", policy], stderr=open(os.path.join(d, "log"), "w"),
+                            env={**os.environ, "RUST_LOG": "warn"})
+    for _ in range(100):
+        try: socket.create_connection(("127.0.0.1", port)).close(); break
+        except OSError: time.sleep(0.05)
+    time.sleep(0.5)
+    base_rss, base_pss = mem(node.pid)
+    print(f"machine: {os.cpu_count()} cpus, open-file limit {hard}; baseline RSS {base_rss/1024:.1f} MiB, PSS {base_pss/1024:.1f} MiB")
+    print("| sessions held | failed | RSS MiB | PSS MiB | KiB/session RSS | KiB/session PSS |")
+    print("|---|---|---|---|---|---|")
+    for n in [int(x) for x in a.counts.split(",")]:
+        ready, done = Queue(), Queue()
+        per = (n + a.procs - 1) // a.procs
+        procs = [Process(target=holder, args=(port, k * per, min(per, n - k * per), ready, done)) for k in range(a.procs)]
+        for p in procs: p.start()
+        held = failed = 0
+        for _ in procs:
+            h, f = ready.get(); held += h; failed += f
+        time.sleep(1)
+        rss, pss = mem(node.pid)
+        print(f"| {held} | {failed} | {rss/1024:.1f} | {pss/1024:.1f} | {(rss-base_rss)/max(held,1):.2f} | {(pss-base_pss)/max(held,1):.2f} |", flush=True)
+        for _ in procs: done.put(1)
+        for p in procs: p.join()
+        time.sleep(1)
+    node.terminate(); node.wait(timeout=30)
+
+if __name__ == "__main__":
+    main()
