@@ -257,7 +257,8 @@ const FARM_NODES: &[&str] = &[
 pub struct Lowerer<'d> {
     pub files: Vec<SourceFile>,
     pub diags: &'d mut Diagnostics,
-    include_stack: Vec<PathBuf>,
+    /// Files being included: their identity (canonical path) and their name as written.
+    include_stack: Vec<(PathBuf, String)>,
     /// `file=` lists already read, by canonical path (a list may be named twice).
     list_cache: HashMap<PathBuf, usize>,
 }
@@ -294,7 +295,7 @@ impl<'d> Lowerer<'d> {
         let file = self.add_file(name, text);
         let doc = self.parse(file)?;
         let mut draft = Draft::default();
-        self.include_stack.push(stack_key(name));
+        self.include_stack.push((stack_key(name), name.to_owned()));
         self.top_level(&doc, file, dir.as_deref().unwrap_or(Path::new(".")), &mut draft);
         self.include_stack.pop();
         Some(draft)
@@ -787,8 +788,8 @@ impl<'d> Lowerer<'d> {
             }
         };
         let key = stack_key(&name);
-        if self.include_stack.contains(&key) {
-            let chain: Vec<String> = self.include_stack.iter().map(|p| p.display().to_string()).collect();
+        if self.include_stack.iter().any(|(k, _)| *k == key) {
+            let chain: Vec<&str> = self.include_stack.iter().map(|(_, n)| n.as_str()).collect();
             self.err(
                 "mtac::include::cycle",
                 format!("`{name}` is already being included ({} → {name})", chain.join(" → ")),
@@ -801,7 +802,7 @@ impl<'d> Lowerer<'d> {
         }
         let file = self.add_file(&name, text);
         let doc = self.parse(file)?;
-        self.include_stack.push(key);
+        self.include_stack.push((key, name.clone()));
         Some((doc, file, new_dir))
     }
 
