@@ -310,3 +310,130 @@ impl Session {
         self.esmtp
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+mod tests {
+    //! Whole sessions driven line by line, with no socket: the state machine alone.
+    use super::*;
+    use crate::smtp::parse;
+    use mtac_ruleset::model::*;
+    use mtac_ruleset::tables::DomainTableBuilder;
+    use mtac_ruleset::TableInput;
+
+    fn ruleset(errors: u32) -> Ruleset {
+        let relay = Step {
+            rule: "relay".to_owned(),
+            check: Check::RelayControl,
+            reply: model::Reply::new(554, "5.7.1", "Relay access denied"),
+        };
+        let farm = Farm {
+            name: "mx".to_owned(),
+            kind: FarmKind::InboundMx,
+            listeners: vec![Listener { address: "127.0.0.1:0".parse().unwrap(), implicit_tls: false }],
+            limits: Limits {
+                connections: 10,
+                connections_per_ip: 10,
+                message_size: 1000,
+                recipients: 2,
+                line_length: 512,
+                errors,
+                timeouts: Timeouts { command: 300, data: 600, relay: 60, pregreet: 0 },
+            },
+            trust_loopback: false,
+            local_domains: Some(0),
+            local_addresses: None,
+            role_accounts: vec![],
+            access: None,
+            access_actions: vec![],
+            relay_clients: None,
+            program: Program { rcpt: vec![relay], ..Program::default() },
+            dnsbl: None,
+            bans: vec![],
+            greylist: None,
+            scanners: vec![],
+            relay: model::Relay::Maildir("/nonexistent".to_owned()),
+            tls: None,
+            auth: None,
+            bare_line_ends: BarePolicy::Reject,
+        };
+        let policy = Policy {
+            hostname: "mx.example.net".to_owned(),
+            banner: "ESMTP".to_owned(),
+            spool: "/tmp".to_owned(),
+            farms: vec![farm],
+            tables: vec![TableInfo {
+                kind: TableKind::Domains,
+                name: "d".to_owned(),
+                entries: 1,
+                sources: vec![],
+            }],
+        };
+        let mut domains = DomainTableBuilder::new();
+        domains.insert("example.com", false, 0).unwrap();
+        Ruleset::from_vec(mtac_ruleset::build(&policy, vec![TableInput::Domains(domains)]).unwrap()).unwrap()
+    }
+
+    fn feed(session: &mut Session, ruleset: &Ruleset, line: &str) -> Action {
+        let farm = &ruleset.policy().farms[0];
+        match parse(line.as_bytes()) {
+            Ok(command) => session.command(command, ruleset, farm),
+            Err(e) => session.parse_error(&e),
+        }
+    }
+
+    fn code(action: &Action) -> u16 {
+        match action {
+            Action::Reply(r) | Action::Close(r) => r.code(),
+            Action::Recipient { .. } => 1,
+            Action::Data => 354,
+        }
+    }
+
+    #[test]
+    fn a_transaction_goes_through_the_stages_in_order() {
+        let rs = ruleset(10);
+        let mut s = Session::new("T".into(), "192.0.2.1:1000".parse().unwrap(), &rs, &rs.policy().farms[0]);
+        assert_eq!(code(&s.greet(&rs, &rs.policy().farms[0])), 220);
+        assert_eq!(code(&feed(&mut s, &rs, "EHLO a.example.org")), 250);
+        assert_eq!(code(&feed(&mut s, &rs, "RCPT TO:<b@example.com>")), 503);
+        assert_eq!(code(&feed(&mut s, &rs, "MAIL FROM:<a@example.org> SIZE=5000")), 552);
+        assert_eq!(code(&feed(&mut s, &rs, "MAIL FROM:<a@example.org>")), 250);
+        assert_eq!(code(&feed(&mut s, &rs, "DATA")), 554, "no recipient yet");
+        assert_eq!(feed(&mut s, &rs, "RCPT TO:<b@example.com>"), Action::Recipient { address: "b@example.com".into() });
+        assert_eq!(code(&feed(&mut s, &rs, "RCPT TO:<c@elsewhere.example>")), 554);
+        assert_eq!(s.last_rule.as_deref(), Some("relay"));
+        assert_eq!(code(&s.recipient_result("b@example.com".into(), Ok(()))), 250);
+        assert_eq!(feed(&mut s, &rs, "DATA"), Action::Data);
+        s.end_transaction(true);
+        assert_eq!(s.accepted, 1);
+        assert_eq!(code(&feed(&mut s, &rs, "DATA")), 503, "the transaction ended");
+        assert_eq!(code(&feed(&mut s, &rs, "QUIT")), 221);
+    }
+
+    #[test]
+    fn the_recipient_limit_counts_accepted_recipients() {
+        let rs = ruleset(10);
+        let mut s = Session::new("T".into(), "192.0.2.1:1000".parse().unwrap(), &rs, &rs.policy().farms[0]);
+        feed(&mut s, &rs, "EHLO a.example.org");
+        feed(&mut s, &rs, "MAIL FROM:<>");
+        for n in 0..2 {
+            let address = format!("r{n}@example.com");
+            assert_eq!(feed(&mut s, &rs, &format!("RCPT TO:<{address}>")), Action::Recipient { address: address.clone() });
+            s.recipient_result(address, Ok(()));
+        }
+        assert_eq!(code(&feed(&mut s, &rs, "RCPT TO:<r3@example.com>")), 452);
+    }
+
+    #[test]
+    fn the_error_limit_closes_with_421() {
+        let rs = ruleset(3);
+        let mut s = Session::new("T".into(), "192.0.2.1:1000".parse().unwrap(), &rs, &rs.policy().farms[0]);
+        assert_eq!(code(&feed(&mut s, &rs, "FROB")), 500);
+        assert_eq!(code(&feed(&mut s, &rs, "DATA")), 503);
+        let last = feed(&mut s, &rs, "VRFY x");
+        assert_eq!(code(&last), 252, "VRFY's 252 is not an error");
+        let last = feed(&mut s, &rs, "EXPN x");
+        assert!(matches!(last, Action::Close(ref r) if r.code() == 421), "{last:?}");
+    }
+}

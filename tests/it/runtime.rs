@@ -411,3 +411,19 @@ async fn a_graceful_stop_lets_a_transaction_finish_and_tells_idle_sessions_421()
     let node = stopping.await.unwrap();
     assert_eq!(node.spool_files(), 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_farm_wide_connection_limit_refuses_with_421() {
+    let (_sink, node) = node_with(r#"limits { connections 2; }"#).await;
+    let mut a = Client::connect_from(node.addr, "127.0.0.4").await;
+    let mut b = Client::connect_from(node.addr, "127.0.0.5").await;
+    assert_eq!(code(&a.reply().await), 220);
+    assert_eq!(code(&b.reply().await), 220);
+    let mut c = Client::connect_from(node.addr, "127.0.0.6").await;
+    let r = c.reply().await;
+    assert!(r.starts_with("421 4.7.0"), "{r}");
+    assert_eq!(code(&a.cmd("QUIT").await), 221);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut d = Client::connect_from(node.addr, "127.0.0.6").await;
+    assert_eq!(code(&d.reply().await), 220);
+}
