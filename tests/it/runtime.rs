@@ -423,6 +423,7 @@ async fn the_farm_wide_connection_limit_refuses_with_421() {
     let r = c.reply().await;
     assert!(r.starts_with("421 4.7.0"), "{r}");
     assert_eq!(code(&a.cmd("QUIT").await), 221);
+    drop(a);
     tokio::time::sleep(Duration::from_millis(200)).await;
     let mut d = Client::connect_from(node.addr, "127.0.0.6").await;
     assert_eq!(code(&d.reply().await), 220);
