@@ -127,6 +127,9 @@ pub struct ExplainArgs {
     /// The greylist state of the triplet: pass or defer
     #[arg(long)]
     greylist: Option<String>,
+    /// The client's reverse DNS: confirmed:NAME, unconfirmed:NAME, none or tempfail
+    #[arg(long, value_name = "STATUS")]
+    reverse_dns: Option<String>,
 }
 
 #[derive(Args, Debug)]
@@ -332,6 +335,12 @@ fn explain(args: ExplainArgs) -> Result<ExitCode, String> {
         session.dns.sender_domain = Some(
             policytest::parse_domain_status(status)
                 .ok_or_else(|| format!("--sender-domain {status}: resolves, nxdomain, null-mx or tempfail"))?,
+        );
+    }
+    if let Some(status) = &args.reverse_dns {
+        session.dns.reverse = Some(
+            policytest::parse_reverse(status)
+                .ok_or_else(|| format!("--reverse-dns {status}: confirmed:NAME, unconfirmed:NAME, none or tempfail"))?,
         );
     }
     if let Some(status) = &args.greylist {

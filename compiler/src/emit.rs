@@ -6,7 +6,7 @@
 
 use crate::lower::{AddressEntry, DomainEntry, Draft, DraftFarm, DraftRelay, NetEntry};
 use mtac_ruleset::model::{
-    AccessAction, BanRule, Check, Dnsbl, DnsblZone, Farm, FarmKind, Greylist, Limits, Policy, Program, Relay, Reply,
+    AccessAction, BanResponse, BanRule, Check, Dnsbl, DnsblZone, Farm, FarmKind, Greylist, Limits, Policy, Program, Relay, Reply,
     Scanner, Stage, Step, TableId, TableInfo, TableKind, Timeouts, Tls,
 };
 use mtac_ruleset::tables::{AddressTableBuilder, DomainTableBuilder, PrefixTableBuilder};
@@ -103,6 +103,7 @@ pub fn emit(draft: &Draft) -> Result<Emitted, Vec<String>> {
         spool: draft.spool.clone().unwrap_or_else(|| "/dev/shm/mtac".to_owned()),
         farms,
         tables: tables.infos,
+        dns: draft.dns.clone(),
     };
     Ok(Emitted { policy, tables: tables.inputs })
 }
@@ -219,6 +220,9 @@ fn emit_farm(farm: &DraftFarm, hostname: &str, tables: &mut Tables) -> Farm {
         }),
         auth: farm.auth.as_ref().map(|(a, _)| a.clone()),
         bare_line_ends: farm.bare_line_ends,
+        ban_response: farm.ban_response.map_or(BanResponse::Close521, |(r, _)| r),
+        rate_limits: farm.rate_limits.clone(),
+        tarpit_ms: farm.tarpit_ms,
     }
 }
 
@@ -282,6 +286,13 @@ pub fn program(
             Reply::new(554, "5.7.1", "Service unavailable; client host blocked using DNS block lists")
         });
         p.stage_mut(dnsbl_stage).push(step("dnsbl", Check::Dnsbl, reply));
+    }
+    if let Some((confirmed, stage)) = farm.client_reverse_dns {
+        p.stage_mut(stage.unwrap_or(Stage::Rcpt)).push(step(
+            "client.reverse-dns",
+            Check::ClientReverseDns { confirmed },
+            Reply::new(550, "5.7.25", "Client host rejected: cannot find your hostname"),
+        ));
     }
     let helo_steps = [
         (

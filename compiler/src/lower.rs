@@ -10,7 +10,8 @@ use ipnet::IpNet;
 use kdl::{KdlDocument, KdlEntry, KdlNode, KdlValue};
 use miette::SourceSpan;
 use mtac_ruleset::model::{
-    AccessAction, Auth, AuthBackend, Backend, BackendProtocol, BarePolicy, DnsblAnswer, DnsblTarget, FarmKind,
+    AccessAction, Auth, AuthBackend, Backend, BackendProtocol, BanResponse, BarePolicy, DnsSettings, DnsblAnswer,
+    DnsblTarget, FarmKind, RateLimit, RateSubject,
     Listener, Reply, ScannerKind, Stage,
 };
 use mtac_ruleset::syntax;
@@ -218,6 +219,11 @@ pub struct DraftFarm {
     pub tls: Option<DraftTls>,
     pub auth: Option<(Auth, Origin)>,
     pub bare_line_ends: BarePolicy,
+    /// `client reverse-dns=…`: whether forward confirmation is required, and the stage.
+    pub client_reverse_dns: Option<(bool, Option<Stage>)>,
+    pub ban_response: Option<(BanResponse, Origin)>,
+    pub rate_limits: Vec<RateLimit>,
+    pub tarpit_ms: u32,
 }
 
 #[derive(Debug, Default)]
@@ -225,10 +231,11 @@ pub struct Draft {
     pub hostname: Option<(String, Origin)>,
     pub banner: Option<String>,
     pub spool: Option<String>,
+    pub dns: DnsSettings,
     pub farms: Vec<DraftFarm>,
 }
 
-const TOP_NODES: &[&str] = &["hostname", "banner", "spool", "farm", "include"];
+const TOP_NODES: &[&str] = &["hostname", "banner", "spool", "dns", "farm", "include"];
 const FARM_NODES: &[&str] = &[
     "listen",
     "limits",
@@ -250,6 +257,9 @@ const FARM_NODES: &[&str] = &[
     "tls",
     "auth",
     "bare-line-ends",
+    "client",
+    "rate-limit",
+    "tarpit",
     "include",
 ];
 
@@ -695,6 +705,7 @@ impl<'d> Lowerer<'d> {
                         draft.spool = Some(relative_to(dir, value));
                     }
                 }
+                "dns" => self.dns(at, &mut draft.dns),
                 "farm" => {
                     if let Some(farm) = self.farm(at, dir) {
                         if let Some(first) = draft.farms.iter().find(|f| f.name == farm.name) {
@@ -871,6 +882,10 @@ impl<'d> Lowerer<'d> {
             tls: None,
             auth: None,
             bare_line_ends: BarePolicy::Reject,
+            client_reverse_dns: None,
+            ban_response: None,
+            rate_limits: Vec::new(),
+            tarpit_ms: 0,
         };
         let mut seen: HashMap<String, (usize, SourceSpan)> = HashMap::new();
         let children: Vec<At<'_>> = Self::children(at).collect();
@@ -1009,6 +1024,53 @@ impl<'d> Lowerer<'d> {
                                 "expected \"reject\" or \"normalize\"",
                                 "reject refuses messages with bare CR, bare LF or NUL (RFC 5321 2.3.8); normalize repairs them",
                             ),
+                        }
+                    }
+                }
+                "client" => {
+                    self.shape(at, &["reverse-dns", "stage"], 0, false);
+                    let stage = self.stage(at, &[Stage::Connect, Stage::Helo, Stage::Mail, Stage::Rcpt]);
+                    match Self::prop(at, "reverse-dns") {
+                        Some(entry) => match self.string(entry, at.file, "`reverse-dns`").as_deref() {
+                            Some("required") => farm.client_reverse_dns = Some((false, stage)),
+                            Some("forward-confirmed") => farm.client_reverse_dns = Some((true, stage)),
+                            Some(other) => self.err(
+                                "mtac::client::reverse-dns",
+                                format!("unknown reverse-dns requirement `{other}`"),
+                                at.file,
+                                entry.span(),
+                                "unknown value",
+                                "\"required\" (a PTR name) or \"forward-confirmed\" (a PTR name that resolves back, FCrDNS)",
+                            ),
+                            None => {}
+                        },
+                        None => self.err(
+                            "mtac::client::reverse-dns",
+                            "`client` needs reverse-dns=…".to_owned(),
+                            at.file,
+                            at.node.span(),
+                            "nothing required",
+                            "e.g. client reverse-dns=\"forward-confirmed\"",
+                        ),
+                    }
+                }
+                "rate-limit" => self.rate_limit(at, farm),
+                "tarpit" => {
+                    self.shape(at, &[], 1, false);
+                    if let Some(entry) = Self::args(at).next() {
+                        if let Some(ms) = self.duration_ms(entry, at.file, "`tarpit`") {
+                            if ms > 60_000 {
+                                self.err(
+                                    "mtac::tarpit",
+                                    format!("a tarpit of {ms} ms holds every refused client for over a minute"),
+                                    at.file,
+                                    entry.span(),
+                                    "too long",
+                                    "a few seconds slow down bots; long delays only hold our own connections open",
+                                );
+                            } else {
+                                farm.tarpit_ms = ms;
+                            }
                         }
                     }
                 }
@@ -1387,7 +1449,39 @@ impl<'d> Lowerer<'d> {
     }
 
     fn ban(&mut self, at: At<'_>, farm: &mut DraftFarm) {
-        self.shape(at, &["after", "duration", "network", "network6"], 0, false);
+        self.shape(at, &["after", "duration", "network", "network6", "response"], 0, false);
+        if let Some(entry) = Self::prop(at, "response") {
+            let response = match self.string(entry, at.file, "`response`").as_deref() {
+                Some("521") => Some(BanResponse::Close521),
+                Some("refuse-recipients") => Some(BanResponse::RefuseRecipients),
+                Some(other) => {
+                    self.err(
+                        "mtac::ban::response",
+                        format!("unknown ban response `{other}`"),
+                        at.file,
+                        entry.span(),
+                        "unknown response",
+                        "\"521\" closes at once (RFC 7504); \"refuse-recipients\" keeps a short session that refuses every RCPT",
+                    );
+                    None
+                }
+                None => None,
+            };
+            if let Some(response) = response {
+                let origin = Origin { file: at.file, pos: Pos::Span(entry.span()) };
+                match farm.ban_response {
+                    Some((other, _)) if other != response => self.err(
+                        "mtac::ban::response",
+                        "the bans of one farm give different responses".to_owned(),
+                        at.file,
+                        entry.span(),
+                        "conflicting response",
+                        "a banned client is turned away one way: give the same response on every ban",
+                    ),
+                    _ => farm.ban_response = Some((response, origin)),
+                }
+            }
+        }
         let after = match Self::prop(at, "after") {
             Some(entry) => match self.string(entry, at.file, "`after`") {
                 Some(text) => text
@@ -1417,6 +1511,127 @@ impl<'d> Lowerer<'d> {
         if let Some(seconds) = seconds {
             farm.bans.push(DraftBan { after, seconds, v4_prefix, v6_prefix });
         }
+    }
+
+    /// A duration in milliseconds: `500ms`, `2s`, or an integer number of milliseconds.
+    fn duration_ms(&mut self, entry: &KdlEntry, file: usize, what: &str) -> Option<u32> {
+        let parsed = match entry.value() {
+            KdlValue::Integer(i) => u32::try_from(*i).ok(),
+            KdlValue::String(s) => match s.strip_suffix("ms") {
+                Some(ms) => ms.trim().parse::<u32>().ok(),
+                None => parse_duration(s).and_then(|secs| secs.checked_mul(1000)),
+            },
+            _ => None,
+        };
+        if parsed.is_none() {
+            self.err(
+                "mtac::duration",
+                format!("{what} is not a valid duration"),
+                file,
+                entry.span(),
+                "expected a duration",
+                "write milliseconds as an integer, or a string with a unit: \"500ms\", \"2s\"",
+            );
+        }
+        parsed
+    }
+
+    fn dns(&mut self, at: At<'_>, dns: &mut DnsSettings) {
+        self.shape(at, &["timeout", "cache-size", "probe-interval"], 0, true);
+        if let Some(entry) = Self::prop(at, "timeout") {
+            if let Some(ms) = self.duration_ms(entry, at.file, "`timeout`") {
+                if ms == 0 || ms > 30_000 {
+                    self.err(
+                        "mtac::dns::timeout",
+                        format!("a DNS timeout of {ms} ms"),
+                        at.file,
+                        entry.span(),
+                        "out of range",
+                        "between 1 ms and 30 s; a DNS list that does not answer in a few seconds counts as not listed",
+                    );
+                } else {
+                    dns.timeout_ms = ms;
+                }
+            }
+        }
+        if let Some(entry) = Self::prop(at, "cache-size") {
+            if let Some(n) = self.u32_value(entry, at.file, "`cache-size`", 0) {
+                dns.cache_size = n;
+            }
+        }
+        if let Some(entry) = Self::prop(at, "probe-interval") {
+            if let Some(secs) = self.duration(entry, at.file, "`probe-interval`") {
+                dns.probe_interval = secs.max(10);
+            }
+        }
+        for child in Self::children(at) {
+            if child.node.name().value() != "nameserver" {
+                self.unknown_node(child, &["nameserver"], "`dns`");
+                continue;
+            }
+            self.shape(child, &[], usize::MAX, false);
+            for entry in Self::args(child) {
+                let Some(text) = self.string(entry, child.file, "a nameserver") else { continue };
+                let parsed = text
+                    .parse::<SocketAddr>()
+                    .ok()
+                    .or_else(|| {
+                        let bare = text.strip_prefix('[').and_then(|t| t.strip_suffix(']')).unwrap_or(&text);
+                        bare.parse::<IpAddr>().ok().map(|ip| SocketAddr::new(ip, 53))
+                    });
+                match parsed {
+                    Some(address) => dns.nameservers.push(address),
+                    None => self.err(
+                        "mtac::dns::nameserver",
+                        format!("`{text}` is not a nameserver address"),
+                        child.file,
+                        entry.span(),
+                        "invalid address",
+                        "write an IP address, optionally with a port: \"127.0.0.1\", \"[::1]:5353\"",
+                    ),
+                }
+            }
+        }
+    }
+
+    fn rate_limit(&mut self, at: At<'_>, farm: &mut DraftFarm) {
+        self.shape(at, &["connections", "messages", "per", "network", "network6", "reply"], 0, false);
+        let subject = match (Self::prop(at, "connections"), Self::prop(at, "messages")) {
+            (Some(entry), None) => (RateSubject::Connections, entry),
+            (None, Some(entry)) => (RateSubject::Messages, entry),
+            _ => {
+                self.err(
+                    "mtac::rate-limit",
+                    "a rate limit counts either connections= or messages=".to_owned(),
+                    at.file,
+                    at.node.span(),
+                    "what to count",
+                    "e.g. rate-limit connections=30 per=\"1m\", or rate-limit messages=500 per=\"1h\" network=\"/24\"",
+                );
+                return;
+            }
+        };
+        let Some(limit) = self.u32_value(subject.1, at.file, "the rate", 1) else { return };
+        let window = match Self::prop(at, "per") {
+            Some(entry) => match self.duration(entry, at.file, "`per`") {
+                Some(0) | None => return,
+                Some(secs) => secs,
+            },
+            None => 60,
+        };
+        let v4_prefix = self.prefix_prop(at, "network", 32).unwrap_or(32);
+        let v6_prefix = self.prefix_prop(at, "network6", 128).unwrap_or(64);
+        let reply = match Self::prop(at, "reply") {
+            Some(entry) => match self.reply(entry, at.file, Some('4')) {
+                Some(r) => r,
+                None => return,
+            },
+            None => match subject.0 {
+                RateSubject::Connections => Reply::new(421, "4.7.0", "Too many connections from your network, slow down"),
+                RateSubject::Messages => Reply::new(450, "4.7.1", "Too many messages from your network, slow down"),
+            },
+        };
+        farm.rate_limits.push(RateLimit { subject: subject.0, limit, window, v4_prefix, v6_prefix, reply });
     }
 
     fn prefix_prop(&mut self, at: At<'_>, key: &str, max: u8) -> Option<u8> {

@@ -20,7 +20,7 @@
 
 use crate::diag::{did_you_mean, Diag, Diagnostics, SourceFile};
 use kdl::{KdlDocument, KdlNode, KdlValue};
-use mtac_ruleset::eval::{self, DomainStatus, Facts, GivenDns, GreylistStatus, ListAnswer};
+use mtac_ruleset::eval::{self, DomainStatus, Facts, GivenDns, GreylistStatus, ListAnswer, ReverseDns};
 use mtac_ruleset::model::Stage;
 use mtac_ruleset::Ruleset;
 use std::net::{IpAddr, Ipv4Addr};
@@ -116,6 +116,19 @@ pub fn parse_domain_status(text: &str) -> Option<DomainStatus> {
     }
 }
 
+/// `confirmed:host.example`, `unconfirmed:host.example`, `none`, `tempfail`.
+pub fn parse_reverse(text: &str) -> Option<ReverseDns> {
+    match text.split_once(':') {
+        Some(("confirmed", name)) if !name.is_empty() => Some(ReverseDns::Confirmed(name.to_owned())),
+        Some(("unconfirmed", name)) if !name.is_empty() => Some(ReverseDns::Unconfirmed(name.to_owned())),
+        _ => match text {
+            "none" => Some(ReverseDns::None),
+            "tempfail" => Some(ReverseDns::TempFail),
+            _ => None,
+        },
+    }
+}
+
 pub fn parse_greylist(text: &str) -> Option<GreylistStatus> {
     match text {
         "pass" => Some(GreylistStatus::Pass),
@@ -185,8 +198,19 @@ impl PolicyTest {
     }
 }
 
-const TEST_NODES: &[&str] =
-    &["farm", "client", "helo", "from", "rcpt", "authenticated", "dnsbl", "sender-domain", "greylist", "expect"];
+const TEST_NODES: &[&str] = &[
+    "farm",
+    "client",
+    "helo",
+    "from",
+    "rcpt",
+    "authenticated",
+    "dnsbl",
+    "sender-domain",
+    "reverse-dns",
+    "greylist",
+    "expect",
+];
 
 /// Read a test file; problems are reported as diagnostics (same form as policy errors).
 pub fn load(path: &Path, diags: &mut Diagnostics) -> Option<TestFile> {
@@ -309,6 +333,15 @@ fn lower_test(node: &KdlNode, source: &SourceFile, diags: &mut Diagnostics) -> O
                     child,
                     "unknown sender-domain status".to_owned(),
                     "resolves, nxdomain, null-mx or tempfail",
+                ),
+            },
+            "reverse-dns" => match value.as_deref().and_then(parse_reverse) {
+                Some(status) => session.dns.reverse = Some(status),
+                None => bad(
+                    diags,
+                    child,
+                    "unknown reverse-dns status".to_owned(),
+                    "confirmed:NAME, unconfirmed:NAME, none or tempfail",
                 ),
             },
             "greylist" => match value.as_deref().and_then(parse_greylist) {

@@ -278,15 +278,19 @@ fn action_name(action: &AccessAction) -> &'static str {
 /// Same network twice with different actions is an error; nested networks with different actions
 /// are legal (the longer prefix wins) and explained; nested ones with the same action never fire.
 pub fn access_conflicts(lw: &mut Lowerer<'_>, entries: &[NetEntry], list: &str) {
-    let mut order: Vec<usize> = (0..entries.len()).collect();
     // Sort by family, network start, then prefix length: an enclosing prefix comes before what it contains.
-    let key = |i: &usize| {
-        entries.get(*i).map(|e| match e.net {
-            IpNet::V4(n) => (0u8, u128::from(u32::from(n.network())), n.prefix_len()),
-            IpNet::V6(n) => (1u8, u128::from(n.network()), n.prefix_len()),
+    // Equal keys keep list order (the index is the last key). The keys are computed once, beside the
+    // index, so that sorting a large list does not chase every entry on each comparison.
+    let mut keyed: Vec<(u8, u128, u8, usize)> = entries
+        .iter()
+        .enumerate()
+        .map(|(i, e)| match e.net {
+            IpNet::V4(n) => (0u8, u128::from(u32::from(n.network())), n.prefix_len(), i),
+            IpNet::V6(n) => (1u8, u128::from(n.network()), n.prefix_len(), i),
         })
-    };
-    order.sort_by_key(key);
+        .collect();
+    keyed.sort_unstable();
+    let order: Vec<usize> = keyed.into_iter().map(|(_, _, _, i)| i).collect();
     let mut stack: Vec<usize> = Vec::new();
     let (mut contradictions, mut overlaps, mut redundant, mut dups) = (0usize, 0usize, 0usize, 0usize);
     let mut hidden = 0usize;

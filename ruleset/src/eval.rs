@@ -49,11 +49,27 @@ pub enum GreylistStatus {
     Defer,
 }
 
+/// The client's reverse DNS.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReverseDns {
+    /// A PTR name that resolves back to the client's address (FCrDNS).
+    Confirmed(String),
+    /// A PTR name that does not resolve back.
+    Unconfirmed(String),
+    /// No PTR record.
+    None,
+    /// The lookup failed: never a reason for a permanent refusal.
+    TempFail,
+}
+
 /// What the session knows; `None` where the runtime (or the operator) has no answer.
 pub trait DnsFacts {
     fn list(&self, zone: &str, target: DnsblTarget) -> Option<ListAnswer>;
     fn sender_domain(&self, domain: &str) -> Option<DomainStatus>;
     fn greylist(&self) -> Option<GreylistStatus>;
+    fn reverse(&self) -> Option<ReverseDns> {
+        None
+    }
 }
 
 /// Facts with no DNS at all: every list "not listed", every domain unknown.
@@ -363,6 +379,18 @@ fn run_step(tables: &dyn Lookup, farm: &Farm, step: &Step, facts: &Facts<'_>) ->
                 None => pass("not consulted"),
             }
         }
+        Check::ClientReverseDns { confirmed } => match facts.dns.reverse() {
+            Some(ReverseDns::Confirmed(name)) => pass(&format!("{} resolves to {name} and back", facts.client_ip)),
+            Some(ReverseDns::Unconfirmed(name)) if !confirmed => pass(&format!("{} has the name {name}", facts.client_ip)),
+            Some(ReverseDns::Unconfirmed(_)) | Some(ReverseDns::None) => fail(),
+            // Postfix's reject_unknown_client_hostname answers 450 on a DNS failure: never 5xx for it.
+            Some(ReverseDns::TempFail) => StepOutcome::Decided(Reply::new(
+                450,
+                "4.7.25",
+                "Client host rejected: cannot find your hostname (temporary DNS failure)",
+            )),
+            None => pass("not looked up"),
+        },
         Check::AuthRequired => {
             if facts.authenticated {
                 pass("authenticated")
@@ -410,6 +438,7 @@ pub struct GivenDns {
     pub lists: Vec<(String, ListAnswer)>,
     pub sender_domain: Option<DomainStatus>,
     pub greylist: Option<GreylistStatus>,
+    pub reverse: Option<ReverseDns>,
 }
 
 impl DnsFacts for GivenDns {
@@ -421,6 +450,9 @@ impl DnsFacts for GivenDns {
     }
     fn greylist(&self) -> Option<GreylistStatus> {
         self.greylist
+    }
+    fn reverse(&self) -> Option<ReverseDns> {
+        self.reverse.clone()
     }
 }
 

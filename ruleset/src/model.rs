@@ -26,6 +26,26 @@ pub struct Policy {
     pub farms: Vec<Farm>,
     /// Where each table came from, for `mtac inspect` (indexed by [`TableId`]).
     pub tables: Vec<TableInfo>,
+    /// How the node resolves names (DNS lists, sender domains, reverse DNS).
+    pub dns: DnsSettings,
+}
+
+/// The node's resolver. No nameservers: the system's (/etc/resolv.conf).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DnsSettings {
+    pub nameservers: Vec<SocketAddr>,
+    /// Per query, milliseconds.
+    pub timeout_ms: u32,
+    /// Cached answers kept (positive and negative, each for its TTL).
+    pub cache_size: u32,
+    /// Seconds between health probes of each DNS list zone.
+    pub probe_interval: u32,
+}
+
+impl Default for DnsSettings {
+    fn default() -> Self {
+        DnsSettings { nameservers: Vec::new(), timeout_ms: 2000, cache_size: 20_000, probe_interval: 300 }
+    }
 }
 
 /// What a table holds and where its entries came from.
@@ -95,6 +115,39 @@ pub struct Farm {
     pub auth: Option<Auth>,
     /// What to do with bare CR, bare LF and NUL in DATA.
     pub bare_line_ends: BarePolicy,
+    /// How a banned client is turned away.
+    pub ban_response: BanResponse,
+    /// Connection and message rates per client address or network.
+    pub rate_limits: Vec<RateLimit>,
+    /// Delay before answering a refused command, in milliseconds (0 = none).
+    pub tarpit_ms: u32,
+}
+
+/// How a banned client's new connections are turned away.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum BanResponse {
+    /// `521 5.3.2` and close at once (RFC 7504): the cheapest answer.
+    Close521,
+    /// A session that refuses every RCPT, with short timeouts: for senders that retry a 521 at once.
+    RefuseRecipients,
+}
+
+/// What a rate limit counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RateSubject {
+    Connections,
+    Messages,
+}
+
+/// At most `limit` of `subject` per `window` seconds from one client network.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RateLimit {
+    pub subject: RateSubject,
+    pub limit: u32,
+    pub window: u32,
+    pub v4_prefix: u8,
+    pub v6_prefix: u8,
+    pub reply: Reply,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -271,6 +324,8 @@ pub enum Check {
     Greylist,
     /// Submission farms: the session must be authenticated.
     AuthRequired,
+    /// The client's address has a reverse DNS name (forward-confirmed when `confirmed`).
+    ClientReverseDns { confirmed: bool },
 }
 
 impl Check {
@@ -286,6 +341,7 @@ impl Check {
                 | Check::SenderDeny { .. }
                 | Check::SenderResolvable
                 | Check::Greylist
+                | Check::ClientReverseDns { .. }
         )
     }
 }

@@ -187,9 +187,15 @@ pub fn unsupported(ruleset: &Ruleset) -> Vec<String> {
         let dns_steps = model::Stage::ALL
             .iter()
             .flat_map(|s| farm.program.stage(*s))
-            .any(|step| matches!(step.check, model::Check::SenderResolvable));
+            .any(|step| matches!(step.check, model::Check::SenderResolvable | model::Check::ClientReverseDns { .. }));
         if dns_steps {
-            need("sender domain resolution (the DNS issue)");
+            need("sender domain and reverse DNS checks (the DNS issue)");
+        }
+        if !farm.rate_limits.is_empty() {
+            need("rate limits (the DNS issue)");
+        }
+        if farm.tarpit_ms > 0 {
+            need("tarpit delays (the DNS issue)");
         }
     }
     missing

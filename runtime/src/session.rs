@@ -356,6 +356,9 @@ mod tests {
             tls: None,
             auth: None,
             bare_line_ends: BarePolicy::Reject,
+            ban_response: BanResponse::Close521,
+            rate_limits: vec![],
+            tarpit_ms: 0,
         };
         let policy = Policy {
             hostname: "mx.example.net".to_owned(),
@@ -368,6 +371,7 @@ mod tests {
                 entries: 1,
                 sources: vec![],
             }],
+            dns: DnsSettings::default(),
         };
         let mut domains = DomainTableBuilder::new();
         domains.insert("example.com", false, 0).unwrap();
