@@ -12,11 +12,12 @@
 
 use crate::received::{self, Trace};
 use crate::relay::{Envelope, Relay, Transaction};
+use crate::lookups::{Lookups, Needs};
 use crate::server::{Delivery, Shared, Shutdown, Snapshot};
 use crate::session::{Action, Session};
 use crate::smtp::{parse, BarePolicy as SmtpBare, DataReceiver, EnhancedCode, Frame, LineReader, Reply};
 use crate::spool::{self, SpoolFile};
-use mtac_ruleset::model::{BackendProtocol, BarePolicy, Farm};
+use mtac_ruleset::model::{BackendProtocol, BarePolicy, Farm, RateSubject, Stage};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -142,7 +143,7 @@ impl Conn<'_> {
 }
 
 /// Serve one connection of `farm_name` on the snapshot current at accept time.
-pub async fn serve(stream: TcpStream, peer: SocketAddr, farm_name: &str, shared: Arc<Shared>, id: String) {
+pub async fn serve(stream: TcpStream, peer: SocketAddr, farm_name: &str, shared: Arc<Shared>, id: String, banned: bool) {
     let _ = stream.set_nodelay(true);
     // The session keeps the ruleset it started with, whatever reloads happen meanwhile.
     let snapshot = shared.snapshot();
@@ -161,7 +162,9 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, farm_name: &str, shared:
         shutdown: shared.shutdown_receiver(),
     };
     let mut session = Session::new(id.clone(), peer, &snapshot.ruleset, farm);
-    let end = run(&mut conn, &mut session, &snapshot, farm_index, farm).await;
+    session.banned = banned;
+    let mut lookups = shared.dns().map(|dns| Lookups::start(dns, Needs::of(farm), peer.ip()));
+    let end = run(&mut conn, &mut session, &snapshot, farm_index, farm, &mut lookups).await;
     tracing::info!(
         session = %session.id,
         client = %peer.ip(),
@@ -174,10 +177,21 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, farm_name: &str, shared:
     );
 }
 
-async fn run(conn: &mut Conn<'_>, session: &mut Session, snapshot: &Snapshot, farm_index: usize, farm: &Farm) -> End {
+async fn run(
+    conn: &mut Conn<'_>,
+    session: &mut Session,
+    snapshot: &Snapshot,
+    farm_index: usize,
+    farm: &Farm,
+    lookups: &mut Option<Lookups>,
+) -> End {
     let limits = &farm.limits;
     let hostname = snapshot.ruleset.policy().hostname.clone();
-    let command_timeout = Duration::from_secs(u64::from(limits.timeouts.command));
+    let mut command_timeout = Duration::from_secs(u64::from(limits.timeouts.command));
+    if session.banned {
+        // A banned client is only here to be refused: it gets little of our time.
+        command_timeout = command_timeout.min(Duration::from_secs(10));
+    }
 
     // Early talkers: a client that speaks before the greeting is a bot (postscreen's pregreet test).
     if limits.timeouts.pregreet > 0 {
@@ -195,6 +209,9 @@ async fn run(conn: &mut Conn<'_>, session: &mut Session, snapshot: &Snapshot, fa
             Read::Shutdown => return conn.close(&Reply::shutting_down(&hostname), End::Shutdown).await,
             Read::Error => return End::Io,
         }
+    }
+    if let Some(l) = lookups.as_mut() {
+        l.ready_for(Stage::Connect, &mut session.dns).await;
     }
     match session.greet(&snapshot.ruleset, farm) {
         Action::Close(reply) => {
@@ -225,13 +242,37 @@ async fn run(conn: &mut Conn<'_>, session: &mut Session, snapshot: &Snapshot, fa
                     Read::Shutdown => break conn.close(&Reply::shutting_down(&hostname), End::Shutdown).await,
                 }
             }
-            Frame::TooLong => session.line_too_long(),
+            Frame::TooLong => Prepared::Done(session.line_too_long()),
             Frame::Line(line) => match parse(line) {
-                Ok(command) => session.command(command, &snapshot.ruleset, farm),
-                Err(e) => session.parse_error(&e),
+                Ok(command) => Prepared::Command(command),
+                Err(e) => Prepared::Done(session.parse_error(&e)),
             },
         };
         conn.input.drain(..consumed);
+        let action = match action {
+            Prepared::Done(action) => action,
+            Prepared::Command(command) => {
+                prepare(&command, session, farm, conn.shared, lookups).await.unwrap_or_else(|| {
+                    session.command(command, &snapshot.ruleset, farm)
+                })
+            }
+        };
+        // A policy refusal that the farm bans for: the next connections of this network are turned away.
+        if let Some(rule) = session.take_refusal_rule() {
+            if let Some(net) = conn.shared.bans.after_refusal(session.peer.ip(), &rule, &farm.bans) {
+                tracing::info!(session = %session.id, client = %session.peer.ip(), %net, rule = %rule, "banned");
+            }
+        }
+        if farm.tarpit_ms > 0 {
+            if let Action::Reply(r) | Action::Close(r) = &action {
+                if r.is_transient() || r.is_permanent() {
+                    if !conn.flush(deadline).await {
+                        break End::Io;
+                    }
+                    tokio::time::sleep(Duration::from_millis(u64::from(farm.tarpit_ms))).await;
+                }
+            }
+        }
         deadline = Instant::now() + command_timeout;
 
         let action = match action {
@@ -286,6 +327,55 @@ async fn run(conn: &mut Conn<'_>, session: &mut Session, snapshot: &Snapshot, fa
         t.abort().await;
     }
     end
+}
+
+/// A framed line: a command still to decide, or an answer already known.
+enum Prepared {
+    Command(crate::smtp::Command),
+    Done(Action),
+}
+
+/// Before the session decides a command: start the lookups it brings (HELO name, sender domain),
+/// wait for those its stage needs, and apply the message rate limit. `Some` answers the command.
+async fn prepare(
+    command: &crate::smtp::Command,
+    session: &mut Session,
+    farm: &Farm,
+    shared: &Shared,
+    lookups: &mut Option<Lookups>,
+) -> Option<Action> {
+    use crate::smtp::{Command, ReversePath};
+    let stage = match command {
+        Command::Helo(name) | Command::Ehlo(name) => {
+            if let Some(l) = lookups.as_mut() {
+                l.helo(name, &mut session.dns);
+            }
+            Stage::Helo
+        }
+        Command::Mail(mail) => {
+            if session.txn.is_none() {
+                if let Some(limit) =
+                    shared.rates.count(&farm.name, RateSubject::Messages, session.peer.ip(), &farm.rate_limits)
+                {
+                    return Some(session.refuse(crate::session::policy_reply(&limit.reply), "rate-limit"));
+                }
+                if let Some(l) = lookups.as_mut() {
+                    let domain = match &mail.from {
+                        ReversePath::Null => None,
+                        ReversePath::Mailbox(m) => Some(m.domain()),
+                    };
+                    l.sender(domain, &mut session.dns);
+                }
+            }
+            Stage::Mail
+        }
+        Command::Rcpt(_) => Stage::Rcpt,
+        _ => return None,
+    };
+    if let Some(l) = lookups.as_mut() {
+        l.ready_for(stage, &mut session.dns).await;
+    }
+    None
 }
 
 /// Ask the back end about one recipient, opening the transaction at the first.

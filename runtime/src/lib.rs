@@ -7,6 +7,7 @@
 //! - [`smtp`]: the protocol pieces, sans I/O (framing, commands, DATA, replies);
 //! - [`session`]: the session state machine, sans I/O; policy decisions via the ruleset's evaluator;
 //! - [`conn`]: one connection's I/O around a session: deadlines, pipelining, spool, relay;
+//! - [`dns`]: DNS lists, sender domains, reverse DNS and zone health, over a cached resolver;
 //! - [`relay`]: the SMTP/LMTP client of the back ends, with failover and a small pool;
 //! - [`spool`], [`maildir`], [`received`]: the message's way through the node;
 //! - [`server`]: listeners, connection limits, the ruleset snapshot, hot reload, graceful stop.
@@ -18,6 +19,9 @@
 #![forbid(unsafe_code)]
 
 pub mod conn;
+pub mod guard;
+pub mod lookups;
+pub mod dns;
 pub mod maildir;
 pub mod received;
 pub mod relay;

@@ -10,10 +10,13 @@
 //! check the runtime supports everything it asks for, swap — or log why not and keep serving
 //! the old one.
 
+use crate::dns::{Dns, DnsSettings};
+use crate::guard::{Bans, Rates};
+use crate::lookups::Needs;
 use crate::relay::Relay;
 use crate::spool::Spool;
 use arc_swap::ArcSwap;
-use mtac_ruleset::model::{self, Farm, FarmKind, Relay as RelayModel};
+use mtac_ruleset::model::{self, BanResponse, Farm, FarmKind, RateSubject, Relay as RelayModel};
 use mtac_ruleset::Ruleset;
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -42,6 +45,8 @@ pub enum RunError {
     Maildir { path: String, source: std::io::Error },
     #[error("cannot install signal handlers: {0}")]
     Signals(std::io::Error),
+    #[error("DNS: {0}")]
+    Dns(String),
 }
 
 /// Node-wide stop state, watched by every session.
@@ -124,6 +129,12 @@ pub struct Counters {
 /// What every session shares.
 pub struct Shared {
     snapshot: ArcSwap<Snapshot>,
+    /// The node's resolver, when some farm's policy needs DNS.
+    dns: Option<Dns>,
+    /// Temporary bans, by network.
+    pub bans: Bans,
+    /// Connection and message rate counters.
+    pub rates: Rates,
     pub spool: Spool,
     pub counters: Counters,
     shutdown: watch::Sender<Shutdown>,
@@ -133,6 +144,10 @@ pub struct Shared {
 }
 
 impl Shared {
+    pub fn dns(&self) -> Option<Dns> {
+        self.dns.clone()
+    }
+
     pub fn snapshot(&self) -> Arc<Snapshot> {
         self.snapshot.load_full()
     }
@@ -166,9 +181,6 @@ pub fn unsupported(ruleset: &Ruleset) -> Vec<String> {
         if farm.kind == FarmKind::Submission {
             need("submission farms (STARTTLS and AUTH: the submission issue)");
         }
-        if farm.dnsbl.is_some() {
-            need("DNSBL/DNSWL scoring (the DNS issue)");
-        }
         if farm.greylist.is_some() {
             need("greylisting (the greylisting issue)");
         }
@@ -180,22 +192,6 @@ pub fn unsupported(ruleset: &Ruleset) -> Vec<String> {
         }
         if farm.auth.is_some() {
             need("SMTP AUTH (the submission issue)");
-        }
-        if !farm.bans.is_empty() {
-            need("bans (the DNS issue)");
-        }
-        let dns_steps = model::Stage::ALL
-            .iter()
-            .flat_map(|s| farm.program.stage(*s))
-            .any(|step| matches!(step.check, model::Check::SenderResolvable | model::Check::ClientReverseDns { .. }));
-        if dns_steps {
-            need("sender domain and reverse DNS checks (the DNS issue)");
-        }
-        if !farm.rate_limits.is_empty() {
-            need("rate limits (the DNS issue)");
-        }
-        if farm.tarpit_ms > 0 {
-            need("tarpit delays (the DNS issue)");
         }
     }
     missing
@@ -222,12 +218,16 @@ impl Node {
             tracing::warn!(files = stale, "spool: removed files left by a node that did not stop cleanly");
         }
         prepare_maildirs(&ruleset)?;
+        let dns = build_dns(&ruleset)?;
         let started =
             std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as u32).unwrap_or(0);
         tracing::info!(hash = %ruleset.hash_hex(), "ruleset loaded");
         let (shutdown, _) = watch::channel(Shutdown::Running);
         let shared = Arc::new(Shared {
             snapshot: ArcSwap::from_pointee(Snapshot::new(ruleset, None)),
+            dns,
+            bans: Bans::default(),
+            rates: Rates::default(),
             spool,
             counters: Counters::default(),
             shutdown,
@@ -242,7 +242,10 @@ impl Node {
     pub fn reload(&self) -> Result<bool, String> {
         let result = (self.loader)().and_then(|ruleset| {
             let missing = unsupported(&ruleset);
-            if missing.is_empty() {
+            let needs_dns = ruleset.policy().farms.iter().any(|f| Needs::of(f).any());
+            if needs_dns && self.shared.dns.is_none() {
+                Err("the new ruleset needs DNS, which this node started without: restart it to load this ruleset".to_owned())
+            } else if missing.is_empty() {
                 prepare_maildirs(&ruleset).map_err(|e| e.to_string())?;
                 Ok(ruleset)
             } else {
@@ -322,6 +325,11 @@ impl Node {
             accept_tasks.push(tokio::spawn(accept_loop(listener, farm, farm_limits, shared)));
         }
         let reload_task = tokio::spawn(reload_loop(node.clone(), config.watch.clone()));
+        let probes = node.shared.dns.as_ref().map(|dns| {
+            let snapshot = node.shared.snapshot();
+            let every = Duration::from_secs(u64::from(snapshot.ruleset.policy().dns.probe_interval));
+            dns.spawn_probes(list_zones(&snapshot.ruleset), every)
+        });
 
         stop.await;
         tracing::info!(grace = ?config.grace, "stopping: no new connections, sessions may finish");
@@ -330,6 +338,9 @@ impl Node {
             task.abort();
         }
         reload_task.abort();
+        if let Some(p) = probes {
+            p.abort();
+        }
         let deadline = tokio::time::Instant::now() + config.grace;
         while node.shared.counters.connections_now.load(Ordering::Relaxed) > 0 && tokio::time::Instant::now() < deadline
         {
@@ -343,6 +354,32 @@ impl Node {
         tracing::info!("stopped");
         Ok(())
     }
+}
+
+/// The resolver, if any farm needs DNS (a node without DNS checks needs no resolv.conf).
+fn build_dns(ruleset: &Ruleset) -> Result<Option<Dns>, RunError> {
+    if !ruleset.policy().farms.iter().any(|f| Needs::of(f).any()) {
+        return Ok(None);
+    }
+    let settings = &ruleset.policy().dns;
+    let dns = Dns::new(&DnsSettings {
+        nameservers: settings.nameservers.clone(),
+        timeout: Duration::from_millis(u64::from(settings.timeout_ms)),
+        cache_size: usize::try_from(settings.cache_size).unwrap_or(usize::MAX),
+    })
+    .map_err(|e| RunError::Dns(e.to_string()))?;
+    Ok(Some(dns))
+}
+
+/// Every DNS list zone of the ruleset, for health probes.
+fn list_zones(ruleset: &Ruleset) -> Vec<(String, model::DnsblTarget)> {
+    let mut zones: Vec<(String, model::DnsblTarget)> = Vec::new();
+    for zone in ruleset.policy().farms.iter().filter_map(|f| f.dnsbl.as_ref()).flat_map(|d| &d.zones) {
+        if !zones.iter().any(|(z, _)| *z == zone.zone) {
+            zones.push((zone.zone.clone(), zone.target));
+        }
+    }
+    zones
 }
 
 fn prepare_maildirs(ruleset: &Ruleset) -> Result<(), RunError> {
@@ -422,6 +459,23 @@ async fn accept_loop(listener: TcpListener, farm: String, limits: Arc<FarmLimits
             continue;
         };
         let peer = normalize(peer);
+        let ip = peer.ip();
+        let mut banned = false;
+        if shared.bans.is_banned(ip, &farm_model.bans) {
+            match farm_model.ban_response {
+                BanResponse::Close521 => {
+                    refuse(stream, "521 5.3.2 Client host rejected: banned for a while, do not retry now\r\n");
+                    continue;
+                }
+                BanResponse::RefuseRecipients => banned = true,
+            }
+        }
+        if let Some(limit) = shared.rates.count(&farm, RateSubject::Connections, ip, &farm_model.rate_limits) {
+            shared.counters.refused_limit.fetch_add(1, Ordering::Relaxed);
+            let reply = crate::session::policy_reply(&limit.reply);
+            refuse(stream, &String::from_utf8_lossy(&reply.to_bytes()));
+            continue;
+        }
         let max_total = farm_model.limits.connections;
         let max_per_ip = farm_model.limits.connections_per_ip;
         let exempt = farm_model.trust_loopback && model::is_loopback(peer.ip());
@@ -452,7 +506,7 @@ async fn accept_loop(listener: TcpListener, farm: String, limits: Arc<FarmLimits
         let farm = farm.clone();
         tokio::spawn(async move {
             let _slot = slot;
-            crate::conn::serve(stream, peer, &farm, shared, id).await;
+            crate::conn::serve(stream, peer, &farm, shared, id, banned).await;
         });
     }
 }

@@ -12,7 +12,7 @@
 //! it into an accepted recipient ([`Session::recipient_result`]).
 
 use crate::smtp::{Command, EhloCapabilities, EnhancedCode, ForwardPath, ParseError, Reply, ReversePath};
-use mtac_ruleset::eval::{self, Facts, NoDns};
+use mtac_ruleset::eval::{self, Facts, GivenDns};
 use mtac_ruleset::model::{self, Farm, Stage};
 use mtac_ruleset::Ruleset;
 use std::net::SocketAddr;
@@ -60,6 +60,12 @@ pub struct Session {
     pub accepted: u32,
     /// The rule behind the last refusal, for logs.
     pub last_rule: Option<String>,
+    /// The rule behind the refusal of the command just answered (taken by the driver for bans).
+    refused_by: Option<String>,
+    /// DNS answers gathered so far (filled by the driver before each stage that needs them).
+    pub dns: GivenDns,
+    /// The client is banned and was let in to be refused at RCPT (ban response "refuse-recipients").
+    pub banned: bool,
 }
 
 /// A policy reply (from the ruleset) as an SMTP reply.
@@ -94,6 +100,9 @@ impl Session {
             errors: 0,
             accepted: 0,
             last_rule: None,
+            refused_by: None,
+            dns: GivenDns::default(),
+            banned: false,
         }
     }
 
@@ -113,11 +122,12 @@ impl Session {
             recipient,
             authenticated: false,
             hostname: &ruleset.policy().hostname,
-            dns: &NoDns,
+            dns: &self.dns,
         };
         let decision = eval::evaluate(ruleset, farm, stage, &facts);
         let reply = decision.reply.as_ref().map(policy_reply);
         if reply.is_some() {
+            self.refused_by = decision.rule.clone();
             self.last_rule = decision.rule;
         }
         reply
@@ -218,6 +228,11 @@ impl Session {
                 Action::Reply(Reply::sender_ok())
             }
             Command::Rcpt(rcpt) => {
+                if self.banned {
+                    self.last_rule = Some("ban".to_owned());
+                    let r = reply(550, 5, 7, 1, "Client host rejected: too many refusals, banned for a while");
+                    return self.answer(r);
+                }
                 let Some(txn) = &self.txn else {
                     return self.answer(Reply::bad_sequence("need MAIL command"));
                 };
@@ -302,6 +317,17 @@ impl Session {
         self.answer(reply)
     }
 
+    /// The policy rule that refused the command just answered, if one did.
+    pub fn take_refusal_rule(&mut self) -> Option<String> {
+        self.refused_by.take()
+    }
+
+    /// A refusal decided outside the policy program (a rate limit, a ban): counted like any other.
+    pub fn refuse(&mut self, reply: Reply, rule: &str) -> Action {
+        self.last_rule = Some(rule.to_owned());
+        self.answer(reply)
+    }
+
     pub fn hostname(&self) -> &str {
         &self.hostname
     }
@@ -365,12 +391,7 @@ mod tests {
             banner: "ESMTP".to_owned(),
             spool: "/tmp".to_owned(),
             farms: vec![farm],
-            tables: vec![TableInfo {
-                kind: TableKind::Domains,
-                name: "d".to_owned(),
-                entries: 1,
-                sources: vec![],
-            }],
+            tables: vec![TableInfo { kind: TableKind::Domains, name: "d".to_owned(), entries: 1, sources: vec![] }],
             dns: DnsSettings::default(),
         };
         let mut domains = DomainTableBuilder::new();
@@ -423,7 +444,10 @@ mod tests {
         feed(&mut s, &rs, "MAIL FROM:<>");
         for n in 0..2 {
             let address = format!("r{n}@example.com");
-            assert_eq!(feed(&mut s, &rs, &format!("RCPT TO:<{address}>")), Action::Recipient { address: address.clone() });
+            assert_eq!(
+                feed(&mut s, &rs, &format!("RCPT TO:<{address}>")),
+                Action::Recipient { address: address.clone() }
+            );
             s.recipient_result(address, Ok(()));
         }
         assert_eq!(code(&feed(&mut s, &rs, "RCPT TO:<r3@example.com>")), 452);

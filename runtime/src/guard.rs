@@ -1,0 +1,150 @@
+//! Spam-wave defences kept on the node: temporary bans and rate limits.
+//!
+//! Seed 002: a wave of listed zombies took a server down although each was refused, because every
+//! refusal cost a process and broken senders reconnected at once. A ban turns a client (or its
+//! /24 or /64) away at accept for a while, at the lowest cost the policy allows; rate limits cap
+//! connections and messages per client network.
+//!
+//! Both live in memory here, behind short mutex sections on the accept path (one hash lookup per
+//! configured prefix length). Sharing them across a farm comes with the greylisting issue's
+//! state store.
+
+use ipnet::IpNet;
+use mtac_ruleset::model::{BanRule, RateLimit, RateSubject};
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// When the tables hold this many entries, expired ones are swept on the next insert.
+const SWEEP_AT: usize = 100_000;
+
+fn network(ip: IpAddr, v4_prefix: u8, v6_prefix: u8) -> IpNet {
+    let prefix = if ip.is_ipv4() { v4_prefix } else { v6_prefix };
+    IpNet::new(ip, prefix).map(|n| n.trunc()).unwrap_or_else(|_| IpNet::from(ip))
+}
+
+/// Bans in force, by network.
+#[derive(Debug, Default)]
+pub struct Bans {
+    until: Mutex<HashMap<IpNet, Instant>>,
+}
+
+impl Bans {
+    /// Is `ip` covered by a ban of any of `rules`' network sizes?
+    pub fn is_banned(&self, ip: IpAddr, rules: &[BanRule]) -> bool {
+        if rules.is_empty() {
+            return false;
+        }
+        let now = Instant::now();
+        let map = self.until.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if map.is_empty() {
+            return false;
+        }
+        rules.iter().any(|r| map.get(&network(ip, r.v4_prefix, r.v6_prefix)).is_some_and(|t| *t > now))
+    }
+
+    /// Ban `ip`'s network after `rule` refused it, if a ban rule names that rule.
+    /// Returns the network banned.
+    pub fn after_refusal(&self, ip: IpAddr, rule: &str, rules: &[BanRule]) -> Option<IpNet> {
+        let ban = rules.iter().find(|b| b.after.iter().any(|r| r == rule))?;
+        let net = network(ip, ban.v4_prefix, ban.v6_prefix);
+        let until = Instant::now() + Duration::from_secs(u64::from(ban.seconds));
+        let mut map = self.until.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if map.len() >= SWEEP_AT {
+            let now = Instant::now();
+            map.retain(|_, t| *t > now);
+        }
+        map.insert(net, until);
+        Some(net)
+    }
+
+    /// Bans in force now.
+    pub fn active(&self) -> usize {
+        let now = Instant::now();
+        self.until.lock().unwrap_or_else(std::sync::PoisonError::into_inner).values().filter(|t| **t > now).count()
+    }
+}
+
+/// Fixed-window counters per (farm, rule, network).
+#[derive(Debug, Default)]
+pub struct Rates {
+    windows: Mutex<HashMap<(String, usize, IpNet), (Instant, u32)>>,
+}
+
+impl Rates {
+    /// Count one `subject` event from `ip`; the reply of the first limit it exceeds, if any.
+    pub fn count<'r>(
+        &self,
+        farm: &str,
+        subject: RateSubject,
+        ip: IpAddr,
+        limits: &'r [RateLimit],
+    ) -> Option<&'r RateLimit> {
+        if limits.iter().all(|l| l.subject != subject) {
+            return None;
+        }
+        let now = Instant::now();
+        let mut map = self.windows.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if map.len() >= SWEEP_AT {
+            let longest = limits.iter().map(|l| l.window).max().unwrap_or(0);
+            map.retain(|_, (start, _)| now.duration_since(*start) < Duration::from_secs(u64::from(longest)));
+        }
+        let mut exceeded = None;
+        for (index, limit) in limits.iter().enumerate().filter(|(_, l)| l.subject == subject) {
+            let key = (farm.to_owned(), index, network(ip, limit.v4_prefix, limit.v6_prefix));
+            let entry = map.entry(key).or_insert((now, 0));
+            if now.duration_since(entry.0) >= Duration::from_secs(u64::from(limit.window)) {
+                *entry = (now, 0);
+            }
+            entry.1 = entry.1.saturating_add(1);
+            if entry.1 > limit.limit && exceeded.is_none() {
+                exceeded = Some(limit);
+            }
+        }
+        exceeded
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::indexing_slicing)]
+mod tests {
+    use super::*;
+    use mtac_ruleset::model::Reply;
+
+    #[test]
+    fn a_ban_covers_the_network_and_expires() {
+        let bans = Bans::default();
+        let rules = vec![BanRule { after: vec!["dnsbl".into()], seconds: 1, v4_prefix: 24, v6_prefix: 64 }];
+        let ip: IpAddr = "192.0.2.77".parse().unwrap();
+        assert!(!bans.is_banned(ip, &rules));
+        assert_eq!(bans.after_refusal(ip, "helo.fqdn", &rules), None, "not a banning rule");
+        assert_eq!(bans.after_refusal(ip, "dnsbl", &rules), Some("192.0.2.0/24".parse().unwrap()));
+        assert!(bans.is_banned("192.0.2.1".parse().unwrap(), &rules));
+        assert!(!bans.is_banned("192.0.3.1".parse().unwrap(), &rules));
+        assert_eq!(bans.active(), 1);
+        std::thread::sleep(Duration::from_millis(1100));
+        assert!(!bans.is_banned(ip, &rules));
+        assert_eq!(bans.active(), 0);
+    }
+
+    #[test]
+    fn rates_count_per_network_within_the_window() {
+        let rates = Rates::default();
+        let limits = vec![RateLimit {
+            subject: RateSubject::Connections,
+            limit: 2,
+            window: 60,
+            v4_prefix: 24,
+            v6_prefix: 64,
+            reply: Reply::new(421, "4.7.0", "slow down"),
+        }];
+        let a: IpAddr = "198.51.100.1".parse().unwrap();
+        let b: IpAddr = "198.51.100.2".parse().unwrap();
+        assert!(rates.count("mx", RateSubject::Connections, a, &limits).is_none());
+        assert!(rates.count("mx", RateSubject::Connections, b, &limits).is_none());
+        assert!(rates.count("mx", RateSubject::Connections, a, &limits).is_some(), "third from the /24");
+        assert!(rates.count("mx", RateSubject::Messages, a, &limits).is_none(), "messages are not limited");
+        assert!(rates.count("mx", RateSubject::Connections, "203.0.113.1".parse().unwrap(), &limits).is_none());
+    }
+}

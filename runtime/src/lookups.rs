@@ -1,0 +1,233 @@
+//! The DNS answers one session needs, started as early as possible and awaited only when a stage
+//! needs them.
+//!
+//! The lookups about the client (DNS lists of its address, its reverse DNS) start at accept, in
+//! parallel with the greeting, so they are ready by RCPT TO; those about the HELO name start at
+//! HELO and those about the sender's domain at MAIL FROM. Before the evaluator runs a stage whose
+//! steps need them, the driver awaits them (each query is bounded by the resolver's timeout) and
+//! merges them into the session's facts. A failed lookup is an answer too (`Error`, `TempFail`),
+//! never a refusal by itself.
+
+use crate::dns::{Dns, Reverse};
+use mtac_ruleset::eval::{DomainStatus, GivenDns, ListAnswer, ReverseDns};
+use mtac_ruleset::model::{Check, DnsblTarget, Farm, Stage};
+use std::net::IpAddr;
+use tokio::task::JoinHandle;
+
+/// What a farm's program can ask of DNS, and at which stages.
+#[derive(Debug, Clone, Default)]
+pub struct Needs {
+    zones: Vec<(String, DnsblTarget)>,
+    reverse: bool,
+    sender_domain: bool,
+    /// Per stage (connect, helo, mail, rcpt): (client, helo, sender) lookups needed.
+    stages: [(bool, bool, bool); 4],
+}
+
+fn index(stage: Stage) -> usize {
+    match stage {
+        Stage::Connect => 0,
+        Stage::Helo => 1,
+        Stage::Mail => 2,
+        Stage::Rcpt => 3,
+    }
+}
+
+impl Needs {
+    pub fn of(farm: &Farm) -> Needs {
+        let zones: Vec<(String, DnsblTarget)> =
+            farm.dnsbl.iter().flat_map(|d| &d.zones).map(|z| (z.zone.clone(), z.target)).collect();
+        let mut needs = Needs { zones, ..Needs::default() };
+        let has = |target: DnsblTarget| needs.zones.iter().any(|(_, t)| *t == target);
+        let (client_zones, helo_zones, sender_zones) =
+            (has(DnsblTarget::ClientIp), has(DnsblTarget::HeloName), has(DnsblTarget::SenderDomain));
+        // Trust (a DNSWL allow-threshold) is computed at every stage from the DNS lists.
+        let allow = farm.dnsbl.as_ref().is_some_and(|d| d.allow_threshold.is_some());
+        for stage in Stage::ALL {
+            let mut need = (allow && client_zones, allow && helo_zones, allow && sender_zones);
+            for step in farm.program.stage(stage) {
+                match step.check {
+                    Check::Dnsbl => {
+                        need.0 |= client_zones;
+                        need.1 |= helo_zones;
+                        need.2 |= sender_zones;
+                    }
+                    Check::ClientReverseDns { .. } => {
+                        need.0 = true;
+                        needs.reverse = true;
+                    }
+                    Check::SenderResolvable => {
+                        need.2 = true;
+                        needs.sender_domain = true;
+                    }
+                    _ => {}
+                }
+            }
+            if let Some(slot) = needs.stages.get_mut(index(stage)) {
+                *slot = need;
+            }
+        }
+        needs
+    }
+
+    /// Whether anything here ever needs DNS.
+    pub fn any(&self) -> bool {
+        !self.zones.is_empty() || self.reverse || self.sender_domain
+    }
+
+    fn zones_for(&self, target: DnsblTarget) -> Vec<String> {
+        self.zones.iter().filter(|(_, t)| *t == target).map(|(z, _)| z.clone()).collect()
+    }
+}
+
+type Lists = Vec<(String, ListAnswer)>;
+
+/// The lookups of one session.
+pub struct Lookups {
+    dns: Dns,
+    needs: Needs,
+    client: Option<JoinHandle<(Lists, Option<ReverseDns>)>>,
+    helo: Option<JoinHandle<Lists>>,
+    sender: Option<JoinHandle<(Lists, Option<DomainStatus>)>>,
+}
+
+impl Drop for Lookups {
+    fn drop(&mut self) {
+        for handle in [self.client.take().map(|h| h.abort_handle()), self.helo.take().map(|h| h.abort_handle())]
+            .into_iter()
+            .flatten()
+        {
+            handle.abort();
+        }
+        if let Some(h) = self.sender.take() {
+            h.abort();
+        }
+    }
+}
+
+async fn lists(dns: &Dns, zones: Vec<String>, query: impl Fn(Dns, String) -> JoinHandle<ListAnswer>) -> Lists {
+    let handles: Vec<(String, JoinHandle<ListAnswer>)> =
+        zones.into_iter().map(|zone| (zone.clone(), query(dns.clone(), zone))).collect();
+    let mut out = Vec::with_capacity(handles.len());
+    for (zone, handle) in handles {
+        out.push((zone, handle.await.unwrap_or(ListAnswer::Error)));
+    }
+    out
+}
+
+impl Lookups {
+    /// Start the client's lookups now (at accept).
+    pub fn start(dns: Dns, needs: Needs, client: IpAddr) -> Lookups {
+        let zones = needs.zones_for(DnsblTarget::ClientIp);
+        let reverse = needs.reverse;
+        let client_task = (!zones.is_empty() || reverse).then(|| {
+            let dns = dns.clone();
+            tokio::spawn(async move {
+                let reverse_task = reverse.then(|| {
+                    let dns = dns.clone();
+                    tokio::spawn(async move { dns.reverse(client).await })
+                });
+                let found = lists(&dns, zones, |dns, zone| tokio::spawn(async move { dns.list_ip(&zone, client).await }))
+                    .await;
+                let reverse = match reverse_task {
+                    Some(task) => Some(match task.await {
+                        Ok(Reverse::Confirmed(name)) => ReverseDns::Confirmed(name),
+                        Ok(Reverse::Unconfirmed(name)) => ReverseDns::Unconfirmed(name),
+                        Ok(Reverse::None) => ReverseDns::None,
+                        Ok(Reverse::TempFail) | Err(_) => ReverseDns::TempFail,
+                    }),
+                    None => None,
+                };
+                (found, reverse)
+            })
+        });
+        Lookups { dns, needs, client: client_task, helo: None, sender: None }
+    }
+
+    /// The HELO name changed: forget the old name's answers and look the new one up.
+    pub fn helo(&mut self, name: &str, facts: &mut GivenDns) {
+        let zones = self.needs.zones_for(DnsblTarget::HeloName);
+        if zones.is_empty() {
+            return;
+        }
+        facts.lists.retain(|(z, _)| !zones.contains(z));
+        if let Some(old) = self.helo.take() {
+            old.abort();
+        }
+        let (dns, name) = (self.dns.clone(), name.to_owned());
+        self.helo = Some(tokio::spawn(async move {
+            lists(&dns, zones, |dns, zone| {
+                let name = name.clone();
+                tokio::spawn(async move { dns.list_name(&zone, &name).await })
+            })
+            .await
+        }));
+    }
+
+    /// A new MAIL FROM: forget the previous sender's answers and look the new domain up.
+    pub fn sender(&mut self, domain: Option<&str>, facts: &mut GivenDns) {
+        if let Some(old) = self.sender.take() {
+            old.abort();
+        }
+        let zones = self.needs.zones_for(DnsblTarget::SenderDomain);
+        facts.lists.retain(|(z, _)| !zones.contains(z));
+        facts.sender_domain = None;
+        let Some(domain) = domain.map(str::to_owned) else { return };
+        let resolve = self.needs.sender_domain;
+        if zones.is_empty() && !resolve {
+            return;
+        }
+        let dns = self.dns.clone();
+        self.sender = Some(tokio::spawn(async move {
+            let status_task = resolve.then(|| {
+                let (dns, domain) = (dns.clone(), domain.clone());
+                tokio::spawn(async move { dns.sender_domain(&domain).await })
+            });
+            let found = lists(&dns, zones, |dns, zone| {
+                let domain = domain.clone();
+                tokio::spawn(async move { dns.list_name(&zone, &domain).await })
+            })
+            .await;
+            let status = match status_task {
+                Some(task) => Some(task.await.unwrap_or(DomainStatus::TempFail)),
+                None => None,
+            };
+            (found, status)
+        }));
+    }
+
+    /// Wait for what `stage` needs and merge it into `facts`.
+    pub async fn ready_for(&mut self, stage: Stage, facts: &mut GivenDns) {
+        let (client, helo, sender) = self.needs.stages.get(index(stage)).copied().unwrap_or_default();
+        if client {
+            if let Some(task) = self.client.take() {
+                let (found, reverse) = task.await.unwrap_or_default();
+                merge(facts, found);
+                if reverse.is_some() {
+                    facts.reverse = reverse;
+                }
+            }
+        }
+        if helo {
+            if let Some(task) = self.helo.take() {
+                merge(facts, task.await.unwrap_or_default());
+            }
+        }
+        if sender {
+            if let Some(task) = self.sender.take() {
+                let (found, status) = task.await.unwrap_or_default();
+                merge(facts, found);
+                facts.sender_domain = status;
+            }
+        }
+    }
+}
+
+fn merge(facts: &mut GivenDns, found: Lists) {
+    for (zone, answer) in found {
+        match facts.lists.iter_mut().find(|(z, _)| *z == zone) {
+            Some(slot) => slot.1 = answer,
+            None => facts.lists.push((zone, answer)),
+        }
+    }
+}
