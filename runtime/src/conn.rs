@@ -10,9 +10,9 @@
 //! log. Every wait is bounded by the stage's timeout, measured from the start of the stage, so a
 //! client trickling one byte at a time cannot stretch it.
 
+use crate::lookups::{Lookups, Needs};
 use crate::received::{self, Trace};
 use crate::relay::{Envelope, Relay, Transaction};
-use crate::lookups::{Lookups, Needs};
 use crate::server::{Delivery, Shared, Shutdown, Snapshot};
 use crate::session::{Action, Session};
 use crate::smtp::{parse, BarePolicy as SmtpBare, DataReceiver, EnhancedCode, Frame, LineReader, Reply};
@@ -143,7 +143,14 @@ impl Conn<'_> {
 }
 
 /// Serve one connection of `farm_name` on the snapshot current at accept time.
-pub async fn serve(stream: TcpStream, peer: SocketAddr, farm_name: &str, shared: Arc<Shared>, id: String, banned: bool) {
+pub async fn serve(
+    stream: TcpStream,
+    peer: SocketAddr,
+    farm_name: &str,
+    shared: Arc<Shared>,
+    id: String,
+    banned: bool,
+) {
     let _ = stream.set_nodelay(true);
     // The session keeps the ruleset it started with, whatever reloads happen meanwhile.
     let snapshot = shared.snapshot();
@@ -251,11 +258,9 @@ async fn run(
         conn.input.drain(..consumed);
         let action = match action {
             Prepared::Done(action) => action,
-            Prepared::Command(command) => {
-                prepare(&command, session, farm, conn.shared, lookups).await.unwrap_or_else(|| {
-                    session.command(command, &snapshot.ruleset, farm)
-                })
-            }
+            Prepared::Command(command) => prepare(&command, session, farm, conn.shared, lookups)
+                .await
+                .unwrap_or_else(|| session.command(command, &snapshot.ruleset, farm)),
         };
         // A policy refusal that the farm bans for: the next connections of this network are turned away.
         if let Some(rule) = session.take_refusal_rule() {

@@ -66,10 +66,13 @@ impl Bans {
     }
 }
 
-/// Fixed-window counters per (farm, rule, network).
+/// A counter's key: farm name, index of the rate limit in the farm, client network.
+type RateKey = (String, usize, IpNet);
+
+/// Fixed-window counters per (farm, rule, network): window start and count.
 #[derive(Debug, Default)]
 pub struct Rates {
-    windows: Mutex<HashMap<(String, usize, IpNet), (Instant, u32)>>,
+    windows: Mutex<HashMap<RateKey, (Instant, u32)>>,
 }
 
 impl Rates {

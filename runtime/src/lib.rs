@@ -19,9 +19,9 @@
 #![forbid(unsafe_code)]
 
 pub mod conn;
+pub mod dns;
 pub mod guard;
 pub mod lookups;
-pub mod dns;
 pub mod maildir;
 pub mod received;
 pub mod relay;

@@ -127,8 +127,8 @@ impl Lookups {
                     let dns = dns.clone();
                     tokio::spawn(async move { dns.reverse(client).await })
                 });
-                let found = lists(&dns, zones, |dns, zone| tokio::spawn(async move { dns.list_ip(&zone, client).await }))
-                    .await;
+                let found =
+                    lists(&dns, zones, |dns, zone| tokio::spawn(async move { dns.list_ip(&zone, client).await })).await;
                 let reverse = match reverse_task {
                     Some(task) => Some(match task.await {
                         Ok(Reverse::Confirmed(name)) => ReverseDns::Confirmed(name),

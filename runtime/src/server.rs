@@ -244,7 +244,8 @@ impl Node {
             let missing = unsupported(&ruleset);
             let needs_dns = ruleset.policy().farms.iter().any(|f| Needs::of(f).any());
             if needs_dns && self.shared.dns.is_none() {
-                Err("the new ruleset needs DNS, which this node started without: restart it to load this ruleset".to_owned())
+                Err("the new ruleset needs DNS, which this node started without: restart it to load this ruleset"
+                    .to_owned())
             } else if missing.is_empty() {
                 prepare_maildirs(&ruleset).map_err(|e| e.to_string())?;
                 Ok(ruleset)
@@ -317,6 +318,7 @@ impl Node {
         stop: impl std::future::Future<Output = ()>,
     ) -> Result<(), RunError> {
         let node = Arc::new(self);
+        let (watcher, events) = watch(config.watch.as_deref());
         let mut limits: HashMap<String, Arc<FarmLimits>> = HashMap::new();
         let mut accept_tasks = Vec::new();
         for (listener, farm) in listeners {
@@ -324,7 +326,7 @@ impl Node {
             let shared = node.shared.clone();
             accept_tasks.push(tokio::spawn(accept_loop(listener, farm, farm_limits, shared)));
         }
-        let reload_task = tokio::spawn(reload_loop(node.clone(), config.watch.clone()));
+        let reload_task = tokio::spawn(reload_loop(node.clone(), watcher, events));
         let probes = node.shared.dns.as_ref().map(|dns| {
             let snapshot = node.shared.snapshot();
             let every = Duration::from_secs(u64::from(snapshot.ruleset.policy().dns.probe_interval));
@@ -524,11 +526,12 @@ fn normalize(peer: SocketAddr) -> SocketAddr {
 
 /// Reload on SIGHUP and when the watched file changes (debounced; re-armed after atomic renames
 /// because the watch is on the directory, not the file's inode).
-async fn reload_loop(node: Arc<Node>, watch_path: Option<PathBuf>) {
+/// Start watching `watch_path`'s directory; events arrive on the returned channel. Set up before
+/// the node accepts, so that a file pushed right after start is never missed.
+fn watch(watch_path: Option<&Path>) -> (Option<notify::RecommendedWatcher>, tokio::sync::mpsc::Receiver<()>) {
     use notify::Watcher;
-    use tokio::signal::unix::{signal, SignalKind};
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<()>(16);
-    let _watcher = watch_path.as_ref().and_then(|path| {
+    let (tx, rx) = tokio::sync::mpsc::channel::<()>(16);
+    let watcher = watch_path.and_then(|path| {
         let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new(".")).to_path_buf();
         let name = path.file_name()?.to_owned();
         let tx = tx.clone();
@@ -547,6 +550,15 @@ async fn reload_loop(node: Arc<Node>, watch_path: Option<PathBuf>) {
             .ok()?;
         Some(watcher)
     });
+    (watcher, rx)
+}
+
+async fn reload_loop(
+    node: Arc<Node>,
+    _watcher: Option<notify::RecommendedWatcher>,
+    mut rx: tokio::sync::mpsc::Receiver<()>,
+) {
+    use tokio::signal::unix::{signal, SignalKind};
     let mut hup = match signal(SignalKind::hangup()) {
         Ok(s) => Some(s),
         Err(e) => {
