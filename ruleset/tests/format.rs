@@ -2,6 +2,7 @@
 //! read back, and compared with brute-force references.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic)]
 
+#[path = "format/fuzz_corpus.rs"]
 mod fuzz_corpus;
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -509,6 +510,68 @@ fn fst_tables_reject_garbage_headers() {
         let bytes: Vec<u8> = (0..rng.below(200)).map(|_| rng.next() as u8).collect();
         if let Ok(t) = DomainTable::new(Bytes::from_vec(bytes)) {
             assert!(t.verify_checksum().is_err());
+        }
+    }
+}
+
+/// Found by the `ruleset_reader` fuzzer: a domain table (the quickstart's) whose fst header,
+/// footer and CRC are all valid but whose root address points far outside the section. It opened,
+/// passed `verify_checksum`, and panicked inside fst on the first lookup; a ruleset carrying it
+/// with a recomputed container hash loaded, and every session's lookup panicked.
+#[test]
+fn fst_root_out_of_bounds_with_valid_checksum_is_refused_at_open() {
+    const TABLE: &str = "03000000000000000000000000000000001082cfc9d0c5eac2cdc1c6c2c1010000000000\
+                         00001d000000007320645a92ab44";
+    let bytes: Vec<u8> =
+        (0..TABLE.len()).step_by(2).map(|i| u8::from_str_radix(&TABLE[i..i + 2], 16).unwrap()).collect();
+    let err = DomainTable::new(Bytes::from_vec(bytes.clone())).unwrap_err();
+    assert!(matches!(err, TableError::FstStructure { .. }), "{err}");
+    assert!(matches!(AddressTable::new(Bytes::from_vec(bytes)), Err(TableError::FstStructure { .. })));
+}
+
+/// The same bug, searched for on stable: every single-byte corruption of real fst tables either
+/// fails to open or answers lookups without panicking (fst's CRC is not checked at open, so no
+/// checksum has to be forged here).
+#[test]
+fn corrupted_fst_tables_refuse_to_open_or_answer() {
+    // 36 top-level labels with distinct first bytes: the root has more than 32 transitions, which
+    // fst stores with a 256-byte index, the node layout the walk must also get right.
+    let tld = |i: u32| format!("{}tld", char::from_digit(i % 36, 36).unwrap());
+    let mut d = DomainTableBuilder::new();
+    let mut a = AddressTableBuilder::new();
+    for i in 0..300u32 {
+        d.insert(&format!("host{i}.zone{}.{}", i % 7, tld(i)), i % 3 == 0, i).unwrap();
+        a.insert(&format!("user{i}@{}{}", tld(i), i % 5), i).unwrap();
+    }
+    let (domains, addresses) = (d.build().unwrap(), a.build().unwrap());
+    let (dt, at) = (
+        DomainTable::new(Bytes::from_vec(domains.clone())).unwrap(),
+        AddressTable::new(Bytes::from_vec(addresses.clone())).unwrap(),
+    );
+    for i in 0..300u32 {
+        assert_eq!(dt.lookup(&format!("host{i}.zone{}.{}", i % 7, tld(i))), Some(i));
+        assert_eq!(at.lookup(&format!("USER{i}@{}{}", tld(i), i % 5)), Some(i));
+    }
+    let mut rng = Rng(11);
+    for _ in 0..1000 {
+        for (original, is_domains) in [(&domains, true), (&addresses, false)] {
+            let mut bytes = original.clone();
+            let at = rng.below(bytes.len() as u64) as usize;
+            bytes[at] = rng.next() as u8;
+            let bytes = Bytes::from_vec(bytes);
+            if is_domains {
+                if let Ok(t) = DomainTable::new(bytes) {
+                    for i in [0, 3, 299] {
+                        let _ = t.lookup(&format!("host{i}.zone{}.{}", i % 7, tld(i)));
+                        let _ = t.lookup(&format!("x.host{i}.zone{}.{}", i % 7, tld(i)));
+                    }
+                }
+            } else if let Ok(t) = AddressTable::new(bytes) {
+                for i in [0, 3, 299] {
+                    let _ = t.lookup(&format!("user{i}@{}{}", tld(i), i % 5));
+                    let _ = t.contains_domain(&format!("{}{}", tld(i), i % 5));
+                }
+            }
         }
     }
 }

@@ -14,52 +14,21 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
-use hickory_server::net::runtime::TokioRuntimeProvider;
-use hickory_server::proto::rr::rdata::{A, AAAA, MX, NS, PTR, SOA};
-use hickory_server::proto::rr::{LowerName, Name, RData, Record};
-use hickory_server::store::in_memory::InMemoryZoneHandler;
-use hickory_server::zone_handler::{AxfrPolicy, Catalog, ZoneType};
-use hickory_server::Server;
+use hickory_server::proto::rr::rdata::{AAAA, MX, PTR};
+use hickory_server::proto::rr::{Name, RData};
 use mtac_ruleset::eval::{DomainStatus, ListAnswer};
 use mtac_ruleset::model::DnsblTarget;
 use mtac_runtime::dns::{reversed, Dns, DnsSettings, Reverse, ZoneHealth};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::net::{TcpListener, UdpSocket};
+use tokio::net::UdpSocket;
 
-const TTL: u32 = 300;
-
-fn name(s: &str) -> Name {
-    Name::from_ascii(s).unwrap()
-}
-
-fn zone(origin: &str, records: &[(&str, RData)]) -> InMemoryZoneHandler<TokioRuntimeProvider> {
-    let origin = name(origin);
-    let mut zone = InMemoryZoneHandler::empty(origin.clone(), ZoneType::Primary, AxfrPolicy::Deny);
-    let ns = name("ns.test.");
-    let soa = SOA::new(ns.clone(), name("hostmaster.test."), 1, 3600, 600, 86400, 60);
-    assert!(zone.upsert_mut(Record::from_rdata(origin.clone(), TTL, RData::SOA(soa)), 1));
-    assert!(zone.upsert_mut(Record::from_rdata(origin.clone(), TTL, RData::NS(NS(ns))), 1));
-    for (owner, data) in records {
-        let owner = if owner.is_empty() { origin.clone() } else { name(owner).append_domain(&origin).unwrap() };
-        assert!(zone.upsert_mut(Record::from_rdata(owner, TTL, data.clone()), 1), "{data:?}");
-    }
-    zone
-}
-
-fn a(s: &str) -> RData {
-    RData::A(A(s.parse().unwrap()))
-}
+#[path = "../../tests/common/dns_server.rs"]
+mod dns_server;
+use dns_server::{a, name, TestServer};
 
 fn listed(ip: &str) -> String {
     format!("{}.bl", reversed(ip.parse().unwrap()))
-}
-
-/// The authoritative test server; dropping it stops it.
-struct TestServer {
-    addr: SocketAddr,
-    server: Server<Catalog>,
 }
 
 async fn start_server() -> TestServer {
@@ -83,28 +52,11 @@ async fn start_server() -> TestServer {
         ("nullmx".to_owned(), a("127.0.0.31")),
         ("host.nodata".to_owned(), a("127.0.0.32")),
     ];
-    let records: Vec<(&str, RData)> = records.iter().map(|(n, d)| (n.as_str(), d.clone())).collect();
-    let test = zone("test.", &records);
-    let arpa = zone(
-        "2.0.192.in-addr.arpa.",
-        &[("5", RData::PTR(PTR(name("host5.good.test.")))), ("6", RData::PTR(PTR(name("liar.good.test."))))],
-    );
-    let mut catalog = Catalog::new();
-    catalog.upsert(LowerName::from(name("test.")), vec![Arc::new(test)]);
-    catalog.upsert(LowerName::from(name("2.0.192.in-addr.arpa.")), vec![Arc::new(arpa)]);
-
-    // UDP and TCP on the same port: retry if another test took the TCP port meanwhile.
-    let (udp, tcp) = loop {
-        let udp = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-        if let Ok(tcp) = TcpListener::bind(udp.local_addr().unwrap()).await {
-            break (udp, tcp);
-        }
-    };
-    let addr = udp.local_addr().unwrap();
-    let mut server = Server::new(catalog);
-    server.register_socket(udp);
-    server.register_listener(tcp, Duration::from_secs(5), 64);
-    TestServer { addr, server }
+    let arpa = vec![
+        ("5".to_owned(), RData::PTR(PTR(name("host5.good.test.")))),
+        ("6".to_owned(), RData::PTR(PTR(name("liar.good.test.")))),
+    ];
+    dns_server::serve(vec![("test.", records), ("2.0.192.in-addr.arpa.", arpa)]).await
 }
 
 fn dns_for(addr: SocketAddr, timeout: Duration) -> Dns {

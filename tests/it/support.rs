@@ -270,6 +270,10 @@ impl TestNode {
                 })
                 .await;
         });
+        // Once it greets, its accept loops run, and its file watcher was set up before them.
+        let mut probe = Client::connect(addr).await;
+        let _ = probe.reply().await;
+        drop(probe);
         TestNode { addr, shared, dir, stop: Some(stop_tx), task: Some(task) }
     }
 
