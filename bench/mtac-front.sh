@@ -21,7 +21,6 @@ farm "mx" kind="inbound-mx" {
         recipients 1000
     }
     local-domains "example.net"
-    include "mtac:rfc-hygiene"
     relay {
         backend "smtp://127.0.0.1:$backend"
     }
