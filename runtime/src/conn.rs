@@ -90,8 +90,14 @@ impl Conn<'_> {
 
     /// Read more input before `deadline`. `in_transaction` lets a draining node finish a message.
     async fn read(&mut self, deadline: Instant, in_transaction: bool) -> Read {
-        if self.input.capacity() - self.input.len() < READ_STEP / 2 {
-            self.input.reserve(READ_STEP);
+        self.read_chunk(deadline, in_transaction, READ_STEP).await
+    }
+
+    /// Read with room for `step` more bytes (commands: a small step keeps idle sessions small;
+    /// DATA: a large one keeps the number of reads low).
+    async fn read_chunk(&mut self, deadline: Instant, in_transaction: bool, step: usize) -> Read {
+        if self.input.capacity() - self.input.len() < step / 2 {
+            self.input.reserve(step);
         }
         loop {
             let state = *self.shutdown.borrow();
@@ -271,14 +277,13 @@ async fn run(
         if farm.tarpit_ms > 0 {
             if let Action::Reply(r) | Action::Close(r) = &action {
                 if r.is_transient() || r.is_permanent() {
-                    if !conn.flush(deadline).await {
+                    if !conn.flush(Instant::now() + command_timeout).await {
                         break End::Io;
                     }
                     tokio::time::sleep(Duration::from_millis(u64::from(farm.tarpit_ms))).await;
                 }
             }
         }
-        deadline = Instant::now() + command_timeout;
 
         let action = match action {
             Action::Recipient { address } => {
@@ -317,7 +322,6 @@ async fn run(
                     }
                     Err(end) => break end,
                 }
-                deadline = Instant::now() + command_timeout;
             }
             Action::Recipient { .. } => {}
         }
@@ -327,6 +331,8 @@ async fn run(
                 t.abort().await;
             }
         }
+        // The next command's time starts now, not before we waited on the back end.
+        deadline = Instant::now() + command_timeout;
     };
     if let Some(t) = txn.take() {
         t.abort().await;
@@ -423,7 +429,7 @@ async fn data(
     farm: &Farm,
     hostname: &str,
     delivery: &Delivery<'_>,
-    txn: Option<Transaction<'_>>,
+    mut txn: Option<Transaction<'_>>,
 ) -> Result<Reply, End> {
     let Some(envelope) = session.txn.as_ref() else { return Ok(Reply::bad_sequence("need MAIL command")) };
     let mut spool = match conn.shared.spool.create(&session.id).await {
@@ -475,7 +481,12 @@ async fn data(
         if progress.done {
             break;
         }
-        match conn.read(data_deadline, true).await {
+        if let Some(t) = txn.as_mut() {
+            // Back ends drop idle clients (Postfix after 300 s): keep the transaction alive while
+            // a slow client uploads.
+            t.keepalive().await;
+        }
+        match conn.read_chunk(data_deadline, true, SPOOL_CHUNK).await {
             Read::Data => {}
             Read::Closed => return Err(End::ClientClosed),
             Read::Error => return Err(End::Io),

@@ -16,8 +16,36 @@ use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-/// When the tables hold this many entries, expired ones are swept on the next insert.
+/// A table is swept of expired entries when it reaches this size, and then again only once it
+/// has doubled: the sweep's cost is spread over as many inserts as it walks (amortised O(1)).
 const SWEEP_AT: usize = 100_000;
+/// The most entries a table keeps, whatever a wave throws at it (about 100 MB at worst).
+const MAX_ENTRIES: usize = 1_000_000;
+
+/// A map with an amortised sweep of expired entries.
+#[derive(Debug)]
+struct Swept<K, V> {
+    map: HashMap<K, V>,
+    next_sweep: usize,
+}
+
+impl<K, V> Default for Swept<K, V> {
+    fn default() -> Self {
+        Swept { map: HashMap::new(), next_sweep: SWEEP_AT }
+    }
+}
+
+impl<K: std::hash::Hash + Eq, V> Swept<K, V> {
+    /// Before an insert: sweep if due. Returns false when the table is full even after sweeping.
+    fn make_room(&mut self, expired: impl FnMut(&V) -> bool) -> bool {
+        if self.map.len() >= self.next_sweep {
+            let mut expired = expired;
+            self.map.retain(|_, v| !expired(v));
+            self.next_sweep = (self.map.len() * 2).max(SWEEP_AT);
+        }
+        self.map.len() < MAX_ENTRIES
+    }
+}
 
 fn network(ip: IpAddr, v4_prefix: u8, v6_prefix: u8) -> IpNet {
     let prefix = if ip.is_ipv4() { v4_prefix } else { v6_prefix };
@@ -27,7 +55,7 @@ fn network(ip: IpAddr, v4_prefix: u8, v6_prefix: u8) -> IpNet {
 /// Bans in force, by network.
 #[derive(Debug, Default)]
 pub struct Bans {
-    until: Mutex<HashMap<IpNet, Instant>>,
+    until: Mutex<Swept<IpNet, Instant>>,
 }
 
 impl Bans {
@@ -37,11 +65,11 @@ impl Bans {
             return false;
         }
         let now = Instant::now();
-        let map = self.until.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if map.is_empty() {
+        let table = self.until.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if table.map.is_empty() {
             return false;
         }
-        rules.iter().any(|r| map.get(&network(ip, r.v4_prefix, r.v6_prefix)).is_some_and(|t| *t > now))
+        rules.iter().any(|r| table.map.get(&network(ip, r.v4_prefix, r.v6_prefix)).is_some_and(|t| *t > now))
     }
 
     /// Ban `ip`'s network after `rule` refused it, if a ban rule names that rule.
@@ -50,29 +78,30 @@ impl Bans {
         let ban = rules.iter().find(|b| b.after.iter().any(|r| r == rule))?;
         let net = network(ip, ban.v4_prefix, ban.v6_prefix);
         let until = Instant::now() + Duration::from_secs(u64::from(ban.seconds));
-        let mut map = self.until.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if map.len() >= SWEEP_AT {
-            let now = Instant::now();
-            map.retain(|_, t| *t > now);
+        let now = Instant::now();
+        let mut table = self.until.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if !table.make_room(|t| *t <= now) && !table.map.contains_key(&net) {
+            tracing::warn!(%net, "ban table full; not banning");
+            return None;
         }
-        map.insert(net, until);
+        table.map.insert(net, until);
         Some(net)
     }
 
     /// Bans in force now.
     pub fn active(&self) -> usize {
         let now = Instant::now();
-        self.until.lock().unwrap_or_else(std::sync::PoisonError::into_inner).values().filter(|t| **t > now).count()
+        self.until.lock().unwrap_or_else(std::sync::PoisonError::into_inner).map.values().filter(|t| **t > now).count()
     }
 }
 
 /// A counter's key: farm name, index of the rate limit in the farm, client network.
 type RateKey = (String, usize, IpNet);
 
-/// Fixed-window counters per (farm, rule, network): window start and count.
+/// Fixed-window counters per (farm, rule, network): window end and count.
 #[derive(Debug, Default)]
 pub struct Rates {
-    windows: Mutex<HashMap<RateKey, (Instant, u32)>>,
+    windows: Mutex<Swept<RateKey, (Instant, u32)>>,
 }
 
 impl Rates {
@@ -88,17 +117,19 @@ impl Rates {
             return None;
         }
         let now = Instant::now();
-        let mut map = self.windows.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if map.len() >= SWEEP_AT {
-            let longest = limits.iter().map(|l| l.window).max().unwrap_or(0);
-            map.retain(|_, (start, _)| now.duration_since(*start) < Duration::from_secs(u64::from(longest)));
+        let mut table = self.windows.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if !table.make_room(|(end, _)| *end <= now) {
+            // Full of live windows (a very wide wave): start counting afresh rather than grow.
+            tracing::warn!("rate table full; counters restarted");
+            table.map.clear();
         }
         let mut exceeded = None;
         for (index, limit) in limits.iter().enumerate().filter(|(_, l)| l.subject == subject) {
             let key = (farm.to_owned(), index, network(ip, limit.v4_prefix, limit.v6_prefix));
-            let entry = map.entry(key).or_insert((now, 0));
-            if now.duration_since(entry.0) >= Duration::from_secs(u64::from(limit.window)) {
-                *entry = (now, 0);
+            let window = Duration::from_secs(u64::from(limit.window));
+            let entry = table.map.entry(key).or_insert((now + window, 0));
+            if now >= entry.0 {
+                *entry = (now + window, 0);
             }
             entry.1 = entry.1.saturating_add(1);
             if entry.1 > limit.limit && exceeded.is_none() {

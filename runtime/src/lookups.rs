@@ -105,14 +105,26 @@ impl Drop for Lookups {
     }
 }
 
-async fn lists(dns: &Dns, zones: Vec<String>, query: impl Fn(Dns, String) -> JoinHandle<ListAnswer>) -> Lists {
-    let handles: Vec<(String, JoinHandle<ListAnswer>)> =
-        zones.into_iter().map(|zone| (zone.clone(), query(dns.clone(), zone))).collect();
-    let mut out = Vec::with_capacity(handles.len());
-    for (zone, handle) in handles {
-        out.push((zone, handle.await.unwrap_or(ListAnswer::Error)));
+/// Query every zone at once. The queries live in a `JoinSet`, so an aborted session aborts them.
+async fn lists<F, Fut>(dns: &Dns, zones: Vec<String>, query: F) -> Lists
+where
+    F: Fn(Dns, String) -> Fut,
+    Fut: std::future::Future<Output = ListAnswer> + Send + 'static,
+{
+    let mut set = tokio::task::JoinSet::new();
+    for (index, zone) in zones.iter().enumerate() {
+        let answer = query(dns.clone(), zone.clone());
+        set.spawn(async move { (index, answer.await) });
     }
-    out
+    let mut answers = vec![ListAnswer::Error; zones.len()];
+    while let Some(done) = set.join_next().await {
+        if let Ok((index, answer)) = done {
+            if let Some(slot) = answers.get_mut(index) {
+                *slot = answer;
+            }
+        }
+    }
+    zones.into_iter().zip(answers).collect()
 }
 
 impl Lookups {
@@ -127,8 +139,7 @@ impl Lookups {
                     let dns = dns.clone();
                     tokio::spawn(async move { dns.reverse(client).await })
                 });
-                let found =
-                    lists(&dns, zones, |dns, zone| tokio::spawn(async move { dns.list_ip(&zone, client).await })).await;
+                let found = lists(&dns, zones, |dns, zone| async move { dns.list_ip(&zone, client).await }).await;
                 let reverse = match reverse_task {
                     Some(task) => Some(match task.await {
                         Ok(Reverse::Confirmed(name)) => ReverseDns::Confirmed(name),
@@ -158,7 +169,7 @@ impl Lookups {
         self.helo = Some(tokio::spawn(async move {
             lists(&dns, zones, |dns, zone| {
                 let name = name.clone();
-                tokio::spawn(async move { dns.list_name(&zone, &name).await })
+                async move { dns.list_name(&zone, &name).await }
             })
             .await
         }));
@@ -185,7 +196,7 @@ impl Lookups {
             });
             let found = lists(&dns, zones, |dns, zone| {
                 let domain = domain.clone();
-                tokio::spawn(async move { dns.list_name(&zone, &domain).await })
+                async move { dns.list_name(&zone, &domain).await }
             })
             .await;
             let status = match status_task {

@@ -98,7 +98,7 @@ mod tests {
             recipient: Some("john@example.com"),
         });
         assert!(h.starts_with(
-            "Received: from evilX-Injectedyes ([192.0.2.1])\r\n\tby mx.example.net (mtac) with ESMTP id ABC"
+            "Received: from evilX-Injected:yes ([192.0.2.1])\r\n\tby mx.example.net (mtac) with ESMTP id ABC"
         ));
         assert!(h.contains("for <john@example.com>;"));
         assert!(h.ends_with("+0000\r\n"));

@@ -29,6 +29,8 @@ const POOL_SIZE: usize = 64;
 const MAX_REPLY: usize = 16 * 1024;
 /// Chunk size when streaming the spool file.
 const CHUNK: usize = 64 * 1024;
+/// An open transaction idle for this long gets a NOOP (while the client uploads its message).
+const KEEPALIVE: Duration = Duration::from_secs(30);
 
 /// Why a back-end exchange failed before a reply could be relayed.
 #[derive(Debug, thiserror::Error)]
@@ -68,12 +70,14 @@ impl BackendReply {
         (200..400).contains(&self.code)
     }
 
-    /// The back end's reply, passed on to the client (text sanitised, enhanced code kept).
+    /// The back end's reply, passed on to the client (text sanitised, enhanced code kept). A 421
+    /// closes the back end's channel, not the client's: it becomes a 451.
     pub fn to_client(&self) -> Reply {
         let joined = self.lines.join(" ");
         let (enhanced, text) = split_enhanced(&joined);
-        Reply::new(self.code, enhanced, text)
-            .or_else(|_| Reply::new(self.code, None, text))
+        let code = if self.code == 421 { 451 } else { self.code };
+        Reply::new(code, enhanced, text)
+            .or_else(|_| Reply::new(code, None, text))
             .unwrap_or_else(|_| Reply::local_error())
     }
 
@@ -165,7 +169,9 @@ impl Connection {
         bytes.extend_from_slice(line.as_bytes());
         bytes.extend_from_slice(b"\r\n");
         self.write(&bytes, timeout).await?;
-        self.reply(timeout).await
+        let reply = self.reply(timeout).await;
+        self.last_used = Instant::now();
+        reply
     }
 }
 
@@ -315,6 +321,11 @@ impl Relay {
             line.push_str(&format!(" SIZE={size}"));
         }
         let reply = conn.command(&line, self.timeout).await?;
+        if reply.code == 421 {
+            // The back end is closing this connection (an idle pooled one, or it is shutting
+            // down): a connection problem, retried on a fresh connection, never a verdict.
+            return Err(RelayError::Protocol("the back end closed the connection (421)".to_owned()));
+        }
         if reply.is_positive() {
             Ok(Ok(Transaction { relay: self, conn: Some(conn), recipients: 0 }))
         } else {
@@ -364,6 +375,23 @@ impl Transaction<'_> {
         }
     }
 
+    /// Keep an idle transaction alive: a NOOP when the last exchange is older than
+    /// [`KEEPALIVE`]. A connection that does not answer is dropped; DATA then answers 451.
+    pub async fn keepalive(&mut self) {
+        let timeout = self.relay.timeout;
+        let Some(conn) = self.conn.as_mut() else { return };
+        if conn.last_used.elapsed() < KEEPALIVE {
+            return;
+        }
+        match conn.command("NOOP", timeout).await {
+            Ok(reply) if reply.code == 250 => conn.last_used = Instant::now(),
+            _ => {
+                tracing::warn!("relay: the back end dropped an idle transaction");
+                self.conn = None;
+            }
+        }
+    }
+
     /// Send the spooled message and return the reply for the client.
     pub async fn data(mut self, spool: &mut SpoolFile) -> Reply {
         let relay = self.relay;
@@ -400,7 +428,12 @@ async fn send_data(
 ) -> Result<BackendReply, RelayError> {
     let go = conn.command("DATA", timeout).await?;
     if go.code != 354 {
-        return Ok(go);
+        // Only a refusal may stand in for the verdict: a 2xx here would be a 250 for a body
+        // the back end never received.
+        if go.code >= 400 {
+            return Ok(go);
+        }
+        return Err(RelayError::Protocol(format!("DATA answered {}", go.code)));
     }
     spool.rewind().await?;
     let mut stuffer = DotStuffer::new();
@@ -419,7 +452,7 @@ async fn send_data(
     }
     stuffer.finish(&mut out);
     conn.write(&out, timeout).await?;
-    match conn.protocol {
+    let verdict = match conn.protocol {
         BackendProtocol::Smtp => conn.reply(timeout).await,
         BackendProtocol::Lmtp => {
             // One reply per recipient. mtac sends one recipient per LMTP transaction (see
@@ -433,5 +466,9 @@ async fn send_data(
             }
             worst.ok_or_else(|| RelayError::Protocol("no LMTP reply".to_owned()))
         }
+    }?;
+    if !(verdict.code == 250 || verdict.code >= 400) {
+        return Err(RelayError::Protocol(format!("the message was answered {}", verdict.code)));
     }
+    Ok(verdict)
 }

@@ -66,7 +66,12 @@ pub struct Session {
     pub dns: GivenDns,
     /// The client is banned and was let in to be refused at RCPT (ban response "refuse-recipients").
     pub banned: bool,
+    /// Commands that moved no mail so far.
+    junk: u32,
 }
+
+/// HELO, EHLO, NOOP, RSET, VRFY and HELP allowed per session (Postfix's default is 100).
+pub const JUNK_COMMAND_LIMIT: u32 = 100;
 
 /// A policy reply (from the ruleset) as an SMTP reply.
 pub fn policy_reply(reply: &model::Reply) -> Reply {
@@ -103,6 +108,7 @@ impl Session {
             refused_by: None,
             dns: GivenDns::default(),
             banned: false,
+            junk: 0,
         }
     }
 
@@ -153,7 +159,11 @@ impl Session {
 
     /// Count negative replies; past the policy's limit the session ends with 421.
     fn answer(&mut self, reply: Reply) -> Action {
-        if reply.is_transient() || reply.is_permanent() {
+        // "Too many recipients, send the rest later" is the protocol working, not a misbehaving
+        // client: counting it would end sessions that deliver to many recipients (Postfix's
+        // smtpd_recipient_overshoot_limit makes the same distinction).
+        let overshoot = reply.enhanced().is_some_and(|e| e.to_string() == "4.5.3");
+        if (reply.is_transient() || reply.is_permanent()) && !overshoot {
             self.errors = self.errors.saturating_add(1);
             if self.errors >= self.limits.errors {
                 return Action::Close(Reply::too_many_errors(&self.hostname));
@@ -184,6 +194,19 @@ impl Session {
     }
 
     pub fn command(&mut self, command: Command, ruleset: &Ruleset, farm: &Farm) -> Action {
+        // Commands that move no mail (and HELO/EHLO, which start DNS lookups) are limited per
+        // session, like Postfix's smtpd_junk_command_limit: a client cannot keep a slot or make
+        // the node look names up forever.
+        if matches!(
+            command,
+            Command::Helo(_) | Command::Ehlo(_) | Command::Noop | Command::Rset | Command::Vrfy(_) | Command::Help
+        ) {
+            self.junk = self.junk.saturating_add(1);
+            if self.junk > JUNK_COMMAND_LIMIT {
+                self.last_rule = Some("junk-commands".to_owned());
+                return Action::Close(Reply::too_many_errors(&self.hostname));
+            }
+        }
         if let Some(refusal) = &self.refused {
             return match command {
                 Command::Quit => Action::Close(Reply::closing()),
@@ -463,5 +486,25 @@ mod tests {
         assert_eq!(code(&last), 252, "VRFY's 252 is not an error");
         let last = feed(&mut s, &rs, "EXPN x");
         assert!(matches!(last, Action::Close(ref r) if r.code() == 421), "{last:?}");
+    }
+
+    #[test]
+    fn junk_commands_are_limited_and_overshoot_is_not_an_error() {
+        let rs = ruleset(3);
+        let mut s = Session::new("T".into(), "192.0.2.1:1000".parse().unwrap(), &rs, &rs.policy().farms[0]);
+        feed(&mut s, &rs, "EHLO a.example.org");
+        feed(&mut s, &rs, "MAIL FROM:<>");
+        for n in 0..2 {
+            let address = format!("r{n}@example.com");
+            feed(&mut s, &rs, &format!("RCPT TO:<{address}>"));
+            s.recipient_result(address, Ok(()));
+        }
+        for _ in 0..10 {
+            assert_eq!(code(&feed(&mut s, &rs, "RCPT TO:<more@example.com>")), 452, "452 never ends the session");
+        }
+        for _ in 0..(JUNK_COMMAND_LIMIT - 1) {
+            assert_eq!(code(&feed(&mut s, &rs, "NOOP")), 250);
+        }
+        assert!(matches!(feed(&mut s, &rs, "NOOP"), Action::Close(ref r) if r.code() == 421));
     }
 }
