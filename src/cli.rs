@@ -338,10 +338,10 @@ fn explain(args: ExplainArgs) -> Result<ExitCode, String> {
         );
     }
     if let Some(status) = &args.reverse_dns {
-        session.dns.reverse = Some(
-            policytest::parse_reverse(status)
-                .ok_or_else(|| format!("--reverse-dns {status}: confirmed:NAME, unconfirmed:NAME, none or tempfail"))?,
-        );
+        session.dns.reverse =
+            Some(policytest::parse_reverse(status).ok_or_else(|| {
+                format!("--reverse-dns {status}: confirmed:NAME, unconfirmed:NAME, none or tempfail")
+            })?);
     }
     if let Some(status) = &args.greylist {
         session.dns.greylist =

@@ -6,8 +6,8 @@
 
 use crate::lower::{AddressEntry, DomainEntry, Draft, DraftFarm, DraftRelay, NetEntry};
 use mtac_ruleset::model::{
-    AccessAction, BanResponse, BanRule, Check, Dnsbl, DnsblZone, Farm, FarmKind, Greylist, Limits, Policy, Program, Relay, Reply,
-    Scanner, Stage, Step, TableId, TableInfo, TableKind, Timeouts, Tls,
+    AccessAction, BanResponse, BanRule, Check, Dnsbl, DnsblZone, Farm, FarmKind, Greylist, Limits, Policy, Program,
+    Relay, Reply, Scanner, Stage, Step, TableId, TableInfo, TableKind, Timeouts, Tls,
 };
 use mtac_ruleset::tables::{AddressTableBuilder, DomainTableBuilder, PrefixTableBuilder};
 use mtac_ruleset::TableInput;

@@ -11,8 +11,7 @@ use kdl::{KdlDocument, KdlEntry, KdlNode, KdlValue};
 use miette::SourceSpan;
 use mtac_ruleset::model::{
     AccessAction, Auth, AuthBackend, Backend, BackendProtocol, BanResponse, BarePolicy, DnsSettings, DnsblAnswer,
-    DnsblTarget, FarmKind, RateLimit, RateSubject,
-    Listener, Reply, ScannerKind, Stage,
+    DnsblTarget, FarmKind, Listener, RateLimit, RateSubject, Reply, ScannerKind, Stage,
 };
 use mtac_ruleset::syntax;
 use std::collections::HashMap;
@@ -1407,7 +1406,8 @@ impl<'d> Lowerer<'d> {
                                 "not a list answer",
                                 "DNS lists answer in 127.0.0.0/8; anything else is a resolver or zone error",
                             );
-                        } else if octets.get(1).is_some_and(|o| o.1 == 255) && octets.get(2).is_some_and(|o| o.1 == 255) {
+                        } else if octets.get(1).is_some_and(|o| o.1 == 255) && octets.get(2).is_some_and(|o| o.1 == 255)
+                        {
                             self.err(
                                 "mtac::dnsbl::error-code",
                                 format!("`{pattern}` covers 127.255.255.x, which are error codes, not listings"),
@@ -1572,13 +1572,10 @@ impl<'d> Lowerer<'d> {
             self.shape(child, &[], usize::MAX, false);
             for entry in Self::args(child) {
                 let Some(text) = self.string(entry, child.file, "a nameserver") else { continue };
-                let parsed = text
-                    .parse::<SocketAddr>()
-                    .ok()
-                    .or_else(|| {
-                        let bare = text.strip_prefix('[').and_then(|t| t.strip_suffix(']')).unwrap_or(&text);
-                        bare.parse::<IpAddr>().ok().map(|ip| SocketAddr::new(ip, 53))
-                    });
+                let parsed = text.parse::<SocketAddr>().ok().or_else(|| {
+                    let bare = text.strip_prefix('[').and_then(|t| t.strip_suffix(']')).unwrap_or(&text);
+                    bare.parse::<IpAddr>().ok().map(|ip| SocketAddr::new(ip, 53))
+                });
                 match parsed {
                     Some(address) => dns.nameservers.push(address),
                     None => self.err(
@@ -1627,7 +1624,9 @@ impl<'d> Lowerer<'d> {
                 None => return,
             },
             None => match subject.0 {
-                RateSubject::Connections => Reply::new(421, "4.7.0", "Too many connections from your network, slow down"),
+                RateSubject::Connections => {
+                    Reply::new(421, "4.7.0", "Too many connections from your network, slow down")
+                }
                 RateSubject::Messages => Reply::new(450, "4.7.1", "Too many messages from your network, slow down"),
             },
         };

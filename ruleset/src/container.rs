@@ -39,10 +39,12 @@
 //! form ([`Container::hash_hex`]) is the ruleset's identity in logs and in
 //! `mtac inspect`.
 //!
-//! The whole file is hashed at every open. That is the integrity check, and
-//! it is what lets the readers in [`crate::tables`] trust the structure of
-//! their sections after a cheap size check. BLAKE3 runs at well over 1 GB/s
-//! on one core, so even a large ruleset verifies in milliseconds.
+//! The whole file is hashed at every open. That is the integrity check: a
+//! damaged, truncated or half-copied file is refused before anything in it is
+//! read. It is not a validation, since whoever writes a file can make its hash
+//! match, so the readers in [`crate::tables`] still check the structure of
+//! their sections (see "Trust" there). BLAKE3 runs at well over 1 GB/s on one
+//! core, so even a large ruleset verifies in milliseconds.
 //!
 //! # Writing
 //!

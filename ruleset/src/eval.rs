@@ -381,7 +381,9 @@ fn run_step(tables: &dyn Lookup, farm: &Farm, step: &Step, facts: &Facts<'_>) ->
         }
         Check::ClientReverseDns { confirmed } => match facts.dns.reverse() {
             Some(ReverseDns::Confirmed(name)) => pass(&format!("{} resolves to {name} and back", facts.client_ip)),
-            Some(ReverseDns::Unconfirmed(name)) if !confirmed => pass(&format!("{} has the name {name}", facts.client_ip)),
+            Some(ReverseDns::Unconfirmed(name)) if !confirmed => {
+                pass(&format!("{} has the name {name}", facts.client_ip))
+            }
             Some(ReverseDns::Unconfirmed(_)) | Some(ReverseDns::None) => fail(),
             // Postfix's reject_unknown_client_hostname answers 450 on a DNS failure: never 5xx for it.
             Some(ReverseDns::TempFail) => StepOutcome::Decided(Reply::new(

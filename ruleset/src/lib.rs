@@ -21,7 +21,8 @@
 //!
 //! **Invariant:** a mapped ruleset is never mutated; a new policy is a new file, swapped in by
 //! rename. **Invariant:** loading trusts nothing in the file: the hash covers every byte of the
-//! payload, and every table reference in the policy is checked against the tables present.
+//! payload, every table's structure is checked when it is opened, and every table reference in the
+//! policy is checked against the tables present.
 
 #![deny(unsafe_code)]
 
