@@ -202,7 +202,8 @@ farm "mx" kind="inbound-mx" {{
             let mut started = 5usize;
             let mut spawned = 0usize;
             while spawned < peak_zombies && !stop.load(Ordering::Relaxed) {
-                for _ in spawned..started.min(peak_zombies) {
+                let target = started.min(peak_zombies);
+                while spawned < target {
                     let n = spawned;
                     spawned += 1;
                     let source = std::net::Ipv4Addr::new(127, 10, (n / 250) as u8, (n % 250 + 1) as u8);
