@@ -271,7 +271,8 @@ async fn run(
         // A policy refusal that the farm bans for: the next connections of this network are turned away.
         if let Some(rule) = session.take_refusal_rule() {
             if let Some(net) = conn.shared.bans.after_refusal(session.peer.ip(), &rule, &farm.bans) {
-                tracing::info!(session = %session.id, client = %session.peer.ip(), %net, rule = %rule, "banned");
+                let active = conn.shared.bans.active();
+                tracing::info!(session = %session.id, client = %session.peer.ip(), %net, rule = %rule, active, "banned");
             }
         }
         if farm.tarpit_ms > 0 {
