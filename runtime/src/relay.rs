@@ -202,6 +202,12 @@ impl Relay {
         &self.backends
     }
 
+    /// Whether this relay can serve a reloaded ruleset as is (same back ends, name and timeout),
+    /// keeping its pooled connections.
+    pub fn same_settings(&self, backends: &[Backend], hostname: &str, timeout: Duration) -> bool {
+        self.backends == backends && self.hostname == hostname && self.timeout == timeout
+    }
+
     fn take_pooled(&self) -> Option<Connection> {
         for pool in &self.pools {
             let mut pool = pool.lock().unwrap_or_else(std::sync::PoisonError::into_inner);

@@ -81,12 +81,12 @@ impl Snapshot {
         for farm in &ruleset.policy().farms {
             match &farm.relay {
                 RelayModel::Backends(backends) => {
+                    let timeout = Duration::from_secs(u64::from(farm.limits.timeouts.relay));
                     // Keep the old relay (and its pooled connections) when nothing changed.
                     let reused = previous.and_then(|p| {
                         let (index, _) = p.farm(&farm.name)?;
-                        p.relays.get(index)?.as_ref().filter(|r| r.backends() == backends.as_slice()).cloned()
+                        p.relays.get(index)?.as_ref().filter(|r| r.same_settings(backends, &hostname, timeout)).cloned()
                     });
-                    let timeout = Duration::from_secs(u64::from(farm.limits.timeouts.relay));
                     relays.push(Some(
                         reused.unwrap_or_else(|| Arc::new(Relay::new(backends.clone(), hostname.clone(), timeout))),
                     ));
@@ -488,7 +488,8 @@ async fn accept_loop(listener: TcpListener, farm: String, limits: Arc<FarmLimits
             refuse(stream, "421 4.7.0 Too many connections, try again later\r\n");
             continue;
         }
-        let ip = if exempt { None } else { Some(peer.ip()) };
+        // An IPv6 host owns a /64: count it as one client, as bans and rate limits do.
+        let ip = if exempt { None } else { Some(per_ip_key(peer.ip())) };
         if let Some(ip) = ip {
             let mut map = limits.per_ip.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
             let count = map.entry(ip).or_insert(0);
@@ -510,6 +511,17 @@ async fn accept_loop(listener: TcpListener, farm: String, limits: Arc<FarmLimits
             let _slot = slot;
             crate::conn::serve(stream, peer, &farm, shared, id, banned).await;
         });
+    }
+}
+
+/// The key of the per-IP connection count: the address, or its /64 for IPv6.
+fn per_ip_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => {
+            let bits = u128::from(v6) & !((1u128 << 64) - 1);
+            IpAddr::V6(bits.into())
+        }
+        v4 => v4,
     }
 }
 
