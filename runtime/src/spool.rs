@@ -6,15 +6,18 @@
 //! killed outright (SIGKILL, power) leaves files; [`Spool::clean_stale`] removes those of dead
 //! processes at the next start. Names carry the process id so two nodes may share a directory.
 //!
-//! The spool is meant to be a tmpfs: writes do not wait on a device. They still go through
-//! tokio's file API (a blocking thread), so a spool mistakenly put on a slow disk stalls the
-//! session, never a runtime worker.
+//! The spool is meant to be a tmpfs (a RAM disk). [`Spool::new`] checks: on a tmpfs every file
+//! operation is a memory operation that never waits on a device, so it is done in place, on the
+//! session's worker, without the hop to a blocking thread that would cost more than the operation
+//! itself (measured: ~25% of the node's CPU per 4 KiB message). A spool on any other file system
+//! is still served, with every operation moved off the worker (`block_in_place`) and a warning
+//! at start.
 
-use std::io;
+use std::fs::File;
+use std::io::{self, Read, Seek, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
 
 /// The spool directory and its accounting.
 #[derive(Debug)]
@@ -23,6 +26,8 @@ pub struct Spool {
     counter: AtomicU64,
     /// Bytes currently spooled (all files of this process).
     in_use: Arc<AtomicU64>,
+    /// The directory is a tmpfs: file operations never wait on a device.
+    in_memory: bool,
 }
 
 const PREFIX: &str = "mtac-";
@@ -32,7 +37,11 @@ impl Spool {
     /// Use (and create) `dir`.
     pub fn new(dir: &Path) -> io::Result<Spool> {
         std::fs::create_dir_all(dir)?;
-        Ok(Spool { dir: dir.to_path_buf(), counter: AtomicU64::new(0), in_use: Arc::new(AtomicU64::new(0)) })
+        let in_memory = is_tmpfs(dir);
+        if !in_memory {
+            tracing::warn!(dir = %dir.display(), "the spool is not a tmpfs: mount a RAM disk there for speed");
+        }
+        Ok(Spool { dir: dir.to_path_buf(), counter: AtomicU64::new(0), in_use: Arc::new(AtomicU64::new(0)), in_memory })
     }
 
     pub fn dir(&self) -> &Path {
@@ -70,8 +79,32 @@ impl Spool {
     pub async fn create(&self, session: &str) -> io::Result<SpoolFile> {
         let n = self.counter.fetch_add(1, Ordering::Relaxed);
         let path = self.dir.join(format!("{PREFIX}{}-{session}-{n}{SUFFIX}", std::process::id()));
-        let file = tokio::fs::OpenOptions::new().read(true).write(true).create_new(true).open(&path).await?;
-        Ok(SpoolFile { path, file, len: 0, in_use: self.in_use.clone() })
+        let in_memory = self.in_memory;
+        let file =
+            off_worker(in_memory, || std::fs::OpenOptions::new().read(true).write(true).create_new(true).open(&path))?;
+        Ok(SpoolFile { path, file, len: 0, in_use: self.in_use.clone(), in_memory })
+    }
+}
+
+/// Run a file operation: in place on a tmpfs, else with the worker handed over to other tasks.
+fn off_worker<T>(in_memory: bool, op: impl FnOnce() -> T) -> T {
+    if in_memory {
+        op()
+    } else {
+        tokio::task::block_in_place(op)
+    }
+}
+
+/// Whether `dir` is on a tmpfs (or ramfs).
+fn is_tmpfs(dir: &Path) -> bool {
+    const TMPFS_MAGIC: i64 = 0x0102_1994;
+    const RAMFS_MAGIC: i64 = 0x8584_58f6;
+    match rustix::fs::statfs(dir) {
+        Ok(stat) => {
+            let kind = stat.f_type as i64;
+            kind == TMPFS_MAGIC || kind == RAMFS_MAGIC
+        }
+        Err(_) => false,
     }
 }
 
@@ -79,9 +112,10 @@ impl Spool {
 #[derive(Debug)]
 pub struct SpoolFile {
     path: PathBuf,
-    file: tokio::fs::File,
+    file: File,
     len: u64,
     in_use: Arc<AtomicU64>,
+    in_memory: bool,
 }
 
 impl SpoolFile {
@@ -99,7 +133,8 @@ impl SpoolFile {
 
     /// Append bytes. A full spool (ENOSPC) surfaces here as an error: the session answers 452.
     pub async fn write(&mut self, bytes: &[u8]) -> io::Result<()> {
-        self.file.write_all(bytes).await?;
+        let file = &mut self.file;
+        off_worker(self.in_memory, || file.write_all(bytes))?;
         let n = bytes.len() as u64;
         self.len += n;
         self.in_use.fetch_add(n, Ordering::Relaxed);
@@ -108,18 +143,19 @@ impl SpoolFile {
 
     /// Make everything written visible to readers (and to [`SpoolFile::path`]).
     pub async fn flush(&mut self) -> io::Result<()> {
-        self.file.flush().await
+        let file = &mut self.file;
+        off_worker(self.in_memory, || file.flush())
     }
 
     /// Go back to the start to read the message.
     pub async fn rewind(&mut self) -> io::Result<()> {
-        self.file.flush().await?;
-        self.file.seek(io::SeekFrom::Start(0)).await?;
-        Ok(())
+        let file = &mut self.file;
+        off_worker(self.in_memory, || file.seek(io::SeekFrom::Start(0)).map(|_| ()))
     }
 
     pub async fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        self.file.read(buf).await
+        let file = &mut self.file;
+        off_worker(self.in_memory, || file.read(buf))
     }
 }
 
