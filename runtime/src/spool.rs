@@ -101,6 +101,8 @@ fn is_tmpfs(dir: &Path) -> bool {
     const RAMFS_MAGIC: i64 = 0x8584_58f6;
     match rustix::fs::statfs(dir) {
         Ok(stat) => {
+            // f_type's width differs between libcs and architectures (i64 here, u32/i32 elsewhere).
+            #[allow(clippy::unnecessary_cast)]
             let kind = stat.f_type as i64;
             kind == TMPFS_MAGIC || kind == RAMFS_MAGIC
         }
