@@ -46,7 +46,7 @@ def measure(port, n):
 def main():
     ap = argparse.ArgumentParser(); ap.add_argument("--count", type=int, default=1000); a = ap.parse_args()
     sink_port, front_port = free_port(), free_port()
-    sink = subprocess.Popen(["smtp-sink", "-c", f"127.0.0.1:{sink_port}", "1000"], stdout=subprocess.DEVNULL)
+    sink = subprocess.Popen(["smtp-sink", *(["-u", "postfix"] if os.geteuid() == 0 else []), "-c", f"127.0.0.1:{sink_port}", "1000"], stdout=subprocess.DEVNULL)
     wait(sink_port)
     d = tempfile.mkdtemp()
     policy = os.path.join(d, "policy.kdl")
