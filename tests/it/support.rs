@@ -274,6 +274,13 @@ impl TestNode {
         let mut probe = Client::connect(addr).await;
         let _ = probe.reply().await;
         drop(probe);
+        // …and wait until the probe's session has ended, so it holds no connection slot.
+        for _ in 0..200 {
+            if shared.counters.connections_now.load(std::sync::atomic::Ordering::Relaxed) == 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         TestNode { addr, shared, dir, stop: Some(stop_tx), task: Some(task) }
     }
 
