@@ -565,6 +565,19 @@ impl<'d> Lowerer<'d> {
             KdlValue::String(s) => parse_duration(s),
             _ => None,
         };
+        let help = "write seconds as an integer, or a string with a unit: \"30s\", \"5m\", \"4h\", \"36d\"";
+        self.duration_or_report(parsed, entry, file, what, help)
+    }
+
+    /// Report a duration that did not parse (`parsed` is `None`), with the unit's help line.
+    fn duration_or_report(
+        &mut self,
+        parsed: Option<u32>,
+        entry: &KdlEntry,
+        file: usize,
+        what: &str,
+        help: &str,
+    ) -> Option<u32> {
         if parsed.is_none() {
             self.err(
                 "mtac::duration",
@@ -572,7 +585,7 @@ impl<'d> Lowerer<'d> {
                 file,
                 entry.span(),
                 "expected a duration",
-                "write seconds as an integer, or a string with a unit: \"30s\", \"5m\", \"4h\", \"36d\"",
+                help,
             );
         }
         parsed
@@ -1523,17 +1536,8 @@ impl<'d> Lowerer<'d> {
             },
             _ => None,
         };
-        if parsed.is_none() {
-            self.err(
-                "mtac::duration",
-                format!("{what} is not a valid duration"),
-                file,
-                entry.span(),
-                "expected a duration",
-                "write milliseconds as an integer, or a string with a unit: \"500ms\", \"2s\"",
-            );
-        }
-        parsed
+        let help = "write milliseconds as an integer, or a string with a unit: \"500ms\", \"2s\"";
+        self.duration_or_report(parsed, entry, file, what, help)
     }
 
     fn dns(&mut self, at: At<'_>, dns: &mut DnsSettings) {
