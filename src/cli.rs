@@ -69,6 +69,8 @@ enum Command {
     },
     /// Serve SMTP from a ruleset (hot-reloaded when the file changes or on SIGHUP)
     Run(RunArgs),
+    /// Ask nodes' admin listeners for their state and say whether the farm runs one ruleset
+    Status(crate::status::StatusArgs),
     /// Print shell completions
     Completions {
         /// The shell
@@ -140,12 +142,37 @@ pub struct RunArgs {
     /// Compile this policy in memory and serve it (one-machine use)
     #[arg(long, value_name = "POLICY")]
     pub policy: Option<PathBuf>,
-    /// Log as JSON lines instead of text
+    /// Log as JSON lines instead of text (same as --log-format json)
     #[arg(long)]
     pub log_json: bool,
+    /// Log format on stderr
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+    /// Also send logs to syslog (RFC 5424): udp://HOST:PORT, unix:///dev/log or a socket path
+    #[arg(long, value_name = "TARGET")]
+    pub syslog: Option<crate::logging::SyslogTarget>,
+    /// The admin listener (metrics, health, status): ADDRESS:PORT, or "off"; default: the
+    /// policy's `admin` (127.0.0.1:9325 when it says nothing)
+    #[arg(long, value_name = "ADDRESS|off", value_parser = parse_admin)]
+    pub admin: Option<mtac_runtime::AdminAddress>,
     /// Seconds sessions may take to finish after SIGTERM before they are told 421
     #[arg(long, default_value_t = 30, value_name = "SECONDS")]
     pub grace: u64,
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+fn parse_admin(text: &str) -> Result<mtac_runtime::AdminAddress, String> {
+    if text == "off" {
+        return Ok(mtac_runtime::AdminAddress::Off);
+    }
+    text.parse()
+        .map(mtac_runtime::AdminAddress::At)
+        .map_err(|_| format!("`{text}` is not ADDRESS:PORT (e.g. 127.0.0.1:9325) or \"off\""))
 }
 
 pub fn dispatch(cli: Cli) -> Result<ExitCode, String> {
@@ -156,6 +183,7 @@ pub fn dispatch(cli: Cli) -> Result<ExitCode, String> {
         Command::Explain(args) => explain(args),
         Command::Test { tests } => run_tests(&tests),
         Command::Run(args) => crate::cli::run(args),
+        Command::Status(args) => crate::status::status(&args),
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "mtac", &mut std::io::stdout());
             Ok(ExitCode::SUCCESS)
@@ -251,7 +279,7 @@ fn inspect(path: &Path, format: Format) -> Result<ExitCode, String> {
         let doc = serde_json::json!({
             "format_version": container.format_version(), "compiler": container.compiler_version(),
             "hash": ruleset.hash_hex(), "bytes": container.len(), "hostname": policy.hostname,
-            "farms": farms, "tables": tables,
+            "admin": policy.admin.map(|a| a.to_string()), "farms": farms, "tables": tables,
         });
         println!("{}", serde_json::to_string_pretty(&doc).map_err(|e| e.to_string())?);
         return Ok(ExitCode::SUCCESS);
@@ -262,6 +290,7 @@ fn inspect(path: &Path, format: Format) -> Result<ExitCode, String> {
     println!("size      {} bytes", container.len());
     println!("hostname  {}", policy.hostname);
     println!("spool     {}", policy.spool);
+    println!("admin     {}", policy.admin.map_or_else(|| "off".to_owned(), |a| a.to_string()));
     println!();
     for farm in &policy.farms {
         let listeners: Vec<String> = farm
@@ -440,18 +469,10 @@ fn run_tests(paths: &[PathBuf]) -> Result<ExitCode, String> {
 }
 
 pub fn run(args: RunArgs) -> Result<ExitCode, String> {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    // Colours only on a terminal: log files and syslog get plain text.
-    let subscriber = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr);
-    if args.log_json {
-        subscriber.json().init();
-    } else {
-        subscriber.init();
-    }
+    let syslog = crate::logging::init(&crate::logging::LogSettings {
+        json: args.log_json || args.log_format == LogFormat::Json,
+        syslog: args.syslog.clone(),
+    })?;
     let (loader, watch): (mtac_runtime::Loader, PathBuf) = match (args.ruleset, args.policy) {
         (Some(path), _) => {
             let p = path.clone();
@@ -483,9 +504,17 @@ pub fn run(args: RunArgs) -> Result<ExitCode, String> {
         .thread_name("mtac-worker")
         .build()
         .map_err(|e| format!("cannot start the runtime: {e}"))?;
-    let config =
-        mtac_runtime::RunConfig { loader, watch: Some(watch), grace: std::time::Duration::from_secs(args.grace) };
-    match runtime.block_on(mtac_runtime::run(config)) {
+    let config = mtac_runtime::RunConfig {
+        loader,
+        watch: Some(watch),
+        grace: std::time::Duration::from_secs(args.grace),
+        admin: args.admin.unwrap_or(mtac_runtime::AdminAddress::Policy),
+    };
+    let result = runtime.block_on(mtac_runtime::run(config));
+    if let Some(dropped) = syslog.map(|s| s.dropped()).filter(|n| *n > 0) {
+        eprintln!("mtac: {dropped} log line(s) could not be sent to syslog");
+    }
+    match result {
         Ok(()) => Ok(ExitCode::SUCCESS),
         Err(e) => {
             tracing::error!("{e}");

@@ -5,6 +5,8 @@
 #![forbid(unsafe_code)]
 
 mod cli;
+mod logging;
+mod status;
 
 use clap::Parser;
 use std::process::ExitCode;

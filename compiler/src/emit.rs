@@ -104,6 +104,7 @@ pub fn emit(draft: &Draft) -> Result<Emitted, Vec<String>> {
         farms,
         tables: tables.infos,
         dns: draft.dns.clone(),
+        admin: draft.admin.unwrap_or(Some(mtac_ruleset::model::DEFAULT_ADMIN)),
     };
     Ok(Emitted { policy, tables: tables.inputs })
 }

@@ -231,10 +231,12 @@ pub struct Draft {
     pub banner: Option<String>,
     pub spool: Option<String>,
     pub dns: DnsSettings,
+    /// `None`: not said (the default address); `Some(None)`: `admin #false`.
+    pub admin: Option<Option<SocketAddr>>,
     pub farms: Vec<DraftFarm>,
 }
 
-const TOP_NODES: &[&str] = &["hostname", "banner", "spool", "dns", "farm", "include"];
+const TOP_NODES: &[&str] = &["hostname", "banner", "spool", "dns", "admin", "farm", "include"];
 const FARM_NODES: &[&str] = &[
     "listen",
     "limits",
@@ -718,6 +720,32 @@ impl<'d> Lowerer<'d> {
                     }
                 }
                 "dns" => self.dns(at, &mut draft.dns),
+                "admin" => {
+                    self.shape(at, &[], 1, false);
+                    let value = Self::args(at).next().map(|entry| entry.value().clone());
+                    match value {
+                        Some(KdlValue::Bool(false)) => draft.admin = Some(None),
+                        Some(KdlValue::String(text)) => match text.parse::<SocketAddr>() {
+                            Ok(address) => draft.admin = Some(Some(address)),
+                            Err(_) => self.err(
+                                "mtac::admin::address",
+                                format!("`{text}` is not an address:port"),
+                                file,
+                                node.span(),
+                                "invalid admin address",
+                                "the admin listener serves /metrics, /healthz, /readyz and /status: e.g. \"127.0.0.1:9325\", or #false to turn it off",
+                            ),
+                        },
+                        _ => self.err(
+                            "mtac::admin::address",
+                            "`admin` takes an address:port or #false".to_owned(),
+                            file,
+                            node.span(),
+                            "expected \"address:port\" or #false",
+                            "e.g. admin \"127.0.0.1:9325\"",
+                        ),
+                    }
+                }
                 "farm" => {
                     if let Some(farm) = self.farm(at, dir) {
                         if let Some(first) = draft.farms.iter().find(|f| f.name == farm.name) {

@@ -28,7 +28,13 @@ pub struct Policy {
     pub tables: Vec<TableInfo>,
     /// How the node resolves names (DNS lists, sender domains, reverse DNS).
     pub dns: DnsSettings,
+    /// The admin listener (metrics, health, status); `None` turns it off.
+    pub admin: Option<SocketAddr>,
 }
+
+/// Where the admin listener listens when the policy does not say: loopback only, so that
+/// metrics and status never face the internet by accident.
+pub const DEFAULT_ADMIN: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 9325);
 
 /// The node's resolver. No nameservers: the system's (/etc/resolv.conf).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

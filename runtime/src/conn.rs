@@ -11,6 +11,7 @@
 //! client trickling one byte at a time cannot stretch it.
 
 use crate::lookups::{Lookups, Needs};
+use crate::metrics::{FarmLabel, MessageOutcome, RelayError, SessionEnd, Verdict};
 use crate::received::{self, Trace};
 use crate::relay::{Envelope, Relay, Transaction};
 use crate::server::{Delivery, Shared, Shutdown, Snapshot};
@@ -178,6 +179,7 @@ pub async fn serve(
     session.banned = banned;
     let mut lookups = shared.dns().map(|dns| Lookups::start(dns, Needs::of(farm), peer.ip()));
     let end = run(&mut conn, &mut session, &snapshot, farm_index, farm, &mut lookups).await;
+    shared.metrics.sessions.get_or_create(&SessionEnd { farm: farm.name.clone(), end: end.as_str() }).inc();
     tracing::info!(
         session = %session.id,
         client = %peer.ip(),
@@ -212,7 +214,7 @@ async fn run(
         match conn.read(wait, false).await {
             Read::Timeout => {}
             Read::Data => {
-                session.last_rule = Some("pregreet".to_owned());
+                session.note_rule("pregreet".to_owned());
                 let reply =
                     Reply::new(554, EnhancedCode::new(5, 5, 1), "Protocol error: you talked before the greeting")
                         .unwrap_or_else(|_| Reply::local_error());
@@ -224,9 +226,11 @@ async fn run(
         }
     }
     if let Some(l) = lookups.as_mut() {
-        l.ready_for(Stage::Connect, &mut session.dns).await;
+        l.ready_for(Stage::Connect, &mut session.dns, &conn.shared.metrics).await;
     }
-    match session.greet(&snapshot.ruleset, farm) {
+    let greeting = session.greet(&snapshot.ruleset, farm);
+    decided(conn.shared, session, farm, &Asked::Connect, &greeting);
+    match greeting {
         Action::Close(reply) => {
             return conn.close(&reply, End::Refused).await;
         }
@@ -262,11 +266,15 @@ async fn run(
             },
         };
         conn.input.drain(..consumed);
+        let mut asked = Asked::Other;
         let action = match action {
             Prepared::Done(action) => action,
-            Prepared::Command(command) => prepare(&command, session, farm, conn.shared, lookups)
-                .await
-                .unwrap_or_else(|| session.command(command, &snapshot.ruleset, farm)),
+            Prepared::Command(command) => {
+                asked = Asked::of(&command);
+                prepare(&command, session, farm, conn.shared, lookups)
+                    .await
+                    .unwrap_or_else(|| session.command(command, &snapshot.ruleset, farm))
+            }
         };
         // A policy refusal that the farm bans for: the next connections of this network are turned away.
         if let Some(rule) = session.take_refusal_rule() {
@@ -292,10 +300,16 @@ async fn run(
                     Delivery::Maildir(_) => Ok(()),
                     Delivery::Relay(relay) => recipient(relay, &mut txn, session, &address).await,
                 };
+                if let Err(refusal) = &verdict {
+                    // The policy accepted the recipient; the back end (or the way to it) did not.
+                    session.note_rule("backend".to_owned());
+                    conn.shared.metrics.relay_errors.get_or_create(&relay_error(farm, "rcpt", refusal)).inc();
+                }
                 session.recipient_result(address, verdict)
             }
             other => other,
         };
+        decided(conn.shared, session, farm, &asked, &action);
         match action {
             Action::Reply(reply) => conn.reply(&reply),
             Action::Close(reply) => {
@@ -311,7 +325,8 @@ async fn run(
             Action::Data => {
                 let outcome = data(conn, session, farm, &hostname, &relay, txn.take()).await;
                 match outcome {
-                    Ok(reply) => {
+                    Ok((reply, reason, size)) => {
+                        message_decided(conn.shared, session, farm, &reply, reason, size);
                         let accepted = reply.is_positive();
                         let action = if accepted { Action::Reply(reply) } else { session.data_refused(reply) };
                         session.end_transaction(accepted);
@@ -385,7 +400,7 @@ async fn prepare(
         _ => return None,
     };
     if let Some(l) = lookups.as_mut() {
-        l.ready_for(stage, &mut session.dns).await;
+        l.ready_for(stage, &mut session.dns, &shared.metrics).await;
     }
     None
 }
@@ -422,8 +437,9 @@ async fn recipient<'r>(
     t.rcpt(address).await
 }
 
-/// Receive DATA into the spool and deliver it. `Ok(reply)` is the final answer for the client;
-/// `Err(end)` means the connection is over.
+/// Receive DATA into the spool and deliver it. `Ok((reply, reason, size))` is the final answer
+/// for the client, why (a [`MessageOutcome`] reason) and the message's size; `Err(end)` means
+/// the connection is over.
 async fn data(
     conn: &mut Conn<'_>,
     session: &Session,
@@ -431,8 +447,10 @@ async fn data(
     hostname: &str,
     delivery: &Delivery<'_>,
     mut txn: Option<Transaction<'_>>,
-) -> Result<Reply, End> {
-    let Some(envelope) = session.txn.as_ref() else { return Ok(Reply::bad_sequence("need MAIL command")) };
+) -> Result<(Reply, &'static str, u64), End> {
+    let Some(envelope) = session.txn.as_ref() else {
+        return Ok((Reply::bad_sequence("need MAIL command"), "protocol", 0));
+    };
     let mut spool = match conn.shared.spool.create(&session.id).await {
         Ok(file) => file,
         Err(e) => {
@@ -440,7 +458,7 @@ async fn data(
             if let Some(t) = txn {
                 t.abort().await;
             }
-            return Ok(insufficient_storage());
+            return Ok((insufficient_storage(), "spool", 0));
         }
     };
     conn.reply(&Reply::start_data());
@@ -497,18 +515,163 @@ async fn data(
     }
     // The input buffer may have grown with a large message: give the memory back.
     conn.input.shrink_to(READ_STEP);
+    let size = spool.len();
     if let Err(e) = receiver.check() {
-        return Ok(abandon(txn, e.reply()).await);
+        let reason = match e {
+            crate::smtp::DataError::BareLineEnding { .. } => "bare-line-end",
+            crate::smtp::DataError::TooLarge { .. } => "size",
+        };
+        return Ok((abandon(txn, e.reply()).await, reason, size));
     }
     if let Some(e) = spool_error {
         tracing::error!(session = %session.id, error = %e, full = spool::is_full(&e), "spool: write failed");
-        return Ok(abandon(txn, insufficient_storage()).await);
+        return Ok((abandon(txn, insufficient_storage()).await, "spool", size));
     }
     if let Err(e) = spool.flush().await {
         tracing::error!(session = %session.id, error = %e, "spool: flush failed");
-        return Ok(abandon(txn, insufficient_storage()).await);
+        return Ok((abandon(txn, insufficient_storage()).await, "spool", size));
     }
-    Ok(deliver(session, delivery, txn, &mut spool, hostname).await)
+    let started = std::time::Instant::now();
+    let reply = deliver(session, delivery, txn, &mut spool, hostname).await;
+    let metrics = &conn.shared.metrics;
+    if let Delivery::Relay(_) = delivery {
+        let farm_label = FarmLabel { farm: farm.name.clone() };
+        metrics.relay_seconds.get_or_create(&farm_label).observe(started.elapsed().as_secs_f64());
+        if !reply.is_positive() {
+            metrics.relay_errors.get_or_create(&relay_error(farm, "data", &reply)).inc();
+        }
+    }
+    let reason = match (reply.is_positive(), delivery) {
+        (true, _) => "delivered",
+        (false, Delivery::Relay(_)) => "backend",
+        (false, Delivery::Maildir(_)) => "local-delivery",
+    };
+    Ok((reply, reason, size))
+}
+
+/// What the client asked, for the decision's log line and metrics.
+enum Asked {
+    Connect,
+    Helo(String),
+    Mail(String),
+    Rcpt(String),
+    Data,
+    Other,
+}
+
+impl Asked {
+    fn of(command: &crate::smtp::Command) -> Asked {
+        use crate::smtp::{Command, ForwardPath, ReversePath};
+        match command {
+            Command::Helo(name) | Command::Ehlo(name) => Asked::Helo(name.clone()),
+            Command::Mail(mail) => Asked::Mail(match &mail.from {
+                ReversePath::Null => String::new(),
+                ReversePath::Mailbox(m) => m.to_string(),
+            }),
+            Command::Rcpt(rcpt) => Asked::Rcpt(match &rcpt.to {
+                ForwardPath::Postmaster => "postmaster".to_owned(),
+                ForwardPath::Mailbox(m) => m.to_string(),
+            }),
+            Command::Data => Asked::Data,
+            _ => Asked::Other,
+        }
+    }
+
+    /// The stage name (docs/session.md) used as a metric label.
+    fn stage(&self) -> &'static str {
+        match self {
+            Asked::Connect => "connect",
+            Asked::Helo(_) => "helo",
+            Asked::Mail(_) => "mail",
+            Asked::Rcpt(_) => "rcpt",
+            Asked::Data => "data",
+            Asked::Other => "other",
+        }
+    }
+}
+
+/// Log and count one answer: every refusal (with the rule that gave it) and every recipient
+/// verdict. One line per decision, so an operator can answer "why was this refused?" from the
+/// log alone. Message bodies and AUTH payloads are never logged.
+fn decided(shared: &Shared, session: &mut Session, farm: &Farm, asked: &Asked, action: &Action) {
+    let rule = session.take_rule();
+    let reply = match action {
+        Action::Reply(r) | Action::Close(r) => r,
+        Action::Recipient { .. } | Action::Data => return,
+    };
+    let refused = reply.is_transient() || reply.is_permanent();
+    let metrics = &shared.metrics;
+    if let Asked::Rcpt(_) = asked {
+        let verdict = match (refused, reply.is_permanent()) {
+            (false, _) => "accepted",
+            (true, true) => "rejected",
+            (true, false) => "deferred",
+        };
+        metrics.recipients.get_or_create(&Verdict { farm: farm.name.clone(), verdict }).inc();
+    }
+    if !refused {
+        if let Asked::Rcpt(recipient) = asked {
+            let sender = session.txn.as_ref().map_or("", |t| t.sender.as_str());
+            tracing::info!(
+                session = %session.id, client = %session.peer.ip(), helo = session.helo.as_deref().unwrap_or(""),
+                sender, recipient = recipient.as_str(), stage = "rcpt", reply = %first_line(reply), "recipient accepted"
+            );
+        }
+        return;
+    }
+    let rule = rule.unwrap_or_else(|| "protocol".to_owned());
+    metrics.refusal(&farm.name, asked.stage(), reply.is_permanent(), &rule);
+    let sender = match asked {
+        Asked::Mail(sender) => sender.as_str(),
+        _ => session.txn.as_ref().map_or("", |t| t.sender.as_str()),
+    };
+    let recipient = match asked {
+        Asked::Rcpt(r) => r.as_str(),
+        _ => "",
+    };
+    let helo = match asked {
+        Asked::Helo(name) => name.as_str(),
+        _ => session.helo.as_deref().unwrap_or(""),
+    };
+    tracing::info!(
+        session = %session.id, client = %session.peer.ip(), helo, sender, recipient, stage = asked.stage(),
+        rule = rule.as_str(), reply = %first_line(reply), "refused"
+    );
+}
+
+/// Log and count the final answer to a message.
+fn message_decided(shared: &Shared, session: &Session, farm: &Farm, reply: &Reply, reason: &'static str, size: u64) {
+    let verdict = if reply.is_positive() {
+        "accepted"
+    } else if reply.is_permanent() {
+        "rejected"
+    } else {
+        "deferred"
+    };
+    let metrics = &shared.metrics;
+    metrics.messages.get_or_create(&MessageOutcome { farm: farm.name.clone(), verdict, reason }).inc();
+    if reply.is_positive() {
+        metrics.message_bytes.get_or_create(&FarmLabel { farm: farm.name.clone() }).inc_by(size);
+    } else {
+        metrics.refusal(&farm.name, "data", reply.is_permanent(), reason);
+    }
+    let (sender, recipients) = session.txn.as_ref().map_or(("", 0), |t| (t.sender.as_str(), t.recipients.len()));
+    tracing::info!(
+        session = %session.id, client = %session.peer.ip(), helo = session.helo.as_deref().unwrap_or(""),
+        sender, recipients, size, stage = "data", verdict, reason, reply = %first_line(reply), "message"
+    );
+}
+
+fn first_line(reply: &Reply) -> String {
+    let text = reply.lines().first().map_or("", String::as_str);
+    match reply.enhanced() {
+        Some(e) => format!("{} {e} {text}", reply.code()),
+        None => format!("{} {text}", reply.code()),
+    }
+}
+
+fn relay_error(farm: &Farm, phase: &'static str, reply: &Reply) -> RelayError {
+    RelayError { farm: farm.name.clone(), phase, kind: if reply.is_permanent() { "rejected" } else { "deferred" } }
 }
 
 /// Give up the back-end transaction and answer `reply`.

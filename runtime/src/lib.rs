@@ -10,7 +10,8 @@
 //! - [`dns`]: DNS lists, sender domains, reverse DNS and zone health, over a cached resolver;
 //! - [`relay`]: the SMTP/LMTP client of the back ends, with failover and a small pool;
 //! - [`spool`], [`maildir`], [`received`]: the message's way through the node;
-//! - [`server`]: listeners, connection limits, the ruleset snapshot, hot reload, graceful stop.
+//! - [`server`]: listeners, connection limits, the ruleset snapshot, hot reload, graceful stop;
+//! - [`admin`], [`metrics`]: the admin listener (Prometheus metrics, health, status) and its counters.
 //!
 //! **Invariant:** the runtime never parses KDL; it reads only compiled rulesets.
 //! **Invariant:** mtac never queues: a message is relayed while its sender waits, or refused
@@ -18,11 +19,13 @@
 
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod conn;
 pub mod dns;
 pub mod guard;
 pub mod lookups;
 pub mod maildir;
+pub mod metrics;
 pub mod received;
 pub mod relay;
 pub mod server;
@@ -30,4 +33,4 @@ pub mod session;
 pub mod smtp;
 pub mod spool;
 
-pub use server::{run, Loader, Node, RunConfig, RunError};
+pub use server::{run, AdminAddress, Listeners, Loader, Node, RunConfig, RunError};

@@ -9,6 +9,7 @@
 //! never a refusal by itself.
 
 use crate::dns::{Dns, Reverse};
+use crate::metrics::{Metrics, ZoneLabel};
 use mtac_ruleset::eval::{DomainStatus, GivenDns, ListAnswer, ReverseDns};
 use mtac_ruleset::model::{Check, DnsblTarget, Farm, Stage};
 use std::net::IpAddr;
@@ -208,12 +209,13 @@ impl Lookups {
     }
 
     /// Wait for what `stage` needs and merge it into `facts`.
-    pub async fn ready_for(&mut self, stage: Stage, facts: &mut GivenDns) {
+    /// DNS list hits and failures are counted in `metrics` as they arrive.
+    pub async fn ready_for(&mut self, stage: Stage, facts: &mut GivenDns, metrics: &Metrics) {
         let (client, helo, sender) = self.needs.stages.get(index(stage)).copied().unwrap_or_default();
         if client {
             if let Some(task) = self.client.take() {
                 let (found, reverse) = task.await.unwrap_or_default();
-                merge(facts, found);
+                merge(facts, found, metrics);
                 if reverse.is_some() {
                     facts.reverse = reverse;
                 }
@@ -221,21 +223,26 @@ impl Lookups {
         }
         if helo {
             if let Some(task) = self.helo.take() {
-                merge(facts, task.await.unwrap_or_default());
+                merge(facts, task.await.unwrap_or_default(), metrics);
             }
         }
         if sender {
             if let Some(task) = self.sender.take() {
                 let (found, status) = task.await.unwrap_or_default();
-                merge(facts, found);
+                merge(facts, found, metrics);
                 facts.sender_domain = status;
             }
         }
     }
 }
 
-fn merge(facts: &mut GivenDns, found: Lists) {
+fn merge(facts: &mut GivenDns, found: Lists, metrics: &Metrics) {
     for (zone, answer) in found {
+        match answer {
+            ListAnswer::Listed(_) => metrics.dnsbl_hits.get_or_create(&ZoneLabel { zone: zone.clone() }).inc(),
+            ListAnswer::Error => metrics.dnsbl_errors.get_or_create(&ZoneLabel { zone: zone.clone() }).inc(),
+            ListAnswer::NotListed => 0,
+        };
         match facts.lists.iter_mut().find(|(z, _)| *z == zone) {
             Some(slot) => slot.1 = answer,
             None => facts.lists.push((zone, answer)),

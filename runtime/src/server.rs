@@ -13,6 +13,7 @@
 use crate::dns::{Dns, DnsSettings};
 use crate::guard::{Bans, Rates};
 use crate::lookups::Needs;
+use crate::metrics::{FarmLabel, Metrics, RefusedAtAccept, ReloadResult};
 use crate::relay::Relay;
 use crate::spool::Spool;
 use arc_swap::ArcSwap;
@@ -137,10 +138,15 @@ pub struct Shared {
     pub rates: Rates,
     pub spool: Spool,
     pub counters: Counters,
+    pub metrics: Metrics,
     shutdown: watch::Sender<Shutdown>,
     sessions: AtomicU64,
     started: u64,
     pub last_reload_error: Mutex<Option<String>>,
+    /// When the ruleset in use was loaded (Unix seconds).
+    pub loaded_at: Mutex<f64>,
+    /// The listeners are bound and the node takes connections (readiness).
+    pub ready: std::sync::atomic::AtomicBool,
 }
 
 impl Shared {
@@ -154,6 +160,32 @@ impl Shared {
 
     pub fn shutdown_receiver(&self) -> watch::Receiver<Shutdown> {
         self.shutdown.subscribe()
+    }
+
+    /// When the node started (Unix seconds).
+    pub fn started_at(&self) -> f64 {
+        self.started as f64
+    }
+
+    /// Draining or stopped: not ready for new connections.
+    pub fn stopping(&self) -> bool {
+        *self.shutdown.borrow() != Shutdown::Running
+    }
+
+    /// Update the metrics read at scrape time and encode them all.
+    pub fn render_metrics(&self) -> String {
+        let m = &self.metrics;
+        let gauge = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+        m.connections_active.set(gauge(self.counters.connections_now.load(Ordering::Relaxed) as u64));
+        m.bans_active.set(gauge(self.bans.active() as u64));
+        m.spool_bytes.set(gauge(self.spool.bytes_in_use()));
+        m.spool_files.set(gauge(self.spool.files_in_use()));
+        if let Some(dns) = &self.dns {
+            for (zone, state) in dns.zones().snapshot() {
+                m.zone_suspended.get_or_create(&crate::metrics::ZoneLabel { zone }).set(i64::from(state.suspended));
+            }
+        }
+        m.encode()
     }
 
     /// A session id unique on this node: start time and a counter, in hex.
@@ -170,6 +202,24 @@ pub struct RunConfig {
     pub watch: Option<PathBuf>,
     /// How long sessions may finish after SIGTERM before they are told 421.
     pub grace: Duration,
+    /// Where the admin listener listens.
+    pub admin: AdminAddress,
+}
+
+/// The admin listener's address: the policy's (`admin`, loopback by default), or one given on
+/// the command line (two nodes on one host for a test, a container's published port).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AdminAddress {
+    Policy,
+    At(SocketAddr),
+    Off,
+}
+
+/// Everything a node listens on.
+pub struct Listeners {
+    /// SMTP listeners and the farm each serves.
+    pub smtp: Vec<(TcpListener, String)>,
+    pub admin: Option<TcpListener>,
 }
 
 /// Features the ruleset may ask for that this build does not enforce yet. Serving them
@@ -230,11 +280,16 @@ impl Node {
             rates: Rates::default(),
             spool,
             counters: Counters::default(),
+            metrics: Metrics::new(),
             shutdown,
             sessions: AtomicU64::new(0),
             started: u64::from(started),
             last_reload_error: Mutex::new(None),
+            loaded_at: Mutex::new(crate::metrics::unix_now()),
+            ready: std::sync::atomic::AtomicBool::new(false),
         });
+        shared.metrics.ruleset_loaded(&shared.snapshot().ruleset.hash_hex());
+        shared.metrics.start_time.set(i64::from(started));
         Ok(Node { shared, loader })
     }
 
@@ -267,12 +322,17 @@ impl Node {
                 }
                 self.shared.snapshot.store(Arc::new(Snapshot::new(ruleset, Some(&old))));
                 self.shared.counters.reloads_ok.fetch_add(1, Ordering::Relaxed);
+                self.shared.metrics.reloads.get_or_create(&ReloadResult { result: "ok" }).inc();
+                self.shared.metrics.ruleset_loaded(&new_hash);
+                *self.shared.loaded_at.lock().unwrap_or_else(std::sync::PoisonError::into_inner) =
+                    crate::metrics::unix_now();
                 *self.shared.last_reload_error.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = None;
                 tracing::info!(old = %old_hash, new = %new_hash, "ruleset reloaded");
                 Ok(true)
             }
             Err(e) => {
                 self.shared.counters.reloads_failed.fetch_add(1, Ordering::Relaxed);
+                self.shared.metrics.reloads.get_or_create(&ReloadResult { result: "failed" }).inc();
                 tracing::error!(error = %e, "ruleset reload refused; the running ruleset keeps serving");
                 *self.shared.last_reload_error.lock().unwrap_or_else(std::sync::PoisonError::into_inner) =
                     Some(e.clone());
@@ -281,9 +341,23 @@ impl Node {
         }
     }
 
-    /// Bind every listener of every farm.
-    pub async fn bind(&self) -> Result<Vec<(TcpListener, String)>, RunError> {
+    /// Bind every listener of every farm, and the admin listener.
+    pub async fn bind(&self, admin: AdminAddress) -> Result<Listeners, RunError> {
         let snapshot = self.shared.snapshot();
+        let admin = match admin {
+            AdminAddress::Policy => snapshot.ruleset.policy().admin,
+            AdminAddress::At(address) => Some(address),
+            AdminAddress::Off => None,
+        };
+        let admin = match admin {
+            Some(address) => {
+                let listener =
+                    TcpListener::bind(address).await.map_err(|source| RunError::Listen { address, source })?;
+                tracing::info!(address = %listener.local_addr().unwrap_or(address), "admin listener (metrics, health, status)");
+                Some(listener)
+            }
+            None => None,
+        };
         let mut bound = Vec::new();
         for farm in &snapshot.ruleset.policy().farms {
             for listener in &farm.listeners {
@@ -293,11 +367,11 @@ impl Node {
                 bound.push((socket, farm.name.clone()));
             }
         }
-        Ok(bound)
+        Ok(Listeners { smtp: bound, admin })
     }
 
     /// Serve until SIGTERM/SIGINT, hot-reloading on file change and SIGHUP.
-    pub async fn run(self, listeners: Vec<(TcpListener, String)>, config: RunConfig) -> Result<(), RunError> {
+    pub async fn run(self, listeners: Listeners, config: RunConfig) -> Result<(), RunError> {
         use tokio::signal::unix::{signal, SignalKind};
         let mut term = signal(SignalKind::terminate()).map_err(RunError::Signals)?;
         let mut int = signal(SignalKind::interrupt()).map_err(RunError::Signals)?;
@@ -313,7 +387,7 @@ impl Node {
     /// Serve until `stop` completes, then drain gracefully (tests stop a node this way).
     pub async fn run_until(
         self,
-        listeners: Vec<(TcpListener, String)>,
+        listeners: Listeners,
         config: RunConfig,
         stop: impl std::future::Future<Output = ()>,
     ) -> Result<(), RunError> {
@@ -321,7 +395,10 @@ impl Node {
         let (watcher, events) = watch(config.watch.as_deref());
         let mut limits: HashMap<String, Arc<FarmLimits>> = HashMap::new();
         let mut accept_tasks = Vec::new();
-        for (listener, farm) in listeners {
+        // The admin listener outlives the accept loops: while draining, /readyz says 503 and
+        // /metrics shows the sessions finishing.
+        let admin = listeners.admin.map(|admin| crate::admin::spawn(admin, node.shared.clone()));
+        for (listener, farm) in listeners.smtp {
             let farm_limits = limits.entry(farm.clone()).or_default().clone();
             let shared = node.shared.clone();
             accept_tasks.push(tokio::spawn(accept_loop(listener, farm, farm_limits, shared)));
@@ -332,9 +409,15 @@ impl Node {
             let every = Duration::from_secs(u64::from(snapshot.ruleset.policy().dns.probe_interval));
             dns.spawn_probes(list_zones(&snapshot.ruleset), every)
         });
+        node.shared.ready.store(true, Ordering::Relaxed);
+        let watchdog = systemd_ready(&node.shared);
 
         stop.await;
         tracing::info!(grace = ?config.grace, "stopping: no new connections, sessions may finish");
+        let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
+        if let Some(w) = watchdog {
+            w.abort();
+        }
         let _ = node.shared.shutdown.send(Shutdown::Draining);
         for task in &accept_tasks {
             task.abort();
@@ -352,6 +435,9 @@ impl Node {
         let last = tokio::time::Instant::now() + Duration::from_secs(2);
         while node.shared.counters.connections_now.load(Ordering::Relaxed) > 0 && tokio::time::Instant::now() < last {
             tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        if let Some(admin) = admin {
+            admin.abort();
         }
         tracing::info!("stopped");
         Ok(())
@@ -455,6 +541,10 @@ async fn accept_loop(listener: TcpListener, farm: String, limits: Arc<FarmLimits
             }
         };
         shared.counters.connections_total.fetch_add(1, Ordering::Relaxed);
+        shared.metrics.connections.get_or_create(&FarmLabel { farm: farm.clone() }).inc();
+        let refused = |reason: &'static str| {
+            shared.metrics.refused_at_accept.get_or_create(&RefusedAtAccept { farm: farm.clone(), reason }).inc();
+        };
         let snapshot = shared.snapshot();
         let Some((_, farm_model)) = snapshot.farm(&farm) else {
             refuse(stream, "421 4.3.2 Service not available\r\n");
@@ -466,6 +556,7 @@ async fn accept_loop(listener: TcpListener, farm: String, limits: Arc<FarmLimits
         if shared.bans.is_banned(ip, &farm_model.bans) {
             match farm_model.ban_response {
                 BanResponse::Close521 => {
+                    refused("ban");
                     refuse(stream, "521 5.3.2 Client host rejected: banned for a while, do not retry now\r\n");
                     continue;
                 }
@@ -474,6 +565,7 @@ async fn accept_loop(listener: TcpListener, farm: String, limits: Arc<FarmLimits
         }
         if let Some(limit) = shared.rates.count(&farm, RateSubject::Connections, ip, &farm_model.rate_limits) {
             shared.counters.refused_limit.fetch_add(1, Ordering::Relaxed);
+            refused("rate");
             let reply = crate::session::policy_reply(&limit.reply);
             refuse(stream, &String::from_utf8_lossy(&reply.to_bytes()));
             continue;
@@ -485,6 +577,7 @@ async fn accept_loop(listener: TcpListener, farm: String, limits: Arc<FarmLimits
         if limits.total.fetch_add(1, Ordering::Relaxed) >= max_total {
             limits.total.fetch_sub(1, Ordering::Relaxed);
             shared.counters.refused_limit.fetch_add(1, Ordering::Relaxed);
+            refused("limit");
             refuse(stream, "421 4.7.0 Too many connections, try again later\r\n");
             continue;
         }
@@ -497,6 +590,7 @@ async fn accept_loop(listener: TcpListener, farm: String, limits: Arc<FarmLimits
                 drop(map);
                 limits.total.fetch_sub(1, Ordering::Relaxed);
                 shared.counters.refused_limit.fetch_add(1, Ordering::Relaxed);
+                refused("limit");
                 refuse(stream, "421 4.7.0 Too many connections from your address, try again later\r\n");
                 continue;
             }
@@ -595,6 +689,23 @@ async fn reload_loop(
     }
 }
 
+/// Tell systemd the node is ready (Type=notify) and, when the unit sets WatchdogSec, keep
+/// pinging its watchdog from a runtime task: a node whose scheduler is stuck stops pinging and
+/// is restarted. Outside systemd (no NOTIFY_SOCKET) this does nothing.
+fn systemd_ready(shared: &Shared) -> Option<tokio::task::JoinHandle<()>> {
+    let status = format!("serving ruleset {}", shared.snapshot().ruleset.hash_hex());
+    if let Err(e) = sd_notify::notify(&[sd_notify::NotifyState::Ready, sd_notify::NotifyState::Status(&status)]) {
+        tracing::warn!(error = %e, "cannot notify systemd");
+    }
+    let every = sd_notify::watchdog_enabled()? / 2;
+    Some(tokio::spawn(async move {
+        loop {
+            let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
+            tokio::time::sleep(every).await;
+        }
+    }))
+}
+
 /// Raise the open-file limit to the hard limit: every session is a descriptor, and mtac must not
 /// cap a node below what the system allows. Returns the limit in force.
 pub fn raise_file_limit() -> Option<u64> {
@@ -617,6 +728,6 @@ pub async fn run(config: RunConfig) -> Result<(), RunError> {
         None => tracing::info!("open-file limit: unlimited"),
     }
     let node = Node::new(config.loader.clone())?;
-    let listeners = node.bind().await?;
+    let listeners = node.bind(config.admin).await?;
     node.run(listeners, config).await
 }

@@ -60,8 +60,11 @@ pub struct Session {
     pub accepted: u32,
     /// The rule behind the last refusal, for logs.
     pub last_rule: Option<String>,
-    /// The rule behind the refusal of the command just answered (taken by the driver for bans).
+    /// The policy rule behind the refusal of the command just answered (taken by the driver for bans).
     refused_by: Option<String>,
+    /// The rule (policy or internal) behind the refusal just answered (taken by the driver for
+    /// logs and metrics).
+    rule_now: Option<String>,
     /// DNS answers gathered so far (filled by the driver before each stage that needs them).
     pub dns: GivenDns,
     /// The client is banned and was let in to be refused at RCPT (ban response "refuse-recipients").
@@ -106,6 +109,7 @@ impl Session {
             accepted: 0,
             last_rule: None,
             refused_by: None,
+            rule_now: None,
             dns: GivenDns::default(),
             banned: false,
             junk: 0,
@@ -134,7 +138,9 @@ impl Session {
         let reply = decision.reply.as_ref().map(policy_reply);
         if reply.is_some() {
             self.refused_by = decision.rule.clone();
-            self.last_rule = decision.rule;
+            if let Some(rule) = decision.rule {
+                self.note_rule(rule);
+            }
         }
         reply
     }
@@ -203,7 +209,7 @@ impl Session {
         ) {
             self.junk = self.junk.saturating_add(1);
             if self.junk > JUNK_COMMAND_LIMIT {
-                self.last_rule = Some("junk-commands".to_owned());
+                self.note_rule("junk-commands".to_owned());
                 return Action::Close(Reply::too_many_errors(&self.hostname));
             }
         }
@@ -252,7 +258,7 @@ impl Session {
             }
             Command::Rcpt(rcpt) => {
                 if self.banned {
-                    self.last_rule = Some("ban".to_owned());
+                    self.note_rule("ban".to_owned());
                     let r = reply(550, 5, 7, 1, "Client host rejected: too many refusals, banned for a while");
                     return self.answer(r);
                 }
@@ -347,8 +353,19 @@ impl Session {
 
     /// A refusal decided outside the policy program (a rate limit, a ban): counted like any other.
     pub fn refuse(&mut self, reply: Reply, rule: &str) -> Action {
-        self.last_rule = Some(rule.to_owned());
+        self.note_rule(rule.to_owned());
         self.answer(reply)
+    }
+
+    /// Remember the rule that refused the command being answered.
+    pub fn note_rule(&mut self, rule: String) {
+        self.last_rule = Some(rule.clone());
+        self.rule_now = Some(rule);
+    }
+
+    /// The rule that refused the command just answered, if a rule did (for logs and metrics).
+    pub fn take_rule(&mut self) -> Option<String> {
+        self.rule_now.take()
     }
 
     pub fn hostname(&self) -> &str {
@@ -416,6 +433,7 @@ mod tests {
             farms: vec![farm],
             tables: vec![TableInfo { kind: TableKind::Domains, name: "d".to_owned(), entries: 1, sources: vec![] }],
             dns: DnsSettings::default(),
+            admin: None,
         };
         let mut domains = DomainTableBuilder::new();
         domains.insert("example.com", false, 0).unwrap();

@@ -24,10 +24,16 @@ use std::sync::Arc;
 pub struct Spool {
     dir: PathBuf,
     counter: AtomicU64,
-    /// Bytes currently spooled (all files of this process).
-    in_use: Arc<AtomicU64>,
+    /// Bytes and files currently spooled (all files of this process).
+    in_use: Arc<InUse>,
     /// The directory is a tmpfs: file operations never wait on a device.
     in_memory: bool,
+}
+
+#[derive(Debug, Default)]
+struct InUse {
+    bytes: AtomicU64,
+    files: AtomicU64,
 }
 
 const PREFIX: &str = "mtac-";
@@ -41,7 +47,7 @@ impl Spool {
         if !in_memory {
             tracing::warn!(dir = %dir.display(), "the spool is not a tmpfs: mount a RAM disk there for speed");
         }
-        Ok(Spool { dir: dir.to_path_buf(), counter: AtomicU64::new(0), in_use: Arc::new(AtomicU64::new(0)), in_memory })
+        Ok(Spool { dir: dir.to_path_buf(), counter: AtomicU64::new(0), in_use: Arc::default(), in_memory })
     }
 
     pub fn dir(&self) -> &Path {
@@ -49,7 +55,12 @@ impl Spool {
     }
 
     pub fn bytes_in_use(&self) -> u64 {
-        self.in_use.load(Ordering::Relaxed)
+        self.in_use.bytes.load(Ordering::Relaxed)
+    }
+
+    /// Messages in the spool now.
+    pub fn files_in_use(&self) -> u64 {
+        self.in_use.files.load(Ordering::Relaxed)
     }
 
     /// Remove spool files left by processes that no longer run. Returns how many.
@@ -82,6 +93,7 @@ impl Spool {
         let in_memory = self.in_memory;
         let file =
             off_worker(in_memory, || std::fs::OpenOptions::new().read(true).write(true).create_new(true).open(&path))?;
+        self.in_use.files.fetch_add(1, Ordering::Relaxed);
         Ok(SpoolFile { path, file, len: 0, in_use: self.in_use.clone(), in_memory })
     }
 }
@@ -116,7 +128,7 @@ pub struct SpoolFile {
     path: PathBuf,
     file: File,
     len: u64,
-    in_use: Arc<AtomicU64>,
+    in_use: Arc<InUse>,
     in_memory: bool,
 }
 
@@ -139,7 +151,7 @@ impl SpoolFile {
         off_worker(self.in_memory, || file.write_all(bytes))?;
         let n = bytes.len() as u64;
         self.len += n;
-        self.in_use.fetch_add(n, Ordering::Relaxed);
+        self.in_use.bytes.fetch_add(n, Ordering::Relaxed);
         Ok(())
     }
 
@@ -163,7 +175,8 @@ impl SpoolFile {
 
 impl Drop for SpoolFile {
     fn drop(&mut self) {
-        self.in_use.fetch_sub(self.len, Ordering::Relaxed);
+        self.in_use.bytes.fetch_sub(self.len, Ordering::Relaxed);
+        self.in_use.files.fetch_sub(1, Ordering::Relaxed);
         // Unlinking on a tmpfs is a short metadata operation; doing it here is what guarantees
         // that no path (error, panic, abort) leaves the message behind.
         if let Err(e) = std::fs::remove_file(&self.path) {

@@ -55,7 +55,7 @@ impl Mtac {
             std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos()
         ));
         let child = Command::new(env!("CARGO_BIN_EXE_mtac"))
-            .args(["run", "--grace", "5"])
+            .args(["run", "--grace", "5", "--admin", "off"])
             .arg(ruleset)
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())

@@ -234,6 +234,8 @@ pub fn code(reply: &str) -> u16 {
 /// An mtac node running in-process.
 pub struct TestNode {
     pub addr: SocketAddr,
+    /// The admin listener (metrics, health, status).
+    pub admin: SocketAddr,
     pub shared: Arc<mtac_runtime::server::Shared>,
     pub dir: tempfile::TempDir,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
@@ -258,11 +260,14 @@ impl TestNode {
                 .ok_or_else(|| c.diagnostics.list.iter().map(|d| d.message.clone()).collect::<Vec<_>>().join("; "))
         });
         let node = mtac_runtime::Node::new(loader.clone()).unwrap_or_else(|e| panic!("node: {e}\n{text}"));
-        let listeners = node.bind().await.unwrap();
-        let addr = listeners[0].0.local_addr().unwrap();
+        // Every test node has an admin listener, on a port of its own.
+        let admin = mtac_runtime::AdminAddress::At("127.0.0.1:0".parse().unwrap());
+        let listeners = node.bind(admin).await.unwrap();
+        let addr = listeners.smtp[0].0.local_addr().unwrap();
+        let admin_addr = listeners.admin.as_ref().unwrap().local_addr().unwrap();
         let shared = node.shared.clone();
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let config = mtac_runtime::RunConfig { loader, watch: Some(path), grace: Duration::from_secs(5) };
+        let config = mtac_runtime::RunConfig { loader, watch: Some(path), grace: Duration::from_secs(5), admin };
         let task = tokio::spawn(async move {
             let _ = node
                 .run_until(listeners, config, async move {
@@ -281,7 +286,7 @@ impl TestNode {
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        TestNode { addr, shared, dir, stop: Some(stop_tx), task: Some(task) }
+        TestNode { addr, admin: admin_addr, shared, dir, stop: Some(stop_tx), task: Some(task) }
     }
 
     pub fn spool_files(&self) -> usize {

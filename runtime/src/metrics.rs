@@ -1,0 +1,235 @@
+//! The node's Prometheus metrics, one registry per node (no global recorder: several nodes in
+//! one test process keep their own counts).
+//!
+//! Names follow docs/session.md's phases and are prefixed `mtac_`. Label values come from
+//! closed sets — farm names, stages, verdicts, the policy's own rule and zone names, fixed
+//! internal reasons — never a client address, sender or recipient (STYLE.md 14): a label per
+//! address would grow the series without bound under a spam wave.
+//!
+//! Counters move where the event happens; values that already live elsewhere (connections now,
+//! active bans, spool bytes, zone suspension) are read when /metrics is scraped, so the hot path
+//! pays nothing for them.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+use std::sync::atomic::AtomicU64;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FarmLabel {
+    pub farm: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RefusedAtAccept {
+    pub farm: String,
+    /// `limit` (connection limits), `ban`, `rate`.
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SessionEnd {
+    pub farm: String,
+    /// [`crate::conn::End::as_str`].
+    pub end: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Refusal {
+    pub farm: String,
+    /// connect, helo, mail, rcpt, data.
+    pub stage: &'static str,
+    /// `reject` (5xx) or `defer` (4xx).
+    pub verdict: &'static str,
+    /// The policy rule, or an internal reason (`protocol`, `backend`, `rate-limit`, `ban`…).
+    pub rule: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Verdict {
+    pub farm: String,
+    /// `accepted`, `rejected`, `deferred`.
+    pub verdict: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct MessageOutcome {
+    pub farm: String,
+    /// `accepted`, `rejected`, `deferred`.
+    pub verdict: &'static str,
+    /// `delivered`, `backend`, `size`, `bare-line-end`, `spool`, `shutdown`…
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ZoneLabel {
+    pub zone: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RelayError {
+    pub farm: String,
+    /// `rcpt` (opening the transaction or a recipient) or `data`.
+    pub phase: &'static str,
+    /// `rejected` (5xx) or `deferred` (4xx, which includes no back end reachable).
+    pub kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RulesetLabel {
+    pub hash: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReloadResult {
+    /// `ok` or `failed`.
+    pub result: &'static str,
+}
+
+fn relay_histogram() -> Histogram {
+    // 1 ms to ~33 s: a LAN back end answers in milliseconds, a stuck one hits the relay timeout.
+    Histogram::new(exponential_buckets(0.001, 2.0, 16))
+}
+
+/// Every metric of a node.
+pub struct Metrics {
+    registry: Registry,
+    pub connections: Family<FarmLabel, Counter>,
+    pub refused_at_accept: Family<RefusedAtAccept, Counter>,
+    pub sessions: Family<SessionEnd, Counter>,
+    pub refusals: Family<Refusal, Counter>,
+    pub recipients: Family<Verdict, Counter>,
+    pub messages: Family<MessageOutcome, Counter>,
+    pub message_bytes: Family<FarmLabel, Counter>,
+    pub dnsbl_hits: Family<ZoneLabel, Counter>,
+    pub dnsbl_errors: Family<ZoneLabel, Counter>,
+    pub relay_seconds: Family<FarmLabel, Histogram, fn() -> Histogram>,
+    pub relay_errors: Family<RelayError, Counter>,
+    pub bans: Counter,
+    pub reloads: Family<ReloadResult, Counter>,
+    // Read at scrape time.
+    pub connections_active: Gauge,
+    pub bans_active: Gauge,
+    pub spool_bytes: Gauge,
+    pub spool_files: Gauge,
+    pub zone_suspended: Family<ZoneLabel, Gauge>,
+    pub ruleset: Family<RulesetLabel, Gauge>,
+    pub ruleset_loaded: Gauge<f64, AtomicU64>,
+    pub start_time: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("mtac");
+        let m = Metrics {
+            connections: Family::default(),
+            refused_at_accept: Family::default(),
+            sessions: Family::default(),
+            refusals: Family::default(),
+            recipients: Family::default(),
+            messages: Family::default(),
+            message_bytes: Family::default(),
+            dnsbl_hits: Family::default(),
+            dnsbl_errors: Family::default(),
+            relay_seconds: Family::new_with_constructor(relay_histogram),
+            relay_errors: Family::default(),
+            bans: Counter::default(),
+            reloads: Family::default(),
+            connections_active: Gauge::default(),
+            bans_active: Gauge::default(),
+            spool_bytes: Gauge::default(),
+            spool_files: Gauge::default(),
+            zone_suspended: Family::default(),
+            ruleset: Family::default(),
+            ruleset_loaded: Gauge::default(),
+            start_time: Gauge::default(),
+            registry: Registry::default(),
+        };
+        // Counters get their `_total` suffix from the encoder.
+        registry.register("connections", "SMTP connections accepted", m.connections.clone());
+        registry.register(
+            "connections_refused",
+            "Connections turned away at accept (limit, ban, rate)",
+            m.refused_at_accept.clone(),
+        );
+        registry.register("connections_active", "SMTP connections open now", m.connections_active.clone());
+        registry.register("sessions", "Sessions ended, by how they ended", m.sessions.clone());
+        registry.register(
+            "refusals",
+            "4xx and 5xx replies, by stage and by the rule that gave them",
+            m.refusals.clone(),
+        );
+        registry.register("recipients", "RCPT TO verdicts", m.recipients.clone());
+        registry.register("messages", "Messages after DATA, by verdict and reason", m.messages.clone());
+        registry.register("message_bytes", "Bytes of messages relayed or delivered", m.message_bytes.clone());
+        registry.register("dnsbl_hits", "DNS list answers that listed the name or address", m.dnsbl_hits.clone());
+        registry.register(
+            "dnsbl_errors",
+            "DNS list queries without a usable answer (timeout, SERVFAIL, bad code, suspended zone)",
+            m.dnsbl_errors.clone(),
+        );
+        registry.register(
+            "dns_zone_suspended",
+            "1 while a DNS list zone fails its test points and is not consulted",
+            m.zone_suspended.clone(),
+        );
+        registry.register(
+            "relay_duration_seconds",
+            "Time from the end of DATA to the back end's final reply",
+            m.relay_seconds.clone(),
+        );
+        registry.register("relay_errors", "Back end failures at relay time", m.relay_errors.clone());
+        registry.register("bans", "Client networks banned", m.bans.clone());
+        registry.register("bans_active", "Client networks banned now", m.bans_active.clone());
+        registry.register("spool_bytes", "Bytes of messages in the spool now", m.spool_bytes.clone());
+        registry.register("spool_files", "Messages in the spool now", m.spool_files.clone());
+        registry.register("ruleset_info", "The ruleset in use (its blake3 hash as a label)", m.ruleset.clone());
+        registry.register(
+            "ruleset_loaded_timestamp_seconds",
+            "When the ruleset in use was loaded (Unix time)",
+            m.ruleset_loaded.clone(),
+        );
+        registry.register("reloads", "Ruleset reloads, by result", m.reloads.clone());
+        registry.register("start_time_seconds", "When the node started (Unix time)", m.start_time.clone());
+        Metrics { registry, ..m }
+    }
+
+    /// The ruleset in use changed.
+    pub fn ruleset_loaded(&self, hash: &str) {
+        self.ruleset.clear();
+        self.ruleset.get_or_create(&RulesetLabel { hash: hash.to_owned() }).set(1);
+        self.ruleset_loaded.set(unix_now());
+    }
+
+    /// A policy or protocol refusal answered to a client.
+    pub fn refusal(&self, farm: &str, stage: &'static str, permanent: bool, rule: &str) {
+        let labels = Refusal {
+            farm: farm.to_owned(),
+            stage,
+            verdict: if permanent { "reject" } else { "defer" },
+            rule: rule.to_owned(),
+        };
+        self.refusals.get_or_create(&labels).inc();
+    }
+
+    /// The text exposition (OpenMetrics 1.0).
+    pub fn encode(&self) -> String {
+        let mut out = String::with_capacity(8 * 1024);
+        // Writing to a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+pub fn unix_now() -> f64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)
+}

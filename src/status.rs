@@ -1,0 +1,201 @@
+//! `mtac status NODE…`: ask each node's admin listener for its `/status` and say plainly whether
+//! the farm has converged on one ruleset (and, with `--ruleset`, on the file just pushed).
+//!
+//! Exit codes: 0 every node answered and all run the same (expected) ruleset; 1 they diverge,
+//! one runs another ruleset than expected, or one did not answer; 2 usage errors.
+
+use clap::{Args, ValueEnum};
+use mtac_runtime::admin::Status;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+#[derive(Args, Debug)]
+pub struct StatusArgs {
+    /// Nodes' admin listeners: HOST[:PORT] (port 9325 when not given)
+    #[arg(required = true, value_name = "NODE")]
+    nodes: Vec<String>,
+    /// The ruleset file just pushed: every node must run it
+    #[arg(long, value_name = "FILE", conflicts_with = "expect")]
+    ruleset: Option<PathBuf>,
+    /// The ruleset hash every node must run (as `mtac inspect` prints it)
+    #[arg(long, value_name = "HASH")]
+    expect: Option<String>,
+    /// Seconds to wait for each node
+    #[arg(long, default_value_t = 5, value_name = "SECONDS")]
+    timeout: u64,
+    /// Output format
+    #[arg(long, value_enum, default_value_t = StatusFormat::Human)]
+    format: StatusFormat,
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+enum StatusFormat {
+    Human,
+    Json,
+}
+
+/// `HOST` → `HOST:9325`; `::1` → `[::1]:9325`; `HOST:PORT` and `[V6]:PORT` unchanged.
+fn with_port(node: &str) -> String {
+    let default = mtac_ruleset::model::DEFAULT_ADMIN.port();
+    if node.parse::<std::net::SocketAddr>().is_ok() {
+        return node.to_owned();
+    }
+    if node.parse::<std::net::Ipv6Addr>().is_ok() {
+        return format!("[{node}]:{default}");
+    }
+    match node.rsplit_once(':') {
+        Some((host, port)) if !host.contains(':') && port.parse::<u16>().is_ok() => node.to_owned(),
+        _ => format!("{node}:{default}"),
+    }
+}
+
+pub fn status(args: &StatusArgs) -> Result<ExitCode, String> {
+    let expected = match (&args.ruleset, &args.expect) {
+        (Some(path), _) => {
+            Some(mtac_ruleset::Ruleset::open(path).map_err(|e| format!("{}: {e}", path.display()))?.hash_hex())
+        }
+        (None, Some(hash)) => Some(hash.to_ascii_lowercase()),
+        (None, None) => None,
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the runtime: {e}"))?;
+    let timeout = Duration::from_secs(args.timeout.max(1));
+    let nodes: Vec<String> = args.nodes.iter().map(|n| with_port(n)).collect();
+    let answers: Vec<Result<Status, String>> = runtime.block_on(async {
+        // All at once: a farm of many nodes answers in one timeout, not one per node.
+        let asks: Vec<_> = nodes.iter().cloned().map(|node| tokio::spawn(ask(node, timeout))).collect();
+        let mut answers = Vec::with_capacity(asks.len());
+        for ask in asks {
+            answers.push(ask.await.unwrap_or_else(|e| Err(e.to_string())));
+        }
+        answers
+    });
+
+    let now = mtac_runtime::metrics::unix_now();
+    let mut hashes: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+    let mut unreachable = 0usize;
+    for (node, answer) in nodes.iter().zip(&answers) {
+        match answer {
+            Ok(s) => hashes.entry(s.ruleset.as_str()).or_default().push(node),
+            Err(_) => unreachable += 1,
+        }
+    }
+    let converged = unreachable == 0 && hashes.len() == 1;
+    let on_expected = match &expected {
+        Some(want) => hashes.len() == 1 && hashes.keys().all(|h| h.starts_with(want.as_str())),
+        None => true,
+    };
+    let ok = converged && on_expected;
+
+    if args.format == StatusFormat::Json {
+        let rows: Vec<_> = nodes
+            .iter()
+            .zip(&answers)
+            .map(|(node, a)| match a {
+                Ok(s) => serde_json::json!({ "node": node, "status": s }),
+                Err(e) => serde_json::json!({ "node": node, "error": e }),
+            })
+            .collect();
+        let out = serde_json::json!({
+            "converged": converged,
+            "expected": expected,
+            "on_expected": on_expected,
+            "rulesets": hashes,
+            "nodes": rows,
+        });
+        println!("{}", serde_json::to_string_pretty(&out).map_err(|e| e.to_string())?);
+        return Ok(if ok { ExitCode::SUCCESS } else { ExitCode::from(1) });
+    }
+
+    let width = nodes.iter().map(String::len).max().unwrap_or(4).max(4);
+    println!(
+        "{:<width$}  {:<8}  {:<12}  {:>9}  {:>9}  {:>6}  {:>8}  LAST RELOAD ERROR",
+        "NODE", "STATE", "RULESET", "LOADED", "UPTIME", "CONNS", "RELOADS"
+    );
+    for (node, answer) in nodes.iter().zip(&answers) {
+        match answer {
+            Ok(s) => println!(
+                "{node:<width$}  {:<8}  {:<12}  {:>9}  {:>9}  {:>6}  {:>8}  {}",
+                s.state,
+                s.ruleset.get(..12).unwrap_or(&s.ruleset),
+                format!("{} ago", age(now - s.ruleset_loaded_at)),
+                age(now - s.started_at),
+                s.connections_active,
+                format!("{}/{}", s.reloads_ok, s.reloads_failed),
+                s.last_reload_error.as_deref().unwrap_or("-"),
+            ),
+            Err(e) => println!("{node:<width$}  {:<8}  {e}", "DOWN"),
+        }
+    }
+    println!();
+    match hashes.len() {
+        0 => println!("no node answered"),
+        1 if converged => {
+            let hash = hashes.keys().next().copied().unwrap_or_default();
+            println!("converged: all {} node(s) run ruleset {}", nodes.len(), hash.get(..12).unwrap_or(hash));
+        }
+        _ => {
+            println!(
+                "NOT converged: {} ruleset(s) in use{}",
+                hashes.len(),
+                if unreachable > 0 { format!(", {unreachable} node(s) did not answer") } else { String::new() }
+            );
+            for (hash, on) in &hashes {
+                println!("  {}  {}", hash.get(..12).unwrap_or(hash), on.join(" "));
+            }
+        }
+    }
+    if let Some(want) = &expected {
+        if on_expected {
+            println!("every node that answered runs the expected ruleset {}", want.get(..12).unwrap_or(want));
+        } else {
+            println!("NOT on the expected ruleset {}", want.get(..12).unwrap_or(want));
+        }
+    }
+    Ok(if ok { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}
+
+async fn ask(node: String, timeout: Duration) -> Result<Status, String> {
+    let (code, body) = mtac_runtime::admin::get(&node, "/status", timeout).await?;
+    if code != 200 {
+        return Err(format!("HTTP {code}"));
+    }
+    serde_json::from_str::<Status>(&body).map_err(|e| format!("not an mtac status: {e}"))
+}
+
+/// "3d04h", "2h05m", "4m10s", "12s".
+fn age(seconds: f64) -> String {
+    let s = seconds.max(0.0) as u64;
+    match s {
+        0..=59 => format!("{s}s"),
+        60..=3599 => format!("{}m{:02}s", s / 60, s % 60),
+        3600..=86_399 => format!("{}h{:02}m", s / 3600, (s % 3600) / 60),
+        _ => format!("{}d{:02}h", s / 86_400, (s % 86_400) / 3600),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn node_names_get_the_default_admin_port() {
+        assert_eq!(with_port("mx1.example.net"), "mx1.example.net:9325");
+        assert_eq!(with_port("mx1.example.net:9400"), "mx1.example.net:9400");
+        assert_eq!(with_port("10.0.0.1"), "10.0.0.1:9325");
+        assert_eq!(with_port("::1"), "[::1]:9325");
+        assert_eq!(with_port("[::1]:9400"), "[::1]:9400");
+    }
+
+    #[test]
+    fn ages_read_well() {
+        assert_eq!(age(12.0), "12s");
+        assert_eq!(age(250.0), "4m10s");
+        assert_eq!(age(7500.0), "2h05m");
+        assert_eq!(age(3.0 * 86_400.0 + 4.0 * 3600.0), "3d04h");
+    }
+}
