@@ -279,6 +279,7 @@ async fn run(
         // A policy refusal that the farm bans for: the next connections of this network are turned away.
         if let Some(rule) = session.take_refusal_rule() {
             if let Some(net) = conn.shared.bans.after_refusal(session.peer.ip(), &rule, &farm.bans) {
+                conn.shared.metrics.bans.inc();
                 let active = conn.shared.bans.active();
                 tracing::info!(session = %session.id, client = %session.peer.ip(), %net, rule = %rule, active, "banned");
             }

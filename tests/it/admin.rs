@@ -2,22 +2,13 @@
 //! then /metrics must show what they did; health and readiness; `mtac status` across two
 //! `mtac run` processes before and after a push; the decision log lines and syslog output.
 
-use crate::support::{code, relay_policy, Behaviour, Client, Sink, TestNode};
+use crate::support::{code, relay_policy, sample, Behaviour, Client, Sink, TestNode};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 async fn get(address: std::net::SocketAddr, path: &str) -> (u16, String) {
     mtac_runtime::admin::get(&address.to_string(), path, Duration::from_secs(5)).await.unwrap()
-}
-
-/// The value of one sample in an OpenMetrics exposition (0 when the series is absent).
-fn sample(metrics: &str, series: &str) -> f64 {
-    metrics
-        .lines()
-        .find_map(|line| line.strip_prefix(series).and_then(|rest| rest.strip_prefix(' ')))
-        .map(|v| v.trim().parse().unwrap())
-        .unwrap_or(0.0)
 }
 
 async fn deliver(node: &TestNode, from: &str, rcpt: &str) -> u16 {

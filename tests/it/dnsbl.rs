@@ -5,7 +5,7 @@
 #[path = "../common/dns_server.rs"]
 mod dns_server;
 
-use crate::support::{code, relay_policy, Behaviour, Client, Sink, TestNode};
+use crate::support::{code, relay_policy, sample, Behaviour, Client, Sink, TestNode};
 use dns_server::{a, name};
 use hickory_server::proto::rr::rdata::MX;
 use hickory_server::proto::rr::RData;
@@ -94,6 +94,23 @@ async fn dns_lists_and_sender_domains_decide_at_rcpt() {
     assert_eq!(code(&r), 250, "an A record is enough: {r}");
     let r = attempt(node.addr, "127.0.5.9", "").await;
     assert_eq!(code(&r), 250, "the null sender is not looked up: {r}");
+
+    // The admin listener shows the hits per zone, and the zone that answers 127.255.255.254
+    // to everything as suspended.
+    let mut m = node.metrics().await;
+    for _ in 0..100 {
+        // The probes run at start, in the background.
+        if sample(&m, r#"mtac_dns_zone_suspended{zone="broken.test"}"#) == 1.0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        m = node.metrics().await;
+    }
+    assert_eq!(sample(&m, r#"mtac_dnsbl_hits_total{zone="bl.test"}"#), 2.0, "{m}");
+    assert_eq!(sample(&m, r#"mtac_dnsbl_hits_total{zone="wl.test"}"#), 2.0, "{m}");
+    assert_eq!(sample(&m, r#"mtac_dns_zone_suspended{zone="bl.test"}"#), 0.0, "{m}");
+    assert_eq!(sample(&m, r#"mtac_dns_zone_suspended{zone="broken.test"}"#), 1.0, "{m}");
+    assert_eq!(sample(&m, r#"mtac_refusals_total{farm="mx",stage="rcpt",verdict="reject",rule="dnsbl"}"#), 1.0, "{m}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -137,4 +154,10 @@ async fn a_dnsbl_refusal_bans_the_network_and_rates_are_limited() {
     let mut c = Client::connect_from(node.addr, "127.0.8.8").await;
     let r = c.reply().await;
     assert!(r.starts_with("421 4.7.0"), "{r}");
+
+    let m = node.metrics().await;
+    assert_eq!(sample(&m, "mtac_bans_total"), 1.0, "{m}");
+    assert_eq!(sample(&m, "mtac_bans_active"), 1.0, "{m}");
+    assert_eq!(sample(&m, r#"mtac_connections_refused_total{farm="mx",reason="ban"}"#), 1.0, "{m}");
+    assert_eq!(sample(&m, r#"mtac_connections_refused_total{farm="mx",reason="rate"}"#), 1.0, "{m}");
 }

@@ -329,3 +329,22 @@ farm "mx" kind="inbound-mx" {{
 "#
     )
 }
+
+/// The value of one sample in an OpenMetrics exposition (0 when the series is absent).
+pub fn sample(metrics: &str, series: &str) -> f64 {
+    metrics
+        .lines()
+        .find_map(|line| line.strip_prefix(series).and_then(|rest| rest.strip_prefix(' ')))
+        .map(|v| v.trim().parse().unwrap())
+        .unwrap_or(0.0)
+}
+
+impl TestNode {
+    /// A scrape of the node's /metrics.
+    pub async fn metrics(&self) -> String {
+        let (status, body) =
+            mtac_runtime::admin::get(&self.admin.to_string(), "/metrics", Duration::from_secs(5)).await.unwrap();
+        assert_eq!(status, 200);
+        body
+    }
+}
