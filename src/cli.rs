@@ -126,6 +126,9 @@ pub struct ExplainArgs {
     /// The sender domain's DNS status: resolves, nxdomain, null-mx, tempfail
     #[arg(long)]
     sender_domain: Option<String>,
+    /// The HELO name's DNS status: resolves, nxdomain, tempfail
+    #[arg(long)]
+    helo_dns: Option<String>,
     /// The greylist state of the triplet: pass or defer
     #[arg(long)]
     greylist: Option<String>,
@@ -364,6 +367,12 @@ fn explain(args: ExplainArgs) -> Result<ExitCode, String> {
         session.dns.sender_domain = Some(
             policytest::parse_domain_status(status)
                 .ok_or_else(|| format!("--sender-domain {status}: resolves, nxdomain, null-mx or tempfail"))?,
+        );
+    }
+    if let Some(status) = &args.helo_dns {
+        session.dns.helo_name = Some(
+            policytest::parse_domain_status(status)
+                .ok_or_else(|| format!("--helo-dns {status}: resolves, nxdomain or tempfail"))?,
         );
     }
     if let Some(status) = &args.reverse_dns {

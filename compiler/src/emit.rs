@@ -314,6 +314,12 @@ pub fn program(
             Check::HeloNotOurs { names: vec![hostname.to_ascii_lowercase()] },
             Reply::new(550, "5.7.1", "Helo command rejected: You are not me"),
         ),
+        (
+            farm.helo.resolvable,
+            "helo.resolvable",
+            Check::HeloResolvable,
+            Reply::new(550, "5.7.1", "Helo command rejected: Host not found"),
+        ),
     ];
     for (on, rule, check, reply) in helo_steps {
         if on {

@@ -78,6 +78,7 @@ pub struct HeloRules {
     pub fqdn: bool,
     pub syntax: bool,
     pub not_ours: bool,
+    pub resolvable: bool,
     pub stage: Option<Stage>,
 }
 
@@ -1018,11 +1019,12 @@ impl<'d> Lowerer<'d> {
                 }
                 "access" => self.access(at, dir, farm),
                 "helo" => {
-                    self.shape(at, &["required", "fqdn", "syntax", "not-ours", "stage"], 0, false);
+                    self.shape(at, &["required", "fqdn", "syntax", "not-ours", "resolvable", "stage"], 0, false);
                     farm.helo.required = self.bool_prop(at, "required", farm.helo.required);
                     farm.helo.fqdn = self.bool_prop(at, "fqdn", farm.helo.fqdn);
                     farm.helo.syntax = self.bool_prop(at, "syntax", farm.helo.syntax);
                     farm.helo.not_ours = self.bool_prop(at, "not-ours", farm.helo.not_ours);
+                    farm.helo.resolvable = self.bool_prop(at, "resolvable", farm.helo.resolvable);
                     farm.helo.stage = self.stage(at, &[Stage::Helo, Stage::Mail, Stage::Rcpt]).or(farm.helo.stage);
                 }
                 "sender" => self.sender(at, dir, farm),

@@ -207,6 +207,7 @@ const TEST_NODES: &[&str] = &[
     "authenticated",
     "dnsbl",
     "sender-domain",
+    "helo-dns",
     "reverse-dns",
     "greylist",
     "expect",
@@ -334,6 +335,10 @@ fn lower_test(node: &KdlNode, source: &SourceFile, diags: &mut Diagnostics) -> O
                     "unknown sender-domain status".to_owned(),
                     "resolves, nxdomain, null-mx or tempfail",
                 ),
+            },
+            "helo-dns" => match value.as_deref().and_then(parse_domain_status) {
+                Some(status) => session.dns.helo_name = Some(status),
+                None => bad(diags, child, "unknown helo-dns status".to_owned(), "resolves, nxdomain or tempfail"),
             },
             "reverse-dns" => match value.as_deref().and_then(parse_reverse) {
                 Some(status) => session.dns.reverse = Some(status),

@@ -70,6 +70,10 @@ pub trait DnsFacts {
     fn reverse(&self) -> Option<ReverseDns> {
         None
     }
+    /// Whether the HELO name exists in DNS (`Resolves`, `NoRecords` or `TempFail`).
+    fn helo_name(&self) -> Option<DomainStatus> {
+        None
+    }
 }
 
 /// Facts with no DNS at all: every list "not listed", every domain unknown.
@@ -310,6 +314,21 @@ fn run_step(tables: &dyn Lookup, farm: &Farm, step: &Step, facts: &Facts<'_>) ->
                 None => pass("not looked up (assumed to resolve)"),
             }
         }
+        Check::HeloResolvable => match facts.helo {
+            None => pass("no HELO yet"),
+            Some(name) if syntax::parse_address_literal(name).is_some() => pass("address literal"),
+            Some(_) => match facts.dns.helo_name() {
+                // A null MX still proves the name exists; only a name DNS does not know is refused.
+                Some(DomainStatus::Resolves) | Some(DomainStatus::NullMx) => pass("host name resolves"),
+                Some(DomainStatus::NoRecords) => fail(),
+                Some(DomainStatus::TempFail) => StepOutcome::Decided(Reply::new(
+                    450,
+                    "4.7.1",
+                    "Helo command rejected: Host not found (temporary DNS failure)",
+                )),
+                None => pass("not looked up (assumed to resolve)"),
+            },
+        },
         Check::RecipientFqdn => match facts.recipient.and_then(syntax::split_address) {
             Some((_, d)) if syntax::is_fqdn(d) || syntax::parse_address_literal(d).is_some() => pass("fully qualified"),
             Some(_) => fail(),
@@ -441,6 +460,8 @@ pub struct GivenDns {
     pub sender_domain: Option<DomainStatus>,
     pub greylist: Option<GreylistStatus>,
     pub reverse: Option<ReverseDns>,
+    /// The HELO name's DNS status.
+    pub helo_name: Option<DomainStatus>,
 }
 
 impl DnsFacts for GivenDns {
@@ -455,6 +476,9 @@ impl DnsFacts for GivenDns {
     }
     fn reverse(&self) -> Option<ReverseDns> {
         self.reverse.clone()
+    }
+    fn helo_name(&self) -> Option<DomainStatus> {
+        self.helo_name
     }
 }
 

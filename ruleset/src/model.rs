@@ -332,6 +332,8 @@ pub enum Check {
     AuthRequired,
     /// The client's address has a reverse DNS name (forward-confirmed when `confirmed`).
     ClientReverseDns { confirmed: bool },
+    /// The HELO name exists in DNS (A, AAAA or MX), like Postfix's reject_unknown_helo_hostname.
+    HeloResolvable,
 }
 
 impl Check {
@@ -348,6 +350,7 @@ impl Check {
                 | Check::SenderResolvable
                 | Check::Greylist
                 | Check::ClientReverseDns { .. }
+                | Check::HeloResolvable
         )
     }
 }

@@ -21,6 +21,7 @@ pub struct Needs {
     zones: Vec<(String, DnsblTarget)>,
     reverse: bool,
     sender_domain: bool,
+    helo_name: bool,
     /// Per stage (connect, helo, mail, rcpt): (client, helo, sender) lookups needed.
     stages: [(bool, bool, bool); 4],
 }
@@ -61,6 +62,10 @@ impl Needs {
                         need.2 = true;
                         needs.sender_domain = true;
                     }
+                    Check::HeloResolvable => {
+                        need.1 = true;
+                        needs.helo_name = true;
+                    }
                     _ => {}
                 }
             }
@@ -73,7 +78,7 @@ impl Needs {
 
     /// Whether anything here ever needs DNS.
     pub fn any(&self) -> bool {
-        !self.zones.is_empty() || self.reverse || self.sender_domain
+        !self.zones.is_empty() || self.reverse || self.sender_domain || self.helo_name
     }
 
     fn zones_for(&self, target: DnsblTarget) -> Vec<String> {
@@ -88,7 +93,7 @@ pub struct Lookups {
     dns: Dns,
     needs: Needs,
     client: Option<JoinHandle<(Lists, Option<ReverseDns>)>>,
-    helo: Option<JoinHandle<Lists>>,
+    helo: Option<JoinHandle<(Lists, Option<DomainStatus>)>>,
     sender: Option<JoinHandle<(Lists, Option<DomainStatus>)>>,
 }
 
@@ -159,20 +164,34 @@ impl Lookups {
     /// The HELO name changed: forget the old name's answers and look the new one up.
     pub fn helo(&mut self, name: &str, facts: &mut GivenDns) {
         let zones = self.needs.zones_for(DnsblTarget::HeloName);
-        if zones.is_empty() {
+        let resolve = self.needs.helo_name;
+        if zones.is_empty() && !resolve {
             return;
         }
         facts.lists.retain(|(z, _)| !zones.contains(z));
+        facts.helo_name = None;
         if let Some(old) = self.helo.take() {
             old.abort();
         }
+        // An address literal is not a name: nothing to resolve (the evaluator passes it).
+        let resolve = resolve && !name.starts_with('[');
         let (dns, name) = (self.dns.clone(), name.to_owned());
         self.helo = Some(tokio::spawn(async move {
-            lists(&dns, zones, |dns, zone| {
+            let status_task = resolve.then(|| {
+                let (dns, name) = (dns.clone(), name.clone());
+                // Postfix's reject_unknown_helo_hostname: an A, AAAA or MX record is enough.
+                tokio::spawn(async move { dns.sender_domain(&name).await })
+            });
+            let found = lists(&dns, zones, |dns, zone| {
                 let name = name.clone();
                 async move { dns.list_name(&zone, &name).await }
             })
-            .await
+            .await;
+            let status = match status_task {
+                Some(task) => Some(task.await.unwrap_or(DomainStatus::TempFail)),
+                None => None,
+            };
+            (found, status)
         }));
     }
 
@@ -223,7 +242,9 @@ impl Lookups {
         }
         if helo {
             if let Some(task) = self.helo.take() {
-                merge(facts, task.await.unwrap_or_default(), metrics);
+                let (found, status) = task.await.unwrap_or_default();
+                merge(facts, found, metrics);
+                facts.helo_name = status;
             }
         }
         if sender {

@@ -60,12 +60,16 @@ fn policy(nameserver: SocketAddr, extra: &str) -> String {
 }
 
 async fn attempt(addr: SocketAddr, source: &str, from: &str) -> String {
+    attempt_helo(addr, source, "mail.example.org", from).await
+}
+
+async fn attempt_helo(addr: SocketAddr, source: &str, helo: &str, from: &str) -> String {
     let mut c = Client::connect_from(addr, source).await;
     let greeting = c.reply().await;
     if code(&greeting) != 220 {
         return greeting;
     }
-    c.cmd("EHLO mail.example.org").await;
+    c.cmd(&format!("EHLO {helo}")).await;
     let r = c.cmd(&format!("MAIL FROM:<{from}>")).await;
     if code(&r) != 250 {
         return r;
@@ -160,4 +164,33 @@ async fn a_dnsbl_refusal_bans_the_network_and_rates_are_limited() {
     assert_eq!(sample(&m, "mtac_bans_active"), 1.0, "{m}");
     assert_eq!(sample(&m, r#"mtac_connections_refused_total{farm="mx",reason="ban"}"#), 1.0, "{m}");
     assert_eq!(sample(&m, r#"mtac_connections_refused_total{farm="mx",reason="rate"}"#), 1.0, "{m}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unknown_helo_name_is_refused_and_a_dns_failure_only_defers() {
+    let server = dns().await;
+    let sink = Sink::start(Behaviour::default()).await;
+    let node = TestNode::start(&policy(server.addr, "helo resolvable=#true"), Some(sink.addr)).await;
+    let r = attempt_helo(node.addr, "127.0.5.9", "mx.good.test", "a@good.test").await;
+    assert_eq!(code(&r), 250, "a HELO name with an A record: {r}");
+    let r = attempt_helo(node.addr, "127.0.5.9", "good.test", "a@good.test").await;
+    assert_eq!(code(&r), 250, "an MX record is enough: {r}");
+    let r = attempt_helo(node.addr, "127.0.5.9", "[127.0.5.9]", "a@good.test").await;
+    assert_eq!(code(&r), 250, "an address literal is not looked up: {r}");
+    let r = attempt_helo(node.addr, "127.0.5.9", "ghost.test", "a@good.test").await;
+    assert!(r.starts_with("550 5.7.1 Helo command rejected: Host not found"), "NXDOMAIN: {r}");
+    let r = attempt_helo(node.addr, "127.0.5.3", "ghost.test", "a@good.test").await;
+    assert_eq!(code(&r), 250, "an allow-listed client skips the check: {r}");
+    let m = node.metrics().await;
+    assert_eq!(
+        sample(&m, r#"mtac_refusals_total{farm="mx",stage="rcpt",verdict="reject",rule="helo.resolvable"}"#),
+        1.0,
+        "{m}"
+    );
+
+    // A nameserver that never answers: a deferral, never a 5xx.
+    let silent = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let node = TestNode::start(&policy(silent.local_addr().unwrap(), "helo resolvable=#true"), Some(sink.addr)).await;
+    let r = attempt_helo(node.addr, "127.0.6.9", "mx.good.test", "").await;
+    assert!(r.starts_with("450 4.7.1"), "a HELO lookup that times out defers: {r}");
 }
