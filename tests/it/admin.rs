@@ -333,3 +333,47 @@ async fn a_refusal_is_logged_with_its_rule_to_stderr_and_to_syslog() {
     assert!(!record.contains('\n'), "{record}");
     drop(node);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn systemd_hears_ready_watchdog_and_stopping() {
+    let work = tempfile::tempdir().unwrap();
+    let rules = work.path().join("r.mtac");
+    build(&write_policy(work.path(), "127.0.93.4:2525", r#""example.test""#), &rules);
+    let socket_path = work.path().join("notify.sock");
+    let systemd = std::os::unix::net::UnixDatagram::bind(&socket_path).unwrap();
+    systemd.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_mtac"))
+        .args(["run", "--grace", "1", "--admin", "off"])
+        .arg(&rules)
+        .env("NOTIFY_SOCKET", &socket_path)
+        .env("WATCHDOG_USEC", "200000")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let mut node = Node { child, log: PathBuf::new() };
+    let mut heard = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !(heard.iter().any(|m: &String| m.contains("READY=1"))
+        && heard.iter().filter(|m| m.contains("WATCHDOG=1")).count() >= 2)
+    {
+        let n = systemd.recv(&mut buf).expect("a notification");
+        heard.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+    }
+    let ready = heard.iter().find(|m| m.contains("READY=1")).unwrap();
+    assert!(ready.contains("STATUS=serving ruleset "), "{ready}");
+    // The SMTP listener is up by the time systemd hears READY.
+    assert!(tokio::net::TcpStream::connect("127.0.93.4:2525").await.is_ok(), "listening once READY is sent");
+    Command::new("kill").args(["-TERM", &pid.to_string()]).status().unwrap();
+    let mut stopping = false;
+    for _ in 0..50 {
+        let Ok(n) = systemd.recv(&mut buf) else { break };
+        if String::from_utf8_lossy(&buf[..n]).contains("STOPPING=1") {
+            stopping = true;
+            break;
+        }
+    }
+    assert!(stopping, "systemd hears STOPPING=1 on SIGTERM; heard {heard:?}");
+    let _ = node.child.wait();
+}
