@@ -71,6 +71,8 @@ enum Command {
     Run(RunArgs),
     /// Ask nodes' admin listeners for their state and say whether the farm runs one ruleset
     Status(crate::status::StatusArgs),
+    /// Show a node's greylist and ban state: counts, or one client or triplet
+    State(crate::status::StateArgs),
     /// Print shell completions
     Completions {
         /// The shell
@@ -187,6 +189,7 @@ pub fn dispatch(cli: Cli) -> Result<ExitCode, String> {
         Command::Test { tests } => run_tests(&tests),
         Command::Run(args) => crate::cli::run(args),
         Command::Status(args) => crate::status::status(&args),
+        Command::State(args) => crate::status::state(&args),
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "mtac", &mut std::io::stdout());
             Ok(ExitCode::SUCCESS)
@@ -398,6 +401,9 @@ fn explain(args: ExplainArgs) -> Result<ExitCode, String> {
         for line in &decision.trace {
             let text = match &line.outcome {
                 StepOutcome::Passed(why) => format!("pass     {why}"),
+                StepOutcome::Pending => {
+                    "pending  the node asks its state store (give --greylist pass|defer)".to_owned()
+                }
                 StepOutcome::Skipped(why) => format!("skipped  {why}"),
                 StepOutcome::Accepted(why) => format!("accept   {why}"),
                 StepOutcome::Decided(reply) => format!("REFUSE   {reply}"),

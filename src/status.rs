@@ -159,6 +159,110 @@ pub fn status(args: &StatusArgs) -> Result<ExitCode, String> {
     Ok(if ok { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }
 
+#[derive(Args, Debug)]
+pub struct StateArgs {
+    /// The node's admin listener: HOST[:PORT] (port 9325 when not given)
+    #[arg(value_name = "NODE")]
+    node: String,
+    /// Show what the store knows of this client address (its key, deliveries, ban)
+    #[arg(long, value_name = "IP")]
+    client: Option<String>,
+    /// With --client and --recipient: show this triplet's entry
+    #[arg(long, requires = "client")]
+    sender: Option<String>,
+    #[arg(long, requires = "client")]
+    recipient: Option<String>,
+    /// The client key to use instead of the client's network (e.g. dns:example.com for key="fcrdns")
+    #[arg(long, requires = "client")]
+    key: Option<String>,
+    /// The farm (default: the first that greylists)
+    #[arg(long)]
+    farm: Option<String>,
+    /// Output format
+    #[arg(long, value_enum, default_value_t = StatusFormat::Human)]
+    format: StatusFormat,
+}
+
+fn query_escape(value: &str) -> String {
+    value
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' | b'@' | b':' => {
+                (b as char).to_string()
+            }
+            other => format!("%{other:02X}"),
+        })
+        .collect()
+}
+
+/// `mtac state NODE`: the node's greylist and ban state, like OpenBSD's spamdb.
+pub fn state(args: &StateArgs) -> Result<ExitCode, String> {
+    let node = with_port(&args.node);
+    let mut query = Vec::new();
+    for (name, value) in [
+        ("client", &args.client),
+        ("sender", &args.sender),
+        ("recipient", &args.recipient),
+        ("key", &args.key),
+        ("farm", &args.farm),
+    ] {
+        if let Some(v) = value {
+            query.push(format!("{name}={}", query_escape(v)));
+        }
+    }
+    let path = if query.is_empty() { "/state".to_owned() } else { format!("/state?{}", query.join("&")) };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the runtime: {e}"))?;
+    let (code, body) = runtime.block_on(mtac_runtime::admin::get(&node, &path, Duration::from_secs(10)))?;
+    let report: mtac_runtime::admin::StateReport =
+        serde_json::from_str(&body).map_err(|e| format!("{node}: not an mtac state report (HTTP {code}): {e}"))?;
+    if args.format == StatusFormat::Json {
+        println!("{}", serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?);
+        return Ok(if code == 200 && report.error.is_none() { ExitCode::SUCCESS } else { ExitCode::from(1) });
+    }
+    println!("store            {}", if report.store.is_empty() { "-" } else { &report.store });
+    if let Some(c) = &report.counts {
+        println!("waiting          {} triplet(s) greylisted, not yet retried", c.waiting);
+        println!("passed           {} triplet(s) that retried and pass", c.passed);
+        println!("auto-whitelist   {} client(s) with deliveries counted", c.auto_whitelist);
+        if report.store == "redis" {
+            println!("bans             {} network(s) banned on the farm", c.bans);
+        }
+    }
+    if let Some(key) = &report.client_key {
+        println!("client key       {key}");
+        if let (Some(n), Some(after)) = (report.deliveries, report.auto_whitelist_after) {
+            let state = if after > 0 && n >= u64::from(after) { "auto-whitelisted" } else { "greylisted" };
+            println!("deliveries       {n} (auto-whitelisted after {after}): {state}");
+        }
+        if let Some(banned) = report.banned {
+            println!("banned here      {}", if banned { "yes" } else { "no" });
+        }
+        if args.sender.is_some() && args.recipient.is_some() {
+            match &report.triplet {
+                Some(t) => {
+                    let now = mtac_runtime::state::unix_now();
+                    println!(
+                        "triplet          {}, first seen {} ago from {}, forgotten in {}",
+                        if t.passed { "passed" } else { "waiting for a retry" },
+                        age(now.saturating_sub(t.first_seen) as f64),
+                        t.first_address,
+                        age(t.expires_in as f64)
+                    );
+                }
+                None => println!("triplet          not known (its next attempt is greylisted)"),
+            }
+        }
+    }
+    if let Some(e) = &report.error {
+        println!("error            {e}");
+        return Ok(ExitCode::from(1));
+    }
+    Ok(if code == 200 { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}
+
 async fn ask(node: String, timeout: Duration) -> Result<Status, String> {
     let (code, body) = mtac_runtime::admin::get(&node, "/status", timeout).await?;
     if code != 200 {

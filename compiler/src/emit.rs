@@ -105,6 +105,7 @@ pub fn emit(draft: &Draft) -> Result<Emitted, Vec<String>> {
         tables: tables.infos,
         dns: draft.dns.clone(),
         admin: draft.admin.unwrap_or(Some(mtac_ruleset::model::DEFAULT_ADMIN)),
+        state: draft.state.clone().unwrap_or_default(),
     };
     Ok(Emitted { policy, tables: tables.inputs })
 }
@@ -135,6 +136,7 @@ fn emit_farm(farm: &DraftFarm, hostname: &str, tables: &mut Tables) -> Farm {
         &farm.sender.deny_sources.0,
     );
     let greylist = farm.greylist.as_ref().map(|g| Greylist {
+        key: g.key,
         delay: g.delay,
         retry_window: g.retry_window,
         lifetime: g.lifetime,

@@ -11,7 +11,7 @@ use kdl::{KdlDocument, KdlEntry, KdlNode, KdlValue};
 use miette::SourceSpan;
 use mtac_ruleset::model::{
     AccessAction, Auth, AuthBackend, Backend, BackendProtocol, BanResponse, BarePolicy, DnsSettings, DnsblAnswer,
-    DnsblTarget, FarmKind, Listener, RateLimit, RateSubject, Reply, ScannerKind, Stage,
+    DnsblTarget, FarmKind, GreylistKey, Listener, RateLimit, RateSubject, Reply, ScannerKind, Stage, StateSettings,
 };
 use mtac_ruleset::syntax;
 use std::collections::HashMap;
@@ -120,6 +120,7 @@ pub struct DraftBan {
 
 #[derive(Debug, Clone)]
 pub struct DraftGreylist {
+    pub key: GreylistKey,
     pub delay: u32,
     pub retry_window: u32,
     pub lifetime: u32,
@@ -234,10 +235,11 @@ pub struct Draft {
     pub dns: DnsSettings,
     /// `None`: not said (the default address); `Some(None)`: `admin #false`.
     pub admin: Option<Option<SocketAddr>>,
+    pub state: Option<StateSettings>,
     pub farms: Vec<DraftFarm>,
 }
 
-const TOP_NODES: &[&str] = &["hostname", "banner", "spool", "dns", "admin", "farm", "include"];
+const TOP_NODES: &[&str] = &["hostname", "banner", "spool", "dns", "admin", "state", "farm", "include"];
 const FARM_NODES: &[&str] = &[
     "listen",
     "limits",
@@ -747,6 +749,7 @@ impl<'d> Lowerer<'d> {
                         ),
                     }
                 }
+                "state" => self.state(at, dir, draft),
                 "farm" => {
                     if let Some(farm) = self.farm(at, dir) {
                         if let Some(first) = draft.farms.iter().find(|f| f.name == farm.name) {
@@ -1686,10 +1689,77 @@ impl<'d> Lowerer<'d> {
         }
     }
 
+    /// `state "embedded" path="FILE"` or `state "redis" url="redis://…" [timeout=…] [on-failure=…]`.
+    fn state(&mut self, at: At<'_>, dir: &Path, draft: &mut Draft) {
+        self.shape(at, &["path", "url", "timeout", "on-failure"], 1, false);
+        let kind = self.one_string(at, "\"embedded\" or \"redis\"");
+        let text = |this: &mut Self, key: &str| Self::prop(at, key).and_then(|e| this.string(e, at.file, key));
+        match kind.as_deref() {
+            Some("embedded") => {
+                let path = text(self, "path").map(|p| relative_to(dir, p));
+                draft.state = Some(StateSettings::Embedded {
+                    path: path.unwrap_or_else(|| mtac_ruleset::model::DEFAULT_STATE_PATH.to_owned()),
+                });
+            }
+            Some("redis") => {
+                let Some(url) = text(self, "url") else {
+                    self.err(
+                        "mtac::state::url",
+                        "a Redis store needs its `url`".to_owned(),
+                        at.file,
+                        at.node.span(),
+                        "no url",
+                        "e.g. state \"redis\" url=\"redis://10.0.0.9:6379/0\"",
+                    );
+                    return;
+                };
+                if !(url.starts_with("redis://") || url.starts_with("redis+unix://") || url.starts_with("unix://")) {
+                    self.err(
+                        "mtac::state::url",
+                        format!("`{url}` is not a Redis URL"),
+                        at.file,
+                        at.node.span(),
+                        "expected redis://HOST:PORT/DB or redis+unix:///PATH",
+                        "TLS (rediss://) is not supported: keep Redis on the farm's private network",
+                    );
+                }
+                let timeout_ms = match Self::prop(at, "timeout") {
+                    Some(entry) => self.duration_ms(entry, at.file, "`timeout`").unwrap_or(500),
+                    None => 500,
+                };
+                let fail_open = match text(self, "on-failure").as_deref() {
+                    None | Some("defer") => false,
+                    Some("accept") => true,
+                    Some(other) => {
+                        self.err(
+                            "mtac::state::on-failure",
+                            format!("unknown failure mode `{other}`"),
+                            at.file,
+                            at.node.span(),
+                            "expected \"defer\" or \"accept\"",
+                            "\"defer\" answers 451 while Redis is unreachable; \"accept\" lets mail through ungreylisted and logs it",
+                        );
+                        false
+                    }
+                };
+                draft.state = Some(StateSettings::Redis { url, timeout_ms, fail_open });
+            }
+            Some(other) => self.err(
+                "mtac::state::kind",
+                format!("unknown state store `{other}`"),
+                at.file,
+                at.node.span(),
+                "expected \"embedded\" or \"redis\"",
+                "\"embedded\" keeps state in a file on the node; \"redis\" shares it across the farm",
+            ),
+            None => {}
+        }
+    }
+
     fn greylist(&mut self, at: At<'_>, dir: &Path, farm: &mut DraftFarm) {
         self.shape(
             at,
-            &["delay", "retry-window", "lifetime", "network", "network6", "auto-whitelist", "reply"],
+            &["delay", "retry-window", "lifetime", "network", "network6", "auto-whitelist", "reply", "key"],
             0,
             true,
         );
@@ -1706,6 +1776,21 @@ impl<'d> Lowerer<'d> {
             .and_then(|e| self.u32_value(e, at.file, "`auto-whitelist`", 0))
             .unwrap_or(5);
         let reply = Self::prop(at, "reply").and_then(|e| self.reply(e, at.file, Some('4')));
+        let key = match Self::prop(at, "key").and_then(|e| self.string(e, at.file, "a greylist key")).as_deref() {
+            None | Some("network") => GreylistKey::Network,
+            Some("fcrdns") => GreylistKey::Fcrdns,
+            Some(other) => {
+                self.err(
+                    "mtac::greylist::key",
+                    format!("unknown greylist key `{other}`"),
+                    at.file,
+                    at.node.span(),
+                    "expected \"network\" or \"fcrdns\"",
+                    "\"fcrdns\" keys the client by its confirmed reverse-DNS domain, so a retry from any host of a sender's pool passes",
+                );
+                GreylistKey::Network
+            }
+        };
         if delay >= retry_window {
             self.err(
                 "mtac::greylist::window",
@@ -1743,6 +1828,7 @@ impl<'d> Lowerer<'d> {
             }
         }
         farm.greylist = Some(DraftGreylist {
+            key,
             delay,
             retry_window,
             lifetime,

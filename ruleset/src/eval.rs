@@ -111,6 +111,9 @@ pub enum StepOutcome {
     Skipped(String),
     /// The check decided: this reply ends the stage.
     Decided(Reply),
+    /// Greylisting applies and its state is not known here: the runtime asks its state store
+    /// once every other step has passed (`explain` and tests can give it with `greylist`).
+    Pending,
     /// Role account: accepted, later steps skipped.
     Accepted(String),
 }
@@ -131,6 +134,8 @@ pub struct Decision {
     /// Why the client is trusted, if it is.
     pub trusted: Option<String>,
     pub trace: Vec<TraceLine>,
+    /// The stage passed so far, and greylisting must still be consulted (see [`StepOutcome::Pending`]).
+    pub greylist_pending: bool,
 }
 
 /// Evaluate `stage` of `farm` for `facts`.
@@ -161,10 +166,17 @@ pub fn evaluate(tables: &dyn Lookup, farm: &Farm, stage: Stage, facts: &Facts<'_
         };
         trace.push(TraceLine { rule: step.rule.clone(), outcome });
         if let Some(reply) = decided {
-            return Decision { reply: Some(reply), rule: Some(step.rule.clone()), trusted, trace };
+            return Decision {
+                reply: Some(reply),
+                rule: Some(step.rule.clone()),
+                trusted,
+                trace,
+                greylist_pending: false,
+            };
         }
     }
-    Decision { reply: None, rule: None, trusted, trace }
+    let greylist_pending = trace.iter().any(|line| line.outcome == StepOutcome::Pending);
+    Decision { reply: None, rule: None, trusted, trace, greylist_pending }
 }
 
 /// Why the client is trusted (anti-spam checks skipped), if it is.
@@ -395,7 +407,7 @@ fn run_step(tables: &dyn Lookup, farm: &Farm, step: &Step, facts: &Facts<'_>) ->
             match facts.dns.greylist() {
                 Some(GreylistStatus::Defer) => fail(),
                 Some(GreylistStatus::Pass) => pass("triplet passed"),
-                None => pass("not consulted"),
+                None => StepOutcome::Pending,
             }
         }
         Check::ClientReverseDns { confirmed } => match facts.dns.reverse() {

@@ -30,6 +30,32 @@ pub struct Policy {
     pub dns: DnsSettings,
     /// The admin listener (metrics, health, status); `None` turns it off.
     pub admin: Option<SocketAddr>,
+    /// Where greylist entries (and, with Redis, bans) live.
+    pub state: StateSettings,
+}
+
+/// The state store: greylist triplets, auto-whitelist counts, bans shared across a farm.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum StateSettings {
+    /// A file on the node (redb); survives restarts; one node's view only.
+    Embedded { path: String },
+    /// A Redis server shared by the farm.
+    Redis {
+        url: String,
+        /// Per command, milliseconds.
+        timeout_ms: u32,
+        /// When Redis cannot answer: accept (and log) instead of deferring with 451.
+        fail_open: bool,
+    },
+}
+
+/// The embedded store's file when the policy does not say.
+pub const DEFAULT_STATE_PATH: &str = "/var/lib/mtac/state.redb";
+
+impl Default for StateSettings {
+    fn default() -> Self {
+        StateSettings::Embedded { path: DEFAULT_STATE_PATH.to_owned() }
+    }
 }
 
 /// Where the admin listener listens when the policy does not say: loopback only, so that
@@ -406,6 +432,8 @@ pub struct BanRule {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Greylist {
+    /// What stands for the client in the triplet.
+    pub key: GreylistKey,
     pub delay: u32,
     pub retry_window: u32,
     pub lifetime: u32,
@@ -416,6 +444,16 @@ pub struct Greylist {
     pub whitelist_senders: Option<TableId>,
     pub whitelist_recipients: Option<TableId>,
     pub reply: Reply,
+}
+
+/// What stands for the client in a greylist triplet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum GreylistKey {
+    /// The client's network (`network`/`network6` prefixes).
+    Network,
+    /// The registrable domain of the client's forward-confirmed reverse DNS name, so a retry from
+    /// any host of a sender's pool passes; the network when there is no confirmed name.
+    Fcrdns,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -103,8 +103,8 @@ pub fn spawn(listener: TcpListener, shared: Arc<Shared>) -> JoinHandle<()> {
             tokio::spawn(async move {
                 let _permit = permit;
                 let service = hyper::service::service_fn(move |request| {
-                    let response = answer(&request, &shared);
-                    async move { Ok::<_, Infallible>(response) }
+                    let shared = shared.clone();
+                    async move { Ok::<_, Infallible>(answer(&request, &shared).await) }
                 });
                 let connection = hyper::server::conn::http1::Builder::new()
                     .timer(hyper_util::rt::TokioTimer::new())
@@ -116,7 +116,7 @@ pub fn spawn(listener: TcpListener, shared: Arc<Shared>) -> JoinHandle<()> {
     })
 }
 
-fn answer<B>(request: &Request<B>, shared: &Shared) -> Response<Full<Bytes>> {
+async fn answer<B>(request: &Request<B>, shared: &Shared) -> Response<Full<Bytes>> {
     if request.method() != Method::GET && request.method() != Method::HEAD {
         return text(StatusCode::METHOD_NOT_ALLOWED, "only GET\n");
     }
@@ -133,12 +133,122 @@ fn answer<B>(request: &Request<B>, shared: &Shared) -> Response<Full<Bytes>> {
                 text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
             }
         }
+        "/state" => {
+            let (status, report) = state(request.uri().query().unwrap_or(""), shared).await;
+            match serde_json::to_string_pretty(&report) {
+                Ok(json) => respond(status, "application/json", json + "\n"),
+                Err(_) => text(StatusCode::INTERNAL_SERVER_ERROR, "cannot encode the state\n"),
+            }
+        }
         "/status" => match serde_json::to_string_pretty(&Status::of(shared)) {
             Ok(json) => respond(StatusCode::OK, "application/json", json + "\n"),
             Err(_) => text(StatusCode::INTERNAL_SERVER_ERROR, "cannot encode the status\n"),
         },
-        _ => text(StatusCode::NOT_FOUND, "not found: try /metrics, /healthz, /readyz or /status\n"),
+        _ => text(StatusCode::NOT_FOUND, "not found: try /metrics, /healthz, /readyz, /status or /state\n"),
     }
+}
+
+/// What `/state` answers: entry counts, or with `client=IP` (and `sender=`, `recipient=`) what
+/// the store knows of that client or triplet, for the first farm that greylists (or `farm=`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct StateReport {
+    /// `embedded` or `redis`.
+    pub store: String,
+    pub counts: Option<crate::state::Counts>,
+    /// The client key that stands for `client` in triplets (`net:…` or `dns:…`).
+    pub client_key: Option<String>,
+    /// Messages delivered from it (toward auto-whitelisting) and the threshold.
+    pub deliveries: Option<u64>,
+    pub auto_whitelist_after: Option<u32>,
+    /// The client's network is banned on this node now.
+    pub banned: Option<bool>,
+    pub triplet: Option<crate::state::Entry>,
+    pub error: Option<String>,
+}
+
+async fn state(query: &str, shared: &Shared) -> (StatusCode, StateReport) {
+    let Some(store) = shared.state.as_ref() else {
+        return (
+            StatusCode::NOT_FOUND,
+            StateReport { error: Some("no state store on this node".into()), ..Default::default() },
+        );
+    };
+    let mut report = StateReport {
+        store: match store {
+            crate::state::Store::Embedded(_) => "embedded".into(),
+            crate::state::Store::Redis(_) => "redis".into(),
+        },
+        ..Default::default()
+    };
+    let param = |name: &str| {
+        query.split('&').filter_map(|kv| kv.split_once('=')).find(|(k, _)| *k == name).map(|(_, v)| percent_decode(v))
+    };
+    let Some(client) = param("client") else {
+        match store.counts().await {
+            Ok(counts) => report.counts = Some(counts),
+            Err(e) => report.error = Some(e.to_string()),
+        }
+        return (StatusCode::OK, report);
+    };
+    let Ok(ip) = client.parse::<std::net::IpAddr>() else {
+        report.error = Some(format!("`{client}` is not an IP address"));
+        return (StatusCode::BAD_REQUEST, report);
+    };
+    let snapshot = shared.snapshot();
+    let farm_name = param("farm");
+    let farm = snapshot
+        .ruleset
+        .policy()
+        .farms
+        .iter()
+        .find(|f| f.greylist.is_some() && farm_name.as_deref().is_none_or(|n| n == f.name));
+    let Some((farm, greylist)) = farm.and_then(|f| f.greylist.as_ref().map(|g| (f, g))) else {
+        report.error = Some("no farm greylists".into());
+        return (StatusCode::NOT_FOUND, report);
+    };
+    let prefix = if ip.is_ipv4() { greylist.v4_prefix } else { greylist.v6_prefix };
+    let network = ipnet::IpNet::new(ip, prefix).map(|n| n.trunc()).unwrap_or_else(|_| ipnet::IpNet::from(ip));
+    let key = param("key").unwrap_or_else(|| format!("net:{network}"));
+    report.banned = Some(shared.bans.is_banned(ip, &farm.bans));
+    report.auto_whitelist_after = Some(greylist.auto_whitelist);
+    match store.deliveries(&key).await {
+        Ok(n) => report.deliveries = Some(n),
+        Err(e) => report.error = Some(e.to_string()),
+    }
+    if let (Some(sender), Some(recipient)) = (param("sender"), param("recipient")) {
+        match store.entry(&crate::state::Triplet::new(key.clone(), &sender, &recipient)).await {
+            Ok(entry) => report.triplet = entry,
+            Err(e) => report.error = Some(e.to_string()),
+        }
+    }
+    report.client_key = Some(key);
+    (StatusCode::OK, report)
+}
+
+/// Decode `%XX` escapes and `+` in a query value.
+fn percent_decode(value: &str) -> String {
+    let bytes = value.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while let Some(&b) = bytes.get(i) {
+        match b {
+            b'+' => out.push(b' '),
+            b'%' => match bytes
+                .get(i + 1..i + 3)
+                .and_then(|h| std::str::from_utf8(h).ok())
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+            {
+                Some(decoded) => {
+                    out.push(decoded);
+                    i += 2;
+                }
+                None => out.push(b'%'),
+            },
+            other => out.push(other),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {

@@ -11,13 +11,16 @@
 //! client trickling one byte at a time cannot stretch it.
 
 use crate::lookups::{Lookups, Needs};
-use crate::metrics::{FarmLabel, MessageOutcome, RelayError, SessionEnd, Verdict};
+use crate::metrics::{FarmLabel, GreylistOutcome, MessageOutcome, RelayError, SessionEnd, Verdict};
 use crate::received::{self, Trace};
 use crate::relay::{Envelope, Relay, Transaction};
 use crate::server::{Delivery, Shared, Shutdown, Snapshot};
 use crate::session::{Action, Session};
 use crate::smtp::{parse, BarePolicy as SmtpBare, DataReceiver, EnhancedCode, Frame, LineReader, Reply};
 use crate::spool::{self, SpoolFile};
+use crate::state::{GreylistVerdict, Timings, Triplet};
+use mtac_ruleset::eval::ReverseDns;
+use mtac_ruleset::model::GreylistKey;
 use mtac_ruleset::model::{BackendProtocol, BarePolicy, Farm, RateSubject, Stage};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -278,8 +281,16 @@ async fn run(
         };
         // A policy refusal that the farm bans for: the next connections of this network are turned away.
         if let Some(rule) = session.take_refusal_rule() {
-            if let Some(net) = conn.shared.bans.after_refusal(session.peer.ip(), &rule, &farm.bans) {
+            if let Some((net, seconds)) = conn.shared.bans.after_refusal(session.peer.ip(), &rule, &farm.bans) {
                 conn.shared.metrics.bans.inc();
+                if let Some(crate::state::Store::Redis(redis)) = conn.shared.state.clone() {
+                    // The farm's other nodes learn of it through Redis (server::mirror_bans).
+                    tokio::spawn(async move {
+                        if let Err(e) = redis.ban(&net.to_string(), seconds).await {
+                            tracing::warn!(%net, error = %e, "cannot share a ban through Redis; it holds on this node");
+                        }
+                    });
+                }
                 let active = conn.shared.bans.active();
                 tracing::info!(session = %session.id, client = %session.peer.ip(), %net, rule = %rule, active, "banned");
             }
@@ -295,6 +306,14 @@ async fn run(
             }
         }
 
+        let action = match action {
+            Action::Greylist { address } => {
+                let fail_open = crate::state::Store::fail_open(&snapshot.ruleset.policy().state);
+                let verdict = greylist(conn.shared, session, farm, &address, fail_open).await;
+                session.greylist_result(address, verdict)
+            }
+            other => other,
+        };
         let action = match action {
             Action::Recipient { address } => {
                 let verdict = match &relay {
@@ -328,6 +347,9 @@ async fn run(
                 match outcome {
                     Ok((reply, reason, size)) => {
                         message_decided(conn.shared, session, farm, &reply, reason, size);
+                        if reply.is_positive() {
+                            count_delivery(conn.shared, session, farm);
+                        }
                         let accepted = reply.is_positive();
                         let action = if accepted { Action::Reply(reply) } else { session.data_refused(reply) };
                         session.end_transaction(accepted);
@@ -340,7 +362,7 @@ async fn run(
                     Err(end) => break end,
                 }
             }
-            Action::Recipient { .. } => {}
+            Action::Recipient { .. } | Action::Greylist { .. } => {}
         }
         // RSET, a new EHLO, or a refused transaction: release the back end connection.
         if session.txn.is_none() {
@@ -550,6 +572,92 @@ async fn data(
     Ok((reply, reason, size))
 }
 
+/// Consult the state store for a recipient that passed every other step. `Ok` goes on to the
+/// back end; `Err` is the reply: the policy's 451, or the store's failure mode.
+async fn greylist(
+    shared: &Shared,
+    session: &mut Session,
+    farm: &Farm,
+    recipient: &str,
+    fail_open: bool,
+) -> Result<(), Reply> {
+    let (Some(settings), Some(store)) = (&farm.greylist, shared.state.as_ref()) else {
+        // The node opens its store whenever a farm greylists (server::Node::new).
+        return Ok(());
+    };
+    let client = greylist_client(settings, session);
+    let sender = session.txn.as_ref().map_or("", |t| t.sender.as_str());
+    let triplet = Triplet::new(client.clone(), sender, recipient);
+    let metrics = &shared.metrics;
+    let outcome = |outcome: &'static str| {
+        metrics.greylist.get_or_create(&GreylistOutcome { farm: farm.name.clone(), outcome }).inc();
+    };
+    match store.greylist(&triplet, session.peer.ip(), Timings::from(settings)).await {
+        Ok(verdict) => {
+            outcome(verdict.as_str());
+            if let GreylistVerdict::Passed { waited, other_address } = verdict {
+                metrics.greylist_wait.observe(waited as f64);
+                if other_address {
+                    metrics.greylist_other_address.inc();
+                }
+                tracing::info!(
+                    session = %session.id, client = %session.peer.ip(), key = client.as_str(), sender,
+                    recipient, waited, other_address, "greylist passed"
+                );
+            }
+            if verdict.passes() {
+                session.greylist_client = Some(client);
+                Ok(())
+            } else {
+                Err(crate::session::policy_reply(&settings.reply))
+            }
+        }
+        Err(e) => {
+            outcome(if fail_open { "error-accepted" } else { "error-deferred" });
+            tracing::warn!(session = %session.id, error = %e, fail_open, "greylist: the state store did not answer");
+            if fail_open {
+                Ok(())
+            } else {
+                Err(Reply::new(451, EnhancedCode::new(4, 3, 0), "Temporary local problem, please try again later")
+                    .unwrap_or_else(|_| Reply::local_error()))
+            }
+        }
+    }
+}
+
+/// What stands for the client in its triplets: its network, or with `key="fcrdns"` the
+/// registrable domain of its forward-confirmed reverse name (so every host of a sender's pool is
+/// one client).
+fn greylist_client(settings: &mtac_ruleset::model::Greylist, session: &Session) -> String {
+    if settings.key == GreylistKey::Fcrdns {
+        if let Some(ReverseDns::Confirmed(name)) = &session.dns.reverse {
+            if let Some(domain) = psl::domain_str(&name.trim_end_matches('.').to_ascii_lowercase()) {
+                return format!("dns:{domain}");
+            }
+        }
+    }
+    let ip = session.peer.ip();
+    let prefix = if ip.is_ipv4() { settings.v4_prefix } else { settings.v6_prefix };
+    let network = ipnet::IpNet::new(ip, prefix).map(|n| n.trunc()).unwrap_or_else(|_| ipnet::IpNet::from(ip));
+    format!("net:{network}")
+}
+
+/// A delivered message counts toward its client's auto-whitelisting (in the background: the
+/// client has its answer already).
+fn count_delivery(shared: &Shared, session: &Session, farm: &Farm) {
+    let (Some(settings), Some(store), Some(client)) =
+        (&farm.greylist, shared.state.clone(), session.greylist_client.clone())
+    else {
+        return;
+    };
+    let timings = Timings::from(settings);
+    tokio::spawn(async move {
+        if let Err(e) = store.delivered(&client, timings).await {
+            tracing::warn!(error = %e, "greylist: cannot count a delivery for auto-whitelisting");
+        }
+    });
+}
+
 /// What the client asked, for the decision's log line and metrics.
 enum Asked {
     Connect,
@@ -598,7 +706,7 @@ fn decided(shared: &Shared, session: &mut Session, farm: &Farm, asked: &Asked, a
     let rule = session.take_rule();
     let reply = match action {
         Action::Reply(r) | Action::Close(r) => r,
-        Action::Recipient { .. } | Action::Data => return,
+        Action::Recipient { .. } | Action::Greylist { .. } | Action::Data => return,
     };
     let refused = reply.is_transient() || reply.is_permanent();
     let metrics = &shared.metrics;

@@ -73,19 +73,28 @@ impl Bans {
     }
 
     /// Ban `ip`'s network after `rule` refused it, if a ban rule names that rule.
-    /// Returns the network banned.
-    pub fn after_refusal(&self, ip: IpAddr, rule: &str, rules: &[BanRule]) -> Option<IpNet> {
+    /// Returns the network banned and for how many seconds.
+    pub fn after_refusal(&self, ip: IpAddr, rule: &str, rules: &[BanRule]) -> Option<(IpNet, u64)> {
         let ban = rules.iter().find(|b| b.after.iter().any(|r| r == rule))?;
         let net = network(ip, ban.v4_prefix, ban.v6_prefix);
-        let until = Instant::now() + Duration::from_secs(u64::from(ban.seconds));
+        let seconds = u64::from(ban.seconds);
+        self.insert(net, seconds).then_some((net, seconds))
+    }
+
+    /// Ban `net` for `seconds` (a ban this node decided, or one another node of the farm
+    /// announced). Returns false when the table is full.
+    pub fn insert(&self, net: IpNet, seconds: u64) -> bool {
         let now = Instant::now();
+        let until = now + Duration::from_secs(seconds);
         let mut table = self.until.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         if !table.make_room(|t| *t <= now) && !table.map.contains_key(&net) {
             tracing::warn!(%net, "ban table full; not banning");
-            return None;
+            return false;
         }
-        table.map.insert(net, until);
-        Some(net)
+        // A ban announced twice (ours echoed back by Redis) keeps the later end.
+        let end = table.map.get(&net).map_or(until, |t| (*t).max(until));
+        table.map.insert(net, end);
+        true
     }
 
     /// Bans in force now.
@@ -153,7 +162,7 @@ mod tests {
         let ip: IpAddr = "192.0.2.77".parse().unwrap();
         assert!(!bans.is_banned(ip, &rules));
         assert_eq!(bans.after_refusal(ip, "helo.fqdn", &rules), None, "not a banning rule");
-        assert_eq!(bans.after_refusal(ip, "dnsbl", &rules), Some("192.0.2.0/24".parse().unwrap()));
+        assert_eq!(bans.after_refusal(ip, "dnsbl", &rules), Some(("192.0.2.0/24".parse().unwrap(), 1)));
         assert!(bans.is_banned("192.0.2.1".parse().unwrap(), &rules));
         assert!(!bans.is_banned("192.0.3.1".parse().unwrap(), &rules));
         assert_eq!(bans.active(), 1);

@@ -32,5 +32,6 @@ pub mod server;
 pub mod session;
 pub mod smtp;
 pub mod spool;
+pub mod state;
 
 pub use server::{run, AdminAddress, Listeners, Loader, Node, RunConfig, RunError};

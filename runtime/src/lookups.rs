@@ -11,7 +11,7 @@
 use crate::dns::{Dns, Reverse};
 use crate::metrics::{Metrics, ZoneLabel};
 use mtac_ruleset::eval::{DomainStatus, GivenDns, ListAnswer, ReverseDns};
-use mtac_ruleset::model::{Check, DnsblTarget, Farm, Stage};
+use mtac_ruleset::model::{Check, DnsblTarget, Farm, GreylistKey, Stage};
 use std::net::IpAddr;
 use tokio::task::JoinHandle;
 
@@ -65,6 +65,11 @@ impl Needs {
                     Check::HeloResolvable => {
                         need.1 = true;
                         needs.helo_name = true;
+                    }
+                    // Keying greylist triplets by the client's confirmed reverse-DNS domain.
+                    Check::Greylist if farm.greylist.as_ref().is_some_and(|g| g.key == GreylistKey::Fcrdns) => {
+                        need.0 = true;
+                        needs.reverse = true;
                     }
                     _ => {}
                 }

@@ -65,6 +65,13 @@ pub struct MessageOutcome {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct GreylistOutcome {
+    pub farm: String,
+    /// [`crate::state::GreylistVerdict::as_str`], or `error-accepted` / `error-deferred`.
+    pub outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ZoneLabel {
     pub zone: String,
 }
@@ -109,6 +116,9 @@ pub struct Metrics {
     pub relay_seconds: Family<FarmLabel, Histogram, fn() -> Histogram>,
     pub relay_errors: Family<RelayError, Counter>,
     pub bans: Counter,
+    pub greylist: Family<GreylistOutcome, Counter>,
+    pub greylist_wait: Histogram,
+    pub greylist_other_address: Counter,
     pub reloads: Family<ReloadResult, Counter>,
     // Read at scrape time.
     pub connections_active: Gauge,
@@ -143,6 +153,10 @@ impl Metrics {
             relay_seconds: Family::new_with_constructor(relay_histogram),
             relay_errors: Family::default(),
             bans: Counter::default(),
+            greylist: Family::default(),
+            // 1 minute to ~2.8 days: what greylisting adds to a legitimate message.
+            greylist_wait: Histogram::new(exponential_buckets(60.0, 2.0, 13)),
+            greylist_other_address: Counter::default(),
             reloads: Family::default(),
             connections_active: Gauge::default(),
             bans_active: Gauge::default(),
@@ -189,6 +203,17 @@ impl Metrics {
         );
         registry.register("relay_errors", "Back end failures at relay time", m.relay_errors.clone());
         registry.register("bans", "Client networks banned", m.bans.clone());
+        registry.register("greylist", "Greylist decisions, by outcome", m.greylist.clone());
+        registry.register(
+            "greylist_wait_seconds",
+            "The delay greylisting added: first attempt to the retry that passed",
+            m.greylist_wait.clone(),
+        );
+        registry.register(
+            "greylist_retry_other_address",
+            "Retries that passed from another address than the first attempt (same network or pool)",
+            m.greylist_other_address.clone(),
+        );
         registry.register("bans_active", "Client networks banned now", m.bans_active.clone());
         registry.register("spool_bytes", "Bytes of messages in the spool now", m.spool_bytes.clone());
         registry.register("spool_files", "Messages in the spool now", m.spool_files.clone());

@@ -48,6 +48,8 @@ pub enum RunError {
     Signals(std::io::Error),
     #[error("DNS: {0}")]
     Dns(String),
+    #[error("state store: {0}")]
+    State(String),
 }
 
 /// Node-wide stop state, watched by every session.
@@ -137,6 +139,8 @@ pub struct Shared {
     /// Connection and message rate counters.
     pub rates: Rates,
     pub spool: Spool,
+    /// Greylist entries (and with Redis, the farm's bans), when some farm needs them.
+    pub state: Option<crate::state::Store>,
     pub counters: Counters,
     pub metrics: Metrics,
     shutdown: watch::Sender<Shutdown>,
@@ -231,9 +235,6 @@ pub fn unsupported(ruleset: &Ruleset) -> Vec<String> {
         if farm.kind == FarmKind::Submission {
             need("submission farms (STARTTLS and AUTH: the submission issue)");
         }
-        if farm.greylist.is_some() {
-            need("greylisting (the greylisting issue)");
-        }
         if !farm.scanners.is_empty() {
             need("content scanners (the scanning issue)");
         }
@@ -269,6 +270,14 @@ impl Node {
         }
         prepare_maildirs(&ruleset)?;
         let dns = build_dns(&ruleset)?;
+        let state = if needs_state(&ruleset) {
+            let store =
+                crate::state::Store::open(&ruleset.policy().state).map_err(|e| RunError::State(e.to_string()))?;
+            tracing::info!(store = ?ruleset.policy().state, "state store opened");
+            Some(store)
+        } else {
+            None
+        };
         let started =
             std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as u32).unwrap_or(0);
         tracing::info!(hash = %ruleset.hash_hex(), "ruleset loaded");
@@ -279,6 +288,7 @@ impl Node {
             bans: Bans::default(),
             rates: Rates::default(),
             spool,
+            state,
             counters: Counters::default(),
             metrics: Metrics::new(),
             shutdown,
@@ -300,6 +310,10 @@ impl Node {
             let needs_dns = ruleset.policy().farms.iter().any(|f| Needs::of(f).any());
             if needs_dns && self.shared.dns.is_none() {
                 Err("the new ruleset needs DNS, which this node started without: restart it to load this ruleset"
+                    .to_owned())
+            } else if needs_state(&ruleset) && self.shared.state.is_none() {
+                Err("the new ruleset needs a state store (greylisting), which this node started without: restart it \
+                     to load this ruleset"
                     .to_owned())
             } else if missing.is_empty() {
                 prepare_maildirs(&ruleset).map_err(|e| e.to_string())?;
@@ -409,6 +423,11 @@ impl Node {
             let every = Duration::from_secs(u64::from(snapshot.ruleset.policy().dns.probe_interval));
             dns.spawn_probes(list_zones(&snapshot.ruleset), every)
         });
+        let state_tasks = match &node.shared.state {
+            Some(crate::state::Store::Embedded(db)) => Some(db.spawn_maintenance()),
+            Some(crate::state::Store::Redis(redis)) => Some(mirror_bans(redis.clone(), node.shared.clone())),
+            None => None,
+        };
         node.shared.ready.store(true, Ordering::Relaxed);
         let watchdog = systemd_ready(&node.shared);
 
@@ -439,6 +458,14 @@ impl Node {
         if let Some(admin) = admin {
             admin.abort();
         }
+        if let Some(task) = state_tasks {
+            task.abort();
+        }
+        if let Some(crate::state::Store::Embedded(db)) = &node.shared.state {
+            if let Err(e) = db.persist() {
+                tracing::error!(error = %e, "state store: cannot persist at stop");
+            }
+        }
         tracing::info!("stopped");
         Ok(())
     }
@@ -460,6 +487,67 @@ fn build_dns(ruleset: &Ruleset) -> Result<Option<Dns>, RunError> {
 }
 
 /// Every DNS list zone of the ruleset, for health probes.
+/// Mirror the farm's bans from Redis into this node's table: the ones in force when (re)connected,
+/// then each one another node announces. The accept path reads only the local table.
+fn mirror_bans(redis: Arc<crate::state::RedisStore>, shared: Arc<Shared>) -> tokio::task::JoinHandle<()> {
+    use futures_util::StreamExt;
+    tokio::spawn(async move {
+        let mut failures = 0u32;
+        loop {
+            let subscribed = async {
+                let mut pubsub = redis.client().get_async_pubsub().await?;
+                pubsub.subscribe(crate::state::BAN_CHANNEL).await?;
+                Ok::<_, redis::RedisError>(pubsub)
+            };
+            match tokio::time::timeout(Duration::from_secs(5), subscribed).await {
+                Ok(Ok(mut pubsub)) => {
+                    if failures > 0 {
+                        tracing::info!("redis: ban channel subscribed again");
+                    }
+                    failures = 0;
+                    // Subscribed first, then read what is in force: no ban falls in between.
+                    match redis.bans().await {
+                        Ok(bans) => {
+                            for (net, seconds) in bans {
+                                if let Ok(net) = net.parse() {
+                                    shared.bans.insert(net, seconds);
+                                }
+                            }
+                        }
+                        Err(e) => tracing::warn!(error = %e, "redis: cannot read the farm's bans"),
+                    }
+                    let mut messages = pubsub.on_message();
+                    while let Some(message) = messages.next().await {
+                        let Ok(payload) = message.get_payload::<String>() else { continue };
+                        let mut parts = payload.split(' ');
+                        if let (Some(Ok(net)), Some(Ok(seconds))) =
+                            (parts.next().map(str::parse), parts.next().map(str::parse::<u64>))
+                        {
+                            shared.bans.insert(net, seconds);
+                        }
+                    }
+                    tracing::warn!("redis: ban channel lost; bans are this node's own until it is back");
+                }
+                Ok(Err(e)) => {
+                    if failures == 0 {
+                        tracing::warn!(error = %e, "redis: cannot subscribe to the farm's bans; retrying");
+                    }
+                    failures = failures.saturating_add(1);
+                }
+                Err(_) => failures = failures.saturating_add(1),
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    })
+}
+
+/// Whether the node needs its state store: some farm greylists, or bans are shared through Redis.
+fn needs_state(ruleset: &Ruleset) -> bool {
+    let policy = ruleset.policy();
+    let redis = matches!(policy.state, model::StateSettings::Redis { .. });
+    policy.farms.iter().any(|f| f.greylist.is_some() || (redis && !f.bans.is_empty()))
+}
+
 fn list_zones(ruleset: &Ruleset) -> Vec<(String, model::DnsblTarget)> {
     let mut zones: Vec<(String, model::DnsblTarget)> = Vec::new();
     for zone in ruleset.policy().farms.iter().filter_map(|f| f.dnsbl.as_ref()).flat_map(|d| &d.zones) {

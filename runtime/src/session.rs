@@ -27,6 +27,9 @@ pub enum Action {
     /// The policy accepts this recipient: get the back end's verdict, then call
     /// [`Session::recipient_result`].
     Recipient { address: String },
+    /// Every policy step passed but greylisting, which needs the state store: ask it, then call
+    /// [`Session::greylist_result`].
+    Greylist { address: String },
     /// Send 354 and receive the message.
     Data,
 }
@@ -65,6 +68,11 @@ pub struct Session {
     /// The rule (policy or internal) behind the refusal just answered (taken by the driver for
     /// logs and metrics).
     rule_now: Option<String>,
+    /// The last decision passed with greylisting still to consult.
+    greylist_pending: bool,
+    /// The greylist client key of this session, once a recipient passed greylisting (its
+    /// delivered messages count toward auto-whitelisting).
+    pub greylist_client: Option<String>,
     /// DNS answers gathered so far (filled by the driver before each stage that needs them).
     pub dns: GivenDns,
     /// The client is banned and was let in to be refused at RCPT (ban response "refuse-recipients").
@@ -110,6 +118,8 @@ impl Session {
             last_rule: None,
             refused_by: None,
             rule_now: None,
+            greylist_pending: false,
+            greylist_client: None,
             dns: GivenDns::default(),
             banned: false,
             junk: 0,
@@ -135,6 +145,7 @@ impl Session {
             dns: &self.dns,
         };
         let decision = eval::evaluate(ruleset, farm, stage, &facts);
+        self.greylist_pending = decision.greylist_pending;
         let reply = decision.reply.as_ref().map(policy_reply);
         if reply.is_some() {
             self.refused_by = decision.rule.clone();
@@ -282,6 +293,7 @@ impl Session {
                 };
                 match self.decide(ruleset, farm, Stage::Rcpt, Some(&sender), Some(&address)) {
                     Some(r) => self.answer(r),
+                    None if std::mem::take(&mut self.greylist_pending) => Action::Greylist { address },
                     None => Action::Recipient { address },
                 }
             }
@@ -330,6 +342,19 @@ impl Session {
                 Action::Reply(Reply::recipient_ok())
             }
             Err(r) => self.answer(r),
+        }
+    }
+
+    /// The state store's verdict on a recipient that waited for greylisting: `Ok(())` goes on to
+    /// the back end ([`Action::Recipient`]); `Err(reply)` refuses it (451 from the policy, or the
+    /// store's failure mode) and counts as an error like any refusal.
+    pub fn greylist_result(&mut self, address: String, verdict: Result<(), Reply>) -> Action {
+        match verdict {
+            Ok(()) => Action::Recipient { address },
+            Err(reply) => {
+                self.note_rule("greylist".to_owned());
+                self.answer(reply)
+            }
         }
     }
 
@@ -434,6 +459,7 @@ mod tests {
             tables: vec![TableInfo { kind: TableKind::Domains, name: "d".to_owned(), entries: 1, sources: vec![] }],
             dns: DnsSettings::default(),
             admin: None,
+            state: Default::default(),
         };
         let mut domains = DomainTableBuilder::new();
         domains.insert("example.com", false, 0).unwrap();
@@ -452,6 +478,7 @@ mod tests {
         match action {
             Action::Reply(r) | Action::Close(r) => r.code(),
             Action::Recipient { .. } => 1,
+            Action::Greylist { .. } => 2,
             Action::Data => 354,
         }
     }

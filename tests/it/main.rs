@@ -6,6 +6,7 @@
 mod admin;
 mod cli;
 mod dnsbl;
+mod greylist;
 mod policies;
 mod process;
 mod runtime;
