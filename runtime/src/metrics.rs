@@ -225,6 +225,10 @@ impl Metrics {
         );
         registry.register("reloads", "Ruleset reloads, by result", m.reloads.clone());
         registry.register("start_time_seconds", "When the node started (Unix time)", m.start_time.clone());
+        // Present from the start, so an alert on their increase sees the first failure.
+        for result in ["ok", "failed"] {
+            m.reloads.get_or_create(&ReloadResult { result }).inc_by(0);
+        }
         Metrics { registry, ..m }
     }
 

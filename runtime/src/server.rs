@@ -731,7 +731,16 @@ fn watch(watch_path: Option<&Path>) -> (Option<notify::RecommendedWatcher>, toki
         let tx = tx.clone();
         let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
             if let Ok(event) = event {
-                if event.paths.iter().any(|p| p.file_name() == Some(name.as_os_str())) {
+                // The reload's own open and read of the file are events too (inotify IN_OPEN,
+                // IN_ACCESS): reacting to them would reload forever. A writer closing the file
+                // (IN_CLOSE_WRITE) is the end of an in-place copy, so that one counts.
+                use notify::event::{AccessKind, AccessMode, EventKind};
+                let changes = match event.kind {
+                    EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
+                    EventKind::Access(_) => false,
+                    _ => true,
+                };
+                if changes && event.paths.iter().any(|p| p.file_name() == Some(name.as_os_str())) {
                     let _ = tx.try_send(());
                 }
             }

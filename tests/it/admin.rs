@@ -249,6 +249,15 @@ async fn status_reports_divergence_after_a_partial_push_and_convergence_after_bo
     }
     assert!(shown.contains("last_reload_error\": \""), "{shown}");
     assert_eq!(ruleset_of(b_admin).await.unwrap(), hash_of(&v1));
+    // One bad push is one failed reload: the node's own reading of the file must not trigger
+    // another (it once did, five times a second).
+    let failed = || async {
+        let (_, body) = mtac_runtime::admin::get(b_admin, "/status", Duration::from_secs(2)).await.unwrap();
+        serde_json::from_str::<mtac_runtime::admin::Status>(&body).unwrap().reloads_failed
+    };
+    let first = failed().await;
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert!(first <= 2 && failed().await == first, "reloads keep failing: {first} then {}", failed().await);
 
     // Push v2 to B as well: converged on v2.
     push(&v2, &b_rules);
