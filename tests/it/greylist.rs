@@ -106,11 +106,14 @@ const GREYLIST: &str = r#"greylist delay="2s" retry-window="1m" lifetime="1h" ne
 async fn embedded_greylisting_defers_then_passes_and_survives_a_restart() {
     let sink = Sink::start(Behaviour::default()).await;
     let state_dir = tempfile::tempdir().unwrap();
-    let policy = relay_policy(GREYLIST).replace(
+    let policy = relay_policy(&format!("{GREYLIST}\n    access {{\n        accept \"127.0.41.0/24\"\n    }}")).replace(
         "spool \"{dir}/spool\"",
         &format!("spool \"{{dir}}/spool\"\nstate \"embedded\" path=\"{}\"", state_dir.path().join("s.redb").display()),
     );
     let mut node = TestNode::start(&policy, Some(sink.addr)).await;
+    // A client the access list vouches for is never greylisted.
+    let (r, _) = send(node.addr, "127.0.41.5", "alice@sender.example", "bob@example.test").await;
+    assert_eq!(code(&r), 250, "a trusted client passes at once: {r}");
     let (r, _) = send(node.addr, "127.0.40.7", "alice@sender.example", "bob@example.test").await;
     assert!(r.starts_with("451 4.7.1 Greylisted, come back later"), "a new triplet is deferred: {r}");
     let (r, _) = send(node.addr, "127.0.40.7", "alice@sender.example", "bob@example.test").await;
@@ -157,7 +160,7 @@ async fn embedded_greylisting_defers_then_passes_and_survives_a_restart() {
     assert!(client["deliveries"].as_u64().unwrap() >= 2, "{client}");
     assert_eq!(client["triplet"]["passed"], true, "{client}");
     assert_eq!(client["triplet"]["first_address"], "127.0.40.7", "{client}");
-    assert_eq!(sink.messages().len(), 3);
+    assert_eq!(sink.messages().len(), 4);
 }
 
 async fn state(admin: SocketAddr, query: &str) -> serde_json::Value {
