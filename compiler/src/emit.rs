@@ -211,6 +211,9 @@ fn emit_farm(farm: &DraftFarm, hostname: &str, tables: &mut Tables) -> Farm {
                 reject_score: s.reject_score,
             })
             .collect(),
+        scan_max_size: farm.scan_limit.map_or(crate::lower::DEFAULT_SCAN_MAX, |(size, _)| size),
+        scan_oversize_refuse: farm.scan_limit.is_some_and(|(_, refuse)| refuse),
+        mime: farm.mime.clone(),
         relay: match &farm.relay {
             Some((DraftRelay::Backends(b), _)) => Relay::Backends(b.clone()),
             Some((DraftRelay::Maildir(d), _)) => Relay::Maildir(d.clone()),

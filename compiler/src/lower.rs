@@ -11,7 +11,8 @@ use kdl::{KdlDocument, KdlEntry, KdlNode, KdlValue};
 use miette::SourceSpan;
 use mtac_ruleset::model::{
     AccessAction, Auth, AuthBackend, Backend, BackendProtocol, BanResponse, BarePolicy, DnsSettings, DnsblAnswer,
-    DnsblTarget, FarmKind, GreylistKey, Listener, RateLimit, RateSubject, Reply, ScannerKind, Stage, StateSettings,
+    DnsblTarget, FarmKind, GreylistKey, Listener, MimeRules, RateLimit, RateSubject, Reply, ScannerKind, Stage,
+    StateSettings,
 };
 use mtac_ruleset::syntax;
 use std::collections::HashMap;
@@ -216,6 +217,9 @@ pub struct DraftFarm {
     pub bans: Vec<DraftBan>,
     pub greylist: Option<DraftGreylist>,
     pub scanners: Vec<DraftScanner>,
+    /// `scan max-size=` and `oversize="refuse"`.
+    pub scan_limit: Option<(u64, bool)>,
+    pub mime: Option<MimeRules>,
     pub relay: Option<(DraftRelay, Origin)>,
     pub tls: Option<DraftTls>,
     pub auth: Option<(Auth, Origin)>,
@@ -240,6 +244,10 @@ pub struct Draft {
 }
 
 const TOP_NODES: &[&str] = &["hostname", "banner", "spool", "dns", "admin", "state", "farm", "include"];
+/// Messages above this size are not scanned unless the policy says otherwise (amavis and
+/// spamd's own defaults are in the same range; a virus rarely hides in a 50 MB upload).
+pub const DEFAULT_SCAN_MAX: u64 = 25 * 1024 * 1024;
+
 const FARM_NODES: &[&str] = &[
     "listen",
     "limits",
@@ -256,6 +264,7 @@ const FARM_NODES: &[&str] = &[
     "ban",
     "greylist",
     "scan",
+    "mime",
     "relay",
     "deliver",
     "tls",
@@ -922,6 +931,8 @@ impl<'d> Lowerer<'d> {
             bans: Vec::new(),
             greylist: None,
             scanners: Vec::new(),
+            scan_limit: None,
+            mime: None,
             relay: None,
             tls: None,
             auth: None,
@@ -1051,6 +1062,7 @@ impl<'d> Lowerer<'d> {
                 "ban" => self.ban(at, farm),
                 "greylist" => self.greylist(at, dir, farm),
                 "scan" => self.scan(at, farm),
+                "mime" => self.mime(at, farm),
                 "relay" => self.relay(at, farm),
                 "deliver" => self.deliver(at, dir, farm),
                 "tls" => self.tls(at, dir, farm),
@@ -1843,8 +1855,95 @@ impl<'d> Lowerer<'d> {
         });
     }
 
-    fn scan(&mut self, at: At<'_>, farm: &mut DraftFarm) {
+    /// `mime { forbid-extension …; forbid-type …; require-header …; forged-local-sender BOOL }`.
+    fn mime(&mut self, at: At<'_>, farm: &mut DraftFarm) {
         self.shape(at, &[], 0, true);
+        let mut rules = farm.mime.take().unwrap_or_default();
+        for child in Self::children(at) {
+            let name = child.node.name().value().to_owned();
+            match name.as_str() {
+                "forbid-extension" | "forbid-type" | "require-header" => {
+                    self.shape(child, &[], usize::MAX, false);
+                    for entry in Self::args(child) {
+                        let Some(value) = self.string(entry, child.file, "a value") else { continue };
+                        let value = value.trim().to_ascii_lowercase();
+                        let ok = match name.as_str() {
+                            "forbid-extension" => {
+                                let value = value.trim_start_matches('.');
+                                !value.is_empty()
+                                    && value.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+                            }
+                            "forbid-type" => value.split_once('/').is_some_and(|(t, s)| !t.is_empty() && !s.is_empty()),
+                            _ => !value.is_empty() && value.bytes().all(|b| b.is_ascii_graphic() && b != b':'),
+                        };
+                        if !ok {
+                            self.err(
+                                "mtac::mime::value",
+                                format!("`{value}` is not valid for `{name}`"),
+                                child.file,
+                                entry.span(),
+                                "invalid value",
+                                "forbid-extension \"exe\"; forbid-type \"application/x-msdownload\" or \"application/*\"; require-header \"Message-ID\"",
+                            );
+                            continue;
+                        }
+                        let list = match name.as_str() {
+                            "forbid-extension" => &mut rules.forbid_extensions,
+                            "forbid-type" => &mut rules.forbid_types,
+                            _ => &mut rules.require_headers,
+                        };
+                        let value = value.trim_start_matches('.').to_owned();
+                        if !list.contains(&value) {
+                            list.push(value);
+                        }
+                    }
+                }
+                "forged-local-sender" => {
+                    self.shape(child, &[], 1, false);
+                    match Self::args(child).next().map(|e| e.value().clone()) {
+                        Some(KdlValue::Bool(b)) => rules.forged_local_sender = b,
+                        _ => self.err(
+                            "mtac::mime::value",
+                            "`forged-local-sender` takes #true or #false".to_owned(),
+                            child.file,
+                            child.node.span(),
+                            "expected a boolean",
+                            "",
+                        ),
+                    }
+                }
+                _ => self.unknown_node(
+                    child,
+                    &["forbid-extension", "forbid-type", "require-header", "forged-local-sender"],
+                    "`mime`",
+                ),
+            }
+        }
+        farm.mime = Some(rules);
+    }
+
+    fn scan(&mut self, at: At<'_>, farm: &mut DraftFarm) {
+        self.shape(at, &["max-size", "oversize"], 0, true);
+        let max_size = Self::prop(at, "max-size").and_then(|e| self.size(e, at.file, "`max-size`"));
+        let refuse = match Self::prop(at, "oversize").and_then(|e| self.string(e, at.file, "`oversize`")).as_deref() {
+            None | Some("pass") => false,
+            Some("refuse") => true,
+            Some(other) => {
+                self.err(
+                    "mtac::scan::oversize",
+                    format!("unknown oversize action `{other}`"),
+                    at.file,
+                    at.node.span(),
+                    "expected \"pass\" or \"refuse\"",
+                    "\"pass\" relays a message too large to scan without scanning it; \"refuse\" answers 552",
+                );
+                false
+            }
+        };
+        if max_size.is_some() || Self::prop(at, "oversize").is_some() {
+            let (old_size, _) = farm.scan_limit.unwrap_or((DEFAULT_SCAN_MAX, false));
+            farm.scan_limit = Some((max_size.unwrap_or(old_size), refuse));
+        }
         for child in Self::children(at) {
             let kind = match child.node.name().value() {
                 "clamav" => ScannerKind::Clamav,

@@ -180,7 +180,7 @@ pub fn evaluate(tables: &dyn Lookup, farm: &Farm, stage: Stage, facts: &Facts<'_
 }
 
 /// Why the client is trusted (anti-spam checks skipped), if it is.
-fn trust(tables: &dyn Lookup, farm: &Farm, facts: &Facts<'_>) -> Option<String> {
+pub fn trust(tables: &dyn Lookup, farm: &Farm, facts: &Facts<'_>) -> Option<String> {
     if facts.authenticated {
         return Some("authenticated".to_owned());
     }

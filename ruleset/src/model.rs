@@ -142,6 +142,12 @@ pub struct Farm {
     pub bans: Vec<BanRule>,
     pub greylist: Option<Greylist>,
     pub scanners: Vec<Scanner>,
+    /// Messages larger than this are not handed to the scanners.
+    pub scan_max_size: u64,
+    /// A message too large to scan is refused (552) instead of passing unscanned.
+    pub scan_oversize_refuse: bool,
+    /// Attachment and header rules, checked after DATA (before the scanners).
+    pub mime: Option<MimeRules>,
     pub relay: Relay,
     pub tls: Option<Tls>,
     pub auth: Option<Auth>,
@@ -444,6 +450,20 @@ pub struct Greylist {
     pub whitelist_senders: Option<TableId>,
     pub whitelist_recipients: Option<TableId>,
     pub reply: Reply,
+}
+
+/// Rules on the message's structure (mail-parser), checked after DATA.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct MimeRules {
+    /// File name extensions refused anywhere in an attachment's name (lower case, no dot):
+    /// `invoice.pdf.exe` and `photo.exe.jpg` are both refused for `exe`.
+    pub forbid_extensions: Vec<String>,
+    /// MIME types refused (`type/subtype`, or `type/*`), lower case.
+    pub forbid_types: Vec<String>,
+    /// Header fields every message must carry (RFC 5322 requires Date and From).
+    pub require_headers: Vec<String>,
+    /// Refuse a From: in one of the farm's local domains from a client nothing vouches for.
+    pub forged_local_sender: bool,
 }
 
 /// What stands for the client in a greylist triplet.

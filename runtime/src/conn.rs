@@ -11,14 +11,17 @@
 //! client trickling one byte at a time cannot stretch it.
 
 use crate::lookups::{Lookups, Needs};
-use crate::metrics::{FarmLabel, GreylistOutcome, MessageOutcome, RelayError, SessionEnd, Verdict};
+use crate::metrics::{
+    AuthOutcome, FarmLabel, GreylistOutcome, MessageOutcome, RelayError, ScanResult, ScannerLabel, SessionEnd, Verdict,
+};
 use crate::received::{self, Trace};
 use crate::relay::{Envelope, Relay, Transaction};
 use crate::server::{Delivery, Shared, Shutdown, Snapshot};
-use crate::session::{Action, Session};
+use crate::session::{Action, AuthVerdict, Session};
 use crate::smtp::{parse, BarePolicy as SmtpBare, DataReceiver, EnhancedCode, Frame, LineReader, Reply};
 use crate::spool::{self, SpoolFile};
 use crate::state::{GreylistVerdict, Timings, Triplet};
+use crate::tls::SmtpStream;
 use mtac_ruleset::eval::ReverseDns;
 use mtac_ruleset::model::GreylistKey;
 use mtac_ruleset::model::{BackendProtocol, BarePolicy, Farm, RateSubject, Stage};
@@ -71,7 +74,7 @@ enum Read {
 }
 
 struct Conn<'s> {
-    stream: TcpStream,
+    stream: SmtpStream,
     input: Vec<u8>,
     output: Vec<u8>,
     shared: &'s Shared,
@@ -157,6 +160,7 @@ pub async fn serve(
     stream: TcpStream,
     peer: SocketAddr,
     farm_name: &str,
+    implicit_tls: bool,
     shared: Arc<Shared>,
     id: String,
     banned: bool,
@@ -172,7 +176,7 @@ pub async fn serve(
         return;
     };
     let mut conn = Conn {
-        stream,
+        stream: SmtpStream::Plain(stream),
         input: Vec::with_capacity(READ_STEP),
         output: Vec::with_capacity(512),
         shared: &shared,
@@ -180,6 +184,25 @@ pub async fn serve(
     };
     let mut session = Session::new(id.clone(), peer, &snapshot.ruleset, farm);
     session.banned = banned;
+    if implicit_tls {
+        // RFC 8314: TLS from the first byte, then the greeting inside it.
+        let Some(tls) = snapshot.tls(farm_index) else { return };
+        let limit = Duration::from_secs(u64::from(farm.limits.timeouts.command).min(60));
+        match tokio::time::timeout(limit, conn.stream.upgrade(&tls.acceptor)).await {
+            Ok(Ok(())) => {
+                shared.metrics.tls_sessions.get_or_create(&FarmLabel { farm: farm.name.clone() }).inc();
+                session.tls_started(conn.stream.tls_description().unwrap_or_default());
+            }
+            Ok(Err(e)) => {
+                tracing::info!(session = %id, client = %peer.ip(), error = %e, "TLS handshake failed");
+                return;
+            }
+            Err(_) => {
+                tracing::info!(session = %id, client = %peer.ip(), "TLS handshake timed out");
+                return;
+            }
+        }
+    }
     let mut lookups = shared.dns().map(|dns| Lookups::start(dns, Needs::of(farm), peer.ip()));
     let end = run(&mut conn, &mut session, &snapshot, farm_index, farm, &mut lookups).await;
     shared.metrics.sessions.get_or_create(&SessionEnd { farm: farm.name.clone(), end: end.as_str() }).inc();
@@ -263,6 +286,8 @@ async fn run(
                 }
             }
             Frame::TooLong => Prepared::Done(session.line_too_long()),
+            // A SASL exchange: the line is the client's base64 answer, not a command.
+            Frame::Line(line) if session.in_sasl() => Prepared::Done(session.sasl_line(line)),
             Frame::Line(line) => match parse(line) {
                 Ok(command) => Prepared::Command(command),
                 Err(e) => Prepared::Done(session.parse_error(&e)),
@@ -307,6 +332,10 @@ async fn run(
         }
 
         let action = match action {
+            Action::Authenticate { user, password } => authenticate(conn.shared, session, farm, user, password).await,
+            other => other,
+        };
+        let action = match action {
             Action::Greylist { address } => {
                 let fail_open = crate::state::Store::fail_open(&snapshot.ruleset.policy().state);
                 let verdict = greylist(conn.shared, session, farm, &address, fail_open).await;
@@ -343,7 +372,7 @@ async fn run(
                 break conn.close(&reply, end).await;
             }
             Action::Data => {
-                let outcome = data(conn, session, farm, &hostname, &relay, txn.take()).await;
+                let outcome = data(conn, session, farm, &snapshot.ruleset, &hostname, &relay, txn.take()).await;
                 match outcome {
                     Ok((reply, reason, size)) => {
                         message_decided(conn.shared, session, farm, &reply, reason, size);
@@ -362,7 +391,29 @@ async fn run(
                     Err(end) => break end,
                 }
             }
-            Action::Recipient { .. } | Action::Greylist { .. } => {}
+            Action::StartTls(reply) => {
+                conn.reply(&reply);
+                if !conn.flush(Instant::now() + command_timeout).await {
+                    break End::Io;
+                }
+                // Whatever the client sent after STARTTLS was sent in clear text: it must not be
+                // read as if it had come through TLS (CVE-2011-0411).
+                conn.input.clear();
+                let Some(tls) = snapshot.tls(farm_index) else { break End::Io };
+                match tokio::time::timeout(command_timeout, conn.stream.upgrade(&tls.acceptor)).await {
+                    Ok(Ok(())) => {
+                        let metrics = &conn.shared.metrics;
+                        metrics.tls_sessions.get_or_create(&FarmLabel { farm: farm.name.clone() }).inc();
+                        session.tls_started(conn.stream.tls_description().unwrap_or_default());
+                    }
+                    Ok(Err(e)) => {
+                        tracing::info!(session = %session.id, error = %e, "STARTTLS handshake failed");
+                        break End::Io;
+                    }
+                    Err(_) => break End::Timeout,
+                }
+            }
+            Action::Recipient { .. } | Action::Greylist { .. } | Action::Authenticate { .. } => {}
         }
         // RSET, a new EHLO, or a refused transaction: release the back end connection.
         if session.txn.is_none() {
@@ -467,6 +518,7 @@ async fn data(
     conn: &mut Conn<'_>,
     session: &Session,
     farm: &Farm,
+    ruleset: &mtac_ruleset::Ruleset,
     hostname: &str,
     delivery: &Delivery<'_>,
     mut txn: Option<Transaction<'_>>,
@@ -500,6 +552,8 @@ async fn data(
             [one] => Some(one.as_str()),
             _ => None,
         },
+        tls: session.tls.as_deref(),
+        authenticated: session.authenticated.is_some(),
     });
     let bare = match farm.bare_line_ends {
         BarePolicy::Reject => SmtpBare::Reject,
@@ -554,8 +608,12 @@ async fn data(
         tracing::error!(session = %session.id, error = %e, "spool: flush failed");
         return Ok((abandon(txn, insufficient_storage()).await, "spool", size));
     }
+    let headers = match content_checks(conn.shared, session, farm, ruleset, &mut spool, hostname).await {
+        Ok(headers) => headers,
+        Err((reply, rule)) => return Ok((abandon(txn, reply).await, rule, size)),
+    };
     let started = std::time::Instant::now();
-    let reply = deliver(session, delivery, txn, &mut spool, hostname).await;
+    let reply = deliver(session, delivery, txn, &mut spool, hostname, headers).await;
     let metrics = &conn.shared.metrics;
     if let Delivery::Relay(_) = delivery {
         let farm_label = FarmLabel { farm: farm.name.clone() };
@@ -625,6 +683,45 @@ async fn greylist(
     }
 }
 
+/// Check AUTH credentials. A failure costs the client a second (brute force gets slow), counts
+/// toward the farm's `max-failures` across its sessions, and past it bans the address.
+async fn authenticate(shared: &Shared, session: &mut Session, farm: &Farm, user: String, password: String) -> Action {
+    let verdict = match &farm.auth {
+        Some(auth) => crate::auth::verify(auth, &user, &password).await,
+        None => AuthVerdict::Invalid,
+    };
+    drop(password);
+    let outcome = match verdict {
+        AuthVerdict::Valid => "success",
+        AuthVerdict::Invalid => "failure",
+        AuthVerdict::Unavailable => "unavailable",
+    };
+    shared.metrics.auth.get_or_create(&AuthOutcome { farm: farm.name.clone(), outcome }).inc();
+    let user_shown: String = user.chars().filter(|c| !c.is_control()).take(64).collect();
+    match verdict {
+        AuthVerdict::Valid => {
+            tracing::info!(session = %session.id, client = %session.peer.ip(), user = user_shown.as_str(), "authenticated");
+        }
+        AuthVerdict::Invalid => {
+            tracing::info!(session = %session.id, client = %session.peer.ip(), user = user_shown.as_str(), "authentication failed");
+            let max = farm.auth.as_ref().map_or(5, |a| a.max_failures.max(1));
+            if shared.auth_failures.count(session.peer.ip()) >= max {
+                let net = ipnet::IpNet::from(session.peer.ip());
+                if shared.bans.insert(net, AUTH_BAN.as_secs()) {
+                    shared.metrics.bans.inc();
+                    tracing::warn!(client = %session.peer.ip(), failures = max, "too many failed authentications: banned");
+                }
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        AuthVerdict::Unavailable => {}
+    }
+    session.auth_result(user, verdict)
+}
+
+/// How long an address that failed AUTH `max-failures` times is banned.
+const AUTH_BAN: Duration = Duration::from_secs(3600);
+
 /// What stands for the client in its triplets: its network, or with `key="fcrdns"` the
 /// registrable domain of its forward-confirmed reverse name (so every host of a sender's pool is
 /// one client).
@@ -656,6 +753,108 @@ fn count_delivery(shared: &Shared, session: &Session, farm: &Farm) {
             tracing::warn!(error = %e, "greylist: cannot count a delivery for auto-whitelisting");
         }
     });
+}
+
+/// MIME rules and scanners on the spooled message. `Ok` carries the header lines to relay in
+/// front of it; `Err` the refusal and its rule.
+async fn content_checks(
+    shared: &Shared,
+    session: &Session,
+    farm: &Farm,
+    ruleset: &mtac_ruleset::Ruleset,
+    spool: &mut SpoolFile,
+    hostname: &str,
+) -> Result<String, (Reply, &'static str)> {
+    if farm.scanners.is_empty() && farm.mime.is_none() {
+        return Ok(String::new());
+    }
+    let refuse = |code: u16, (c, s, d): (u8, u16, u16), text: &str, rule: &'static str| {
+        (Reply::new(code, EnhancedCode::new(c, s, d), text).unwrap_or_else(|_| Reply::local_error()), rule)
+    };
+    let size = spool.len();
+    if size > farm.scan_max_size {
+        if farm.scan_oversize_refuse {
+            return Err(refuse(552, (5, 3, 4), "Message too large to be scanned", "scan.oversize"));
+        }
+        tracing::info!(session = %session.id, size, max = farm.scan_max_size, "message too large to scan: relayed unscanned");
+        return Ok("X-Spam-Status: unscanned, message too large\r\n".to_owned());
+    }
+    let storage = || refuse(451, (4, 3, 0), "Temporary local problem, please try again later", "spool");
+    let mut message = vec![0u8; usize::try_from(size).map_err(|_| storage())?];
+    spool.rewind().await.map_err(|_| storage())?;
+    let mut filled = 0;
+    while filled < message.len() {
+        match spool.read(message.get_mut(filled..).unwrap_or(&mut [])).await {
+            Ok(0) | Err(_) => return Err(storage()),
+            Ok(n) => filled += n,
+        }
+    }
+    if let Some(rules) = &farm.mime {
+        let facts = mtac_ruleset::eval::Facts {
+            client_ip: session.peer.ip(),
+            helo: session.helo.as_deref(),
+            sender: session.txn.as_ref().map(|t| t.sender.as_str()),
+            recipient: None,
+            authenticated: false,
+            hostname,
+            dns: &session.dns,
+        };
+        let trusted = mtac_ruleset::eval::trust(ruleset, farm, &facts).is_some()
+            || (farm.trust_loopback && mtac_ruleset::model::is_loopback(session.peer.ip()));
+        let local = |domain: &str| {
+            use mtac_ruleset::eval::Lookup;
+            farm.local_domains.is_some_and(|t| ruleset.domain(t, domain).is_some())
+        };
+        if let Some(v) = crate::scan::mime(rules, &message, trusted, &local) {
+            return Err(refuse(v.code, v.enhanced, &v.text, v.rule));
+        }
+    }
+    if farm.scanners.is_empty() {
+        return Ok(String::new());
+    }
+    let envelope = crate::scan::Envelope {
+        client: session.peer.ip().to_string(),
+        helo: session.helo.clone().unwrap_or_default(),
+        sender: session.txn.as_ref().map(|t| t.sender.clone()).unwrap_or_default(),
+        recipients: session.txn.as_ref().map(|t| t.recipients.clone()).unwrap_or_default(),
+        queue_id: session.id.clone(),
+    };
+    let asks = farm.scanners.iter().map(|scanner| {
+        let (message, envelope) = (&message, &envelope);
+        async move {
+            let started = std::time::Instant::now();
+            let result = crate::scan::ask(scanner, message, envelope).await;
+            crate::scan::Outcome { scanner, result, elapsed: started.elapsed() }
+        }
+    });
+    let outcomes = futures_util::future::join_all(asks).await;
+    let metrics = &shared.metrics;
+    for o in &outcomes {
+        let scanner = crate::scan::kind_name(o.scanner.kind);
+        let result = match &o.result {
+            Ok(crate::scan::Finding::Clean) => "clean",
+            Ok(crate::scan::Finding::Virus(name)) => {
+                tracing::info!(session = %session.id, scanner, virus = name.as_str(), "virus found");
+                metrics.viruses.get_or_create(&FarmLabel { farm: farm.name.clone() }).inc();
+                "virus"
+            }
+            Ok(crate::scan::Finding::Score { score, .. }) => {
+                metrics.spam_score.get_or_create(&ScannerLabel { scanner }).observe(*score);
+                "scored"
+            }
+            Err(crate::scan::ScanError::Timeout(_)) => "timeout",
+            Err(_) => "error",
+        };
+        if let Err(e) = &o.result {
+            tracing::warn!(session = %session.id, scanner, error = %e, fail_open = o.scanner.fail_open, "scanner failed");
+        }
+        metrics.scans.get_or_create(&ScanResult { scanner, result }).inc();
+        metrics.scan_seconds.get_or_create(&ScannerLabel { scanner }).observe(o.elapsed.as_secs_f64());
+    }
+    match crate::scan::combine(&outcomes, hostname) {
+        crate::scan::Verdict::Pass { headers } => Ok(headers),
+        crate::scan::Verdict::Refuse { code, enhanced, text, rule } => Err(refuse(code, enhanced, &text, rule)),
+    }
 }
 
 /// What the client asked, for the decision's log line and metrics.
@@ -706,7 +905,8 @@ fn decided(shared: &Shared, session: &mut Session, farm: &Farm, asked: &Asked, a
     let rule = session.take_rule();
     let reply = match action {
         Action::Reply(r) | Action::Close(r) => r,
-        Action::Recipient { .. } | Action::Greylist { .. } | Action::Data => return,
+        Action::StartTls(r) => r,
+        Action::Recipient { .. } | Action::Greylist { .. } | Action::Authenticate { .. } | Action::Data => return,
     };
     let refused = reply.is_transient() || reply.is_permanent();
     let metrics = &shared.metrics;
@@ -803,10 +1003,11 @@ async fn deliver(
     txn: Option<Transaction<'_>>,
     spool: &mut SpoolFile,
     hostname: &str,
+    headers: String,
 ) -> Reply {
     match delivery {
         Delivery::Relay(_) => match txn {
-            Some(t) => t.data(spool).await,
+            Some(t) => t.data(headers.as_bytes(), spool).await,
             None => Reply::new(451, EnhancedCode::new(4, 4, 0), "Back end transaction lost, try again later")
                 .unwrap_or_else(|_| Reply::local_error()),
         },
@@ -815,8 +1016,10 @@ async fn deliver(
             let path = spool.path().to_path_buf();
             let sender = session.txn.as_ref().map(|t| t.sender.clone()).unwrap_or_default();
             let host = hostname.to_owned();
-            let result =
-                tokio::task::spawn_blocking(move || crate::maildir::deliver(&dir, &path, &sender, &host)).await;
+            let result = tokio::task::spawn_blocking(move || {
+                crate::maildir::deliver(&dir, &path, headers.as_bytes(), &sender, &host)
+            })
+            .await;
             match result {
                 Ok(Ok(_)) => Reply::new(250, EnhancedCode::new(2, 0, 0), &format!("Ok: delivered as {}", session.id))
                     .unwrap_or_else(|_| Reply::ok()),

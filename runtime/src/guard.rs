@@ -60,16 +60,15 @@ pub struct Bans {
 
 impl Bans {
     /// Is `ip` covered by a ban of any of `rules`' network sizes?
+    /// The address alone is always looked up: AUTH failures ban it whatever the ban rules.
     pub fn is_banned(&self, ip: IpAddr, rules: &[BanRule]) -> bool {
-        if rules.is_empty() {
-            return false;
-        }
         let now = Instant::now();
         let table = self.until.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         if table.map.is_empty() {
             return false;
         }
-        rules.iter().any(|r| table.map.get(&network(ip, r.v4_prefix, r.v6_prefix)).is_some_and(|t| *t > now))
+        table.map.get(&IpNet::from(ip)).is_some_and(|t| *t > now)
+            || rules.iter().any(|r| table.map.get(&network(ip, r.v4_prefix, r.v6_prefix)).is_some_and(|t| *t > now))
     }
 
     /// Ban `ip`'s network after `rule` refused it, if a ban rule names that rule.
@@ -101,6 +100,29 @@ impl Bans {
     pub fn active(&self) -> usize {
         let now = Instant::now();
         self.until.lock().unwrap_or_else(std::sync::PoisonError::into_inner).map.values().filter(|t| **t > now).count()
+    }
+}
+
+/// Failed AUTH attempts per client address over the last hour, across its sessions.
+#[derive(Debug, Default)]
+pub struct Failures {
+    table: Mutex<Swept<IpAddr, (Instant, u32)>>,
+}
+
+impl Failures {
+    /// Count one failure from `ip`; returns its failures in the current hour.
+    pub fn count(&self, ip: IpAddr) -> u32 {
+        let now = Instant::now();
+        let mut table = self.table.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if !table.make_room(|(end, _)| *end <= now) && !table.map.contains_key(&ip) {
+            return u32::MAX;
+        }
+        let entry = table.map.entry(ip).or_insert((now + Duration::from_secs(3600), 0));
+        if entry.0 <= now {
+            *entry = (now + Duration::from_secs(3600), 0);
+        }
+        entry.1 = entry.1.saturating_add(1);
+        entry.1
     }
 }
 

@@ -20,6 +20,7 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod auth;
 pub mod conn;
 pub mod dns;
 pub mod guard;
@@ -28,10 +29,12 @@ pub mod maildir;
 pub mod metrics;
 pub mod received;
 pub mod relay;
+pub mod scan;
 pub mod server;
 pub mod session;
 pub mod smtp;
 pub mod spool;
 pub mod state;
+pub mod tls;
 
 pub use server::{run, AdminAddress, Listeners, Loader, Node, RunConfig, RunError};

@@ -21,7 +21,7 @@ pub fn prepare(dir: &Path) -> io::Result<()> {
 
 /// Deliver the spooled message at `spool` with `return_path` prepended; returns the file name.
 /// Blocking: call it from `spawn_blocking`.
-pub fn deliver(dir: &Path, spool: &Path, return_path: &str, hostname: &str) -> io::Result<PathBuf> {
+pub fn deliver(dir: &Path, spool: &Path, headers: &[u8], return_path: &str, hostname: &str) -> io::Result<PathBuf> {
     prepare(dir)?;
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
     let n = SEQUENCE.fetch_add(1, Ordering::Relaxed);
@@ -30,6 +30,7 @@ pub fn deliver(dir: &Path, spool: &Path, return_path: &str, hostname: &str) -> i
     let result = (|| {
         let mut out = OpenOptions::new().write(true).create_new(true).open(&tmp)?;
         writeln!(out, "Return-Path: <{return_path}>\r")?;
+        out.write_all(headers)?;
         let mut input = File::open(spool)?;
         io::copy(&mut input, &mut out)?;
         out.sync_all()?;

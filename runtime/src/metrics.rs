@@ -72,6 +72,26 @@ pub struct GreylistOutcome {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AuthOutcome {
+    pub farm: String,
+    /// success, failure, unavailable.
+    pub outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ScannerLabel {
+    /// clamav, spamassassin, rspamd.
+    pub scanner: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ScanResult {
+    pub scanner: &'static str,
+    /// clean, virus, scored, timeout, error.
+    pub result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ZoneLabel {
     pub zone: String,
 }
@@ -101,6 +121,10 @@ fn relay_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.001, 2.0, 16))
 }
 
+fn score_histogram() -> Histogram {
+    Histogram::new([-5.0, 0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 8.0, 10.0, 15.0, 20.0, 50.0])
+}
+
 /// Every metric of a node.
 pub struct Metrics {
     registry: Registry,
@@ -117,6 +141,12 @@ pub struct Metrics {
     pub relay_errors: Family<RelayError, Counter>,
     pub bans: Counter,
     pub greylist: Family<GreylistOutcome, Counter>,
+    pub scans: Family<ScanResult, Counter>,
+    pub auth: Family<AuthOutcome, Counter>,
+    pub tls_sessions: Family<FarmLabel, Counter>,
+    pub viruses: Family<FarmLabel, Counter>,
+    pub spam_score: Family<ScannerLabel, Histogram, fn() -> Histogram>,
+    pub scan_seconds: Family<ScannerLabel, Histogram, fn() -> Histogram>,
     pub greylist_wait: Histogram,
     pub greylist_other_address: Counter,
     pub reloads: Family<ReloadResult, Counter>,
@@ -154,6 +184,12 @@ impl Metrics {
             relay_errors: Family::default(),
             bans: Counter::default(),
             greylist: Family::default(),
+            scans: Family::default(),
+            auth: Family::default(),
+            tls_sessions: Family::default(),
+            viruses: Family::default(),
+            spam_score: Family::new_with_constructor(score_histogram),
+            scan_seconds: Family::new_with_constructor(relay_histogram),
             // 1 minute to ~2.8 days: what greylisting adds to a legitimate message.
             greylist_wait: Histogram::new(exponential_buckets(60.0, 2.0, 13)),
             greylist_other_address: Counter::default(),
@@ -204,6 +240,12 @@ impl Metrics {
         registry.register("relay_errors", "Back end failures at relay time", m.relay_errors.clone());
         registry.register("bans", "Client networks banned", m.bans.clone());
         registry.register("greylist", "Greylist decisions, by outcome", m.greylist.clone());
+        registry.register("scans", "Scanner answers, by scanner and result", m.scans.clone());
+        registry.register("auth", "SMTP AUTH attempts, by outcome", m.auth.clone());
+        registry.register("tls_sessions", "Sessions that started TLS", m.tls_sessions.clone());
+        registry.register("viruses", "Messages refused for a virus", m.viruses.clone());
+        registry.register("spam_score", "Spam scores given by the scanners", m.spam_score.clone());
+        registry.register("scan_duration_seconds", "Time each scanner took", m.scan_seconds.clone());
         registry.register(
             "greylist_wait_seconds",
             "The delay greylisting added: first attempt to the retry that passed",

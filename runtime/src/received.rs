@@ -13,6 +13,10 @@ pub struct Trace<'a> {
     pub id: &'a str,
     /// Named only when there is exactly one, so a list of recipients never leaks.
     pub recipient: Option<&'a str>,
+    /// The TLS version and cipher suite, when the session is encrypted.
+    pub tls: Option<&'a str>,
+    /// The session authenticated (SMTP AUTH).
+    pub authenticated: bool,
 }
 
 /// `Received: from helo ([ip]) by host (mtac) with ESMTP id ID for <rcpt>; date` with CRLF.
@@ -29,13 +33,26 @@ pub fn header(trace: &Trace<'_>) -> String {
         .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '[' | ']' | ':'))
         .take(255)
         .collect();
-    let protocol = match (trace.esmtp, trace.smtputf8) {
+    // RFC 3848 and RFC 6531: ESMTP + S (TLS) + A (authenticated); UTF8SMTP likewise.
+    let base = match (trace.esmtp, trace.smtputf8) {
         (true, true) => "UTF8SMTP",
         (true, false) => "ESMTP",
         (false, _) => "SMTP",
     };
-    let mut out =
-        format!("Received: from {helo} ({literal})\r\n\tby {} (mtac) with {protocol} id {}", trace.hostname, trace.id);
+    let suffix = match (trace.esmtp, trace.tls.is_some(), trace.authenticated) {
+        (false, _, _) => "",
+        (true, true, true) => "SA",
+        (true, true, false) => "S",
+        (true, false, true) => "A",
+        (true, false, false) => "",
+    };
+    let protocol = format!("{base}{suffix}");
+    let mut out = format!("Received: from {helo} ({literal})\r\n\tby {} (mtac)", trace.hostname);
+    if let Some(tls) = trace.tls {
+        let tls: String = tls.chars().filter(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | ' ')).collect();
+        out.push_str(&format!("\r\n\t(using {tls})"));
+    }
+    out.push_str(&format!("\r\n\twith {protocol} id {}", trace.id));
     if let Some(rcpt) = trace.recipient {
         let rcpt: String = rcpt.chars().filter(|c| !c.is_control() && *c != '<' && *c != '>').collect();
         out.push_str(&format!("\r\n\tfor <{rcpt}>"));
@@ -96,12 +113,30 @@ mod tests {
             smtputf8: false,
             id: "ABC",
             recipient: Some("john@example.com"),
+            tls: None,
+            authenticated: false,
         });
         assert!(h.starts_with(
-            "Received: from evilX-Injected:yes ([192.0.2.1])\r\n\tby mx.example.net (mtac) with ESMTP id ABC"
+            "Received: from evilX-Injected:yes ([192.0.2.1])\r\n\tby mx.example.net (mtac)\r\n\twith ESMTP id ABC"
         ));
         assert!(h.contains("for <john@example.com>;"));
         assert!(h.ends_with("+0000\r\n"));
         assert_eq!(h.matches("\r\n").count(), h.matches('\n').count());
+    }
+
+    #[test]
+    fn tls_and_auth_are_recorded_as_rfc_3848_says() {
+        let h = header(&Trace {
+            helo: Some("laptop.example.org"),
+            client: "192.0.2.1".parse().unwrap(),
+            hostname: "smtp.example.net",
+            esmtp: true,
+            smtputf8: false,
+            id: "ABC",
+            recipient: None,
+            tls: Some("TLS1.3 TLS13_AES_256_GCM_SHA384"),
+            authenticated: true,
+        });
+        assert!(h.contains("(using TLS1.3 TLS13_AES_256_GCM_SHA384)\r\n\twith ESMTPSA id ABC"), "{h}");
     }
 }

@@ -399,10 +399,12 @@ impl Transaction<'_> {
     }
 
     /// Send the spooled message and return the reply for the client.
-    pub async fn data(mut self, spool: &mut SpoolFile) -> Reply {
+    /// Send the message: `headers` (complete CRLF-terminated lines, e.g. the scanners' X-Spam-*)
+    /// first, then the spooled message.
+    pub async fn data(mut self, headers: &[u8], spool: &mut SpoolFile) -> Reply {
         let relay = self.relay;
         let Some(mut conn) = self.conn.take() else { return RelayError::Protocol("closed".into()).reply() };
-        match send_data(&mut conn, spool, self.recipients, relay.timeout).await {
+        match send_data(&mut conn, headers, spool, self.recipients, relay.timeout).await {
             Ok(reply) => {
                 if reply.code < 400 {
                     relay.give_back(conn);
@@ -428,6 +430,7 @@ impl Transaction<'_> {
 
 async fn send_data(
     conn: &mut Connection,
+    headers: &[u8],
     spool: &mut SpoolFile,
     recipients: usize,
     timeout: Duration,
@@ -445,6 +448,7 @@ async fn send_data(
     let mut stuffer = DotStuffer::new();
     let mut chunk = vec![0u8; CHUNK];
     let mut out = Vec::with_capacity(CHUNK + CHUNK / 8);
+    stuffer.encode(headers, &mut out);
     loop {
         let n = spool.read(&mut chunk).await?;
         if n == 0 {

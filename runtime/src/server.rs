@@ -17,7 +17,7 @@ use crate::metrics::{FarmLabel, Metrics, RefusedAtAccept, ReloadResult};
 use crate::relay::Relay;
 use crate::spool::Spool;
 use arc_swap::ArcSwap;
-use mtac_ruleset::model::{self, BanResponse, Farm, FarmKind, RateSubject, Relay as RelayModel};
+use mtac_ruleset::model::{self, BanResponse, Farm, RateSubject, Relay as RelayModel};
 use mtac_ruleset::Ruleset;
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -50,6 +50,8 @@ pub enum RunError {
     Dns(String),
     #[error("state store: {0}")]
     State(String),
+    #[error("TLS: {0}")]
+    Tls(String),
 }
 
 /// Node-wide stop state, watched by every session.
@@ -74,14 +76,25 @@ pub struct Snapshot {
     /// Per farm (same index as the policy's farms): its relay, or a maildir.
     relays: Vec<Option<Arc<Relay>>>,
     maildirs: Vec<Option<PathBuf>>,
+    /// Per farm: its TLS configuration, if it has `tls`.
+    tls: Vec<Option<crate::tls::FarmTls>>,
 }
 
 impl Snapshot {
-    fn new(ruleset: Ruleset, previous: Option<&Snapshot>) -> Snapshot {
+    /// Build the snapshot; fails when a farm's certificate or key cannot be loaded.
+    fn new(ruleset: Ruleset, previous: Option<&Snapshot>) -> Result<Snapshot, String> {
         let hostname = ruleset.policy().hostname.clone();
         let mut relays = Vec::new();
         let mut maildirs = Vec::new();
+        let mut tls = Vec::new();
         for farm in &ruleset.policy().farms {
+            tls.push(match &farm.tls {
+                Some(t) => Some(
+                    crate::tls::FarmTls::load(&t.certificate, &t.key)
+                        .map_err(|e| format!("farm `{}`: {e}", farm.name))?,
+                ),
+                None => None,
+            });
             match &farm.relay {
                 RelayModel::Backends(backends) => {
                     let timeout = Duration::from_secs(u64::from(farm.limits.timeouts.relay));
@@ -101,7 +114,17 @@ impl Snapshot {
                 }
             }
         }
-        Snapshot { ruleset, relays, maildirs }
+        Ok(Snapshot { ruleset, relays, maildirs, tls })
+    }
+
+    /// The TLS configuration of the farm at `index`.
+    pub fn tls(&self, farm: usize) -> Option<&crate::tls::FarmTls> {
+        self.tls.get(farm).and_then(Option::as_ref)
+    }
+
+    /// A certificate or key file changed on disk since it was loaded (a renewal).
+    pub fn tls_changed(&self) -> bool {
+        self.tls.iter().flatten().any(crate::tls::FarmTls::changed_on_disk)
     }
 
     /// The farm called `name` and its index.
@@ -138,6 +161,8 @@ pub struct Shared {
     pub bans: Bans,
     /// Connection and message rate counters.
     pub rates: Rates,
+    /// Failed AUTH attempts per address.
+    pub auth_failures: crate::guard::Failures,
     pub spool: Spool,
     /// Greylist entries (and with Redis, the farm's bans), when some farm needs them.
     pub state: Option<crate::state::Store>,
@@ -221,8 +246,8 @@ pub enum AdminAddress {
 
 /// Everything a node listens on.
 pub struct Listeners {
-    /// SMTP listeners and the farm each serves.
-    pub smtp: Vec<(TcpListener, String)>,
+    /// SMTP listeners, the farm each serves, and whether TLS starts at once (port 465).
+    pub smtp: Vec<(TcpListener, String, bool)>,
     pub admin: Option<TcpListener>,
 }
 
@@ -232,17 +257,8 @@ pub fn unsupported(ruleset: &Ruleset) -> Vec<String> {
     let mut missing = Vec::new();
     for farm in &ruleset.policy().farms {
         let mut need = |what: &str| missing.push(format!("farm `{}`: {what}", farm.name));
-        if farm.kind == FarmKind::Submission {
-            need("submission farms (STARTTLS and AUTH: the submission issue)");
-        }
-        if !farm.scanners.is_empty() {
-            need("content scanners (the scanning issue)");
-        }
-        if farm.tls.is_some() || farm.listeners.iter().any(|l| l.implicit_tls) {
-            need("TLS (the submission issue)");
-        }
-        if farm.auth.is_some() {
-            need("SMTP AUTH (the submission issue)");
+        if farm.listeners.iter().any(|l| l.implicit_tls) && farm.tls.is_none() {
+            need("an implicit-TLS listener without `tls` (a certificate)");
         }
     }
     missing
@@ -283,10 +299,11 @@ impl Node {
         tracing::info!(hash = %ruleset.hash_hex(), "ruleset loaded");
         let (shutdown, _) = watch::channel(Shutdown::Running);
         let shared = Arc::new(Shared {
-            snapshot: ArcSwap::from_pointee(Snapshot::new(ruleset, None)),
+            snapshot: ArcSwap::from_pointee(Snapshot::new(ruleset, None).map_err(RunError::Tls)?),
             dns,
             bans: Bans::default(),
             rates: Rates::default(),
+            auth_failures: crate::guard::Failures::default(),
             spool,
             state,
             counters: Counters::default(),
@@ -326,7 +343,8 @@ impl Node {
             Ok(ruleset) => {
                 let old = self.shared.snapshot();
                 let (old_hash, new_hash) = (old.ruleset.hash_hex(), ruleset.hash_hex());
-                if old_hash == new_hash {
+                let renewed = old.tls_changed();
+                if old_hash == new_hash && !renewed {
                     return Ok(false);
                 }
                 let old_listeners: Vec<_> = old.ruleset.policy().farms.iter().map(|f| &f.listeners).collect();
@@ -334,7 +352,21 @@ impl Node {
                 if old_listeners != new_listeners {
                     tracing::warn!("the new ruleset changes listeners: they take effect at the next restart");
                 }
-                self.shared.snapshot.store(Arc::new(Snapshot::new(ruleset, Some(&old))));
+                let snapshot = match Snapshot::new(ruleset, Some(&old)) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        self.shared.counters.reloads_failed.fetch_add(1, Ordering::Relaxed);
+                        self.shared.metrics.reloads.get_or_create(&ReloadResult { result: "failed" }).inc();
+                        tracing::error!(error = %e, "ruleset reload refused (TLS); the running ruleset keeps serving");
+                        *self.shared.last_reload_error.lock().unwrap_or_else(std::sync::PoisonError::into_inner) =
+                            Some(e.clone());
+                        return Err(e);
+                    }
+                };
+                if renewed && old_hash == new_hash {
+                    tracing::info!("TLS certificate or key changed on disk: loaded for new sessions");
+                }
+                self.shared.snapshot.store(Arc::new(snapshot));
                 self.shared.counters.reloads_ok.fetch_add(1, Ordering::Relaxed);
                 self.shared.metrics.reloads.get_or_create(&ReloadResult { result: "ok" }).inc();
                 self.shared.metrics.ruleset_loaded(&new_hash);
@@ -378,7 +410,7 @@ impl Node {
                 let socket =
                     bind(listener.address).map_err(|source| RunError::Listen { address: listener.address, source })?;
                 tracing::info!(farm = %farm.name, address = %listener.address, "listening");
-                bound.push((socket, farm.name.clone()));
+                bound.push((socket, farm.name.clone(), listener.implicit_tls));
             }
         }
         Ok(Listeners { smtp: bound, admin })
@@ -412,10 +444,10 @@ impl Node {
         // The admin listener outlives the accept loops: while draining, /readyz says 503 and
         // /metrics shows the sessions finishing.
         let admin = listeners.admin.map(|admin| crate::admin::spawn(admin, node.shared.clone()));
-        for (listener, farm) in listeners.smtp {
+        for (listener, farm, implicit_tls) in listeners.smtp {
             let farm_limits = limits.entry(farm.clone()).or_default().clone();
             let shared = node.shared.clone();
-            accept_tasks.push(tokio::spawn(accept_loop(listener, farm, farm_limits, shared)));
+            accept_tasks.push(tokio::spawn(accept_loop(listener, farm, implicit_tls, farm_limits, shared)));
         }
         let reload_task = tokio::spawn(reload_loop(node.clone(), watcher, events));
         let probes = node.shared.dns.as_ref().map(|dns| {
@@ -617,7 +649,13 @@ fn refuse(stream: TcpStream, text: &str) {
     let _ = stream.try_write(text.as_bytes());
 }
 
-async fn accept_loop(listener: TcpListener, farm: String, limits: Arc<FarmLimits>, shared: Arc<Shared>) {
+async fn accept_loop(
+    listener: TcpListener,
+    farm: String,
+    implicit_tls: bool,
+    limits: Arc<FarmLimits>,
+    shared: Arc<Shared>,
+) {
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(pair) => pair,
@@ -691,7 +729,7 @@ async fn accept_loop(listener: TcpListener, farm: String, limits: Arc<FarmLimits
         let farm = farm.clone();
         tokio::spawn(async move {
             let _slot = slot;
-            crate::conn::serve(stream, peer, &farm, shared, id, banned).await;
+            crate::conn::serve(stream, peer, &farm, implicit_tls, shared, id, banned).await;
         });
     }
 }
@@ -769,8 +807,16 @@ async fn reload_loop(
             None
         }
     };
+    // Certificates are renewed on disk (ACME clients, a push): look at their times now and then.
+    let mut certificates = tokio::time::interval(Duration::from_secs(30));
+    certificates.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
+            _ = certificates.tick() => {
+                if !node.shared.snapshot().tls_changed() {
+                    continue;
+                }
+            }
             Some(()) = rx.recv() => {
                 // Let a burst of events (write, rename, chmod) settle, then reload once.
                 tokio::time::sleep(Duration::from_millis(200)).await;

@@ -30,6 +30,12 @@ pub enum Action {
     /// Every policy step passed but greylisting, which needs the state store: ask it, then call
     /// [`Session::greylist_result`].
     Greylist { address: String },
+    /// Send this reply (220), discard any input the client pipelined after STARTTLS, run the
+    /// TLS handshake, then call [`Session::tls_started`].
+    StartTls(Reply),
+    /// Check these credentials (LDAP bind or the compiled table), then call
+    /// [`Session::auth_result`]. Never logged: the password is in it.
+    Authenticate { user: String, password: String },
     /// Send 354 and receive the message.
     Data,
 }
@@ -70,6 +76,21 @@ pub struct Session {
     rule_now: Option<String>,
     /// The last decision passed with greylisting still to consult.
     greylist_pending: bool,
+    /// The farm offers STARTTLS (it has a certificate) and this connection is not in TLS yet.
+    tls_offered: bool,
+    /// The connection is encrypted ("TLS1.3 TLS13_AES_256_GCM_SHA384").
+    pub tls: Option<String>,
+    /// MAIL needs TLS first (`tls required=#true`, always on submission farms).
+    tls_required: bool,
+    /// The SASL mechanisms this farm accepts (inside TLS only); empty: no AUTH.
+    auth_mechanisms: Vec<String>,
+    /// A SASL exchange in progress: the next line is a response, not a command.
+    sasl: Option<Sasl>,
+    /// The user this session authenticated as.
+    pub authenticated: Option<String>,
+    /// Failed AUTH attempts in this session.
+    pub auth_failures: u32,
+    max_auth_failures: u32,
     /// The greylist client key of this session, once a recipient passed greylisting (its
     /// delivered messages count toward auto-whitelisting).
     pub greylist_client: Option<String>,
@@ -79,6 +100,28 @@ pub struct Session {
     pub banned: bool,
     /// Commands that moved no mail so far.
     junk: u32,
+}
+
+/// A SASL exchange waiting for the client's next line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Sasl {
+    PlainResponse,
+    LoginUser,
+    LoginPassword { user: String },
+}
+
+/// What the credential check said.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthVerdict {
+    Valid,
+    Invalid,
+    /// The directory could not answer: 454, never 535.
+    Unavailable,
+}
+
+fn decode_base64(text: &str) -> Option<Vec<u8>> {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.decode(text.trim()).ok()
 }
 
 /// HELO, EHLO, NOOP, RSET, VRFY and HELP allowed per session (Postfix's default is 100).
@@ -120,6 +163,14 @@ impl Session {
             rule_now: None,
             greylist_pending: false,
             greylist_client: None,
+            tls_offered: farm.tls.is_some(),
+            tls: None,
+            tls_required: farm.tls.as_ref().is_some_and(|t| t.required) || farm.kind == model::FarmKind::Submission,
+            auth_mechanisms: farm.auth.as_ref().map(|a| a.mechanisms.clone()).unwrap_or_default(),
+            sasl: None,
+            authenticated: None,
+            auth_failures: 0,
+            max_auth_failures: farm.auth.as_ref().map_or(5, |a| a.max_failures.max(1)),
             dns: GivenDns::default(),
             banned: false,
             junk: 0,
@@ -140,7 +191,7 @@ impl Session {
             helo: self.helo.as_deref(),
             sender,
             recipient,
-            authenticated: false,
+            authenticated: self.authenticated.is_some(),
             hostname: &ruleset.policy().hostname,
             dns: &self.dns,
         };
@@ -205,9 +256,147 @@ impl Session {
         EhloCapabilities {
             max_size: self.limits.message_size,
             smtputf8: true,
-            starttls: false,
-            auth_mechanisms: Vec::new(),
+            starttls: self.tls_offered && self.tls.is_none(),
+            // RFC 4954 and common sense: never offer a password mechanism in clear text.
+            auth_mechanisms: if self.tls.is_some() && self.authenticated.is_none() {
+                self.auth_mechanisms.clone()
+            } else {
+                Vec::new()
+            },
         }
+    }
+
+    /// A SASL exchange is waiting for the client's next line.
+    pub fn in_sasl(&self) -> bool {
+        self.sasl.is_some()
+    }
+
+    /// The client's answer to a 334 challenge (a base64 line, or `*` to cancel).
+    pub fn sasl_line(&mut self, line: &[u8]) -> Action {
+        let Some(state) = self.sasl.take() else { return self.answer(Reply::bad_sequence("no AUTH in progress")) };
+        let line = String::from_utf8_lossy(line).trim().to_owned();
+        if line == "*" {
+            return self.answer(reply(501, 5, 7, 0, "Authentication cancelled"));
+        }
+        let Some(decoded) = decode_base64(&line) else {
+            return self.answer(reply(501, 5, 5, 2, "Invalid base64 data"));
+        };
+        match state {
+            Sasl::PlainResponse => self.plain(&decoded),
+            Sasl::LoginUser => self.login_user(decoded),
+            Sasl::LoginPassword { user } => {
+                Action::Authenticate { user, password: String::from_utf8_lossy(&decoded).into_owned() }
+            }
+        }
+    }
+
+    fn plain(&mut self, decoded: &[u8]) -> Action {
+        // authzid NUL authcid NUL password (RFC 4616); a different authzid is refused.
+        let mut parts = decoded.split(|b| *b == 0);
+        let (Some(authzid), Some(user), Some(password), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return self.answer(reply(501, 5, 5, 2, "Malformed PLAIN response"));
+        };
+        if !authzid.is_empty() && authzid != user {
+            return self.auth_failed();
+        }
+        Action::Authenticate {
+            user: String::from_utf8_lossy(user).into_owned(),
+            password: String::from_utf8_lossy(password).into_owned(),
+        }
+    }
+
+    fn login_user(&mut self, decoded: Vec<u8>) -> Action {
+        self.sasl = Some(Sasl::LoginPassword { user: String::from_utf8_lossy(&decoded).into_owned() });
+        // "Password:"
+        Action::Reply(Reply::challenge("UGFzc3dvcmQ6"))
+    }
+
+    fn auth(&mut self, mechanism: &str, initial: Option<String>) -> Action {
+        if self.auth_mechanisms.is_empty() {
+            return self.answer(reply(503, 5, 5, 1, "Error: authentication not enabled"));
+        }
+        if self.tls.is_none() {
+            return self.answer(reply(538, 5, 7, 11, "Encryption required for requested authentication mechanism"));
+        }
+        if self.authenticated.is_some() {
+            return self.answer(reply(503, 5, 5, 1, "Already authenticated"));
+        }
+        if self.txn.is_some() {
+            return self.answer(reply(503, 5, 5, 1, "AUTH not allowed during a mail transaction"));
+        }
+        if !self.auth_mechanisms.iter().any(|m| m.eq_ignore_ascii_case(mechanism)) {
+            return self.answer(reply(504, 5, 5, 4, "Unrecognized authentication type"));
+        }
+        let initial = match initial.as_deref() {
+            None => None,
+            Some("=") => Some(Vec::new()),
+            Some(text) => match decode_base64(text) {
+                Some(bytes) => Some(bytes),
+                None => return self.answer(reply(501, 5, 5, 2, "Invalid base64 data")),
+            },
+        };
+        match (mechanism, initial) {
+            ("PLAIN", Some(bytes)) => self.plain(&bytes),
+            ("PLAIN", None) => {
+                self.sasl = Some(Sasl::PlainResponse);
+                Action::Reply(Reply::challenge(""))
+            }
+            ("LOGIN", Some(user)) => self.login_user(user),
+            ("LOGIN", None) => {
+                self.sasl = Some(Sasl::LoginUser);
+                // "Username:"
+                Action::Reply(Reply::challenge("VXNlcm5hbWU6"))
+            }
+            _ => self.answer(reply(504, 5, 5, 4, "Unrecognized authentication type")),
+        }
+    }
+
+    /// The credential check's verdict.
+    pub fn auth_result(&mut self, user: String, verdict: AuthVerdict) -> Action {
+        match verdict {
+            AuthVerdict::Valid => {
+                self.authenticated = Some(user);
+                Action::Reply(reply(235, 2, 7, 0, "Authentication successful"))
+            }
+            AuthVerdict::Invalid => self.auth_failed(),
+            AuthVerdict::Unavailable => {
+                self.note_rule("auth.unavailable".to_owned());
+                self.answer(reply(454, 4, 7, 0, "Temporary authentication failure"))
+            }
+        }
+    }
+
+    fn auth_failed(&mut self) -> Action {
+        self.auth_failures = self.auth_failures.saturating_add(1);
+        self.note_rule("auth".to_owned());
+        if self.auth_failures >= self.max_auth_failures {
+            return Action::Close(reply(421, 4, 7, 0, &format!("{} Too many failed authentications", self.hostname)));
+        }
+        self.answer(reply(535, 5, 7, 8, "Authentication credentials invalid"))
+    }
+
+    /// The TLS handshake succeeded: RFC 3207 4.2 — forget everything the client said before.
+    pub fn tls_started(&mut self, description: String) {
+        self.tls = Some(description);
+        self.helo = None;
+        self.esmtp = false;
+        self.txn = None;
+        self.sasl = None;
+    }
+
+    /// May the authenticated user send as `sender`? The null sender, the user's own address
+    /// (a user name that is an address), or USER@ one of the farm's local domains.
+    fn owns(&self, sender: &str, ruleset: &Ruleset, farm: &Farm) -> bool {
+        use mtac_ruleset::eval::Lookup;
+        let Some(user) = &self.authenticated else { return true };
+        if sender.is_empty() || sender.eq_ignore_ascii_case(user) {
+            return true;
+        }
+        let Some((local, domain)) = sender.rsplit_once('@') else { return false };
+        local.eq_ignore_ascii_case(user)
+            && farm.local_domains.is_some_and(|t| ruleset.domain(t, &domain.to_ascii_lowercase()).is_some())
     }
 
     pub fn command(&mut self, command: Command, ruleset: &Ruleset, farm: &Farm) -> Action {
@@ -255,6 +444,19 @@ impl Session {
                         m.to_string()
                     }
                 };
+                if self.tls_required && self.tls.is_none() {
+                    return self.answer(reply(530, 5, 7, 0, "Must issue a STARTTLS command first"));
+                }
+                if !self.owns(&sender, ruleset, farm) {
+                    self.note_rule("auth.sender".to_owned());
+                    return self.answer(reply(
+                        553,
+                        5,
+                        7,
+                        1,
+                        "Sender address rejected: not owned by the authenticated user",
+                    ));
+                }
                 if let Some(r) = self.decide(ruleset, farm, Stage::Mail, Some(&sender), None) {
                     return self.answer(r);
                 }
@@ -311,8 +513,12 @@ impl Session {
             Command::Help => Action::Reply(Reply::help()),
             Command::Vrfy(_) => Action::Reply(Reply::cannot_vrfy()),
             Command::Expn(_) => self.answer(Reply::expn_disabled()),
-            Command::StartTls => self.answer(reply(502, 5, 5, 1, "STARTTLS not available on this listener")),
-            Command::Auth { .. } => self.answer(reply(503, 5, 5, 1, "Error: authentication not enabled")),
+            Command::StartTls if self.tls.is_some() => self.answer(reply(503, 5, 5, 1, "TLS already active")),
+            Command::StartTls if !self.tls_offered => {
+                self.answer(reply(502, 5, 5, 1, "STARTTLS not available on this listener"))
+            }
+            Command::StartTls => Action::StartTls(reply(220, 2, 0, 0, "Ready to start TLS")),
+            Command::Auth { mechanism, initial_response } => self.auth(&mechanism, initial_response),
         }
     }
 
@@ -443,6 +649,9 @@ mod tests {
             bans: vec![],
             greylist: None,
             scanners: vec![],
+            scan_max_size: 0,
+            scan_oversize_refuse: false,
+            mime: None,
             relay: model::Relay::Maildir("/nonexistent".to_owned()),
             tls: None,
             auth: None,
@@ -479,6 +688,8 @@ mod tests {
             Action::Reply(r) | Action::Close(r) => r.code(),
             Action::Recipient { .. } => 1,
             Action::Greylist { .. } => 2,
+            Action::Authenticate { .. } => 3,
+            Action::StartTls(r) => r.code(),
             Action::Data => 354,
         }
     }

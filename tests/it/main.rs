@@ -10,4 +10,6 @@ mod greylist;
 mod policies;
 mod process;
 mod runtime;
+mod scan;
+mod submission;
 mod support;

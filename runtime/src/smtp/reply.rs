@@ -255,6 +255,11 @@ impl Reply {
         Self::fixed(250, None, hostname)
     }
 
+    /// `334 TEXT`: a SASL challenge (RFC 4954), base64 text, no enhanced code.
+    pub fn challenge(base64: &str) -> Self {
+        Self::fixed(334, None, base64)
+    }
+
     /// `250 2.0.0 Ok`: `RSET`, `NOOP`.
     pub fn ok() -> Self {
         Self::fixed(250, Some(EnhancedCode::OK), "Ok")

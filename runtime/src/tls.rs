@@ -1,0 +1,155 @@
+//! TLS for SMTP: STARTTLS (RFC 3207) and implicit TLS (RFC 8314), with rustls and ring.
+//!
+//! Each farm with `tls` gets one `rustls::ServerConfig` built when the ruleset is loaded: TLS 1.2
+//! and 1.3 only, rustls' modern cipher suites only (no CBC, no RSA key exchange), the
+//! certificate chain and key read from their PEM files. The config is part of the ruleset
+//! snapshot, so a reload — or a certificate renewed on disk, which the node notices by the
+//! files' modification times — swaps it in for new sessions without touching sessions already
+//! in TLS.
+//!
+//! [`SmtpStream`] is one connection, plain or encrypted: the session driver reads and writes it
+//! without caring which. Upgrading (`starttls`) consumes the plain stream; anything the client
+//! pipelined behind STARTTLS is discarded by the driver before the handshake (the
+//! CVE-2011-0411 class of command injection).
+
+use rustls::ServerConfig;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use std::io;
+use std::path::Path;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::SystemTime;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+
+/// Why a farm's TLS could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("certificate {path}: {message}")]
+    Certificate { path: String, message: String },
+    #[error("key {path}: {message}")]
+    Key { path: String, message: String },
+    #[error("TLS configuration: {0}")]
+    Config(#[from] rustls::Error),
+}
+
+/// A farm's TLS settings, loaded.
+#[derive(Clone)]
+pub struct FarmTls {
+    pub acceptor: tokio_rustls::TlsAcceptor,
+    /// The files and their modification times when loaded, to notice a renewal.
+    stamps: Vec<(String, Option<SystemTime>)>,
+}
+
+fn stamp(path: &str) -> Option<SystemTime> {
+    std::fs::metadata(path).and_then(|m| m.modified()).ok()
+}
+
+impl FarmTls {
+    /// Read the chain and key and build the server configuration.
+    pub fn load(certificate: &str, key_file: &str) -> Result<FarmTls, TlsError> {
+        let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(Path::new(certificate))
+            .map_err(|e| TlsError::Certificate { path: certificate.to_owned(), message: e.to_string() })?
+            .collect::<Result<_, _>>()
+            .map_err(|e| TlsError::Certificate { path: certificate.to_owned(), message: e.to_string() })?;
+        if chain.is_empty() {
+            return Err(TlsError::Certificate { path: certificate.to_owned(), message: "no certificate in it".into() });
+        }
+        let key = PrivateKeyDer::from_pem_file(Path::new(key_file))
+            .map_err(|e| TlsError::Key { path: key_file.to_owned(), message: e.to_string() })?;
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = ServerConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
+            .with_no_client_auth()
+            .with_single_cert(chain, key)?;
+        Ok(FarmTls {
+            acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(config)),
+            stamps: vec![(certificate.to_owned(), stamp(certificate)), (key_file.to_owned(), stamp(key_file))],
+        })
+    }
+
+    /// Whether the certificate or key file changed on disk since they were loaded.
+    pub fn changed_on_disk(&self) -> bool {
+        self.stamps.iter().any(|(path, when)| stamp(path) != *when)
+    }
+}
+
+/// One SMTP connection, before or after TLS.
+pub enum SmtpStream {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
+    /// Only while upgrading; never read or written.
+    Gone,
+}
+
+impl SmtpStream {
+    pub fn is_tls(&self) -> bool {
+        matches!(self, SmtpStream::Tls(_))
+    }
+
+    /// "TLS1.3 TLS13_AES_256_GCM_SHA384", for the Received header and the logs.
+    pub fn tls_description(&self) -> Option<String> {
+        let SmtpStream::Tls(tls) = self else { return None };
+        let (_, connection) = tls.get_ref();
+        let version = connection.protocol_version().map(|v| match v {
+            rustls::ProtocolVersion::TLSv1_3 => "TLS1.3".to_owned(),
+            rustls::ProtocolVersion::TLSv1_2 => "TLS1.2".to_owned(),
+            other => format!("{other:?}"),
+        });
+        let suite = connection.negotiated_cipher_suite().map(|s| format!("{:?}", s.suite()));
+        Some(format!("{} {}", version.unwrap_or_default(), suite.unwrap_or_default()))
+    }
+
+    /// Run the TLS handshake on a plain stream (after `220 Ready to start TLS`, or at once on
+    /// an implicit-TLS listener).
+    pub async fn upgrade(&mut self, acceptor: &tokio_rustls::TlsAcceptor) -> io::Result<()> {
+        let SmtpStream::Plain(tcp) = std::mem::replace(self, SmtpStream::Gone) else {
+            return Err(io::Error::other("TLS is already active"));
+        };
+        let tls = acceptor.accept(tcp).await?;
+        *self = SmtpStream::Tls(Box::new(tls));
+        Ok(())
+    }
+}
+
+fn gone() -> io::Error {
+    io::Error::new(io::ErrorKind::NotConnected, "the connection was lost during a TLS handshake")
+}
+
+impl AsyncRead for SmtpStream {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            SmtpStream::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            SmtpStream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+            SmtpStream::Gone => Poll::Ready(Err(gone())),
+        }
+    }
+}
+
+impl AsyncWrite for SmtpStream {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            SmtpStream::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            SmtpStream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+            SmtpStream::Gone => Poll::Ready(Err(gone())),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            SmtpStream::Plain(s) => Pin::new(s).poll_flush(cx),
+            SmtpStream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+            SmtpStream::Gone => Poll::Ready(Err(gone())),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            SmtpStream::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            SmtpStream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+            SmtpStream::Gone => Poll::Ready(Ok(())),
+        }
+    }
+}

@@ -1,0 +1,263 @@
+//! Content scanning (issue 7) against real daemons started here: clamd with a signature database
+//! this test writes itself (an EICAR signature and one of our own; freshclam cannot reach the
+//! network) and SpamAssassin's spamd (GTUBE). Also a scanner that is down and one that hangs,
+//! MIME rules, and the spool left empty on every path.
+//!
+//! On a laptop without clamd/spamd these tests say so and pass; under `CI=true` they fail.
+
+use crate::support::{code, relay_policy, sample, Behaviour, Client, Sink, TestNode};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+const EICAR: &str = r"X5O!P%@AP[4\PZX54(P^)7CC)7}$EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*";
+const OWN_SIGNATURE: &str = "MTAC-TEST-VIRUS-SIGNATURE-7f3a9c";
+const GTUBE: &str = "XJS*C4JDBQADN1.NSBN3*2IDNEN*GTUBE-STANDARD-ANTI-UBE-TEST-EMAIL*C.34X";
+
+struct Daemon {
+    child: Child,
+    _dir: tempfile::TempDir,
+    port: u16,
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn missing(what: &str, e: std::io::Error) -> Option<Daemon> {
+    if std::env::var_os("CI").is_some() {
+        panic!("CI=true and {what} cannot start: {e}");
+    }
+    eprintln!("{what} not available ({e}): scanning tests skipped (they run in CI)");
+    None
+}
+
+/// Wait until `ping` (sent on a fresh connection) is answered with something starting `pong`.
+async fn wait_for(port: u16, ping: &[u8], pong: &[u8], what: &str) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    for _ in 0..300 {
+        if let Ok(mut s) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await {
+            let _ = s.write_all(ping).await;
+            let mut buf = [0u8; 64];
+            if let Ok(Ok(n)) = tokio::time::timeout(Duration::from_secs(2), s.read(&mut buf)).await {
+                if buf[..n].starts_with(pong) {
+                    return;
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("{what} did not start on port {port}");
+}
+
+async fn clamd() -> Option<Daemon> {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("db");
+    std::fs::create_dir_all(&db).unwrap();
+    // Extended (ndb) signatures: name, any file type, any offset, the bytes in hex.
+    std::fs::write(
+        db.join("mtac.ndb"),
+        format!("Mtac.Test.Eicar:0:*:{}\nMtac.Test.Own:0:*:{}\n", hex(EICAR.as_bytes()), hex(OWN_SIGNATURE.as_bytes())),
+    )
+    .unwrap();
+    let port = free_port();
+    let config = dir.path().join("clamd.conf");
+    std::fs::write(
+        &config,
+        format!(
+            "Foreground yes\nTCPSocket {port}\nTCPAddr 127.0.0.1\nDatabaseDirectory {}\nLogFile {}\n",
+            db.display(),
+            dir.path().join("clamd.log").display()
+        ),
+    )
+    .unwrap();
+    let child = match Command::new("clamd").arg("-c").arg(&config).stdout(Stdio::null()).stderr(Stdio::null()).spawn() {
+        Ok(c) => c,
+        Err(e) => return missing("clamd", e),
+    };
+    let daemon = Daemon { child, _dir: dir, port };
+    wait_for(port, b"zPING\0", b"PONG", "clamd").await;
+    Some(daemon)
+}
+
+async fn spamd() -> Option<Daemon> {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let spawned = Command::new("spamd")
+        .arg(format!("--listen=127.0.0.1:{port}"))
+        // --local: no network tests (DNS blocklists, Razor): nothing to reach here, and slow.
+        .args(["--allowed-ips=127.0.0.1", "--max-children=2", "--min-children=1", "--local", "--nouser-config"])
+        .arg("--username=nobody")
+        .arg(format!("--pidfile={}", dir.path().join("pid").display()))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn();
+    let child = match spawned {
+        Ok(c) => c,
+        Err(e) => return missing("spamd", e),
+    };
+    let daemon = Daemon { child, _dir: dir, port };
+    wait_for(port, b"PING SPAMC/1.5\r\n\r\n", b"SPAMD/1.5 0 PONG", "spamd").await;
+    Some(daemon)
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Send one message; the final reply.
+async fn send(addr: SocketAddr, message: &str) -> String {
+    let mut c = Client::connect(addr).await;
+    assert_eq!(code(&c.reply().await), 220);
+    assert_eq!(code(&c.cmd("EHLO mail.sender.example").await), 250);
+    assert_eq!(code(&c.cmd("MAIL FROM:<alice@sender.example>").await), 250);
+    assert_eq!(code(&c.cmd("RCPT TO:<bob@example.test>").await), 250);
+    assert_eq!(code(&c.cmd("DATA").await), 354);
+    c.send(message.replace('\n', "\r\n").as_bytes()).await;
+    let reply = c.cmd(".").await;
+    c.cmd("QUIT").await;
+    reply
+}
+
+fn message(body: &str) -> String {
+    format!(
+        "From: Alice <alice@sender.example>\nTo: bob@example.test\nSubject: test\nDate: Sun, 22 Nov 2026 10:00:00 +0000\nMessage-ID: <{}@sender.example>\n\n{body}\n",
+        body.len()
+    )
+}
+
+fn attachment(name: &str) -> String {
+    format!(
+        "From: alice@sender.example\nTo: bob@example.test\nSubject: invoice\nDate: Sun, 22 Nov 2026 10:00:00 +0000\nMessage-ID: <att@sender.example>\nMIME-Version: 1.0\nContent-Type: multipart/mixed; boundary=\"b1\"\n\n--b1\nContent-Type: text/plain\n\nsee attached\n--b1\nContent-Type: application/octet-stream; name=\"{name}\"\nContent-Disposition: attachment; filename=\"{name}\"\nContent-Transfer-Encoding: base64\n\nTVqQAAMAAAAEAAAA\n--b1--\n"
+    )
+}
+
+const MIME: &str = r#"mime {
+        forbid-extension "exe" "scr" "js"
+        require-header "Date" "Message-ID"
+        forged-local-sender #true
+    }"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn viruses_spam_and_forbidden_attachments_are_refused_and_clean_mail_carries_headers() {
+    let (Some(clam), Some(spam)) = (clamd().await, spamd().await) else { return };
+    let sink = Sink::start(Behaviour::default()).await;
+    let policy = relay_policy(&format!(
+        r#"scan {{
+        clamav "127.0.0.1:{}" timeout="20s"
+        spamassassin "127.0.0.1:{}" tag=5 reject=10 timeout="30s"
+    }}
+    {MIME}"#,
+        clam.port, spam.port
+    ));
+    let node = TestNode::start(&policy, Some(sink.addr)).await;
+
+    let r = send(node.addr, &message("Hello Bob, lunch tomorrow?")).await;
+    assert_eq!(code(&r), 250, "clean mail passes: {r}");
+    let relayed = String::from_utf8_lossy(&sink.messages()[0].data).into_owned();
+    assert!(relayed.contains("X-Virus-Scanned: clamav on mx.test.example (mtac)"), "{relayed}");
+    assert!(relayed.contains("X-Spam-Score: "), "{relayed}");
+    assert!(relayed.contains("X-Spam-Status: No, score="), "{relayed}");
+    assert!(relayed.contains("Hello Bob, lunch tomorrow?"), "the message itself follows the headers");
+
+    let r = send(node.addr, &message(EICAR)).await;
+    assert!(r.starts_with("554 5.7.1 Message rejected: virus found: Mtac.Test.Eicar"), "{r}");
+    let r = send(node.addr, &message(&format!("a payload {OWN_SIGNATURE} hidden here"))).await;
+    assert!(r.starts_with("554 5.7.1 Message rejected: virus found: Mtac.Test.Own"), "our own signature: {r}");
+    let r = send(node.addr, &message(GTUBE)).await;
+    assert!(r.starts_with("554 5.7.1 Message rejected as spam"), "GTUBE: {r}");
+
+    let r = send(node.addr, &attachment("invoice.pdf.exe")).await;
+    assert!(r.starts_with("554 5.7.1 Message rejected: attachment type .exe not allowed"), "{r}");
+    let r = send(node.addr, &attachment("report.pdf")).await;
+    assert_eq!(code(&r), 250, "an allowed attachment passes: {r}");
+    let no_id = "From: alice@sender.example\nTo: bob@example.test\nDate: Sun, 22 Nov 2026 10:00:00 +0000\n\nhi\n";
+    let r = send(node.addr, no_id).await;
+    assert!(r.starts_with("550 5.6.0 Message rejected: missing message-id header"), "{r}");
+    let forged = message("hi").replace("From: Alice <alice@sender.example>", "From: CEO <ceo@example.test>");
+    let r = send(node.addr, &forged).await;
+    assert!(r.starts_with("550 5.7.1 Message rejected: forged local sender"), "{r}");
+
+    assert_eq!(sink.messages().len(), 2, "only the clean message and the allowed attachment reached the back end");
+    assert_eq!(node.spool_files(), 0, "every spool file is gone");
+    let m = node.metrics().await;
+    assert_eq!(sample(&m, r#"mtac_viruses_total{farm="mx"}"#), 2.0, "{m}");
+    assert_eq!(sample(&m, r#"mtac_messages_total{farm="mx",verdict="rejected",reason="scan.spam"}"#), 1.0, "{m}");
+    assert_eq!(sample(&m, r#"mtac_messages_total{farm="mx",verdict="rejected",reason="mime.extension"}"#), 1.0);
+    assert!(sample(&m, r#"mtac_spam_score_count{scanner="spamassassin"}"#) >= 3.0, "{m}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scanner_down_or_hanging_gives_its_failure_mode() {
+    let sink = Sink::start(Behaviour::default()).await;
+    // Down: nothing listens there. Hanging: accepts and never answers.
+    let down = free_port();
+    let hanging = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hanging_port = hanging.local_addr().unwrap().port();
+    let held = tokio::spawn(async move {
+        let mut open = Vec::new();
+        while let Ok((s, _)) = hanging.accept().await {
+            open.push(s);
+        }
+    });
+    let closed = TestNode::start(
+        &relay_policy(&format!(r#"scan {{ clamav "127.0.0.1:{down}" fail="closed" }}"#)),
+        Some(sink.addr),
+    )
+    .await;
+    let open = TestNode::start(
+        &relay_policy(&format!(r#"scan {{ clamav "127.0.0.1:{down}" fail="open" }}"#)),
+        Some(sink.addr),
+    )
+    .await;
+    let slow = TestNode::start(
+        &relay_policy(&format!(r#"scan {{ spamassassin "127.0.0.1:{hanging_port}" timeout="1s" fail="closed" }}"#)),
+        Some(sink.addr),
+    )
+    .await;
+
+    let r = send(closed.addr, &message("hello")).await;
+    assert!(r.starts_with("451 4.7.1 Message could not be scanned (clamav unavailable)"), "fail closed: {r}");
+    let r = send(open.addr, &message("hello")).await;
+    assert_eq!(code(&r), 250, "fail open: {r}");
+    let relayed = String::from_utf8_lossy(&sink.messages()[0].data).into_owned();
+    assert!(relayed.contains("X-Spam-Status: unscanned, clamav unavailable"), "{relayed}");
+    let started = std::time::Instant::now();
+    let r = send(slow.addr, &message("hello")).await;
+    assert!(r.starts_with("451 4.7.1"), "a hanging scanner times out: {r}");
+    assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
+    let m = slow.metrics().await;
+    assert_eq!(sample(&m, r#"mtac_scans_total{scanner="spamassassin",result="timeout"}"#), 1.0, "{m}");
+    for node in [&closed, &open, &slow] {
+        assert_eq!(node.spool_files(), 0);
+    }
+    held.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_too_large_to_scan_passes_unscanned_or_is_refused() {
+    let sink = Sink::start(Behaviour::default()).await;
+    let down = free_port();
+    let pass = TestNode::start(
+        &relay_policy(&format!(r#"scan max-size="1KiB" {{ clamav "127.0.0.1:{down}" }}"#)),
+        Some(sink.addr),
+    )
+    .await;
+    let refuse = TestNode::start(
+        &relay_policy(&format!(r#"scan max-size="1KiB" oversize="refuse" {{ clamav "127.0.0.1:{down}" }}"#)),
+        Some(sink.addr),
+    )
+    .await;
+    let big = message(&"x".repeat(4000));
+    let r = send(pass.addr, &big).await;
+    assert_eq!(code(&r), 250, "too large to scan: relayed unscanned (the scanner is not even asked): {r}");
+    let r = send(refuse.addr, &big).await;
+    assert!(r.starts_with("552 5.3.4 Message too large to be scanned"), "{r}");
+}
