@@ -2179,7 +2179,7 @@ impl<'d> Lowerer<'d> {
                     let name = self.one_string(child, "a user name");
                     let hash = Self::prop(child, "hash").and_then(|e| self.string(e, child.file, "`hash`"));
                     match (name, hash) {
-                        (Some(name), Some(hash)) if hash.starts_with("$argon2") || hash.starts_with("$scrypt") || hash.starts_with("$pbkdf2") => {
+                        (Some(name), Some(hash)) if hash.starts_with("$argon2") => {
                             users.push((name, hash))
                         }
                         (Some(_), _) => self.err(
@@ -2188,7 +2188,7 @@ impl<'d> Lowerer<'d> {
                             child.file,
                             child.node.span(),
                             "missing or weak hash",
-                            "argon2id, scrypt or pbkdf2 PHC strings only ($argon2id$…); plain text and crypt(3) hashes are refused",
+                            "Argon2 PHC strings only ($argon2id$v=19$…, as the `argon2` tool prints them); plain text, crypt(3), scrypt and pbkdf2 hashes are refused",
                         ),
                         _ => {}
                     }
