@@ -455,10 +455,8 @@ async fn prepare(
         }
         Command::Mail(mail) => {
             if session.txn.is_none() {
-                if let Some(limit) =
-                    shared.rates.count(&farm.name, RateSubject::Messages, session.peer.ip(), &farm.rate_limits)
-                {
-                    return Some(session.refuse(crate::session::policy_reply(&limit.reply), "rate-limit"));
+                if let Some(reply) = rate_exceeded(shared, &farm.name, RateSubject::Messages, session.peer.ip()).await {
+                    return Some(session.refuse(reply, "rate-limit"));
                 }
                 if let Some(l) = lookups.as_mut() {
                     let domain = match &mail.from {
@@ -477,6 +475,44 @@ async fn prepare(
         l.ready_for(stage, &mut session.dns, &shared.metrics).await;
     }
     None
+}
+
+/// Count one `subject` event from `ip` against the farm's rate limits: in Redis when the node
+/// shares state through it (every node of the farm counts in the same windows), else in this
+/// node's memory. Returns the reply of the first limit exceeded. Redis failing falls back to
+/// the node's own count: a limit is never lifted because the store is down.
+pub async fn rate_exceeded(
+    shared: &Shared,
+    farm_name: &str,
+    subject: RateSubject,
+    ip: std::net::IpAddr,
+) -> Option<Reply> {
+    let snapshot = shared.snapshot();
+    let (_, farm) = snapshot.farm(farm_name)?;
+    if farm.rate_limits.iter().all(|l| l.subject != subject) {
+        return None;
+    }
+    if let Some(crate::state::Store::Redis(redis)) = &shared.state {
+        let mut exceeded = None;
+        for (index, limit) in farm.rate_limits.iter().enumerate().filter(|(_, l)| l.subject == subject) {
+            let key = crate::guard::rate_key(&farm.name, index, ip, limit);
+            match redis.count_rate(&key, u64::from(limit.window)).await {
+                Ok(count) if count > u64::from(limit.limit) => {
+                    exceeded.get_or_insert(limit);
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "redis: rate counter unavailable; counting on this node");
+                    return shared
+                        .rates
+                        .count(&farm.name, subject, ip, &farm.rate_limits)
+                        .map(|l| crate::session::policy_reply(&l.reply));
+                }
+            }
+        }
+        return exceeded.map(|l| crate::session::policy_reply(&l.reply));
+    }
+    shared.rates.count(&farm.name, subject, ip, &farm.rate_limits).map(|l| crate::session::policy_reply(&l.reply))
 }
 
 /// Ask the back end about one recipient, opening the transaction at the first.

@@ -126,6 +126,11 @@ impl Failures {
     }
 }
 
+/// The farm-wide key of a rate counter: farm, rule index, client network.
+pub fn rate_key(farm: &str, index: usize, ip: IpAddr, limit: &RateLimit) -> String {
+    format!("{farm}:{index}:{}", network(ip, limit.v4_prefix, limit.v6_prefix))
+}
+
 /// A counter's key: farm name, index of the rate limit in the farm, client network.
 type RateKey = (String, usize, IpNet);
 

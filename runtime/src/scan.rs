@@ -465,15 +465,51 @@ mod tests {
         assert!(parse_spamd(b"SPAMD/1.1 76 Bad header line\r\n\r\n").is_err());
     }
 
+    /// Two answers recorded from Debian's rspamd 3.4 (`/checkv2`, default configuration): the
+    /// GTUBE string, and a plain message that scores 7.3 ("add header").
+    const RSPAMD_GTUBE: &str = r##"{"is_skipped":true,"score":15.0,"required_score":15.0,"action":"reject","symbols":{"GTUBE":{"name":"GTUBE","score":0.0,"metric_score":0.0}},"messages":{"smtp_message":"Gtube pattern"},"message-id":"x@example.org","time_real":0.228021}"##;
+    const RSPAMD_CLEAN: &str = r##"{"is_skipped":false,"score":7.300000,"required_score":15.0,"action":"add header","symbols":{"RDNS_NONE":{"name":"RDNS_NONE","score":1.0,"metric_score":1.0,"description":"Cannot resolve reverse DNS for sender's IP"},"ARC_NA":{"name":"ARC_NA","score":0.0,"metric_score":0.0,"description":"ARC signature absent"},"HFILTER_HELO_NORES_A_OR_MX":{"name":"HFILTER_HELO_NORES_A_OR_MX","score":0.300000,"metric_score":0.300000,"description":"Helo no resolve to A or MX","options":["mail.example.org"]},"TO_MATCH_ENVRCPT_ALL":{"name":"TO_MATCH_ENVRCPT_ALL","score":0.0,"metric_score":0.0,"description":"All of the recipients match the envelope"},"MIME_GOOD":{"name":"MIME_GOOD","score":-0.100000,"metric_score":-0.100000,"description":"Known content-type","options":["text/plain"]},"TO_DN_NONE":{"name":"TO_DN_NONE","score":0.0,"metric_score":0.0,"description":"None of the recipients have display names"},"DMARC_NA":{"name":"DMARC_NA","score":0.0,"metric_score":0.0,"description":"No DMARC record","options":["example.org"]},"AUTH_NA":{"name":"AUTH_NA","score":1.0,"metric_score":1.0,"description":"Authenticating message via SPF/DKIM/DMARC/ARC not available"},"RCPT_COUNT_ONE":{"name":"RCPT_COUNT_ONE","score":0.0,"metric_score":0.0,"description":"One recipient","options":["1"]},"HFILTER_HELO_IP_A":{"name":"HFILTER_HELO_IP_A","score":1.0,"metric_score":1.0,"description":"Helo A IP != hostname IP","options":["mail.example.org"]},"FROM_NO_DN":{"name":"FROM_NO_DN","score":0.0,"metric_score":0.0,"description":"From header does not have a display name"},"R_SPF_NA":{"name":"R_SPF_NA","score":0.0,"metric_score":0.0,"description":"Missing SPF record","options":["no SPF record"]},"RCVD_COUNT_ZERO":{"name":"RCVD_COUNT_ZERO","score":0.0,"metric_score":0.0,"description":"Message has no Received headers","options":["0"]},"FROM_EQ_ENVFROM":{"name":"FROM_EQ_ENVFROM","score":0.0,"metric_score":0.0,"description":"From address is the same as the envelope"},"R_DKIM_NA":{"name":"R_DKIM_NA","score":0.0,"metric_score":0.0,"description":"Missing DKIM signature"},"MIME_TRACE":{"name":"MIME_TRACE","score":0.0,"metric_score":0.0,"options":["0:+"]},"HFILTER_FROMHOST_NORES_A_OR_MX":{"name":"HFILTER_FROMHOST_NORES_A_OR_MX","score":1.500000,"metric_score":1.500000,"description":"FROM host no resolve to A or MX","options":["example.org"]},"HFILTER_HOSTNAME_UNKNOWN":{"name":"HFILTER_HOSTNAME_UNKNOWN","score":2.500000,"metric_score":2.500000,"description":"Unknown client hostname (PTR or FCrDNS verification failed)"},"MID_RHS_MATCH_FROM":{"name":"MID_RHS_MATCH_FROM","score":0.0,"metric_score":0.0,"description":"Message-ID RHS matches From domain"},"ONCE_RECEIVED":{"name":"ONCE_RECEIVED","score":0.100000,"metric_score":0.100000,"description":"One received header in a message"}},"messages":{},"message-id":"x@example.org","time_real":0.021199,"milter":{"remove_headers":{"X-Spam":0}}}"##;
+
     #[test]
-    fn rspamd_answers_are_read() {
-        // Recorded from rspamd 3.4's /checkv2 (trimmed).
-        let body = br#"{"is_skipped":false,"score":15.5,"required_score":15.0,"action":"reject","symbols":{"GTUBE":{"name":"GTUBE","score":0.0}},"messages":{},"message-id":"x@y"}"#;
-        match parse_rspamd(body).unwrap() {
-            Finding::Score { score, scanner_rejects, symbols, .. } => {
-                assert_eq!(score, 15.5);
-                assert!(scanner_rejects);
+    fn recorded_rspamd_answers_are_read() {
+        match parse_rspamd(RSPAMD_GTUBE.as_bytes()).unwrap() {
+            Finding::Score { score, threshold, symbols, scanner_rejects } => {
+                assert_eq!(score, 15.0);
+                assert_eq!(threshold, Some(15.0));
+                assert!(scanner_rejects, "rspamd's own action is reject");
                 assert_eq!(symbols, vec!["GTUBE"]);
+            }
+            other => panic!("{other:?}"),
+        }
+        match parse_rspamd(RSPAMD_CLEAN.as_bytes()).unwrap() {
+            Finding::Score { score, scanner_rejects, symbols, .. } => {
+                assert!((score - 7.3).abs() < 1e-9);
+                assert!(!scanner_rejects);
+                assert!(symbols.contains(&"RDNS_NONE".to_owned()), "{symbols:?}");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn rspamd_verdicts_follow_the_policy_thresholds() {
+        let scanner = Scanner {
+            kind: ScannerKind::Rspamd,
+            address: "http://127.0.0.1:11333".into(),
+            timeout: 5,
+            fail_open: false,
+            tag_score: Some(5),
+            reject_score: None,
+        };
+        let outcome =
+            |body: &str| Outcome { scanner: &scanner, result: parse_rspamd(body.as_bytes()), elapsed: Duration::ZERO };
+        // No reject score in the policy: rspamd's own "reject" refuses.
+        assert!(matches!(combine(&[outcome(RSPAMD_GTUBE)], "mx"), Verdict::Refuse { code: 554, .. }));
+        // 7.3 is above the policy's tag (5): flagged, relayed.
+        match combine(&[outcome(RSPAMD_CLEAN)], "mx") {
+            Verdict::Pass { headers } => {
+                assert!(headers.contains("X-Spam-Flag: YES\r\n"), "{headers}");
+                assert!(headers.contains("X-Spam-Status: Yes, score=7.3 tag=5.0 reject=- scanner=rspamd"), "{headers}");
             }
             other => panic!("{other:?}"),
         }

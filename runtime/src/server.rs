@@ -689,13 +689,20 @@ async fn accept_loop(
                 BanResponse::RefuseRecipients => banned = true,
             }
         }
-        if let Some(limit) = shared.rates.count(&farm, RateSubject::Connections, ip, &farm_model.rate_limits) {
-            shared.counters.refused_limit.fetch_add(1, Ordering::Relaxed);
-            refused("rate");
-            let reply = crate::session::policy_reply(&limit.reply);
-            refuse(stream, &String::from_utf8_lossy(&reply.to_bytes()));
-            continue;
+        // With Redis the connection rate is the farm's, counted in the session's task (below) so
+        // the accept loop never waits on the network.
+        let farm_rates = matches!(shared.state, Some(crate::state::Store::Redis(_)));
+        if !farm_rates {
+            if let Some(limit) = shared.rates.count(&farm, RateSubject::Connections, ip, &farm_model.rate_limits) {
+                shared.counters.refused_limit.fetch_add(1, Ordering::Relaxed);
+                refused("rate");
+                let reply = crate::session::policy_reply(&limit.reply);
+                refuse(stream, &String::from_utf8_lossy(&reply.to_bytes()));
+                continue;
+            }
         }
+        let check_farm_rate =
+            farm_rates && farm_model.rate_limits.iter().any(|l| l.subject == RateSubject::Connections);
         let max_total = farm_model.limits.connections;
         let max_per_ip = farm_model.limits.connections_per_ip;
         let exempt = farm_model.trust_loopback && model::is_loopback(peer.ip());
@@ -729,6 +736,17 @@ async fn accept_loop(
         let farm = farm.clone();
         tokio::spawn(async move {
             let _slot = slot;
+            if check_farm_rate {
+                let limit = crate::conn::rate_exceeded(&shared, &farm, RateSubject::Connections, peer.ip()).await;
+                if let Some(reply) = limit {
+                    shared.counters.refused_limit.fetch_add(1, Ordering::Relaxed);
+                    let labels = RefusedAtAccept { farm: farm.clone(), reason: "rate" };
+                    shared.metrics.refused_at_accept.get_or_create(&labels).inc();
+                    let mut stream = stream;
+                    let _ = tokio::io::AsyncWriteExt::write_all(&mut stream, &reply.to_bytes()).await;
+                    return;
+                }
+            }
             crate::conn::serve(stream, peer, &farm, implicit_tls, shared, id, banned).await;
         });
     }

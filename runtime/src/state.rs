@@ -665,6 +665,20 @@ impl RedisStore {
         Ok(counts)
     }
 
+    /// Count one event in a fixed window shared by the farm; returns the count so far in the
+    /// window. The key carries the window's start, so every node counts in the same window.
+    pub async fn count_rate(&self, key: &str, window: u64) -> Result<u64, StateError> {
+        let window = window.max(1);
+        let start = unix_now() / window * window;
+        let key = format!("mtac:rate:{key}:{start}");
+        let (count,): (u64,) = self
+            .run(async |mut c| {
+                redis::pipe().incr(&key, 1).expire(&key, window as i64 + 1).ignore().query_async(&mut c).await
+            })
+            .await?;
+        Ok(count)
+    }
+
     /// Record a ban for the farm and tell every node.
     pub async fn ban(&self, network: &str, seconds: u64) -> Result<(), StateError> {
         let key = format!("mtac:ban:{network}");

@@ -185,6 +185,7 @@ farm "mx" kind="inbound-mx" {{
         reject "127.0.50.66/32" reply="554 5.7.1 Go away"
     }}
     ban after="access" duration="10m" network="/32"
+    rate-limit connections=4 per="1m" network="/32"
     {GREYLIST}
     relay {{
         backend "smtp://{backend}"
@@ -289,6 +290,16 @@ async fn two_nodes_share_greylist_auto_whitelist_and_bans_through_redis() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert!(refused.starts_with("521 5.3.2"), "the ban reached B: {refused}");
+
+    // The connection rate is the farm's: two connections at A and two at B use up a limit of
+    // four; the fifth, at either node, is refused.
+    for addr in [a_addr, a_addr, b_addr, b_addr] {
+        let mut c = Client::connect_from(addr, "127.0.50.88").await;
+        assert_eq!(code(&c.reply().await), 220);
+    }
+    let mut c = Client::connect_from(a_addr, "127.0.50.88").await;
+    let r = c.reply().await;
+    assert!(r.starts_with('4'), "the farm-wide connection rate holds: {r}");
 
     // `mtac state` asks a node what the farm's store holds.
     let out = Command::new(env!("CARGO_BIN_EXE_mtac"))

@@ -22,6 +22,14 @@ struct Daemon {
 
 impl Drop for Daemon {
     fn drop(&mut self) {
+        // SIGTERM first: rspamd stops its worker processes only when asked politely.
+        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+        for _ in 0..40 {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -260,4 +268,41 @@ async fn a_message_too_large_to_scan_passes_unscanned_or_is_refused() {
     assert_eq!(code(&r), 250, "too large to scan: relayed unscanned (the scanner is not even asked): {r}");
     let r = send(refuse.addr, &big).await;
     assert!(r.starts_with("552 5.3.4 Message too large to be scanned"), "{r}");
+}
+
+/// rspamd from Debian's package with its default configuration (it listens on 127.0.0.1:11333):
+/// one already running is used, else one is started here (as root it needs `-i`).
+async fn rspamd() -> Option<Daemon> {
+    let dir = tempfile::tempdir().unwrap();
+    let started = Command::new("rspamd")
+        .args(["-f", "-i", "-u", "root", "-g", "root", "-c", "/etc/rspamd/rspamd.conf"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn();
+    let child = match started {
+        Ok(c) => c,
+        Err(e) => return missing("rspamd", e),
+    };
+    let daemon = Daemon { child, _dir: dir, port: 11333 };
+    // rspamd answers its ping on the normal worker: GET /ping → "pong".
+    wait_for(11333, b"GET /ping HTTP/1.0\r\n\r\n", b"HTTP/1.", "rspamd").await;
+    Some(daemon)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rspamd_refuses_gtube_by_its_own_action_and_scores_clean_mail() {
+    let Some(_rspamd) = rspamd().await else { return };
+    let sink = Sink::start(Behaviour::default()).await;
+    let node = TestNode::start(
+        &relay_policy(r#"scan { rspamd "http://127.0.0.1:11333" timeout="30s" tag=20 }"#),
+        Some(sink.addr),
+    )
+    .await;
+    let r = send(node.addr, &message(GTUBE)).await;
+    assert!(r.starts_with("554 5.7.1 Message rejected as spam"), "rspamd's action is reject: {r}");
+    let r = send(node.addr, &message("Hello Bob, lunch tomorrow?")).await;
+    assert_eq!(code(&r), 250, "{r}");
+    let relayed = String::from_utf8_lossy(&sink.messages()[0].data).into_owned();
+    assert!(relayed.contains("X-Spam-Status: No, score="), "{relayed}");
+    assert!(relayed.contains("scanner=rspamd"), "{relayed}");
 }
