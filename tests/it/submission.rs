@@ -11,7 +11,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
 
 /// A throwaway CA and a certificate for mx.test.example it signed, made with the openssl command.
 /// Returns the server's chain and key files; the CA is `ca.pem` beside them.
@@ -72,21 +72,7 @@ struct Smtp<S> {
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Smtp<S> {
     async fn reply(&mut self) -> String {
-        let mut all = String::new();
-        loop {
-            let mut line = String::new();
-            match tokio::time::timeout(Duration::from_secs(20), self.stream.read_line(&mut line)).await {
-                Ok(Ok(0)) | Ok(Err(_)) => return all,
-                Ok(Ok(_)) => {}
-                Err(_) => panic!("no reply; so far {all:?}"),
-            }
-            let done = line.as_bytes().get(3) != Some(&b'-');
-            all.push_str(line.trim_end());
-            if done {
-                return all;
-            }
-            all.push('\n');
-        }
+        crate::support::read_reply(&mut self.stream).await
     }
 
     async fn cmd(&mut self, line: &str) -> String {

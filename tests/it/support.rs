@@ -194,21 +194,7 @@ impl Client {
 
     /// One whole reply, lines joined with `\n`; empty on EOF.
     pub async fn reply(&mut self) -> String {
-        let mut all = String::new();
-        loop {
-            let mut line = String::new();
-            match tokio::time::timeout(Duration::from_secs(20), self.stream.read_line(&mut line)).await {
-                Ok(Ok(0)) | Ok(Err(_)) => return all,
-                Ok(Ok(_)) => {}
-                Err(_) => panic!("no reply within 20 s; so far: {all:?}"),
-            }
-            let done = line.as_bytes().get(3) != Some(&b'-');
-            all.push_str(line.trim_end());
-            if done {
-                return all;
-            }
-            all.push('\n');
-        }
+        read_reply(&mut self.stream).await
     }
 
     pub async fn send(&mut self, bytes: &[u8]) {
@@ -224,6 +210,26 @@ impl Client {
     pub async fn closed(&mut self) -> bool {
         let mut buf = [0u8; 64];
         matches!(tokio::time::timeout(Duration::from_secs(5), self.stream.read(&mut buf)).await, Ok(Ok(0)) | Ok(Err(_)))
+    }
+}
+
+/// One whole SMTP reply from any buffered stream (plain or TLS), lines joined with `\n`; empty
+/// on EOF.
+pub async fn read_reply<R: tokio::io::AsyncBufRead + Unpin>(stream: &mut R) -> String {
+    let mut all = String::new();
+    loop {
+        let mut line = String::new();
+        match tokio::time::timeout(Duration::from_secs(20), stream.read_line(&mut line)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return all,
+            Ok(Ok(_)) => {}
+            Err(_) => panic!("no reply within 20 s; so far: {all:?}"),
+        }
+        let done = line.as_bytes().get(3) != Some(&b'-');
+        all.push_str(line.trim_end());
+        if done {
+            return all;
+        }
+        all.push('\n');
     }
 }
 
