@@ -157,6 +157,8 @@ pub struct DraftTls {
     pub certificate: String,
     pub key: String,
     pub required: bool,
+    /// The host name clients connect to for this farm (`name=`; default: the policy's hostname).
+    pub name: Option<String>,
     pub origin: Origin,
 }
 
@@ -2100,7 +2102,7 @@ impl<'d> Lowerer<'d> {
     }
 
     fn tls(&mut self, at: At<'_>, dir: &Path, farm: &mut DraftFarm) {
-        self.shape(at, &["certificate", "key", "required"], 0, false);
+        self.shape(at, &["certificate", "key", "required", "name"], 0, false);
         let get = |this: &mut Self, key: &str| match Self::prop(at, key) {
             Some(e) => this.string(e, at.file, &format!("`{key}`")),
             None => {
@@ -2118,10 +2120,11 @@ impl<'d> Lowerer<'d> {
         let certificate = get(self, "certificate");
         let key = get(self, "key");
         let required = self.bool_prop(at, "required", farm.kind == FarmKind::Submission);
+        let name = Self::prop(at, "name").and_then(|e| self.string(e, at.file, "`name`"));
         if let (Some(certificate), Some(key)) = (certificate, key) {
             // Relative paths are relative to the policy file, like every other path it names.
             let (certificate, key) = (relative_to(dir, certificate), relative_to(dir, key));
-            farm.tls = Some(DraftTls { certificate, key, required, origin: self.origin_of(at) });
+            farm.tls = Some(DraftTls { certificate, key, required, name, origin: self.origin_of(at) });
         }
     }
 

@@ -43,6 +43,107 @@ pub fn validate(lw: &mut Lowerer<'_>, draft: &Draft) {
             }
         }
         validate_farm(lw, farm);
+        if let (Some(tls), Some((hostname, _))) = (&farm.tls, &draft.hostname) {
+            let name = tls.name.as_deref().unwrap_or(hostname);
+            certificate(lw, farm, &tls.certificate, name, tls.origin);
+        }
+    }
+}
+
+/// Days before expiry under which `mtac check` warns.
+const EXPIRY_WARNING_DAYS: i64 = 14;
+
+/// The farm's certificate: it must parse, be valid now, not expire within two weeks (warning),
+/// and name the node's host name — an error on a submission farm, whose clients verify it, a
+/// warning on an inbound one, where SMTP clients seldom do.
+fn certificate(lw: &mut Lowerer<'_>, farm: &DraftFarm, path: &str, hostname: &str, origin: Origin) {
+    let Ok(bytes) = std::fs::read(path) else { return }; // a missing file is reported above
+    let problem = |message: String| Diag::error("mtac::tls::certificate", message);
+    let pem = match x509_parser::pem::Pem::iter_from_buffer(&bytes).next() {
+        Some(Ok(pem)) => pem,
+        _ => {
+            lw.report(
+                problem(format!("TLS certificate {path}: no PEM certificate in it"))
+                    .help("the file holds the PEM chain, the server's certificate first"),
+                origin,
+                "unreadable certificate",
+            );
+            return;
+        }
+    };
+    let cert = match pem.parse_x509() {
+        Ok(cert) => cert,
+        Err(e) => {
+            lw.report(problem(format!("TLS certificate {path}: {e}")), origin, "unreadable certificate");
+            return;
+        }
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+        .unwrap_or(0);
+    let validity = cert.validity();
+    let (not_before, not_after) = (validity.not_before.timestamp(), validity.not_after.timestamp());
+    if not_after < now {
+        lw.report(
+            problem(format!("TLS certificate {path} expired on {}", validity.not_after))
+                .help("renew it; clients that verify certificates refuse an expired one"),
+            origin,
+            "expired certificate",
+        );
+    } else if not_before > now {
+        lw.report(
+            problem(format!("TLS certificate {path} is not valid before {}", validity.not_before)),
+            origin,
+            "certificate not yet valid",
+        );
+    } else if not_after - now < EXPIRY_WARNING_DAYS * 86_400 {
+        lw.report(
+            Diag::warning(
+                "mtac::tls::expiring",
+                format!(
+                    "TLS certificate {path} expires on {} (in {} days)",
+                    validity.not_after,
+                    (not_after - now) / 86_400
+                ),
+            )
+            .help("renew it; a node reloads renewed certificate files by itself"),
+            origin,
+            "expires soon",
+        );
+    }
+    let mut names: Vec<String> = match cert.subject_alternative_name() {
+        Ok(Some(san)) => san
+            .value
+            .general_names
+            .iter()
+            .filter_map(|n| match n {
+                x509_parser::extensions::GeneralName::DNSName(d) => Some(d.to_ascii_lowercase()),
+                _ => None,
+            })
+            .collect(),
+        _ => Vec::new(),
+    };
+    if names.is_empty() {
+        // Only without subjectAltName do clients fall back to the common name (RFC 6125 6.4.4).
+        names =
+            cert.subject().iter_common_name().filter_map(|cn| cn.as_str().ok()).map(str::to_ascii_lowercase).collect();
+    }
+    let host = hostname.to_ascii_lowercase();
+    let matches = |name: &str| match name.strip_prefix("*.") {
+        Some(parent) => host.split_once('.').is_some_and(|(_, rest)| rest == parent),
+        None => name == host,
+    };
+    if !names.iter().any(|n| matches(n)) {
+        let message = format!("TLS certificate {path} does not name {hostname} (it names: {})", names.join(", "));
+        let help = "the certificate must name the host clients connect to: the policy's `hostname`, or the \
+                    farm's `tls name=\"…\"` when clients use another name for it";
+        let diag = if farm.kind == FarmKind::Submission {
+            Diag::error("mtac::tls::name", message)
+        } else {
+            Diag::warning("mtac::tls::name", message)
+        };
+        lw.report(diag.help(help), origin, "certificate for another name");
     }
 }
 

@@ -140,3 +140,98 @@ fn completions_are_generated() {
     assert!(text(&out.stdout).contains("mtac"));
     assert!(Path::new(env!("CARGO_BIN_EXE_mtac")).exists());
 }
+
+/// A self-signed certificate for `name`, valid for `days` (0: it expires within the second).
+fn self_signed(dir: &Path, stem: &str, name: &str, days: &str) -> (String, String) {
+    let (cert, key) = (dir.join(format!("{stem}.pem")), dir.join(format!("{stem}.key")));
+    let out = Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-days", days])
+        .args(["-subj", &format!("/CN={name}"), "-addext", &format!("subjectAltName=DNS:{name}")])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .expect("the openssl command");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    (cert.display().to_string(), key.display().to_string())
+}
+
+/// A self-signed certificate for `name` that expired in 2020 (`openssl ca` can set the dates).
+fn expired_certificate(dir: &Path, name: &str) -> (String, String) {
+    let run = |args: &[&str]| {
+        let out = Command::new("openssl").args(args).current_dir(dir).output().expect("the openssl command");
+        assert!(out.status.success(), "openssl {args:?}: {}", text(&out.stderr));
+    };
+    std::fs::write(dir.join("index.txt"), "").unwrap();
+    std::fs::write(dir.join("serial"), "01\n").unwrap();
+    std::fs::write(
+        dir.join("ca.cnf"),
+        format!(
+            "[ca]\ndefault_ca = d\n[d]\ndatabase = index.txt\nnew_certs_dir = .\nserial = serial\ndefault_md = sha256\n\
+             policy = p\n[p]\ncommonName = supplied\n[ext]\nsubjectAltName = DNS:{name}\n"
+        ),
+    )
+    .unwrap();
+    run(&["req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+        .into_iter()
+        .chain(["-keyout", "expired.key", "-out", "expired.csr", "-subj"])
+        .chain([format!("/CN={name}").as_str()])
+        .collect::<Vec<_>>());
+    run(&[
+        "ca",
+        "-batch",
+        "-selfsign",
+        "-notext",
+        "-config",
+        "ca.cnf",
+        "-extensions",
+        "ext",
+        "-keyfile",
+        "expired.key",
+    ]
+    .into_iter()
+    .chain(["-in", "expired.csr", "-out", "expired.pem", "-startdate", "20200101000000Z", "-enddate"])
+    .chain(["20200201000000Z"])
+    .collect::<Vec<_>>());
+    (dir.join("expired.pem").display().to_string(), dir.join("expired.key").display().to_string())
+}
+
+#[test]
+fn check_reports_expired_expiring_and_misnamed_certificates() {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = |cert: &str, key: &str| {
+        let text = format!(
+            r#"hostname "smtp.example.test"
+farm "users" kind="submission" {{
+    listen "127.0.0.1:587"
+    local-domains "example.test"
+    tls certificate="{cert}" key="{key}"
+    auth {{ user "alice" hash="$argon2id$v=19$m=19456,t=2,p=1$bXRhYy1leGFtcGxl$NjI0MzZlYzM5NzM2ZmE0ZDc1ZmQ3NzA1" }}
+    relay {{ backend "smtp://127.0.0.1:2600" }}
+}}
+"#
+        );
+        let path = dir.path().join("policy.kdl");
+        std::fs::write(&path, text).unwrap();
+        mtac(&["check", path.to_str().unwrap()])
+    };
+    let (good, good_key) = self_signed(dir.path(), "good", "smtp.example.test", "90");
+    let out = policy(&good, &good_key);
+    assert_eq!(code(&out), 0, "{}", text(&out.stderr));
+
+    let (soon, soon_key) = self_signed(dir.path(), "soon", "smtp.example.test", "3");
+    let out = policy(&soon, &soon_key);
+    assert_eq!(code(&out), 0, "a warning only");
+    assert!(text(&out.stderr).contains("mtac::tls::expiring"), "{}", text(&out.stderr));
+
+    let (other, other_key) = self_signed(dir.path(), "other", "mail.elsewhere.example", "90");
+    let out = policy(&other, &other_key);
+    assert_eq!(code(&out), 1);
+    assert!(text(&out.stderr).contains("does not name smtp.example.test"), "{}", text(&out.stderr));
+
+    let (expired, expired_key) = expired_certificate(dir.path(), "smtp.example.test");
+    let out = policy(&expired, &expired_key);
+    assert_eq!(code(&out), 1);
+    assert!(text(&out.stderr).contains("expired on"), "{}", text(&out.stderr));
+}
