@@ -48,9 +48,11 @@ fn missing(what: &str, e: std::io::Error) -> Option<Daemon> {
 }
 
 /// Wait until `ping` (sent on a fresh connection) is answered with something starting `pong`.
+/// Up to two minutes: rspamd's first start on a fresh machine compiles its rules, and the test
+/// suite shares two cores with it.
 async fn wait_for(port: u16, ping: &[u8], pong: &[u8], what: &str) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    for _ in 0..300 {
+    for _ in 0..1200 {
         if let Ok(mut s) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await {
             let _ = s.write_all(ping).await;
             let mut buf = [0u8; 64];
