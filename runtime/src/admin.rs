@@ -206,8 +206,7 @@ async fn state(query: &str, shared: &Shared) -> (StatusCode, StateReport) {
         report.error = Some("no farm greylists".into());
         return (StatusCode::NOT_FOUND, report);
     };
-    let prefix = if ip.is_ipv4() { greylist.v4_prefix } else { greylist.v6_prefix };
-    let network = ipnet::IpNet::new(ip, prefix).map(|n| n.trunc()).unwrap_or_else(|_| ipnet::IpNet::from(ip));
+    let network = crate::guard::network(ip, greylist.v4_prefix, greylist.v6_prefix);
     let key = param("key").unwrap_or_else(|| format!("net:{network}"));
     report.banned = Some(shared.bans.is_banned(ip, &farm.bans));
     report.auto_whitelist_after = Some(greylist.auto_whitelist);

@@ -455,7 +455,7 @@ async fn prepare(
         }
         Command::Mail(mail) => {
             if session.txn.is_none() {
-                if let Some(reply) = rate_exceeded(shared, &farm.name, RateSubject::Messages, session.peer.ip()).await {
+                if let Some(reply) = rate_exceeded(shared, farm, RateSubject::Messages, session.peer.ip()).await {
                     return Some(session.refuse(reply, "rate-limit"));
                 }
                 if let Some(l) = lookups.as_mut() {
@@ -481,14 +481,7 @@ async fn prepare(
 /// shares state through it (every node of the farm counts in the same windows), else in this
 /// node's memory. Returns the reply of the first limit exceeded. Redis failing falls back to
 /// the node's own count: a limit is never lifted because the store is down.
-pub async fn rate_exceeded(
-    shared: &Shared,
-    farm_name: &str,
-    subject: RateSubject,
-    ip: std::net::IpAddr,
-) -> Option<Reply> {
-    let snapshot = shared.snapshot();
-    let (_, farm) = snapshot.farm(farm_name)?;
+pub async fn rate_exceeded(shared: &Shared, farm: &Farm, subject: RateSubject, ip: std::net::IpAddr) -> Option<Reply> {
     if farm.rate_limits.iter().all(|l| l.subject != subject) {
         return None;
     }
@@ -769,10 +762,7 @@ fn greylist_client(settings: &mtac_ruleset::model::Greylist, session: &Session) 
             }
         }
     }
-    let ip = session.peer.ip();
-    let prefix = if ip.is_ipv4() { settings.v4_prefix } else { settings.v6_prefix };
-    let network = ipnet::IpNet::new(ip, prefix).map(|n| n.trunc()).unwrap_or_else(|_| ipnet::IpNet::from(ip));
-    format!("net:{network}")
+    format!("net:{}", crate::guard::network(session.peer.ip(), settings.v4_prefix, settings.v6_prefix))
 }
 
 /// A delivered message counts toward its client's auto-whitelisting (in the background: the

@@ -47,7 +47,8 @@ impl<K: std::hash::Hash + Eq, V> Swept<K, V> {
     }
 }
 
-fn network(ip: IpAddr, v4_prefix: u8, v6_prefix: u8) -> IpNet {
+/// `ip`'s network of the given prefix lengths (the address alone when a prefix is invalid).
+pub fn network(ip: IpAddr, v4_prefix: u8, v6_prefix: u8) -> IpNet {
     let prefix = if ip.is_ipv4() { v4_prefix } else { v6_prefix };
     IpNet::new(ip, prefix).map(|n| n.trunc()).unwrap_or_else(|_| IpNet::from(ip))
 }

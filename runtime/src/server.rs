@@ -320,71 +320,68 @@ impl Node {
         Ok(Node { shared, loader })
     }
 
-    /// The one reload path (file watcher and SIGHUP).
+    /// The one reload path (file watcher and SIGHUP): `Ok(true)` swapped, `Ok(false)` nothing
+    /// changed, `Err` refused (logged, counted, shown in /status; the old snapshot keeps serving).
     pub fn reload(&self) -> Result<bool, String> {
-        let result = (self.loader)().and_then(|ruleset| {
-            let missing = unsupported(&ruleset);
-            let needs_dns = ruleset.policy().farms.iter().any(|f| Needs::of(f).any());
-            if needs_dns && self.shared.dns.is_none() {
-                Err("the new ruleset needs DNS, which this node started without: restart it to load this ruleset"
-                    .to_owned())
-            } else if needs_state(&ruleset) && self.shared.state.is_none() {
-                Err("the new ruleset needs a state store (greylisting), which this node started without: restart it \
-                     to load this ruleset"
-                    .to_owned())
-            } else if missing.is_empty() {
-                prepare_maildirs(&ruleset).map_err(|e| e.to_string())?;
-                Ok(ruleset)
-            } else {
-                Err(format!("the new ruleset asks for unsupported features: {}", missing.join("; ")))
-            }
-        });
-        match result {
-            Ok(ruleset) => {
-                let old = self.shared.snapshot();
-                let (old_hash, new_hash) = (old.ruleset.hash_hex(), ruleset.hash_hex());
-                let renewed = old.tls_changed();
-                if old_hash == new_hash && !renewed {
-                    return Ok(false);
-                }
-                let old_listeners: Vec<_> = old.ruleset.policy().farms.iter().map(|f| &f.listeners).collect();
-                let new_listeners: Vec<_> = ruleset.policy().farms.iter().map(|f| &f.listeners).collect();
-                if old_listeners != new_listeners {
-                    tracing::warn!("the new ruleset changes listeners: they take effect at the next restart");
-                }
-                let snapshot = match Snapshot::new(ruleset, Some(&old)) {
-                    Ok(s) => s,
-                    Err(e) => {
-                        self.shared.counters.reloads_failed.fetch_add(1, Ordering::Relaxed);
-                        self.shared.metrics.reloads.get_or_create(&ReloadResult { result: "failed" }).inc();
-                        tracing::error!(error = %e, "ruleset reload refused (TLS); the running ruleset keeps serving");
-                        *self.shared.last_reload_error.lock().unwrap_or_else(std::sync::PoisonError::into_inner) =
-                            Some(e.clone());
-                        return Err(e);
-                    }
-                };
-                if renewed && old_hash == new_hash {
-                    tracing::info!("TLS certificate or key changed on disk: loaded for new sessions");
-                }
-                self.shared.snapshot.store(Arc::new(snapshot));
+        let last_error = || self.shared.last_reload_error.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        match self.swap() {
+            Ok(None) => Ok(false),
+            Ok(Some((old_hash, new_hash))) => {
                 self.shared.counters.reloads_ok.fetch_add(1, Ordering::Relaxed);
                 self.shared.metrics.reloads.get_or_create(&ReloadResult { result: "ok" }).inc();
                 self.shared.metrics.ruleset_loaded(&new_hash);
                 *self.shared.loaded_at.lock().unwrap_or_else(std::sync::PoisonError::into_inner) =
                     crate::metrics::unix_now();
-                *self.shared.last_reload_error.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = None;
-                tracing::info!(old = %old_hash, new = %new_hash, "ruleset reloaded");
+                *last_error() = None;
+                if old_hash == new_hash {
+                    tracing::info!("TLS certificate or key changed on disk: loaded for new sessions");
+                } else {
+                    tracing::info!(old = %old_hash, new = %new_hash, "ruleset reloaded");
+                }
                 Ok(true)
             }
             Err(e) => {
                 self.shared.counters.reloads_failed.fetch_add(1, Ordering::Relaxed);
                 self.shared.metrics.reloads.get_or_create(&ReloadResult { result: "failed" }).inc();
                 tracing::error!(error = %e, "ruleset reload refused; the running ruleset keeps serving");
-                *self.shared.last_reload_error.lock().unwrap_or_else(std::sync::PoisonError::into_inner) =
-                    Some(e.clone());
+                *last_error() = Some(e.clone());
                 Err(e)
             }
         }
+    }
+
+    /// Load, check and swap in a new snapshot when the ruleset or a certificate changed.
+    /// Returns the old and new ruleset hashes when it swapped.
+    fn swap(&self) -> Result<Option<(String, String)>, String> {
+        let ruleset = (self.loader)()?;
+        let missing = unsupported(&ruleset);
+        let needs_dns = ruleset.policy().farms.iter().any(|f| Needs::of(f).any());
+        if needs_dns && self.shared.dns.is_none() {
+            return Err("the new ruleset needs DNS, which this node started without: restart it to load this ruleset"
+                .to_owned());
+        }
+        if needs_state(&ruleset) && self.shared.state.is_none() {
+            return Err("the new ruleset needs a state store (greylisting), which this node started without: restart \
+                        it to load this ruleset"
+                .to_owned());
+        }
+        if !missing.is_empty() {
+            return Err(format!("the new ruleset asks for unsupported features: {}", missing.join("; ")));
+        }
+        prepare_maildirs(&ruleset).map_err(|e| e.to_string())?;
+        let old = self.shared.snapshot();
+        let (old_hash, new_hash) = (old.ruleset.hash_hex(), ruleset.hash_hex());
+        if old_hash == new_hash && !old.tls_changed() {
+            return Ok(None);
+        }
+        let old_listeners: Vec<_> = old.ruleset.policy().farms.iter().map(|f| &f.listeners).collect();
+        let new_listeners: Vec<_> = ruleset.policy().farms.iter().map(|f| &f.listeners).collect();
+        if old_listeners != new_listeners {
+            tracing::warn!("the new ruleset changes listeners: they take effect at the next restart");
+        }
+        let snapshot = Snapshot::new(ruleset, Some(&old))?;
+        self.shared.snapshot.store(Arc::new(snapshot));
+        Ok(Some((old_hash, new_hash)))
     }
 
     /// Bind every listener of every farm, and the admin listener.
@@ -737,7 +734,13 @@ async fn accept_loop(
         tokio::spawn(async move {
             let _slot = slot;
             if check_farm_rate {
-                let limit = crate::conn::rate_exceeded(&shared, &farm, RateSubject::Connections, peer.ip()).await;
+                let snapshot = shared.snapshot();
+                let limit = match snapshot.farm(&farm) {
+                    Some((_, model)) => {
+                        crate::conn::rate_exceeded(&shared, model, RateSubject::Connections, peer.ip()).await
+                    }
+                    None => None,
+                };
                 if let Some(reply) = limit {
                     shared.counters.refused_limit.fetch_add(1, Ordering::Relaxed);
                     let labels = RefusedAtAccept { farm: farm.clone(), reason: "rate" };
