@@ -471,7 +471,7 @@ impl Node {
             task.abort();
         }
         reload_task.abort();
-        if let Some(p) = probes {
+        if let Some(p) = &probes {
             p.abort();
         }
         let deadline = tokio::time::Instant::now() + config.grace;
@@ -484,13 +484,24 @@ impl Node {
         while node.shared.counters.connections_now.load(Ordering::Relaxed) > 0 && tokio::time::Instant::now() < last {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        if let Some(admin) = admin {
+        if let Some(admin) = &admin {
             admin.abort();
         }
-        if let Some(task) = state_tasks {
+        if let Some(task) = &state_tasks {
             task.abort();
         }
+        // An aborted task is dropped on its next poll, not at once: wait for each, so that
+        // nothing of this node (its state store above all) outlives `run_until`.
+        for task in accept_tasks.into_iter().chain([reload_task]).chain(probes).chain(admin).chain(state_tasks) {
+            let _ = task.await;
+        }
         if let Some(crate::state::Store::Embedded(db)) = &node.shared.state {
+            // Deliveries counted in the background (auto-whitelisting) finish before the last
+            // write; a session that outlived the grace period may still hold the store.
+            let last = tokio::time::Instant::now() + Duration::from_secs(5);
+            while Arc::strong_count(db) > 1 && tokio::time::Instant::now() < last {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
             if let Err(e) = db.persist() {
                 tracing::error!(error = %e, "state store: cannot persist at stop");
             }

@@ -307,6 +307,14 @@ impl TestNode {
         if let Some(task) = self.task.take() {
             let _ = tokio::time::timeout(Duration::from_secs(15), task).await;
         }
+        // Connection tasks of the admin listener end a moment after their client hung up; once
+        // they have, this handle is the last one and dropping it closes the state store.
+        for _ in 0..250 {
+            if Arc::strong_count(&self.shared) == 1 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 }
 
