@@ -48,6 +48,10 @@ enum Command {
         /// Where to write the ruleset
         #[arg(short, long, value_name = "FILE")]
         output: PathBuf,
+        /// Copy every address of each farm's `directory` (LDAP) into the ruleset, so nodes
+        /// validate those recipients with no LDAP round trip
+        #[arg(long)]
+        export_directory: bool,
         #[command(flatten)]
         format: OutputArgs,
     },
@@ -134,6 +138,9 @@ pub struct ExplainArgs {
     /// The greylist state of the triplet: pass or defer
     #[arg(long)]
     greylist: Option<String>,
+    /// The directory's answer for the recipient: known, unknown or unavailable
+    #[arg(long)]
+    directory: Option<String>,
     /// The client's reverse DNS: confirmed:NAME, unconfirmed:NAME, none or tempfail
     #[arg(long, value_name = "STATUS")]
     reverse_dns: Option<String>,
@@ -182,8 +189,10 @@ fn parse_admin(text: &str) -> Result<mtac_runtime::AdminAddress, String> {
 
 pub fn dispatch(cli: Cli) -> Result<ExitCode, String> {
     match cli.command {
-        Command::Check { policy, output } => Ok(check(&policy, &output, None)),
-        Command::Build { policy, output, format } => Ok(check(&policy, &format, Some(&output))),
+        Command::Check { policy, output } => Ok(check(&policy, &output, None, false)),
+        Command::Build { policy, output, export_directory, format } => {
+            Ok(check(&policy, &format, Some(&output), export_directory))
+        }
         Command::Inspect { ruleset, format } => inspect(&ruleset, format),
         Command::Explain(args) => explain(args),
         Command::Test { tests } => run_tests(&tests),
@@ -220,13 +229,18 @@ fn print_diagnostics(compilation: &Compilation, format: Format, name: &Path) {
 }
 
 /// `check`, and `build` when `output` is given.
-fn check(policy: &Path, args: &OutputArgs, output: Option<&Path>) -> ExitCode {
-    let compilation = mtac_compiler::compile_path(policy);
+fn check(policy: &Path, args: &OutputArgs, output: Option<&Path>, export_directory: bool) -> ExitCode {
+    let options = mtac_compiler::Options { export_directory };
+    let compilation = mtac_compiler::compile_path_with(policy, &options);
     print_diagnostics(&compilation, args.format, policy);
     if compilation.files.is_empty() {
         return ExitCode::from(2);
     }
-    let denied = args.deny_warnings && compilation.diagnostics.warnings() > 0;
+    // `mtac check` may pass a policy whose directory is exported at build time; a built
+    // ruleset without that export would accept every address.
+    let unexported =
+        output.is_some() && compilation.diagnostics.list.iter().any(|d| d.code == "mtac::directory::not-exported");
+    let denied = (args.deny_warnings && compilation.diagnostics.warnings() > 0) || unexported;
     let Some(out) = compilation.output.filter(|_| !denied) else {
         return ExitCode::from(1);
     };
@@ -388,6 +402,11 @@ fn explain(args: ExplainArgs) -> Result<ExitCode, String> {
         session.dns.greylist =
             Some(policytest::parse_greylist(status).ok_or_else(|| format!("--greylist {status}: pass or defer"))?);
     }
+    if let Some(answer) = &args.directory {
+        let answer = policytest::parse_directory(answer)
+            .ok_or_else(|| format!("--directory {answer}: known, unknown or unavailable"))?;
+        session.dns.directory = Some((String::new(), answer));
+    }
     let (simulation, outcome) = policytest::run_session(&ruleset, farm, &session);
     println!("farm {} ({}), ruleset {}", farm.name, farm.kind.as_str(), ruleset.hash_hex());
     for (stage, decision) in &simulation.stages {
@@ -403,6 +422,9 @@ fn explain(args: ExplainArgs) -> Result<ExitCode, String> {
                 StepOutcome::Passed(why) => format!("pass     {why}"),
                 StepOutcome::Pending => {
                     "pending  the node asks its state store (give --greylist pass|defer)".to_owned()
+                }
+                StepOutcome::AskDirectory => {
+                    "pending  the node asks the directory (give --directory known|unknown|unavailable)".to_owned()
                 }
                 StepOutcome::Skipped(why) => format!("skipped  {why}"),
                 StepOutcome::Accepted(why) => format!("accept   {why}"),

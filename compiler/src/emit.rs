@@ -225,6 +225,7 @@ fn emit_farm(farm: &DraftFarm, hostname: &str, tables: &mut Tables) -> Farm {
             required: t.required,
         }),
         auth: farm.auth.as_ref().map(|(a, _)| a.clone()),
+        directory: farm.directory.as_ref().map(|(d, _)| d.clone()),
         bare_line_ends: farm.bare_line_ends,
         ban_response: farm.ban_response.map_or(BanResponse::Close521, |(r, _)| r),
         rate_limits: farm.rate_limits.clone(),
@@ -350,6 +351,15 @@ pub fn program(
             "sender.resolvable",
             Check::SenderResolvable,
             Reply::new(550, "5.1.8", "Sender address rejected: Domain not found"),
+        ));
+    }
+    // After the anti-spam steps: a refused client costs the directory nothing. Before greylisting:
+    // an unknown recipient hears 550 at once, not after a retry.
+    if farm.directory.is_some() {
+        p.rcpt.push(step(
+            "recipient.directory",
+            Check::RecipientDirectory,
+            Reply::new(550, "5.1.1", "Recipient address rejected: User unknown in directory"),
         ));
     }
     if let Some(g) = &farm.greylist {

@@ -29,6 +29,7 @@
 #![forbid(unsafe_code)]
 
 pub mod diag;
+pub mod directory;
 pub mod emit;
 #[doc(hidden)]
 pub mod fuzz;
@@ -58,20 +59,35 @@ pub struct Compilation {
 }
 
 pub fn compile_path(path: &Path) -> Compilation {
-    compile(|lw| lw.lower_path(path))
+    compile_path_with(path, &Options::default())
+}
+
+/// What a compilation may do beyond reading the policy and its files.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// Copy each farm's directory (LDAP) into its address table ([`directory::export`]).
+    pub export_directory: bool,
+}
+
+pub fn compile_path_with(path: &Path, options: &Options) -> Compilation {
+    compile(options, |lw| lw.lower_path(path))
 }
 
 /// Compile policy text; relative includes and lists are found in `dir`.
 pub fn compile_text(name: &str, text: &str, dir: Option<PathBuf>) -> Compilation {
-    compile(|lw| lw.lower_text(name, text.to_owned(), dir))
+    compile(&Options::default(), |lw| lw.lower_text(name, text.to_owned(), dir))
 }
 
-fn compile(lower: impl FnOnce(&mut Lowerer<'_>) -> Option<lower::Draft>) -> Compilation {
+fn compile(options: &Options, lower: impl FnOnce(&mut Lowerer<'_>) -> Option<lower::Draft>) -> Compilation {
     let mut diagnostics = Diagnostics::default();
     let mut lw = Lowerer::new(&mut diagnostics);
     let draft = lower(&mut lw);
     let mut output = None;
-    if let Some(draft) = draft {
+    if let Some(mut draft) = draft {
+        if options.export_directory && !lw.diags.has_errors() {
+            directory::export(&mut lw, &mut draft);
+        }
+        unexported_directories(&mut lw, &draft);
         validate::validate(&mut lw, &draft);
         if !lw.diags.has_errors() {
             output = emit_and_probe(&mut lw, &draft);
@@ -115,6 +131,30 @@ fn emit_and_probe(lw: &mut Lowerer<'_>, draft: &lower::Draft) -> Option<Output> 
     };
     probe_open_relay(lw, draft, &ruleset);
     Some(Output { bytes, ruleset })
+}
+
+/// A farm that trusts only the exported table (`lookups=#false`) but got no export accepts
+/// every address of its local domains: say so, loudly.
+fn unexported_directories(lw: &mut Lowerer<'_>, draft: &lower::Draft) {
+    for farm in &draft.farms {
+        if let Some((d, origin)) = &farm.directory {
+            if !d.lookups && d.exported == 0 {
+                lw.report(
+                    Diag::warning(
+                        "mtac::directory::not-exported",
+                        format!(
+                            "farm `{}` validates recipients only against the exported directory (`lookups=#false`), \
+                             but this compilation did not export it",
+                            farm.name
+                        ),
+                    )
+                    .help("build with `mtac build --export-directory`; without it every address of the local domains is accepted"),
+                    *origin,
+                    "no export",
+                );
+            }
+        }
+    }
 }
 
 /// Ask the real evaluator whether a stranger could relay through an inbound farm.

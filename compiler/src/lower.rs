@@ -10,9 +10,9 @@ use ipnet::IpNet;
 use kdl::{KdlDocument, KdlEntry, KdlNode, KdlValue};
 use miette::SourceSpan;
 use mtac_ruleset::model::{
-    AccessAction, Auth, AuthBackend, Backend, BackendProtocol, BanResponse, BarePolicy, DnsSettings, DnsblAnswer,
-    DnsblTarget, FarmKind, GreylistKey, Listener, MimeRules, RateLimit, RateSubject, Reply, ScannerKind, Stage,
-    StateSettings,
+    AccessAction, Auth, AuthBackend, Backend, BackendProtocol, BanResponse, BarePolicy, Directory, DnsSettings,
+    DnsblAnswer, DnsblTarget, FarmKind, GreylistKey, Listener, MimeRules, RateLimit, RateSubject, Reply, ScannerKind,
+    Stage, StateSettings,
 };
 use mtac_ruleset::syntax;
 use std::collections::HashMap;
@@ -225,6 +225,7 @@ pub struct DraftFarm {
     pub relay: Option<(DraftRelay, Origin)>,
     pub tls: Option<DraftTls>,
     pub auth: Option<(Auth, Origin)>,
+    pub directory: Option<(Directory, Origin)>,
     pub bare_line_ends: BarePolicy,
     /// `client reverse-dns=…`: whether forward confirmation is required, and the stage.
     pub client_reverse_dns: Option<(bool, Option<Stage>)>,
@@ -271,6 +272,7 @@ const FARM_NODES: &[&str] = &[
     "deliver",
     "tls",
     "auth",
+    "directory",
     "bare-line-ends",
     "client",
     "rate-limit",
@@ -938,6 +940,7 @@ impl<'d> Lowerer<'d> {
             relay: None,
             tls: None,
             auth: None,
+            directory: None,
             bare_line_ends: BarePolicy::Reject,
             client_reverse_dns: None,
             ban_response: None,
@@ -957,8 +960,19 @@ impl<'d> Lowerer<'d> {
         farm: &mut DraftFarm,
         seen: &mut HashMap<String, (usize, SourceSpan)>,
     ) {
-        const SINGLETONS: &[&str] =
-            &["limits", "helo", "sender", "recipient", "dnsbl", "greylist", "scan", "tls", "auth", "bare-line-ends"];
+        const SINGLETONS: &[&str] = &[
+            "limits",
+            "helo",
+            "sender",
+            "recipient",
+            "dnsbl",
+            "greylist",
+            "scan",
+            "tls",
+            "auth",
+            "directory",
+            "bare-line-ends",
+        ];
         for &at in nodes {
             let name = at.node.name().value();
             if SINGLETONS.contains(&name) || name == "relay" || name == "deliver" {
@@ -1069,6 +1083,7 @@ impl<'d> Lowerer<'d> {
                 "deliver" => self.deliver(at, dir, farm),
                 "tls" => self.tls(at, dir, farm),
                 "auth" => self.auth(at, farm),
+                "directory" => self.directory(at, dir, farm),
                 "bare-line-ends" => {
                     self.shape(at, &[], 1, false);
                     if let Some(value) = self.one_string(at, "\"reject\" or \"normalize\"") {
@@ -2228,6 +2243,145 @@ impl<'d> Lowerer<'d> {
         farm.auth = Some((Auth { mechanisms, backend, max_failures }, self.origin_of(at)));
     }
 
+    /// `directory "ldap://…" base="…" { attributes …; filter …; bind …; cache … }`: recipients
+    /// of the local domains validated against LDAP at RCPT.
+    fn directory(&mut self, at: At<'_>, dir: &Path, farm: &mut DraftFarm) {
+        self.shape(at, &["base", "timeout", "pool", "lookups"], 1, true);
+        let url = self.one_string(at, "the directory's URL");
+        let url_ok = url.as_deref().is_some_and(|u| {
+            (u.starts_with("ldap://") || u.starts_with("ldaps://"))
+                && u.split_once("://").is_some_and(|(_, h)| !h.is_empty())
+        });
+        if url.is_some() && !url_ok {
+            self.err(
+                "mtac::directory::url",
+                "the directory needs an ldap:// or ldaps:// URL".to_owned(),
+                at.file,
+                at.node.span(),
+                "not an LDAP URL",
+                "e.g. directory \"ldap://127.0.0.1:389\" base=\"ou=people,dc=example,dc=com\"",
+            );
+        }
+        let base = Self::prop(at, "base").and_then(|e| self.string(e, at.file, "`base`"));
+        if base.is_none() {
+            self.err(
+                "mtac::directory::base",
+                "the directory needs base=, the subtree to search".to_owned(),
+                at.file,
+                at.node.span(),
+                "no search base",
+                "e.g. base=\"ou=people,dc=example,dc=com\"",
+            );
+        }
+        let timeout_ms =
+            Self::prop(at, "timeout").and_then(|e| self.duration_ms(e, at.file, "`timeout`")).unwrap_or(2000);
+        let pool = Self::prop(at, "pool")
+            .and_then(|e| self.integer(e, at.file, "`pool`", 1, 256))
+            .and_then(|v| u32::try_from(v).ok())
+            .unwrap_or(4);
+        let lookups = self.bool_prop(at, "lookups", true);
+        let mut attributes = Vec::new();
+        let mut filter = None;
+        let (mut bind_dn, mut bind_password_file) = (None, None);
+        let (mut positive_ttl, mut negative_ttl, mut cache_size) = (600, 60, 100_000);
+        for child in Self::children(at) {
+            match child.node.name().value() {
+                "attributes" => {
+                    self.shape(child, &[], usize::MAX, false);
+                    for entry in Self::args(child) {
+                        if let Some(a) = self.string(entry, child.file, "an attribute name") {
+                            if a.is_empty() || !a.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == ';') {
+                                self.err(
+                                    "mtac::directory::attribute",
+                                    format!("`{a}` is not an LDAP attribute name"),
+                                    child.file,
+                                    entry.span(),
+                                    "invalid name",
+                                    "e.g. attributes \"mail\" \"mailAlternateAddress\"",
+                                );
+                            } else {
+                                attributes.push(a);
+                            }
+                        }
+                    }
+                }
+                "filter" => {
+                    self.shape(child, &[], 1, false);
+                    if let Some(f) = self.one_string(child, "an LDAP filter") {
+                        let balanced = f.starts_with('(') && f.ends_with(')') && parens_balance(&f);
+                        if !f.contains("{address}") || !balanced {
+                            self.err(
+                                "mtac::directory::filter",
+                                "the filter must be a parenthesised RFC 4515 filter containing {address}".to_owned(),
+                                child.file,
+                                child.node.span(),
+                                if balanced { "no {address}" } else { "unbalanced parentheses" },
+                                "e.g. filter \"(&(objectClass=inetOrgPerson)(|(mail={address})(mailAlternateAddress={address})))\"",
+                            );
+                        } else {
+                            filter = Some(f);
+                        }
+                    }
+                }
+                "bind" => {
+                    self.shape(child, &["password-file"], 1, false);
+                    bind_dn = self.one_string(child, "the DN to bind as");
+                    bind_password_file = Self::prop(child, "password-file")
+                        .and_then(|e| self.string(e, child.file, "`password-file`"))
+                        .map(|f| relative_to(dir, f));
+                    if bind_password_file.is_none() {
+                        self.err(
+                            "mtac::directory::bind",
+                            "`bind` needs password-file=, a file holding the password".to_owned(),
+                            child.file,
+                            child.node.span(),
+                            "no password",
+                            "the node reads the file when it loads the ruleset: the password never enters the ruleset",
+                        );
+                    }
+                }
+                "cache" => {
+                    self.shape(child, &["positive", "negative", "size"], 0, false);
+                    if let Some(e) = Self::prop(child, "positive") {
+                        positive_ttl = self.duration(e, child.file, "`positive`").unwrap_or(positive_ttl);
+                    }
+                    if let Some(e) = Self::prop(child, "negative") {
+                        negative_ttl = self.duration(e, child.file, "`negative`").unwrap_or(negative_ttl);
+                    }
+                    if let Some(e) = Self::prop(child, "size") {
+                        cache_size = self.u32_value(e, child.file, "`size`", 0).unwrap_or(cache_size);
+                    }
+                }
+                _ => self.unknown_node(child, &["attributes", "filter", "bind", "cache"], "`directory`"),
+            }
+        }
+        if attributes.is_empty() {
+            attributes.push("mail".to_owned());
+        }
+        let filter = filter.unwrap_or_else(|| match attributes.as_slice() {
+            [one] => format!("({one}={{address}})"),
+            many => format!("(|{})", many.iter().map(|a| format!("({a}={{address}})")).collect::<String>()),
+        });
+        if let (Some(url), Some(base), true) = (url, base, url_ok) {
+            let directory = Directory {
+                url,
+                base,
+                filter,
+                attributes,
+                bind_dn,
+                bind_password_file,
+                timeout_ms,
+                pool,
+                positive_ttl,
+                negative_ttl,
+                cache_size,
+                lookups,
+                exported: 0,
+            };
+            farm.directory = Some((directory, self.origin_of(at)));
+        }
+    }
+
     // ----- lists: inline values and files --------------------------------------------------------
 
     /// String values of a list node: its arguments, then the lines of its `file=`.
@@ -2438,6 +2592,22 @@ fn stack_key(name: &str) -> PathBuf {
 }
 
 /// A path the policy names, relative to the policy file's directory unless absolute.
+/// Whether every `(` of an LDAP filter is closed, and none closes early.
+fn parens_balance(filter: &str) -> bool {
+    let mut depth = 0i32;
+    for c in filter.chars() {
+        match c {
+            '(' => depth += 1,
+            ')' => depth -= 1,
+            _ => {}
+        }
+        if depth < 0 {
+            return false;
+        }
+    }
+    depth == 0
+}
+
 fn relative_to(dir: &Path, path: String) -> String {
     if Path::new(&path).is_absolute() {
         path

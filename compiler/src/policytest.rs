@@ -20,7 +20,9 @@
 
 use crate::diag::{did_you_mean, Diag, Diagnostics, SourceFile};
 use kdl::{KdlDocument, KdlNode, KdlValue};
-use mtac_ruleset::eval::{self, DomainStatus, Facts, GivenDns, GreylistStatus, ListAnswer, ReverseDns};
+use mtac_ruleset::eval::{
+    self, DirectoryAnswer, DomainStatus, Facts, GivenDns, GreylistStatus, ListAnswer, ReverseDns,
+};
 use mtac_ruleset::model::Stage;
 use mtac_ruleset::Ruleset;
 use std::net::{IpAddr, Ipv4Addr};
@@ -137,6 +139,15 @@ pub fn parse_greylist(text: &str) -> Option<GreylistStatus> {
     }
 }
 
+pub fn parse_directory(text: &str) -> Option<DirectoryAnswer> {
+    match text {
+        "known" => Some(DirectoryAnswer::Known),
+        "unknown" => Some(DirectoryAnswer::Unknown),
+        "unavailable" => Some(DirectoryAnswer::Unavailable),
+        _ => None,
+    }
+}
+
 /// Evaluate one session against a farm, exactly as the runtime decides.
 pub fn run_session(
     ruleset: &Ruleset,
@@ -210,6 +221,7 @@ const TEST_NODES: &[&str] = &[
     "helo-dns",
     "reverse-dns",
     "greylist",
+    "directory",
     "expect",
 ];
 
@@ -352,6 +364,10 @@ fn lower_test(node: &KdlNode, source: &SourceFile, diags: &mut Diagnostics) -> O
             "greylist" => match value.as_deref().and_then(parse_greylist) {
                 Some(status) => session.dns.greylist = Some(status),
                 None => bad(diags, child, "unknown greylist status".to_owned(), "pass or defer"),
+            },
+            "directory" => match value.as_deref().and_then(parse_directory) {
+                Some(answer) => session.dns.directory = Some((String::new(), answer)),
+                None => bad(diags, child, "unknown directory answer".to_owned(), "known, unknown or unavailable"),
             },
             "expect" => {
                 let stage = child.get("stage").and_then(|v| v.as_string()).map(Stage::parse);

@@ -49,6 +49,15 @@ pub enum GreylistStatus {
     Defer,
 }
 
+/// The directory's answer for one recipient.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DirectoryAnswer {
+    Known,
+    Unknown,
+    /// Down, slow or refusing: never a reason for a permanent refusal.
+    Unavailable,
+}
+
 /// The client's reverse DNS.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ReverseDns {
@@ -72,6 +81,10 @@ pub trait DnsFacts {
     }
     /// Whether the HELO name exists in DNS (`Resolves`, `NoRecords` or `TempFail`).
     fn helo_name(&self) -> Option<DomainStatus> {
+        None
+    }
+    /// What the directory said about `recipient` (`None`: not asked yet).
+    fn directory(&self, _recipient: &str) -> Option<DirectoryAnswer> {
         None
     }
 }
@@ -114,6 +127,9 @@ pub enum StepOutcome {
     /// Greylisting applies and its state is not known here: the runtime asks its state store
     /// once every other step has passed (`explain` and tests can give it with `greylist`).
     Pending,
+    /// The directory must be asked about the recipient; evaluation stops here and the runtime
+    /// evaluates the stage again with the answer (`explain` and tests give it with `directory`).
+    AskDirectory,
     /// Role account: accepted, later steps skipped.
     Accepted(String),
 }
@@ -136,6 +152,8 @@ pub struct Decision {
     pub trace: Vec<TraceLine>,
     /// The stage passed so far, and greylisting must still be consulted (see [`StepOutcome::Pending`]).
     pub greylist_pending: bool,
+    /// Every step so far passed and the directory must be asked (see [`StepOutcome::AskDirectory`]).
+    pub directory_pending: bool,
 }
 
 /// Evaluate `stage` of `farm` for `facts`.
@@ -172,11 +190,23 @@ pub fn evaluate(tables: &dyn Lookup, farm: &Farm, stage: Stage, facts: &Facts<'_
                 trusted,
                 trace,
                 greylist_pending: false,
+                directory_pending: false,
+            };
+        }
+        if trace.last().is_some_and(|line| line.outcome == StepOutcome::AskDirectory) {
+            // The steps after this one (greylisting above all) wait for the directory's answer.
+            return Decision {
+                reply: None,
+                rule: None,
+                trusted,
+                trace,
+                greylist_pending: false,
+                directory_pending: true,
             };
         }
     }
     let greylist_pending = trace.iter().any(|line| line.outcome == StepOutcome::Pending);
-    Decision { reply: None, rule: None, trusted, trace, greylist_pending }
+    Decision { reply: None, rule: None, trusted, trace, greylist_pending, directory_pending: false }
 }
 
 /// Why the client is trusted (anti-spam checks skipped), if it is.
@@ -380,14 +410,34 @@ fn run_step(tables: &dyn Lookup, farm: &Farm, step: &Step, facts: &Facts<'_>) ->
                 return pass("role account");
             }
             match farm.local_addresses {
-                Some(t) if tables.address_domain(t, domain) => {
-                    if tables.address(t, recipient).is_some() {
-                        pass("listed address")
-                    } else {
-                        fail()
-                    }
-                }
+                Some(t) if tables.address(t, recipient).is_some() => pass("listed address"),
+                // The compiled table is the fast path; the directory has the last word.
+                _ if farm.directory.as_ref().is_some_and(|d| d.lookups) => pass("not listed: the directory decides"),
+                Some(t) if tables.address_domain(t, domain) => fail(),
                 _ => pass("domain accepts any address (the back end decides)"),
+            }
+        }
+        Check::RecipientDirectory => {
+            let Some(recipient) = facts.recipient else { return pass("no recipient yet") };
+            let Some((local, _)) = syntax::split_address(recipient) else { return pass("postmaster") };
+            if !is_local_recipient(tables, farm, recipient) {
+                return pass("not a local domain");
+            }
+            if is_role_account(farm, local) || local.eq_ignore_ascii_case("postmaster") {
+                return pass("role account");
+            }
+            if farm.local_addresses.is_some_and(|t| tables.address(t, recipient).is_some()) {
+                return pass("listed in the compiled table (no directory lookup)");
+            }
+            match facts.dns.directory(recipient) {
+                Some(DirectoryAnswer::Known) => pass("found in the directory"),
+                Some(DirectoryAnswer::Unknown) => fail(),
+                Some(DirectoryAnswer::Unavailable) => StepOutcome::Decided(Reply::new(
+                    451,
+                    "4.4.3",
+                    "Recipient address rejected: directory unavailable, please try again later",
+                )),
+                None => StepOutcome::AskDirectory,
             }
         }
         Check::RoleAccount => match facts.recipient {
@@ -474,6 +524,8 @@ pub struct GivenDns {
     pub reverse: Option<ReverseDns>,
     /// The HELO name's DNS status.
     pub helo_name: Option<DomainStatus>,
+    /// The directory's answer for one recipient (the runtime keeps the last one asked).
+    pub directory: Option<(String, DirectoryAnswer)>,
 }
 
 impl DnsFacts for GivenDns {
@@ -491,6 +543,10 @@ impl DnsFacts for GivenDns {
     }
     fn helo_name(&self) -> Option<DomainStatus> {
         self.helo_name
+    }
+    fn directory(&self, recipient: &str) -> Option<DirectoryAnswer> {
+        // A policy test or `explain` gives one answer for its one recipient.
+        self.directory.as_ref().filter(|(r, _)| r.is_empty() || r.eq_ignore_ascii_case(recipient)).map(|(_, a)| *a)
     }
 }
 

@@ -151,6 +151,8 @@ pub struct Farm {
     pub relay: Relay,
     pub tls: Option<Tls>,
     pub auth: Option<Auth>,
+    /// Recipients validated against a directory (LDAP) at RCPT.
+    pub directory: Option<Directory>,
     /// What to do with bare CR, bare LF and NUL in DATA.
     pub bare_line_ends: BarePolicy,
     /// How a banned client is turned away.
@@ -366,6 +368,9 @@ pub enum Check {
     ClientReverseDns { confirmed: bool },
     /// The HELO name exists in DNS (A, AAAA or MX), like Postfix's reject_unknown_helo_hostname.
     HeloResolvable,
+    /// A recipient of a local domain that the compiled table does not list exists in the
+    /// farm's directory (LDAP, asked by the runtime; cached).
+    RecipientDirectory,
 }
 
 impl Check {
@@ -522,6 +527,41 @@ pub struct Tls {
     pub key: String,
     /// STARTTLS must succeed before MAIL (always true on submission farms).
     pub required: bool,
+}
+
+/// Recipient validation against an LDAP directory.
+///
+/// The compiled address table is the fast path: a listed address never reaches the directory.
+/// `mtac build --export-directory` fills that table from the directory at build time.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Directory {
+    /// `ldap://host:port` or `ldaps://host:port`.
+    pub url: String,
+    /// Search base.
+    pub base: String,
+    /// RFC 4515 filter; `{address}` is replaced by the escaped recipient.
+    pub filter: String,
+    /// Attributes that hold addresses (what an export collects).
+    pub attributes: Vec<String>,
+    /// Bind as this DN before searching (anonymous when `None`).
+    pub bind_dn: Option<String>,
+    /// File holding the bind password, read by the node (the secret never enters the ruleset).
+    pub bind_password_file: Option<String>,
+    /// A whole lookup (connection, bind, search), milliseconds.
+    pub timeout_ms: u32,
+    /// Connections kept open to the directory (each serves one query at a time).
+    pub pool: u32,
+    /// Seconds an address found is remembered.
+    pub positive_ttl: u32,
+    /// Seconds an address not found is remembered.
+    pub negative_ttl: u32,
+    /// Addresses kept in each cache.
+    pub cache_size: u32,
+    /// Ask the directory at run time for addresses the table does not list. `false`: the table
+    /// exported at build time is the whole truth, and a node never talks to LDAP.
+    pub lookups: bool,
+    /// Addresses `mtac build --export-directory` put into the farm's address table (0: none).
+    pub exported: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -22,7 +22,7 @@ use crate::smtp::{parse, BarePolicy as SmtpBare, DataReceiver, EnhancedCode, Fra
 use crate::spool::{self, SpoolFile};
 use crate::state::{GreylistVerdict, Timings, Triplet};
 use crate::tls::SmtpStream;
-use mtac_ruleset::eval::ReverseDns;
+use mtac_ruleset::eval::{DirectoryAnswer, ReverseDns};
 use mtac_ruleset::model::GreylistKey;
 use mtac_ruleset::model::{BackendProtocol, BarePolicy, Farm, RateSubject, Stage};
 use std::net::SocketAddr;
@@ -336,6 +336,13 @@ async fn run(
             other => other,
         };
         let action = match action {
+            Action::Directory { address } => {
+                let answer = ask_directory(conn.shared, snapshot, farm_index, farm, session, &address).await;
+                session.directory_result(&snapshot.ruleset, farm, address, answer)
+            }
+            other => other,
+        };
+        let action = match action {
             Action::Greylist { address } => {
                 let fail_open = crate::state::Store::fail_open(&snapshot.ruleset.policy().state);
                 let verdict = greylist(conn.shared, session, farm, &address, fail_open).await;
@@ -413,7 +420,10 @@ async fn run(
                     Err(_) => break End::Timeout,
                 }
             }
-            Action::Recipient { .. } | Action::Greylist { .. } | Action::Authenticate { .. } => {}
+            Action::Recipient { .. }
+            | Action::Greylist { .. }
+            | Action::Directory { .. }
+            | Action::Authenticate { .. } => {}
         }
         // RSET, a new EHLO, or a refused transaction: release the back end connection.
         if session.txn.is_none() {
@@ -657,6 +667,39 @@ async fn data(
         (false, Delivery::Maildir(_)) => "local-delivery",
     };
     Ok((reply, reason, size))
+}
+
+/// Ask the farm's directory whether a recipient exists (the cache first), and count it.
+async fn ask_directory(
+    shared: &Shared,
+    snapshot: &crate::server::Snapshot,
+    farm_index: usize,
+    farm: &Farm,
+    session: &Session,
+    recipient: &str,
+) -> DirectoryAnswer {
+    let Some(directory) = snapshot.directory(farm_index) else {
+        // A ruleset with a directory always gets its client (server::Snapshot::new).
+        return DirectoryAnswer::Unavailable;
+    };
+    let (answer, source) = directory.lookup(recipient).await;
+    let result = match answer {
+        DirectoryAnswer::Known => "known",
+        DirectoryAnswer::Unknown => "unknown",
+        DirectoryAnswer::Unavailable => "unavailable",
+    };
+    let source = match source {
+        crate::directory::Source::Cache => "cache",
+        crate::directory::Source::Directory(took) => {
+            let labels = crate::metrics::FarmLabel { farm: farm.name.clone() };
+            shared.metrics.directory_seconds.get_or_create(&labels).observe(took.as_secs_f64());
+            "directory"
+        }
+    };
+    let labels = crate::metrics::DirectoryLookup { farm: farm.name.clone(), result, source };
+    shared.metrics.directory.get_or_create(&labels).inc();
+    tracing::debug!(session = %session.id, recipient, result, source, "directory lookup");
+    answer
 }
 
 /// Consult the state store for a recipient that passed every other step. `Ok` goes on to the
@@ -932,7 +975,11 @@ fn decided(shared: &Shared, session: &mut Session, farm: &Farm, asked: &Asked, a
     let reply = match action {
         Action::Reply(r) | Action::Close(r) => r,
         Action::StartTls(r) => r,
-        Action::Recipient { .. } | Action::Greylist { .. } | Action::Authenticate { .. } | Action::Data => return,
+        Action::Recipient { .. }
+        | Action::Greylist { .. }
+        | Action::Directory { .. }
+        | Action::Authenticate { .. }
+        | Action::Data => return,
     };
     let refused = reply.is_transient() || reply.is_permanent();
     let metrics = &shared.metrics;

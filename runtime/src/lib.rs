@@ -8,6 +8,7 @@
 //! - [`session`]: the session state machine, sans I/O; policy decisions via the ruleset's evaluator;
 //! - [`conn`]: one connection's I/O around a session: deadlines, pipelining, spool, relay;
 //! - [`dns`]: DNS lists, sender domains, reverse DNS and zone health, over a cached resolver;
+//! - [`auth`], [`directory`]: SMTP AUTH credentials, and recipients validated against LDAP;
 //! - [`relay`]: the SMTP/LMTP client of the back ends, with failover and a small pool;
 //! - [`spool`], [`maildir`], [`received`]: the message's way through the node;
 //! - [`server`]: listeners, connection limits, the ruleset snapshot, hot reload, graceful stop;
@@ -22,6 +23,7 @@
 pub mod admin;
 pub mod auth;
 pub mod conn;
+pub mod directory;
 pub mod dns;
 pub mod guard;
 pub mod lookups;

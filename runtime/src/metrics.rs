@@ -116,6 +116,15 @@ pub struct ReloadResult {
     pub result: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DirectoryLookup {
+    pub farm: String,
+    /// `known`, `unknown` or `unavailable`.
+    pub result: &'static str,
+    /// `cache` (no round trip) or `directory`.
+    pub source: &'static str,
+}
+
 fn relay_histogram() -> Histogram {
     // 1 ms to ~33 s: a LAN back end answers in milliseconds, a stuck one hits the relay timeout.
     Histogram::new(exponential_buckets(0.001, 2.0, 16))
@@ -150,6 +159,8 @@ pub struct Metrics {
     pub greylist_wait: Histogram,
     pub greylist_other_address: Counter,
     pub reloads: Family<ReloadResult, Counter>,
+    pub directory: Family<DirectoryLookup, Counter>,
+    pub directory_seconds: Family<FarmLabel, Histogram, fn() -> Histogram>,
     // Read at scrape time.
     pub connections_active: Gauge,
     pub bans_active: Gauge,
@@ -194,6 +205,8 @@ impl Metrics {
             greylist_wait: Histogram::new(exponential_buckets(60.0, 2.0, 13)),
             greylist_other_address: Counter::default(),
             reloads: Family::default(),
+            directory: Family::default(),
+            directory_seconds: Family::new_with_constructor(relay_histogram),
             connections_active: Gauge::default(),
             bans_active: Gauge::default(),
             spool_bytes: Gauge::default(),
@@ -255,6 +268,16 @@ impl Metrics {
             "greylist_retry_other_address",
             "Retries that passed from another address than the first attempt (same network or pool)",
             m.greylist_other_address.clone(),
+        );
+        registry.register(
+            "directory_lookups",
+            "Recipient lookups in the directory, by result and by whether the cache answered",
+            m.directory.clone(),
+        );
+        registry.register(
+            "directory_duration_seconds",
+            "Time of each directory round trip (cache hits excluded)",
+            m.directory_seconds.clone(),
         );
         registry.register("bans_active", "Client networks banned now", m.bans_active.clone());
         registry.register("spool_bytes", "Bytes of messages in the spool now", m.spool_bytes.clone());

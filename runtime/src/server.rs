@@ -78,6 +78,8 @@ pub struct Snapshot {
     maildirs: Vec<Option<PathBuf>>,
     /// Per farm: its TLS configuration, if it has `tls`.
     tls: Vec<Option<crate::tls::FarmTls>>,
+    /// Per farm: its recipient directory, if it validates recipients against LDAP at run time.
+    directories: Vec<Option<Arc<crate::directory::DirectoryClient>>>,
 }
 
 impl Snapshot {
@@ -87,7 +89,25 @@ impl Snapshot {
         let mut relays = Vec::new();
         let mut maildirs = Vec::new();
         let mut tls = Vec::new();
+        let mut directories = Vec::new();
         for farm in &ruleset.policy().farms {
+            directories.push(match farm.directory.as_ref().filter(|d| d.lookups) {
+                Some(settings) => {
+                    // Keep the connections and caches when the directory did not change.
+                    let reused = previous.and_then(|p| {
+                        let (index, _) = p.farm(&farm.name)?;
+                        p.directories.get(index)?.as_ref().filter(|d| d.serves(settings)).cloned()
+                    });
+                    match reused {
+                        Some(client) => Some(client),
+                        None => Some(Arc::new(
+                            crate::directory::DirectoryClient::new(settings)
+                                .map_err(|e| format!("farm `{}`: {e}", farm.name))?,
+                        )),
+                    }
+                }
+                None => None,
+            });
             tls.push(match &farm.tls {
                 Some(t) => Some(
                     crate::tls::FarmTls::load(&t.certificate, &t.key)
@@ -114,7 +134,12 @@ impl Snapshot {
                 }
             }
         }
-        Ok(Snapshot { ruleset, relays, maildirs, tls })
+        Ok(Snapshot { ruleset, relays, maildirs, tls, directories })
+    }
+
+    /// The recipient directory of the farm at `index`.
+    pub fn directory(&self, farm: usize) -> Option<&Arc<crate::directory::DirectoryClient>> {
+        self.directories.get(farm).and_then(Option::as_ref)
     }
 
     /// The TLS configuration of the farm at `index`.

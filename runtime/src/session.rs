@@ -12,7 +12,7 @@
 //! it into an accepted recipient ([`Session::recipient_result`]).
 
 use crate::smtp::{Command, EhloCapabilities, EnhancedCode, ForwardPath, ParseError, Reply, ReversePath};
-use mtac_ruleset::eval::{self, Facts, GivenDns};
+use mtac_ruleset::eval::{self, DirectoryAnswer, Facts, GivenDns};
 use mtac_ruleset::model::{self, Farm, Stage};
 use mtac_ruleset::Ruleset;
 use std::net::SocketAddr;
@@ -30,6 +30,9 @@ pub enum Action {
     /// Every policy step passed but greylisting, which needs the state store: ask it, then call
     /// [`Session::greylist_result`].
     Greylist { address: String },
+    /// The recipient is not in the compiled table and the farm has a directory: ask it, then
+    /// call [`Session::directory_result`].
+    Directory { address: String },
     /// Send this reply (220), discard any input the client pipelined after STARTTLS, run the
     /// TLS handshake, then call [`Session::tls_started`].
     StartTls(Reply),
@@ -76,6 +79,8 @@ pub struct Session {
     rule_now: Option<String>,
     /// The last decision passed with greylisting still to consult.
     greylist_pending: bool,
+    /// The last decision stopped at the directory step: ask the directory, then decide again.
+    directory_pending: bool,
     /// The farm offers STARTTLS (it has a certificate) and this connection is not in TLS yet.
     tls_offered: bool,
     /// The connection is encrypted ("TLS1.3 TLS13_AES_256_GCM_SHA384").
@@ -162,6 +167,7 @@ impl Session {
             refused_by: None,
             rule_now: None,
             greylist_pending: false,
+            directory_pending: false,
             greylist_client: None,
             tls_offered: farm.tls.is_some(),
             tls: None,
@@ -197,6 +203,7 @@ impl Session {
         };
         let decision = eval::evaluate(ruleset, farm, stage, &facts);
         self.greylist_pending = decision.greylist_pending;
+        self.directory_pending = decision.directory_pending;
         let reply = decision.reply.as_ref().map(policy_reply);
         if reply.is_some() {
             self.refused_by = decision.rule.clone();
@@ -493,11 +500,7 @@ impl Session {
                         m.to_string()
                     }
                 };
-                match self.decide(ruleset, farm, Stage::Rcpt, Some(&sender), Some(&address)) {
-                    Some(r) => self.answer(r),
-                    None if std::mem::take(&mut self.greylist_pending) => Action::Greylist { address },
-                    None => Action::Recipient { address },
-                }
+                self.rcpt_decision(ruleset, farm, &sender, address)
             }
             Command::Data => match &self.txn {
                 None => self.answer(Reply::bad_sequence("need MAIL command")),
@@ -520,6 +523,39 @@ impl Session {
             Command::StartTls => Action::StartTls(reply(220, 2, 0, 0, "Ready to start TLS")),
             Command::Auth { mechanism, initial_response } => self.auth(&mechanism, initial_response),
         }
+    }
+
+    /// The policy's decision on a recipient, with what the session knows now.
+    fn rcpt_decision(&mut self, ruleset: &Ruleset, farm: &Farm, sender: &str, address: String) -> Action {
+        match self.decide(ruleset, farm, Stage::Rcpt, Some(sender), Some(&address)) {
+            Some(r) => self.answer(r),
+            None if std::mem::take(&mut self.directory_pending) => Action::Directory { address },
+            None if std::mem::take(&mut self.greylist_pending) => Action::Greylist { address },
+            None => Action::Recipient { address },
+        }
+    }
+
+    /// The directory's answer on a recipient ([`Action::Directory`]): the recipient stage is
+    /// decided again with it, so the steps after the directory (greylisting) run only for a
+    /// recipient that exists.
+    pub fn directory_result(
+        &mut self,
+        ruleset: &Ruleset,
+        farm: &Farm,
+        address: String,
+        answer: DirectoryAnswer,
+    ) -> Action {
+        let Some(sender) = self.txn.as_ref().map(|t| t.sender.clone()) else {
+            return self.answer(Reply::bad_sequence("need MAIL command"));
+        };
+        self.dns.directory = Some((address.clone(), answer));
+        let action = self.rcpt_decision(ruleset, farm, &sender, address);
+        if let Action::Directory { address } = action {
+            // The evaluator asked again although it has the answer: never loop, never accept.
+            tracing::error!(recipient = %address, "the directory step asked twice; deferring");
+            return self.answer(reply(451, 4, 3, 0, "Temporary local problem, please try again later"));
+        }
+        action
     }
 
     fn helo(&mut self, name: String, esmtp: bool, ruleset: &Ruleset, farm: &Farm) -> Action {
@@ -655,6 +691,7 @@ mod tests {
             relay: model::Relay::Maildir("/nonexistent".to_owned()),
             tls: None,
             auth: None,
+            directory: None,
             bare_line_ends: BarePolicy::Reject,
             ban_response: BanResponse::Close521,
             rate_limits: vec![],
@@ -689,6 +726,7 @@ mod tests {
             Action::Recipient { .. } => 1,
             Action::Greylist { .. } => 2,
             Action::Authenticate { .. } => 3,
+            Action::Directory { .. } => 4,
             Action::StartTls(r) => r.code(),
             Action::Data => 354,
         }

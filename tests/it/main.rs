@@ -5,6 +5,7 @@
 
 mod admin;
 mod cli;
+mod directory;
 mod dnsbl;
 mod greylist;
 mod policies;

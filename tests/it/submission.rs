@@ -2,15 +2,14 @@
 //! PLAIN and LOGIN inside TLS only, against the compiled credential table and a real slapd,
 //! sender ownership, the STARTTLS injection attack, failed attempts banning the client.
 
-use crate::support::{code, Behaviour, Sink, TestNode};
+use crate::support::{code, Behaviour, Sink, Slapd, TestNode};
 use base64::Engine;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, ServerName};
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
-use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
 
 /// A throwaway CA and a certificate for mx.test.example it signed, made with the openssl command.
@@ -203,95 +202,6 @@ async fn implicit_tls_and_failed_attempts_ban_the_client() {
 }
 
 // ----- LDAP ------------------------------------------------------------------------------------
-
-struct Slapd {
-    child: Option<Child>,
-    dir: tempfile::TempDir,
-    port: u16,
-}
-
-impl Drop for Slapd {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
-impl Slapd {
-    /// A slapd of our own on a loopback port, with a test directory of users. `None` (skipped)
-    /// only outside CI when slapd is not installed.
-    async fn start() -> Option<Slapd> {
-        if Command::new("slapd").arg("-VV").stderr(Stdio::null()).status().is_err() {
-            if std::env::var_os("CI").is_some() {
-                panic!("CI=true and slapd is not installed");
-            }
-            eprintln!("slapd not available: LDAP tests skipped (they run in CI)");
-            return None;
-        }
-        let dir = tempfile::tempdir().unwrap();
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let db = dir.path().join("db");
-        std::fs::create_dir_all(&db).unwrap();
-        let module_path = ["/usr/lib/ldap", "/usr/lib/x86_64-linux-gnu/ldap", "/usr/lib/openldap"]
-            .into_iter()
-            .find(|p| Path::new(p).join("back_mdb.so").exists() || Path::new(p).join("back_mdb.la").exists())
-            .unwrap_or("/usr/lib/ldap");
-        let conf = dir.path().join("slapd.conf");
-        std::fs::write(
-            &conf,
-            format!(
-                "include /etc/ldap/schema/core.schema\ninclude /etc/ldap/schema/cosine.schema\ninclude /etc/ldap/schema/inetorgperson.schema\n\
-                 modulepath {module_path}\nmoduleload back_mdb\npidfile {pid}\n\
-                 database mdb\nsuffix \"dc=example,dc=test\"\nrootdn \"cn=admin,dc=example,dc=test\"\nrootpw admin-secret\n\
-                 directory {db}\nmaxsize 10485760\n",
-                pid = dir.path().join("slapd.pid").display(),
-                db = db.display()
-            ),
-        )
-        .unwrap();
-        let ldif = dir.path().join("users.ldif");
-        std::fs::write(
-            &ldif,
-            "dn: dc=example,dc=test\nobjectClass: dcObject\nobjectClass: organization\no: Example\ndc: example\n\n\
-             dn: ou=people,dc=example,dc=test\nobjectClass: organizationalUnit\nou: people\n\n\
-             dn: uid=carol,ou=people,dc=example,dc=test\nobjectClass: inetOrgPerson\nuid: carol\ncn: Carol\nsn: C\n\
-             mail: carol@example.test\nuserPassword: ldap-pass\n\n",
-        )
-        .unwrap();
-        let added = Command::new("slapadd").arg("-f").arg(&conf).arg("-l").arg(&ldif).output().unwrap();
-        assert!(added.status.success(), "slapadd: {}", String::from_utf8_lossy(&added.stderr));
-        let mut slapd = Slapd { child: None, dir, port };
-        slapd.run().await;
-        Some(slapd)
-    }
-
-    async fn run(&mut self) {
-        let child = Command::new("slapd")
-            .arg("-f")
-            .arg(self.dir.path().join("slapd.conf"))
-            .arg("-h")
-            .arg(format!("ldap://127.0.0.1:{}/", self.port))
-            .args(["-d", "0"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        self.child = Some(child);
-        for _ in 0..200 {
-            if tokio::net::TcpStream::connect(("127.0.0.1", self.port)).await.is_ok() {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
-        panic!("slapd did not start");
-    }
-
-    fn stop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ldap_bind_checks_passwords_and_a_directory_down_gives_454() {

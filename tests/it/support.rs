@@ -2,6 +2,8 @@
 //! client, and an mtac node started in-process on 127.0.0.1:0.
 
 use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
@@ -252,6 +254,11 @@ impl TestNode {
     /// Start a node for `policy`, where `{backend}` is replaced by the sink's address, `{dir}` by
     /// a temporary directory (spool, maildir). The first listener should be "127.0.0.1:0".
     pub async fn start(policy: &str, backend: Option<SocketAddr>) -> TestNode {
+        TestNode::start_with(policy, backend, mtac_compiler::Options::default()).await
+    }
+
+    /// [`TestNode::start`], compiling (and reloading) with `options`.
+    pub async fn start_with(policy: &str, backend: Option<SocketAddr>, options: mtac_compiler::Options) -> TestNode {
         let dir = tempfile::tempdir().unwrap();
         let text = policy
             .replace("{backend}", &backend.map(|b| b.to_string()).unwrap_or_default())
@@ -260,7 +267,7 @@ impl TestNode {
         std::fs::write(&path, &text).unwrap();
         let p = path.clone();
         let loader: mtac_runtime::Loader = Arc::new(move || {
-            let c = mtac_compiler::compile_path(&p);
+            let c = mtac_compiler::compile_path_with(&p, &options);
             c.output
                 .map(|o| o.ruleset)
                 .ok_or_else(|| c.diagnostics.list.iter().map(|d| d.message.clone()).collect::<Vec<_>>().join("; "))
@@ -360,5 +367,109 @@ impl TestNode {
             mtac_runtime::admin::get(&self.admin.to_string(), "/metrics", Duration::from_secs(5)).await.unwrap();
         assert_eq!(status, 200);
         body
+    }
+}
+
+// ----- a real slapd on a loopback port ----------------------------------------------------------
+
+/// A slapd of our own (Debian's package) with a test directory under dc=example,dc=test.
+pub struct Slapd {
+    child: Option<Child>,
+    dir: tempfile::TempDir,
+    pub port: u16,
+}
+
+impl Drop for Slapd {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+impl Slapd {
+    /// A slapd of our own on a loopback port, with a test directory of users. `None` (skipped)
+    /// only outside CI when slapd is not installed.
+    pub async fn start() -> Option<Slapd> {
+        Slapd::start_with("", "").await
+    }
+
+    /// With more slapd.conf lines for the database (`limits`…) and more LDIF entries.
+    pub async fn start_with(database_conf: &str, entries: &str) -> Option<Slapd> {
+        if Command::new("slapd").arg("-VV").stderr(Stdio::null()).status().is_err() {
+            if std::env::var_os("CI").is_some() {
+                panic!("CI=true and slapd is not installed");
+            }
+            eprintln!("slapd not available: LDAP tests skipped (they run in CI)");
+            return None;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let db = dir.path().join("db");
+        std::fs::create_dir_all(&db).unwrap();
+        let module_path = ["/usr/lib/ldap", "/usr/lib/x86_64-linux-gnu/ldap", "/usr/lib/openldap"]
+            .into_iter()
+            .find(|p| Path::new(p).join("back_mdb.so").exists() || Path::new(p).join("back_mdb.la").exists())
+            .unwrap_or("/usr/lib/ldap");
+        let conf = dir.path().join("slapd.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "include /etc/ldap/schema/core.schema\ninclude /etc/ldap/schema/cosine.schema\ninclude /etc/ldap/schema/inetorgperson.schema\n\
+                 modulepath {module_path}\nmoduleload back_mdb\npidfile {pid}\n\
+                 database mdb\nsuffix \"dc=example,dc=test\"\nrootdn \"cn=admin,dc=example,dc=test\"\nrootpw admin-secret\n\
+                 directory {db}\nmaxsize 104857600\n{database_conf}\n",
+                pid = dir.path().join("slapd.pid").display(),
+                db = db.display()
+            ),
+        )
+        .unwrap();
+        let ldif = dir.path().join("users.ldif");
+        std::fs::write(
+            &ldif,
+            format!(
+                "dn: dc=example,dc=test\nobjectClass: dcObject\nobjectClass: organization\no: Example\ndc: example\n\n\
+             dn: ou=people,dc=example,dc=test\nobjectClass: organizationalUnit\nou: people\n\n\
+             dn: uid=carol,ou=people,dc=example,dc=test\nobjectClass: inetOrgPerson\nuid: carol\ncn: Carol\nsn: C\n\
+             mail: carol@example.test\nuserPassword: ldap-pass\n\n{entries}",
+            ),
+        )
+        .unwrap();
+        let added = Command::new("slapadd").arg("-f").arg(&conf).arg("-l").arg(&ldif).output().unwrap();
+        assert!(added.status.success(), "slapadd: {}", String::from_utf8_lossy(&added.stderr));
+        let mut slapd = Slapd { child: None, dir, port };
+        slapd.run().await;
+        Some(slapd)
+    }
+
+    pub async fn run(&mut self) {
+        let child = Command::new("slapd")
+            .arg("-f")
+            .arg(self.dir.path().join("slapd.conf"))
+            .arg("-h")
+            .arg(format!("ldap://127.0.0.1:{}/", self.port))
+            .args(["-d", "0"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        for _ in 0..200 {
+            if tokio::net::TcpStream::connect(("127.0.0.1", self.port)).await.is_ok() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("slapd did not start");
+    }
+
+    /// The process id, to suspend it (SIGSTOP: a directory that hangs).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
     }
 }
