@@ -110,7 +110,8 @@ farm "users" kind="submission" {{
     let server = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
     let (addr_tx, addr_rx) = std::sync::mpsc::channel();
     server.spawn(async move {
-        let loader: mtac_runtime::Loader = Arc::new(move || mtac_ruleset::Ruleset::from_vec(bytes.clone()).map_err(|e| e.to_string()));
+        let loader: mtac_runtime::Loader =
+            Arc::new(move || mtac_ruleset::Ruleset::from_vec(bytes.clone()).map_err(|e| e.to_string()));
         let node = mtac_runtime::Node::new(loader.clone()).unwrap();
         let listeners = node.bind(mtac_runtime::AdminAddress::Off).await.unwrap();
         addr_tx.send(listeners.smtp[0].0.local_addr().unwrap()).unwrap();

@@ -77,7 +77,11 @@ async fn run(client: &Arc<DirectoryClient>, length: Duration, cached: Option<usi
                     None => n,
                 };
                 // Even: an existing user; odd: an address that does not exist.
-                let address = if n % 2 == 0 { format!("u{}@example.test", (n / 2) % users) } else { format!("x{n}@example.test") };
+                let address = if n % 2 == 0 {
+                    format!("u{}@example.test", (n / 2) % users)
+                } else {
+                    format!("x{n}@example.test")
+                };
                 let started = Instant::now();
                 let (answer, _) = client.lookup(&address).await;
                 latencies.push(started.elapsed());
@@ -96,7 +100,9 @@ async fn run(client: &Arc<DirectoryClient>, length: Duration, cached: Option<usi
         unavailable += u;
     }
     all.sort_unstable();
-    let pct = |p: f64| all.get(((all.len() as f64 * p) as usize).min(all.len().saturating_sub(1))).copied().unwrap_or_default();
+    let pct = |p: f64| {
+        all.get(((all.len() as f64 * p) as usize).min(all.len().saturating_sub(1))).copied().unwrap_or_default()
+    };
     let (known, unknown) = client.cached();
     println!(
         "{:<5} {:>9.0} lookups/s   p50 {:>8.1?}   p99 {:>8.1?}   unavailable {unavailable}   cached {known} known / {unknown} unknown",

@@ -1,0 +1,89 @@
+#!/usr/bin/env bash
+# The node image without Nix and without a Docker engine, as `.ci/run` checks it:
+#   1. a static mtac for x86_64-unknown-linux-musl (ldd: not a dynamic executable);
+#   2. the OCI layout built twice from it and tests/image/policy.kdl: identical digests;
+#   3. skopeo inspects it and umoci unpacks it;
+#   4. the unpacked root, with nothing else in it, answers an SMTP session under chroot as the
+#      image's user, and delivers the message into its maildir.
+# Leaves the image in target/oci/mtac (for `skopeo copy oci:target/oci/mtac:TAG docker://…`).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+target=x86_64-unknown-linux-musl
+export CC_x86_64_unknown_linux_musl="${CC_x86_64_unknown_linux_musl:-musl-gcc}"
+cargo build --release --locked --target "$target" --bin mtac
+bin="target/$target/release/mtac"
+if ldd "$bin" >/dev/null 2>&1; then
+    echo "image: $bin is dynamically linked:" >&2
+    ldd "$bin" >&2
+    exit 1
+fi
+echo "image: static binary $(stat -c %s "$bin") bytes ($(file -b "$bin" 2>/dev/null | cut -d, -f1-2 || true))"
+
+work="$(mktemp -d)"
+pid=""
+cleanup() {
+    if [ -n "$pid" ]; then kill "$pid" 2>/dev/null || true; fi
+    rm -rf "$work"
+}
+trap cleanup EXIT
+
+"$bin" build tests/image/policy.kdl -o "$work/ruleset.mtac" --format json >/dev/null
+export SOURCE_DATE_EPOCH="${SOURCE_DATE_EPOCH:-$(git log -1 --format=%ct 2>/dev/null || echo 1)}"
+first="$(python3 nix/oci-image.py --binary "$bin" --ruleset "$work/ruleset.mtac" --out "$work/a" --tag test)"
+second="$(python3 nix/oci-image.py --binary "$bin" --ruleset "$work/ruleset.mtac" --out "$work/b" --tag test)"
+if [ "$first" != "$second" ] || ! diff -r "$work/a" "$work/b" >/dev/null; then
+    echo "image: two builds differ: $first vs $second" >&2
+    exit 1
+fi
+echo "image: reproducible, manifest $first"
+
+inspected="$(skopeo inspect "oci:$work/a:test")"
+python3 - "$inspected" "$first" <<'PY'
+import json, sys
+info = json.loads(sys.argv[1])
+assert info["Digest"] == sys.argv[2], (info["Digest"], sys.argv[2])
+assert info["Architecture"] == "amd64" and info["Os"] == "linux", info
+assert len(info["Layers"]) == 1, info["Layers"]
+print("image: skopeo inspect ok,", info["Layers"][0])
+PY
+
+umoci unpack --image "$work/a:test" "$work/bundle" >/dev/null
+root="$work/bundle/rootfs"
+test "$(stat -c %u "$root/run/mtac/spool")" = 65534
+echo "image: umoci unpack ok: $(cd "$root" && find . -mindepth 1 | sort | tr '\n' ' ')"
+
+# The unpacked root holds nothing but the image: no libc, no /dev, no /proc, no resolv.conf.
+chroot --userspec=65534:65534 "$root" /usr/bin/mtac run /etc/mtac/ruleset.mtac --log-format json \
+    >"$work/node.log" 2>&1 &
+pid=$!
+python3 - <<'PY'
+import smtplib, time
+for _ in range(100):
+    try:
+        smtp = smtplib.SMTP("127.0.0.1", 2526, timeout=10)
+        break
+    except OSError:
+        time.sleep(0.1)
+else:
+    raise SystemExit("image: the node in the chroot never listened")
+code, _ = smtp.ehlo("client.example.org")
+assert code == 250, code
+refused = smtp.sendmail("a@client.example.org", ["postmaster@example.test"], b"Subject: from the image\r\n\r\nhello\r\n")
+assert refused == {}, refused
+smtp.quit()
+print("image: SMTP session answered from the chroot")
+PY
+kill -TERM "$pid"
+wait "$pid" || true
+pid=""
+delivered="$(find "$root/var/lib/mtac/Maildir/new" -type f | wc -l)"
+if [ "$delivered" != 1 ]; then
+    echo "image: expected 1 delivered message, found $delivered" >&2
+    cat "$work/node.log" >&2
+    exit 1
+fi
+mkdir -p target/oci
+rm -rf target/oci/mtac
+cp -r "$work/a" target/oci/mtac
+echo "image: ok (target/oci/mtac)"
