@@ -1082,7 +1082,7 @@ impl<'d> Lowerer<'d> {
                 "relay" => self.relay(at, farm),
                 "deliver" => self.deliver(at, dir, farm),
                 "tls" => self.tls(at, dir, farm),
-                "auth" => self.auth(at, farm),
+                "auth" => self.auth(at, dir, farm),
                 "directory" => self.directory(at, dir, farm),
                 "bare-line-ends" => {
                     self.shape(at, &[], 1, false);
@@ -2143,7 +2143,7 @@ impl<'d> Lowerer<'d> {
         }
     }
 
-    fn auth(&mut self, at: At<'_>, farm: &mut DraftFarm) {
+    fn auth(&mut self, at: At<'_>, dir: &Path, farm: &mut DraftFarm) {
         self.shape(at, &["mechanisms", "max-failures"], 0, true);
         let mechanisms: Vec<String> = match Self::prop(at, "mechanisms") {
             Some(e) => self
@@ -2170,8 +2170,10 @@ impl<'d> Lowerer<'d> {
             Self::prop(at, "max-failures").and_then(|e| self.u32_value(e, at.file, "`max-failures`", 1)).unwrap_or(5);
         let mut backend = None;
         let mut users = Vec::new();
+        let mut sender_aliases = Vec::new();
         for child in Self::children(at) {
             match child.node.name().value() {
+                "may-send-as" => self.sender_aliases(child, dir, &mut sender_aliases),
                 "ldap" => {
                     self.shape(child, &["url", "bind-dn"], 0, false);
                     let url = Self::prop(child, "url").and_then(|e| self.string(e, child.file, "`url`"));
@@ -2211,7 +2213,7 @@ impl<'d> Lowerer<'d> {
                         _ => {}
                     }
                 }
-                _ => self.unknown_node(child, &["ldap", "user"], "`auth`"),
+                _ => self.unknown_node(child, &["ldap", "user", "may-send-as"], "`auth`"),
             }
         }
         let backend = match (backend, users.is_empty()) {
@@ -2240,7 +2242,49 @@ impl<'d> Lowerer<'d> {
                 return;
             }
         };
-        farm.auth = Some((Auth { mechanisms, backend, max_failures }, self.origin_of(at)));
+        sender_aliases.sort_unstable();
+        sender_aliases.dedup();
+        farm.auth = Some((Auth { mechanisms, backend, max_failures, sender_aliases }, self.origin_of(at)));
+    }
+
+    /// `may-send-as "USER" "ADDRESS"…`, or `may-send-as file="…"` with lines `USER ADDRESS…`.
+    fn sender_aliases(&mut self, at: At<'_>, dir: &Path, out: &mut Vec<(String, String)>) {
+        self.shape(at, &["file"], usize::MAX, false);
+        let inline = Self::args(at).count();
+        let mut values = Vec::new();
+        self.values(at, dir, &mut values, &mut Sources::default());
+        // The arguments are one line ("USER ADDRESS…"); each line of the file is another.
+        let mut lines: Vec<(String, Origin)> = Vec::new();
+        if inline > 0 {
+            let joined = values.iter().take(inline).map(|(v, _)| v.as_str()).collect::<Vec<_>>().join(" ");
+            lines.push((joined, self.origin_of(at)));
+        }
+        lines.extend(values.into_iter().skip(inline));
+        for (line, origin) in lines {
+            let mut words = line.split_whitespace();
+            let user = words.next().unwrap_or_default().to_ascii_lowercase();
+            let addresses: Vec<&str> = words.collect();
+            if addresses.is_empty() {
+                self.report(
+                    Diag::error("mtac::auth::may-send-as", format!("`{line}` names no address"))
+                        .help("write the user, then the addresses they may send as: may-send-as \"alice\" \"sales@example.com\""),
+                    origin,
+                    "user without addresses",
+                );
+            }
+            for address in addresses {
+                if syntax::is_mailbox(address) {
+                    out.push((user.clone(), address.to_ascii_lowercase()));
+                } else {
+                    self.report(
+                        Diag::error("mtac::address", format!("`{address}` is not a valid address"))
+                            .help("write local-part@domain, e.g. sales@example.com"),
+                        origin,
+                        "invalid address",
+                    );
+                }
+            }
+        }
     }
 
     /// `directory "ldap://…" base="…" { attributes …; filter …; bind …; cache … }`: recipients

@@ -570,6 +570,17 @@ pub struct Auth {
     pub backend: AuthBackend,
     /// Failed attempts before the client is banned.
     pub max_failures: u32,
+    /// Addresses a user may use as MAIL FROM besides their own: (user, address) pairs,
+    /// lowercase, sorted (binary-searched at MAIL FROM).
+    pub sender_aliases: Vec<(String, String)>,
+}
+
+impl Auth {
+    /// Has `user` been given `address` with `may-send-as`?
+    pub fn may_send_as(&self, user: &str, address: &str) -> bool {
+        let key = (user.to_ascii_lowercase(), address.to_ascii_lowercase());
+        self.sender_aliases.binary_search(&key).is_ok()
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

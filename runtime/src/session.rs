@@ -394,11 +394,15 @@ impl Session {
     }
 
     /// May the authenticated user send as `sender`? The null sender, the user's own address
-    /// (a user name that is an address), or USER@ one of the farm's local domains.
+    /// (a user name that is an address), USER@ one of the farm's local domains, or an address
+    /// the policy gave the user (`may-send-as`).
     fn owns(&self, sender: &str, ruleset: &Ruleset, farm: &Farm) -> bool {
         use mtac_ruleset::eval::Lookup;
         let Some(user) = &self.authenticated else { return true };
         if sender.is_empty() || sender.eq_ignore_ascii_case(user) {
+            return true;
+        }
+        if farm.auth.as_ref().is_some_and(|a| a.may_send_as(user, sender)) {
             return true;
         }
         let Some((local, domain)) = sender.rsplit_once('@') else { return false };

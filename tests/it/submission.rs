@@ -113,7 +113,16 @@ async fn submission_needs_tls_then_auth_and_the_user_owns_the_sender() {
     let dir = tempfile::tempdir().unwrap();
     let (cert, key) = certificate(dir.path());
     let sink = Sink::start(Behaviour::default()).await;
-    let auth = format!(r#"auth max-failures=5 {{ user "alice" hash="{}" }}"#, phc("correct horse"));
+    std::fs::write(dir.path().join("senders.txt"), "# user  addresses\nalice  helpdesk@example.test\n").unwrap();
+    let auth = format!(
+        r#"auth max-failures=5 {{
+        user "alice" hash="{}"
+        may-send-as "alice" "Sales@example.test" "alice.smith@partner.example"
+        may-send-as file="{}"
+    }}"#,
+        phc("correct horse"),
+        dir.path().join("senders.txt").display()
+    );
     let node = TestNode::start(&policy(&cert, &key, &auth, ""), Some(sink.addr)).await;
 
     // In clear text: STARTTLS offered, AUTH neither offered nor accepted, no mail.
@@ -150,8 +159,16 @@ async fn submission_needs_tls_then_auth_and_the_user_owns_the_sender() {
     let r = s.cmd(&b64("correct horse")).await;
     assert!(r.starts_with("235 2.7.0"), "{r}");
 
-    // Sender ownership: alice may send as alice@ a local domain, not as bob.
+    // Sender ownership: alice may send as alice@ a local domain and as the addresses the policy
+    // gave her (inline and from a file, any case), not as bob.
     let r = s.cmd("MAIL FROM:<bob@example.test>").await;
+    assert!(r.starts_with("553 5.7.1"), "{r}");
+    for alias in ["sales@EXAMPLE.test", "alice.smith@partner.example", "helpdesk@example.test"] {
+        let r = s.cmd(&format!("MAIL FROM:<{alias}>")).await;
+        assert_eq!(code(&r), 250, "{alias}: {r}");
+        s.cmd("RSET").await;
+    }
+    let r = s.cmd("MAIL FROM:<bob.smith@partner.example>").await;
     assert!(r.starts_with("553 5.7.1"), "{r}");
     assert_eq!(code(&s.cmd("MAIL FROM:<alice@example.test>").await), 250);
     let r = s.cmd("RCPT TO:<friend@elsewhere.example>").await;
