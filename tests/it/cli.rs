@@ -131,6 +131,21 @@ fn policy_tests_pass_on_the_shipped_policies_and_fail_loudly_on_a_wrong_expectat
     assert!(stdout.contains("FAIL"), "{stdout}");
     assert!(stdout.contains("- expected: accept"), "{stdout}");
     assert!(stdout.contains("+ got:      554 5.7.1 Relay access denied at rcpt (rule relay)"), "{stdout}");
+
+    // "accept" that hangs on a fact the node would still look up is not a passing test.
+    let company = std::fs::canonicalize("examples/company/policy.kdl").unwrap();
+    let test = dir.path().join("undecided.test.kdl");
+    std::fs::write(
+        &test,
+        format!(
+            "policy {:?}\ntest \"new hire\" {{\n farm \"mx\"\n client \"192.0.2.10\"\n helo \"mail.partner.example\"\n from \"a@partner.example\"\n rcpt \"new.hire@acme.example\"\n expect \"accept\"\n}}\n",
+            company.display().to_string()
+        ),
+    )
+    .unwrap();
+    let out = mtac(&["test", test.to_str().unwrap()]);
+    assert_eq!(code(&out), 1, "{}", text(&out.stdout));
+    assert!(text(&out.stdout).contains("give directory"), "{}", text(&out.stdout));
 }
 
 #[test]
