@@ -4,6 +4,7 @@
 //! `argon2` crate's defaults: m=19 MiB, t=2), MAIL, RCPT, a 2 KiB message into a maildir, QUIT.
 //!
 //!     cargo bench --bench submission                # 10 s, 16 clients
+//!     cargo bench --bench submission -- --cached    # with `auth cache="10m"`: one hash per user
 //!     cargo bench --bench submission -- --quick     # 2 s
 //!
 //! Reports submissions per second and the p50/p99 of a whole submission, and separately how
@@ -72,6 +73,8 @@ async fn submit(node: SocketAddr, tls: &tokio_rustls::TlsConnector, auth: &str, 
 fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
     let seconds = if quick { 2 } else { 10 };
+    let cached = std::env::args().any(|a| a == "--cached");
+    let cache = if cached { r#"cache="10m""# } else { "" };
     let dir = tempfile::tempdir().unwrap();
     let root = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/company/tls");
     let hash: String = {
@@ -89,14 +92,15 @@ farm "users" kind="submission" {{
         connections-per-ip 1000
     }}
     tls certificate="{root}/example-cert.pem" key="{root}/example-key.pem" name="smtp.acme.example"
-    auth {{
+    auth {cache} {{
         user "alice" hash="{hash}"
     }}
     deliver maildir="{d}/Maildir"
 }}
 "#,
         d = dir.path().display(),
-        hash = hash
+        hash = hash,
+        cache = cache
     );
     let path = dir.path().join("policy.kdl");
     std::fs::write(&path, policy).unwrap();
@@ -177,7 +181,10 @@ farm "users" kind="submission" {{
         }
         all.sort_unstable();
         let pct = |p: f64| all.get(((all.len() as f64 * p) as usize).min(all.len().saturating_sub(1))).copied().unwrap_or_default();
-        println!("{CLIENTS} clients, node on one runtime thread (Argon2 runs on its blocking pool), {seconds} s");
+        println!(
+            "{CLIENTS} clients, node on one runtime thread (Argon2 runs on its blocking pool), {seconds} s{}",
+            if cached { ", login cache on" } else { "" }
+        );
         println!(
             "submissions/s {:.1}   p50 {:.1?}   p99 {:.1?}   failed {failed}   (one Argon2id check here: {per_check:.1?})",
             all.len() as f64 / seconds as f64,

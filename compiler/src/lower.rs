@@ -2144,7 +2144,7 @@ impl<'d> Lowerer<'d> {
     }
 
     fn auth(&mut self, at: At<'_>, dir: &Path, farm: &mut DraftFarm) {
-        self.shape(at, &["mechanisms", "max-failures"], 0, true);
+        self.shape(at, &["mechanisms", "max-failures", "cache"], 0, true);
         let mechanisms: Vec<String> = match Self::prop(at, "mechanisms") {
             Some(e) => self
                 .string(e, at.file, "`mechanisms`")
@@ -2168,6 +2168,7 @@ impl<'d> Lowerer<'d> {
         }
         let max_failures =
             Self::prop(at, "max-failures").and_then(|e| self.u32_value(e, at.file, "`max-failures`", 1)).unwrap_or(5);
+        let cache_ttl = Self::prop(at, "cache").and_then(|e| self.duration(e, at.file, "`cache`")).unwrap_or(0);
         let mut backend = None;
         let mut users = Vec::new();
         let mut sender_aliases = Vec::new();
@@ -2244,7 +2245,7 @@ impl<'d> Lowerer<'d> {
         };
         sender_aliases.sort_unstable();
         sender_aliases.dedup();
-        farm.auth = Some((Auth { mechanisms, backend, max_failures, sender_aliases }, self.origin_of(at)));
+        farm.auth = Some((Auth { mechanisms, backend, max_failures, cache_ttl, sender_aliases }, self.origin_of(at)));
     }
 
     /// `may-send-as "USER" "ADDRESS"…`, or `may-send-as file="…"` with lines `USER ADDRESS…`.

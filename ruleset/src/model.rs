@@ -570,6 +570,8 @@ pub struct Auth {
     pub backend: AuthBackend,
     /// Failed attempts before the client is banned.
     pub max_failures: u32,
+    /// Seconds a successful login is remembered (0: every AUTH checks the password).
+    pub cache_ttl: u32,
     /// Addresses a user may use as MAIL FROM besides their own: (user, address) pairs,
     /// lowercase, sorted (binary-searched at MAIL FROM).
     pub sender_aliases: Vec<(String, String)>,

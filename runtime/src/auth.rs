@@ -10,6 +10,50 @@ use crate::session::AuthVerdict;
 use mtac_ruleset::model::{Auth, AuthBackend};
 use std::time::Duration;
 
+/// Logins that succeeded, remembered for the farm's `auth cache=` so that a mail client that
+/// reconnects for every message does not pay an Argon2 hash (or an LDAP bind) each time — like
+/// Dovecot's auth_cache. Keys are a keyed BLAKE3 of user and password (the key is random per
+/// node and per ruleset load), so the cache holds no password and no reusable hash; a wrong
+/// password never matches and failures are never cached. A reload starts an empty cache, so a
+/// password changed in the ruleset takes effect at once; one changed in LDAP, within the TTL.
+pub struct LoginCache {
+    key: [u8; 32],
+    logins: moka::sync::Cache<[u8; 32], ()>,
+}
+
+impl LoginCache {
+    /// `None` when the farm does not cache, or no random key could be drawn.
+    pub fn new(auth: &Auth) -> Option<LoginCache> {
+        if auth.cache_ttl == 0 {
+            return None;
+        }
+        let mut key = [0u8; 32];
+        rustls::crypto::ring::default_provider().secure_random.fill(&mut key).ok()?;
+        let logins = moka::sync::Cache::builder()
+            .max_capacity(100_000)
+            .time_to_live(Duration::from_secs(u64::from(auth.cache_ttl)))
+            .build();
+        Some(LoginCache { key, logins })
+    }
+
+    fn entry(&self, user: &str, password: &str) -> [u8; 32] {
+        let mut h = blake3::Hasher::new_keyed(&self.key);
+        // Lengths first: ("ab", "c") and ("a", "bc") are different logins.
+        h.update(&(user.len() as u64).to_le_bytes());
+        h.update(user.to_ascii_lowercase().as_bytes());
+        h.update(password.as_bytes());
+        *h.finalize().as_bytes()
+    }
+
+    pub fn knows(&self, user: &str, password: &str) -> bool {
+        self.logins.contains_key(&self.entry(user, password))
+    }
+
+    pub fn remember(&self, user: &str, password: &str) {
+        self.logins.insert(self.entry(user, password), ());
+    }
+}
+
 /// How long an LDAP bind may take.
 const LDAP_TIMEOUT: Duration = Duration::from_secs(5);
 

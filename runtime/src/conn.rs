@@ -332,7 +332,10 @@ async fn run(
         }
 
         let action = match action {
-            Action::Authenticate { user, password } => authenticate(conn.shared, session, farm, user, password).await,
+            Action::Authenticate { user, password } => {
+                let cache = snapshot.login_cache(farm_index);
+                authenticate(conn.shared, session, farm, cache, user, password).await
+            }
             other => other,
         };
         let action = match action {
@@ -757,9 +760,26 @@ async fn greylist(
 
 /// Check AUTH credentials. A failure costs the client a second (brute force gets slow), counts
 /// toward the farm's `max-failures` across its sessions, and past it bans the address.
-async fn authenticate(shared: &Shared, session: &mut Session, farm: &Farm, user: String, password: String) -> Action {
+async fn authenticate(
+    shared: &Shared,
+    session: &mut Session,
+    farm: &Farm,
+    cache: Option<&crate::auth::LoginCache>,
+    user: String,
+    password: String,
+) -> Action {
     let verdict = match &farm.auth {
-        Some(auth) => crate::auth::verify(auth, &user, &password).await,
+        Some(_) if cache.is_some_and(|c| c.knows(&user, &password)) => {
+            shared.metrics.auth_cached.inc();
+            AuthVerdict::Valid
+        }
+        Some(auth) => {
+            let verdict = crate::auth::verify(auth, &user, &password).await;
+            if let (AuthVerdict::Valid, Some(cache)) = (&verdict, cache) {
+                cache.remember(&user, &password);
+            }
+            verdict
+        }
         None => AuthVerdict::Invalid,
     };
     drop(password);

@@ -152,6 +152,7 @@ pub struct Metrics {
     pub greylist: Family<GreylistOutcome, Counter>,
     pub scans: Family<ScanResult, Counter>,
     pub auth: Family<AuthOutcome, Counter>,
+    pub auth_cached: Counter,
     pub tls_sessions: Family<FarmLabel, Counter>,
     pub viruses: Family<FarmLabel, Counter>,
     pub spam_score: Family<ScannerLabel, Histogram, fn() -> Histogram>,
@@ -197,6 +198,7 @@ impl Metrics {
             greylist: Family::default(),
             scans: Family::default(),
             auth: Family::default(),
+            auth_cached: Counter::default(),
             tls_sessions: Family::default(),
             viruses: Family::default(),
             spam_score: Family::new_with_constructor(score_histogram),
@@ -255,6 +257,11 @@ impl Metrics {
         registry.register("greylist", "Greylist decisions, by outcome", m.greylist.clone());
         registry.register("scans", "Scanner answers, by scanner and result", m.scans.clone());
         registry.register("auth", "SMTP AUTH attempts, by outcome", m.auth.clone());
+        registry.register(
+            "auth_cache_hits",
+            "Successful AUTH answered from the login cache (no password hash, no LDAP bind)",
+            m.auth_cached.clone(),
+        );
         registry.register("tls_sessions", "Sessions that started TLS", m.tls_sessions.clone());
         registry.register("viruses", "Messages refused for a virus", m.viruses.clone());
         registry.register("spam_score", "Spam scores given by the scanners", m.spam_score.clone());

@@ -80,6 +80,8 @@ pub struct Snapshot {
     tls: Vec<Option<crate::tls::FarmTls>>,
     /// Per farm: its recipient directory, if it validates recipients against LDAP at run time.
     directories: Vec<Option<Arc<crate::directory::DirectoryClient>>>,
+    /// Per farm: logins remembered (`auth cache=`); new, and empty, at every reload.
+    login_caches: Vec<Option<crate::auth::LoginCache>>,
 }
 
 impl Snapshot {
@@ -134,7 +136,14 @@ impl Snapshot {
                 }
             }
         }
-        Ok(Snapshot { ruleset, relays, maildirs, tls, directories })
+        let login_caches =
+            ruleset.policy().farms.iter().map(|f| f.auth.as_ref().and_then(crate::auth::LoginCache::new)).collect();
+        Ok(Snapshot { ruleset, relays, maildirs, tls, directories, login_caches })
+    }
+
+    /// The login cache of the farm at `index`, if it caches.
+    pub fn login_cache(&self, farm: usize) -> Option<&crate::auth::LoginCache> {
+        self.login_caches.get(farm).and_then(Option::as_ref)
     }
 
     /// The recipient directory of the farm at `index`.

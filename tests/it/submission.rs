@@ -115,7 +115,7 @@ async fn submission_needs_tls_then_auth_and_the_user_owns_the_sender() {
     let sink = Sink::start(Behaviour::default()).await;
     std::fs::write(dir.path().join("senders.txt"), "# user  addresses\nalice  helpdesk@example.test\n").unwrap();
     let auth = format!(
-        r#"auth max-failures=5 {{
+        r#"auth max-failures=5 cache="1h" {{
         user "alice" hash="{}"
         may-send-as "alice" "Sales@example.test" "alice.smith@partner.example"
         may-send-as file="{}"
@@ -185,6 +185,22 @@ async fn submission_needs_tls_then_auth_and_the_user_owns_the_sender() {
     let m = node.metrics().await;
     assert_eq!(crate::support::sample(&m, r#"mtac_auth_total{farm="users",outcome="success"}"#), 1.0, "{m}");
     assert_eq!(crate::support::sample(&m, r#"mtac_auth_total{farm="users",outcome="failure"}"#), 1.0);
+    assert_eq!(crate::support::sample(&m, "mtac_auth_cache_hits_total"), 0.0);
+
+    // `cache="1h"`: the client's next login is answered without hashing; a wrong password, or
+    // another case of it, never matches the cached login.
+    let mut again = starttls(node.addr, &cert).await;
+    again.cmd("EHLO laptop.example.org").await;
+    let r = again.cmd(&format!("AUTH PLAIN {}", b64("\0ALICE\0correct horse"))).await;
+    assert!(r.starts_with("235"), "{r}");
+    let mut wrong = starttls(node.addr, &cert).await;
+    wrong.cmd("EHLO laptop.example.org").await;
+    let r = wrong.cmd(&format!("AUTH PLAIN {}", b64("\0alice\0Correct horse"))).await;
+    assert!(r.starts_with("535"), "{r}");
+    let m = node.metrics().await;
+    assert_eq!(crate::support::sample(&m, "mtac_auth_cache_hits_total"), 1.0, "{m}");
+    assert_eq!(crate::support::sample(&m, r#"mtac_auth_total{farm="users",outcome="success"}"#), 2.0);
+    assert_eq!(crate::support::sample(&m, r#"mtac_auth_total{farm="users",outcome="failure"}"#), 2.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
