@@ -14,6 +14,8 @@
 
 #[path = "../tests/common/any_certificate.rs"]
 mod any_certificate;
+#[path = "../tests/common/latencies.rs"]
+mod latencies;
 
 use base64::Engine;
 use std::net::SocketAddr;
@@ -160,7 +162,7 @@ farm "users" kind="submission" {{
             let (tls, auth, body) = (tls.clone(), auth.clone(), body.clone());
             tasks.push(tokio::spawn(async move {
                 let mut latencies = Vec::new();
-                let mut failed = 0u32;
+                let mut failed = 0u64;
                 while Instant::now() < deadline {
                     let t = Instant::now();
                     if submit(node, &tls, &auth, &body).await {
@@ -172,24 +174,17 @@ farm "users" kind="submission" {{
                 (latencies, failed)
             }));
         }
-        let mut all = Vec::new();
-        let mut failed = 0;
-        for t in tasks {
-            let (l, f) = t.await.unwrap();
-            all.extend(l);
-            failed += f;
-        }
-        all.sort_unstable();
-        let pct = |p: f64| all.get(((all.len() as f64 * p) as usize).min(all.len().saturating_sub(1))).copied().unwrap_or_default();
+        let all = latencies::gather(tasks).await;
+        let failed = all.failed;
         println!(
             "{CLIENTS} clients, node on one runtime thread (Argon2 runs on its blocking pool), {seconds} s{}",
             if cached { ", login cache on" } else { "" }
         );
         println!(
             "submissions/s {:.1}   p50 {:.1?}   p99 {:.1?}   failed {failed}   (one Argon2id check here: {per_check:.1?})",
-            all.len() as f64 / seconds as f64,
-            pct(0.50),
-            pct(0.99),
+            all.count() as f64 / seconds as f64,
+            all.quantile(0.50),
+            all.quantile(0.99),
         );
     });
     drop(server);

@@ -12,6 +12,8 @@
 //! ```
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic)]
 
+#[path = "../../tests/common/latencies.rs"]
+mod latencies;
 #[path = "../../tests/common/slapd.rs"]
 mod slapd;
 
@@ -92,24 +94,15 @@ async fn run(client: &Arc<DirectoryClient>, length: Duration, cached: Option<usi
             (latencies, unavailable)
         }));
     }
-    let mut all = Vec::new();
-    let mut unavailable = 0;
-    for t in tasks {
-        let (l, u) = t.await.unwrap();
-        all.extend(l);
-        unavailable += u;
-    }
-    all.sort_unstable();
-    let pct = |p: f64| {
-        all.get(((all.len() as f64 * p) as usize).min(all.len().saturating_sub(1))).copied().unwrap_or_default()
-    };
+    let all = latencies::gather(tasks).await;
+    let unavailable = all.failed;
     let (known, unknown) = client.cached();
     println!(
         "{:<5} {:>9.0} lookups/s   p50 {:>8.1?}   p99 {:>8.1?}   unavailable {unavailable}   cached {known} known / {unknown} unknown",
         if cached.is_some() { "warm" } else { "cold" },
-        all.len() as f64 / length.as_secs_f64(),
-        pct(0.50),
-        pct(0.99),
+        all.count() as f64 / length.as_secs_f64(),
+        all.quantile(0.50),
+        all.quantile(0.99),
     );
-    next.load(Ordering::Relaxed).min(all.len())
+    next.load(Ordering::Relaxed).min(all.count())
 }
