@@ -205,8 +205,11 @@ impl Session {
         self.greylist_pending = decision.greylist_pending;
         self.directory_pending = decision.directory_pending;
         let reply = decision.reply.as_ref().map(policy_reply);
-        if reply.is_some() {
-            self.refused_by = decision.rule.clone();
+        if let Some(r) = &reply {
+            // Only a permanent refusal may ban: a 4xx from the same rule is our own trouble (the
+            // directory or DNS did not answer), and banning for it would turn an outage of ours
+            // into a ban of every sender.
+            self.refused_by = if r.is_permanent() { decision.rule.clone() } else { None };
             if let Some(rule) = decision.rule {
                 self.note_rule(rule);
             }

@@ -202,3 +202,32 @@ async fn the_build_exports_the_directory_so_nodes_need_no_ldap() {
     let m = node.metrics().await;
     assert!(!m.contains("mtac_directory_lookups_total{"), "no lookup at run time: {m}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unknown_recipient_may_ban_but_a_directory_outage_never_does() {
+    let Some(mut slapd) = Slapd::start_with("", &people("")).await else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("ldap.secret");
+    std::fs::write(&secret, "reader-secret").unwrap();
+    let sink = Sink::start(Behaviour::default()).await;
+    let policy = directory_policy(slapd.port, &secret, "")
+        .replace("    local-addresses", "    ban after=\"recipient.directory\" duration=\"10m\"\n    local-addresses");
+    let node = TestNode::start(&policy, Some(sink.addr)).await;
+
+    // The directory is down: 451 for the recipient, and no ban for its sender.
+    slapd.stop();
+    let r = rcpts(node.addr, &["someone@example.test"]).await;
+    assert!(r[0].starts_with("451 4.4.3"), "{r:?}");
+    let r = rcpts(node.addr, &["dave@example.test"]).await;
+    assert!(r[0].starts_with("451 4.4.3"), "still served, not banned: {r:?}");
+    assert_eq!(sample(&node.metrics().await, "mtac_bans_total"), 0.0);
+
+    // Back up: an address that does not exist is a 550, and that bans.
+    slapd.run().await;
+    let r = rcpts(node.addr, &["nobody@example.test"]).await;
+    assert!(r[0].starts_with("550 5.1.1"), "{r:?}");
+    let mut c = Client::connect(node.addr).await;
+    let greeting = c.reply().await;
+    assert!(greeting.starts_with("521"), "banned after the 550: {greeting}");
+    assert_eq!(sample(&node.metrics().await, "mtac_bans_total"), 1.0);
+}
