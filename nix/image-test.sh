@@ -33,7 +33,12 @@ echo "image: static binary, $(stat -c %s "$built") bytes, $(stat -c %s "$bin") s
 work="$(mktemp -d)"
 pid=""
 cleanup() {
+    status=$?
     if [ -n "$pid" ]; then kill "$pid" 2>/dev/null || true; fi
+    if [ "$status" != 0 ] && [ -f "$work/node.log" ]; then
+        echo "image: the node's log:" >&2
+        cat "$work/node.log" >&2
+    fi
     rm -rf "$work"
 }
 trap cleanup EXIT
@@ -87,10 +92,9 @@ PY
 kill -TERM "$pid"
 wait "$pid" || true
 pid=""
-delivered="$(find "$root/var/lib/mtac/Maildir/new" -type f | wc -l)"
+delivered="$(find "$root/var/lib/mtac/Maildir/new" -type f 2>/dev/null | wc -l || true)"
 if [ "$delivered" != 1 ]; then
     echo "image: expected 1 delivered message, found $delivered" >&2
-    cat "$work/node.log" >&2
     exit 1
 fi
 rm -rf target/oci/mtac

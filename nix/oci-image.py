@@ -12,7 +12,8 @@ the unprivileged user 65534 the image runs as. Its entry point serves the rulese
 
 Reproducible: entries sorted, every timestamp SOURCE_DATE_EPOCH (default 1), owners numeric
 with no names, gzip without a name or time, JSON with sorted keys. The same binary and ruleset
-give the same digest on any machine; `.ci/run` builds twice and compares.
+give the same layer tar (diff_id) anywhere, and the same digests wherever Python's zlib is the
+same (a zlib-ng build may deflate differently); `.ci/run` builds twice and compares.
 """
 
 import argparse

@@ -110,7 +110,8 @@ impl Syslog {
 }
 
 fn local_hostname() -> String {
-    let name = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    // uname(2), not /proc/sys/kernel/hostname: systemd's ProcSubset=pid hides /proc/sys.
+    let name = mtac_runtime::hostname();
     let name = name.trim();
     // HOSTNAME is PRINTUSASCII without spaces, at most 255 (RFC 5424 6.2.4); "-" when unknown.
     if name.is_empty() || name.len() > 255 || !name.bytes().all(|b| b.is_ascii_graphic()) {

@@ -18,6 +18,9 @@ use mtac_ruleset::syntax;
 /// Entries per page.
 const PAGE: i32 = 500;
 
+/// The whole export: millions of entries page through in well under this.
+const EXPORT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(600);
+
 /// Export every farm's directory into its address table. Errors are diagnostics at the
 /// `directory` node: a build that was asked to export and could not must not ship.
 pub fn export(lw: &mut Lowerer<'_>, draft: &mut Draft) {
@@ -67,7 +70,10 @@ fn read_all(settings: &Directory) -> Result<Vec<String>, String> {
     // A thread with its own runtime: the compiler is also called from inside a node's runtime.
     std::thread::spawn(move || {
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;
-        runtime.block_on(search(&settings))
+        // A directory that stops answering mid-export fails the build instead of hanging it.
+        runtime
+            .block_on(async { tokio::time::timeout(EXPORT_TIMEOUT, search(&settings)).await })
+            .map_err(|_| format!("no complete answer within {} s", EXPORT_TIMEOUT.as_secs()))?
     })
     .join()
     .map_err(|_| "the export thread failed".to_owned())?

@@ -355,7 +355,7 @@ pub fn program(
     }
     // After the anti-spam steps: a refused client costs the directory nothing. Before greylisting:
     // an unknown recipient hears 550 at once, not after a retry.
-    if farm.directory.is_some() {
+    if farm.directory.as_ref().is_some_and(|(d, _)| d.lookups) {
         p.rcpt.push(step(
             "recipient.directory",
             Check::RecipientDirectory,

@@ -2318,8 +2318,22 @@ impl<'d> Lowerer<'d> {
                 "e.g. base=\"ou=people,dc=example,dc=com\"",
             );
         }
-        let timeout_ms =
-            Self::prop(at, "timeout").and_then(|e| self.duration_ms(e, at.file, "`timeout`")).unwrap_or(2000);
+        let mut timeout_ms = 2000;
+        if let Some(entry) = Self::prop(at, "timeout") {
+            match self.duration_ms(entry, at.file, "`timeout`") {
+                // Zero would defer every recipient; minutes would hold every RCPT hostage.
+                Some(ms @ 1..=30_000) => timeout_ms = ms,
+                Some(_) => self.err(
+                    "mtac::range",
+                    "the directory's `timeout` must be between 1ms and 30s".to_owned(),
+                    at.file,
+                    entry.span(),
+                    "out of range",
+                    "a directory slower than that is down, as far as a client waiting at RCPT is concerned",
+                ),
+                None => {}
+            }
+        }
         let pool = Self::prop(at, "pool")
             .and_then(|e| self.integer(e, at.file, "`pool`", 1, 256))
             .and_then(|v| u32::try_from(v).ok())

@@ -418,6 +418,9 @@ fn run_step(tables: &dyn Lookup, farm: &Farm, step: &Step, facts: &Facts<'_>) ->
             }
         }
         Check::RecipientDirectory => {
+            if !farm.directory.as_ref().is_some_and(|d| d.lookups) {
+                return pass("no run-time directory lookups (lookups=#false)");
+            }
             let Some(recipient) = facts.recipient else { return pass("no recipient yet") };
             let Some((local, _)) = syntax::split_address(recipient) else { return pass("postmaster") };
             if !is_local_recipient(tables, farm, recipient) {

@@ -304,33 +304,6 @@ async fn run(
                     .unwrap_or_else(|| session.command(command, &snapshot.ruleset, farm))
             }
         };
-        // A policy refusal that the farm bans for: the next connections of this network are turned away.
-        if let Some(rule) = session.take_refusal_rule() {
-            if let Some((net, seconds)) = conn.shared.bans.after_refusal(session.peer.ip(), &rule, &farm.bans) {
-                conn.shared.metrics.bans.inc();
-                if let Some(crate::state::Store::Redis(redis)) = conn.shared.state.clone() {
-                    // The farm's other nodes learn of it through Redis (server::mirror_bans).
-                    tokio::spawn(async move {
-                        if let Err(e) = redis.ban(&net.to_string(), seconds).await {
-                            tracing::warn!(%net, error = %e, "cannot share a ban through Redis; it holds on this node");
-                        }
-                    });
-                }
-                let active = conn.shared.bans.active();
-                tracing::info!(session = %session.id, client = %session.peer.ip(), %net, rule = %rule, active, "banned");
-            }
-        }
-        if farm.tarpit_ms > 0 {
-            if let Action::Reply(r) | Action::Close(r) = &action {
-                if r.is_transient() || r.is_permanent() {
-                    if !conn.flush(Instant::now() + command_timeout).await {
-                        break End::Io;
-                    }
-                    tokio::time::sleep(Duration::from_millis(u64::from(farm.tarpit_ms))).await;
-                }
-            }
-        }
-
         let action = match action {
             Action::Authenticate { user, password } => {
                 let cache = snapshot.login_cache(farm_index);
@@ -368,6 +341,34 @@ async fn run(
             }
             other => other,
         };
+        // Now that the answer is final (the directory, the greylist store and the back end have
+        // spoken): a policy refusal that the farm bans for turns the network's next connections
+        // away, and a refusal waits out the tarpit.
+        if let Some(rule) = session.take_refusal_rule() {
+            if let Some((net, seconds)) = conn.shared.bans.after_refusal(session.peer.ip(), &rule, &farm.bans) {
+                conn.shared.metrics.bans.inc();
+                if let Some(crate::state::Store::Redis(redis)) = conn.shared.state.clone() {
+                    // The farm's other nodes learn of it through Redis (server::mirror_bans).
+                    tokio::spawn(async move {
+                        if let Err(e) = redis.ban(&net.to_string(), seconds).await {
+                            tracing::warn!(%net, error = %e, "cannot share a ban through Redis; it holds on this node");
+                        }
+                    });
+                }
+                let active = conn.shared.bans.active();
+                tracing::info!(session = %session.id, client = %session.peer.ip(), %net, rule = %rule, active, "banned");
+            }
+        }
+        if farm.tarpit_ms > 0 {
+            if let Action::Reply(r) | Action::Close(r) = &action {
+                if r.is_transient() || r.is_permanent() {
+                    if !conn.flush(Instant::now() + command_timeout).await {
+                        break End::Io;
+                    }
+                    tokio::time::sleep(Duration::from_millis(u64::from(farm.tarpit_ms))).await;
+                }
+            }
+        }
         decided(conn.shared, session, farm, &asked, &action);
         match action {
             Action::Reply(reply) => conn.reply(&reply),

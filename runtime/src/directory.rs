@@ -14,8 +14,9 @@
 //!   [`DirectoryAnswer::Unavailable`], which the policy answers with 451: never 550, and never
 //!   cached, so the first query after the directory is back sees the truth.
 //!
-//! A pooled connection that fails (the server restarted) is dropped and the query is tried once
-//! more on a fresh connection, inside the same timeout.
+//! A pooled connection that fails (the server restarted) or does not answer within half the
+//! timeout (a firewall dropped it) is dropped and the query is tried once more on a fresh
+//! connection, inside the same timeout.
 
 use ldap3::{Ldap, LdapConnAsync, LdapConnSettings, Scope, SearchOptions};
 use moka::sync::Cache;
@@ -47,12 +48,10 @@ impl DirectoryClient {
     /// Build the client; reads the bind password file. Nothing connects until the first lookup.
     pub fn new(settings: &Directory) -> Result<DirectoryClient, String> {
         let password = match &settings.bind_password_file {
-            Some(path) => {
-                let text = std::fs::read_to_string(path)
-                    .map_err(|e| format!("directory: cannot read the bind password file {path}: {e}"))?;
-                // A trailing newline is an editor's, not part of the password.
-                Some(text.trim_end_matches(['\r', '\n']).to_owned())
-            }
+            Some(path) => Some(
+                read_password(path)
+                    .map_err(|e| format!("directory: cannot read the bind password file {path}: {e}"))?,
+            ),
             None => None,
         };
         let cache = |ttl: u32| {
@@ -74,19 +73,26 @@ impl DirectoryClient {
     /// Whether this client serves `settings` (a reload with the same directory keeps its
     /// connections and caches).
     pub fn serves(&self, settings: &Directory) -> bool {
-        let password_unchanged = settings.bind_password_file.as_ref().is_none_or(|path| {
-            std::fs::read_to_string(path).ok().map(|t| t.trim_end_matches(['\r', '\n']).to_owned()) == self.password
-        });
-        self.settings == *settings && password_unchanged
+        self.settings == *settings && !self.password_changed()
+    }
+
+    /// The bind password file no longer holds the password this client binds with (rotated, or
+    /// gone: the reload that follows then reports it).
+    pub fn password_changed(&self) -> bool {
+        match &self.settings.bind_password_file {
+            Some(path) => read_password(path).ok() != self.password,
+            None => false,
+        }
     }
 
     /// Is `address` in the directory?
     pub async fn lookup(&self, address: &str) -> (DirectoryAnswer, Source) {
         let key = address.to_ascii_lowercase();
-        if self.known.contains_key(&key) {
+        // `get`, not `contains_key`: a read counts toward what the cache keeps.
+        if self.known.get(&key).is_some() {
             return (DirectoryAnswer::Known, Source::Cache);
         }
-        if self.unknown.contains_key(&key) {
+        if self.unknown.get(&key).is_some() {
             return (DirectoryAnswer::Unknown, Source::Cache);
         }
         let started = Instant::now();
@@ -121,12 +127,16 @@ impl DirectoryClient {
         let _slot = self.slots.acquire().await.map_err(|e| e.to_string())?;
         let pooled = self.idle.lock().unwrap_or_else(PoisonError::into_inner).pop();
         if let Some(mut ldap) = pooled {
-            match self.search(&mut ldap, address).await {
-                Ok(found) => {
+            // Half the time for the pooled connection: one that a firewall silently dropped
+            // hangs rather than fails, and the fresh connection needs the other half.
+            let half = Duration::from_millis(u64::from(self.settings.timeout_ms / 2).max(1));
+            match tokio::time::timeout(half, self.search(&mut ldap, address)).await {
+                Ok(Ok(found)) => {
                     self.release(ldap);
                     return Ok(found);
                 }
-                Err(e) => tracing::debug!(error = %e, "directory: a pooled connection failed; reconnecting"),
+                Ok(Err(e)) => tracing::debug!(error = %e, "directory: a pooled connection failed; reconnecting"),
+                Err(_) => tracing::debug!("directory: a pooled connection did not answer; reconnecting"),
             }
         }
         let mut ldap = self.connect().await?;
@@ -170,6 +180,11 @@ impl DirectoryClient {
             rc => Err(format!("search under {} answered {rc}: {}", self.settings.base, status.text)),
         }
     }
+}
+
+/// The password in a bind password file; a trailing newline is an editor's, not the password's.
+fn read_password(path: &str) -> std::io::Result<String> {
+    Ok(std::fs::read_to_string(path)?.trim_end_matches(['\r', '\n']).to_owned())
 }
 
 /// Escape a value for an LDAP filter (RFC 4515 3): an address like `*)(uid=*` must match

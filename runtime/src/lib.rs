@@ -40,3 +40,8 @@ pub mod state;
 pub mod tls;
 
 pub use server::{run, AdminAddress, Listeners, Loader, Node, RunConfig, RunError};
+
+/// This machine's host name (uname's nodename), for logs; empty when it is not UTF-8.
+pub fn hostname() -> String {
+    rustix::system::uname().nodename().to_str().unwrap_or_default().to_owned()
+}

@@ -156,9 +156,11 @@ impl Snapshot {
         self.tls.get(farm).and_then(Option::as_ref)
     }
 
-    /// A certificate or key file changed on disk since it was loaded (a renewal).
-    pub fn tls_changed(&self) -> bool {
+    /// A file the snapshot read besides the ruleset changed on disk since: a certificate or key
+    /// (a renewal), or a directory's bind password (a rotation).
+    pub fn files_changed(&self) -> bool {
         self.tls.iter().flatten().any(crate::tls::FarmTls::changed_on_disk)
+            || self.directories.iter().flatten().any(|d| d.password_changed())
     }
 
     /// The farm called `name` and its index.
@@ -405,7 +407,7 @@ impl Node {
         prepare_maildirs(&ruleset).map_err(|e| e.to_string())?;
         let old = self.shared.snapshot();
         let (old_hash, new_hash) = (old.ruleset.hash_hex(), ruleset.hash_hex());
-        if old_hash == new_hash && !old.tls_changed() {
+        if old_hash == new_hash && !old.files_changed() {
             return Ok(None);
         }
         let old_listeners: Vec<_> = old.ruleset.policy().farms.iter().map(|f| &f.listeners).collect();
@@ -873,13 +875,14 @@ async fn reload_loop(
             None
         }
     };
-    // Certificates are renewed on disk (ACME clients, a push): look at their times now and then.
+    // Certificates are renewed on disk (ACME clients, a push) and bind passwords rotated: look
+    // at them now and then.
     let mut certificates = tokio::time::interval(Duration::from_secs(30));
     certificates.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = certificates.tick() => {
-                if !node.shared.snapshot().tls_changed() {
+                if !node.shared.snapshot().files_changed() {
                     continue;
                 }
             }

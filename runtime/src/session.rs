@@ -557,6 +557,9 @@ impl Session {
         };
         self.dns.directory = Some((address.clone(), answer));
         let action = self.rcpt_decision(ruleset, farm, &sender, address);
+        // The answer served this RCPT only: a later RCPT of the same address asks again (the
+        // client's caches make that cheap, and a 451 must not stick for the session).
+        self.dns.directory = None;
         if let Action::Directory { address } = action {
             // The evaluator asked again although it has the answer: never loop, never accept.
             tracing::error!(recipient = %address, "the directory step asked twice; deferring");

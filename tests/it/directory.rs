@@ -175,6 +175,11 @@ async fn the_build_exports_the_directory_so_nodes_need_no_ldap() {
     assert!(String::from_utf8_lossy(&build.stderr).contains("--export-directory"));
     assert!(!out_path.exists());
 
+    // Without run-time lookups the program has no directory step (a domain the table does not
+    // cover is the back end's to decide, never a 451 from a client that does not exist).
+    let checked = mtac_compiler::compile_path(&policy).output.unwrap().ruleset;
+    assert!(checked.policy().farms[0].program.rcpt.iter().all(|s| s.rule != "recipient.directory"));
+
     let build = mtac(&["build", "--export-directory", policy.to_str().unwrap(), "-o", out]);
     assert!(build.status.success(), "{}", String::from_utf8_lossy(&build.stderr));
     let ruleset = mtac_ruleset::Ruleset::open(&out_path).unwrap();
