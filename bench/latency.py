@@ -9,6 +9,8 @@ target/release/mtac.
 """
 import argparse, os, socket, statistics, subprocess, tempfile, time
 
+from smtp_client import send_message
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 BIN = os.environ.get("MTAC_BIN", os.path.join(HERE, "..", "target", "release", "mtac"))
 BODY = b"Subject: latency\r\n\r\n" + (b"x" * 76 + b"\r\n") * 52 + b".\r\n"
@@ -24,18 +26,7 @@ def wait(port):
 
 def one(port):
     t = time.perf_counter()
-    s = socket.create_connection(("127.0.0.1", port)); s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    f = s.makefile("rb")
-    def reply():
-        while True:
-            line = f.readline()
-            if line[3:4] != b"-": return line
-    reply()
-    for cmd in (b"EHLO bench.example.org", b"MAIL FROM:<a@example.org>", b"RCPT TO:<b@example.net>", b"DATA"):
-        s.sendall(cmd + b"\r\n"); reply()
-    s.sendall(BODY); r = reply()
-    assert r.startswith(b"250"), r
-    s.sendall(b"QUIT\r\n"); reply(); s.close()
+    send_message(port, BODY)
     return time.perf_counter() - t
 
 def measure(port, n):

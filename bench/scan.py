@@ -17,6 +17,8 @@ and smtp-sink (Debian's postfix package). Needs target/release/mtac.
 """
 import argparse, os, socket, subprocess, tempfile, threading, time
 
+from smtp_client import send_message
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 BIN = os.environ.get("MTAC_BIN", os.path.join(HERE, "..", "target", "release", "mtac"))
 
@@ -67,18 +69,7 @@ def scanners_once(clam, spam, data):
     spamd_scan(spam, data); t.join()
 
 def smtp_once(port, data):
-    s = socket.create_connection(("127.0.0.1", port)); s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    f = s.makefile("rb")
-    def reply():
-        while True:
-            line = f.readline()
-            if line[3:4] != b"-": return line
-    reply()
-    for cmd in (b"EHLO bench.example.org", b"MAIL FROM:<a@example.org>", b"RCPT TO:<b@example.net>", b"DATA"):
-        s.sendall(cmd + b"\r\n"); reply()
-    s.sendall(data + b".\r\n"); r = reply()
-    assert r.startswith(b"250"), r
-    s.sendall(b"QUIT\r\n"); reply(); s.close()
+    send_message(port, data + b".\r\n")
 
 def run(fn, count, sessions):
     times, lock = [], threading.Lock()
