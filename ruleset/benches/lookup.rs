@@ -169,6 +169,19 @@ fn bench(c: &mut Criterion) {
     });
     group.bench_function("open", |b| b.iter(|| Container::open(&path).unwrap()));
     group.finish();
+
+    // What opening the tables adds to the hash check: the prefix table's
+    // sizes, and one pass over every fst node (the structure check).
+    let mut group = c.benchmark_group("open_tables");
+    group.sample_size(20);
+    let section = |kind| container.section(kind, 0).unwrap();
+    group.throughput(Throughput::Bytes(address.byte_len() as u64));
+    group.bench_function("address", |b| b.iter(|| AddressTable::new(section(SectionKind::AddressTable)).unwrap()));
+    group.throughput(Throughput::Bytes(domain.byte_len() as u64));
+    group.bench_function("domain", |b| b.iter(|| DomainTable::new(section(SectionKind::DomainTable)).unwrap()));
+    group.throughput(Throughput::Bytes(prefix.byte_len() as u64));
+    group.bench_function("prefix", |b| b.iter(|| PrefixTable::new(section(SectionKind::PrefixTable)).unwrap()));
+    group.finish();
 }
 
 criterion_group!(benches, bench);

@@ -28,6 +28,7 @@
 
 pub mod container;
 pub mod eval;
+mod fst_nodes;
 #[doc(hidden)]
 pub mod fuzz;
 pub mod model;

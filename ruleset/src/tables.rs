@@ -40,16 +40,18 @@
 //!
 //! Garbage in a table gives an error at open or wrong answers, never a panic.
 //! A [`PrefixTable`] checks its sizes at open and bounds-checks every read.
-//! The fst-backed tables rely on the `fst` crate's reader, which assumes
-//! well-formed fst bytes and panics on others, so opening one walks every
-//! node reachable from the root once and refuses the table if a node does not
-//! decode or a transition leads outside it or back up the graph
-//! ([`TableError::FstStructure`]); lookups then only ever decode nodes that
-//! walk decoded, and sum outputs with a check. Neither the container's BLAKE3
-//! hash nor fst's CRC ([`DomainTable::verify_checksum`],
-//! [`AddressTable::verify_checksum`]) is that check: both say the bytes are
-//! unchanged, not that they are well formed, and whoever writes a file (or a
-//! fuzzer, in seconds) makes both match.
+//! The fst-backed tables are built by the `fst` crate but not read by it: its
+//! reader assumes well-formed bytes and panics on others. They are read by
+//! `fst_nodes`, the same node layout decoded with a check at every step.
+//! Opening one makes a single pass down its nodes (they lie back to back,
+//! root last) and refuses the table if a node does not decode or a
+//! transition does not lead to the start of a node below it
+//! ([`TableError::FstStructure`]); lookups check every read anyway and sum
+//! outputs with a check. Neither the container's BLAKE3 hash nor fst's CRC
+//! ([`DomainTable::verify_checksum`], [`AddressTable::verify_checksum`]) is
+//! that check: both say the bytes are unchanged, not that they are well
+//! formed, and whoever writes a file (or a fuzzer, in seconds) makes both
+//! match.
 //!
 //! # Example
 //!
@@ -71,11 +73,11 @@
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use fst::raw::Fst;
 use fst::{Map, MapBuilder};
 use ipnet::{IpNet, Ipv4Net};
 
 use crate::container::Bytes;
+use crate::fst_nodes::{self, Step};
 
 /// Longest domain accepted, in bytes, without the trailing dot (RFC 1035
 /// limits a name to 255 octets on the wire, which is shorter as text).
@@ -123,15 +125,14 @@ pub enum TableError {
         #[source]
         source: fst::Error,
     },
-    /// The fst's header and checksum are fine but its nodes are not: a
-    /// transition leads outside the table or back up the graph, or a node does
-    /// not decode. fst's CRC is no proof of a well-formed table, only of
-    /// unchanged bytes.
+    /// The fst's header is fine but its nodes are not: a node does not
+    /// decode, or a transition does not lead to the start of a node below it.
+    /// fst's CRC is no proof of a well-formed table, only of unchanged bytes.
     #[error("{table} section is not a well-formed fst ({reason}); the ruleset was written by an incompatible or buggy compiler, recompile it")]
     FstStructure {
         /// Which table.
         table: &'static str,
-        /// What the walk found.
+        /// What the check found.
         reason: &'static str,
     },
     /// The section's size does not match what its header says.
@@ -220,161 +221,81 @@ fn build_fst<'a>(table: &'static str, entries: impl Iterator<Item = (&'a [u8], u
     builder.into_inner().map_err(fst_err)
 }
 
-fn open_fst(table: &'static str, bytes: Bytes) -> Result<Map<Bytes>, TableError> {
-    let map = Map::new(bytes).map_err(|source| TableError::Fst { table, source })?;
-    check_structure(map.as_fst()).map_err(|reason| TableError::FstStructure { table, reason })?;
-    Ok(map)
+/// An fst section, opened: its bytes (header, nodes, footer) and the root
+/// node's address. Lookups read the nodes with [`fst_nodes`], which checks
+/// every read; [`open_fst`] has checked the whole graph once.
+#[derive(Clone)]
+struct FstTable {
+    map: Map<Bytes>,
+    root: usize,
 }
 
-/// Checks every node reachable from the root once, so that a table that
-/// opens is one whose lookups cannot panic.
-///
-/// `fst` reads its bytes on trust: a root or transition address outside the
-/// table, or a node whose fields run past its start, panics (an index out of
-/// bounds, an address underflow, a pack size of 0 or over 8), and neither
-/// `Map::new` (header and footer) nor `Fst::verify` (a CRC, which anyone
-/// writing the file recomputes; a fuzzer finds it in seconds) looks at the
-/// nodes. fst has no fallible decoder, so [`node_fits`] repeats its layout
-/// arithmetic with checks before fst decodes a node; the walk then has fst
-/// decode it and checks that each transition leads strictly downwards (fst
-/// writes a node after all of its children, so a well-formed graph only
-/// points to lower addresses; this also rules out cycles). Whether a node's
-/// inputs are distinct is not checked: a duplicate makes a lookup miss, never
-/// panic, and checking it costs a search per transition. Each address is
-/// visited once: O(size of the table), like the container hash that precedes
-/// it at every open.
-fn check_structure(fst: &Fst<Bytes>) -> Result<(), &'static str> {
-    let data = fst.as_bytes();
+/// Footer of a version-3 fst: key count, root address (u64 each), CRC32C.
+const FST_FOOTER_LEN: usize = 20;
+
+fn open_fst(table: &'static str, bytes: Bytes) -> Result<FstTable, TableError> {
+    let structure = |reason| TableError::FstStructure { table, reason };
+    let data: &[u8] = bytes.as_slice();
     let u64_at = |at: usize| -> Option<u64> {
-        let bytes: [u8; 8] = data.get(at..at.checked_add(8)?)?.try_into().ok()?;
-        Some(u64::from_le_bytes(bytes))
+        let b: [u8; 8] = data.get(at..at.checked_add(8)?)?.try_into().ok()?;
+        Some(u64::from_le_bytes(b))
     };
-    // `Map::new` accepted the header, so the version is 1 to 3 and the table
-    // has its footer; the root address is the last u64 before the checksum.
-    let version = u64_at(0).ok_or("no header")?;
-    let footer = if version <= 2 { 0 } else { 4 };
-    let root = data.len().checked_sub(footer + 8).and_then(u64_at).ok_or("no footer")?;
-    let root = usize::try_from(root).map_err(|_| "the root address is outside the table")?;
-    // What fst's own open meant to check: the root node ends right before the
-    // footer (key count, root address, checksum), or the table is empty.
-    if root != EMPTY_ADDRESS && root.checked_add(footer + 17) != Some(data.len()) {
-        return Err("the root address is not where the root node ends");
+    // Our builder writes fst's format version 3 only; older versions lay
+    // nodes out differently and are not read.
+    if u64_at(0) != Some(fst_nodes::VERSION) {
+        return Err(structure("it is not an fst of format version 3"));
     }
-    node_fits(data, version, root)?;
-    let mut seen = vec![0u64; data.len() / 64 + 1];
-    let mut pending = vec![fst.root()];
-    while let Some(node) = pending.pop() {
-        for t in node.transitions() {
-            if t.addr >= node.addr() {
-                return Err("a transition does not lead to a lower address");
-            }
-            let (word, bit) = (t.addr / 64, 1u64 << (t.addr % 64));
-            let Some(slot) = seen.get_mut(word) else {
-                return Err("a transition leads outside the table");
-            };
-            if *slot & bit == 0 {
-                *slot |= bit;
-                node_fits(data, version, t.addr)?;
-                pending.push(fst.node(t.addr));
-            }
-        }
-    }
-    Ok(())
+    let root = data.len().checked_sub(FST_FOOTER_LEN - 8).and_then(u64_at).ok_or(structure("it has no footer"))?;
+    let root = usize::try_from(root).map_err(|_| structure("the root address is outside the table"))?;
+    fst_nodes::check(data, root, FST_FOOTER_LEN).map_err(structure)?;
+    // fst's own open reads the header and the key count; it decodes no node.
+    let map = Map::new(bytes).map_err(|source| TableError::Fst { table, source })?;
+    Ok(FstTable { map, root })
 }
 
-/// fst's address of the empty final state, which has no bytes.
-const EMPTY_ADDRESS: usize = 0;
-
-/// Whether fst can decode the node at `addr` without reading outside `data`
-/// or unpacking an impossible width: fst 0.4's node layout (`raw/node.rs`),
-/// read backwards from the state byte at `addr`, with every step checked.
-/// Every field of a node lies between its lowest address (fst's `end`) and
-/// `addr`, so an `end` that does not underflow and pack sizes of 1 to 8 are
-/// all it takes; transition targets are `end - delta`, and must not
-/// underflow either.
-fn node_fits(data: &[u8], version: u64, addr: usize) -> Result<(), &'static str> {
-    const BAD: &str = "a node runs outside the table";
-    if addr == EMPTY_ADDRESS {
-        return Ok(());
+impl FstTable {
+    fn data(&self) -> &[u8] {
+        self.map.as_fst().as_bytes()
     }
-    let byte = |at: usize| data.get(at).copied().ok_or(BAD);
-    let state = byte(addr)?;
-    // fst's `unpack_uint` asserts a width of 1 to 8 bytes. An output width of
-    // 0 means no outputs; a node without transitions has an address width of 0.
-    let sizes = |at: usize, has_transitions: bool| -> Result<(usize, usize), &'static str> {
-        let packed = byte(at)?;
-        let (tsize, osize) = (usize::from(packed >> 4), usize::from(packed & 0x0f));
-        if (has_transitions && !(1..=8).contains(&tsize)) || osize > 8 {
-            return Err("a node has an impossible pack size");
-        }
-        Ok((tsize, osize))
-    };
-    // Reads `width` bytes at `at` as fst does and checks the target it gives.
-    let target_fits = |at: usize, width: usize, end: usize| -> Result<(), &'static str> {
-        let bytes = data.get(at..at.checked_add(width).ok_or(BAD)?).ok_or(BAD)?;
-        let delta = bytes.iter().rev().fold(0u64, |n, &b| (n << 8) | u64::from(b));
-        match usize::try_from(delta) {
-            Ok(delta) if delta <= end => Ok(()),
-            _ => Err("a transition leads outside the table"),
-        }
-    };
-    let sub = |a: usize, b: usize| a.checked_sub(b).ok_or(BAD);
-    let mul = |a: usize, b: usize| a.checked_mul(b).ok_or(BAD);
-    match state >> 6 {
-        // One transition to the node just below, no output.
-        0b11 => {
-            let input_len = usize::from(state & 0x3f == 0);
-            let end = sub(addr, input_len)?;
-            sub(end, 1)?;
-            Ok(())
-        }
-        // One transition, with an address and maybe an output.
-        0b10 => {
-            let input_len = usize::from(state & 0x3f == 0);
-            let (tsize, osize) = sizes(sub(sub(addr, input_len)?, 1)?, true)?;
-            let end = sub(sub(sub(sub(addr, input_len)?, 1)?, tsize)?, osize)?;
-            target_fits(sub(sub(sub(addr, input_len)?, 1)?, tsize)?, tsize, end)
-        }
-        // Any number of transitions, maybe final.
-        _ => {
-            let is_final = state & 0x40 != 0;
-            let (ntrans_len, ntrans) = match state & 0x3f {
-                0 => match byte(sub(addr, 1)?)? {
-                    1 => (1, 256),
-                    n => (1, usize::from(n)),
-                },
-                n => (0, usize::from(n)),
-            };
-            let (tsize, osize) = sizes(sub(sub(addr, ntrans_len)?, 1)?, ntrans > 0)?;
-            let index = if version >= 2 && ntrans > 32 { 256 } else { 0 };
-            let trans = ntrans + mul(ntrans, tsize)? + index;
-            let outputs = mul(ntrans, osize)? + if is_final { osize } else { 0 };
-            let end = sub(sub(sub(sub(addr, ntrans_len)?, 1)?, trans)?, outputs)?;
-            let addrs = sub(sub(sub(sub(addr, ntrans_len)?, 1)?, index)?, ntrans)?;
-            for i in 0..ntrans {
-                target_fits(sub(addrs, mul(i + 1, tsize)?)?, tsize, end)?;
+
+    /// Follows `key` from the root: the node reached and the outputs summed
+    /// on the way (with a check: a crafted table can make them overflow), or
+    /// `None` if the fst has no path for it.
+    #[inline]
+    fn walk(&self, key: &[u8]) -> Option<(usize, u64)> {
+        let data = self.data();
+        let mut addr = self.root;
+        let mut out = 0u64;
+        for &b in key {
+            match fst_nodes::step(data, addr, b) {
+                Step::To(to, o) => {
+                    addr = to;
+                    out = out.checked_add(o)?;
+                }
+                Step::Missing => return None,
             }
-            Ok(())
         }
+        Some((addr, out))
     }
-}
 
-fn verify_fst(table: &'static str, map: &Map<Bytes>) -> Result<(), TableError> {
-    map.as_fst().verify().map_err(|source| TableError::Fst { table, source })
-}
-
-/// Follows `key` from the root; `None` if the fst has no path for it. The
-/// outputs on the way are summed with a check (fst's own `Output::cat` panics
-/// on overflow in debug builds, and a hostile table can make them overflow).
-fn walk<'f>(fst: &'f Fst<Bytes>, key: &[u8]) -> Option<(fst::raw::Node<'f>, u64)> {
-    let mut node = fst.root();
-    let mut out = 0u64;
-    for &b in key {
-        let t = node.transition(node.find_input(b)?);
-        out = out.checked_add(t.out.value())?;
-        node = fst.node(t.addr);
+    /// The value of `key`: the outputs on its path plus its final output.
+    #[inline]
+    fn get(&self, key: &[u8]) -> Option<u64> {
+        let (addr, out) = self.walk(key)?;
+        out.checked_add(fst_nodes::final_output(self.data(), addr)?)
     }
-    Some((node, out))
+
+    fn verify_checksum(&self, table: &'static str) -> Result<(), TableError> {
+        self.map.as_fst().verify().map_err(|source| TableError::Fst { table, source })
+    }
+
+    fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    fn byte_len(&self) -> usize {
+        self.data().len()
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -499,7 +420,7 @@ fn unreverse(key: &[u8]) -> String {
 /// fst finds the exact entry and every parent on the way.
 #[derive(Clone)]
 pub struct DomainTable {
-    map: Map<Bytes>,
+    fst: FstTable,
 }
 
 impl fmt::Debug for DomainTable {
@@ -510,16 +431,16 @@ impl fmt::Debug for DomainTable {
 
 impl DomainTable {
     /// Opens a section built by [`DomainTableBuilder`]. Checks the fst header
-    /// and footer and walks its nodes once; see the module docs on trust.
+    /// and footer and every node, in one pass; see the module docs on trust.
     pub fn new(bytes: Bytes) -> Result<DomainTable, TableError> {
-        Ok(DomainTable { map: open_fst("domain table", bytes)? })
+        Ok(DomainTable { fst: open_fst("domain table", bytes)? })
     }
 
     /// Checks fst's own checksum over the whole table: a corruption check for
     /// bytes that did not come through a verified container, not a validation
     /// (opening the table is that).
     pub fn verify_checksum(&self) -> Result<(), TableError> {
-        verify_fst("domain table", &self.map)
+        self.fst.verify_checksum("domain table")
     }
 
     /// The value of the most specific match for `domain`: the entry for the
@@ -534,47 +455,50 @@ impl DomainTable {
         let len = reverse_labels(d, &mut buf)?;
         let key = buf.get(..len)?;
 
-        // Outputs are summed with a check, as in `walk`; an overflow can only
-        // come from a hostile table, which then matches nothing.
-        let fst = self.map.as_fst();
-        let mut node = fst.root();
+        // Outputs are summed with a check, as in `FstTable::walk`; an
+        // overflow can only come from a crafted table, which then matches
+        // nothing.
+        let data = self.fst.data();
+        let mut addr = self.fst.root;
         let mut out = 0u64;
         let mut parent = None;
         for &b in key {
             // A final state just before a '.' is a parent domain.
-            if b == b'.' && node.is_final() {
-                let raw = out.checked_add(node.final_output().value())?;
-                if raw & 1 == 1 {
-                    parent = u32::try_from(raw >> 1).ok();
+            if b == b'.' {
+                if let Some(fin) = fst_nodes::final_output(data, addr) {
+                    let raw = out.checked_add(fin)?;
+                    if raw & 1 == 1 {
+                        parent = u32::try_from(raw >> 1).ok();
+                    }
                 }
             }
-            let Some(i) = node.find_input(b) else {
-                return parent;
-            };
-            let t = node.transition(i);
-            out = out.checked_add(t.out.value())?;
-            node = fst.node(t.addr);
+            match fst_nodes::step(data, addr, b) {
+                Step::To(to, o) => {
+                    addr = to;
+                    out = out.checked_add(o)?;
+                }
+                Step::Missing => return parent,
+            }
         }
-        if node.is_final() {
-            u32::try_from(out.checked_add(node.final_output().value())? >> 1).ok()
-        } else {
-            parent
+        match fst_nodes::final_output(data, addr) {
+            Some(fin) => u32::try_from(out.checked_add(fin)? >> 1).ok(),
+            None => parent,
         }
     }
 
     /// Number of domains in the table.
     pub fn len(&self) -> usize {
-        self.map.len()
+        self.fst.len()
     }
 
     /// Whether the table is empty.
     pub fn is_empty(&self) -> bool {
-        self.map.is_empty()
+        self.fst.len() == 0
     }
 
     /// Size of the section in bytes.
     pub fn byte_len(&self) -> usize {
-        self.map.as_fst().as_bytes().len()
+        self.fst.byte_len()
     }
 }
 
@@ -663,7 +587,7 @@ impl AddressTableBuilder {
 /// [`AddressTable::contains_domain`] a prefix walk.
 #[derive(Clone)]
 pub struct AddressTable {
-    map: Map<Bytes>,
+    fst: FstTable,
 }
 
 impl fmt::Debug for AddressTable {
@@ -674,15 +598,15 @@ impl fmt::Debug for AddressTable {
 
 impl AddressTable {
     /// Opens a section built by [`AddressTableBuilder`]. Checks the fst
-    /// header and footer and walks its nodes once; see the module docs on
+    /// header and footer and every node, in one pass; see the module docs on
     /// trust.
     pub fn new(bytes: Bytes) -> Result<AddressTable, TableError> {
-        Ok(AddressTable { map: open_fst("address table", bytes)? })
+        Ok(AddressTable { fst: open_fst("address table", bytes)? })
     }
 
     /// Checks fst's own checksum over the whole table.
     pub fn verify_checksum(&self) -> Result<(), TableError> {
-        verify_fst("address table", &self.map)
+        self.fst.verify_checksum("address table")
     }
 
     /// The value for `address` (`local@domain`), if present. A malformed or
@@ -690,11 +614,7 @@ impl AddressTable {
     pub fn lookup(&self, address: &str) -> Option<u32> {
         let mut buf = [0u8; MAX_ADDRESS_LEN];
         let len = address_key(address, &mut buf).ok()?;
-        let (node, out) = walk(self.map.as_fst(), buf.get(..len)?)?;
-        if !node.is_final() {
-            return None;
-        }
-        u32::try_from(out.checked_add(node.final_output().value())?).ok()
+        u32::try_from(self.fst.get(buf.get(..len)?)?).ok()
     }
 
     /// Whether any address of `domain` is in the table (so a recipient
@@ -717,22 +637,22 @@ impl AddressTable {
         *at = b'@';
         // Every state of an fst built from keys lies on the path of some key,
         // so reaching the state after "domain@" means a key starts with it.
-        buf.get(..=d.len()).is_some_and(|prefix| walk(self.map.as_fst(), prefix).is_some())
+        buf.get(..=d.len()).is_some_and(|prefix| self.fst.walk(prefix).is_some())
     }
 
     /// Number of addresses in the table.
     pub fn len(&self) -> usize {
-        self.map.len()
+        self.fst.len()
     }
 
     /// Whether the table is empty.
     pub fn is_empty(&self) -> bool {
-        self.map.is_empty()
+        self.fst.len() == 0
     }
 
     /// Size of the section in bytes.
     pub fn byte_len(&self) -> usize {
-        self.map.as_fst().as_bytes().len()
+        self.fst.byte_len()
     }
 }
 
