@@ -88,9 +88,18 @@ fn compile(options: &Options, lower: impl FnOnce(&mut Lowerer<'_>) -> Option<low
             directory::export(&mut lw, &mut draft);
         }
         unexported_directories(&mut lw, &draft);
-        validate::validate(&mut lw, &draft);
-        if !lw.diags.has_errors() {
-            output = emit_and_probe(&mut lw, &draft);
+        // Validation (the overlap analysis of a million networks takes
+        // seconds) and the table build (as long) read the same draft and
+        // nothing else: run them at once. The build is kept only if
+        // validation finds no error.
+        let draft = &draft;
+        let built = std::thread::scope(|scope| {
+            let builder = (!lw.diags.has_errors()).then(|| scope.spawn(|| build_ruleset(draft)));
+            validate::validate(&mut lw, draft);
+            builder.map(|b| b.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)))
+        });
+        if let (false, Some(built)) = (lw.diags.has_errors(), built) {
+            output = probe(&mut lw, draft, built);
         }
     }
     let files = lw.files;
@@ -100,37 +109,35 @@ fn compile(options: &Options, lower: impl FnOnce(&mut Lowerer<'_>) -> Option<low
     Compilation { diagnostics, files, output }
 }
 
-fn emit_and_probe(lw: &mut Lowerer<'_>, draft: &lower::Draft) -> Option<Output> {
-    let emitted = match emit::emit(draft) {
-        Ok(e) => e,
-        Err(errors) => {
-            for e in errors {
-                lw.diags.push(Diag::error("mtac::internal::table", e).help("this is a compiler bug: please report it"));
+/// Emits the draft's tables and program, builds the ruleset and loads it
+/// back as a node would. Errors here are compiler bugs.
+fn build_ruleset(draft: &lower::Draft) -> Result<Output, Vec<Diag>> {
+    let bug = "this is a compiler bug: please report it";
+    let emitted = emit::emit(draft).map_err(|errors| {
+        errors.into_iter().map(|e| Diag::error("mtac::internal::table", e).help(bug)).collect::<Vec<_>>()
+    })?;
+    let bytes = mtac_ruleset::build(&emitted.policy, emitted.tables)
+        .map_err(|e| vec![Diag::error("mtac::internal::build", e.to_string()).help(bug)])?;
+    let ruleset = Ruleset::from_vec(bytes.clone()).map_err(|e| {
+        vec![Diag::error("mtac::internal::reload", format!("the ruleset does not load back: {e}")).help(bug)]
+    })?;
+    Ok(Output { bytes, ruleset })
+}
+
+/// Reports a failed build, or probes the built ruleset for an open relay.
+fn probe(lw: &mut Lowerer<'_>, draft: &lower::Draft, built: Result<Output, Vec<Diag>>) -> Option<Output> {
+    match built {
+        Ok(output) => {
+            probe_open_relay(lw, draft, &output.ruleset);
+            Some(output)
+        }
+        Err(diags) => {
+            for diag in diags {
+                lw.diags.push(diag);
             }
-            return None;
+            None
         }
-    };
-    let bytes = match mtac_ruleset::build(&emitted.policy, emitted.tables) {
-        Ok(bytes) => bytes,
-        Err(e) => {
-            lw.diags.push(
-                Diag::error("mtac::internal::build", e.to_string()).help("this is a compiler bug: please report it"),
-            );
-            return None;
-        }
-    };
-    let ruleset = match Ruleset::from_vec(bytes.clone()) {
-        Ok(r) => r,
-        Err(e) => {
-            lw.diags.push(
-                Diag::error("mtac::internal::reload", format!("the ruleset does not load back: {e}"))
-                    .help("this is a compiler bug: please report it"),
-            );
-            return None;
-        }
-    };
-    probe_open_relay(lw, draft, &ruleset);
-    Some(Output { bytes, ruleset })
+    }
 }
 
 /// A farm that trusts only the exported table (`lookups=#false`) but got no export accepts

@@ -260,6 +260,59 @@ pub enum BuildError {
     TableCount { named: usize, given: usize },
 }
 
+impl TableInput {
+    /// Entries added (before deduplication): what building it costs.
+    fn len(&self) -> usize {
+        match self {
+            TableInput::Domains(b) => b.len(),
+            TableInput::Addresses(b) => b.len(),
+            TableInput::Prefixes(b) => b.len(),
+        }
+    }
+}
+
+type BuiltTable = (SectionKind, Result<Vec<u8>, TableError>);
+
+fn build_table(table: TableInput) -> BuiltTable {
+    match table {
+        TableInput::Domains(b) => (SectionKind::DomainTable, b.build()),
+        TableInput::Addresses(b) => (SectionKind::AddressTable, b.build()),
+        TableInput::Prefixes(b) => (SectionKind::PrefixTable, b.build()),
+    }
+}
+
+/// Builds every table, largest first, on as many threads as there are
+/// cores, and returns them in their original order.
+fn build_tables(tables: Vec<TableInput>) -> Vec<BuiltTable> {
+    let threads = std::thread::available_parallelism().map_or(1, usize::from).min(tables.len());
+    if threads <= 1 {
+        return tables.into_iter().map(build_table).collect();
+    }
+    let mut queue: Vec<(usize, TableInput)> = tables.into_iter().enumerate().collect();
+    // Popped from the end: the largest last in the vector.
+    queue.sort_by_key(|(_, t)| t.len());
+    let queue = std::sync::Mutex::new(queue);
+    let next = || queue.lock().ok().and_then(|mut q| q.pop());
+    let mut built: Vec<(usize, BuiltTable)> = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..threads)
+            .map(|_| {
+                scope.spawn(|| {
+                    let mut done = Vec::new();
+                    while let Some((index, table)) = next() {
+                        done.push((index, build_table(table)));
+                    }
+                    done
+                })
+            })
+            .collect();
+        // A builder that panicked is a bug: let it reach the caller rather
+        // than write a ruleset without its table.
+        workers.into_iter().flat_map(|w| w.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))).collect()
+    });
+    built.sort_by_key(|(index, _)| *index);
+    built.into_iter().map(|(_, b)| b).collect()
+}
+
 /// Serialise a policy and its tables into ruleset bytes. Same input, same bytes.
 pub fn build(policy: &Policy, tables: Vec<TableInput>) -> Result<Vec<u8>, BuildError> {
     if policy.tables.len() != tables.len() {
@@ -268,13 +321,12 @@ pub fn build(policy: &Policy, tables: Vec<TableInput>) -> Result<Vec<u8>, BuildE
     let mut writer = ContainerWriter::new();
     let encoded = postcard::to_stdvec(policy).map_err(BuildError::Encode)?;
     writer.add_section(SectionKind::Policy, 0, encoded)?;
-    for (index, table) in tables.into_iter().enumerate() {
+    // Tables are independent: build them on all cores (a farm of a million
+    // addresses and a million networks builds its two big tables at once).
+    // Each comes out the same whatever thread builds it.
+    let built = build_tables(tables);
+    for (index, (kind, bytes)) in built.into_iter().enumerate() {
         let id = u32::try_from(index).unwrap_or(u32::MAX);
-        let (kind, bytes) = match table {
-            TableInput::Domains(b) => (SectionKind::DomainTable, b.build()),
-            TableInput::Addresses(b) => (SectionKind::AddressTable, b.build()),
-            TableInput::Prefixes(b) => (SectionKind::PrefixTable, b.build()),
-        };
         let bytes = bytes.map_err(|source| BuildError::Table { id, source })?;
         writer.add_section(kind, id, bytes)?;
     }

@@ -534,9 +534,26 @@ fn address_key(address: &str, buf: &mut [u8]) -> Result<usize, &'static str> {
 }
 
 /// Builds the bytes of an [`AddressTable`].
+///
+/// Keys are kept back to back in one buffer, not one allocation each: a
+/// million addresses sort faster (the first eight bytes of each key are
+/// compared in place) and are freed at once.
 #[derive(Debug, Default, Clone)]
 pub struct AddressTableBuilder {
-    entries: Vec<(Vec<u8>, u32)>,
+    /// Every key (`domain@local`, folded), back to back.
+    keys: Vec<u8>,
+    entries: Vec<KeyRef>,
+}
+
+/// One entry of an [`AddressTableBuilder`].
+#[derive(Debug, Clone, Copy)]
+struct KeyRef {
+    /// The key's first eight bytes, big-endian and zero-padded: comparing
+    /// two of these orders keys as their bytes do, or ties.
+    head: u64,
+    start: usize,
+    len: usize,
+    value: u32,
 }
 
 impl AddressTableBuilder {
@@ -552,7 +569,13 @@ impl AddressTableBuilder {
         normalize_domain(domain).map_err(invalid)?;
         let mut buf = [0u8; MAX_ADDRESS_LEN];
         let len = address_key(address, &mut buf).map_err(invalid)?;
-        self.entries.push((buf.get(..len).unwrap_or(&[]).to_vec(), value));
+        let key = buf.get(..len).unwrap_or(&[]);
+        let mut head = [0u8; 8];
+        for (h, k) in head.iter_mut().zip(key) {
+            *h = *k;
+        }
+        self.entries.push(KeyRef { head: u64::from_be_bytes(head), start: self.keys.len(), len, value });
+        self.keys.extend_from_slice(key);
         Ok(())
     }
 
@@ -568,15 +591,30 @@ impl AddressTableBuilder {
 
     /// The section bytes: an `fst::Map` from `domain@local` to the value.
     pub fn build(self) -> Result<Vec<u8>, TableError> {
-        let entries = sort_dedup(self.entries, "address table", |k| {
-            // Show it the way the operator wrote it.
-            let s = String::from_utf8_lossy(k);
-            match s.split_once('@') {
-                Some((domain, local)) => format!("{local}@{domain}"),
-                None => s.into_owned(),
+        let AddressTableBuilder { keys, mut entries } = self;
+        let key = |e: &KeyRef| keys.get(e.start..e.start + e.len).unwrap_or(&[]);
+        entries.sort_unstable_by(|a, b| {
+            a.head.cmp(&b.head).then_with(|| key(a).cmp(key(b))).then_with(|| a.value.cmp(&b.value))
+        });
+        entries.dedup_by(|b, a| a.value == b.value && key(a) == key(b));
+        let mut conflicts = Vec::new();
+        for pair in entries.windows(2) {
+            if let [a, b] = pair {
+                if key(a) == key(b) {
+                    // Show it the way the operator wrote it.
+                    let s = String::from_utf8_lossy(key(a));
+                    let shown = match s.split_once('@') {
+                        Some((domain, local)) => format!("{local}@{domain}"),
+                        None => s.into_owned(),
+                    };
+                    conflicts.push(Conflict { key: shown, first: a.value, second: b.value });
+                }
             }
-        })?;
-        build_fst("address table", entries.iter().map(|(k, v)| (k.as_slice(), u64::from(*v))))
+        }
+        if !conflicts.is_empty() {
+            return Err(TableError::Conflicts { table: "address table", conflicts });
+        }
+        build_fst("address table", entries.iter().map(|e| (key(e), u64::from(e.value))))
     }
 }
 
