@@ -483,6 +483,51 @@ fn address_builder_rules() {
     assert!(msg.contains("a@x.org (1 and 2)"), "{msg}");
 }
 
+/// Lookups agree with a map on tables that exercise every kind of fst node:
+/// chains, one-transition nodes with outputs of every width, fan-outs below
+/// and above 32 (the indexed nodes), final nodes with transitions.
+#[test]
+fn address_matches_brute_force() {
+    let alphabet: Vec<char> = "abcdefghijklmnopqrstuvwxyz0123456789.-_+=ü".chars().collect();
+    let mut rng = Rng(2026);
+    for round in 0..12 {
+        let domains: Vec<String> = (0..1 + rng.below(6)).map(|i| format!("d{i}.example")).collect();
+        let mut entries: std::collections::BTreeMap<String, u32> = Default::default();
+        let size = [5, 60, 700][round % 3];
+        while entries.len() < size {
+            let len = 1 + rng.below(if round % 2 == 0 { 3 } else { 9 }) as usize;
+            let local: String = (0..len).map(|_| alphabet[rng.below(alphabet.len() as u64) as usize]).collect();
+            let domain = &domains[rng.below(domains.len() as u64) as usize];
+            // Values of every width, zero included.
+            let value = match rng.below(4) {
+                0 => 0,
+                1 => rng.below(256) as u32,
+                2 => rng.below(1 << 20) as u32,
+                _ => rng.next() as u32,
+            };
+            entries.entry(format!("{local}@{domain}")).or_insert(value);
+        }
+        let list: Vec<(&str, u32)> = entries.iter().map(|(a, &v)| (a.as_str(), v)).collect();
+        let t = address_table(&list);
+        assert_eq!(t.len(), entries.len());
+        for (address, &value) in &entries {
+            assert_eq!(t.lookup(address), Some(value), "{address}");
+            assert_eq!(t.lookup(&address.to_ascii_uppercase()), Some(value), "{address}");
+            // A key's proper prefixes and extensions are other keys or nothing.
+            let (local, domain) = address.rsplit_once('@').unwrap();
+            let shorter = &local[..local.char_indices().last().map_or(0, |(i, _)| i)];
+            for probe in [format!("{local}x@{domain}"), format!("{shorter}@{domain}")] {
+                assert_eq!(t.lookup(&probe), entries.get(&probe).copied(), "{probe}");
+            }
+        }
+        for d in &domains {
+            let used = entries.keys().any(|a| a.ends_with(&format!("@{d}")));
+            assert_eq!(t.contains_domain(d), used, "{d}");
+        }
+        assert!(!t.contains_domain("d9.example"));
+    }
+}
+
 #[test]
 fn address_build_is_deterministic() {
     let mut rng = Rng(11);
