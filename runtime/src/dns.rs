@@ -496,21 +496,33 @@ impl Dns {
         self.probe(zone, false).await
     }
 
-    /// Probe `zones` now and then every `every`, recording the results in [`Dns::zones`]
-    /// (which logs failures with `error!` and recoveries with `info!`). Abort the handle to stop.
-    /// Domain lists (HELO name, sender domain targets) are probed with `test`/`invalid`.
-    pub fn spawn_probes(&self, zones: Vec<(String, DnsblTarget)>, every: Duration) -> JoinHandle<()> {
+    /// Probe the zones that `current` names (with their probe interval) now and then every
+    /// interval, recording the results in [`Dns::zones`] (which logs failures with `error!` and
+    /// recoveries with `info!`). Abort the handle to stop. Domain lists (HELO name, sender
+    /// domain targets) are probed with `test`/`invalid`.
+    ///
+    /// `current` is asked again every second, so a reload that adds a zone has it probed within
+    /// a second, a zone that is gone is no longer probed, and a new interval applies at once.
+    pub fn spawn_probes(
+        &self,
+        current: impl Fn() -> (Vec<(String, DnsblTarget)>, Duration) + Send + 'static,
+    ) -> JoinHandle<()> {
         let dns = self.clone();
-        let every = every.max(Duration::from_secs(1));
         tokio::spawn(async move {
-            let mut tick = tokio::time::interval(every);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut probed_at: HashMap<String, tokio::time::Instant> = HashMap::new();
             loop {
-                tick.tick().await;
+                let (zones, every) = current();
+                let every = every.max(Duration::from_secs(1));
+                probed_at.retain(|zone, _| zones.iter().any(|(z, _)| z == zone));
                 for (zone, target) in &zones {
+                    if probed_at.get(zone).is_some_and(|at| at.elapsed() < every) {
+                        continue;
+                    }
                     let health = dns.probe(zone, target != &DnsblTarget::ClientIp).await;
                     dns.zones.record_probe(zone, health);
+                    probed_at.insert(zone.clone(), tokio::time::Instant::now());
                 }
+                tokio::time::sleep(Duration::from_secs(1)).await;
             }
         })
     }

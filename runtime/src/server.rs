@@ -484,9 +484,13 @@ impl Node {
         }
         let reload_task = tokio::spawn(reload_loop(node.clone(), watcher, events));
         let probes = node.shared.dns.as_ref().map(|dns| {
-            let snapshot = node.shared.snapshot();
-            let every = Duration::from_secs(u64::from(snapshot.ruleset.policy().dns.probe_interval));
-            dns.spawn_probes(list_zones(&snapshot.ruleset), every)
+            // The zones of whatever ruleset is current: a reload may add or drop some.
+            let shared = node.shared.clone();
+            dns.spawn_probes(move || {
+                let snapshot = shared.snapshot();
+                let every = Duration::from_secs(u64::from(snapshot.ruleset.policy().dns.probe_interval));
+                (list_zones(&snapshot.ruleset), every)
+            })
         });
         let state_tasks = match &node.shared.state {
             Some(crate::state::Store::Embedded(db)) => Some(db.spawn_maintenance()),
@@ -562,7 +566,6 @@ fn build_dns(ruleset: &Ruleset) -> Result<Option<Dns>, RunError> {
     Ok(Some(dns))
 }
 
-/// Every DNS list zone of the ruleset, for health probes.
 /// Mirror the farm's bans from Redis into this node's table: the ones in force when (re)connected,
 /// then each one another node announces. The accept path reads only the local table.
 fn mirror_bans(redis: Arc<crate::state::RedisStore>, shared: Arc<Shared>) -> tokio::task::JoinHandle<()> {
@@ -624,6 +627,7 @@ fn needs_state(ruleset: &Ruleset) -> bool {
     policy.farms.iter().any(|f| f.greylist.is_some() || (redis && !f.bans.is_empty()))
 }
 
+/// Every DNS list zone of the ruleset, for health probes.
 fn list_zones(ruleset: &Ruleset) -> Vec<(String, model::DnsblTarget)> {
     let mut zones: Vec<(String, model::DnsblTarget)> = Vec::new();
     for zone in ruleset.policy().farms.iter().filter_map(|f| f.dnsbl.as_ref()).flat_map(|d| &d.zones) {

@@ -149,13 +149,21 @@ async fn probes() {
 #[tokio::test]
 async fn monitor_suspends_and_resumes() {
     let (_server, dns) = fixture().await;
-    let task = dns.spawn_probes(
-        vec![("bl.test".to_owned(), DnsblTarget::ClientIp), ("broken.test".to_owned(), DnsblTarget::ClientIp)],
-        Duration::from_secs(3600),
-    );
+    // The zones of the current ruleset: one at first, a second after a "reload".
+    let zones = std::sync::Arc::new(std::sync::Mutex::new(vec![("bl.test".to_owned(), DnsblTarget::ClientIp)]));
+    let current = zones.clone();
+    let task = dns.spawn_probes(move || (current.lock().unwrap().clone(), Duration::from_secs(3600)));
+    let probed = || dns.zones().snapshot().iter().filter(|(_, s)| s.last_probe.is_some()).count();
     let deadline = Instant::now() + Duration::from_secs(10);
-    while dns.zones().snapshot().iter().filter(|(_, s)| s.last_probe.is_some()).count() < 2 {
-        assert!(Instant::now() < deadline, "probes did not finish");
+    while probed() < 1 {
+        assert!(Instant::now() < deadline, "the first probe did not finish");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // A zone added by a reload is probed within seconds, not after the hour-long interval.
+    zones.lock().unwrap().push(("broken.test".to_owned(), DnsblTarget::ClientIp));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while probed() < 2 {
+        assert!(Instant::now() < deadline, "the zone added later was not probed");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     task.abort();

@@ -59,6 +59,20 @@ fn policy(nameserver: SocketAddr, extra: &str) -> String {
     )
 }
 
+/// The node's metrics once `zone` shows as suspended, or after 5 s (the caller asserts).
+async fn metrics_once_suspended(node: &TestNode, zone: &str) -> String {
+    let series = format!(r#"mtac_dns_zone_suspended{{zone="{zone}"}}"#);
+    let mut m = node.metrics().await;
+    for _ in 0..250 {
+        if sample(&m, &series) == 1.0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        m = node.metrics().await;
+    }
+    m
+}
+
 async fn attempt(addr: SocketAddr, source: &str, from: &str) -> String {
     attempt_helo(addr, source, "mail.example.org", from).await
 }
@@ -101,20 +115,36 @@ async fn dns_lists_and_sender_domains_decide_at_rcpt() {
 
     // The admin listener shows the hits per zone, and the zone that answers 127.255.255.254
     // to everything as suspended.
-    let mut m = node.metrics().await;
-    for _ in 0..100 {
-        // The probes run at start, in the background.
-        if sample(&m, r#"mtac_dns_zone_suspended{zone="broken.test"}"#) == 1.0 {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-        m = node.metrics().await;
-    }
+    // The probes run at start, in the background.
+    let m = metrics_once_suspended(&node, "broken.test").await;
     assert_eq!(sample(&m, r#"mtac_dnsbl_hits_total{zone="bl.test"}"#), 2.0, "{m}");
     assert_eq!(sample(&m, r#"mtac_dnsbl_hits_total{zone="wl.test"}"#), 2.0, "{m}");
     assert_eq!(sample(&m, r#"mtac_dns_zone_suspended{zone="bl.test"}"#), 0.0, "{m}");
     assert_eq!(sample(&m, r#"mtac_dns_zone_suspended{zone="broken.test"}"#), 1.0, "{m}");
     assert_eq!(sample(&m, r#"mtac_refusals_total{farm="mx",stage="rcpt",verdict="reject",rule="dnsbl"}"#), 1.0, "{m}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_zone_added_by_a_reload_is_probed_at_once() {
+    let server = dns().await;
+    let sink = Sink::start(Behaviour::default()).await;
+    let full = policy(server.addr, "");
+    let broken_zone = "        zone \"broken.test\" {\n            answer \"127.0.0.[2..11]\" weight=3\n        }\n";
+    assert!(full.contains(broken_zone));
+    let node = TestNode::start(&full.replace(broken_zone, ""), Some(sink.addr)).await;
+    let m = node.metrics().await;
+    assert!(!m.contains(r#"mtac_dns_zone_suspended{zone="broken.test"}"#), "{m}");
+
+    // The new policy names the zone that answers 127.255.255.254 to everything; its probe
+    // suspends it within seconds, not after the 5-minute probe interval.
+    let path = node.dir.path().join("policy.kdl");
+    let text = full.replace("{backend}", &sink.addr.to_string()).replace("{dir}", node.dir.path().to_str().unwrap());
+    let tmp = node.dir.path().join("policy.kdl.tmp");
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, &path).unwrap();
+    let m = metrics_once_suspended(&node, "broken.test").await;
+    assert_eq!(node.shared.counters.reloads_ok.load(std::sync::atomic::Ordering::Relaxed), 1);
+    assert_eq!(sample(&m, r#"mtac_dns_zone_suspended{zone="broken.test"}"#), 1.0, "{m}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
