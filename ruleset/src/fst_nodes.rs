@@ -106,26 +106,31 @@ fn uint(data: &[u8], at: usize, width: usize) -> Option<u64> {
     Some(bytes.iter().rev().fold(0u64, |n, &b| (n << 8) | u64::from(b)))
 }
 
+/// The input of a one-transition node (state `11` or `10`) at `addr`, and
+/// how many bytes it takes below the state byte: none for one of the common
+/// inputs, which the state byte names, else one.
+#[inline(always)]
+fn one_input(data: &[u8], addr: usize, state: u8) -> Option<(u8, usize)> {
+    match usize::from(state & 0x3f).checked_sub(1) {
+        Some(i) => Some((*COMMON_INPUTS.get(i)?, 0)),
+        None => Some((*data.get(addr.checked_sub(1)?)?, 1)),
+    }
+}
+
 /// The node at `addr`, or `None` if it does not decode within the table.
 /// Inlined into every caller: most of a lookup's time is spent here.
 #[inline(always)]
 fn node(data: &[u8], addr: usize) -> Option<Node> {
     let state = *data.get(addr)?;
     let common = usize::from(state & 0x3f);
-    let input = |addr: usize| -> Option<(u8, usize)> {
-        match common.checked_sub(1) {
-            Some(i) => Some((*COMMON_INPUTS.get(i)?, 0)),
-            None => Some((*data.get(addr.checked_sub(1)?)?, 1)),
-        }
-    };
     let node = match state >> 6 {
         0b11 => {
-            let (input, input_len) = input(addr)?;
+            let (input, input_len) = one_input(data, addr, state)?;
             let end = addr.checked_sub(input_len)?;
             Node { kind: Kind::Next { input }, end, top: end, ntrans: 1, tsize: 0, osize: 0, index: 0, is_final: false }
         }
         0b10 => {
-            let (input, input_len) = input(addr)?;
+            let (input, input_len) = one_input(data, addr, state)?;
             let top = addr.checked_sub(input_len + 1)?;
             let packed = *data.get(top)?;
             let (tsize, osize) = (usize::from(packed >> 4), usize::from(packed & 0x0f));
@@ -244,10 +249,8 @@ fn step_checked(data: &[u8], addr: usize, b: u8) -> Option<(usize, u64)> {
     if state >> 6 == 0b11 {
         // The commonest node in a table of addresses (a key's tail): one
         // transition to the node just below. Decoded here without the rest.
-        let (input, end) = match usize::from(state & 0x3f).checked_sub(1) {
-            Some(i) => (*COMMON_INPUTS.get(i)?, addr),
-            None => (*data.get(addr.checked_sub(1)?)?, addr - 1),
-        };
+        let (input, input_len) = one_input(data, addr, state)?;
+        let end = addr - input_len;
         return (input == b && end > HEADER_LEN).then(|| (end - 1, 0));
     }
     let n = node(data, addr)?;
@@ -317,7 +320,8 @@ pub(crate) fn check(data: &[u8], root: usize, footer_len: usize) -> Result<(), &
         if state >> 6 == 0b11 {
             // Most nodes: one transition to the node just below, which is
             // where the walk goes next; only its size matters here.
-            let end = if state & 0x3f == 0 { addr.saturating_sub(1) } else { addr };
+            let (_, input_len) = one_input(data, addr, state).ok_or("a node does not decode")?;
+            let end = addr - input_len;
             if end <= HEADER_LEN {
                 return Err("the lowest node leads to the node below it, and there is none");
             }
