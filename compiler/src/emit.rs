@@ -7,7 +7,7 @@
 use crate::lower::{AddressEntry, DomainEntry, Draft, DraftFarm, DraftRelay, NetEntry};
 use mtac_ruleset::model::{
     AccessAction, BanResponse, BanRule, Check, Dnsbl, DnsblZone, Farm, FarmKind, Greylist, Limits, Policy, Program,
-    Relay, Reply, Scanner, Stage, Step, TableId, TableInfo, TableKind, Timeouts, Tls,
+    Relay, Reply, Scanner, Stage, Step, TableId, TableInfo, TableKind, Timeouts, Tls, VerdictHeaders,
 };
 use mtac_ruleset::tables::{AddressTableBuilder, DomainTableBuilder, PrefixTableBuilder};
 use mtac_ruleset::TableInput;
@@ -101,6 +101,7 @@ pub fn emit(draft: &Draft) -> Result<Emitted, Vec<String>> {
         banner: draft.banner.clone().unwrap_or_else(|| "ESMTP mtac".to_owned()),
         hostname,
         spool: draft.spool.clone().unwrap_or_else(|| "/dev/shm/mtac".to_owned()),
+        spool_max_bytes: draft.spool_max_bytes,
         farms,
         tables: tables.infos,
         dns: draft.dns.clone(),
@@ -160,6 +161,7 @@ fn emit_farm(farm: &DraftFarm, hostname: &str, tables: &mut Tables) -> Farm {
         limits: Limits {
             connections: farm.limits.connections,
             connections_per_ip: farm.limits.connections_per_ip,
+            transfers_per_ip: farm.limits.transfers_per_ip,
             message_size: farm.limits.message_size,
             recipients: farm.limits.recipients,
             line_length: farm.limits.line_length,
@@ -211,8 +213,11 @@ fn emit_farm(farm: &DraftFarm, hostname: &str, tables: &mut Tables) -> Farm {
                 reject_score: s.reject_score,
             })
             .collect(),
-        scan_max_size: farm.scan_limit.map_or(crate::lower::DEFAULT_SCAN_MAX, |(size, _)| size),
-        scan_oversize_refuse: farm.scan_limit.is_some_and(|(_, refuse)| refuse),
+        // Compared with what the sender sent, which is never more than the message size: by
+        // default no message the farm accepts escapes its scanners.
+        scan_max_size: farm.scan_max_size.unwrap_or(farm.limits.message_size),
+        scan_oversize_refuse: farm.scan_oversize_pass.is_none(),
+        verdict_headers: verdict_headers(farm, hostname),
         mime: farm.mime.clone(),
         relay: match &farm.relay {
             Some((DraftRelay::Backends(b), _)) => Relay::Backends(b.clone()),
@@ -380,4 +385,41 @@ pub fn rule_names(program: &Program) -> Vec<String> {
         }
     }
     names
+}
+
+/// Header fields that carry a verdict of mtac or of the scanners it asks (SpamAssassin's and
+/// rspamd's own names too: back ends filter on them). A sender's copies never reach the back end.
+pub const VERDICT_HEADERS: &[&str] = &[
+    "x-spam-flag",
+    "x-spam-status",
+    "x-spam-score",
+    "x-spam-level",
+    "x-spam-report",
+    "x-spam-checker-version",
+    "x-spam",
+    "x-spamd-result",
+    "x-spamd-bar",
+    "x-rspamd-action",
+    "x-rspamd-score",
+    "x-virus-scanned",
+    "x-virus-status",
+];
+
+/// The farm's verdict headers: the built-in names and the policy's, and the authserv-ids whose
+/// Authentication-Results are this farm's own (its `authserv-id`, else the host name).
+fn verdict_headers(farm: &DraftFarm, hostname: &str) -> VerdictHeaders {
+    let (extra, rename) = farm.verdict_headers.clone().unwrap_or_default();
+    let mut names: Vec<String> = VERDICT_HEADERS.iter().map(|n| (*n).to_owned()).collect();
+    for name in extra {
+        if !names.contains(&name) {
+            names.push(name);
+        }
+    }
+    let mut authserv_ids = vec![hostname.to_ascii_lowercase()];
+    if let Some(id) = &farm.authserv_id {
+        if !authserv_ids.contains(id) {
+            authserv_ids.insert(0, id.clone());
+        }
+    }
+    VerdictHeaders { names, authserv_ids, rename }
 }

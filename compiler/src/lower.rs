@@ -166,6 +166,7 @@ pub struct DraftTls {
 pub struct DraftLimits {
     pub connections: u32,
     pub connections_per_ip: u32,
+    pub transfers_per_ip: u32,
     pub message_size: u64,
     pub recipients: u32,
     pub line_length: u32,
@@ -182,6 +183,9 @@ impl Default for DraftLimits {
         DraftLimits {
             connections: 10_000,
             connections_per_ip: 20,
+            // Enough for a big sender's parallel deliveries from one address, few enough that
+            // one client cannot fill the RAM-disk spool for everyone else.
+            transfers_per_ip: 5,
             message_size: 25 * 1024 * 1024,
             recipients: 100,
             line_length: 2048,
@@ -219,8 +223,14 @@ pub struct DraftFarm {
     pub bans: Vec<DraftBan>,
     pub greylist: Option<DraftGreylist>,
     pub scanners: Vec<DraftScanner>,
-    /// `scan max-size=` and `oversize="refuse"`.
-    pub scan_limit: Option<(u64, bool)>,
+    /// `scan max-size=` (default: the farm's message size).
+    pub scan_max_size: Option<u64>,
+    /// `scan oversize="pass"`, where it was written: the only way a message escapes the scanners.
+    pub scan_oversize_pass: Option<Origin>,
+    /// `verdict-headers`: extra field names, rename instead of remove, where it was written.
+    pub verdict_headers: Option<(Vec<String>, bool)>,
+    /// `authserv-id`: this farm's name in Authentication-Results (default: the host name).
+    pub authserv_id: Option<String>,
     pub mime: Option<MimeRules>,
     pub relay: Option<(DraftRelay, Origin)>,
     pub tls: Option<DraftTls>,
@@ -239,6 +249,8 @@ pub struct Draft {
     pub hostname: Option<(String, Origin)>,
     pub banner: Option<String>,
     pub spool: Option<String>,
+    /// `spool max-bytes=`.
+    pub spool_max_bytes: Option<u64>,
     pub dns: DnsSettings,
     /// `None`: not said (the default address); `Some(None)`: `admin #false`.
     pub admin: Option<Option<SocketAddr>>,
@@ -247,9 +259,6 @@ pub struct Draft {
 }
 
 const TOP_NODES: &[&str] = &["hostname", "banner", "spool", "dns", "admin", "state", "farm", "include"];
-/// Messages above this size are not scanned unless the policy says otherwise (amavis and
-/// spamd's own defaults are in the same range; a virus rarely hides in a 50 MB upload).
-pub const DEFAULT_SCAN_MAX: u64 = 25 * 1024 * 1024;
 
 const FARM_NODES: &[&str] = &[
     "listen",
@@ -277,6 +286,8 @@ const FARM_NODES: &[&str] = &[
     "client",
     "rate-limit",
     "tarpit",
+    "verdict-headers",
+    "authserv-id",
     "include",
 ];
 
@@ -730,9 +741,25 @@ impl<'d> Lowerer<'d> {
                     }
                 }
                 "spool" => {
-                    self.shape(at, &[], 1, false);
+                    self.shape(at, &["max-bytes"], 1, false);
                     if let Some(value) = self.one_string(at, "a directory") {
                         draft.spool = Some(relative_to(dir, value));
+                    }
+                    if let Some(entry) = Self::prop(at, "max-bytes") {
+                        if let Some(v) = self.size(entry, file, "`max-bytes`") {
+                            if v < 1024 * 1024 {
+                                self.err(
+                                    "mtac::spool::max-bytes",
+                                    format!("a spool budget of {v} bytes holds hardly one message"),
+                                    file,
+                                    entry.span(),
+                                    "too small",
+                                    "give the bytes all messages in flight may hold at once, e.g. \"1GiB\"",
+                                );
+                            } else {
+                                draft.spool_max_bytes = Some(v);
+                            }
+                        }
                     }
                 }
                 "dns" => self.dns(at, &mut draft.dns),
@@ -935,7 +962,10 @@ impl<'d> Lowerer<'d> {
             bans: Vec::new(),
             greylist: None,
             scanners: Vec::new(),
-            scan_limit: None,
+            scan_max_size: None,
+            scan_oversize_pass: None,
+            verdict_headers: None,
+            authserv_id: None,
             mime: None,
             relay: None,
             tls: None,
@@ -972,6 +1002,8 @@ impl<'d> Lowerer<'d> {
             "auth",
             "directory",
             "bare-line-ends",
+            "verdict-headers",
+            "authserv-id",
         ];
         for &at in nodes {
             let name = at.node.name().value();
@@ -1129,6 +1161,28 @@ impl<'d> Lowerer<'d> {
                     }
                 }
                 "rate-limit" => self.rate_limit(at, farm),
+                "verdict-headers" => self.verdict_headers(at, farm),
+                "authserv-id" => {
+                    self.shape(at, &[], 1, false);
+                    if let Some(id) = self.one_string(at, "an authserv-id") {
+                        // RFC 8601 §2.5: a domain name, in practice the host's own.
+                        let valid = !id.is_empty()
+                            && id.len() <= 253
+                            && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-');
+                        if valid {
+                            farm.authserv_id = Some(id.to_ascii_lowercase());
+                        } else {
+                            self.err(
+                                "mtac::authserv-id",
+                                format!("`{id}` is not an authserv-id"),
+                                at.file,
+                                at.node.span(),
+                                "not a host name",
+                                "the name this farm signs its Authentication-Results with, e.g. \"mx.example.com\"",
+                            );
+                        }
+                    }
+                }
                 "tarpit" => {
                     self.shape(at, &[], 1, false);
                     if let Some(entry) = Self::args(at).next() {
@@ -1212,8 +1266,16 @@ impl<'d> Lowerer<'d> {
 
     fn limits(&mut self, at: At<'_>, farm: &mut DraftFarm) {
         self.shape(at, &[], 0, true);
-        const LIMITS: &[&str] =
-            &["connections", "connections-per-ip", "message-size", "recipients", "line-length", "errors", "timeout"];
+        const LIMITS: &[&str] = &[
+            "connections",
+            "connections-per-ip",
+            "transfers-per-ip",
+            "message-size",
+            "recipients",
+            "line-length",
+            "errors",
+            "timeout",
+        ];
         for child in Self::children(at) {
             let name = child.node.name().value();
             if name == "timeout" {
@@ -1274,6 +1336,11 @@ impl<'d> Lowerer<'d> {
                 "connections-per-ip" => {
                     if let Some(v) = self.u32_value(entry, child.file, &what, 1) {
                         farm.limits.connections_per_ip = v;
+                    }
+                }
+                "transfers-per-ip" => {
+                    if let Some(v) = self.u32_value(entry, child.file, &what, 1) {
+                        farm.limits.transfers_per_ip = v;
                     }
                 }
                 "message-size" => {
@@ -1939,12 +2006,54 @@ impl<'d> Lowerer<'d> {
         farm.mime = Some(rules);
     }
 
+    /// `verdict-headers ["NAME"…] [action="remove"|"rename"]`: more header fields the sender
+    /// may not hand on, and what to do with them.
+    fn verdict_headers(&mut self, at: At<'_>, farm: &mut DraftFarm) {
+        self.shape(at, &["action"], usize::MAX, false);
+        let rename = match Self::prop(at, "action").and_then(|e| self.string(e, at.file, "`action`")).as_deref() {
+            None | Some("remove") => false,
+            Some("rename") => true,
+            Some(other) => {
+                self.err(
+                    "mtac::verdict-headers::action",
+                    format!("unknown action `{other}`"),
+                    at.file,
+                    at.node.span(),
+                    "expected \"remove\" or \"rename\"",
+                    "\"remove\" (the default) drops the sender's copies; \"rename\" keeps them as X-Original-NAME",
+                );
+                false
+            }
+        };
+        let mut names = Vec::new();
+        for entry in Self::args(at) {
+            let Some(name) = self.string(entry, at.file, "a header field name") else { continue };
+            // RFC 5322 §3.6.8: printable ASCII except the colon.
+            if name.is_empty() || name.len() > 76 || !name.bytes().all(|b| b.is_ascii_graphic() && b != b':') {
+                self.err(
+                    "mtac::verdict-headers::name",
+                    format!("`{name}` is not a header field name"),
+                    at.file,
+                    entry.span(),
+                    "invalid name",
+                    "a field name without the colon, e.g. \"X-Barracuda-Spam-Status\"",
+                );
+                continue;
+            }
+            let lower = name.to_ascii_lowercase();
+            if !names.contains(&lower) {
+                names.push(lower);
+            }
+        }
+        farm.verdict_headers = Some((names, rename));
+    }
+
     fn scan(&mut self, at: At<'_>, farm: &mut DraftFarm) {
         self.shape(at, &["max-size", "oversize"], 0, true);
         let max_size = Self::prop(at, "max-size").and_then(|e| self.size(e, at.file, "`max-size`"));
-        let refuse = match Self::prop(at, "oversize").and_then(|e| self.string(e, at.file, "`oversize`")).as_deref() {
-            None | Some("pass") => false,
-            Some("refuse") => true,
+        let pass = match Self::prop(at, "oversize").and_then(|e| self.string(e, at.file, "`oversize`")).as_deref() {
+            None | Some("refuse") => false,
+            Some("pass") => true,
             Some(other) => {
                 self.err(
                     "mtac::scan::oversize",
@@ -1952,14 +2061,16 @@ impl<'d> Lowerer<'d> {
                     at.file,
                     at.node.span(),
                     "expected \"pass\" or \"refuse\"",
-                    "\"pass\" relays a message too large to scan without scanning it; \"refuse\" answers 552",
+                    "\"refuse\" (the default) answers 552; \"pass\" relays a message too large to scan without scanning it",
                 );
                 false
             }
         };
-        if max_size.is_some() || Self::prop(at, "oversize").is_some() {
-            let (old_size, _) = farm.scan_limit.unwrap_or((DEFAULT_SCAN_MAX, false));
-            farm.scan_limit = Some((max_size.unwrap_or(old_size), refuse));
+        if max_size.is_some() {
+            farm.scan_max_size = max_size;
+        }
+        if Self::prop(at, "oversize").is_some() {
+            farm.scan_oversize_pass = pass.then_some(Origin { file: at.file, pos: Pos::Span(at.node.span()) });
         }
         for child in Self::children(at) {
             let kind = match child.node.name().value() {

@@ -196,6 +196,26 @@ fn validate_farm(lw: &mut Lowerer<'_>, farm: &DraftFarm) {
             }
         }
     }
+    if let Some(origin) = farm.scan_oversize_pass {
+        let max = farm.scan_max_size.unwrap_or(farm.limits.message_size);
+        let virus_scanner = farm.scanners.iter().any(|s| s.kind == mtac_ruleset::model::ScannerKind::Clamav);
+        if virus_scanner && max < farm.limits.message_size {
+            lw.report(
+                Diag::warning(
+                    "mtac::scan::unscanned",
+                    format!(
+                        "messages of {max} to {} bytes reach the back end without a virus scan",
+                        farm.limits.message_size
+                    ),
+                )
+                .help(
+                    "without oversize=\"pass\" they are refused with 552 5.3.4; or raise max-size to the message size",
+                ),
+                origin,
+                "relays unscanned mail",
+            );
+        }
+    }
     if let Some((_, origin)) = &farm.auth {
         if farm.tls.is_none() {
             lw.report(

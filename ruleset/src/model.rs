@@ -22,6 +22,9 @@ pub struct Policy {
     pub banner: String,
     /// Directory of the RAM-disk spool.
     pub spool: String,
+    /// The most bytes all messages in flight may hold in the spool at once (`None`: a share of
+    /// the spool's file system, measured when the node starts). Beyond it a transfer gets 452.
+    pub spool_max_bytes: Option<u64>,
     /// Every farm this node serves.
     pub farms: Vec<Farm>,
     /// Where each table came from, for `mtac inspect` (indexed by [`TableId`]).
@@ -142,10 +145,13 @@ pub struct Farm {
     pub bans: Vec<BanRule>,
     pub greylist: Option<Greylist>,
     pub scanners: Vec<Scanner>,
-    /// Messages larger than this are not handed to the scanners.
+    /// Messages larger than this (as the sender sent them) are not handed to the scanners.
+    /// Defaults to the farm's message size, so no accepted message escapes the scan.
     pub scan_max_size: u64,
     /// A message too large to scan is refused (552) instead of passing unscanned.
     pub scan_oversize_refuse: bool,
+    /// Header fields a sender may not hand on as if mtac had written them.
+    pub verdict_headers: VerdictHeaders,
     /// Attachment and header rules, checked after DATA (before the scanners).
     pub mime: Option<MimeRules>,
     pub relay: Relay,
@@ -161,6 +167,20 @@ pub struct Farm {
     pub rate_limits: Vec<RateLimit>,
     /// Delay before answering a refused command, in milliseconds (0 = none).
     pub tarpit_ms: u32,
+}
+
+/// The header fields that carry a verdict of this node or its scanners. Copies the sender wrote
+/// are removed (or renamed) while DATA streams into the spool, so the back end only ever sees
+/// the verdicts mtac itself wrote.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VerdictHeaders {
+    /// Field names, lowercase: the built-in ones and the policy's own.
+    pub names: Vec<String>,
+    /// `Authentication-Results` fields naming one of these authserv-ids (lowercase) are the
+    /// farm's own (RFC 8601 §5): inbound copies are forged.
+    pub authserv_ids: Vec<String>,
+    /// Rename to `X-Original-NAME` instead of removing.
+    pub rename: bool,
 }
 
 /// How a banned client's new connections are turned away.
@@ -209,6 +229,8 @@ pub struct Listener {
 pub struct Limits {
     pub connections: u32,
     pub connections_per_ip: u32,
+    /// Transactions (MAIL to the end of DATA) open at once from one client address (IPv6: /64).
+    pub transfers_per_ip: u32,
     pub message_size: u64,
     pub recipients: u32,
     pub line_length: u32,

@@ -18,7 +18,7 @@ use crate::received::{self, Trace};
 use crate::relay::{Envelope, Relay, Transaction};
 use crate::server::{Delivery, Shared, Shutdown, Snapshot};
 use crate::session::{Action, AuthVerdict, Session};
-use crate::smtp::{parse, BarePolicy as SmtpBare, DataReceiver, EnhancedCode, Frame, LineReader, Reply};
+use crate::smtp::{parse, BarePolicy as SmtpBare, DataReceiver, EnhancedCode, Frame, LineReader, Reply, VerdictFilter};
 use crate::spool::{self, SpoolFile};
 use crate::state::{GreylistVerdict, Timings, Triplet};
 use crate::tls::SmtpStream;
@@ -267,6 +267,8 @@ async fn run(
     let relay = snapshot.delivery(farm_index);
     let mut lines = LineReader::new(usize::try_from(limits.line_length).unwrap_or(usize::MAX));
     let mut txn: Option<Transaction<'_>> = None;
+    // This client's place among the transfers in flight, held from MAIL to the end of DATA.
+    let mut transfer: Option<crate::transfers::TransferSlot> = None;
     let mut deadline = Instant::now() + command_timeout;
     let end = loop {
         let framed = lines.read(&conn.input);
@@ -299,7 +301,7 @@ async fn run(
             Prepared::Done(action) => action,
             Prepared::Command(command) => {
                 asked = Asked::of(&command);
-                prepare(&command, session, farm, conn.shared, lookups)
+                prepare(&command, session, farm, conn.shared, lookups, &mut transfer)
                     .await
                     .unwrap_or_else(|| session.command(command, &snapshot.ruleset, farm))
             }
@@ -429,8 +431,10 @@ async fn run(
             | Action::Directory { .. }
             | Action::Authenticate { .. } => {}
         }
-        // RSET, a new EHLO, or a refused transaction: release the back end connection.
+        // RSET, a new EHLO, or a refused transaction: release the back end connection and the
+        // client's place among the transfers in flight.
         if session.txn.is_none() {
+            transfer = None;
             if let Some(t) = txn.take() {
                 t.abort().await;
             }
@@ -458,6 +462,7 @@ async fn prepare(
     farm: &Farm,
     shared: &Shared,
     lookups: &mut Option<Lookups>,
+    transfer: &mut Option<crate::transfers::TransferSlot>,
 ) -> Option<Action> {
     use crate::smtp::{Command, ReversePath};
     let stage = match command {
@@ -471,6 +476,25 @@ async fn prepare(
             if session.txn.is_none() {
                 if let Some(reply) = rate_exceeded(shared, farm, RateSubject::Messages, session.peer.ip()).await {
                     return Some(session.refuse(reply, "rate-limit"));
+                }
+                // Room for the message, before a byte of it is sent (RFC 1870: 452 for a
+                // temporary lack of storage), and this client's share of the transfers.
+                if !shared.spool.has_room_for(mail.size.unwrap_or(0)) {
+                    return Some(session.refuse(insufficient_storage(), "spool-budget"));
+                }
+                if transfer.is_none() {
+                    match shared.transfers.open(session.peer.ip(), farm.limits.transfers_per_ip) {
+                        Some(slot) => *transfer = Some(slot),
+                        None => {
+                            let reply = Reply::new(
+                                452,
+                                EnhancedCode::new(4, 3, 1),
+                                "Too many messages in flight from your address, try again later",
+                            )
+                            .unwrap_or_else(|_| insufficient_storage());
+                            return Some(session.refuse(reply, "transfers-per-ip"));
+                        }
+                    }
                 }
                 if let Some(l) = lookups.as_mut() {
                     let domain = match &mail.from {
@@ -603,11 +627,26 @@ async fn data(
         BarePolicy::Normalize => SmtpBare::Normalize,
     };
     let mut receiver = DataReceiver::new(farm.limits.message_size, bare);
+    // The sender's copies of our verdict headers go while the message streams into the spool:
+    // the file is written once, and only ever holds what the back end may see.
+    let mut verdicts = VerdictFilter::new(&farm.verdict_headers);
+    let mut content = Vec::new();
     let mut chunk = Vec::with_capacity(SPOOL_CHUNK.min(16 * 1024));
     chunk.extend_from_slice(trace.as_bytes());
+    let sender_start = chunk.len() as u64;
     let mut spool_error: Option<std::io::Error> = None;
     loop {
-        let progress = receiver.feed(&conn.input, &mut chunk);
+        let progress = if verdicts.in_body() {
+            receiver.feed(&conn.input, &mut chunk)
+        } else {
+            let progress = receiver.feed(&conn.input, &mut content);
+            verdicts.feed(&content, &mut chunk);
+            content.clear();
+            if progress.done {
+                verdicts.finish(&mut chunk);
+            }
+            progress
+        };
         conn.input.drain(..progress.consumed);
         if chunk.len() >= SPOOL_CHUNK || (progress.done && !chunk.is_empty()) {
             if spool_error.is_none() {
@@ -635,7 +674,12 @@ async fn data(
     }
     // The input buffer may have grown with a large message: give the memory back.
     conn.input.shrink_to(READ_STEP);
-    let size = spool.len();
+    // What the sender sent: the size every limit is about (our Received header is ours).
+    let size = receiver.stats().size;
+    if verdicts.removed() > 0 {
+        tracing::info!(session = %session.id, fields = verdicts.removed(), rename = farm.verdict_headers.rename, "sender's verdict headers removed");
+        conn.shared.metrics.verdict_headers_removed.inc_by(u64::from(verdicts.removed()));
+    }
     if let Err(e) = receiver.check() {
         let reason = match e {
             crate::smtp::DataError::BareLineEnding { .. } => "bare-line-end",
@@ -644,14 +688,21 @@ async fn data(
         return Ok((abandon(txn, e.reply()).await, reason, size));
     }
     if let Some(e) = spool_error {
-        tracing::error!(session = %session.id, error = %e, full = spool::is_full(&e), "spool: write failed");
-        return Ok((abandon(txn, insufficient_storage()).await, "spool", size));
+        let over_budget = e.kind() == std::io::ErrorKind::StorageFull;
+        if over_budget {
+            tracing::warn!(session = %session.id, budget = conn.shared.spool.budget(), "spool: budget of bytes in flight used up");
+        } else {
+            tracing::error!(session = %session.id, error = %e, full = spool::is_full(&e), "spool: write failed");
+        }
+        let reason = if over_budget { "spool-budget" } else { "spool" };
+        return Ok((abandon(txn, insufficient_storage()).await, reason, size));
     }
     if let Err(e) = spool.flush().await {
         tracing::error!(session = %session.id, error = %e, "spool: flush failed");
         return Ok((abandon(txn, insufficient_storage()).await, "spool", size));
     }
-    let headers = match content_checks(conn.shared, session, farm, ruleset, &mut spool, hostname).await {
+    let message = SpooledMessage { size, sender_start };
+    let headers = match content_checks(conn.shared, session, farm, ruleset, &spool, message, hostname).await {
         Ok(headers) => headers,
         Err((reply, rule)) => return Ok((abandon(txn, reply).await, rule, size)),
     };
@@ -845,6 +896,15 @@ fn count_delivery(shared: &Shared, session: &Session, farm: &Farm) {
     });
 }
 
+/// Where the sender's message lies in the spool file, and how big it was as sent.
+#[derive(Debug, Clone, Copy)]
+struct SpooledMessage {
+    /// The sender's bytes (unstuffed), before verdict headers were removed: what limits are about.
+    size: u64,
+    /// The offset of the sender's message, after mtac's Received header.
+    sender_start: u64,
+}
+
 /// MIME rules and scanners on the spooled message. `Ok` carries the header lines to relay in
 /// front of it; `Err` the refusal and its rule.
 async fn content_checks(
@@ -852,7 +912,8 @@ async fn content_checks(
     session: &Session,
     farm: &Farm,
     ruleset: &mtac_ruleset::Ruleset,
-    spool: &mut SpoolFile,
+    spool: &SpoolFile,
+    message: SpooledMessage,
     hostname: &str,
 ) -> Result<String, (Reply, &'static str)> {
     if farm.scanners.is_empty() && farm.mime.is_none() {
@@ -861,25 +922,23 @@ async fn content_checks(
     let refuse = |code: u16, (c, s, d): (u8, u16, u16), text: &str, rule: &'static str| {
         (Reply::new(code, EnhancedCode::new(c, s, d), text).unwrap_or_else(|_| Reply::local_error()), rule)
     };
-    let size = spool.len();
-    if size > farm.scan_max_size {
+    // The size the sender sent, never the spool's (which holds our own header too): with the
+    // default max-size (the message size) no message the farm accepts escapes the scanners.
+    if message.size > farm.scan_max_size {
         if farm.scan_oversize_refuse {
             return Err(refuse(552, (5, 3, 4), "Message too large to be scanned", "scan.oversize"));
         }
-        tracing::info!(session = %session.id, size, max = farm.scan_max_size, "message too large to scan: relayed unscanned");
+        tracing::info!(session = %session.id, size = message.size, max = farm.scan_max_size, "message too large to scan: relayed unscanned");
         return Ok("X-Spam-Status: unscanned, message too large\r\n".to_owned());
     }
     let storage = || refuse(451, (4, 3, 0), "Temporary local problem, please try again later", "spool");
-    let mut message = vec![0u8; usize::try_from(size).map_err(|_| storage())?];
-    spool.rewind().await.map_err(|_| storage())?;
-    let mut filled = 0;
-    while filled < message.len() {
-        match spool.read(message.get_mut(filled..).unwrap_or(&mut [])).await {
-            Ok(0) | Err(_) => return Err(storage()),
-            Ok(n) => filled += n,
-        }
-    }
+    let reader = spool.reader().map_err(|_| storage())?;
     if let Some(rules) = &farm.mime {
+        // mail-parser needs the message in one piece: the MIME rules are the one check that
+        // holds it in memory (the scanners stream it from the spool).
+        let mut bytes =
+            vec![0u8; usize::try_from(reader.len().saturating_sub(message.sender_start)).map_err(|_| storage())?];
+        reader.read_at(message.sender_start, &mut bytes).map_err(|_| storage())?;
         let facts = mtac_ruleset::eval::Facts {
             client_ip: session.peer.ip(),
             helo: session.helo.as_deref(),
@@ -895,7 +954,9 @@ async fn content_checks(
             use mtac_ruleset::eval::Lookup;
             farm.local_domains.is_some_and(|t| ruleset.domain(t, domain).is_some())
         };
-        if let Some(v) = crate::scan::mime(rules, &message, trusted, &local) {
+        let violation = crate::scan::mime(rules, &bytes, trusted, &local);
+        drop(bytes);
+        if let Some(v) = violation {
             return Err(refuse(v.code, v.enhanced, &v.text, v.rule));
         }
     }
@@ -910,10 +971,10 @@ async fn content_checks(
         queue_id: session.id.clone(),
     };
     let asks = farm.scanners.iter().map(|scanner| {
-        let (message, envelope) = (&message, &envelope);
+        let (reader, envelope) = (&reader, &envelope);
         async move {
             let started = std::time::Instant::now();
-            let result = crate::scan::ask(scanner, message, envelope).await;
+            let result = crate::scan::ask(scanner, reader, message.sender_start, envelope).await;
             crate::scan::Outcome { scanner, result, elapsed: started.elapsed() }
         }
     });

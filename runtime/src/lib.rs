@@ -38,6 +38,7 @@ pub mod smtp;
 pub mod spool;
 pub mod state;
 pub mod tls;
+pub mod transfers;
 
 pub use server::{run, AdminAddress, Listeners, Loader, Node, RunConfig, RunError};
 

@@ -149,6 +149,7 @@ pub struct Metrics {
     pub relay_seconds: Family<FarmLabel, Histogram, fn() -> Histogram>,
     pub relay_errors: Family<RelayError, Counter>,
     pub bans: Counter,
+    pub verdict_headers_removed: Counter,
     pub greylist: Family<GreylistOutcome, Counter>,
     pub scans: Family<ScanResult, Counter>,
     pub auth: Family<AuthOutcome, Counter>,
@@ -167,6 +168,8 @@ pub struct Metrics {
     pub bans_active: Gauge,
     pub spool_bytes: Gauge,
     pub spool_files: Gauge,
+    pub spool_budget: Gauge,
+    pub transfers_in_flight: Gauge,
     pub zone_suspended: Family<ZoneLabel, Gauge>,
     pub ruleset: Family<RulesetLabel, Gauge>,
     pub ruleset_loaded: Gauge<f64, AtomicU64>,
@@ -195,6 +198,7 @@ impl Metrics {
             relay_seconds: Family::new_with_constructor(relay_histogram),
             relay_errors: Family::default(),
             bans: Counter::default(),
+            verdict_headers_removed: Counter::default(),
             greylist: Family::default(),
             scans: Family::default(),
             auth: Family::default(),
@@ -213,6 +217,8 @@ impl Metrics {
             bans_active: Gauge::default(),
             spool_bytes: Gauge::default(),
             spool_files: Gauge::default(),
+            spool_budget: Gauge::default(),
+            transfers_in_flight: Gauge::default(),
             zone_suspended: Family::default(),
             ruleset: Family::default(),
             ruleset_loaded: Gauge::default(),
@@ -254,6 +260,11 @@ impl Metrics {
         );
         registry.register("relay_errors", "Back end failures at relay time", m.relay_errors.clone());
         registry.register("bans", "Client networks banned", m.bans.clone());
+        registry.register(
+            "verdict_headers_removed",
+            "Header fields a sender wrote under a name of this node's verdicts, removed or renamed",
+            m.verdict_headers_removed.clone(),
+        );
         registry.register("greylist", "Greylist decisions, by outcome", m.greylist.clone());
         registry.register("scans", "Scanner answers, by scanner and result", m.scans.clone());
         registry.register("auth", "SMTP AUTH attempts, by outcome", m.auth.clone());
@@ -289,6 +300,16 @@ impl Metrics {
         registry.register("bans_active", "Client networks banned now", m.bans_active.clone());
         registry.register("spool_bytes", "Bytes of messages in the spool now", m.spool_bytes.clone());
         registry.register("spool_files", "Messages in the spool now", m.spool_files.clone());
+        registry.register(
+            "spool_budget_bytes",
+            "The most bytes messages in flight may hold in the spool (spool max-bytes=)",
+            m.spool_budget.clone(),
+        );
+        registry.register(
+            "transfers_in_flight",
+            "Transactions open now (MAIL to the end of DATA), all clients together",
+            m.transfers_in_flight.clone(),
+        );
         registry.register("ruleset_info", "The ruleset in use (its blake3 hash as a label)", m.ruleset.clone());
         registry.register(
             "ruleset_loaded_timestamp_seconds",

@@ -6,19 +6,62 @@
 //! message: it is the sender's problem, never a bounce of ours (seeds 003 and 004 ran amavis as
 //! a pre-queue proxy for exactly this).
 //!
-//! The message is read once from the RAM-disk spool into memory (up to the policy's
-//! `max-size`) and shared by the parser and every scanner. What the scanners found becomes
-//! header lines that the relay sends in front of the spooled message; the spool file itself is
-//! never rewritten.
+//! Every scanner reads the message from the RAM-disk spool in 64 KiB chunks as it sends it
+//! ([`Message`]): memory per scan is one chunk, never the message, however many sessions wait on
+//! a slow scanner. What the scanners found becomes header lines that the relay sends in front of
+//! the spooled message; the spool file itself is never rewritten.
 
+use crate::spool::SpoolReader;
 use mtac_ruleset::model::{MimeRules, Scanner, ScannerKind};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 /// The most a scanner's answer may be (spamd's symbol list, rspamd's JSON).
 const MAX_ANSWER: usize = 256 * 1024;
-/// clamd INSTREAM chunk size (clamd's own default StreamMaxLength is 25 MB; chunks are framed).
-const CLAMD_CHUNK: usize = 64 * 1024;
+/// The size of the chunks a scanner is sent (clamd INSTREAM frames each; clamd's own default
+/// StreamMaxLength is 25 MiB in all).
+const CHUNK: usize = 64 * 1024;
+
+/// The message as a scanner reads it: the spool file from `start` to its end.
+#[derive(Debug, Clone, Copy)]
+pub struct Message<'s> {
+    pub spool: &'s SpoolReader,
+    /// Where the part this scanner reads begins (clamd skips mtac's own Received header, so it
+    /// sees exactly the sender's bytes and a message at the size limit fits its stream limit).
+    pub start: u64,
+}
+
+impl Message<'_> {
+    pub fn len(&self) -> u64 {
+        self.spool.len().saturating_sub(self.start)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Send the message in chunks; `frame` writes what goes before each chunk.
+    async fn send(
+        &self,
+        stream: &mut Box<dyn Stream>,
+        frame: impl Fn(usize) -> Option<[u8; 4]>,
+    ) -> Result<(), ScanError> {
+        let mut buf = vec![0u8; CHUNK];
+        let mut offset = self.start;
+        while offset < self.spool.len() {
+            let n = self.spool.read_at(offset, &mut buf)?;
+            if n == 0 {
+                break;
+            }
+            if let Some(prefix) = frame(n) {
+                stream.write_all(&prefix).await?;
+            }
+            stream.write_all(buf.get(..n).unwrap_or_default()).await?;
+            offset += n as u64;
+        }
+        Ok(())
+    }
+}
 
 /// Why a scanner could not give a verdict. Never a reason for a 5xx: the scanner's failure
 /// mode decides between 451 and accepting.
@@ -82,14 +125,11 @@ async fn read_answer(stream: &mut Box<dyn Stream>) -> Result<Vec<u8>, ScanError>
 
 /// clamd INSTREAM: `zINSTREAM\0`, chunks framed by a 4-byte big-endian length, a zero length;
 /// the answer is `stream: OK` or `stream: NAME FOUND`.
-pub async fn clamd(address: &str, message: &[u8]) -> Result<Finding, ScanError> {
+pub async fn clamd(address: &str, message: Message<'_>) -> Result<Finding, ScanError> {
     let mut stream = connect(address).await?;
     stream.write_all(b"zINSTREAM\0").await?;
-    for chunk in message.chunks(CLAMD_CHUNK) {
-        let len = u32::try_from(chunk.len()).map_err(|_| ScanError::Protocol("chunk too large".into()))?;
-        stream.write_all(&len.to_be_bytes()).await?;
-        stream.write_all(chunk).await?;
-    }
+    // A chunk is at most CHUNK (64 KiB) long: its length always fits the 4-byte frame.
+    message.send(&mut stream, |n| u32::try_from(n).ok().map(u32::to_be_bytes)).await?;
     stream.write_all(&[0, 0, 0, 0]).await?;
     stream.flush().await?;
     let answer = read_answer(&mut stream).await?;
@@ -112,11 +152,11 @@ fn parse_clamd(answer: &[u8]) -> Result<Finding, ScanError> {
 }
 
 /// spamd, SPAMC/1.5 `SYMBOLS`: the header `Spam: True ; 7.2 / 5.0` and the matched rules.
-pub async fn spamd(address: &str, message: &[u8]) -> Result<Finding, ScanError> {
+pub async fn spamd(address: &str, message: Message<'_>) -> Result<Finding, ScanError> {
     let mut stream = connect(address).await?;
     let request = format!("SYMBOLS SPAMC/1.5\r\nContent-length: {}\r\nUser: mtac\r\n\r\n", message.len());
     stream.write_all(request.as_bytes()).await?;
-    stream.write_all(message).await?;
+    message.send(&mut stream, |_| None).await?;
     stream.flush().await?;
     let answer = read_answer(&mut stream).await?;
     parse_spamd(&answer)
@@ -144,7 +184,7 @@ fn parse_spamd(answer: &[u8]) -> Result<Finding, ScanError> {
 }
 
 /// rspamd's HTTP check API: POST `/checkv2` with the envelope in headers; JSON back.
-pub async fn rspamd(url: &str, message: &[u8], envelope: &Envelope) -> Result<Finding, ScanError> {
+pub async fn rspamd(url: &str, message: Message<'_>, envelope: &Envelope) -> Result<Finding, ScanError> {
     use http_body_util::BodyExt;
     let rest = url.strip_prefix("http://").ok_or_else(|| ScanError::Protocol(format!("not an http URL: {url}")))?;
     let (authority, base) = match rest.split_once('/') {
@@ -166,8 +206,26 @@ pub async fn rspamd(url: &str, message: &[u8], envelope: &Envelope) -> Result<Fi
     for rcpt in &envelope.recipients {
         request = request.header("Rcpt", rcpt.as_str());
     }
+    // The body streams from the spool: hyper needs a body it owns, so it gets its own reader.
+    let reader = message.spool.try_clone()?;
+    let chunks = futures_util::stream::unfold((reader, message.start), |(reader, offset)| async move {
+        if offset >= reader.len() {
+            return None;
+        }
+        let mut buf = vec![0u8; CHUNK];
+        match reader.read_at(offset, &mut buf) {
+            Ok(0) => None,
+            Ok(n) => {
+                buf.truncate(n);
+                let frame = hyper::body::Frame::data(hyper::body::Bytes::from(buf));
+                Some((Ok::<_, std::io::Error>(frame), (reader, offset + n as u64)))
+            }
+            Err(e) => Some((Err(e), (reader, u64::MAX))),
+        }
+    });
     let request = request
-        .body(http_body_util::Full::new(hyper::body::Bytes::copy_from_slice(message)))
+        .header(hyper::header::CONTENT_LENGTH, message.len())
+        .body(http_body_util::StreamBody::new(chunks))
         .map_err(|e| ScanError::Protocol(format!("rspamd request: {e}")))?;
     let response = sender.send_request(request).await.map_err(|e| ScanError::Protocol(format!("rspamd: {e}")))?;
     let status = response.status();
@@ -202,13 +260,24 @@ fn parse_rspamd(body: &[u8]) -> Result<Finding, ScanError> {
 }
 
 /// Ask one scanner, within its timeout.
-pub async fn ask(scanner: &Scanner, message: &[u8], envelope: &Envelope) -> Result<Finding, ScanError> {
+///
+/// `spool` holds mtac's Received header and then the sender's message from `sender_start`:
+/// clamd reads the sender's bytes alone (a virus scanner gains nothing from our header, and
+/// this way a message at the size limit fits clamd's stream limit); the spam scanners read both,
+/// since the Received header carries the client they judge.
+pub async fn ask(
+    scanner: &Scanner,
+    spool: &SpoolReader,
+    sender_start: u64,
+    envelope: &Envelope,
+) -> Result<Finding, ScanError> {
     let timeout = Duration::from_secs(u64::from(scanner.timeout));
+    let whole = Message { spool, start: 0 };
     let work = async {
         match scanner.kind {
-            ScannerKind::Clamav => clamd(&scanner.address, message).await,
-            ScannerKind::Spamassassin => spamd(&scanner.address, message).await,
-            ScannerKind::Rspamd => rspamd(&scanner.address, message, envelope).await,
+            ScannerKind::Clamav => clamd(&scanner.address, Message { spool, start: sender_start }).await,
+            ScannerKind::Spamassassin => spamd(&scanner.address, whole).await,
+            ScannerKind::Rspamd => rspamd(&scanner.address, whole, envelope).await,
         }
     };
     tokio::time::timeout(timeout, work).await.map_err(|_| ScanError::Timeout(timeout))?

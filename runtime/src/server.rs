@@ -200,6 +200,8 @@ pub struct Shared {
     /// Failed AUTH attempts per address.
     pub auth_failures: crate::guard::Failures,
     pub spool: Spool,
+    /// Message transfers open per client (the farm's `transfers-per-ip`).
+    pub transfers: Arc<crate::transfers::Transfers>,
     /// Greylist entries (and with Redis, the farm's bans), when some farm needs them.
     pub state: Option<crate::state::Store>,
     pub counters: Counters,
@@ -245,6 +247,8 @@ impl Shared {
         m.bans_active.set(gauge(self.bans.active() as u64));
         m.spool_bytes.set(gauge(self.spool.bytes_in_use()));
         m.spool_files.set(gauge(self.spool.files_in_use()));
+        m.spool_budget.set(gauge(self.spool.budget()));
+        m.transfers_in_flight.set(gauge(self.transfers.in_flight()));
         if let Some(dns) = &self.dns {
             for (zone, state) in dns.zones().snapshot() {
                 m.zone_suspended.get_or_create(&crate::metrics::ZoneLabel { zone }).set(i64::from(state.suspended));
@@ -316,6 +320,7 @@ impl Node {
         }
         let spool_dir = ruleset.policy().spool.clone();
         let spool = Spool::new(Path::new(&spool_dir)).map_err(|source| RunError::Spool { path: spool_dir, source })?;
+        spool.set_budget(ruleset.policy().spool_max_bytes);
         let stale = spool.clean_stale();
         if stale > 0 {
             tracing::warn!(files = stale, "spool: removed files left by a node that did not stop cleanly");
@@ -341,6 +346,7 @@ impl Node {
             rates: Rates::default(),
             auth_failures: crate::guard::Failures::default(),
             spool,
+            transfers: Arc::default(),
             state,
             counters: Counters::default(),
             metrics: Metrics::new(),
@@ -416,6 +422,7 @@ impl Node {
             tracing::warn!("the new ruleset changes listeners: they take effect at the next restart");
         }
         let snapshot = Snapshot::new(ruleset, Some(&old))?;
+        self.shared.spool.set_budget(snapshot.ruleset.policy().spool_max_bytes);
         self.shared.snapshot.store(Arc::new(snapshot));
         Ok(Some((old_hash, new_hash)))
     }

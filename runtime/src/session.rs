@@ -677,6 +677,7 @@ mod tests {
             limits: Limits {
                 connections: 10,
                 connections_per_ip: 10,
+                transfers_per_ip: 5,
                 message_size: 1000,
                 recipients: 2,
                 line_length: 512,
@@ -697,6 +698,7 @@ mod tests {
             scanners: vec![],
             scan_max_size: 0,
             scan_oversize_refuse: false,
+            verdict_headers: model::VerdictHeaders { names: vec![], authserv_ids: vec![], rename: false },
             mime: None,
             relay: model::Relay::Maildir("/nonexistent".to_owned()),
             tls: None,
@@ -711,6 +713,7 @@ mod tests {
             hostname: "mx.example.net".to_owned(),
             banner: "ESMTP".to_owned(),
             spool: "/tmp".to_owned(),
+            spool_max_bytes: None,
             farms: vec![farm],
             tables: vec![TableInfo { kind: TableKind::Domains, name: "d".to_owned(), entries: 1, sources: vec![] }],
             dns: DnsSettings::default(),

@@ -30,11 +30,17 @@ pub struct Spool {
     in_memory: bool,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct InUse {
     bytes: AtomicU64,
     files: AtomicU64,
+    /// The budget: the most bytes all messages in flight may hold at once.
+    max_bytes: AtomicU64,
 }
+
+/// The share of the spool's file system that messages in flight may use when the policy sets no
+/// budget: the rest is headroom, so the budget's clean 452 comes before the file system's ENOSPC.
+const DEFAULT_SHARE_PERCENT: u64 = 75;
 
 const PREFIX: &str = "mtac-";
 const SUFFIX: &str = ".msg";
@@ -47,7 +53,30 @@ impl Spool {
         if !in_memory {
             tracing::warn!(dir = %dir.display(), "the spool is not a tmpfs: mount a RAM disk there for speed");
         }
-        Ok(Spool { dir: dir.to_path_buf(), counter: AtomicU64::new(0), in_use: Arc::default(), in_memory })
+        let in_use = Arc::new(InUse {
+            bytes: AtomicU64::new(0),
+            files: AtomicU64::new(0),
+            max_bytes: AtomicU64::new(default_budget(dir)),
+        });
+        Ok(Spool { dir: dir.to_path_buf(), counter: AtomicU64::new(0), in_use, in_memory })
+    }
+
+    /// Set the budget of bytes in flight (the policy's `spool max-bytes=`, or `None` for a share
+    /// of the file system). Called at start and at every reload.
+    pub fn set_budget(&self, max_bytes: Option<u64>) {
+        let max = max_bytes.unwrap_or_else(|| default_budget(&self.dir));
+        self.in_use.max_bytes.store(max, Ordering::Relaxed);
+    }
+
+    /// The budget of bytes in flight.
+    pub fn budget(&self) -> u64 {
+        self.in_use.max_bytes.load(Ordering::Relaxed)
+    }
+
+    /// Whether `size` more bytes fit in the budget now (the check of `MAIL … SIZE=`; nothing is
+    /// reserved: the bytes are taken as they arrive).
+    pub fn has_room_for(&self, size: u64) -> bool {
+        self.bytes_in_use().saturating_add(size) <= self.budget()
     }
 
     pub fn dir(&self) -> &Path {
@@ -145,14 +174,28 @@ impl SpoolFile {
         self.len == 0
     }
 
-    /// Append bytes. A full spool (ENOSPC) surfaces here as an error: the session answers 452.
+    /// Append bytes. The budget of bytes in flight is taken first; beyond it, or with the file
+    /// system full (ENOSPC), the write fails and the session answers 452 ([`is_full`]).
     pub async fn write(&mut self, bytes: &[u8]) -> io::Result<()> {
-        let file = &mut self.file;
-        off_worker(self.in_memory, || file.write_all(bytes))?;
         let n = bytes.len() as u64;
+        let before = self.in_use.bytes.fetch_add(n, Ordering::Relaxed);
+        if before.saturating_add(n) > self.in_use.max_bytes.load(Ordering::Relaxed) {
+            self.in_use.bytes.fetch_sub(n, Ordering::Relaxed);
+            return Err(io::Error::new(io::ErrorKind::StorageFull, "the spool's budget of bytes in flight is used up"));
+        }
+        let file = &mut self.file;
+        if let Err(e) = off_worker(self.in_memory, || file.write_all(bytes)) {
+            self.in_use.bytes.fetch_sub(n, Ordering::Relaxed);
+            return Err(e);
+        }
         self.len += n;
-        self.in_use.bytes.fetch_add(n, Ordering::Relaxed);
         Ok(())
+    }
+
+    /// A reader of the spooled bytes for one consumer (a scanner): its own handle, reading at
+    /// offsets, so several read at once while the file stays as it was written.
+    pub fn reader(&self) -> io::Result<SpoolReader> {
+        Ok(SpoolReader { file: self.file.try_clone()?, len: self.len, in_memory: self.in_memory })
     }
 
     /// Make everything written visible to readers (and to [`SpoolFile::path`]).
@@ -173,6 +216,51 @@ impl SpoolFile {
     }
 }
 
+/// Reads a spool file at offsets (see [`SpoolFile::reader`]).
+#[derive(Debug)]
+pub struct SpoolReader {
+    file: File,
+    len: u64,
+    in_memory: bool,
+}
+
+impl SpoolReader {
+    /// Another reader of the same file (for a consumer that must own its reader).
+    pub fn try_clone(&self) -> io::Result<SpoolReader> {
+        Ok(SpoolReader { file: self.file.try_clone()?, len: self.len, in_memory: self.in_memory })
+    }
+
+    /// The file's length when the reader was made.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Fill `buf` from `offset`, short only at the end of the file. Returns the bytes read.
+    pub fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
+        use std::os::unix::fs::FileExt;
+        let want = usize::try_from(self.len.saturating_sub(offset)).unwrap_or(usize::MAX).min(buf.len());
+        let buf = buf.get_mut(..want).unwrap_or_default();
+        off_worker(self.in_memory, || {
+            let mut filled = 0;
+            while filled < buf.len() {
+                match self.file.read_at(buf.get_mut(filled..).unwrap_or_default(), offset + filled as u64) {
+                    Ok(0) => {
+                        return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "spool file shorter than written"))
+                    }
+                    Ok(n) => filled += n,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            Ok(filled)
+        })
+    }
+}
+
 impl Drop for SpoolFile {
     fn drop(&mut self) {
         self.in_use.bytes.fetch_sub(self.len, Ordering::Relaxed);
@@ -187,7 +275,23 @@ impl Drop for SpoolFile {
     }
 }
 
-/// Whether an I/O error means the spool is full.
+/// Whether an I/O error means the spool is full: its budget used up, or its file system.
 pub fn is_full(error: &io::Error) -> bool {
-    matches!(error.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT))
+    error.kind() == io::ErrorKind::StorageFull
+        || matches!(error.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT))
+}
+
+/// The default budget: a share of the spool's file system (a tmpfs is sized by its mount).
+fn default_budget(dir: &Path) -> u64 {
+    match rustix::fs::statvfs(dir) {
+        Ok(stat) => {
+            let total = stat.f_blocks.saturating_mul(stat.f_frsize);
+            if total == 0 {
+                u64::MAX
+            } else {
+                total / 100 * DEFAULT_SHARE_PERCENT
+            }
+        }
+        Err(_) => u64::MAX,
+    }
 }

@@ -256,7 +256,7 @@ async fn a_message_too_large_to_scan_passes_unscanned_or_is_refused() {
     let sink = Sink::start(Behaviour::default()).await;
     let down = free_port();
     let pass = TestNode::start(
-        &relay_policy(&format!(r#"scan max-size="1KiB" {{ clamav "127.0.0.1:{down}" }}"#)),
+        &relay_policy(&format!(r#"scan max-size="1KiB" oversize="pass" {{ clamav "127.0.0.1:{down}" }}"#)),
         Some(sink.addr),
     )
     .await;
@@ -307,4 +307,158 @@ async fn rspamd_refuses_gtube_by_its_own_action_and_scores_clean_mail() {
     let relayed = String::from_utf8_lossy(&sink.messages()[0].data).into_owned();
     assert!(relayed.contains("X-Spam-Status: No, score="), "{relayed}");
     assert!(relayed.contains("scanner=rspamd"), "{relayed}");
+}
+
+/// Issue 14, item 1: EICAR padded to within 200 bytes of the default 25 MiB message size was
+/// relayed "unscanned, message too large": the spool's size (our Received header included) was
+/// compared with a max-size equal to the message size. Now the sender's size is compared, the
+/// default max-size is the message size, and clamd reads the sender's bytes alone, so a message
+/// at the limit also fits clamd's own default stream limit (25 MiB).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issue14_a_virus_at_the_size_limit_is_still_scanned() {
+    let Some(clam) = clamd().await else { return };
+    let sink = Sink::start(Behaviour::default()).await;
+    let node = TestNode::start(
+        &relay_policy(&format!(r#"scan {{ clamav "127.0.0.1:{}" timeout="60s" }}"#, clam.port)),
+        Some(sink.addr),
+    )
+    .await;
+    let head = message(EICAR);
+    let limit = 25 * 1024 * 1024;
+    // Lines of 76 characters and CRLF, as a base64 attachment would be; 200 bytes to spare.
+    let mut padded = head.replace('\n', "\r\n").into_bytes();
+    let line = [b'A'; 76];
+    while padded.len() + 78 <= limit - 200 {
+        padded.extend_from_slice(&line);
+        padded.extend_from_slice(b"\r\n");
+    }
+    assert!(padded.len() > limit - 300 && padded.len() <= limit - 200);
+    let mut c = Client::connect(node.addr).await;
+    assert_eq!(code(&c.reply().await), 220);
+    assert_eq!(code(&c.cmd("EHLO mail.sender.example").await), 250);
+    assert_eq!(code(&c.cmd(&format!("MAIL FROM:<alice@sender.example> SIZE={}", padded.len())).await), 250);
+    assert_eq!(code(&c.cmd("RCPT TO:<bob@example.test>").await), 250);
+    assert_eq!(code(&c.cmd("DATA").await), 354);
+    c.send(&padded).await;
+    let r = c.cmd(".").await;
+    assert!(r.starts_with("554 5.7.1 Message rejected: virus found: Mtac.Test.Eicar"), "{r}");
+    assert!(sink.messages().is_empty(), "nothing reached the back end");
+}
+
+/// Issue 14, item 1: `mtac check` and the defaults. A max-size below the message size refuses
+/// what it cannot scan unless the policy says oversize="pass".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issue14_too_large_to_scan_is_refused_by_default() {
+    let sink = Sink::start(Behaviour::default()).await;
+    let down = free_port();
+    let node = TestNode::start(
+        &relay_policy(&format!(r#"scan max-size="1KiB" {{ clamav "127.0.0.1:{down}" }}"#)),
+        Some(sink.addr),
+    )
+    .await;
+    let r = send(node.addr, &message(&"x".repeat(4000))).await;
+    assert!(r.starts_with("552 5.3.4 Message too large to be scanned"), "{r}");
+    assert!(sink.messages().is_empty());
+}
+
+/// Issue 14, item 2: a sender's X-Spam-*, X-Virus-Scanned and Authentication-Results naming the
+/// farm's own authserv-id reached the back end unchanged; with the scanner down and fail="open"
+/// they were the only verdict the back end saw. Now they are removed while DATA streams into the
+/// spool, and mtac's own verdict ("unscanned") is the one the back end reads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issue14_forged_verdict_headers_never_reach_the_back_end() {
+    let sink = Sink::start(Behaviour::default()).await;
+    let down = free_port();
+    let forged = "X-Spam-Flag: NO\n\
+        X-Spam-Status: No, score=-50.0 required=5.0\n\
+        \ttests=ALL_TRUSTED\n\
+        X-Spam-Score: -50.0\n\
+        X-Virus-Scanned: clamav on mx.test.example (mtac)\n\
+        Authentication-Results: mx.test.example; spf=pass smtp.mailfrom=bank.example;\n\
+        \tdkim=pass header.d=bank.example\n\
+        Authentication-Results: MX.TEST.EXAMPLE; dmarc=pass\n\
+        Authentication-Results: relay.partner.example; spf=pass smtp.mailfrom=partner.example\n";
+    let body = message("the body may say X-Spam-Flag: NO too");
+    let text = format!("{forged}{body}\nX-Spam-Flag: NO\n");
+    let node = TestNode::start(
+        &relay_policy(&format!(r#"scan {{ clamav "127.0.0.1:{down}" fail="open" }}"#)),
+        Some(sink.addr),
+    )
+    .await;
+    let r = send(node.addr, &text).await;
+    assert_eq!(code(&r), 250, "{r}");
+    let relayed = String::from_utf8_lossy(&sink.messages()[0].data).into_owned();
+    let (head, tail) = relayed.split_once("\r\n\r\n").unwrap();
+    assert!(head.contains("X-Spam-Status: unscanned, clamav unavailable"), "our own verdict: {relayed}");
+    assert_eq!(head.matches("X-Spam-Status:").count(), 1, "{head}");
+    for gone in ["X-Spam-Flag", "X-Spam-Score", "X-Virus-Scanned", "score=-50", "ALL_TRUSTED", "bank.example"] {
+        assert!(!head.contains(gone), "{gone} was handed on: {head}");
+    }
+    assert!(!head.to_ascii_lowercase().contains("authentication-results: mx.test.example"), "{head}");
+    assert!(head.contains("Authentication-Results: relay.partner.example;"), "another host's results stay: {head}");
+    assert!(head.contains("Subject: test"), "{head}");
+    assert!(tail.contains("X-Spam-Flag: NO"), "the body is content, not headers: {tail}");
+    let m = node.metrics().await;
+    assert_eq!(sample(&m, "mtac_verdict_headers_removed_total"), 6.0, "{m}");
+
+    // The policy may keep them, under a name no filter trusts.
+    let renaming =
+        TestNode::start(&relay_policy(r#"verdict-headers "X-Partner-Verdict" action="rename""#), Some(sink.addr)).await;
+    let r = send(renaming.addr, &format!("X-Partner-Verdict: clean\n{text}")).await;
+    assert_eq!(code(&r), 250, "{r}");
+    let relayed = String::from_utf8_lossy(&sink.messages()[1].data).into_owned();
+    let (head, _) = relayed.split_once("\r\n\r\n").unwrap();
+    assert!(head.contains("\r\nX-Original-X-Spam-Flag: NO\r\n"), "{head}");
+    assert!(head.contains("\r\nX-Original-X-Partner-Verdict: clean\r\n"), "{head}");
+    assert!(head.contains("\r\nX-Original-Authentication-Results: mx.test.example; spf=pass"), "{head}");
+    assert!(!head.contains("\r\nX-Spam-Flag:"), "{head}");
+}
+
+/// Issue 14, item 5: the spool's budget of bytes in flight and one client's share of the
+/// transfers. A declared SIZE beyond the budget and a message that outgrows it get 452 4.3.1,
+/// never a broken 250; a client over its transfers gets 452 at MAIL while another client is
+/// served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issue14_the_spool_budget_and_transfers_per_client_answer_452() {
+    let sink = Sink::start(Behaviour::default()).await;
+    let policy = relay_policy("limits { transfers-per-ip 1\n message-size \"8MiB\" }")
+        .replace(r#"spool "{dir}/spool""#, r#"spool "{dir}/spool" max-bytes="1MiB""#);
+    let node = TestNode::start(&policy, Some(sink.addr)).await;
+
+    let mut c = Client::connect(node.addr).await;
+    assert_eq!(code(&c.reply().await), 220);
+    assert_eq!(code(&c.cmd("EHLO mail.sender.example").await), 250);
+    let r = c.cmd("MAIL FROM:<alice@sender.example> SIZE=2000000").await;
+    assert!(r.starts_with("452 4.3.1"), "SIZE beyond the budget: {r}");
+    assert_eq!(code(&c.cmd("MAIL FROM:<alice@sender.example>").await), 250);
+    assert_eq!(code(&c.cmd("RCPT TO:<bob@example.test>").await), 250);
+
+    // The same client again, while its first transfer is open: over its share.
+    let mut second = Client::connect(node.addr).await;
+    assert_eq!(code(&second.reply().await), 220);
+    assert_eq!(code(&second.cmd("EHLO mail.sender.example").await), 250);
+    let r = second.cmd("MAIL FROM:<alice@sender.example>").await;
+    assert!(r.starts_with("452 4.3.1 Too many messages in flight"), "{r}");
+    // Another client is served.
+    let mut other = Client::connect_from(node.addr, "127.0.0.2").await;
+    assert_eq!(code(&other.reply().await), 220);
+    assert_eq!(code(&other.cmd("EHLO mail.other.example").await), 250);
+    assert_eq!(code(&other.cmd("MAIL FROM:<carol@other.example>").await), 250);
+    other.cmd("QUIT").await;
+
+    // The first message outgrows the budget: 452 after its end, and the session goes on.
+    assert_eq!(code(&c.cmd("DATA").await), 354);
+    let big = message(&"y".repeat(76)).replace('\n', "\r\n") + &format!("{}\r\n", "z".repeat(76)).repeat(20_000);
+    c.send(big.as_bytes()).await;
+    let r = c.cmd(".").await;
+    assert!(r.starts_with("452 4.3.1"), "over the budget: {r}");
+    assert_eq!(code(&c.cmd("NOOP").await), 250, "the session goes on");
+    // Its transfer is closed: the second session may send now.
+    let r = second.cmd("MAIL FROM:<alice@sender.example>").await;
+    assert_eq!(code(&r), 250, "{r}");
+    assert!(sink.messages().is_empty());
+    assert_eq!(node.spool_files(), 0);
+    let m = node.metrics().await;
+    assert_eq!(sample(&m, r#"mtac_messages_total{farm="mx",verdict="deferred",reason="spool-budget"}"#), 1.0, "{m}");
+    assert_eq!(sample(&m, "mtac_spool_budget_bytes"), 1048576.0, "{m}");
 }

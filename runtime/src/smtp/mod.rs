@@ -48,6 +48,7 @@ pub mod command;
 pub mod data;
 #[doc(hidden)]
 pub mod fuzz;
+pub mod headers;
 pub mod line;
 pub mod reply;
 
@@ -56,5 +57,6 @@ pub use command::{
     ReversePath,
 };
 pub use data::{BarePolicy, DataError, DataProgress, DataReceiver, DataStats, DotStuffer};
+pub use headers::VerdictFilter;
 pub use line::{Frame, Framed, LineReader, RFC5321_MAX_COMMAND_LINE};
 pub use reply::{EhloCapabilities, EnhancedCode, Reply, ReplyError, MAX_REPLY_LINE};
