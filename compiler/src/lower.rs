@@ -2255,7 +2255,7 @@ impl<'d> Lowerer<'d> {
     }
 
     fn auth(&mut self, at: At<'_>, dir: &Path, farm: &mut DraftFarm) {
-        self.shape(at, &["mechanisms", "max-failures", "cache"], 0, true);
+        self.shape(at, &["mechanisms", "max-failures", "cache", "header-from"], 0, true);
         let mechanisms: Vec<String> = match Self::prop(at, "mechanisms") {
             Some(e) => self
                 .string(e, at.file, "`mechanisms`")
@@ -2356,7 +2356,26 @@ impl<'d> Lowerer<'d> {
         };
         sender_aliases.sort_unstable();
         sender_aliases.dedup();
-        farm.auth = Some((Auth { mechanisms, backend, max_failures, cache_ttl, sender_aliases }, self.origin_of(at)));
+        let header_from_owned = match Self::prop(at, "header-from")
+            .and_then(|e| self.string(e, at.file, "`header-from`"))
+            .as_deref()
+        {
+            None | Some("any") => false,
+            Some("owned") => true,
+            Some(other) => {
+                self.err(
+                        "mtac::auth::header-from",
+                        format!("unknown header-from rule `{other}`"),
+                        at.file,
+                        at.node.span(),
+                        "expected \"owned\" or \"any\"",
+                        "\"owned\": every From address must be one the user may send as (like MAIL FROM); \"any\" (the default) does not look",
+                    );
+                false
+            }
+        };
+        let auth = Auth { mechanisms, backend, max_failures, cache_ttl, sender_aliases, header_from_owned };
+        farm.auth = Some((auth, self.origin_of(at)));
     }
 
     /// `may-send-as "USER" "ADDRESS"…`, or `may-send-as file="…"` with lines `USER ADDRESS…`.

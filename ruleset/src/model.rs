@@ -597,6 +597,9 @@ pub struct Auth {
     /// Addresses a user may use as MAIL FROM besides their own: (user, address) pairs,
     /// lowercase, sorted (binary-searched at MAIL FROM).
     pub sender_aliases: Vec<(String, String)>,
+    /// Every address in the message's From header must be one the user may send as (the same
+    /// rule as MAIL FROM); a message without one is refused too.
+    pub header_from_owned: bool,
 }
 
 impl Auth {

@@ -701,6 +701,9 @@ async fn data(
         tracing::error!(session = %session.id, error = %e, "spool: flush failed");
         return Ok((abandon(txn, insufficient_storage()).await, "spool", size));
     }
+    if let Some(refusal) = header_from_refusal(session, farm, ruleset, &verdicts) {
+        return Ok((abandon(txn, refusal).await, "auth.header-from", size));
+    }
     let message = SpooledMessage { size, sender_start };
     let headers = match content_checks(conn.shared, session, farm, ruleset, &spool, message, hostname).await {
         Ok(headers) => headers,
@@ -894,6 +897,44 @@ fn count_delivery(shared: &Shared, session: &Session, farm: &Farm) {
             tracing::warn!(error = %e, "greylist: cannot count a delivery for auto-whitelisting");
         }
     });
+}
+
+/// With `auth header-from="owned"`: the refusal of an authenticated user's message whose From
+/// header names an address the user may not send as (or none at all). The From fields were
+/// collected by the verdict filter while the message streamed in.
+fn header_from_refusal(
+    session: &Session,
+    farm: &Farm,
+    ruleset: &mtac_ruleset::Ruleset,
+    verdicts: &VerdictFilter<'_>,
+) -> Option<Reply> {
+    if session.authenticated.is_none() || !farm.auth.as_ref().is_some_and(|a| a.header_from_owned) {
+        return None;
+    }
+    let (values, fields) = verdicts.from();
+    let mut field = b"From:".to_vec();
+    field.extend_from_slice(values);
+    field.extend_from_slice(b"\r\n\r\n");
+    let parsed = mail_parser::MessageParser::default().parse_headers(&field);
+    let addresses: Vec<String> = parsed
+        .as_ref()
+        .and_then(|m| m.from())
+        .map(|from| from.iter().filter_map(|a| a.address().map(str::to_owned)).collect())
+        .unwrap_or_default();
+    let owned = fields > 0 && !addresses.is_empty() && addresses.iter().all(|a| session.owns(a, ruleset, farm));
+    if owned {
+        return None;
+    }
+    let shown: String = addresses.join(", ").chars().filter(|c| !c.is_control()).take(100).collect();
+    tracing::info!(session = %session.id, user = session.authenticated.as_deref().unwrap_or(""), from = shown.as_str(), fields, "header From not owned by the user");
+    Some(
+        Reply::new(
+            550,
+            EnhancedCode::new(5, 7, 1),
+            "Message rejected: From header not owned by the authenticated user",
+        )
+        .unwrap_or_else(|_| Reply::local_error()),
+    )
 }
 
 /// Where the sender's message lies in the spool file, and how big it was as sent.

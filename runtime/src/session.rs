@@ -399,7 +399,7 @@ impl Session {
     /// May the authenticated user send as `sender`? The null sender, the user's own address
     /// (a user name that is an address), USER@ one of the farm's local domains, or an address
     /// the policy gave the user (`may-send-as`).
-    fn owns(&self, sender: &str, ruleset: &Ruleset, farm: &Farm) -> bool {
+    pub fn owns(&self, sender: &str, ruleset: &Ruleset, farm: &Farm) -> bool {
         use mtac_ruleset::eval::Lookup;
         let Some(user) = &self.authenticated else { return true };
         if sender.is_empty() || sender.eq_ignore_ascii_case(user) {

@@ -108,6 +108,49 @@ async fn starttls(addr: SocketAddr, cert: &str) -> Smtp<tokio_rustls::client::Tl
     Smtp { stream: BufReader::new(tls) }
 }
 
+/// Issue 14, item 8: with `auth header-from="owned"`, an authenticated user's message must carry
+/// a From header the user may send as (the MAIL FROM rule); a forged colleague, a second From
+/// field or none at all is refused with 550 5.7.1 after DATA, and nothing reaches the back end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issue14_the_header_from_must_belong_to_the_user() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = certificate(dir.path());
+    let sink = Sink::start(Behaviour::default()).await;
+    let auth = format!(
+        r#"auth header-from="owned" {{
+        user "alice" hash="{}"
+        may-send-as "alice" "sales@example.test"
+    }}"#,
+        phc("correct horse")
+    );
+    let node = TestNode::start(&policy(&cert, &key, &auth, ""), Some(sink.addr)).await;
+    let mut s = starttls(node.addr, &cert).await;
+    s.cmd("EHLO laptop.example.org").await;
+    assert!(s.cmd(&format!("AUTH PLAIN {}", b64("\0alice\0correct horse"))).await.starts_with("235"));
+    let mut send = async |from_fields: &str| {
+        assert_eq!(code(&s.cmd("MAIL FROM:<alice@example.test>").await), 250);
+        assert_eq!(code(&s.cmd("RCPT TO:<friend@elsewhere.example>").await), 250);
+        assert_eq!(code(&s.cmd("DATA").await), 354);
+        let message = format!("{from_fields}Subject: hi\r\n\r\nhello\r\n.\r\n");
+        s.stream.get_mut().write_all(message.as_bytes()).await.unwrap();
+        s.reply().await
+    };
+    for owned in ["From: Alice <alice@example.test>\r\n", "From: \"Sales\" <SALES@example.test>\r\n"] {
+        let r = send(owned).await;
+        assert_eq!(code(&r), 250, "{owned}: {r}");
+    }
+    for forged in [
+        "From: The CEO <ceo@example.test>\r\n",
+        "From: alice@example.test, ceo@example.test\r\n",
+        "From: alice@example.test\r\nFrom: ceo@example.test\r\n",
+        "",
+    ] {
+        let r = send(forged).await;
+        assert!(r.starts_with("550 5.7.1 Message rejected: From header not owned"), "{forged:?}: {r}");
+    }
+    assert_eq!(sink.messages().len(), 2, "only the owned messages were relayed");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn submission_needs_tls_then_auth_and_the_user_owns_the_sender() {
     let dir = tempfile::tempdir().unwrap();
