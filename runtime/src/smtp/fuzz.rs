@@ -102,6 +102,8 @@ pub fn smtp_data(data: &[u8]) {
         assert_eq!(consumed, input.len());
     }
 
+    verdict_filter(&out, control);
+
     // Round trip: what the relay sends the back end reads back to the same content.
     if done && stats.size <= max && (policy == BarePolicy::Normalize || !stats.bare_seen()) {
         let mut wire = Vec::new();
@@ -113,6 +115,36 @@ pub fn smtp_data(data: &[u8]) {
         assert_eq!(used, wire.len());
         assert_eq!(again, out);
         assert!(!again_stats.bare_seen());
+    }
+}
+
+/// The verdict filter on the receiver's output: the same result however it is chunked, never a
+/// bare CR or LF, never longer than its input when removing, and removing twice is removing once
+/// (nothing it lets through is a field it should have taken out).
+fn verdict_filter(content: &[u8], control: u8) {
+    use mtac_ruleset::model::VerdictHeaders;
+    let rules = VerdictHeaders {
+        names: vec!["x-spam-flag".to_owned(), "x".to_owned()],
+        authserv_ids: vec!["mx.example".to_owned()],
+        rename: control & 4 != 0,
+    };
+    let run = |chunks: &[&[u8]]| {
+        let mut filter = super::VerdictFilter::new(&rules);
+        let mut out = Vec::new();
+        for chunk in chunks {
+            filter.feed(chunk, &mut out);
+        }
+        filter.finish(&mut out);
+        out
+    };
+    let whole = run(&[content]);
+    let split = usize::from(control) * 31 % (content.len() + 1);
+    let (head, tail) = content.split_at(split);
+    assert_eq!(whole, run(&[head, tail]), "chunking changed the filter's result");
+    assert_clean(&whole);
+    if !rules.rename {
+        assert!(whole.len() <= content.len());
+        assert_eq!(run(&[&whole]), whole, "a second pass removed more");
     }
 }
 
