@@ -2144,7 +2144,7 @@ impl<'d> Lowerer<'d> {
     }
 
     fn auth(&mut self, at: At<'_>, dir: &Path, farm: &mut DraftFarm) {
-        self.shape(at, &["mechanisms", "max-failures", "cache"], 0, true);
+        self.shape(at, &["mechanisms", "max-failures", "cache", "null-sender"], 0, true);
         let mechanisms: Vec<String> = match Self::prop(at, "mechanisms") {
             Some(e) => self
                 .string(e, at.file, "`mechanisms`")
@@ -2169,6 +2169,9 @@ impl<'d> Lowerer<'d> {
         let max_failures =
             Self::prop(at, "max-failures").and_then(|e| self.u32_value(e, at.file, "`max-failures`", 1)).unwrap_or(5);
         let cache_ttl = Self::prop(at, "cache").and_then(|e| self.duration(e, at.file, "`cache`")).unwrap_or(0);
+        // Off unless asked for, like Postfix's reject_authenticated_sender_login_mismatch: no
+        // user owns `<>`, and mail without a return path cannot be traced back to the account.
+        let null_sender = self.bool_prop(at, "null-sender", false);
         let mut backend = None;
         let mut users = Vec::new();
         let mut sender_aliases = Vec::new();
@@ -2245,7 +2248,16 @@ impl<'d> Lowerer<'d> {
         };
         sender_aliases.sort_unstable();
         sender_aliases.dedup();
-        farm.auth = Some((Auth { mechanisms, backend, max_failures, cache_ttl, sender_aliases }, self.origin_of(at)));
+        let auth = Auth {
+            mechanisms,
+            backend,
+            max_failures,
+            cache_ttl,
+            sender_aliases,
+            null_sender,
+            unknown_user_cost: std::sync::OnceLock::new(),
+        };
+        farm.auth = Some((auth, self.origin_of(at)));
     }
 
     /// `may-send-as "USER" "ADDRESS"…`, or `may-send-as file="…"` with lines `USER ADDRESS…`.

@@ -575,6 +575,13 @@ pub struct Auth {
     /// Addresses a user may use as MAIL FROM besides their own: (user, address) pairs,
     /// lowercase, sorted (binary-searched at MAIL FROM).
     pub sender_aliases: Vec<(String, String)>,
+    /// May an authenticated user send with the null reverse path `MAIL FROM:<>`?
+    pub null_sender: bool,
+    /// The runtime's memo of what checking an unknown user's password costs (the dearest hash
+    /// of the table), worked out once per loaded ruleset. Not in the file: each load starts
+    /// empty.
+    #[serde(skip)]
+    pub unknown_user_cost: std::sync::OnceLock<[u32; 4]>,
 }
 
 impl Auth {
