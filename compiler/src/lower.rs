@@ -2255,7 +2255,7 @@ impl<'d> Lowerer<'d> {
     }
 
     fn auth(&mut self, at: At<'_>, dir: &Path, farm: &mut DraftFarm) {
-        self.shape(at, &["mechanisms", "max-failures", "cache", "header-from"], 0, true);
+        self.shape(at, &["mechanisms", "max-failures", "cache", "null-sender", "header-from"], 0, true);
         let mechanisms: Vec<String> = match Self::prop(at, "mechanisms") {
             Some(e) => self
                 .string(e, at.file, "`mechanisms`")
@@ -2280,6 +2280,9 @@ impl<'d> Lowerer<'d> {
         let max_failures =
             Self::prop(at, "max-failures").and_then(|e| self.u32_value(e, at.file, "`max-failures`", 1)).unwrap_or(5);
         let cache_ttl = Self::prop(at, "cache").and_then(|e| self.duration(e, at.file, "`cache`")).unwrap_or(0);
+        // Off unless asked for, like Postfix's reject_authenticated_sender_login_mismatch: no
+        // user owns `<>`, and mail without a return path cannot be traced back to the account.
+        let null_sender = self.bool_prop(at, "null-sender", false);
         let mut backend = None;
         let mut users = Vec::new();
         let mut sender_aliases = Vec::new();
@@ -2374,7 +2377,16 @@ impl<'d> Lowerer<'d> {
                 false
             }
         };
-        let auth = Auth { mechanisms, backend, max_failures, cache_ttl, sender_aliases, header_from_owned };
+        let auth = Auth {
+            mechanisms,
+            backend,
+            max_failures,
+            cache_ttl,
+            sender_aliases,
+            null_sender,
+            header_from_owned,
+            unknown_user_cost: std::sync::OnceLock::new(),
+        };
         farm.auth = Some((auth, self.origin_of(at)));
     }
 

@@ -600,6 +600,13 @@ pub struct Auth {
     /// Every address in the message's From header must be one the user may send as (the same
     /// rule as MAIL FROM); a message without one is refused too.
     pub header_from_owned: bool,
+    /// May an authenticated user send with the null reverse path `MAIL FROM:<>`?
+    pub null_sender: bool,
+    /// The runtime's memo of what checking an unknown user's password costs (the dearest hash
+    /// of the table), worked out once per loaded ruleset. Not in the file: each load starts
+    /// empty.
+    #[serde(skip)]
+    pub unknown_user_cost: std::sync::OnceLock<[u32; 4]>,
 }
 
 impl Auth {

@@ -985,7 +985,9 @@ async fn content_checks(
             helo: session.helo.as_deref(),
             sender: session.txn.as_ref().map(|t| t.sender.as_str()),
             recipient: None,
-            authenticated: false,
+            // What vouches for the client at RCPT vouches for it here: an authenticated user
+            // sending From: their own local address is not forging it.
+            authenticated: session.authenticated.is_some(),
             hostname,
             dns: &session.dns,
         };

@@ -138,6 +138,9 @@ impl Snapshot {
         }
         let login_caches =
             ruleset.policy().farms.iter().map(|f| f.auth.as_ref().and_then(crate::auth::LoginCache::new)).collect();
+        for auth in ruleset.policy().farms.iter().filter_map(|f| f.auth.as_ref()) {
+            crate::auth::prepare(auth);
+        }
         Ok(Snapshot { ruleset, relays, maildirs, tls, directories, login_caches })
     }
 

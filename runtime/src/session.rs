@@ -256,8 +256,14 @@ impl Session {
         self.answer(r)
     }
 
-    /// A command line longer than the policy allows.
+    /// A command line longer than the policy allows. Inside a SASL exchange the line was the
+    /// client's answer: RFC 4954 §4 ends the exchange with `500 5.5.6`, so the next line is a
+    /// command again (left as it was, the exchange would read the client's next command as a
+    /// base64 answer).
     pub fn line_too_long(&mut self) -> Action {
+        if self.sasl.take().is_some() {
+            return self.answer(Reply::auth_line_too_long());
+        }
         self.answer(Reply::line_too_long())
     }
 
@@ -396,13 +402,16 @@ impl Session {
         self.sasl = None;
     }
 
-    /// May the authenticated user send as `sender`? The null sender, the user's own address
-    /// (a user name that is an address), USER@ one of the farm's local domains, or an address
-    /// the policy gave the user (`may-send-as`).
+    /// May the authenticated user send as `sender`? The user's own address (a user name that
+    /// is an address), USER@ one of the farm's local domains, an address the policy gave the
+    /// user (`may-send-as`), or the null sender when the farm allows it (`auth null-sender=`).
     pub fn owns(&self, sender: &str, ruleset: &Ruleset, farm: &Farm) -> bool {
         use mtac_ruleset::eval::Lookup;
         let Some(user) = &self.authenticated else { return true };
-        if sender.is_empty() || sender.eq_ignore_ascii_case(user) {
+        if sender.is_empty() {
+            return farm.auth.as_ref().is_some_and(|a| a.null_sender);
+        }
+        if sender.eq_ignore_ascii_case(user) {
             return true;
         }
         if farm.auth.as_ref().is_some_and(|a| a.may_send_as(user, sender)) {
@@ -463,13 +472,12 @@ impl Session {
                 }
                 if !self.owns(&sender, ruleset, farm) {
                     self.note_rule("auth.sender".to_owned());
-                    return self.answer(reply(
-                        553,
-                        5,
-                        7,
-                        1,
-                        "Sender address rejected: not owned by the authenticated user",
-                    ));
+                    let text = if sender.is_empty() {
+                        "Sender address rejected: the null sender is not allowed after AUTH"
+                    } else {
+                        "Sender address rejected: not owned by the authenticated user"
+                    };
+                    return self.answer(reply(553, 5, 7, 1, text));
                 }
                 if let Some(r) = self.decide(ruleset, farm, Stage::Mail, Some(&sender), None) {
                     return self.answer(r);

@@ -12,6 +12,14 @@
 //! itself (measured: ~25% of the node's CPU per 4 KiB message). A spool on any other file system
 //! is still served, with every operation moved off the worker (`block_in_place`) and a warning
 //! at start.
+//!
+//! Messages are private: the directory is the node user's own, mode 0700, and every file is
+//! 0600. [`Spool::new`] makes the directory with `mkdir` (which, like `O_EXCL`, never adopts a
+//! name someone else made first and never follows a symbolic link), or checks the one it finds:
+//! a symbolic link, a directory of another user, one writable by group or others, or one whose
+//! parent anyone may write without the sticky bit is refused, and the node does not start. The
+//! default, `/dev/shm/mtac`, sits in a directory every local user can write: another user could
+//! make it first, to read the messages or plant files, and is refused there.
 
 use std::fs::File;
 use std::io::{self, Read, Seek, Write};
@@ -46,9 +54,10 @@ const PREFIX: &str = "mtac-";
 const SUFFIX: &str = ".msg";
 
 impl Spool {
-    /// Use (and create) `dir`.
+    /// Use (and create) `dir`, refusing one that is not private to this node's user (module
+    /// doc); the error says what to do.
     pub fn new(dir: &Path) -> io::Result<Spool> {
-        std::fs::create_dir_all(dir)?;
+        private_dir(dir)?;
         let in_memory = is_tmpfs(dir);
         if !in_memory {
             tracing::warn!(dir = %dir.display(), "the spool is not a tmpfs: mount a RAM disk there for speed");
@@ -120,11 +129,81 @@ impl Spool {
         let n = self.counter.fetch_add(1, Ordering::Relaxed);
         let path = self.dir.join(format!("{PREFIX}{}-{session}-{n}{SUFFIX}", std::process::id()));
         let in_memory = self.in_memory;
-        let file =
-            off_worker(in_memory, || std::fs::OpenOptions::new().read(true).write(true).create_new(true).open(&path))?;
+        let file = off_worker(in_memory, || {
+            use std::os::unix::fs::OpenOptionsExt;
+            // 0600: a message is for this node's user only. create_new (O_EXCL) never follows a
+            // symbolic link; O_NOFOLLOW says so twice.
+            std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .custom_flags(libc::O_NOFOLLOW)
+                .open(&path)
+        })?;
         self.in_use.files.fetch_add(1, Ordering::Relaxed);
         Ok(SpoolFile { path, file, len: 0, in_use: self.in_use.clone(), in_memory })
     }
+}
+
+/// Make `dir` (mode 0700) or check the one there: this user's, a real directory, writable by
+/// no one else, in a parent where no one else can swap it for their own. A directory readable
+/// by others but otherwise sound is tightened to 0700.
+fn private_dir(dir: &Path) -> io::Result<()> {
+    use rustix::fs::{Mode, OFlags};
+    use std::os::unix::fs::DirBuilderExt;
+    let refuse = |why: String| io::Error::new(io::ErrorKind::PermissionDenied, why);
+    if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent)?;
+        let meta = std::fs::metadata(parent)?;
+        let mode = std::os::unix::fs::PermissionsExt::mode(&meta.permissions());
+        if mode & 0o002 != 0 && mode & 0o1000 == 0 {
+            return Err(refuse(format!(
+                "its parent {} is writable by everyone without the sticky bit, so anyone could put a directory of \
+                 their own in the spool's place: `chmod +t` the parent, or put the spool elsewhere (/run/mtac/spool)",
+                parent.display()
+            )));
+        }
+    }
+    match std::fs::DirBuilder::new().mode(0o700).create(dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(e),
+    }
+    let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    let fd = rustix::fs::open(dir, flags, Mode::empty()).map_err(|e| {
+        if e == rustix::io::Errno::LOOP || e == rustix::io::Errno::NOTDIR {
+            refuse(
+                "is a symbolic link or not a directory: the spool must be a directory of the node's own \
+                 (remove it and let the node make it, or point `spool` at a real directory)"
+                    .to_owned(),
+            )
+        } else {
+            io::Error::from(e)
+        }
+    })?;
+    // From here on the checks are on the open directory itself, not on a name that could change.
+    let stat = rustix::fs::fstat(&fd)?;
+    let me = rustix::process::geteuid().as_raw();
+    if stat.st_uid != me {
+        return Err(refuse(format!(
+            "belongs to uid {}, not to this node's user (uid {me}), who may read and plant messages there: \
+             remove it (the node makes it again, mode 0700) or point `spool` at a directory of the node's user",
+            stat.st_uid
+        )));
+    }
+    let mode = stat.st_mode & 0o7777;
+    if mode & 0o022 != 0 {
+        return Err(refuse(format!(
+            "is writable by group or others (mode {mode:04o}): `chmod 0700` it after checking that nothing \
+             unexpected is in it, or remove it and let the node make it"
+        )));
+    }
+    if mode & 0o077 != 0 {
+        rustix::fs::fchmod(&fd, Mode::from_raw_mode(0o700))?;
+        tracing::warn!(dir = %dir.display(), mode = format!("{mode:04o}"), "spool: directory was readable by others, made 0700");
+    }
+    Ok(())
 }
 
 /// Run a file operation: in place on a tmpfs, else with the worker handed over to other tasks.

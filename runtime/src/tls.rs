@@ -3,9 +3,10 @@
 //! Each farm with `tls` gets one `rustls::ServerConfig` built when the ruleset is loaded: TLS 1.2
 //! and 1.3 only, rustls' modern cipher suites only (no CBC, no RSA key exchange), the
 //! certificate chain and key read from their PEM files. The config is part of the ruleset
-//! snapshot, so a reload — or a certificate renewed on disk, which the node notices by the
-//! files' modification times — swaps it in for new sessions without touching sessions already
-//! in TLS.
+//! snapshot, so a reload — or a certificate renewed on disk, which the node notices by a hash
+//! of the files' contents — swaps it in for new sessions without touching sessions already in
+//! TLS. Not by modification times: a file in the Nix store (and one copied with `cp -p`, or
+//! unpacked from an archive) carries a fixed mtime, so a renewal can keep the old one.
 //!
 //! [`SmtpStream`] is one connection, plain or encrypted: the session driver reads and writes it
 //! without caring which. Upgrading (`starttls`) consumes the plain stream; anything the client
@@ -16,11 +17,9 @@ use rustls::ServerConfig;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use std::io;
-use std::path::Path;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::SystemTime;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
@@ -39,26 +38,31 @@ pub enum TlsError {
 #[derive(Clone)]
 pub struct FarmTls {
     pub acceptor: tokio_rustls::TlsAcceptor,
-    /// The files and their modification times when loaded, to notice a renewal.
-    stamps: Vec<(String, Option<SystemTime>)>,
+    /// The files and a BLAKE3 hash of what was read from them, to notice a renewal (`None`:
+    /// unreadable).
+    stamps: Vec<(String, Option<blake3::Hash>)>,
 }
 
-fn stamp(path: &str) -> Option<SystemTime> {
-    std::fs::metadata(path).and_then(|m| m.modified()).ok()
+/// The hash of a file's contents, `None` if it cannot be read.
+fn stamp(path: &str) -> Option<blake3::Hash> {
+    std::fs::read(path).ok().map(|bytes| blake3::hash(&bytes))
 }
 
 impl FarmTls {
     /// Read the chain and key and build the server configuration.
     pub fn load(certificate: &str, key_file: &str) -> Result<FarmTls, TlsError> {
-        let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(Path::new(certificate))
-            .map_err(|e| TlsError::Certificate { path: certificate.to_owned(), message: e.to_string() })?
+        // Each file is read once: what is parsed is exactly what is hashed.
+        let cert_error = |message: String| TlsError::Certificate { path: certificate.to_owned(), message };
+        let cert_pem = std::fs::read(certificate).map_err(|e| cert_error(e.to_string()))?;
+        let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&cert_pem)
             .collect::<Result<_, _>>()
-            .map_err(|e| TlsError::Certificate { path: certificate.to_owned(), message: e.to_string() })?;
+            .map_err(|e| cert_error(e.to_string()))?;
         if chain.is_empty() {
-            return Err(TlsError::Certificate { path: certificate.to_owned(), message: "no certificate in it".into() });
+            return Err(cert_error("no certificate in it".into()));
         }
-        let key = PrivateKeyDer::from_pem_file(Path::new(key_file))
-            .map_err(|e| TlsError::Key { path: key_file.to_owned(), message: e.to_string() })?;
+        let key_error = |message: String| TlsError::Key { path: key_file.to_owned(), message };
+        let key_pem = std::fs::read(key_file).map_err(|e| key_error(e.to_string()))?;
+        let key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| key_error(e.to_string()))?;
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let config = ServerConfig::builder_with_provider(provider)
             .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
@@ -66,13 +70,16 @@ impl FarmTls {
             .with_single_cert(chain, key)?;
         Ok(FarmTls {
             acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(config)),
-            stamps: vec![(certificate.to_owned(), stamp(certificate)), (key_file.to_owned(), stamp(key_file))],
+            stamps: vec![
+                (certificate.to_owned(), Some(blake3::hash(&cert_pem))),
+                (key_file.to_owned(), Some(blake3::hash(&key_pem))),
+            ],
         })
     }
 
-    /// Whether the certificate or key file changed on disk since they were loaded.
+    /// Whether the certificate or key file holds something else than what was loaded.
     pub fn changed_on_disk(&self) -> bool {
-        self.stamps.iter().any(|(path, when)| stamp(path) != *when)
+        self.stamps.iter().any(|(path, hash)| stamp(path) != *hash)
     }
 }
 
@@ -151,5 +158,46 @@ impl AsyncWrite for SmtpStream {
             SmtpStream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
             SmtpStream::Gone => Poll::Ready(Ok(())),
         }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+
+    /// Issue 14: a renewed certificate with the old modification time (a Nix store file keeps
+    /// mtime 1) went unnoticed. Two key pairs swapped in with identical mtimes.
+    #[test]
+    fn a_renewal_that_keeps_the_modification_time_is_noticed() {
+        let dir = tempfile::tempdir().unwrap();
+        let make = |name: &str| {
+            let out = std::process::Command::new("openssl")
+                .args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"])
+                .args(["-days", "2", "-subj", "/CN=mx.test.example", "-keyout"])
+                .arg(dir.path().join(format!("{name}.key")))
+                .arg("-out")
+                .arg(dir.path().join(format!("{name}.pem")))
+                .output()
+                .expect("the openssl command");
+            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        };
+        make("old");
+        make("new");
+        let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+        let epoch_plus_one = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1);
+        let put = |from: &str| {
+            for (src, dst) in [(format!("{from}.pem"), &cert), (format!("{from}.key"), &key)] {
+                std::fs::copy(dir.path().join(src), dst).unwrap();
+                std::fs::File::options().write(true).open(dst).unwrap().set_modified(epoch_plus_one).unwrap();
+            }
+        };
+        put("old");
+        let tls = FarmTls::load(cert.to_str().unwrap(), key.to_str().unwrap()).unwrap();
+        assert!(!tls.changed_on_disk());
+        put("new");
+        assert!(tls.changed_on_disk(), "same mtime, other certificate: must reload");
+        put("old");
+        assert!(!tls.changed_on_disk(), "the same bytes again are no change");
     }
 }

@@ -24,13 +24,20 @@
 //!   and `AUTH=` on `MAIL` (parsed and ignored: mtac does not relay the authenticated identity
 //!   of a previous hop). `RCPT` takes none. Anything else gets `555 5.5.4`.
 //! * Addresses: source routes `<@a,@b:user@d>` are checked and stripped (RFC 5321 §4.1.2 says
-//!   to ignore them); quoted local parts are kept with their quotes, exactly as sent; domains
+//!   to ignore them); a quoted local part is kept in one canonical form (below); domains
 //!   may be address literals (`[192.0.2.1]`, `[IPv6:2001:db8::1]`); limits are RFC 5321
 //!   §4.5.3.1: local part 64 octets, domain 255, the whole path 256 with its brackets.
 //!   Non-ASCII (UTF-8) addresses are parsed here; whether they were allowed (the client gave
 //!   `SMTPUTF8`) is the session's call, using [`Mailbox::is_ascii`].
 //! * `SIZE` above the limit is also the session's call (`552 5.3.4`); here it is only parsed.
 //!   A value with more digits than fit in a `u64` saturates: it is over any limit anyway.
+//! * Quoted local parts are rewritten to the one form every later reader agrees on — the
+//!   policy's tables, the logs, and above all the back end, which receives mtac's own `MAIL`
+//!   and `RCPT`: quotes that were not needed are dropped (`"alice"@d` is `alice@d`, so it cannot
+//!   slip past an address list), and needed ones keep only the escapes of `"` and `\`
+//!   (`"a\ b"@d` is `"a b"@d`). A quoted local part holding `<` or `>` is refused with `553`:
+//!   relayed, `<"a> SIZE=1"@x>` is a path plus a parameter to a back end that ends the path at
+//!   the first `>` without reading quotes.
 
 use std::fmt;
 use std::net::{Ipv4Addr, Ipv6Addr};
@@ -131,7 +138,8 @@ pub enum ForwardPath {
     Mailbox(Mailbox),
 }
 
-/// `local-part@domain`, both exactly as the client sent them (source route removed).
+/// `local-part@domain`: the domain as the client sent it, the local part in canonical form
+/// (source route removed).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Mailbox {
     local_part: String,
@@ -139,7 +147,8 @@ pub struct Mailbox {
 }
 
 impl Mailbox {
-    /// The local part as sent: a dot-string, or a quoted string with its quotes and escapes.
+    /// The local part: a dot-string, or (only when it must be) a quoted string in canonical
+    /// form (see the module doc).
     pub fn local_part(&self) -> &str {
         &self.local_part
     }
@@ -208,6 +217,10 @@ pub enum AddressError {
     /// The whole path, brackets included, is longer than 256 octets.
     #[error("path longer than 256 octets")]
     PathTooLong,
+    /// A quoted local part holding `<` or `>`, which a careless back end could read as the end
+    /// of the path: `553`, not `501` (the syntax is valid, the name is not allowed).
+    #[error("< or > in a quoted local part")]
+    AngleBracketQuoted,
 }
 
 /// Why a command line was refused. [`ParseError::reply`] gives the SMTP answer.
@@ -278,6 +291,12 @@ impl ParseError {
                 (500, EnhancedCode::SYNTAX_ERROR, "Syntax error: command is not valid UTF-8".to_owned())
             }
             Self::Syntax { usage } => (501, EnhancedCode::INVALID_ARGUMENTS, format!("Syntax: {usage}")),
+            Self::BadSender(e @ AddressError::AngleBracketQuoted) => {
+                (553, EnhancedCode::BAD_SENDER_SYNTAX, format!("Sender address not allowed: {e}"))
+            }
+            Self::BadRecipient(e @ AddressError::AngleBracketQuoted) => {
+                (553, EnhancedCode::BAD_RECIPIENT_SYNTAX, format!("Recipient address not allowed: {e}"))
+            }
             Self::BadSender(e) => (501, EnhancedCode::BAD_SENDER_SYNTAX, format!("Bad sender address syntax: {e}")),
             Self::BadRecipient(e) => {
                 (501, EnhancedCode::BAD_RECIPIENT_SYNTAX, format!("Bad recipient address syntax: {e}"))
@@ -569,7 +588,44 @@ fn parse_path(c: &mut Cursor<'_>) -> Result<Path, AddressError> {
     if c.pos - start > MAX_PATH {
         return Err(AddressError::PathTooLong);
     }
-    Ok(Path::Mailbox(Mailbox { local_part: local_part.to_owned(), domain: domain.to_owned() }))
+    let local_part = canonical_local_part(local_part).ok_or(AddressError::AngleBracketQuoted)?;
+    Ok(Path::Mailbox(Mailbox { local_part, domain: domain.to_owned() }))
+}
+
+/// A local part (already parsed) in the form every reader agrees on: a quoted string whose
+/// content is a dot-string loses its quotes; any other keeps them, with exactly its `"` and `\`
+/// escaped. `None` for a quoted string holding `<` or `>` (module doc: why).
+fn canonical_local_part(sent: &str) -> Option<String> {
+    let Some(inner) = sent.strip_prefix('"').and_then(|s| s.strip_suffix('"')) else {
+        return Some(sent.to_owned());
+    };
+    let mut content = String::with_capacity(inner.len());
+    let mut chars = inner.chars();
+    while let Some(c) = chars.next() {
+        // quoted-pairSMTP: the parser checked that a character follows every backslash.
+        content.push(if c == '\\' { chars.next()? } else { c });
+    }
+    if content.contains(['<', '>']) {
+        return None;
+    }
+    if is_dot_string(&content) {
+        return Some(content);
+    }
+    let mut quoted = String::with_capacity(content.len() + 2);
+    quoted.push('"');
+    for c in content.chars() {
+        if c == '"' || c == '\\' {
+            quoted.push('\\');
+        }
+        quoted.push(c);
+    }
+    quoted.push('"');
+    Some(quoted)
+}
+
+/// `Dot-string = Atom *("." Atom)` (RFC 5321 §4.1.2), UTF-8 included.
+fn is_dot_string(text: &str) -> bool {
+    text.split('.').all(|atom| !atom.is_empty() && atom.bytes().all(is_atext))
 }
 
 /// `atext` of RFC 5322 plus UTF-8 (RFC 6531 `atext =/ UTF8-non-ascii`).
@@ -902,21 +958,49 @@ mod tests {
     }
 
     #[test]
-    fn quoted_local_parts_kept_as_sent() {
+    fn quoted_local_parts_are_canonical() {
         let to = rcpt(r#"RCPT TO:<"john doe"@example.org>"#);
         let ForwardPath::Mailbox(m) = to else { panic!() };
         assert_eq!(m.local_part(), "\"john doe\"");
         assert!(m.local_part_is_quoted());
         assert_eq!(m.to_string(), "\"john doe\"@example.org");
-        // A '>' or '@' inside quotes does not end the local part or the path.
-        let ForwardPath::Mailbox(m) = rcpt(r#"RCPT TO:<"a>b@c"@d.example>"#) else { panic!() };
-        assert_eq!(m.local_part(), r#""a>b@c""#);
+        // '@' inside quotes does not end the local part.
+        let ForwardPath::Mailbox(m) = rcpt(r#"RCPT TO:<"a@c"@d.example>"#) else { panic!() };
+        assert_eq!(m.local_part(), r#""a@c""#);
         assert_eq!(m.domain(), "d.example");
+        // Only `"` and `\` stay escaped; quotes that were not needed go.
         let ForwardPath::Mailbox(m) = rcpt(r#"RCPT TO:<"a\"b\\c"@d>"#) else { panic!() };
         assert_eq!(m.local_part(), r#""a\"b\\c""#);
-        assert!(matches!(rcpt(r#"RCPT TO:<""@d>"#), ForwardPath::Mailbox(_)));
+        let ForwardPath::Mailbox(m) = rcpt(r#"RCPT TO:<"a\ b\x"@d>"#) else { panic!() };
+        assert_eq!(m.local_part(), r#""a bx""#);
+        for (sent, canonical) in [(r#""alice""#, "alice"), (r#""a.b+c""#, "a.b+c"), (r#""\a\l""#, "al"), ("\"ü\"", "ü")]
+        {
+            let ForwardPath::Mailbox(m) = rcpt(&format!("RCPT TO:<{sent}@d>")) else { panic!() };
+            assert_eq!(m.local_part(), canonical, "{sent}");
+            assert!(!m.local_part_is_quoted());
+        }
+        for needs_quotes in [r#"".a""#, r#""a..b""#, r#""a.""#, r#""""#, r#""a b""#, r#""a(b)""#] {
+            let ForwardPath::Mailbox(m) = rcpt(&format!("RCPT TO:<{needs_quotes}@d>")) else { panic!() };
+            assert_eq!(m.local_part(), needs_quotes);
+        }
         assert_eq!(p(r#"RCPT TO:<"abc@d>"#), Err(ParseError::BadRecipient(AddressError::BadLocalPart)));
         assert_eq!(p(r#"RCPT TO:<"a"b"@d>"#), Err(ParseError::BadRecipient(AddressError::BadLocalPart)));
+    }
+
+    /// Issue 14: `<"a> SIZE=1"@x>` was relayed as sent, which a back end that ends the path at
+    /// the first `>` reads as `<"a>` plus a parameter. `<` or `>` in quotes is refused with 553.
+    #[test]
+    fn angle_brackets_in_a_quoted_local_part_are_refused() {
+        for line in [r#"MAIL FROM:<"a> SIZE=1"@x.example>"#, r#"MAIL FROM:<"a\>"@x>"#, r#"MAIL FROM:<"<b"@x>"#] {
+            let e = p(line).unwrap_err();
+            assert_eq!(e, ParseError::BadSender(AddressError::AngleBracketQuoted), "{line}");
+            let reply = String::from_utf8_lossy(&e.reply().to_bytes()).into_owned();
+            assert!(reply.starts_with("553 5.1.7 "), "{reply}");
+        }
+        let e = p(r#"RCPT TO:<"a>b@c"@d.example>"#).unwrap_err();
+        assert_eq!(e, ParseError::BadRecipient(AddressError::AngleBracketQuoted));
+        let reply = String::from_utf8_lossy(&e.reply().to_bytes()).into_owned();
+        assert!(reply.starts_with("553 5.1.3 "), "{reply}");
     }
 
     #[test]
