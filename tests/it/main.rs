@@ -14,3 +14,4 @@ mod runtime;
 mod scan;
 mod submission;
 mod support;
+mod untrusted_policy;
