@@ -1,6 +1,7 @@
 //! Command-line interface: clap definitions and one function per sub-command.
 //!
 //! Exit codes, for CI: 0 clean, 1 the policy (or a policy test) is wrong, 2 usage or I/O error.
+//! `println!` and `eprintln!` here are main.rs's, which survive a closed pipe (see `output`).
 
 use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
 use mtac_compiler::diag::{self, Diag};
@@ -40,6 +41,8 @@ enum Command {
         policy: PathBuf,
         #[command(flatten)]
         output: OutputArgs,
+        #[command(flatten)]
+        files: FileArgs,
     },
     /// Compile a policy into a ruleset file (written atomically; nothing is written on error)
     Build {
@@ -54,6 +57,8 @@ enum Command {
         export_directory: bool,
         #[command(flatten)]
         format: OutputArgs,
+        #[command(flatten)]
+        files: FileArgs,
     },
     /// Show what a ruleset file holds: version, hash, farms, tables and their sources
     Inspect {
@@ -70,6 +75,8 @@ enum Command {
         /// Test files or directories
         #[arg(required = true)]
         tests: Vec<PathBuf>,
+        #[command(flatten)]
+        files: FileArgs,
     },
     /// Serve SMTP from a ruleset (hot-reloaded when the file changes or on SIGHUP)
     Run(RunArgs),
@@ -92,6 +99,26 @@ struct OutputArgs {
     /// Treat warnings as errors (exit 1)
     #[arg(long)]
     deny_warnings: bool,
+}
+
+/// Where a policy's includes and list files may come from.
+#[derive(Args, Debug, Clone, Default)]
+pub struct FileArgs {
+    /// Also read includes and list files under DIR (repeatable). By default only files under
+    /// the policy's own directory are read, so a policy cannot make the compiler read (and
+    /// print) files such as /proc/self/environ
+    #[arg(long = "allow-dir", value_name = "DIR")]
+    allow_dirs: Vec<PathBuf>,
+}
+
+impl FileArgs {
+    /// The compiler's options; a directory that does not exist is a usage error.
+    fn options(&self) -> Result<mtac_compiler::Options, String> {
+        if let Some(dir) = self.allow_dirs.iter().find(|d| !d.is_dir()) {
+            return Err(format!("--allow-dir {}: not a directory", dir.display()));
+        }
+        Ok(mtac_compiler::Options { allowed_dirs: self.allow_dirs.clone(), ..Default::default() })
+    }
 }
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
@@ -123,6 +150,8 @@ pub struct ExplainArgs {
     /// The envelope recipient (RCPT TO)
     #[arg(long)]
     rcpt: Option<String>,
+    #[command(flatten)]
+    files: FileArgs,
     /// The session authenticated (SMTP AUTH)
     #[arg(long)]
     authenticated: bool,
@@ -167,6 +196,8 @@ pub struct RunArgs {
     /// policy's `admin` (127.0.0.1:9325 when it says nothing)
     #[arg(long, value_name = "ADDRESS|off", value_parser = parse_admin)]
     pub admin: Option<mtac_runtime::AdminAddress>,
+    #[command(flatten)]
+    pub files: FileArgs,
     /// Seconds sessions may take to finish after SIGTERM before they are told 421
     #[arg(long, default_value_t = 30, value_name = "SECONDS")]
     pub grace: u64,
@@ -189,18 +220,22 @@ fn parse_admin(text: &str) -> Result<mtac_runtime::AdminAddress, String> {
 
 pub fn dispatch(cli: Cli) -> Result<ExitCode, String> {
     match cli.command {
-        Command::Check { policy, output } => Ok(check(&policy, &output, None, false)),
-        Command::Build { policy, output, export_directory, format } => {
-            Ok(check(&policy, &format, Some(&output), export_directory))
+        Command::Check { policy, output, files } => Ok(check(&policy, &output, None, files.options()?)),
+        Command::Build { policy, output, export_directory, format, files } => {
+            let options = mtac_compiler::Options { export_directory, ..files.options()? };
+            Ok(check(&policy, &format, Some(&output), options))
         }
         Command::Inspect { ruleset, format } => inspect(&ruleset, format),
         Command::Explain(args) => explain(args),
-        Command::Test { tests } => run_tests(&tests),
+        Command::Test { tests, files } => run_tests(&tests, &files),
         Command::Run(args) => crate::cli::run(args),
         Command::Status(args) => crate::status::status(&args),
         Command::State(args) => crate::status::state(&args),
         Command::Completions { shell } => {
-            clap_complete::generate(shell, &mut Cli::command(), "mtac", &mut std::io::stdout());
+            // Generated into memory: clap_complete panics when its writer fails.
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "mtac", &mut script);
+            crate::output::stdout_bytes(&script);
             Ok(ExitCode::SUCCESS)
         }
     }
@@ -229,8 +264,7 @@ fn print_diagnostics(compilation: &Compilation, format: Format, name: &Path) {
 }
 
 /// `check`, and `build` when `output` is given.
-fn check(policy: &Path, args: &OutputArgs, output: Option<&Path>, export_directory: bool) -> ExitCode {
-    let options = mtac_compiler::Options { export_directory };
+fn check(policy: &Path, args: &OutputArgs, output: Option<&Path>, options: mtac_compiler::Options) -> ExitCode {
     let compilation = mtac_compiler::compile_path_with(policy, &options);
     print_diagnostics(&compilation, args.format, policy);
     if compilation.files.is_empty() {
@@ -258,11 +292,11 @@ fn check(policy: &Path, args: &OutputArgs, output: Option<&Path>, export_directo
     ExitCode::SUCCESS
 }
 
-fn load_ruleset(path: Option<&Path>, policy: Option<&Path>) -> Result<Ruleset, String> {
+fn load_ruleset(path: Option<&Path>, policy: Option<&Path>, files: &FileArgs) -> Result<Ruleset, String> {
     match (path, policy) {
         (Some(path), _) => Ruleset::open(path).map_err(|e| format!("{}: {e}", path.display())),
         (None, Some(policy)) => {
-            let compilation = mtac_compiler::compile_path(policy);
+            let compilation = mtac_compiler::compile_path_with(policy, &files.options()?);
             print_diagnostics(&compilation, Format::Human, policy);
             compilation.output.map(|o| o.ruleset).ok_or_else(|| format!("{} does not compile", policy.display()))
         }
@@ -271,7 +305,7 @@ fn load_ruleset(path: Option<&Path>, policy: Option<&Path>) -> Result<Ruleset, S
 }
 
 fn inspect(path: &Path, format: Format) -> Result<ExitCode, String> {
-    let ruleset = load_ruleset(Some(path), None)?;
+    let ruleset = load_ruleset(Some(path), None, &FileArgs::default())?;
     let policy = ruleset.policy();
     let container = ruleset.container();
     if format == Format::Json {
@@ -361,7 +395,7 @@ fn inspect(path: &Path, format: Format) -> Result<ExitCode, String> {
 }
 
 fn explain(args: ExplainArgs) -> Result<ExitCode, String> {
-    let ruleset = load_ruleset(args.ruleset.as_deref(), args.policy.as_deref())?;
+    let ruleset = load_ruleset(args.ruleset.as_deref(), args.policy.as_deref(), &args.files)?;
     let farm = match &args.farm {
         Some(name) => ruleset.farm(name).ok_or_else(|| format!("no farm `{name}` in the ruleset"))?,
         None => ruleset.policy().farms.first().ok_or("the ruleset has no farm")?,
@@ -458,7 +492,8 @@ fn collect_tests(paths: &[PathBuf], out: &mut Vec<PathBuf>) -> Result<(), String
     Ok(())
 }
 
-fn run_tests(paths: &[PathBuf]) -> Result<ExitCode, String> {
+fn run_tests(paths: &[PathBuf], file_args: &FileArgs) -> Result<ExitCode, String> {
+    let options = file_args.options()?;
     let mut files = Vec::new();
     collect_tests(paths, &mut files)?;
     if files.is_empty() {
@@ -476,7 +511,7 @@ fn run_tests(paths: &[PathBuf]) -> Result<ExitCode, String> {
             broken += 1;
             continue;
         };
-        let compilation = mtac_compiler::compile_path(&test_file.policy);
+        let compilation = mtac_compiler::compile_path_with(&test_file.policy, &options);
         let Some(output) = compilation.output else {
             print_diagnostics(&compilation, Format::Human, &test_file.policy);
             eprintln!("{}: the policy {} does not compile", file.display(), test_file.policy.display());
@@ -517,8 +552,9 @@ pub fn run(args: RunArgs) -> Result<ExitCode, String> {
         }
         (None, Some(policy)) => {
             let p = policy.clone();
+            let options = args.files.options()?;
             let loader = move || {
-                let compilation = mtac_compiler::compile_path(&p);
+                let compilation = mtac_compiler::compile_path_with(&p, &options);
                 match compilation.output {
                     Some(out) => Ok(out.ruleset),
                     None => {

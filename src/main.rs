@@ -4,8 +4,27 @@
 
 #![forbid(unsafe_code)]
 
+// std's printing macros panic on a closed pipe; these shadow them for every module declared
+// below, so all output goes through `output` (its module doc says what happens there).
+macro_rules! println {
+    () => { $crate::output::stdout(format_args!("\n")) };
+    ($($arg:tt)*) => { $crate::output::stdout(format_args!("{}\n", format_args!($($arg)*))) };
+}
+#[allow(unused_macros)] // unused today; here so that a future `print!` cannot bypass `output`
+macro_rules! print {
+    ($($arg:tt)*) => { $crate::output::stdout(format_args!($($arg)*)) };
+}
+macro_rules! eprintln {
+    () => { $crate::output::stderr(format_args!("\n")) };
+    ($($arg:tt)*) => { $crate::output::stderr(format_args!("{}\n", format_args!($($arg)*))) };
+}
+macro_rules! eprint {
+    ($($arg:tt)*) => { $crate::output::stderr(format_args!($($arg)*)) };
+}
+
 mod cli;
 mod logging;
+mod output;
 mod status;
 
 use clap::Parser;
@@ -19,11 +38,16 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
     let args = cli::Cli::parse();
-    match cli::dispatch(args) {
+    let code = match cli::dispatch(args) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("mtac: {e}");
             ExitCode::from(2)
         }
+    };
+    if output::failed() {
+        ExitCode::from(2)
+    } else {
+        code
     }
 }

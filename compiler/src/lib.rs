@@ -31,6 +31,7 @@
 pub mod diag;
 pub mod directory;
 pub mod emit;
+pub mod files;
 #[doc(hidden)]
 pub mod fuzz;
 pub mod lower;
@@ -67,6 +68,9 @@ pub fn compile_path(path: &Path) -> Compilation {
 pub struct Options {
     /// Copy each farm's directory (LDAP) into its address table ([`directory::export`]).
     pub export_directory: bool,
+    /// Directories outside the policy's own from which includes and list files may be read
+    /// (`--allow-dir`; [`files`] says why there is a boundary).
+    pub allowed_dirs: Vec<PathBuf>,
 }
 
 pub fn compile_path_with(path: &Path, options: &Options) -> Compilation {
@@ -81,6 +85,9 @@ pub fn compile_text(name: &str, text: &str, dir: Option<PathBuf>) -> Compilation
 fn compile(options: &Options, lower: impl FnOnce(&mut Lowerer<'_>) -> Option<lower::Draft>) -> Compilation {
     let mut diagnostics = Diagnostics::default();
     let mut lw = Lowerer::new(&mut diagnostics);
+    for dir in &options.allowed_dirs {
+        lw.allow_dir(dir);
+    }
     let draft = lower(&mut lw);
     let mut output = None;
     if let Some(mut draft) = draft {

@@ -6,6 +6,7 @@
 //! skipped, and the rest of the policy is still read.
 
 use crate::diag::{did_you_mean, Diag, Diagnostics, SourceFile};
+use crate::files::{self, Refusal, Trees};
 use ipnet::IpNet;
 use kdl::{KdlDocument, KdlEntry, KdlNode, KdlValue};
 use miette::SourceSpan;
@@ -299,6 +300,12 @@ pub struct Lowerer<'d> {
     include_stack: Vec<(PathBuf, String)>,
     /// `file=` lists already read, by canonical path (a list may be named twice).
     list_cache: HashMap<PathBuf, usize>,
+    /// Included files already read, by canonical path: a fragment shared by farms is read once.
+    include_cache: HashMap<PathBuf, usize>,
+    /// Includes so far, each time counted (`files::MAX_INCLUDES`).
+    includes: usize,
+    /// Where included and listed files may come from.
+    trees: Trees,
 }
 
 /// A node and the file it came from.
@@ -310,16 +317,34 @@ struct At<'a> {
 
 impl<'d> Lowerer<'d> {
     pub fn new(diags: &'d mut Diagnostics) -> Self {
-        Lowerer { files: Vec::new(), diags, include_stack: Vec::new(), list_cache: HashMap::new() }
+        Lowerer {
+            files: Vec::new(),
+            diags,
+            include_stack: Vec::new(),
+            list_cache: HashMap::new(),
+            include_cache: HashMap::new(),
+            includes: 0,
+            trees: Trees::default(),
+        }
+    }
+
+    /// Let includes and lists come from `dir` too, besides the policy's own directory.
+    pub fn allow_dir(&mut self, dir: &Path) {
+        if let Err(e) = self.trees.allow(dir) {
+            self.diags.push(
+                Diag::error("mtac::io", format!("cannot allow directory {}: {e}", dir.display()))
+                    .help("--allow-dir takes an existing directory"),
+            );
+        }
     }
 
     /// Lower the policy at `path` (read from disk).
     pub fn lower_path(&mut self, path: &Path) -> Option<Draft> {
-        let text = match std::fs::read_to_string(path) {
+        let text = match files::read_regular(path, files::POLICY_FILE_LIMIT) {
             Ok(text) => text,
-            Err(e) => {
+            Err(why) => {
                 self.diags.push(
-                    Diag::error("mtac::io", format!("cannot read {}: {e}", path.display()))
+                    Diag::error("mtac::io", format!("cannot read {}: {why}", path.display()))
                         .help("give the path of a policy file (.kdl)"),
                 );
                 return None;
@@ -330,11 +355,16 @@ impl<'d> Lowerer<'d> {
 
     /// Lower policy text; `dir` is where relative includes and lists are found.
     pub fn lower_text(&mut self, name: &str, text: String, dir: Option<PathBuf>) -> Option<Draft> {
+        let dir = dir.unwrap_or_else(|| PathBuf::from("."));
+        if let Err(e) = self.trees.allow_policy_dir(&dir) {
+            self.diags
+                .push(Diag::error("mtac::io", format!("cannot resolve the policy's directory {}: {e}", dir.display())));
+        }
         let file = self.add_file(name, text);
         let doc = self.parse(file)?;
         let mut draft = Draft::default();
         self.include_stack.push((stack_key(name), name.to_owned()));
-        self.top_level(&doc, file, dir.as_deref().unwrap_or(Path::new(".")), &mut draft);
+        self.top_level(&doc, file, &dir, &mut draft);
         self.include_stack.pop();
         Some(draft)
     }
@@ -843,9 +873,27 @@ impl<'d> Lowerer<'d> {
     /// Read an included file; returns its document, file index and directory.
     fn include(&mut self, at: At<'_>, dir: &Path) -> Option<(KdlDocument, usize, PathBuf)> {
         let target = self.one_string(at, "a file to include")?;
-        let (name, text, new_dir) = if let Some(std_name) = target.strip_prefix("mtac:") {
+        self.includes += 1;
+        if self.includes > files::MAX_INCLUDES {
+            // Said once: after the cap every include is refused, and a doubling chain has millions.
+            if self.includes == files::MAX_INCLUDES + 1 {
+                self.err(
+                    "mtac::include::too-many",
+                    format!("more than {} includes in one policy", files::MAX_INCLUDES),
+                    at.file,
+                    at.node.span(),
+                    "one include too many",
+                    "a file counts each time it is included: look for files that include the same file more than once",
+                );
+            }
+            return None;
+        }
+        let (name, key, file, new_dir) = if let Some(std_name) = target.strip_prefix("mtac:") {
             match STANDARD_POLICIES.iter().find(|(n, _)| *n == std_name) {
-                Some((n, text)) => (format!("mtac:{n}"), (*text).to_owned(), dir.to_path_buf()),
+                Some((n, text)) => {
+                    let name = format!("mtac:{n}");
+                    (name.clone(), stack_key(&name), self.add_file(&name, (*text).to_owned()), dir.to_path_buf())
+                }
                 None => {
                     let known: Vec<&str> = STANDARD_POLICIES.iter().map(|(n, _)| *n).collect();
                     let help = match did_you_mean(std_name, &known) {
@@ -865,24 +913,25 @@ impl<'d> Lowerer<'d> {
             }
         } else {
             let path = dir.join(&target);
-            match std::fs::read_to_string(&path) {
-                Ok(text) => {
-                    (path.display().to_string(), text, path.parent().map(Path::to_path_buf).unwrap_or_default())
+            let name = path.display().to_string();
+            let new_dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
+            let read = self.trees.resolve(&path).and_then(|canonical| match self.include_cache.get(&canonical) {
+                Some(&file) => Ok((canonical, file)),
+                None => {
+                    let text = files::read_regular(&canonical, files::POLICY_FILE_LIMIT)?;
+                    let file = self.add_file(&name, text);
+                    self.include_cache.insert(canonical.clone(), file);
+                    Ok((canonical, file))
                 }
-                Err(e) => {
-                    self.err(
-                        "mtac::include::missing",
-                        format!("cannot read included file {}: {e}", path.display()),
-                        at.file,
-                        at.node.span(),
-                        "included here",
-                        "paths are relative to the file that includes them",
-                    );
+            });
+            match read {
+                Ok((canonical, file)) => (name, canonical, file, new_dir),
+                Err(refusal) => {
+                    self.refuse(Named::Include, &path, refusal, at.file, at.node.span());
                     return None;
                 }
             }
         };
-        let key = stack_key(&name);
         if self.include_stack.iter().any(|(k, _)| *k == key) {
             let chain: Vec<&str> = self.include_stack.iter().map(|(_, n)| n.as_str()).collect();
             self.err(
@@ -895,10 +944,61 @@ impl<'d> Lowerer<'d> {
             );
             return None;
         }
-        let file = self.add_file(&name, text);
         let doc = self.parse(file)?;
-        self.include_stack.push((key, name.clone()));
+        self.include_stack.push((key, name));
         Some((doc, file, new_dir))
+    }
+
+    /// Report a named file that was not read. The message names the path, never the content.
+    fn refuse(&mut self, named: Named, path: &Path, refusal: Refusal, file: usize, span: SourceSpan) {
+        let shown = path.display();
+        let (code, message, label, help) = match (named, refusal) {
+            (Named::Include, Refusal::Io(e)) => (
+                "mtac::include::missing",
+                format!("cannot read included file {shown}: {e}"),
+                "included here",
+                "paths are relative to the file that includes them".to_owned(),
+            ),
+            (Named::List, Refusal::Io(e)) => (
+                "mtac::list::missing",
+                format!("cannot read list {shown}: {e}"),
+                "named here",
+                "list paths are relative to the policy file that names them".to_owned(),
+            ),
+            (named, Refusal::Outside(canonical)) => (
+                named.code("mtac::include::outside-tree", "mtac::list::outside-tree"),
+                format!(
+                    "{} {shown} is {}outside the policy's directory{}",
+                    named.noun(),
+                    if canonical == path {
+                        String::new()
+                    } else {
+                        format!("{} (links resolved), ", canonical.display())
+                    },
+                    self.trees.policy_dir().map_or_else(String::new, |d| format!(" {}", d.display()))
+                ),
+                "outside the policy's tree",
+                "mtac reads includes and lists only under the policy's directory; \
+                 to let it read another directory, give `--allow-dir DIR`"
+                    .to_owned(),
+            ),
+            (named, Refusal::NotRegular) => (
+                named.code("mtac::include::not-regular", "mtac::list::not-regular"),
+                format!("{} {shown} is not a regular file", named.noun()),
+                "not a regular file",
+                "devices, FIFOs and directories are never read: name a file".to_owned(),
+            ),
+            (named, Refusal::TooLarge(limit)) => (
+                named.code("mtac::include::too-large", "mtac::list::too-large"),
+                format!("{} {shown} is larger than {}", named.noun(), files::mib(limit)),
+                "too large",
+                match named {
+                    Named::Include => "long lists belong in list files (`file=`), which may be larger".to_owned(),
+                    Named::List => "split the list: list nodes add up, so each part can be its own node".to_owned(),
+                },
+            ),
+        };
+        self.err(code, message, file, span, label, &help);
     }
 
     // ----- farms ---------------------------------------------------------------------------------
@@ -2315,6 +2415,9 @@ impl<'d> Lowerer<'d> {
                     let hash = Self::prop(child, "hash").and_then(|e| self.string(e, child.file, "`hash`"));
                     match (name, hash) {
                         (Some(name), Some(hash)) if hash.starts_with("$argon2") => {
+                            if let Some(entry) = Self::prop(child, "hash") {
+                                self.check_hash(&name, &hash, child.file, entry.span());
+                            }
                             users.push((name, hash))
                         }
                         (Some(_), _) => self.err(
@@ -2388,6 +2491,51 @@ impl<'d> Lowerer<'d> {
             unknown_user_cost: std::sync::OnceLock::new(),
         };
         farm.auth = Some((auth, self.origin_of(at)));
+    }
+
+    /// A user's Argon2 PHC string: it must parse as the node will parse it, and should be at
+    /// least as strong as OWASP's minimum (Argon2id, m=19456 KiB, t=2), which is also what the
+    /// `argon2` crate makes by default. A weak hash is a warning, not an error: it still works,
+    /// but a stolen ruleset's passwords fall to a GPU quickly.
+    fn check_hash(&mut self, user: &str, phc: &str, file: usize, span: SourceSpan) {
+        let parsed = argon2::password_hash::PasswordHash::new(phc)
+            .map_err(|e| e.to_string())
+            .and_then(|hash| argon2::Params::try_from(&hash).map(|p| (hash.algorithm, p)).map_err(|e| e.to_string()));
+        let (algorithm, params) = match parsed {
+            Ok(parsed) => parsed,
+            Err(e) => {
+                self.err(
+                    "mtac::auth::hash",
+                    format!("the password hash of user `{user}` is not a valid Argon2 PHC string: {e}"),
+                    file,
+                    span,
+                    "unreadable hash",
+                    "paste the whole line the `argon2` tool prints after `Encoded:` (or its -e output)",
+                );
+                return;
+            }
+        };
+        let mut weak = Vec::new();
+        if algorithm.as_str() != "argon2id" {
+            weak.push(format!("{algorithm} instead of argon2id"));
+        }
+        if params.m_cost() < MIN_ARGON2_M_KIB {
+            weak.push(format!("m={} KiB (below {MIN_ARGON2_M_KIB})", params.m_cost()));
+        }
+        if params.t_cost() < MIN_ARGON2_T {
+            weak.push(format!("t={} (below {MIN_ARGON2_T})", params.t_cost()));
+        }
+        if !weak.is_empty() {
+            self.warn(
+                "mtac::auth::weak-hash",
+                format!("the password hash of user `{user}` is weak: {}", weak.join(", ")),
+                file,
+                span,
+                "weak hash",
+                "hash it again with Argon2id, m=19456 or more, t=2 or more: \
+                 printf %s 'PASSWORD' | argon2 \"$(openssl rand -base64 12)\" -id -m 15 -t 2 -p 1 -e",
+            );
+        }
     }
 
     /// `may-send-as "USER" "ADDRESS"…`, or `may-send-as file="…"` with lines `USER ADDRESS…`.
@@ -2612,14 +2760,7 @@ impl<'d> Lowerer<'d> {
                             out.push((line.to_owned(), Origin { file, pos: Pos::Line(line_no) }));
                         }
                     }
-                    Err(e) => self.err(
-                        "mtac::list::missing",
-                        format!("cannot read list {}: {e}", path.display()),
-                        at.file,
-                        entry.span(),
-                        "named here",
-                        "list paths are relative to the policy file that names them",
-                    ),
+                    Err(refusal) => self.refuse(Named::List, &path, refusal, at.file, entry.span()),
                 }
             }
         }
@@ -2636,12 +2777,12 @@ impl<'d> Lowerer<'d> {
         }
     }
 
-    fn read_list(&mut self, path: &Path) -> std::io::Result<usize> {
-        let key = std::fs::canonicalize(path)?;
+    fn read_list(&mut self, path: &Path) -> Result<usize, Refusal> {
+        let key = self.trees.resolve(path)?;
         if let Some(&file) = self.list_cache.get(&key) {
             return Ok(file);
         }
-        let text = std::fs::read_to_string(path)?;
+        let text = files::read_regular(&key, files::LIST_FILE_LIMIT)?;
         let file = self.add_file(&path.display().to_string(), text);
         self.list_cache.insert(key, file);
         Ok(file)
@@ -2782,6 +2923,33 @@ impl<'d> Lowerer<'d> {
                 );
                 None
             }
+        }
+    }
+}
+
+/// OWASP's minimum Argon2id memory cost, in KiB (19 MiB), and its time cost at that memory.
+const MIN_ARGON2_M_KIB: u32 = 19_456;
+const MIN_ARGON2_T: u32 = 2;
+
+/// What kind of file a policy named, for the diagnostics of a refused one.
+#[derive(Clone, Copy)]
+enum Named {
+    Include,
+    List,
+}
+
+impl Named {
+    fn code(self, include: &'static str, list: &'static str) -> &'static str {
+        match self {
+            Named::Include => include,
+            Named::List => list,
+        }
+    }
+
+    fn noun(self) -> &'static str {
+        match self {
+            Named::Include => "included file",
+            Named::List => "list",
         }
     }
 }

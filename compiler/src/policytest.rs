@@ -240,10 +240,11 @@ const TEST_NODES: &[&str] = &[
 
 /// Read a test file; problems are reported as diagnostics (same form as policy errors).
 pub fn load(path: &Path, diags: &mut Diagnostics) -> Option<TestFile> {
-    let text = match std::fs::read_to_string(path) {
+    // Bounded like a policy: a test file that is a link to /dev/zero must not hang CI.
+    let text = match crate::files::read_regular(path, crate::files::POLICY_FILE_LIMIT) {
         Ok(t) => t,
-        Err(e) => {
-            diags.push(Diag::error("mtac::io", format!("cannot read {}: {e}", path.display())));
+        Err(why) => {
+            diags.push(Diag::error("mtac::io", format!("cannot read {}: {why}", path.display())));
             return None;
         }
     };

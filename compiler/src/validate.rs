@@ -50,6 +50,9 @@ pub fn validate(lw: &mut Lowerer<'_>, draft: &Draft) {
     }
 }
 
+/// The largest certificate file read: a PEM chain is a few KiB.
+const CERTIFICATE_LIMIT: u64 = 1 << 20;
+
 /// Days before expiry under which `mtac check` warns.
 const EXPIRY_WARNING_DAYS: i64 = 14;
 
@@ -57,7 +60,24 @@ const EXPIRY_WARNING_DAYS: i64 = 14;
 /// and name the node's host name — an error on a submission farm, whose clients verify it, a
 /// warning on an inbound one, where SMTP clients seldom do.
 fn certificate(lw: &mut Lowerer<'_>, farm: &DraftFarm, path: &str, hostname: &str, origin: Origin) {
-    let Ok(bytes) = std::fs::read(path) else { return }; // a missing file is reported above
+    // Certificates live outside the policy's tree (/etc/…), so only the file checks of
+    // `files` apply: a policy naming /dev/zero must not hang `mtac check`.
+    let bytes = match crate::files::read_regular(std::path::Path::new(path), CERTIFICATE_LIMIT) {
+        Ok(text) => text.into_bytes(),
+        Err(crate::files::Refusal::Io(e)) if e.kind() == std::io::ErrorKind::NotFound => return, // reported above
+        Err(_) => {
+            lw.report(
+                Diag::error(
+                    "mtac::tls::certificate",
+                    format!("TLS certificate {path}: not a PEM file of at most 1 MiB"),
+                )
+                .help("the file holds the PEM chain, the server's certificate first"),
+                origin,
+                "unreadable certificate",
+            );
+            return;
+        }
+    };
     let problem = |message: String| Diag::error("mtac::tls::certificate", message);
     let pem = match x509_parser::pem::Pem::iter_from_buffer(&bytes).next() {
         Some(Ok(pem)) => pem,

@@ -250,3 +250,57 @@ farm "users" kind="submission" {{
     assert_eq!(code(&out), 1);
     assert!(text(&out.stderr).contains("expired on"), "{}", text(&out.stderr));
 }
+
+/// A PHC string for `password` with the given variant and costs (m in KiB).
+fn argon2_phc(algorithm: argon2::Algorithm, m: u32, t: u32) -> String {
+    use argon2::password_hash::{PasswordHasher, SaltString};
+    let params = argon2::Params::new(m, t, 1, None).unwrap();
+    let salt = SaltString::encode_b64(b"mtac-test-salt").unwrap();
+    argon2::Argon2::new(algorithm, argon2::Version::V0x13, params)
+        .hash_password(b"correct horse", &salt)
+        .unwrap()
+        .to_string()
+}
+
+#[test]
+fn issue14_weak_argon2_hashes_are_warned_about() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = self_signed(dir.path(), "good", "smtp.example.test", "90");
+    let check = |hash: &str| {
+        let text = format!(
+            r#"hostname "smtp.example.test"
+farm "users" kind="submission" {{
+    listen "127.0.0.1:587"
+    local-domains "example.test"
+    tls certificate="{cert}" key="{key}"
+    auth {{ user "alice" hash="{hash}" }}
+    relay {{ backend "smtp://127.0.0.1:2600" }}
+}}
+"#
+        );
+        let path = dir.path().join("policy.kdl");
+        std::fs::write(&path, text).unwrap();
+        mtac(&["check", "--deny-warnings", "--format", "json", path.to_str().unwrap()])
+    };
+    let messages = |out: &Output, code: &str| -> Vec<String> {
+        let diags: serde_json::Value = serde_json::from_slice(&out.stdout).expect("valid JSON");
+        diags.as_array().unwrap().iter().filter(|d| d["code"] == code).map(|d| d["message"].to_string()).collect()
+    };
+    use argon2::Algorithm::{Argon2d, Argon2i, Argon2id};
+    for (algorithm, m, t, says) in [
+        (Argon2d, 8, 1, "argon2d instead of argon2id, m=8 KiB (below 19456), t=1 (below 2)"),
+        (Argon2i, 19_456, 2, "argon2i instead of argon2id"),
+        (Argon2id, 4_096, 3, "m=4096 KiB (below 19456)"),
+    ] {
+        let out = check(&argon2_phc(algorithm, m, t));
+        assert_eq!(code(&out), 1, "{}", text(&out.stdout));
+        let weak = messages(&out, "mtac::auth::weak-hash");
+        assert!(weak.len() == 1 && weak.iter().all(|m| m.contains(says)), "{weak:?}");
+    }
+    let out = check(&argon2_phc(Argon2id, 19_456, 2));
+    assert_eq!(code(&out), 0, "the recommended minimum passes: {}", text(&out.stdout));
+    let out = check("$argon2id$v=19$m=19456,t=2,p=1$not base64!$x");
+    assert_eq!(code(&out), 1);
+    let bad = messages(&out, "mtac::auth::hash");
+    assert!(bad.iter().any(|m| m.contains("not a valid Argon2 PHC string")), "{}", text(&out.stdout));
+}

@@ -192,7 +192,7 @@ async fn the_build_exports_the_directory_so_nodes_need_no_ldap() {
     // A node on the exported table answers with the directory gone.
     slapd.stop();
     let sink = Sink::start(Behaviour::default()).await;
-    let options = mtac_compiler::Options { export_directory: true };
+    let options = mtac_compiler::Options { export_directory: true, ..Default::default() };
     slapd.run().await;
     let node =
         TestNode::start_with(&directory_policy(slapd.port, &secret, "lookups=#false"), Some(sink.addr), options).await;

@@ -15,3 +15,4 @@ mod scan;
 mod submission;
 mod support;
 mod trust_defects;
+mod untrusted_policy;

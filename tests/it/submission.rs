@@ -169,7 +169,9 @@ async fn submission_needs_tls_then_auth_and_the_user_owns_the_sender() {
         phc("correct horse"),
         dir.path().join("senders.txt").display()
     );
-    let node = TestNode::start(&policy(&cert, &key, &auth, ""), Some(sink.addr)).await;
+    // The senders file lives outside the node's policy directory: allowed, as `--allow-dir` would.
+    let options = mtac_compiler::Options { allowed_dirs: vec![dir.path().to_path_buf()], ..Default::default() };
+    let node = TestNode::start_with(&policy(&cert, &key, &auth, ""), Some(sink.addr), options).await;
 
     // In clear text: STARTTLS offered, AUTH neither offered nor accepted, no mail.
     let mut plain = Smtp { stream: BufReader::new(tokio::net::TcpStream::connect(node.addr).await.unwrap()) };
