@@ -14,7 +14,7 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
 
 /// A throwaway CA and a certificate for mx.test.example it signed, made with the openssl command.
 /// Returns the server's chain and key files; the CA is `ca.pem` beside them.
-fn certificate(dir: &Path) -> (String, String) {
+pub(crate) fn certificate(dir: &Path) -> (String, String) {
     let run = |args: &[&str]| {
         let out = Command::new("openssl").args(args).current_dir(dir).output().expect("the openssl command");
         assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
@@ -40,7 +40,7 @@ fn certificate(dir: &Path) -> (String, String) {
 }
 
 /// A rustls client that trusts the test CA (beside the server's certificate).
-fn connector(cert: &str) -> tokio_rustls::TlsConnector {
+pub(crate) fn connector(cert: &str) -> tokio_rustls::TlsConnector {
     let mut roots = rustls::RootCertStore::empty();
     let ca = Path::new(cert).with_file_name("ca.pem");
     for c in CertificateDer::pem_file_iter(ca).unwrap() {
@@ -60,21 +60,21 @@ fn phc(password: &str) -> String {
     argon2::Argon2::default().hash_password(password.as_bytes(), &salt).unwrap().to_string()
 }
 
-fn b64(s: &str) -> String {
+pub(crate) fn b64(s: &str) -> String {
     base64::engine::general_purpose::STANDARD.encode(s)
 }
 
 /// A line-oriented client over any stream (plain or TLS).
-struct Smtp<S> {
-    stream: BufReader<S>,
+pub(crate) struct Smtp<S> {
+    pub(crate) stream: BufReader<S>,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Smtp<S> {
-    async fn reply(&mut self) -> String {
+    pub(crate) async fn reply(&mut self) -> String {
         crate::support::read_reply(&mut self.stream).await
     }
 
-    async fn cmd(&mut self, line: &str) -> String {
+    pub(crate) async fn cmd(&mut self, line: &str) -> String {
         self.stream.get_mut().write_all(format!("{line}\r\n").as_bytes()).await.unwrap();
         self.reply().await
     }
@@ -98,7 +98,7 @@ farm "users" kind="submission" {{
     )
 }
 
-async fn starttls(addr: SocketAddr, cert: &str) -> Smtp<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+pub(crate) async fn starttls(addr: SocketAddr, cert: &str) -> Smtp<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
     let mut plain = Smtp { stream: BufReader::new(tokio::net::TcpStream::connect(addr).await.unwrap()) };
     assert_eq!(code(&plain.reply().await), 220);
     plain.cmd("EHLO laptop.example.org").await;
