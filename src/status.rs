@@ -221,11 +221,8 @@ pub fn state(args: &StateArgs) -> Result<ExitCode, String> {
             query.push(format!("{name}={}", query_escape(v)));
         }
     }
-    let (method, base) = if args.unban.is_some() {
-        (hyper::Method::POST, "/unban")
-    } else {
-        (hyper::Method::GET, "/state")
-    };
+    let (method, base) =
+        if args.unban.is_some() { (hyper::Method::POST, "/unban") } else { (hyper::Method::GET, "/state") };
     let path = if query.is_empty() { base.to_owned() } else { format!("{base}?{}", query.join("&")) };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -10,9 +10,9 @@ use ipnet::IpNet;
 use kdl::{KdlDocument, KdlEntry, KdlNode, KdlValue};
 use miette::SourceSpan;
 use mtac_ruleset::model::{
-    AccessAction, Auth, AuthBackend, Backend, BackendProtocol, BanResponse, BanScope, BarePolicy, Directory, DnsSettings,
-    DnsblAnswer, DnsblTarget, FarmKind, GreylistKey, Listener, MimeRules, RateLimit, RateSubject, Reply, ScannerKind,
-    Stage, StateSettings,
+    AccessAction, Auth, AuthBackend, Backend, BackendProtocol, BanResponse, BanScope, BarePolicy, Directory,
+    DnsSettings, DnsblAnswer, DnsblTarget, FarmKind, GreylistKey, Listener, MimeRules, RateLimit, RateSubject, Reply,
+    ScannerKind, Stage, StateSettings,
 };
 use mtac_ruleset::syntax;
 use std::collections::HashMap;

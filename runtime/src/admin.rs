@@ -22,17 +22,17 @@
 //! lane: `/healthz` and `/readyz` only, one request each, within [`HEALTH_TIMEOUT`]. A liveness
 //! probe is never queued behind 32 idle connections (it waited 29 s before).
 
+use crate::guard::{BanEntry, BanFarm};
 use crate::server::Shared;
 use http_body_util::Full;
 use hyper::body::Bytes;
 use hyper::{Method, Request, Response, StatusCode};
+use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 use std::convert::Infallible;
-use std::sync::atomic::Ordering;
-use crate::guard::{BanEntry, BanFarm};
-use ipnet::IpNet;
 use std::net::IpAddr;
 use std::path::Path;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::{TcpListener, UnixListener};

@@ -771,8 +771,8 @@ async fn authenticate(
 ) -> Action {
     let ip = session.peer.ip();
     let max = farm.auth.as_ref().map_or(5, |a| a.max_failures.max(1));
-    let locked_out = shared.bans.is_banned(&farm.name, ip, &farm.bans)
-        || shared.auth_failures.reserve(&farm.name, ip, max).is_err();
+    let locked_out =
+        shared.bans.is_banned(&farm.name, ip, &farm.bans) || shared.auth_failures.reserve(&farm.name, ip, max).is_err();
     if locked_out {
         drop(password);
         auth_counted(shared, farm, "refused");

@@ -129,7 +129,13 @@ impl Bans {
 
     /// Ban `ip`'s network after `rule` of `farm` refused it, if a ban rule names that rule.
     /// Returns whom it holds for, the network banned and for how many seconds.
-    pub fn after_refusal(&self, farm: &str, ip: IpAddr, rule: &str, rules: &[BanRule]) -> Option<(BanFarm, IpNet, u64)> {
+    pub fn after_refusal(
+        &self,
+        farm: &str,
+        ip: IpAddr,
+        rule: &str,
+        rules: &[BanRule],
+    ) -> Option<(BanFarm, IpNet, u64)> {
         let ban = rules.iter().find(|b| b.after.iter().any(|r| r == rule))?;
         let net = network(ip, ban.v4_prefix, ban.v6_prefix);
         let seconds = u64::from(ban.seconds);
@@ -210,6 +216,9 @@ pub enum AttemptRefused {
     TooManyFailures,
 }
 
+/// One client network's AUTH attempts on one farm: window end, failures counted, checks under way.
+type Attempts = (Instant, u32, u32);
+
 /// Failed AUTH attempts per (farm, client network) over the last hour, across its sessions.
 ///
 /// An attempt is reserved before the password is checked and settled after: concurrent sessions
@@ -217,8 +226,7 @@ pub enum AttemptRefused {
 /// in total, not one hundred.
 #[derive(Debug, Default)]
 pub struct Failures {
-    /// Window end, failures counted, checks under way.
-    table: Mutex<Swept<(String, IpNet), (Instant, u32, u32)>>,
+    table: Mutex<Swept<(String, IpNet), Attempts>>,
 }
 
 impl Failures {

@@ -558,7 +558,14 @@ impl Node {
         }
         // An aborted task is dropped on its next poll, not at once: wait for each, so that
         // nothing of this node (its state store above all) outlives `run_until`.
-        for task in accept_tasks.into_iter().chain([reload_task]).chain(probes).chain(admin).chain(admin_socket).chain(state_tasks) {
+        for task in accept_tasks
+            .into_iter()
+            .chain([reload_task])
+            .chain(probes)
+            .chain(admin)
+            .chain(admin_socket)
+            .chain(state_tasks)
+        {
             let _ = task.await;
         }
         if let Some(crate::state::Store::Embedded(db)) = &node.shared.state {

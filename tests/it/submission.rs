@@ -98,7 +98,10 @@ farm "users" kind="submission" {{
     )
 }
 
-pub(crate) async fn starttls(addr: SocketAddr, cert: &str) -> Smtp<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+pub(crate) async fn starttls(
+    addr: SocketAddr,
+    cert: &str,
+) -> Smtp<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
     let mut plain = Smtp { stream: BufReader::new(tokio::net::TcpStream::connect(addr).await.unwrap()) };
     assert_eq!(code(&plain.reply().await), 220);
     plain.cmd("EHLO laptop.example.org").await;
