@@ -82,7 +82,7 @@ enum Command {
     Run(RunArgs),
     /// Ask nodes' admin listeners for their state and say whether the farm runs one ruleset
     Status(crate::status::StatusArgs),
-    /// Show a node's greylist and ban state: counts, or one client or triplet
+    /// Show a node's greylist and ban state (counts, bans with their expiry, one client or triplet), or lift a ban, on its admin socket
     State(crate::status::StateArgs),
     /// Print shell completions
     Completions {

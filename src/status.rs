@@ -161,10 +161,10 @@ pub fn status(args: &StatusArgs) -> Result<ExitCode, String> {
 
 #[derive(Args, Debug)]
 pub struct StateArgs {
-    /// The node's admin listener: HOST[:PORT] (port 9325 when not given)
-    #[arg(value_name = "NODE")]
-    node: String,
-    /// Show what the store knows of this client address (its key, deliveries, ban)
+    /// The node's admin socket (policy: `admin socket=`; default: admin.sock in the default spool)
+    #[arg(value_name = "SOCKET")]
+    socket: Option<PathBuf>,
+    /// Show what the store knows of this client address (its key, deliveries, bans)
     #[arg(long, value_name = "IP")]
     client: Option<String>,
     /// With --client and --recipient: show this triplet's entry
@@ -175,7 +175,12 @@ pub struct StateArgs {
     /// The client key to use instead of the client's network (e.g. dns:example.com for key="fcrdns")
     #[arg(long, requires = "client")]
     key: Option<String>,
-    /// The farm (default: the first that greylists)
+    /// Lift the bans covering this address, or the ban of exactly this network (with Redis, on
+    /// the whole farm)
+    #[arg(long, value_name = "ADDRESS|NETWORK", conflicts_with_all = ["client", "sender", "recipient", "key"])]
+    unban: Option<String>,
+    /// The farm: whose greylisting to show (default: the first that greylists), or whose bans to
+    /// lift (default: every farm's; `*` for bans that hold for every farm)
     #[arg(long)]
     farm: Option<String>,
     /// Output format
@@ -195,32 +200,57 @@ fn query_escape(value: &str) -> String {
         .collect()
 }
 
-/// `mtac state NODE`: the node's greylist and ban state, like OpenBSD's spamdb.
+/// `mtac state [SOCKET]`: the node's greylist and ban state, like OpenBSD's spamdb, asked on its
+/// admin socket (the TCP listener does not answer state queries: it would tell anyone who can
+/// reach it who wrote to whom).
 pub fn state(args: &StateArgs) -> Result<ExitCode, String> {
-    let node = with_port(&args.node);
+    let socket = args.socket.clone().unwrap_or_else(|| {
+        PathBuf::from(mtac_ruleset::model::DEFAULT_SPOOL).join(mtac_ruleset::model::ADMIN_SOCKET_NAME)
+    });
     let mut query = Vec::new();
-    for (name, value) in [
+    let fields: [(&str, &Option<String>); 6] = [
         ("client", &args.client),
         ("sender", &args.sender),
         ("recipient", &args.recipient),
         ("key", &args.key),
         ("farm", &args.farm),
-    ] {
+        ("target", &args.unban),
+    ];
+    for (name, value) in fields {
         if let Some(v) = value {
             query.push(format!("{name}={}", query_escape(v)));
         }
     }
-    let path = if query.is_empty() { "/state".to_owned() } else { format!("/state?{}", query.join("&")) };
+    let (method, base) =
+        if args.unban.is_some() { (hyper::Method::POST, "/unban") } else { (hyper::Method::GET, "/state") };
+    let path = if query.is_empty() { base.to_owned() } else { format!("{base}?{}", query.join("&")) };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|e| format!("cannot start the runtime: {e}"))?;
-    let (code, body) = runtime.block_on(mtac_runtime::admin::get(&node, &path, Duration::from_secs(10)))?;
-    let report: mtac_runtime::admin::StateReport =
-        serde_json::from_str(&body).map_err(|e| format!("{node}: not an mtac state report (HTTP {code}): {e}"))?;
+    let (code, body) =
+        runtime.block_on(mtac_runtime::admin::ask_socket(&socket, method, &path, Duration::from_secs(10)))?;
+    let report: mtac_runtime::admin::StateReport = serde_json::from_str(&body)
+        .map_err(|e| format!("{}: not an mtac state report (HTTP {code}): {e}", socket.display()))?;
     if args.format == StatusFormat::Json {
         println!("{}", serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?);
-        return Ok(if code == 200 && report.error.is_none() { ExitCode::SUCCESS } else { ExitCode::from(1) });
+        let lifted_none = report.lifted.as_ref().is_some_and(Vec::is_empty);
+        let ok = code == 200 && report.error.is_none() && !lifted_none;
+        return Ok(if ok { ExitCode::SUCCESS } else { ExitCode::from(1) });
+    }
+    if let Some(lifted) = &report.lifted {
+        for ban in lifted {
+            println!("lifted           {}  farm {}  (had {} left)", ban.network, ban.farm, age(ban.expires_in as f64));
+        }
+        if let Some(e) = &report.error {
+            println!("error            {e}");
+            return Ok(ExitCode::from(1));
+        }
+        if lifted.is_empty() {
+            println!("no ban covers {}", args.unban.as_deref().unwrap_or(""));
+            return Ok(ExitCode::from(1));
+        }
+        return Ok(if code == 200 { ExitCode::SUCCESS } else { ExitCode::from(1) });
     }
     println!("store            {}", if report.store.is_empty() { "-" } else { &report.store });
     if let Some(c) = &report.counts {
@@ -237,9 +267,6 @@ pub fn state(args: &StateArgs) -> Result<ExitCode, String> {
             let state = if after > 0 && n >= u64::from(after) { "auto-whitelisted" } else { "greylisted" };
             println!("deliveries       {n} (auto-whitelisted after {after}): {state}");
         }
-        if let Some(banned) = report.banned {
-            println!("banned here      {}", if banned { "yes" } else { "no" });
-        }
         if args.sender.is_some() && args.recipient.is_some() {
             match &report.triplet {
                 Some(t) => {
@@ -255,6 +282,19 @@ pub fn state(args: &StateArgs) -> Result<ExitCode, String> {
                 None => println!("triplet          not known (its next attempt is greylisted)"),
             }
         }
+    }
+    if let Some(banned) = report.banned {
+        println!("banned           {}", if banned { "yes" } else { "no" });
+    }
+    match report.bans.as_deref() {
+        Some([]) if args.client.is_none() => println!("bans in force    none"),
+        Some(bans) => {
+            for ban in bans {
+                let farm = if ban.farm == "*" { "every farm".to_owned() } else { format!("farm {}", ban.farm) };
+                println!("ban              {}  {farm}  ends in {}", ban.network, age(ban.expires_in as f64));
+            }
+        }
+        None => {}
     }
     if let Some(e) = &report.error {
         println!("error            {e}");

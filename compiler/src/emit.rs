@@ -97,15 +97,20 @@ pub fn emit(draft: &Draft) -> Result<Emitted, Vec<String>> {
     if !tables.errors.is_empty() {
         return Err(tables.errors);
     }
+    let spool = draft.spool.clone().unwrap_or_else(|| mtac_ruleset::model::DEFAULT_SPOOL.to_owned());
     let policy = Policy {
         banner: draft.banner.clone().unwrap_or_else(|| "ESMTP mtac".to_owned()),
         hostname,
-        spool: draft.spool.clone().unwrap_or_else(|| "/dev/shm/mtac".to_owned()),
+        spool: spool.clone(),
         spool_max_bytes: draft.spool_max_bytes,
         farms,
         tables: tables.infos,
         dns: draft.dns.clone(),
         admin: draft.admin.unwrap_or(Some(mtac_ruleset::model::DEFAULT_ADMIN)),
+        admin_socket: match &draft.admin_socket {
+            Some(path) => path.clone(),
+            None => Some(format!("{}/{}", spool.trim_end_matches('/'), mtac_ruleset::model::ADMIN_SOCKET_NAME)),
+        },
         state: draft.state.clone().unwrap_or_default(),
     };
     Ok(Emitted { policy, tables: tables.inputs })
@@ -198,6 +203,7 @@ fn emit_farm(farm: &DraftFarm, hostname: &str, tables: &mut Tables) -> Farm {
                 seconds: b.seconds,
                 v4_prefix: b.v4_prefix,
                 v6_prefix: b.v6_prefix,
+                scope: b.scope,
             })
             .collect(),
         greylist,

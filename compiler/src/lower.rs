@@ -11,9 +11,9 @@ use ipnet::IpNet;
 use kdl::{KdlDocument, KdlEntry, KdlNode, KdlValue};
 use miette::SourceSpan;
 use mtac_ruleset::model::{
-    AccessAction, Auth, AuthBackend, Backend, BackendProtocol, BanResponse, BarePolicy, Directory, DnsSettings,
-    DnsblAnswer, DnsblTarget, FarmKind, GreylistKey, Listener, MimeRules, RateLimit, RateSubject, Reply, ScannerKind,
-    Stage, StateSettings,
+    AccessAction, Auth, AuthBackend, Backend, BackendProtocol, BanResponse, BanScope, BarePolicy, Directory,
+    DnsSettings, DnsblAnswer, DnsblTarget, FarmKind, GreylistKey, Listener, MimeRules, RateLimit, RateSubject, Reply,
+    ScannerKind, Stage, StateSettings,
 };
 use mtac_ruleset::syntax;
 use std::collections::HashMap;
@@ -118,6 +118,7 @@ pub struct DraftBan {
     pub seconds: u32,
     pub v4_prefix: u8,
     pub v6_prefix: u8,
+    pub scope: BanScope,
 }
 
 #[derive(Debug, Clone)]
@@ -255,6 +256,8 @@ pub struct Draft {
     pub dns: DnsSettings,
     /// `None`: not said (the default address); `Some(None)`: `admin #false`.
     pub admin: Option<Option<SocketAddr>>,
+    /// `None`: not said (the default path in the spool); `Some(None)`: `socket=#false`.
+    pub admin_socket: Option<Option<String>>,
     pub state: Option<StateSettings>,
     pub farms: Vec<DraftFarm>,
 }
@@ -794,7 +797,23 @@ impl<'d> Lowerer<'d> {
                 }
                 "dns" => self.dns(at, &mut draft.dns),
                 "admin" => {
-                    self.shape(at, &[], 1, false);
+                    self.shape(at, &["socket"], 1, false);
+                    if let Some(entry) = Self::prop(at, "socket") {
+                        match entry.value() {
+                            KdlValue::Bool(false) => draft.admin_socket = Some(None),
+                            KdlValue::String(path) if path.starts_with('/') && path.len() < 100 => {
+                                draft.admin_socket = Some(Some(path.clone()));
+                            }
+                            _ => self.err(
+                                "mtac::admin::socket",
+                                "`socket` takes an absolute path (under 100 bytes) or #false".to_owned(),
+                                file,
+                                entry.span(),
+                                "invalid admin socket",
+                                "e.g. socket=\"/run/mtac/admin.sock\": state queries and unbans are served there only",
+                            ),
+                        }
+                    }
                     let value = Self::args(at).next().map(|entry| entry.value().clone());
                     match value {
                         Some(KdlValue::Bool(false)) => draft.admin = Some(None),
@@ -1691,7 +1710,26 @@ impl<'d> Lowerer<'d> {
     }
 
     fn ban(&mut self, at: At<'_>, farm: &mut DraftFarm) {
-        self.shape(at, &["after", "duration", "network", "network6", "response"], 0, false);
+        self.shape(at, &["after", "duration", "network", "network6", "response", "scope"], 0, false);
+        let scope = match Self::prop(at, "scope") {
+            Some(entry) => match self.string(entry, at.file, "`scope`").as_deref() {
+                Some("farm") => BanScope::Farm,
+                Some("all-farms") => BanScope::AllFarms,
+                Some(other) => {
+                    self.err(
+                        "mtac::ban::scope",
+                        format!("unknown ban scope `{other}`"),
+                        at.file,
+                        entry.span(),
+                        "unknown scope",
+                        "\"farm\" (the default) bans the client from this farm only; \"all-farms\" from every farm",
+                    );
+                    BanScope::Farm
+                }
+                None => BanScope::Farm,
+            },
+            None => BanScope::Farm,
+        };
         if let Some(entry) = Self::prop(at, "response") {
             let response = match self.string(entry, at.file, "`response`").as_deref() {
                 Some("521") => Some(BanResponse::Close521),
@@ -1751,7 +1789,7 @@ impl<'d> Lowerer<'d> {
         let v4_prefix = self.prefix_prop(at, "network", 32).unwrap_or(32);
         let v6_prefix = self.prefix_prop(at, "network6", 128).unwrap_or(128);
         if let Some(seconds) = seconds {
-            farm.bans.push(DraftBan { after, seconds, v4_prefix, v6_prefix });
+            farm.bans.push(DraftBan { after, seconds, v4_prefix, v6_prefix, scope });
         }
     }
 

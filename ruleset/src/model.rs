@@ -33,6 +33,9 @@ pub struct Policy {
     pub dns: DnsSettings,
     /// The admin listener (metrics, health, status); `None` turns it off.
     pub admin: Option<SocketAddr>,
+    /// The admin socket (a unix socket, mode 0600): state queries, ban list and unban, which the
+    /// TCP listener does not serve. `None` turns it off.
+    pub admin_socket: Option<String>,
     /// Where greylist entries (and, with Redis, bans) live.
     pub state: StateSettings,
 }
@@ -64,6 +67,13 @@ impl Default for StateSettings {
 /// Where the admin listener listens when the policy does not say: loopback only, so that
 /// metrics and status never face the internet by accident.
 pub const DEFAULT_ADMIN: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 9325);
+
+/// The spool directory when the policy does not say.
+pub const DEFAULT_SPOOL: &str = "/dev/shm/mtac";
+
+/// The admin socket's file name in the spool directory when the policy does not say: the
+/// spool belongs to the node's user and exists wherever a node runs.
+pub const ADMIN_SOCKET_NAME: &str = "admin.sock";
 
 /// The node's resolver. No nameservers: the system's (/etc/resolv.conf).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -461,6 +471,18 @@ pub struct BanRule {
     /// Prefix length the ban covers for IPv4 and IPv6 (32/128 = the address alone).
     pub v4_prefix: u8,
     pub v6_prefix: u8,
+    /// Which farms the ban turns the client away from.
+    pub scope: BanScope,
+}
+
+/// Which farms a ban holds for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum BanScope {
+    /// Only the farm whose rule earned it (the default): a client refused on the submission farm
+    /// may still deliver to the MX farm — a partner's MTA behind the same NAT as a guesser.
+    Farm,
+    /// Every farm of the node (and of the nodes sharing its Redis).
+    AllFarms,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -347,18 +347,14 @@ async fn run(
         // spoken): a policy refusal that the farm bans for turns the network's next connections
         // away, and a refusal waits out the tarpit.
         if let Some(rule) = session.take_refusal_rule() {
-            if let Some((net, seconds)) = conn.shared.bans.after_refusal(session.peer.ip(), &rule, &farm.bans) {
+            if let Some((scope, net, seconds)) =
+                conn.shared.bans.after_refusal(&farm.name, session.peer.ip(), &rule, &farm.bans)
+            {
                 conn.shared.metrics.bans.inc();
-                if let Some(crate::state::Store::Redis(redis)) = conn.shared.state.clone() {
-                    // The farm's other nodes learn of it through Redis (server::mirror_bans).
-                    tokio::spawn(async move {
-                        if let Err(e) = redis.ban(&net.to_string(), seconds).await {
-                            tracing::warn!(%net, error = %e, "cannot share a ban through Redis; it holds on this node");
-                        }
-                    });
-                }
                 let active = conn.shared.bans.active();
-                tracing::info!(session = %session.id, client = %session.peer.ip(), %net, rule = %rule, active, "banned");
+                let from = scope.name().to_owned();
+                tracing::info!(session = %session.id, client = %session.peer.ip(), %net, rule = %rule, farm = from.as_str(), active, "banned");
+                share_ban(conn.shared, scope, net, seconds);
             }
         }
         if farm.tarpit_ms > 0 {
@@ -813,8 +809,12 @@ async fn greylist(
     }
 }
 
-/// Check AUTH credentials. A failure costs the client a second (brute force gets slow), counts
-/// toward the farm's `max-failures` across its sessions, and past it bans the address.
+/// Check AUTH credentials. Before any password is checked, a client banned from this farm or
+/// whose network (the address, an IPv6 /64) has used up the farm's `max-failures` is refused
+/// (421, [`Session::auth_locked_out`]); otherwise one check is reserved against that budget, so
+/// concurrent sessions cannot check more passwords than it allows. A failure costs the client a
+/// second (brute force gets slow); the one that reaches `max-failures` bans the network from
+/// this farm (and through Redis, from the farm's other nodes).
 async fn authenticate(
     shared: &Shared,
     session: &mut Session,
@@ -823,6 +823,16 @@ async fn authenticate(
     user: String,
     password: String,
 ) -> Action {
+    let ip = session.peer.ip();
+    let max = farm.auth.as_ref().map_or(5, |a| a.max_failures.max(1));
+    let locked_out =
+        shared.bans.is_banned(&farm.name, ip, &farm.bans) || shared.auth_failures.reserve(&farm.name, ip, max).is_err();
+    if locked_out {
+        drop(password);
+        auth_counted(shared, farm, "refused");
+        tracing::info!(session = %session.id, client = %ip, "authentication refused: banned or too many failures");
+        return session.auth_locked_out();
+    }
     let verdict = match &farm.auth {
         Some(_) if cache.is_some_and(|c| c.knows(&user, &password)) => {
             shared.metrics.auth_cached.inc();
@@ -838,32 +848,58 @@ async fn authenticate(
         None => AuthVerdict::Invalid,
     };
     drop(password);
-    let outcome = match verdict {
-        AuthVerdict::Valid => "success",
-        AuthVerdict::Invalid => "failure",
-        AuthVerdict::Unavailable => "unavailable",
-    };
-    shared.metrics.auth.get_or_create(&AuthOutcome { farm: farm.name.clone(), outcome }).inc();
+    let failures = shared.auth_failures.settle(&farm.name, ip, verdict == AuthVerdict::Invalid);
     let user_shown: String = user.chars().filter(|c| !c.is_control()).take(64).collect();
     match verdict {
+        // Another session may have earned the ban while this one was checking.
+        AuthVerdict::Valid if shared.bans.is_banned(&farm.name, ip, &farm.bans) => {
+            auth_counted(shared, farm, "refused");
+            tracing::info!(session = %session.id, client = %ip, "authentication refused: banned meanwhile");
+            return session.auth_locked_out();
+        }
         AuthVerdict::Valid => {
-            tracing::info!(session = %session.id, client = %session.peer.ip(), user = user_shown.as_str(), "authenticated");
+            auth_counted(shared, farm, "success");
+            tracing::info!(session = %session.id, client = %ip, user = user_shown.as_str(), "authenticated");
         }
         AuthVerdict::Invalid => {
-            tracing::info!(session = %session.id, client = %session.peer.ip(), user = user_shown.as_str(), "authentication failed");
-            let max = farm.auth.as_ref().map_or(5, |a| a.max_failures.max(1));
-            if shared.auth_failures.count(session.peer.ip()) >= max {
-                let net = ipnet::IpNet::from(session.peer.ip());
-                if shared.bans.insert(net, AUTH_BAN.as_secs()) {
-                    shared.metrics.bans.inc();
-                    tracing::warn!(client = %session.peer.ip(), failures = max, "too many failed authentications: banned");
-                }
+            auth_counted(shared, farm, "failure");
+            tracing::info!(session = %session.id, client = %ip, user = user_shown.as_str(), "authentication failed");
+            if failures >= max {
+                ban_for_auth(shared, farm, ip, max);
             }
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
-        AuthVerdict::Unavailable => {}
+        AuthVerdict::Unavailable => auth_counted(shared, farm, "unavailable"),
     }
     session.auth_result(user, verdict)
+}
+
+fn auth_counted(shared: &Shared, farm: &Farm, outcome: &'static str) {
+    shared.metrics.auth.get_or_create(&AuthOutcome { farm: farm.name.clone(), outcome }).inc();
+}
+
+/// Ban `ip`'s AUTH network from `farm` (only: the farm where the guessing happened) and announce
+/// it to the farm's other nodes.
+fn ban_for_auth(shared: &Shared, farm: &Farm, ip: std::net::IpAddr, max: u32) {
+    let net = crate::guard::auth_network(ip);
+    let scope = crate::guard::BanFarm::Farm(farm.name.clone());
+    if !shared.bans.insert(scope.clone(), net, AUTH_BAN.as_secs()) {
+        return;
+    }
+    shared.metrics.bans.inc();
+    tracing::warn!(client = %ip, %net, farm = farm.name.as_str(), failures = max, "too many failed authentications: banned");
+    share_ban(shared, scope, net, AUTH_BAN.as_secs());
+}
+
+/// Tell the farm's other nodes of a ban through Redis (they mirror it: server::mirror_bans).
+fn share_ban(shared: &Shared, scope: crate::guard::BanFarm, net: ipnet::IpNet, seconds: u64) {
+    if let Some(crate::state::Store::Redis(redis)) = shared.state.clone() {
+        tokio::spawn(async move {
+            if let Err(e) = redis.ban(&scope, net, seconds).await {
+                tracing::warn!(%net, error = %e, "cannot share a ban through Redis; it holds on this node");
+            }
+        });
+    }
 }
 
 /// How long an address that failed AUTH `max-failures` times is banned.

@@ -10,7 +10,8 @@
 //! state store.
 
 use ipnet::IpNet;
-use mtac_ruleset::model::{BanRule, RateLimit, RateSubject};
+use mtac_ruleset::model::{BanRule, BanScope, RateLimit, RateSubject};
+use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Mutex;
@@ -53,77 +54,259 @@ pub fn network(ip: IpAddr, v4_prefix: u8, v6_prefix: u8) -> IpNet {
     IpNet::new(ip, prefix).map(|n| n.trunc()).unwrap_or_else(|_| IpNet::from(ip))
 }
 
-/// Bans in force, by network.
+/// The network an AUTH failure is counted and banned on: the address for IPv4, its /64 for IPv6
+/// (an IPv6 host owns a /64 and picks any address in it, as the connection limits assume).
+pub fn auth_network(ip: IpAddr) -> IpNet {
+    network(ip, 32, 64)
+}
+
+/// Which farms a ban holds for: one farm by name, or every farm (`ban scope="all-farms"`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum BanFarm {
+    Farm(String),
+    All,
+}
+
+impl BanFarm {
+    /// The ban of a rule of `farm` whose scope is `scope`.
+    pub fn of(farm: &str, scope: BanScope) -> BanFarm {
+        match scope {
+            BanScope::Farm => BanFarm::Farm(farm.to_owned()),
+            BanScope::AllFarms => BanFarm::All,
+        }
+    }
+
+    /// Does this ban hold for `farm`?
+    pub fn covers(&self, farm: &str) -> bool {
+        match self {
+            BanFarm::Farm(name) => name == farm,
+            BanFarm::All => true,
+        }
+    }
+
+    /// The farm's name, or `*` for every farm (as `mtac state` shows it).
+    pub fn name(&self) -> &str {
+        match self {
+            BanFarm::Farm(name) => name,
+            BanFarm::All => "*",
+        }
+    }
+}
+
+/// One ban in force, as the admin socket lists it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BanEntry {
+    pub network: String,
+    /// The farm it holds for, `*` for every farm.
+    pub farm: String,
+    /// Seconds until it ends.
+    pub expires_in: u64,
+}
+
+/// Bans in force, by network; each network may be banned from several farms, each until its own
+/// end. Keyed by network so a lookup allocates nothing.
 #[derive(Debug, Default)]
 pub struct Bans {
-    until: Mutex<Swept<IpNet, Instant>>,
+    until: Mutex<Swept<IpNet, Vec<(BanFarm, Instant)>>>,
 }
 
 impl Bans {
-    /// Is `ip` covered by a ban of any of `rules`' network sizes?
-    /// The address alone is always looked up: AUTH failures ban it whatever the ban rules.
-    pub fn is_banned(&self, ip: IpAddr, rules: &[BanRule]) -> bool {
+    /// Is `ip` banned from `farm`: by a ban of any of `rules`' network sizes, or on its AUTH
+    /// network (the address, the /64 for IPv6), which AUTH failures ban whatever the ban rules.
+    pub fn is_banned(&self, farm: &str, ip: IpAddr, rules: &[BanRule]) -> bool {
         let now = Instant::now();
         let table = self.until.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         if table.map.is_empty() {
             return false;
         }
-        table.map.get(&IpNet::from(ip)).is_some_and(|t| *t > now)
-            || rules.iter().any(|r| table.map.get(&network(ip, r.v4_prefix, r.v6_prefix)).is_some_and(|t| *t > now))
+        let holds = |net: IpNet| {
+            table.map.get(&net).is_some_and(|bans| bans.iter().any(|(f, end)| *end > now && f.covers(farm)))
+        };
+        holds(IpNet::from(ip))
+            || holds(auth_network(ip))
+            || rules.iter().any(|r| holds(network(ip, r.v4_prefix, r.v6_prefix)))
     }
 
-    /// Ban `ip`'s network after `rule` refused it, if a ban rule names that rule.
-    /// Returns the network banned and for how many seconds.
-    pub fn after_refusal(&self, ip: IpAddr, rule: &str, rules: &[BanRule]) -> Option<(IpNet, u64)> {
+    /// Ban `ip`'s network after `rule` of `farm` refused it, if a ban rule names that rule.
+    /// Returns whom it holds for, the network banned and for how many seconds.
+    pub fn after_refusal(
+        &self,
+        farm: &str,
+        ip: IpAddr,
+        rule: &str,
+        rules: &[BanRule],
+    ) -> Option<(BanFarm, IpNet, u64)> {
         let ban = rules.iter().find(|b| b.after.iter().any(|r| r == rule))?;
         let net = network(ip, ban.v4_prefix, ban.v6_prefix);
         let seconds = u64::from(ban.seconds);
-        self.insert(net, seconds).then_some((net, seconds))
+        let scope = BanFarm::of(farm, ban.scope);
+        self.insert(scope.clone(), net, seconds).then_some((scope, net, seconds))
     }
 
-    /// Ban `net` for `seconds` (a ban this node decided, or one another node of the farm
-    /// announced). Returns false when the table is full.
-    pub fn insert(&self, net: IpNet, seconds: u64) -> bool {
+    /// Ban `net` from `farm` for `seconds` (a ban this node decided, or one another node of the
+    /// farm announced). Returns false when the table is full.
+    pub fn insert(&self, farm: BanFarm, net: IpNet, seconds: u64) -> bool {
         let now = Instant::now();
         let until = now + Duration::from_secs(seconds);
         let mut table = self.until.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if !table.make_room(|t| *t <= now) && !table.map.contains_key(&net) {
+        if !table.make_room(|bans| bans.iter().all(|(_, end)| *end <= now)) && !table.map.contains_key(&net) {
             tracing::warn!(%net, "ban table full; not banning");
             return false;
         }
+        let bans = table.map.entry(net).or_default();
+        bans.retain(|(_, end)| *end > now);
         // A ban announced twice (ours echoed back by Redis) keeps the later end.
-        let end = table.map.get(&net).map_or(until, |t| (*t).max(until));
-        table.map.insert(net, end);
+        match bans.iter_mut().find(|(f, _)| *f == farm) {
+            Some((_, end)) => *end = (*end).max(until),
+            None => bans.push((farm, until)),
+        }
         true
+    }
+
+    /// Lift the ban of `net` from `farm` (`None`: from every farm). Returns the bans lifted.
+    pub fn remove(&self, net: IpNet, farm: Option<&BanFarm>) -> Vec<BanFarm> {
+        let now = Instant::now();
+        let mut table = self.until.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let Some(bans) = table.map.get_mut(&net) else { return Vec::new() };
+        let mut lifted = Vec::new();
+        bans.retain(|(f, end)| {
+            let lift = farm.is_none_or(|want| want == f);
+            if lift && *end > now {
+                lifted.push(f.clone());
+            }
+            !lift
+        });
+        if bans.is_empty() {
+            table.map.remove(&net);
+        }
+        lifted
+    }
+
+    /// Every ban in force (networks in order), or only those covering `ip`.
+    pub fn list(&self, ip: Option<IpAddr>) -> Vec<(IpNet, BanFarm, u64)> {
+        let now = Instant::now();
+        let table = self.until.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut out: Vec<(IpNet, BanFarm, u64)> = table
+            .map
+            .iter()
+            .filter(|(net, _)| ip.is_none_or(|ip| net.contains(&ip)))
+            .flat_map(|(net, bans)| {
+                bans.iter()
+                    .filter(|(_, end)| *end > now)
+                    .map(|(f, end)| (*net, f.clone(), end.saturating_duration_since(now).as_secs()))
+            })
+            .collect();
+        out.sort();
+        out
     }
 
     /// Bans in force now.
     pub fn active(&self) -> usize {
         let now = Instant::now();
-        self.until.lock().unwrap_or_else(std::sync::PoisonError::into_inner).map.values().filter(|t| **t > now).count()
+        let table = self.until.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        table.map.values().flat_map(|bans| bans.iter()).filter(|(_, end)| *end > now).count()
     }
 }
 
-/// Failed AUTH attempts per client address over the last hour, across its sessions.
+/// Why an AUTH attempt is refused before any password is checked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttemptRefused {
+    /// The network already failed `max-failures` times this hour, or that many checks of it are
+    /// running now.
+    TooManyFailures,
+}
+
+/// One client network's AUTH attempts on one farm: window end, failures counted, checks under way.
+type Attempts = (Instant, u32, u32);
+
+/// Failed AUTH attempts per (farm, client network) over the last hour, across its sessions.
+///
+/// An attempt is reserved before the password is checked and settled after: concurrent sessions
+/// share one budget of `max-failures` checks, so twenty sessions opened at once get five checks
+/// in total, not one hundred.
 #[derive(Debug, Default)]
 pub struct Failures {
-    table: Mutex<Swept<IpAddr, (Instant, u32)>>,
+    table: Mutex<Swept<(String, IpNet), Attempts>>,
 }
 
 impl Failures {
-    /// Count one failure from `ip`; returns its failures in the current hour.
-    pub fn count(&self, ip: IpAddr) -> u32 {
+    /// Reserve one check for `ip` on `farm`, unless its failures and the checks under way
+    /// already reach `max`.
+    pub fn reserve(&self, farm: &str, ip: IpAddr, max: u32) -> Result<(), AttemptRefused> {
         let now = Instant::now();
+        let key = (farm.to_owned(), auth_network(ip));
         let mut table = self.table.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if !table.make_room(|(end, _)| *end <= now) && !table.map.contains_key(&ip) {
-            return u32::MAX;
+        if !table.make_room(|(end, _, pending)| *end <= now && *pending == 0) && !table.map.contains_key(&key) {
+            // Full of live entries (a very wide guessing wave): refuse rather than forget.
+            return Err(AttemptRefused::TooManyFailures);
         }
-        let entry = table.map.entry(ip).or_insert((now + Duration::from_secs(3600), 0));
+        let entry = table.map.entry(key).or_insert((now + Duration::from_secs(3600), 0, 0));
         if entry.0 <= now {
-            *entry = (now + Duration::from_secs(3600), 0);
+            *entry = (now + Duration::from_secs(3600), 0, entry.2);
         }
-        entry.1 = entry.1.saturating_add(1);
+        if entry.1.saturating_add(entry.2) >= max {
+            return Err(AttemptRefused::TooManyFailures);
+        }
+        entry.2 = entry.2.saturating_add(1);
+        Ok(())
+    }
+
+    /// Settle a reserved check: `failed` counts it toward the window. Returns the failures in
+    /// the window.
+    pub fn settle(&self, farm: &str, ip: IpAddr, failed: bool) -> u32 {
+        let key = (farm.to_owned(), auth_network(ip));
+        let mut table = self.table.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let Some(entry) = table.map.get_mut(&key) else { return 0 };
+        entry.2 = entry.2.saturating_sub(1);
+        if failed {
+            entry.1 = entry.1.saturating_add(1);
+        }
         entry.1
+    }
+
+    /// Forget `net`'s failures (an operator lifted its ban).
+    pub fn forget(&self, net: IpNet) {
+        let mut table = self.table.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        for ((_, key), entry) in table.map.iter_mut() {
+            if net.contains(key) || key.contains(&net) {
+                entry.1 = 0;
+            }
+        }
+    }
+}
+
+/// Refusals of banned clients, logged at most once per period and farm with how many there were:
+/// a wave of banned clients must not turn into a wave of log lines, yet an operator sees that a
+/// ban is refusing someone (perhaps a partner).
+#[derive(Debug, Default)]
+pub struct RefusalLog {
+    farms: Mutex<HashMap<String, (Instant, u64)>>,
+}
+
+/// How often the refusals of banned clients are logged, per farm.
+pub const REFUSAL_LOG_PERIOD: Duration = Duration::from_secs(10);
+
+impl RefusalLog {
+    /// Count one refusal on `farm`; `Some(n)` when a line is due, `n` the refusals since the last.
+    pub fn note(&self, farm: &str) -> Option<u64> {
+        let now = Instant::now();
+        let mut farms = self.farms.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        match farms.get_mut(farm) {
+            Some((last, count)) => {
+                *count = count.saturating_add(1);
+                if now.duration_since(*last) < REFUSAL_LOG_PERIOD {
+                    return None;
+                }
+                let n = *count;
+                *last = now;
+                *count = 0;
+                Some(n)
+            }
+            None => {
+                farms.insert(farm.to_owned(), (now, 0));
+                Some(1)
+            }
+        }
     }
 }
 
@@ -186,17 +369,92 @@ mod tests {
     #[test]
     fn a_ban_covers_the_network_and_expires() {
         let bans = Bans::default();
-        let rules = vec![BanRule { after: vec!["dnsbl".into()], seconds: 1, v4_prefix: 24, v6_prefix: 64 }];
+        let rules = vec![BanRule {
+            after: vec!["dnsbl".into()],
+            seconds: 1,
+            v4_prefix: 24,
+            v6_prefix: 64,
+            scope: BanScope::Farm,
+        }];
         let ip: IpAddr = "192.0.2.77".parse().unwrap();
-        assert!(!bans.is_banned(ip, &rules));
-        assert_eq!(bans.after_refusal(ip, "helo.fqdn", &rules), None, "not a banning rule");
-        assert_eq!(bans.after_refusal(ip, "dnsbl", &rules), Some(("192.0.2.0/24".parse().unwrap(), 1)));
-        assert!(bans.is_banned("192.0.2.1".parse().unwrap(), &rules));
-        assert!(!bans.is_banned("192.0.3.1".parse().unwrap(), &rules));
+        assert!(!bans.is_banned("mx", ip, &rules));
+        assert_eq!(bans.after_refusal("mx", ip, "helo.fqdn", &rules), None, "not a banning rule");
+        assert_eq!(
+            bans.after_refusal("mx", ip, "dnsbl", &rules),
+            Some((BanFarm::Farm("mx".into()), "192.0.2.0/24".parse().unwrap(), 1))
+        );
+        assert!(bans.is_banned("mx", "192.0.2.1".parse().unwrap(), &rules));
+        assert!(!bans.is_banned("mx", "192.0.3.1".parse().unwrap(), &rules));
         assert_eq!(bans.active(), 1);
         std::thread::sleep(Duration::from_millis(1100));
-        assert!(!bans.is_banned(ip, &rules));
+        assert!(!bans.is_banned("mx", ip, &rules));
         assert_eq!(bans.active(), 0);
+    }
+
+    /// Issue 14: a ban earned on one farm (five failed logins on submission) must not refuse
+    /// the client on another (its MTA's mail on port 25), unless the rule says `all-farms`.
+    #[test]
+    fn issue_14_a_ban_holds_for_the_farm_that_earned_it_unless_shared() {
+        let bans = Bans::default();
+        let ip: IpAddr = "198.51.100.9".parse().unwrap();
+        assert!(bans.insert(BanFarm::Farm("submission".into()), auth_network(ip), 60));
+        assert!(bans.is_banned("submission", ip, &[]));
+        assert!(!bans.is_banned("mx", ip, &[]), "the MX farm still takes its mail");
+        let shared = vec![BanRule {
+            after: vec!["access".into()],
+            seconds: 60,
+            v4_prefix: 32,
+            v6_prefix: 128,
+            scope: BanScope::AllFarms,
+        }];
+        let other: IpAddr = "198.51.100.10".parse().unwrap();
+        assert_eq!(bans.after_refusal("mx", other, "access", &shared).map(|b| b.0), Some(BanFarm::All));
+        assert!(bans.is_banned("submission", other, &[]) && bans.is_banned("mx", other, &[]));
+        assert_eq!(bans.list(None).len(), 2);
+        assert_eq!(bans.remove(auth_network(ip), None), vec![BanFarm::Farm("submission".into())]);
+        assert!(!bans.is_banned("submission", ip, &[]));
+    }
+
+    /// Issue 14: an IPv6 host picks any address of its /64; its failures and its ban are one.
+    #[test]
+    fn issue_14_auth_failures_and_bans_key_ipv6_on_the_64() {
+        let a: IpAddr = "2001:db8:1:2::1".parse().unwrap();
+        let b: IpAddr = "2001:db8:1:2:ffff::7".parse().unwrap();
+        let elsewhere: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        assert_eq!(auth_network(a), "2001:db8:1:2::/64".parse::<IpNet>().unwrap());
+        assert_eq!(auth_network("192.0.2.7".parse().unwrap()), "192.0.2.7/32".parse::<IpNet>().unwrap());
+        let failures = Failures::default();
+        for ip in [a, b, a] {
+            failures.reserve("users", ip, 3).unwrap();
+            failures.settle("users", ip, true);
+        }
+        assert_eq!(failures.reserve("users", b, 3), Err(AttemptRefused::TooManyFailures), "same /64");
+        assert!(failures.reserve("users", elsewhere, 3).is_ok());
+        let bans = Bans::default();
+        bans.insert(BanFarm::Farm("users".into()), auth_network(a), 60);
+        assert!(bans.is_banned("users", b, &[]) && !bans.is_banned("users", elsewhere, &[]));
+    }
+
+    /// Issue 14: checks under way count against the budget, so parallel sessions share it; a
+    /// success gives its reservation back.
+    #[test]
+    fn issue_14_parallel_attempts_share_one_budget() {
+        let failures = Failures::default();
+        let ip: IpAddr = "192.0.2.50".parse().unwrap();
+        let reserved = (0..20).filter(|_| failures.reserve("users", ip, 5).is_ok()).count();
+        assert_eq!(reserved, 5, "twenty at once, five checks");
+        assert_eq!(failures.settle("users", ip, false), 0, "a success counts no failure");
+        assert!(failures.reserve("users", ip, 5).is_ok(), "and frees its place");
+        assert!(failures.reserve("other-farm", ip, 5).is_ok(), "another farm has its own budget");
+        failures.forget(auth_network(ip));
+    }
+
+    #[test]
+    fn refusals_of_banned_clients_are_logged_once_per_period_with_a_count() {
+        let log = RefusalLog::default();
+        assert_eq!(log.note("mx"), Some(1), "the first one at once");
+        assert_eq!((0..50).filter_map(|_| log.note("mx")).count(), 0, "then quiet");
+        assert_eq!(log.note("users"), Some(1), "per farm");
     }
 
     #[test]

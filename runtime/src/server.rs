@@ -52,6 +52,8 @@ pub enum RunError {
     State(String),
     #[error("TLS: {0}")]
     Tls(String),
+    #[error("admin socket {path}: {source}")]
+    AdminSocket { path: String, source: std::io::Error },
 }
 
 /// Node-wide stop state, watched by every session.
@@ -200,8 +202,10 @@ pub struct Shared {
     pub bans: Bans,
     /// Connection and message rate counters.
     pub rates: Rates,
-    /// Failed AUTH attempts per address.
+    /// Failed AUTH attempts per farm and client network.
     pub auth_failures: crate::guard::Failures,
+    /// Refusals of banned clients, for the rate-limited log line.
+    pub ban_refusals: crate::guard::RefusalLog,
     pub spool: Spool,
     /// Message transfers open per client (the farm's `transfers-per-ip`).
     pub transfers: Arc<crate::transfers::Transfers>,
@@ -292,6 +296,8 @@ pub struct Listeners {
     /// SMTP listeners, the farm each serves, and whether TLS starts at once (port 465).
     pub smtp: Vec<(TcpListener, String, bool)>,
     pub admin: Option<TcpListener>,
+    /// The admin socket (state queries, bans) and its path, removed at stop.
+    pub admin_socket: Option<(tokio::net::UnixListener, PathBuf)>,
 }
 
 /// Features the ruleset may ask for that this build does not enforce yet. Serving them
@@ -348,6 +354,7 @@ impl Node {
             bans: Bans::default(),
             rates: Rates::default(),
             auth_failures: crate::guard::Failures::default(),
+            ban_refusals: crate::guard::RefusalLog::default(),
             spool,
             transfers: Arc::default(),
             state,
@@ -456,7 +463,16 @@ impl Node {
                 bound.push((socket, farm.name.clone(), listener.implicit_tls));
             }
         }
-        Ok(Listeners { smtp: bound, admin })
+        let admin_socket = match &snapshot.ruleset.policy().admin_socket {
+            Some(path) => crate::admin::bind_socket(Path::new(path))
+                .map_err(|source| RunError::AdminSocket { path: path.clone(), source })?
+                .map(|listener| {
+                    tracing::info!(path = %path, "admin socket (state, bans)");
+                    (listener, PathBuf::from(path))
+                }),
+            None => None,
+        };
+        Ok(Listeners { smtp: bound, admin, admin_socket })
     }
 
     /// Serve until SIGTERM/SIGINT, hot-reloading on file change and SIGHUP.
@@ -487,6 +503,10 @@ impl Node {
         // The admin listener outlives the accept loops: while draining, /readyz says 503 and
         // /metrics shows the sessions finishing.
         let admin = listeners.admin.map(|admin| crate::admin::spawn(admin, node.shared.clone()));
+        let (admin_socket, socket_path) = match listeners.admin_socket {
+            Some((listener, path)) => (Some(crate::admin::spawn_socket(listener, node.shared.clone())), Some(path)),
+            None => (None, None),
+        };
         for (listener, farm, implicit_tls) in listeners.smtp {
             let farm_limits = limits.entry(farm.clone()).or_default().clone();
             let shared = node.shared.clone();
@@ -537,12 +557,25 @@ impl Node {
         if let Some(admin) = &admin {
             admin.abort();
         }
+        if let Some(task) = &admin_socket {
+            task.abort();
+        }
+        if let Some(path) = &socket_path {
+            let _ = std::fs::remove_file(path);
+        }
         if let Some(task) = &state_tasks {
             task.abort();
         }
         // An aborted task is dropped on its next poll, not at once: wait for each, so that
         // nothing of this node (its state store above all) outlives `run_until`.
-        for task in accept_tasks.into_iter().chain([reload_task]).chain(probes).chain(admin).chain(state_tasks) {
+        for task in accept_tasks
+            .into_iter()
+            .chain([reload_task])
+            .chain(probes)
+            .chain(admin)
+            .chain(admin_socket)
+            .chain(state_tasks)
+        {
             let _ = task.await;
         }
         if let Some(crate::state::Store::Embedded(db)) = &node.shared.state {
@@ -597,10 +630,8 @@ fn mirror_bans(redis: Arc<crate::state::RedisStore>, shared: Arc<Shared>) -> tok
                     // Subscribed first, then read what is in force: no ban falls in between.
                     match redis.bans().await {
                         Ok(bans) => {
-                            for (net, seconds) in bans {
-                                if let Ok(net) = net.parse() {
-                                    shared.bans.insert(net, seconds);
-                                }
+                            for (farm, net, seconds) in bans {
+                                shared.bans.insert(farm, net, seconds);
                             }
                         }
                         Err(e) => tracing::warn!(error = %e, "redis: cannot read the farm's bans"),
@@ -608,11 +639,16 @@ fn mirror_bans(redis: Arc<crate::state::RedisStore>, shared: Arc<Shared>) -> tok
                     let mut messages = pubsub.on_message();
                     while let Some(message) = messages.next().await {
                         let Ok(payload) = message.get_payload::<String>() else { continue };
-                        let mut parts = payload.split(' ');
-                        if let (Some(Ok(net)), Some(Ok(seconds))) =
-                            (parts.next().map(str::parse), parts.next().map(str::parse::<u64>))
-                        {
-                            shared.bans.insert(net, seconds);
+                        match crate::state::parse_ban_message(&payload) {
+                            // 0 seconds: an operator lifted it (`mtac state --unban`) at some node.
+                            Some((farm, net, 0)) => {
+                                shared.bans.remove(net, Some(&farm));
+                                shared.auth_failures.forget(net);
+                            }
+                            Some((farm, net, seconds)) => {
+                                shared.bans.insert(farm, net, seconds);
+                            }
+                            None => {}
                         }
                     }
                     tracing::warn!("redis: ban channel lost; bans are this node's own until it is back");
@@ -737,8 +773,19 @@ async fn accept_loop(
         let peer = normalize(peer);
         let ip = peer.ip();
         let mut banned = false;
-        if shared.bans.is_banned(ip, &farm_model.bans) {
+        if shared.bans.is_banned(&farm, ip, &farm_model.bans) {
+            if let Some(count) = shared.ban_refusals.note(&farm) {
+                tracing::info!(farm = farm.as_str(), client = %ip, refused = count, "banned clients turned away (one line per farm every 10 s at most)");
+            }
             match farm_model.ban_response {
+                // On an implicit-TLS listener the client's first bytes are a TLS ClientHello: a
+                // plain-text 521 is noise to it, and a handshake to say 521 inside TLS would spend
+                // the CPU a ban is meant to save. Closing says "not now" as well.
+                BanResponse::Close521 if implicit_tls => {
+                    refused("ban");
+                    drop(stream);
+                    continue;
+                }
                 BanResponse::Close521 => {
                     refused("ban");
                     refuse(stream, "521 5.3.2 Client host rejected: banned for a while, do not retry now\r\n");

@@ -384,6 +384,17 @@ impl Session {
         }
     }
 
+    /// AUTH refused before any password was checked: the client's network is banned from this
+    /// farm, or has used up its `max-failures` (counting the checks under way in its other
+    /// sessions). `421 4.7.0` and close, as Postfix does for a client over its limits: honest to a
+    /// user who has the right password (try later, not "wrong password"), and a guesser's
+    /// connection ends at once.
+    pub fn auth_locked_out(&mut self) -> Action {
+        self.note_rule("auth".to_owned());
+        let text = format!("{} Too many failed authentications from your address, try again later", self.hostname);
+        Action::Close(reply(421, 4, 7, 0, &text))
+    }
+
     fn auth_failed(&mut self) -> Action {
         self.auth_failures = self.auth_failures.saturating_add(1);
         self.note_rule("auth".to_owned());
@@ -726,6 +737,7 @@ mod tests {
             tables: vec![TableInfo { kind: TableKind::Domains, name: "d".to_owned(), entries: 1, sources: vec![] }],
             dns: DnsSettings::default(),
             admin: None,
+            admin_socket: None,
             state: Default::default(),
         };
         let mut domains = DomainTableBuilder::new();

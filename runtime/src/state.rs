@@ -16,6 +16,8 @@
 //! Times are Unix seconds from the node's clock (farm nodes keep NTP time; a skew of seconds only
 //! shifts a delay measured in minutes).
 
+use crate::guard::BanFarm;
+use ipnet::IpNet;
 use mtac_ruleset::model::{Greylist, StateSettings};
 use std::net::IpAddr;
 use std::path::Path;
@@ -679,10 +681,11 @@ impl RedisStore {
         Ok(count)
     }
 
-    /// Record a ban for the farm and tell every node.
-    pub async fn ban(&self, network: &str, seconds: u64) -> Result<(), StateError> {
-        let key = format!("mtac:ban:{network}");
-        let message = format!("{network} {seconds}");
+    /// Record a ban and tell every node. The key and the announcement carry the farm the ban
+    /// holds for (see [`ban_key`]).
+    pub async fn ban(&self, farm: &BanFarm, network: IpNet, seconds: u64) -> Result<(), StateError> {
+        let key = ban_key(farm, network);
+        let message = ban_message(farm, network, seconds);
         self.run(async |mut c| {
             redis::pipe()
                 .set_ex(&key, 1, seconds)
@@ -695,8 +698,18 @@ impl RedisStore {
         .await
     }
 
-    /// Bans in force on the farm, with their remaining seconds.
-    pub async fn bans(&self) -> Result<Vec<(String, u64)>, StateError> {
+    /// Lift a ban on the farm: delete its key and tell every node (an announcement of 0 seconds).
+    pub async fn unban(&self, farm: &BanFarm, network: IpNet) -> Result<(), StateError> {
+        let key = ban_key(farm, network);
+        let message = ban_message(farm, network, 0);
+        self.run(async |mut c| {
+            redis::pipe().del(&key).ignore().publish(BAN_CHANNEL, &message).ignore().query_async(&mut c).await
+        })
+        .await
+    }
+
+    /// Bans in force on the farm: whom each holds for, the network, its remaining seconds.
+    pub async fn bans(&self) -> Result<Vec<(BanFarm, IpNet, u64)>, StateError> {
         let connection = self.connection().await?;
         let mut c = connection.clone();
         let mut cursor = 0u64;
@@ -716,8 +729,8 @@ impl RedisStore {
             .map_err(|_| StateError::Timeout(self.timeout))??;
             for key in keys {
                 let ttl: i64 = redis::cmd("TTL").arg(&key).query_async(&mut c).await?;
-                if let (Some(net), Ok(ttl)) = (key.strip_prefix("mtac:ban:"), u64::try_from(ttl)) {
-                    bans.push((net.to_owned(), ttl));
+                if let (Some((farm, net)), Ok(ttl)) = (parse_ban_key(&key), u64::try_from(ttl)) {
+                    bans.push((farm, net, ttl));
                 }
             }
             cursor = next;
@@ -726,6 +739,43 @@ impl RedisStore {
             }
         }
     }
+}
+
+/// `mtac:ban:NETWORK@FARM` for a farm's ban, `mtac:ban:NETWORK` for one that holds for every
+/// farm (what every ban was before bans carried their farm: a node of the older version still
+/// reads them right). A network never contains `@`, a farm name may contain anything.
+pub fn ban_key(farm: &BanFarm, network: IpNet) -> String {
+    match farm {
+        BanFarm::Farm(name) => format!("mtac:ban:{network}@{name}"),
+        BanFarm::All => format!("mtac:ban:{network}"),
+    }
+}
+
+/// The farm and network of a ban key; `None` for a key that is not one.
+pub fn parse_ban_key(key: &str) -> Option<(BanFarm, IpNet)> {
+    let rest = key.strip_prefix("mtac:ban:")?;
+    match rest.split_once('@') {
+        Some((net, farm)) => Some((BanFarm::Farm(farm.to_owned()), net.parse().ok()?)),
+        None => Some((BanFarm::All, rest.parse().ok()?)),
+    }
+}
+
+/// The announcement on [`BAN_CHANNEL`]: `NETWORK SECONDS [FARM]` (no farm: every farm, as older
+/// nodes announce). 0 seconds lifts the ban.
+pub fn ban_message(farm: &BanFarm, network: IpNet, seconds: u64) -> String {
+    match farm {
+        BanFarm::Farm(name) => format!("{network} {seconds} {name}"),
+        BanFarm::All => format!("{network} {seconds}"),
+    }
+}
+
+/// Read an announcement; `None` for one that is not.
+pub fn parse_ban_message(message: &str) -> Option<(BanFarm, IpNet, u64)> {
+    let mut parts = message.splitn(3, ' ');
+    let net = parts.next()?.parse().ok()?;
+    let seconds = parts.next()?.parse().ok()?;
+    let farm = parts.next().map_or(BanFarm::All, |name| BanFarm::Farm(name.to_owned()));
+    Some((farm, net, seconds))
 }
 
 #[cfg(test)]
@@ -780,6 +830,20 @@ mod tests {
             GreylistVerdict::AutoWhitelisted
         );
         assert_eq!(db.deliveries(client, 1002 + 86_400 + 1).unwrap(), 0, "expired");
+    }
+
+    #[test]
+    fn ban_keys_and_announcements_carry_the_farm_and_read_back() {
+        let net: IpNet = "2001:db8:1:2::/64".parse().unwrap();
+        for farm in [BanFarm::Farm("sub mission@x".into()), BanFarm::All] {
+            assert_eq!(parse_ban_key(&ban_key(&farm, net)), Some((farm.clone(), net)));
+            assert_eq!(parse_ban_message(&ban_message(&farm, net, 60)), Some((farm.clone(), net, 60)));
+        }
+        assert_eq!(ban_key(&BanFarm::Farm("users".into()), net), "mtac:ban:2001:db8:1:2::/64@users");
+        // An announcement of an older node: every farm.
+        assert_eq!(parse_ban_message("192.0.2.0/24 600"), Some((BanFarm::All, "192.0.2.0/24".parse().unwrap(), 600)));
+        assert_eq!(parse_ban_message("nonsense"), None);
+        assert_eq!(parse_ban_key("mtac:ban:garbage@mx"), None);
     }
 
     #[test]

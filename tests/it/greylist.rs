@@ -132,7 +132,7 @@ async fn embedded_greylisting_defers_then_passes_and_survives_a_restart() {
     // Another sender from the same network is greylisted on its own.
     let (r, _) = send(node.addr, "127.0.40.7", "carol@sender.example", "bob@example.test").await;
     assert!(r.starts_with("451"), "{r}");
-    let counts = state(node.admin, "").await;
+    let counts = state(&node, "").await;
     assert_eq!(counts["counts"]["waiting"], 1, "{counts}");
     assert_eq!(counts["counts"]["passed"], 1, "{counts}");
 
@@ -155,7 +155,7 @@ async fn embedded_greylisting_defers_then_passes_and_survives_a_restart() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(passed, "auto-whitelisted after two deliveries");
-    let client = state(node.admin, "client=127.0.40.7&sender=alice@sender.example&recipient=bob@example.test").await;
+    let client = state(&node, "client=127.0.40.7&sender=alice@sender.example&recipient=bob@example.test").await;
     assert_eq!(client["client_key"], "net:127.0.40.0/24", "{client}");
     assert!(client["deliveries"].as_u64().unwrap() >= 2, "{client}");
     assert_eq!(client["triplet"]["passed"], true, "{client}");
@@ -163,9 +163,12 @@ async fn embedded_greylisting_defers_then_passes_and_survives_a_restart() {
     assert_eq!(sink.messages().len(), 4);
 }
 
-async fn state(admin: SocketAddr, query: &str) -> serde_json::Value {
+/// Ask the node's admin socket (the TCP listener does not answer state queries).
+async fn state(node: &TestNode, query: &str) -> serde_json::Value {
     let path = if query.is_empty() { "/state".to_owned() } else { format!("/state?{query}") };
-    let (status, body) = mtac_runtime::admin::get(&admin.to_string(), &path, Duration::from_secs(5)).await.unwrap();
+    let socket = node.dir.path().join("spool/admin.sock");
+    let (status, body) =
+        mtac_runtime::admin::ask_socket(&socket, hyper::Method::GET, &path, Duration::from_secs(5)).await.unwrap();
     assert_eq!(status, 200, "{body}");
     serde_json::from_str(&body).unwrap()
 }
@@ -176,7 +179,7 @@ fn farm_policy(dir: &Path, smtp: &str, admin: &str, redis: &str, backend: Socket
     let text = format!(
         r#"hostname "mx.test.example"
 spool "{spool}"
-admin "{admin}"
+admin "{admin}" socket="{socket}"
 state "redis" url="{redis}" timeout="300ms" on-failure="defer"
 farm "mx" kind="inbound-mx" {{
     listen "{smtp}"
@@ -192,11 +195,17 @@ farm "mx" kind="inbound-mx" {{
     }}
 }}
 "#,
-        spool = dir.join("spool").display()
+        spool = dir.join("spool").display(),
+        socket = socket_of(dir, admin).display()
     );
     let path = dir.join(format!("{}.kdl", admin.replace([':', '.'], "-")));
     std::fs::write(&path, text).unwrap();
     path
+}
+
+/// The admin socket of the node whose admin listener is `admin` (both nodes share a spool).
+fn socket_of(dir: &Path, admin: &str) -> PathBuf {
+    dir.join(format!("{}.sock", admin.replace([':', '.'], "-")))
 }
 
 struct Node(Child);
@@ -303,7 +312,9 @@ async fn two_nodes_share_greylist_auto_whitelist_and_bans_through_redis() {
 
     // `mtac state` asks a node what the farm's store holds.
     let out = Command::new(env!("CARGO_BIN_EXE_mtac"))
-        .args(["state", b_admin, "--client", "127.0.50.7", "--sender", "alice@sender.example", "--recipient"])
+        .arg("state")
+        .arg(socket_of(work.path(), b_admin))
+        .args(["--client", "127.0.50.7", "--sender", "alice@sender.example", "--recipient"])
         .arg("bob@example.test")
         .output()
         .unwrap();
@@ -312,9 +323,36 @@ async fn two_nodes_share_greylist_auto_whitelist_and_bans_through_redis() {
     assert!(text.contains("store            redis"), "{text}");
     assert!(text.contains("client key       net:127.0.50.0/24"), "{text}");
     assert!(text.contains("triplet          passed"), "{text}");
-    let out = Command::new(env!("CARGO_BIN_EXE_mtac")).args(["state", a_admin]).output().unwrap();
+    let out =
+        Command::new(env!("CARGO_BIN_EXE_mtac")).arg("state").arg(socket_of(work.path(), a_admin)).output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("bans             1 network(s)"), "{text}");
+    assert!(text.contains("ban              127.0.50.66/32  farm mx  ends in "), "{text}");
+
+    // Issue 14: `mtac state --unban` at B lifts the ban on the farm: A lets the client in again.
+    let out = Command::new(env!("CARGO_BIN_EXE_mtac"))
+        .arg("state")
+        .arg(socket_of(work.path(), b_admin))
+        .args(["--unban", "127.0.50.66"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(text.contains("lifted           127.0.50.66/32  farm mx"), "{text}");
+    let mut greeted = String::new();
+    for _ in 0..100 {
+        let mut c = Client::connect_from(a_addr, "127.0.50.66").await;
+        greeted = c.reply().await;
+        if greeted.starts_with("220") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(greeted.starts_with("220"), "the lift reached A: {greeted}");
+    let out =
+        Command::new(env!("CARGO_BIN_EXE_mtac")).arg("state").arg(socket_of(work.path(), a_admin)).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("bans             0 network(s)") && text.contains("bans in force    none"), "{text}");
     drop((a, b));
 }
 
