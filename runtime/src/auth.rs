@@ -233,6 +233,7 @@ mod tests {
             cache_ttl: 0,
             sender_aliases: Vec::new(),
             null_sender: false,
+            header_from_owned: false,
             unknown_user_cost: std::sync::OnceLock::new(),
         }
     }
