@@ -18,6 +18,8 @@ RAM disk's, not the node's, and are not in VmRSS.
 """
 import argparse, os, shutil, socket, socketserver, subprocess, tempfile, threading, time
 
+from smtp_client import send_message
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 BIN = os.environ.get("MTAC_BIN", os.path.join(HERE, "..", "target", "release", "mtac"))
 
@@ -54,10 +56,15 @@ def slow_scanner(port, hold, answer):
                 f.read(length)
             self.request.sendall(answer)
 
+    return serve(port, Handler)
+
+
+def serve(port, handler):
+    """A threaded TCP server for `handler` on loopback, running in the background."""
     class Server(socketserver.ThreadingTCPServer):
         daemon_threads = True
         allow_reuse_address = True
-    server = Server(("127.0.0.1", port), Handler)
+    server = Server(("127.0.0.1", port), handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     return server
 
@@ -81,27 +88,15 @@ def sink(port):
                 elif verb == b"QUIT": w(b"221 bye\r\n"); return
                 else: w(b"250 ok\r\n")
 
-    class Server(socketserver.ThreadingTCPServer):
-        daemon_threads = True
-        allow_reuse_address = True
-    server = Server(("127.0.0.1", port), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    return server
+    return serve(port, Handler)
 
 
 def send(port, body, results, i):
-    s = socket.create_connection(("127.0.0.1", port))
-    f = s.makefile("rb")
-    def reply():
-        while True:
-            line = f.readline()
-            if line[3:4] != b"-": return line
-    reply()
-    for cmd in (b"EHLO bench.example.org", b"MAIL FROM:<a@example.org>", b"RCPT TO:<b@example.net>", b"DATA"):
-        s.sendall(cmd + b"\r\n"); reply()
-    s.sendall(body)
-    results[i] = reply().decode(errors="replace").strip()
-    s.close()
+    try:
+        send_message(port, body)
+        results[i] = "250"
+    except AssertionError as e:
+        results[i] = str(e)
 
 
 def status(pid, field):

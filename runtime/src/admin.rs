@@ -483,26 +483,11 @@ fn respond(status: StatusCode, content_type: &'static str, body: String) -> Resp
 /// Ask the admin socket at `socket`: `method` `path` (used by `mtac state` and the tests).
 /// Returns the status code and the body.
 pub async fn ask_socket(socket: &Path, method: Method, path: &str, timeout: Duration) -> Result<(u16, String), String> {
-    use http_body_util::BodyExt;
     let work = async {
         let stream = tokio::net::UnixStream::connect(socket)
             .await
             .map_err(|e| format!("cannot connect to {}: {e}", socket.display()))?;
-        let (mut sender, connection) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-            .await
-            .map_err(|e| format!("HTTP: {e}"))?;
-        let driver = tokio::spawn(connection);
-        let request = Request::builder()
-            .method(method)
-            .uri(path)
-            .header(hyper::header::HOST, "localhost")
-            .body(http_body_util::Empty::<Bytes>::new())
-            .map_err(|e| format!("HTTP: {e}"))?;
-        let response = sender.send_request(request).await.map_err(|e| format!("HTTP: {e}"))?;
-        let status = response.status().as_u16();
-        let body = response.into_body().collect().await.map_err(|e| format!("HTTP: {e}"))?.to_bytes();
-        driver.abort();
-        Ok((status, String::from_utf8_lossy(&body).into_owned()))
+        exchange(stream, method, path, "localhost").await
     };
     tokio::time::timeout(timeout, work).await.map_err(|_| "no answer in time".to_owned())?
 }
@@ -510,22 +495,32 @@ pub async fn ask_socket(socket: &Path, method: Method, path: &str, timeout: Dura
 /// GET `path` from an admin listener at `address` (used by `mtac status` and the tests).
 /// Returns the status code and the body.
 pub async fn get(address: &str, path: &str, timeout: Duration) -> Result<(u16, String), String> {
-    use http_body_util::BodyExt;
     let work = async {
         let stream = tokio::net::TcpStream::connect(address).await.map_err(|e| format!("cannot connect: {e}"))?;
-        let (mut sender, connection) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-            .await
-            .map_err(|e| format!("HTTP: {e}"))?;
-        let driver = tokio::spawn(connection);
-        let request = Request::get(path)
-            .header(hyper::header::HOST, address)
-            .body(http_body_util::Empty::<Bytes>::new())
-            .map_err(|e| format!("HTTP: {e}"))?;
-        let response = sender.send_request(request).await.map_err(|e| format!("HTTP: {e}"))?;
-        let status = response.status().as_u16();
-        let body = response.into_body().collect().await.map_err(|e| format!("HTTP: {e}"))?.to_bytes();
-        driver.abort();
-        Ok((status, String::from_utf8_lossy(&body).into_owned()))
+        exchange(stream, Method::GET, path, address).await
     };
     tokio::time::timeout(timeout, work).await.map_err(|_| "no answer in time".to_owned())?
+}
+
+/// One HTTP/1.1 request without a body on `stream`: the status code and the body.
+async fn exchange<S>(stream: S, method: Method, path: &str, host: &str) -> Result<(u16, String), String>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    use http_body_util::BodyExt;
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+        .await
+        .map_err(|e| format!("HTTP: {e}"))?;
+    let driver = tokio::spawn(connection);
+    let request = Request::builder()
+        .method(method)
+        .uri(path)
+        .header(hyper::header::HOST, host)
+        .body(http_body_util::Empty::<Bytes>::new())
+        .map_err(|e| format!("HTTP: {e}"))?;
+    let response = sender.send_request(request).await.map_err(|e| format!("HTTP: {e}"))?;
+    let status = response.status().as_u16();
+    let body = response.into_body().collect().await.map_err(|e| format!("HTTP: {e}"))?.to_bytes();
+    driver.abort();
+    Ok((status, String::from_utf8_lossy(&body).into_owned()))
 }

@@ -189,7 +189,12 @@ async fn issue14_the_spool_is_private_to_the_node() {
     c.send(b"Subject: t\r\n\r\nbody\r\n.\r\n").await;
     let mut files = Vec::new();
     for _ in 0..100 {
-        files = std::fs::read_dir(&spool).unwrap().map(|e| e.unwrap().path()).collect();
+        // The admin socket lives beside the messages: only message files count.
+        files = std::fs::read_dir(&spool)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|x| x == "msg"))
+            .collect();
         if !files.is_empty() {
             break;
         }
