@@ -825,14 +825,16 @@ async fn authenticate(
 ) -> Action {
     let ip = session.peer.ip();
     let max = farm.auth.as_ref().map_or(5, |a| a.max_failures.max(1));
-    let locked_out =
-        shared.bans.is_banned(&farm.name, ip, &farm.bans) || shared.auth_failures.reserve(&farm.name, ip, max).is_err();
-    if locked_out {
+    let attempt = match shared.auth_failures.reserve(&farm.name, ip, max) {
+        Ok(attempt) if !shared.bans.is_banned(&farm.name, ip, &farm.bans) => Some(attempt),
+        _ => None,
+    };
+    let Some(attempt) = attempt else {
         drop(password);
         auth_counted(shared, farm, "refused");
         tracing::info!(session = %session.id, client = %ip, "authentication refused: banned or too many failures");
         return session.auth_locked_out();
-    }
+    };
     let verdict = match &farm.auth {
         Some(_) if cache.is_some_and(|c| c.knows(&user, &password)) => {
             shared.metrics.auth_cached.inc();
@@ -848,7 +850,7 @@ async fn authenticate(
         None => AuthVerdict::Invalid,
     };
     drop(password);
-    let failures = shared.auth_failures.settle(&farm.name, ip, verdict == AuthVerdict::Invalid);
+    let failures = attempt.settle(verdict == AuthVerdict::Invalid);
     let user_shown: String = user.chars().filter(|c| !c.is_control()).take(64).collect();
     match verdict {
         // Another session may have earned the ban while this one was checking.

@@ -232,7 +232,9 @@ pub struct Failures {
 impl Failures {
     /// Reserve one check for `ip` on `farm`, unless its failures and the checks under way
     /// already reach `max`.
-    pub fn reserve(&self, farm: &str, ip: IpAddr, max: u32) -> Result<(), AttemptRefused> {
+    /// The reservation is given back when the returned [`Attempt`] is dropped unsettled (a
+    /// session that ends mid-check), so no path leaks a place in the budget.
+    pub fn reserve(&self, farm: &str, ip: IpAddr, max: u32) -> Result<Attempt<'_>, AttemptRefused> {
         let now = Instant::now();
         let key = (farm.to_owned(), auth_network(ip));
         let mut table = self.table.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -240,7 +242,7 @@ impl Failures {
             // Full of live entries (a very wide guessing wave): refuse rather than forget.
             return Err(AttemptRefused::TooManyFailures);
         }
-        let entry = table.map.entry(key).or_insert((now + Duration::from_secs(3600), 0, 0));
+        let entry = table.map.entry(key.clone()).or_insert((now + Duration::from_secs(3600), 0, 0));
         if entry.0 <= now {
             *entry = (now + Duration::from_secs(3600), 0, entry.2);
         }
@@ -248,15 +250,14 @@ impl Failures {
             return Err(AttemptRefused::TooManyFailures);
         }
         entry.2 = entry.2.saturating_add(1);
-        Ok(())
+        drop(table);
+        Ok(Attempt { failures: self, key: Some(key) })
     }
 
-    /// Settle a reserved check: `failed` counts it toward the window. Returns the failures in
-    /// the window.
-    pub fn settle(&self, farm: &str, ip: IpAddr, failed: bool) -> u32 {
-        let key = (farm.to_owned(), auth_network(ip));
+    /// End a reserved check; `failed` counts it toward the window. The failures in the window.
+    fn release(&self, key: &(String, IpNet), failed: bool) -> u32 {
         let mut table = self.table.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let Some(entry) = table.map.get_mut(&key) else { return 0 };
+        let Some(entry) = table.map.get_mut(key) else { return 0 };
         entry.2 = entry.2.saturating_sub(1);
         if failed {
             entry.1 = entry.1.saturating_add(1);
@@ -271,6 +272,32 @@ impl Failures {
             if net.contains(key) || key.contains(&net) {
                 entry.1 = 0;
             }
+        }
+    }
+}
+
+/// One AUTH check under way, reserved in [`Failures`]: settled with its outcome, or given back
+/// when dropped.
+#[derive(Debug)]
+pub struct Attempt<'f> {
+    failures: &'f Failures,
+    key: Option<(String, IpNet)>,
+}
+
+impl Attempt<'_> {
+    /// The check is over: `failed` counts it toward the window. Returns the failures in the window.
+    pub fn settle(mut self, failed: bool) -> u32 {
+        match self.key.take() {
+            Some(key) => self.failures.release(&key, failed),
+            None => 0,
+        }
+    }
+}
+
+impl Drop for Attempt<'_> {
+    fn drop(&mut self) {
+        if let Some(key) = self.key.take() {
+            self.failures.release(&key, false);
         }
     }
 }
@@ -425,10 +452,9 @@ mod tests {
         assert_eq!(auth_network("192.0.2.7".parse().unwrap()), "192.0.2.7/32".parse::<IpNet>().unwrap());
         let failures = Failures::default();
         for ip in [a, b, a] {
-            failures.reserve("users", ip, 3).unwrap();
-            failures.settle("users", ip, true);
+            failures.reserve("users", ip, 3).unwrap().settle(true);
         }
-        assert_eq!(failures.reserve("users", b, 3), Err(AttemptRefused::TooManyFailures), "same /64");
+        assert_eq!(failures.reserve("users", b, 3).err(), Some(AttemptRefused::TooManyFailures), "same /64");
         assert!(failures.reserve("users", elsewhere, 3).is_ok());
         let bans = Bans::default();
         bans.insert(BanFarm::Farm("users".into()), auth_network(a), 60);
@@ -441,10 +467,15 @@ mod tests {
     fn issue_14_parallel_attempts_share_one_budget() {
         let failures = Failures::default();
         let ip: IpAddr = "192.0.2.50".parse().unwrap();
-        let reserved = (0..20).filter(|_| failures.reserve("users", ip, 5).is_ok()).count();
-        assert_eq!(reserved, 5, "twenty at once, five checks");
-        assert_eq!(failures.settle("users", ip, false), 0, "a success counts no failure");
+        let mut reserved: Vec<Attempt<'_>> = (0..20).filter_map(|_| failures.reserve("users", ip, 5).ok()).collect();
+        assert_eq!(reserved.len(), 5, "twenty at once, five checks");
+        assert_eq!(reserved.pop().unwrap().settle(false), 0, "a success counts no failure");
         assert!(failures.reserve("users", ip, 5).is_ok(), "and frees its place");
+        drop(reserved.pop());
+        assert!(
+            failures.reserve("users", ip, 5).is_ok(),
+            "an attempt dropped unsettled (its session ended) frees its place too"
+        );
         assert!(failures.reserve("other-farm", ip, 5).is_ok(), "another farm has its own budget");
         failures.forget(auth_network(ip));
     }
