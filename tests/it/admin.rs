@@ -2,9 +2,9 @@
 //! then /metrics must show what they did; health and readiness; `mtac status` across two
 //! `mtac run` processes before and after a push; the decision log lines and syslog output.
 
-use crate::support::{code, relay_policy, sample, Behaviour, Client, Sink, TestNode};
+use crate::support::{build, code, relay_policy, sample, Behaviour, Client, ProcessNode, Sink, TestNode};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 async fn get(address: std::net::SocketAddr, path: &str) -> (u16, String) {
@@ -130,41 +130,6 @@ fn mtac(args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_mtac")).args(args).output().unwrap()
 }
 
-fn build(policy: &Path, out: &Path) {
-    let built = mtac(&["build", policy.to_str().unwrap(), "-o", out.to_str().unwrap()]);
-    assert!(built.status.success(), "{}", String::from_utf8_lossy(&built.stderr));
-}
-
-struct Node {
-    child: Child,
-    log: PathBuf,
-}
-
-impl Node {
-    fn start(ruleset: &Path, admin: &str, log: PathBuf, extra: &[&str]) -> Node {
-        let child = Command::new(env!("CARGO_BIN_EXE_mtac"))
-            .args(["run", "--grace", "1", "--admin", admin])
-            .args(extra)
-            .arg(ruleset)
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
-        Node { child, log }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 async fn ruleset_of(admin: &str) -> Option<String> {
     let (code, body) = mtac_runtime::admin::get(admin, "/status", Duration::from_secs(2)).await.ok()?;
@@ -211,8 +176,8 @@ async fn status_reports_divergence_after_a_partial_push_and_convergence_after_bo
     build(&write_policy(&a_dir, "127.0.93.1:2525", r#""example.test""#), &a_rules);
     build(&write_policy(&b_dir, "127.0.93.2:2525", r#""example.test""#), &b_rules);
     let (a_admin, b_admin) = ("127.0.93.1:9325", "127.0.93.2:9325");
-    let a = Node::start(&a_rules, a_admin, work.path().join("a.log"), &[]);
-    let b = Node::start(&b_rules, b_admin, work.path().join("b.log"), &[]);
+    let a = ProcessNode::start(&a_rules, &["--grace", "1", "--admin", a_admin], work.path().join("a.log"));
+    let b = ProcessNode::start(&b_rules, &["--grace", "1", "--admin", b_admin], work.path().join("b.log"));
     wait_for_ruleset(a_admin, &hash_of(&a_rules)).await;
     wait_for_ruleset(b_admin, &hash_of(&b_rules)).await;
 
@@ -284,7 +249,7 @@ async fn a_refusal_is_logged_with_its_rule_to_stderr_and_to_syslog() {
     let syslog = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
     syslog.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     let target = format!("udp://{}", syslog.local_addr().unwrap());
-    let node = Node::start(&rules, "off", work.path().join("n.log"), &["--syslog", &target]);
+    let node = ProcessNode::start(&rules, &["--grace", "1", "--admin", "off", "--syslog", &target], work.path().join("n.log"));
     let addr: std::net::SocketAddr = "127.0.93.3:2525".parse().unwrap();
     let mut connected = None;
     for _ in 0..200 {
@@ -361,7 +326,7 @@ async fn systemd_hears_ready_watchdog_and_stopping() {
         .spawn()
         .unwrap();
     let pid = child.id();
-    let mut node = Node { child, log: PathBuf::new() };
+    let mut node = ProcessNode::adopt(child);
     let mut heard = Vec::new();
     let mut buf = [0u8; 1024];
     while !(heard.iter().any(|m: &String| m.contains("READY=1"))

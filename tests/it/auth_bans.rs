@@ -4,7 +4,7 @@
 //! state oracle and its health probes starved by idle connections.
 
 use crate::submission::{b64, certificate, connector, starttls, Smtp};
-use crate::support::{code, sample, Behaviour, Client, Sink, TestNode};
+use crate::support::{free_port, code, sample, Behaviour, Client, Sink, TestNode};
 use rustls_pki_types::ServerName;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -51,10 +51,6 @@ farm "mx" kind="inbound-mx" {{
 "#,
         hash = cheap_phc("correct horse")
     )
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 fn checks(m: &str) -> f64 {

@@ -6,7 +6,7 @@
 //! redis-server is started by the test itself on a loopback port. On a laptop without it these
 //! tests say so and pass; under `CI=true` a missing redis-server is a failure.
 
-use crate::support::{code, relay_policy, sample, Behaviour, Client, Sink, TestNode};
+use crate::support::{build, code, relay_policy, sample, Behaviour, Client, ProcessNode, Sink, TestNode};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -208,34 +208,10 @@ fn socket_of(dir: &Path, admin: &str) -> PathBuf {
     dir.join(format!("{}.sock", admin.replace([':', '.'], "-")))
 }
 
-struct Node(Child);
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn start_node(policy: &Path, log: PathBuf) -> Node {
-    let out = Command::new(env!("CARGO_BIN_EXE_mtac"))
-        .args(["build"])
-        .arg(policy)
-        .arg("-o")
-        .arg(policy.with_extension("mtac"))
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    Node(
-        Command::new(env!("CARGO_BIN_EXE_mtac"))
-            .args(["run", "--grace", "1"])
-            .arg(policy.with_extension("mtac"))
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(log).unwrap())
-            .spawn()
-            .unwrap(),
-    )
+fn start_node(policy: &Path, log: PathBuf) -> ProcessNode {
+    let ruleset = policy.with_extension("mtac");
+    build(policy, &ruleset);
+    ProcessNode::start(&ruleset, &["--grace", "1"], log)
 }
 
 async fn wait_ready(admin: &str) {

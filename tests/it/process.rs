@@ -1,17 +1,12 @@
 //! `mtac run` as a real process: killed with SIGKILL mid-transaction (no acknowledged message may
 //! be lost), stopped with SIGTERM, and fed new and corrupt rulesets while it serves.
 
-use crate::support::{code, Behaviour, Client, Sink};
+use crate::support::{build, code, free_port, Behaviour, Client, ProcessNode, Sink};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
 
 fn write_policy(dir: &Path, port: u16, backend: SocketAddr, domains: &str) -> PathBuf {
     let text = format!(
@@ -37,48 +32,14 @@ farm "mx" kind="inbound-mx" {{
     path
 }
 
-fn build(policy: &Path, out: &Path) {
-    let status =
-        Command::new(env!("CARGO_BIN_EXE_mtac")).args(["build"]).arg(policy).arg("-o").arg(out).status().unwrap();
-    assert!(status.success());
-}
 
-struct Mtac {
-    child: Child,
-    log: PathBuf,
-}
-
-impl Mtac {
-    fn start(ruleset: &Path, dir: &Path) -> Mtac {
-        let log = dir.join(format!(
-            "mtac-{}.log",
-            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos()
-        ));
-        let child = Command::new(env!("CARGO_BIN_EXE_mtac"))
-            .args(["run", "--grace", "5", "--admin", "off"])
-            .arg(ruleset)
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
-        Mtac { child, log }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn signal(&self, sig: &str) {
-        Command::new("kill").args([sig, &self.child.id().to_string()]).status().unwrap();
-    }
-}
-
-impl Drop for Mtac {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// A node of this file: `mtac run` with a 5 s grace and no admin listener, logging beside the test's files.
+fn start_node(ruleset: &Path, dir: &Path) -> ProcessNode {
+    let log = dir.join(format!(
+        "mtac-{}.log",
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos()
+    ));
+    ProcessNode::start(ruleset, &["--grace", "5", "--admin", "off"], log)
 }
 
 async fn wait_ready(port: u16) {
@@ -149,7 +110,7 @@ async fn sigkill_at_random_points_never_loses_an_acknowledged_message() {
         let policy = write_policy(dir.path(), port, sink.addr, "\"example.test\"");
         let ruleset = dir.path().join("ruleset.mtac");
         build(&policy, &ruleset);
-        let node = Mtac::start(&ruleset, dir.path());
+        let node = start_node(&ruleset, dir.path());
         wait_ready(port).await;
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
         let stop = Arc::new(AtomicBool::new(false));
@@ -210,7 +171,7 @@ async fn sigkill_at_random_points_never_loses_an_acknowledged_message() {
     let policy = write_policy(dir.path(), port, sink.addr, "\"example.test\"");
     let ruleset = dir.path().join("ruleset.mtac");
     build(&policy, &ruleset);
-    let node = Mtac::start(&ruleset, dir.path());
+    let node = start_node(&ruleset, dir.path());
     wait_ready(port).await;
     let left = std::fs::read_dir(dir.path().join("spool"))
         .unwrap()
@@ -230,7 +191,7 @@ async fn ruleset_pushes_reload_under_load_and_a_corrupt_push_is_refused() {
     let ruleset = dir.path().join("ruleset.mtac");
     let policy = write_policy(dir.path(), port, sink.addr, "\"example.test\"");
     build(&policy, &ruleset);
-    let mut node = Mtac::start(&ruleset, dir.path());
+    let mut node = start_node(&ruleset, dir.path());
     wait_ready(port).await;
 
     // Load during the pushes: every session must succeed.

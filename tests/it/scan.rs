@@ -5,7 +5,7 @@
 //!
 //! On a laptop without clamd/spamd these tests say so and pass; under `CI=true` they fail.
 
-use crate::support::{code, relay_policy, sample, Behaviour, Client, Sink, TestNode};
+use crate::support::{free_port, code, relay_policy, sample, Behaviour, Client, Sink, TestNode};
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -33,10 +33,6 @@ impl Drop for Daemon {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 fn missing(what: &str, e: std::io::Error) -> Option<Daemon> {

@@ -371,6 +371,66 @@ impl TestNode {
     }
 }
 
+/// A loopback port free a moment ago (for policies that must name their port).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// `mtac build POLICY -o OUT` with the binary under test; panics with its diagnostics on failure.
+pub fn build(policy: &std::path::Path, out: &std::path::Path) {
+    let built = std::process::Command::new(env!("CARGO_BIN_EXE_mtac"))
+        .arg("build")
+        .arg(policy)
+        .arg("-o")
+        .arg(out)
+        .output()
+        .unwrap();
+    assert!(built.status.success(), "{}", String::from_utf8_lossy(&built.stderr));
+}
+
+/// `mtac run` as a child process (the binary under test), its log in a file; killed when dropped.
+pub struct ProcessNode {
+    pub child: std::process::Child,
+    log: std::path::PathBuf,
+}
+
+impl ProcessNode {
+    /// `mtac run ARGS… RULESET` with RUST_LOG=info, stderr to `log`.
+    pub fn start(ruleset: &std::path::Path, args: &[&str], log: std::path::PathBuf) -> ProcessNode {
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_mtac"))
+            .arg("run")
+            .args(args)
+            .arg(ruleset)
+            .env("RUST_LOG", "info")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        ProcessNode { child, log }
+    }
+
+    /// A node started by the test itself (its own environment, no log file), killed when dropped.
+    pub fn adopt(child: std::process::Child) -> ProcessNode {
+        ProcessNode { child, log: std::path::PathBuf::new() }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Send a signal (`-TERM`, `-HUP`, `-KILL`) with kill(1).
+    pub fn signal(&self, sig: &str) {
+        std::process::Command::new("kill").args([sig, &self.child.id().to_string()]).status().unwrap();
+    }
+}
+
+impl Drop for ProcessNode {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 #[path = "../common/slapd.rs"]
 mod slapd;
 pub use slapd::Slapd;
