@@ -129,3 +129,24 @@ fn query_prefixes(t: &PrefixTable) {
         let _ = t.lookup(ip);
     }
 }
+
+/// Replay every committed input of the workspace's `fuzz/corpus/TARGET/` through `check`, the
+/// target's own checks, on stable: what every crate's corpus test calls. Panics naming the input
+/// that fails, and when the corpus is empty (a replay of nothing proves nothing).
+#[doc(hidden)]
+#[allow(clippy::panic, clippy::unwrap_used, clippy::expect_used)]
+pub fn replay_corpus(target: &str, check: impl Fn(&[u8]) + std::panic::RefUnwindSafe) {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus").join(target);
+    let mut files: Vec<std::path::PathBuf> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("cannot read {}: {e}", dir.display()))
+        .map(|entry| entry.unwrap().path())
+        .collect();
+    files.sort();
+    assert!(!files.is_empty(), "the {target} corpus is empty");
+    for path in files {
+        let bytes = std::fs::read(&path).unwrap();
+        if std::panic::catch_unwind(|| check(&bytes)).is_err() {
+            panic!("fuzz input {} fails its checks", path.display());
+        }
+    }
+}

@@ -130,7 +130,6 @@ fn mtac(args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_mtac")).args(args).output().unwrap()
 }
 
-
 async fn ruleset_of(admin: &str) -> Option<String> {
     let (code, body) = mtac_runtime::admin::get(admin, "/status", Duration::from_secs(2)).await.ok()?;
     (code == 200).then(|| serde_json::from_str::<mtac_runtime::admin::Status>(&body).ok().map(|s| s.ruleset))?
@@ -249,7 +248,8 @@ async fn a_refusal_is_logged_with_its_rule_to_stderr_and_to_syslog() {
     let syslog = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
     syslog.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     let target = format!("udp://{}", syslog.local_addr().unwrap());
-    let node = ProcessNode::start(&rules, &["--grace", "1", "--admin", "off", "--syslog", &target], work.path().join("n.log"));
+    let node =
+        ProcessNode::start(&rules, &["--grace", "1", "--admin", "off", "--syslog", &target], work.path().join("n.log"));
     let addr: std::net::SocketAddr = "127.0.93.3:2525".parse().unwrap();
     let mut connected = None;
     for _ in 0..200 {

@@ -4,7 +4,7 @@
 //! state oracle and its health probes starved by idle connections.
 
 use crate::submission::{b64, certificate, connector, starttls, Smtp};
-use crate::support::{free_port, code, sample, Behaviour, Client, Sink, TestNode};
+use crate::support::{code, free_port, sample, Behaviour, Client, Sink, TestNode};
 use rustls_pki_types::ServerName;
 use std::process::Command;
 use std::time::{Duration, Instant};

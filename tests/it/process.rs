@@ -32,7 +32,6 @@ farm "mx" kind="inbound-mx" {{
     path
 }
 
-
 /// A node of this file: `mtac run` with a 5 s grace and no admin listener, logging beside the test's files.
 fn start_node(ruleset: &Path, dir: &Path) -> ProcessNode {
     let log = dir.join(format!(

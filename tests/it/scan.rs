@@ -5,7 +5,7 @@
 //!
 //! On a laptop without clamd/spamd these tests say so and pass; under `CI=true` they fail.
 
-use crate::support::{free_port, code, relay_policy, sample, Behaviour, Client, Sink, TestNode};
+use crate::support::{code, free_port, relay_policy, sample, Behaviour, Client, Sink, TestNode};
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;

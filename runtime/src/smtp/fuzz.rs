@@ -178,40 +178,14 @@ fn assert_clean(out: &[u8]) {
 
 /// Corpus replay: every committed input of the two targets, through the same checks, on stable.
 #[cfg(test)]
-#[allow(clippy::unwrap_used, clippy::panic)]
 mod tests {
-    use std::path::{Path, PathBuf};
-
-    fn corpus(target: &str) -> Vec<(PathBuf, Vec<u8>)> {
-        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus").join(target);
-        let mut files: Vec<(PathBuf, Vec<u8>)> = std::fs::read_dir(&dir)
-            .unwrap_or_else(|e| panic!("cannot read {}: {e}", dir.display()))
-            .map(|entry| {
-                let path = entry.unwrap().path();
-                let bytes = std::fs::read(&path).unwrap();
-                (path, bytes)
-            })
-            .collect();
-        files.sort();
-        assert!(!files.is_empty(), "the {target} corpus is empty");
-        files
-    }
-
-    fn replay(target: &str, check: fn(&[u8])) {
-        for (path, bytes) in corpus(target) {
-            if std::panic::catch_unwind(|| check(&bytes)).is_err() {
-                panic!("fuzz input {} fails its checks", path.display());
-            }
-        }
-    }
-
     #[test]
     fn smtp_command_corpus_replays() {
-        replay("smtp_command", super::smtp_command);
+        mtac_ruleset::fuzz::replay_corpus("smtp_command", super::smtp_command);
     }
 
     #[test]
     fn smtp_data_corpus_replays() {
-        replay("smtp_data", super::smtp_data);
+        mtac_ruleset::fuzz::replay_corpus("smtp_data", super::smtp_data);
     }
 }
