@@ -97,7 +97,7 @@ pub const NODES: &[Node] = &[
     child("scan", "rspamd", "scan"),
     once("verdict-headers"),
     once("authserv-id"),
-    once("mime"),
+    farm("mime"),
     child("mime", "forbid-extension", "mime"),
     child("mime", "forbid-type", "mime"),
     child("mime", "require-header", "mime"),
@@ -206,5 +206,88 @@ mod tests {
         }
         assert_eq!(once_per_farm("deliver"), Some("relay"));
         assert_eq!(once_per_farm("ban"), None);
+    }
+
+    /// docs/policy.md: section 2 between its heading and section 3's.
+    fn docs_section<'a>(docs: &'a str, from: &str, to: &str) -> &'a str {
+        let start = docs.find(from).unwrap_or_else(|| panic!("docs/policy.md has no {from:?}"));
+        let rest = &docs[start..];
+        let end = rest.find(to).unwrap_or(rest.len());
+        &rest[..end]
+    }
+
+    fn policy_md() -> String {
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/policy.md")).unwrap()
+    }
+
+    /// Issue 15: the node reference (section 2) has one `#### \`name\`` heading per node of the
+    /// table, under "Top level" or "Farm nodes" as the table says, and no heading the table does
+    /// not know; each child node is named in its parent's entry.
+    #[test]
+    fn issue_15_the_docs_node_reference_matches_the_table() {
+        let docs = policy_md();
+        let reference = docs_section(&docs, "\n## 2. Nodes", "\n## 3. ");
+        // (subsection, node name, the entry's text)
+        let mut entries: Vec<(&str, &str, &str)> = Vec::new();
+        let mut subsection = "";
+        for (i, part) in reference.split("\n###").enumerate() {
+            if i == 0 {
+                continue;
+            }
+            if let Some(title) = part.strip_prefix(' ') {
+                subsection = title.lines().next().unwrap_or("");
+            } else if let Some(heading) = part.strip_prefix("# `") {
+                let name = heading.split('`').next().unwrap_or("");
+                entries.push((subsection, name, heading));
+            }
+        }
+        let mut problems = Vec::new();
+        for node in NODES {
+            match entries.iter().find(|(_, name, _)| *name == node.anchor) {
+                None => problems.push(format!("no entry #### `{}` for the node `{}`", node.anchor, node.name)),
+                Some((_, _, text)) => {
+                    if matches!(node.place, Place::In(_)) && !text.contains(node.name) {
+                        problems.push(format!("the entry `{}` does not name its child `{}`", node.anchor, node.name));
+                    }
+                }
+            }
+        }
+        for (subsection, name, _) in &entries {
+            let place = match *subsection {
+                "Top level" => Place::Top,
+                "Farm nodes" => Place::Farm,
+                other => {
+                    problems
+                        .push(format!("#### `{name}` is under {other:?}, neither \"Top level\" nor \"Farm nodes\""));
+                    continue;
+                }
+            };
+            if !NODES.iter().any(|node| node.anchor == *name && node.name == *name && node.place == place) {
+                problems
+                    .push(format!("#### `{name}` under {subsection:?} is not such a node in compiler/src/nodes.rs"));
+            }
+        }
+        // "Repeated nodes": the sentence that lists the once-per-farm nodes lists exactly those.
+        let once_list = docs_section(&docs, "may appear once per farm:", "(which count as one)");
+        for node in NODES.iter().filter(|node| node.place == Place::Farm) {
+            let listed = once_list.contains(&format!("`{}`", node.name));
+            if listed != node.once.is_some() {
+                problems.push(format!("\"Repeated nodes\": `{}` is once per farm: {}", node.name, node.once.is_some()));
+            }
+        }
+        assert!(problems.is_empty(), "docs/policy.md section 2 and the node table differ:\n{}", problems.join("\n"));
+    }
+
+    /// Issue 15: "Rule names" (section 3) names every rule of `mtac_ruleset::rules`.
+    #[test]
+    fn issue_15_the_docs_rule_names_list_every_rule() {
+        let docs = policy_md();
+        let section = docs_section(&docs, "\n### Rule names", "\n## 4. ");
+        let missing: Vec<&str> = mtac_ruleset::rules::RULES
+            .iter()
+            .map(|rule| rule.name)
+            .filter(|name| !section.contains(&format!("`{name}`")))
+            .collect();
+        assert!(missing.is_empty(), "docs/policy.md \"Rule names\" misses {missing:?}");
     }
 }

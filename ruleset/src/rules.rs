@@ -156,7 +156,7 @@ pub const RULES: &[Rule] = &[
     node(AUTH_SENDER, Phase::Mail, Replies::Permanent),
     node(AUTH_HEADER_FROM, Phase::Data, Replies::Permanent),
     node(BACKEND, Phase::Rcpt, Replies::Either),
-    node(LOCAL_DELIVERY, Phase::Data, Replies::Either),
+    node(LOCAL_DELIVERY, Phase::Data, Replies::Temporary),
     node(SPOOL, Phase::Data, Replies::Temporary),
     node(BARE_LINE_END, Phase::Data, Replies::Permanent),
     node(SIZE, Phase::Data, Replies::Permanent),
