@@ -132,7 +132,7 @@ pub fn once_per_farm(name: &str) -> Option<&'static str> {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used, clippy::indexing_slicing)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 mod tests {
     use super::*;
 
@@ -210,7 +210,7 @@ mod tests {
 
     /// docs/policy.md: section 2 between its heading and section 3's.
     fn docs_section<'a>(docs: &'a str, from: &str, to: &str) -> &'a str {
-        let start = docs.find(from).unwrap_or_else(|| panic!("docs/policy.md has no {from:?}"));
+        let start = docs.find(from).expect("docs/policy.md has the section");
         let rest = &docs[start..];
         let end = rest.find(to).unwrap_or(rest.len());
         &rest[..end]
