@@ -9,6 +9,7 @@ use mtac_ruleset::model::{
     AccessAction, BanResponse, BanRule, Check, Dnsbl, DnsblZone, Farm, FarmKind, Greylist, Limits, Policy, Program,
     Relay, Reply, Scanner, Stage, Step, TableId, TableInfo, TableKind, Timeouts, Tls, VerdictHeaders,
 };
+use mtac_ruleset::rules;
 use mtac_ruleset::tables::{AddressTableBuilder, DomainTableBuilder, PrefixTableBuilder};
 use mtac_ruleset::TableInput;
 
@@ -264,29 +265,33 @@ pub fn program(
 
     if farm.helo.required {
         p.mail.push(step(
-            "helo.required",
+            rules::HELO_REQUIRED,
             Check::HeloRequired,
             Reply::new(503, "5.5.1", "Error: send HELO/EHLO first"),
         ));
     }
     if farm.kind == FarmKind::Submission {
-        p.rcpt.push(step("auth.required", Check::AuthRequired, Reply::new(530, "5.7.0", "Authentication required")));
+        p.rcpt.push(step(
+            rules::AUTH_REQUIRED,
+            Check::AuthRequired,
+            Reply::new(530, "5.7.0", "Authentication required"),
+        ));
     }
     if farm.recipient_fqdn {
         p.rcpt.push(step(
-            "recipient.fqdn",
+            rules::RECIPIENT_FQDN,
             Check::RecipientFqdn,
             Reply::new(504, "5.5.2", "Recipient address rejected: need fully-qualified address"),
         ));
     }
     // Relay control is in every farm and is never skipped: this is what makes an open relay impossible.
-    p.rcpt.push(step("relay", Check::RelayControl, Reply::new(554, "5.7.1", "Relay access denied")));
+    p.rcpt.push(step(rules::RELAY, Check::RelayControl, Reply::new(554, "5.7.1", "Relay access denied")));
     if !farm.role_accounts.is_empty() {
-        p.rcpt.push(step("recipient.role-account", Check::RoleAccount, Reply::new(250, "2.1.5", "OK")));
+        p.rcpt.push(step(rules::RECIPIENT_ROLE_ACCOUNT, Check::RoleAccount, Reply::new(250, "2.1.5", "OK")));
     }
     if !farm.local_addresses.is_empty() {
         p.rcpt.push(step(
-            "recipient.unknown",
+            rules::RECIPIENT_UNKNOWN,
             Check::RecipientKnown,
             Reply::new(550, "5.1.1", "Recipient address rejected: User unknown in local recipient table"),
         ));
@@ -294,7 +299,7 @@ pub fn program(
 
     if !farm.access.is_empty() {
         p.stage_mut(access_stage).push(step(
-            "access",
+            rules::ACCESS,
             Check::Access,
             Reply::new(554, "5.7.1", "Client host rejected: Access denied"),
         ));
@@ -303,11 +308,11 @@ pub fn program(
         let reply = d.reply.clone().unwrap_or_else(|| {
             Reply::new(554, "5.7.1", "Service unavailable; client host blocked using DNS block lists")
         });
-        p.stage_mut(dnsbl_stage).push(step("dnsbl", Check::Dnsbl, reply));
+        p.stage_mut(dnsbl_stage).push(step(rules::DNSBL, Check::Dnsbl, reply));
     }
     if let Some((confirmed, stage)) = farm.client_reverse_dns {
         p.stage_mut(stage.unwrap_or(Stage::Rcpt)).push(step(
-            "client.reverse-dns",
+            rules::CLIENT_REVERSE_DNS,
             Check::ClientReverseDns { confirmed },
             Reply::new(550, "5.7.25", "Client host rejected: cannot find your hostname"),
         ));
@@ -315,25 +320,25 @@ pub fn program(
     let helo_steps = [
         (
             farm.helo.syntax,
-            "helo.syntax",
+            rules::HELO_SYNTAX,
             Check::HeloSyntax,
             Reply::new(501, "5.5.2", "Helo command rejected: Invalid name"),
         ),
         (
             farm.helo.fqdn,
-            "helo.fqdn",
+            rules::HELO_FQDN,
             Check::HeloFqdn,
             Reply::new(504, "5.5.2", "Helo command rejected: need fully-qualified hostname"),
         ),
         (
             farm.helo.not_ours,
-            "helo.not-ours",
+            rules::HELO_NOT_OURS,
             Check::HeloNotOurs { names: vec![hostname.to_ascii_lowercase()] },
             Reply::new(550, "5.7.1", "Helo command rejected: You are not me"),
         ),
         (
             farm.helo.resolvable,
-            "helo.resolvable",
+            rules::HELO_RESOLVABLE,
             Check::HeloResolvable,
             Reply::new(550, "5.7.1", "Helo command rejected: Host not found"),
         ),
@@ -345,21 +350,21 @@ pub fn program(
     }
     if farm.sender.fqdn {
         p.stage_mut(sender_stage).push(step(
-            "sender.fqdn",
+            rules::SENDER_FQDN,
             Check::SenderFqdn,
             Reply::new(504, "5.5.2", "Sender address rejected: need fully-qualified address"),
         ));
     }
     if !farm.sender.deny_domains.is_empty() || !farm.sender.deny_addresses.is_empty() {
         p.stage_mut(sender_stage).push(step(
-            "sender.deny",
+            rules::SENDER_DENY,
             Check::SenderDeny { domains: deny_domains, addresses: deny_addresses },
             Reply::new(550, "5.7.1", "Sender address rejected: Access denied"),
         ));
     }
     if farm.sender.resolvable {
         p.stage_mut(sender_stage).push(step(
-            "sender.resolvable",
+            rules::SENDER_RESOLVABLE,
             Check::SenderResolvable,
             Reply::new(550, "5.1.8", "Sender address rejected: Domain not found"),
         ));
@@ -368,14 +373,14 @@ pub fn program(
     // an unknown recipient hears 550 at once, not after a retry.
     if farm.directory.as_ref().is_some_and(|(d, _)| d.lookups) {
         p.rcpt.push(step(
-            "recipient.directory",
+            rules::RECIPIENT_DIRECTORY,
             Check::RecipientDirectory,
             Reply::new(550, "5.1.1", "Recipient address rejected: User unknown in directory"),
         ));
     }
     if let Some(g) = &farm.greylist {
         let reply = g.reply.clone().unwrap_or_else(|| Reply::new(451, "4.7.1", "Greylisted, please try again later"));
-        p.rcpt.push(step("greylist", Check::Greylist, reply));
+        p.rcpt.push(step(rules::GREYLIST, Check::Greylist, reply));
     }
     p
 }
@@ -428,4 +433,49 @@ fn verdict_headers(farm: &DraftFarm, hostname: &str) -> VerdictHeaders {
         }
     }
     VerdictHeaders { names, authserv_ids, rename }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::diag::Diagnostics;
+    use crate::lower::Lowerer;
+
+    /// Every check on, in two farms: the programs' rule names are exactly the policy rules of
+    /// [`mtac_ruleset::rules`], so the list can neither miss a step nor keep a stale name.
+    #[test]
+    fn the_programs_name_exactly_the_policy_rules_of_the_list() {
+        let text = r#"hostname "mx.example.net"
+farm "mx" kind="inbound-mx" {
+    listen "127.0.0.1:2525"
+    local-domains "example.com"
+    local-addresses "a@example.com"
+    role-accounts "abuse"
+    access { reject "192.0.2.0/24"; }
+    include "mtac:rfc-hygiene"
+    helo resolvable=#true
+    sender resolvable=#true { deny "spam.example"; }
+    client reverse-dns="required"
+    dnsbl { zone "zen.example" { answer "127.0.0.2"; } }
+    directory "ldap://127.0.0.1:389" base="dc=example,dc=com"
+    greylist
+    relay { backend "smtp://127.0.0.1:10025"; }
+}
+farm "users" kind="submission" {
+    listen "127.0.0.1:2587"
+    relay { backend "smtp://127.0.0.1:10025"; }
+}
+"#;
+        let mut diags = Diagnostics::default();
+        let mut lw = Lowerer::new(&mut diags);
+        let draft = lw.lower_text("policy.kdl", text.to_owned(), None).unwrap();
+        let mut names: Vec<String> =
+            draft.farms.iter().flat_map(|farm| rule_names(&program(farm, "mx.example.net", None, None))).collect();
+        names.sort();
+        names.dedup();
+        let mut listed: Vec<&str> = rules::policy_rule_names();
+        listed.sort_unstable();
+        assert_eq!(names, listed);
+    }
 }

@@ -35,6 +35,7 @@ pub mod files;
 #[doc(hidden)]
 pub mod fuzz;
 pub mod lower;
+pub mod nodes;
 pub mod policytest;
 pub mod validate;
 

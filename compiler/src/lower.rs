@@ -7,6 +7,7 @@
 
 use crate::diag::{did_you_mean, Diag, Diagnostics, SourceFile};
 use crate::files::{self, Refusal, Trees};
+use crate::nodes::{self, Place};
 use ipnet::IpNet;
 use kdl::{KdlDocument, KdlEntry, KdlNode, KdlValue};
 use miette::SourceSpan;
@@ -261,39 +262,6 @@ pub struct Draft {
     pub state: Option<StateSettings>,
     pub farms: Vec<DraftFarm>,
 }
-
-const TOP_NODES: &[&str] = &["hostname", "banner", "spool", "dns", "admin", "state", "farm", "include"];
-
-const FARM_NODES: &[&str] = &[
-    "listen",
-    "limits",
-    "trust-loopback",
-    "local-domains",
-    "local-addresses",
-    "role-accounts",
-    "relay-clients",
-    "access",
-    "helo",
-    "sender",
-    "recipient",
-    "dnsbl",
-    "ban",
-    "greylist",
-    "scan",
-    "mime",
-    "relay",
-    "deliver",
-    "tls",
-    "auth",
-    "directory",
-    "bare-line-ends",
-    "client",
-    "rate-limit",
-    "tarpit",
-    "verdict-headers",
-    "authserv-id",
-    "include",
-];
 
 /// Reads the policy and everything it names, and lowers it.
 pub struct Lowerer<'d> {
@@ -862,7 +830,7 @@ impl<'d> Lowerer<'d> {
                         self.include_stack.pop();
                     }
                 }
-                _ => self.unknown_node(at, TOP_NODES, "the top level"),
+                _ => self.unknown_node(at, &nodes::names(Place::Top), "the top level"),
             }
         }
     }
@@ -1109,25 +1077,9 @@ impl<'d> Lowerer<'d> {
         farm: &mut DraftFarm,
         seen: &mut HashMap<String, (usize, SourceSpan)>,
     ) {
-        const SINGLETONS: &[&str] = &[
-            "limits",
-            "helo",
-            "sender",
-            "recipient",
-            "dnsbl",
-            "greylist",
-            "scan",
-            "tls",
-            "auth",
-            "directory",
-            "bare-line-ends",
-            "verdict-headers",
-            "authserv-id",
-        ];
         for &at in nodes {
             let name = at.node.name().value();
-            if SINGLETONS.contains(&name) || name == "relay" || name == "deliver" {
-                let key = if name == "deliver" { "relay" } else { name };
+            if let Some(key) = nodes::once_per_farm(name) {
                 if let Some(&(file, span)) = seen.get(key) {
                     // A fragment may be overridden by the file that includes it; twice in one file is a slip.
                     if file == at.file {
@@ -1329,7 +1281,7 @@ impl<'d> Lowerer<'d> {
                         self.include_stack.pop();
                     }
                 }
-                _ => self.unknown_node(at, FARM_NODES, "a farm"),
+                _ => self.unknown_node(at, &nodes::names(Place::Farm), "a farm"),
             }
         }
     }
@@ -1385,16 +1337,7 @@ impl<'d> Lowerer<'d> {
 
     fn limits(&mut self, at: At<'_>, farm: &mut DraftFarm) {
         self.shape(at, &[], 0, true);
-        const LIMITS: &[&str] = &[
-            "connections",
-            "connections-per-ip",
-            "transfers-per-ip",
-            "message-size",
-            "recipients",
-            "line-length",
-            "errors",
-            "timeout",
-        ];
+        let known = nodes::names(Place::In("limits"));
         for child in Self::children(at) {
             let name = child.node.name().value();
             if name == "timeout" {
@@ -1429,8 +1372,8 @@ impl<'d> Lowerer<'d> {
                 }
                 continue;
             }
-            if !LIMITS.contains(&name) {
-                self.unknown_node(child, LIMITS, "`limits`");
+            if !known.contains(&name) {
+                self.unknown_node(child, &known, "`limits`");
                 continue;
             }
             self.shape(child, &[], 1, false);
@@ -1534,7 +1477,7 @@ impl<'d> Lowerer<'d> {
                     }
                 }
                 _ => {
-                    self.unknown_node(child, &["accept", "reject", "defer"], "`access`");
+                    self.unknown_node(child, &nodes::names(Place::In("access")), "`access`");
                     continue;
                 }
             };
@@ -1551,7 +1494,7 @@ impl<'d> Lowerer<'d> {
         farm.sender.stage = self.stage(at, &[Stage::Mail, Stage::Rcpt]).or(farm.sender.stage);
         for child in Self::children(at) {
             if child.node.name().value() != "deny" {
-                self.unknown_node(child, &["deny"], "`sender`");
+                self.unknown_node(child, &nodes::names(Place::In("sender")), "`sender`");
                 continue;
             }
             self.shape(child, &["file"], usize::MAX, false);
@@ -1606,7 +1549,7 @@ impl<'d> Lowerer<'d> {
         let mut zones = Vec::new();
         for child in Self::children(at) {
             if child.node.name().value() != "zone" {
-                self.unknown_node(child, &["zone"], "`dnsbl`");
+                self.unknown_node(child, &nodes::names(Place::In("dnsbl")), "`dnsbl`");
                 continue;
             }
             self.shape(child, &["target"], 1, true);
@@ -1645,7 +1588,7 @@ impl<'d> Lowerer<'d> {
             let mut answers = Vec::new();
             for answer in Self::children(child) {
                 if answer.node.name().value() != "answer" {
-                    self.unknown_node(answer, &["answer"], "`zone`");
+                    self.unknown_node(answer, &nodes::names(Place::In("zone")), "`zone`");
                     continue;
                 }
                 self.shape(answer, &["weight"], 1, false);
@@ -1837,7 +1780,7 @@ impl<'d> Lowerer<'d> {
         }
         for child in Self::children(at) {
             if child.node.name().value() != "nameserver" {
-                self.unknown_node(child, &["nameserver"], "`dns`");
+                self.unknown_node(child, &nodes::names(Place::In("dns")), "`dns`");
                 continue;
             }
             self.shape(child, &[], usize::MAX, false);
@@ -2054,11 +1997,7 @@ impl<'d> Lowerer<'d> {
                     self.shape(child, &["file"], usize::MAX, false);
                     self.addresses(child, dir, &mut recipients, &mut sources);
                 }
-                _ => self.unknown_node(
-                    child,
-                    &["whitelist-client", "whitelist-sender-domain", "whitelist-recipient"],
-                    "`greylist`",
-                ),
+                _ => self.unknown_node(child, &nodes::names(Place::In("greylist")), "`greylist`"),
             }
         }
         farm.greylist = Some(DraftGreylist {
@@ -2134,11 +2073,7 @@ impl<'d> Lowerer<'d> {
                         ),
                     }
                 }
-                _ => self.unknown_node(
-                    child,
-                    &["forbid-extension", "forbid-type", "require-header", "forged-local-sender"],
-                    "`mime`",
-                ),
+                _ => self.unknown_node(child, &nodes::names(Place::In("mime")), "`mime`"),
             }
         }
         farm.mime = Some(rules);
@@ -2216,7 +2151,7 @@ impl<'d> Lowerer<'d> {
                 "spamassassin" => ScannerKind::Spamassassin,
                 "rspamd" => ScannerKind::Rspamd,
                 _ => {
-                    self.unknown_node(child, &["clamav", "spamassassin", "rspamd"], "`scan`");
+                    self.unknown_node(child, &nodes::names(Place::In("scan")), "`scan`");
                     continue;
                 }
             };
@@ -2308,7 +2243,7 @@ impl<'d> Lowerer<'d> {
         let mut backends = Vec::new();
         for child in Self::children(at) {
             if child.node.name().value() != "backend" {
-                self.unknown_node(child, &["backend"], "`relay`");
+                self.unknown_node(child, &nodes::names(Place::In("relay")), "`relay`");
                 continue;
             }
             self.shape(child, &[], 1, false);
@@ -2469,7 +2404,7 @@ impl<'d> Lowerer<'d> {
                         _ => {}
                     }
                 }
-                _ => self.unknown_node(child, &["ldap", "user", "may-send-as"], "`auth`"),
+                _ => self.unknown_node(child, &nodes::names(Place::In("auth")), "`auth`"),
             }
         }
         let backend = match (backend, users.is_empty()) {
@@ -2739,7 +2674,7 @@ impl<'d> Lowerer<'d> {
                         cache_size = self.u32_value(e, child.file, "`size`", 0).unwrap_or(cache_size);
                     }
                 }
-                _ => self.unknown_node(child, &["attributes", "filter", "bind", "cache"], "`directory`"),
+                _ => self.unknown_node(child, &nodes::names(Place::In("directory")), "`directory`"),
             }
         }
         if attributes.is_empty() {

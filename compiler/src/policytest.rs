@@ -315,6 +315,34 @@ fn strings(node: &KdlNode) -> Vec<String> {
         .collect()
 }
 
+/// `expect rule=` names a rule of [`mtac_ruleset::rules`]: a misspelt name would make the test
+/// fail for a reason that has nothing to do with the policy (or, worse, look like a policy bug).
+/// A rule the node decides outside the policy (`pregreet`, `scan.virus`…) is a warning: the
+/// evaluator never gives it, so the test cannot pass.
+fn check_rule_name(rule: &str, child: &KdlNode, source: &SourceFile, diags: &mut Diagnostics) {
+    let span = child.entry("rule").map_or_else(|| child.span(), |e| e.span());
+    match mtac_ruleset::rules::find(rule) {
+        Some(known) if known.set_by == mtac_ruleset::rules::SetBy::Policy => {}
+        Some(_) => diags.push(
+            Diag::warning("mtac::test::node-rule", format!("rule `{rule}` is decided by the node, not the policy"))
+                .at(source, span, "never the outcome of a policy test")
+                .help("`mtac test` evaluates the policy's rules only; test this one against a running node"),
+        ),
+        None => {
+            let policy_rules = mtac_ruleset::rules::policy_rule_names();
+            let help = did_you_mean(rule, &policy_rules).map_or_else(
+                || format!("rule names (docs/policy.md, \"Rule names\"): {}", policy_rules.join(", ")),
+                |g| format!("did you mean `{g}`?"),
+            );
+            diags.push(
+                Diag::error("mtac::test::unknown-rule", format!("unknown rule `{rule}`"))
+                    .at(source, span, "no such rule")
+                    .help(help),
+            );
+        }
+    }
+}
+
 fn lower_test(node: &KdlNode, source: &SourceFile, diags: &mut Diagnostics) -> Option<PolicyTest> {
     let name = first_string(node)?;
     let line = source.line_col(node.span().offset()).0;
@@ -389,6 +417,9 @@ fn lower_test(node: &KdlNode, source: &SourceFile, diags: &mut Diagnostics) -> O
                     bad(diags, child, "unknown stage".to_owned(), "connect, helo, mail or rcpt");
                 }
                 let rule = child.get("rule").and_then(|v| v.as_string()).map(str::to_owned);
+                if let Some(rule) = &rule {
+                    check_rule_name(rule, child, source, diags);
+                }
                 match value {
                     Some(reply) => expect = Some(Expectation { reply, stage: stage.flatten(), rule }),
                     None => bad(
@@ -424,4 +455,58 @@ fn lower_test(node: &KdlNode, source: &SourceFile, diags: &mut Diagnostics) -> O
         return None;
     }
     Some(PolicyTest { name, line, farm, session, expect })
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::indexing_slicing)]
+mod tests {
+    use super::*;
+
+    fn load_text(text: &str) -> (Option<TestFile>, Diagnostics) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("mx.test.kdl");
+        std::fs::write(&path, text).unwrap();
+        let mut diags = Diagnostics::default();
+        let file = load(&path, &mut diags);
+        (file, diags)
+    }
+
+    /// Issue 15: `rule="recipient.unknwon"` used to be read as written, so the test failed with
+    /// "expected … (rule recipient.unknwon)" against a policy that did exactly what was meant.
+    #[test]
+    fn issue_15_an_unknown_rule_name_is_an_error_with_a_suggestion() {
+        let (file, diags) = load_text(
+            r#"policy "mx.kdl"
+test "unknown user" {
+    rcpt "nobody@example.com"
+    expect "550 5.1.1" stage="rcpt" rule="recipient.unknwon"
+}
+"#,
+        );
+        let errors: Vec<&Diag> = diags.list.iter().filter(|d| d.is_error()).collect();
+        assert_eq!(errors.len(), 1, "{:?}", diags.list);
+        assert_eq!(errors[0].code, "mtac::test::unknown-rule");
+        assert_eq!(errors[0].help.as_deref(), Some("did you mean `recipient.unknown`?"));
+        assert!(file.unwrap().tests.is_empty(), "a test with an error is not run");
+    }
+
+    #[test]
+    fn issue_15_known_rule_names_pass_and_node_rules_are_flagged() {
+        let (file, diags) = load_text(
+            r#"policy "mx.kdl"
+test "reverse dns" {
+    rcpt "a@example.com"
+    expect "550" rule="client.reverse-dns"
+}
+test "sender" {
+    from "x@example.org"
+    expect "553" rule="auth.sender"
+}
+"#,
+        );
+        assert!(!diags.has_errors(), "{:?}", diags.list);
+        let warnings: Vec<&str> = diags.list.iter().map(|d| d.code).collect();
+        assert_eq!(warnings, ["mtac::test::node-rule"]);
+        assert_eq!(file.unwrap().tests.len(), 2);
+    }
 }

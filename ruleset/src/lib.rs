@@ -12,6 +12,8 @@
 //!   postcard-encoded in the `Policy` section.
 //! - [`eval`]: the evaluator of the decision program, shared by `mtac run`, `explain` and `test` so
 //!   the three can never disagree.
+//! - [`rules`]: every rule name a refusal can carry (stage, reply class, policy or node), the
+//!   one list that logs, metrics, `mtac test` and the docs read.
 //!
 //! ```no_run
 //! let ruleset = mtac_ruleset::Ruleset::open(std::path::Path::new("/etc/mtac/ruleset.mtac"))?;
@@ -32,6 +34,7 @@ mod fst_nodes;
 #[doc(hidden)]
 pub mod fuzz;
 pub mod model;
+pub mod rules;
 pub mod syntax;
 pub mod tables;
 

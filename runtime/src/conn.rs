@@ -25,6 +25,7 @@ use crate::tls::SmtpStream;
 use mtac_ruleset::eval::{DirectoryAnswer, ReverseDns};
 use mtac_ruleset::model::GreylistKey;
 use mtac_ruleset::model::{BackendProtocol, BarePolicy, Farm, RateSubject, Stage};
+use mtac_ruleset::rules;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -240,7 +241,7 @@ async fn run(
         match conn.read(wait, false).await {
             Read::Timeout => {}
             Read::Data => {
-                session.note_rule("pregreet".to_owned());
+                session.note_rule(rules::PREGREET.to_owned());
                 let reply =
                     Reply::new(554, EnhancedCode::new(5, 5, 1), "Protocol error: you talked before the greeting")
                         .unwrap_or_else(|_| Reply::local_error());
@@ -336,7 +337,7 @@ async fn run(
                 };
                 if let Err(refusal) = &verdict {
                     // The policy accepted the recipient; the back end (or the way to it) did not.
-                    session.note_rule("backend".to_owned());
+                    session.note_rule(rules::BACKEND.to_owned());
                     conn.shared.metrics.relay_errors.get_or_create(&relay_error(farm, "rcpt", refusal)).inc();
                 }
                 session.recipient_result(address, verdict)
@@ -471,12 +472,12 @@ async fn prepare(
         Command::Mail(mail) => {
             if session.txn.is_none() {
                 if let Some(reply) = rate_exceeded(shared, farm, RateSubject::Messages, session.peer.ip()).await {
-                    return Some(session.refuse(reply, "rate-limit"));
+                    return Some(session.refuse(reply, rules::RATE_LIMIT));
                 }
                 // Room for the message, before a byte of it is sent (RFC 1870: 452 for a
                 // temporary lack of storage), and this client's share of the transfers.
                 if !shared.spool.has_room_for(mail.size.unwrap_or(0)) {
-                    return Some(session.refuse(insufficient_storage(), "spool-budget"));
+                    return Some(session.refuse(insufficient_storage(), rules::SPOOL_BUDGET));
                 }
                 if transfer.is_none() {
                     match shared.transfers.open(session.peer.ip(), farm.limits.transfers_per_ip) {
@@ -488,7 +489,7 @@ async fn prepare(
                                 "Too many messages in flight from your address, try again later",
                             )
                             .unwrap_or_else(|_| insufficient_storage());
-                            return Some(session.refuse(reply, "transfers-per-ip"));
+                            return Some(session.refuse(reply, rules::TRANSFERS_PER_IP));
                         }
                     }
                 }
@@ -587,7 +588,7 @@ async fn data(
     mut txn: Option<Transaction<'_>>,
 ) -> Result<(Reply, &'static str, u64), End> {
     let Some(envelope) = session.txn.as_ref() else {
-        return Ok((Reply::bad_sequence("need MAIL command"), "protocol", 0));
+        return Ok((Reply::bad_sequence("need MAIL command"), rules::PROTOCOL, 0));
     };
     let mut spool = match conn.shared.spool.create(&session.id).await {
         Ok(file) => file,
@@ -596,7 +597,7 @@ async fn data(
             if let Some(t) = txn {
                 t.abort().await;
             }
-            return Ok((insufficient_storage(), "spool", 0));
+            return Ok((insufficient_storage(), rules::SPOOL, 0));
         }
     };
     conn.reply(&Reply::start_data());
@@ -678,8 +679,8 @@ async fn data(
     }
     if let Err(e) = receiver.check() {
         let reason = match e {
-            crate::smtp::DataError::BareLineEnding { .. } => "bare-line-end",
-            crate::smtp::DataError::TooLarge { .. } => "size",
+            crate::smtp::DataError::BareLineEnding { .. } => rules::BARE_LINE_END,
+            crate::smtp::DataError::TooLarge { .. } => rules::SIZE,
         };
         return Ok((abandon(txn, e.reply()).await, reason, size));
     }
@@ -690,15 +691,15 @@ async fn data(
         } else {
             tracing::error!(session = %session.id, error = %e, full = spool::is_full(&e), "spool: write failed");
         }
-        let reason = if over_budget { "spool-budget" } else { "spool" };
+        let reason = if over_budget { rules::SPOOL_BUDGET } else { rules::SPOOL };
         return Ok((abandon(txn, insufficient_storage()).await, reason, size));
     }
     if let Err(e) = spool.flush().await {
         tracing::error!(session = %session.id, error = %e, "spool: flush failed");
-        return Ok((abandon(txn, insufficient_storage()).await, "spool", size));
+        return Ok((abandon(txn, insufficient_storage()).await, rules::SPOOL, size));
     }
     if let Some(refusal) = header_from_refusal(session, farm, ruleset, &verdicts) {
-        return Ok((abandon(txn, refusal).await, "auth.header-from", size));
+        return Ok((abandon(txn, refusal).await, rules::AUTH_HEADER_FROM, size));
     }
     let message = SpooledMessage { size, sender_start };
     let headers = match content_checks(conn.shared, session, farm, ruleset, &spool, message, hostname).await {
@@ -717,8 +718,8 @@ async fn data(
     }
     let reason = match (reply.is_positive(), delivery) {
         (true, _) => "delivered",
-        (false, Delivery::Relay(_)) => "backend",
-        (false, Delivery::Maildir(_)) => "local-delivery",
+        (false, Delivery::Relay(_)) => rules::BACKEND,
+        (false, Delivery::Maildir(_)) => rules::LOCAL_DELIVERY,
     };
     Ok((reply, reason, size))
 }
@@ -1005,12 +1006,12 @@ async fn content_checks(
     // default max-size (the message size) no message the farm accepts escapes the scanners.
     if message.size > farm.scan_max_size {
         if farm.scan_oversize_refuse {
-            return Err(refuse(552, (5, 3, 4), "Message too large to be scanned", "scan.oversize"));
+            return Err(refuse(552, (5, 3, 4), "Message too large to be scanned", rules::SCAN_OVERSIZE));
         }
         tracing::info!(session = %session.id, size = message.size, max = farm.scan_max_size, "message too large to scan: relayed unscanned");
         return Ok("X-Spam-Status: unscanned, message too large\r\n".to_owned());
     }
-    let storage = || refuse(451, (4, 3, 0), "Temporary local problem, please try again later", "spool");
+    let storage = || refuse(451, (4, 3, 0), "Temporary local problem, please try again later", rules::SPOOL);
     let reader = spool.reader().map_err(|_| storage())?;
     if let Some(rules) = &farm.mime {
         // mail-parser needs the message in one piece: the MIME rules are the one check that
@@ -1164,7 +1165,7 @@ fn decided(shared: &Shared, session: &mut Session, farm: &Farm, asked: &Asked, a
         }
         return;
     }
-    let rule = rule.unwrap_or_else(|| "protocol".to_owned());
+    let rule = rule.unwrap_or_else(|| rules::PROTOCOL.to_owned());
     metrics.refusal(&farm.name, asked.stage(), reply.is_permanent(), &rule);
     let sender = match asked {
         Asked::Mail(sender) => sender.as_str(),

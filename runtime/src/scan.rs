@@ -13,6 +13,7 @@
 
 use crate::spool::SpoolReader;
 use mtac_ruleset::model::{MimeRules, Scanner, ScannerKind};
+use mtac_ruleset::rules;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
@@ -320,7 +321,7 @@ pub fn combine(outcomes: &[Outcome<'_>], hostname: &str) -> Verdict {
                     code: 554,
                     enhanced: (5, 7, 1),
                     text: format!("Message rejected: virus found: {name}"),
-                    rule: "scan.virus",
+                    rule: rules::SCAN_VIRUS,
                 }
             }
             Ok(Finding::Clean) => {
@@ -334,7 +335,7 @@ pub fn combine(outcomes: &[Outcome<'_>], hostname: &str) -> Verdict {
                         code: 554,
                         enhanced: (5, 7, 1),
                         text: format!("Message rejected as spam (score {score:.1})"),
-                        rule: "scan.spam",
+                        rule: rules::SCAN_SPAM,
                     };
                 }
                 let is_spam = tag.is_some_and(|t| *score >= t);
@@ -368,7 +369,7 @@ pub fn combine(outcomes: &[Outcome<'_>], hostname: &str) -> Verdict {
             code: 451,
             enhanced: (4, 7, 1),
             text: format!("Message could not be scanned ({name} unavailable), please try again later"),
-            rule: "scan.unavailable",
+            rule: rules::SCAN_UNAVAILABLE,
         };
     }
     Verdict::Pass { headers }
@@ -415,7 +416,7 @@ pub fn mime(
             code: 550,
             enhanced: (5, 6, 0),
             text: "Message rejected: not a parsable message".into(),
-            rule: "mime.syntax",
+            rule: rules::MIME_SYNTAX,
         });
     };
     for name in &rules.require_headers {
@@ -425,7 +426,7 @@ pub fn mime(
                 code: 550,
                 enhanced: (5, 6, 0),
                 text: format!("Message rejected: missing {name} header"),
-                rule: "mime.header",
+                rule: rules::MIME_HEADER,
             });
         }
     }
@@ -437,7 +438,7 @@ pub fn mime(
                     code: 550,
                     enhanced: (5, 7, 1),
                     text: "Message rejected: forged local sender in From".into(),
-                    rule: "mime.forged-sender",
+                    rule: rules::MIME_FORGED_SENDER,
                 });
             }
         }
@@ -464,7 +465,7 @@ fn forbidden_part(rules: &MimeRules, message: &mail_parser::Message<'_>, depth: 
                     code: 554,
                     enhanced: (5, 7, 1),
                     text: format!("Message rejected: attachment type .{ext} not allowed ({shown})"),
-                    rule: "mime.extension",
+                    rule: rules::MIME_EXTENSION,
                 });
             }
         }
@@ -477,7 +478,7 @@ fn forbidden_part(rules: &MimeRules, message: &mail_parser::Message<'_>, depth: 
                     code: 554,
                     enhanced: (5, 7, 1),
                     text: format!("Message rejected: attachment type {full} not allowed"),
-                    rule: "mime.type",
+                    rule: rules::MIME_TYPE,
                 });
             }
         }

@@ -14,6 +14,7 @@
 use crate::smtp::{Command, EhloCapabilities, EnhancedCode, ForwardPath, ParseError, Reply, ReversePath};
 use mtac_ruleset::eval::{self, DirectoryAnswer, Facts, GivenDns};
 use mtac_ruleset::model::{self, Farm, Stage};
+use mtac_ruleset::rules;
 use mtac_ruleset::Ruleset;
 use std::net::SocketAddr;
 
@@ -378,7 +379,7 @@ impl Session {
             }
             AuthVerdict::Invalid => self.auth_failed(),
             AuthVerdict::Unavailable => {
-                self.note_rule("auth.unavailable".to_owned());
+                self.note_rule(rules::AUTH_UNAVAILABLE.to_owned());
                 self.answer(reply(454, 4, 7, 0, "Temporary authentication failure"))
             }
         }
@@ -390,14 +391,14 @@ impl Session {
     /// user who has the right password (try later, not "wrong password"), and a guesser's
     /// connection ends at once.
     pub fn auth_locked_out(&mut self) -> Action {
-        self.note_rule("auth".to_owned());
+        self.note_rule(rules::AUTH.to_owned());
         let text = format!("{} Too many failed authentications from your address, try again later", self.hostname);
         Action::Close(reply(421, 4, 7, 0, &text))
     }
 
     fn auth_failed(&mut self) -> Action {
         self.auth_failures = self.auth_failures.saturating_add(1);
-        self.note_rule("auth".to_owned());
+        self.note_rule(rules::AUTH.to_owned());
         if self.auth_failures >= self.max_auth_failures {
             return Action::Close(reply(421, 4, 7, 0, &format!("{} Too many failed authentications", self.hostname)));
         }
@@ -443,7 +444,7 @@ impl Session {
         ) {
             self.junk = self.junk.saturating_add(1);
             if self.junk > JUNK_COMMAND_LIMIT {
-                self.note_rule("junk-commands".to_owned());
+                self.note_rule(rules::JUNK_COMMANDS.to_owned());
                 return Action::Close(Reply::too_many_errors(&self.hostname));
             }
         }
@@ -504,7 +505,7 @@ impl Session {
             }
             Command::Rcpt(rcpt) => {
                 if self.banned {
-                    self.note_rule("ban".to_owned());
+                    self.note_rule(rules::BAN.to_owned());
                     let r = reply(550, 5, 7, 1, "Client host rejected: too many refusals, banned for a while");
                     return self.answer(r);
                 }
@@ -623,7 +624,7 @@ impl Session {
         match verdict {
             Ok(()) => Action::Recipient { address },
             Err(reply) => {
-                self.note_rule("greylist".to_owned());
+                self.note_rule(rules::GREYLIST.to_owned());
                 self.answer(reply)
             }
         }

@@ -148,6 +148,29 @@ fn policy_tests_pass_on_the_shipped_policies_and_fail_loudly_on_a_wrong_expectat
     assert!(text(&out.stdout).contains("give directory"), "{}", text(&out.stdout));
 }
 
+/// Issue 15: a misspelt `rule=` made the test fail against a policy that did what was meant
+/// ("expected … (rule recipient.unknwon)"), which reads as a policy bug. It is a broken file.
+#[test]
+fn issue_15_mtac_test_refuses_an_unknown_rule_name_and_suggests_the_right_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = std::fs::canonicalize("examples/quickstart/policy.kdl").unwrap();
+    let test = dir.path().join("typo.test.kdl");
+    std::fs::write(
+        &test,
+        format!(
+            "policy {:?}\ntest \"relay\" {{\n client \"127.0.0.1\"\n helo \"a.example.org\"\n from \"a@example.org\"\n rcpt \"x@elsewhere.example\"\n expect \"554\" rule=\"rely\"\n}}\n",
+            policy.display().to_string()
+        ),
+    )
+    .unwrap();
+    let out = mtac(&["test", test.to_str().unwrap()]);
+    assert_eq!(code(&out), 1, "{}", text(&out.stdout));
+    let all = format!("{}{}", text(&out.stdout), text(&out.stderr));
+    assert!(all.contains("mtac::test::unknown-rule"), "{all}");
+    assert!(all.contains("did you mean `relay`?"), "{all}");
+    assert!(all.contains("1 file(s) broken"), "{all}");
+}
+
 #[test]
 fn completions_are_generated() {
     let out = mtac(&["completions", "bash"]);
