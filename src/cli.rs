@@ -152,9 +152,16 @@ pub struct ExplainArgs {
     rcpt: Option<String>,
     #[command(flatten)]
     files: FileArgs,
-    /// The session authenticated (SMTP AUTH)
+    /// The session authenticated (SMTP AUTH); prefer --user, which also checks the sender
     #[arg(long)]
     authenticated: bool,
+    /// The user the session authenticated as (implies --authenticated): MAIL FROM must be an
+    /// address this user may send as, as on the node
+    #[arg(long, value_name = "NAME")]
+    user: Option<String>,
+    /// The client did not start TLS (by default it did wherever the farm offers TLS)
+    #[arg(long)]
+    no_tls: bool,
     /// A DNS list's answer: ZONE=127.0.0.2[,127.0.0.4] or ZONE=none or ZONE=error
     #[arg(long, value_name = "ZONE=ANSWER")]
     dnsbl: Vec<String>,
@@ -405,7 +412,9 @@ fn explain(args: ExplainArgs) -> Result<ExitCode, String> {
         helo: args.helo,
         from: args.from,
         rcpt: args.rcpt,
-        authenticated: args.authenticated,
+        authenticated: args.authenticated || args.user.is_some(),
+        user: args.user,
+        tls: args.no_tls.then_some(false),
         ..Session::default()
     };
     for flag in &args.dnsbl {
@@ -459,6 +468,9 @@ fn explain(args: ExplainArgs) -> Result<ExitCode, String> {
                 }
                 StepOutcome::AskDirectory => {
                     "pending  the node asks the directory (give --directory known|unknown|unavailable)".to_owned()
+                }
+                StepOutcome::UserNotGiven => {
+                    "pending  the node checks the user owns the sender (give --user NAME)".to_owned()
                 }
                 StepOutcome::Skipped(why) => format!("skipped  {why}"),
                 StepOutcome::Accepted(why) => format!("accept   {why}"),

@@ -192,6 +192,8 @@ fn probe_open_relay(lw: &mut Lowerer<'_>, draft: &lower::Draft, ruleset: &Rulese
                 sender: Some("spammer@example.org"),
                 recipient: Some(&recipient),
                 authenticated: false,
+                user: None,
+                tls: false,
                 hostname: &ruleset.policy().hostname,
                 dns: &NoDns,
             };

@@ -47,6 +47,10 @@ pub struct Session {
     pub from: Option<String>,
     pub rcpt: Option<String>,
     pub authenticated: bool,
+    /// Who authenticated (implies `authenticated`): sender ownership is checked for this user.
+    pub user: Option<String>,
+    /// The client started TLS; `None`: it did wherever the farm offers TLS.
+    pub tls: Option<bool>,
     pub dns: GivenDns,
 }
 
@@ -58,6 +62,8 @@ impl Default for Session {
             from: None,
             rcpt: None,
             authenticated: false,
+            user: None,
+            tls: None,
             dns: GivenDns::default(),
         }
     }
@@ -159,7 +165,10 @@ pub fn run_session(
         helo: session.helo.as_deref(),
         sender: session.from.as_deref(),
         recipient: session.rcpt.as_deref(),
-        authenticated: session.authenticated,
+        authenticated: session.authenticated || session.user.is_some(),
+        user: session.user.as_deref(),
+        // A modern client starts TLS whenever it is offered; a test says `tls #false` otherwise.
+        tls: session.tls.unwrap_or(farm.tls.is_some()),
         hostname: &ruleset.policy().hostname,
         dns: &session.dns,
     };
@@ -175,6 +184,12 @@ pub fn run_session(
     (simulation, outcome)
 }
 
+/// The session authenticated, but nobody said as whom: the node would check that the user owns
+/// the sender, and the simulation could not.
+fn sender_unchecked(simulation: &eval::Simulation) -> bool {
+    simulation.stages.iter().flat_map(|(_, d)| &d.trace).any(|line| line.outcome == eval::StepOutcome::UserNotGiven)
+}
+
 impl PolicyTest {
     /// `Ok(outcome)` when the test passes, `Err((outcome, why))` otherwise.
     pub fn check(&self, ruleset: &Ruleset) -> Result<Outcome, (Option<Outcome>, String)> {
@@ -187,6 +202,15 @@ impl PolicyTest {
             return Err((None, format!("no farm {:?} in the policy (farms: {})", self.farm, names.join(", "))));
         };
         let (simulation, outcome) = run_session(ruleset, farm, &self.session);
+        // The node checks that whoever authenticated owns the sender; without the user, no
+        // outcome from MAIL FROM on is one the node would give.
+        if sender_unchecked(&simulation) {
+            return Err((
+                Some(outcome),
+                "a decided outcome: the node checks the authenticated user owns the sender; give user \"NAME\""
+                    .to_owned(),
+            ));
+        }
         // "accept" while the node would still ask the directory or the greylist store is not
         // an outcome the test can vouch for: say which fact is missing.
         if self.expect.reply == "accept" && outcome.stage.is_none() {
@@ -229,6 +253,8 @@ const TEST_NODES: &[&str] = &[
     "from",
     "rcpt",
     "authenticated",
+    "user",
+    "tls",
     "dnsbl",
     "sender-domain",
     "helo-dns",
@@ -322,14 +348,14 @@ fn strings(node: &KdlNode) -> Vec<String> {
 fn check_rule_name(rule: &str, child: &KdlNode, source: &SourceFile, diags: &mut Diagnostics) {
     let span = child.entry("rule").map_or_else(|| child.span(), |e| e.span());
     match mtac_ruleset::rules::find(rule) {
-        Some(known) if known.set_by == mtac_ruleset::rules::SetBy::Policy => {}
+        Some(known) if known.set_by != mtac_ruleset::rules::SetBy::Node => {}
         Some(_) => diags.push(
             Diag::warning("mtac::test::node-rule", format!("rule `{rule}` is decided by the node, not the policy"))
                 .at(source, span, "never the outcome of a policy test")
                 .help("`mtac test` evaluates the policy's rules only; test this one against a running node"),
         ),
         None => {
-            let policy_rules = mtac_ruleset::rules::policy_rule_names();
+            let policy_rules = mtac_ruleset::rules::evaluated_rule_names();
             let help = did_you_mean(rule, &policy_rules).map_or_else(
                 || format!("rule names (docs/policy.md, \"Rule names\"): {}", policy_rules.join(", ")),
                 |g| format!("did you mean `{g}`?"),
@@ -371,6 +397,19 @@ fn lower_test(node: &KdlNode, source: &SourceFile, diags: &mut Diagnostics) -> O
                     .iter()
                     .find(|e| e.name().is_none())
                     .is_none_or(|e| e.value() == &KdlValue::Bool(true))
+            }
+            "user" => match value {
+                Some(user) if !user.is_empty() => session.user = Some(user),
+                _ => bad(diags, child, "`user` needs the user name".to_owned(), "e.g. user \"alice\""),
+            },
+            "tls" => {
+                session.tls = Some(
+                    child
+                        .entries()
+                        .iter()
+                        .find(|e| e.name().is_none())
+                        .is_none_or(|e| e.value() == &KdlValue::Bool(true)),
+                )
             }
             "dnsbl" => match (values.first(), values.get(1).map(|a| parse_list_answer(a))) {
                 (Some(zone), Some(Some(answer))) => session.dns.lists.push((zone.clone(), answer)),

@@ -6,11 +6,16 @@
 //! therefore decide exactly alike. It does no I/O: DNS answers and greylist state arrive as
 //! [`Facts`], gathered beforehand by the runtime (or given as flags).
 //!
+//! What the session itself decides on at MAIL FROM — whether the connection is encrypted where
+//! the farm requires it, and whether the authenticated user owns the sender — is decided here
+//! too ([`session_mail_checks`]), from the facts `tls` and `user`, so `mtac explain` and
+//! `mtac test` see the 530 and the 553 a node answers.
+//!
 //! **Invariant:** relay control, recipient syntax and the known-recipient table are never skipped,
 //! whatever the client's trust. HELO and sender hygiene checks count as anti-spam checks: trust and
 //! role accounts skip them.
 
-use crate::model::{AccessAction, Check, Dnsbl, DnsblTarget, Farm, Reply, Stage, Step, TableId};
+use crate::model::{AccessAction, Check, Dnsbl, DnsblTarget, Farm, FarmKind, Reply, Stage, Step, TableId};
 use crate::syntax;
 use std::net::{IpAddr, Ipv4Addr};
 
@@ -112,6 +117,11 @@ pub struct Facts<'a> {
     pub sender: Option<&'a str>,
     pub recipient: Option<&'a str>,
     pub authenticated: bool,
+    /// Who authenticated. `None` with `authenticated` set: the user is not known (an `explain`
+    /// without `--user`), so sender ownership is not checked (the trace says so).
+    pub user: Option<&'a str>,
+    /// The connection is encrypted (STARTTLS or implicit TLS).
+    pub tls: bool,
     /// The node's own host name (for the HELO "not ours" check).
     pub hostname: &'a str,
     pub dns: &'a dyn DnsFacts,
@@ -132,6 +142,10 @@ pub enum StepOutcome {
     AskDirectory,
     /// Role account: accepted, later steps skipped.
     Accepted(String),
+    /// The session authenticated but the facts do not say as whom (`explain` without
+    /// `--user`): the node checks that the user owns the sender here, and this evaluation could
+    /// not. Passes, so that the rest of the session is still shown.
+    UserNotGiven,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -163,6 +177,25 @@ pub fn evaluate(tables: &dyn Lookup, farm: &Farm, stage: Stage, facts: &Facts<'_
     // A role account (abuse@, postmaster@) must be reachable even by a client the access list
     // refuses: that client may be the one trying to report a problem.
     let mut role_account: Option<String> = None;
+    if stage == Stage::Mail {
+        for (rule, outcome) in session_mail_checks(tables, farm, facts) {
+            let refusal = match &outcome {
+                StepOutcome::Decided(reply) => Some(reply.clone()),
+                _ => None,
+            };
+            trace.push(TraceLine { rule: rule.to_owned(), outcome });
+            if let Some(reply) = refusal {
+                return Decision {
+                    reply: Some(reply),
+                    rule: Some(rule.to_owned()),
+                    trusted,
+                    trace,
+                    greylist_pending: false,
+                    directory_pending: false,
+                };
+            }
+        }
+    }
     for step in farm.program.stage(stage) {
         let skip = match (&trusted, &role_account) {
             (_, Some(why)) if step.check.is_antispam() || step.check == Check::Access => Some(why.clone()),
@@ -207,6 +240,76 @@ pub fn evaluate(tables: &dyn Lookup, farm: &Farm, stage: Stage, facts: &Facts<'_
     }
     let greylist_pending = trace.iter().any(|line| line.outcome == StepOutcome::Pending);
     Decision { reply: None, rule: None, trusted, trace, greylist_pending, directory_pending: false }
+}
+
+/// The rule name of the TLS requirement at MAIL FROM (`tls required=#true`, every submission farm).
+pub const RULE_TLS_REQUIRED: &str = crate::rules::TLS_REQUIRED;
+/// The rule name of sender ownership after AUTH (and of `auth null-sender=`).
+pub const RULE_AUTH_SENDER: &str = crate::rules::AUTH_SENDER;
+
+/// The checks of MAIL FROM that come from the farm's TLS and AUTH settings rather than from its
+/// program, in the order the node answers them: no mail before TLS where TLS is required (530),
+/// then an authenticated user only sends as an address they own (553). They run before the
+/// program's MAIL steps, whatever the client's trust (trust comes from the very AUTH they check).
+pub fn session_mail_checks(tables: &dyn Lookup, farm: &Farm, facts: &Facts<'_>) -> Vec<(&'static str, StepOutcome)> {
+    let mut out = Vec::new();
+    let Some(sender) = facts.sender else { return out };
+    let tls_required = farm.tls.as_ref().is_some_and(|t| t.required) || farm.kind == FarmKind::Submission;
+    if tls_required {
+        let outcome = if facts.tls {
+            StepOutcome::Passed("TLS active".to_owned())
+        } else {
+            StepOutcome::Decided(Reply::new(530, "5.7.0", "Must issue a STARTTLS command first"))
+        };
+        let refused = matches!(outcome, StepOutcome::Decided(_));
+        out.push((RULE_TLS_REQUIRED, outcome));
+        if refused {
+            return out;
+        }
+    }
+    // Only a farm with `auth` can have an authenticated session.
+    if !facts.authenticated || farm.auth.is_none() {
+        return out;
+    }
+    let outcome = match facts.user {
+        None => StepOutcome::UserNotGiven,
+        Some(user) if may_send_as(tables, farm, user, sender) => StepOutcome::Passed(if sender.is_empty() {
+            "null sender allowed".to_owned()
+        } else {
+            format!("{user} may send as {sender}")
+        }),
+        Some(_) if sender.is_empty() => StepOutcome::Decided(Reply::new(
+            553,
+            "5.7.1",
+            "Sender address rejected: the null sender is not allowed after AUTH",
+        )),
+        Some(_) => StepOutcome::Decided(Reply::new(
+            553,
+            "5.7.1",
+            "Sender address rejected: not owned by the authenticated user",
+        )),
+    };
+    out.push((RULE_AUTH_SENDER, outcome));
+    out
+}
+
+/// May the authenticated `user` send as `sender`? The user's own address (a user name that is
+/// an address), USER@ one of the farm's local domains, an address the policy gave the user
+/// (`may-send-as`), or the null sender `""` when the farm allows it (`auth null-sender=`). The
+/// node's MAIL FROM and its `auth header-from` check both ask this.
+pub fn may_send_as(tables: &dyn Lookup, farm: &Farm, user: &str, sender: &str) -> bool {
+    if sender.is_empty() {
+        return farm.auth.as_ref().is_some_and(|a| a.null_sender);
+    }
+    if sender.eq_ignore_ascii_case(user) {
+        return true;
+    }
+    if farm.auth.as_ref().is_some_and(|a| a.may_send_as(user, sender)) {
+        return true;
+    }
+    let Some((local, domain)) = sender.rsplit_once('@') else { return false };
+    local.eq_ignore_ascii_case(user)
+        && farm.local_domains.is_some_and(|t| tables.domain(t, &domain.to_ascii_lowercase()).is_some())
 }
 
 /// Why the client is trusted (anti-spam checks skipped), if it is.

@@ -99,6 +99,8 @@ fn check_file(file: Vec<u8>) {
                 sender,
                 recipient,
                 authenticated: false,
+                user: None,
+                tls: false,
                 hostname: &ruleset.policy().hostname,
                 dns: &NoDns,
             };

@@ -7,6 +7,9 @@
 //! * [`SetBy::Policy`]: a step of a farm's decision program ([`crate::model::Step`]), decided by
 //!   the evaluator. `mtac explain`, `mtac test` and the node give the same answer, and
 //!   `ban after=` may name it.
+//! * [`SetBy::Session`]: decided by the evaluator from the session's own facts (TLS, the user
+//!   who logged in) before the program's steps: `mtac explain`, `mtac test` and the node give the
+//!   same answer, but it is no step of the policy, so `ban after=` cannot name it.
 //! * [`SetBy::Node`]: decided by the node while the session runs, outside the program: a limit,
 //!   a content check after DATA, the back end's answer, a protocol error. Logged and counted
 //!   like a policy rule, but no policy test can produce it and `ban after=` cannot name it.
@@ -19,6 +22,7 @@
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SetBy {
     Policy,
+    Session,
     Node,
 }
 
@@ -100,6 +104,7 @@ pub const BAN: &str = "ban";
 pub const AUTH: &str = "auth";
 pub const AUTH_UNAVAILABLE: &str = "auth.unavailable";
 pub const AUTH_SENDER: &str = "auth.sender";
+pub const TLS_REQUIRED: &str = "tls.required";
 pub const AUTH_HEADER_FROM: &str = "auth.header-from";
 pub const BACKEND: &str = "backend";
 pub const LOCAL_DELIVERY: &str = "local-delivery";
@@ -120,6 +125,10 @@ pub const PROTOCOL: &str = "protocol";
 
 const fn policy(name: &'static str, phase: Phase, replies: Replies) -> Rule {
     Rule { name, phase, replies, set_by: SetBy::Policy }
+}
+
+const fn session(name: &'static str, phase: Phase, replies: Replies) -> Rule {
+    Rule { name, phase, replies, set_by: SetBy::Session }
 }
 
 const fn node(name: &'static str, phase: Phase, replies: Replies) -> Rule {
@@ -146,6 +155,8 @@ pub const RULES: &[Rule] = &[
     policy(SENDER_RESOLVABLE, Phase::Rcpt, Replies::Either),
     policy(RECIPIENT_DIRECTORY, Phase::Rcpt, Replies::Either),
     policy(GREYLIST, Phase::Rcpt, Replies::Temporary),
+    session(TLS_REQUIRED, Phase::Mail, Replies::Permanent),
+    session(AUTH_SENDER, Phase::Mail, Replies::Permanent),
     node(PREGREET, Phase::Greet, Replies::Permanent),
     node(RATE_LIMIT, Phase::Mail, Replies::Either),
     node(SPOOL_BUDGET, Phase::Mail, Replies::Temporary),
@@ -153,7 +164,6 @@ pub const RULES: &[Rule] = &[
     node(BAN, Phase::Rcpt, Replies::Permanent),
     node(AUTH, Phase::Auth, Replies::Either),
     node(AUTH_UNAVAILABLE, Phase::Auth, Replies::Temporary),
-    node(AUTH_SENDER, Phase::Mail, Replies::Permanent),
     node(AUTH_HEADER_FROM, Phase::Data, Replies::Permanent),
     node(BACKEND, Phase::Rcpt, Replies::Either),
     node(LOCAL_DELIVERY, Phase::Data, Replies::Temporary),
@@ -176,6 +186,12 @@ pub const RULES: &[Rule] = &[
 /// The rule of this name.
 pub fn find(name: &str) -> Option<&'static Rule> {
     RULES.iter().find(|rule| rule.name == name)
+}
+
+/// The names of the rules the evaluator gives, and so `mtac test` and `explain` can answer with:
+/// the program's and the session's.
+pub fn evaluated_rule_names() -> Vec<&'static str> {
+    RULES.iter().filter(|rule| rule.set_by != SetBy::Node).map(|rule| rule.name).collect()
 }
 
 /// The names of the rules a decision program can hold: what `mtac test` and `explain` can

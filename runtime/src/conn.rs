@@ -1027,6 +1027,8 @@ async fn content_checks(
             // What vouches for the client at RCPT vouches for it here: an authenticated user
             // sending From: their own local address is not forging it.
             authenticated: session.authenticated.is_some(),
+            user: session.authenticated.as_deref(),
+            tls: session.tls.is_some(),
             hostname,
             dns: &session.dns,
         };

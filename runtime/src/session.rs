@@ -86,8 +86,6 @@ pub struct Session {
     tls_offered: bool,
     /// The connection is encrypted ("TLS1.3 TLS13_AES_256_GCM_SHA384").
     pub tls: Option<String>,
-    /// MAIL needs TLS first (`tls required=#true`, always on submission farms).
-    tls_required: bool,
     /// The SASL mechanisms this farm accepts (inside TLS only); empty: no AUTH.
     auth_mechanisms: Vec<String>,
     /// A SASL exchange in progress: the next line is a response, not a command.
@@ -172,7 +170,6 @@ impl Session {
             greylist_client: None,
             tls_offered: farm.tls.is_some(),
             tls: None,
-            tls_required: farm.tls.as_ref().is_some_and(|t| t.required) || farm.kind == model::FarmKind::Submission,
             auth_mechanisms: farm.auth.as_ref().map(|a| a.mechanisms.clone()).unwrap_or_default(),
             sasl: None,
             authenticated: None,
@@ -199,6 +196,8 @@ impl Session {
             sender,
             recipient,
             authenticated: self.authenticated.is_some(),
+            user: self.authenticated.as_deref(),
+            tls: self.tls.is_some(),
             hostname: &ruleset.policy().hostname,
             dns: &self.dns,
         };
@@ -414,24 +413,11 @@ impl Session {
         self.sasl = None;
     }
 
-    /// May the authenticated user send as `sender`? The user's own address (a user name that
-    /// is an address), USER@ one of the farm's local domains, an address the policy gave the
-    /// user (`may-send-as`), or the null sender when the farm allows it (`auth null-sender=`).
+    /// May the authenticated user send as `sender` (anyone may, before AUTH)? The evaluator
+    /// decides ([`eval::may_send_as`]), as it does at MAIL FROM; the driver asks for `auth
+    /// header-from`.
     pub fn owns(&self, sender: &str, ruleset: &Ruleset, farm: &Farm) -> bool {
-        use mtac_ruleset::eval::Lookup;
-        let Some(user) = &self.authenticated else { return true };
-        if sender.is_empty() {
-            return farm.auth.as_ref().is_some_and(|a| a.null_sender);
-        }
-        if sender.eq_ignore_ascii_case(user) {
-            return true;
-        }
-        if farm.auth.as_ref().is_some_and(|a| a.may_send_as(user, sender)) {
-            return true;
-        }
-        let Some((local, domain)) = sender.rsplit_once('@') else { return false };
-        local.eq_ignore_ascii_case(user)
-            && farm.local_domains.is_some_and(|t| ruleset.domain(t, &domain.to_ascii_lowercase()).is_some())
+        self.authenticated.as_deref().is_none_or(|user| eval::may_send_as(ruleset, farm, user, sender))
     }
 
     pub fn command(&mut self, command: Command, ruleset: &Ruleset, farm: &Farm) -> Action {
@@ -479,18 +465,8 @@ impl Session {
                         m.to_string()
                     }
                 };
-                if self.tls_required && self.tls.is_none() {
-                    return self.answer(reply(530, 5, 7, 0, "Must issue a STARTTLS command first"));
-                }
-                if !self.owns(&sender, ruleset, farm) {
-                    self.note_rule("auth.sender".to_owned());
-                    let text = if sender.is_empty() {
-                        "Sender address rejected: the null sender is not allowed after AUTH"
-                    } else {
-                        "Sender address rejected: not owned by the authenticated user"
-                    };
-                    return self.answer(reply(553, 5, 7, 1, text));
-                }
+                // TLS where the farm requires it, then sender ownership after AUTH, then the
+                // program's MAIL steps: all decided by the evaluator, as `mtac explain` shows.
                 if let Some(r) = self.decide(ruleset, farm, Stage::Mail, Some(&sender), None) {
                     return self.answer(r);
                 }

@@ -110,6 +110,62 @@ fn explain_shows_each_rule_and_the_reply() {
     assert!(stdout.trim_end().ends_with("at rcpt (rule dnsbl)"), "{stdout}");
 }
 
+/// Issue 15: `explain` can say who logged in, and then refuses a sender the user does not own
+/// with the node's 553; without the user it says that the node would check, and a policy test
+/// that leaves the user out fails instead of passing for a session the node would refuse.
+#[test]
+fn issue15_explain_and_tests_know_the_authenticated_user() {
+    let session = [
+        "explain",
+        "--policy",
+        "examples/company/policy.kdl",
+        "--farm",
+        "users",
+        "--client-ip",
+        "203.0.113.9",
+        "--helo",
+        "laptop.acme.example",
+        "--from",
+        "bruno.lopez3@acme.example",
+        "--rcpt",
+        "customer@elsewhere.example",
+    ];
+    let out = mtac(&[&session[..], &["--user", "ana.garcia57"]].concat());
+    assert_eq!(code(&out), 0, "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.trim_end().ends_with(
+            "=> 553 5.7.1 Sender address rejected: not owned by the authenticated user at mail (rule auth.sender)"
+        ),
+        "{stdout}"
+    );
+    let out = mtac(&[&session[..], &["--user", "bruno.lopez3"]].concat());
+    assert!(text(&out.stdout).contains("=> accepted"), "{}", text(&out.stdout));
+    let out = mtac(&[&session[..], &["--authenticated"]].concat());
+    assert!(text(&out.stdout).contains("auth.sender              pending"), "{}", text(&out.stdout));
+    let out = mtac(&[&session[..], &["--user", "bruno.lopez3", "--no-tls"]].concat());
+    assert!(
+        text(&out.stdout).contains("=> 530 5.7.0 Must issue a STARTTLS command first at mail"),
+        "{}",
+        text(&out.stdout)
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let company = std::fs::canonicalize("examples/company/policy.kdl").unwrap();
+    let test = dir.path().join("unnamed.test.kdl");
+    std::fs::write(
+        &test,
+        format!(
+            "policy {:?}\ntest \"someone\" {{\n farm \"users\"\n helo \"laptop.acme.example\"\n from \"bruno.lopez3@acme.example\"\n rcpt \"customer@elsewhere.example\"\n authenticated\n expect \"accept\"\n}}\n",
+            company.display().to_string()
+        ),
+    )
+    .unwrap();
+    let out = mtac(&["test", test.to_str().unwrap()]);
+    assert_eq!(code(&out), 1, "{}", text(&out.stdout));
+    assert!(text(&out.stdout).contains("give user"), "{}", text(&out.stdout));
+}
+
 #[test]
 fn policy_tests_pass_on_the_shipped_policies_and_fail_loudly_on_a_wrong_expectation() {
     let out = mtac(&["test", "examples", "policies"]);

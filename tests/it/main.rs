@@ -8,6 +8,7 @@ mod auth_bans;
 mod cli;
 mod directory;
 mod dnsbl;
+mod explain_node;
 mod greylist;
 mod policies;
 mod process;

@@ -1,0 +1,267 @@
+//! Issue 15, item 4: `explain` = node, proven. One table of scripted sessions is run twice: in
+//! raw SMTP against a real node on 127.0.0.1:0 (clients on their own loopback addresses, STARTTLS
+//! and AUTH PLAIN where the script says so), and through `policytest::run_session`, the
+//! simulation behind `mtac explain` and `mtac test`, on the ruleset compiled from the same policy
+//! file. Every session must end the same way in both: the same stage, reply code, enhanced code
+//! and text, or accepted in both.
+
+use crate::submission::{b64, certificate, connector, phc, policy as submission_policy, Smtp};
+use crate::support::{code, Behaviour, Sink, TestNode};
+use mtac_compiler::policytest::{run_session, Session};
+use mtac_ruleset::model::Stage;
+use rustls_pki_types::ServerName;
+use std::net::{IpAddr, SocketAddr};
+use tokio::io::{AsyncRead, AsyncWrite, BufReader};
+
+/// One scripted session: who connects, what it says, with which TLS and AUTH, and how the
+/// session must end (`accept`, or the start of the refusal: `553 5.7.1`), so that the node and
+/// `explain` cannot agree by both being wrong.
+#[derive(Clone, Copy)]
+struct Script {
+    name: &'static str,
+    client: &'static str,
+    helo: Option<&'static str>,
+    /// STARTTLS before the script's EHLO.
+    tls: bool,
+    /// AUTH PLAIN as this user (password `correct horse`) after the EHLO.
+    user: Option<&'static str>,
+    from: Option<&'static str>,
+    rcpt: Option<&'static str>,
+    expect: &'static str,
+}
+
+/// How a session ended: refused at a stage with a reply's first line, or accepted.
+#[derive(Debug, PartialEq, Eq)]
+enum End {
+    Refused(Stage, String),
+    Accepted,
+}
+
+const MX: &str = r#"hostname "mx.test.example"
+spool "{dir}/spool"
+farm "mx" kind="inbound-mx" {
+    listen "127.0.0.1:0"
+    local-domains "example.test"
+    local-addresses "john@example.test" "jane@example.test"
+    role-accounts "postmaster" "abuse"
+    relay-clients "127.0.0.20/32"
+    access {
+        accept "127.0.0.77/32"
+        reject "127.0.0.66/32"
+        defer "127.0.0.67/32"
+    }
+    helo required=#true syntax=#true fqdn=#true not-ours=#true stage="helo"
+    sender fqdn=#true {
+        deny "spam.example"
+    }
+    relay {
+        backend "smtp://{backend}"
+    }
+}
+"#;
+
+/// An inbound-mx session from `client`: EHLO `helo` (none if empty), MAIL FROM `from` (none if
+/// `None`), RCPT TO `rcpt` (none if empty).
+const fn mx(
+    name: &'static str,
+    client: &'static str,
+    helo: &'static str,
+    from: Option<&'static str>,
+    rcpt: &'static str,
+    expect: &'static str,
+) -> Script {
+    let helo = if helo.is_empty() { None } else { Some(helo) };
+    let rcpt = if rcpt.is_empty() { None } else { Some(rcpt) };
+    Script { name, client, helo, tls: false, user: None, from, rcpt, expect }
+}
+
+const ALICE: Option<&str> = Some("alice@example.org");
+const MX_SCRIPTS: &[Script] = &[
+    mx("a known user gets mail", "127.0.0.10", "mail.example.org", ALICE, "john@example.test", "accept"),
+    mx("an unknown user is refused", "127.0.0.10", "mail.example.org", ALICE, "nobody@example.test", "550 5.1.1"),
+    mx("the farm is not a relay", "127.0.0.10", "mail.example.org", ALICE, "victim@elsewhere.example", "554 5.7.1"),
+    mx("a relay client relays", "127.0.0.20", "app.example.org", ALICE, "victim@elsewhere.example", "accept"),
+    mx("a rejected client is refused", "127.0.0.66", "mail.example.org", ALICE, "john@example.test", "554 5.7.1"),
+    mx("a rejected client reaches abuse@", "127.0.0.66", "mail.example.org", ALICE, "abuse@example.test", "accept"),
+    mx("a rejected client reaches <postmaster>", "127.0.0.66", "mail.example.org", ALICE, "postmaster", "accept"),
+    mx("a deferred client is told to retry", "127.0.0.67", "mail.example.org", ALICE, "john@example.test", "450 4.7.1"),
+    mx("a trusted client skips the HELO checks", "127.0.0.77", "localhost", ALICE, "jane@example.test", "accept"),
+    mx("a HELO name that is not fully qualified", "127.0.0.10", "localhost", None, "", "504 5.5.2"),
+    mx("a HELO name that is ours", "127.0.0.10", "mx.test.example", None, "", "550 5.7.1"),
+    mx("a HELO name that is no host name", "127.0.0.10", "bad_name", None, "", "501 5.5.2"),
+    mx("MAIL before HELO", "127.0.0.10", "", ALICE, "", "503 5.5.1"),
+    mx(
+        "an unqualified sender domain",
+        "127.0.0.10",
+        "mail.example.org",
+        Some("a@localhost"),
+        "john@example.test",
+        "504 5.5.2",
+    ),
+    mx(
+        "a denied sender domain",
+        "127.0.0.10",
+        "mail.example.org",
+        Some("x@spam.example"),
+        "john@example.test",
+        "550 5.7.1",
+    ),
+    mx("a bounce to a known user", "127.0.0.10", "mail.example.org", Some(""), "jane@example.test", "accept"),
+];
+
+/// A submission session from 127.0.0.1, in TLS or not, authenticated as `user` or not.
+const fn sub(
+    name: &'static str,
+    tls: bool,
+    user: Option<&'static str>,
+    from: &'static str,
+    expect: &'static str,
+) -> Script {
+    Script {
+        name,
+        client: "127.0.0.1",
+        helo: Some("laptop.example.org"),
+        tls,
+        user,
+        from: Some(from),
+        rcpt: Some("friend@elsewhere.example"),
+        expect,
+    }
+}
+
+const SUBMISSION_SCRIPTS: &[Script] = &[
+    sub("no MAIL before TLS", false, None, "alice@example.test", "530 5.7.0"),
+    sub("no relay without AUTH", true, None, "alice@example.test", "530 5.7.0"),
+    sub("a user sends as herself", true, Some("alice"), "alice@example.test", "accept"),
+    sub("a user sends as an address she was given", true, Some("alice"), "sales@example.test", "accept"),
+    // Issue 15: `explain` could not say who logged in, and answered "accept" to these.
+    sub("a user cannot send as a colleague", true, Some("alice"), "bob@example.test", "553 5.7.1"),
+    sub("a user cannot send as someone elsewhere", true, Some("alice"), "alice@elsewhere.example", "553 5.7.1"),
+    sub("the null sender after AUTH", true, Some("alice"), "", "553 5.7.1"),
+];
+
+/// Run one script against the node.
+async fn on_node(addr: SocketAddr, cert: Option<&str>, s: &Script) -> End {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(format!("{}:0", s.client).parse().unwrap()).unwrap();
+    let tcp = socket.connect(addr).await.unwrap();
+    let mut plain = Smtp { stream: BufReader::new(tcp) };
+    let greeting = plain.reply().await;
+    if code(&greeting) != 220 {
+        return End::Refused(Stage::Connect, first_line(&greeting));
+    }
+    if !s.tls {
+        return drive(&mut plain, s).await;
+    }
+    let r = plain.cmd("EHLO tls.example.org").await;
+    assert_eq!(code(&r), 250, "{}: {r}", s.name);
+    assert!(plain.cmd("STARTTLS").await.starts_with("220 2.0.0"), "{}", s.name);
+    let cert = cert.expect("a TLS script needs the farm's certificate");
+    let tls = connector(cert)
+        .connect(ServerName::try_from("mx.test.example").unwrap(), plain.stream.into_inner())
+        .await
+        .unwrap();
+    drive(&mut Smtp { stream: BufReader::new(tls) }, s).await
+}
+
+async fn drive<S: AsyncRead + AsyncWrite + Unpin>(c: &mut Smtp<S>, s: &Script) -> End {
+    if let Some(helo) = s.helo {
+        let r = c.cmd(&format!("EHLO {helo}")).await;
+        if code(&r) != 250 {
+            return End::Refused(Stage::Helo, first_line(&r));
+        }
+    }
+    if let Some(user) = s.user {
+        let r = c.cmd(&format!("AUTH PLAIN {}", b64(&format!("\0{user}\0correct horse")))).await;
+        assert!(r.starts_with("235"), "{}: {r}", s.name);
+    }
+    if let Some(from) = s.from {
+        let r = c.cmd(&format!("MAIL FROM:<{from}>")).await;
+        if code(&r) != 250 {
+            return End::Refused(Stage::Mail, first_line(&r));
+        }
+    }
+    let end = match s.rcpt {
+        Some(rcpt) => {
+            let r = c.cmd(&format!("RCPT TO:<{rcpt}>")).await;
+            if code(&r) == 250 {
+                End::Accepted
+            } else {
+                End::Refused(Stage::Rcpt, first_line(&r))
+            }
+        }
+        None => End::Accepted,
+    };
+    c.cmd("QUIT").await;
+    end
+}
+
+/// Run one script through the simulation `mtac explain` and `mtac test` use.
+fn on_explain(node: &TestNode, farm: &str, s: &Script) -> End {
+    let compiled = mtac_compiler::compile_path(&node.dir.path().join("policy.kdl"));
+    let ruleset = compiled.output.expect("the node's policy compiles").ruleset;
+    let farm = ruleset.farm(farm).expect("the farm");
+    let session = Session {
+        client: s.client.parse::<IpAddr>().unwrap(),
+        helo: s.helo.map(str::to_owned),
+        from: s.from.map(str::to_owned),
+        rcpt: s.rcpt.map(str::to_owned),
+        user: s.user.map(str::to_owned),
+        tls: Some(s.tls),
+        ..Session::default()
+    };
+    let (simulation, outcome) = run_session(&ruleset, farm, &session);
+    let last = simulation.stages.last().map(|(_, d)| d);
+    assert!(
+        !last.is_some_and(|d| d.greylist_pending || d.directory_pending),
+        "{}: the simulation still waits for a fact",
+        s.name
+    );
+    match outcome.stage {
+        Some(stage) => End::Refused(stage, outcome.reply),
+        None => End::Accepted,
+    }
+}
+
+fn first_line(reply: &str) -> String {
+    reply.lines().next().unwrap_or("").to_owned()
+}
+
+async fn compare(node: &TestNode, cert: Option<&str>, farm: &str, scripts: &[Script]) -> Vec<String> {
+    let mut differences = Vec::new();
+    for s in scripts {
+        let (seen, explained) = (on_node(node.addr, cert, s).await, on_explain(node, farm, s));
+        let as_expected = match &seen {
+            End::Accepted => s.expect == "accept",
+            End::Refused(_, reply) => s.expect != "accept" && reply.starts_with(s.expect),
+        };
+        if seen != explained || !as_expected {
+            differences.push(format!(
+                "{}:\n  expected: {}\n  node:     {seen:?}\n  explain:  {explained:?}",
+                s.name, s.expect
+            ));
+        }
+    }
+    differences
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issue15_explain_answers_every_scripted_session_as_the_node_does() {
+    let sink = Sink::start(Behaviour::default()).await;
+    let mx = TestNode::start(MX, Some(sink.addr)).await;
+    let mut differences = compare(&mx, None, "mx", MX_SCRIPTS).await;
+
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = certificate(dir.path());
+    let auth = format!(
+        r#"auth {{
+        user "alice" hash="{}"
+        may-send-as "alice" "sales@example.test"
+    }}"#,
+        phc("correct horse")
+    );
+    let users = TestNode::start(&submission_policy(&cert, &key, &auth, ""), Some(sink.addr)).await;
+    differences.extend(compare(&users, Some(&cert), "users", SUBMISSION_SCRIPTS).await);
+
+    assert!(differences.is_empty(), "explain and the node disagree:\n{}", differences.join("\n"));
+}
