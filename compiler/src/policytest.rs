@@ -541,11 +541,16 @@ test "sender" {
     from "x@example.org"
     expect "553" rule="auth.sender"
 }
+test "virus" {
+    from "x@example.org"
+    expect "554" rule="scan.virus"
+}
 "#,
         );
         assert!(!diags.has_errors(), "{:?}", diags.list);
+        // auth.sender is the evaluator's (a session rule): only the node's scan.virus is flagged.
         let warnings: Vec<&str> = diags.list.iter().map(|d| d.code).collect();
         assert_eq!(warnings, ["mtac::test::node-rule"]);
-        assert_eq!(file.unwrap().tests.len(), 2);
+        assert_eq!(file.unwrap().tests.len(), 3);
     }
 }
