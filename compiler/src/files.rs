@@ -43,7 +43,7 @@ pub enum Refusal {
 
 impl std::fmt::Display for Refusal {
     /// Why, in a few words, for a file given on the command line (a named file's diagnostics
-    /// are more specific: `lower.rs`).
+    /// are more specific: `lower/include.rs`).
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Refusal::Io(e) => write!(f, "{e}"),

@@ -1,0 +1,243 @@
+//! The draft IR: what lowering produces from the policy (docs/policy.md section 2, all of it),
+//! with the origin of every entry, for `validate.rs` and `emit.rs` to read.
+
+use ipnet::IpNet;
+use miette::SourceSpan;
+use mtac_ruleset::model::{
+    AccessAction, Auth, Backend, BanResponse, BanScope, BarePolicy, Directory, DnsSettings, DnsblAnswer, DnsblTarget,
+    FarmKind, GreylistKey, Listener, MimeRules, RateLimit, Reply, ScannerKind, Stage, StateSettings,
+};
+use std::net::SocketAddr;
+
+/// Where an entry was written: a span in a policy file, or a line of a listed file.
+#[derive(Debug, Clone, Copy)]
+pub struct Origin {
+    pub file: usize,
+    pub pos: Pos,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub enum Pos {
+    Span(SourceSpan),
+    Line(u32),
+}
+
+#[derive(Debug, Clone)]
+pub struct DomainEntry {
+    pub domain: String,
+    pub subdomains: bool,
+    pub origin: Origin,
+}
+
+#[derive(Debug, Clone)]
+pub struct AddressEntry {
+    pub address: String,
+    pub origin: Origin,
+}
+
+#[derive(Debug, Clone)]
+pub struct NetEntry {
+    pub net: IpNet,
+    pub action: AccessAction,
+    pub origin: Origin,
+}
+
+/// A list that may come from inline values and files: which sources fed it.
+#[derive(Debug, Clone, Default)]
+pub struct Sources(pub Vec<String>);
+
+impl Sources {
+    pub(super) fn add(&mut self, name: &str) {
+        if !self.0.iter().any(|s| s == name) {
+            self.0.push(name.to_owned());
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct HeloRules {
+    pub required: bool,
+    pub fqdn: bool,
+    pub syntax: bool,
+    pub not_ours: bool,
+    pub resolvable: bool,
+    pub stage: Option<Stage>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct SenderRules {
+    pub fqdn: bool,
+    pub resolvable: bool,
+    pub deny_domains: Vec<DomainEntry>,
+    pub deny_addresses: Vec<AddressEntry>,
+    pub deny_sources: Sources,
+    pub stage: Option<Stage>,
+}
+
+#[derive(Debug, Clone)]
+pub struct DraftZone {
+    pub zone: String,
+    pub target: DnsblTarget,
+    pub answers: Vec<DnsblAnswer>,
+    pub origin: Origin,
+}
+
+#[derive(Debug, Clone)]
+pub struct DraftDnsbl {
+    pub threshold: i32,
+    pub allow_threshold: Option<i32>,
+    pub zones: Vec<DraftZone>,
+    pub stage: Option<Stage>,
+    pub reply: Option<Reply>,
+    pub origin: Origin,
+}
+
+#[derive(Debug, Clone)]
+pub struct DraftBan {
+    pub after: Vec<(String, Origin)>,
+    pub seconds: u32,
+    pub v4_prefix: u8,
+    pub v6_prefix: u8,
+    pub scope: BanScope,
+}
+
+#[derive(Debug, Clone)]
+pub struct DraftGreylist {
+    pub key: GreylistKey,
+    pub delay: u32,
+    pub retry_window: u32,
+    pub lifetime: u32,
+    pub v4_prefix: u8,
+    pub v6_prefix: u8,
+    pub auto_whitelist: u32,
+    pub clients: Vec<NetEntry>,
+    pub sender_domains: Vec<DomainEntry>,
+    pub recipients: Vec<AddressEntry>,
+    pub reply: Option<Reply>,
+    pub origin: Origin,
+}
+
+#[derive(Debug, Clone)]
+pub struct DraftScanner {
+    pub kind: ScannerKind,
+    pub address: String,
+    pub timeout: u32,
+    pub fail_open: bool,
+    pub tag_score: Option<i32>,
+    pub reject_score: Option<i32>,
+    pub origin: Origin,
+}
+
+#[derive(Debug, Clone)]
+pub enum DraftRelay {
+    Backends(Vec<Backend>),
+    Maildir(String),
+}
+
+#[derive(Debug, Clone)]
+pub struct DraftTls {
+    pub certificate: String,
+    pub key: String,
+    pub required: bool,
+    /// The host name clients connect to for this farm (`name=`; default: the policy's hostname).
+    pub name: Option<String>,
+    pub origin: Origin,
+}
+
+#[derive(Debug, Clone)]
+pub struct DraftLimits {
+    pub connections: u32,
+    pub connections_per_ip: u32,
+    pub transfers_per_ip: u32,
+    pub message_size: u64,
+    pub recipients: u32,
+    pub line_length: u32,
+    pub errors: u32,
+    pub command_timeout: u32,
+    pub data_timeout: u32,
+    pub relay_timeout: u32,
+    pub pregreet: u32,
+}
+
+impl Default for DraftLimits {
+    fn default() -> Self {
+        // Defaults of a careful public MX: Postfix's values where they are sound.
+        DraftLimits {
+            connections: 10_000,
+            connections_per_ip: 20,
+            // Enough for a big sender's parallel deliveries from one address, few enough that
+            // one client cannot fill the RAM-disk spool for everyone else.
+            transfers_per_ip: 5,
+            message_size: 25 * 1024 * 1024,
+            recipients: 100,
+            line_length: 2048,
+            errors: 10,
+            command_timeout: 300,
+            data_timeout: 600,
+            relay_timeout: 120,
+            pregreet: 0,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct DraftFarm {
+    pub name: String,
+    pub origin: Origin,
+    pub kind: FarmKind,
+    pub listeners: Vec<(Listener, Origin)>,
+    pub limits: DraftLimits,
+    pub trust_loopback: bool,
+    pub local_domains: Vec<DomainEntry>,
+    pub local_domain_sources: Sources,
+    pub local_addresses: Vec<AddressEntry>,
+    pub local_address_sources: Sources,
+    pub role_accounts: Vec<String>,
+    pub access: Vec<NetEntry>,
+    pub access_sources: Sources,
+    pub access_stage: Option<Stage>,
+    pub relay_clients: Vec<NetEntry>,
+    pub relay_client_sources: Sources,
+    pub helo: HeloRules,
+    pub sender: SenderRules,
+    pub recipient_fqdn: bool,
+    pub dnsbl: Option<DraftDnsbl>,
+    pub bans: Vec<DraftBan>,
+    pub greylist: Option<DraftGreylist>,
+    pub scanners: Vec<DraftScanner>,
+    /// `scan max-size=` (default: the farm's message size).
+    pub scan_max_size: Option<u64>,
+    /// `scan oversize="pass"`, where it was written: the only way a message escapes the scanners.
+    pub scan_oversize_pass: Option<Origin>,
+    /// `verdict-headers`: extra field names, rename instead of remove, where it was written.
+    pub verdict_headers: Option<(Vec<String>, bool)>,
+    /// `authserv-id`: this farm's name in Authentication-Results (default: the host name).
+    pub authserv_id: Option<String>,
+    pub mime: Option<MimeRules>,
+    pub relay: Option<(DraftRelay, Origin)>,
+    pub tls: Option<DraftTls>,
+    pub auth: Option<(Auth, Origin)>,
+    pub directory: Option<(Directory, Origin)>,
+    pub bare_line_ends: BarePolicy,
+    /// `client reverse-dns=…`: whether forward confirmation is required, and the stage.
+    pub client_reverse_dns: Option<(bool, Option<Stage>)>,
+    pub ban_response: Option<(BanResponse, Origin)>,
+    pub rate_limits: Vec<RateLimit>,
+    pub tarpit_ms: u32,
+}
+
+#[derive(Debug, Default)]
+pub struct Draft {
+    pub hostname: Option<(String, Origin)>,
+    pub banner: Option<String>,
+    pub spool: Option<String>,
+    /// `spool max-bytes=`.
+    pub spool_max_bytes: Option<u64>,
+    pub dns: DnsSettings,
+    /// `None`: not said (the default address); `Some(None)`: `admin #false`.
+    pub admin: Option<Option<SocketAddr>>,
+    /// `None`: not said (the default path in the spool); `Some(None)`: `socket=#false`.
+    pub admin_socket: Option<Option<String>>,
+    pub state: Option<StateSettings>,
+    pub farms: Vec<DraftFarm>,
+}

@@ -1,0 +1,183 @@
+//! Listeners and limits: docs/policy.md section 2, `listen`, `limits` and `trust-loopback`.
+
+use super::ir::DraftFarm;
+use super::{At, Lowerer};
+use crate::diag::Diag;
+use crate::nodes::{self, Place};
+use mtac_ruleset::model::Listener;
+use std::net::SocketAddr;
+
+impl Lowerer<'_> {
+    pub(super) fn listen(&mut self, at: At<'_>, farm: &mut DraftFarm) {
+        self.shape(at, &["tls"], 1, false);
+        let Some(text) = self.one_string(at, "an address:port") else { return };
+        let implicit_tls = match Self::prop(at, "tls") {
+            Some(entry) => match self.string(entry, at.file, "`tls`").as_deref() {
+                Some("implicit") => true,
+                Some("starttls") => false,
+                Some(other) => {
+                    self.err(
+                        "mtac::listen::tls",
+                        format!("unknown TLS mode `{other}`"),
+                        at.file,
+                        entry.span(),
+                        "expected \"implicit\" or \"starttls\"",
+                        "implicit TLS from the first byte is port 465 (RFC 8314); STARTTLS is offered on the others when `tls` is configured",
+                    );
+                    false
+                }
+                None => false,
+            },
+            None => false,
+        };
+        match text.parse::<SocketAddr>() {
+            Ok(address) => {
+                let origin = self.origin_of(at);
+                if let Some((_, first)) = farm.listeners.iter().find(|(l, _)| l.address == address) {
+                    let first = *first;
+                    let source = self.source(at.file);
+                    let first_span = self.span_of(first);
+                    self.diags.push(
+                        Diag::error("mtac::listen::duplicate", format!("{address} is listened on twice"))
+                            .at(&source, at.node.span(), "again here")
+                            .at(&source, first_span, "first here"),
+                    );
+                } else {
+                    farm.listeners.push((Listener { address, implicit_tls }, origin));
+                }
+            }
+            Err(_) => self.err(
+                "mtac::listen::address",
+                format!("`{text}` is not an address:port"),
+                at.file,
+                at.node.span(),
+                "invalid listen address",
+                "write \"0.0.0.0:25\", \"127.0.0.1:2525\" or \"[::]:587\" (IPv6 in brackets)",
+            ),
+        }
+    }
+
+    pub(super) fn limits(&mut self, at: At<'_>, farm: &mut DraftFarm) {
+        self.shape(at, &[], 0, true);
+        let known = nodes::names(Place::In("limits"));
+        for child in Self::children(at) {
+            let name = child.node.name().value();
+            if name == "timeout" {
+                self.shape(child, &["command", "data", "relay", "pregreet"], 0, false);
+                let l = &mut farm.limits;
+                let set = |this: &mut Self, key: &str, slot: &mut u32| {
+                    if let Some(entry) = Self::prop(child, key) {
+                        if let Some(v) = this.duration(entry, child.file, &format!("timeout `{key}`")) {
+                            *slot = v;
+                        }
+                    }
+                };
+                set(self, "command", &mut l.command_timeout);
+                set(self, "data", &mut l.data_timeout);
+                set(self, "relay", &mut l.relay_timeout);
+                set(self, "pregreet", &mut l.pregreet);
+                for (key, value) in
+                    [("command", l.command_timeout), ("data", l.data_timeout), ("relay", l.relay_timeout)]
+                {
+                    if value == 0 {
+                        if let Some(entry) = Self::prop(child, key) {
+                            self.err(
+                                "mtac::limits::timeout",
+                                format!("timeout `{key}` of 0 would never let a session through"),
+                                child.file,
+                                entry.span(),
+                                "zero timeout",
+                                "RFC 5321 4.5.3.2 recommends 5 minutes for commands and 10 for DATA",
+                            );
+                        }
+                    }
+                }
+                continue;
+            }
+            if !known.contains(&name) {
+                self.unknown_node(child, &known, "`limits`");
+                continue;
+            }
+            self.shape(child, &[], 1, false);
+            let Some(entry) = Self::args(child).next() else {
+                self.err(
+                    "mtac::missing-argument",
+                    format!("`{name}` needs a value"),
+                    child.file,
+                    child.node.span(),
+                    "value missing",
+                    "",
+                );
+                continue;
+            };
+            let what = format!("`{name}`");
+            match name {
+                "connections" => {
+                    if let Some(v) = self.u32_value(entry, child.file, &what, 1) {
+                        farm.limits.connections = v;
+                    }
+                }
+                "connections-per-ip" => {
+                    if let Some(v) = self.u32_value(entry, child.file, &what, 1) {
+                        farm.limits.connections_per_ip = v;
+                    }
+                }
+                "transfers-per-ip" => {
+                    if let Some(v) = self.u32_value(entry, child.file, &what, 1) {
+                        farm.limits.transfers_per_ip = v;
+                    }
+                }
+                "message-size" => {
+                    if let Some(v) = self.size(entry, child.file, &what) {
+                        if v < 1024 {
+                            self.err(
+                                "mtac::limits::size",
+                                format!("a message size of {v} bytes refuses nearly every message"),
+                                child.file,
+                                entry.span(),
+                                "too small",
+                                "write e.g. \"25MiB\"",
+                            );
+                        } else {
+                            farm.limits.message_size = v;
+                        }
+                    }
+                }
+                "recipients" => {
+                    if let Some(v) = self.u32_value(entry, child.file, &what, 1) {
+                        if v < 100 {
+                            self.warn(
+                                "mtac::limits::recipients",
+                                format!("{v} recipients per message is below the 100 that RFC 5321 4.5.3.1.8 requires servers to accept"),
+                                child.file,
+                                entry.span(),
+                                "below RFC minimum",
+                                "senders split larger lists after a 452, so mail still arrives, only slower",
+                            );
+                        }
+                        farm.limits.recipients = v;
+                    }
+                }
+                "line-length" => {
+                    if let Some(v) = self.u32_value(entry, child.file, &what, 512) {
+                        farm.limits.line_length = v;
+                    }
+                }
+                "errors" => {
+                    if let Some(v) = self.u32_value(entry, child.file, &what, 1) {
+                        farm.limits.errors = v;
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+
+    pub(super) fn trust_loopback(&mut self, at: At<'_>, farm: &mut DraftFarm) {
+        self.shape(at, &[], 1, false);
+        farm.trust_loopback = match Self::args(at).next() {
+            Some(entry) => self.boolean(entry, at.file, "`trust-loopback`").unwrap_or(false),
+            None => true,
+        };
+    }
+}
