@@ -1,0 +1,127 @@
+//! The scan phase: the MIME rules and the content scanners on the spooled message, after DATA
+//! and before the relay. The message stays in the spool: the scanners stream it from there, and
+//! only the MIME rules (mail-parser) hold it in memory.
+
+use crate::metrics::{FarmLabel, ScanResult, ScannerLabel};
+use crate::server::Shared;
+use crate::session::Session;
+use crate::smtp::{EnhancedCode, Reply};
+use crate::spool::SpoolFile;
+use mtac_ruleset::model::Farm;
+use mtac_ruleset::rules;
+
+/// Where the sender's message lies in the spool file, and how big it was as sent.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct SpooledMessage {
+    /// The sender's bytes (unstuffed), before verdict headers were removed: what limits are about.
+    pub(super) size: u64,
+    /// The offset of the sender's message, after mtac's Received header.
+    pub(super) sender_start: u64,
+}
+
+/// MIME rules and scanners on the spooled message. `Ok` carries the header lines to relay in
+/// front of it; `Err` the refusal and its rule.
+pub(super) async fn content_checks(
+    shared: &Shared,
+    session: &Session,
+    farm: &Farm,
+    ruleset: &mtac_ruleset::Ruleset,
+    spool: &SpoolFile,
+    message: SpooledMessage,
+    hostname: &str,
+) -> Result<String, (Reply, &'static str)> {
+    if farm.scanners.is_empty() && farm.mime.is_none() {
+        return Ok(String::new());
+    }
+    let refuse = |code: u16, (c, s, d): (u8, u16, u16), text: &str, rule: &'static str| {
+        (Reply::new(code, EnhancedCode::new(c, s, d), text).unwrap_or_else(|_| Reply::local_error()), rule)
+    };
+    // The size the sender sent, never the spool's (which holds our own header too): with the
+    // default max-size (the message size) no message the farm accepts escapes the scanners.
+    if message.size > farm.scan_max_size {
+        if farm.scan_oversize_refuse {
+            return Err(refuse(552, (5, 3, 4), "Message too large to be scanned", rules::SCAN_OVERSIZE));
+        }
+        tracing::info!(session = %session.id, size = message.size, max = farm.scan_max_size, "message too large to scan: relayed unscanned");
+        return Ok("X-Spam-Status: unscanned, message too large\r\n".to_owned());
+    }
+    let storage = || refuse(451, (4, 3, 0), "Temporary local problem, please try again later", rules::SPOOL);
+    let reader = spool.reader().map_err(|_| storage())?;
+    if let Some(rules) = &farm.mime {
+        // mail-parser needs the message in one piece: the MIME rules are the one check that
+        // holds it in memory (the scanners stream it from the spool).
+        let mut bytes =
+            vec![0u8; usize::try_from(reader.len().saturating_sub(message.sender_start)).map_err(|_| storage())?];
+        reader.read_at(message.sender_start, &mut bytes).map_err(|_| storage())?;
+        let facts = mtac_ruleset::eval::Facts {
+            client_ip: session.peer.ip(),
+            helo: session.helo.as_deref(),
+            sender: session.txn.as_ref().map(|t| t.sender.as_str()),
+            recipient: None,
+            // What vouches for the client at RCPT vouches for it here: an authenticated user
+            // sending From: their own local address is not forging it.
+            authenticated: session.authenticated.is_some(),
+            user: session.authenticated.as_deref(),
+            tls: session.tls.is_some(),
+            hostname,
+            dns: &session.dns,
+        };
+        let trusted = mtac_ruleset::eval::trust(ruleset, farm, &facts).is_some()
+            || (farm.trust_loopback && mtac_ruleset::model::is_loopback(session.peer.ip()));
+        let local = |domain: &str| {
+            use mtac_ruleset::eval::Lookup;
+            farm.local_domains.is_some_and(|t| ruleset.domain(t, domain).is_some())
+        };
+        let violation = crate::scan::mime(rules, &bytes, trusted, &local);
+        drop(bytes);
+        if let Some(v) = violation {
+            return Err(refuse(v.code, v.enhanced, &v.text, v.rule));
+        }
+    }
+    if farm.scanners.is_empty() {
+        return Ok(String::new());
+    }
+    let envelope = crate::scan::Envelope {
+        client: session.peer.ip().to_string(),
+        helo: session.helo.clone().unwrap_or_default(),
+        sender: session.txn.as_ref().map(|t| t.sender.clone()).unwrap_or_default(),
+        recipients: session.txn.as_ref().map(|t| t.recipients.clone()).unwrap_or_default(),
+        queue_id: session.id.clone(),
+    };
+    let asks = farm.scanners.iter().map(|scanner| {
+        let (reader, envelope) = (&reader, &envelope);
+        async move {
+            let started = std::time::Instant::now();
+            let result = crate::scan::ask(scanner, reader, message.sender_start, envelope).await;
+            crate::scan::Outcome { scanner, result, elapsed: started.elapsed() }
+        }
+    });
+    let outcomes = futures_util::future::join_all(asks).await;
+    let metrics = &shared.metrics;
+    for o in &outcomes {
+        let scanner = crate::scan::kind_name(o.scanner.kind);
+        let result = match &o.result {
+            Ok(crate::scan::Finding::Clean) => "clean",
+            Ok(crate::scan::Finding::Virus(name)) => {
+                tracing::info!(session = %session.id, scanner, virus = name.as_str(), "virus found");
+                metrics.viruses.get_or_create(&FarmLabel { farm: farm.name.clone() }).inc();
+                "virus"
+            }
+            Ok(crate::scan::Finding::Score { score, .. }) => {
+                metrics.spam_score.get_or_create(&ScannerLabel { scanner }).observe(*score);
+                "scored"
+            }
+            Err(crate::scan::ScanError::Timeout(_)) => "timeout",
+            Err(_) => "error",
+        };
+        if let Err(e) = &o.result {
+            tracing::warn!(session = %session.id, scanner, error = %e, fail_open = o.scanner.fail_open, "scanner failed");
+        }
+        metrics.scans.get_or_create(&ScanResult { scanner, result }).inc();
+        metrics.scan_seconds.get_or_create(&ScannerLabel { scanner }).observe(o.elapsed.as_secs_f64());
+    }
+    match crate::scan::combine(&outcomes, hostname) {
+        crate::scan::Verdict::Pass { headers } => Ok(headers),
+        crate::scan::Verdict::Refuse { code, enhanced, text, rule } => Err(refuse(code, enhanced, &text, rule)),
+    }
+}

@@ -1,0 +1,303 @@
+//! The data phase and what follows it: DATA streams into the spool (the sender's verdict
+//! headers filtered out on the way, the spool's byte budget taken as bytes arrive), the checks
+//! after DATA (size, bare line ends, the budget, `auth header-from`), the scan phase
+//! ([`super::content`]), then the relay phase: the back end's (or the maildir's) verdict is the
+//! client's answer. **Invariant: the spool file is written once**, and only ever holds what the
+//! back end may see.
+
+use super::content::{content_checks, SpooledMessage};
+use super::report::{message_decided, relay_error};
+use super::{Conn, Ctx, End, READ_STEP};
+use crate::metrics::FarmLabel;
+use crate::received::{self, Trace};
+use crate::relay::Transaction;
+use crate::server::{Delivery, Shared};
+use crate::session::{Action, Session};
+use crate::smtp::{BarePolicy as SmtpBare, DataReceiver, EnhancedCode, Reply, VerdictFilter};
+use crate::spool::{self, SpoolFile};
+use crate::state::Timings;
+use mtac_ruleset::model::{BarePolicy, Farm};
+use mtac_ruleset::rules;
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// Spool writes are batched to this size.
+const SPOOL_CHUNK: usize = 64 * 1024;
+
+/// `Action::Data`: receive the message, deliver it, log and count the answer, and end the
+/// transaction. `Err(end)` means the connection is over.
+pub(super) async fn transaction(
+    conn: &mut Conn<'_>,
+    session: &mut Session,
+    ctx: &Ctx<'_>,
+    delivery: &Delivery<'_>,
+    txn: Option<Transaction<'_>>,
+) -> Result<(), End> {
+    let farm = ctx.farm;
+    let (reply, reason, size) =
+        receive(conn, session, farm, &ctx.snapshot.ruleset, &ctx.hostname, delivery, txn).await?;
+    message_decided(conn.shared, session, farm, &reply, reason, size);
+    if reply.is_positive() {
+        count_delivery(conn.shared, session, farm);
+    }
+    let accepted = reply.is_positive();
+    let action = if accepted { Action::Reply(reply) } else { session.data_refused(reply) };
+    session.end_transaction(accepted);
+    match action {
+        Action::Close(r) => return Err(conn.close(&r, End::TooManyErrors).await),
+        Action::Reply(r) => conn.reply(&r),
+        _ => {}
+    }
+    Ok(())
+}
+
+/// Receive DATA into the spool and deliver it. `Ok((reply, reason, size))` is the final answer
+/// for the client, why (a [`crate::metrics::MessageOutcome`] reason) and the message's size; `Err(end)` means
+/// the connection is over.
+async fn receive(
+    conn: &mut Conn<'_>,
+    session: &Session,
+    farm: &Farm,
+    ruleset: &mtac_ruleset::Ruleset,
+    hostname: &str,
+    delivery: &Delivery<'_>,
+    mut txn: Option<Transaction<'_>>,
+) -> Result<(Reply, &'static str, u64), End> {
+    let Some(envelope) = session.txn.as_ref() else {
+        return Ok((Reply::bad_sequence("need MAIL command"), rules::PROTOCOL, 0));
+    };
+    let mut spool = match conn.shared.spool.create(&session.id).await {
+        Ok(file) => file,
+        Err(e) => {
+            tracing::error!(session = %session.id, error = %e, "spool: cannot create a file");
+            if let Some(t) = txn {
+                t.abort().await;
+            }
+            return Ok((insufficient_storage(), rules::SPOOL, 0));
+        }
+    };
+    conn.reply(&Reply::start_data());
+    let data_deadline = Instant::now() + Duration::from_secs(u64::from(farm.limits.timeouts.data));
+    if !conn.flush(data_deadline).await {
+        return Err(End::Io);
+    }
+    let trace = received::header(&Trace {
+        helo: session.helo.as_deref(),
+        client: session.peer.ip(),
+        hostname,
+        esmtp: session.esmtp(),
+        smtputf8: envelope.smtputf8,
+        id: &session.id,
+        recipient: match envelope.recipients.as_slice() {
+            [one] => Some(one.as_str()),
+            _ => None,
+        },
+        tls: session.tls.as_deref(),
+        authenticated: session.authenticated.is_some(),
+    });
+    let bare = match farm.bare_line_ends {
+        BarePolicy::Reject => SmtpBare::Reject,
+        BarePolicy::Normalize => SmtpBare::Normalize,
+    };
+    let mut receiver = DataReceiver::new(farm.limits.message_size, bare);
+    // The sender's copies of our verdict headers go while the message streams into the spool:
+    // the file is written once, and only ever holds what the back end may see.
+    let mut verdicts = VerdictFilter::new(&farm.verdict_headers);
+    let mut content = Vec::new();
+    let mut chunk = Vec::with_capacity(SPOOL_CHUNK.min(16 * 1024));
+    chunk.extend_from_slice(trace.as_bytes());
+    let sender_start = chunk.len() as u64;
+    let mut spool_error: Option<std::io::Error> = None;
+    loop {
+        let progress = if verdicts.in_body() {
+            receiver.feed(&conn.input, &mut chunk)
+        } else {
+            let progress = receiver.feed(&conn.input, &mut content);
+            verdicts.feed(&content, &mut chunk);
+            content.clear();
+            if progress.done {
+                verdicts.finish(&mut chunk);
+            }
+            progress
+        };
+        conn.input.drain(..progress.consumed);
+        if chunk.len() >= SPOOL_CHUNK || (progress.done && !chunk.is_empty()) {
+            if spool_error.is_none() {
+                if let Err(e) = spool.write(&chunk).await {
+                    spool_error = Some(e);
+                }
+            }
+            chunk.clear();
+        }
+        if progress.done {
+            break;
+        }
+        if let Some(t) = txn.as_mut() {
+            // Back ends drop idle clients (Postfix after 300 s): keep the transaction alive while
+            // a slow client uploads.
+            t.keepalive().await;
+        }
+        let read = conn.read_chunk(data_deadline, true, SPOOL_CHUNK).await;
+        if let Some(end) = conn.ended_by(read, hostname).await {
+            return Err(end);
+        }
+    }
+    // The input buffer may have grown with a large message: give the memory back.
+    conn.input.shrink_to(READ_STEP);
+    // What the sender sent: the size every limit is about (our Received header is ours).
+    let size = receiver.stats().size;
+    if verdicts.removed() > 0 {
+        tracing::info!(session = %session.id, fields = verdicts.removed(), rename = farm.verdict_headers.rename, "sender's verdict headers removed");
+        conn.shared.metrics.verdict_headers_removed.inc_by(u64::from(verdicts.removed()));
+    }
+    if let Err(e) = receiver.check() {
+        let reason = match e {
+            crate::smtp::DataError::BareLineEnding { .. } => rules::BARE_LINE_END,
+            crate::smtp::DataError::TooLarge { .. } => rules::SIZE,
+        };
+        return Ok((abandon(txn, e.reply()).await, reason, size));
+    }
+    if let Some(e) = spool_error {
+        let over_budget = e.kind() == std::io::ErrorKind::StorageFull;
+        if over_budget {
+            tracing::warn!(session = %session.id, budget = conn.shared.spool.budget(), "spool: budget of bytes in flight used up");
+        } else {
+            tracing::error!(session = %session.id, error = %e, full = spool::is_full(&e), "spool: write failed");
+        }
+        let reason = if over_budget { rules::SPOOL_BUDGET } else { rules::SPOOL };
+        return Ok((abandon(txn, insufficient_storage()).await, reason, size));
+    }
+    if let Err(e) = spool.flush().await {
+        tracing::error!(session = %session.id, error = %e, "spool: flush failed");
+        return Ok((abandon(txn, insufficient_storage()).await, rules::SPOOL, size));
+    }
+    if let Some(refusal) = header_from_refusal(session, farm, ruleset, &verdicts) {
+        return Ok((abandon(txn, refusal).await, rules::AUTH_HEADER_FROM, size));
+    }
+    let message = SpooledMessage { size, sender_start };
+    let headers = match content_checks(conn.shared, session, farm, ruleset, &spool, message, hostname).await {
+        Ok(headers) => headers,
+        Err((reply, rule)) => return Ok((abandon(txn, reply).await, rule, size)),
+    };
+    let started = std::time::Instant::now();
+    let reply = deliver(session, delivery, txn, &mut spool, hostname, headers).await;
+    let metrics = &conn.shared.metrics;
+    if let Delivery::Relay(_) = delivery {
+        let farm_label = FarmLabel { farm: farm.name.clone() };
+        metrics.relay_seconds.get_or_create(&farm_label).observe(started.elapsed().as_secs_f64());
+        if !reply.is_positive() {
+            metrics.relay_errors.get_or_create(&relay_error(farm, "data", &reply)).inc();
+        }
+    }
+    let reason = match (reply.is_positive(), delivery) {
+        (true, _) => "delivered",
+        (false, Delivery::Relay(_)) => rules::BACKEND,
+        (false, Delivery::Maildir(_)) => rules::LOCAL_DELIVERY,
+    };
+    Ok((reply, reason, size))
+}
+
+/// A delivered message counts toward its client's auto-whitelisting (in the background: the
+/// client has its answer already).
+fn count_delivery(shared: &Shared, session: &Session, farm: &Farm) {
+    let (Some(settings), Some(store), Some(client)) =
+        (&farm.greylist, shared.state.clone(), session.greylist_client.clone())
+    else {
+        return;
+    };
+    let timings = Timings::from(settings);
+    tokio::spawn(async move {
+        if let Err(e) = store.delivered(&client, timings).await {
+            tracing::warn!(error = %e, "greylist: cannot count a delivery for auto-whitelisting");
+        }
+    });
+}
+
+/// With `auth header-from="owned"`: the refusal of an authenticated user's message whose From
+/// header names an address the user may not send as (or none at all). The From fields were
+/// collected by the verdict filter while the message streamed in.
+fn header_from_refusal(
+    session: &Session,
+    farm: &Farm,
+    ruleset: &mtac_ruleset::Ruleset,
+    verdicts: &VerdictFilter<'_>,
+) -> Option<Reply> {
+    if session.authenticated.is_none() || !farm.auth.as_ref().is_some_and(|a| a.header_from_owned) {
+        return None;
+    }
+    let (values, fields) = verdicts.from();
+    let mut field = b"From:".to_vec();
+    field.extend_from_slice(values);
+    field.extend_from_slice(b"\r\n\r\n");
+    let parsed = mail_parser::MessageParser::default().parse_headers(&field);
+    let addresses: Vec<String> = parsed
+        .as_ref()
+        .and_then(|m| m.from())
+        .map(|from| from.iter().filter_map(|a| a.address().map(str::to_owned)).collect())
+        .unwrap_or_default();
+    let owned = fields > 0 && !addresses.is_empty() && addresses.iter().all(|a| session.owns(a, ruleset, farm));
+    if owned {
+        return None;
+    }
+    let shown: String = addresses.join(", ").chars().filter(|c| !c.is_control()).take(100).collect();
+    tracing::info!(session = %session.id, user = session.authenticated.as_deref().unwrap_or(""), from = shown.as_str(), fields, "header From not owned by the user");
+    Some(
+        Reply::new(
+            550,
+            EnhancedCode::new(5, 7, 1),
+            "Message rejected: From header not owned by the authenticated user",
+        )
+        .unwrap_or_else(|_| Reply::local_error()),
+    )
+}
+
+/// Give up the back-end transaction and answer `reply`.
+async fn abandon(txn: Option<Transaction<'_>>, reply: Reply) -> Reply {
+    if let Some(t) = txn {
+        t.abort().await;
+    }
+    reply
+}
+
+pub(super) fn insufficient_storage() -> Reply {
+    Reply::new(452, EnhancedCode::new(4, 3, 1), "Insufficient system storage, try again later")
+        .unwrap_or_else(|_| Reply::local_error())
+}
+
+/// Hand the spooled message to the back end (or the maildir) and return its verdict.
+async fn deliver(
+    session: &Session,
+    delivery: &Delivery<'_>,
+    txn: Option<Transaction<'_>>,
+    spool: &mut SpoolFile,
+    hostname: &str,
+    headers: String,
+) -> Reply {
+    match delivery {
+        Delivery::Relay(_) => match txn {
+            Some(t) => t.data(headers.as_bytes(), spool).await,
+            None => Reply::new(451, EnhancedCode::new(4, 4, 0), "Back end transaction lost, try again later")
+                .unwrap_or_else(|_| Reply::local_error()),
+        },
+        Delivery::Maildir(dir) => {
+            let dir = dir.to_path_buf();
+            let path = spool.path().to_path_buf();
+            let sender = session.txn.as_ref().map(|t| t.sender.clone()).unwrap_or_default();
+            let host = hostname.to_owned();
+            let result = tokio::task::spawn_blocking(move || {
+                crate::maildir::deliver(&dir, &path, headers.as_bytes(), &sender, &host)
+            })
+            .await;
+            match result {
+                Ok(Ok(_)) => Reply::new(250, EnhancedCode::new(2, 0, 0), &format!("Ok: delivered as {}", session.id))
+                    .unwrap_or_else(|_| Reply::ok()),
+                Ok(Err(e)) => {
+                    tracing::error!(session = %session.id, error = %e, "maildir delivery failed");
+                    Reply::new(451, EnhancedCode::new(4, 3, 0), "Local delivery failed, try again later")
+                        .unwrap_or_else(|_| Reply::local_error())
+                }
+                Err(_) => Reply::local_error(),
+            }
+        }
+    }
+}

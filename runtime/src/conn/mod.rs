@@ -1,0 +1,452 @@
+//! One client connection: the I/O around a [`Session`], one room per phase.
+//!
+//! The driver reads bytes with a deadline per stage, frames command lines, hands parsed
+//! commands to the session and carries out its [`Action`]s: replies are collected and written in
+//! one batch when the client's pipelined input is used up (RFC 2920), recipients go to the back
+//! end, DATA streams to the spool and then to the back end, and only the back end's verdict is
+//! returned to the client.
+//!
+//! Phases, as docs/session.md names them: connect → greet → helo → starttls → auth → mail → rcpt
+//! → data → scan → relay → log. This file keeps the connection (`Conn`: read, flush, close) and
+//! the read→parse→session→act loop (`run`); the I/O of each phase lives in the room named after
+//! it, so "where does the greylist round trip live?" has a file name for an answer:
+//!
+//! - `prepare`: the lookups and rates a command's stage waits for (HELO, MAIL, RCPT);
+//! - `starttls`: the TLS handshake, STARTTLS or implicit;
+//! - `auth`: the credential check, its attempt budget and the ban at `max-failures`;
+//! - `rcpt`: directory, greylist and back-end round trips, and what follows a refusal (ban, tarpit);
+//! - `data`: DATA into the spool, the checks after it, delivery;
+//! - `content`: the scan phase (MIME rules and scanners);
+//! - `report`: the log phase, one line and one count per decision and per session.
+//!
+//! Every wait is bounded by the stage's timeout, measured from the start of the stage, so a
+//! client trickling one byte at a time cannot stretch it.
+
+mod auth;
+mod content;
+mod data;
+mod prepare;
+mod rcpt;
+mod report;
+mod starttls;
+
+pub use prepare::rate_exceeded;
+
+use crate::lookups::{Lookups, Needs};
+use crate::relay::Transaction;
+use crate::server::{Delivery, Shared, Shutdown, Snapshot};
+use crate::session::{Action, Session};
+use crate::smtp::{parse, EnhancedCode, Frame, LineReader, Reply};
+use crate::tls::SmtpStream;
+use mtac_ruleset::model::{Farm, Stage};
+use mtac_ruleset::rules;
+use report::Asked;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+/// Input buffer growth step while reading commands.
+const READ_STEP: usize = 1024;
+
+/// How a session ended, for the closing log line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum End {
+    Quit,
+    ClientClosed,
+    Timeout,
+    TooManyErrors,
+    Refused,
+    Shutdown,
+    EarlyTalker,
+    Io,
+}
+
+impl End {
+    /// How a session closed by the session's own reply ended: QUIT's 221, the error limit's
+    /// 421, or a refusal.
+    fn of_close(reply: &Reply) -> End {
+        if reply.code() == 221 {
+            End::Quit
+        } else if reply.code() == 421 {
+            End::TooManyErrors
+        } else {
+            End::Refused
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            End::Quit => "quit",
+            End::ClientClosed => "client-closed",
+            End::Timeout => "timeout",
+            End::TooManyErrors => "too-many-errors",
+            End::Refused => "refused",
+            End::Shutdown => "shutdown",
+            End::EarlyTalker => "early-talker",
+            End::Io => "io-error",
+        }
+    }
+}
+
+enum Read {
+    Data,
+    Closed,
+    Timeout,
+    Shutdown,
+    Error,
+}
+
+struct Conn<'s> {
+    stream: SmtpStream,
+    input: Vec<u8>,
+    output: Vec<u8>,
+    shared: &'s Shared,
+    shutdown: tokio::sync::watch::Receiver<Shutdown>,
+}
+
+impl Conn<'_> {
+    async fn flush(&mut self, deadline: Instant) -> bool {
+        if self.output.is_empty() {
+            return true;
+        }
+        let ok = matches!(tokio::time::timeout_at(deadline, self.stream.write_all(&self.output)).await, Ok(Ok(())));
+        self.output.clear();
+        // A big EHLO or error reply should not pin memory for an idle session.
+        if self.output.capacity() > 4096 {
+            self.output.shrink_to(512);
+        }
+        ok
+    }
+
+    /// Read more input before `deadline`. `in_transaction` lets a draining node finish a message.
+    async fn read(&mut self, deadline: Instant, in_transaction: bool) -> Read {
+        self.read_chunk(deadline, in_transaction, READ_STEP).await
+    }
+
+    /// Read with room for `step` more bytes (commands: a small step keeps idle sessions small;
+    /// DATA: a large one keeps the number of reads low).
+    async fn read_chunk(&mut self, deadline: Instant, in_transaction: bool, step: usize) -> Read {
+        if self.input.capacity() - self.input.len() < step / 2 {
+            self.input.reserve(step);
+        }
+        loop {
+            let state = *self.shutdown.borrow();
+            if state == Shutdown::Now || (state == Shutdown::Draining && !in_transaction) {
+                return Read::Shutdown;
+            }
+            tokio::select! {
+                read = tokio::time::timeout_at(deadline, self.stream.read_buf(&mut self.input)) => {
+                    return match read {
+                        Ok(Ok(0)) => Read::Closed,
+                        Ok(Ok(_)) => Read::Data,
+                        Ok(Err(_)) => Read::Error,
+                        Err(_) => Read::Timeout,
+                    };
+                }
+                changed = self.shutdown.changed() => {
+                    if changed.is_err() {
+                        // The server is gone: treat as an immediate stop.
+                        return Read::Shutdown;
+                    }
+                }
+            }
+        }
+    }
+
+    /// What a read that brought no data means for the session: `None` for data (read on).
+    /// A timeout or a shutdown gets its last reply; a closed or broken socket none.
+    async fn ended_by(&mut self, read: Read, hostname: &str) -> Option<End> {
+        match read {
+            Read::Data => None,
+            Read::Closed => Some(End::ClientClosed),
+            Read::Error => Some(End::Io),
+            Read::Timeout => Some(self.close(&Reply::timeout(hostname), End::Timeout).await),
+            Read::Shutdown => Some(self.close(&Reply::shutting_down(hostname), End::Shutdown).await),
+        }
+    }
+
+    fn reply(&mut self, reply: &Reply) {
+        reply.write_to(&mut self.output);
+    }
+
+    /// Write a last reply and report how the session ended.
+    async fn close(&mut self, reply: &Reply, end: End) -> End {
+        self.reply(reply);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        self.flush(deadline).await;
+        let _ = self.stream.shutdown().await;
+        // Lingering close: closing a socket with unread input makes the kernel send RST, which
+        // can destroy the reply we just wrote before the client reads it. Drain briefly first.
+        let linger = Instant::now() + Duration::from_secs(1);
+        let mut sink = [0u8; 512];
+        let mut drained = 0usize;
+        while drained < 64 * 1024 {
+            match tokio::time::timeout_at(linger, self.stream.read(&mut sink)).await {
+                Ok(Ok(n)) if n > 0 => drained += n,
+                _ => break,
+            }
+        }
+        end
+    }
+}
+
+/// What every phase of one session reads: the ruleset snapshot it started with and its farm.
+struct Ctx<'a> {
+    snapshot: &'a Snapshot,
+    farm_index: usize,
+    farm: &'a Farm,
+    /// The policy's host name, for the replies the driver writes itself.
+    hostname: String,
+    /// How long a command may take to arrive, and the handshake after STARTTLS.
+    command_timeout: Duration,
+}
+
+/// Serve one connection of `farm_name` on the snapshot current at accept time.
+pub async fn serve(
+    stream: TcpStream,
+    peer: SocketAddr,
+    farm_name: &str,
+    implicit_tls: bool,
+    shared: Arc<Shared>,
+    id: String,
+    banned: bool,
+) {
+    let _ = stream.set_nodelay(true);
+    // The session keeps the ruleset it started with, whatever reloads happen meanwhile.
+    let snapshot = shared.snapshot();
+    let Some((farm_index, farm)) = snapshot.farm(farm_name) else {
+        let mut stream = stream;
+        let reply = Reply::shutting_down(&snapshot.ruleset.policy().hostname);
+        let _ = stream.write_all(&reply.to_bytes()).await;
+        tracing::warn!(session = %id, farm = farm_name, "farm no longer in the ruleset; connection refused");
+        return;
+    };
+    let mut conn = Conn {
+        stream: SmtpStream::Plain(stream),
+        input: Vec::with_capacity(READ_STEP),
+        output: Vec::with_capacity(512),
+        shared: &shared,
+        shutdown: shared.shutdown_receiver(),
+    };
+    let mut session = Session::new(id, peer, &snapshot.ruleset, farm);
+    session.banned = banned;
+    if implicit_tls && !starttls::implicit(&mut conn, &mut session, &snapshot, farm_index, farm).await {
+        return;
+    }
+    let mut lookups = shared.dns().map(|dns| Lookups::start(dns, Needs::of(farm), peer.ip()));
+    let mut command_timeout = Duration::from_secs(u64::from(farm.limits.timeouts.command));
+    if session.banned {
+        // A banned client is only here to be refused: it gets little of our time.
+        command_timeout = command_timeout.min(Duration::from_secs(10));
+    }
+    let hostname = snapshot.ruleset.policy().hostname.clone();
+    let ctx = Ctx { snapshot: &snapshot, farm_index, farm, hostname, command_timeout };
+    let end = run(&mut conn, &mut session, &ctx, &mut lookups).await;
+    report::session_closed(&shared, &session, farm_name, farm, end);
+}
+
+/// The read→parse→session→act loop: greet, then one command (or SASL line) at a time until the
+/// session ends. Each [`Action`] is handled in the room of its phase.
+async fn run(conn: &mut Conn<'_>, session: &mut Session, ctx: &Ctx<'_>, lookups: &mut Option<Lookups>) -> End {
+    if let Err(end) = greet(conn, session, ctx, lookups).await {
+        return end;
+    }
+    let relay = ctx.snapshot.delivery(ctx.farm_index);
+    let mut lines = LineReader::new(usize::try_from(ctx.farm.limits.line_length).unwrap_or(usize::MAX));
+    let mut txn: Option<Transaction<'_>> = None;
+    // This client's place among the transfers in flight, held from MAIL to the end of DATA.
+    let mut transfer: Option<crate::transfers::TransferSlot> = None;
+    let mut deadline = Instant::now() + ctx.command_timeout;
+    let end = loop {
+        let (asked, action) = match next_action(conn, session, ctx, &mut lines, lookups, &mut transfer, deadline).await
+        {
+            Ok(next) => next,
+            Err(end) => break end,
+        };
+        let action = round_trips(conn.shared, session, ctx, &relay, &mut txn, action).await;
+        if let Err(end) = rcpt::after_answer(conn, session, ctx, &action).await {
+            break end;
+        }
+        report::decided(conn.shared, session, ctx.farm, &asked, &action);
+        let acted = match action {
+            Action::Reply(reply) => {
+                conn.reply(&reply);
+                Ok(())
+            }
+            Action::Close(reply) => Err(conn.close(&reply, End::of_close(&reply)).await),
+            Action::Data => data::transaction(conn, session, ctx, &relay, txn.take()).await,
+            Action::StartTls(reply) => starttls::upgrade(conn, session, ctx, &reply).await,
+            // Made by `round_trips` before we get here.
+            Action::Recipient { .. }
+            | Action::Greylist { .. }
+            | Action::Directory { .. }
+            | Action::Authenticate { .. } => Ok(()),
+        };
+        if let Err(end) = acted {
+            break end;
+        }
+        // RSET, a new EHLO, or a refused transaction: release the back end connection and the
+        // client's place among the transfers in flight.
+        if session.txn.is_none() {
+            transfer = None;
+            if let Some(t) = txn.take() {
+                t.abort().await;
+            }
+        }
+        // The next command's time starts now, not before we waited on the back end.
+        deadline = Instant::now() + ctx.command_timeout;
+    };
+    if let Some(t) = txn.take() {
+        t.abort().await;
+    }
+    end
+}
+
+/// The greet phase: the pregreet wait, then the `connect` stage and its 220 (or refusal).
+async fn greet(
+    conn: &mut Conn<'_>,
+    session: &mut Session,
+    ctx: &Ctx<'_>,
+    lookups: &mut Option<Lookups>,
+) -> Result<(), End> {
+    let limits = &ctx.farm.limits;
+    // Early talkers: a client that speaks before the greeting is a bot (postscreen's pregreet test).
+    if limits.timeouts.pregreet > 0 {
+        let wait = Instant::now() + Duration::from_secs(u64::from(limits.timeouts.pregreet));
+        match conn.read(wait, false).await {
+            Read::Timeout => {}
+            Read::Data => {
+                session.note_rule(rules::PREGREET.to_owned());
+                let reply =
+                    Reply::new(554, EnhancedCode::new(5, 5, 1), "Protocol error: you talked before the greeting")
+                        .unwrap_or_else(|_| Reply::local_error());
+                return Err(conn.close(&reply, End::EarlyTalker).await);
+            }
+            Read::Closed => return Err(End::ClientClosed),
+            Read::Shutdown => return Err(conn.close(&Reply::shutting_down(&ctx.hostname), End::Shutdown).await),
+            Read::Error => return Err(End::Io),
+        }
+    }
+    if let Some(l) = lookups.as_mut() {
+        l.ready_for(Stage::Connect, &mut session.dns, &conn.shared.metrics).await;
+    }
+    let greeting = session.greet(&ctx.snapshot.ruleset, ctx.farm);
+    report::decided(conn.shared, session, ctx.farm, &Asked::Connect, &greeting);
+    match greeting {
+        Action::Close(reply) => return Err(conn.close(&reply, End::Refused).await),
+        Action::Reply(reply) => conn.reply(&reply),
+        _ => {}
+    }
+    Ok(())
+}
+
+/// A framed line: a command still to decide, or an answer already known.
+enum Prepared {
+    Command(crate::smtp::Command),
+    Done(Action),
+}
+
+/// Read until a whole line is framed (writing the replies waiting for it first: pipelining) and
+/// hand it to the session: what the client asked, and the session's answer or the round trip it
+/// needs first.
+async fn next_action(
+    conn: &mut Conn<'_>,
+    session: &mut Session,
+    ctx: &Ctx<'_>,
+    lines: &mut LineReader,
+    lookups: &mut Option<Lookups>,
+    transfer: &mut Option<crate::transfers::TransferSlot>,
+    deadline: Instant,
+) -> Result<(Asked, Action), End> {
+    loop {
+        let framed = lines.read(&conn.input);
+        let consumed = framed.consumed;
+        let prepared = match framed.frame {
+            Frame::NeedMore => {
+                conn.input.drain(..consumed);
+                if !conn.flush(deadline).await {
+                    return Err(End::Io);
+                }
+                let read = conn.read(deadline, session.txn.is_some()).await;
+                match conn.ended_by(read, &ctx.hostname).await {
+                    None => continue,
+                    Some(end) => return Err(end),
+                }
+            }
+            Frame::TooLong => Prepared::Done(session.line_too_long()),
+            // A SASL exchange: the line is the client's base64 answer, not a command.
+            Frame::Line(line) if session.in_sasl() => Prepared::Done(session.sasl_line(line)),
+            Frame::Line(line) => match parse(line) {
+                Ok(command) => Prepared::Command(command),
+                Err(e) => Prepared::Done(session.parse_error(&e)),
+            },
+        };
+        conn.input.drain(..consumed);
+        return Ok(match prepared {
+            Prepared::Done(action) => (Asked::Other, action),
+            Prepared::Command(command) => {
+                let asked = Asked::of(&command);
+                let action = prepare::prepare(&command, session, ctx.farm, conn.shared, lookups, transfer)
+                    .await
+                    .unwrap_or_else(|| session.command(command, &ctx.snapshot.ruleset, ctx.farm));
+                (asked, action)
+            }
+        });
+    }
+}
+
+/// Make the round trips the session asked for — credentials, directory, greylist store, back
+/// end — each answer handed back to it, until it has a reply for the client.
+async fn round_trips<'r>(
+    shared: &Shared,
+    session: &mut Session,
+    ctx: &Ctx<'_>,
+    relay: &Delivery<'r>,
+    txn: &mut Option<Transaction<'r>>,
+    mut action: Action,
+) -> Action {
+    loop {
+        action = match action {
+            Action::Authenticate { user, password } => {
+                let cache = ctx.snapshot.login_cache(ctx.farm_index);
+                auth::authenticate(shared, session, ctx.farm, cache, user, password).await
+            }
+            Action::Directory { address } => {
+                let answer =
+                    rcpt::ask_directory(shared, ctx.snapshot, ctx.farm_index, ctx.farm, session, &address).await;
+                session.directory_result(&ctx.snapshot.ruleset, ctx.farm, address, answer)
+            }
+            Action::Greylist { address } => {
+                let fail_open = crate::state::Store::fail_open(&ctx.snapshot.ruleset.policy().state);
+                let verdict = rcpt::greylist(shared, session, ctx.farm, &address, fail_open).await;
+                session.greylist_result(address, verdict)
+            }
+            Action::Recipient { address } => rcpt::recipient(shared, session, ctx.farm, relay, txn, address).await,
+            answer => return answer,
+        };
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    /// Issue 15: the connection's I/O is one room per phase, none of them a hub again. A file
+    /// growing past this size is the sign that a phase hides another one.
+    #[test]
+    fn issue15_conn_rooms_stay_small() {
+        const MAX_LINES: usize = 600;
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/conn");
+        let mut rooms = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            let lines = std::fs::read_to_string(&path).unwrap().lines().count();
+            assert!(lines <= MAX_LINES, "{} has {lines} lines (at most {MAX_LINES})", path.display());
+            rooms += 1;
+        }
+        assert!(rooms >= 8, "expected mod.rs and one file per phase in {}, found {rooms}", dir.display());
+        assert!(!dir.with_extension("rs").exists(), "conn.rs is back beside conn/");
+    }
+}

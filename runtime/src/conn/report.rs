@@ -1,0 +1,163 @@
+//! The log phase: the one place that writes the log line and the count of each decision — a
+//! refusal with its rule, a recipient's verdict, a message's answer — and the session's closing
+//! line. Everything an operator reads to answer "why was this refused?" comes from here.
+
+use super::End;
+use crate::metrics::{FarmLabel, MessageOutcome, RelayError, SessionEnd, Verdict};
+use crate::server::Shared;
+use crate::session::{Action, Session};
+use crate::smtp::Reply;
+use mtac_ruleset::model::Farm;
+use mtac_ruleset::rules;
+
+/// What the client asked, for the decision's log line and metrics.
+pub(super) enum Asked {
+    Connect,
+    Helo(String),
+    Mail(String),
+    Rcpt(String),
+    Data,
+    Other,
+}
+
+impl Asked {
+    pub(super) fn of(command: &crate::smtp::Command) -> Asked {
+        use crate::smtp::{Command, ForwardPath, ReversePath};
+        match command {
+            Command::Helo(name) | Command::Ehlo(name) => Asked::Helo(name.clone()),
+            Command::Mail(mail) => Asked::Mail(match &mail.from {
+                ReversePath::Null => String::new(),
+                ReversePath::Mailbox(m) => m.to_string(),
+            }),
+            Command::Rcpt(rcpt) => Asked::Rcpt(match &rcpt.to {
+                ForwardPath::Postmaster => "postmaster".to_owned(),
+                ForwardPath::Mailbox(m) => m.to_string(),
+            }),
+            Command::Data => Asked::Data,
+            _ => Asked::Other,
+        }
+    }
+
+    /// The stage name (docs/session.md) used as a metric label.
+    fn stage(&self) -> &'static str {
+        match self {
+            Asked::Connect => "connect",
+            Asked::Helo(_) => "helo",
+            Asked::Mail(_) => "mail",
+            Asked::Rcpt(_) => "rcpt",
+            Asked::Data => "data",
+            Asked::Other => "other",
+        }
+    }
+}
+
+/// Log and count one answer: every refusal (with the rule that gave it) and every recipient
+/// verdict. One line per decision, so an operator can answer "why was this refused?" from the
+/// log alone. Message bodies and AUTH payloads are never logged.
+pub(super) fn decided(shared: &Shared, session: &mut Session, farm: &Farm, asked: &Asked, action: &Action) {
+    let rule = session.take_rule();
+    let reply = match action {
+        Action::Reply(r) | Action::Close(r) => r,
+        Action::StartTls(r) => r,
+        Action::Recipient { .. }
+        | Action::Greylist { .. }
+        | Action::Directory { .. }
+        | Action::Authenticate { .. }
+        | Action::Data => return,
+    };
+    let refused = reply.is_transient() || reply.is_permanent();
+    let metrics = &shared.metrics;
+    if let Asked::Rcpt(_) = asked {
+        let verdict = match (refused, reply.is_permanent()) {
+            (false, _) => "accepted",
+            (true, true) => "rejected",
+            (true, false) => "deferred",
+        };
+        metrics.recipients.get_or_create(&Verdict { farm: farm.name.clone(), verdict }).inc();
+    }
+    if !refused {
+        if let Asked::Rcpt(recipient) = asked {
+            let sender = session.txn.as_ref().map_or("", |t| t.sender.as_str());
+            tracing::info!(
+                session = %session.id, client = %session.peer.ip(), helo = session.helo.as_deref().unwrap_or(""),
+                sender, recipient = recipient.as_str(), stage = "rcpt", reply = %first_line(reply), "recipient accepted"
+            );
+        }
+        return;
+    }
+    let rule = rule.unwrap_or_else(|| rules::PROTOCOL.to_owned());
+    metrics.refusal(&farm.name, asked.stage(), reply.is_permanent(), &rule);
+    let sender = match asked {
+        Asked::Mail(sender) => sender.as_str(),
+        _ => session.txn.as_ref().map_or("", |t| t.sender.as_str()),
+    };
+    let recipient = match asked {
+        Asked::Rcpt(r) => r.as_str(),
+        _ => "",
+    };
+    let helo = match asked {
+        Asked::Helo(name) => name.as_str(),
+        _ => session.helo.as_deref().unwrap_or(""),
+    };
+    tracing::info!(
+        session = %session.id, client = %session.peer.ip(), helo, sender, recipient, stage = asked.stage(),
+        rule = rule.as_str(), reply = %first_line(reply), "refused"
+    );
+}
+
+/// Log and count the final answer to a message.
+pub(super) fn message_decided(
+    shared: &Shared,
+    session: &Session,
+    farm: &Farm,
+    reply: &Reply,
+    reason: &'static str,
+    size: u64,
+) {
+    let verdict = if reply.is_positive() {
+        "accepted"
+    } else if reply.is_permanent() {
+        "rejected"
+    } else {
+        "deferred"
+    };
+    let metrics = &shared.metrics;
+    metrics.messages.get_or_create(&MessageOutcome { farm: farm.name.clone(), verdict, reason }).inc();
+    if reply.is_positive() {
+        metrics.message_bytes.get_or_create(&FarmLabel { farm: farm.name.clone() }).inc_by(size);
+    } else {
+        metrics.refusal(&farm.name, "data", reply.is_permanent(), reason);
+    }
+    let (sender, recipients) = session.txn.as_ref().map_or(("", 0), |t| (t.sender.as_str(), t.recipients.len()));
+    tracing::info!(
+        session = %session.id, client = %session.peer.ip(), helo = session.helo.as_deref().unwrap_or(""),
+        sender, recipients, size, stage = "data", verdict, reason, reply = %first_line(reply), "message"
+    );
+}
+
+fn first_line(reply: &Reply) -> String {
+    let text = reply.lines().first().map_or("", String::as_str);
+    match reply.enhanced() {
+        Some(e) => format!("{} {e} {text}", reply.code()),
+        None => format!("{} {text}", reply.code()),
+    }
+}
+
+pub(super) fn relay_error(farm: &Farm, phase: &'static str, reply: &Reply) -> RelayError {
+    RelayError { farm: farm.name.clone(), phase, kind: if reply.is_permanent() { "rejected" } else { "deferred" } }
+}
+
+/// The session's one closing line, and its count by how it ended.
+pub(super) fn session_closed(shared: &Shared, session: &Session, farm_name: &str, farm: &Farm, end: End) {
+    shared.metrics.sessions.get_or_create(&SessionEnd { farm: farm.name.clone(), end: end.as_str() }).inc();
+    tracing::info!(
+        session = %session.id,
+        client = %session.peer.ip(),
+        farm = farm_name,
+        helo = session.helo.as_deref().unwrap_or(""),
+        accepted = session.accepted,
+        rule = session.last_rule.as_deref().unwrap_or(""),
+        end = end.as_str(),
+        "session closed"
+    );
+}
