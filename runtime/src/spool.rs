@@ -82,6 +82,12 @@ impl Spool {
         self.in_use.max_bytes.load(Ordering::Relaxed)
     }
 
+    /// Whether messages in flight hold more than half the budget: from then on each client is
+    /// held to its share of the transfers (`limits { transfers-per-ip }`).
+    pub fn under_pressure(&self) -> bool {
+        self.bytes_in_use() > self.budget() / 2
+    }
+
     /// Whether `size` more bytes fit in the budget now (the check of `MAIL … SIZE=`; nothing is
     /// reserved: the bytes are taken as they arrive).
     pub fn has_room_for(&self, size: u64) -> bool {

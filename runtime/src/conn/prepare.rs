@@ -40,7 +40,11 @@ pub(super) async fn prepare(
                     return Some(session.refuse(super::data::insufficient_storage(), rules::SPOOL_BUDGET));
                 }
                 if transfer.is_none() {
-                    match shared.transfers.open(session.peer.ip(), farm.limits.transfers_per_ip) {
+                    // A client's share is enforced when it matters: with the spool over half its
+                    // budget. Before that, a big sender's parallel deliveries (Postfix opens up to
+                    // 20 per destination) are never turned away for a limit nobody is short of.
+                    let limit = if shared.spool.under_pressure() { farm.limits.transfers_per_ip } else { u32::MAX };
+                    match shared.transfers.open(session.peer.ip(), limit) {
                         Some(slot) => *transfer = Some(slot),
                         None => {
                             let reply = Reply::new(
