@@ -44,12 +44,7 @@ impl Lowerer<'_> {
         label: &str,
         help: &str,
     ) {
-        let source = self.source(file);
-        let mut diag = Diag::error(code, message).at(&source, span, label);
-        if !help.is_empty() {
-            diag = diag.help(help);
-        }
-        self.diags.push(diag);
+        self.push_at(Diag::error(code, message), file, span, label, help);
     }
 
     pub(super) fn warn(
@@ -61,8 +56,13 @@ impl Lowerer<'_> {
         label: &str,
         help: &str,
     ) {
+        self.push_at(Diag::warning(code, message), file, span, label, help);
+    }
+
+    /// Report `diag` labelled at `span` of `file`, with `help` unless it is empty.
+    fn push_at(&mut self, diag: Diag, file: usize, span: SourceSpan, label: &str, help: &str) {
         let source = self.source(file);
-        let mut diag = Diag::warning(code, message).at(&source, span, label);
+        let mut diag = diag.at(&source, span, label);
         if !help.is_empty() {
             diag = diag.help(help);
         }
