@@ -16,6 +16,13 @@ fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
+/// Writes a `mtac test` file for `policy` (its first line names it) and runs it.
+fn run_policy_test(dir: &Path, name: &str, policy: &Path, tests: &str) -> Output {
+    let file = dir.join(name);
+    std::fs::write(&file, format!("policy {:?}\n{tests}", policy.display().to_string())).unwrap();
+    mtac(&["test", file.to_str().unwrap()])
+}
+
 #[test]
 fn check_exit_codes_are_0_1_2() {
     assert_eq!(code(&mtac(&["check", "examples/quickstart/policy.kdl"])), 0);
@@ -152,16 +159,20 @@ fn issue15_explain_and_tests_know_the_authenticated_user() {
 
     let dir = tempfile::tempdir().unwrap();
     let company = std::fs::canonicalize("examples/company/policy.kdl").unwrap();
-    let test = dir.path().join("unnamed.test.kdl");
-    std::fs::write(
-        &test,
-        format!(
-            "policy {:?}\ntest \"someone\" {{\n farm \"users\"\n helo \"laptop.acme.example\"\n from \"bruno.lopez3@acme.example\"\n rcpt \"customer@elsewhere.example\"\n authenticated\n expect \"accept\"\n}}\n",
-            company.display().to_string()
-        ),
-    )
-    .unwrap();
-    let out = mtac(&["test", test.to_str().unwrap()]);
+    let out = run_policy_test(
+        dir.path(),
+        "unnamed.test.kdl",
+        &company,
+        r#"test "someone" {
+ farm "users"
+ helo "laptop.acme.example"
+ from "bruno.lopez3@acme.example"
+ rcpt "customer@elsewhere.example"
+ authenticated
+ expect "accept"
+}
+"#,
+    );
     assert_eq!(code(&out), 1, "{}", text(&out.stdout));
     assert!(text(&out.stdout).contains("give user"), "{}", text(&out.stdout));
 }
@@ -172,16 +183,19 @@ fn policy_tests_pass_on_the_shipped_policies_and_fail_loudly_on_a_wrong_expectat
     assert_eq!(code(&out), 0, "{}", text(&out.stdout));
     let dir = tempfile::tempdir().unwrap();
     let policy = std::fs::canonicalize("examples/quickstart/policy.kdl").unwrap();
-    let test = dir.path().join("wrong.test.kdl");
-    std::fs::write(
-        &test,
-        format!(
-            "policy {:?}\ntest \"wrong\" {{\n client \"127.0.0.1\"\n helo \"a.example.org\"\n from \"a@example.org\"\n rcpt \"x@elsewhere.example\"\n expect \"accept\"\n}}\n",
-            policy.display().to_string()
-        ),
-    )
-    .unwrap();
-    let out = mtac(&["test", test.to_str().unwrap()]);
+    let out = run_policy_test(
+        dir.path(),
+        "wrong.test.kdl",
+        &policy,
+        r#"test "wrong" {
+ client "127.0.0.1"
+ helo "a.example.org"
+ from "a@example.org"
+ rcpt "x@elsewhere.example"
+ expect "accept"
+}
+"#,
+    );
     assert_eq!(code(&out), 1);
     let stdout = text(&out.stdout);
     assert!(stdout.contains("FAIL"), "{stdout}");
@@ -190,16 +204,20 @@ fn policy_tests_pass_on_the_shipped_policies_and_fail_loudly_on_a_wrong_expectat
 
     // "accept" that hangs on a fact the node would still look up is not a passing test.
     let company = std::fs::canonicalize("examples/company/policy.kdl").unwrap();
-    let test = dir.path().join("undecided.test.kdl");
-    std::fs::write(
-        &test,
-        format!(
-            "policy {:?}\ntest \"new hire\" {{\n farm \"mx\"\n client \"192.0.2.10\"\n helo \"mail.partner.example\"\n from \"a@partner.example\"\n rcpt \"new.hire@acme.example\"\n expect \"accept\"\n}}\n",
-            company.display().to_string()
-        ),
-    )
-    .unwrap();
-    let out = mtac(&["test", test.to_str().unwrap()]);
+    let out = run_policy_test(
+        dir.path(),
+        "undecided.test.kdl",
+        &company,
+        r#"test "new hire" {
+ farm "mx"
+ client "192.0.2.10"
+ helo "mail.partner.example"
+ from "a@partner.example"
+ rcpt "new.hire@acme.example"
+ expect "accept"
+}
+"#,
+    );
     assert_eq!(code(&out), 1, "{}", text(&out.stdout));
     assert!(text(&out.stdout).contains("give directory"), "{}", text(&out.stdout));
 }
@@ -210,16 +228,19 @@ fn policy_tests_pass_on_the_shipped_policies_and_fail_loudly_on_a_wrong_expectat
 fn issue_15_mtac_test_refuses_an_unknown_rule_name_and_suggests_the_right_one() {
     let dir = tempfile::tempdir().unwrap();
     let policy = std::fs::canonicalize("examples/quickstart/policy.kdl").unwrap();
-    let test = dir.path().join("typo.test.kdl");
-    std::fs::write(
-        &test,
-        format!(
-            "policy {:?}\ntest \"relay\" {{\n client \"127.0.0.1\"\n helo \"a.example.org\"\n from \"a@example.org\"\n rcpt \"x@elsewhere.example\"\n expect \"554\" rule=\"rely\"\n}}\n",
-            policy.display().to_string()
-        ),
-    )
-    .unwrap();
-    let out = mtac(&["test", test.to_str().unwrap()]);
+    let out = run_policy_test(
+        dir.path(),
+        "typo.test.kdl",
+        &policy,
+        r#"test "relay" {
+ client "127.0.0.1"
+ helo "a.example.org"
+ from "a@example.org"
+ rcpt "x@elsewhere.example"
+ expect "554" rule="rely"
+}
+"#,
+    );
     assert_eq!(code(&out), 1, "{}", text(&out.stdout));
     let all = format!("{}{}", text(&out.stdout), text(&out.stderr));
     assert!(all.contains("mtac::test::unknown-rule"), "{all}");
@@ -291,23 +312,31 @@ fn expired_certificate(dir: &Path, name: &str) -> (String, String) {
     (dir.join("expired.pem").display().to_string(), dir.join("expired.key").display().to_string())
 }
 
-#[test]
-fn check_reports_expired_expiring_and_misnamed_certificates() {
-    let dir = tempfile::tempdir().unwrap();
-    let policy = |cert: &str, key: &str| {
-        let text = format!(
-            r#"hostname "smtp.example.test"
+/// A submission farm for smtp.example.test with this certificate and one user, `alice`, whose
+/// password has this hash; written to `dir/policy.kdl`.
+fn submission_policy(dir: &Path, cert: &str, key: &str, hash: &str) -> std::path::PathBuf {
+    let path = dir.join("policy.kdl");
+    let text = format!(
+        r#"hostname "smtp.example.test"
 farm "users" kind="submission" {{
     listen "127.0.0.1:587"
     local-domains "example.test"
     tls certificate="{cert}" key="{key}"
-    auth {{ user "alice" hash="$argon2id$v=19$m=19456,t=2,p=1$bXRhYy1leGFtcGxl$NjI0MzZlYzM5NzM2ZmE0ZDc1ZmQ3NzA1" }}
+    auth {{ user "alice" hash="{hash}" }}
     relay {{ backend "smtp://127.0.0.1:2600" }}
 }}
 "#
-        );
-        let path = dir.path().join("policy.kdl");
-        std::fs::write(&path, text).unwrap();
+    );
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+#[test]
+fn check_reports_expired_expiring_and_misnamed_certificates() {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = |cert: &str, key: &str| {
+        let hash = "$argon2id$v=19$m=19456,t=2,p=1$bXRhYy1leGFtcGxl$NjI0MzZlYzM5NzM2ZmE0ZDc1ZmQ3NzA1";
+        let path = submission_policy(dir.path(), cert, key, hash);
         mtac(&["check", path.to_str().unwrap()])
     };
     let (good, good_key) = self_signed(dir.path(), "good", "smtp.example.test", "90");
@@ -346,19 +375,7 @@ fn issue14_weak_argon2_hashes_are_warned_about() {
     let dir = tempfile::tempdir().unwrap();
     let (cert, key) = self_signed(dir.path(), "good", "smtp.example.test", "90");
     let check = |hash: &str| {
-        let text = format!(
-            r#"hostname "smtp.example.test"
-farm "users" kind="submission" {{
-    listen "127.0.0.1:587"
-    local-domains "example.test"
-    tls certificate="{cert}" key="{key}"
-    auth {{ user "alice" hash="{hash}" }}
-    relay {{ backend "smtp://127.0.0.1:2600" }}
-}}
-"#
-        );
-        let path = dir.path().join("policy.kdl");
-        std::fs::write(&path, text).unwrap();
+        let path = submission_policy(dir.path(), &cert, &key, hash);
         mtac(&["check", "--deny-warnings", "--format", "json", path.to_str().unwrap()])
     };
     let messages = |out: &Output, code: &str| -> Vec<String> {

@@ -41,6 +41,18 @@ fn start_node(ruleset: &Path, dir: &Path) -> ProcessNode {
     ProcessNode::start(ruleset, &["--grace", "5", "--admin", "off"], log)
 }
 
+/// A node relaying example.test to `backend` on a free port, built from this file's policy and
+/// listening: its port, its ruleset file (to push new ones to) and the process.
+async fn start_relay_node(dir: &Path, backend: SocketAddr) -> (u16, PathBuf, ProcessNode) {
+    let port = free_port();
+    let policy = write_policy(dir, port, backend, "\"example.test\"");
+    let ruleset = dir.join("ruleset.mtac");
+    build(&policy, &ruleset);
+    let node = start_node(&ruleset, dir);
+    wait_ready(port).await;
+    (port, ruleset, node)
+}
+
 async fn wait_ready(port: u16) {
     for _ in 0..200 {
         if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
@@ -105,12 +117,7 @@ async fn sigkill_at_random_points_never_loses_an_acknowledged_message() {
     eprintln!("kill schedule seed {seed}");
     let mut rng = seed | 1;
     for round in 0..6 {
-        let port = free_port();
-        let policy = write_policy(dir.path(), port, sink.addr, "\"example.test\"");
-        let ruleset = dir.path().join("ruleset.mtac");
-        build(&policy, &ruleset);
-        let node = start_node(&ruleset, dir.path());
-        wait_ready(port).await;
+        let (port, _, node) = start_relay_node(dir.path(), sink.addr).await;
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
         let stop = Arc::new(AtomicBool::new(false));
         let mut clients = Vec::new();
@@ -166,12 +173,7 @@ async fn sigkill_at_random_points_never_loses_an_acknowledged_message() {
         received.len()
     );
     // The next start removes what the killed nodes left in the spool.
-    let port = free_port();
-    let policy = write_policy(dir.path(), port, sink.addr, "\"example.test\"");
-    let ruleset = dir.path().join("ruleset.mtac");
-    build(&policy, &ruleset);
-    let node = start_node(&ruleset, dir.path());
-    wait_ready(port).await;
+    let (_, _, node) = start_relay_node(dir.path(), sink.addr).await;
     let left = std::fs::read_dir(dir.path().join("spool"))
         .unwrap()
         .flatten()
@@ -185,13 +187,8 @@ async fn sigkill_at_random_points_never_loses_an_acknowledged_message() {
 async fn ruleset_pushes_reload_under_load_and_a_corrupt_push_is_refused() {
     let sink = Sink::start(Behaviour::default()).await;
     let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
+    let (port, ruleset, mut node) = start_relay_node(dir.path(), sink.addr).await;
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let ruleset = dir.path().join("ruleset.mtac");
-    let policy = write_policy(dir.path(), port, sink.addr, "\"example.test\"");
-    build(&policy, &ruleset);
-    let mut node = start_node(&ruleset, dir.path());
-    wait_ready(port).await;
 
     // Load during the pushes: every session must succeed.
     let stop = Arc::new(AtomicBool::new(false));
