@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
 mod admin;
+mod architecture;
 mod auth_bans;
 mod cli;
 mod directory;
