@@ -272,21 +272,7 @@ async fn run(conn: &mut Conn<'_>, session: &mut Session, ctx: &Ctx<'_>, lookups:
             break end;
         }
         report::decided(conn.shared, session, ctx.farm, &asked, &action);
-        let acted = match action {
-            Action::Reply { reply, .. } => {
-                conn.reply(&reply);
-                Ok(())
-            }
-            Action::Close { reply, .. } => Err(conn.close(&reply, End::of_close(&reply)).await),
-            Action::Data => data::transaction(conn, session, ctx, &relay, txn.take()).await,
-            Action::StartTls(reply) => starttls::upgrade(conn, session, ctx, &reply).await,
-            // Made by `round_trips` before we get here.
-            Action::Recipient { .. }
-            | Action::Greylist { .. }
-            | Action::Directory { .. }
-            | Action::Authenticate { .. } => Ok(()),
-        };
-        if let Err(end) = acted {
+        if let Err(end) = act(conn, session, ctx, &relay, &mut txn, action).await {
             break end;
         }
         // RSET, a new EHLO, or a refused transaction: release the back end connection and the
@@ -304,6 +290,30 @@ async fn run(conn: &mut Conn<'_>, session: &mut Session, ctx: &Ctx<'_>, lookups:
         t.abort().await;
     }
     end
+}
+
+/// Carry out the session's answer, each in the room of its phase. `Err`: the session is over.
+async fn act<'r>(
+    conn: &mut Conn<'_>,
+    session: &mut Session,
+    ctx: &Ctx<'_>,
+    relay: &Delivery<'r>,
+    txn: &mut Option<Transaction<'r>>,
+    action: Action,
+) -> Result<(), End> {
+    match action {
+        Action::Reply { reply, .. } => {
+            conn.reply(&reply);
+            Ok(())
+        }
+        Action::Close { reply, .. } => Err(conn.close(&reply, End::of_close(&reply)).await),
+        Action::Data => data::transaction(conn, session, ctx, relay, txn.take()).await,
+        Action::StartTls(reply) => starttls::upgrade(conn, session, ctx, &reply).await,
+        // Made by `round_trips` before we get here.
+        Action::Recipient { .. } | Action::Greylist { .. } | Action::Directory { .. } | Action::Authenticate { .. } => {
+            Ok(())
+        }
+    }
 }
 
 /// The greet phase: the pregreet wait, then the `connect` stage and its 220 (or refusal).

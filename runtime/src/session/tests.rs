@@ -376,3 +376,16 @@ fn dns_answers_reach_the_evaluator_and_a_new_helo_forgets_the_old_ones() {
     assert_eq!(code(&feed(&mut s, &rs, "EHLO mx.example.org")), 250, "a name not looked up is assumed to resolve");
     assert_eq!(s.helo(), Some("mx.example.org"));
 }
+
+/// Issue 15: the session is one room per concern, none of them a hub again.
+#[test]
+fn issue15_session_rooms_stay_small() {
+    const MAX_LINES: usize = 600;
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/session");
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        let lines = std::fs::read_to_string(&path).unwrap().lines().count();
+        assert!(lines <= MAX_LINES, "{} has {lines} lines (at most {MAX_LINES})", path.display());
+    }
+    assert!(!dir.with_extension("rs").exists(), "session.rs is back beside session/");
+}
