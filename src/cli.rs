@@ -442,13 +442,13 @@ fn explain(args: ExplainArgs) -> Result<ExitCode, String> {
             })?);
     }
     if let Some(status) = &args.greylist {
-        session.dns.greylist =
+        session.greylist =
             Some(policytest::parse_greylist(status).ok_or_else(|| format!("--greylist {status}: pass or defer"))?);
     }
     if let Some(answer) = &args.directory {
         let answer = policytest::parse_directory(answer)
             .ok_or_else(|| format!("--directory {answer}: known, unknown or unavailable"))?;
-        session.dns.directory = Some((String::new(), answer));
+        session.directory = Some(answer);
     }
     let (simulation, outcome) = policytest::run_session(&ruleset, farm, &session);
     println!("farm {} ({}), ruleset {}", farm.name, farm.kind.as_str(), ruleset.hash_hex());

@@ -196,6 +196,8 @@ fn probe_open_relay(lw: &mut Lowerer<'_>, draft: &lower::Draft, ruleset: &Rulese
                 tls: false,
                 hostname: &ruleset.policy().hostname,
                 dns: &NoDns,
+                greylist: None,
+                directory: None,
             };
             let decision = eval::evaluate(ruleset, farm, Stage::Rcpt, &facts);
             if decision.reply.is_none() {

@@ -52,6 +52,10 @@ pub struct Session {
     /// The client started TLS; `None`: it did wherever the farm offers TLS.
     pub tls: Option<bool>,
     pub dns: GivenDns,
+    /// The greylist store's verdict (`greylist "pass"|"defer"`).
+    pub greylist: Option<GreylistStatus>,
+    /// The directory's answer on the recipient (`directory "known"|…`).
+    pub directory: Option<DirectoryAnswer>,
 }
 
 impl Default for Session {
@@ -65,6 +69,8 @@ impl Default for Session {
             user: None,
             tls: None,
             dns: GivenDns::default(),
+            greylist: None,
+            directory: None,
         }
     }
 }
@@ -171,6 +177,8 @@ pub fn run_session(
         tls: session.tls.unwrap_or(farm.tls.is_some()),
         hostname: &ruleset.policy().hostname,
         dns: &session.dns,
+        greylist: session.greylist,
+        directory: session.directory,
     };
     let simulation = eval::simulate(ruleset, farm, &facts);
     let outcome = match simulation.refusal() {
@@ -443,11 +451,11 @@ fn lower_test(node: &KdlNode, source: &SourceFile, diags: &mut Diagnostics) -> O
                 ),
             },
             "greylist" => match value.as_deref().and_then(parse_greylist) {
-                Some(status) => session.dns.greylist = Some(status),
+                Some(status) => session.greylist = Some(status),
                 None => bad(diags, child, "unknown greylist status".to_owned(), "pass or defer"),
             },
             "directory" => match value.as_deref().and_then(parse_directory) {
-                Some(answer) => session.dns.directory = Some((String::new(), answer)),
+                Some(answer) => session.directory = Some(answer),
                 None => bad(diags, child, "unknown directory answer".to_owned(), "known, unknown or unavailable"),
             },
             "expect" => {

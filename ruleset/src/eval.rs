@@ -3,8 +3,9 @@
 //!
 //! This is the one place where policy decisions are made. The runtime calls it at each stage of a
 //! live session; `mtac explain` and `mtac test` call it with facts given on the command line. Both
-//! therefore decide exactly alike. It does no I/O: DNS answers and greylist state arrive as
-//! [`Facts`], gathered beforehand by the runtime (or given as flags).
+//! therefore decide exactly alike. It does no I/O: what DNS answered ([`DnsFacts`]), what the
+//! greylist store and the directory answered, TLS and who authenticated arrive as [`Facts`],
+//! gathered beforehand by the runtime (or given as flags and test lines).
 //!
 //! What the session itself decides on at MAIL FROM — whether the connection is encrypted where
 //! the farm requires it, and whether the authenticated user owns the sender — is decided here
@@ -76,20 +77,16 @@ pub enum ReverseDns {
     TempFail,
 }
 
-/// What the session knows; `None` where the runtime (or the operator) has no answer.
+/// What DNS answered for this session; `None` where the runtime (or the operator) has no
+/// answer. Only DNS: the greylist store's and the directory's answers are [`Facts`] of their own.
 pub trait DnsFacts {
     fn list(&self, zone: &str, target: DnsblTarget) -> Option<ListAnswer>;
     fn sender_domain(&self, domain: &str) -> Option<DomainStatus>;
-    fn greylist(&self) -> Option<GreylistStatus>;
     fn reverse(&self) -> Option<ReverseDns> {
         None
     }
     /// Whether the HELO name exists in DNS (`Resolves`, `NoRecords` or `TempFail`).
     fn helo_name(&self) -> Option<DomainStatus> {
-        None
-    }
-    /// What the directory said about `recipient` (`None`: not asked yet).
-    fn directory(&self, _recipient: &str) -> Option<DirectoryAnswer> {
         None
     }
 }
@@ -102,9 +99,6 @@ impl DnsFacts for NoDns {
         None
     }
     fn sender_domain(&self, _: &str) -> Option<DomainStatus> {
-        None
-    }
-    fn greylist(&self) -> Option<GreylistStatus> {
         None
     }
 }
@@ -125,6 +119,12 @@ pub struct Facts<'a> {
     /// The node's own host name (for the HELO "not ours" check).
     pub hostname: &'a str,
     pub dns: &'a dyn DnsFacts,
+    /// The greylist store's verdict on this session's triplet (`None`: not asked; the
+    /// greylist step is then [`StepOutcome::Pending`]).
+    pub greylist: Option<GreylistStatus>,
+    /// The directory's answer on `recipient` (`None`: not asked; the directory step is then
+    /// [`StepOutcome::AskDirectory`]).
+    pub directory: Option<DirectoryAnswer>,
 }
 
 /// What happened at one step, for `explain` and logs.
@@ -535,7 +535,7 @@ fn run_step(tables: &dyn Lookup, farm: &Farm, step: &Step, facts: &Facts<'_>) ->
             if farm.local_addresses.is_some_and(|t| tables.address(t, recipient).is_some()) {
                 return pass("listed in the compiled table (no directory lookup)");
             }
-            match facts.dns.directory(recipient) {
+            match facts.directory {
                 Some(DirectoryAnswer::Known) => pass("found in the directory"),
                 Some(DirectoryAnswer::Unknown) => fail(),
                 Some(DirectoryAnswer::Unavailable) => StepOutcome::Decided(Reply::new(
@@ -560,7 +560,7 @@ fn run_step(tables: &dyn Lookup, farm: &Farm, step: &Step, facts: &Facts<'_>) ->
             if let Some(why) = greylist_whitelisted(tables, farm, facts) {
                 return pass(&why);
             }
-            match facts.dns.greylist() {
+            match facts.greylist {
                 Some(GreylistStatus::Defer) => fail(),
                 Some(GreylistStatus::Pass) => pass("triplet passed"),
                 None => StepOutcome::Pending,
@@ -620,18 +620,16 @@ pub fn is_local_recipient(tables: &dyn Lookup, farm: &Farm, recipient: &str) -> 
     farm.local_domains.is_some_and(|t| tables.domain(t, &domain).is_some())
 }
 
-/// DNS and greylist answers given up front (by `mtac explain` flags or a policy test).
-#[derive(Debug, Clone, Default)]
+/// DNS answers known up front (`mtac explain` flags, a policy test) or gathered so far (a
+/// node's session): DNS only.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct GivenDns {
     /// Zone → the answers it gave (empty = not listed).
     pub lists: Vec<(String, ListAnswer)>,
     pub sender_domain: Option<DomainStatus>,
-    pub greylist: Option<GreylistStatus>,
     pub reverse: Option<ReverseDns>,
     /// The HELO name's DNS status.
     pub helo_name: Option<DomainStatus>,
-    /// The directory's answer for one recipient (the runtime keeps the last one asked).
-    pub directory: Option<(String, DirectoryAnswer)>,
 }
 
 impl DnsFacts for GivenDns {
@@ -641,18 +639,11 @@ impl DnsFacts for GivenDns {
     fn sender_domain(&self, _: &str) -> Option<DomainStatus> {
         self.sender_domain
     }
-    fn greylist(&self) -> Option<GreylistStatus> {
-        self.greylist
-    }
     fn reverse(&self) -> Option<ReverseDns> {
         self.reverse.clone()
     }
     fn helo_name(&self) -> Option<DomainStatus> {
         self.helo_name
-    }
-    fn directory(&self, recipient: &str) -> Option<DirectoryAnswer> {
-        // A policy test or `explain` gives one answer for its one recipient.
-        self.directory.as_ref().filter(|(r, _)| r.is_empty() || r.eq_ignore_ascii_case(recipient)).map(|(_, a)| *a)
     }
 }
 

@@ -103,6 +103,8 @@ fn check_file(file: Vec<u8>) {
                 tls: false,
                 hostname: &ruleset.policy().hostname,
                 dns: &NoDns,
+                greylist: None,
+                directory: None,
             };
             for stage in Stage::ALL {
                 let _ = eval::evaluate(&ruleset, farm, stage, &facts);

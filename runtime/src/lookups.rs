@@ -5,12 +5,14 @@
 //! parallel with the greeting, so they are ready by RCPT TO; those about the HELO name start at
 //! HELO and those about the sender's domain at MAIL FROM. Before the evaluator runs a stage whose
 //! steps need them, the driver awaits them (each query is bounded by the resolver's timeout) and
-//! merges them into the session's facts. A failed lookup is an answer too (`Error`, `TempFail`),
-//! never a refusal by itself.
+//! hands them to the session as [`DnsUpdate`]s (`Session::dns_answered`), which merges them into
+//! the facts the evaluator reads. A failed lookup is an answer too (`Error`, `TempFail`), never
+//! a refusal by itself.
 
 use crate::dns::{Dns, Reverse};
 use crate::metrics::{Metrics, ZoneLabel};
-use mtac_ruleset::eval::{DomainStatus, GivenDns, ListAnswer, ReverseDns};
+use crate::session::DnsUpdate;
+use mtac_ruleset::eval::{DomainStatus, ListAnswer, ReverseDns};
 use mtac_ruleset::model::{Check, DnsblTarget, Farm, GreylistKey, Stage};
 use std::net::IpAddr;
 use tokio::task::JoinHandle;
@@ -166,15 +168,15 @@ impl Lookups {
         Lookups { dns, needs, client: client_task, helo: None, sender: None }
     }
 
-    /// The HELO name changed: forget the old name's answers and look the new one up.
-    pub fn helo(&mut self, name: &str, facts: &mut GivenDns) {
+    /// The HELO name changed: look the new one up. What the session knew of the old name no
+    /// longer holds: the update says so (`None`: nothing is ever looked up about HELO names).
+    pub fn helo(&mut self, name: &str) -> Option<DnsUpdate> {
         let zones = self.needs.zones_for(DnsblTarget::HeloName);
         let resolve = self.needs.helo_name;
         if zones.is_empty() && !resolve {
-            return;
+            return None;
         }
-        facts.lists.retain(|(z, _)| !zones.contains(z));
-        facts.helo_name = None;
+        let changed = DnsUpdate::HeloChanged { zones: zones.clone() };
         if let Some(old) = self.helo.take() {
             old.abort();
         }
@@ -198,20 +200,21 @@ impl Lookups {
             };
             (found, status)
         }));
+        Some(changed)
     }
 
-    /// A new MAIL FROM: forget the previous sender's answers and look the new domain up.
-    pub fn sender(&mut self, domain: Option<&str>, facts: &mut GivenDns) {
+    /// A new MAIL FROM: look the new domain up. What the session knew of the previous sender's
+    /// domain no longer holds: the update says so.
+    pub fn sender(&mut self, domain: Option<&str>) -> DnsUpdate {
         if let Some(old) = self.sender.take() {
             old.abort();
         }
         let zones = self.needs.zones_for(DnsblTarget::SenderDomain);
-        facts.lists.retain(|(z, _)| !zones.contains(z));
-        facts.sender_domain = None;
-        let Some(domain) = domain.map(str::to_owned) else { return };
+        let changed = DnsUpdate::SenderChanged { zones: zones.clone() };
+        let Some(domain) = domain.map(str::to_owned) else { return changed };
         let resolve = self.needs.sender_domain;
         if zones.is_empty() && !resolve {
-            return;
+            return changed;
         }
         let dns = self.dns.clone();
         self.sender = Some(tokio::spawn(async move {
@@ -230,48 +233,47 @@ impl Lookups {
             };
             (found, status)
         }));
+        changed
     }
 
-    /// Wait for what `stage` needs and merge it into `facts`.
-    /// DNS list hits and failures are counted in `metrics` as they arrive.
-    pub async fn ready_for(&mut self, stage: Stage, facts: &mut GivenDns, metrics: &Metrics) {
+    /// Wait for what `stage` needs: the answers, for `Session::dns_answered`. DNS list hits and
+    /// failures are counted in `metrics` as they arrive.
+    pub async fn ready_for(&mut self, stage: Stage, metrics: &Metrics) -> Vec<DnsUpdate> {
         let (client, helo, sender) = self.needs.stages.get(index(stage)).copied().unwrap_or_default();
+        let mut answers = Vec::new();
         if client {
             if let Some(task) = self.client.take() {
                 let (found, reverse) = task.await.unwrap_or_default();
-                merge(facts, found, metrics);
-                if reverse.is_some() {
-                    facts.reverse = reverse;
-                }
+                listed(&mut answers, found, metrics);
+                answers.extend(reverse.map(DnsUpdate::Reverse));
             }
         }
         if helo {
             if let Some(task) = self.helo.take() {
                 let (found, status) = task.await.unwrap_or_default();
-                merge(facts, found, metrics);
-                facts.helo_name = status;
+                listed(&mut answers, found, metrics);
+                answers.push(DnsUpdate::HeloName(status));
             }
         }
         if sender {
             if let Some(task) = self.sender.take() {
                 let (found, status) = task.await.unwrap_or_default();
-                merge(facts, found, metrics);
-                facts.sender_domain = status;
+                listed(&mut answers, found, metrics);
+                answers.push(DnsUpdate::SenderDomain(status));
             }
         }
+        answers
     }
 }
 
-fn merge(facts: &mut GivenDns, found: Lists, metrics: &Metrics) {
+/// Count the DNS lists' answers and add them to `answers`.
+fn listed(answers: &mut Vec<DnsUpdate>, found: Lists, metrics: &Metrics) {
     for (zone, answer) in found {
         match answer {
             ListAnswer::Listed(_) => metrics.dnsbl_hits.get_or_create(&ZoneLabel { zone: zone.clone() }).inc(),
             ListAnswer::Error => metrics.dnsbl_errors.get_or_create(&ZoneLabel { zone: zone.clone() }).inc(),
             ListAnswer::NotListed => 0,
         };
-        match facts.lists.iter_mut().find(|(z, _)| *z == zone) {
-            Some(slot) => slot.1 = answer,
-            None => facts.lists.push((zone, answer)),
-        }
+        answers.push(DnsUpdate::Listed { zone, answer });
     }
 }

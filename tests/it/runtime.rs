@@ -1,7 +1,7 @@
 //! `mtac run` over real TCP against a real (in-process) back end: every command, pipelining,
 //! every limit, every back-end verdict, smuggling, spool hygiene, reload and graceful stop.
 
-use crate::support::{code, relay_policy, Behaviour, Client, Sink, TestNode};
+use crate::support::{code, relay_policy, sample, Behaviour, Client, Sink, TestNode};
 use std::time::Duration;
 
 async fn node_with(extra: &str) -> (Sink, TestNode) {
@@ -345,6 +345,28 @@ async fn listed_clients_are_answered_at_rcpt_or_at_connect_as_the_policy_says() 
     assert!(greeting.starts_with("554 5.7.1"), "{greeting}");
     assert_eq!(code(&c.cmd("EHLO a.example.org").await), 503);
     assert_eq!(code(&c.cmd("QUIT").await), 221);
+}
+
+/// Issue 15: a refusal's rule comes back with the reply that refuses, the greeting included, so
+/// a client the policy refuses at connect is banned by the greeting itself, even when it hangs up
+/// without another word (the rule used to wait in the session for the next command).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issue15_a_client_refused_at_connect_is_banned_by_the_greeting() {
+    let (_sink, node) = node_with(
+        r#"access stage="connect" { reject "127.0.51.1/32" reply="550 5.7.1 Listed"; }
+    ban after="access" duration="10m" network="/24""#,
+    )
+    .await;
+    let mut c = Client::connect_from(node.addr, "127.0.51.1").await;
+    let greeting = c.reply().await;
+    assert!(greeting.starts_with("554 5.7.1"), "{greeting}");
+    drop(c);
+    let mut neighbour = Client::connect_from(node.addr, "127.0.51.9").await;
+    let r = neighbour.reply().await;
+    assert!(r.starts_with("521 5.3.2"), "the /24 is banned: {r}");
+    assert!(neighbour.closed().await);
+    let m = node.metrics().await;
+    assert_eq!(sample(&m, "mtac_bans_total"), 1.0, "{m}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -23,7 +23,7 @@ pub(super) async fn authenticate(
     user: String,
     password: String,
 ) -> Action {
-    let ip = session.peer.ip();
+    let ip = session.peer().ip();
     let max = farm.auth.as_ref().map_or(5, |a| a.max_failures.max(1));
     let attempt = match shared.auth_failures.reserve(&farm.name, ip, max) {
         Ok(attempt) if !shared.bans.is_banned(&farm.name, ip, &farm.bans) => Some(attempt),
@@ -32,7 +32,7 @@ pub(super) async fn authenticate(
     let Some(attempt) = attempt else {
         drop(password);
         auth_counted(shared, farm, "refused");
-        tracing::info!(session = %session.id, client = %ip, "authentication refused: banned or too many failures");
+        tracing::info!(session = %session.id(), client = %ip, "authentication refused: banned or too many failures");
         return session.auth_locked_out();
     };
     let verdict = match &farm.auth {
@@ -56,16 +56,16 @@ pub(super) async fn authenticate(
         // Another session may have earned the ban while this one was checking.
         AuthVerdict::Valid if shared.bans.is_banned(&farm.name, ip, &farm.bans) => {
             auth_counted(shared, farm, "refused");
-            tracing::info!(session = %session.id, client = %ip, "authentication refused: banned meanwhile");
+            tracing::info!(session = %session.id(), client = %ip, "authentication refused: banned meanwhile");
             return session.auth_locked_out();
         }
         AuthVerdict::Valid => {
             auth_counted(shared, farm, "success");
-            tracing::info!(session = %session.id, client = %ip, user = user_shown.as_str(), "authenticated");
+            tracing::info!(session = %session.id(), client = %ip, user = user_shown.as_str(), "authenticated");
         }
         AuthVerdict::Invalid => {
             auth_counted(shared, farm, "failure");
-            tracing::info!(session = %session.id, client = %ip, user = user_shown.as_str(), "authentication failed");
+            tracing::info!(session = %session.id(), client = %ip, user = user_shown.as_str(), "authentication failed");
             if failures >= max {
                 ban_for_auth(shared, farm, ip, max);
             }

@@ -42,7 +42,7 @@ pub(super) async fn content_checks(
         if farm.scan_oversize_refuse {
             return Err(refuse(552, (5, 3, 4), "Message too large to be scanned", rules::SCAN_OVERSIZE));
         }
-        tracing::info!(session = %session.id, size = message.size, max = farm.scan_max_size, "message too large to scan: relayed unscanned");
+        tracing::info!(session = %session.id(), size = message.size, max = farm.scan_max_size, "message too large to scan: relayed unscanned");
         return Ok("X-Spam-Status: unscanned, message too large\r\n".to_owned());
     }
     let storage = || refuse(451, (4, 3, 0), "Temporary local problem, please try again later", rules::SPOOL);
@@ -53,21 +53,11 @@ pub(super) async fn content_checks(
         let mut bytes =
             vec![0u8; usize::try_from(reader.len().saturating_sub(message.sender_start)).map_err(|_| storage())?];
         reader.read_at(message.sender_start, &mut bytes).map_err(|_| storage())?;
-        let facts = mtac_ruleset::eval::Facts {
-            client_ip: session.peer.ip(),
-            helo: session.helo.as_deref(),
-            sender: session.txn.as_ref().map(|t| t.sender.as_str()),
-            recipient: None,
-            // What vouches for the client at RCPT vouches for it here: an authenticated user
-            // sending From: their own local address is not forging it.
-            authenticated: session.authenticated.is_some(),
-            user: session.authenticated.as_deref(),
-            tls: session.tls.is_some(),
-            hostname,
-            dns: &session.dns,
-        };
+        // What vouches for the client at RCPT vouches for it here: an authenticated user
+        // sending From: their own local address is not forging it.
+        let facts = session.facts(ruleset, session.transaction().map(|t| t.sender.as_str()), None);
         let trusted = mtac_ruleset::eval::trust(ruleset, farm, &facts).is_some()
-            || (farm.trust_loopback && mtac_ruleset::model::is_loopback(session.peer.ip()));
+            || (farm.trust_loopback && mtac_ruleset::model::is_loopback(session.peer().ip()));
         let local = |domain: &str| {
             use mtac_ruleset::eval::Lookup;
             farm.local_domains.is_some_and(|t| ruleset.domain(t, domain).is_some())
@@ -82,11 +72,11 @@ pub(super) async fn content_checks(
         return Ok(String::new());
     }
     let envelope = crate::scan::Envelope {
-        client: session.peer.ip().to_string(),
-        helo: session.helo.clone().unwrap_or_default(),
-        sender: session.txn.as_ref().map(|t| t.sender.clone()).unwrap_or_default(),
-        recipients: session.txn.as_ref().map(|t| t.recipients.clone()).unwrap_or_default(),
-        queue_id: session.id.clone(),
+        client: session.peer().ip().to_string(),
+        helo: session.helo().map(str::to_owned).unwrap_or_default(),
+        sender: session.transaction().map(|t| t.sender.clone()).unwrap_or_default(),
+        recipients: session.transaction().map(|t| t.recipients.clone()).unwrap_or_default(),
+        queue_id: session.id().to_owned(),
     };
     let asks = farm.scanners.iter().map(|scanner| {
         let (reader, envelope) = (&reader, &envelope);
@@ -103,7 +93,7 @@ pub(super) async fn content_checks(
         let result = match &o.result {
             Ok(crate::scan::Finding::Clean) => "clean",
             Ok(crate::scan::Finding::Virus(name)) => {
-                tracing::info!(session = %session.id, scanner, virus = name.as_str(), "virus found");
+                tracing::info!(session = %session.id(), scanner, virus = name.as_str(), "virus found");
                 metrics.viruses.get_or_create(&FarmLabel { farm: farm.name.clone() }).inc();
                 "virus"
             }
@@ -115,7 +105,7 @@ pub(super) async fn content_checks(
             Err(_) => "error",
         };
         if let Err(e) = &o.result {
-            tracing::warn!(session = %session.id, scanner, error = %e, fail_open = o.scanner.fail_open, "scanner failed");
+            tracing::warn!(session = %session.id(), scanner, error = %e, fail_open = o.scanner.fail_open, "scanner failed");
         }
         metrics.scans.get_or_create(&ScanResult { scanner, result }).inc();
         metrics.scan_seconds.get_or_create(&ScannerLabel { scanner }).observe(o.elapsed.as_secs_f64());

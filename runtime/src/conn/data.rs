@@ -40,12 +40,9 @@ pub(super) async fn transaction(
     if reply.is_positive() {
         count_delivery(conn.shared, session, farm);
     }
-    let accepted = reply.is_positive();
-    let action = if accepted { Action::Reply(reply) } else { session.data_refused(reply) };
-    session.end_transaction(accepted);
-    match action {
-        Action::Close(r) => return Err(conn.close(&r, End::TooManyErrors).await),
-        Action::Reply(r) => conn.reply(&r),
+    match session.message_answered(reply) {
+        Action::Close { reply, .. } => return Err(conn.close(&reply, End::TooManyErrors).await),
+        Action::Reply { reply, .. } => conn.reply(&reply),
         _ => {}
     }
     Ok(())
@@ -63,13 +60,13 @@ async fn receive(
     delivery: &Delivery<'_>,
     mut txn: Option<Transaction<'_>>,
 ) -> Result<(Reply, &'static str, u64), End> {
-    let Some(envelope) = session.txn.as_ref() else {
+    let Some(envelope) = session.transaction() else {
         return Ok((Reply::bad_sequence("need MAIL command"), rules::PROTOCOL, 0));
     };
-    let mut spool = match conn.shared.spool.create(&session.id).await {
+    let mut spool = match conn.shared.spool.create(session.id()).await {
         Ok(file) => file,
         Err(e) => {
-            tracing::error!(session = %session.id, error = %e, "spool: cannot create a file");
+            tracing::error!(session = %session.id(), error = %e, "spool: cannot create a file");
             if let Some(t) = txn {
                 t.abort().await;
             }
@@ -82,18 +79,18 @@ async fn receive(
         return Err(End::Io);
     }
     let trace = received::header(&Trace {
-        helo: session.helo.as_deref(),
-        client: session.peer.ip(),
+        helo: session.helo(),
+        client: session.peer().ip(),
         hostname,
         esmtp: session.esmtp(),
         smtputf8: envelope.smtputf8,
-        id: &session.id,
+        id: session.id(),
         recipient: match envelope.recipients.as_slice() {
             [one] => Some(one.as_str()),
             _ => None,
         },
-        tls: session.tls.as_deref(),
-        authenticated: session.authenticated.is_some(),
+        tls: session.tls(),
+        authenticated: session.authenticated().is_some(),
     });
     let bare = match farm.bare_line_ends {
         BarePolicy::Reject => SmtpBare::Reject,
@@ -147,7 +144,7 @@ async fn receive(
     // What the sender sent: the size every limit is about (our Received header is ours).
     let size = receiver.stats().size;
     if verdicts.removed() > 0 {
-        tracing::info!(session = %session.id, fields = verdicts.removed(), rename = farm.verdict_headers.rename, "sender's verdict headers removed");
+        tracing::info!(session = %session.id(), fields = verdicts.removed(), rename = farm.verdict_headers.rename, "sender's verdict headers removed");
         conn.shared.metrics.verdict_headers_removed.inc_by(u64::from(verdicts.removed()));
     }
     if let Err(e) = receiver.check() {
@@ -160,15 +157,15 @@ async fn receive(
     if let Some(e) = spool_error {
         let over_budget = e.kind() == std::io::ErrorKind::StorageFull;
         if over_budget {
-            tracing::warn!(session = %session.id, budget = conn.shared.spool.budget(), "spool: budget of bytes in flight used up");
+            tracing::warn!(session = %session.id(), budget = conn.shared.spool.budget(), "spool: budget of bytes in flight used up");
         } else {
-            tracing::error!(session = %session.id, error = %e, full = spool::is_full(&e), "spool: write failed");
+            tracing::error!(session = %session.id(), error = %e, full = spool::is_full(&e), "spool: write failed");
         }
         let reason = if over_budget { rules::SPOOL_BUDGET } else { rules::SPOOL };
         return Ok((abandon(txn, insufficient_storage()).await, reason, size));
     }
     if let Err(e) = spool.flush().await {
-        tracing::error!(session = %session.id, error = %e, "spool: flush failed");
+        tracing::error!(session = %session.id(), error = %e, "spool: flush failed");
         return Ok((abandon(txn, insufficient_storage()).await, rules::SPOOL, size));
     }
     if let Some(refusal) = header_from_refusal(session, farm, ruleset, &verdicts) {
@@ -201,7 +198,7 @@ async fn receive(
 /// client has its answer already).
 fn count_delivery(shared: &Shared, session: &Session, farm: &Farm) {
     let (Some(settings), Some(store), Some(client)) =
-        (&farm.greylist, shared.state.clone(), session.greylist_client.clone())
+        (&farm.greylist, shared.state.clone(), session.greylist_client().map(str::to_owned))
     else {
         return;
     };
@@ -222,7 +219,7 @@ fn header_from_refusal(
     ruleset: &mtac_ruleset::Ruleset,
     verdicts: &VerdictFilter<'_>,
 ) -> Option<Reply> {
-    if session.authenticated.is_none() || !farm.auth.as_ref().is_some_and(|a| a.header_from_owned) {
+    if session.authenticated().is_none() || !farm.auth.as_ref().is_some_and(|a| a.header_from_owned) {
         return None;
     }
     let (values, fields) = verdicts.from();
@@ -240,7 +237,7 @@ fn header_from_refusal(
         return None;
     }
     let shown: String = addresses.join(", ").chars().filter(|c| !c.is_control()).take(100).collect();
-    tracing::info!(session = %session.id, user = session.authenticated.as_deref().unwrap_or(""), from = shown.as_str(), fields, "header From not owned by the user");
+    tracing::info!(session = %session.id(), user = session.authenticated().unwrap_or(""), from = shown.as_str(), fields, "header From not owned by the user");
     Some(
         Reply::new(
             550,
@@ -282,17 +279,17 @@ async fn deliver(
         Delivery::Maildir(dir) => {
             let dir = dir.to_path_buf();
             let path = spool.path().to_path_buf();
-            let sender = session.txn.as_ref().map(|t| t.sender.clone()).unwrap_or_default();
+            let sender = session.transaction().map(|t| t.sender.clone()).unwrap_or_default();
             let host = hostname.to_owned();
             let result = tokio::task::spawn_blocking(move || {
                 crate::maildir::deliver(&dir, &path, headers.as_bytes(), &sender, &host)
             })
             .await;
             match result {
-                Ok(Ok(_)) => Reply::new(250, EnhancedCode::new(2, 0, 0), &format!("Ok: delivered as {}", session.id))
+                Ok(Ok(_)) => Reply::new(250, EnhancedCode::new(2, 0, 0), &format!("Ok: delivered as {}", session.id()))
                     .unwrap_or_else(|_| Reply::ok()),
                 Ok(Err(e)) => {
-                    tracing::error!(session = %session.id, error = %e, "maildir delivery failed");
+                    tracing::error!(session = %session.id(), error = %e, "maildir delivery failed");
                     Reply::new(451, EnhancedCode::new(4, 3, 0), "Local delivery failed, try again later")
                         .unwrap_or_else(|_| Reply::local_error())
                 }

@@ -36,10 +36,9 @@ use crate::lookups::{Lookups, Needs};
 use crate::relay::Transaction;
 use crate::server::{Delivery, Shared, Shutdown, Snapshot};
 use crate::session::{Action, Session};
-use crate::smtp::{parse, EnhancedCode, Frame, LineReader, Reply};
+use crate::smtp::{parse, Frame, LineReader, Reply};
 use crate::tls::SmtpStream;
 use mtac_ruleset::model::{Farm, Stage};
-use mtac_ruleset::rules;
 use report::Asked;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -232,13 +231,15 @@ pub async fn serve(
         shutdown: shared.shutdown_receiver(),
     };
     let mut session = Session::new(id, peer, &snapshot.ruleset, farm);
-    session.banned = banned;
+    if banned {
+        session.banned_at_connect();
+    }
     if implicit_tls && !starttls::implicit(&mut conn, &mut session, &snapshot, farm_index, farm).await {
         return;
     }
     let mut lookups = shared.dns().map(|dns| Lookups::start(dns, Needs::of(farm), peer.ip()));
     let mut command_timeout = Duration::from_secs(u64::from(farm.limits.timeouts.command));
-    if session.banned {
+    if session.is_banned() {
         // A banned client is only here to be refused: it gets little of our time.
         command_timeout = command_timeout.min(Duration::from_secs(10));
     }
@@ -271,26 +272,12 @@ async fn run(conn: &mut Conn<'_>, session: &mut Session, ctx: &Ctx<'_>, lookups:
             break end;
         }
         report::decided(conn.shared, session, ctx.farm, &asked, &action);
-        let acted = match action {
-            Action::Reply(reply) => {
-                conn.reply(&reply);
-                Ok(())
-            }
-            Action::Close(reply) => Err(conn.close(&reply, End::of_close(&reply)).await),
-            Action::Data => data::transaction(conn, session, ctx, &relay, txn.take()).await,
-            Action::StartTls(reply) => starttls::upgrade(conn, session, ctx, &reply).await,
-            // Made by `round_trips` before we get here.
-            Action::Recipient { .. }
-            | Action::Greylist { .. }
-            | Action::Directory { .. }
-            | Action::Authenticate { .. } => Ok(()),
-        };
-        if let Err(end) = acted {
+        if let Err(end) = act(conn, session, ctx, &relay, &mut txn, action).await {
             break end;
         }
         // RSET, a new EHLO, or a refused transaction: release the back end connection and the
         // client's place among the transfers in flight.
-        if session.txn.is_none() {
+        if session.transaction().is_none() {
             transfer = None;
             if let Some(t) = txn.take() {
                 t.abort().await;
@@ -303,6 +290,30 @@ async fn run(conn: &mut Conn<'_>, session: &mut Session, ctx: &Ctx<'_>, lookups:
         t.abort().await;
     }
     end
+}
+
+/// Carry out the session's answer, each in the room of its phase. `Err`: the session is over.
+async fn act<'r>(
+    conn: &mut Conn<'_>,
+    session: &mut Session,
+    ctx: &Ctx<'_>,
+    relay: &Delivery<'r>,
+    txn: &mut Option<Transaction<'r>>,
+    action: Action,
+) -> Result<(), End> {
+    match action {
+        Action::Reply { reply, .. } => {
+            conn.reply(&reply);
+            Ok(())
+        }
+        Action::Close { reply, .. } => Err(conn.close(&reply, End::of_close(&reply)).await),
+        Action::Data => data::transaction(conn, session, ctx, relay, txn.take()).await,
+        Action::StartTls(reply) => starttls::upgrade(conn, session, ctx, &reply).await,
+        // Made by `round_trips` before we get here.
+        Action::Recipient { .. } | Action::Greylist { .. } | Action::Directory { .. } | Action::Authenticate { .. } => {
+            Ok(())
+        }
+    }
 }
 
 /// The greet phase: the pregreet wait, then the `connect` stage and its 220 (or refusal).
@@ -319,10 +330,8 @@ async fn greet(
         match conn.read(wait, false).await {
             Read::Timeout => {}
             Read::Data => {
-                session.note_rule(rules::PREGREET.to_owned());
-                let reply =
-                    Reply::new(554, EnhancedCode::new(5, 5, 1), "Protocol error: you talked before the greeting")
-                        .unwrap_or_else(|_| Reply::local_error());
+                let closed = session.talked_early();
+                let reply = closed.sent_reply().cloned().unwrap_or_else(Reply::local_error);
                 return Err(conn.close(&reply, End::EarlyTalker).await);
             }
             Read::Closed => return Err(End::ClientClosed),
@@ -331,13 +340,16 @@ async fn greet(
         }
     }
     if let Some(l) = lookups.as_mut() {
-        l.ready_for(Stage::Connect, &mut session.dns, &conn.shared.metrics).await;
+        session.dns_answered(l.ready_for(Stage::Connect, &conn.shared.metrics).await);
     }
     let greeting = session.greet(&ctx.snapshot.ruleset, ctx.farm);
     report::decided(conn.shared, session, ctx.farm, &Asked::Connect, &greeting);
+    // A client the policy refuses at connect has earned its ban by the greeting, whether or not
+    // it says another word.
+    rcpt::ban_after(conn.shared, session, ctx.farm, greeting.refusal());
     match greeting {
-        Action::Close(reply) => return Err(conn.close(&reply, End::Refused).await),
-        Action::Reply(reply) => conn.reply(&reply),
+        Action::Close { reply, .. } => return Err(conn.close(&reply, End::Refused).await),
+        Action::Reply { reply, .. } => conn.reply(&reply),
         _ => {}
     }
     Ok(())
@@ -370,7 +382,7 @@ async fn next_action(
                 if !conn.flush(deadline).await {
                     return Err(End::Io);
                 }
-                let read = conn.read(deadline, session.txn.is_some()).await;
+                let read = conn.read(deadline, session.transaction().is_some()).await;
                 match conn.ended_by(read, &ctx.hostname).await {
                     None => continue,
                     Some(end) => return Err(end),
@@ -421,8 +433,8 @@ async fn round_trips<'r>(
             }
             Action::Greylist { address } => {
                 let fail_open = crate::state::Store::fail_open(&ctx.snapshot.ruleset.policy().state);
-                let verdict = rcpt::greylist(shared, session, ctx.farm, &address, fail_open).await;
-                session.greylist_result(address, verdict)
+                let answer = rcpt::greylist(shared, session, ctx.farm, &address, fail_open).await;
+                session.greylist_result(address, answer)
             }
             Action::Recipient { address } => rcpt::recipient(shared, session, ctx.farm, relay, txn, address).await,
             answer => return answer,

@@ -25,13 +25,13 @@ pub(super) async fn prepare(
     let stage = match command {
         Command::Helo(name) | Command::Ehlo(name) => {
             if let Some(l) = lookups.as_mut() {
-                l.helo(name, &mut session.dns);
+                session.dns_answered(l.helo(name));
             }
             Stage::Helo
         }
         Command::Mail(mail) => {
-            if session.txn.is_none() {
-                if let Some(reply) = rate_exceeded(shared, farm, RateSubject::Messages, session.peer.ip()).await {
+            if session.transaction().is_none() {
+                if let Some(reply) = rate_exceeded(shared, farm, RateSubject::Messages, session.peer().ip()).await {
                     return Some(session.refuse(reply, rules::RATE_LIMIT));
                 }
                 // Room for the message, before a byte of it is sent (RFC 1870: 452 for a
@@ -44,7 +44,7 @@ pub(super) async fn prepare(
                     // budget. Before that, a big sender's parallel deliveries (Postfix opens up to
                     // 20 per destination) are never turned away for a limit nobody is short of.
                     let limit = if shared.spool.under_pressure() { farm.limits.transfers_per_ip } else { u32::MAX };
-                    match shared.transfers.open(session.peer.ip(), limit) {
+                    match shared.transfers.open(session.peer().ip(), limit) {
                         Some(slot) => *transfer = Some(slot),
                         None => {
                             let reply = Reply::new(
@@ -62,7 +62,7 @@ pub(super) async fn prepare(
                         ReversePath::Null => None,
                         ReversePath::Mailbox(m) => Some(m.domain()),
                     };
-                    l.sender(domain, &mut session.dns);
+                    session.dns_answered([l.sender(domain)]);
                 }
             }
             Stage::Mail
@@ -71,7 +71,7 @@ pub(super) async fn prepare(
         _ => return None,
     };
     if let Some(l) = lookups.as_mut() {
-        l.ready_for(stage, &mut session.dns, &shared.metrics).await;
+        session.dns_answered(l.ready_for(stage, &shared.metrics).await);
     }
     None
 }

@@ -9,12 +9,11 @@ use super::{Conn, Ctx, End};
 use crate::metrics::GreylistOutcome;
 use crate::relay::{Envelope, Relay, Transaction};
 use crate::server::{Delivery, Shared, Snapshot};
-use crate::session::{Action, Session};
+use crate::session::{Action, GreylistAnswer, Refusal, Session};
 use crate::smtp::{EnhancedCode, Reply};
 use crate::state::{GreylistVerdict, Timings, Triplet};
 use mtac_ruleset::eval::{DirectoryAnswer, ReverseDns};
 use mtac_ruleset::model::{BackendProtocol, Farm, GreylistKey};
-use mtac_ruleset::rules;
 use std::time::Duration;
 use tokio::time::Instant;
 
@@ -47,31 +46,31 @@ pub(super) async fn ask_directory(
     };
     let labels = crate::metrics::DirectoryLookup { farm: farm.name.clone(), result, source };
     shared.metrics.directory.get_or_create(&labels).inc();
-    tracing::debug!(session = %session.id, recipient, result, source, "directory lookup");
+    tracing::debug!(session = %session.id(), recipient, result, source, "directory lookup");
     answer
 }
 
-/// Consult the state store for a recipient that passed every other step. `Ok` goes on to the
-/// back end; `Err` is the reply: the policy's 451, or the store's failure mode.
+/// Consult the state store for a recipient that passed every other step: a pass goes on to the
+/// back end; a refusal carries the reply: the policy's 451, or the store's failure mode.
 pub(super) async fn greylist(
     shared: &Shared,
-    session: &mut Session,
+    session: &Session,
     farm: &Farm,
     recipient: &str,
     fail_open: bool,
-) -> Result<(), Reply> {
+) -> GreylistAnswer {
     let (Some(settings), Some(store)) = (&farm.greylist, shared.state.as_ref()) else {
         // The node opens its store whenever a farm greylists (server::Node::new).
-        return Ok(());
+        return GreylistAnswer::Pass { client: None };
     };
     let client = greylist_client(settings, session);
-    let sender = session.txn.as_ref().map_or("", |t| t.sender.as_str());
+    let sender = session.transaction().map_or("", |t| t.sender.as_str());
     let triplet = Triplet::new(client.clone(), sender, recipient);
     let metrics = &shared.metrics;
     let outcome = |outcome: &'static str| {
         metrics.greylist.get_or_create(&GreylistOutcome { farm: farm.name.clone(), outcome }).inc();
     };
-    match store.greylist(&triplet, session.peer.ip(), Timings::from(settings)).await {
+    match store.greylist(&triplet, session.peer().ip(), Timings::from(settings)).await {
         Ok(verdict) => {
             outcome(verdict.as_str());
             if let GreylistVerdict::Passed { waited, other_address } = verdict {
@@ -80,25 +79,26 @@ pub(super) async fn greylist(
                     metrics.greylist_other_address.inc();
                 }
                 tracing::info!(
-                    session = %session.id, client = %session.peer.ip(), key = client.as_str(), sender,
+                    session = %session.id(), client = %session.peer().ip(), key = client.as_str(), sender,
                     recipient, waited, other_address, "greylist passed"
                 );
             }
             if verdict.passes() {
-                session.greylist_client = Some(client);
-                Ok(())
+                GreylistAnswer::Pass { client: Some(client) }
             } else {
-                Err(crate::session::policy_reply(&settings.reply))
+                GreylistAnswer::Refuse(crate::session::policy_reply(&settings.reply))
             }
         }
         Err(e) => {
             outcome(if fail_open { "error-accepted" } else { "error-deferred" });
-            tracing::warn!(session = %session.id, error = %e, fail_open, "greylist: the state store did not answer");
+            tracing::warn!(session = %session.id(), error = %e, fail_open, "greylist: the state store did not answer");
             if fail_open {
-                Ok(())
+                GreylistAnswer::Pass { client: None }
             } else {
-                Err(Reply::new(451, EnhancedCode::new(4, 3, 0), "Temporary local problem, please try again later")
-                    .unwrap_or_else(|_| Reply::local_error()))
+                GreylistAnswer::Refuse(
+                    Reply::new(451, EnhancedCode::new(4, 3, 0), "Temporary local problem, please try again later")
+                        .unwrap_or_else(|_| Reply::local_error()),
+                )
             }
         }
     }
@@ -109,13 +109,13 @@ pub(super) async fn greylist(
 /// one client).
 fn greylist_client(settings: &mtac_ruleset::model::Greylist, session: &Session) -> String {
     if settings.key == GreylistKey::Fcrdns {
-        if let Some(ReverseDns::Confirmed(name)) = &session.dns.reverse {
+        if let Some(ReverseDns::Confirmed(name)) = &session.dns().reverse {
             if let Some(domain) = psl::domain_str(&name.trim_end_matches('.').to_ascii_lowercase()) {
                 return format!("dns:{domain}");
             }
         }
     }
-    format!("net:{}", crate::guard::network(session.peer.ip(), settings.v4_prefix, settings.v6_prefix))
+    format!("net:{}", crate::guard::network(session.peer().ip(), settings.v4_prefix, settings.v6_prefix))
 }
 
 /// `Action::Recipient`: the policy accepted the recipient; the back end's verdict (or, with a
@@ -134,7 +134,6 @@ pub(super) async fn recipient<'r>(
     };
     if let Err(refusal) = &verdict {
         // The policy accepted the recipient; the back end (or the way to it) did not.
-        session.note_rule(rules::BACKEND.to_owned());
         shared.metrics.relay_errors.get_or_create(&relay_error(farm, "rcpt", refusal)).inc();
     }
     session.recipient_result(address, verdict)
@@ -148,7 +147,7 @@ async fn forward<'r>(
     address: &str,
 ) -> Result<(), Reply> {
     if txn.is_none() {
-        let Some(envelope) = session.txn.as_ref().map(|t| Envelope {
+        let Some(envelope) = session.transaction().map(|t| Envelope {
             sender: t.sender.clone(),
             size: t.size,
             eight_bit: t.eight_bit,
@@ -161,7 +160,7 @@ async fn forward<'r>(
     let Some(t) = txn.as_mut() else { return Err(Reply::local_error()) };
     // LMTP answers per recipient after DATA while our client expects one reply: one recipient
     // per transaction keeps every answer exact (ARCHITECTURE.md, "LMTP").
-    if t.protocol() == BackendProtocol::Lmtp && session.txn.as_ref().is_some_and(|s| !s.recipients.is_empty()) {
+    if t.protocol() == BackendProtocol::Lmtp && session.transaction().is_some_and(|s| !s.recipients.is_empty()) {
         return Err(Reply::new(
             452,
             EnhancedCode::new(4, 5, 3),
@@ -177,24 +176,14 @@ async fn forward<'r>(
 /// and a refusal waits out the tarpit. `Err`: writing the replies before the wait failed.
 pub(super) async fn after_answer(
     conn: &mut Conn<'_>,
-    session: &mut Session,
+    session: &Session,
     ctx: &Ctx<'_>,
     action: &Action,
 ) -> Result<(), End> {
     let farm = ctx.farm;
-    if let Some(rule) = session.take_refusal_rule() {
-        if let Some((scope, net, seconds)) =
-            conn.shared.bans.after_refusal(&farm.name, session.peer.ip(), &rule, &farm.bans)
-        {
-            conn.shared.metrics.bans.inc();
-            let active = conn.shared.bans.active();
-            let from = scope.name().to_owned();
-            tracing::info!(session = %session.id, client = %session.peer.ip(), %net, rule = %rule, farm = from.as_str(), active, "banned");
-            super::auth::share_ban(conn.shared, scope, net, seconds);
-        }
-    }
+    ban_after(conn.shared, session, farm, action.refusal());
     if farm.tarpit_ms > 0 {
-        if let Action::Reply(r) | Action::Close(r) = action {
+        if let Action::Reply { reply: r, .. } | Action::Close { reply: r, .. } = action {
             if r.is_transient() || r.is_permanent() {
                 if !conn.flush(Instant::now() + ctx.command_timeout).await {
                     return Err(End::Io);
@@ -204,4 +193,20 @@ pub(super) async fn after_answer(
         }
     }
     Ok(())
+}
+
+/// The ban `refusal` earns, if the farm bans after its rule (`ban after=`; only a permanent
+/// refusal by the policy counts): the network's next connections are turned away, on this node
+/// and, through Redis, on the farm's others.
+pub(super) fn ban_after(shared: &Shared, session: &Session, farm: &Farm, refusal: Option<&Refusal>) {
+    let Some(rule) = refusal.filter(|r| r.may_ban).map(|r| r.rule.as_str()) else { return };
+    let Some((scope, net, seconds)) = shared.bans.after_refusal(&farm.name, session.peer().ip(), rule, &farm.bans)
+    else {
+        return;
+    };
+    shared.metrics.bans.inc();
+    let active = shared.bans.active();
+    let from = scope.name().to_owned();
+    tracing::info!(session = %session.id(), client = %session.peer().ip(), %net, rule, farm = from.as_str(), active, "banned");
+    super::auth::share_ban(shared, scope, net, seconds);
 }

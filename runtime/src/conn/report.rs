@@ -54,17 +54,8 @@ impl Asked {
 /// Log and count one answer: every refusal (with the rule that gave it) and every recipient
 /// verdict. One line per decision, so an operator can answer "why was this refused?" from the
 /// log alone. Message bodies and AUTH payloads are never logged.
-pub(super) fn decided(shared: &Shared, session: &mut Session, farm: &Farm, asked: &Asked, action: &Action) {
-    let rule = session.take_rule();
-    let reply = match action {
-        Action::Reply(r) | Action::Close(r) => r,
-        Action::StartTls(r) => r,
-        Action::Recipient { .. }
-        | Action::Greylist { .. }
-        | Action::Directory { .. }
-        | Action::Authenticate { .. }
-        | Action::Data => return,
-    };
+pub(super) fn decided(shared: &Shared, session: &Session, farm: &Farm, asked: &Asked, action: &Action) {
+    let Some(reply) = action.sent_reply() else { return };
     let refused = reply.is_transient() || reply.is_permanent();
     let metrics = &shared.metrics;
     if let Asked::Rcpt(_) = asked {
@@ -77,19 +68,19 @@ pub(super) fn decided(shared: &Shared, session: &mut Session, farm: &Farm, asked
     }
     if !refused {
         if let Asked::Rcpt(recipient) = asked {
-            let sender = session.txn.as_ref().map_or("", |t| t.sender.as_str());
+            let sender = session.transaction().map_or("", |t| t.sender.as_str());
             tracing::info!(
-                session = %session.id, client = %session.peer.ip(), helo = session.helo.as_deref().unwrap_or(""),
+                session = %session.id(), client = %session.peer().ip(), helo = session.helo().unwrap_or(""),
                 sender, recipient = recipient.as_str(), stage = "rcpt", reply = %first_line(reply), "recipient accepted"
             );
         }
         return;
     }
-    let rule = rule.unwrap_or_else(|| rules::PROTOCOL.to_owned());
-    metrics.refusal(&farm.name, asked.stage(), reply.is_permanent(), &rule);
+    let rule = action.refusal().map_or(rules::PROTOCOL, |r| r.rule.as_str());
+    metrics.refusal(&farm.name, asked.stage(), reply.is_permanent(), rule);
     let sender = match asked {
         Asked::Mail(sender) => sender.as_str(),
-        _ => session.txn.as_ref().map_or("", |t| t.sender.as_str()),
+        _ => session.transaction().map_or("", |t| t.sender.as_str()),
     };
     let recipient = match asked {
         Asked::Rcpt(r) => r.as_str(),
@@ -97,11 +88,11 @@ pub(super) fn decided(shared: &Shared, session: &mut Session, farm: &Farm, asked
     };
     let helo = match asked {
         Asked::Helo(name) => name.as_str(),
-        _ => session.helo.as_deref().unwrap_or(""),
+        _ => session.helo().unwrap_or(""),
     };
     tracing::info!(
-        session = %session.id, client = %session.peer.ip(), helo, sender, recipient, stage = asked.stage(),
-        rule = rule.as_str(), reply = %first_line(reply), "refused"
+        session = %session.id(), client = %session.peer().ip(), helo, sender, recipient, stage = asked.stage(),
+        rule, reply = %first_line(reply), "refused"
     );
 }
 
@@ -128,9 +119,9 @@ pub(super) fn message_decided(
     } else {
         metrics.refusal(&farm.name, "data", reply.is_permanent(), reason);
     }
-    let (sender, recipients) = session.txn.as_ref().map_or(("", 0), |t| (t.sender.as_str(), t.recipients.len()));
+    let (sender, recipients) = session.transaction().map_or(("", 0), |t| (t.sender.as_str(), t.recipients.len()));
     tracing::info!(
-        session = %session.id, client = %session.peer.ip(), helo = session.helo.as_deref().unwrap_or(""),
+        session = %session.id(), client = %session.peer().ip(), helo = session.helo().unwrap_or(""),
         sender, recipients, size, stage = "data", verdict, reason, reply = %first_line(reply), "message"
     );
 }
@@ -151,12 +142,12 @@ pub(super) fn relay_error(farm: &Farm, phase: &'static str, reply: &Reply) -> Re
 pub(super) fn session_closed(shared: &Shared, session: &Session, farm_name: &str, farm: &Farm, end: End) {
     shared.metrics.sessions.get_or_create(&SessionEnd { farm: farm.name.clone(), end: end.as_str() }).inc();
     tracing::info!(
-        session = %session.id,
-        client = %session.peer.ip(),
+        session = %session.id(),
+        client = %session.peer().ip(),
         farm = farm_name,
-        helo = session.helo.as_deref().unwrap_or(""),
-        accepted = session.accepted,
-        rule = session.last_rule.as_deref().unwrap_or(""),
+        helo = session.helo().unwrap_or(""),
+        accepted = session.accepted(),
+        rule = session.last_rule().unwrap_or(""),
         end = end.as_str(),
         "session closed"
     );

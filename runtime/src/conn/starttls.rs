@@ -28,11 +28,11 @@ pub(super) async fn implicit(
             true
         }
         Ok(Err(e)) => {
-            tracing::info!(session = %session.id, client = %session.peer.ip(), error = %e, "TLS handshake failed");
+            tracing::info!(session = %session.id(), client = %session.peer().ip(), error = %e, "TLS handshake failed");
             false
         }
         Err(_) => {
-            tracing::info!(session = %session.id, client = %session.peer.ip(), "TLS handshake timed out");
+            tracing::info!(session = %session.id(), client = %session.peer().ip(), "TLS handshake timed out");
             false
         }
     }
@@ -59,7 +59,7 @@ pub(super) async fn upgrade(
             Ok(())
         }
         Ok(Err(e)) => {
-            tracing::info!(session = %session.id, error = %e, "STARTTLS handshake failed");
+            tracing::info!(session = %session.id(), error = %e, "STARTTLS handshake failed");
             Err(End::Io)
         }
         Err(_) => Err(End::Timeout),

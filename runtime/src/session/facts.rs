@@ -1,0 +1,114 @@
+//! What the session knows of its client and how it asks the evaluator: the DNS answers the
+//! driver hands in ([`DnsUpdate`], [`super::Session::dns_answered`]), the [`Facts`] built from
+//! them and from the session's own state, and the evaluator's [`Decision`] turned into the
+//! session's terms ([`Verdict`]).
+//!
+//! **Invariant:** every policy decision of the session is one call of
+//! [`mtac_ruleset::eval::evaluate`] with facts built here, so `mtac explain` (which builds its
+//! facts from flags) decides alike.
+
+use super::action::{policy_reply, Refusal};
+use super::Session;
+use crate::smtp::Reply;
+use mtac_ruleset::eval::{self, Decision, DomainStatus, Facts, GivenDns, ListAnswer, ReverseDns};
+use mtac_ruleset::model::{Farm, Stage};
+use mtac_ruleset::Ruleset;
+
+/// One thing DNS answered (or made stale) since the session last heard, handed to
+/// [`super::Session::dns_answered`] by the driver's lookups.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DnsUpdate {
+    /// A DNS list answered for `zone`; the answer replaces the zone's earlier one.
+    Listed { zone: String, answer: ListAnswer },
+    /// The client gave a new HELO name: the answers about the old one (these zones', and its
+    /// status) no longer hold.
+    HeloChanged { zones: Vec<String> },
+    /// A new MAIL FROM: the answers about the old sender's domain no longer hold.
+    SenderChanged { zones: Vec<String> },
+    /// The client's reverse DNS.
+    Reverse(ReverseDns),
+    /// What DNS knows of the HELO name (`None`: it was not looked up).
+    HeloName(Option<DomainStatus>),
+    /// What DNS knows of the sender's domain (`None`: it was not looked up).
+    SenderDomain(Option<DomainStatus>),
+}
+
+/// The evaluator's decision on a stage, in the session's terms.
+#[derive(Debug)]
+pub(super) enum Verdict {
+    Pass,
+    /// Every step so far passed and the directory must be asked about the recipient; the steps
+    /// after it wait for its answer.
+    AskDirectory,
+    /// Every step passed but greylisting, which the state store answers.
+    AskGreylist,
+    /// The policy refuses with this reply (and names its rule, as it always does).
+    Refuse(Reply, Option<Refusal>),
+}
+
+impl Verdict {
+    fn of(decision: Decision) -> Verdict {
+        match decision.reply {
+            Some(r) => {
+                let reply = policy_reply(&r);
+                let may_ban = reply.is_permanent();
+                Verdict::Refuse(reply, decision.rule.map(|rule| Refusal { rule, may_ban }))
+            }
+            None if decision.directory_pending => Verdict::AskDirectory,
+            None if decision.greylist_pending => Verdict::AskGreylist,
+            None => Verdict::Pass,
+        }
+    }
+}
+
+fn forget(dns: &mut GivenDns, zones: &[String]) {
+    dns.lists.retain(|(z, _)| !zones.contains(z));
+}
+
+impl Session {
+    /// DNS answered (or the name asked about changed): merge it into what the evaluator reads.
+    pub fn dns_answered(&mut self, updates: impl IntoIterator<Item = DnsUpdate>) {
+        for update in updates {
+            match update {
+                DnsUpdate::Listed { zone, answer } => match self.dns.lists.iter_mut().find(|(z, _)| *z == zone) {
+                    Some(slot) => slot.1 = answer,
+                    None => self.dns.lists.push((zone, answer)),
+                },
+                DnsUpdate::HeloChanged { zones } => {
+                    forget(&mut self.dns, &zones);
+                    self.dns.helo_name = None;
+                }
+                DnsUpdate::SenderChanged { zones } => {
+                    forget(&mut self.dns, &zones);
+                    self.dns.sender_domain = None;
+                }
+                DnsUpdate::Reverse(reverse) => self.dns.reverse = Some(reverse),
+                DnsUpdate::HeloName(status) => self.dns.helo_name = status,
+                DnsUpdate::SenderDomain(status) => self.dns.sender_domain = status,
+            }
+        }
+    }
+
+    /// What the evaluator may consult now, for a command naming `sender` and `recipient`. The
+    /// greylist store and the directory have not been asked (their steps say so).
+    pub fn facts<'a>(&'a self, ruleset: &'a Ruleset, sender: Option<&'a str>, recipient: Option<&'a str>) -> Facts<'a> {
+        Facts {
+            client_ip: self.peer.ip(),
+            helo: self.helo.as_deref(),
+            sender,
+            recipient,
+            authenticated: self.authenticated.is_some(),
+            user: self.authenticated.as_deref(),
+            tls: self.tls.is_some(),
+            hostname: &ruleset.policy().hostname,
+            dns: &self.dns,
+            greylist: None,
+            directory: None,
+        }
+    }
+}
+
+/// Evaluate `stage` with `facts`.
+pub(super) fn decide(ruleset: &Ruleset, farm: &Farm, stage: Stage, facts: &Facts<'_>) -> Verdict {
+    Verdict::of(eval::evaluate(ruleset, farm, stage, facts))
+}
