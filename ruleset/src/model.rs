@@ -289,6 +289,20 @@ impl Reply {
     pub fn is_permanent(&self) -> bool {
         self.code >= 500
     }
+
+    /// What a client refused by the `connect` stage with this reply is told instead of the
+    /// greeting. RFC 5321 4.3.2 allows only 220, 554 or 421 there: a deferral becomes
+    /// `421 4.7.0` (and the connection closes), a refusal `554 5.7.1` (then 503 to every command
+    /// but QUIT, 3.1); the host name leads the policy's text either way. The node and
+    /// `mtac explain` both show this reply, so they cannot differ at connect.
+    pub fn as_greeting(&self, hostname: &str) -> Reply {
+        let text = format!("{hostname} {}", self.text);
+        if self.is_permanent() {
+            Reply::new(554, "5.7.1", &text)
+        } else {
+            Reply::new(421, "4.7.0", &text)
+        }
+    }
 }
 
 impl std::fmt::Display for Reply {

@@ -47,7 +47,7 @@ pub(super) enum Verdict {
 }
 
 impl Verdict {
-    fn of(decision: Decision) -> Verdict {
+    pub(super) fn of(decision: Decision) -> Verdict {
         match decision.reply {
             Some(r) => {
                 let reply = policy_reply(&r);

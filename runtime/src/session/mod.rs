@@ -36,7 +36,7 @@ pub use mail::{GreylistAnswer, Transaction};
 use crate::smtp::{Command, EhloCapabilities, ParseError, Reply};
 use action::reply;
 use facts::{decide, Verdict};
-use mtac_ruleset::eval::GivenDns;
+use mtac_ruleset::eval::{self, GivenDns};
 use mtac_ruleset::model::{self, Farm, Stage};
 use mtac_ruleset::rules;
 use mtac_ruleset::Ruleset;
@@ -246,19 +246,21 @@ impl Session {
     /// The greeting, after the connect stage of the policy.
     pub fn greet(&mut self, ruleset: &Ruleset, farm: &Farm) -> Action {
         let facts = self.facts(ruleset, None, None);
-        let Verdict::Refuse(r, refusal) = decide(ruleset, farm, Stage::Connect, &facts) else {
+        let decision = eval::evaluate(ruleset, farm, Stage::Connect, &facts);
+        let Some(policy) = &decision.reply else {
+            return Action::reply(Reply::greeting(&self.hostname, &ruleset.policy().banner));
+        };
+        let greeting = policy_reply(&policy.as_greeting(&self.hostname));
+        let closes = !policy.is_permanent();
+        let Verdict::Refuse(r, refusal) = Verdict::of(decision) else {
             return Action::reply(Reply::greeting(&self.hostname, &ruleset.policy().banner));
         };
         let refusal = self.noted(refusal);
-        let text = format!("{} {}", self.hostname, r.lines().join(" "));
-        if r.is_transient() {
-            // A temporary refusal at connect closes at once: RFC 5321 4.3.2 allows only 220, 554
-            // or 421 as a greeting, so a deferral becomes 421 with the policy's text.
-            return Action::Close { reply: reply(421, 4, 7, 0, &text), refusal };
+        if closes {
+            return Action::Close { reply: greeting, refusal };
         }
-        // RFC 5321 3.1: a 554 greeting, then 503 to everything until QUIT.
         self.refused = Some(r);
-        Action::Reply { reply: reply(554, 5, 7, 1, &text), refusal }
+        Action::Reply { reply: greeting, refusal }
     }
 
     /// A line that did not parse.
