@@ -439,7 +439,6 @@ fn verdict_headers(farm: &DraftFarm, hostname: &str) -> VerdictHeaders {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use crate::diag::Diagnostics;
     use crate::lower::Lowerer;
 
     /// Every check on, in two farms: the programs' rule names are exactly the policy rules of
@@ -467,8 +466,7 @@ farm "users" kind="submission" {
     relay { backend "smtp://127.0.0.1:10025"; }
 }
 "#;
-        let mut diags = Diagnostics::default();
-        let mut lw = Lowerer::new(&mut diags);
+        let mut lw = Lowerer::new();
         let draft = lw.lower_text("policy.kdl", text.to_owned(), None).unwrap();
         let mut names: Vec<String> =
             draft.farms.iter().flat_map(|farm| rule_names(&program(farm, "mx.example.net", None, None))).collect();

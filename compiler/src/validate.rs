@@ -2,8 +2,8 @@
 //! safety errors (open relay, AUTH without TLS, a farm with no back end). Runs on the whole
 //! [`Draft`] and reports everything it finds.
 
-use crate::diag::{did_you_mean, Diag};
-use crate::lower::{Draft, DraftFarm, Lowerer, NetEntry, Origin};
+use crate::diag::{did_you_mean, Diag, Reporter};
+use crate::lower::{Draft, DraftFarm, NetEntry, Origin};
 use ipnet::IpNet;
 use mtac_ruleset::model::{AccessAction, FarmKind};
 use std::collections::HashMap;
@@ -12,15 +12,15 @@ use std::net::IpAddr;
 /// How many findings of one kind are listed before they are summarised.
 const MAX_LISTED: usize = 10;
 
-pub fn validate(lw: &mut Lowerer<'_>, draft: &Draft) {
+pub fn validate(reporter: &mut Reporter, draft: &Draft) {
     if draft.hostname.is_none() {
-        lw.diags.push(
+        reporter.push(
             Diag::error("mtac::hostname::missing", "the policy names no host name")
                 .help("add `hostname \"mx1.example.net\"` at the top level: it is the greeting and Received name"),
         );
     }
     if draft.farms.is_empty() {
-        lw.diags.push(
+        reporter.push(
             Diag::error("mtac::farm::none", "the policy defines no farm")
                 .help("add `farm \"mx\" kind=\"inbound-mx\" { … }` (see docs/policy.md)"),
         );
@@ -29,7 +29,7 @@ pub fn validate(lw: &mut Lowerer<'_>, draft: &Draft) {
     for farm in &draft.farms {
         for (listener, origin) in &farm.listeners {
             if let Some((other, _)) = listeners.get(&listener.address) {
-                lw.report(
+                reporter.report(
                     Diag::error(
                         "mtac::listen::shared",
                         format!("{} is also a listener of farm `{other}`", listener.address),
@@ -42,10 +42,10 @@ pub fn validate(lw: &mut Lowerer<'_>, draft: &Draft) {
                 listeners.insert(listener.address, (&farm.name, *origin));
             }
         }
-        validate_farm(lw, farm);
+        validate_farm(reporter, farm);
         if let (Some(tls), Some((hostname, _))) = (&farm.tls, &draft.hostname) {
             let name = tls.name.as_deref().unwrap_or(hostname);
-            certificate(lw, farm, &tls.certificate, name, tls.origin);
+            certificate(reporter, farm, &tls.certificate, name, tls.origin);
         }
     }
 }
@@ -59,14 +59,14 @@ const EXPIRY_WARNING_DAYS: i64 = 14;
 /// The farm's certificate: it must parse, be valid now, not expire within two weeks (warning),
 /// and name the node's host name — an error on a submission farm, whose clients verify it, a
 /// warning on an inbound one, where SMTP clients seldom do.
-fn certificate(lw: &mut Lowerer<'_>, farm: &DraftFarm, path: &str, hostname: &str, origin: Origin) {
+fn certificate(reporter: &mut Reporter, farm: &DraftFarm, path: &str, hostname: &str, origin: Origin) {
     // Certificates live outside the policy's tree (/etc/…), so only the file checks of
     // `files` apply: a policy naming /dev/zero must not hang `mtac check`.
     let bytes = match crate::files::read_regular(std::path::Path::new(path), CERTIFICATE_LIMIT) {
         Ok(text) => text.into_bytes(),
         Err(crate::files::Refusal::Io(e)) if e.kind() == std::io::ErrorKind::NotFound => return, // reported above
         Err(_) => {
-            lw.report(
+            reporter.report(
                 Diag::error(
                     "mtac::tls::certificate",
                     format!("TLS certificate {path}: not a PEM file of at most 1 MiB"),
@@ -82,7 +82,7 @@ fn certificate(lw: &mut Lowerer<'_>, farm: &DraftFarm, path: &str, hostname: &st
     let pem = match x509_parser::pem::Pem::iter_from_buffer(&bytes).next() {
         Some(Ok(pem)) => pem,
         _ => {
-            lw.report(
+            reporter.report(
                 problem(format!("TLS certificate {path}: no PEM certificate in it"))
                     .help("the file holds the PEM chain, the server's certificate first"),
                 origin,
@@ -94,7 +94,7 @@ fn certificate(lw: &mut Lowerer<'_>, farm: &DraftFarm, path: &str, hostname: &st
     let cert = match pem.parse_x509() {
         Ok(cert) => cert,
         Err(e) => {
-            lw.report(problem(format!("TLS certificate {path}: {e}")), origin, "unreadable certificate");
+            reporter.report(problem(format!("TLS certificate {path}: {e}")), origin, "unreadable certificate");
             return;
         }
     };
@@ -105,20 +105,20 @@ fn certificate(lw: &mut Lowerer<'_>, farm: &DraftFarm, path: &str, hostname: &st
     let validity = cert.validity();
     let (not_before, not_after) = (validity.not_before.timestamp(), validity.not_after.timestamp());
     if not_after < now {
-        lw.report(
+        reporter.report(
             problem(format!("TLS certificate {path} expired on {}", validity.not_after))
                 .help("renew it; clients that verify certificates refuse an expired one"),
             origin,
             "expired certificate",
         );
     } else if not_before > now {
-        lw.report(
+        reporter.report(
             problem(format!("TLS certificate {path} is not valid before {}", validity.not_before)),
             origin,
             "certificate not yet valid",
         );
     } else if not_after - now < EXPIRY_WARNING_DAYS * 86_400 {
-        lw.report(
+        reporter.report(
             Diag::warning(
                 "mtac::tls::expiring",
                 format!(
@@ -163,14 +163,14 @@ fn certificate(lw: &mut Lowerer<'_>, farm: &DraftFarm, path: &str, hostname: &st
         } else {
             Diag::warning("mtac::tls::name", message)
         };
-        lw.report(diag.help(help), origin, "certificate for another name");
+        reporter.report(diag.help(help), origin, "certificate for another name");
     }
 }
 
-fn validate_farm(lw: &mut Lowerer<'_>, farm: &DraftFarm) {
+fn validate_farm(reporter: &mut Reporter, farm: &DraftFarm) {
     let name = &farm.name;
     if farm.listeners.is_empty() {
-        lw.report(
+        reporter.report(
             Diag::error("mtac::listen::none", format!("farm `{name}` listens nowhere"))
                 .help("add e.g. `listen \"0.0.0.0:25\"`"),
             farm.origin,
@@ -178,7 +178,7 @@ fn validate_farm(lw: &mut Lowerer<'_>, farm: &DraftFarm) {
         );
     }
     if farm.relay.is_none() {
-        lw.report(
+        reporter.report(
             Diag::error("mtac::relay::none", format!("farm `{name}` has no back end"))
                 .help("mtac keeps no queue: add `relay { backend \"smtp://10.0.0.5:25\" }`, or `deliver maildir=\"DIR\"` on one machine"),
             farm.origin,
@@ -188,7 +188,7 @@ fn validate_farm(lw: &mut Lowerer<'_>, farm: &DraftFarm) {
     match farm.kind {
         FarmKind::InboundMx => {
             if farm.local_domains.is_empty() {
-                lw.report(
+                reporter.report(
                     Diag::error("mtac::local-domains::none", format!("inbound farm `{name}` has no local domains"))
                         .help("list the domains it receives mail for: `local-domains \"example.com\"`; without them every recipient is refused"),
                     farm.origin,
@@ -198,7 +198,7 @@ fn validate_farm(lw: &mut Lowerer<'_>, farm: &DraftFarm) {
         }
         FarmKind::Submission => {
             if farm.auth.is_none() {
-                lw.report(
+                reporter.report(
                     Diag::error("mtac::submission::no-auth", format!("submission farm `{name}` has no `auth`")).help(
                         "a submission farm relays for its users only: add `auth { ldap … }` or `auth { user … }`",
                     ),
@@ -207,7 +207,7 @@ fn validate_farm(lw: &mut Lowerer<'_>, farm: &DraftFarm) {
                 );
             }
             if farm.greylist.is_some() {
-                lw.report(
+                reporter.report(
                     Diag::warning("mtac::greylist::submission", "greylisting never applies on a submission farm")
                         .help("authenticated clients skip greylisting; remove it"),
                     farm.greylist.as_ref().map_or(farm.origin, |g| g.origin),
@@ -220,7 +220,7 @@ fn validate_farm(lw: &mut Lowerer<'_>, farm: &DraftFarm) {
         let max = farm.scan_max_size.unwrap_or(farm.limits.message_size);
         let virus_scanner = farm.scanners.iter().any(|s| s.kind == mtac_ruleset::model::ScannerKind::Clamav);
         if virus_scanner && max < farm.limits.message_size {
-            lw.report(
+            reporter.report(
                 Diag::warning(
                     "mtac::scan::unscanned",
                     format!(
@@ -238,7 +238,7 @@ fn validate_farm(lw: &mut Lowerer<'_>, farm: &DraftFarm) {
     }
     if let Some((_, origin)) = &farm.auth {
         if farm.tls.is_none() {
-            lw.report(
+            reporter.report(
                 Diag::error("mtac::auth::no-tls", format!("farm `{name}` offers AUTH without TLS"))
                     .help("passwords must never cross the network in clear: add `tls certificate=\"…\" key=\"…\"`"),
                 *origin,
@@ -248,7 +248,7 @@ fn validate_farm(lw: &mut Lowerer<'_>, farm: &DraftFarm) {
     }
     for (listener, origin) in &farm.listeners {
         if listener.implicit_tls && farm.tls.is_none() {
-            lw.report(
+            reporter.report(
                 Diag::error(
                     "mtac::listen::no-certificate",
                     format!("{} wants implicit TLS but the farm has no `tls`", listener.address),
@@ -260,7 +260,7 @@ fn validate_farm(lw: &mut Lowerer<'_>, farm: &DraftFarm) {
         }
         let port = listener.address.port();
         if farm.kind == FarmKind::Submission && port == 25 {
-            lw.report(
+            reporter.report(
                 Diag::warning("mtac::listen::port", "a submission farm on port 25")
                     .help("submission is ports 587 and 465 (RFC 6409, RFC 8314); MX traffic on 25 would be refused for want of AUTH"),
                 *origin,
@@ -268,7 +268,7 @@ fn validate_farm(lw: &mut Lowerer<'_>, farm: &DraftFarm) {
             );
         }
         if farm.kind == FarmKind::InboundMx && (port == 587 || port == 465) {
-            lw.report(
+            reporter.report(
                 Diag::warning("mtac::listen::port", format!("an inbound-mx farm on submission port {port}"))
                     .help("users submitting here would be treated as strangers; use a submission farm"),
                 *origin,
@@ -279,7 +279,7 @@ fn validate_farm(lw: &mut Lowerer<'_>, farm: &DraftFarm) {
     if let Some(tls) = &farm.tls {
         for (what, path) in [("certificate", &tls.certificate), ("key", &tls.key)] {
             if let Err(e) = std::fs::metadata(path) {
-                lw.report(
+                reporter.report(
                     Diag::error("mtac::tls::file", format!("TLS {what} {path}: {e}"))
                         .help("the node reads it at start and on reload; deploy it with the ruleset"),
                     tls.origin,
@@ -289,7 +289,7 @@ fn validate_farm(lw: &mut Lowerer<'_>, farm: &DraftFarm) {
         }
     }
     for entry in farm.local_domains.iter().filter(|d| d.subdomains && !d.domain.contains('.')) {
-        lw.report(
+        reporter.report(
             Diag::error(
                 "mtac::open-relay",
                 format!("farm `{}` would accept mail for every domain under `.{}`", farm.name, entry.domain),
@@ -303,15 +303,15 @@ fn validate_farm(lw: &mut Lowerer<'_>, farm: &DraftFarm) {
             "a whole top-level domain",
         );
     }
-    check_ban_rules(lw, farm, &crate::emit::rule_names(&crate::emit::program(farm, "", None, None)));
-    duplicate_domains(lw, farm);
-    addresses_outside_domains(lw, farm);
-    access_conflicts(lw, &farm.access, "access");
-    relay_clients(lw, farm);
-    dnsbl(lw, farm);
+    check_ban_rules(reporter, farm, &crate::emit::rule_names(&crate::emit::program(farm, "", None, None)));
+    duplicate_domains(reporter, farm);
+    addresses_outside_domains(reporter, farm);
+    access_conflicts(reporter, &farm.access, "access");
+    relay_clients(reporter, farm);
+    dnsbl(reporter, farm);
 }
 
-fn duplicate_domains(lw: &mut Lowerer<'_>, farm: &DraftFarm) {
+fn duplicate_domains(reporter: &mut Reporter, farm: &DraftFarm) {
     let mut seen: HashMap<(&str, bool), Origin> = HashMap::with_capacity(farm.local_domains.len());
     let mut reported = 0usize;
     let mut more = 0usize;
@@ -319,8 +319,8 @@ fn duplicate_domains(lw: &mut Lowerer<'_>, farm: &DraftFarm) {
         if let Some(first) = seen.insert((&entry.domain, entry.subdomains), entry.origin) {
             if reported < MAX_LISTED {
                 reported += 1;
-                let first_at = describe(lw, first);
-                lw.report(
+                let first_at = reporter.describe(first);
+                reporter.report(
                     Diag::warning(
                         "mtac::local-domains::duplicate",
                         format!("local domain `{}` is listed twice", entry.domain),
@@ -334,11 +334,11 @@ fn duplicate_domains(lw: &mut Lowerer<'_>, farm: &DraftFarm) {
             }
         }
     }
-    summarise(lw, more, "duplicate local domains");
+    summarise(reporter, more, "duplicate local domains");
 }
 
 /// Addresses whose domain is not local can never be accepted: relay control refuses them first.
-fn addresses_outside_domains(lw: &mut Lowerer<'_>, farm: &DraftFarm) {
+fn addresses_outside_domains(reporter: &mut Reporter, farm: &DraftFarm) {
     if farm.local_addresses.is_empty() {
         return;
     }
@@ -361,7 +361,7 @@ fn addresses_outside_domains(lw: &mut Lowerer<'_>, farm: &DraftFarm) {
         if !is_local(domain) {
             if listed < MAX_LISTED {
                 listed += 1;
-                lw.report(
+                reporter.report(
                     Diag::warning(
                         "mtac::local-addresses::not-local",
                         format!("`{}` is not in a local domain: it can never match", entry.address),
@@ -376,7 +376,7 @@ fn addresses_outside_domains(lw: &mut Lowerer<'_>, farm: &DraftFarm) {
         }
         sorted.push((key, index));
     }
-    summarise(lw, outside, "addresses outside the local domains");
+    summarise(reporter, outside, "addresses outside the local domains");
     sorted.sort_unstable();
     let mut dup_more = 0usize;
     let mut dup_listed = 0usize;
@@ -389,8 +389,8 @@ fn addresses_outside_domains(lw: &mut Lowerer<'_>, farm: &DraftFarm) {
                     else {
                         continue;
                     };
-                    let first_at = describe(lw, f.origin);
-                    lw.report(
+                    let first_at = reporter.describe(f.origin);
+                    reporter.report(
                         Diag::warning(
                             "mtac::local-addresses::duplicate",
                             format!("address `{}` is listed twice", s.address),
@@ -405,7 +405,7 @@ fn addresses_outside_domains(lw: &mut Lowerer<'_>, farm: &DraftFarm) {
             }
         }
     }
-    summarise(lw, dup_more, "duplicate addresses");
+    summarise(reporter, dup_more, "duplicate addresses");
 }
 
 fn action_name(action: &AccessAction) -> &'static str {
@@ -418,7 +418,7 @@ fn action_name(action: &AccessAction) -> &'static str {
 
 /// Same network twice with different actions is an error; nested networks with different actions
 /// are legal (the longer prefix wins) and explained; nested ones with the same action never fire.
-pub fn access_conflicts(lw: &mut Lowerer<'_>, entries: &[NetEntry], list: &str) {
+pub fn access_conflicts(reporter: &mut Reporter, entries: &[NetEntry], list: &str) {
     // Sort by family, network start, then prefix length: an enclosing prefix comes before what it contains.
     // Equal keys keep list order (the index is the last key). The keys are computed once, beside the
     // index, so that sorting a large list does not chase every entry on each comparison.
@@ -450,8 +450,8 @@ pub fn access_conflicts(lw: &mut Lowerer<'_>, entries: &[NetEntry], list: &str) 
             if parent.net == entry.net {
                 if this != that {
                     contradictions += 1;
-                    let parent_at = describe(lw, parent.origin);
-                    lw.report(
+                    let parent_at = reporter.describe(parent.origin);
+                    reporter.report(
                         Diag::error(
                             "mtac::access::contradiction",
                             format!("{} is both {that}ed and {this}ed in {list}", entry.net),
@@ -462,8 +462,8 @@ pub fn access_conflicts(lw: &mut Lowerer<'_>, entries: &[NetEntry], list: &str) 
                     );
                 } else if parent.action == entry.action {
                     if dups < MAX_LISTED {
-                        let parent_at = describe(lw, parent.origin);
-                        lw.report(
+                        let parent_at = reporter.describe(parent.origin);
+                        reporter.report(
                             Diag::warning(
                                 "mtac::access::duplicate",
                                 format!("{} is listed twice in {list}", entry.net),
@@ -478,8 +478,8 @@ pub fn access_conflicts(lw: &mut Lowerer<'_>, entries: &[NetEntry], list: &str) 
                     dups += 1;
                 } else {
                     contradictions += 1;
-                    let parent_at = describe(lw, parent.origin);
-                    lw.report(
+                    let parent_at = reporter.describe(parent.origin);
+                    reporter.report(
                         Diag::error(
                             "mtac::access::contradiction",
                             format!("{} is listed twice in {list} with different replies", entry.net),
@@ -491,8 +491,8 @@ pub fn access_conflicts(lw: &mut Lowerer<'_>, entries: &[NetEntry], list: &str) 
                 }
             } else if this != that {
                 if overlaps < MAX_LISTED {
-                    let parent_at = describe(lw, parent.origin);
-                    lw.report(
+                    let parent_at = reporter.describe(parent.origin);
+                    reporter.report(
                         Diag::warning(
                             "mtac::access::overlap",
                             format!("{} ({this}) lies inside {} ({that})", entry.net, parent.net),
@@ -510,8 +510,8 @@ pub fn access_conflicts(lw: &mut Lowerer<'_>, entries: &[NetEntry], list: &str) 
                 overlaps += 1;
             } else if parent.action == entry.action {
                 if redundant < MAX_LISTED {
-                    let parent_at = describe(lw, parent.origin);
-                    lw.report(
+                    let parent_at = reporter.describe(parent.origin);
+                    reporter.report(
                         Diag::warning(
                             "mtac::access::never-fires",
                             format!("{} can never change a decision", entry.net),
@@ -531,12 +531,12 @@ pub fn access_conflicts(lw: &mut Lowerer<'_>, entries: &[NetEntry], list: &str) 
         }
         stack.push(index);
     }
-    summarise(lw, hidden, &format!("further overlapping or duplicate entries in {list}"));
+    summarise(reporter, hidden, &format!("further overlapping or duplicate entries in {list}"));
     let _ = contradictions;
 }
 
 /// Public networks wider than a /16 (v4) or /32 (v6) in relay-clients make an open relay.
-fn relay_clients(lw: &mut Lowerer<'_>, farm: &DraftFarm) {
+fn relay_clients(reporter: &mut Reporter, farm: &DraftFarm) {
     for entry in &farm.relay_clients {
         let too_wide = match entry.net {
             IpNet::V4(n) => n.prefix_len() < 16,
@@ -547,7 +547,7 @@ fn relay_clients(lw: &mut Lowerer<'_>, farm: &DraftFarm) {
         }
         if let Some(client) = public_address_in(&entry.net) {
             let rcpt = "someone@relay-probe.example";
-            lw.report(
+            reporter.report(
                 Diag::error("mtac::open-relay", format!("farm `{}` would relay for anyone in {}", farm.name, entry.net))
                     .help(format!(
                         "counter-example: client {client}, MAIL FROM:<spammer@example.org>, RCPT TO:<{rcpt}> would be relayed. \
@@ -558,7 +558,7 @@ fn relay_clients(lw: &mut Lowerer<'_>, farm: &DraftFarm) {
             );
         }
     }
-    access_conflicts(lw, &farm.relay_clients, "relay-clients");
+    access_conflicts(reporter, &farm.relay_clients, "relay-clients");
 }
 
 /// A globally routable address inside `net`, if there is one (for counter-examples).
@@ -597,12 +597,12 @@ fn is_global(ip: IpAddr) -> bool {
     }
 }
 
-fn dnsbl(lw: &mut Lowerer<'_>, farm: &DraftFarm) {
+fn dnsbl(reporter: &mut Reporter, farm: &DraftFarm) {
     let Some(dnsbl) = &farm.dnsbl else { return };
     // A zone may return several addresses, each matching its own answer: every positive weight counts.
     let reachable: i64 = dnsbl.zones.iter().flat_map(|z| &z.answers).map(|a| i64::from(a.weight.max(0))).sum();
     if reachable < i64::from(dnsbl.threshold) {
-        lw.report(
+        reporter.report(
             Diag::error(
                 "mtac::dnsbl::never-fires",
                 format!("the DNS lists can score at most {reachable}, below the threshold {}", dnsbl.threshold),
@@ -616,7 +616,7 @@ fn dnsbl(lw: &mut Lowerer<'_>, farm: &DraftFarm) {
         let lowest: i64 =
             dnsbl.zones.iter().map(|z| i64::from(z.answers.iter().map(|a| a.weight).min().unwrap_or(0).min(0))).sum();
         if lowest > i64::from(allow) {
-            lw.report(
+            reporter.report(
                 Diag::warning(
                     "mtac::dnsbl::allow-never-fires",
                     format!("no answer has a negative weight, so allow-threshold {allow} is never reached"),
@@ -630,7 +630,7 @@ fn dnsbl(lw: &mut Lowerer<'_>, farm: &DraftFarm) {
     let mut zones: HashMap<&str, Origin> = HashMap::new();
     for zone in &dnsbl.zones {
         if zones.insert(zone.zone.as_str(), zone.origin).is_some() {
-            lw.report(
+            reporter.report(
                 Diag::warning("mtac::dnsbl::duplicate", format!("zone `{}` is listed twice", zone.zone))
                     .help("its answers would count twice; merge them into one `zone`"),
                 zone.origin,
@@ -641,7 +641,7 @@ fn dnsbl(lw: &mut Lowerer<'_>, farm: &DraftFarm) {
 }
 
 /// Rule names a ban may name, checked once the program is known.
-pub fn check_ban_rules(lw: &mut Lowerer<'_>, farm: &DraftFarm, rules: &[String]) {
+pub fn check_ban_rules(reporter: &mut Reporter, farm: &DraftFarm, rules: &[String]) {
     let known: Vec<&str> = rules.iter().map(String::as_str).collect();
     for ban in &farm.bans {
         for (rule, origin) in &ban.after {
@@ -651,7 +651,7 @@ pub fn check_ban_rules(lw: &mut Lowerer<'_>, farm: &DraftFarm, rules: &[String])
                     None if known.is_empty() => "this farm has no rule that rejects".to_owned(),
                     None => format!("rules of this farm: {}", known.join(", ")),
                 };
-                lw.report(
+                reporter.report(
                     Diag::error("mtac::ban::unknown-rule", format!("no rule `{rule}` in farm `{}`", farm.name))
                         .help(help),
                     *origin,
@@ -662,19 +662,8 @@ pub fn check_ban_rules(lw: &mut Lowerer<'_>, farm: &DraftFarm, rules: &[String])
     }
 }
 
-fn describe(lw: &Lowerer<'_>, origin: Origin) -> String {
-    let span = lw.span_of(origin);
-    match lw.file(origin.file) {
-        Some(file) => {
-            let (line, col) = file.line_col(span.offset());
-            format!("{}:{line}:{col}", file.name)
-        }
-        None => "an earlier line".to_owned(),
-    }
-}
-
-fn summarise(lw: &mut Lowerer<'_>, more: usize, what: &str) {
+fn summarise(reporter: &mut Reporter, more: usize, what: &str) {
     if more > 0 {
-        lw.diags.push(Diag::warning("mtac::more", format!("… and {more} more {what}")));
+        reporter.push(Diag::warning("mtac::more", format!("… and {more} more {what}")));
     }
 }

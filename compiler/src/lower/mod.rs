@@ -31,7 +31,7 @@ pub use ir::{
 };
 pub use read::{parse_answer_pattern, parse_duration, parse_reply, parse_size};
 
-use crate::diag::{did_you_mean, Diag, Diagnostics, SourceFile};
+use crate::diag::{did_you_mean, Diag, Reporter};
 use crate::files::{self, Trees};
 use crate::nodes::{self, Place};
 use include::stack_key;
@@ -40,12 +40,11 @@ use miette::SourceSpan;
 use mtac_ruleset::model::{BarePolicy, FarmKind};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 /// Reads the policy and everything it names, and lowers it.
-pub struct Lowerer<'d> {
-    pub files: Vec<SourceFile>,
-    pub diags: &'d mut Diagnostics,
+pub struct Lowerer {
+    /// The files read and the diagnostics so far; the later passes take it over ([`Lowerer::finish`]).
+    pub reporter: Reporter,
     /// Files being included: their identity (canonical path) and their name as written.
     include_stack: Vec<(PathBuf, String)>,
     /// `file=` lists already read, by canonical path (a list may be named twice).
@@ -65,11 +64,16 @@ struct At<'a> {
     file: usize,
 }
 
-impl<'d> Lowerer<'d> {
-    pub fn new(diags: &'d mut Diagnostics) -> Self {
+impl Default for Lowerer {
+    fn default() -> Self {
+        Lowerer::new()
+    }
+}
+
+impl Lowerer {
+    pub fn new() -> Self {
         Lowerer {
-            files: Vec::new(),
-            diags,
+            reporter: Reporter::default(),
             include_stack: Vec::new(),
             list_cache: HashMap::new(),
             include_cache: HashMap::new(),
@@ -81,7 +85,7 @@ impl<'d> Lowerer<'d> {
     /// Let includes and lists come from `dir` too, besides the policy's own directory.
     pub fn allow_dir(&mut self, dir: &Path) {
         if let Err(e) = self.trees.allow(dir) {
-            self.diags.push(
+            self.reporter.push(
                 Diag::error("mtac::io", format!("cannot allow directory {}: {e}", dir.display()))
                     .help("--allow-dir takes an existing directory"),
             );
@@ -93,7 +97,7 @@ impl<'d> Lowerer<'d> {
         let text = match files::read_regular(path, files::POLICY_FILE_LIMIT) {
             Ok(text) => text,
             Err(why) => {
-                self.diags.push(
+                self.reporter.push(
                     Diag::error("mtac::io", format!("cannot read {}: {why}", path.display()))
                         .help("give the path of a policy file (.kdl)"),
                 );
@@ -107,10 +111,10 @@ impl<'d> Lowerer<'d> {
     pub fn lower_text(&mut self, name: &str, text: String, dir: Option<PathBuf>) -> Option<Draft> {
         let dir = dir.unwrap_or_else(|| PathBuf::from("."));
         if let Err(e) = self.trees.allow_policy_dir(&dir) {
-            self.diags
+            self.reporter
                 .push(Diag::error("mtac::io", format!("cannot resolve the policy's directory {}: {e}", dir.display())));
         }
-        let file = self.add_file(name, text);
+        let file = self.reporter.add_file(name, text);
         let doc = self.parse(file)?;
         let mut draft = Draft::default();
         self.include_stack.push((stack_key(name), name.to_owned()));
@@ -119,17 +123,13 @@ impl<'d> Lowerer<'d> {
         Some(draft)
     }
 
-    pub fn file(&self, index: usize) -> Option<&SourceFile> {
-        self.files.get(index)
-    }
-
-    fn add_file(&mut self, name: &str, text: String) -> usize {
-        self.files.push(SourceFile { name: name.to_owned(), text: Arc::new(text) });
-        self.files.len() - 1
+    /// Done lowering: the files read and the diagnostics, for the passes that follow.
+    pub fn finish(self) -> Reporter {
+        self.reporter
     }
 
     fn parse(&mut self, file: usize) -> Option<KdlDocument> {
-        let source = self.files.get(file)?.clone();
+        let source = self.reporter.files.get(file)?.clone();
         match KdlDocument::parse_v2(&source.text) {
             Ok(doc) => Some(doc),
             Err(error) => {
@@ -143,10 +143,10 @@ impl<'d> Lowerer<'d> {
                     diag = diag.help(d.help.clone().unwrap_or_else(|| {
                         "policies are KDL 2.0: strings in \"quotes\", booleans as #true/#false".to_owned()
                     }));
-                    self.diags.push(diag);
+                    self.reporter.push(diag);
                 }
                 if error.diagnostics.is_empty() {
-                    self.diags.push(Diag::error("mtac::kdl::syntax", "KDL syntax error").at(
+                    self.reporter.push(Diag::error("mtac::kdl::syntax", "KDL syntax error").at(
                         &source,
                         SourceSpan::new(0.into(), 0),
                         "in this file",
@@ -172,11 +172,11 @@ impl<'d> Lowerer<'d> {
                 "farm" => {
                     if let Some(farm) = self.farm(at, dir) {
                         if let Some(first) = draft.farms.iter().find(|f| f.name == farm.name) {
-                            let first_span = self.span_of(first.origin);
-                            let source = self.source(file);
-                            self.diags.push(
+                            let first_span = self.reporter.span_of(first.origin);
+                            let source = self.reporter.source(file);
+                            self.reporter.push(
                                 Diag::error("mtac::farm::duplicate", format!("farm `{}` is defined twice", farm.name))
-                                    .at(&source, self.span_of(farm.origin), "second definition")
+                                    .at(&source, self.reporter.span_of(farm.origin), "second definition")
                                     .at(&source, first_span, "first definition")
                                     .help("give each farm its own name"),
                             );
@@ -211,7 +211,7 @@ impl<'d> Lowerer<'d> {
                         Some(g) => format!("did you mean `{g}`?"),
                         None => "a farm is kind=\"inbound-mx\" or kind=\"submission\"".to_owned(),
                     };
-                    self.err(
+                    self.reporter.err(
                         "mtac::farm::kind",
                         format!("unknown farm kind `{other}`"),
                         at.file,
@@ -223,7 +223,7 @@ impl<'d> Lowerer<'d> {
                 }
             },
             None => {
-                self.err(
+                self.reporter.err(
                     "mtac::farm::kind",
                     format!("farm `{name}` has no kind"),
                     at.file,
@@ -292,8 +292,8 @@ impl<'d> Lowerer<'d> {
                 if let Some(&(file, span)) = seen.get(key) {
                     // A fragment may be overridden by the file that includes it; twice in one file is a slip.
                     if file == at.file {
-                        let source = self.source(file);
-                        self.diags.push(
+                        let source = self.reporter.source(file);
+                        self.reporter.push(
                             Diag::error("mtac::duplicate-node", format!("`{name}` is given twice in this farm"))
                                 .at(&source, at.node.span(), "again here")
                                 .at(&source, span, "first here")

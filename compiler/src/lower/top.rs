@@ -11,7 +11,7 @@ use mtac_ruleset::syntax;
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 
-impl Lowerer<'_> {
+impl Lowerer {
     pub(super) fn hostname(&mut self, at: At<'_>, draft: &mut Draft) {
         let (node, file) = (at.node, at.file);
         self.shape(at, &[], 1, false);
@@ -19,7 +19,7 @@ impl Lowerer<'_> {
             if syntax::is_fqdn(&value) {
                 draft.hostname = Some((value, self.origin_of(at)));
             } else {
-                self.err(
+                self.reporter.err(
                     "mtac::hostname",
                     format!("`{value}` is not a fully qualified host name"),
                     file,
@@ -36,7 +36,7 @@ impl Lowerer<'_> {
         self.shape(at, &[], 1, false);
         if let Some(value) = self.one_string(at, "a banner") {
             if value.chars().any(|c| c.is_control()) || value.len() > 200 {
-                self.err(
+                self.reporter.err(
                     "mtac::banner",
                     "the banner must be one line of at most 200 characters".to_owned(),
                     file,
@@ -59,7 +59,7 @@ impl Lowerer<'_> {
         if let Some(entry) = Self::prop(at, "max-bytes") {
             if let Some(v) = self.size(entry, file, "`max-bytes`") {
                 if v < 1024 * 1024 {
-                    self.err(
+                    self.reporter.err(
                         "mtac::spool::max-bytes",
                         format!("a spool budget of {v} bytes holds hardly one message"),
                         file,
@@ -79,7 +79,7 @@ impl Lowerer<'_> {
         if let Some(entry) = Self::prop(at, "timeout") {
             if let Some(ms) = self.duration_ms(entry, at.file, "`timeout`") {
                 if ms == 0 || ms > 30_000 {
-                    self.err(
+                    self.reporter.err(
                         "mtac::dns::timeout",
                         format!("a DNS timeout of {ms} ms"),
                         at.file,
@@ -116,7 +116,7 @@ impl Lowerer<'_> {
                 });
                 match parsed {
                     Some(address) => dns.nameservers.push(address),
-                    None => self.err(
+                    None => self.reporter.err(
                         "mtac::dns::nameserver",
                         format!("`{text}` is not a nameserver address"),
                         child.file,
@@ -138,7 +138,7 @@ impl Lowerer<'_> {
                 KdlValue::String(path) if path.starts_with('/') && path.len() < 100 => {
                     draft.admin_socket = Some(Some(path.clone()));
                 }
-                _ => self.err(
+                _ => self.reporter.err(
                     "mtac::admin::socket",
                     "`socket` takes an absolute path (under 100 bytes) or #false".to_owned(),
                     file,
@@ -153,7 +153,7 @@ impl Lowerer<'_> {
             Some(KdlValue::Bool(false)) => draft.admin = Some(None),
             Some(KdlValue::String(text)) => match text.parse::<SocketAddr>() {
                 Ok(address) => draft.admin = Some(Some(address)),
-                Err(_) => self.err(
+                Err(_) => self.reporter.err(
                     "mtac::admin::address",
                     format!("`{text}` is not an address:port"),
                     file,
@@ -162,7 +162,7 @@ impl Lowerer<'_> {
                     "the admin listener serves /metrics, /healthz, /readyz and /status: e.g. \"127.0.0.1:9325\", or #false to turn it off",
                 ),
             },
-            _ => self.err(
+            _ => self.reporter.err(
                 "mtac::admin::address",
                 "`admin` takes an address:port or #false".to_owned(),
                 file,
@@ -187,7 +187,7 @@ impl Lowerer<'_> {
             }
             Some("redis") => {
                 let Some(url) = text(self, "url") else {
-                    self.err(
+                    self.reporter.err(
                         "mtac::state::url",
                         "a Redis store needs its `url`".to_owned(),
                         at.file,
@@ -198,7 +198,7 @@ impl Lowerer<'_> {
                     return;
                 };
                 if !(url.starts_with("redis://") || url.starts_with("redis+unix://") || url.starts_with("unix://")) {
-                    self.err(
+                    self.reporter.err(
                         "mtac::state::url",
                         format!("`{url}` is not a Redis URL"),
                         at.file,
@@ -215,7 +215,7 @@ impl Lowerer<'_> {
                     None | Some("defer") => false,
                     Some("accept") => true,
                     Some(other) => {
-                        self.err(
+                        self.reporter.err(
                             "mtac::state::on-failure",
                             format!("unknown failure mode `{other}`"),
                             at.file,
@@ -228,7 +228,7 @@ impl Lowerer<'_> {
                 };
                 draft.state = Some(StateSettings::Redis { url, timeout_ms, fail_open });
             }
-            Some(other) => self.err(
+            Some(other) => self.reporter.err(
                 "mtac::state::kind",
                 format!("unknown state store `{other}`"),
                 at.file,
