@@ -320,7 +320,15 @@ impl Reporter {
     }
 
     /// A warning labelled at `span` of `file`, with `help` unless it is empty.
-    pub fn warn(&mut self, code: &'static str, message: String, file: usize, span: SourceSpan, label: &str, help: &str) {
+    pub fn warn(
+        &mut self,
+        code: &'static str,
+        message: String,
+        file: usize,
+        span: SourceSpan,
+        label: &str,
+        help: &str,
+    ) {
         self.push_at(Diag::warning(code, message), file, span, label, help);
     }
 

@@ -39,7 +39,12 @@ impl Lowerer {
             match STANDARD_POLICIES.iter().find(|(n, _)| *n == std_name) {
                 Some((n, text)) => {
                     let name = format!("mtac:{n}");
-                    (name.clone(), stack_key(&name), self.reporter.add_file(&name, (*text).to_owned()), dir.to_path_buf())
+                    (
+                        name.clone(),
+                        stack_key(&name),
+                        self.reporter.add_file(&name, (*text).to_owned()),
+                        dir.to_path_buf(),
+                    )
                 }
                 None => {
                     let known: Vec<&str> = STANDARD_POLICIES.iter().map(|(n, _)| *n).collect();

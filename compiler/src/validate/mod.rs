@@ -1,13 +1,15 @@
 //! Validation of a lowered policy: duplicates, contradictions, rules that can never fire, and the
 //! safety errors (open relay, AUTH without TLS, a farm with no back end). Runs on the whole
-//! [`Draft`] and reports everything it finds.
+//! [`Draft`] and reports everything it finds, through the [`Reporter`] lowering filled.
+//! `access.rs` analyses access lists, `certificate.rs` reads the TLS certificate.
+
+mod access;
+mod certificate;
 
 use crate::diag::{did_you_mean, Diag, Reporter};
-use crate::lower::{Draft, DraftFarm, NetEntry, Origin};
-use ipnet::IpNet;
-use mtac_ruleset::model::{AccessAction, FarmKind};
+use crate::lower::{Draft, DraftFarm, Origin};
+use mtac_ruleset::model::FarmKind;
 use std::collections::HashMap;
-use std::net::IpAddr;
 
 /// How many findings of one kind are listed before they are summarised.
 const MAX_LISTED: usize = 10;
@@ -45,125 +47,8 @@ pub fn validate(reporter: &mut Reporter, draft: &Draft) {
         validate_farm(reporter, farm);
         if let (Some(tls), Some((hostname, _))) = (&farm.tls, &draft.hostname) {
             let name = tls.name.as_deref().unwrap_or(hostname);
-            certificate(reporter, farm, &tls.certificate, name, tls.origin);
+            certificate::certificate(reporter, farm, &tls.certificate, name, tls.origin);
         }
-    }
-}
-
-/// The largest certificate file read: a PEM chain is a few KiB.
-const CERTIFICATE_LIMIT: u64 = 1 << 20;
-
-/// Days before expiry under which `mtac check` warns.
-const EXPIRY_WARNING_DAYS: i64 = 14;
-
-/// The farm's certificate: it must parse, be valid now, not expire within two weeks (warning),
-/// and name the node's host name — an error on a submission farm, whose clients verify it, a
-/// warning on an inbound one, where SMTP clients seldom do.
-fn certificate(reporter: &mut Reporter, farm: &DraftFarm, path: &str, hostname: &str, origin: Origin) {
-    // Certificates live outside the policy's tree (/etc/…), so only the file checks of
-    // `files` apply: a policy naming /dev/zero must not hang `mtac check`.
-    let bytes = match crate::files::read_regular(std::path::Path::new(path), CERTIFICATE_LIMIT) {
-        Ok(text) => text.into_bytes(),
-        Err(crate::files::Refusal::Io(e)) if e.kind() == std::io::ErrorKind::NotFound => return, // reported above
-        Err(_) => {
-            reporter.report(
-                Diag::error(
-                    "mtac::tls::certificate",
-                    format!("TLS certificate {path}: not a PEM file of at most 1 MiB"),
-                )
-                .help("the file holds the PEM chain, the server's certificate first"),
-                origin,
-                "unreadable certificate",
-            );
-            return;
-        }
-    };
-    let problem = |message: String| Diag::error("mtac::tls::certificate", message);
-    let pem = match x509_parser::pem::Pem::iter_from_buffer(&bytes).next() {
-        Some(Ok(pem)) => pem,
-        _ => {
-            reporter.report(
-                problem(format!("TLS certificate {path}: no PEM certificate in it"))
-                    .help("the file holds the PEM chain, the server's certificate first"),
-                origin,
-                "unreadable certificate",
-            );
-            return;
-        }
-    };
-    let cert = match pem.parse_x509() {
-        Ok(cert) => cert,
-        Err(e) => {
-            reporter.report(problem(format!("TLS certificate {path}: {e}")), origin, "unreadable certificate");
-            return;
-        }
-    };
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
-        .unwrap_or(0);
-    let validity = cert.validity();
-    let (not_before, not_after) = (validity.not_before.timestamp(), validity.not_after.timestamp());
-    if not_after < now {
-        reporter.report(
-            problem(format!("TLS certificate {path} expired on {}", validity.not_after))
-                .help("renew it; clients that verify certificates refuse an expired one"),
-            origin,
-            "expired certificate",
-        );
-    } else if not_before > now {
-        reporter.report(
-            problem(format!("TLS certificate {path} is not valid before {}", validity.not_before)),
-            origin,
-            "certificate not yet valid",
-        );
-    } else if not_after - now < EXPIRY_WARNING_DAYS * 86_400 {
-        reporter.report(
-            Diag::warning(
-                "mtac::tls::expiring",
-                format!(
-                    "TLS certificate {path} expires on {} (in {} days)",
-                    validity.not_after,
-                    (not_after - now) / 86_400
-                ),
-            )
-            .help("renew it; a node reloads renewed certificate files by itself"),
-            origin,
-            "expires soon",
-        );
-    }
-    let mut names: Vec<String> = match cert.subject_alternative_name() {
-        Ok(Some(san)) => san
-            .value
-            .general_names
-            .iter()
-            .filter_map(|n| match n {
-                x509_parser::extensions::GeneralName::DNSName(d) => Some(d.to_ascii_lowercase()),
-                _ => None,
-            })
-            .collect(),
-        _ => Vec::new(),
-    };
-    if names.is_empty() {
-        // Only without subjectAltName do clients fall back to the common name (RFC 6125 6.4.4).
-        names =
-            cert.subject().iter_common_name().filter_map(|cn| cn.as_str().ok()).map(str::to_ascii_lowercase).collect();
-    }
-    let host = hostname.to_ascii_lowercase();
-    let matches = |name: &str| match name.strip_prefix("*.") {
-        Some(parent) => host.split_once('.').is_some_and(|(_, rest)| rest == parent),
-        None => name == host,
-    };
-    if !names.iter().any(|n| matches(n)) {
-        let message = format!("TLS certificate {path} does not name {hostname} (it names: {})", names.join(", "));
-        let help = "the certificate must name the host clients connect to: the policy's `hostname`, or the \
-                    farm's `tls name=\"…\"` when clients use another name for it";
-        let diag = if farm.kind == FarmKind::Submission {
-            Diag::error("mtac::tls::name", message)
-        } else {
-            Diag::warning("mtac::tls::name", message)
-        };
-        reporter.report(diag.help(help), origin, "certificate for another name");
     }
 }
 
@@ -303,11 +188,11 @@ fn validate_farm(reporter: &mut Reporter, farm: &DraftFarm) {
             "a whole top-level domain",
         );
     }
-    check_ban_rules(reporter, farm, &crate::emit::rule_names(&crate::emit::program(farm, "", None, None)));
+    ban_rules(reporter, farm);
     duplicate_domains(reporter, farm);
     addresses_outside_domains(reporter, farm);
-    access_conflicts(reporter, &farm.access, "access");
-    relay_clients(reporter, farm);
+    access::access_conflicts(reporter, &farm.access, "access");
+    access::relay_clients(reporter, farm);
     dnsbl(reporter, farm);
 }
 
@@ -408,195 +293,6 @@ fn addresses_outside_domains(reporter: &mut Reporter, farm: &DraftFarm) {
     summarise(reporter, dup_more, "duplicate addresses");
 }
 
-fn action_name(action: &AccessAction) -> &'static str {
-    match action {
-        AccessAction::Accept => "accept",
-        AccessAction::Reject(_) => "reject",
-        AccessAction::Defer(_) => "defer",
-    }
-}
-
-/// Same network twice with different actions is an error; nested networks with different actions
-/// are legal (the longer prefix wins) and explained; nested ones with the same action never fire.
-pub fn access_conflicts(reporter: &mut Reporter, entries: &[NetEntry], list: &str) {
-    // Sort by family, network start, then prefix length: an enclosing prefix comes before what it contains.
-    // Equal keys keep list order (the index is the last key). The keys are computed once, beside the
-    // index, so that sorting a large list does not chase every entry on each comparison.
-    let mut keyed: Vec<(u8, u128, u8, usize)> = entries
-        .iter()
-        .enumerate()
-        .map(|(i, e)| match e.net {
-            IpNet::V4(n) => (0u8, u128::from(u32::from(n.network())), n.prefix_len(), i),
-            IpNet::V6(n) => (1u8, u128::from(n.network()), n.prefix_len(), i),
-        })
-        .collect();
-    keyed.sort_unstable();
-    let order: Vec<usize> = keyed.into_iter().map(|(_, _, _, i)| i).collect();
-    let mut stack: Vec<usize> = Vec::new();
-    let (mut contradictions, mut overlaps, mut redundant, mut dups) = (0usize, 0usize, 0usize, 0usize);
-    let mut hidden = 0usize;
-    for &index in &order {
-        let Some(entry) = entries.get(index) else { continue };
-        while let Some(&top) = stack.last() {
-            if entries.get(top).is_some_and(|t| t.net.contains(&entry.net)) {
-                break;
-            }
-            stack.pop();
-        }
-        if let Some(parent) = stack.last().and_then(|&t| entries.get(t)) {
-            let (this, that) = (action_name(&entry.action), action_name(&parent.action));
-            // `describe` scans the list file up to the parent's line: call it only for a
-            // diagnostic that is listed, not for every nested entry of a large list.
-            if parent.net == entry.net {
-                if this != that {
-                    contradictions += 1;
-                    let parent_at = reporter.describe(parent.origin);
-                    reporter.report(
-                        Diag::error(
-                            "mtac::access::contradiction",
-                            format!("{} is both {that}ed and {this}ed in {list}", entry.net),
-                        )
-                        .help(format!("the other entry is at {parent_at}; keep one of them")),
-                        entry.origin,
-                        "contradicts an earlier entry",
-                    );
-                } else if parent.action == entry.action {
-                    if dups < MAX_LISTED {
-                        let parent_at = reporter.describe(parent.origin);
-                        reporter.report(
-                            Diag::warning(
-                                "mtac::access::duplicate",
-                                format!("{} is listed twice in {list}", entry.net),
-                            )
-                            .help(format!("first at {parent_at}")),
-                            entry.origin,
-                            "duplicate",
-                        );
-                    } else {
-                        hidden += 1;
-                    }
-                    dups += 1;
-                } else {
-                    contradictions += 1;
-                    let parent_at = reporter.describe(parent.origin);
-                    reporter.report(
-                        Diag::error(
-                            "mtac::access::contradiction",
-                            format!("{} is listed twice in {list} with different replies", entry.net),
-                        )
-                        .help(format!("the other entry is at {parent_at}; keep one reply")),
-                        entry.origin,
-                        "contradicts an earlier entry",
-                    );
-                }
-            } else if this != that {
-                if overlaps < MAX_LISTED {
-                    let parent_at = reporter.describe(parent.origin);
-                    reporter.report(
-                        Diag::warning(
-                            "mtac::access::overlap",
-                            format!("{} ({this}) lies inside {} ({that})", entry.net, parent.net),
-                        )
-                        .help(format!(
-                            "the longest prefix wins: {this} for {}, {that} for the rest of {} (at {parent_at})",
-                            entry.net, parent.net
-                        )),
-                        entry.origin,
-                        "overrides a wider entry",
-                    );
-                } else {
-                    hidden += 1;
-                }
-                overlaps += 1;
-            } else if parent.action == entry.action {
-                if redundant < MAX_LISTED {
-                    let parent_at = reporter.describe(parent.origin);
-                    reporter.report(
-                        Diag::warning(
-                            "mtac::access::never-fires",
-                            format!("{} can never change a decision", entry.net),
-                        )
-                        .help(format!(
-                            "{} (at {parent_at}) already {that}s it with the same reply; remove the narrower entry",
-                            parent.net
-                        )),
-                        entry.origin,
-                        "redundant",
-                    );
-                } else {
-                    hidden += 1;
-                }
-                redundant += 1;
-            }
-        }
-        stack.push(index);
-    }
-    summarise(reporter, hidden, &format!("further overlapping or duplicate entries in {list}"));
-    let _ = contradictions;
-}
-
-/// Public networks wider than a /16 (v4) or /32 (v6) in relay-clients make an open relay.
-fn relay_clients(reporter: &mut Reporter, farm: &DraftFarm) {
-    for entry in &farm.relay_clients {
-        let too_wide = match entry.net {
-            IpNet::V4(n) => n.prefix_len() < 16,
-            IpNet::V6(n) => n.prefix_len() < 32,
-        };
-        if !too_wide {
-            continue;
-        }
-        if let Some(client) = public_address_in(&entry.net) {
-            let rcpt = "someone@relay-probe.example";
-            reporter.report(
-                Diag::error("mtac::open-relay", format!("farm `{}` would relay for anyone in {}", farm.name, entry.net))
-                    .help(format!(
-                        "counter-example: client {client}, MAIL FROM:<spammer@example.org>, RCPT TO:<{rcpt}> would be relayed. \
-                         List only your own networks in relay-clients; users authenticate on a submission farm"
-                    )),
-                entry.origin,
-                "open relay",
-            );
-        }
-    }
-    access_conflicts(reporter, &farm.relay_clients, "relay-clients");
-}
-
-/// A globally routable address inside `net`, if there is one (for counter-examples).
-pub fn public_address_in(net: &IpNet) -> Option<IpAddr> {
-    let candidates: [IpAddr; 8] = [
-        net.network(),
-        IpAddr::from([8, 8, 8, 8]),
-        IpAddr::from([1, 1, 1, 1]),
-        IpAddr::from([45, 1, 2, 3]),
-        IpAddr::from([100, 1, 2, 3]),
-        IpAddr::from([200, 1, 2, 3]),
-        "2001:4860:4860::8888".parse().unwrap_or(IpAddr::from([0u8; 16])),
-        "2a00:1450::1".parse().unwrap_or(IpAddr::from([0u8; 16])),
-    ];
-    candidates.into_iter().find(|ip| net.contains(ip) && is_global(*ip))
-}
-
-fn is_global(ip: IpAddr) -> bool {
-    match ip {
-        IpAddr::V4(v4) => {
-            let [a, b, ..] = v4.octets();
-            !(v4.is_private()
-                || v4.is_loopback()
-                || v4.is_link_local()
-                || v4.is_unspecified()
-                || v4.is_broadcast()
-                || v4.is_documentation()
-                || a == 0
-                || (a == 100 && (64..128).contains(&b))
-                || a >= 224)
-        }
-        IpAddr::V6(v6) => {
-            let first = v6.segments().first().copied().unwrap_or(0);
-            (0x2000..0x4000).contains(&first) && !(first == 0x2001 && v6.segments().get(1) == Some(&0x0db8))
-        }
-    }
-}
-
 fn dnsbl(reporter: &mut Reporter, farm: &DraftFarm) {
     let Some(dnsbl) = &farm.dnsbl else { return };
     // A zone may return several addresses, each matching its own answer: every positive weight counts.
@@ -640,9 +336,13 @@ fn dnsbl(reporter: &mut Reporter, farm: &DraftFarm) {
     }
 }
 
-/// Rule names a ban may name, checked once the program is known.
-pub fn check_ban_rules(reporter: &mut Reporter, farm: &DraftFarm, rules: &[String]) {
-    let known: Vec<&str> = rules.iter().map(String::as_str).collect();
+/// `ban after=` may name only the policy rules this farm's program holds: any other name can
+/// never fire. The help suggests among the farm's own rules.
+fn ban_rules(reporter: &mut Reporter, farm: &DraftFarm) {
+    if farm.bans.is_empty() {
+        return;
+    }
+    let known = crate::emit::rules_of(farm);
     for ban in &farm.bans {
         for (rule, origin) in &ban.after {
             if !known.contains(&rule.as_str()) {
@@ -662,8 +362,55 @@ pub fn check_ban_rules(reporter: &mut Reporter, farm: &DraftFarm, rules: &[Strin
     }
 }
 
-fn summarise(reporter: &mut Reporter, more: usize, what: &str) {
+pub(super) fn summarise(reporter: &mut Reporter, more: usize, what: &str) {
     if more > 0 {
         reporter.push(Diag::warning("mtac::more", format!("… and {more} more {what}")));
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::indexing_slicing)]
+mod tests {
+    /// The `mtac::ban::unknown-rule` errors (message, help) of a farm with a DNS list whose
+    /// `ban` names `after`.
+    fn unknown_ban_rules(after: &str) -> Vec<(String, String)> {
+        let text = format!(
+            r#"hostname "mx.example.net"
+farm "mx" kind="inbound-mx" {{
+    listen "127.0.0.1:2525"
+    local-domains "example.com"
+    dnsbl {{ zone "zen.example" {{ answer "127.0.0.2"; }}; }}
+    ban after="{after}"
+    relay {{ backend "smtp://127.0.0.1:10025"; }}
+}}
+"#
+        );
+        let compilation = crate::compile_text("policy.kdl", &text, None);
+        compilation
+            .diagnostics
+            .list
+            .iter()
+            .filter(|d| d.code == "mtac::ban::unknown-rule" && d.is_error())
+            .map(|d| (d.message.clone(), d.help.clone().unwrap_or_default()))
+            .collect()
+    }
+
+    /// `ban after=` may name only the rules this farm's program holds (the names of
+    /// `mtac_ruleset::rules`, the steps decided by `emit::program`): a misspelt name, a rule of
+    /// the list this farm does not have, and rules the session or the node decide are each an
+    /// error with the farm's own rules as help.
+    #[test]
+    fn ban_after_names_only_rules_of_this_farm() {
+        assert_eq!(unknown_ban_rules("dnsbl relay"), Vec::<(String, String)>::new());
+        assert_eq!(
+            unknown_ban_rules("dnsbll"),
+            [("no rule `dnsbll` in farm `mx`".to_owned(), "did you mean `dnsbl`?".to_owned())]
+        );
+        for elsewhere in ["greylist", "tls.required", "ban", "no-such-rule"] {
+            let errors = unknown_ban_rules(elsewhere);
+            assert_eq!(errors.len(), 1, "{elsewhere}: {errors:?}");
+            assert_eq!(errors[0].0, format!("no rule `{elsewhere}` in farm `mx`"));
+            assert!(errors[0].1.contains("dnsbl"), "{elsewhere}: the help names the farm's rules: {errors:?}");
+        }
     }
 }
