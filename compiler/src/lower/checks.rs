@@ -15,7 +15,7 @@ use mtac_ruleset::syntax;
 use std::path::Path;
 
 impl Lowerer {
-    pub(super) fn helo(&mut self, at: At<'_>, farm: &mut DraftFarm) {
+    pub(crate) fn helo(&mut self, at: At<'_>, _dir: &Path, farm: &mut DraftFarm) {
         self.shape(at, &["required", "fqdn", "syntax", "not-ours", "resolvable", "stage"], 0, false);
         farm.helo.required = self.bool_prop(at, "required", farm.helo.required);
         farm.helo.fqdn = self.bool_prop(at, "fqdn", farm.helo.fqdn);
@@ -25,7 +25,7 @@ impl Lowerer {
         farm.helo.stage = self.stage(at, &[Stage::Helo, Stage::Mail, Stage::Rcpt]).or(farm.helo.stage);
     }
 
-    pub(super) fn sender(&mut self, at: At<'_>, dir: &Path, farm: &mut DraftFarm) {
+    pub(crate) fn sender(&mut self, at: At<'_>, dir: &Path, farm: &mut DraftFarm) {
         self.shape(at, &["fqdn", "resolvable", "stage"], 0, true);
         farm.sender.fqdn = self.bool_prop(at, "fqdn", farm.sender.fqdn);
         farm.sender.resolvable = self.bool_prop(at, "resolvable", farm.sender.resolvable);
@@ -72,7 +72,7 @@ impl Lowerer {
         }
     }
 
-    pub(super) fn recipient(&mut self, at: At<'_>, farm: &mut DraftFarm) {
+    pub(crate) fn recipient(&mut self, at: At<'_>, _dir: &Path, farm: &mut DraftFarm) {
         self.shape(at, &["fqdn", "local-only"], 0, false);
         farm.recipient_fqdn = self.bool_prop(at, "fqdn", farm.recipient_fqdn);
         if let Some(entry) = Self::prop(at, "local-only") {
@@ -89,7 +89,7 @@ impl Lowerer {
         }
     }
 
-    pub(super) fn client(&mut self, at: At<'_>, farm: &mut DraftFarm) {
+    pub(crate) fn client(&mut self, at: At<'_>, _dir: &Path, farm: &mut DraftFarm) {
         self.shape(at, &["reverse-dns", "stage"], 0, false);
         let stage = self.stage(at, &[Stage::Connect, Stage::Helo, Stage::Mail, Stage::Rcpt]);
         match Self::prop(at, "reverse-dns") {
@@ -117,7 +117,7 @@ impl Lowerer {
         }
     }
 
-    pub(super) fn dnsbl(&mut self, at: At<'_>, farm: &mut DraftFarm) {
+    pub(crate) fn dnsbl(&mut self, at: At<'_>, _dir: &Path, farm: &mut DraftFarm) {
         self.shape(at, &["threshold", "allow-threshold", "stage", "reply"], 0, true);
         let origin = self.origin_of(at);
         let threshold = match Self::prop(at, "threshold") {
@@ -235,7 +235,7 @@ impl Lowerer {
         }
     }
 
-    pub(super) fn ban(&mut self, at: At<'_>, farm: &mut DraftFarm) {
+    pub(crate) fn ban(&mut self, at: At<'_>, _dir: &Path, farm: &mut DraftFarm) {
         self.shape(at, &["after", "duration", "network", "network6", "response", "scope"], 0, false);
         let scope = match Self::prop(at, "scope") {
             Some(entry) => match self.string(entry, at.file, "`scope`").as_deref() {
@@ -319,7 +319,7 @@ impl Lowerer {
         }
     }
 
-    pub(super) fn rate_limit(&mut self, at: At<'_>, farm: &mut DraftFarm) {
+    pub(crate) fn rate_limit(&mut self, at: At<'_>, _dir: &Path, farm: &mut DraftFarm) {
         self.shape(at, &["connections", "messages", "per", "network", "network6", "reply"], 0, false);
         let subject = match (Self::prop(at, "connections"), Self::prop(at, "messages")) {
             (Some(entry), None) => (RateSubject::Connections, entry),
@@ -361,7 +361,7 @@ impl Lowerer {
         farm.rate_limits.push(RateLimit { subject: subject.0, limit, window, v4_prefix, v6_prefix, reply });
     }
 
-    pub(super) fn tarpit(&mut self, at: At<'_>, farm: &mut DraftFarm) {
+    pub(crate) fn tarpit(&mut self, at: At<'_>, _dir: &Path, farm: &mut DraftFarm) {
         self.shape(at, &[], 1, false);
         if let Some(entry) = Self::args(at).next() {
             if let Some(ms) = self.duration_ms(entry, at.file, "`tarpit`") {
@@ -381,7 +381,7 @@ impl Lowerer {
         }
     }
 
-    pub(super) fn greylist(&mut self, at: At<'_>, dir: &Path, farm: &mut DraftFarm) {
+    pub(crate) fn greylist(&mut self, at: At<'_>, dir: &Path, farm: &mut DraftFarm) {
         self.shape(
             at,
             &["delay", "retry-window", "lifetime", "network", "network6", "auto-whitelist", "reply", "key"],

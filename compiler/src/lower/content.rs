@@ -6,9 +6,10 @@ use crate::nodes::{self, Place};
 use kdl::KdlValue;
 use mtac_ruleset::model::ScannerKind;
 use std::net::SocketAddr;
+use std::path::Path;
 
 impl Lowerer {
-    pub(super) fn authserv_id(&mut self, at: At<'_>, farm: &mut DraftFarm) {
+    pub(crate) fn authserv_id(&mut self, at: At<'_>, _dir: &Path, farm: &mut DraftFarm) {
         self.shape(at, &[], 1, false);
         if let Some(id) = self.one_string(at, "an authserv-id") {
             // RFC 8601 §2.5: a domain name, in practice the host's own.
@@ -31,7 +32,7 @@ impl Lowerer {
     }
 
     /// `mime { forbid-extension …; forbid-type …; require-header …; forged-local-sender BOOL }`.
-    pub(super) fn mime(&mut self, at: At<'_>, farm: &mut DraftFarm) {
+    pub(crate) fn mime(&mut self, at: At<'_>, _dir: &Path, farm: &mut DraftFarm) {
         self.shape(at, &[], 0, true);
         let mut rules = farm.mime.take().unwrap_or_default();
         for child in Self::children(at) {
@@ -95,7 +96,7 @@ impl Lowerer {
 
     /// `verdict-headers ["NAME"…] [action="remove"|"rename"]`: more header fields the sender
     /// may not hand on, and what to do with them.
-    pub(super) fn verdict_headers(&mut self, at: At<'_>, farm: &mut DraftFarm) {
+    pub(crate) fn verdict_headers(&mut self, at: At<'_>, _dir: &Path, farm: &mut DraftFarm) {
         self.shape(at, &["action"], usize::MAX, false);
         let rename = match Self::prop(at, "action").and_then(|e| self.string(e, at.file, "`action`")).as_deref() {
             None | Some("remove") => false,
@@ -135,7 +136,7 @@ impl Lowerer {
         farm.verdict_headers = Some((names, rename));
     }
 
-    pub(super) fn scan(&mut self, at: At<'_>, farm: &mut DraftFarm) {
+    pub(crate) fn scan(&mut self, at: At<'_>, _dir: &Path, farm: &mut DraftFarm) {
         self.shape(at, &["max-size", "oversize"], 0, true);
         let max_size = Self::prop(at, "max-size").and_then(|e| self.size(e, at.file, "`max-size`"));
         let pass = match Self::prop(at, "oversize").and_then(|e| self.string(e, at.file, "`oversize`")).as_deref() {

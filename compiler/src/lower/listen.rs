@@ -6,9 +6,10 @@ use crate::diag::Diag;
 use crate::nodes::{self, Place};
 use mtac_ruleset::model::Listener;
 use std::net::SocketAddr;
+use std::path::Path;
 
 impl Lowerer {
-    pub(super) fn listen(&mut self, at: At<'_>, farm: &mut DraftFarm) {
+    pub(crate) fn listen(&mut self, at: At<'_>, _dir: &Path, farm: &mut DraftFarm) {
         self.shape(at, &["tls"], 1, false);
         let Some(text) = self.one_string(at, "an address:port") else { return };
         let implicit_tls = match Self::prop(at, "tls") {
@@ -57,7 +58,7 @@ impl Lowerer {
         }
     }
 
-    pub(super) fn limits(&mut self, at: At<'_>, farm: &mut DraftFarm) {
+    pub(crate) fn limits(&mut self, at: At<'_>, _dir: &Path, farm: &mut DraftFarm) {
         self.shape(at, &[], 0, true);
         let known = nodes::names(Place::In("limits"));
         for child in Self::children(at) {
@@ -173,7 +174,7 @@ impl Lowerer {
         }
     }
 
-    pub(super) fn trust_loopback(&mut self, at: At<'_>, farm: &mut DraftFarm) {
+    pub(crate) fn trust_loopback(&mut self, at: At<'_>, _dir: &Path, farm: &mut DraftFarm) {
         self.shape(at, &[], 1, false);
         farm.trust_loopback = match Self::args(at).next() {
             Some(entry) => self.boolean(entry, at.file, "`trust-loopback`").unwrap_or(false),

@@ -15,7 +15,7 @@ use std::net::IpAddr;
 use std::path::Path;
 
 impl Lowerer {
-    pub(super) fn local_domains(&mut self, at: At<'_>, dir: &Path, farm: &mut DraftFarm) {
+    pub(crate) fn local_domains(&mut self, at: At<'_>, dir: &Path, farm: &mut DraftFarm) {
         self.shape(at, &["file", "subdomains"], usize::MAX, false);
         let subdomains = self.bool_prop(at, "subdomains", false);
         let mut entries = Vec::new();
@@ -23,14 +23,14 @@ impl Lowerer {
         farm.local_domains.extend(entries);
     }
 
-    pub(super) fn local_addresses(&mut self, at: At<'_>, dir: &Path, farm: &mut DraftFarm) {
+    pub(crate) fn local_addresses(&mut self, at: At<'_>, dir: &Path, farm: &mut DraftFarm) {
         self.shape(at, &["file"], usize::MAX, false);
         let mut entries = Vec::new();
         self.addresses(at, dir, &mut entries, &mut farm.local_address_sources);
         farm.local_addresses.extend(entries);
     }
 
-    pub(super) fn role_accounts(&mut self, at: At<'_>, farm: &mut DraftFarm) {
+    pub(crate) fn role_accounts(&mut self, at: At<'_>, _dir: &Path, farm: &mut DraftFarm) {
         self.shape(at, &[], usize::MAX, false);
         for entry in Self::args(at) {
             if let Some(local) = self.string(entry, at.file, "a role account") {
@@ -57,14 +57,14 @@ impl Lowerer {
         }
     }
 
-    pub(super) fn relay_clients(&mut self, at: At<'_>, dir: &Path, farm: &mut DraftFarm) {
+    pub(crate) fn relay_clients(&mut self, at: At<'_>, dir: &Path, farm: &mut DraftFarm) {
         self.shape(at, &["file"], usize::MAX, false);
         let mut entries = Vec::new();
         self.networks(at, dir, &AccessAction::Accept, &mut entries, &mut farm.relay_client_sources);
         farm.relay_clients.extend(entries);
     }
 
-    pub(super) fn access(&mut self, at: At<'_>, dir: &Path, farm: &mut DraftFarm) {
+    pub(crate) fn access(&mut self, at: At<'_>, dir: &Path, farm: &mut DraftFarm) {
         self.shape(at, &["stage"], 0, true);
         farm.access_stage = self.stage(at, &Stage::ALL).or(farm.access_stage);
         for child in Self::children(at) {

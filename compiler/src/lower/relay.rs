@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 
 impl Lowerer {
-    pub(super) fn relay(&mut self, at: At<'_>, farm: &mut DraftFarm) {
+    pub(crate) fn relay(&mut self, at: At<'_>, _dir: &Path, farm: &mut DraftFarm) {
         self.shape(at, &[], 0, true);
         let mut backends = Vec::new();
         for child in Self::children(at) {
@@ -53,7 +53,7 @@ impl Lowerer {
         farm.relay = Some((DraftRelay::Backends(backends), self.origin_of(at)));
     }
 
-    pub(super) fn deliver(&mut self, at: At<'_>, dir: &Path, farm: &mut DraftFarm) {
+    pub(crate) fn deliver(&mut self, at: At<'_>, dir: &Path, farm: &mut DraftFarm) {
         self.shape(at, &["maildir"], 0, false);
         match Self::prop(at, "maildir") {
             Some(entry) => {
@@ -72,7 +72,7 @@ impl Lowerer {
         }
     }
 
-    pub(super) fn bare_line_ends(&mut self, at: At<'_>, farm: &mut DraftFarm) {
+    pub(crate) fn bare_line_ends(&mut self, at: At<'_>, _dir: &Path, farm: &mut DraftFarm) {
         self.shape(at, &[], 1, false);
         if let Some(value) = self.one_string(at, "\"reject\" or \"normalize\"") {
             match value.as_str() {

@@ -16,7 +16,7 @@ const MIN_ARGON2_M_KIB: u32 = 19_456;
 const MIN_ARGON2_T: u32 = 2;
 
 impl Lowerer {
-    pub(super) fn tls(&mut self, at: At<'_>, dir: &Path, farm: &mut DraftFarm) {
+    pub(crate) fn tls(&mut self, at: At<'_>, dir: &Path, farm: &mut DraftFarm) {
         self.shape(at, &["certificate", "key", "required", "name"], 0, false);
         let get = |this: &mut Self, key: &str| match Self::prop(at, key) {
             Some(e) => this.string(e, at.file, &format!("`{key}`")),
@@ -43,7 +43,7 @@ impl Lowerer {
         }
     }
 
-    pub(super) fn auth(&mut self, at: At<'_>, dir: &Path, farm: &mut DraftFarm) {
+    pub(crate) fn auth(&mut self, at: At<'_>, dir: &Path, farm: &mut DraftFarm) {
         self.shape(at, &["mechanisms", "max-failures", "cache", "null-sender", "header-from"], 0, true);
         let mechanisms: Vec<String> = match Self::prop(at, "mechanisms") {
             Some(e) => self
@@ -269,7 +269,7 @@ impl Lowerer {
 
     /// `directory "ldap://…" base="…" { attributes …; filter …; bind …; cache … }`: recipients
     /// of the local domains validated against LDAP at RCPT.
-    pub(super) fn directory(&mut self, at: At<'_>, dir: &Path, farm: &mut DraftFarm) {
+    pub(crate) fn directory(&mut self, at: At<'_>, dir: &Path, farm: &mut DraftFarm) {
         self.shape(at, &["base", "timeout", "pool", "lookups"], 1, true);
         let url = self.one_string(at, "the directory's URL");
         let url_ok = url.as_deref().is_some_and(|u| {

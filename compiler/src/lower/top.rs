@@ -6,13 +6,13 @@ use super::read::relative_to;
 use super::{At, Lowerer};
 use crate::nodes::{self, Place};
 use kdl::KdlValue;
-use mtac_ruleset::model::{DnsSettings, StateSettings};
+use mtac_ruleset::model::StateSettings;
 use mtac_ruleset::syntax;
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 
 impl Lowerer {
-    pub(super) fn hostname(&mut self, at: At<'_>, draft: &mut Draft) {
+    pub(crate) fn hostname(&mut self, at: At<'_>, _dir: &Path, draft: &mut Draft) {
         let (node, file) = (at.node, at.file);
         self.shape(at, &[], 1, false);
         if let Some(value) = self.one_string(at, "a host name") {
@@ -31,7 +31,7 @@ impl Lowerer {
         }
     }
 
-    pub(super) fn banner(&mut self, at: At<'_>, draft: &mut Draft) {
+    pub(crate) fn banner(&mut self, at: At<'_>, _dir: &Path, draft: &mut Draft) {
         let (node, file) = (at.node, at.file);
         self.shape(at, &[], 1, false);
         if let Some(value) = self.one_string(at, "a banner") {
@@ -50,7 +50,7 @@ impl Lowerer {
         }
     }
 
-    pub(super) fn spool(&mut self, at: At<'_>, dir: &Path, draft: &mut Draft) {
+    pub(crate) fn spool(&mut self, at: At<'_>, dir: &Path, draft: &mut Draft) {
         let file = at.file;
         self.shape(at, &["max-bytes"], 1, false);
         if let Some(value) = self.one_string(at, "a directory") {
@@ -74,7 +74,8 @@ impl Lowerer {
         }
     }
 
-    pub(super) fn dns(&mut self, at: At<'_>, dns: &mut DnsSettings) {
+    pub(crate) fn dns(&mut self, at: At<'_>, _dir: &Path, draft: &mut Draft) {
+        let dns = &mut draft.dns;
         self.shape(at, &["timeout", "cache-size", "probe-interval"], 0, true);
         if let Some(entry) = Self::prop(at, "timeout") {
             if let Some(ms) = self.duration_ms(entry, at.file, "`timeout`") {
@@ -129,7 +130,7 @@ impl Lowerer {
         }
     }
 
-    pub(super) fn admin(&mut self, at: At<'_>, draft: &mut Draft) {
+    pub(crate) fn admin(&mut self, at: At<'_>, _dir: &Path, draft: &mut Draft) {
         let (node, file) = (at.node, at.file);
         self.shape(at, &["socket"], 1, false);
         if let Some(entry) = Self::prop(at, "socket") {
@@ -174,7 +175,7 @@ impl Lowerer {
     }
 
     /// `state "embedded" path="FILE"` or `state "redis" url="redis://…" [timeout=…] [on-failure=…]`.
-    pub(super) fn state(&mut self, at: At<'_>, dir: &Path, draft: &mut Draft) {
+    pub(crate) fn state(&mut self, at: At<'_>, dir: &Path, draft: &mut Draft) {
         self.shape(at, &["path", "url", "timeout", "on-failure"], 1, false);
         let kind = self.one_string(at, "\"embedded\" or \"redis\"");
         let text = |this: &mut Self, key: &str| Self::prop(at, key).and_then(|e| this.string(e, at.file, key));
