@@ -1,5 +1,5 @@
 //! The draft IR: what lowering produces from the policy (docs/policy.md section 2, all of it),
-//! with the origin of every entry, for `validate.rs` and `emit.rs` to read.
+//! with the origin of every entry, for `validate/` and `emit.rs` to read.
 
 use ipnet::IpNet;
 use mtac_ruleset::model::{

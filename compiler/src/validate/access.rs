@@ -2,7 +2,7 @@
 //! entries that never fire, found with one sort and a stack of enclosing prefixes; and the open
 //! relay a public network in `relay-clients` makes, with a concrete counter-example.
 
-use super::{summarise, MAX_LISTED};
+use super::{summarise, Capped};
 use crate::diag::{Diag, Reporter};
 use crate::lower::{DraftFarm, NetEntry};
 use ipnet::IpNet;
@@ -34,8 +34,7 @@ pub(super) fn access_conflicts(reporter: &mut Reporter, entries: &[NetEntry], li
     keyed.sort_unstable();
     let order: Vec<usize> = keyed.into_iter().map(|(_, _, _, i)| i).collect();
     let mut stack: Vec<usize> = Vec::new();
-    let (mut contradictions, mut overlaps, mut redundant, mut dups) = (0usize, 0usize, 0usize, 0usize);
-    let mut hidden = 0usize;
+    let (mut overlaps, mut redundant, mut dups) = (Capped::default(), Capped::default(), Capped::default());
     for &index in &order {
         let Some(entry) = entries.get(index) else { continue };
         while let Some(&top) = stack.last() {
@@ -50,7 +49,6 @@ pub(super) fn access_conflicts(reporter: &mut Reporter, entries: &[NetEntry], li
             // diagnostic that is listed, not for every nested entry of a large list.
             if parent.net == entry.net {
                 if this != that {
-                    contradictions += 1;
                     let parent_at = reporter.describe(parent.origin);
                     reporter.report(
                         Diag::error(
@@ -62,7 +60,7 @@ pub(super) fn access_conflicts(reporter: &mut Reporter, entries: &[NetEntry], li
                         "contradicts an earlier entry",
                     );
                 } else if parent.action == entry.action {
-                    if dups < MAX_LISTED {
+                    if dups.lists_next() {
                         let parent_at = reporter.describe(parent.origin);
                         reporter.report(
                             Diag::warning(
@@ -73,12 +71,8 @@ pub(super) fn access_conflicts(reporter: &mut Reporter, entries: &[NetEntry], li
                             entry.origin,
                             "duplicate",
                         );
-                    } else {
-                        hidden += 1;
                     }
-                    dups += 1;
                 } else {
-                    contradictions += 1;
                     let parent_at = reporter.describe(parent.origin);
                     reporter.report(
                         Diag::error(
@@ -91,7 +85,7 @@ pub(super) fn access_conflicts(reporter: &mut Reporter, entries: &[NetEntry], li
                     );
                 }
             } else if this != that {
-                if overlaps < MAX_LISTED {
+                if overlaps.lists_next() {
                     let parent_at = reporter.describe(parent.origin);
                     reporter.report(
                         Diag::warning(
@@ -105,12 +99,9 @@ pub(super) fn access_conflicts(reporter: &mut Reporter, entries: &[NetEntry], li
                         entry.origin,
                         "overrides a wider entry",
                     );
-                } else {
-                    hidden += 1;
                 }
-                overlaps += 1;
             } else if parent.action == entry.action {
-                if redundant < MAX_LISTED {
+                if redundant.lists_next() {
                     let parent_at = reporter.describe(parent.origin);
                     reporter.report(
                         Diag::warning(
@@ -124,16 +115,13 @@ pub(super) fn access_conflicts(reporter: &mut Reporter, entries: &[NetEntry], li
                         entry.origin,
                         "redundant",
                     );
-                } else {
-                    hidden += 1;
                 }
-                redundant += 1;
             }
         }
         stack.push(index);
     }
+    let hidden = dups.more + overlaps.more + redundant.more;
     summarise(reporter, hidden, &format!("further overlapping or duplicate entries in {list}"));
-    let _ = contradictions;
 }
 
 /// Public networks wider than a /16 (v4) or /32 (v6) in relay-clients make an open relay.

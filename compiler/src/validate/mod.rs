@@ -198,12 +198,10 @@ fn validate_farm(reporter: &mut Reporter, farm: &DraftFarm) {
 
 fn duplicate_domains(reporter: &mut Reporter, farm: &DraftFarm) {
     let mut seen: HashMap<(&str, bool), Origin> = HashMap::with_capacity(farm.local_domains.len());
-    let mut reported = 0usize;
-    let mut more = 0usize;
+    let mut duplicates = Capped::default();
     for entry in &farm.local_domains {
         if let Some(first) = seen.insert((&entry.domain, entry.subdomains), entry.origin) {
-            if reported < MAX_LISTED {
-                reported += 1;
+            if duplicates.lists_next() {
                 let first_at = reporter.describe(first);
                 reporter.report(
                     Diag::warning(
@@ -214,12 +212,10 @@ fn duplicate_domains(reporter: &mut Reporter, farm: &DraftFarm) {
                     entry.origin,
                     "duplicate",
                 );
-            } else {
-                more += 1;
             }
         }
     }
-    summarise(reporter, more, "duplicate local domains");
+    summarise(reporter, duplicates.more, "duplicate local domains");
 }
 
 /// Addresses whose domain is not local can never be accepted: relay control refuses them first.
@@ -238,38 +234,30 @@ fn addresses_outside_domains(reporter: &mut Reporter, farm: &DraftFarm) {
             })
     };
     let mut sorted: Vec<(String, usize)> = Vec::with_capacity(farm.local_addresses.len());
-    let mut outside = 0usize;
-    let mut listed = 0usize;
+    let mut outside = Capped::default();
     for (index, entry) in farm.local_addresses.iter().enumerate() {
         let key = entry.address.to_ascii_lowercase();
         let domain = key.rsplit_once('@').map_or("", |(_, d)| d).trim_end_matches('.');
-        if !is_local(domain) {
-            if listed < MAX_LISTED {
-                listed += 1;
-                reporter.report(
-                    Diag::warning(
-                        "mtac::local-addresses::not-local",
-                        format!("`{}` is not in a local domain: it can never match", entry.address),
-                    )
-                    .help("add its domain to `local-domains`, or remove the address"),
-                    entry.origin,
-                    "never matches",
-                );
-            } else {
-                outside += 1;
-            }
+        if !is_local(domain) && outside.lists_next() {
+            reporter.report(
+                Diag::warning(
+                    "mtac::local-addresses::not-local",
+                    format!("`{}` is not in a local domain: it can never match", entry.address),
+                )
+                .help("add its domain to `local-domains`, or remove the address"),
+                entry.origin,
+                "never matches",
+            );
         }
         sorted.push((key, index));
     }
-    summarise(reporter, outside, "addresses outside the local domains");
+    summarise(reporter, outside.more, "addresses outside the local domains");
     sorted.sort_unstable();
-    let mut dup_more = 0usize;
-    let mut dup_listed = 0usize;
+    let mut duplicates = Capped::default();
     for pair in sorted.windows(2) {
         if let [(a, first), (b, second)] = pair {
             if a == b {
-                if dup_listed < MAX_LISTED {
-                    dup_listed += 1;
+                if duplicates.lists_next() {
                     let (Some(f), Some(s)) = (farm.local_addresses.get(*first), farm.local_addresses.get(*second))
                     else {
                         continue;
@@ -284,13 +272,11 @@ fn addresses_outside_domains(reporter: &mut Reporter, farm: &DraftFarm) {
                         s.origin,
                         "duplicate",
                     );
-                } else {
-                    dup_more += 1;
                 }
             }
         }
     }
-    summarise(reporter, dup_more, "duplicate addresses");
+    summarise(reporter, duplicates.more, "duplicate addresses");
 }
 
 fn dnsbl(reporter: &mut Reporter, farm: &DraftFarm) {
@@ -358,6 +344,28 @@ fn ban_rules(reporter: &mut Reporter, farm: &DraftFarm) {
                     "can never fire",
                 );
             }
+        }
+    }
+}
+
+/// Findings of one kind: the first [`MAX_LISTED`] are reported, the rest only counted, for one
+/// "… and N more" line ([`summarise`]): a list of a million networks must not give a million
+/// diagnostics.
+#[derive(Default)]
+struct Capped {
+    listed: usize,
+    more: usize,
+}
+
+impl Capped {
+    /// Whether the next finding is reported; if not, it is counted in `more`.
+    fn lists_next(&mut self) -> bool {
+        if self.listed < MAX_LISTED {
+            self.listed += 1;
+            true
+        } else {
+            self.more += 1;
+            false
         }
     }
 }
