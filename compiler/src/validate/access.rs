@@ -100,22 +100,17 @@ pub(super) fn access_conflicts(reporter: &mut Reporter, entries: &[NetEntry], li
                         "overrides a wider entry",
                     );
                 }
-            } else if parent.action == entry.action {
-                if redundant.lists_next() {
-                    let parent_at = reporter.describe(parent.origin);
-                    reporter.report(
-                        Diag::warning(
-                            "mtac::access::never-fires",
-                            format!("{} can never change a decision", entry.net),
-                        )
+            } else if parent.action == entry.action && redundant.lists_next() {
+                let parent_at = reporter.describe(parent.origin);
+                reporter.report(
+                    Diag::warning("mtac::access::never-fires", format!("{} can never change a decision", entry.net))
                         .help(format!(
                             "{} (at {parent_at}) already {that}s it with the same reply; remove the narrower entry",
                             parent.net
                         )),
-                        entry.origin,
-                        "redundant",
-                    );
-                }
+                    entry.origin,
+                    "redundant",
+                );
             }
         }
         stack.push(index);

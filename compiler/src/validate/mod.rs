@@ -256,23 +256,20 @@ fn addresses_outside_domains(reporter: &mut Reporter, farm: &DraftFarm) {
     let mut duplicates = Capped::default();
     for pair in sorted.windows(2) {
         if let [(a, first), (b, second)] = pair {
-            if a == b {
-                if duplicates.lists_next() {
-                    let (Some(f), Some(s)) = (farm.local_addresses.get(*first), farm.local_addresses.get(*second))
-                    else {
-                        continue;
-                    };
-                    let first_at = reporter.describe(f.origin);
-                    reporter.report(
-                        Diag::warning(
-                            "mtac::local-addresses::duplicate",
-                            format!("address `{}` is listed twice", s.address),
-                        )
-                        .help(format!("first listed at {first_at} (addresses compare case-insensitively)")),
-                        s.origin,
-                        "duplicate",
-                    );
-                }
+            if a == b && duplicates.lists_next() {
+                let (Some(f), Some(s)) = (farm.local_addresses.get(*first), farm.local_addresses.get(*second)) else {
+                    continue;
+                };
+                let first_at = reporter.describe(f.origin);
+                reporter.report(
+                    Diag::warning(
+                        "mtac::local-addresses::duplicate",
+                        format!("address `{}` is listed twice", s.address),
+                    )
+                    .help(format!("first listed at {first_at} (addresses compare case-insensitively)")),
+                    s.origin,
+                    "duplicate",
+                );
             }
         }
     }
