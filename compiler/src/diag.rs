@@ -1,6 +1,7 @@
 //! Diagnostics: every problem the compiler finds, with a stable code, the file and span it points
-//! at, and a help line. Passes push into a [`Diagnostics`] list and keep going, so the operator sees
-//! every error of a policy in one run.
+//! at, and a help line. Every pass reports through one [`Reporter`] (the files read so far and the
+//! [`Diagnostics`] list) and keeps going, so the operator sees every error of a policy in one run.
+//! **Invariant:** a diagnostic's labels all point into the one file it names.
 
 use miette::{LabeledSpan, NamedSource, Severity, SourceSpan};
 use serde::Serialize;
@@ -35,6 +36,20 @@ impl SourceFile {
         }
         SourceSpan::new(self.text.len().into(), 0)
     }
+}
+
+/// Where an entry was written: a span in a policy file, or a line of a listed file. `file` is
+/// an index into the [`Reporter`]'s files.
+#[derive(Debug, Clone, Copy)]
+pub struct Origin {
+    pub file: usize,
+    pub pos: Pos,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub enum Pos {
+    Span(SourceSpan),
+    Line(u32),
 }
 
 /// One problem found in a policy.
@@ -233,6 +248,97 @@ impl Diagnostics {
 
     pub fn warnings(&self) -> usize {
         self.list.len() - self.errors()
+    }
+}
+
+/// Where the passes report: the files read (so an [`Origin`] or a file index becomes a file and
+/// a span) and the diagnostics so far. Lowering adds files and reports; validation, the directory
+/// export and the relay probe only report.
+#[derive(Debug, Default)]
+pub struct Reporter {
+    pub files: Vec<SourceFile>,
+    pub diagnostics: Diagnostics,
+}
+
+impl Reporter {
+    /// Keep a file read, for diagnostics to point into; returns its index.
+    pub fn add_file(&mut self, name: &str, text: String) -> usize {
+        self.files.push(SourceFile { name: name.to_owned(), text: Arc::new(text) });
+        self.files.len() - 1
+    }
+
+    pub fn file(&self, index: usize) -> Option<&SourceFile> {
+        self.files.get(index)
+    }
+
+    /// The file of index `file` (an empty `<unknown>` for an index no file has: a compiler bug,
+    /// which then shows as a diagnostic without a snippet rather than a panic).
+    pub fn source(&self, file: usize) -> SourceFile {
+        self.files
+            .get(file)
+            .cloned()
+            .unwrap_or_else(|| SourceFile { name: "<unknown>".to_owned(), text: Arc::new(String::new()) })
+    }
+
+    pub fn span_of(&self, origin: Origin) -> SourceSpan {
+        match origin.pos {
+            Pos::Span(span) => span,
+            Pos::Line(line) => self.source(origin.file).line_span(line as usize),
+        }
+    }
+
+    /// `file:line:col` of `origin`, for a help line that points at a second place.
+    pub fn describe(&self, origin: Origin) -> String {
+        let span = self.span_of(origin);
+        match self.file(origin.file) {
+            Some(file) => {
+                let (line, col) = file.line_col(span.offset());
+                format!("{}:{line}:{col}", file.name)
+            }
+            None => "an earlier line".to_owned(),
+        }
+    }
+
+    pub fn push(&mut self, diag: Diag) {
+        self.diagnostics.push(diag);
+    }
+
+    pub fn has_errors(&self) -> bool {
+        self.diagnostics.has_errors()
+    }
+
+    /// An error or warning pointing at `origin`.
+    pub fn report(&mut self, diag: Diag, origin: Origin, label: &str) {
+        let source = self.source(origin.file);
+        let span = self.span_of(origin);
+        self.push(diag.at(&source, span, label));
+    }
+
+    /// An error labelled at `span` of `file`, with `help` unless it is empty.
+    pub fn err(&mut self, code: &'static str, message: String, file: usize, span: SourceSpan, label: &str, help: &str) {
+        self.push_at(Diag::error(code, message), file, span, label, help);
+    }
+
+    /// A warning labelled at `span` of `file`, with `help` unless it is empty.
+    pub fn warn(
+        &mut self,
+        code: &'static str,
+        message: String,
+        file: usize,
+        span: SourceSpan,
+        label: &str,
+        help: &str,
+    ) {
+        self.push_at(Diag::warning(code, message), file, span, label, help);
+    }
+
+    fn push_at(&mut self, diag: Diag, file: usize, span: SourceSpan, label: &str, help: &str) {
+        let source = self.source(file);
+        let mut diag = diag.at(&source, span, label);
+        if !help.is_empty() {
+            diag = diag.help(help);
+        }
+        self.push(diag);
     }
 }
 

@@ -10,8 +10,8 @@
 //! The search is paged (RFC 2696), so a directory with more entries than its size limit is read
 //! whole — provided the bind DN may page past it (OpenLDAP: `limits … size.prtotal=unlimited`).
 
-use crate::diag::Diag;
-use crate::lower::{AddressEntry, Draft, Lowerer};
+use crate::diag::{Diag, Reporter};
+use crate::lower::{AddressEntry, Draft};
 use mtac_ruleset::model::Directory;
 use mtac_ruleset::syntax;
 
@@ -23,7 +23,7 @@ const EXPORT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(600);
 
 /// Export every farm's directory into its address table. Errors are diagnostics at the
 /// `directory` node: a build that was asked to export and could not must not ship.
-pub fn export(lw: &mut Lowerer<'_>, draft: &mut Draft) {
+pub fn export(reporter: &mut Reporter, draft: &mut Draft) {
     for farm in &mut draft.farms {
         let Some((settings, origin)) = farm.directory.clone() else { continue };
         match read_all(&settings) {
@@ -40,7 +40,7 @@ pub fn export(lw: &mut Lowerer<'_>, draft: &mut Draft) {
                 }
                 farm.local_address_sources.0.push(format!("{} (exported)", settings.url));
                 if skipped > 0 {
-                    lw.report(
+                    reporter.report(
                         Diag::warning(
                             "mtac::directory::export-invalid",
                             format!("{skipped} value(s) in the directory are not addresses; they were left out"),
@@ -54,7 +54,7 @@ pub fn export(lw: &mut Lowerer<'_>, draft: &mut Draft) {
                     d.exported = added;
                 }
             }
-            Err(e) => lw.report(
+            Err(e) => reporter.report(
                 Diag::error("mtac::directory::export", format!("cannot export the directory {}: {e}", settings.url))
                     .help("the build needs the directory reachable from where it runs; without --export-directory nodes ask it at run time"),
                 origin,

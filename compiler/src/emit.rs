@@ -385,13 +385,16 @@ pub fn program(
     p
 }
 
-/// Every rule name of a program (for `ban after=` checks).
-pub fn rule_names(program: &Program) -> Vec<String> {
-    let mut names: Vec<String> = Vec::new();
+/// The policy rules this farm's program holds, in program order: what its `ban after=` may name.
+/// Which steps a farm has is decided by [`program`] alone; their names are
+/// [`mtac_ruleset::rules`]' constants (a test proves every step's rule is one of them).
+pub fn rules_of(farm: &DraftFarm) -> Vec<&'static str> {
+    let program = program(farm, "", None, None);
+    let mut names: Vec<&'static str> = Vec::new();
     for stage in Stage::ALL {
-        for s in program.stage(stage) {
-            if !names.contains(&s.rule) {
-                names.push(s.rule.clone());
+        for rule in program.stage(stage).iter().filter_map(|step| rules::find(&step.rule)) {
+            if !names.contains(&rule.name) {
+                names.push(rule.name);
             }
         }
     }
@@ -439,7 +442,6 @@ fn verdict_headers(farm: &DraftFarm, hostname: &str) -> VerdictHeaders {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use crate::diag::Diagnostics;
     use crate::lower::Lowerer;
 
     /// Every check on, in two farms: the programs' rule names are exactly the policy rules of
@@ -467,15 +469,25 @@ farm "users" kind="submission" {
     relay { backend "smtp://127.0.0.1:10025"; }
 }
 "#;
-        let mut diags = Diagnostics::default();
-        let mut lw = Lowerer::new(&mut diags);
+        let mut lw = Lowerer::new();
         let draft = lw.lower_text("policy.kdl", text.to_owned(), None).unwrap();
-        let mut names: Vec<String> =
-            draft.farms.iter().flat_map(|farm| rule_names(&program(farm, "mx.example.net", None, None))).collect();
+        let mut names: Vec<String> = Vec::new();
+        let mut named_by_the_list: Vec<&str> = Vec::new();
+        for farm in &draft.farms {
+            let program = program(farm, "mx.example.net", None, None);
+            for stage in Stage::ALL {
+                names.extend(program.stage(stage).iter().map(|step| step.rule.clone()));
+            }
+            named_by_the_list.extend(rules_of(farm));
+        }
         names.sort();
         names.dedup();
+        named_by_the_list.sort_unstable();
+        named_by_the_list.dedup();
         let mut listed: Vec<&str> = rules::policy_rule_names();
         listed.sort_unstable();
         assert_eq!(names, listed);
+        // What `ban after=` may name loses no step of the programs.
+        assert_eq!(named_by_the_list, listed);
     }
 }

@@ -39,7 +39,7 @@ pub mod nodes;
 pub mod policytest;
 pub mod validate;
 
-use diag::{Diag, Diagnostics, SourceFile};
+use diag::{Diag, Diagnostics, Reporter, SourceFile};
 use lower::{Lowerer, Origin, Pos};
 use mtac_ruleset::eval::{self, Facts, NoDns};
 use mtac_ruleset::model::{FarmKind, Stage};
@@ -83,38 +83,37 @@ pub fn compile_text(name: &str, text: &str, dir: Option<PathBuf>) -> Compilation
     compile(&Options::default(), |lw| lw.lower_text(name, text.to_owned(), dir))
 }
 
-fn compile(options: &Options, lower: impl FnOnce(&mut Lowerer<'_>) -> Option<lower::Draft>) -> Compilation {
-    let mut diagnostics = Diagnostics::default();
-    let mut lw = Lowerer::new(&mut diagnostics);
+fn compile(options: &Options, lower: impl FnOnce(&mut Lowerer) -> Option<lower::Draft>) -> Compilation {
+    let mut lw = Lowerer::new();
     for dir in &options.allowed_dirs {
         lw.allow_dir(dir);
     }
     let draft = lower(&mut lw);
+    let mut reporter = lw.finish();
     let mut output = None;
     if let Some(mut draft) = draft {
-        if options.export_directory && !lw.diags.has_errors() {
-            directory::export(&mut lw, &mut draft);
+        if options.export_directory && !reporter.has_errors() {
+            directory::export(&mut reporter, &mut draft);
         }
-        unexported_directories(&mut lw, &draft);
+        unexported_directories(&mut reporter, &draft);
         // Validation (the overlap analysis of a million networks takes
         // seconds) and the table build (as long) read the same draft and
         // nothing else: run them at once. The build is kept only if
         // validation finds no error.
         let draft = &draft;
         let built = std::thread::scope(|scope| {
-            let builder = (!lw.diags.has_errors()).then(|| scope.spawn(|| build_ruleset(draft)));
-            validate::validate(&mut lw, draft);
+            let builder = (!reporter.has_errors()).then(|| scope.spawn(|| build_ruleset(draft)));
+            validate::validate(&mut reporter, draft);
             builder.map(|b| b.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)))
         });
-        if let (false, Some(built)) = (lw.diags.has_errors(), built) {
-            output = probe(&mut lw, draft, built);
+        if let (false, Some(built)) = (reporter.has_errors(), built) {
+            output = probe(&mut reporter, draft, built);
         }
     }
-    let files = lw.files;
-    if diagnostics.has_errors() {
+    if reporter.has_errors() {
         output = None;
     }
-    Compilation { diagnostics, files, output }
+    Compilation { diagnostics: reporter.diagnostics, files: reporter.files, output }
 }
 
 /// Emits the draft's tables and program, builds the ruleset and loads it
@@ -133,15 +132,15 @@ fn build_ruleset(draft: &lower::Draft) -> Result<Output, Vec<Diag>> {
 }
 
 /// Reports a failed build, or probes the built ruleset for an open relay.
-fn probe(lw: &mut Lowerer<'_>, draft: &lower::Draft, built: Result<Output, Vec<Diag>>) -> Option<Output> {
+fn probe(reporter: &mut Reporter, draft: &lower::Draft, built: Result<Output, Vec<Diag>>) -> Option<Output> {
     match built {
         Ok(output) => {
-            probe_open_relay(lw, draft, &output.ruleset);
+            probe_open_relay(reporter, draft, &output.ruleset);
             Some(output)
         }
         Err(diags) => {
             for diag in diags {
-                lw.diags.push(diag);
+                reporter.push(diag);
             }
             None
         }
@@ -150,11 +149,11 @@ fn probe(lw: &mut Lowerer<'_>, draft: &lower::Draft, built: Result<Output, Vec<D
 
 /// A farm that trusts only the exported table (`lookups=#false`) but got no export accepts
 /// every address of its local domains: say so, loudly.
-fn unexported_directories(lw: &mut Lowerer<'_>, draft: &lower::Draft) {
+fn unexported_directories(reporter: &mut Reporter, draft: &lower::Draft) {
     for farm in &draft.farms {
         if let Some((d, origin)) = &farm.directory {
             if !d.lookups && d.exported == 0 {
-                lw.report(
+                reporter.report(
                     Diag::warning(
                         "mtac::directory::not-exported",
                         format!(
@@ -173,7 +172,7 @@ fn unexported_directories(lw: &mut Lowerer<'_>, draft: &lower::Draft) {
 }
 
 /// Ask the real evaluator whether a stranger could relay through an inbound farm.
-fn probe_open_relay(lw: &mut Lowerer<'_>, draft: &lower::Draft, ruleset: &Ruleset) {
+fn probe_open_relay(reporter: &mut Reporter, draft: &lower::Draft, ruleset: &Ruleset) {
     let stranger: IpAddr = IpAddr::from([198, 51, 100, 77]);
     for (farm, draft_farm) in ruleset.policy().farms.iter().zip(&draft.farms) {
         if farm.kind != FarmKind::InboundMx {
@@ -206,7 +205,7 @@ fn probe_open_relay(lw: &mut Lowerer<'_>, draft: &lower::Draft, ruleset: &Rulese
                     .iter()
                     .find(|d| domain.ends_with(&d.domain))
                     .map_or(draft_farm.origin, |d| d.origin);
-                lw.report(
+                reporter.report(
                     Diag::error("mtac::open-relay", format!("inbound farm `{}` is an open relay", farm.name)).help(
                         format!(
                         "counter-example: client {stranger}, HELO mail.example.org, MAIL FROM:<spammer@example.org>, \

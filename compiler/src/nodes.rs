@@ -1,9 +1,15 @@
 //! Every node of the policy language, in one table: where it may be written, whether a farm may
-//! hold it once only, and where docs/policy.md describes it.
+//! hold it once only, where docs/policy.md describes it, and the function that lowers it.
 //!
-//! Lowering keeps one `match` per place (the code that reads each node), but the names it
-//! accepts, its "did you mean" suggestions and the once-per-farm check come from here, and tests
-//! prove the table, the `match`es and the docs' node reference name the same nodes.
+//! Lowering (`crate::lower`) dispatches on this table: a top-level or farm node goes to the
+//! function of its entry, `include` reads its file into the place it stands, and a name the
+//! table lacks gets "unknown node" with the closest name of the place as a suggestion. Children
+//! (`Place::In`) are read by their parent's function; the table names them for the suggestions
+//! and the docs. **Invariant:** a node is known exactly where its entry says; tests prove that
+//! lowering reads every entry and that docs/policy.md section 2 has one entry per node.
+
+use crate::lower::{At, Draft, DraftFarm, Lowerer};
+use std::path::Path;
 
 /// Where a node may be written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -16,8 +22,25 @@ pub enum Place {
     In(&'static str),
 }
 
+/// Lowers a top-level node into the draft; `&Path` is the directory relative names are read from.
+pub type TopLowering = fn(&mut Lowerer, At<'_>, &Path, &mut Draft);
+
+/// Lowers a farm node into its farm; `&Path` is the directory relative names are read from.
+pub type FarmLowering = fn(&mut Lowerer, At<'_>, &Path, &mut DraftFarm);
+
+/// How lowering reads a node.
+#[derive(Debug, Clone, Copy)]
+pub enum Lowering {
+    Top(TopLowering),
+    Farm(FarmLowering),
+    /// `include`: the named file's nodes are lowered where the include stands.
+    Include,
+    /// A child node: its parent's function reads it.
+    ByParent,
+}
+
 /// One node of the policy language.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy)]
 pub struct Node {
     pub name: &'static str,
     pub place: Place,
@@ -28,37 +51,42 @@ pub struct Node {
     /// The heading of docs/policy.md section 2 that describes the node (its own, or its
     /// parent's for children).
     pub anchor: &'static str,
+    pub lower: Lowering,
 }
 
-const fn top(name: &'static str) -> Node {
-    Node { name, place: Place::Top, once: None, anchor: name }
+const fn top(name: &'static str, lower: TopLowering) -> Node {
+    Node { name, place: Place::Top, once: None, anchor: name, lower: Lowering::Top(lower) }
 }
 
-const fn farm(name: &'static str) -> Node {
-    Node { name, place: Place::Farm, once: None, anchor: name }
+const fn farm(name: &'static str, lower: FarmLowering) -> Node {
+    Node { name, place: Place::Farm, once: None, anchor: name, lower: Lowering::Farm(lower) }
 }
 
-const fn once(name: &'static str) -> Node {
-    Node { name, place: Place::Farm, once: Some(name), anchor: name }
+const fn once(name: &'static str, lower: FarmLowering) -> Node {
+    Node { name, place: Place::Farm, once: Some(name), anchor: name, lower: Lowering::Farm(lower) }
 }
 
 const fn child(parent: &'static str, name: &'static str, anchor: &'static str) -> Node {
-    Node { name, place: Place::In(parent), once: None, anchor }
+    Node { name, place: Place::In(parent), once: None, anchor, lower: Lowering::ByParent }
+}
+
+const fn include(place: Place) -> Node {
+    Node { name: "include", place, once: None, anchor: "include", lower: Lowering::Include }
 }
 
 /// The policy language, in the order of docs/policy.md section 2.
 pub const NODES: &[Node] = &[
-    top("hostname"),
-    top("banner"),
-    top("spool"),
-    top("dns"),
+    top("hostname", Lowerer::hostname),
+    top("banner", Lowerer::banner),
+    top("spool", Lowerer::spool),
+    top("dns", Lowerer::dns),
     child("dns", "nameserver", "dns"),
-    top("admin"),
-    top("state"),
-    top("farm"),
-    top("include"),
-    farm("listen"),
-    once("limits"),
+    top("admin", Lowerer::admin),
+    top("state", Lowerer::state),
+    top("farm", Lowerer::farm),
+    include(Place::Top),
+    farm("listen", Lowerer::listen),
+    once("limits", Lowerer::limits),
     child("limits", "connections", "limits"),
     child("limits", "connections-per-ip", "limits"),
     child("limits", "transfers-per-ip", "limits"),
@@ -67,68 +95,68 @@ pub const NODES: &[Node] = &[
     child("limits", "line-length", "limits"),
     child("limits", "errors", "limits"),
     child("limits", "timeout", "limits"),
-    farm("trust-loopback"),
-    farm("local-domains"),
-    farm("local-addresses"),
-    farm("role-accounts"),
-    farm("relay-clients"),
-    farm("access"),
+    farm("trust-loopback", Lowerer::trust_loopback),
+    farm("local-domains", Lowerer::local_domains),
+    farm("local-addresses", Lowerer::local_addresses),
+    farm("role-accounts", Lowerer::role_accounts),
+    farm("relay-clients", Lowerer::relay_clients),
+    farm("access", Lowerer::access),
     child("access", "accept", "access"),
     child("access", "reject", "access"),
     child("access", "defer", "access"),
-    once("helo"),
-    once("sender"),
+    once("helo", Lowerer::helo),
+    once("sender", Lowerer::sender),
     child("sender", "deny", "sender"),
-    once("recipient"),
-    farm("client"),
-    once("dnsbl"),
+    once("recipient", Lowerer::recipient),
+    farm("client", Lowerer::client),
+    once("dnsbl", Lowerer::dnsbl),
     child("dnsbl", "zone", "dnsbl"),
     child("zone", "answer", "dnsbl"),
-    farm("ban"),
-    farm("rate-limit"),
-    farm("tarpit"),
-    once("greylist"),
+    farm("ban", Lowerer::ban),
+    farm("rate-limit", Lowerer::rate_limit),
+    farm("tarpit", Lowerer::tarpit),
+    once("greylist", Lowerer::greylist),
     child("greylist", "whitelist-client", "greylist"),
     child("greylist", "whitelist-sender-domain", "greylist"),
     child("greylist", "whitelist-recipient", "greylist"),
-    once("scan"),
+    once("scan", Lowerer::scan),
     child("scan", "clamav", "scan"),
     child("scan", "spamassassin", "scan"),
     child("scan", "rspamd", "scan"),
-    once("verdict-headers"),
-    once("authserv-id"),
-    farm("mime"),
+    once("verdict-headers", Lowerer::verdict_headers),
+    once("authserv-id", Lowerer::authserv_id),
+    farm("mime", Lowerer::mime),
     child("mime", "forbid-extension", "mime"),
     child("mime", "forbid-type", "mime"),
     child("mime", "require-header", "mime"),
     child("mime", "forged-local-sender", "mime"),
-    once("relay"),
+    once("relay", Lowerer::relay),
     child("relay", "backend", "relay"),
-    Node { name: "deliver", place: Place::Farm, once: Some("relay"), anchor: "deliver" },
-    once("tls"),
-    once("auth"),
+    // `relay` and `deliver` are one way out: they share the once-per-farm key.
+    Node { once: Some("relay"), ..once("deliver", Lowerer::deliver) },
+    once("tls", Lowerer::tls),
+    once("auth", Lowerer::auth),
     child("auth", "ldap", "auth"),
     child("auth", "user", "auth"),
     child("auth", "may-send-as", "auth"),
-    once("directory"),
+    once("directory", Lowerer::directory),
     child("directory", "attributes", "directory"),
     child("directory", "filter", "directory"),
     child("directory", "bind", "directory"),
     child("directory", "cache", "directory"),
-    once("bare-line-ends"),
+    once("bare-line-ends", Lowerer::bare_line_ends),
     // A farm may include fragments; described with the top-level `include`.
-    Node { name: "include", place: Place::Farm, once: None, anchor: "include" },
+    include(Place::Farm),
 ];
+
+/// The entry of `name` at `place`, if the language has one.
+pub fn find(place: Place, name: &str) -> Option<&'static Node> {
+    NODES.iter().find(|node| node.place == place && node.name == name)
+}
 
 /// The names of the nodes that may be written at `place`, in table order.
 pub fn names(place: Place) -> Vec<&'static str> {
     NODES.iter().filter(|node| node.place == place).map(|node| node.name).collect()
-}
-
-/// The once-per-farm key of a farm node (`deliver` shares `relay`'s), or `None` for nodes that
-/// add up.
-pub fn once_per_farm(name: &str) -> Option<&'static str> {
-    NODES.iter().find(|node| node.place == Place::Farm && node.name == name).and_then(|node| node.once)
 }
 
 #[cfg(test)]
@@ -188,6 +216,22 @@ mod tests {
         assert!(unknown[2].0.contains("the top level"), "{unknown:?}");
     }
 
+    /// The table's place decides: a top-level node written in a farm, and a farm node written at
+    /// the top level, are unknown there (with the place's names as help), not lowered.
+    #[test]
+    fn a_node_is_lowered_only_in_its_place() {
+        let text = "hostname \"mx.example.net\"\nlisten \"127.0.0.1:25\"\nfarm \"mx\" kind=\"inbound-mx\" {\n    banner \"hi\"\n}\n";
+        let compilation = crate::compile_text("policy.kdl", text, None);
+        let unknown: Vec<&str> = compilation
+            .diagnostics
+            .list
+            .iter()
+            .filter(|d| d.code == "mtac::unknown-node" && d.is_error())
+            .map(|d| d.message.as_str())
+            .collect();
+        assert_eq!(unknown, ["unknown node `listen` in the top level", "unknown node `banner` in a farm"]);
+    }
+
     #[test]
     fn the_table_is_consistent() {
         for (i, node) in NODES.iter().enumerate() {
@@ -203,9 +247,17 @@ mod tests {
             if node.once.is_some() {
                 assert_eq!(node.place, Place::Farm, "{}: only farm nodes are once per farm", node.name);
             }
+            // The dispatch in `lower` reads `Top` only at the top level, `Farm` only in a farm.
+            let lowered_here = match (node.place, node.lower) {
+                (Place::Top, Lowering::Top(_)) | (Place::Farm, Lowering::Farm(_)) => true,
+                (Place::Top | Place::Farm, Lowering::Include) => node.name == "include",
+                (Place::In(_), Lowering::ByParent) => true,
+                _ => false,
+            };
+            assert!(lowered_here, "{} at {:?} has the lowering {:?}", node.name, node.place, node.lower);
         }
-        assert_eq!(once_per_farm("deliver"), Some("relay"));
-        assert_eq!(once_per_farm("ban"), None);
+        assert_eq!(find(Place::Farm, "deliver").and_then(|node| node.once), Some("relay"));
+        assert_eq!(find(Place::Farm, "ban").and_then(|node| node.once), None);
     }
 
     /// docs/policy.md: section 2 between its heading and section 3's.

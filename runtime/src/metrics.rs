@@ -352,6 +352,7 @@ impl Metrics {
     }
 }
 
+/// [`crate::state::since_epoch`] in fractional seconds, as Prometheus timestamps are.
 pub fn unix_now() -> f64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)
+    crate::state::since_epoch().as_secs_f64()
 }

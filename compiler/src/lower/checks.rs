@@ -14,8 +14,8 @@ use mtac_ruleset::model::{
 use mtac_ruleset::syntax;
 use std::path::Path;
 
-impl Lowerer<'_> {
-    pub(super) fn helo(&mut self, at: At<'_>, farm: &mut DraftFarm) {
+impl Lowerer {
+    pub(crate) fn helo(&mut self, at: At<'_>, _dir: &Path, farm: &mut DraftFarm) {
         self.shape(at, &["required", "fqdn", "syntax", "not-ours", "resolvable", "stage"], 0, false);
         farm.helo.required = self.bool_prop(at, "required", farm.helo.required);
         farm.helo.fqdn = self.bool_prop(at, "fqdn", farm.helo.fqdn);
@@ -25,7 +25,7 @@ impl Lowerer<'_> {
         farm.helo.stage = self.stage(at, &[Stage::Helo, Stage::Mail, Stage::Rcpt]).or(farm.helo.stage);
     }
 
-    pub(super) fn sender(&mut self, at: At<'_>, dir: &Path, farm: &mut DraftFarm) {
+    pub(crate) fn sender(&mut self, at: At<'_>, dir: &Path, farm: &mut DraftFarm) {
         self.shape(at, &["fqdn", "resolvable", "stage"], 0, true);
         farm.sender.fqdn = self.bool_prop(at, "fqdn", farm.sender.fqdn);
         farm.sender.resolvable = self.bool_prop(at, "resolvable", farm.sender.resolvable);
@@ -44,7 +44,7 @@ impl Lowerer<'_> {
                     if syntax::is_mailbox(&value) {
                         farm.sender.deny_addresses.push(AddressEntry { address: value, origin });
                     } else {
-                        self.report(
+                        self.reporter.report(
                             Diag::error("mtac::address", format!("`{value}` is not a valid address"))
                                 .help("write user@example.com, or a bare domain to deny the whole domain"),
                             origin,
@@ -60,7 +60,7 @@ impl Lowerer<'_> {
                             origin,
                         });
                     } else {
-                        self.report(
+                        self.reporter.report(
                             Diag::error("mtac::domain", format!("`{value}` is not a valid domain"))
                                 .help("write a domain such as spam.example (its subdomains are denied too)"),
                             origin,
@@ -72,12 +72,12 @@ impl Lowerer<'_> {
         }
     }
 
-    pub(super) fn recipient(&mut self, at: At<'_>, farm: &mut DraftFarm) {
+    pub(crate) fn recipient(&mut self, at: At<'_>, _dir: &Path, farm: &mut DraftFarm) {
         self.shape(at, &["fqdn", "local-only"], 0, false);
         farm.recipient_fqdn = self.bool_prop(at, "fqdn", farm.recipient_fqdn);
         if let Some(entry) = Self::prop(at, "local-only") {
             if self.boolean(entry, at.file, "`local-only`") == Some(false) {
-                self.err(
+                self.reporter.err(
                     "mtac::open-relay",
                     "`local-only=#false` would make this farm an open relay".to_owned(),
                     at.file,
@@ -89,14 +89,14 @@ impl Lowerer<'_> {
         }
     }
 
-    pub(super) fn client(&mut self, at: At<'_>, farm: &mut DraftFarm) {
+    pub(crate) fn client(&mut self, at: At<'_>, _dir: &Path, farm: &mut DraftFarm) {
         self.shape(at, &["reverse-dns", "stage"], 0, false);
         let stage = self.stage(at, &[Stage::Connect, Stage::Helo, Stage::Mail, Stage::Rcpt]);
         match Self::prop(at, "reverse-dns") {
             Some(entry) => match self.string(entry, at.file, "`reverse-dns`").as_deref() {
                 Some("required") => farm.client_reverse_dns = Some((false, stage)),
                 Some("forward-confirmed") => farm.client_reverse_dns = Some((true, stage)),
-                Some(other) => self.err(
+                Some(other) => self.reporter.err(
                     "mtac::client::reverse-dns",
                     format!("unknown reverse-dns requirement `{other}`"),
                     at.file,
@@ -106,7 +106,7 @@ impl Lowerer<'_> {
                 ),
                 None => {}
             },
-            None => self.err(
+            None => self.reporter.err(
                 "mtac::client::reverse-dns",
                 "`client` needs reverse-dns=…".to_owned(),
                 at.file,
@@ -117,7 +117,7 @@ impl Lowerer<'_> {
         }
     }
 
-    pub(super) fn dnsbl(&mut self, at: At<'_>, farm: &mut DraftFarm) {
+    pub(crate) fn dnsbl(&mut self, at: At<'_>, _dir: &Path, farm: &mut DraftFarm) {
         self.shape(at, &["threshold", "allow-threshold", "stage", "reply"], 0, true);
         let origin = self.origin_of(at);
         let threshold = match Self::prop(at, "threshold") {
@@ -138,7 +138,7 @@ impl Lowerer<'_> {
             self.shape(child, &["target"], 1, true);
             let Some(zone) = self.one_string(child, "a DNS zone") else { continue };
             if !syntax::is_hostname(&zone) {
-                self.err(
+                self.reporter.err(
                     "mtac::dnsbl::zone",
                     format!("`{zone}` is not a DNS zone name"),
                     child.file,
@@ -154,7 +154,7 @@ impl Lowerer<'_> {
                     Some("helo") => DnsblTarget::HeloName,
                     Some("sender-domain") => DnsblTarget::SenderDomain,
                     Some(other) => {
-                        self.err(
+                        self.reporter.err(
                             "mtac::dnsbl::target",
                             format!("unknown target `{other}`"),
                             child.file,
@@ -185,7 +185,7 @@ impl Lowerer<'_> {
                 match (parse_answer_pattern(&pattern), weight) {
                     (Some(octets), Some(weight)) => {
                         if octets.first().is_some_and(|o| o.0 != 127 || o.1 != 127) {
-                            self.err(
+                            self.reporter.err(
                                 "mtac::dnsbl::answer",
                                 format!("`{pattern}` is outside 127.0.0.0/8"),
                                 answer.file,
@@ -195,7 +195,7 @@ impl Lowerer<'_> {
                             );
                         } else if octets.get(1).is_some_and(|o| o.1 == 255) && octets.get(2).is_some_and(|o| o.1 == 255)
                         {
-                            self.err(
+                            self.reporter.err(
                                 "mtac::dnsbl::error-code",
                                 format!("`{pattern}` covers 127.255.255.x, which are error codes, not listings"),
                                 answer.file,
@@ -207,7 +207,7 @@ impl Lowerer<'_> {
                             answers.push(DnsblAnswer { octets, weight });
                         }
                     }
-                    (None, _) => self.err(
+                    (None, _) => self.reporter.err(
                         "mtac::dnsbl::answer",
                         format!("`{pattern}` is not an answer pattern"),
                         answer.file,
@@ -219,7 +219,7 @@ impl Lowerer<'_> {
                 }
             }
             if answers.is_empty() {
-                self.err(
+                self.reporter.err(
                     "mtac::dnsbl::no-answers",
                     format!("zone `{zone}` lists no answers"),
                     child.file,
@@ -235,14 +235,14 @@ impl Lowerer<'_> {
         }
     }
 
-    pub(super) fn ban(&mut self, at: At<'_>, farm: &mut DraftFarm) {
+    pub(crate) fn ban(&mut self, at: At<'_>, _dir: &Path, farm: &mut DraftFarm) {
         self.shape(at, &["after", "duration", "network", "network6", "response", "scope"], 0, false);
         let scope = match Self::prop(at, "scope") {
             Some(entry) => match self.string(entry, at.file, "`scope`").as_deref() {
                 Some("farm") => BanScope::Farm,
                 Some("all-farms") => BanScope::AllFarms,
                 Some(other) => {
-                    self.err(
+                    self.reporter.err(
                         "mtac::ban::scope",
                         format!("unknown ban scope `{other}`"),
                         at.file,
@@ -261,7 +261,7 @@ impl Lowerer<'_> {
                 Some("521") => Some(BanResponse::Close521),
                 Some("refuse-recipients") => Some(BanResponse::RefuseRecipients),
                 Some(other) => {
-                    self.err(
+                    self.reporter.err(
                         "mtac::ban::response",
                         format!("unknown ban response `{other}`"),
                         at.file,
@@ -276,7 +276,7 @@ impl Lowerer<'_> {
             if let Some(response) = response {
                 let origin = Origin { file: at.file, pos: Pos::Span(entry.span()) };
                 match farm.ban_response {
-                    Some((other, _)) if other != response => self.err(
+                    Some((other, _)) if other != response => self.reporter.err(
                         "mtac::ban::response",
                         "the bans of one farm give different responses".to_owned(),
                         at.file,
@@ -297,7 +297,7 @@ impl Lowerer<'_> {
                 None => return,
             },
             None => {
-                self.err(
+                self.reporter.err(
                     "mtac::ban::after",
                     "`ban` needs `after`: the rules whose reject bans the client".to_owned(),
                     at.file,
@@ -319,13 +319,13 @@ impl Lowerer<'_> {
         }
     }
 
-    pub(super) fn rate_limit(&mut self, at: At<'_>, farm: &mut DraftFarm) {
+    pub(crate) fn rate_limit(&mut self, at: At<'_>, _dir: &Path, farm: &mut DraftFarm) {
         self.shape(at, &["connections", "messages", "per", "network", "network6", "reply"], 0, false);
         let subject = match (Self::prop(at, "connections"), Self::prop(at, "messages")) {
             (Some(entry), None) => (RateSubject::Connections, entry),
             (None, Some(entry)) => (RateSubject::Messages, entry),
             _ => {
-                self.err(
+                self.reporter.err(
                     "mtac::rate-limit",
                     "a rate limit counts either connections= or messages=".to_owned(),
                     at.file,
@@ -361,12 +361,12 @@ impl Lowerer<'_> {
         farm.rate_limits.push(RateLimit { subject: subject.0, limit, window, v4_prefix, v6_prefix, reply });
     }
 
-    pub(super) fn tarpit(&mut self, at: At<'_>, farm: &mut DraftFarm) {
+    pub(crate) fn tarpit(&mut self, at: At<'_>, _dir: &Path, farm: &mut DraftFarm) {
         self.shape(at, &[], 1, false);
         if let Some(entry) = Self::args(at).next() {
             if let Some(ms) = self.duration_ms(entry, at.file, "`tarpit`") {
                 if ms > 60_000 {
-                    self.err(
+                    self.reporter.err(
                         "mtac::tarpit",
                         format!("a tarpit of {ms} ms holds every refused client for over a minute"),
                         at.file,
@@ -381,7 +381,7 @@ impl Lowerer<'_> {
         }
     }
 
-    pub(super) fn greylist(&mut self, at: At<'_>, dir: &Path, farm: &mut DraftFarm) {
+    pub(crate) fn greylist(&mut self, at: At<'_>, dir: &Path, farm: &mut DraftFarm) {
         self.shape(
             at,
             &["delay", "retry-window", "lifetime", "network", "network6", "auto-whitelist", "reply", "key"],
@@ -405,7 +405,7 @@ impl Lowerer<'_> {
             None | Some("network") => GreylistKey::Network,
             Some("fcrdns") => GreylistKey::Fcrdns,
             Some(other) => {
-                self.err(
+                self.reporter.err(
                     "mtac::greylist::key",
                     format!("unknown greylist key `{other}`"),
                     at.file,
@@ -417,7 +417,7 @@ impl Lowerer<'_> {
             }
         };
         if delay >= retry_window {
-            self.err(
+            self.reporter.err(
                 "mtac::greylist::window",
                 format!("the retry window ({retry_window}s) must be longer than the delay ({delay}s)"),
                 at.file,

@@ -6,9 +6,10 @@ use crate::nodes::{self, Place};
 use kdl::KdlValue;
 use mtac_ruleset::model::ScannerKind;
 use std::net::SocketAddr;
+use std::path::Path;
 
-impl Lowerer<'_> {
-    pub(super) fn authserv_id(&mut self, at: At<'_>, farm: &mut DraftFarm) {
+impl Lowerer {
+    pub(crate) fn authserv_id(&mut self, at: At<'_>, _dir: &Path, farm: &mut DraftFarm) {
         self.shape(at, &[], 1, false);
         if let Some(id) = self.one_string(at, "an authserv-id") {
             // RFC 8601 §2.5: a domain name, in practice the host's own.
@@ -18,7 +19,7 @@ impl Lowerer<'_> {
             if valid {
                 farm.authserv_id = Some(id.to_ascii_lowercase());
             } else {
-                self.err(
+                self.reporter.err(
                     "mtac::authserv-id",
                     format!("`{id}` is not an authserv-id"),
                     at.file,
@@ -31,7 +32,7 @@ impl Lowerer<'_> {
     }
 
     /// `mime { forbid-extension …; forbid-type …; require-header …; forged-local-sender BOOL }`.
-    pub(super) fn mime(&mut self, at: At<'_>, farm: &mut DraftFarm) {
+    pub(crate) fn mime(&mut self, at: At<'_>, _dir: &Path, farm: &mut DraftFarm) {
         self.shape(at, &[], 0, true);
         let mut rules = farm.mime.take().unwrap_or_default();
         for child in Self::children(at) {
@@ -52,7 +53,7 @@ impl Lowerer<'_> {
                             _ => !value.is_empty() && value.bytes().all(|b| b.is_ascii_graphic() && b != b':'),
                         };
                         if !ok {
-                            self.err(
+                            self.reporter.err(
                                 "mtac::mime::value",
                                 format!("`{value}` is not valid for `{name}`"),
                                 child.file,
@@ -77,7 +78,7 @@ impl Lowerer<'_> {
                     self.shape(child, &[], 1, false);
                     match Self::args(child).next().map(|e| e.value().clone()) {
                         Some(KdlValue::Bool(b)) => rules.forged_local_sender = b,
-                        _ => self.err(
+                        _ => self.reporter.err(
                             "mtac::mime::value",
                             "`forged-local-sender` takes #true or #false".to_owned(),
                             child.file,
@@ -95,13 +96,13 @@ impl Lowerer<'_> {
 
     /// `verdict-headers ["NAME"…] [action="remove"|"rename"]`: more header fields the sender
     /// may not hand on, and what to do with them.
-    pub(super) fn verdict_headers(&mut self, at: At<'_>, farm: &mut DraftFarm) {
+    pub(crate) fn verdict_headers(&mut self, at: At<'_>, _dir: &Path, farm: &mut DraftFarm) {
         self.shape(at, &["action"], usize::MAX, false);
         let rename = match Self::prop(at, "action").and_then(|e| self.string(e, at.file, "`action`")).as_deref() {
             None | Some("remove") => false,
             Some("rename") => true,
             Some(other) => {
-                self.err(
+                self.reporter.err(
                     "mtac::verdict-headers::action",
                     format!("unknown action `{other}`"),
                     at.file,
@@ -117,7 +118,7 @@ impl Lowerer<'_> {
             let Some(name) = self.string(entry, at.file, "a header field name") else { continue };
             // RFC 5322 §3.6.8: printable ASCII except the colon.
             if name.is_empty() || name.len() > 76 || !name.bytes().all(|b| b.is_ascii_graphic() && b != b':') {
-                self.err(
+                self.reporter.err(
                     "mtac::verdict-headers::name",
                     format!("`{name}` is not a header field name"),
                     at.file,
@@ -135,14 +136,14 @@ impl Lowerer<'_> {
         farm.verdict_headers = Some((names, rename));
     }
 
-    pub(super) fn scan(&mut self, at: At<'_>, farm: &mut DraftFarm) {
+    pub(crate) fn scan(&mut self, at: At<'_>, _dir: &Path, farm: &mut DraftFarm) {
         self.shape(at, &["max-size", "oversize"], 0, true);
         let max_size = Self::prop(at, "max-size").and_then(|e| self.size(e, at.file, "`max-size`"));
         let pass = match Self::prop(at, "oversize").and_then(|e| self.string(e, at.file, "`oversize`")).as_deref() {
             None | Some("refuse") => false,
             Some("pass") => true,
             Some(other) => {
-                self.err(
+                self.reporter.err(
                     "mtac::scan::oversize",
                     format!("unknown oversize action `{other}`"),
                     at.file,
@@ -179,7 +180,7 @@ impl Lowerer<'_> {
                 }
             };
             if !address_ok {
-                self.err(
+                self.reporter.err(
                     "mtac::scan::address",
                     format!("`{address}` is not a scanner address"),
                     child.file,
@@ -198,7 +199,7 @@ impl Lowerer<'_> {
                     Some("open") => true,
                     Some("closed") => false,
                     _ => {
-                        self.err(
+                        self.reporter.err(
                             "mtac::scan::fail",
                             "`fail` is \"open\" (accept and log) or \"closed\" (451)".to_owned(),
                             child.file,
@@ -219,7 +220,7 @@ impl Lowerer<'_> {
             let tag_score = score(self, "tag");
             let reject_score = score(self, "reject");
             if kind == ScannerKind::Clamav && (tag_score.is_some() || reject_score.is_some()) {
-                self.err(
+                self.reporter.err(
                     "mtac::scan::score",
                     "clamav finds viruses; it has no score".to_owned(),
                     child.file,
@@ -230,7 +231,7 @@ impl Lowerer<'_> {
             }
             if let (Some(tag), Some(reject)) = (tag_score, reject_score) {
                 if tag >= reject {
-                    self.err(
+                    self.reporter.err(
                         "mtac::scan::thresholds",
                         format!("tag score {tag} is not below reject score {reject}"),
                         child.file,

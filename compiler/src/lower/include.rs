@@ -16,7 +16,7 @@ pub const STANDARD_POLICIES: &[(&str, &str)] = &[
     ("dnsbl-spamhaus", include_str!("../../../policies/dnsbl-spamhaus.kdl")),
 ];
 
-impl Lowerer<'_> {
+impl Lowerer {
     /// Read an included file; returns its document, file index and directory.
     pub(super) fn include(&mut self, at: At<'_>, dir: &Path) -> Option<(KdlDocument, usize, PathBuf)> {
         let target = self.one_string(at, "a file to include")?;
@@ -24,7 +24,7 @@ impl Lowerer<'_> {
         if self.includes > files::MAX_INCLUDES {
             // Said once: after the cap every include is refused, and a doubling chain has millions.
             if self.includes == files::MAX_INCLUDES + 1 {
-                self.err(
+                self.reporter.err(
                     "mtac::include::too-many",
                     format!("more than {} includes in one policy", files::MAX_INCLUDES),
                     at.file,
@@ -39,7 +39,12 @@ impl Lowerer<'_> {
             match STANDARD_POLICIES.iter().find(|(n, _)| *n == std_name) {
                 Some((n, text)) => {
                     let name = format!("mtac:{n}");
-                    (name.clone(), stack_key(&name), self.add_file(&name, (*text).to_owned()), dir.to_path_buf())
+                    (
+                        name.clone(),
+                        stack_key(&name),
+                        self.reporter.add_file(&name, (*text).to_owned()),
+                        dir.to_path_buf(),
+                    )
                 }
                 None => {
                     let known: Vec<&str> = STANDARD_POLICIES.iter().map(|(n, _)| *n).collect();
@@ -47,7 +52,7 @@ impl Lowerer<'_> {
                         Some(g) => format!("did you mean `mtac:{g}`?"),
                         None => format!("standard policies: {}", known.join(", ")),
                     };
-                    self.err(
+                    self.reporter.err(
                         "mtac::include::unknown",
                         format!("no standard policy named `{std_name}`"),
                         at.file,
@@ -66,7 +71,7 @@ impl Lowerer<'_> {
                 Some(&file) => Ok((canonical, file)),
                 None => {
                     let text = files::read_regular(&canonical, files::POLICY_FILE_LIMIT)?;
-                    let file = self.add_file(&name, text);
+                    let file = self.reporter.add_file(&name, text);
                     self.include_cache.insert(canonical.clone(), file);
                     Ok((canonical, file))
                 }
@@ -81,7 +86,7 @@ impl Lowerer<'_> {
         };
         if self.include_stack.iter().any(|(k, _)| *k == key) {
             let chain: Vec<&str> = self.include_stack.iter().map(|(_, n)| n.as_str()).collect();
-            self.err(
+            self.reporter.err(
                 "mtac::include::cycle",
                 format!("`{name}` is already being included ({} → {name})", chain.join(" → ")),
                 at.file,
@@ -145,7 +150,7 @@ impl Lowerer<'_> {
                 },
             ),
         };
-        self.err(code, message, file, span, label, &help);
+        self.reporter.err(code, message, file, span, label, &help);
     }
 }
 

@@ -1,26 +1,14 @@
 //! The draft IR: what lowering produces from the policy (docs/policy.md section 2, all of it),
-//! with the origin of every entry, for `validate.rs` and `emit.rs` to read.
+//! with the origin of every entry, for `validate/` and `emit.rs` to read.
 
 use ipnet::IpNet;
-use miette::SourceSpan;
 use mtac_ruleset::model::{
     AccessAction, Auth, Backend, BanResponse, BanScope, BarePolicy, Directory, DnsSettings, DnsblAnswer, DnsblTarget,
     FarmKind, GreylistKey, Listener, MimeRules, RateLimit, Reply, ScannerKind, Stage, StateSettings,
 };
 use std::net::SocketAddr;
 
-/// Where an entry was written: a span in a policy file, or a line of a listed file.
-#[derive(Debug, Clone, Copy)]
-pub struct Origin {
-    pub file: usize,
-    pub pos: Pos,
-}
-
-#[derive(Debug, Clone, Copy)]
-pub enum Pos {
-    Span(SourceSpan),
-    Line(u32),
-}
+pub use crate::diag::{Origin, Pos};
 
 #[derive(Debug, Clone)]
 pub struct DomainEntry {

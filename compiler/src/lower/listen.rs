@@ -6,9 +6,10 @@ use crate::diag::Diag;
 use crate::nodes::{self, Place};
 use mtac_ruleset::model::Listener;
 use std::net::SocketAddr;
+use std::path::Path;
 
-impl Lowerer<'_> {
-    pub(super) fn listen(&mut self, at: At<'_>, farm: &mut DraftFarm) {
+impl Lowerer {
+    pub(crate) fn listen(&mut self, at: At<'_>, _dir: &Path, farm: &mut DraftFarm) {
         self.shape(at, &["tls"], 1, false);
         let Some(text) = self.one_string(at, "an address:port") else { return };
         let implicit_tls = match Self::prop(at, "tls") {
@@ -16,7 +17,7 @@ impl Lowerer<'_> {
                 Some("implicit") => true,
                 Some("starttls") => false,
                 Some(other) => {
-                    self.err(
+                    self.reporter.err(
                         "mtac::listen::tls",
                         format!("unknown TLS mode `{other}`"),
                         at.file,
@@ -35,9 +36,9 @@ impl Lowerer<'_> {
                 let origin = self.origin_of(at);
                 if let Some((_, first)) = farm.listeners.iter().find(|(l, _)| l.address == address) {
                     let first = *first;
-                    let source = self.source(at.file);
-                    let first_span = self.span_of(first);
-                    self.diags.push(
+                    let source = self.reporter.source(at.file);
+                    let first_span = self.reporter.span_of(first);
+                    self.reporter.push(
                         Diag::error("mtac::listen::duplicate", format!("{address} is listened on twice"))
                             .at(&source, at.node.span(), "again here")
                             .at(&source, first_span, "first here"),
@@ -46,7 +47,7 @@ impl Lowerer<'_> {
                     farm.listeners.push((Listener { address, implicit_tls }, origin));
                 }
             }
-            Err(_) => self.err(
+            Err(_) => self.reporter.err(
                 "mtac::listen::address",
                 format!("`{text}` is not an address:port"),
                 at.file,
@@ -57,7 +58,7 @@ impl Lowerer<'_> {
         }
     }
 
-    pub(super) fn limits(&mut self, at: At<'_>, farm: &mut DraftFarm) {
+    pub(crate) fn limits(&mut self, at: At<'_>, _dir: &Path, farm: &mut DraftFarm) {
         self.shape(at, &[], 0, true);
         let known = nodes::names(Place::In("limits"));
         for child in Self::children(at) {
@@ -81,7 +82,7 @@ impl Lowerer<'_> {
                 {
                     if value == 0 {
                         if let Some(entry) = Self::prop(child, key) {
-                            self.err(
+                            self.reporter.err(
                                 "mtac::limits::timeout",
                                 format!("timeout `{key}` of 0 would never let a session through"),
                                 child.file,
@@ -100,7 +101,7 @@ impl Lowerer<'_> {
             }
             self.shape(child, &[], 1, false);
             let Some(entry) = Self::args(child).next() else {
-                self.err(
+                self.reporter.err(
                     "mtac::missing-argument",
                     format!("`{name}` needs a value"),
                     child.file,
@@ -130,7 +131,7 @@ impl Lowerer<'_> {
                 "message-size" => {
                     if let Some(v) = self.size(entry, child.file, &what) {
                         if v < 1024 {
-                            self.err(
+                            self.reporter.err(
                                 "mtac::limits::size",
                                 format!("a message size of {v} bytes refuses nearly every message"),
                                 child.file,
@@ -146,7 +147,7 @@ impl Lowerer<'_> {
                 "recipients" => {
                     if let Some(v) = self.u32_value(entry, child.file, &what, 1) {
                         if v < 100 {
-                            self.warn(
+                            self.reporter.warn(
                                 "mtac::limits::recipients",
                                 format!("{v} recipients per message is below the 100 that RFC 5321 4.5.3.1.8 requires servers to accept"),
                                 child.file,
@@ -173,7 +174,7 @@ impl Lowerer<'_> {
         }
     }
 
-    pub(super) fn trust_loopback(&mut self, at: At<'_>, farm: &mut DraftFarm) {
+    pub(crate) fn trust_loopback(&mut self, at: At<'_>, _dir: &Path, farm: &mut DraftFarm) {
         self.shape(at, &[], 1, false);
         farm.trust_loopback = match Self::args(at).next() {
             Some(entry) => self.boolean(entry, at.file, "`trust-loopback`").unwrap_or(false),

@@ -14,8 +14,8 @@ use mtac_ruleset::syntax;
 use std::net::IpAddr;
 use std::path::Path;
 
-impl Lowerer<'_> {
-    pub(super) fn local_domains(&mut self, at: At<'_>, dir: &Path, farm: &mut DraftFarm) {
+impl Lowerer {
+    pub(crate) fn local_domains(&mut self, at: At<'_>, dir: &Path, farm: &mut DraftFarm) {
         self.shape(at, &["file", "subdomains"], usize::MAX, false);
         let subdomains = self.bool_prop(at, "subdomains", false);
         let mut entries = Vec::new();
@@ -23,14 +23,14 @@ impl Lowerer<'_> {
         farm.local_domains.extend(entries);
     }
 
-    pub(super) fn local_addresses(&mut self, at: At<'_>, dir: &Path, farm: &mut DraftFarm) {
+    pub(crate) fn local_addresses(&mut self, at: At<'_>, dir: &Path, farm: &mut DraftFarm) {
         self.shape(at, &["file"], usize::MAX, false);
         let mut entries = Vec::new();
         self.addresses(at, dir, &mut entries, &mut farm.local_address_sources);
         farm.local_addresses.extend(entries);
     }
 
-    pub(super) fn role_accounts(&mut self, at: At<'_>, farm: &mut DraftFarm) {
+    pub(crate) fn role_accounts(&mut self, at: At<'_>, _dir: &Path, farm: &mut DraftFarm) {
         self.shape(at, &[], usize::MAX, false);
         for entry in Self::args(at) {
             if let Some(local) = self.string(entry, at.file, "a role account") {
@@ -44,7 +44,7 @@ impl Lowerer<'_> {
                         farm.role_accounts.push(lower);
                     }
                 } else {
-                    self.err(
+                    self.reporter.err(
                         "mtac::role-account",
                         format!("`{local}` is not a local part"),
                         at.file,
@@ -57,14 +57,14 @@ impl Lowerer<'_> {
         }
     }
 
-    pub(super) fn relay_clients(&mut self, at: At<'_>, dir: &Path, farm: &mut DraftFarm) {
+    pub(crate) fn relay_clients(&mut self, at: At<'_>, dir: &Path, farm: &mut DraftFarm) {
         self.shape(at, &["file"], usize::MAX, false);
         let mut entries = Vec::new();
         self.networks(at, dir, &AccessAction::Accept, &mut entries, &mut farm.relay_client_sources);
         farm.relay_clients.extend(entries);
     }
 
-    pub(super) fn access(&mut self, at: At<'_>, dir: &Path, farm: &mut DraftFarm) {
+    pub(crate) fn access(&mut self, at: At<'_>, dir: &Path, farm: &mut DraftFarm) {
         self.shape(at, &["stage"], 0, true);
         farm.access_stage = self.stage(at, &Stage::ALL).or(farm.access_stage);
         for child in Self::children(at) {
@@ -119,7 +119,7 @@ impl Lowerer<'_> {
                 match self.read_list(&path) {
                     Ok(file) => {
                         sources.add(&path.display().to_string());
-                        let text = self.files.get(file).map(|f| f.text.clone()).unwrap_or_default();
+                        let text = self.reporter.files.get(file).map(|f| f.text.clone()).unwrap_or_default();
                         for (index, line) in text.lines().enumerate() {
                             let line = line.split('#').next().unwrap_or("").trim();
                             if line.is_empty() {
@@ -135,7 +135,7 @@ impl Lowerer<'_> {
         }
         if !any {
             let name = at.node.name().value().to_owned();
-            self.warn(
+            self.reporter.warn(
                 "mtac::list::empty",
                 format!("`{name}` lists nothing"),
                 at.file,
@@ -152,7 +152,7 @@ impl Lowerer<'_> {
             return Ok(file);
         }
         let text = files::read_regular(&key, files::LIST_FILE_LIMIT)?;
-        let file = self.add_file(&path.display().to_string(), text);
+        let file = self.reporter.add_file(&path.display().to_string(), text);
         self.list_cache.insert(key, file);
         Ok(file)
     }
@@ -177,7 +177,7 @@ impl Lowerer<'_> {
             if syntax::is_hostname(domain) {
                 out.push(DomainEntry { domain: syntax::normalize_domain(domain), subdomains: subs, origin });
             } else {
-                self.report(
+                self.reporter.report(
                     Diag::error("mtac::domain", format!("`{value}` is not a valid domain"))
                         .help("letters, digits and hyphens in dot-separated labels, e.g. example.com (or *.example.com in a file)"),
                     origin,
@@ -195,7 +195,7 @@ impl Lowerer<'_> {
             if syntax::is_mailbox(&value) {
                 out.push(AddressEntry { address: value, origin });
             } else {
-                self.report(
+                self.reporter.report(
                     Diag::error("mtac::address", format!("`{value}` is not a valid address"))
                         .help("write local-part@domain, e.g. john.doe@example.com"),
                     origin,
@@ -225,7 +225,7 @@ impl Lowerer<'_> {
             let Some(net) = self.parse_net(net_text, origin) else { continue };
             let action = match (action, reply_text) {
                 (AccessAction::Accept, Some(_)) => {
-                    self.report(
+                    self.reporter.report(
                         Diag::error("mtac::access::reply", "an accepted network takes no reply text")
                             .help("only reject and defer lists carry replies"),
                         origin,
@@ -244,7 +244,7 @@ impl Lowerer<'_> {
                             }
                         }
                         Ok(reply) => {
-                            self.report(
+                            self.reporter.report(
                                 Diag::error(
                                     "mtac::reply::class",
                                     format!("reply {} has the wrong class for this list", reply.code),
@@ -256,7 +256,7 @@ impl Lowerer<'_> {
                             continue;
                         }
                         Err(why) => {
-                            self.report(
+                            self.reporter.report(
                                 Diag::error("mtac::reply", format!("invalid SMTP reply: {why}")).help(
                                     "after the network, write \"CODE X.Y.Z text\", e.g. 550 5.7.1 Known spam source",
                                 ),
@@ -281,7 +281,7 @@ impl Lowerer<'_> {
         match parsed {
             Some(net) => {
                 if net.trunc() != net {
-                    self.report(
+                    self.reporter.report(
                         Diag::warning("mtac::cidr::host-bits", format!("`{text}` has host bits set"))
                             .help(format!("it is read as {}; write that to say so", net.trunc())),
                         origin,
@@ -291,7 +291,7 @@ impl Lowerer<'_> {
                 Some(net.trunc())
             }
             None => {
-                self.report(
+                self.reporter.report(
                     Diag::error("mtac::cidr", format!("`{text}` is not an IP address or CIDR network"))
                         .help("write 192.0.2.0/24, 2001:db8::/32, or a single address"),
                     origin,

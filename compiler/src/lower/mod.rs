@@ -7,7 +7,8 @@
 //!
 //! One file per concern, each an `impl Lowerer` block:
 //! - `mod.rs` (this file): the [`Lowerer`], reading the policy, and the dispatch of top-level and
-//!   farm nodes by name (the names come from `crate::nodes`);
+//!   farm nodes: each to the lowering function `crate::nodes` gives its name, with the
+//!   once-per-farm check and, for names the table lacks, "unknown node" with a suggestion;
 //! - `ir.rs`: the draft IR the later passes read; `read.rs`: KDL readers, typed values, value parsers;
 //! - `include.rs`: includes and standard policies; `lists.rs`: list nodes and `file=` lists;
 //! - one file per group of docs/policy.md section 2: `top.rs`, `listen.rs`, `checks.rs`,
@@ -31,21 +32,20 @@ pub use ir::{
 };
 pub use read::{parse_answer_pattern, parse_duration, parse_reply, parse_size};
 
-use crate::diag::{did_you_mean, Diag, Diagnostics, SourceFile};
+use crate::diag::{did_you_mean, Diag, Reporter};
 use crate::files::{self, Trees};
-use crate::nodes::{self, Place};
+use crate::nodes::{self, Lowering, Place};
 use include::stack_key;
 use kdl::{KdlDocument, KdlNode};
 use miette::SourceSpan;
 use mtac_ruleset::model::{BarePolicy, FarmKind};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 /// Reads the policy and everything it names, and lowers it.
-pub struct Lowerer<'d> {
-    pub files: Vec<SourceFile>,
-    pub diags: &'d mut Diagnostics,
+pub struct Lowerer {
+    /// The files read and the diagnostics so far; the later passes take it over ([`Lowerer::finish`]).
+    pub reporter: Reporter,
     /// Files being included: their identity (canonical path) and their name as written.
     include_stack: Vec<(PathBuf, String)>,
     /// `file=` lists already read, by canonical path (a list may be named twice).
@@ -58,18 +58,23 @@ pub struct Lowerer<'d> {
     trees: Trees,
 }
 
-/// A node and the file it came from.
+/// A node and the file it came from: what every lowering function reads.
 #[derive(Clone, Copy)]
-struct At<'a> {
+pub struct At<'a> {
     node: &'a KdlNode,
     file: usize,
 }
 
-impl<'d> Lowerer<'d> {
-    pub fn new(diags: &'d mut Diagnostics) -> Self {
+impl Default for Lowerer {
+    fn default() -> Self {
+        Lowerer::new()
+    }
+}
+
+impl Lowerer {
+    pub fn new() -> Self {
         Lowerer {
-            files: Vec::new(),
-            diags,
+            reporter: Reporter::default(),
             include_stack: Vec::new(),
             list_cache: HashMap::new(),
             include_cache: HashMap::new(),
@@ -81,7 +86,7 @@ impl<'d> Lowerer<'d> {
     /// Let includes and lists come from `dir` too, besides the policy's own directory.
     pub fn allow_dir(&mut self, dir: &Path) {
         if let Err(e) = self.trees.allow(dir) {
-            self.diags.push(
+            self.reporter.push(
                 Diag::error("mtac::io", format!("cannot allow directory {}: {e}", dir.display()))
                     .help("--allow-dir takes an existing directory"),
             );
@@ -93,7 +98,7 @@ impl<'d> Lowerer<'d> {
         let text = match files::read_regular(path, files::POLICY_FILE_LIMIT) {
             Ok(text) => text,
             Err(why) => {
-                self.diags.push(
+                self.reporter.push(
                     Diag::error("mtac::io", format!("cannot read {}: {why}", path.display()))
                         .help("give the path of a policy file (.kdl)"),
                 );
@@ -107,10 +112,10 @@ impl<'d> Lowerer<'d> {
     pub fn lower_text(&mut self, name: &str, text: String, dir: Option<PathBuf>) -> Option<Draft> {
         let dir = dir.unwrap_or_else(|| PathBuf::from("."));
         if let Err(e) = self.trees.allow_policy_dir(&dir) {
-            self.diags
+            self.reporter
                 .push(Diag::error("mtac::io", format!("cannot resolve the policy's directory {}: {e}", dir.display())));
         }
-        let file = self.add_file(name, text);
+        let file = self.reporter.add_file(name, text);
         let doc = self.parse(file)?;
         let mut draft = Draft::default();
         self.include_stack.push((stack_key(name), name.to_owned()));
@@ -119,17 +124,13 @@ impl<'d> Lowerer<'d> {
         Some(draft)
     }
 
-    pub fn file(&self, index: usize) -> Option<&SourceFile> {
-        self.files.get(index)
-    }
-
-    fn add_file(&mut self, name: &str, text: String) -> usize {
-        self.files.push(SourceFile { name: name.to_owned(), text: Arc::new(text) });
-        self.files.len() - 1
+    /// Done lowering: the files read and the diagnostics, for the passes that follow.
+    pub fn finish(self) -> Reporter {
+        self.reporter
     }
 
     fn parse(&mut self, file: usize) -> Option<KdlDocument> {
-        let source = self.files.get(file)?.clone();
+        let source = self.reporter.files.get(file)?.clone();
         match KdlDocument::parse_v2(&source.text) {
             Ok(doc) => Some(doc),
             Err(error) => {
@@ -143,10 +144,10 @@ impl<'d> Lowerer<'d> {
                     diag = diag.help(d.help.clone().unwrap_or_else(|| {
                         "policies are KDL 2.0: strings in \"quotes\", booleans as #true/#false".to_owned()
                     }));
-                    self.diags.push(diag);
+                    self.reporter.push(diag);
                 }
                 if error.diagnostics.is_empty() {
-                    self.diags.push(Diag::error("mtac::kdl::syntax", "KDL syntax error").at(
+                    self.reporter.push(Diag::error("mtac::kdl::syntax", "KDL syntax error").at(
                         &source,
                         SourceSpan::new(0.into(), 0),
                         "in this file",
@@ -159,39 +160,20 @@ impl<'d> Lowerer<'d> {
 
     // ----- top level -----------------------------------------------------------------------------
 
+    /// Each node by the lowering the table gives it at the top level.
     fn top_level(&mut self, doc: &KdlDocument, file: usize, dir: &Path, draft: &mut Draft) {
         for node in doc.nodes() {
             let at = At { node, file };
-            match node.name().value() {
-                "hostname" => self.hostname(at, draft),
-                "banner" => self.banner(at, draft),
-                "spool" => self.spool(at, dir, draft),
-                "dns" => self.dns(at, &mut draft.dns),
-                "admin" => self.admin(at, draft),
-                "state" => self.state(at, dir, draft),
-                "farm" => {
-                    if let Some(farm) = self.farm(at, dir) {
-                        if let Some(first) = draft.farms.iter().find(|f| f.name == farm.name) {
-                            let first_span = self.span_of(first.origin);
-                            let source = self.source(file);
-                            self.diags.push(
-                                Diag::error("mtac::farm::duplicate", format!("farm `{}` is defined twice", farm.name))
-                                    .at(&source, self.span_of(farm.origin), "second definition")
-                                    .at(&source, first_span, "first definition")
-                                    .help("give each farm its own name"),
-                            );
-                        } else {
-                            draft.farms.push(farm);
-                        }
-                    }
-                }
-                "include" => {
+            match nodes::find(Place::Top, node.name().value()).map(|node| node.lower) {
+                Some(Lowering::Top(lower)) => lower(self, at, dir, draft),
+                Some(Lowering::Include) => {
                     self.shape(at, &[], 1, false);
                     if let Some((doc, file, dir)) = self.include(at, dir) {
                         self.top_level(&doc, file, &dir, draft);
                         self.include_stack.pop();
                     }
                 }
+                // `Farm` and `ByParent` never stand at the top level (a test of `nodes` proves it).
                 _ => self.unknown_node(at, &nodes::names(Place::Top), "the top level"),
             }
         }
@@ -199,7 +181,24 @@ impl<'d> Lowerer<'d> {
 
     // ----- farms ---------------------------------------------------------------------------------
 
-    fn farm(&mut self, at: At<'_>, dir: &Path) -> Option<DraftFarm> {
+    /// `farm`: read it, and refuse a second farm of the same name.
+    pub(crate) fn farm(&mut self, at: At<'_>, dir: &Path, draft: &mut Draft) {
+        let Some(farm) = self.read_farm(at, dir) else { return };
+        if let Some(first) = draft.farms.iter().find(|f| f.name == farm.name) {
+            let first_span = self.reporter.span_of(first.origin);
+            let source = self.reporter.source(at.file);
+            self.reporter.push(
+                Diag::error("mtac::farm::duplicate", format!("farm `{}` is defined twice", farm.name))
+                    .at(&source, self.reporter.span_of(farm.origin), "second definition")
+                    .at(&source, first_span, "first definition")
+                    .help("give each farm its own name"),
+            );
+        } else {
+            draft.farms.push(farm);
+        }
+    }
+
+    fn read_farm(&mut self, at: At<'_>, dir: &Path) -> Option<DraftFarm> {
         self.shape(at, &["kind"], 1, true);
         let name = self.one_string(at, "a name")?;
         let kind = match Self::prop(at, "kind") {
@@ -211,7 +210,7 @@ impl<'d> Lowerer<'d> {
                         Some(g) => format!("did you mean `{g}`?"),
                         None => "a farm is kind=\"inbound-mx\" or kind=\"submission\"".to_owned(),
                     };
-                    self.err(
+                    self.reporter.err(
                         "mtac::farm::kind",
                         format!("unknown farm kind `{other}`"),
                         at.file,
@@ -223,7 +222,7 @@ impl<'d> Lowerer<'d> {
                 }
             },
             None => {
-                self.err(
+                self.reporter.err(
                     "mtac::farm::kind",
                     format!("farm `{name}` has no kind"),
                     at.file,
@@ -288,12 +287,16 @@ impl<'d> Lowerer<'d> {
     ) {
         for &at in nodes {
             let name = at.node.name().value();
-            if let Some(key) = nodes::once_per_farm(name) {
+            let Some(node) = nodes::find(Place::Farm, name) else {
+                self.unknown_node(at, &nodes::names(Place::Farm), "a farm");
+                continue;
+            };
+            if let Some(key) = node.once {
                 if let Some(&(file, span)) = seen.get(key) {
                     // A fragment may be overridden by the file that includes it; twice in one file is a slip.
                     if file == at.file {
-                        let source = self.source(file);
-                        self.diags.push(
+                        let source = self.reporter.source(file);
+                        self.reporter.push(
                             Diag::error("mtac::duplicate-node", format!("`{name}` is given twice in this farm"))
                                 .at(&source, at.node.span(), "again here")
                                 .at(&source, span, "first here")
@@ -304,35 +307,9 @@ impl<'d> Lowerer<'d> {
                 }
                 seen.insert(key.to_owned(), (at.file, at.node.span()));
             }
-            match name {
-                "listen" => self.listen(at, farm),
-                "limits" => self.limits(at, farm),
-                "trust-loopback" => self.trust_loopback(at, farm),
-                "local-domains" => self.local_domains(at, dir, farm),
-                "local-addresses" => self.local_addresses(at, dir, farm),
-                "role-accounts" => self.role_accounts(at, farm),
-                "relay-clients" => self.relay_clients(at, dir, farm),
-                "access" => self.access(at, dir, farm),
-                "helo" => self.helo(at, farm),
-                "sender" => self.sender(at, dir, farm),
-                "recipient" => self.recipient(at, farm),
-                "dnsbl" => self.dnsbl(at, farm),
-                "ban" => self.ban(at, farm),
-                "greylist" => self.greylist(at, dir, farm),
-                "scan" => self.scan(at, farm),
-                "mime" => self.mime(at, farm),
-                "relay" => self.relay(at, farm),
-                "deliver" => self.deliver(at, dir, farm),
-                "tls" => self.tls(at, dir, farm),
-                "auth" => self.auth(at, dir, farm),
-                "directory" => self.directory(at, dir, farm),
-                "bare-line-ends" => self.bare_line_ends(at, farm),
-                "client" => self.client(at, farm),
-                "rate-limit" => self.rate_limit(at, farm),
-                "verdict-headers" => self.verdict_headers(at, farm),
-                "authserv-id" => self.authserv_id(at, farm),
-                "tarpit" => self.tarpit(at, farm),
-                "include" => {
+            match node.lower {
+                Lowering::Farm(lower) => lower(self, at, dir, farm),
+                Lowering::Include => {
                     self.shape(at, &[], 1, false);
                     if let Some((doc, file, new_dir)) = self.include(at, dir) {
                         let nodes: Vec<At<'_>> = doc.nodes().iter().map(|node| At { node, file }).collect();
@@ -340,7 +317,8 @@ impl<'d> Lowerer<'d> {
                         self.include_stack.pop();
                     }
                 }
-                _ => self.unknown_node(at, &nodes::names(Place::Farm), "a farm"),
+                // `Top` and `ByParent` never stand in a farm (a test of `nodes` proves it).
+                Lowering::Top(_) | Lowering::ByParent => self.unknown_node(at, &nodes::names(Place::Farm), "a farm"),
             }
         }
     }

@@ -4,71 +4,12 @@
 
 use super::ir::{Origin, Pos};
 use super::{At, Lowerer};
-use crate::diag::{did_you_mean, Diag, SourceFile};
+use crate::diag::did_you_mean;
 use kdl::{KdlEntry, KdlValue};
-use miette::SourceSpan;
 use mtac_ruleset::model::{Reply, Stage};
 use std::path::Path;
-use std::sync::Arc;
 
-impl Lowerer<'_> {
-    // ----- diagnostics helpers -------------------------------------------------------------------
-
-    pub(super) fn source(&self, file: usize) -> SourceFile {
-        self.files
-            .get(file)
-            .cloned()
-            .unwrap_or_else(|| SourceFile { name: "<unknown>".to_owned(), text: Arc::new(String::new()) })
-    }
-
-    pub fn span_of(&self, origin: Origin) -> SourceSpan {
-        match origin.pos {
-            Pos::Span(span) => span,
-            Pos::Line(line) => self.source(origin.file).line_span(line as usize),
-        }
-    }
-
-    /// An error or warning pointing at `origin`.
-    pub fn report(&mut self, diag: Diag, origin: Origin, label: &str) {
-        let source = self.source(origin.file);
-        let span = self.span_of(origin);
-        self.diags.push(diag.at(&source, span, label));
-    }
-
-    pub(super) fn err(
-        &mut self,
-        code: &'static str,
-        message: String,
-        file: usize,
-        span: SourceSpan,
-        label: &str,
-        help: &str,
-    ) {
-        self.push_at(Diag::error(code, message), file, span, label, help);
-    }
-
-    pub(super) fn warn(
-        &mut self,
-        code: &'static str,
-        message: String,
-        file: usize,
-        span: SourceSpan,
-        label: &str,
-        help: &str,
-    ) {
-        self.push_at(Diag::warning(code, message), file, span, label, help);
-    }
-
-    /// Report `diag` labelled at `span` of `file`, with `help` unless it is empty.
-    fn push_at(&mut self, diag: Diag, file: usize, span: SourceSpan, label: &str, help: &str) {
-        let source = self.source(file);
-        let mut diag = diag.at(&source, span, label);
-        if !help.is_empty() {
-            diag = diag.help(help);
-        }
-        self.diags.push(diag);
-    }
-
+impl Lowerer {
     // ----- shape checks --------------------------------------------------------------------------
 
     pub(super) fn unknown_node(&mut self, at: At<'_>, known: &[&str], context: &str) {
@@ -77,7 +18,7 @@ impl Lowerer<'_> {
             Some(guess) => format!("did you mean `{guess}`?"),
             None => format!("{context} may contain: {}", known.join(", ")),
         };
-        self.err(
+        self.reporter.err(
             "mtac::unknown-node",
             format!("unknown node `{name}` in {context}"),
             at.file,
@@ -100,7 +41,7 @@ impl Lowerer<'_> {
                             None if allowed.is_empty() => format!("`{node_name}` takes no properties"),
                             None => format!("`{node_name}` accepts: {}", allowed.join(", ")),
                         };
-                        self.err(
+                        self.reporter.err(
                             "mtac::unknown-property",
                             format!("unknown property `{}` on `{node_name}`", key.value()),
                             at.file,
@@ -118,7 +59,7 @@ impl Lowerer<'_> {
                         } else {
                             format!("`{node_name}` takes at most {max_args} argument(s)")
                         };
-                        self.err(
+                        self.reporter.err(
                             "mtac::extra-argument",
                             format!("too many arguments to `{node_name}`"),
                             at.file,
@@ -133,7 +74,7 @@ impl Lowerer<'_> {
         if !children {
             if let Some(doc) = at.node.children() {
                 if !doc.nodes().is_empty() {
-                    self.err(
+                    self.reporter.err(
                         "mtac::unexpected-children",
                         format!("`{node_name}` takes no child nodes"),
                         at.file,
@@ -166,7 +107,7 @@ impl Lowerer<'_> {
         match entry.value() {
             KdlValue::String(s) => Some(s.clone()),
             other => {
-                self.err(
+                self.reporter.err(
                     "mtac::type",
                     format!("{what} must be a string, found {}", type_name(other)),
                     file,
@@ -183,7 +124,7 @@ impl Lowerer<'_> {
         match entry.value() {
             KdlValue::Bool(b) => Some(*b),
             other => {
-                self.err(
+                self.reporter.err(
                     "mtac::type",
                     format!("{what} must be a boolean, found {}", type_name(other)),
                     file,
@@ -207,7 +148,7 @@ impl Lowerer<'_> {
         let value = match entry.value() {
             KdlValue::Integer(i) => *i,
             other => {
-                self.err(
+                self.reporter.err(
                     "mtac::type",
                     format!("{what} must be an integer, found {}", type_name(other)),
                     file,
@@ -221,7 +162,7 @@ impl Lowerer<'_> {
         match i64::try_from(value) {
             Ok(v) if (min..=max).contains(&v) => Some(v),
             _ => {
-                self.err(
+                self.reporter.err(
                     "mtac::range",
                     format!("{what} must be between {min} and {max}, found {value}"),
                     file,
@@ -259,7 +200,7 @@ impl Lowerer<'_> {
         help: &str,
     ) -> Option<u32> {
         if parsed.is_none() {
-            self.err(
+            self.reporter.err(
                 "mtac::duration",
                 format!("{what} is not a valid duration"),
                 file,
@@ -292,7 +233,7 @@ impl Lowerer<'_> {
             _ => None,
         };
         if parsed.is_none() {
-            self.err(
+            self.reporter.err(
                 "mtac::size",
                 format!("{what} is not a valid size"),
                 file,
@@ -311,7 +252,7 @@ impl Lowerer<'_> {
                 let first = reply.code.to_string().chars().next();
                 if let (Some(class), Some(first)) = (class, first) {
                     if class != first {
-                        self.err(
+                        self.reporter.err(
                             "mtac::reply::class",
                             format!("this reply must be a {class}xx reply, not {}", reply.code),
                             file,
@@ -329,7 +270,7 @@ impl Lowerer<'_> {
                 Some(reply)
             }
             Err(why) => {
-                self.err(
+                self.reporter.err(
                     "mtac::reply",
                     format!("invalid SMTP reply: {why}"),
                     file,
@@ -349,7 +290,7 @@ impl Lowerer<'_> {
             Some(stage) => Some(stage),
             None => {
                 let names: Vec<&str> = allowed.iter().map(|s| s.as_str()).collect();
-                self.err(
+                self.reporter.err(
                     "mtac::stage",
                     format!("`{}` cannot decide at stage `{text}`", at.node.name().value()),
                     at.file,
@@ -374,7 +315,7 @@ impl Lowerer<'_> {
             Some(entry) => self.string(entry, at.file, what),
             None => {
                 let name = at.node.name().value().to_owned();
-                self.err(
+                self.reporter.err(
                     "mtac::missing-argument",
                     format!("`{name}` needs {what}"),
                     at.file,
@@ -393,7 +334,7 @@ impl Lowerer<'_> {
         match text.strip_prefix('/').and_then(|n| n.parse::<u8>().ok()).filter(|n| *n <= max && *n > 0) {
             Some(n) => Some(n),
             None => {
-                self.err(
+                self.reporter.err(
                     "mtac::prefix",
                     format!("`{text}` is not a prefix length"),
                     at.file,

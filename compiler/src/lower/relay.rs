@@ -9,8 +9,8 @@ use mtac_ruleset::syntax;
 use std::net::SocketAddr;
 use std::path::Path;
 
-impl Lowerer<'_> {
-    pub(super) fn relay(&mut self, at: At<'_>, farm: &mut DraftFarm) {
+impl Lowerer {
+    pub(crate) fn relay(&mut self, at: At<'_>, _dir: &Path, farm: &mut DraftFarm) {
         self.shape(at, &[], 0, true);
         let mut backends = Vec::new();
         for child in Self::children(at) {
@@ -29,7 +29,7 @@ impl Lowerer<'_> {
                 Some((protocol, rest)) if valid_host_port(rest) => {
                     backends.push(Backend { protocol, address: rest.to_owned() })
                 }
-                _ => self.err(
+                _ => self.reporter.err(
                     "mtac::relay::backend",
                     format!("`{url}` is not a back end URL"),
                     child.file,
@@ -40,7 +40,7 @@ impl Lowerer<'_> {
             }
         }
         if backends.is_empty() {
-            self.err(
+            self.reporter.err(
                 "mtac::relay::empty",
                 "`relay` lists no back end".to_owned(),
                 at.file,
@@ -53,7 +53,7 @@ impl Lowerer<'_> {
         farm.relay = Some((DraftRelay::Backends(backends), self.origin_of(at)));
     }
 
-    pub(super) fn deliver(&mut self, at: At<'_>, dir: &Path, farm: &mut DraftFarm) {
+    pub(crate) fn deliver(&mut self, at: At<'_>, dir: &Path, farm: &mut DraftFarm) {
         self.shape(at, &["maildir"], 0, false);
         match Self::prop(at, "maildir") {
             Some(entry) => {
@@ -61,7 +61,7 @@ impl Lowerer<'_> {
                     farm.relay = Some((DraftRelay::Maildir(relative_to(dir, maildir)), self.origin_of(at)));
                 }
             }
-            None => self.err(
+            None => self.reporter.err(
                 "mtac::deliver",
                 "`deliver` needs maildir=\"DIR\"".to_owned(),
                 at.file,
@@ -72,13 +72,13 @@ impl Lowerer<'_> {
         }
     }
 
-    pub(super) fn bare_line_ends(&mut self, at: At<'_>, farm: &mut DraftFarm) {
+    pub(crate) fn bare_line_ends(&mut self, at: At<'_>, _dir: &Path, farm: &mut DraftFarm) {
         self.shape(at, &[], 1, false);
         if let Some(value) = self.one_string(at, "\"reject\" or \"normalize\"") {
             match value.as_str() {
                 "reject" => farm.bare_line_ends = BarePolicy::Reject,
                 "normalize" => farm.bare_line_ends = BarePolicy::Normalize,
-                other => self.err(
+                other => self.reporter.err(
                     "mtac::bare-line-ends",
                     format!("unknown choice `{other}`"),
                     at.file,

@@ -15,13 +15,13 @@ use std::path::Path;
 const MIN_ARGON2_M_KIB: u32 = 19_456;
 const MIN_ARGON2_T: u32 = 2;
 
-impl Lowerer<'_> {
-    pub(super) fn tls(&mut self, at: At<'_>, dir: &Path, farm: &mut DraftFarm) {
+impl Lowerer {
+    pub(crate) fn tls(&mut self, at: At<'_>, dir: &Path, farm: &mut DraftFarm) {
         self.shape(at, &["certificate", "key", "required", "name"], 0, false);
         let get = |this: &mut Self, key: &str| match Self::prop(at, key) {
             Some(e) => this.string(e, at.file, &format!("`{key}`")),
             None => {
-                this.err(
+                this.reporter.err(
                     "mtac::tls",
                     format!("`tls` needs `{key}`"),
                     at.file,
@@ -43,7 +43,7 @@ impl Lowerer<'_> {
         }
     }
 
-    pub(super) fn auth(&mut self, at: At<'_>, dir: &Path, farm: &mut DraftFarm) {
+    pub(crate) fn auth(&mut self, at: At<'_>, dir: &Path, farm: &mut DraftFarm) {
         self.shape(at, &["mechanisms", "max-failures", "cache", "null-sender", "header-from"], 0, true);
         let mechanisms: Vec<String> = match Self::prop(at, "mechanisms") {
             Some(e) => self
@@ -56,7 +56,7 @@ impl Lowerer<'_> {
         };
         for m in &mechanisms {
             if m != "PLAIN" && m != "LOGIN" {
-                self.err(
+                self.reporter.err(
                     "mtac::auth::mechanism",
                     format!("unsupported AUTH mechanism `{m}`"),
                     at.file,
@@ -88,7 +88,7 @@ impl Lowerer<'_> {
                         {
                             backend = Some(AuthBackend::Ldap { url, bind_dn_template: dn })
                         }
-                        _ => self.err(
+                        _ => self.reporter.err(
                             "mtac::auth::ldap",
                             "`ldap` needs url=\"ldap://…\" and bind-dn containing {user}".to_owned(),
                             child.file,
@@ -109,7 +109,7 @@ impl Lowerer<'_> {
                             }
                             users.push((name, hash))
                         }
-                        (Some(_), _) => self.err(
+                        (Some(_), _) => self.reporter.err(
                             "mtac::auth::hash",
                             "a user needs hash= with a modern password hash (PHC string)".to_owned(),
                             child.file,
@@ -125,7 +125,7 @@ impl Lowerer<'_> {
         }
         let backend = match (backend, users.is_empty()) {
             (Some(_), false) => {
-                self.err(
+                self.reporter.err(
                     "mtac::auth::backend",
                     "`auth` has both `ldap` and `user` entries".to_owned(),
                     at.file,
@@ -138,7 +138,7 @@ impl Lowerer<'_> {
             (Some(b), true) => b,
             (None, false) => AuthBackend::Table(users),
             (None, true) => {
-                self.err(
+                self.reporter.err(
                     "mtac::auth::backend",
                     "`auth` has no credential source".to_owned(),
                     at.file,
@@ -158,7 +158,7 @@ impl Lowerer<'_> {
             None | Some("any") => false,
             Some("owned") => true,
             Some(other) => {
-                self.err(
+                self.reporter.err(
                         "mtac::auth::header-from",
                         format!("unknown header-from rule `{other}`"),
                         at.file,
@@ -193,7 +193,7 @@ impl Lowerer<'_> {
         let (algorithm, params) = match parsed {
             Ok(parsed) => parsed,
             Err(e) => {
-                self.err(
+                self.reporter.err(
                     "mtac::auth::hash",
                     format!("the password hash of user `{user}` is not a valid Argon2 PHC string: {e}"),
                     file,
@@ -215,7 +215,7 @@ impl Lowerer<'_> {
             weak.push(format!("t={} (below {MIN_ARGON2_T})", params.t_cost()));
         }
         if !weak.is_empty() {
-            self.warn(
+            self.reporter.warn(
                 "mtac::auth::weak-hash",
                 format!("the password hash of user `{user}` is weak: {}", weak.join(", ")),
                 file,
@@ -245,7 +245,7 @@ impl Lowerer<'_> {
             let user = words.next().unwrap_or_default().to_ascii_lowercase();
             let addresses: Vec<&str> = words.collect();
             if addresses.is_empty() {
-                self.report(
+                self.reporter.report(
                     Diag::error("mtac::auth::may-send-as", format!("`{line}` names no address"))
                         .help("write the user, then the addresses they may send as: may-send-as \"alice\" \"sales@example.com\""),
                     origin,
@@ -256,7 +256,7 @@ impl Lowerer<'_> {
                 if syntax::is_mailbox(address) {
                     out.push((user.clone(), address.to_ascii_lowercase()));
                 } else {
-                    self.report(
+                    self.reporter.report(
                         Diag::error("mtac::address", format!("`{address}` is not a valid address"))
                             .help("write local-part@domain, e.g. sales@example.com"),
                         origin,
@@ -269,7 +269,7 @@ impl Lowerer<'_> {
 
     /// `directory "ldap://…" base="…" { attributes …; filter …; bind …; cache … }`: recipients
     /// of the local domains validated against LDAP at RCPT.
-    pub(super) fn directory(&mut self, at: At<'_>, dir: &Path, farm: &mut DraftFarm) {
+    pub(crate) fn directory(&mut self, at: At<'_>, dir: &Path, farm: &mut DraftFarm) {
         self.shape(at, &["base", "timeout", "pool", "lookups"], 1, true);
         let url = self.one_string(at, "the directory's URL");
         let url_ok = url.as_deref().is_some_and(|u| {
@@ -277,7 +277,7 @@ impl Lowerer<'_> {
                 && u.split_once("://").is_some_and(|(_, h)| !h.is_empty())
         });
         if url.is_some() && !url_ok {
-            self.err(
+            self.reporter.err(
                 "mtac::directory::url",
                 "the directory needs an ldap:// or ldaps:// URL".to_owned(),
                 at.file,
@@ -288,7 +288,7 @@ impl Lowerer<'_> {
         }
         let base = Self::prop(at, "base").and_then(|e| self.string(e, at.file, "`base`"));
         if base.is_none() {
-            self.err(
+            self.reporter.err(
                 "mtac::directory::base",
                 "the directory needs base=, the subtree to search".to_owned(),
                 at.file,
@@ -302,7 +302,7 @@ impl Lowerer<'_> {
             match self.duration_ms(entry, at.file, "`timeout`") {
                 // Zero would defer every recipient; minutes would hold every RCPT hostage.
                 Some(ms @ 1..=30_000) => timeout_ms = ms,
-                Some(_) => self.err(
+                Some(_) => self.reporter.err(
                     "mtac::range",
                     "the directory's `timeout` must be between 1ms and 30s".to_owned(),
                     at.file,
@@ -329,7 +329,7 @@ impl Lowerer<'_> {
                     for entry in Self::args(child) {
                         if let Some(a) = self.string(entry, child.file, "an attribute name") {
                             if a.is_empty() || !a.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == ';') {
-                                self.err(
+                                self.reporter.err(
                                     "mtac::directory::attribute",
                                     format!("`{a}` is not an LDAP attribute name"),
                                     child.file,
@@ -348,7 +348,7 @@ impl Lowerer<'_> {
                     if let Some(f) = self.one_string(child, "an LDAP filter") {
                         let balanced = f.starts_with('(') && f.ends_with(')') && parens_balance(&f);
                         if !f.contains("{address}") || !balanced {
-                            self.err(
+                            self.reporter.err(
                                 "mtac::directory::filter",
                                 "the filter must be a parenthesised RFC 4515 filter containing {address}".to_owned(),
                                 child.file,
@@ -368,7 +368,7 @@ impl Lowerer<'_> {
                         .and_then(|e| self.string(e, child.file, "`password-file`"))
                         .map(|f| relative_to(dir, f));
                     if bind_password_file.is_none() {
-                        self.err(
+                        self.reporter.err(
                             "mtac::directory::bind",
                             "`bind` needs password-file=, a file holding the password".to_owned(),
                             child.file,

@@ -6,20 +6,20 @@ use super::read::relative_to;
 use super::{At, Lowerer};
 use crate::nodes::{self, Place};
 use kdl::KdlValue;
-use mtac_ruleset::model::{DnsSettings, StateSettings};
+use mtac_ruleset::model::StateSettings;
 use mtac_ruleset::syntax;
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 
-impl Lowerer<'_> {
-    pub(super) fn hostname(&mut self, at: At<'_>, draft: &mut Draft) {
+impl Lowerer {
+    pub(crate) fn hostname(&mut self, at: At<'_>, _dir: &Path, draft: &mut Draft) {
         let (node, file) = (at.node, at.file);
         self.shape(at, &[], 1, false);
         if let Some(value) = self.one_string(at, "a host name") {
             if syntax::is_fqdn(&value) {
                 draft.hostname = Some((value, self.origin_of(at)));
             } else {
-                self.err(
+                self.reporter.err(
                     "mtac::hostname",
                     format!("`{value}` is not a fully qualified host name"),
                     file,
@@ -31,12 +31,12 @@ impl Lowerer<'_> {
         }
     }
 
-    pub(super) fn banner(&mut self, at: At<'_>, draft: &mut Draft) {
+    pub(crate) fn banner(&mut self, at: At<'_>, _dir: &Path, draft: &mut Draft) {
         let (node, file) = (at.node, at.file);
         self.shape(at, &[], 1, false);
         if let Some(value) = self.one_string(at, "a banner") {
             if value.chars().any(|c| c.is_control()) || value.len() > 200 {
-                self.err(
+                self.reporter.err(
                     "mtac::banner",
                     "the banner must be one line of at most 200 characters".to_owned(),
                     file,
@@ -50,7 +50,7 @@ impl Lowerer<'_> {
         }
     }
 
-    pub(super) fn spool(&mut self, at: At<'_>, dir: &Path, draft: &mut Draft) {
+    pub(crate) fn spool(&mut self, at: At<'_>, dir: &Path, draft: &mut Draft) {
         let file = at.file;
         self.shape(at, &["max-bytes"], 1, false);
         if let Some(value) = self.one_string(at, "a directory") {
@@ -59,7 +59,7 @@ impl Lowerer<'_> {
         if let Some(entry) = Self::prop(at, "max-bytes") {
             if let Some(v) = self.size(entry, file, "`max-bytes`") {
                 if v < 1024 * 1024 {
-                    self.err(
+                    self.reporter.err(
                         "mtac::spool::max-bytes",
                         format!("a spool budget of {v} bytes holds hardly one message"),
                         file,
@@ -74,12 +74,13 @@ impl Lowerer<'_> {
         }
     }
 
-    pub(super) fn dns(&mut self, at: At<'_>, dns: &mut DnsSettings) {
+    pub(crate) fn dns(&mut self, at: At<'_>, _dir: &Path, draft: &mut Draft) {
+        let dns = &mut draft.dns;
         self.shape(at, &["timeout", "cache-size", "probe-interval"], 0, true);
         if let Some(entry) = Self::prop(at, "timeout") {
             if let Some(ms) = self.duration_ms(entry, at.file, "`timeout`") {
                 if ms == 0 || ms > 30_000 {
-                    self.err(
+                    self.reporter.err(
                         "mtac::dns::timeout",
                         format!("a DNS timeout of {ms} ms"),
                         at.file,
@@ -116,7 +117,7 @@ impl Lowerer<'_> {
                 });
                 match parsed {
                     Some(address) => dns.nameservers.push(address),
-                    None => self.err(
+                    None => self.reporter.err(
                         "mtac::dns::nameserver",
                         format!("`{text}` is not a nameserver address"),
                         child.file,
@@ -129,7 +130,7 @@ impl Lowerer<'_> {
         }
     }
 
-    pub(super) fn admin(&mut self, at: At<'_>, draft: &mut Draft) {
+    pub(crate) fn admin(&mut self, at: At<'_>, _dir: &Path, draft: &mut Draft) {
         let (node, file) = (at.node, at.file);
         self.shape(at, &["socket"], 1, false);
         if let Some(entry) = Self::prop(at, "socket") {
@@ -138,7 +139,7 @@ impl Lowerer<'_> {
                 KdlValue::String(path) if path.starts_with('/') && path.len() < 100 => {
                     draft.admin_socket = Some(Some(path.clone()));
                 }
-                _ => self.err(
+                _ => self.reporter.err(
                     "mtac::admin::socket",
                     "`socket` takes an absolute path (under 100 bytes) or #false".to_owned(),
                     file,
@@ -153,7 +154,7 @@ impl Lowerer<'_> {
             Some(KdlValue::Bool(false)) => draft.admin = Some(None),
             Some(KdlValue::String(text)) => match text.parse::<SocketAddr>() {
                 Ok(address) => draft.admin = Some(Some(address)),
-                Err(_) => self.err(
+                Err(_) => self.reporter.err(
                     "mtac::admin::address",
                     format!("`{text}` is not an address:port"),
                     file,
@@ -162,7 +163,7 @@ impl Lowerer<'_> {
                     "the admin listener serves /metrics, /healthz, /readyz and /status: e.g. \"127.0.0.1:9325\", or #false to turn it off",
                 ),
             },
-            _ => self.err(
+            _ => self.reporter.err(
                 "mtac::admin::address",
                 "`admin` takes an address:port or #false".to_owned(),
                 file,
@@ -174,7 +175,7 @@ impl Lowerer<'_> {
     }
 
     /// `state "embedded" path="FILE"` or `state "redis" url="redis://…" [timeout=…] [on-failure=…]`.
-    pub(super) fn state(&mut self, at: At<'_>, dir: &Path, draft: &mut Draft) {
+    pub(crate) fn state(&mut self, at: At<'_>, dir: &Path, draft: &mut Draft) {
         self.shape(at, &["path", "url", "timeout", "on-failure"], 1, false);
         let kind = self.one_string(at, "\"embedded\" or \"redis\"");
         let text = |this: &mut Self, key: &str| Self::prop(at, key).and_then(|e| this.string(e, at.file, key));
@@ -187,7 +188,7 @@ impl Lowerer<'_> {
             }
             Some("redis") => {
                 let Some(url) = text(self, "url") else {
-                    self.err(
+                    self.reporter.err(
                         "mtac::state::url",
                         "a Redis store needs its `url`".to_owned(),
                         at.file,
@@ -198,7 +199,7 @@ impl Lowerer<'_> {
                     return;
                 };
                 if !(url.starts_with("redis://") || url.starts_with("redis+unix://") || url.starts_with("unix://")) {
-                    self.err(
+                    self.reporter.err(
                         "mtac::state::url",
                         format!("`{url}` is not a Redis URL"),
                         at.file,
@@ -215,7 +216,7 @@ impl Lowerer<'_> {
                     None | Some("defer") => false,
                     Some("accept") => true,
                     Some(other) => {
-                        self.err(
+                        self.reporter.err(
                             "mtac::state::on-failure",
                             format!("unknown failure mode `{other}`"),
                             at.file,
@@ -228,7 +229,7 @@ impl Lowerer<'_> {
                 };
                 draft.state = Some(StateSettings::Redis { url, timeout_ms, fail_open });
             }
-            Some(other) => self.err(
+            Some(other) => self.reporter.err(
                 "mtac::state::kind",
                 format!("unknown state store `{other}`"),
                 at.file,

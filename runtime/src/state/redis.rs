@@ -1,0 +1,290 @@
+//! The Redis store, shared by a farm: greylist triplets and auto-whitelist counts with Redis TTLs,
+//! farm-wide rate windows, and bans (`SET … EX` plus an announcement on [`BAN_CHANNEL`]).
+//!
+//! The connection is a `ConnectionManager`, made on first use (a node starts while Redis is down)
+//! and reconnecting by itself; every call is bounded by the policy's timeout. **Invariant:** the
+//! triplet update is one Lua script, so two nodes seeing the same retry cannot both record it.
+
+use super::bans::{ban_key, ban_message, parse_ban_key, BAN_CHANNEL};
+use super::{unix_now, Counts, Entry, GreylistVerdict, StateError, Timings, Triplet};
+use crate::guard::BanFarm;
+use ipnet::IpNet;
+use std::net::IpAddr;
+use std::time::Duration;
+
+/// Keys: `mtac:g:CLIENT|SENDER|RCPT` (hash: first, passed, ip), `mtac:awl:CLIENT` (counter),
+/// `mtac:ban:NETWORK[@FARM]` (see [`ban_key`]); bans are announced on [`BAN_CHANNEL`].
+const GREYLIST_SCRIPT: &str = r"
+local now = tonumber(ARGV[1])
+local delay = tonumber(ARGV[2])
+local window = tonumber(ARGV[3])
+local lifetime = tonumber(ARGV[4])
+local awl = tonumber(ARGV[5])
+if awl > 0 then
+  local n = tonumber(redis.call('GET', KEYS[2]) or '0')
+  if n >= awl then return {4, 0, 0} end
+end
+local e = redis.call('HMGET', KEYS[1], 'first', 'passed', 'ip')
+if not e[1] then
+  redis.call('HSET', KEYS[1], 'first', now, 'passed', 0, 'ip', ARGV[6])
+  redis.call('EXPIRE', KEYS[1], delay + window)
+  return {0, 0, 0}
+end
+local first = tonumber(e[1])
+if e[2] == '1' then
+  redis.call('EXPIRE', KEYS[1], lifetime)
+  return {3, 0, 0}
+end
+local age = now - first
+if age < delay then return {1, age, 0} end
+redis.call('HSET', KEYS[1], 'passed', 1)
+redis.call('EXPIRE', KEYS[1], lifetime)
+local other = 0
+if e[3] ~= ARGV[6] then other = 1 end
+return {2, age, other}
+";
+
+/// The Redis store: a lazily (re)connected multiplexed connection.
+pub struct RedisStore {
+    client: redis::Client,
+    timeout: Duration,
+    connection: tokio::sync::Mutex<Option<redis::aio::ConnectionManager>>,
+    script: redis::Script,
+}
+
+impl RedisStore {
+    pub(super) fn new(client: redis::Client, timeout: Duration) -> RedisStore {
+        RedisStore {
+            client,
+            timeout,
+            connection: tokio::sync::Mutex::new(None),
+            script: redis::Script::new(GREYLIST_SCRIPT),
+        }
+    }
+
+    pub fn client(&self) -> &redis::Client {
+        &self.client
+    }
+
+    /// The connection, made on first use. The manager reconnects by itself afterwards; the
+    /// mutex is held only to clone the handle (the manager multiplexes every session's commands).
+    async fn connection(&self) -> Result<redis::aio::ConnectionManager, StateError> {
+        let mut slot = self.connection.lock().await;
+        if let Some(c) = slot.as_ref() {
+            return Ok(c.clone());
+        }
+        let config = redis::aio::ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(self.timeout))
+            .set_response_timeout(Some(self.timeout))
+            .set_number_of_retries(1)
+            .set_max_delay(Duration::from_secs(1));
+        let manager = tokio::time::timeout(
+            self.timeout * 2,
+            redis::aio::ConnectionManager::new_with_config(self.client.clone(), config),
+        )
+        .await
+        .map_err(|_| StateError::Timeout(self.timeout))??;
+        *slot = Some(manager.clone());
+        Ok(manager)
+    }
+
+    async fn run<T>(
+        &self,
+        op: impl AsyncFnOnce(redis::aio::ConnectionManager) -> redis::RedisResult<T>,
+    ) -> Result<T, StateError> {
+        let connection = self.connection().await?;
+        tokio::time::timeout(self.timeout, op(connection))
+            .await
+            .map_err(|_| StateError::Timeout(self.timeout))?
+            .map_err(Into::into)
+    }
+
+    pub(super) async fn greylist(
+        &self,
+        t: &Triplet,
+        address: IpAddr,
+        timings: Timings,
+        now: u64,
+    ) -> Result<GreylistVerdict, StateError> {
+        let key = format!("mtac:g:{}", t.key());
+        let awl = format!("mtac:awl:{}", t.client);
+        let address = address.to_string();
+        let answer: (u8, u64, u8) = self
+            .run(async |mut c| {
+                self.script
+                    .key(&key)
+                    .key(&awl)
+                    .arg(now)
+                    .arg(timings.delay)
+                    .arg(timings.retry_window)
+                    .arg(timings.lifetime)
+                    .arg(timings.auto_whitelist)
+                    .arg(&address)
+                    .invoke_async(&mut c)
+                    .await
+            })
+            .await?;
+        Ok(match answer {
+            (0, _, _) => GreylistVerdict::New,
+            (1, age, _) => GreylistVerdict::Early { age },
+            (2, waited, other) => GreylistVerdict::Passed { waited, other_address: other == 1 },
+            (3, _, _) => GreylistVerdict::Known,
+            _ => GreylistVerdict::AutoWhitelisted,
+        })
+    }
+
+    pub(super) async fn delivered(&self, client: &str, lifetime: u64) -> Result<(), StateError> {
+        let key = format!("mtac:awl:{client}");
+        self.run(async |mut c| {
+            redis::pipe()
+                .atomic()
+                .incr(&key, 1)
+                .ignore()
+                .expire(&key, lifetime as i64)
+                .ignore()
+                .query_async(&mut c)
+                .await
+        })
+        .await
+    }
+
+    pub(super) async fn entry(&self, t: &Triplet) -> Result<Option<Entry>, StateError> {
+        let key = format!("mtac:g:{}", t.key());
+        let (first, passed, ip, ttl): (Option<u64>, Option<u8>, Option<String>, i64) = self
+            .run(async |mut c| {
+                redis::pipe()
+                    .hget(&key, "first")
+                    .hget(&key, "passed")
+                    .hget(&key, "ip")
+                    .ttl(&key)
+                    .query_async(&mut c)
+                    .await
+            })
+            .await?;
+        Ok(first.map(|first| Entry {
+            first_seen: first,
+            passed: passed == Some(1),
+            first_address: ip.unwrap_or_default(),
+            expires_in: u64::try_from(ttl).unwrap_or(0),
+        }))
+    }
+
+    pub(super) async fn deliveries(&self, client: &str) -> Result<u64, StateError> {
+        let key = format!("mtac:awl:{client}");
+        let n: Option<u64> = self.run(async |mut c| redis::cmd("GET").arg(&key).query_async(&mut c).await).await?;
+        Ok(n.unwrap_or(0))
+    }
+
+    pub(super) async fn counts(&self) -> Result<Counts, StateError> {
+        let mut counts = Counts::default();
+        let mut c = self.connection().await?;
+        let mut triplets = KeyScan::new("mtac:g:*");
+        while let Some(keys) = triplets.next(&mut c, self.timeout).await? {
+            for key in &keys {
+                let passed: Option<u8> = redis::cmd("HGET").arg(key).arg("passed").query_async(&mut c).await?;
+                if passed == Some(1) {
+                    counts.passed += 1;
+                } else {
+                    counts.waiting += 1;
+                }
+            }
+        }
+        let mut whitelisted = KeyScan::new("mtac:awl:*");
+        while let Some(keys) = whitelisted.next(&mut c, self.timeout).await? {
+            counts.auto_whitelist += keys.len() as u64;
+        }
+        let mut bans = KeyScan::new("mtac:ban:*");
+        while let Some(keys) = bans.next(&mut c, self.timeout).await? {
+            counts.bans += keys.len() as u64;
+        }
+        Ok(counts)
+    }
+
+    /// Count one event in a fixed window shared by the farm; returns the count so far in the
+    /// window. The key carries the window's start, so every node counts in the same window.
+    pub async fn count_rate(&self, key: &str, window: u64) -> Result<u64, StateError> {
+        let window = window.max(1);
+        let start = unix_now() / window * window;
+        let key = format!("mtac:rate:{key}:{start}");
+        let (count,): (u64,) = self
+            .run(async |mut c| {
+                redis::pipe().incr(&key, 1).expire(&key, window as i64 + 1).ignore().query_async(&mut c).await
+            })
+            .await?;
+        Ok(count)
+    }
+
+    /// Record a ban and tell every node. The key and the announcement carry the farm the ban
+    /// holds for (see [`ban_key`]).
+    pub async fn ban(&self, farm: &BanFarm, network: IpNet, seconds: u64) -> Result<(), StateError> {
+        let key = ban_key(farm, network);
+        let message = ban_message(farm, network, seconds);
+        self.run(async |mut c| {
+            redis::pipe()
+                .set_ex(&key, 1, seconds)
+                .ignore()
+                .publish(BAN_CHANNEL, &message)
+                .ignore()
+                .query_async(&mut c)
+                .await
+        })
+        .await
+    }
+
+    /// Lift a ban on the farm: delete its key and tell every node (an announcement of 0 seconds).
+    pub async fn unban(&self, farm: &BanFarm, network: IpNet) -> Result<(), StateError> {
+        let key = ban_key(farm, network);
+        let message = ban_message(farm, network, 0);
+        self.run(async |mut c| {
+            redis::pipe().del(&key).ignore().publish(BAN_CHANNEL, &message).ignore().query_async(&mut c).await
+        })
+        .await
+    }
+
+    /// Bans in force on the farm: whom each holds for, the network, its remaining seconds.
+    pub async fn bans(&self) -> Result<Vec<(BanFarm, IpNet, u64)>, StateError> {
+        let mut c = self.connection().await?;
+        let mut scan = KeyScan::new("mtac:ban:*");
+        let mut bans = Vec::new();
+        while let Some(keys) = scan.next(&mut c, self.timeout).await? {
+            for key in keys {
+                let ttl: i64 = redis::cmd("TTL").arg(&key).query_async(&mut c).await?;
+                if let (Some((farm, net)), Ok(ttl)) = (parse_ban_key(&key), u64::try_from(ttl)) {
+                    bans.push((farm, net, ttl));
+                }
+            }
+        }
+        Ok(bans)
+    }
+}
+
+/// One `SCAN` over the keys that match a pattern, a batch at a time (a batch may be empty; Redis
+/// may return a key twice across batches, which counts tolerate as the old loops did).
+struct KeyScan {
+    pattern: &'static str,
+    /// The cursor of the next batch; `None` once Redis has answered cursor 0.
+    cursor: Option<u64>,
+}
+
+impl KeyScan {
+    fn new(pattern: &'static str) -> KeyScan {
+        KeyScan { pattern, cursor: Some(0) }
+    }
+
+    /// The next batch of keys, or `None` when the scan is done. Each round trip is bounded by `timeout`.
+    async fn next(
+        &mut self,
+        c: &mut redis::aio::ConnectionManager,
+        timeout: Duration,
+    ) -> Result<Option<Vec<String>>, StateError> {
+        let Some(cursor) = self.cursor else { return Ok(None) };
+        let (next, keys): (u64, Vec<String>) = tokio::time::timeout(
+            timeout,
+            redis::cmd("SCAN").arg(cursor).arg("MATCH").arg(self.pattern).arg("COUNT").arg(1000).query_async(c),
+        )
+        .await
+        .map_err(|_| StateError::Timeout(timeout))??;
+        self.cursor = (next != 0).then_some(next);
+        Ok(Some(keys))
+    }
+}
