@@ -48,6 +48,7 @@ pub mod tls;
 pub mod transfers;
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::panic)]
 mod tidy;
 
 pub use node::{run, AdminAddress, Listeners, Loader, Node, RunConfig, RunError};

@@ -23,111 +23,91 @@ use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 use std::sync::atomic::AtomicU64;
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct FarmLabel {
-    pub farm: String,
+/// Label sets: each entry is a struct of `pub` fields with the derives a metric family needs;
+/// a field's name is its label's name.
+macro_rules! label_sets {
+    ($($set:ident { $($(#[$doc:meta])* $field:ident: $type:ty),* $(,)? })*) => {
+        $(
+            #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+            pub struct $set {
+                $($(#[$doc])* pub $field: $type,)*
+            }
+        )*
+    };
 }
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct RefusedAtAccept {
-    pub farm: String,
-    /// `limit` (connection limits), `ban`, `rate`.
-    pub reason: &'static str,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct SessionEnd {
-    pub farm: String,
-    /// [`crate::conn::End::as_str`].
-    pub end: &'static str,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct Refusal {
-    pub farm: String,
-    /// connect, helo, mail, rcpt, data.
-    pub stage: &'static str,
-    /// `reject` (5xx) or `defer` (4xx).
-    pub verdict: &'static str,
-    /// The policy rule, or an internal reason (`protocol`, `backend`, `rate-limit`, `ban`…).
-    pub rule: String,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct Verdict {
-    pub farm: String,
-    /// `accepted`, `rejected`, `deferred`.
-    pub verdict: &'static str,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct MessageOutcome {
-    pub farm: String,
-    /// `accepted`, `rejected`, `deferred`.
-    pub verdict: &'static str,
-    /// `delivered`, `backend`, `size`, `bare-line-end`, `spool`, `shutdown`…
-    pub reason: &'static str,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct GreylistOutcome {
-    pub farm: String,
-    /// [`crate::state::GreylistVerdict::as_str`], or `error-accepted` / `error-deferred`.
-    pub outcome: &'static str,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct AuthOutcome {
-    pub farm: String,
-    /// success, failure, unavailable.
-    pub outcome: &'static str,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ScannerLabel {
-    /// clamav, spamassassin, rspamd.
-    pub scanner: &'static str,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ScanResult {
-    pub scanner: &'static str,
-    /// clean, virus, scored, timeout, error.
-    pub result: &'static str,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ZoneLabel {
-    pub zone: String,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct RelayError {
-    pub farm: String,
-    /// `rcpt` (opening the transaction or a recipient) or `data`.
-    pub phase: &'static str,
-    /// `rejected` (5xx) or `deferred` (4xx, which includes no back end reachable).
-    pub kind: &'static str,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct RulesetLabel {
-    pub hash: String,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ReloadResult {
-    /// `ok` or `failed`.
-    pub result: &'static str,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct DirectoryLookup {
-    pub farm: String,
-    /// `known`, `unknown` or `unavailable`.
-    pub result: &'static str,
-    /// `cache` (no round trip) or `directory`.
-    pub source: &'static str,
+label_sets! {
+    FarmLabel { farm: String }
+    RefusedAtAccept {
+        farm: String,
+        /// `limit` (connection limits), `ban`, `rate`.
+        reason: &'static str,
+    }
+    SessionEnd {
+        farm: String,
+        /// [`crate::conn::End::as_str`].
+        end: &'static str,
+    }
+    Refusal {
+        farm: String,
+        /// connect, helo, mail, rcpt, data.
+        stage: &'static str,
+        /// `reject` (5xx) or `defer` (4xx).
+        verdict: &'static str,
+        /// The policy rule, or an internal reason (`protocol`, `backend`, `rate-limit`, `ban`…).
+        rule: String,
+    }
+    Verdict {
+        farm: String,
+        /// `accepted`, `rejected`, `deferred`.
+        verdict: &'static str,
+    }
+    MessageOutcome {
+        farm: String,
+        /// `accepted`, `rejected`, `deferred`.
+        verdict: &'static str,
+        /// `delivered`, `backend`, `size`, `bare-line-end`, `spool`, `shutdown`…
+        reason: &'static str,
+    }
+    GreylistOutcome {
+        farm: String,
+        /// [`crate::state::GreylistVerdict::as_str`], or `error-accepted` / `error-deferred`.
+        outcome: &'static str,
+    }
+    AuthOutcome {
+        farm: String,
+        /// success, failure, unavailable.
+        outcome: &'static str,
+    }
+    ScannerLabel {
+        /// clamav, spamassassin, rspamd.
+        scanner: &'static str,
+    }
+    ScanResult {
+        scanner: &'static str,
+        /// clean, virus, scored, timeout, error.
+        result: &'static str,
+    }
+    ZoneLabel { zone: String }
+    RelayError {
+        farm: String,
+        /// `rcpt` (opening the transaction or a recipient) or `data`.
+        phase: &'static str,
+        /// `rejected` (5xx) or `deferred` (4xx, which includes no back end reachable).
+        kind: &'static str,
+    }
+    RulesetLabel { hash: String }
+    ReloadResult {
+        /// `ok` or `failed`.
+        result: &'static str,
+    }
+    DirectoryLookup {
+        farm: String,
+        /// `known`, `unknown` or `unavailable`.
+        result: &'static str,
+        /// `cache` (no round trip) or `directory`.
+        source: &'static str,
+    }
 }
 
 /// A family of histograms, each made by its constructor (its buckets).

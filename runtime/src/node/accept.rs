@@ -207,6 +207,7 @@ fn normalize(peer: SocketAddr) -> SocketAddr {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::{normalize, per_ip_key};
     use std::net::{IpAddr, SocketAddr};

@@ -37,6 +37,7 @@ impl Drain {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::Drain;
     use std::time::Duration;

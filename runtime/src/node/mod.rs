@@ -243,6 +243,8 @@ impl Node {
         // the accept loops' guards are gone before the drain counts on them.
         let background = accept_tasks.into_iter().chain([reload_task]).chain(probes).chain(watchdog);
         abort_and_wait(background).await;
+        // Whether the sessions ended in time or not, `Now` next: the ones still open answer 421
+        // and close; a node whose sessions all ended is told nothing new.
         drain.until(deadline).await;
         shared.set_shutdown(Shutdown::Now);
         if !drain.until(Instant::now() + LAST_CALL).await {

@@ -73,7 +73,13 @@ pub struct Shared {
 
 impl Shared {
     /// The shared state of a node starting at `started` (Unix seconds) with `snapshot`.
-    pub fn new(snapshot: Snapshot, dns: Option<Dns>, spool: Spool, state: Option<Store>, started: u32) -> Shared {
+    pub(crate) fn new(
+        snapshot: Snapshot,
+        dns: Option<Dns>,
+        spool: Spool,
+        state: Option<Store>,
+        started: u32,
+    ) -> Shared {
         let (shutdown, _) = watch::channel(Shutdown::Running);
         let metrics = Metrics::new();
         metrics.ruleset_loaded(&snapshot.ruleset.hash_hex());
@@ -205,7 +211,7 @@ impl Shared {
 
 /// What an accept loop (SMTP, admin TCP, admin socket) got: the connection, or `None` after
 /// logging `what` and backing off for 100 ms, so that EMFILE and friends do not make it spin.
-pub async fn accepted<T>(result: std::io::Result<T>, what: &str) -> Option<T> {
+pub(crate) async fn accepted<T>(result: std::io::Result<T>, what: &str) -> Option<T> {
     match result {
         Ok(connection) => Some(connection),
         Err(e) => {
