@@ -89,7 +89,7 @@ async fn main() {
     let quick = std::env::var_os("MTAC_WAVE_QUICK").is_some();
     let (peak_zombies, ramp) = if quick { (200usize, 5u64) } else { (5000, 30) };
     // The generator holds thousands of sockets, like the node.
-    let _ = mtac_runtime::server::raise_file_limit();
+    let _ = mtac_runtime::node::raise_file_limit();
 
     // Zombies come from 127.10.0.0/16, listed by a wildcard; the legitimate sender from 127.20.0.1.
     let dns = dns_server::serve(vec![(

@@ -11,8 +11,14 @@
 //! - [`auth`], [`directory`]: SMTP AUTH credentials, and recipients validated against LDAP;
 //! - [`relay`]: the SMTP/LMTP client of the back ends, with failover and a small pool;
 //! - [`spool`], [`maildir`], [`received`]: the message's way through the node;
-//! - [`server`]: listeners, connection limits, the ruleset snapshot, hot reload, graceful stop;
-//! - [`admin`], [`metrics`]: the admin listener (Prometheus metrics, health, status) and its counters.
+//! - [`node`]: the node's lifetime: listeners, connection limits, hot reload, background tasks,
+//!   graceful stop;
+//! - [`shared`]: what sessions, the admin listener and the node share: the ruleset snapshot,
+//!   node-wide tables, the stop state;
+//! - [`admin`], [`metrics`]: the admin listener and socket (Prometheus metrics, health, status,
+//!   state) and the one registry of the node's counts.
+//!
+//! Layers: `node` → {`conn`, `admin`} → `shared`, never back (the `tidy` test keeps it so).
 //!
 //! **Invariant:** the runtime never parses KDL; it reads only compiled rulesets.
 //! **Invariant:** mtac never queues: a message is relayed while its sender waits, or refused
@@ -29,18 +35,23 @@ pub mod guard;
 pub mod lookups;
 pub mod maildir;
 pub mod metrics;
+pub mod node;
 pub mod received;
 pub mod relay;
 pub mod scan;
-pub mod server;
 pub mod session;
+pub mod shared;
 pub mod smtp;
 pub mod spool;
 pub mod state;
 pub mod tls;
 pub mod transfers;
 
-pub use server::{run, AdminAddress, Listeners, Loader, Node, RunConfig, RunError};
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::panic)]
+mod tidy;
+
+pub use node::{run, AdminAddress, Listeners, Loader, Node, RunConfig, RunError};
 
 /// This machine's host name (uname's nodename), for logs; empty when it is not UTF-8.
 pub fn hostname() -> String {

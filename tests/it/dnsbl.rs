@@ -143,7 +143,7 @@ async fn a_zone_added_by_a_reload_is_probed_at_once() {
     std::fs::write(&tmp, text).unwrap();
     std::fs::rename(&tmp, &path).unwrap();
     let m = metrics_once_suspended(&node, "broken.test").await;
-    assert_eq!(node.shared.counters.reloads_ok.load(std::sync::atomic::Ordering::Relaxed), 1);
+    assert_eq!(node.shared.metrics.reloads_counted("ok"), 1);
     assert_eq!(sample(&m, r#"mtac_dns_zone_suspended{zone="broken.test"}"#), 1.0, "{m}");
 }
 

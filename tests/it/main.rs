@@ -11,6 +11,7 @@ mod directory;
 mod dnsbl;
 mod explain_node;
 mod greylist;
+mod node;
 mod policies;
 mod process;
 mod runtime;

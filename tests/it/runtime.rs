@@ -390,9 +390,9 @@ async fn a_reload_swaps_the_policy_and_a_broken_one_is_refused() {
 
     // A broken policy: refused, the old one keeps serving.
     std::fs::write(&policy_path, "hostname \"mx.test.example\"\nfarm \"mx\" {").unwrap();
-    let counters = &node.shared.counters;
-    wait_for(|| counters.reloads_failed.load(std::sync::atomic::Ordering::Relaxed) > 0).await;
-    assert!(counters.reloads_failed.load(std::sync::atomic::Ordering::Relaxed) > 0, "no reload attempted");
+    let reloads = |result| node.shared.metrics.reloads_counted(result);
+    wait_for(|| reloads("failed") > 0).await;
+    assert!(reloads("failed") > 0, "no reload attempted");
     let mut c = ehlo(node.addr).await;
     c.cmd("MAIL FROM:<a@example.org>").await;
     assert_eq!(code(&c.cmd("RCPT TO:<b@example.test>").await), 250, "the old ruleset still serves");
@@ -402,8 +402,8 @@ async fn a_reload_swaps_the_policy_and_a_broken_one_is_refused() {
     let tmp = node.dir.path().join("policy.kdl.tmp");
     std::fs::write(&tmp, updated).unwrap();
     std::fs::rename(&tmp, &policy_path).unwrap();
-    wait_for(|| counters.reloads_ok.load(std::sync::atomic::Ordering::Relaxed) > 0).await;
-    assert_eq!(counters.reloads_ok.load(std::sync::atomic::Ordering::Relaxed), 1);
+    wait_for(|| reloads("ok") > 0).await;
+    assert_eq!(reloads("ok"), 1);
     let mut fresh = ehlo(node.addr).await;
     fresh.cmd("MAIL FROM:<a@example.org>").await;
     assert_eq!(code(&fresh.cmd("RCPT TO:<b@new.example>").await), 250);

@@ -242,7 +242,7 @@ pub struct TestNode {
     pub addr: SocketAddr,
     /// The admin listener (metrics, health, status).
     pub admin: SocketAddr,
-    pub shared: Arc<mtac_runtime::server::Shared>,
+    pub shared: Arc<mtac_runtime::shared::Shared>,
     pub dir: tempfile::TempDir,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<()>>,
@@ -257,6 +257,20 @@ impl TestNode {
 
     /// [`TestNode::start`], compiling (and reloading) with `options`.
     pub async fn start_with(policy: &str, backend: Option<SocketAddr>, options: mtac_compiler::Options) -> TestNode {
+        TestNode::start_configured(policy, backend, options, Duration::from_secs(5)).await
+    }
+
+    /// [`TestNode::start`] with a grace period of its own for the drain at stop (5 s otherwise).
+    pub async fn start_with_grace(policy: &str, backend: Option<SocketAddr>, grace: Duration) -> TestNode {
+        TestNode::start_configured(policy, backend, mtac_compiler::Options::default(), grace).await
+    }
+
+    async fn start_configured(
+        policy: &str,
+        backend: Option<SocketAddr>,
+        options: mtac_compiler::Options,
+        grace: Duration,
+    ) -> TestNode {
         let dir = tempfile::tempdir().unwrap();
         let text = policy
             .replace("{backend}", &backend.map(|b| b.to_string()).unwrap_or_default())
@@ -278,7 +292,7 @@ impl TestNode {
         let admin_addr = listeners.admin.as_ref().unwrap().local_addr().unwrap();
         let shared = node.shared.clone();
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let config = mtac_runtime::RunConfig { loader, watch: Some(path), grace: Duration::from_secs(5), admin };
+        let config = mtac_runtime::RunConfig { loader, watch: Some(path), grace, admin };
         let task = tokio::spawn(async move {
             let _ = node
                 .run_until(listeners, config, async move {
@@ -292,7 +306,7 @@ impl TestNode {
         drop(probe);
         // …and wait until the probe's session has ended, so it holds no connection slot.
         for _ in 0..200 {
-            if shared.counters.connections_now.load(std::sync::atomic::Ordering::Relaxed) == 0 {
+            if shared.connections_open() == 0 {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(10)).await;

@@ -4,8 +4,8 @@
 
 use crate::auth::LoginCache;
 use crate::metrics::AuthOutcome;
-use crate::server::Shared;
 use crate::session::{Action, AuthVerdict, Session};
+use crate::shared::Shared;
 use mtac_ruleset::model::Farm;
 use std::time::Duration;
 
@@ -93,7 +93,7 @@ fn ban_for_auth(shared: &Shared, farm: &Farm, ip: std::net::IpAddr, max: u32) {
     share_ban(shared, scope, net, AUTH_BAN.as_secs());
 }
 
-/// Tell the farm's other nodes of a ban through Redis (they mirror it: server::mirror_bans).
+/// Tell the farm's other nodes of a ban through Redis (they mirror it: node::tasks::mirror_bans).
 pub(super) fn share_ban(shared: &Shared, scope: crate::guard::BanFarm, net: ipnet::IpNet, seconds: u64) {
     if let Some(crate::state::Store::Redis(redis)) = shared.state.clone() {
         tokio::spawn(async move {

@@ -3,8 +3,8 @@
 //! only the MIME rules (mail-parser) hold it in memory.
 
 use crate::metrics::{FarmLabel, ScanResult, ScannerLabel};
-use crate::server::Shared;
 use crate::session::Session;
+use crate::shared::Shared;
 use crate::smtp::{EnhancedCode, Reply};
 use crate::spool::SpoolFile;
 use mtac_ruleset::model::Farm;

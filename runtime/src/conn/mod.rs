@@ -34,8 +34,8 @@ pub use prepare::rate_exceeded;
 
 use crate::lookups::{Lookups, Needs};
 use crate::relay::Transaction;
-use crate::server::{Delivery, Shared, Shutdown, Snapshot};
 use crate::session::{Action, Session};
+use crate::shared::{Delivery, Shared, Shutdown, Snapshot};
 use crate::smtp::{parse, Frame, LineReader, Reply};
 use crate::tls::SmtpStream;
 use mtac_ruleset::model::{Farm, Stage};

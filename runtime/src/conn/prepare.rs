@@ -5,8 +5,8 @@
 //! costs no lookup.
 
 use crate::lookups::Lookups;
-use crate::server::Shared;
 use crate::session::{Action, Session};
+use crate::shared::Shared;
 use crate::smtp::{EnhancedCode, Reply};
 use mtac_ruleset::model::{Farm, RateSubject, Stage};
 use mtac_ruleset::rules;

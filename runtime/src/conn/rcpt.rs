@@ -8,8 +8,8 @@ use super::report::relay_error;
 use super::{Conn, Ctx, End};
 use crate::metrics::GreylistOutcome;
 use crate::relay::{Envelope, Relay, Transaction};
-use crate::server::{Delivery, Shared, Snapshot};
 use crate::session::{Action, GreylistAnswer, Refusal, Session};
+use crate::shared::{Delivery, Shared, Snapshot};
 use crate::smtp::{EnhancedCode, Reply};
 use crate::state::{GreylistVerdict, Timings, Triplet};
 use mtac_ruleset::eval::{DirectoryAnswer, ReverseDns};
@@ -27,7 +27,7 @@ pub(super) async fn ask_directory(
     recipient: &str,
 ) -> DirectoryAnswer {
     let Some(directory) = snapshot.directory(farm_index) else {
-        // A ruleset with a directory always gets its client (server::Snapshot::new).
+        // A ruleset with a directory always gets its client (shared::Snapshot::new).
         return DirectoryAnswer::Unavailable;
     };
     let (answer, source) = directory.lookup(recipient).await;
@@ -60,7 +60,7 @@ pub(super) async fn greylist(
     fail_open: bool,
 ) -> GreylistAnswer {
     let (Some(settings), Some(store)) = (&farm.greylist, shared.state.as_ref()) else {
-        // The node opens its store whenever a farm greylists (server::Node::new).
+        // The node opens its store whenever a farm greylists (node::Node::new).
         return GreylistAnswer::Pass { client: None };
     };
     let client = greylist_client(settings, session);

@@ -4,8 +4,8 @@
 
 use super::End;
 use crate::metrics::{FarmLabel, MessageOutcome, RelayError, SessionEnd, Verdict};
-use crate::server::Shared;
 use crate::session::{Action, Session};
+use crate::shared::Shared;
 use crate::smtp::Reply;
 use mtac_ruleset::model::Farm;
 use mtac_ruleset::rules;

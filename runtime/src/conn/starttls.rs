@@ -4,8 +4,8 @@
 
 use super::{Conn, Ctx, End};
 use crate::metrics::FarmLabel;
-use crate::server::Snapshot;
 use crate::session::Session;
+use crate::shared::Snapshot;
 use crate::smtp::Reply;
 use mtac_ruleset::model::Farm;
 use std::time::Duration;

@@ -1,0 +1,224 @@
+//! The connect phase: listening sockets, and the accept loop that turns a connection away or
+//! gives it a session task — bans, the connection rate, the farm's and each client's
+//! connection limits, in that order, each refusal one non-blocking write and a close.
+//!
+//! **Invariant:** every session task holds a [`Slot`] from accept to its end; dropping it gives
+//! back the farm's and the client's connection slots, lowers `mtac_connections_active` and
+//! drops the task's drain [`Guard`], so the limits, the gauge and the drain cannot disagree.
+
+use super::drain::Guard;
+use crate::metrics::{FarmLabel, RefusedAtAccept};
+use crate::shared::Shared;
+use mtac_ruleset::model::{self, BanResponse, RateSubject};
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use tokio::net::{TcpListener, TcpStream};
+
+/// A listening socket with a deep backlog: a spam wave arrives as a burst of connects.
+pub(super) fn bind(address: SocketAddr) -> std::io::Result<TcpListener> {
+    let domain = if address.is_ipv4() { socket2::Domain::IPV4 } else { socket2::Domain::IPV6 };
+    let socket = socket2::Socket::new(domain, socket2::Type::STREAM, Some(socket2::Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    if address.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    socket.set_nonblocking(true)?;
+    socket.bind(&address.into())?;
+    socket.listen(4096)?;
+    TcpListener::from_std(socket.into())
+}
+
+/// Connection counts of one farm, shared by its listeners.
+#[derive(Default)]
+pub(super) struct FarmLimits {
+    total: AtomicU32,
+    per_ip: Mutex<HashMap<IpAddr, u32>>,
+}
+
+/// Holds a farm connection slot, the client's per-IP slot and a drain guard; all are released
+/// on drop.
+struct Slot {
+    limits: Arc<FarmLimits>,
+    ip: Option<IpAddr>,
+    shared: Arc<Shared>,
+    _drain: Guard,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.limits.total.fetch_sub(1, Ordering::Relaxed);
+        self.shared.metrics.connections_active.dec();
+        if let Some(ip) = self.ip {
+            let mut map = self.limits.per_ip.lock().unwrap_or_else(PoisonError::into_inner);
+            if let Some(count) = map.get_mut(&ip) {
+                *count = count.saturating_sub(1);
+                if *count == 0 {
+                    map.remove(&ip);
+                }
+            }
+        }
+    }
+}
+
+/// Refuse a connection cheaply: one non-blocking write and close, no task.
+fn refuse(stream: TcpStream, text: &str) {
+    let _ = stream.try_write(text.as_bytes());
+}
+
+/// One listener of `farm`: accept until the task is aborted, each session task holding a clone
+/// of `drain`.
+pub(super) async fn accept_loop(
+    listener: TcpListener,
+    farm: String,
+    implicit_tls: bool,
+    limits: Arc<FarmLimits>,
+    shared: Arc<Shared>,
+    drain: Guard,
+) {
+    // Looked up on the first connection (so the series appears then, as it always did) and
+    // kept: counting a connection is then one relaxed atomic increment.
+    let mut accepted = None;
+    loop {
+        let Some((stream, peer)) = crate::shared::accepted(listener.accept().await, "accept failed").await else {
+            continue;
+        };
+        accepted
+            .get_or_insert_with(|| shared.metrics.connections.get_or_create_owned(&FarmLabel { farm: farm.clone() }))
+            .inc();
+        let refused = |reason: &'static str| {
+            shared.metrics.refused_at_accept.get_or_create(&RefusedAtAccept { farm: farm.clone(), reason }).inc();
+        };
+        let snapshot = shared.snapshot();
+        let Some((_, farm_model)) = snapshot.farm(&farm) else {
+            refuse(stream, "421 4.3.2 Service not available\r\n");
+            continue;
+        };
+        let peer = normalize(peer);
+        let ip = peer.ip();
+        let mut banned = false;
+        if shared.bans.is_banned(&farm, ip, &farm_model.bans) {
+            if let Some(count) = shared.ban_refusals.note(&farm) {
+                tracing::info!(farm = farm.as_str(), client = %ip, refused = count, "banned clients turned away (one line per farm every 10 s at most)");
+            }
+            match farm_model.ban_response {
+                // On an implicit-TLS listener the client's first bytes are a TLS ClientHello: a
+                // plain-text 521 is noise to it, and a handshake to say 521 inside TLS would spend
+                // the CPU a ban is meant to save. Closing says "not now" as well.
+                BanResponse::Close521 if implicit_tls => {
+                    refused("ban");
+                    drop(stream);
+                    continue;
+                }
+                BanResponse::Close521 => {
+                    refused("ban");
+                    refuse(stream, "521 5.3.2 Client host rejected: banned for a while, do not retry now\r\n");
+                    continue;
+                }
+                BanResponse::RefuseRecipients => banned = true,
+            }
+        }
+        // With Redis the connection rate is the farm's, counted in the session's task (below) so
+        // the accept loop never waits on the network.
+        let farm_rates = matches!(shared.state, Some(crate::state::Store::Redis(_)));
+        if !farm_rates {
+            if let Some(limit) = shared.rates.count(&farm, RateSubject::Connections, ip, &farm_model.rate_limits) {
+                refused("rate");
+                let reply = crate::session::policy_reply(&limit.reply);
+                refuse(stream, &String::from_utf8_lossy(&reply.to_bytes()));
+                continue;
+            }
+        }
+        let check_farm_rate =
+            farm_rates && farm_model.rate_limits.iter().any(|l| l.subject == RateSubject::Connections);
+        let max_total = farm_model.limits.connections;
+        let max_per_ip = farm_model.limits.connections_per_ip;
+        let exempt = farm_model.trust_loopback && model::is_loopback(peer.ip());
+        drop(snapshot);
+        if limits.total.fetch_add(1, Ordering::Relaxed) >= max_total {
+            limits.total.fetch_sub(1, Ordering::Relaxed);
+            refused("limit");
+            refuse(stream, "421 4.7.0 Too many connections, try again later\r\n");
+            continue;
+        }
+        // An IPv6 host owns a /64: count it as one client, as bans and rate limits do.
+        let ip = if exempt { None } else { Some(per_ip_key(peer.ip())) };
+        if let Some(ip) = ip {
+            let mut map = limits.per_ip.lock().unwrap_or_else(PoisonError::into_inner);
+            let count = map.entry(ip).or_insert(0);
+            if *count >= max_per_ip {
+                drop(map);
+                limits.total.fetch_sub(1, Ordering::Relaxed);
+                refused("limit");
+                refuse(stream, "421 4.7.0 Too many connections from your address, try again later\r\n");
+                continue;
+            }
+            *count += 1;
+        }
+        shared.metrics.connections_active.inc();
+        let slot = Slot { limits: limits.clone(), ip, shared: shared.clone(), _drain: drain.clone() };
+        let id = shared.next_id();
+        let shared = shared.clone();
+        let farm = farm.clone();
+        tokio::spawn(async move {
+            let _slot = slot;
+            if check_farm_rate {
+                let snapshot = shared.snapshot();
+                let limit = match snapshot.farm(&farm) {
+                    Some((_, model)) => {
+                        crate::conn::rate_exceeded(&shared, model, RateSubject::Connections, peer.ip()).await
+                    }
+                    None => None,
+                };
+                if let Some(reply) = limit {
+                    let labels = RefusedAtAccept { farm: farm.clone(), reason: "rate" };
+                    shared.metrics.refused_at_accept.get_or_create(&labels).inc();
+                    let mut stream = stream;
+                    let _ = tokio::io::AsyncWriteExt::write_all(&mut stream, &reply.to_bytes()).await;
+                    return;
+                }
+            }
+            crate::conn::serve(stream, peer, &farm, implicit_tls, shared, id, banned).await;
+        });
+    }
+}
+
+/// The key of the per-IP connection count: the address, or its /64 for IPv6.
+fn per_ip_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => {
+            let bits = u128::from(v6) & !((1u128 << 64) - 1);
+            IpAddr::V6(bits.into())
+        }
+        v4 => v4,
+    }
+}
+
+/// IPv4-mapped IPv6 peers (dual-stack sockets) are IPv4 clients for every check and limit.
+fn normalize(peer: SocketAddr) -> SocketAddr {
+    match peer {
+        SocketAddr::V6(v6) => match v6.ip().to_ipv4_mapped() {
+            Some(v4) => SocketAddr::new(IpAddr::V4(v4), v6.port()),
+            None => peer,
+        },
+        v4 => v4,
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::{normalize, per_ip_key};
+    use std::net::{IpAddr, SocketAddr};
+
+    #[test]
+    fn an_ipv6_client_is_its_64_and_a_mapped_ipv4_client_is_ipv4() {
+        let a: IpAddr = "2001:db8:1:2:aaaa::1".parse().unwrap();
+        let b: IpAddr = "2001:db8:1:2:bbbb::2".parse().unwrap();
+        assert_eq!(per_ip_key(a), per_ip_key(b));
+        assert_eq!(per_ip_key("192.0.2.7".parse().unwrap()), "192.0.2.7".parse::<IpAddr>().unwrap());
+        let mapped: SocketAddr = "[::ffff:192.0.2.7]:25".parse().unwrap();
+        assert_eq!(normalize(mapped), "192.0.2.7:25".parse::<SocketAddr>().unwrap());
+    }
+}

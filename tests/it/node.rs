@@ -1,0 +1,104 @@
+//! The node's lifetime as a client sees it: the drain waits for the sessions themselves (a
+//! completion guard, not a polled counter), bounded by the grace period; and `/status` and
+//! `/metrics` read one set of counts.
+
+use crate::support::{code, relay_policy, sample, Behaviour, Client, Sink, TestNode};
+use std::time::{Duration, Instant};
+
+/// A session of `node` inside DATA: a transaction the drain lets finish.
+async fn in_data(node: &TestNode) -> Client {
+    let mut c = Client::connect(node.addr).await;
+    assert_eq!(code(&c.reply().await), 220);
+    assert_eq!(code(&c.cmd("EHLO client.example.org").await), 250);
+    assert_eq!(code(&c.cmd("MAIL FROM:<a@example.org>").await), 250);
+    assert_eq!(code(&c.cmd("RCPT TO:<b@example.test>").await), 250);
+    assert_eq!(code(&c.cmd("DATA").await), 354);
+    c.send(b"Subject: in flight\r\n\r\npart one\r\n").await;
+    c
+}
+
+/// Wait until the node drains (it answers `/status` with `draining`).
+async fn until_draining(node: &mtac_runtime::shared::Shared) {
+    for _ in 0..200 {
+        if node.stopping() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("the node never began to drain");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopping_node_finishes_as_soon_as_its_last_session_ends_not_at_the_deadline() {
+    let sink = Sink::start(Behaviour::default()).await;
+    let grace = Duration::from_secs(30);
+    let mut node = TestNode::start_with_grace(&relay_policy(""), Some(sink.addr), grace).await;
+    let mut busy = in_data(&node).await;
+    let shared = node.shared.clone();
+    let stopping = tokio::spawn(async move {
+        node.stop().await;
+        Instant::now()
+    });
+    until_draining(&shared).await;
+    drop(shared);
+    let r = busy.cmd(".").await;
+    assert_eq!(code(&r), 250, "the transaction in flight finishes: {r}");
+    let ended = Instant::now();
+    // The session ends by itself (421 at its next command, the node drains); the node follows.
+    let stopped = tokio::time::timeout(Duration::from_secs(10), stopping).await.expect("the node stopped").unwrap();
+    let after = stopped.saturating_duration_since(ended);
+    assert!(after < Duration::from_secs(3), "stopped {after:?} after its last session ended (grace {grace:?})");
+    assert_eq!(sink.messages().len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_that_hangs_holds_the_drain_only_until_the_grace_period_ends() {
+    let sink = Sink::start(Behaviour::default()).await;
+    let grace = Duration::from_secs(1);
+    let mut node = TestNode::start_with_grace(&relay_policy(""), Some(sink.addr), grace).await;
+    let mut hanging = in_data(&node).await;
+    let started = Instant::now();
+    let stopping = tokio::spawn(async move {
+        node.stop().await;
+        Instant::now()
+    });
+    // The client never ends its DATA: at the deadline it is told 421 and the node stops.
+    let r = hanging.reply().await;
+    assert!(r.starts_with("421 4.3.2"), "{r}");
+    let told = started.elapsed();
+    assert!(told >= grace, "told to go after {told:?}, before the grace period of {grace:?} ended");
+    let stopped = tokio::time::timeout(Duration::from_secs(10), stopping).await.expect("the node stopped").unwrap();
+    let took = stopped.saturating_duration_since(started);
+    assert!(took < grace + Duration::from_secs(3), "stopped {took:?} after the stop (grace {grace:?})");
+    assert!(sink.messages().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_and_metrics_read_the_same_counts() {
+    let sink = Sink::start(Behaviour::default()).await;
+    let mut node = TestNode::start(&relay_policy(""), Some(sink.addr)).await;
+    let mut open = Client::connect(node.addr).await;
+    assert_eq!(code(&open.reply().await), 220);
+    let mut closed = Client::connect(node.addr).await;
+    assert_eq!(code(&closed.reply().await), 220);
+    assert_eq!(code(&closed.cmd("QUIT").await), 221);
+    drop(closed);
+    for _ in 0..200 {
+        if node.shared.connections_open() == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let metrics = node.metrics().await;
+    let status = mtac_runtime::admin::Status::of(&node.shared);
+    // The readiness probe of TestNode::start is one more connection.
+    assert_eq!(sample(&metrics, r#"mtac_connections_total{farm="mx"}"#), 3.0, "{metrics}");
+    assert_eq!(status.connections_total, 3);
+    assert_eq!(sample(&metrics, "mtac_connections_active"), 1.0);
+    assert_eq!(status.connections_active, 1);
+    assert_eq!(sample(&metrics, r#"mtac_reloads_total{result="ok"}"#), 0.0);
+    assert_eq!((status.reloads_ok, status.reloads_failed), (0, 0));
+    assert_eq!(sample(&metrics, "mtac_ruleset_loaded_timestamp_seconds"), status.ruleset_loaded_at);
+    assert_eq!(code(&open.cmd("QUIT").await), 221);
+    node.stop().await;
+}
