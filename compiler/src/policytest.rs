@@ -184,7 +184,12 @@ pub fn run_session(
     let outcome = match simulation.refusal() {
         Some((stage, decision)) => Outcome {
             stage: Some(stage),
-            reply: decision.reply.as_ref().map(|r| r.to_string()).unwrap_or_default(),
+            // At connect the refusal is the greeting, as the node sends it.
+            reply: match &decision.reply {
+                Some(r) if stage == Stage::Connect => r.as_greeting(&ruleset.policy().hostname).to_string(),
+                Some(r) => r.to_string(),
+                None => String::new(),
+            },
             rule: decision.rule.clone(),
         },
         None => Outcome { stage: None, reply: "accept".to_owned(), rule: None },

@@ -109,6 +109,29 @@ const MX_SCRIPTS: &[Script] = &[
     mx("a bounce to a known user", "127.0.0.10", "mail.example.org", Some(""), "jane@example.test", "accept"),
 ];
 
+/// The MX farm refusing and deferring clients at connect, where the refusal is the greeting.
+const MX_AT_CONNECT: &str = r#"hostname "mx.test.example"
+spool "{dir}/spool"
+farm "mx" kind="inbound-mx" {
+    listen "127.0.0.1:0"
+    local-domains "example.test"
+    access stage="connect" {
+        reject "127.0.0.66/32" reply="550 5.7.1 Go away"
+        defer "127.0.0.67/32"
+    }
+    relay {
+        backend "smtp://{backend}"
+    }
+}
+"#;
+
+// Issue 15: `explain` showed the policy's own reply at connect, which the node never sends.
+const CONNECT_SCRIPTS: &[Script] = &[
+    mx("a refused client is refused by the greeting", "127.0.0.66", "", None, "", "554 5.7.1 mx.test.example Go away"),
+    mx("a deferred client gets a 421 greeting", "127.0.0.67", "", None, "", "421 4.7.0 mx.test.example"),
+    mx("anyone else is greeted", "127.0.0.10", "mail.example.org", ALICE, "postmaster", "accept"),
+];
+
 /// A submission session from 127.0.0.1, in TLS or not, authenticated as `user` or not.
 const fn sub(
     name: &'static str,
@@ -250,6 +273,8 @@ async fn issue15_explain_answers_every_scripted_session_as_the_node_does() {
     let sink = Sink::start(Behaviour::default()).await;
     let mx = TestNode::start(MX, Some(sink.addr)).await;
     let mut differences = compare(&mx, None, "mx", MX_SCRIPTS).await;
+    let at_connect = TestNode::start(MX_AT_CONNECT, Some(sink.addr)).await;
+    differences.extend(compare(&at_connect, None, "mx", CONNECT_SCRIPTS).await);
 
     let dir = tempfile::tempdir().unwrap();
     let (cert, key) = certificate(dir.path());
