@@ -26,4 +26,5 @@ farm "mx" kind="inbound-mx" {
     }
 }
 POLICY
-exec "${MTAC_BIN:-$here/../target/release/mtac}" run --policy "$state/policy.kdl"
+# No admin listener: several fronts (old and new binaries) may run side by side in one harness run.
+exec "${MTAC_BIN:-$here/../target/release/mtac}" run --policy "$state/policy.kdl" --admin off
