@@ -44,6 +44,7 @@
 //! assert_eq!(buf, b"QUIT\r\n");
 //! ```
 
+pub mod address;
 pub mod command;
 pub mod data;
 #[doc(hidden)]
