@@ -49,3 +49,31 @@ fn the_layers_below_node_never_import_it() {
     }
     assert!(wrong.is_empty(), "a lower layer names a higher one:\n{}", wrong.join("\n"));
 }
+
+/// `session/` and `smtp/` do no I/O: no socket, file, clock or task, so unit tests drive them
+/// line by line and the driver (`conn/`) owns every wait. Their test files may read files.
+#[test]
+fn the_sans_io_rooms_name_no_io() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let forbidden =
+        ["tokio", "std::fs", "TcpStream", "TcpListener", "UdpSocket", "SystemTime", "Instant::now", "std::thread"];
+    let mut wrong = Vec::new();
+    for module in ["session", "smtp"] {
+        let files = sources(&src.join(module));
+        assert!(!files.is_empty(), "no source files for `{module}`: update this test with the layout");
+        for file in files.iter().filter(|f| !f.ends_with("tests.rs")) {
+            let text = std::fs::read_to_string(file).unwrap();
+            // A test module at the end of a file may use what it likes.
+            let code = text.split("#[cfg(test)]").next().unwrap_or_default();
+            for (number, line) in code.lines().enumerate() {
+                if line.trim_start().starts_with("//") {
+                    continue;
+                }
+                for name in forbidden.iter().filter(|name| line.contains(*name)) {
+                    wrong.push(format!("{}:{}: {module} names {name}: {}", file.display(), number + 1, line.trim()));
+                }
+            }
+        }
+    }
+    assert!(wrong.is_empty(), "a sans-I/O room does I/O:\n{}", wrong.join("\n"));
+}
