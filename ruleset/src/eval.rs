@@ -340,8 +340,7 @@ pub fn dkim_signing<'k>(sign: Option<&'k DkimSign>, authenticated: bool, from: &
     sign.keys
         .iter()
         .filter(|key| {
-            domain == key.domain
-                || domain.strip_suffix(key.domain.as_str()).is_some_and(|head| head.ends_with('.'))
+            domain == key.domain || domain.strip_suffix(key.domain.as_str()).is_some_and(|head| head.ends_with('.'))
         })
         .max_by_key(|key| key.domain.len())
         .map_or(Signing::NoKey, Signing::Key)

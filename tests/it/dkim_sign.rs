@@ -64,8 +64,7 @@ sys.exit(0 if dkim.verify(message, dnsfunc=dns) else 1)
 "#,
         dns.join(", ")
     );
-    let out =
-        Command::new("/usr/bin/python3").arg("-c").arg(script).arg(dir.path().join("message.eml")).output().ok();
+    let out = Command::new("/usr/bin/python3").arg("-c").arg(script).arg(dir.path().join("message.eml")).output().ok();
     match out.as_ref().and_then(|o| o.status.code()) {
         Some(0) => Some(true),
         Some(1) => Some(false),
@@ -137,7 +136,8 @@ async fn issue16_submission_mail_is_signed_and_verified_by_python_dkim() {
     assert_eq!(got.len(), 3);
     let records = [record(&rsa_key, "s2026", "example.test"), record(&ed_key, "ed2026", "example.net")];
     assert!(records[1].1.starts_with("v=DKIM1; k=ed25519; p="), "{:?}", records[1]);
-    for (message, (domain, algorithm)) in got.iter().zip([("example.test", "rsa-sha256"), ("example.net", "ed25519-sha256")])
+    for (message, (domain, algorithm)) in
+        got.iter().zip([("example.test", "rsa-sha256"), ("example.net", "ed25519-sha256")])
     {
         let text = String::from_utf8_lossy(&message.data);
         assert!(text.starts_with("DKIM-Signature: v=1; a="), "the signature comes first:\n{text}");
@@ -168,7 +168,11 @@ fn issue16_check_refuses_weak_keys_and_keys_outside_the_tree() {
     let dkim = r#"dkim-sign {
         key "example.test" selector="s1" file="keys/weak.pem"
     }"#;
-    std::fs::write(&policy, signing_policy(&cert, &tls_key, dkim).replace("{dir}", "/tmp").replace("{backend}", "127.0.0.1:25")).unwrap();
+    std::fs::write(
+        &policy,
+        signing_policy(&cert, &tls_key, dkim).replace("{dir}", "/tmp").replace("{backend}", "127.0.0.1:25"),
+    )
+    .unwrap();
     let out = mtac(&["check", policy.to_str().unwrap()]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -185,7 +189,11 @@ fn issue16_check_refuses_weak_keys_and_keys_outside_the_tree() {
         key "example.test" selector="s1" file="{strong}"
     }}"#
     );
-    std::fs::write(&policy, signing_policy(&cert, &tls_key, &dkim).replace("{dir}", "/tmp").replace("{backend}", "127.0.0.1:25")).unwrap();
+    std::fs::write(
+        &policy,
+        signing_policy(&cert, &tls_key, &dkim).replace("{dir}", "/tmp").replace("{backend}", "127.0.0.1:25"),
+    )
+    .unwrap();
     let out = mtac(&["check", policy.to_str().unwrap()]);
     let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert_eq!(out.status.code(), Some(1), "{text}");

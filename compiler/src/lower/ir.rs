@@ -3,8 +3,8 @@
 
 use ipnet::IpNet;
 use mtac_ruleset::model::{
-    AccessAction, Auth, Backend, DkimSign, BanResponse, BanScope, BarePolicy, Directory, DnsSettings, DnsblAnswer, DnsblTarget,
-    FarmKind, GreylistKey, Listener, MimeRules, RateLimit, Reply, ScannerKind, Stage, StateSettings,
+    AccessAction, Auth, Backend, BanResponse, BanScope, BarePolicy, Directory, DkimSign, DnsSettings, DnsblAnswer,
+    DnsblTarget, FarmKind, GreylistKey, Listener, MimeRules, RateLimit, Reply, ScannerKind, Stage, StateSettings,
 };
 use std::net::SocketAddr;
 

@@ -376,6 +376,30 @@ pub(super) fn summarise(reporter: &mut Reporter, more: usize, what: &str) {
     }
 }
 
+/// `dkim-sign` signs authenticated users' mail only: on a farm without `auth` it would never
+/// sign (an error, not a silent no-op); with `auth header-from="any"` every user can have any
+/// address of a signing domain signed, which a verifier then takes as the domain's word.
+fn dkim_sign(reporter: &mut Reporter, farm: &DraftFarm, origin: Origin) {
+    let name = &farm.name;
+    match &farm.auth {
+        None => reporter.report(
+            Diag::error("mtac::dkim::no-auth", format!("farm `{name}` signs with DKIM but has no `auth`"))
+                .help("dkim-sign signs the mail of authenticated users only: add `auth`, or remove dkim-sign"),
+            origin,
+            "would never sign",
+        ),
+        Some((auth, _)) if !auth.header_from_owned => reporter.report(
+            Diag::warning("mtac::dkim::header-from", format!("farm `{name}` signs any From address its users write"))
+                .help(
+                "add `auth header-from=\"owned\"`, so a user's mail is signed only for the addresses they may send as",
+            ),
+            origin,
+            "any user can sign as anyone at the domain",
+        ),
+        Some(_) => {}
+    }
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::indexing_slicing)]
 mod tests {
@@ -420,31 +444,5 @@ farm "mx" kind="inbound-mx" {{
             assert_eq!(errors[0].0, format!("no rule `{elsewhere}` in farm `mx`"));
             assert!(errors[0].1.contains("dnsbl"), "{elsewhere}: the help names the farm's rules: {errors:?}");
         }
-    }
-}
-
-/// `dkim-sign` signs authenticated users' mail only: on a farm without `auth` it would never
-/// sign (an error, not a silent no-op); with `auth header-from="any"` every user can have any
-/// address of a signing domain signed, which a verifier then takes as the domain's word.
-fn dkim_sign(reporter: &mut Reporter, farm: &DraftFarm, origin: Origin) {
-    let name = &farm.name;
-    match &farm.auth {
-        None => reporter.report(
-            Diag::error("mtac::dkim::no-auth", format!("farm `{name}` signs with DKIM but has no `auth`")).help(
-                "dkim-sign signs the mail of authenticated users only: add `auth`, or remove dkim-sign",
-            ),
-            origin,
-            "would never sign",
-        ),
-        Some((auth, _)) if !auth.header_from_owned => reporter.report(
-            Diag::warning(
-                "mtac::dkim::header-from",
-                format!("farm `{name}` signs any From address its users write"),
-            )
-            .help("add `auth header-from=\"owned\"`, so a user's mail is signed only for the addresses they may send as"),
-            origin,
-            "any user can sign as anyone at the domain",
-        ),
-        Some(_) => {}
     }
 }
