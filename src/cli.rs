@@ -84,6 +84,8 @@ enum Command {
     Status(crate::status::StatusArgs),
     /// Show a node's greylist and ban state (counts, bans with their expiry, one client or triplet), or lift a ban, on its admin socket
     State(crate::status::StateArgs),
+    /// Print the DNS TXT record that publishes a DKIM key (`dkim-sign`)
+    DkimRecord(crate::dkim_record::DkimRecordArgs),
     /// Print shell completions
     Completions {
         /// The shell
@@ -238,6 +240,7 @@ pub fn dispatch(cli: Cli) -> Result<ExitCode, String> {
         Command::Run(args) => crate::cli::run(args),
         Command::Status(args) => crate::status::status(&args),
         Command::State(args) => crate::status::state(&args),
+        Command::DkimRecord(args) => crate::dkim_record::dkim_record(&args),
         Command::Completions { shell } => {
             // Generated into memory: clap_complete panics when its writer fails.
             let mut script = Vec::new();

@@ -237,6 +237,7 @@ fn emit_farm(farm: &DraftFarm, hostname: &str, tables: &mut Tables) -> Farm {
             required: t.required,
         }),
         auth: farm.auth.as_ref().map(|(a, _)| a.clone()),
+        dkim_sign: farm.dkim_sign.as_ref().map(|(d, _)| d.clone()),
         directory: farm.directory.as_ref().map(|(d, _)| d.clone()),
         bare_line_ends: farm.bare_line_ends,
         ban_response: farm.ban_response.map_or(BanResponse::Close521, |(r, _)| r),

@@ -139,6 +139,8 @@ pub const NODES: &[Node] = &[
     child("auth", "ldap", "auth"),
     child("auth", "user", "auth"),
     child("auth", "may-send-as", "auth"),
+    once("dkim-sign", Lowerer::dkim_sign),
+    child("dkim-sign", "key", "dkim-sign"),
     once("directory", Lowerer::directory),
     child("directory", "attributes", "directory"),
     child("directory", "filter", "directory"),

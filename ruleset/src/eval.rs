@@ -16,7 +16,9 @@
 //! whatever the client's trust. HELO and sender hygiene checks count as anti-spam checks: trust and
 //! role accounts skip them.
 
-use crate::model::{AccessAction, Check, Dnsbl, DnsblTarget, Farm, FarmKind, Reply, Stage, Step, TableId};
+use crate::model::{
+    AccessAction, Check, DkimSign, DkimSignKey, Dnsbl, DnsblTarget, Farm, FarmKind, Reply, Stage, Step, TableId,
+};
 use crate::syntax;
 use std::net::{IpAddr, Ipv4Addr};
 
@@ -310,6 +312,38 @@ pub fn may_send_as(tables: &dyn Lookup, farm: &Farm, user: &str, sender: &str) -
     let Some((local, domain)) = sender.rsplit_once('@') else { return false };
     local.eq_ignore_ascii_case(user)
         && farm.local_domains.is_some_and(|t| tables.domain(t, &domain.to_ascii_lowercase()).is_some())
+}
+
+/// Whether, and with which key, a message is DKIM-signed (`dkim-sign`), from who sent it and the
+/// addresses of its header From.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Signing<'k> {
+    /// The farm does not sign, or the sender did not authenticate: nothing to count.
+    Off,
+    /// Not signed: no key for the From domain, or not exactly one From address (RFC 5322 allows
+    /// several; DMARC cannot align such a message, so a signature would not help it).
+    NoKey,
+    Key(&'k DkimSignKey),
+}
+
+/// The signing decision: only authenticated users' mail is signed (what the farm relays for
+/// anyone else is not its users' to vouch for), with the key of the From domain or of its
+/// closest parent (`d=example.org` is aligned with `From: …@mail.example.org` under DMARC's
+/// default relaxed alignment). The envelope sender's domain is never used: a signature that does
+/// not align with the From domain does nothing for DMARC, and signing mail for a domain the
+/// author did not write would vouch for another domain's name.
+pub fn dkim_signing<'k>(sign: Option<&'k DkimSign>, authenticated: bool, from: &[String]) -> Signing<'k> {
+    let Some(sign) = sign.filter(|_| authenticated) else { return Signing::Off };
+    let [address] = from else { return Signing::NoKey };
+    let Some((_, domain)) = address.rsplit_once('@') else { return Signing::NoKey };
+    let domain = domain.trim_end_matches('.').to_ascii_lowercase();
+    sign.keys
+        .iter()
+        .filter(|key| {
+            domain == key.domain || domain.strip_suffix(key.domain.as_str()).is_some_and(|head| head.ends_with('.'))
+        })
+        .max_by_key(|key| key.domain.len())
+        .map_or(Signing::NoKey, Signing::Key)
 }
 
 /// Why the client is trusted (anti-spam checks skipped), if it is.

@@ -29,6 +29,7 @@
 #![deny(unsafe_code)]
 
 pub mod container;
+pub mod dkim;
 pub mod eval;
 mod fst_nodes;
 #[doc(hidden)]

@@ -167,6 +167,8 @@ pub struct Farm {
     pub relay: Relay,
     pub tls: Option<Tls>,
     pub auth: Option<Auth>,
+    /// DKIM signing of authenticated users' mail (`dkim-sign`).
+    pub dkim_sign: Option<DkimSign>,
     /// Recipients validated against a directory (LDAP) at RCPT.
     pub directory: Option<Directory>,
     /// What to do with bare CR, bare LF and NUL in DATA.
@@ -577,6 +579,30 @@ pub struct Backend {
 pub enum BackendProtocol {
     Smtp,
     Lmtp,
+}
+
+/// `dkim-sign`: the keys an authenticated user's mail is signed with, by the domain of its
+/// header From. The keys themselves are not in the ruleset: the node reads each file when it
+/// loads the ruleset (as it reads the TLS key), so the ruleset stays a file that may be copied,
+/// inspected and pushed without being a secret.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DkimSign {
+    /// One per signing domain, sorted by domain.
+    pub keys: Vec<DkimSignKey>,
+    /// The header fields to sign, in the signature's `h=` order; `From` appears twice (signed
+    /// once more than it occurs, so a second From cannot be added without breaking it).
+    pub headers: Vec<String>,
+}
+
+/// One signing key: `key "example.org" selector="s2026" file="keys/example.org.pem"`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DkimSignKey {
+    /// The signing domain (`d=`), lowercase, without a final dot.
+    pub domain: String,
+    /// The selector (`s=`): the key is published at `SELECTOR._domainkey.DOMAIN`.
+    pub selector: String,
+    /// The PEM file, absolute (resolved against the policy's directory when compiled).
+    pub file: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -108,6 +108,7 @@ pub const TLS_REQUIRED: &str = "tls.required";
 pub const AUTH_HEADER_FROM: &str = "auth.header-from";
 pub const BACKEND: &str = "backend";
 pub const LOCAL_DELIVERY: &str = "local-delivery";
+pub const DKIM_SIGN: &str = "dkim-sign";
 pub const SPOOL: &str = "spool";
 pub const BARE_LINE_END: &str = "bare-line-end";
 pub const SIZE: &str = "size";
@@ -167,6 +168,7 @@ pub const RULES: &[Rule] = &[
     node(AUTH_HEADER_FROM, Phase::Data, Replies::Permanent),
     node(BACKEND, Phase::Rcpt, Replies::Either),
     node(LOCAL_DELIVERY, Phase::Data, Replies::Temporary),
+    node(DKIM_SIGN, Phase::Data, Replies::Temporary),
     node(SPOOL, Phase::Data, Replies::Temporary),
     node(BARE_LINE_END, Phase::Data, Replies::Permanent),
     node(SIZE, Phase::Data, Replies::Permanent),

@@ -30,6 +30,7 @@ pub mod admin;
 pub mod auth;
 pub mod conn;
 pub mod directory;
+pub mod dkim_sign;
 pub mod dns;
 pub mod guard;
 pub mod lookups;

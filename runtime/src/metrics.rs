@@ -89,6 +89,11 @@ label_sets! {
         result: &'static str,
     }
     ZoneLabel { zone: String }
+    DkimSigning {
+        farm: String,
+        /// `signed`, `no-key` (no key for the From domain, or not one From address), `failed`.
+        result: &'static str,
+    }
     RelayError {
         farm: String,
         /// `rcpt` (opening the transaction or a recipient) or `data`.
@@ -178,6 +183,8 @@ metrics! {
     auth: Family<AuthOutcome, Counter>, "auth", "SMTP AUTH attempts, by outcome";
     auth_cached: Counter, "auth_cache_hits",
         "Successful AUTH answered from the login cache (no password hash, no LDAP bind)";
+    dkim_signatures: Family<DkimSigning, Counter>, "dkim_signatures",
+        "Authenticated users' messages on farms with dkim-sign, by whether they were signed";
     tls_sessions: Family<FarmLabel, Counter>, "tls_sessions", "Sessions that started TLS";
     viruses: Family<FarmLabel, Counter>, "viruses", "Messages refused for a virus";
     spam_score: Histograms<ScannerLabel> = Family::new_with_constructor(score_histogram), "spam_score",

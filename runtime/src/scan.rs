@@ -92,13 +92,20 @@ pub enum Finding {
     },
 }
 
-/// The envelope facts rspamd wants alongside the message.
+/// The envelope facts rspamd wants alongside the message, so its own checks (SPF, hfilter,
+/// reputation, its skips for authenticated users) see the session the node saw.
 #[derive(Debug, Clone, Default)]
 pub struct Envelope {
     pub client: String,
+    /// The client's reverse-DNS name, only when forward-confirmed (FCrDNS). Otherwise no
+    /// `Hostname` is sent: rspamd 3.4 takes any value, `unknown` included, as a name that
+    /// resolved, and scores a missing one as no reverse DNS (`RDNS_NONE`).
+    pub hostname: Option<String>,
     pub helo: String,
     pub sender: String,
     pub recipients: Vec<String>,
+    /// The authenticated user: rspamd skips its checks of the client and envelope for them.
+    pub user: Option<String>,
     pub queue_id: String,
 }
 
@@ -206,6 +213,12 @@ pub async fn rspamd(url: &str, message: Message<'_>, envelope: &Envelope) -> Res
         .header("Queue-Id", envelope.queue_id.as_str());
     for rcpt in &envelope.recipients {
         request = request.header("Rcpt", rcpt.as_str());
+    }
+    if let Some(hostname) = &envelope.hostname {
+        request = request.header("Hostname", hostname.as_str());
+    }
+    if let Some(user) = &envelope.user {
+        request = request.header("User", user.as_str());
     }
     // The body streams from the spool: hyper needs a body it owns, so it gets its own reader.
     let reader = message.spool.try_clone()?;

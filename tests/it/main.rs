@@ -8,6 +8,7 @@ mod architecture;
 mod auth_bans;
 mod cli;
 mod directory;
+mod dkim_sign;
 mod dnsbl;
 mod explain_node;
 mod greylist;

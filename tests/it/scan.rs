@@ -288,7 +288,7 @@ async fn rspamd() -> Option<Daemon> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn rspamd_refuses_gtube_by_its_own_action_and_scores_clean_mail() {
+async fn rspamd_refuses_gtube_and_sees_the_session_as_the_node_does() {
     let Some(_rspamd) = rspamd().await else { return };
     let sink = Sink::start(Behaviour::default()).await;
     let node = TestNode::start(
@@ -303,6 +303,50 @@ async fn rspamd_refuses_gtube_by_its_own_action_and_scores_clean_mail() {
     let relayed = String::from_utf8_lossy(&sink.messages()[0].data).into_owned();
     assert!(relayed.contains("X-Spam-Status: No, score="), "{relayed}");
     assert!(relayed.contains("scanner=rspamd"), "{relayed}");
+    // Issue 16: the same rspamd, asked by a submission farm for an authenticated user, is told
+    // `User` (and `Queue-Id`, `IP`): rspamd skips its checks of the client (hfilter, SPF, DMARC)
+    // for such users, as for Postfix's SASL users. Its log line for the task says what it was told.
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = crate::submission::certificate(dir.path());
+    let auth = format!(r#"auth {{ user "alice" hash="{}" }}"#, crate::submission::phc("correct horse"));
+    let scan = r#"scan { rspamd "http://127.0.0.1:11333" timeout="30s" tag=20 }"#;
+    let submission = TestNode::start(&crate::submission::policy(&cert, &key, &auth, scan), Some(sink.addr)).await;
+    let mut s = crate::submission::starttls(submission.addr, &cert).await;
+    s.cmd("EHLO laptop.example.org").await;
+    let login = crate::submission::b64("\0alice\0correct horse");
+    assert!(s.cmd(&format!("AUTH PLAIN {login}")).await.starts_with("235"));
+    assert_eq!(code(&s.cmd("MAIL FROM:<alice@example.test>").await), 250);
+    assert_eq!(code(&s.cmd("RCPT TO:<friend@elsewhere.example>").await), 250);
+    assert_eq!(code(&s.cmd("DATA").await), 354);
+    let text = message("Hello Bob, lunch tomorrow?").replace("alice@sender.example", "alice@example.test");
+    use tokio::io::AsyncWriteExt;
+    s.stream.get_mut().write_all(format!("{}.\r\n", text.replace('\n', "\r\n")).as_bytes()).await.unwrap();
+    assert_eq!(code(&s.reply().await), 250);
+    let relayed = String::from_utf8_lossy(&sink.messages()[1].data).into_owned();
+    assert!(relayed.contains("scanner=rspamd"), "{relayed}");
+    let queue_id = relayed.split(" id ").nth(1).and_then(|rest| rest.split_whitespace().next()).unwrap().to_owned();
+    match rspamd_log_line(&queue_id).await {
+        Some(line) => {
+            assert!(line.contains("ip: 127.0.0.1,") && line.contains("user: alice,"), "{line}");
+            assert!(line.contains("from: <alice@example.test>"), "{line}");
+        }
+        None => assert!(std::env::var_os("CI").is_none(), "CI=true and rspamd logged no task with qid {queue_id}"),
+    }
+}
+
+/// The line rspamd (Debian's default logging: /var/log/rspamd/rspamd.log) wrote for the task
+/// with this `Queue-Id`, waiting up to 5 s for it.
+async fn rspamd_log_line(queue_id: &str) -> Option<String> {
+    let needle = format!("qid: <{queue_id}>");
+    for _ in 0..50 {
+        if let Ok(log) = std::fs::read_to_string("/var/log/rspamd/rspamd.log") {
+            if let Some(line) = log.lines().rev().find(|line| line.contains(&needle)) {
+                return Some(line.to_owned());
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    None
 }
 
 /// Issue 14, item 1: EICAR padded to within 200 bytes of the default 25 MiB message size was

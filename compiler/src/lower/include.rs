@@ -117,8 +117,14 @@ impl Lowerer {
                 "named here",
                 "list paths are relative to the policy file that names them".to_owned(),
             ),
+            (Named::Key, Refusal::Io(e)) => (
+                "mtac::dkim::key-missing",
+                format!("cannot read DKIM key {shown}: {e}"),
+                "named here",
+                "key paths are relative to the policy file that names them; the node reads the same path".to_owned(),
+            ),
             (named, Refusal::Outside(canonical)) => (
-                named.code("mtac::include::outside-tree", "mtac::list::outside-tree"),
+                named.code("mtac::include::outside-tree", "mtac::list::outside-tree", "mtac::dkim::outside-tree"),
                 format!(
                     "{} {shown} is {}outside the policy's directory{}",
                     named.noun(),
@@ -130,23 +136,24 @@ impl Lowerer {
                     self.trees.policy_dir().map_or_else(String::new, |d| format!(" {}", d.display()))
                 ),
                 "outside the policy's tree",
-                "mtac reads includes and lists only under the policy's directory; \
+                "mtac reads includes, lists and keys only under the policy's directory; \
                  to let it read another directory, give `--allow-dir DIR`"
                     .to_owned(),
             ),
             (named, Refusal::NotRegular) => (
-                named.code("mtac::include::not-regular", "mtac::list::not-regular"),
+                named.code("mtac::include::not-regular", "mtac::list::not-regular", "mtac::dkim::not-regular"),
                 format!("{} {shown} is not a regular file", named.noun()),
                 "not a regular file",
                 "devices, FIFOs and directories are never read: name a file".to_owned(),
             ),
             (named, Refusal::TooLarge(limit)) => (
-                named.code("mtac::include::too-large", "mtac::list::too-large"),
+                named.code("mtac::include::too-large", "mtac::list::too-large", "mtac::dkim::too-large"),
                 format!("{} {shown} is larger than {}", named.noun(), files::mib(limit)),
                 "too large",
                 match named {
                     Named::Include => "long lists belong in list files (`file=`), which may be larger".to_owned(),
                     Named::List => "split the list: list nodes add up, so each part can be its own node".to_owned(),
+                    Named::Key => "a PEM private key is a few KiB: is this the right file?".to_owned(),
                 },
             ),
         };
@@ -159,13 +166,16 @@ impl Lowerer {
 pub(super) enum Named {
     Include,
     List,
+    /// A `dkim-sign` key file.
+    Key,
 }
 
 impl Named {
-    fn code(self, include: &'static str, list: &'static str) -> &'static str {
+    fn code(self, include: &'static str, list: &'static str, key: &'static str) -> &'static str {
         match self {
             Named::Include => include,
             Named::List => list,
+            Named::Key => key,
         }
     }
 
@@ -173,6 +183,7 @@ impl Named {
         match self {
             Named::Include => "included file",
             Named::List => "list",
+            Named::Key => "DKIM key",
         }
     }
 }

@@ -3,8 +3,8 @@
 
 use ipnet::IpNet;
 use mtac_ruleset::model::{
-    AccessAction, Auth, Backend, BanResponse, BanScope, BarePolicy, Directory, DnsSettings, DnsblAnswer, DnsblTarget,
-    FarmKind, GreylistKey, Listener, MimeRules, RateLimit, Reply, ScannerKind, Stage, StateSettings,
+    AccessAction, Auth, Backend, BanResponse, BanScope, BarePolicy, Directory, DkimSign, DnsSettings, DnsblAnswer,
+    DnsblTarget, FarmKind, GreylistKey, Listener, MimeRules, RateLimit, Reply, ScannerKind, Stage, StateSettings,
 };
 use std::net::SocketAddr;
 
@@ -205,6 +205,8 @@ pub struct DraftFarm {
     pub relay: Option<(DraftRelay, Origin)>,
     pub tls: Option<DraftTls>,
     pub auth: Option<(Auth, Origin)>,
+    /// `dkim-sign`, its keys checked, where it was written.
+    pub dkim_sign: Option<(DkimSign, Origin)>,
     pub directory: Option<(Directory, Origin)>,
     pub bare_line_ends: BarePolicy,
     /// `client reverse-dns=…`: whether forward confirmation is required, and the stage.

@@ -16,6 +16,7 @@
 
 mod checks;
 mod content;
+mod dkim;
 mod include;
 mod ir;
 mod listen;
@@ -265,6 +266,7 @@ impl Lowerer {
             relay: None,
             tls: None,
             auth: None,
+            dkim_sign: None,
             directory: None,
             bare_line_ends: BarePolicy::Reject,
             client_reverse_dns: None,

@@ -70,6 +70,9 @@ fn validate_farm(reporter: &mut Reporter, farm: &DraftFarm) {
             "mail would have nowhere to go",
         );
     }
+    if let Some((_, origin)) = &farm.dkim_sign {
+        dkim_sign(reporter, farm, *origin);
+    }
     match farm.kind {
         FarmKind::InboundMx => {
             if farm.local_domains.is_empty() {
@@ -370,6 +373,30 @@ impl Capped {
 pub(super) fn summarise(reporter: &mut Reporter, more: usize, what: &str) {
     if more > 0 {
         reporter.push(Diag::warning("mtac::more", format!("… and {more} more {what}")));
+    }
+}
+
+/// `dkim-sign` signs authenticated users' mail only: on a farm without `auth` it would never
+/// sign (an error, not a silent no-op); with `auth header-from="any"` every user can have any
+/// address of a signing domain signed, which a verifier then takes as the domain's word.
+fn dkim_sign(reporter: &mut Reporter, farm: &DraftFarm, origin: Origin) {
+    let name = &farm.name;
+    match &farm.auth {
+        None => reporter.report(
+            Diag::error("mtac::dkim::no-auth", format!("farm `{name}` signs with DKIM but has no `auth`"))
+                .help("dkim-sign signs the mail of authenticated users only: add `auth`, or remove dkim-sign"),
+            origin,
+            "would never sign",
+        ),
+        Some((auth, _)) if !auth.header_from_owned => reporter.report(
+            Diag::warning("mtac::dkim::header-from", format!("farm `{name}` signs any From address its users write"))
+                .help(
+                "add `auth header-from=\"owned\"`, so a user's mail is signed only for the addresses they may send as",
+            ),
+            origin,
+            "any user can sign as anyone at the domain",
+        ),
+        Some(_) => {}
     }
 }
 

@@ -73,9 +73,14 @@ pub(super) async fn content_checks(
     }
     let envelope = crate::scan::Envelope {
         client: session.peer().ip().to_string(),
+        hostname: match mtac_ruleset::eval::DnsFacts::reverse(session.dns()) {
+            Some(mtac_ruleset::eval::ReverseDns::Confirmed(name)) => Some(name),
+            _ => None,
+        },
         helo: session.helo().map(str::to_owned).unwrap_or_default(),
         sender: session.transaction().map(|t| t.sender.clone()).unwrap_or_default(),
         recipients: session.transaction().map(|t| t.recipients.clone()).unwrap_or_default(),
+        user: session.authenticated().map(str::to_owned),
         queue_id: session.id().to_owned(),
     };
     let asks = farm.scanners.iter().map(|scanner| {

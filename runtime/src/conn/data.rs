@@ -1,14 +1,15 @@
 //! The data phase and what follows it: DATA streams into the spool (the sender's verdict
 //! headers filtered out on the way, the spool's byte budget taken as bytes arrive), the checks
 //! after DATA (size, bare line ends, the budget, `auth header-from`), the scan phase
-//! ([`super::content`]), then the relay phase: the back end's (or the maildir's) verdict is the
-//! client's answer. **Invariant: the spool file is written once**, and only ever holds what the
+//! ([`super::content`]), then the relay phase: the DKIM signature (`dkim-sign`) put in front,
+//! and the back end's (or the maildir's) verdict is the client's answer. **Invariant: the spool file is written once**, and only ever holds what the
 //! back end may see.
 
 use super::content::{content_checks, SpooledMessage};
 use super::report::{message_decided, relay_error};
 use super::{Conn, Ctx, End, READ_STEP};
-use crate::metrics::FarmLabel;
+use crate::dkim_sign::{FarmSigner, SignError};
+use crate::metrics::{DkimSigning, FarmLabel};
 use crate::received::{self, Trace};
 use crate::relay::Transaction;
 use crate::session::{Action, Session};
@@ -34,9 +35,10 @@ pub(super) async fn transaction(
     txn: Option<Transaction<'_>>,
 ) -> Result<(), End> {
     let farm = ctx.farm;
-    let (reply, reason, size) =
-        receive(conn, session, farm, &ctx.snapshot.ruleset, &ctx.hostname, delivery, txn).await?;
-    message_decided(conn.shared, session, farm, &reply, reason, size);
+    let signer = ctx.snapshot.signer(ctx.farm_index);
+    let Answer { reply, reason, size, signed } =
+        receive(conn, session, farm, &ctx.snapshot.ruleset, signer, &ctx.hostname, delivery, txn).await?;
+    message_decided(conn.shared, session, farm, &reply, reason, size, signed.as_deref());
     if reply.is_positive() {
         count_delivery(conn.shared, session, farm);
     }
@@ -48,20 +50,38 @@ pub(super) async fn transaction(
     Ok(())
 }
 
-/// Receive DATA into the spool and deliver it. `Ok((reply, reason, size))` is the final answer
-/// for the client, why (a [`crate::metrics::MessageOutcome`] reason) and the message's size; `Err(end)` means
-/// the connection is over.
+/// The final answer to a message, for the client and the log.
+struct Answer {
+    reply: Reply,
+    /// Why: a [`crate::metrics::MessageOutcome`] reason.
+    reason: &'static str,
+    /// The message's size as the sender sent it.
+    size: u64,
+    /// The domain whose DKIM key signed it (`dkim-sign`).
+    signed: Option<String>,
+}
+
+impl From<(Reply, &'static str, u64)> for Answer {
+    fn from((reply, reason, size): (Reply, &'static str, u64)) -> Answer {
+        Answer { reply, reason, size, signed: None }
+    }
+}
+
+/// Receive DATA into the spool and deliver it. `Ok` is the final answer; `Err(end)` means the
+/// connection is over.
+#[allow(clippy::too_many_arguments)] // the phase's inputs, each from a different owner
 async fn receive(
     conn: &mut Conn<'_>,
     session: &Session,
     farm: &Farm,
     ruleset: &mtac_ruleset::Ruleset,
+    signer: Option<&FarmSigner>,
     hostname: &str,
     delivery: &Delivery<'_>,
     mut txn: Option<Transaction<'_>>,
-) -> Result<(Reply, &'static str, u64), End> {
+) -> Result<Answer, End> {
     let Some(envelope) = session.transaction() else {
-        return Ok((Reply::bad_sequence("need MAIL command"), rules::PROTOCOL, 0));
+        return Ok((Reply::bad_sequence("need MAIL command"), rules::PROTOCOL, 0).into());
     };
     let mut spool = match conn.shared.spool.create(session.id()).await {
         Ok(file) => file,
@@ -70,7 +90,7 @@ async fn receive(
             if let Some(t) = txn {
                 t.abort().await;
             }
-            return Ok((insufficient_storage(), rules::SPOOL, 0));
+            return Ok((insufficient_storage(), rules::SPOOL, 0).into());
         }
     };
     conn.reply(&Reply::start_data());
@@ -152,7 +172,7 @@ async fn receive(
             crate::smtp::DataError::BareLineEnding { .. } => rules::BARE_LINE_END,
             crate::smtp::DataError::TooLarge { .. } => rules::SIZE,
         };
-        return Ok((abandon(txn, e.reply()).await, reason, size));
+        return Ok((abandon(txn, e.reply()).await, reason, size).into());
     }
     if let Some(e) = spool_error {
         let over_budget = e.kind() == std::io::ErrorKind::StorageFull;
@@ -162,19 +182,23 @@ async fn receive(
             tracing::error!(session = %session.id(), error = %e, full = spool::is_full(&e), "spool: write failed");
         }
         let reason = if over_budget { rules::SPOOL_BUDGET } else { rules::SPOOL };
-        return Ok((abandon(txn, insufficient_storage()).await, reason, size));
+        return Ok((abandon(txn, insufficient_storage()).await, reason, size).into());
     }
     if let Err(e) = spool.flush().await {
         tracing::error!(session = %session.id(), error = %e, "spool: flush failed");
-        return Ok((abandon(txn, insufficient_storage()).await, rules::SPOOL, size));
+        return Ok((abandon(txn, insufficient_storage()).await, rules::SPOOL, size).into());
     }
     if let Some(refusal) = header_from_refusal(session, farm, ruleset, &verdicts) {
-        return Ok((abandon(txn, refusal).await, rules::AUTH_HEADER_FROM, size));
+        return Ok((abandon(txn, refusal).await, rules::AUTH_HEADER_FROM, size).into());
     }
     let message = SpooledMessage { size, sender_start };
-    let headers = match content_checks(conn.shared, session, farm, ruleset, &spool, message, hostname).await {
+    let mut headers = match content_checks(conn.shared, session, farm, ruleset, &spool, message, hostname).await {
         Ok(headers) => headers,
-        Err((reply, rule)) => return Ok((abandon(txn, reply).await, rule, size)),
+        Err((reply, rule)) => return Ok((abandon(txn, reply).await, rule, size).into()),
+    };
+    let signed = match dkim_sign(conn.shared, session, farm, signer, &verdicts, &spool, &mut headers).await {
+        Ok(signed) => signed,
+        Err(reply) => return Ok((abandon(txn, reply).await, rules::DKIM_SIGN, size).into()),
     };
     let started = std::time::Instant::now();
     let reply = deliver(session, delivery, txn, &mut spool, hostname, headers).await;
@@ -191,7 +215,7 @@ async fn receive(
         (false, Delivery::Relay(_)) => rules::BACKEND,
         (false, Delivery::Maildir(_)) => rules::LOCAL_DELIVERY,
     };
-    Ok((reply, reason, size))
+    Ok(Answer { reply, reason, size, signed })
 }
 
 /// A delivered message counts toward its client's auto-whitelisting (in the background: the
@@ -222,16 +246,7 @@ fn header_from_refusal(
     if session.authenticated().is_none() || !farm.auth.as_ref().is_some_and(|a| a.header_from_owned) {
         return None;
     }
-    let (values, fields) = verdicts.from();
-    let mut field = b"From:".to_vec();
-    field.extend_from_slice(values);
-    field.extend_from_slice(b"\r\n\r\n");
-    let parsed = mail_parser::MessageParser::default().parse_headers(&field);
-    let addresses: Vec<String> = parsed
-        .as_ref()
-        .and_then(|m| m.from())
-        .map(|from| from.iter().filter_map(|a| a.address().map(str::to_owned)).collect())
-        .unwrap_or_default();
+    let (addresses, fields) = from_addresses(verdicts);
     let owned = fields > 0 && !addresses.is_empty() && addresses.iter().all(|a| session.owns(a, ruleset, farm));
     if owned {
         return None;
@@ -246,6 +261,71 @@ fn header_from_refusal(
         )
         .unwrap_or_else(|_| Reply::local_error()),
     )
+}
+
+/// The addresses of the message's From fields (collected by the verdict filter while the
+/// message streamed in), and how many From fields it had.
+fn from_addresses(verdicts: &VerdictFilter<'_>) -> (Vec<String>, u32) {
+    let (values, fields) = verdicts.from();
+    let mut field = b"From:".to_vec();
+    field.extend_from_slice(values);
+    field.extend_from_slice(b"\r\n\r\n");
+    let parsed = mail_parser::MessageParser::default().parse_headers(&field);
+    let addresses = parsed
+        .as_ref()
+        .and_then(|m| m.from())
+        .map(|from| from.iter().filter_map(|a| a.address().map(str::to_owned)).collect())
+        .unwrap_or_default();
+    (addresses, fields)
+}
+
+/// The relay phase's DKIM signature (`dkim-sign`; the decision is `eval::dkim_signing`'s): the
+/// `DKIM-Signature` field goes in front of `headers`, over exactly what is relayed. `Ok(Some)`
+/// names the signing domain; `Err` is the 451 for a signature that should have been made and
+/// could not (the message is never relayed unsigned then).
+async fn dkim_sign(
+    shared: &Shared,
+    session: &Session,
+    farm: &Farm,
+    signer: Option<&FarmSigner>,
+    verdicts: &VerdictFilter<'_>,
+    spool: &SpoolFile,
+    headers: &mut String,
+) -> Result<Option<String>, Reply> {
+    use mtac_ruleset::eval::{dkim_signing, Signing};
+    if farm.dkim_sign.is_none() || session.authenticated().is_none() {
+        return Ok(None);
+    }
+    let (from, _) = from_addresses(verdicts);
+    let count = |result: &'static str| {
+        shared.metrics.dkim_signatures.get_or_create(&DkimSigning { farm: farm.name.clone(), result }).inc();
+    };
+    let key = match dkim_signing(farm.dkim_sign.as_ref(), session.authenticated().is_some(), &from) {
+        Signing::Off => return Ok(None),
+        Signing::NoKey => {
+            count("no-key");
+            return Ok(None);
+        }
+        Signing::Key(key) => key,
+    };
+    let signature = match (signer, spool.reader()) {
+        (Some(signer), Ok(reader)) => signer.sign(&key.domain, headers.as_bytes(), &reader).await,
+        (None, _) => Err(SignError::Sign("the farm's keys are not loaded".into())),
+        (_, Err(e)) => Err(e.into()),
+    };
+    match signature {
+        Ok(field) => {
+            count("signed");
+            headers.insert_str(0, &field);
+            Ok(Some(key.domain.clone()))
+        }
+        Err(e) => {
+            count("failed");
+            tracing::error!(session = %session.id(), domain = key.domain.as_str(), error = %e, "DKIM signing failed");
+            Err(Reply::new(451, EnhancedCode::new(4, 3, 0), "Cannot sign the message, try again later")
+                .unwrap_or_else(|_| Reply::local_error()))
+        }
+    }
 }
 
 /// Give up the back-end transaction and answer `reply`.

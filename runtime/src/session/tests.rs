@@ -51,6 +51,7 @@ fn ruleset_with(errors: u32, edit: impl FnOnce(&mut Farm)) -> Ruleset {
         relay: model::Relay::Maildir("/nonexistent".to_owned()),
         tls: None,
         auth: None,
+        dkim_sign: None,
         directory: None,
         bare_line_ends: BarePolicy::Reject,
         ban_response: BanResponse::Close521,

@@ -1,5 +1,5 @@
 //! The ruleset in use and what was built for it: each farm's relay or maildir, TLS
-//! configuration, recipient directory and login cache.
+//! configuration, DKIM signing keys, recipient directory and login cache.
 //!
 //! **Invariant:** a [`Snapshot`] is immutable. A reload builds a whole new one (keeping the
 //! relays and directory clients whose settings did not change, with their pooled connections)
@@ -27,6 +27,8 @@ pub struct Snapshot {
     maildirs: Vec<Option<PathBuf>>,
     /// Per farm: its TLS configuration, if it has `tls`.
     tls: Vec<Option<crate::tls::FarmTls>>,
+    /// Per farm: its DKIM signing keys, if it has `dkim-sign`.
+    signers: Vec<Option<crate::dkim_sign::FarmSigner>>,
     /// Per farm: its recipient directory, if it validates recipients against LDAP at run time.
     directories: Vec<Option<Arc<crate::directory::DirectoryClient>>>,
     /// Per farm: logins remembered (`auth cache=`); new, and empty, at every reload.
@@ -41,6 +43,7 @@ impl Snapshot {
         let mut relays = Vec::new();
         let mut maildirs = Vec::new();
         let mut tls = Vec::new();
+        let mut signers = Vec::new();
         let mut directories = Vec::new();
         for farm in &ruleset.policy().farms {
             directories.push(match farm.directory.as_ref().filter(|d| d.lookups) {
@@ -64,6 +67,12 @@ impl Snapshot {
                 Some(t) => Some(
                     crate::tls::FarmTls::load(&t.certificate, &t.key)
                         .map_err(|e| format!("farm `{}`: {e}", farm.name))?,
+                ),
+                None => None,
+            });
+            signers.push(match &farm.dkim_sign {
+                Some(settings) => Some(
+                    crate::dkim_sign::FarmSigner::load(settings).map_err(|e| format!("farm `{}`: {e}", farm.name))?,
                 ),
                 None => None,
             });
@@ -91,7 +100,7 @@ impl Snapshot {
         for auth in ruleset.policy().farms.iter().filter_map(|f| f.auth.as_ref()) {
             crate::auth::prepare(auth);
         }
-        Ok(Snapshot { ruleset, relays, maildirs, tls, directories, login_caches })
+        Ok(Snapshot { ruleset, relays, maildirs, tls, signers, directories, login_caches })
     }
 
     /// The login cache of the farm at `index`, if it caches.
@@ -109,10 +118,16 @@ impl Snapshot {
         self.tls.get(farm).and_then(Option::as_ref)
     }
 
+    /// The DKIM signing keys of the farm at `index`.
+    pub fn signer(&self, farm: usize) -> Option<&crate::dkim_sign::FarmSigner> {
+        self.signers.get(farm).and_then(Option::as_ref)
+    }
+
     /// A file the snapshot read besides the ruleset changed on disk since: a certificate or key
-    /// (a renewal), or a directory's bind password (a rotation).
+    /// (a renewal), a DKIM key (a rollover), or a directory's bind password (a rotation).
     pub fn files_changed(&self) -> bool {
         self.tls.iter().flatten().any(crate::tls::FarmTls::changed_on_disk)
+            || self.signers.iter().flatten().any(crate::dkim_sign::FarmSigner::changed_on_disk)
             || self.directories.iter().flatten().any(|d| d.password_changed())
     }
 
