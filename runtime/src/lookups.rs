@@ -34,6 +34,9 @@ fn index(stage: Stage) -> usize {
         Stage::Helo => 1,
         Stage::Mail => 2,
         Stage::Rcpt => 3,
+        // Nothing DNS answers at the `data` stage waits in here: the message's checks make
+        // their own queries (`sender_auth`).
+        Stage::Data => 4,
     }
 }
 

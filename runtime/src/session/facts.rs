@@ -104,6 +104,7 @@ impl Session {
             dns: &self.dns,
             greylist: None,
             directory: None,
+            message: None,
         }
     }
 }
