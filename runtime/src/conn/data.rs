@@ -32,11 +32,12 @@ pub(super) async fn transaction(
     ctx: &Ctx<'_>,
     delivery: &Delivery<'_>,
     txn: Option<Transaction<'_>>,
+    spf: Option<&crate::sender_auth::SpfCheck>,
 ) -> Result<(), End> {
     let farm = ctx.farm;
-    let (reply, reason, size) =
-        receive(conn, session, farm, &ctx.snapshot.ruleset, &ctx.hostname, delivery, txn).await?;
-    message_decided(conn.shared, session, farm, &reply, reason, size);
+    let (reply, reason, size, verdicts) =
+        receive(conn, session, farm, &ctx.snapshot.ruleset, &ctx.hostname, delivery, txn, spf).await?;
+    message_decided(conn.shared, session, farm, &reply, reason, size, &verdicts);
     if reply.is_positive() {
         count_delivery(conn.shared, session, farm);
     }
@@ -48,9 +49,9 @@ pub(super) async fn transaction(
     Ok(())
 }
 
-/// Receive DATA into the spool and deliver it. `Ok((reply, reason, size))` is the final answer
-/// for the client, why (a [`crate::metrics::MessageOutcome`] reason) and the message's size; `Err(end)` means
-/// the connection is over.
+/// Receive DATA into the spool and deliver it. `Ok((reply, reason, size, verdicts))` is the
+/// final answer for the client, why (a [`crate::metrics::MessageOutcome`] reason), the message's
+/// size and its sender authentication verdicts; `Err(end)` means the connection is over.
 async fn receive(
     conn: &mut Conn<'_>,
     session: &Session,
@@ -59,9 +60,10 @@ async fn receive(
     hostname: &str,
     delivery: &Delivery<'_>,
     mut txn: Option<Transaction<'_>>,
-) -> Result<(Reply, &'static str, u64), End> {
+    spf: Option<&crate::sender_auth::SpfCheck>,
+) -> Result<(Reply, &'static str, u64, String), End> {
     let Some(envelope) = session.transaction() else {
-        return Ok((Reply::bad_sequence("need MAIL command"), rules::PROTOCOL, 0));
+        return Ok((Reply::bad_sequence("need MAIL command"), rules::PROTOCOL, 0, String::new()));
     };
     let mut spool = match conn.shared.spool.create(session.id()).await {
         Ok(file) => file,
@@ -70,7 +72,7 @@ async fn receive(
             if let Some(t) = txn {
                 t.abort().await;
             }
-            return Ok((insufficient_storage(), rules::SPOOL, 0));
+            return Ok((insufficient_storage(), rules::SPOOL, 0, String::new()));
         }
     };
     conn.reply(&Reply::start_data());
@@ -152,7 +154,7 @@ async fn receive(
             crate::smtp::DataError::BareLineEnding { .. } => rules::BARE_LINE_END,
             crate::smtp::DataError::TooLarge { .. } => rules::SIZE,
         };
-        return Ok((abandon(txn, e.reply()).await, reason, size));
+        return Ok((abandon(txn, e.reply()).await, reason, size, String::new()));
     }
     if let Some(e) = spool_error {
         let over_budget = e.kind() == std::io::ErrorKind::StorageFull;
@@ -162,19 +164,26 @@ async fn receive(
             tracing::error!(session = %session.id(), error = %e, full = spool::is_full(&e), "spool: write failed");
         }
         let reason = if over_budget { rules::SPOOL_BUDGET } else { rules::SPOOL };
-        return Ok((abandon(txn, insufficient_storage()).await, reason, size));
+        return Ok((abandon(txn, insufficient_storage()).await, reason, size, String::new()));
     }
     if let Err(e) = spool.flush().await {
         tracing::error!(session = %session.id(), error = %e, "spool: flush failed");
-        return Ok((abandon(txn, insufficient_storage()).await, rules::SPOOL, size));
+        return Ok((abandon(txn, insufficient_storage()).await, rules::SPOOL, size, String::new()));
     }
     if let Some(refusal) = header_from_refusal(session, farm, ruleset, &verdicts) {
-        return Ok((abandon(txn, refusal).await, rules::AUTH_HEADER_FROM, size));
+        return Ok((abandon(txn, refusal).await, rules::AUTH_HEADER_FROM, size, String::new()));
     }
     let message = SpooledMessage { size, sender_start };
+    let checked =
+        match super::verify::sender_auth(conn.shared, session, farm, ruleset, &spool, message, hostname, spf).await {
+            Ok(checked) => checked,
+            Err((reply, rule, verdicts)) => return Ok((abandon(txn, reply).await, rule, size, verdicts)),
+        };
+    let verdicts = checked.summary;
     let headers = match content_checks(conn.shared, session, farm, ruleset, &spool, message, hostname).await {
-        Ok(headers) => headers,
-        Err((reply, rule)) => return Ok((abandon(txn, reply).await, rule, size)),
+        // Authentication-Results first: RFC 8601 5 puts the newest trace field on top.
+        Ok(headers) => checked.header + &headers,
+        Err((reply, rule)) => return Ok((abandon(txn, reply).await, rule, size, verdicts)),
     };
     let started = std::time::Instant::now();
     let reply = deliver(session, delivery, txn, &mut spool, hostname, headers).await;
@@ -191,7 +200,7 @@ async fn receive(
         (false, Delivery::Relay(_)) => rules::BACKEND,
         (false, Delivery::Maildir(_)) => rules::LOCAL_DELIVERY,
     };
-    Ok((reply, reason, size))
+    Ok((reply, reason, size, verdicts))
 }
 
 /// A delivered message counts toward its client's auto-whitelisting (in the background: the

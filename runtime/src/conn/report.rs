@@ -104,6 +104,7 @@ pub(super) fn message_decided(
     reply: &Reply,
     reason: &'static str,
     size: u64,
+    auth: &str,
 ) {
     let verdict = if reply.is_positive() {
         "accepted"
@@ -122,7 +123,7 @@ pub(super) fn message_decided(
     let (sender, recipients) = session.transaction().map_or(("", 0), |t| (t.sender.as_str(), t.recipients.len()));
     tracing::info!(
         session = %session.id(), client = %session.peer().ip(), helo = session.helo().unwrap_or(""),
-        sender, recipients, size, stage = "data", verdict, reason, reply = %first_line(reply), "message"
+        sender, recipients, size, stage = "data", verdict, reason, auth, reply = %first_line(reply), "message"
     );
 }
 
