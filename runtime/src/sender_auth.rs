@@ -15,11 +15,12 @@
 //! more: DATA refuses a larger message first), and dropped before the relay streams the file.
 
 use crate::dns::Dns;
+use mail_auth::dkim::DkimError;
 use mail_auth::dmarc::verify::DmarcParameters;
 use mail_auth::spf::verify::SpfParameters;
 use mail_auth::{
-    AuthenticatedMessage, AuthenticationResults, DkimResult, DmarcResult as MaDmarc, MessageAuthenticator, SpfOutput,
-    SpfResult as MaSpf,
+    AuthenticatedMessage, AuthenticationResults, DkimOutput, DkimResult, DmarcResult as MaDmarc, Error,
+    MessageAuthenticator, SpfOutput, SpfResult as MaSpf,
 };
 use mtac_ruleset::sender_auth::{
     ArcVerdict, AuthResult, DkimVerdict, DmarcPolicy, DmarcResult, DmarcVerdict, MessageAuth, SpfResult,
@@ -92,6 +93,22 @@ fn dmarc_policy(policy: mail_auth::dmarc::Policy) -> DmarcPolicy {
     }
 }
 
+/// mail-auth calls a signature whose body hash does not match `neutral`; RFC 6376 6.3 makes it a
+/// failed verification (PERMFAIL) and OpenDKIM and rspamd write `dkim=fail`, which is what mail
+/// stores and operators filter on.
+fn body_hash_is_a_failure<'x>(parsed: &'x AuthenticatedMessage<'x>, output: DkimOutput<'x>) -> DkimOutput<'x> {
+    let body_hash = Error::Dkim(DkimError::FailedBodyHashMatch);
+    if !matches!(output.result(), DkimResult::Neutral(e) if *e == body_hash) {
+        return output;
+    }
+    // The output lends its signature for its own lifetime only: find it in the message.
+    let signed = output.signature().map(|s| s.b.clone());
+    match parsed.dkim_headers.iter().find(|h| Some(&h.header.b) == signed.as_ref()) {
+        Some(header) => DkimOutput::fail(body_hash).with_signature(&header.header),
+        None => output,
+    }
+}
+
 /// mail-auth on the node's resolver: cheap to clone (the resolver is shared).
 #[derive(Clone)]
 pub struct Verifier {
@@ -161,7 +178,8 @@ impl Verifier {
         let parsed = if after_data { AuthenticatedMessage::parse(message) } else { None };
         if let Some(parsed) = &parsed {
             let dkim = tokio::time::timeout(self.timeout, self.auth.verify_dkim(parsed)).await.ok();
-            let dkim = dkim.unwrap_or_default();
+            let dkim: Vec<_> =
+                dkim.unwrap_or_default().into_iter().map(|o| body_hash_is_a_failure(parsed, o)).collect();
             let arc = tokio::time::timeout(self.timeout, self.auth.verify_arc(parsed)).await.ok();
             let header_from = parsed.from.first().map(String::as_str).unwrap_or_default();
             results = results.with_dkim_results(&dkim, header_from);

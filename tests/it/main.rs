@@ -16,6 +16,7 @@ mod policies;
 mod process;
 mod runtime;
 mod scan;
+mod sender_auth;
 mod submission;
 mod support;
 mod trust_defects;
