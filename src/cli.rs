@@ -69,7 +69,7 @@ enum Command {
         format: Format,
     },
     /// Evaluate one session against a ruleset and show each rule consulted and the reply
-    Explain(ExplainArgs),
+    Explain(Box<ExplainArgs>),
     /// Run declarative policy tests (files, or directories searched for *.test.kdl)
     Test {
         /// Test files or directories
@@ -247,7 +247,7 @@ pub fn dispatch(cli: Cli) -> Result<ExitCode, String> {
             Ok(check(&policy, &format, Some(&output), options))
         }
         Command::Inspect { ruleset, format } => inspect(&ruleset, format),
-        Command::Explain(args) => explain(args),
+        Command::Explain(args) => explain(*args),
         Command::Test { tests, files } => run_tests(&tests, &files),
         Command::Run(args) => crate::cli::run(args),
         Command::Status(args) => crate::status::status(&args),

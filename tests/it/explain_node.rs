@@ -5,8 +5,7 @@
 //! file. Every session must end the same way in both: the same stage, reply code, enhanced code
 //! and text, or accepted in both.
 
-#[path = "../common/dns_server.rs"]
-mod dns_server;
+use crate::dnsbl::dns_server;
 
 use crate::submission::{b64, certificate, connector, phc, policy as submission_policy, Smtp};
 use crate::support::{code, Behaviour, Sink, TestNode};

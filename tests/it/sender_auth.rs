@@ -3,8 +3,7 @@
 //! implementation (Debian's python3-dkim, run as /usr/bin/python3), a real node over TCP, and
 //! what the back end receives (`Sink`). Clients bind to distinct 127.x.y.z addresses.
 
-#[path = "../common/dns_server.rs"]
-mod dns_server;
+use crate::dnsbl::dns_server;
 
 use crate::support::{code, relay_policy, sample, Behaviour, Client, Sink, TestNode};
 use base64::Engine as _;

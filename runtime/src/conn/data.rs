@@ -35,8 +35,7 @@ pub(super) async fn transaction(
     spf: Option<&crate::sender_auth::SpfCheck>,
 ) -> Result<(), End> {
     let farm = ctx.farm;
-    let (reply, reason, size, verdicts) =
-        receive(conn, session, farm, &ctx.snapshot.ruleset, &ctx.hostname, delivery, txn, spf).await?;
+    let (reply, reason, size, verdicts) = receive(conn, session, ctx, delivery, txn, spf).await?;
     message_decided(conn.shared, session, farm, &reply, reason, size, &verdicts);
     if reply.is_positive() {
         count_delivery(conn.shared, session, farm);
@@ -55,13 +54,12 @@ pub(super) async fn transaction(
 async fn receive(
     conn: &mut Conn<'_>,
     session: &Session,
-    farm: &Farm,
-    ruleset: &mtac_ruleset::Ruleset,
-    hostname: &str,
+    ctx: &Ctx<'_>,
     delivery: &Delivery<'_>,
     mut txn: Option<Transaction<'_>>,
     spf: Option<&crate::sender_auth::SpfCheck>,
 ) -> Result<(Reply, &'static str, u64, String), End> {
+    let (farm, ruleset, hostname) = (ctx.farm, &ctx.snapshot.ruleset, ctx.hostname.as_str());
     let Some(envelope) = session.transaction() else {
         return Ok((Reply::bad_sequence("need MAIL command"), rules::PROTOCOL, 0, String::new()));
     };
@@ -174,11 +172,10 @@ async fn receive(
         return Ok((abandon(txn, refusal).await, rules::AUTH_HEADER_FROM, size, String::new()));
     }
     let message = SpooledMessage { size, sender_start };
-    let checked =
-        match super::verify::sender_auth(conn.shared, session, farm, ruleset, &spool, message, hostname, spf).await {
-            Ok(checked) => checked,
-            Err((reply, rule, verdicts)) => return Ok((abandon(txn, reply).await, rule, size, verdicts)),
-        };
+    let checked = match super::verify::sender_auth(conn.shared, session, ctx, &spool, message, spf).await {
+        Ok(checked) => checked,
+        Err((reply, rule, verdicts)) => return Ok((abandon(txn, reply).await, rule, size, verdicts)),
+    };
     let verdicts = checked.summary;
     let headers = match content_checks(conn.shared, session, farm, ruleset, &spool, message, hostname).await {
         // Authentication-Results first: RFC 8601 5 puts the newest trace field on top.

@@ -4,13 +4,14 @@
 //! SPF's from MAIL FROM included — relayed in front of the spooled message.
 
 use super::content::SpooledMessage;
+use super::Ctx;
 use crate::sender_auth::{summary, SpfCheck, Verifier};
 use crate::session::{policy_reply, Session};
 use crate::shared::Shared;
 use crate::smtp::Reply;
 use crate::spool::SpoolFile;
 use mtac_ruleset::eval;
-use mtac_ruleset::model::{Farm, Stage};
+use mtac_ruleset::model::Stage;
 use mtac_ruleset::rules;
 
 /// What the verify phase hands on: the header field to relay (empty when the farm verifies
@@ -23,17 +24,15 @@ pub(super) struct Checked {
 
 /// Verify the spooled message and decide on it. `Err` carries the refusal, its rule and the
 /// verdicts (for the log line).
-#[allow(clippy::too_many_arguments)]
 pub(super) async fn sender_auth(
     shared: &Shared,
     session: &Session,
-    farm: &Farm,
-    ruleset: &mtac_ruleset::Ruleset,
+    ctx: &Ctx<'_>,
     spool: &SpoolFile,
     message: SpooledMessage,
-    hostname: &str,
     spf: Option<&SpfCheck>,
 ) -> Result<Checked, (Reply, &'static str, String)> {
+    let (farm, ruleset, hostname) = (ctx.farm, &ctx.snapshot.ruleset, ctx.hostname.as_str());
     let auth = &farm.sender_auth;
     // An authenticated session is the farm's own user: nothing of theirs to verify (as SPF at
     // MAIL FROM, which did not run either).
