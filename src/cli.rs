@@ -69,7 +69,7 @@ enum Command {
         format: Format,
     },
     /// Evaluate one session against a ruleset and show each rule consulted and the reply
-    Explain(ExplainArgs),
+    Explain(Box<ExplainArgs>),
     /// Run declarative policy tests (files, or directories searched for *.test.kdl)
     Test {
         /// Test files or directories
@@ -182,6 +182,20 @@ pub struct ExplainArgs {
     /// The client's reverse DNS: confirmed:NAME, unconfirmed:NAME, none or tempfail
     #[arg(long, value_name = "STATUS")]
     reverse_dns: Option<String>,
+    /// The SPF verdict on MAIL FROM: pass, fail, softfail, neutral, none, temperror, permerror
+    #[arg(long, value_name = "RESULT")]
+    spf: Option<String>,
+    /// A DKIM signature's verdict, DOMAIN=RESULT (pass, fail, neutral, none, temperror,
+    /// permerror); repeat for each signature
+    #[arg(long, value_name = "DOMAIN=RESULT")]
+    dkim: Vec<String>,
+    /// The ARC chain's verdict and its newest sealer: RESULT[:SEALER] (pass, fail, none…)
+    #[arg(long, value_name = "RESULT[:SEALER]")]
+    arc: Option<String>,
+    /// The DMARC verdict, the policy the author domain publishes and that domain (default: the
+    /// sender's): RESULT[:POLICY[:DOMAIN]], e.g. fail:reject
+    #[arg(long, value_name = "RESULT[:POLICY[:DOMAIN]]")]
+    dmarc: Option<String>,
 }
 
 #[derive(Args, Debug)]
@@ -235,7 +249,7 @@ pub fn dispatch(cli: Cli) -> Result<ExitCode, String> {
             Ok(check(&policy, &format, Some(&output), options))
         }
         Command::Inspect { ruleset, format } => inspect(&ruleset, format),
-        Command::Explain(args) => explain(args),
+        Command::Explain(args) => explain(*args),
         Command::Test { tests, files } => run_tests(&tests, &files),
         Command::Run(args) => crate::cli::run(args),
         Command::Status(args) => crate::status::status(&args),
@@ -412,14 +426,15 @@ fn explain(args: ExplainArgs) -> Result<ExitCode, String> {
     };
     let mut session = Session {
         client: args.client_ip,
-        helo: args.helo,
-        from: args.from,
-        rcpt: args.rcpt,
+        helo: args.helo.clone(),
+        from: args.from.clone(),
+        rcpt: args.rcpt.clone(),
         authenticated: args.authenticated || args.user.is_some(),
-        user: args.user,
+        user: args.user.clone(),
         tls: args.no_tls.then_some(false),
         ..Session::default()
     };
+    sender_auth_flags(&args, &mut session)?;
     for flag in &args.dnsbl {
         let (zone, answer) = flag.split_once('=').ok_or_else(|| format!("--dnsbl {flag}: write ZONE=ANSWER"))?;
         let answer = policytest::parse_list_answer(answer)
@@ -475,6 +490,15 @@ fn explain(args: ExplainArgs) -> Result<ExitCode, String> {
                 StepOutcome::UserNotGiven => {
                     "pending  the node checks the user owns the sender (give --user NAME)".to_owned()
                 }
+                StepOutcome::NotGiven("spf") => {
+                    "pending  the node checks SPF here (give --spf pass|fail|softfail|neutral|none|temperror|permerror)"
+                        .to_owned()
+                }
+                StepOutcome::NotGiven(fact) => {
+                    format!(
+                        "pending  the node verifies the message here (give --{fact} RESULT[:POLICY], e.g. fail:reject)"
+                    )
+                }
                 StepOutcome::Skipped(why) => format!("skipped  {why}"),
                 StepOutcome::Accepted(why) => format!("accept   {why}"),
                 StepOutcome::Decided(reply) => format!("REFUSE   {reply}"),
@@ -487,6 +511,33 @@ fn explain(args: ExplainArgs) -> Result<ExitCode, String> {
         None => println!("=> accepted: the recipient would be relayed to the back end (whose own answer counts)"),
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `--spf`, `--dkim`, `--arc`, `--dmarc`: the verdicts a node's sender authentication finds.
+fn sender_auth_flags(args: &ExplainArgs, session: &mut Session) -> Result<(), String> {
+    use mtac_ruleset::sender_auth;
+    if let Some(result) = &args.spf {
+        session.dns.spf =
+            Some(mtac_ruleset::eval::SpfResult::parse(result).ok_or_else(|| {
+                format!("--spf {result}: pass, fail, softfail, neutral, none, temperror or permerror")
+            })?);
+    }
+    for flag in &args.dkim {
+        let verdict = sender_auth::parse_dkim(flag)
+            .ok_or_else(|| format!("--dkim {flag}: DOMAIN=RESULT (pass, fail, neutral, none, temperror, permerror)"))?;
+        session.message.dkim.push(verdict);
+    }
+    if let Some(flag) = &args.arc {
+        session.message.arc =
+            Some(sender_auth::parse_arc(flag).ok_or_else(|| format!("--arc {flag}: RESULT[:SEALER], e.g. pass"))?);
+    }
+    if let Some(flag) = &args.dmarc {
+        session.message.dmarc = Some(
+            sender_auth::parse_dmarc(flag, session.from.as_deref())
+                .ok_or_else(|| format!("--dmarc {flag}: RESULT[:POLICY[:DOMAIN]], e.g. fail:reject"))?,
+        );
+    }
+    Ok(())
 }
 
 fn collect_tests(paths: &[PathBuf], out: &mut Vec<PathBuf>) -> Result<(), String> {

@@ -6,8 +6,9 @@
 
 use crate::lower::{AddressEntry, DomainEntry, Draft, DraftFarm, DraftRelay, NetEntry};
 use mtac_ruleset::model::{
-    AccessAction, BanResponse, BanRule, Check, Dnsbl, DnsblZone, Farm, FarmKind, Greylist, Limits, Policy, Program,
-    Relay, Reply, Scanner, Stage, Step, TableId, TableInfo, TableKind, Timeouts, Tls, VerdictHeaders,
+    AccessAction, BanResponse, BanRule, Check, DmarcSettings, Dnsbl, DnsblZone, Farm, FarmKind, Greylist, Limits,
+    Policy, Program, Relay, Reply, Scanner, SenderAuth, Stage, Step, TableId, TableInfo, TableKind, Timeouts, Tls,
+    VerdictHeaders,
 };
 use mtac_ruleset::rules;
 use mtac_ruleset::tables::{AddressTableBuilder, DomainTableBuilder, PrefixTableBuilder};
@@ -160,6 +161,7 @@ fn emit_farm(farm: &DraftFarm, hostname: &str, tables: &mut Tables) -> Farm {
         reply: g.reply.clone().unwrap_or_else(|| Reply::new(451, "4.7.1", "Greylisted, please try again later")),
     });
     let program = program(farm, hostname, deny_domains, deny_addresses);
+    let sender_auth = sender_auth(farm, tables);
     Farm {
         name: farm.name.clone(),
         kind: farm.kind,
@@ -243,7 +245,22 @@ fn emit_farm(farm: &DraftFarm, hostname: &str, tables: &mut Tables) -> Farm {
         ban_response: farm.ban_response.map_or(BanResponse::Close521, |(r, _)| r),
         rate_limits: farm.rate_limits.clone(),
         tarpit_ms: farm.tarpit_ms,
+        sender_auth,
     }
+}
+
+/// The farm's `spf`, `dkim` and `dmarc`. DMARC needs the DKIM verdicts, so it verifies DKIM
+/// unless the policy says `dkim #false` (then DMARC decides from SPF alone).
+fn sender_auth(farm: &DraftFarm, tables: &mut Tables) -> SenderAuth {
+    let n = &farm.name;
+    let dmarc = farm.dmarc.as_ref().map(|d| DmarcSettings {
+        reject: d.reject,
+        quarantine: d.quarantine,
+        temperror: d.temperror,
+        never_refuse: tables.domains(format!("{n}.dmarc-never-refuse"), &d.never_refuse, &d.sources.0),
+        trust_arc: tables.domains(format!("{n}.dmarc-trust-arc"), &d.trust_arc, &d.sources.0),
+    });
+    SenderAuth { spf: farm.spf.clone(), dkim: farm.dkim.unwrap_or(dmarc.is_some()), dmarc }
 }
 
 fn step(rule: &str, check: Check, reply: Reply) -> Step {
@@ -370,6 +387,13 @@ pub fn program(
             Reply::new(550, "5.1.8", "Sender address rejected: Domain not found"),
         ));
     }
+    // SPF answers at MAIL FROM, where RFC 7208 checks it: last of that stage's steps, so a
+    // sender the cheaper checks refuse costs no SPF lookups (the lookups start with MAIL and run
+    // while those steps are decided).
+    if farm.spf.is_some() {
+        // The text names the domain when it refuses (`sender_auth::spf_step`).
+        p.mail.push(step(rules::SPF, Check::Spf, Reply::new(550, "5.7.23", "SPF validation failed")));
+    }
     // After the anti-spam steps: a refused client costs the directory nothing. Before greylisting:
     // an unknown recipient hears 550 at once, not after a retry.
     if farm.directory.as_ref().is_some_and(|(d, _)| d.lookups) {
@@ -378,6 +402,10 @@ pub fn program(
             Check::RecipientDirectory,
             Reply::new(550, "5.1.1", "Recipient address rejected: User unknown in directory"),
         ));
+    }
+    if farm.dmarc.is_some() {
+        // The text names the domain and its policy when it refuses (`sender_auth::dmarc_step`).
+        p.data.push(step(rules::DMARC, Check::Dmarc, Reply::new(550, "5.7.1", "Message rejected: DMARC policy")));
     }
     if let Some(g) = &farm.greylist {
         let reply = g.reply.clone().unwrap_or_else(|| Reply::new(451, "4.7.1", "Greylisted, please try again later"));
@@ -461,6 +489,8 @@ farm "mx" kind="inbound-mx" {
     sender resolvable=#true { deny "spam.example"; }
     client reverse-dns="required"
     dnsbl { zone "zen.example" { answer "127.0.0.2"; } }
+    spf
+    dmarc
     directory "ldap://127.0.0.1:389" base="dc=example,dc=com"
     greylist
     relay { backend "smtp://127.0.0.1:10025"; }

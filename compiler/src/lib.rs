@@ -197,6 +197,7 @@ fn probe_open_relay(reporter: &mut Reporter, draft: &lower::Draft, ruleset: &Rul
                 dns: &NoDns,
                 greylist: None,
                 directory: None,
+                message: None,
             };
             let decision = eval::evaluate(ruleset, farm, Stage::Rcpt, &facts);
             if decision.reply.is_none() {

@@ -21,9 +21,11 @@
 use crate::diag::{did_you_mean, Diag, Diagnostics, SourceFile};
 use kdl::{KdlDocument, KdlNode, KdlValue};
 use mtac_ruleset::eval::{
-    self, DirectoryAnswer, DomainStatus, Facts, GivenDns, GreylistStatus, ListAnswer, ReverseDns,
+    self, DirectoryAnswer, DomainStatus, Facts, GivenDns, GreylistStatus, ListAnswer, MessageAuth, ReverseDns,
+    SpfResult,
 };
 use mtac_ruleset::model::Stage;
+use mtac_ruleset::sender_auth;
 use mtac_ruleset::Ruleset;
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
@@ -56,6 +58,8 @@ pub struct Session {
     pub greylist: Option<GreylistStatus>,
     /// The directory's answer on the recipient (`directory "known"|…`).
     pub directory: Option<DirectoryAnswer>,
+    /// The message's DKIM, ARC and DMARC verdicts (`dkim`, `arc`, `dmarc`).
+    pub message: MessageAuth,
 }
 
 impl Default for Session {
@@ -71,6 +75,7 @@ impl Default for Session {
             dns: GivenDns::default(),
             greylist: None,
             directory: None,
+            message: MessageAuth::default(),
         }
     }
 }
@@ -179,6 +184,7 @@ pub fn run_session(
         dns: &session.dns,
         greylist: session.greylist,
         directory: session.directory,
+        message: Some(&session.message),
     };
     let simulation = eval::simulate(ruleset, farm, &facts);
     let outcome = match simulation.refusal() {
@@ -222,6 +228,19 @@ impl PolicyTest {
                 Some(outcome),
                 "a decided outcome: the node checks the authenticated user owns the sender; give user \"NAME\""
                     .to_owned(),
+            ));
+        }
+        // A verdict the node finds for itself (SPF, DMARC) that the test does not give: the
+        // node could decide otherwise, so no outcome past that step is one it vouches for.
+        let not_given = simulation.stages.iter().flat_map(|(_, d)| &d.trace).find_map(|line| match line.outcome {
+            eval::StepOutcome::NotGiven(fact) => Some(fact),
+            _ => None,
+        });
+        if let Some(fact) = not_given {
+            let example = if fact == "spf" { "spf \"pass\"" } else { "dmarc \"fail:reject\"" };
+            return Err((
+                Some(outcome),
+                format!("a decided outcome: the node checks {fact} here; give e.g. {example}"),
             ));
         }
         // "accept" while the node would still ask the directory or the greylist store is not
@@ -274,6 +293,10 @@ const TEST_NODES: &[&str] = &[
     "reverse-dns",
     "greylist",
     "directory",
+    "spf",
+    "dkim",
+    "arc",
+    "dmarc",
     "expect",
 ];
 
@@ -463,10 +486,36 @@ fn lower_test(node: &KdlNode, source: &SourceFile, diags: &mut Diagnostics) -> O
                 Some(answer) => session.directory = Some(answer),
                 None => bad(diags, child, "unknown directory answer".to_owned(), "known, unknown or unavailable"),
             },
+            "spf" => match value.as_deref().and_then(SpfResult::parse) {
+                Some(result) => session.dns.spf = Some(result),
+                None => bad(
+                    diags,
+                    child,
+                    "unknown SPF verdict".to_owned(),
+                    "pass, fail, softfail, neutral, none, temperror or permerror",
+                ),
+            },
+            "dkim" => match value.as_deref().and_then(sender_auth::parse_dkim) {
+                Some(verdict) => session.message.dkim.push(verdict),
+                None => bad(diags, child, "`dkim` needs DOMAIN=RESULT".to_owned(), "e.g. dkim \"example.org=pass\""),
+            },
+            "arc" => match value.as_deref().and_then(sender_auth::parse_arc) {
+                Some(verdict) => session.message.arc = Some(verdict),
+                None => bad(diags, child, "`arc` needs RESULT[:SEALER]".to_owned(), "e.g. arc \"pass:lists.example\""),
+            },
+            "dmarc" => match value.as_deref().and_then(|v| sender_auth::parse_dmarc(v, session.from.as_deref())) {
+                Some(verdict) => session.message.dmarc = Some(verdict),
+                None => bad(
+                    diags,
+                    child,
+                    "`dmarc` needs RESULT[:POLICY[:DOMAIN]]".to_owned(),
+                    "e.g. dmarc \"fail:reject\" (pass, fail, none, temperror, permerror; none, quarantine, reject)",
+                ),
+            },
             "expect" => {
                 let stage = child.get("stage").and_then(|v| v.as_string()).map(Stage::parse);
                 if let Some(None) = stage {
-                    bad(diags, child, "unknown stage".to_owned(), "connect, helo, mail or rcpt");
+                    bad(diags, child, "unknown stage".to_owned(), "connect, helo, mail, rcpt or data");
                 }
                 let rule = child.get("rule").and_then(|v| v.as_string()).map(str::to_owned);
                 if let Some(rule) = &rule {

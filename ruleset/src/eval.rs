@@ -12,6 +12,11 @@
 //! too ([`session_mail_checks`]), from the facts `tls` and `user`, so `mtac explain` and
 //! `mtac test` see the 530 and the 553 a node answers.
 //!
+//! Sender authentication (SPF at MAIL FROM, DMARC after DATA) is decided from its verdicts by
+//! `crate::sender_auth`, which this file calls: the SPF verdict is a DNS fact
+//! ([`DnsFacts::spf`]); the message's DKIM, ARC and DMARC verdicts are [`MessageAuth`]
+//! ([`Facts::message`]), read by the `data` stage's `dmarc` step.
+//!
 //! **Invariant:** relay control, recipient syntax and the known-recipient table are never skipped,
 //! whatever the client's trust. HELO and sender hygiene checks count as anti-spam checks: trust and
 //! role accounts skip them.
@@ -19,6 +24,7 @@
 use crate::model::{
     AccessAction, Check, DkimSign, DkimSignKey, Dnsbl, DnsblTarget, Farm, FarmKind, Reply, Stage, Step, TableId,
 };
+pub use crate::sender_auth::{MessageAuth, SpfResult};
 use crate::syntax;
 use std::net::{IpAddr, Ipv4Addr};
 
@@ -91,6 +97,10 @@ pub trait DnsFacts {
     fn helo_name(&self) -> Option<DomainStatus> {
         None
     }
+    /// The SPF verdict on MAIL FROM (`None`: not checked, or not given).
+    fn spf(&self) -> Option<SpfResult> {
+        None
+    }
 }
 
 /// Facts with no DNS at all: every list "not listed", every domain unknown.
@@ -127,6 +137,9 @@ pub struct Facts<'a> {
     /// The directory's answer on `recipient` (`None`: not asked; the directory step is then
     /// [`StepOutcome::AskDirectory`]).
     pub directory: Option<DirectoryAnswer>,
+    /// What verifying the message found (DKIM, ARC, DMARC), for the `data` stage (`None`: not
+    /// verified yet, or not given).
+    pub message: Option<&'a MessageAuth>,
 }
 
 /// What happened at one step, for `explain` and logs.
@@ -148,6 +161,9 @@ pub enum StepOutcome {
     /// `--user`): the node checks that the user owns the sender here, and this evaluation could
     /// not. Passes, so that the rest of the session is still shown.
     UserNotGiven,
+    /// A verdict the node finds for itself (this fact: `spf`, `dmarc`) was not given to this
+    /// evaluation (`explain` without `--spf`). Passes, so the rest of the session is still shown.
+    NotGiven(&'static str),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -614,6 +630,8 @@ fn run_step(tables: &dyn Lookup, farm: &Farm, step: &Step, facts: &Facts<'_>) ->
             )),
             None => pass("not looked up"),
         },
+        Check::Spf => crate::sender_auth::spf_step(farm.sender_auth.spf.as_ref(), facts.dns.spf(), facts.sender, step),
+        Check::Dmarc => crate::sender_auth::dmarc_step(tables, farm, facts.message),
         Check::AuthRequired => {
             if facts.authenticated {
                 pass("authenticated")
@@ -664,6 +682,8 @@ pub struct GivenDns {
     pub reverse: Option<ReverseDns>,
     /// The HELO name's DNS status.
     pub helo_name: Option<DomainStatus>,
+    /// The SPF verdict on MAIL FROM.
+    pub spf: Option<SpfResult>,
 }
 
 impl DnsFacts for GivenDns {
@@ -678,6 +698,9 @@ impl DnsFacts for GivenDns {
     }
     fn helo_name(&self) -> Option<DomainStatus> {
         self.helo_name
+    }
+    fn spf(&self) -> Option<SpfResult> {
+        self.spf
     }
 }
 
@@ -696,7 +719,8 @@ impl Simulation {
 }
 
 /// Evaluate the stages a session reaches with these facts, stopping at the first refusal: connect
-/// always, HELO when given, MAIL when a sender is given, RCPT when a recipient is given.
+/// always, HELO when given, MAIL when a sender is given, RCPT when a recipient is given, and the
+/// message's (`data`) when a recipient is given and the farm decides on the message.
 pub fn simulate(tables: &dyn Lookup, farm: &Farm, facts: &Facts<'_>) -> Simulation {
     let mut stages = Vec::new();
     let reached = [
@@ -704,6 +728,7 @@ pub fn simulate(tables: &dyn Lookup, farm: &Farm, facts: &Facts<'_>) -> Simulati
         (Stage::Helo, facts.helo.is_some()),
         (Stage::Mail, facts.sender.is_some()),
         (Stage::Rcpt, facts.recipient.is_some()),
+        (Stage::Data, facts.recipient.is_some() && !farm.program.data.is_empty()),
     ];
     for (stage, reached) in reached {
         if !reached {

@@ -105,6 +105,7 @@ fn check_file(file: Vec<u8>) {
                 dns: &NoDns,
                 greylist: None,
                 directory: None,
+                message: None,
             };
             for stage in Stage::ALL {
                 let _ = eval::evaluate(&ruleset, farm, stage, &facts);

@@ -36,6 +36,7 @@ mod fst_nodes;
 pub mod fuzz;
 pub mod model;
 pub mod rules;
+pub mod sender_auth;
 pub mod syntax;
 pub mod tables;
 

@@ -179,6 +179,86 @@ pub struct Farm {
     pub rate_limits: Vec<RateLimit>,
     /// Delay before answering a refused command, in milliseconds (0 = none).
     pub tarpit_ms: u32,
+    /// SPF, DKIM, ARC and DMARC verification and what their verdicts decide.
+    pub sender_auth: SenderAuth,
+}
+
+/// Which sender authentication checks a farm runs and what their verdicts decide
+/// (docs/policy.md `spf`, `dkim`, `dmarc`). Nothing written: nothing checked.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SenderAuth {
+    /// SPF at MAIL FROM (and of the HELO name); `None`: not checked.
+    pub spf: Option<SpfSettings>,
+    /// DKIM signatures and the ARC chain verified after DATA (always when `dmarc` is set).
+    pub dkim: bool,
+    /// DMARC evaluated after DATA; `None`: not evaluated.
+    pub dmarc: Option<DmarcSettings>,
+}
+
+impl SenderAuth {
+    /// Does the message need verifying after DATA (DKIM, ARC, DMARC)?
+    pub fn after_data(&self) -> bool {
+        self.dkim || self.dmarc.is_some()
+    }
+
+    /// Does anything here write an Authentication-Results field?
+    pub fn any(&self) -> bool {
+        self.spf.is_some() || self.after_data()
+    }
+}
+
+/// What a DNS failure during a check means: the message waits, or goes on with the verdict
+/// `temperror` recorded. Never a permanent refusal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum OnTempError {
+    /// 451: the sender retries later.
+    Defer,
+    /// Accepted; `temperror` is recorded in Authentication-Results.
+    Pass,
+}
+
+/// What a verdict the domain owner asks to refuse does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum OnFail {
+    /// Refused with a 5xx.
+    Refuse,
+    /// Accepted; the verdict is recorded in Authentication-Results.
+    Record,
+}
+
+/// SPF (RFC 7208) at MAIL FROM.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SpfSettings {
+    /// `fail` (`-all` matched): refused with 550 5.7.23 (RFC 7372), or recorded.
+    pub fail: OnFail,
+    pub temperror: OnTempError,
+    /// Also check the HELO identity (recorded as `spf … smtp.helo=`; MAIL FROM's verdict decides).
+    pub helo: bool,
+}
+
+/// What a DMARC `p=quarantine` failure does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum OnQuarantine {
+    /// Relayed with `dmarc=fail … policy.dmarc=quarantine` in Authentication-Results, for the
+    /// mail store's filters (a Junk folder).
+    Header,
+    Refuse,
+    Defer,
+}
+
+/// DMARC (RFC 7489) after DATA.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DmarcSettings {
+    /// A failing message of a domain that publishes `p=reject`.
+    pub reject: OnFail,
+    pub quarantine: OnQuarantine,
+    pub temperror: OnTempError,
+    /// Author domains (and their subdomains) never refused for DMARC: mailing lists that
+    /// rewrite messages, forwarders the operator knows.
+    pub never_refuse: Option<TableId>,
+    /// ARC sealers (the `d=` of the newest ARC-Seal, with subdomains) whose valid chain
+    /// excuses a DMARC failure: the forwarders whose own checks the operator trusts.
+    pub trust_arc: Option<TableId>,
 }
 
 /// The header fields that carry a verdict of this node or its scanners. Copies the sender wrote
@@ -320,10 +400,15 @@ pub enum Stage {
     Helo,
     Mail,
     Rcpt,
+    /// After the message's final dot: the node's own steps on the message's verdicts (DMARC);
+    /// no check the policy moves with `stage=` may go here.
+    Data,
 }
 
 impl Stage {
-    pub const ALL: [Stage; 4] = [Stage::Connect, Stage::Helo, Stage::Mail, Stage::Rcpt];
+    pub const ALL: [Stage; 5] = [Stage::Connect, Stage::Helo, Stage::Mail, Stage::Rcpt, Stage::Data];
+    /// The stages a check may be moved to with `stage=`: the commands before the message.
+    pub const COMMANDS: [Stage; 4] = [Stage::Connect, Stage::Helo, Stage::Mail, Stage::Rcpt];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -331,6 +416,7 @@ impl Stage {
             Stage::Helo => "helo",
             Stage::Mail => "mail",
             Stage::Rcpt => "rcpt",
+            Stage::Data => "data",
         }
     }
 
@@ -346,6 +432,7 @@ pub struct Program {
     pub helo: Vec<Step>,
     pub mail: Vec<Step>,
     pub rcpt: Vec<Step>,
+    pub data: Vec<Step>,
 }
 
 impl Program {
@@ -355,6 +442,7 @@ impl Program {
             Stage::Helo => &self.helo,
             Stage::Mail => &self.mail,
             Stage::Rcpt => &self.rcpt,
+            Stage::Data => &self.data,
         }
     }
 
@@ -364,6 +452,7 @@ impl Program {
             Stage::Helo => &mut self.helo,
             Stage::Mail => &mut self.mail,
             Stage::Rcpt => &mut self.rcpt,
+            Stage::Data => &mut self.data,
         }
     }
 }
@@ -419,6 +508,10 @@ pub enum Check {
     /// A recipient of a local domain that the compiled table does not list exists in the
     /// farm's directory (LDAP, asked by the runtime; cached).
     RecipientDirectory,
+    /// SPF of MAIL FROM (the verdict comes from the runtime's check, or from `--spf`).
+    Spf,
+    /// DMARC after DATA, from the message's verdicts (the runtime's, or `--dmarc`).
+    Dmarc,
 }
 
 impl Check {
@@ -436,6 +529,8 @@ impl Check {
                 | Check::Greylist
                 | Check::ClientReverseDns { .. }
                 | Check::HeloResolvable
+                | Check::Spf
+                | Check::Dmarc
         )
     }
 }

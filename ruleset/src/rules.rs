@@ -92,6 +92,8 @@ pub const HELO_RESOLVABLE: &str = "helo.resolvable";
 pub const SENDER_FQDN: &str = "sender.fqdn";
 pub const SENDER_DENY: &str = "sender.deny";
 pub const SENDER_RESOLVABLE: &str = "sender.resolvable";
+pub const SPF: &str = "spf";
+pub const DMARC: &str = "dmarc";
 pub const RECIPIENT_DIRECTORY: &str = "recipient.directory";
 pub const GREYLIST: &str = "greylist";
 
@@ -154,6 +156,8 @@ pub const RULES: &[Rule] = &[
     policy(SENDER_FQDN, Phase::Rcpt, Replies::Permanent),
     policy(SENDER_DENY, Phase::Rcpt, Replies::Permanent),
     policy(SENDER_RESOLVABLE, Phase::Rcpt, Replies::Either),
+    policy(SPF, Phase::Mail, Replies::Either),
+    policy(DMARC, Phase::Data, Replies::Either),
     policy(RECIPIENT_DIRECTORY, Phase::Rcpt, Replies::Either),
     policy(GREYLIST, Phase::Rcpt, Replies::Temporary),
     session(TLS_REQUIRED, Phase::Mail, Replies::Permanent),

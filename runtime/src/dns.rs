@@ -293,6 +293,16 @@ impl Dns {
     }
 
     /// The zones' health, shared with every clone of this `Dns`.
+    /// The shared resolver (and its cache), for the sender authentication checks.
+    pub fn resolver(&self) -> &TokioResolver {
+        &self.resolver
+    }
+
+    /// The longest one query (or one sender authentication check) may take.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
     pub fn zones(&self) -> &Arc<ZoneMonitor> {
         &self.zones
     }

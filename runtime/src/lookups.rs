@@ -11,11 +11,21 @@
 
 use crate::dns::{Dns, Reverse};
 use crate::metrics::{Metrics, ZoneLabel};
+use crate::sender_auth::{SpfCheck, Verifier};
 use crate::session::DnsUpdate;
 use mtac_ruleset::eval::{DomainStatus, ListAnswer, ReverseDns};
 use mtac_ruleset::model::{Check, DnsblTarget, Farm, GreylistKey, Stage};
 use std::net::IpAddr;
 use tokio::task::JoinHandle;
+
+/// The SPF check a farm makes at MAIL FROM.
+#[derive(Debug, Clone, Copy)]
+struct SpfNeed {
+    /// The `spf` step decides at MAIL FROM: the stage waits for the answer.
+    at_mail: bool,
+    /// Check the HELO identity too.
+    helo: bool,
+}
 
 /// What a farm's program can ask of DNS, and at which stages.
 #[derive(Debug, Clone, Default)]
@@ -24,6 +34,12 @@ pub struct Needs {
     reverse: bool,
     sender_domain: bool,
     helo_name: bool,
+    /// SPF at MAIL FROM: for the `spf` step, or for DMARC's SPF alignment after DATA.
+    spf: Option<SpfNeed>,
+    /// The farm's name, for the SPF verdicts' counts.
+    farm: String,
+    /// Messages are verified after DATA (DKIM, ARC, DMARC): no lookup here, but DNS is needed.
+    verify_messages: bool,
     /// Per stage (connect, helo, mail, rcpt): (client, helo, sender) lookups needed.
     stages: [(bool, bool, bool); 4],
 }
@@ -34,6 +50,9 @@ fn index(stage: Stage) -> usize {
         Stage::Helo => 1,
         Stage::Mail => 2,
         Stage::Rcpt => 3,
+        // Nothing DNS answers at the `data` stage waits in here: the message's checks make
+        // their own queries (`sender_auth`).
+        Stage::Data => 4,
     }
 }
 
@@ -41,7 +60,7 @@ impl Needs {
     pub fn of(farm: &Farm) -> Needs {
         let zones: Vec<(String, DnsblTarget)> =
             farm.dnsbl.iter().flat_map(|d| &d.zones).map(|z| (z.zone.clone(), z.target)).collect();
-        let mut needs = Needs { zones, ..Needs::default() };
+        let mut needs = Needs { zones, farm: farm.name.clone(), ..Needs::default() };
         let has = |target: DnsblTarget| needs.zones.iter().any(|(_, t)| *t == target);
         let (client_zones, helo_zones, sender_zones) =
             (has(DnsblTarget::ClientIp), has(DnsblTarget::HeloName), has(DnsblTarget::SenderDomain));
@@ -80,12 +99,25 @@ impl Needs {
                 *slot = need;
             }
         }
+        let auth = &farm.sender_auth;
+        needs.verify_messages = auth.after_data();
+        if auth.spf.is_some() || auth.dmarc.is_some() {
+            needs.spf = Some(SpfNeed {
+                at_mail: farm.program.mail.iter().any(|step| step.check == Check::Spf),
+                helo: auth.spf.as_ref().is_some_and(|s| s.helo),
+            });
+        }
         needs
     }
 
     /// Whether anything here ever needs DNS.
     pub fn any(&self) -> bool {
-        !self.zones.is_empty() || self.reverse || self.sender_domain || self.helo_name
+        !self.zones.is_empty()
+            || self.reverse
+            || self.sender_domain
+            || self.helo_name
+            || self.spf.is_some()
+            || self.verify_messages
     }
 
     fn zones_for(&self, target: DnsblTarget) -> Vec<String> {
@@ -102,6 +134,10 @@ pub struct Lookups {
     client: Option<JoinHandle<(Lists, Option<ReverseDns>)>>,
     helo: Option<JoinHandle<(Lists, Option<DomainStatus>)>>,
     sender: Option<JoinHandle<(Lists, Option<DomainStatus>)>>,
+    spf: Option<JoinHandle<SpfCheck>>,
+    /// The current MAIL FROM's SPF check, once it answered: DATA writes it into
+    /// Authentication-Results and DMARC aligns on it.
+    spf_done: Option<SpfCheck>,
 }
 
 impl Drop for Lookups {
@@ -113,6 +149,9 @@ impl Drop for Lookups {
             handle.abort();
         }
         if let Some(h) = self.sender.take() {
+            h.abort();
+        }
+        if let Some(h) = self.spf.take() {
             h.abort();
         }
     }
@@ -165,7 +204,7 @@ impl Lookups {
                 (found, reverse)
             })
         });
-        Lookups { dns, needs, client: client_task, helo: None, sender: None }
+        Lookups { dns, needs, client: client_task, helo: None, sender: None, spf: None, spf_done: None }
     }
 
     /// The HELO name changed: look the new one up. What the session knew of the old name no
@@ -236,6 +275,30 @@ impl Lookups {
         changed
     }
 
+    /// A new MAIL FROM: start its SPF check (of `sender`, `""` for `<>`, from `client` that
+    /// said `helo_name`), when the farm checks SPF or DMARC. The previous sender's check no
+    /// longer holds. `hostname` is the receiving host for SPF macros (`%{r}`).
+    pub fn spf(&mut self, client: IpAddr, helo_name: &str, hostname: &str, sender: &str) {
+        if let Some(old) = self.spf.take() {
+            old.abort();
+        }
+        self.spf_done = None;
+        let Some(need) = self.needs.spf else { return };
+        let verifier = Verifier::new(&self.dns);
+        let (helo_name, hostname, sender) = (helo_name.to_owned(), hostname.to_owned(), sender.to_owned());
+        self.spf =
+            Some(tokio::spawn(async move { verifier.spf(client, &helo_name, &hostname, &sender, need.helo).await }));
+    }
+
+    /// The current MAIL FROM's SPF check, waiting for it if it is still running (`None`: none
+    /// was started, or its task failed).
+    pub async fn spf_check(&mut self) -> Option<&SpfCheck> {
+        if let Some(task) = self.spf.take() {
+            self.spf_done = task.await.ok();
+        }
+        self.spf_done.as_ref()
+    }
+
     /// Wait for what `stage` needs: the answers, for `Session::dns_answered`. DNS list hits and
     /// failures are counted in `metrics` as they arrive.
     pub async fn ready_for(&mut self, stage: Stage, metrics: &Metrics) -> Vec<DnsUpdate> {
@@ -261,6 +324,13 @@ impl Lookups {
                 listed(&mut answers, found, metrics);
                 answers.push(DnsUpdate::SenderDomain(status));
             }
+        }
+        if stage == Stage::Mail && self.needs.spf.is_some_and(|n| n.at_mail) {
+            let result = self.spf_check().await.map(SpfCheck::result);
+            if let Some(result) = result {
+                metrics.sender_auth_verdict(&self.needs.farm, "spf", result.as_str());
+            }
+            answers.push(DnsUpdate::Spf(result));
         }
         answers
     }

@@ -94,6 +94,13 @@ label_sets! {
         /// `signed`, `no-key` (no key for the From domain, or not one From address), `failed`.
         result: &'static str,
     }
+    SenderAuthVerdict {
+        farm: String,
+        /// `spf` (MAIL FROM), `spf-helo`, `dkim` (one per signature), `arc`, `dmarc`.
+        check: &'static str,
+        /// RFC 8601's words: pass, fail, softfail, neutral, none, temperror, permerror.
+        result: &'static str,
+    }
     RelayError {
         farm: String,
         /// `rcpt` (opening the transaction or a recipient) or `data`.
@@ -180,6 +187,8 @@ metrics! {
         "Header fields a sender wrote under a name of this node's verdicts, removed or renamed";
     greylist: Family<GreylistOutcome, Counter>, "greylist", "Greylist decisions, by outcome";
     scans: Family<ScanResult, Counter>, "scans", "Scanner answers, by scanner and result";
+    sender_auth: Family<SenderAuthVerdict, Counter>, "sender_auth",
+        "Sender authentication verdicts (SPF, each DKIM signature, ARC, DMARC), by check and result";
     auth: Family<AuthOutcome, Counter>, "auth", "SMTP AUTH attempts, by outcome";
     auth_cached: Counter, "auth_cache_hits",
         "Successful AUTH answered from the login cache (no password hash, no LDAP bind)";
@@ -243,6 +252,11 @@ impl Metrics {
             rule: rule.to_owned(),
         };
         self.refusals.get_or_create(&labels).inc();
+    }
+
+    /// One sender authentication verdict.
+    pub fn sender_auth_verdict(&self, farm: &str, check: &'static str, result: &'static str) {
+        self.sender_auth.get_or_create(&SenderAuthVerdict { farm: farm.to_owned(), check, result }).inc();
     }
 
     /// The text exposition (OpenMetrics 1.0).

@@ -3,7 +3,7 @@
 //! Clients bind to distinct 127.x.y.z addresses so each looks like its own host.
 
 #[path = "../common/dns_server.rs"]
-mod dns_server;
+pub(crate) mod dns_server;
 
 use crate::support::{code, relay_policy, sample, Behaviour, Client, Sink, TestNode};
 use dns_server::{a, name};

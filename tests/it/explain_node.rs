@@ -5,6 +5,8 @@
 //! file. Every session must end the same way in both: the same stage, reply code, enhanced code
 //! and text, or accepted in both.
 
+use crate::dnsbl::dns_server;
+
 use crate::submission::{b64, certificate, connector, phc, policy as submission_policy, Smtp};
 use crate::support::{code, Behaviour, Sink, TestNode};
 use mtac_compiler::policytest::{run_session, Session};
@@ -27,6 +29,8 @@ struct Script {
     user: Option<&'static str>,
     from: Option<&'static str>,
     rcpt: Option<&'static str>,
+    /// The SPF verdict the node's check finds (its DNS zone says so), given to `explain`.
+    spf: Option<&'static str>,
     expect: &'static str,
 }
 
@@ -72,7 +76,7 @@ const fn mx(
 ) -> Script {
     let helo = if helo.is_empty() { None } else { Some(helo) };
     let rcpt = if rcpt.is_empty() { None } else { Some(rcpt) };
-    Script { name, client, helo, tls: false, user: None, from, rcpt, expect }
+    Script { name, client, helo, tls: false, user: None, from, rcpt, spf: None, expect }
 }
 
 const ALICE: Option<&str> = Some("alice@example.org");
@@ -148,6 +152,7 @@ const fn sub(
         user,
         from: Some(from),
         rcpt: Some("friend@elsewhere.example"),
+        spf: None,
         expect,
     }
 }
@@ -161,6 +166,55 @@ const SUBMISSION_SCRIPTS: &[Script] = &[
     sub("a user cannot send as a colleague", true, Some("alice"), "bob@example.test", "553 5.7.1"),
     sub("a user cannot send as someone elsewhere", true, Some("alice"), "alice@elsewhere.example", "553 5.7.1"),
     sub("the null sender after AUTH", true, Some("alice"), "", "553 5.7.1"),
+];
+
+/// Issue 16: the SPF decision at MAIL FROM, against a DNS zone on loopback: good.test lets
+/// 127.0.0.10 send (`-all`), soft.test asks only for `~all`.
+const MX_SPF: &str = r#"hostname "mx.test.example"
+dns timeout="1s" {
+    nameserver "{nameserver}"
+}
+spool "{dir}/spool"
+farm "mx" kind="inbound-mx" {
+    listen "127.0.0.1:0"
+    local-domains "example.test"
+    access {
+        accept "127.0.0.77/32"
+    }
+    spf fail="refuse" temperror="defer"
+    relay {
+        backend "smtp://{backend}"
+    }
+}
+"#;
+
+/// A session from `client` sending as `from`, whose SPF verdict is `spf`.
+const fn spf(
+    name: &'static str,
+    client: &'static str,
+    from: &'static str,
+    spf: &'static str,
+    expect: &'static str,
+) -> Script {
+    Script {
+        name,
+        client,
+        helo: Some("mail.example.org"),
+        tls: false,
+        user: None,
+        from: Some(from),
+        rcpt: Some("john@example.test"),
+        spf: Some(spf),
+        expect,
+    }
+}
+
+const SPF_SCRIPTS: &[Script] = &[
+    spf("SPF passes", "127.0.0.10", "a@good.test", "pass", "accept"),
+    spf("SPF fails: refused at MAIL FROM", "127.0.0.11", "a@good.test", "fail", "550 5.7.23"),
+    spf("SPF softfails: recorded only", "127.0.0.11", "a@soft.test", "softfail", "accept"),
+    spf("no SPF record", "127.0.0.11", "a@nospf.test", "none", "accept"),
+    spf("a trusted client skips SPF", "127.0.0.77", "a@good.test", "fail", "accept"),
 ];
 
 /// Run one script against the node.
@@ -233,6 +287,8 @@ fn on_explain(node: &TestNode, farm: &str, s: &Script) -> End {
         tls: Some(s.tls),
         ..Session::default()
     };
+    let mut session = session;
+    session.dns.spf = s.spf.and_then(mtac_ruleset::eval::SpfResult::parse);
     let (simulation, outcome) = run_session(&ruleset, farm, &session);
     let last = simulation.stages.last().map(|(_, d)| d);
     assert!(
@@ -288,5 +344,21 @@ async fn issue15_explain_answers_every_scripted_session_as_the_node_does() {
     let users = TestNode::start(&submission_policy(&cert, &key, &auth, ""), Some(sink.addr)).await;
     differences.extend(compare(&users, Some(&cert), "users", SUBMISSION_SCRIPTS).await);
 
+    let zone = dns_server::serve(vec![(
+        "test.",
+        vec![
+            ("good".to_owned(), txt("v=spf1 ip4:127.0.0.10 -all")),
+            ("soft".to_owned(), txt("v=spf1 ~all")),
+            ("nospf".to_owned(), dns_server::a("192.0.2.1")),
+        ],
+    )])
+    .await;
+    let with_spf = TestNode::start(&MX_SPF.replace("{nameserver}", &zone.addr.to_string()), Some(sink.addr)).await;
+    differences.extend(compare(&with_spf, None, "mx", SPF_SCRIPTS).await);
+
     assert!(differences.is_empty(), "explain and the node disagree:\n{}", differences.join("\n"));
+}
+
+fn txt(text: &str) -> hickory_server::proto::rr::RData {
+    hickory_server::proto::rr::RData::TXT(hickory_server::proto::rr::rdata::TXT::new(vec![text.to_owned()]))
 }

@@ -17,6 +17,7 @@ mod policies;
 mod process;
 mod runtime;
 mod scan;
+mod sender_auth;
 mod submission;
 mod support;
 mod trust_defects;

@@ -214,6 +214,12 @@ pub struct DraftFarm {
     pub ban_response: Option<(BanResponse, Origin)>,
     pub rate_limits: Vec<RateLimit>,
     pub tarpit_ms: u32,
+    /// `spf`: SPF at MAIL FROM.
+    pub spf: Option<mtac_ruleset::model::SpfSettings>,
+    /// `dkim` / `dkim #false`, as written (DMARC turns it on unless it says `#false`).
+    pub dkim: Option<bool>,
+    /// `dmarc`.
+    pub dmarc: Option<super::sender_auth::DraftDmarc>,
 }
 
 #[derive(Debug, Default)]

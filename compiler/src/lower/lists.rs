@@ -66,7 +66,7 @@ impl Lowerer {
 
     pub(crate) fn access(&mut self, at: At<'_>, dir: &Path, farm: &mut DraftFarm) {
         self.shape(at, &["stage"], 0, true);
-        farm.access_stage = self.stage(at, &Stage::ALL).or(farm.access_stage);
+        farm.access_stage = self.stage(at, &Stage::COMMANDS).or(farm.access_stage);
         for child in Self::children(at) {
             let action = match child.node.name().value() {
                 "accept" => {

@@ -23,6 +23,7 @@ mod listen;
 mod lists;
 mod read;
 mod relay;
+mod sender_auth;
 mod submission;
 mod top;
 
@@ -32,6 +33,7 @@ pub use ir::{
     DraftScanner, DraftTls, DraftZone, HeloRules, NetEntry, Origin, Pos, SenderRules, Sources,
 };
 pub use read::{parse_answer_pattern, parse_duration, parse_reply, parse_size};
+pub use sender_auth::DraftDmarc;
 
 use crate::diag::{did_you_mean, Diag, Reporter};
 use crate::files::{self, Trees};
@@ -273,6 +275,9 @@ impl Lowerer {
             ban_response: None,
             rate_limits: Vec::new(),
             tarpit_ms: 0,
+            spf: None,
+            dkim: None,
+            dmarc: None,
         };
         let mut seen: HashMap<String, (usize, SourceSpan)> = HashMap::new();
         let children: Vec<At<'_>> = Self::children(at).collect();

@@ -6,7 +6,7 @@
 //! back end may see.
 
 use super::content::{content_checks, SpooledMessage};
-use super::report::{message_decided, relay_error};
+use super::report::{message_decided, relay_error, Answer};
 use super::{Conn, Ctx, End, READ_STEP};
 use crate::dkim_sign::{FarmSigner, SignError};
 use crate::metrics::{DkimSigning, FarmLabel};
@@ -33,12 +33,13 @@ pub(super) async fn transaction(
     ctx: &Ctx<'_>,
     delivery: &Delivery<'_>,
     txn: Option<Transaction<'_>>,
+    spf: Option<&crate::sender_auth::SpfCheck>,
 ) -> Result<(), End> {
     let farm = ctx.farm;
     let signer = ctx.snapshot.signer(ctx.farm_index);
-    let Answer { reply, reason, size, signed } =
-        receive(conn, session, farm, &ctx.snapshot.ruleset, signer, &ctx.hostname, delivery, txn).await?;
-    message_decided(conn.shared, session, farm, &reply, reason, size, signed.as_deref());
+    let answer = receive(conn, session, ctx, signer, delivery, txn, spf).await?;
+    message_decided(conn.shared, session, farm, &answer);
+    let reply = answer.reply;
     if reply.is_positive() {
         count_delivery(conn.shared, session, farm);
     }
@@ -50,36 +51,18 @@ pub(super) async fn transaction(
     Ok(())
 }
 
-/// The final answer to a message, for the client and the log.
-struct Answer {
-    reply: Reply,
-    /// Why: a [`crate::metrics::MessageOutcome`] reason.
-    reason: &'static str,
-    /// The message's size as the sender sent it.
-    size: u64,
-    /// The domain whose DKIM key signed it (`dkim-sign`).
-    signed: Option<String>,
-}
-
-impl From<(Reply, &'static str, u64)> for Answer {
-    fn from((reply, reason, size): (Reply, &'static str, u64)) -> Answer {
-        Answer { reply, reason, size, signed: None }
-    }
-}
-
 /// Receive DATA into the spool and deliver it. `Ok` is the final answer; `Err(end)` means the
 /// connection is over.
-#[allow(clippy::too_many_arguments)] // the phase's inputs, each from a different owner
 async fn receive(
     conn: &mut Conn<'_>,
     session: &Session,
-    farm: &Farm,
-    ruleset: &mtac_ruleset::Ruleset,
+    ctx: &Ctx<'_>,
     signer: Option<&FarmSigner>,
-    hostname: &str,
     delivery: &Delivery<'_>,
     mut txn: Option<Transaction<'_>>,
+    spf: Option<&crate::sender_auth::SpfCheck>,
 ) -> Result<Answer, End> {
+    let (farm, ruleset, hostname) = (ctx.farm, &ctx.snapshot.ruleset, ctx.hostname.as_str());
     let Some(envelope) = session.transaction() else {
         return Ok((Reply::bad_sequence("need MAIL command"), rules::PROTOCOL, 0).into());
     };
@@ -192,13 +175,31 @@ async fn receive(
         return Ok((abandon(txn, refusal).await, rules::AUTH_HEADER_FROM, size).into());
     }
     let message = SpooledMessage { size, sender_start };
-    let mut headers = match content_checks(conn.shared, session, farm, ruleset, &spool, message, hostname).await {
-        Ok(headers) => headers,
-        Err((reply, rule)) => return Ok((abandon(txn, reply).await, rule, size).into()),
+    // Sender authentication (`spf`, `dkim`, `dmarc`): its verdicts go on the log line whatever
+    // the answer.
+    let checked = match super::verify::sender_auth(conn.shared, session, ctx, &spool, message, spf).await {
+        Ok(checked) => checked,
+        Err((reply, rule, auth)) => {
+            let reply = abandon(txn, reply).await;
+            return Ok(Answer { reply, reason: rule, size, signed: None, auth });
+        }
     };
+    let auth = checked.summary;
+    let mut headers = match content_checks(conn.shared, session, farm, ruleset, &spool, message, hostname).await {
+        // Authentication-Results first: RFC 8601 5 puts the newest trace field on top.
+        Ok(headers) => checked.header + &headers,
+        Err((reply, rule)) => {
+            let reply = abandon(txn, reply).await;
+            return Ok(Answer { reply, reason: rule, size, signed: None, auth });
+        }
+    };
+    // Signed last, over exactly what is relayed (our header lines and the spool file).
     let signed = match dkim_sign(conn.shared, session, farm, signer, &verdicts, &spool, &mut headers).await {
         Ok(signed) => signed,
-        Err(reply) => return Ok((abandon(txn, reply).await, rules::DKIM_SIGN, size).into()),
+        Err(reply) => {
+            let reply = abandon(txn, reply).await;
+            return Ok(Answer { reply, reason: rules::DKIM_SIGN, size, signed: None, auth });
+        }
     };
     let started = std::time::Instant::now();
     let reply = deliver(session, delivery, txn, &mut spool, hostname, headers).await;
@@ -215,7 +216,7 @@ async fn receive(
         (false, Delivery::Relay(_)) => rules::BACKEND,
         (false, Delivery::Maildir(_)) => rules::LOCAL_DELIVERY,
     };
-    Ok(Answer { reply, reason, size, signed })
+    Ok(Answer { reply, reason, size, signed, auth })
 }
 
 /// A delivered message counts toward its client's auto-whitelisting (in the background: the

@@ -29,6 +29,7 @@ mod prepare;
 mod rcpt;
 mod report;
 mod starttls;
+mod verify;
 
 pub use prepare::rate_exceeded;
 
@@ -272,7 +273,7 @@ async fn run(conn: &mut Conn<'_>, session: &mut Session, ctx: &Ctx<'_>, lookups:
             break end;
         }
         report::decided(conn.shared, session, ctx.farm, &asked, &action);
-        if let Err(end) = act(conn, session, ctx, &relay, &mut txn, action).await {
+        if let Err(end) = act(conn, session, ctx, &relay, &mut txn, action, lookups).await {
             break end;
         }
         // RSET, a new EHLO, or a refused transaction: release the back end connection and the
@@ -300,6 +301,7 @@ async fn act<'r>(
     relay: &Delivery<'r>,
     txn: &mut Option<Transaction<'r>>,
     action: Action,
+    lookups: &mut Option<Lookups>,
 ) -> Result<(), End> {
     match action {
         Action::Reply { reply, .. } => {
@@ -307,7 +309,15 @@ async fn act<'r>(
             Ok(())
         }
         Action::Close { reply, .. } => Err(conn.close(&reply, End::of_close(&reply)).await),
-        Action::Data => data::transaction(conn, session, ctx, relay, txn.take()).await,
+        Action::Data => {
+            // MAIL FROM's SPF check, for Authentication-Results and DMARC (awaited if it is
+            // still running: it started at MAIL FROM).
+            let spf = match lookups.as_mut() {
+                Some(l) => l.spf_check().await.cloned(),
+                None => None,
+            };
+            data::transaction(conn, session, ctx, relay, txn.take(), spf.as_ref()).await
+        }
         Action::StartTls(reply) => starttls::upgrade(conn, session, ctx, &reply).await,
         // Made by `round_trips` before we get here.
         Action::Recipient { .. } | Action::Greylist { .. } | Action::Directory { .. } | Action::Authenticate { .. } => {
@@ -401,9 +411,10 @@ async fn next_action(
             Prepared::Done(action) => (Asked::Other, action),
             Prepared::Command(command) => {
                 let asked = Asked::of(&command);
-                let action = prepare::prepare(&command, session, ctx.farm, conn.shared, lookups, transfer)
-                    .await
-                    .unwrap_or_else(|| session.command(command, &ctx.snapshot.ruleset, ctx.farm));
+                let action =
+                    prepare::prepare(&command, session, ctx.farm, conn.shared, lookups, transfer, &ctx.hostname)
+                        .await
+                        .unwrap_or_else(|| session.command(command, &ctx.snapshot.ruleset, ctx.farm));
                 (asked, action)
             }
         });

@@ -20,6 +20,7 @@ pub(super) async fn prepare(
     shared: &Shared,
     lookups: &mut Option<Lookups>,
     transfer: &mut Option<crate::transfers::TransferSlot>,
+    hostname: &str,
 ) -> Option<Action> {
     use crate::smtp::{Command, ReversePath};
     let stage = match command {
@@ -63,6 +64,15 @@ pub(super) async fn prepare(
                         ReversePath::Mailbox(m) => Some(m.domain()),
                     };
                     session.dns_answered([l.sender(domain)]);
+                    // SPF skips authenticated sessions, as the evaluator's anti-spam steps do.
+                    if session.authenticated().is_none() {
+                        let sender = match &mail.from {
+                            ReversePath::Null => String::new(),
+                            ReversePath::Mailbox(m) => m.to_string(),
+                        };
+                        let helo = session.helo().unwrap_or_default();
+                        l.spf(session.peer().ip(), helo, hostname, &sender);
+                    }
                 }
             }
             Stage::Mail

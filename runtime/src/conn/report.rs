@@ -96,16 +96,29 @@ pub(super) fn decided(shared: &Shared, session: &Session, farm: &Farm, asked: &A
     );
 }
 
+/// The final answer to a message, for the client and the log.
+pub(super) struct Answer {
+    pub(super) reply: Reply,
+    /// Why: a [`crate::metrics::MessageOutcome`] reason.
+    pub(super) reason: &'static str,
+    /// The message's size as the sender sent it.
+    pub(super) size: u64,
+    /// The domain whose DKIM key signed it (`dkim-sign`).
+    pub(super) signed: Option<String>,
+    /// Its sender authentication verdicts (`spf=pass dkim=pass …`; empty when none were checked).
+    pub(super) auth: String,
+}
+
+impl From<(Reply, &'static str, u64)> for Answer {
+    fn from((reply, reason, size): (Reply, &'static str, u64)) -> Answer {
+        Answer { reply, reason, size, signed: None, auth: String::new() }
+    }
+}
+
 /// Log and count the final answer to a message.
-pub(super) fn message_decided(
-    shared: &Shared,
-    session: &Session,
-    farm: &Farm,
-    reply: &Reply,
-    reason: &'static str,
-    size: u64,
-    signed: Option<&str>,
-) {
+pub(super) fn message_decided(shared: &Shared, session: &Session, farm: &Farm, answer: &Answer) {
+    let Answer { reply, reason, size, signed, auth } = answer;
+    let (reason, size) = (*reason, *size);
     let verdict = if reply.is_positive() {
         "accepted"
     } else if reply.is_permanent() {
@@ -123,7 +136,7 @@ pub(super) fn message_decided(
     let (sender, recipients) = session.transaction().map_or(("", 0), |t| (t.sender.as_str(), t.recipients.len()));
     tracing::info!(
         session = %session.id(), client = %session.peer().ip(), helo = session.helo().unwrap_or(""),
-        sender, recipients, size, stage = "data", verdict, reason, signed = signed.unwrap_or(""),
+        sender, recipients, size, stage = "data", verdict, reason, signed = signed.as_deref().unwrap_or(""), auth = auth.as_str(),
         reply = %first_line(reply), "message"
     );
 }

@@ -10,7 +10,7 @@
 use super::action::{policy_reply, Refusal};
 use super::Session;
 use crate::smtp::Reply;
-use mtac_ruleset::eval::{self, Decision, DomainStatus, Facts, GivenDns, ListAnswer, ReverseDns};
+use mtac_ruleset::eval::{self, Decision, DomainStatus, Facts, GivenDns, ListAnswer, ReverseDns, SpfResult};
 use mtac_ruleset::model::{Farm, Stage};
 use mtac_ruleset::Ruleset;
 
@@ -31,6 +31,8 @@ pub enum DnsUpdate {
     HeloName(Option<DomainStatus>),
     /// What DNS knows of the sender's domain (`None`: it was not looked up).
     SenderDomain(Option<DomainStatus>),
+    /// The SPF verdict on MAIL FROM (`None`: the check could not run).
+    Spf(Option<SpfResult>),
 }
 
 /// The evaluator's decision on a stage, in the session's terms.
@@ -81,10 +83,12 @@ impl Session {
                 DnsUpdate::SenderChanged { zones } => {
                     forget(&mut self.dns, &zones);
                     self.dns.sender_domain = None;
+                    self.dns.spf = None;
                 }
                 DnsUpdate::Reverse(reverse) => self.dns.reverse = Some(reverse),
                 DnsUpdate::HeloName(status) => self.dns.helo_name = status,
                 DnsUpdate::SenderDomain(status) => self.dns.sender_domain = status,
+                DnsUpdate::Spf(result) => self.dns.spf = result,
             }
         }
     }
@@ -104,6 +108,7 @@ impl Session {
             dns: &self.dns,
             greylist: None,
             directory: None,
+            message: None,
         }
     }
 }

@@ -57,6 +57,7 @@ fn ruleset_with(errors: u32, edit: impl FnOnce(&mut Farm)) -> Ruleset {
         ban_response: BanResponse::Close521,
         rate_limits: vec![],
         tarpit_ms: 0,
+        sender_auth: Default::default(),
     };
     edit(&mut farm);
     let policy = Policy {

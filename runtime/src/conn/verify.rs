@@ -1,0 +1,86 @@
+//! The verify phase, after DATA and before the scan phase: the message's DKIM signatures, ARC
+//! chain and DMARC verdict (`crate::sender_auth`), the `data` stage's decision on them by the
+//! evaluator (DMARC enforcement), and the `Authentication-Results` field with every verdict —
+//! SPF's from MAIL FROM included — relayed in front of the spooled message.
+
+use super::content::SpooledMessage;
+use super::Ctx;
+use crate::sender_auth::{summary, SpfCheck, Verifier};
+use crate::session::{policy_reply, Session};
+use crate::shared::Shared;
+use crate::smtp::Reply;
+use crate::spool::SpoolFile;
+use mtac_ruleset::eval;
+use mtac_ruleset::model::Stage;
+use mtac_ruleset::rules;
+
+/// What the verify phase hands on: the header field to relay (empty when the farm verifies
+/// nothing) and the verdicts for the `message` log line.
+#[derive(Debug, Default)]
+pub(super) struct Checked {
+    pub(super) header: String,
+    pub(super) summary: String,
+}
+
+/// Verify the spooled message and decide on it. `Err` carries the refusal, its rule and the
+/// verdicts (for the log line).
+pub(super) async fn sender_auth(
+    shared: &Shared,
+    session: &Session,
+    ctx: &Ctx<'_>,
+    spool: &SpoolFile,
+    message: SpooledMessage,
+    spf: Option<&SpfCheck>,
+) -> Result<Checked, (Reply, &'static str, String)> {
+    let (farm, ruleset, hostname) = (ctx.farm, &ctx.snapshot.ruleset, ctx.hostname.as_str());
+    let auth = &farm.sender_auth;
+    // An authenticated session is the farm's own user: nothing of theirs to verify (as SPF at
+    // MAIL FROM, which did not run either).
+    let Some(dns) = shared.dns().filter(|_| auth.any() && session.authenticated().is_none()) else {
+        return Ok(Checked::default());
+    };
+    let authserv_id = farm.verdict_headers.authserv_ids.first().map_or(hostname, String::as_str);
+    let bytes = if auth.after_data() {
+        // mail-auth verifies a message in one buffer: bounded by the message size, which DATA
+        // enforced before a byte of this was kept (sender_auth's module doc).
+        let storage = || (Reply::local_error(), rules::SPOOL, String::new());
+        let reader = spool.reader().map_err(|_| storage())?;
+        let len = usize::try_from(reader.len().saturating_sub(message.sender_start)).map_err(|_| storage())?;
+        let mut bytes = vec![0u8; len];
+        reader.read_at(message.sender_start, &mut bytes).map_err(|_| storage())?;
+        bytes
+    } else {
+        Vec::new()
+    };
+    let ip = session.peer().ip();
+    let verified =
+        Verifier::new(&dns).message(&bytes, ip, spf, auth.after_data(), auth.dmarc.is_some(), authserv_id).await;
+    drop(bytes);
+    let facts = &verified.facts;
+    let metrics = &shared.metrics;
+    if let Some(helo) = spf.and_then(|s| s.helo.as_ref()) {
+        let result = crate::sender_auth::SpfCheck::helo_result(helo);
+        metrics.sender_auth_verdict(&farm.name, "spf-helo", result.as_str());
+    }
+    for dkim in &facts.dkim {
+        metrics.sender_auth_verdict(&farm.name, "dkim", dkim.result.as_str());
+    }
+    if let Some(arc) = &facts.arc {
+        metrics.sender_auth_verdict(&farm.name, "arc", arc.result.as_str());
+    }
+    if let Some(dmarc) = &facts.dmarc {
+        metrics.sender_auth_verdict(&farm.name, "dmarc", dmarc.result.as_str());
+    }
+    let text = summary(spf.map(SpfCheck::result), facts);
+    // The data stage: DMARC enforcement, decided by the evaluator from these verdicts.
+    let sender = session.transaction().map(|t| t.sender.as_str());
+    let mut evaluated = session.facts(ruleset, sender, None);
+    evaluated.message = Some(facts);
+    let decision = eval::evaluate(ruleset, farm, Stage::Data, &evaluated);
+    if let (Some(reply), Some(rule)) = (&decision.reply, decision.rule.as_deref()) {
+        let rule = rules::find(rule).map_or(rules::DMARC, |r| r.name);
+        tracing::info!(session = %session.id(), rule, verdicts = text.as_str(), "message refused by sender authentication");
+        return Err((policy_reply(reply), rule, text));
+    }
+    Ok(Checked { header: verified.header, summary: text })
+}

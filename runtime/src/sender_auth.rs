@@ -1,0 +1,263 @@
+//! Sender authentication on the node: SPF at MAIL FROM, and after DATA every DKIM signature, the
+//! ARC chain and DMARC, with mail-auth (Stalwart's) on the node's own resolver — the same
+//! hickory `TokioResolver` as every other lookup ([`Dns`]), so the cache and the policy's
+//! nameservers are shared — and the `Authentication-Results` field (RFC 8601) that carries every
+//! verdict to the back end.
+//!
+//! Each check (SPF, then DKIM, ARC and DMARC) is bounded by the farm's DNS timeout; a check cut
+//! short is a `temperror`, which the evaluator never turns into a 5xx. The verdicts are turned
+//! into the evaluator's types ([`mtac_ruleset::sender_auth`]) here, and nowhere else: the
+//! evaluator decides from them, as `mtac explain --spf/--dmarc` does.
+//!
+//! **Memory:** mail-auth verifies a message held in one buffer (it hashes the canonicalised
+//! headers and body and parses the header block), so the message is read from the spool file
+//! into memory for the verification, bounded by the farm's message size (the spool never holds
+//! more: DATA refuses a larger message first), and dropped before the relay streams the file.
+
+use crate::dns::Dns;
+use mail_auth::dkim::DkimError;
+use mail_auth::dmarc::verify::DmarcParameters;
+use mail_auth::spf::verify::SpfParameters;
+use mail_auth::{
+    AuthenticatedMessage, AuthenticationResults, DkimOutput, DkimResult, DmarcResult as MaDmarc, Error,
+    MessageAuthenticator, SpfOutput, SpfResult as MaSpf,
+};
+use mtac_ruleset::sender_auth::{
+    ArcVerdict, AuthResult, DkimVerdict, DmarcPolicy, DmarcResult, DmarcVerdict, MessageAuth, SpfResult,
+};
+use std::net::IpAddr;
+use std::time::Duration;
+
+/// The SPF checks of one MAIL FROM: the MAIL FROM identity (the HELO name's for `<>`) and,
+/// when the policy asks, the HELO identity; kept until DATA for Authentication-Results and
+/// DMARC's SPF alignment.
+#[derive(Debug, Clone)]
+pub struct SpfCheck {
+    pub mail_from: SpfOutput,
+    pub helo: Option<SpfOutput>,
+    /// The envelope sender as given (`""` for `<>`).
+    pub sender: String,
+    pub helo_name: String,
+}
+
+impl SpfCheck {
+    /// MAIL FROM's verdict: what the `spf` step decides on.
+    pub fn result(&self) -> SpfResult {
+        spf_result(self.mail_from.result())
+    }
+
+    /// The HELO identity's verdict (recorded only).
+    pub fn helo_result(helo: &SpfOutput) -> SpfResult {
+        spf_result(helo.result())
+    }
+}
+
+fn spf_result(result: MaSpf) -> SpfResult {
+    match result {
+        MaSpf::Pass => SpfResult::Pass,
+        MaSpf::Fail => SpfResult::Fail,
+        MaSpf::SoftFail => SpfResult::SoftFail,
+        MaSpf::Neutral => SpfResult::Neutral,
+        MaSpf::TempError => SpfResult::TempError,
+        MaSpf::PermError => SpfResult::PermError,
+        MaSpf::None => SpfResult::None,
+    }
+}
+
+fn auth_result(result: &DkimResult) -> AuthResult {
+    match result {
+        DkimResult::Pass => AuthResult::Pass,
+        DkimResult::Fail(_) => AuthResult::Fail,
+        DkimResult::Neutral(_) => AuthResult::Neutral,
+        DkimResult::None => AuthResult::None,
+        DkimResult::TempError(_) => AuthResult::TempError,
+        DkimResult::PermError(_) => AuthResult::PermError,
+    }
+}
+
+fn dmarc_result(result: &MaDmarc) -> DmarcResult {
+    match result {
+        MaDmarc::Pass => DmarcResult::Pass,
+        MaDmarc::Fail(_) => DmarcResult::Fail,
+        MaDmarc::TempError(_) => DmarcResult::TempError,
+        MaDmarc::PermError(_) => DmarcResult::PermError,
+        MaDmarc::None => DmarcResult::None,
+    }
+}
+
+fn dmarc_policy(policy: mail_auth::dmarc::Policy) -> DmarcPolicy {
+    match policy {
+        mail_auth::dmarc::Policy::Reject => DmarcPolicy::Reject,
+        mail_auth::dmarc::Policy::Quarantine => DmarcPolicy::Quarantine,
+        mail_auth::dmarc::Policy::None | mail_auth::dmarc::Policy::Unspecified => DmarcPolicy::None,
+    }
+}
+
+/// mail-auth calls a signature whose body hash does not match `neutral`; RFC 6376 6.3 makes it a
+/// failed verification (PERMFAIL) and OpenDKIM and rspamd write `dkim=fail`, which is what mail
+/// stores and operators filter on.
+fn body_hash_is_a_failure<'x>(parsed: &'x AuthenticatedMessage<'x>, output: DkimOutput<'x>) -> DkimOutput<'x> {
+    let body_hash = Error::Dkim(DkimError::FailedBodyHashMatch);
+    if !matches!(output.result(), DkimResult::Neutral(e) if *e == body_hash) {
+        return output;
+    }
+    // The output lends its signature for its own lifetime only: find it in the message.
+    let signed = output.signature().map(|s| s.b.clone());
+    match parsed.dkim_headers.iter().find(|h| Some(&h.header.b) == signed.as_ref()) {
+        Some(header) => DkimOutput::fail(body_hash).with_signature(&header.header),
+        None => output,
+    }
+}
+
+/// mail-auth on the node's resolver: cheap to clone (the resolver is shared).
+#[derive(Clone)]
+pub struct Verifier {
+    auth: MessageAuthenticator,
+    timeout: Duration,
+}
+
+impl std::fmt::Debug for Verifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Verifier").field("timeout", &self.timeout).finish_non_exhaustive()
+    }
+}
+
+/// What verifying one message found: the evaluator's facts and the one
+/// `Authentication-Results` field (CRLF-terminated) to relay in front of the message.
+#[derive(Debug, Clone, Default)]
+pub struct Verified {
+    pub facts: MessageAuth,
+    pub header: String,
+}
+
+impl Verifier {
+    pub fn new(dns: &Dns) -> Verifier {
+        Verifier { auth: MessageAuthenticator(dns.resolver().clone()), timeout: dns.timeout() }
+    }
+
+    /// SPF of `sender` (the HELO name's for `""`) from `ip`, and of the HELO name when `helo`.
+    /// Each identity's check is bounded by the DNS timeout: past it, `temperror`.
+    pub async fn spf(&self, ip: IpAddr, helo_name: &str, hostname: &str, sender: &str, helo: bool) -> SpfCheck {
+        let mail_from = self.bounded_spf(SpfParameters::verify_mail_from(ip, helo_name, hostname, sender)).await;
+        let helo_output = if helo && !helo_name.is_empty() && !helo_name.starts_with('[') {
+            Some(self.bounded_spf(SpfParameters::verify_ehlo(ip, helo_name, hostname)).await)
+        } else {
+            None
+        };
+        SpfCheck { mail_from, helo: helo_output, sender: sender.to_owned(), helo_name: helo_name.to_owned() }
+    }
+
+    /// One identity's SPF check, bounded by the DNS timeout.
+    async fn bounded_spf(&self, params: SpfParameters<'_>) -> SpfOutput {
+        tokio::time::timeout(self.timeout, self.auth.verify_spf(params)).await.unwrap_or_else(|_| {
+            // The domain is only used for the header's text; the verdict is what counts.
+            SpfOutput::new(String::new()).with_result(MaSpf::TempError)
+        })
+    }
+
+    /// DKIM (every signature), ARC and DMARC of `message` (the sender's bytes, after our own
+    /// Received header) when `after_data`; and the Authentication-Results field with every
+    /// verdict, SPF's included, under `authserv_id`.
+    pub async fn message(
+        &self,
+        message: &[u8],
+        ip: IpAddr,
+        spf: Option<&SpfCheck>,
+        after_data: bool,
+        dmarc: bool,
+        authserv_id: &str,
+    ) -> Verified {
+        let mut results = AuthenticationResults::new(authserv_id);
+        if let Some(spf) = spf {
+            if let Some(helo) = &spf.helo {
+                results = results.with_spf_ehlo_result(helo, ip, &spf.helo_name);
+            }
+            results = results.with_spf_mailfrom_result(&spf.mail_from, ip, &spf.sender, &spf.helo_name);
+        }
+        let mut facts = MessageAuth::default();
+        let parsed = if after_data { AuthenticatedMessage::parse(message) } else { None };
+        if let Some(parsed) = &parsed {
+            let dkim = tokio::time::timeout(self.timeout, self.auth.verify_dkim(parsed)).await.ok();
+            let dkim: Vec<_> =
+                dkim.unwrap_or_default().into_iter().map(|o| body_hash_is_a_failure(parsed, o)).collect();
+            let arc = tokio::time::timeout(self.timeout, self.auth.verify_arc(parsed)).await.ok();
+            let header_from = parsed.from.first().map(String::as_str).unwrap_or_default();
+            results = results.with_dkim_results(&dkim, header_from);
+            facts.dkim = dkim
+                .iter()
+                .map(|d| DkimVerdict {
+                    domain: d.signature().map(|s| s.d.to_ascii_lowercase()).unwrap_or_default(),
+                    result: auth_result(d.result()),
+                })
+                .collect();
+            match &arc {
+                Some(arc) => {
+                    results = results.with_arc_result(arc, ip);
+                    facts.arc = Some(ArcVerdict {
+                        result: auth_result(arc.result()),
+                        sealer: arc.sets().last().map(|set| set.seal.header.d.to_ascii_lowercase()),
+                    });
+                }
+                // Cut short by the timeout: the chain could not be checked.
+                None => facts.arc = Some(ArcVerdict { result: AuthResult::TempError, sealer: None }),
+            }
+            if dmarc {
+                // No SPF check: DMARC aligns on DKIM alone (`none` never aligns).
+                let no_spf = SpfOutput::new(String::new());
+                let spf_output = spf.map_or(&no_spf, |s| &s.mail_from);
+                // RFC 7489 3.1.2: the MAIL FROM domain, the HELO name's for `<>`.
+                let mail_from_domain =
+                    spf.map_or("", |s| s.sender.rsplit_once('@').map_or(s.helo_name.as_str(), |(_, d)| d));
+                let params = DmarcParameters::new(parsed, &dkim, mail_from_domain, spf_output);
+                let verdict = match tokio::time::timeout(self.timeout, self.auth.verify_dmarc(params)).await {
+                    Ok(output) => {
+                        results = results.with_dmarc_result(&output);
+                        DmarcVerdict {
+                            result: dmarc_result(&output.result()),
+                            policy: dmarc_policy(output.policy()),
+                            domain: output.domain().to_ascii_lowercase(),
+                        }
+                    }
+                    Err(_) => DmarcVerdict {
+                        result: DmarcResult::TempError,
+                        policy: DmarcPolicy::None,
+                        domain: String::new(),
+                    },
+                };
+                facts.dmarc = Some(verdict);
+            }
+        } else if after_data && dmarc {
+            // Not a message mail-auth can parse (no header block): nothing to align with.
+            facts.dmarc =
+                Some(DmarcVerdict { result: DmarcResult::PermError, policy: DmarcPolicy::None, domain: String::new() });
+        }
+        let mut header = String::with_capacity(256);
+        header.push_str("Authentication-Results: ");
+        let text = results.to_string();
+        header.push_str(&text);
+        if !text.contains(';') {
+            header.push_str("; none");
+        }
+        header.push_str("\r\n");
+        Verified { facts, header }
+    }
+}
+
+/// One word per check for the `message` log line: `spf=pass dkim=pass,fail arc=none dmarc=fail`.
+pub fn summary(spf: Option<SpfResult>, facts: &MessageAuth) -> String {
+    let mut out = Vec::new();
+    if let Some(spf) = spf {
+        out.push(format!("spf={}", spf.as_str()));
+    }
+    if !facts.dkim.is_empty() {
+        let all: Vec<&str> = facts.dkim.iter().map(|d| d.result.as_str()).collect();
+        out.push(format!("dkim={}", all.join(",")));
+    }
+    if let Some(arc) = &facts.arc {
+        out.push(format!("arc={}", arc.result.as_str()));
+    }
+    if let Some(dmarc) = &facts.dmarc {
+        out.push(format!("dmarc={}", dmarc.result.as_str()));
+    }
+    out.join(" ")
+}
