@@ -10,9 +10,11 @@ use crate::session::{policy_reply, Session};
 use crate::shared::Shared;
 use crate::smtp::Reply;
 use crate::spool::SpoolFile;
+use futures_util::FutureExt;
 use mtac_ruleset::eval;
 use mtac_ruleset::model::Stage;
 use mtac_ruleset::rules;
+use std::panic::AssertUnwindSafe;
 
 /// What the verify phase hands on: the header field to relay (empty when the farm verifies
 /// nothing) and the verdicts for the `message` log line.
@@ -53,8 +55,18 @@ pub(super) async fn sender_auth(
         Vec::new()
     };
     let ip = session.peer().ip();
-    let verified =
-        Verifier::new(&dns).message(&bytes, ip, spf, auth.after_data(), auth.dmarc.is_some(), authserv_id).await;
+    let verifier = Verifier::new(&dns);
+    let verifying = verifier.message(&bytes, ip, spf, auth.after_data(), auth.dmarc.is_some(), authserv_id);
+    // mail-auth parses what the sender wrote, and has `unwrap`s and `unimplemented!`s of its own:
+    // if one of them fires on a hostile message, the sender gets a 451 (and may try again), not a
+    // dropped connection.
+    let verified = match AssertUnwindSafe(verifying).catch_unwind().await {
+        Ok(verified) => verified,
+        Err(_) => {
+            tracing::error!(session = %session.id(), "sender authentication: the verifier panicked on this message");
+            return Err((Reply::local_error(), rules::DMARC, "verifier-panic".to_owned()));
+        }
+    };
     drop(bytes);
     let facts = &verified.facts;
     let metrics = &shared.metrics;
