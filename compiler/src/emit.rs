@@ -8,7 +8,7 @@ use crate::lower::{AddressEntry, DomainEntry, Draft, DraftFarm, DraftRelay, NetE
 use mtac_ruleset::model::{
     AccessAction, BanResponse, BanRule, Check, DmarcSettings, Dnsbl, DnsblZone, Farm, FarmKind, Greylist, Limits,
     Policy, Program, Relay, Reply, Scanner, SenderAuth, Stage, Step, TableId, TableInfo, TableKind, Timeouts, Tls,
-    VerdictHeaders,
+    VerdictHeaders, VERIFIED_SENDER,
 };
 use mtac_ruleset::rules;
 use mtac_ruleset::tables::{AddressTableBuilder, DomainTableBuilder, PrefixTableBuilder};
@@ -32,16 +32,27 @@ impl Tables {
     }
 
     fn domains(&mut self, name: String, entries: &[DomainEntry], sources: &[String]) -> Option<TableId> {
-        if entries.is_empty() {
-            return None;
-        }
+        self.domains_valued(name, entries.iter().map(|e| (e, 0)), sources)
+    }
+
+    /// Domains, each with its value (see the model's table for what a value means).
+    fn domains_valued<'e>(
+        &mut self,
+        name: String,
+        entries: impl Iterator<Item = (&'e DomainEntry, u32)>,
+        sources: &[String],
+    ) -> Option<TableId> {
         let mut builder = DomainTableBuilder::new();
-        for entry in entries {
-            if let Err(e) = builder.insert(&entry.domain, entry.subdomains, 0) {
+        for (entry, value) in entries {
+            if let Err(e) = builder.insert(&entry.domain, entry.subdomains, value) {
                 self.errors.push(format!("{name}: {e}"));
             }
         }
-        self.push(name, TableKind::Domains, entries.len(), sources, TableInput::Domains(builder))
+        if builder.is_empty() {
+            return None;
+        }
+        let count = builder.len();
+        self.push(name, TableKind::Domains, count, sources, TableInput::Domains(builder))
     }
 
     fn addresses(&mut self, name: String, entries: &[AddressEntry], sources: &[String]) -> Option<TableId> {
@@ -152,7 +163,14 @@ fn emit_farm(farm: &DraftFarm, hostname: &str, tables: &mut Tables) -> Farm {
         v6_prefix: g.v6_prefix,
         auto_whitelist: g.auto_whitelist,
         whitelist_clients: tables.prefixes(format!("{n}.greylist-clients"), &g.clients, &["inline".to_owned()], |_| 0),
-        whitelist_senders: tables.domains(format!("{n}.greylist-senders"), &g.sender_domains, &["inline".to_owned()]),
+        whitelist_senders: tables.domains_valued(
+            format!("{n}.greylist-senders"),
+            g.sender_domains
+                .iter()
+                .map(|e| (e, 0))
+                .chain(g.verified_sender_domains.iter().map(|e| (e, VERIFIED_SENDER))),
+            &["inline".to_owned()],
+        ),
         whitelist_recipients: tables.addresses(
             format!("{n}.greylist-recipients"),
             &g.recipients,
@@ -195,7 +213,12 @@ fn emit_farm(farm: &DraftFarm, hostname: &str, tables: &mut Tables) -> Farm {
             zones: d
                 .zones
                 .iter()
-                .map(|z| DnsblZone { zone: z.zone.clone(), target: z.target, answers: z.answers.clone() })
+                .map(|z| DnsblZone {
+                    zone: z.zone.clone(),
+                    target: z.target,
+                    answers: z.answers.clone(),
+                    verified: z.verified,
+                })
                 .collect(),
         }),
         bans: farm

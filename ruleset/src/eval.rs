@@ -399,6 +399,14 @@ pub fn dnsbl_score(dnsbl: &Dnsbl, facts: &Facts<'_>) -> (i32, Vec<String>) {
                     // Only the zone's documented answers count; anything else (127.255.255.x from a
                     // public resolver, say) is a zone error, never a listing.
                     match zone.answers.iter().find(|a| a.matches(answer)) {
+                        // A domain allow-list listing trusts whoever typed the domain, unless the
+                        // zone asks for SPF to have verified it (`verified=#true`).
+                        Some(filter) if filter.weight < 0 && zone.verified && !sender_verified(facts) => {
+                            notes.push(format!(
+                                "{} {} {:+} ignored (sender domain not verified by SPF)",
+                                zone.zone, answer, filter.weight
+                            ));
+                        }
                         Some(filter) => {
                             score = score.saturating_add(filter.weight);
                             notes.push(format!("{} {} {:+}", zone.zone, answer, filter.weight));
@@ -412,6 +420,11 @@ pub fn dnsbl_score(dnsbl: &Dnsbl, facts: &Facts<'_>) -> (i32, Vec<String>) {
         }
     }
     (score, notes)
+}
+
+/// SPF passed for MAIL FROM's domain (`sender_auth::spf_verified_domain`).
+fn sender_verified(facts: &Facts<'_>) -> bool {
+    crate::sender_auth::spf_verified_domain(facts.dns.spf(), facts.sender).is_some()
 }
 
 fn sender_domain<'a>(facts: &Facts<'a>) -> Option<&'a str> {
@@ -649,8 +662,14 @@ fn greylist_whitelisted(tables: &dyn Lookup, farm: &Farm, facts: &Facts<'_>) -> 
         return Some("client whitelisted for greylisting".to_owned());
     }
     if let (Some(t), Some(domain)) = (greylist.whitelist_senders, sender_domain(facts)) {
-        if tables.domain(t, &syntax::normalize_domain(domain)).is_some() {
-            return Some(format!("sender domain {domain} whitelisted for greylisting"));
+        match tables.domain(t, &syntax::normalize_domain(domain)) {
+            // `verified=#true`: typing the domain is not enough, SPF must have passed for it.
+            Some(crate::model::VERIFIED_SENDER) if sender_verified(facts) => {
+                return Some(format!("sender domain {domain} whitelisted for greylisting (SPF pass)"));
+            }
+            Some(crate::model::VERIFIED_SENDER) => {}
+            Some(_) => return Some(format!("sender domain {domain} whitelisted for greylisting")),
+            None => {}
         }
     }
     if let (Some(t), Some(rcpt)) = (greylist.whitelist_recipients, facts.recipient) {

@@ -551,6 +551,9 @@ pub struct DnsblZone {
     pub target: DnsblTarget,
     /// Weights by answer; an answer that matches none of them is a zone error, never a listing.
     pub answers: Vec<DnsblAnswer>,
+    /// `verified=#true` on a `sender-domain` zone: its negative weights (an allow-list's) count
+    /// only when SPF passed for MAIL FROM's domain; its positive weights always count.
+    pub verified: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -607,6 +610,8 @@ pub struct Greylist {
     pub v6_prefix: u8,
     pub auto_whitelist: u32,
     pub whitelist_clients: Option<TableId>,
+    /// Sender domains exempt from greylisting. An entry's value is [`VERIFIED_SENDER`] when it
+    /// is honoured only for a sender whose SPF passed (`verified=#true`), 0 otherwise.
     pub whitelist_senders: Option<TableId>,
     pub whitelist_recipients: Option<TableId>,
     pub reply: Reply,
@@ -634,7 +639,14 @@ pub enum GreylistKey {
     /// The registrable domain of the client's forward-confirmed reverse DNS name, so a retry from
     /// any host of a sender's pool passes; the network when there is no confirmed name.
     Fcrdns,
+    /// The registrable domain of MAIL FROM when SPF passed for it, so a retry from any address
+    /// the domain's SPF record permits passes; the network otherwise (no pass, or `<>`).
+    Spf,
 }
+
+/// The value of a `whitelist-sender-domain` entry written with `verified=#true`: it exempts a
+/// sender only when SPF passed for MAIL FROM's domain, so typing the domain is not enough.
+pub const VERIFIED_SENDER: u32 = 1;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Scanner {

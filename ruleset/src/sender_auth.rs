@@ -208,6 +208,17 @@ pub fn spf_step(
     }
 }
 
+/// MAIL FROM's domain when SPF passed for it: the one sender domain a session has verified
+/// before DATA (DKIM comes with the message). `None` for `<>` (its verdict is the HELO name's),
+/// for any other verdict, and when SPF was not checked or not given. Allow-list entries written
+/// `verified=#true` and `greylist key="spf"` trust a sender domain only through this.
+pub fn spf_verified_domain(spf: Option<SpfResult>, sender: Option<&str>) -> Option<&str> {
+    if spf != Some(SpfResult::Pass) {
+        return None;
+    }
+    sender.and_then(syntax::split_address).map(|(_, domain)| domain)
+}
+
 /// The reply to a DMARC failure the policy refuses.
 fn dmarc_refusal(domain: &str, policy: DmarcPolicy) -> Reply {
     Reply::new(
@@ -328,5 +339,16 @@ mod tests {
         assert_eq!(parse_dmarc("pass", None).unwrap().policy, DmarcPolicy::None);
         assert_eq!(parse_arc("pass:lists.example").unwrap().sealer.as_deref(), Some("lists.example"));
         assert!(parse_arc("fine").is_none());
+    }
+
+    #[test]
+    fn only_an_spf_pass_verifies_the_sender_domain() {
+        let pass = Some(SpfResult::Pass);
+        assert_eq!(spf_verified_domain(pass, Some("a@bank.example")), Some("bank.example"));
+        assert_eq!(spf_verified_domain(pass, Some("")), None, "the null sender's verdict is the HELO name's");
+        assert_eq!(spf_verified_domain(None, Some("a@bank.example")), None);
+        for other in SpfResult::ALL.into_iter().filter(|r| *r != SpfResult::Pass) {
+            assert_eq!(spf_verified_domain(Some(other), Some("a@bank.example")), None, "{other:?}");
+        }
     }
 }

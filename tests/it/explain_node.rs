@@ -31,6 +31,8 @@ struct Script {
     rcpt: Option<&'static str>,
     /// The SPF verdict the node's check finds (its DNS zone says so), given to `explain`.
     spf: Option<&'static str>,
+    /// A DNS list that names the sender's domain (zone, answer), as the node's zone does.
+    listed: Option<(&'static str, &'static str)>,
     expect: &'static str,
 }
 
@@ -76,7 +78,7 @@ const fn mx(
 ) -> Script {
     let helo = if helo.is_empty() { None } else { Some(helo) };
     let rcpt = if rcpt.is_empty() { None } else { Some(rcpt) };
-    Script { name, client, helo, tls: false, user: None, from, rcpt, spf: None, expect }
+    Script { name, client, helo, tls: false, user: None, from, rcpt, spf: None, listed: None, expect }
 }
 
 const ALICE: Option<&str> = Some("alice@example.org");
@@ -153,6 +155,7 @@ const fn sub(
         from: Some(from),
         rcpt: Some("friend@elsewhere.example"),
         spf: None,
+        listed: None,
         expect,
     }
 }
@@ -205,6 +208,7 @@ const fn spf(
         from: Some(from),
         rcpt: Some("john@example.test"),
         spf: Some(spf),
+        listed: None,
         expect,
     }
 }
@@ -215,6 +219,51 @@ const SPF_SCRIPTS: &[Script] = &[
     spf("SPF softfails: recorded only", "127.0.0.11", "a@soft.test", "softfail", "accept"),
     spf("no SPF record", "127.0.0.11", "a@nospf.test", "none", "accept"),
     spf("a trusted client skips SPF", "127.0.0.77", "a@good.test", "fail", "accept"),
+];
+
+/// Issue 16: an allow-list entry that cannot be forged. good.test is exempt from greylisting only
+/// when SPF passed for it (`verified=#true`); SPF failures are recorded, not refused, so the
+/// greylist step is what decides.
+const MX_GREY_VERIFIED: &str = r#"hostname "mx.test.example"
+dns timeout="1s" {
+    nameserver "{nameserver}"
+}
+spool "{dir}/spool"
+state "embedded" path="{dir}/state.redb"
+farm "mx" kind="inbound-mx" {
+    listen "127.0.0.1:0"
+    local-domains "example.test"
+    spf fail="record"
+    dnsbl allow-threshold=-1 {
+        zone "dwl.test" target="sender-domain" verified=#true {
+            answer "127.0.2.[1..3]" weight=-2
+            answer "127.0.2.99" weight=1
+        }
+    }
+    greylist delay="1m" retry-window="1h" {
+        whitelist-sender-domain "good.test" verified=#true
+        whitelist-sender-domain "soft.test"
+    }
+    relay {
+        backend "smtp://{backend}"
+    }
+}
+"#;
+
+const GREY_VERIFIED_SCRIPTS: &[Script] = &[
+    spf("a forged allow-listed domain is greylisted", "127.0.0.11", "a@good.test", "fail", "451 4.7.1"),
+    spf("the allow-listed domain with SPF pass is not", "127.0.0.10", "b@good.test", "pass", "accept"),
+    spf("an unverified entry is honoured whatever SPF says", "127.0.0.11", "c@soft.test", "softfail", "accept"),
+    spf("a domain not listed is greylisted despite SPF pass", "127.0.0.10", "d@nospf.test", "none", "451 4.7.1"),
+    // A domain allow list (a `sender-domain` zone with negative weights) trusts only verified senders.
+    Script {
+        listed: Some(("dwl.test", "127.0.2.2")),
+        ..spf("a forged DNSWL domain is not trusted", "127.0.0.11", "e@trusted.test", "fail", "451 4.7.1")
+    },
+    Script {
+        listed: Some(("dwl.test", "127.0.2.2")),
+        ..spf("the DNSWL domain with SPF pass is trusted", "127.0.0.10", "f@trusted.test", "pass", "accept")
+    },
 ];
 
 /// Run one script against the node.
@@ -289,6 +338,12 @@ fn on_explain(node: &TestNode, farm: &str, s: &Script) -> End {
     };
     let mut session = session;
     session.dns.spf = s.spf.and_then(mtac_ruleset::eval::SpfResult::parse);
+    if let Some((zone, answer)) = s.listed {
+        let listed = mtac_ruleset::eval::ListAnswer::Listed(vec![answer.parse().unwrap()]);
+        session.dns.lists.push((zone.to_owned(), listed));
+    }
+    // Every script is the first attempt of its triplet: the node's greylist store answers "new".
+    session.greylist = Some(mtac_ruleset::eval::GreylistStatus::Defer);
     let (simulation, outcome) = run_session(&ruleset, farm, &session);
     let last = simulation.stages.last().map(|(_, d)| d);
     assert!(
@@ -350,11 +405,18 @@ async fn issue15_explain_answers_every_scripted_session_as_the_node_does() {
             ("good".to_owned(), txt("v=spf1 ip4:127.0.0.10 -all")),
             ("soft".to_owned(), txt("v=spf1 ~all")),
             ("nospf".to_owned(), dns_server::a("192.0.2.1")),
+            ("trusted".to_owned(), txt("v=spf1 ip4:127.0.0.10 -all")),
+            // dwl.test, a domain allow list: its RFC 5782 test point, and trusted.test on it.
+            ("test.dwl".to_owned(), dns_server::a("127.0.2.2")),
+            ("trusted.test.dwl".to_owned(), dns_server::a("127.0.2.2")),
         ],
     )])
     .await;
     let with_spf = TestNode::start(&MX_SPF.replace("{nameserver}", &zone.addr.to_string()), Some(sink.addr)).await;
     differences.extend(compare(&with_spf, None, "mx", SPF_SCRIPTS).await);
+    let grey =
+        TestNode::start(&MX_GREY_VERIFIED.replace("{nameserver}", &zone.addr.to_string()), Some(sink.addr)).await;
+    differences.extend(compare(&grey, None, "mx", GREY_VERIFIED_SCRIPTS).await);
 
     assert!(differences.is_empty(), "explain and the node disagree:\n{}", differences.join("\n"));
 }

@@ -12,6 +12,7 @@ mod dkim_sign;
 mod dnsbl;
 mod explain_node;
 mod greylist;
+mod greylist_spf;
 mod node;
 mod policies;
 mod process;

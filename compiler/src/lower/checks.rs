@@ -135,7 +135,7 @@ impl Lowerer {
                 self.unknown_node(child, &nodes::names(Place::In("dnsbl")), "`dnsbl`");
                 continue;
             }
-            self.shape(child, &["target"], 1, true);
+            self.shape(child, &["target", "verified"], 1, true);
             let Some(zone) = self.one_string(child, "a DNS zone") else { continue };
             if !syntax::is_hostname(&zone) {
                 self.reporter.err(
@@ -228,7 +228,18 @@ impl Lowerer {
                     "list the answer codes the zone documents, e.g. `answer \"127.0.0.2\" weight=3`: undocumented answers are zone errors",
                 );
             }
-            zones.push(DraftZone { zone, target, answers, origin: self.origin_of(child) });
+            let verified = self.bool_prop(child, "verified", false);
+            if verified && target != DnsblTarget::SenderDomain {
+                self.reporter.err(
+                    "mtac::dnsbl::verified",
+                    format!("`verified` on zone `{zone}`, which is not a sender-domain zone"),
+                    child.file,
+                    child.node.span(),
+                    "nothing to verify",
+                    "SPF verifies the envelope sender's domain: `verified=#true` goes with target=\"sender-domain\"",
+                );
+            }
+            zones.push(DraftZone { zone, target, answers, verified, origin: self.origin_of(child) });
         }
         if let Some(threshold) = threshold {
             farm.dnsbl = Some(DraftDnsbl { threshold, allow_threshold, zones, stage, reply, origin });
@@ -404,14 +415,15 @@ impl Lowerer {
         let key = match Self::prop(at, "key").and_then(|e| self.string(e, at.file, "a greylist key")).as_deref() {
             None | Some("network") => GreylistKey::Network,
             Some("fcrdns") => GreylistKey::Fcrdns,
+            Some("spf") => GreylistKey::Spf,
             Some(other) => {
                 self.reporter.err(
                     "mtac::greylist::key",
                     format!("unknown greylist key `{other}`"),
                     at.file,
                     at.node.span(),
-                    "expected \"network\" or \"fcrdns\"",
-                    "\"fcrdns\" keys the client by its confirmed reverse-DNS domain, so a retry from any host of a sender's pool passes",
+                    "expected \"network\", \"fcrdns\" or \"spf\"",
+                    "\"fcrdns\" keys the client by its confirmed reverse-DNS domain, \"spf\" by its SPF-verified sender domain, so a retry from any host of a sender's pool passes",
                 );
                 GreylistKey::Network
             }
@@ -428,6 +440,7 @@ impl Lowerer {
         }
         let mut clients = Vec::new();
         let mut sender_domains = Vec::new();
+        let mut verified_sender_domains = Vec::new();
         let mut recipients = Vec::new();
         let mut sources = Sources::default();
         for child in Self::children(at) {
@@ -437,9 +450,13 @@ impl Lowerer {
                     self.networks(child, dir, &AccessAction::Accept, &mut clients, &mut sources);
                 }
                 "whitelist-sender-domain" => {
-                    self.shape(child, &["file", "subdomains"], usize::MAX, false);
+                    self.shape(child, &["file", "subdomains", "verified"], usize::MAX, false);
                     let subdomains = self.bool_prop(child, "subdomains", true);
-                    self.domains(child, dir, subdomains, &mut sender_domains, &mut sources);
+                    let into = match self.bool_prop(child, "verified", false) {
+                        true => &mut verified_sender_domains,
+                        false => &mut sender_domains,
+                    };
+                    self.domains(child, dir, subdomains, into, &mut sources);
                 }
                 "whitelist-recipient" => {
                     self.shape(child, &["file"], usize::MAX, false);
@@ -458,6 +475,7 @@ impl Lowerer {
             auto_whitelist,
             clients,
             sender_domains,
+            verified_sender_domains,
             recipients,
             reply,
             origin: self.origin_of(at),

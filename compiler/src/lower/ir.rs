@@ -67,6 +67,8 @@ pub struct DraftZone {
     pub zone: String,
     pub target: DnsblTarget,
     pub answers: Vec<DnsblAnswer>,
+    /// `verified=#true`: the zone's allow listings count only for an SPF-verified sender domain.
+    pub verified: bool,
     pub origin: Origin,
 }
 
@@ -100,6 +102,8 @@ pub struct DraftGreylist {
     pub auto_whitelist: u32,
     pub clients: Vec<NetEntry>,
     pub sender_domains: Vec<DomainEntry>,
+    /// `whitelist-sender-domain … verified=#true`: honoured only when SPF passed for the sender.
+    pub verified_sender_domains: Vec<DomainEntry>,
     pub recipients: Vec<AddressEntry>,
     pub reply: Option<Reply>,
     pub origin: Origin,

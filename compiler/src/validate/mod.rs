@@ -7,7 +7,7 @@ mod access;
 mod certificate;
 
 use crate::diag::{did_you_mean, Diag, Reporter};
-use crate::lower::{Draft, DraftFarm, Origin};
+use crate::lower::{Draft, DraftFarm, DraftGreylist, Origin};
 use mtac_ruleset::model::FarmKind;
 use std::collections::HashMap;
 
@@ -73,6 +73,7 @@ fn validate_farm(reporter: &mut Reporter, farm: &DraftFarm) {
     if let Some((_, origin)) = &farm.dkim_sign {
         dkim_sign(reporter, farm, *origin);
     }
+    sender_domain_trust(reporter, farm, farm.greylist.as_ref());
     match farm.kind {
         FarmKind::InboundMx => {
             if farm.local_domains.is_empty() {
@@ -373,6 +374,55 @@ impl Capped {
 pub(super) fn summarise(reporter: &mut Reporter, more: usize, what: &str) {
     if more > 0 {
         reporter.push(Diag::warning("mtac::more", format!("… and {more} more {what}")));
+    }
+}
+
+/// What trusts a sender domain only once SPF verified it — `whitelist-sender-domain
+/// verified=#true`, `greylist key="spf"`, a `verified=#true` DNS allow-list zone — needs the
+/// farm to check SPF: without `spf` it would silently never be honoured. A domain whitelisted
+/// both ways would be trusted unverified after all, so it is an error too.
+fn sender_domain_trust(reporter: &mut Reporter, farm: &DraftFarm, greylist: Option<&DraftGreylist>) {
+    if farm.spf.is_none() {
+        let mut needs: Vec<(Origin, &str, &str)> = Vec::new();
+        if let Some(g) = greylist {
+            needs.extend(
+                g.verified_sender_domains
+                    .first()
+                    .map(|e| (e.origin, "`whitelist-sender-domain … verified=#true`", "never honoured")),
+            );
+            if g.key == mtac_ruleset::model::GreylistKey::Spf {
+                needs.push((g.origin, "greylist `key=\"spf\"`", "never keys on a domain"));
+            }
+        }
+        for zone in farm.dnsbl.iter().flat_map(|d| &d.zones).filter(|z| z.verified) {
+            needs.push((zone.origin, "DNS list zone `verified=#true`", "its allow listings would never count"));
+        }
+        for (origin, what, label) in needs {
+            reporter.report(
+                Diag::error(
+                    "mtac::spf::needed",
+                    format!("{what} in farm `{}` needs SPF, and the farm does not check it", farm.name),
+                )
+                .help("add `spf` to the farm (it checks MAIL FROM's domain; `fail=\"record\"` refuses nothing)"),
+                origin,
+                label,
+            );
+        }
+    }
+    let Some(greylist) = greylist else { return };
+    let plain: HashMap<&str, Origin> = greylist.sender_domains.iter().map(|e| (e.domain.as_str(), e.origin)).collect();
+    for verified in &greylist.verified_sender_domains {
+        if let Some(origin) = plain.get(verified.domain.as_str()) {
+            reporter.report(
+                Diag::error(
+                    "mtac::greylist::verified-conflict",
+                    format!("`{}` is whitelisted both with and without `verified=#true`", verified.domain),
+                )
+                .help("keep one: without `verified=#true` anyone who types the domain in MAIL FROM is exempt"),
+                *origin,
+                "listed here unverified",
+            );
+        }
     }
 }
 

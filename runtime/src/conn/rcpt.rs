@@ -14,6 +14,7 @@ use crate::smtp::{EnhancedCode, Reply};
 use crate::state::{GreylistVerdict, Timings, Triplet};
 use mtac_ruleset::eval::{DirectoryAnswer, ReverseDns};
 use mtac_ruleset::model::{BackendProtocol, Farm, GreylistKey};
+use mtac_ruleset::sender_auth::spf_verified_domain;
 use std::time::Duration;
 use tokio::time::Instant;
 
@@ -104,16 +105,27 @@ pub(super) async fn greylist(
     }
 }
 
-/// What stands for the client in its triplets: its network, or with `key="fcrdns"` the
-/// registrable domain of its forward-confirmed reverse name (so every host of a sender's pool is
-/// one client).
+/// What stands for the client in its triplets: its network; with `key="fcrdns"` the
+/// registrable domain of its forward-confirmed reverse name; with `key="spf"` the registrable
+/// domain of MAIL FROM when SPF passed for it (the evaluator's own test,
+/// `sender_auth::spf_verified_domain`). Either way every host of a sender's pool is one client.
 fn greylist_client(settings: &mtac_ruleset::model::Greylist, session: &Session) -> String {
-    if settings.key == GreylistKey::Fcrdns {
-        if let Some(ReverseDns::Confirmed(name)) = &session.dns().reverse {
-            if let Some(domain) = psl::domain_str(&name.trim_end_matches('.').to_ascii_lowercase()) {
-                return format!("dns:{domain}");
+    let registrable = |name: &str| psl::domain_str(&name.trim_end_matches('.').to_ascii_lowercase()).map(str::to_owned);
+    match settings.key {
+        GreylistKey::Fcrdns => {
+            if let Some(ReverseDns::Confirmed(name)) = &session.dns().reverse {
+                if let Some(domain) = registrable(name) {
+                    return format!("dns:{domain}");
+                }
             }
         }
+        GreylistKey::Spf => {
+            let sender = session.transaction().map(|t| t.sender.as_str());
+            if let Some(domain) = spf_verified_domain(session.dns().spf, sender).and_then(registrable) {
+                return format!("spf:{domain}");
+            }
+        }
+        GreylistKey::Network => {}
     }
     format!("net:{}", crate::guard::network(session.peer().ip(), settings.v4_prefix, settings.v6_prefix))
 }
