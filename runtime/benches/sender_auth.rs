@@ -30,6 +30,7 @@ use mail_auth::dkim::{Canonicalization, DkimSigner};
 use mtac_ruleset::sender_auth::{DmarcResult, SpfResult};
 use mtac_runtime::dns::{Dns, DnsSettings};
 use mtac_runtime::sender_auth::Verifier;
+use rustls_pki_types::{PrivateKeyDer, PrivatePkcs1KeyDer};
 use std::hint::black_box;
 use std::net::IpAddr;
 use std::process::Command;
@@ -44,13 +45,20 @@ fn txt(text: &str) -> RData {
 
 /// An RSA-2048 key from openssl: the signing key and the DKIM record.
 fn rsa_key(dir: &std::path::Path) -> (RsaKey<Sha256>, String) {
-    let file = dir.join("key.pem");
-    let status = Command::new("openssl").args(["genpkey", "-algorithm", "RSA", "-out"]).arg(&file);
-    assert!(status.args(["-pkeyopt", "rsa_keygen_bits:2048"]).output().unwrap().status.success());
-    let der = Command::new("openssl").args(["pkey", "-pubout", "-outform", "DER", "-in"]).arg(&file).output().unwrap();
+    let file = dir.join("key.der");
+    let mut genpkey = Command::new("openssl");
+    genpkey.args(["genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048", "-outform", "DER", "-out"]);
+    assert!(genpkey.arg(&file).output().unwrap().status.success());
+    let der = Command::new("openssl")
+        .args(["pkey", "-inform", "DER", "-pubout", "-outform", "DER", "-in"])
+        .arg(&file)
+        .output()
+        .unwrap();
     assert!(der.status.success());
     let public = base64::engine::general_purpose::STANDARD.encode(&der.stdout);
-    let key = RsaKey::<Sha256>::from_pkcs8_pem(&std::fs::read_to_string(&file).unwrap()).unwrap();
+    // openssl 3 writes a DER private key as PKCS#1 (its PEM output is PKCS#8).
+    let pkcs1 = PrivatePkcs1KeyDer::from(std::fs::read(&file).unwrap());
+    let key = RsaKey::<Sha256>::from_key_der(PrivateKeyDer::Pkcs1(pkcs1)).unwrap();
     (key, format!("v=DKIM1; k=rsa; p={public}"))
 }
 
