@@ -591,7 +591,8 @@ async fn rspamd_gets_the_hostname_only_for_a_confirmed_reverse_dns() {
     // The PTR resolves back to the client; then the same name no longer does (an A elsewhere).
     for (reverse, wrong_a) in [(true, false), (true, true), (false, false)] {
         let check = if reverse { "client reverse-dns=\"required\"" } else { "" };
-        let mut policy = relay_policy(&format!("{check}\n    {scan}")).replace("hostname \"mx.test.example\"", &dns_block);
+        let mut policy =
+            relay_policy(&format!("{check}\n    {scan}")).replace("hostname \"mx.test.example\"", &dns_block);
         let _other;
         if wrong_a {
             let other = dns_server::serve(vec![
