@@ -4,15 +4,40 @@
 #     ../shared/bench/peers.sh --targets "direct postfix-proxy haraka"
 # Writes a policy that accepts the harness's recipient domain (example.net) and relays without a
 # queue to the harness's smtp-sink, then runs the release binary in the foreground.
+#
+# MTAC_FRONT_AUTH=on (or 1) adds sender authentication (`spf`, `dmarc`, which turns on `dkim`)
+# and a `dns` block pointing at bench/dns-zone.py, started here on port-1000 with the SPF and
+# DMARC records of smtp-source's sender (sender@example.com, from 127.0.0.1) and HELO name, so
+# every message gets real lookups through the node's resolver and cache. With the harness:
+#   FRONT_CMD='env MTAC_FRONT_AUTH=$VARIANT bench/mtac-front.sh {port} {backend_port}' \
+#     ../shared/bench/peers.sh --targets "direct front:off front:on"
 set -eu
 port=${1:?port} backend=${2:?backend port}
 here=$(cd "$(dirname "$0")" && pwd)
 state=${BENCH_STATE:-/tmp/mtac-bench}/mtac
 spool=/dev/shm/mtac-bench-$port
 mkdir -p "$state" "$spool"
+auth="" dns=""
+case "${MTAC_FRONT_AUTH:-off}" in
+on | 1)
+    dns_port=$((port - 1000))
+    helo=$(hostname)
+    # In the front's process group: the harness's stop ends it with the node.
+    python3 "$here/dns-zone.py" "$dns_port" \
+        "example.com TXT v=spf1 ip4:127.0.0.0/8 -all" \
+        "_dmarc.example.com TXT v=DMARC1; p=reject" \
+        "$helo TXT v=spf1 ip4:127.0.0.0/8 -all" &
+    dns="dns timeout=\"2s\" {
+    nameserver \"127.0.0.1:$dns_port\"
+}"
+    auth="spf
+    dmarc"
+    ;;
+esac
 cat >"$state/policy.kdl" <<POLICY
 hostname "mx.bench.example"
 spool "$spool"
+$dns
 farm "mx" kind="inbound-mx" {
     listen "127.0.0.1:$port"
     limits {
@@ -21,6 +46,7 @@ farm "mx" kind="inbound-mx" {
         recipients 1000
     }
     local-domains "example.net"
+    $auth
     relay {
         backend "smtp://127.0.0.1:$backend"
     }

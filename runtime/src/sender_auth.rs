@@ -136,14 +136,18 @@ impl Verifier {
     }
 
     /// SPF of `sender` (the HELO name's for `""`) from `ip`, and of the HELO name when `helo`.
-    /// Each identity's check is bounded by the DNS timeout: past it, `temperror`.
+    /// Each identity's check is bounded by the DNS timeout: past it, `temperror`. The two run at
+    /// once, so a dead resolver holds MAIL for one timeout, not two.
     pub async fn spf(&self, ip: IpAddr, helo_name: &str, hostname: &str, sender: &str, helo: bool) -> SpfCheck {
-        let mail_from = self.bounded_spf(SpfParameters::verify_mail_from(ip, helo_name, hostname, sender)).await;
-        let helo_output = if helo && !helo_name.is_empty() && !helo_name.starts_with('[') {
-            Some(self.bounded_spf(SpfParameters::verify_ehlo(ip, helo_name, hostname)).await)
-        } else {
-            None
+        let mail_from = self.bounded_spf(SpfParameters::verify_mail_from(ip, helo_name, hostname, sender));
+        let helo_output = async {
+            if helo && !helo_name.is_empty() && !helo_name.starts_with('[') {
+                Some(self.bounded_spf(SpfParameters::verify_ehlo(ip, helo_name, hostname)).await)
+            } else {
+                None
+            }
         };
+        let (mail_from, helo_output) = tokio::join!(mail_from, helo_output);
         SpfCheck { mail_from, helo: helo_output, sender: sender.to_owned(), helo_name: helo_name.to_owned() }
     }
 

@@ -57,7 +57,13 @@ fn error_policies_render_their_expected_diagnostics() {
 fn ok_policies_compile() {
     let mut files = kdl_files("tests/policies/ok");
     files.extend(
-        ["examples/quickstart/policy.kdl", "examples/company/policy.kdl", "examples/isp/policy.kdl"].map(PathBuf::from),
+        [
+            "examples/quickstart/policy.kdl",
+            "examples/company/policy.kdl",
+            "examples/isp/policy.kdl",
+            "examples/sender-auth/policy.kdl",
+        ]
+        .map(PathBuf::from),
     );
     for file in files {
         let (diags, produced) = render(&file);

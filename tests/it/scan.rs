@@ -514,3 +514,109 @@ async fn issue14_the_spool_budget_and_transfers_per_client_answer_452() {
     assert_eq!(sample(&m, r#"mtac_messages_total{farm="mx",verdict="deferred",reason="spool-budget"}"#), 1.0, "{m}");
     assert_eq!(sample(&m, "mtac_spool_budget_bytes"), 1048576.0, "{m}");
 }
+
+/// An rspamd stand-in on 127.0.0.1: answers every `/checkv2` "no action" and keeps the request
+/// headers each one carried, lower-cased.
+async fn recording_rspamd() -> (SocketAddr, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let record = seen.clone();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let mut request = Vec::new();
+            let mut buf = [0u8; 8192];
+            // Headers, then the Content-Length bytes of the message.
+            let (head, length) = loop {
+                match stream.read(&mut buf).await {
+                    Ok(0) | Err(_) => break (String::new(), 0),
+                    Ok(n) => request.extend_from_slice(&buf[..n]),
+                }
+                let text = String::from_utf8_lossy(&request).to_ascii_lowercase();
+                if let Some((head, _)) = text.split_once("\r\n\r\n") {
+                    let length = head.split("\r\n").find_map(|l| l.strip_prefix("content-length: "));
+                    break (head.to_owned(), length.unwrap().trim().parse::<usize>().unwrap() + head.len() + 4);
+                }
+            };
+            while request.len() < length {
+                match stream.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => request.extend_from_slice(&buf[..n]),
+                }
+            }
+            record.lock().unwrap().push(head);
+            let body = r#"{"score":0.0,"required_score":15.0,"action":"no action","symbols":{}}"#;
+            let reply = format!("HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len());
+            let _ = stream.write_all(reply.as_bytes()).await;
+        }
+    });
+    (addr, seen)
+}
+
+/// A local IPv4 address outside 127/8 (the VM's own, e.g. 192.0.2.2): hickory answers reverse
+/// lookups of 127/8 itself, so only such a client gets a PTR from the test zone.
+fn outside_loopback() -> Option<std::net::Ipv4Addr> {
+    let trie = std::fs::read_to_string("/proc/net/fib_trie").ok()?;
+    let lines: Vec<&str> = trie.lines().collect();
+    lines.windows(2).find_map(|w| {
+        let ip: std::net::Ipv4Addr = w[0].trim().trim_start_matches("|-- ").parse().ok()?;
+        (w[1].contains("/32 host LOCAL") && !ip.is_loopback()).then_some(ip)
+    })
+}
+
+/// Issue 16: rspamd is told the client's `Hostname` only when its reverse DNS is
+/// forward-confirmed (rspamd takes any name it is given as resolved, and scores a missing one as
+/// RDNS_NONE); a PTR whose name does not resolve back to the client gives no `Hostname`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rspamd_gets_the_hostname_only_for_a_confirmed_reverse_dns() {
+    use crate::dnsbl::dns_server;
+    use hickory_server::proto::rr::{rdata::PTR, RData};
+    let Some(client) = outside_loopback() else {
+        assert!(std::env::var_os("CI").is_none(), "CI=true and no local IPv4 address outside 127/8");
+        eprintln!("no local IPv4 address outside 127/8: skipped");
+        return;
+    };
+    let [a, b, c, d] = client.octets();
+    let ptr = |name: &str| RData::PTR(PTR(dns_server::name(name)));
+    let dns = dns_server::serve(vec![
+        ("test.", vec![("mail.sender".to_owned(), dns_server::a(&client.to_string()))]),
+        (&format!("{c}.{b}.{a}.in-addr.arpa."), vec![(d.to_string(), ptr("mail.sender.test."))]),
+    ])
+    .await;
+    let (rspamd, seen) = recording_rspamd().await;
+    let scan = format!("scan {{ rspamd \"http://{rspamd}\" timeout=\"10s\" }}");
+    let dns_block = format!("hostname \"mx.test.example\"\ndns timeout=\"2s\" {{\n    nameserver \"{}\"\n}}", dns.addr);
+    let sink = Sink::start(Behaviour::default()).await;
+    // The PTR resolves back to the client; then the same name no longer does (an A elsewhere).
+    for (reverse, wrong_a) in [(true, false), (true, true), (false, false)] {
+        let check = if reverse { "client reverse-dns=\"required\"" } else { "" };
+        let mut policy =
+            relay_policy(&format!("{check}\n    {scan}")).replace("hostname \"mx.test.example\"", &dns_block);
+        let _other;
+        if wrong_a {
+            let other = dns_server::serve(vec![
+                ("test.", vec![("mail.sender".to_owned(), dns_server::a("192.0.2.200"))]),
+                (&format!("{c}.{b}.{a}.in-addr.arpa."), vec![(d.to_string(), ptr("mail.sender.test."))]),
+            ])
+            .await;
+            policy = policy.replace(&dns.addr.to_string(), &other.addr.to_string());
+            _other = other;
+        }
+        let node = TestNode::start(&policy, Some(sink.addr)).await;
+        let mut c = Client::connect_from(node.addr, &client.to_string()).await;
+        assert_eq!(code(&c.reply().await), 220);
+        c.cmd("EHLO mail.sender.test").await;
+        assert_eq!(code(&c.cmd("MAIL FROM:<alice@sender.example>").await), 250);
+        assert_eq!(code(&c.cmd("RCPT TO:<bob@example.test>").await), 250);
+        assert_eq!(code(&c.cmd("DATA").await), 354);
+        c.send(message("Hello Bob").replace('\n', "\r\n").as_bytes()).await;
+        assert_eq!(code(&c.cmd(".").await), 250);
+    }
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 3, "{seen:?}");
+    assert!(seen[0].contains("\r\nhostname: mail.sender.test\r\n"), "confirmed: {}", seen[0]);
+    assert!(seen[0].contains(&format!("\r\nip: {client}\r\n")), "{}", seen[0]);
+    assert!(!seen[1].contains("\r\nhostname:"), "a PTR that does not resolve back: {}", seen[1]);
+    assert!(!seen[2].contains("\r\nhostname:"), "reverse DNS not looked up: {}", seen[2]);
+}
