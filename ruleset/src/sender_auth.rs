@@ -111,11 +111,22 @@ pub enum DmarcResult {
     None,
     TempError,
     PermError,
+    /// The message has no one author domain to check: no From field, several, several
+    /// domains in it, or a From that the verifier could not read while the node could
+    /// (`From : x@y`). RFC 7489 6.6.1 leaves such a message to local policy; left as `none`
+    /// it would dodge every `p=reject`.
+    BadFrom,
 }
 
 impl DmarcResult {
-    pub const ALL: [DmarcResult; 5] =
-        [DmarcResult::Pass, DmarcResult::Fail, DmarcResult::None, DmarcResult::TempError, DmarcResult::PermError];
+    pub const ALL: [DmarcResult; 6] = [
+        DmarcResult::Pass,
+        DmarcResult::Fail,
+        DmarcResult::None,
+        DmarcResult::TempError,
+        DmarcResult::PermError,
+        DmarcResult::BadFrom,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -124,6 +135,7 @@ impl DmarcResult {
             DmarcResult::None => "none",
             DmarcResult::TempError => "temperror",
             DmarcResult::PermError => "permerror",
+            DmarcResult::BadFrom => "bad-from",
         }
     }
 
@@ -256,6 +268,16 @@ fn dmarc_outcome(
             return match settings.temperror {
                 OnTempError::Defer => StepOutcome::Decided(dmarc_deferral(domain, "temporary DNS failure")),
                 OnTempError::Pass => recorded("dmarc=temperror (recorded)".to_owned()),
+            }
+        }
+        DmarcResult::BadFrom => {
+            return match settings.reject {
+                OnFail::Refuse => StepOutcome::Decided(Reply::new(
+                    550,
+                    "5.7.1",
+                    "Message rejected: one From header with one author domain is needed for DMARC (RFC 7489 6.6.1)",
+                )),
+                OnFail::Record => recorded("dmarc=bad-from (no one author domain; recorded)".to_owned()),
             }
         }
         DmarcResult::Fail => {}

@@ -182,6 +182,9 @@ impl Verifier {
         let parsed = if after_data { AuthenticatedMessage::parse(message) } else { None };
         if let Some(parsed) = &parsed {
             let dkim = tokio::time::timeout(self.timeout, self.auth.verify_dkim(parsed)).await.ok();
+            // A check cut short by the timeout may have held the aligned pass: DMARC must not
+            // call the message a failure without it (below), or a slow key server is a 550.
+            let mut cut_short = dkim.is_none();
             let dkim: Vec<_> =
                 dkim.unwrap_or_default().into_iter().map(|o| body_hash_is_a_failure(parsed, o)).collect();
             let arc = tokio::time::timeout(self.timeout, self.auth.verify_arc(parsed)).await.ok();
@@ -203,7 +206,10 @@ impl Verifier {
                     });
                 }
                 // Cut short by the timeout: the chain could not be checked.
-                None => facts.arc = Some(ArcVerdict { result: AuthResult::TempError, sealer: None }),
+                None => {
+                    cut_short = true;
+                    facts.arc = Some(ArcVerdict { result: AuthResult::TempError, sealer: None });
+                }
             }
             if dmarc {
                 // No SPF check: DMARC aligns on DKIM alone (`none` never aligns).
@@ -216,8 +222,12 @@ impl Verifier {
                 let verdict = match tokio::time::timeout(self.timeout, self.auth.verify_dmarc(params)).await {
                     Ok(output) => {
                         results = results.with_dmarc_result(&output);
+                        let result = match dmarc_result(&output.result()) {
+                            DmarcResult::Fail if cut_short => DmarcResult::TempError,
+                            other => other,
+                        };
                         DmarcVerdict {
-                            result: dmarc_result(&output.result()),
+                            result,
                             policy: dmarc_policy(output.policy()),
                             domain: output.domain().to_ascii_lowercase(),
                         }

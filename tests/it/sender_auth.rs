@@ -211,6 +211,19 @@ async fn a_forged_p_reject_sender_is_refused_after_data_or_at_mail_with_spf_refu
     assert!(end.starts_with("550 5.7.1"), "DMARC p=reject refuses after DATA: {end}");
     assert!(end.contains("bank.test"), "{end}");
     assert!(sink.messages().is_empty());
+    // Issue 16 review: a second From field, or a second domain in it, was DMARC `none` (no one
+    // author for mail-auth) and relayed; `From :` (old syntax mail clients show) is read.
+    for (how, forged) in [
+        ("a blank before the colon", "From : ceo@bank.test\r\n"),
+        ("two From fields", "From: a@forger.test\r\nFrom: ceo@bank.test\r\n"),
+        ("two domains in one", "From: a@forger.test, ceo@bank.test\r\n"),
+    ] {
+        let data =
+            String::from_utf8(message("ceo@bank.test", "wire")).unwrap().replace("From: ceo@bank.test\r\n", forged);
+        let (_, end) = deliver(node.addr, "127.0.9.2", "mail.forger.test", "a@forger.test", data.as_bytes()).await;
+        assert!(end.starts_with("550 5.7.1"), "{how}: {end}");
+    }
+    assert!(sink.messages().is_empty());
     // The operator's word: refuse SPF fail at MAIL FROM (RFC 7372).
     let node = TestNode::start(&policy(server.addr, "spf fail=\"refuse\""), Some(sink.addr)).await;
     let (mail, _) = deliver(node.addr, "127.0.9.2", "mail.forger.test", "ceo@bank.test", &data).await;

@@ -177,7 +177,8 @@ async fn receive(
     let message = SpooledMessage { size, sender_start };
     // Sender authentication (`spf`, `dkim`, `dmarc`): its verdicts go on the log line whatever
     // the answer.
-    let checked = match super::verify::sender_auth(conn.shared, session, ctx, &spool, message, spf).await {
+    let author = author(&verdicts);
+    let checked = match super::verify::sender_auth(conn.shared, session, ctx, &spool, message, spf, &author).await {
         Ok(checked) => checked,
         Err((reply, rule, auth)) => {
             let reply = abandon(txn, reply).await;
@@ -248,7 +249,10 @@ fn header_from_refusal(
         return None;
     }
     let (addresses, fields) = from_addresses(verdicts);
-    let owned = fields > 0 && !addresses.is_empty() && addresses.iter().all(|a| session.owns(a, ruleset, farm));
+    let owned = fields > 0
+        && verdicts.from_complete()
+        && !addresses.is_empty()
+        && addresses.iter().all(|a| session.owns(a, ruleset, farm));
     if owned {
         return None;
     }
@@ -262,6 +266,17 @@ fn header_from_refusal(
         )
         .unwrap_or_else(|_| Reply::local_error()),
     )
+}
+
+/// What the node itself read of the message's author, for DMARC (`super::verify`): how many
+/// From fields, whether all their text was kept, and the distinct domains of their addresses.
+fn author(verdicts: &VerdictFilter<'_>) -> super::verify::Author {
+    let (addresses, fields) = from_addresses(verdicts);
+    let mut domains: Vec<String> =
+        addresses.iter().filter_map(|a| a.rsplit_once('@')).map(|(_, d)| d.to_ascii_lowercase()).collect();
+    domains.sort();
+    domains.dedup();
+    super::verify::Author { fields, complete: verdicts.from_complete(), domains }
 }
 
 /// The addresses of the message's From fields (collected by the verdict filter while the
@@ -298,6 +313,8 @@ async fn dkim_sign(
         return Ok(None);
     }
     let (from, _) = from_addresses(verdicts);
+    // A From header longer than the filter keeps may name more than it shows: never sign it.
+    let from = if verdicts.from_complete() { from } else { Vec::new() };
     let count = |result: &'static str| {
         shared.metrics.dkim_signatures.get_or_create(&DkimSigning { farm: farm.name.clone(), result }).inc();
     };

@@ -14,6 +14,7 @@ use futures_util::FutureExt;
 use mtac_ruleset::eval;
 use mtac_ruleset::model::Stage;
 use mtac_ruleset::rules;
+use mtac_ruleset::sender_auth::DmarcResult;
 use std::panic::AssertUnwindSafe;
 
 /// What the verify phase hands on: the header field to relay (empty when the farm verifies
@@ -22,6 +23,28 @@ use std::panic::AssertUnwindSafe;
 pub(super) struct Checked {
     pub(super) header: String,
     pub(super) summary: String,
+}
+
+/// The message's author as the node read it (its verdict filter), to check against what the
+/// verifier read: mail-auth skips what it cannot parse (`From : x@y`, a second From, several
+/// domains) and calls that DMARC `none`, which would let a `p=reject` domain's forgery through.
+#[derive(Debug)]
+pub(super) struct Author {
+    /// How many From fields the header section had.
+    pub(super) fields: u32,
+    /// Whether all of their text was kept (see `VerdictFilter::from_complete`).
+    pub(super) complete: bool,
+    /// The distinct domains of the addresses in them.
+    pub(super) domains: Vec<String>,
+}
+
+impl Author {
+    /// One From field, read whole, naming one domain, which the verifier found too.
+    fn is_one(&self, verifier_domain: &str) -> bool {
+        self.fields == 1
+            && self.complete
+            && matches!(self.domains.as_slice(), [one] if one.eq_ignore_ascii_case(verifier_domain))
+    }
 }
 
 /// Verify the spooled message and decide on it. `Err` carries the refusal, its rule and the
@@ -33,6 +56,7 @@ pub(super) async fn sender_auth(
     spool: &SpoolFile,
     message: SpooledMessage,
     spf: Option<&SpfCheck>,
+    author: &Author,
 ) -> Result<Checked, (Reply, &'static str, String)> {
     let (farm, ruleset, hostname) = (ctx.farm, &ctx.snapshot.ruleset, ctx.hostname.as_str());
     let auth = &farm.sender_auth;
@@ -68,6 +92,16 @@ pub(super) async fn sender_auth(
         }
     };
     drop(bytes);
+    let mut verified = verified;
+    if let Some(dmarc) = verified.facts.dmarc.as_mut() {
+        // A verdict about no one author (mail-auth's `none` with no domain, or a domain other
+        // than the one From the node read) is no verdict: the message's author is unclear.
+        let known = matches!(dmarc.result, DmarcResult::TempError);
+        if !known && !author.is_one(&dmarc.domain) {
+            tracing::info!(session = %session.id(), fields = author.fields, domains = ?author.domains, verifier = dmarc.domain.as_str(), "DMARC: no one author domain");
+            dmarc.result = DmarcResult::BadFrom;
+        }
+    }
     let facts = &verified.facts;
     let metrics = &shared.metrics;
     if let Some(helo) = spf.and_then(|s| s.helo.as_ref()) {

@@ -66,6 +66,8 @@ pub struct VerdictFilter<'v> {
     in_from: bool,
     from: Vec<u8>,
     from_fields: u32,
+    /// Some From text did not fit in `MAX_FROM`: what was kept may not name every address.
+    from_truncated: bool,
     removed: u32,
 }
 
@@ -80,6 +82,7 @@ impl<'v> VerdictFilter<'v> {
             in_from: false,
             from: Vec::new(),
             from_fields: 0,
+            from_truncated: false,
             removed: 0,
         }
     }
@@ -98,6 +101,24 @@ impl<'v> VerdictFilter<'v> {
     /// The `From:` fields' values (unfolded bytes, at most 2 KiB) and how many there were.
     pub fn from(&self) -> (&[u8], u32) {
         (&self.from, self.from_fields)
+    }
+
+    /// Whether [`Self::from`] holds all of the From fields' text. When it does not, an address
+    /// may hide past the 2 KiB kept (behind folded white space, say), so nothing may be decided
+    /// as if the kept text were the whole header: ownership is refused and nothing is signed.
+    pub fn from_complete(&self) -> bool {
+        !self.from_truncated
+    }
+
+    /// Keep a piece of a From field's value (line ends dropped, so folding unfolds), noting
+    /// when the 2 KiB cap cut some of it off.
+    fn keep_from(&mut self, text: &[u8]) {
+        let text: Vec<u8> = text.iter().copied().filter(|&b| b != b'\r' && b != b'\n').collect();
+        let room = MAX_FROM.saturating_sub(self.from.len());
+        if text.len() > room {
+            self.from_truncated = true;
+        }
+        self.from.extend(text.iter().take(room));
     }
 
     /// Filter `input` (the next receiver output) onto `out`.
@@ -128,9 +149,8 @@ impl<'v> VerdictFilter<'v> {
             };
             rest = rest.get(line.len()..).unwrap_or(&[]);
             self.at_line_start = ends;
-            if self.in_from && self.from.len() < MAX_FROM {
-                let room = MAX_FROM - self.from.len();
-                self.from.extend(line.iter().take(room).filter(|&&b| b != b'\r' && b != b'\n'));
+            if self.in_from {
+                self.keep_from(line);
             }
             match self.fate {
                 Fate::Keep => out.extend_from_slice(line),
@@ -169,17 +189,16 @@ impl<'v> VerdictFilter<'v> {
             }
             return;
         };
-        let name = trim_end(self.held.get(..colon).unwrap_or(&[]));
-        if name.eq_ignore_ascii_case(b"from") {
+        if trim_end(self.held.get(..colon).unwrap_or(&[])).eq_ignore_ascii_case(b"from") {
             self.in_from = true;
             self.from_fields += 1;
             if !self.from.is_empty() {
                 self.from.push(b',');
             }
-            let value = self.held.get(colon + 1..).unwrap_or(&[]);
-            let room = MAX_FROM.saturating_sub(self.from.len());
-            self.from.extend(value.iter().take(room).filter(|&&b| b != b'\r' && b != b'\n'));
+            let value = self.held.get(colon + 1..).unwrap_or(&[]).to_vec();
+            self.keep_from(&value);
         }
+        let name = trim_end(self.held.get(..colon).unwrap_or(&[]));
         if name.eq_ignore_ascii_case(AUTH_RESULTS) {
             self.fate = Fate::HoldAuthResults;
             return;
@@ -393,6 +412,26 @@ mod tests {
         let (from, count) = f.from();
         assert_eq!(count, 2);
         assert_eq!(String::from_utf8_lossy(from), " Alice <alice@example.org>, eve@evil.example");
+        assert!(f.from_complete());
+    }
+
+    /// Issue 16 review: an address hidden past the 2 KiB of From text the filter keeps (behind
+    /// folded white space) made `auth header-from="owned"` and `dkim-sign` see only the first.
+    #[test]
+    fn a_from_header_longer_than_what_is_kept_is_marked_incomplete() {
+        let rules = rules(false);
+        let mut f = VerdictFilter::new(&rules);
+        let mut out = Vec::new();
+        let padding = "\r\n ".repeat(2500);
+        let message = format!("From: alice@owned.example{padding}, ceo@bank.example\r\nTo: b@x\r\n\r\nbody");
+        // Fed in small pieces, as the receiver hands it on.
+        for piece in message.as_bytes().chunks(100) {
+            f.feed(piece, &mut out);
+        }
+        let (from, count) = f.from();
+        assert_eq!(count, 1);
+        assert!(!String::from_utf8_lossy(from).contains("bank"), "the cap holds");
+        assert!(!f.from_complete(), "and says so");
     }
 
     #[test]
