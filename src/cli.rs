@@ -189,8 +189,9 @@ pub struct ExplainArgs {
     /// permerror); repeat for each signature
     #[arg(long, value_name = "DOMAIN=RESULT")]
     dkim: Vec<String>,
-    /// The ARC chain's verdict and its newest sealer: RESULT[:SEALER] (pass, fail, none…)
-    #[arg(long, value_name = "RESULT[:SEALER]")]
+    /// The ARC chain's verdict, its newest sealer and the author domain that sealer recorded
+    /// dmarc=pass for: RESULT[:SEALER[:DOMAIN]] (pass, fail, none…)
+    #[arg(long, value_name = "RESULT[:SEALER[:DOMAIN]]")]
     arc: Option<String>,
     /// The DMARC verdict, the policy the author domain publishes and that domain (default: the
     /// sender's): RESULT[:POLICY[:DOMAIN]], e.g. fail:reject
@@ -529,7 +530,7 @@ fn sender_auth_flags(args: &ExplainArgs, session: &mut Session) -> Result<(), St
     }
     if let Some(flag) = &args.arc {
         session.message.arc =
-            Some(sender_auth::parse_arc(flag).ok_or_else(|| format!("--arc {flag}: RESULT[:SEALER], e.g. pass"))?);
+            Some(sender_auth::parse_arc(flag).ok_or_else(|| format!("--arc {flag}: RESULT[:SEALER[:DOMAIN]], e.g. pass:lists.example:bank.example"))?);
     }
     if let Some(flag) = &args.dmarc {
         session.message.dmarc = Some(

@@ -23,7 +23,7 @@ use mail_auth::{
     MessageAuthenticator, SpfOutput, SpfResult as MaSpf,
 };
 use mtac_ruleset::sender_auth::{
-    ArcVerdict, AuthResult, DkimVerdict, DmarcPolicy, DmarcResult, DmarcVerdict, MessageAuth, SpfResult,
+    aar_dmarc_pass_domain, ArcVerdict, AuthResult, DkimVerdict, DmarcPolicy, DmarcResult, DmarcVerdict, MessageAuth, SpfResult,
 };
 use std::net::IpAddr;
 use std::time::Duration;
@@ -200,15 +200,21 @@ impl Verifier {
             match &arc {
                 Some(arc) => {
                     results = results.with_arc_result(arc, ip);
+                    let newest = arc.sets().last();
                     facts.arc = Some(ArcVerdict {
                         result: auth_result(arc.result()),
-                        sealer: arc.sets().last().map(|set| set.seal.header.d.to_ascii_lowercase()),
+                        sealer: newest.map(|set| set.seal.header.d.to_ascii_lowercase()),
+                        // What the sealer recorded when it got the message: `trust-arc` needs
+                        // its dmarc=pass for the author domain, not only its valid seal.
+                        vouched_from: newest.and_then(|set| {
+                            std::str::from_utf8(set.results.value).ok().and_then(aar_dmarc_pass_domain)
+                        }),
                     });
                 }
                 // Cut short by the timeout: the chain could not be checked.
                 None => {
                     cut_short = true;
-                    facts.arc = Some(ArcVerdict { result: AuthResult::TempError, sealer: None });
+                    facts.arc = Some(ArcVerdict { result: AuthResult::TempError, sealer: None, vouched_from: None });
                 }
             }
             if dmarc {

@@ -251,16 +251,27 @@ async fn a_tampered_body_fails_dkim() {
     assert!(!ar.contains("spf="), "no spf node, no SPF verdict: {ar}");
 }
 
+/// What the list at fwd.test does: records what it verified when it got `message` (its
+/// Authentication-Results, which python3-dkim copies into the ARC-Authentication-Results),
+/// changes the subject (the author's signature breaks) and seals it.
+fn forward_through_list(message: &[u8], results: &str, keys: &Keys) -> Vec<u8> {
+    let listed = String::from_utf8(message.to_vec()).unwrap().replace("Subject: news", "Subject: [list] news");
+    let with_results = format!("Authentication-Results: fwd.test; {results}\r\n{listed}");
+    arc_seal(with_results.as_bytes(), "arc", "fwd.test", &keys.fwd)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_forward_with_a_valid_arc_chain_from_a_trusted_sealer_is_not_refused() {
     let (server, keys) = zone().await;
     let sink = Sink::start(Behaviour::default()).await;
-    // bank.test signs; the list at fwd.test changes the subject (the signature breaks), records
-    // what it verified and seals the message; then relays it from its own address.
+    // bank.test signs; the list verified it (dmarc=pass for bank.test), broke the signature
+    // and sealed; then relays it from its own address.
     let original = sign(&message("ceo@bank.test", "news"), "s1", "bank.test", &keys.bank);
-    let listed = String::from_utf8(original).unwrap().replace("Subject: news", "Subject: [list] news");
-    let with_results = format!("Authentication-Results: fwd.test; dkim=pass header.d=bank.test\r\n{listed}");
-    let sealed = arc_seal(with_results.as_bytes(), "arc", "fwd.test", &keys.fwd);
+    let sealed = forward_through_list(
+        &original,
+        "dkim=pass header.d=bank.test; dmarc=pass (p=reject) header.from=bank.test",
+        &keys,
+    );
     let extra = "spf\n    dmarc { trust-arc \"fwd.test\"; }";
     let node = TestNode::start(&policy(server.addr, extra), Some(sink.addr)).await;
     let (_, end) = deliver(node.addr, "127.0.9.4", "mail.fwd.test", "bounces@fwd.test", &sealed).await;
@@ -272,6 +283,31 @@ async fn a_forward_with_a_valid_arc_chain_from_a_trusted_sealer_is_not_refused()
     let node = TestNode::start(&policy(server.addr, "spf\n    dmarc"), Some(sink.addr)).await;
     let (_, end) = deliver(node.addr, "127.0.9.4", "mail.fwd.test", "bounces@fwd.test", &sealed).await;
     assert!(end.starts_with("550 5.7.1"), "{end}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forgery_sealed_by_a_trusted_sealer_is_still_refused() {
+    let (server, keys) = zone().await;
+    let sink = Sink::start(Behaviour::default()).await;
+    // Anyone who can send through the list can have it seal a forgery: the list saw the forged
+    // bank.test message fail, said so in its results, and sealed it all the same. The seal is
+    // valid; what it vouches for is a failure.
+    let forged = message("ceo@bank.test", "news");
+    let extra = "spf\n    dmarc { trust-arc \"fwd.test\"; }";
+    let node = TestNode::start(&policy(server.addr, extra), Some(sink.addr)).await;
+    for results in [
+        "spf=fail smtp.mailfrom=bank.test; dkim=none; dmarc=fail (p=reject) header.from=bank.test",
+        // No DMARC verdict at all, or a pass for another domain (the list's own), is no pass.
+        "spf=pass smtp.mailfrom=fwd.test",
+        "dmarc=pass header.from=fwd.test",
+        // A pass only inside a comment.
+        "dmarc=fail (dmarc=pass header.from=bank.test) header.from=bank.test",
+    ] {
+        let sealed = forward_through_list(&forged, results, &keys);
+        let (_, end) = deliver(node.addr, "127.0.9.4", "mail.fwd.test", "bounces@fwd.test", &sealed).await;
+        assert!(end.starts_with("550 5.7.1"), "sealed with `{results}`: {end}");
+    }
+    assert!(sink.messages().is_empty(), "no forgery reached the store");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
