@@ -256,8 +256,9 @@ pub struct DmarcSettings {
     /// Author domains (and their subdomains) never refused for DMARC: mailing lists that
     /// rewrite messages, forwarders the operator knows.
     pub never_refuse: Option<TableId>,
-    /// ARC sealers (the `d=` of the newest ARC-Seal, with subdomains) whose valid chain
-    /// excuses a DMARC failure: the forwarders whose own checks the operator trusts.
+    /// ARC sealers (the `d=` of the newest ARC-Seal, with subdomains) whose valid chain excuses
+    /// a DMARC failure when their ARC-Authentication-Results record dmarc=pass for the same
+    /// author domain: the forwarders whose own checks the operator trusts.
     pub trust_arc: Option<TableId>,
 }
 

@@ -341,3 +341,57 @@ async fn a_dns_timeout_is_a_temperror_that_defers_or_passes_never_a_5xx() {
     let (_, end) = deliver(node.addr, "127.0.9.5", "mail.good.test", "a@good.test", &message("a@good.test", "t")).await;
     assert!(end.starts_with("451 4.7.1"), "{end}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_first_five_signatures_are_checked() {
+    let (server, keys) = zone().await;
+    let sink = Sink::start(Behaviour::default()).await;
+    let node = TestNode::start(&policy(server.addr, "dkim"), Some(sink.addr)).await;
+    // Each signature costs a DNS lookup and an RSA check: a sender cannot make the node do
+    // eight of them for one message.
+    let mut signed = message("a@good.test", "many");
+    for _ in 0..8 {
+        signed = sign(&signed, "rsa", "good.test", &keys.good_rsa);
+    }
+    let (_, end) = deliver(node.addr, "127.0.9.3", "mail.good.test", "a@good.test", &signed).await;
+    assert_eq!(code(&end), 250, "{end}");
+    let ar = our_results(&sink.messages()[0].data).join("\n");
+    assert_eq!(ar.matches("dkim=pass").count(), 5, "{ar}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_copy_verified_in_memory_counts_against_the_spool_budget() {
+    let (server, _keys) = zone().await;
+    let sink = Sink::start(Behaviour::default()).await;
+    // 700 KB: it fits a 1 MiB budget once (in the spool), not twice (spool and verifier).
+    let mut big = String::from_utf8(message("a@good.test", "big")).unwrap();
+    let line = format!("{}\r\n", "x".repeat(68));
+    big.push_str(&line.repeat(700_000 / line.len()));
+    let budget = |extra: &str| policy(server.addr, extra).replace("/spool\"", "/spool\" max-bytes=\"1MiB\"");
+    let node = TestNode::start(&budget("dkim"), Some(sink.addr)).await;
+    let (_, end) = deliver(node.addr, "127.0.9.3", "mail.good.test", "a@good.test", big.as_bytes()).await;
+    assert!(end.starts_with("452 4.3.1"), "verifying would double the bytes in flight: {end}");
+    assert!(sink.messages().is_empty());
+    // The budget alone holds it: without verification the message goes through.
+    let node = TestNode::start(&budget(""), Some(sink.addr)).await;
+    let (_, end) = deliver(node.addr, "127.0.9.3", "mail.good.test", "a@good.test", big.as_bytes()).await;
+    assert_eq!(code(&end), 250, "{end}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dkim_false_beside_dmarc_leaves_dmarc_to_spf_alone() {
+    let (server, keys) = zone().await;
+    let sink = Sink::start(Behaviour::default()).await;
+    // bank.test signs its mail, but this client is not in bank.test's SPF record.
+    let signed = sign(&message("ceo@bank.test", "signed"), "s1", "bank.test", &keys.bank);
+    let node = TestNode::start(&policy(server.addr, "spf\n    dmarc"), Some(sink.addr)).await;
+    let (_, end) = deliver(node.addr, "127.0.9.6", "mail.bank.test", "ceo@bank.test", &signed).await;
+    assert_eq!(code(&end), 250, "the aligned DKIM pass carries DMARC: {end}");
+    // The operator said not to check signatures: DMARC has SPF's fail alone, and p=reject holds.
+    let node = TestNode::start(&policy(server.addr, "spf\n    dkim #false\n    dmarc"), Some(sink.addr)).await;
+    let (_, end) = deliver(node.addr, "127.0.9.6", "mail.bank.test", "ceo@bank.test", &signed).await;
+    assert!(end.starts_with("550 5.7.1"), "{end}");
+    assert_eq!(sink.messages().len(), 1);
+    let ar = our_results(&sink.messages()[0].data).join("\n");
+    assert!(ar.contains("dkim=pass"), "the first node checked it: {ar}");
+}
