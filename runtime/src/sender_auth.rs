@@ -23,7 +23,7 @@ use mail_auth::dkim::DkimError;
 use mail_auth::dmarc::verify::DmarcParameters;
 use mail_auth::spf::verify::SpfParameters;
 use mail_auth::{
-    AuthenticatedMessage, AuthenticationResults, DkimOutput, DkimResult, DmarcResult as MaDmarc, Error,
+    AuthenticatedMessage, AuthenticationResults, DkimOutput, DkimResult, DmarcResult as MaDmarc, DnsError, Error,
     MessageAuthenticator, SpfOutput, SpfResult as MaSpf,
 };
 use mtac_ruleset::model::SenderAuth;
@@ -251,11 +251,16 @@ impl Verifier {
                 let params = DmarcParameters::new(parsed, &dkim, mail_from_domain, spf_output);
                 let verdict = match tokio::time::timeout(self.timeout, self.auth.verify_dmarc(params)).await {
                     Ok(output) => {
-                        results = results.with_dmarc_result(&output);
-                        let result = match dmarc_result(&output.result()) {
-                            DmarcResult::Fail if cut_short => DmarcResult::TempError,
-                            other => other,
+                        // The field says what the step decides on: a failure whose DKIM or ARC
+                        // check was cut short is a temperror there too.
+                        let output = if cut_short && matches!(output.result(), MaDmarc::Fail(_)) {
+                            let why = "DKIM or ARC check cut short by the DNS timeout".to_owned();
+                            output.with_dkim_result(MaDmarc::TempError(Error::Dns(DnsError::Resolver(why))))
+                        } else {
+                            output
                         };
+                        results = results.with_dmarc_result(&output);
+                        let result = dmarc_result(&output.result());
                         DmarcVerdict {
                             result,
                             policy: dmarc_policy(output.policy()),

@@ -395,3 +395,48 @@ async fn dkim_false_beside_dmarc_leaves_dmarc_to_spf_alone() {
     let ar = our_results(&sink.messages()[0].data).join("\n");
     assert!(ar.contains("dkim=pass"), "the first node checked it: {ar}");
 }
+
+/// A nameserver in front of `upstream` that never answers DKIM key queries (`_domainkey`):
+/// a key server that is down while SPF and DMARC records still resolve.
+async fn keyless_nameserver(upstream: SocketAddr) -> SocketAddr {
+    let socket = std::sync::Arc::new(tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap());
+    let addr = socket.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut buf = vec![0u8; 4096];
+        loop {
+            let Ok((n, client)) = socket.recv_from(&mut buf).await else { return };
+            let query = buf[..n].to_vec();
+            if query.windows(10).any(|w| w.eq_ignore_ascii_case(b"_domainkey")) {
+                continue;
+            }
+            let socket = socket.clone();
+            tokio::spawn(async move {
+                let forward = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+                forward.send_to(&query, upstream).await.unwrap();
+                let mut answer = vec![0u8; 4096];
+                if let Ok(Ok(n)) =
+                    tokio::time::timeout(std::time::Duration::from_secs(2), forward.recv(&mut answer)).await
+                {
+                    let _ = socket.send_to(&answer[..n], client).await;
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dkim_check_cut_short_makes_dmarc_a_temperror_in_the_field_too() {
+    let (server, keys) = zone().await;
+    let sink = Sink::start(Behaviour::default()).await;
+    let ns = keyless_nameserver(server.addr).await;
+    // bank.test's signature would have carried DMARC (SPF fails from here): its key never comes.
+    let signed = sign(&message("ceo@bank.test", "slow"), "s1", "bank.test", &keys.bank);
+    let node = TestNode::start(&policy(ns, "spf\n    dmarc"), Some(sink.addr)).await;
+    let (_, end) = deliver(node.addr, "127.0.9.7", "mail.bank.test", "ceo@bank.test", &signed).await;
+    assert_eq!(code(&end), 250, "a slow key server is never a 550: {end}");
+    let ar = our_results(&sink.messages()[0].data).join("\n");
+    assert!(ar.contains("spf=fail"), "{ar}");
+    assert!(ar.contains("dmarc=temperror"), "the field says what the node decided: {ar}");
+    assert!(!ar.contains("dmarc=fail"), "{ar}");
+}
