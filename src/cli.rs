@@ -530,7 +530,9 @@ fn sender_auth_flags(args: &ExplainArgs, session: &mut Session) -> Result<(), St
     }
     if let Some(flag) = &args.arc {
         session.message.arc =
-            Some(sender_auth::parse_arc(flag).ok_or_else(|| format!("--arc {flag}: RESULT[:SEALER[:DOMAIN]], e.g. pass:lists.example:bank.example"))?);
+            Some(sender_auth::parse_arc(flag).ok_or_else(|| {
+                format!("--arc {flag}: RESULT[:SEALER[:DOMAIN]], e.g. pass:lists.example:bank.example")
+            })?);
     }
     if let Some(flag) = &args.dmarc {
         session.message.dmarc = Some(

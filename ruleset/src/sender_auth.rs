@@ -440,16 +440,31 @@ mod tests {
             pass("i=1; lists.example; spf=pass smtp.mailfrom=bank.example; dmarc=pass (p=reject) header.from=Bank.Example"),
             Some("bank.example".to_owned())
         );
-        assert_eq!(pass("i=1; lists.example; dmarc=pass header.from=\"bank.example\""), Some("bank.example".to_owned()));
-        assert_eq!(pass("i=1; lists.example;\r\n\tdmarc=pass\r\n\theader.from=bank.example"), Some("bank.example".to_owned()));
+        assert_eq!(
+            pass("i=1; lists.example; dmarc=pass header.from=\"bank.example\""),
+            Some("bank.example".to_owned())
+        );
+        assert_eq!(
+            pass("i=1; lists.example;\r\n\tdmarc=pass\r\n\theader.from=bank.example"),
+            Some("bank.example".to_owned())
+        );
         // What a forgery sealed by the list looks like: the list saw the failure.
-        assert_eq!(pass("i=1; lists.example; dkim=pass header.d=bank.example; dmarc=fail header.from=bank.example"), None);
+        assert_eq!(
+            pass("i=1; lists.example; dkim=pass header.d=bank.example; dmarc=fail header.from=bank.example"),
+            None
+        );
         assert_eq!(pass("i=1; lists.example; dkim=pass header.d=bank.example"), None);
         // A pass hidden in a comment, or in the authserv-id's place, is no pass.
-        assert_eq!(pass("i=1; lists.example; dmarc=fail (dmarc=pass header.from=x.example) header.from=bank.example"), None);
+        assert_eq!(
+            pass("i=1; lists.example; dmarc=fail (dmarc=pass header.from=x.example) header.from=bank.example"),
+            None
+        );
         assert_eq!(pass("i=1; dmarc=pass header.from=bank.example"), None);
         assert_eq!(pass("i=1; lists.example; dmarc=pass"), None, "no domain, nothing vouched");
-        assert_eq!(pass("i=1; lists.example; dmarc=pass header.from=a.example; dmarc=pass header.from=b.example"), None);
+        assert_eq!(
+            pass("i=1; lists.example; dmarc=pass header.from=a.example; dmarc=pass header.from=b.example"),
+            None
+        );
         assert_eq!(pass("i=1; lists.example; dmarc=pass (unbalanced header.from=bank.example"), None);
         assert_eq!(pass("i=1; lists.example; dmarc=pass header.from=bank..example"), None);
     }

@@ -28,7 +28,8 @@ use mail_auth::{
 };
 use mtac_ruleset::model::SenderAuth;
 use mtac_ruleset::sender_auth::{
-    aar_dmarc_pass_domain, ArcVerdict, AuthResult, DkimVerdict, DmarcPolicy, DmarcResult, DmarcVerdict, MessageAuth, SpfResult,
+    aar_dmarc_pass_domain, ArcVerdict, AuthResult, DkimVerdict, DmarcPolicy, DmarcResult, DmarcVerdict, MessageAuth,
+    SpfResult,
 };
 use std::net::IpAddr;
 use std::time::Duration;
@@ -194,7 +195,11 @@ impl Verifier {
             // (in header order: the newest first), the rest are not checked (RFC 6376 6.1 lets a
             // verifier limit them; OpenDKIM's default is 3).
             if parsed.dkim_headers.len() > MAX_DKIM_SIGNATURES {
-                tracing::info!(signatures = parsed.dkim_headers.len(), checked = MAX_DKIM_SIGNATURES, "DKIM: too many signatures, the rest are not checked");
+                tracing::info!(
+                    signatures = parsed.dkim_headers.len(),
+                    checked = MAX_DKIM_SIGNATURES,
+                    "DKIM: too many signatures, the rest are not checked"
+                );
                 parsed.dkim_headers.truncate(MAX_DKIM_SIGNATURES);
             }
             let parsed = &*parsed;

@@ -51,7 +51,8 @@ pub(super) async fn content_checks(
     if let Some(rules) = &farm.mime {
         // mail-parser needs the message in one piece: the MIME rules are the one check that
         // holds it in memory (the scanners stream it from the spool).
-        let copy = shared.spool.copy_to_memory(&reader, message.sender_start).map_err(|e| copy_refusal(shared, session, e))?;
+        let copy =
+            shared.spool.copy_to_memory(&reader, message.sender_start).map_err(|e| copy_refusal(shared, session, e))?;
         // What vouches for the client at RCPT vouches for it here: an authenticated user
         // sending From: their own local address is not forging it.
         let facts = session.facts(ruleset, session.transaction().map(|t| t.sender.as_str()), None);

@@ -225,7 +225,11 @@ impl<'v> VerdictFilter<'v> {
         match self.fate {
             Fate::HoldAuthResults => {
                 let ours = match authserv_id(&self.held) {
-                    Some(id) => self.rules.authserv_ids.iter().any(|a| id.eq_ignore_ascii_case(a.trim_end_matches('.').as_bytes())),
+                    Some(id) => self
+                        .rules
+                        .authserv_ids
+                        .iter()
+                        .any(|a| id.eq_ignore_ascii_case(a.trim_end_matches('.').as_bytes())),
                     None => true,
                 };
                 if ours {
@@ -460,10 +464,7 @@ mod tests {
     fn authserv_ids_are_read_past_comments_and_folds() {
         let id = |field: &[u8]| authserv_id(field).map(|id| String::from_utf8(id).unwrap());
         assert_eq!(id(b"Authentication-Results: mx.example.net; spf=pass").as_deref(), Some("mx.example.net"));
-        assert_eq!(
-            id(b"Authentication-Results:\r\n (a (nested) one) x.example 1; none").as_deref(),
-            Some("x.example")
-        );
+        assert_eq!(id(b"Authentication-Results:\r\n (a (nested) one) x.example 1; none").as_deref(), Some("x.example"));
         assert_eq!(id(b"Authentication-Results: \"q.example\"; none").as_deref(), Some("q.example"));
         assert_eq!(id(b"Authentication-Results: (only a comment)"), None);
         assert_eq!(id(b"Authentication-Results: \"never closed; none"), None);
