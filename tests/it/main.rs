@@ -21,5 +21,6 @@ mod scan;
 mod sender_auth;
 mod submission;
 mod support;
+mod tools;
 mod trust_defects;
 mod untrusted_policy;
