@@ -238,8 +238,9 @@ impl Session {
 
     /// Whether the reply to `command` must reach the client before it sends anything more:
     /// every command when PIPELINING was not offered (no EHLO yet, or HELO), else the commands
-    /// RFC 2920 3.1 allows only last in a group (EHLO, DATA, VRFY, EXPN, NOOP, QUIT; HELO,
-    /// STARTTLS and AUTH as Postfix does). RSET, MAIL and RCPT may be followed.
+    /// RFC 2920 3.1 allows only last in a group (EHLO, DATA, VRFY, EXPN, NOOP; HELO as Postfix
+    /// does). RSET, MAIL and RCPT may be followed. STARTTLS is left to its own rule: what follows
+    /// it in clear text is dropped (CVE-2011-0411, `conn/starttls.rs`); AUTH to the SASL exchange.
     pub fn must_end_group(&self, command: &Command) -> bool {
         if matches!(command, Command::Quit) {
             // Nothing after QUIT is read.
@@ -254,8 +255,6 @@ impl Session {
                     | Command::Vrfy(_)
                     | Command::Expn(_)
                     | Command::Noop
-                    | Command::StartTls
-                    | Command::Auth { .. }
             )
     }
 
