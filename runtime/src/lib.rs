@@ -40,6 +40,7 @@ pub mod node;
 pub mod received;
 pub mod relay;
 pub mod scan;
+pub mod screen;
 pub mod sender_auth;
 pub mod session;
 pub mod shared;

@@ -18,6 +18,7 @@ mod policies;
 mod process;
 mod runtime;
 mod scan;
+mod screening;
 mod sender_auth;
 mod submission;
 mod support;

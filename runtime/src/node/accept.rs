@@ -10,10 +10,11 @@ use super::drain::Guard;
 use crate::metrics::{FarmLabel, RefusedAtAccept};
 use crate::shared::Shared;
 use mtac_ruleset::model::{self, BanResponse, RateSubject};
+use prometheus_client::metrics::gauge::Gauge;
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use tokio::net::{TcpListener, TcpStream};
 
 /// A listening socket with a deep backlog: a spam wave arrives as a burst of connects.
@@ -35,6 +36,43 @@ pub(super) fn bind(address: SocketAddr) -> std::io::Result<TcpListener> {
 pub(super) struct FarmLimits {
     total: AtomicU32,
     per_ip: Mutex<HashMap<IpAddr, u32>>,
+    stress: StressState,
+}
+
+/// Whether a farm is under stress: its open connections passed `screen { stress at= }` of its
+/// connection limit. Moved at accept and when a session ends, so the gauge falls back as soon
+/// as the farm does.
+#[derive(Default)]
+struct StressState {
+    /// Connections above which the farm is under stress (0: no stress screen).
+    above: AtomicU32,
+    on: AtomicBool,
+    /// The farm's `mtac_farm_under_stress` gauge and name, set by its first accept.
+    gauge: OnceLock<(Gauge, String)>,
+}
+
+impl FarmLimits {
+    /// Record `open` connections; whether the farm is under stress now. A change is logged and
+    /// shown by the gauge.
+    fn stressed(&self, open: u32) -> bool {
+        let above = self.stress.above.load(Ordering::Relaxed);
+        let now = above > 0 && open > above;
+        if self.stress.on.swap(now, Ordering::Relaxed) != now {
+            if let Some((gauge, farm)) = self.stress.gauge.get() {
+                gauge.set(i64::from(now));
+                if now {
+                    tracing::warn!(
+                        farm = farm.as_str(),
+                        connections = open,
+                        "farm under stress: new sessions get the stress limits"
+                    );
+                } else {
+                    tracing::info!(farm = farm.as_str(), connections = open, "farm no longer under stress");
+                }
+            }
+        }
+        now
+    }
 }
 
 /// Holds a farm connection slot, the client's per-IP slot and a drain guard; all are released
@@ -48,7 +86,8 @@ struct Slot {
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        self.limits.total.fetch_sub(1, Ordering::Relaxed);
+        let open = self.limits.total.fetch_sub(1, Ordering::Relaxed).saturating_sub(1);
+        self.limits.stressed(open);
         self.shared.metrics.connections_active.dec();
         if let Some(ip) = self.ip {
             let mut map = self.limits.per_ip.lock().unwrap_or_else(PoisonError::into_inner);
@@ -133,10 +172,19 @@ pub(super) async fn accept_loop(
         let check_farm_rate =
             farm_rates && farm_model.rate_limits.iter().any(|l| l.subject == RateSubject::Connections);
         let max_total = farm_model.limits.connections;
+        let stress_above = farm_model.screen.stress.as_ref().map_or(0, |s| {
+            let share = u64::from(max_total) * u64::from(s.percent) / 100;
+            u32::try_from(share).unwrap_or(u32::MAX).max(1)
+        });
+        limits.stress.above.store(stress_above, Ordering::Relaxed);
+        limits.stress.gauge.get_or_init(|| {
+            (shared.metrics.under_stress.get_or_create_owned(&FarmLabel { farm: farm.clone() }), farm.clone())
+        });
         let max_per_ip = farm_model.limits.connections_per_ip;
         let exempt = farm_model.trust_loopback && model::is_loopback(peer.ip());
         drop(snapshot);
-        if limits.total.fetch_add(1, Ordering::Relaxed) >= max_total {
+        let open = limits.total.fetch_add(1, Ordering::Relaxed);
+        if open >= max_total {
             limits.total.fetch_sub(1, Ordering::Relaxed);
             refused("limit");
             refuse(stream, "421 4.7.0 Too many connections, try again later\r\n");
@@ -157,6 +205,7 @@ pub(super) async fn accept_loop(
             *count += 1;
         }
         shared.metrics.connections_active.inc();
+        let admission = crate::conn::Admission { banned, stressed: limits.stressed(open.saturating_add(1)) };
         let slot = Slot { limits: limits.clone(), ip, shared: shared.clone(), _drain: drain.clone() };
         let id = shared.next_id();
         let shared = shared.clone();
@@ -179,7 +228,7 @@ pub(super) async fn accept_loop(
                     return;
                 }
             }
-            crate::conn::serve(stream, peer, &farm, implicit_tls, shared, id, banned).await;
+            crate::conn::serve(stream, peer, &farm, implicit_tls, shared, id, admission).await;
         });
     }
 }
