@@ -11,14 +11,14 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-const TRIPLETS: redb::TableDefinition<&str, &[u8]> = redb::TableDefinition::new("greylist");
-const AWL: redb::TableDefinition<&str, &[u8]> = redb::TableDefinition::new("auto-whitelist");
+pub(super) const TRIPLETS: redb::TableDefinition<&str, &[u8]> = redb::TableDefinition::new("greylist");
+pub(super) const AWL: redb::TableDefinition<&str, &[u8]> = redb::TableDefinition::new("auto-whitelist");
 /// Clients that passed the pregreet test: address → (1, expires), the count encoding.
 const PREGREET: redb::TableDefinition<&str, &[u8]> = redb::TableDefinition::new("pregreet");
 
 /// The embedded store: one redb database file.
 pub struct Embedded {
-    db: redb::Database,
+    pub(super) db: redb::Database,
 }
 
 /// A stored triplet: first seen, passed (0/1), expires, first address.
@@ -31,7 +31,7 @@ fn encode_triplet(first: u64, passed: bool, expires: u64, address: &str) -> Vec<
     v
 }
 
-fn decode_triplet(v: &[u8]) -> Option<(u64, bool, u64, String)> {
+pub(super) fn decode_triplet(v: &[u8]) -> Option<(u64, bool, u64, String)> {
     let first = u64::from_le_bytes(v.get(..8)?.try_into().ok()?);
     let passed = *v.get(8)? == 1;
     let expires = u64::from_le_bytes(v.get(9..17)?.try_into().ok()?);
@@ -39,14 +39,14 @@ fn decode_triplet(v: &[u8]) -> Option<(u64, bool, u64, String)> {
     Some((first, passed, expires, address))
 }
 
-fn encode_count(count: u64, expires: u64) -> [u8; 16] {
+pub(super) fn encode_count(count: u64, expires: u64) -> [u8; 16] {
     let mut v = [0u8; 16];
     v[..8].copy_from_slice(&count.to_le_bytes());
     v[8..].copy_from_slice(&expires.to_le_bytes());
     v
 }
 
-fn decode_count(v: &[u8]) -> Option<(u64, u64)> {
+pub(super) fn decode_count(v: &[u8]) -> Option<(u64, u64)> {
     Some((u64::from_le_bytes(v.get(..8)?.try_into().ok()?), u64::from_le_bytes(v.get(8..16)?.try_into().ok()?)))
 }
 
@@ -74,7 +74,7 @@ impl Embedded {
         tokio::task::spawn_blocking(move || op(&db)).await.map_err(embedded)?
     }
 
-    fn write(&self) -> Result<redb::WriteTransaction, StateError> {
+    pub(super) fn write(&self) -> Result<redb::WriteTransaction, StateError> {
         let mut txn = self.db.begin_write().map_err(embedded)?;
         // Durable once a second by `persist`, not at every RCPT.
         txn.set_durability(redb::Durability::None).map_err(embedded)?;
@@ -91,12 +91,15 @@ impl Embedded {
         use redb::ReadableTable;
         let txn = self.write()?;
         let verdict = {
-            if timings.auto_whitelist > 0 {
-                let awl = txn.open_table(AWL).map_err(embedded)?;
-                let count = awl.get(t.client.as_str()).map_err(embedded)?.and_then(|v| decode_count(v.value()));
-                if count.is_some_and(|(n, expires)| expires > now && n >= u64::from(timings.auto_whitelist)) {
-                    return Ok(GreylistVerdict::AutoWhitelisted);
-                }
+            // With auto-whitelisting off, only an operator's whitelist entry counts.
+            let threshold = match timings.auto_whitelist {
+                0 => super::OPERATOR_WHITELIST,
+                n => u64::from(n),
+            };
+            let awl = txn.open_table(AWL).map_err(embedded)?;
+            let count = awl.get(t.client.as_str()).map_err(embedded)?.and_then(|v| decode_count(v.value()));
+            if count.is_some_and(|(n, expires)| expires > now && n >= threshold) {
+                return Ok(GreylistVerdict::AutoWhitelisted);
             }
             let mut table = txn.open_table(TRIPLETS).map_err(embedded)?;
             let key = t.key();

@@ -24,17 +24,23 @@
 
 mod bans;
 mod embedded;
+mod listing;
 mod redis;
 
 pub use self::redis::RedisStore;
 pub use bans::{ban_key, ban_message, parse_ban_key, parse_ban_message, BAN_CHANNEL};
 pub use embedded::Embedded;
+pub use listing::{ListKind, Listed, Page, MAX_PAGE};
 
 use mtac_ruleset::model::{Greylist, StateSettings};
 use std::net::IpAddr;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
+
+/// The delivery count `mtac state --whitelist` gives a client (and the Redis script's threshold
+/// when auto-whitelisting is off): more than any sender delivers within an entry's lifetime.
+pub const OPERATOR_WHITELIST: u64 = 1_000_000_000;
 
 /// Why the store could not answer. Never a reason for a 5xx: the caller defers or accepts.
 #[derive(Debug, thiserror::Error)]

@@ -21,10 +21,9 @@ local delay = tonumber(ARGV[2])
 local window = tonumber(ARGV[3])
 local lifetime = tonumber(ARGV[4])
 local awl = tonumber(ARGV[5])
-if awl > 0 then
-  local n = tonumber(redis.call('GET', KEYS[2]) or '0')
-  if n >= awl then return {4, 0, 0} end
-end
+if awl <= 0 then awl = 1000000000 end
+local n = tonumber(redis.call('GET', KEYS[2]) or '0')
+if n >= awl then return {4, 0, 0} end
 local e = redis.call('HMGET', KEYS[1], 'first', 'passed', 'ip')
 if not e[1] then
   redis.call('HSET', KEYS[1], 'first', now, 'passed', 0, 'ip', ARGV[6])
@@ -69,7 +68,7 @@ impl RedisStore {
 
     /// The connection, made on first use. The manager reconnects by itself afterwards; the
     /// mutex is held only to clone the handle (the manager multiplexes every session's commands).
-    async fn connection(&self) -> Result<redis::aio::ConnectionManager, StateError> {
+    pub(super) async fn connection(&self) -> Result<redis::aio::ConnectionManager, StateError> {
         let mut slot = self.connection.lock().await;
         if let Some(c) = slot.as_ref() {
             return Ok(c.clone());
@@ -89,7 +88,7 @@ impl RedisStore {
         Ok(manager)
     }
 
-    async fn run<T>(
+    pub(super) async fn run<T>(
         &self,
         op: impl AsyncFnOnce(redis::aio::ConnectionManager) -> redis::RedisResult<T>,
     ) -> Result<T, StateError> {
