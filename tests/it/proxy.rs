@@ -7,9 +7,9 @@
 //! On a laptop without haproxy the balancer tests say so and pass; under `CI=true` a missing
 //! haproxy is a failure.
 
-use crate::support::{code, free_port, sample, Behaviour, Client, Sink, TestNode};
+use crate::support::{code, free_port, sample, spawn_required, Behaviour, Client, Sink, TestNode};
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 
@@ -39,20 +39,8 @@ impl Haproxy {
         let path = dir.path().join("haproxy.cfg");
         std::fs::write(&path, config).unwrap();
         let binary = ["/usr/sbin/haproxy", "haproxy"].into_iter().find(|b| std::path::Path::new(b).exists());
-        let spawned = Command::new(binary.unwrap_or("haproxy"))
-            .args(["-db", "-f"])
-            .arg(&path)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn();
-        let child = match spawned {
-            Ok(child) => child,
-            Err(e) if std::env::var_os("CI").is_none() => {
-                eprintln!("haproxy not available ({e}): load-balancer tests skipped (they run in CI)");
-                return None;
-            }
-            Err(e) => panic!("CI=true and haproxy cannot start: {e}"),
-        };
+        let mut command = Command::new(binary.unwrap_or("haproxy"));
+        let child = spawn_required("haproxy", command.args(["-db", "-f"]).arg(&path))?;
         let haproxy = Haproxy { child, v1, v2, _dir: dir };
         for _ in 0..200 {
             let v1_up = tokio::net::TcpStream::connect(v1).await.is_ok();
