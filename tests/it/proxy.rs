@@ -62,8 +62,8 @@ impl Drop for Haproxy {
 
 /// A node whose first listener is plain (the test harness probes it) and whose second, on
 /// `proxy`, takes PROXY headers from 127.0.0.1 only. It refuses 127.0.0.3 at connect and
-/// allows two connections per client address.
-async fn node_behind_balancer(sink: &Sink, proxy: SocketAddr) -> TestNode {
+/// allows two connections per client address; `extra` is more of the farm.
+async fn node_behind_balancer(sink: &Sink, proxy: SocketAddr, extra: &str) -> TestNode {
     let policy = format!(
         r#"
 hostname "mx.test.example"
@@ -81,6 +81,7 @@ farm "mx" kind="inbound-mx" {{
     relay {{
         backend "smtp://{{backend}}"
     }}
+    {extra}
 }}
 "#
     );
@@ -95,7 +96,7 @@ fn refused(metrics: &str, reason: &str) -> f64 {
 async fn behind_haproxy_each_client_is_judged_by_its_own_address_with_v1_and_v2() {
     let sink = Sink::start(Behaviour::default()).await;
     let proxy: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let node = node_behind_balancer(&sink, proxy).await;
+    let node = node_behind_balancer(&sink, proxy, "").await;
     let Some(haproxy) = Haproxy::start(proxy).await else { return };
 
     for (version, front) in [("v1", haproxy.v1), ("v2", haproxy.v2)] {
@@ -146,7 +147,7 @@ async fn behind_haproxy_each_client_is_judged_by_its_own_address_with_v1_and_v2(
 async fn a_proxy_listener_closes_without_a_greeting_what_does_not_come_from_its_balancer_with_a_header() {
     let sink = Sink::start(Behaviour::default()).await;
     let proxy: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let node = node_behind_balancer(&sink, proxy).await;
+    let node = node_behind_balancer(&sink, proxy, "").await;
 
     // From the balancer's address, but no header: the node waits a moment, then closes.
     let mut silent = Client::connect_from(proxy, "127.0.0.1").await;
@@ -179,4 +180,28 @@ async fn a_proxy_listener_closes_without_a_greeting_what_does_not_come_from_its_
     assert_eq!(refused(&metrics, "proxy-missing"), 1.0, "{metrics}");
     assert_eq!(refused(&metrics, "proxy-header"), 2.0);
     assert_eq!(refused(&metrics, "proxy-source"), 1.0);
+}
+
+/// A ban earned behind the balancer holds the client that earned it, at accept, and nobody else
+/// who comes through the same balancer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn behind_haproxy_a_ban_holds_the_real_client_not_the_balancer() {
+    let sink = Sink::start(Behaviour::default()).await;
+    let proxy: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let node = node_behind_balancer(&sink, proxy, r#"ban after="access" duration="10m" network="/32""#).await;
+    let Some(haproxy) = Haproxy::start(proxy).await else { return };
+
+    let mut listed = Client::connect_from(haproxy.v2, "127.0.0.3").await;
+    let greeting = listed.reply().await;
+    assert_eq!(code(&greeting), 554, "{greeting}");
+    drop(listed);
+    let mut again = Client::connect_from(haproxy.v1, "127.0.0.3").await;
+    let reply = again.reply().await;
+    assert!(reply.starts_with("521 5.3.2"), "127.0.0.3 is banned, through either frontend: {reply}");
+    let mut neighbour = Client::connect_from(haproxy.v2, "127.0.0.2").await;
+    let reply = neighbour.reply().await;
+    assert_eq!(code(&reply), 220, "another client of the same balancer is not: {reply}");
+    let metrics = node.metrics().await;
+    assert_eq!(sample(&metrics, "mtac_bans_total"), 1.0, "{metrics}");
+    assert_eq!(refused(&metrics, "ban"), 1.0);
 }
