@@ -45,6 +45,12 @@ trap cleanup EXIT
 
 "$bin" build tests/image/policy.kdl -o "$work/ruleset.mtac" --format json >/dev/null
 export SOURCE_DATE_EPOCH="${SOURCE_DATE_EPOCH:-$(git log -1 --format=%ct 2>/dev/null || echo 1)}"
+# A dynamically linked binary is refused: the image has no libc to run it.
+if python3 nix/oci-image.py --binary /bin/true --ruleset "$work/ruleset.mtac" --out "$work/dynamic" 2>"$work/refusal"; then
+    echo "image: a dynamically linked binary was packed" >&2
+    exit 1
+fi
+grep -q "dynamically linked" "$work/refusal" || { cat "$work/refusal" >&2; exit 1; }
 first="$(python3 nix/oci-image.py --binary "$bin" --ruleset "$work/ruleset.mtac" --out "$work/a" --tag test)"
 second="$(python3 nix/oci-image.py --binary "$bin" --ruleset "$work/ruleset.mtac" --out "$work/b" --tag test)"
 if [ "$first" != "$second" ] || ! diff -r "$work/a" "$work/b" >/dev/null; then
@@ -66,6 +72,10 @@ PY
 umoci unpack --image "$work/a:test" "$work/bundle" >/dev/null
 root="$work/bundle/rootfs"
 test "$(stat -c %u "$root/run/mtac/spool")" = 65534
+for shipped in etc/ssl/certs/ca-certificates.crt usr/share/man/man1/mtac.1 usr/share/man/man1/mtac-run.1 \
+    usr/share/bash-completion/completions/mtac usr/share/zsh/site-functions/_mtac; do
+    test -s "$root/$shipped" || { echo "image: $shipped is missing" >&2; exit 1; }
+done
 echo "image: umoci unpack ok: $(cd "$root" && find . -mindepth 1 | sort | tr '\n' ' ')"
 
 # The unpacked root holds nothing but the image: no libc, no /dev, no /proc, no resolv.conf.

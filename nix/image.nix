@@ -1,11 +1,12 @@
 # The node image: the static binary, a ruleset, and the directories the node writes, owned by
 # the unprivileged user it runs as. Same layout as nix/oci-image.py, which builds it without Nix.
-{ dockerTools, mtac, ruleset }:
+{ dockerTools, cacert, mtac, ruleset }:
 
 dockerTools.buildLayeredImage {
   name = "mtac";
   tag = mtac.version;
-  contents = [ mtac ];
+  # cacert: /etc/ssl/certs/ca-certificates.crt, for back ends and directories reached over TLS.
+  contents = [ mtac cacert ];
   extraCommands = ''
     mkdir -p etc/mtac run/mtac/spool var/lib/mtac tmp
     cp ${ruleset}/ruleset.mtac etc/mtac/ruleset.mtac

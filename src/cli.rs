@@ -26,8 +26,20 @@ reloads it by itself.
 
 Exit codes: 0 clean, 1 policy errors or failed policy tests, 2 usage or I/O errors.";
 
+/// `mtac --version`: the crate version, and the commit, build date and target build.rs found.
+const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("MTAC_COMMIT"),
+    ", built ",
+    env!("MTAC_BUILD_DATE"),
+    ", ",
+    env!("MTAC_TARGET"),
+    ")"
+);
+
 #[derive(Parser, Debug)]
-#[command(name = "mtac", version, about = ABOUT, long_about = LONG_ABOUT, propagate_version = true)]
+#[command(name = "mtac", version = VERSION, about = ABOUT, long_about = LONG_ABOUT, propagate_version = true)]
 pub struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -86,6 +98,11 @@ enum Command {
     State(crate::status::StateArgs),
     /// Print the DNS TXT record that publishes a DKIM key (`dkim-sign`)
     DkimRecord(crate::dkim_record::DkimRecordArgs),
+    /// Make an Argon2id password hash for a submission farm's `user` entries (the password from
+    /// the terminal without echo, or one line of stdin)
+    HashPassword(crate::tools::HashPasswordArgs),
+    /// Write man pages (mtac.1 and one per command) into a directory
+    ManPages(crate::tools::ManPagesArgs),
     /// Print shell completions
     Completions {
         /// The shell
@@ -189,8 +206,9 @@ pub struct ExplainArgs {
     /// permerror); repeat for each signature
     #[arg(long, value_name = "DOMAIN=RESULT")]
     dkim: Vec<String>,
-    /// The ARC chain's verdict and its newest sealer: RESULT[:SEALER] (pass, fail, none…)
-    #[arg(long, value_name = "RESULT[:SEALER]")]
+    /// The ARC chain's verdict, its newest sealer and the author domain that sealer recorded
+    /// dmarc=pass for: RESULT[:SEALER[:DOMAIN]] (pass, fail, none…)
+    #[arg(long, value_name = "RESULT[:SEALER[:DOMAIN]]")]
     arc: Option<String>,
     /// The DMARC verdict, the policy the author domain publishes and that domain (default: the
     /// sender's): RESULT[:POLICY[:DOMAIN]], e.g. fail:reject
@@ -255,6 +273,8 @@ pub fn dispatch(cli: Cli) -> Result<ExitCode, String> {
         Command::Status(args) => crate::status::status(&args),
         Command::State(args) => crate::status::state(&args),
         Command::DkimRecord(args) => crate::dkim_record::dkim_record(&args),
+        Command::HashPassword(args) => crate::tools::hash_password(&args),
+        Command::ManPages(args) => crate::tools::man_pages(&args),
         Command::Completions { shell } => {
             // Generated into memory: clap_complete panics when its writer fails.
             let mut script = Vec::new();
@@ -534,7 +554,9 @@ fn sender_auth_flags(args: &ExplainArgs, session: &mut Session) -> Result<(), St
     }
     if let Some(flag) = &args.arc {
         session.message.arc =
-            Some(sender_auth::parse_arc(flag).ok_or_else(|| format!("--arc {flag}: RESULT[:SEALER], e.g. pass"))?);
+            Some(sender_auth::parse_arc(flag).ok_or_else(|| {
+                format!("--arc {flag}: RESULT[:SEALER[:DOMAIN]], e.g. pass:lists.example:bank.example")
+            })?);
     }
     if let Some(flag) = &args.dmarc {
         session.message.dmarc = Some(

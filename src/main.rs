@@ -27,6 +27,7 @@ mod dkim_record;
 mod logging;
 mod output;
 mod status;
+mod tools;
 
 use clap::Parser;
 use std::process::ExitCode;

@@ -7,8 +7,8 @@
 use crate::lower::{AddressEntry, DomainEntry, Draft, DraftFarm, DraftRelay, NetEntry};
 use mtac_ruleset::model::{
     AccessAction, BanResponse, BanRule, Check, DmarcSettings, Dnsbl, DnsblZone, Farm, FarmKind, Greylist, Limits,
-    Policy, Program, Relay, Reply, Scanner, SenderAuth, Stage, Step, TableId, TableInfo, TableKind, Timeouts, Tls,
-    VerdictHeaders, VERIFIED_SENDER,
+    Policy, Program, Relay, Reply, Scanner, Screen, SenderAuth, Stage, Step, TableId, TableInfo, TableKind, Timeouts,
+    Tls, VerdictHeaders, VERIFIED_SENDER,
 };
 use mtac_ruleset::rules;
 use mtac_ruleset::tables::{AddressTableBuilder, DomainTableBuilder, PrefixTableBuilder};
@@ -192,11 +192,12 @@ fn emit_farm(farm: &DraftFarm, hostname: &str, tables: &mut Tables) -> Farm {
             recipients: farm.limits.recipients,
             line_length: farm.limits.line_length,
             errors: farm.limits.errors,
+            soft_errors: farm.limits.soft_errors,
             timeouts: Timeouts {
                 command: farm.limits.command_timeout,
                 data: farm.limits.data_timeout,
                 relay: farm.limits.relay_timeout,
-                pregreet: farm.limits.pregreet,
+                pregreet: pregreet_wait(farm),
             },
         },
         trust_loopback: farm.trust_loopback,
@@ -268,6 +269,17 @@ fn emit_farm(farm: &DraftFarm, hostname: &str, tables: &mut Tables) -> Farm {
         ban_response: farm.ban_response.map_or(BanResponse::Close521, |(r, _)| r),
         rate_limits: farm.rate_limits.clone(),
         tarpit_ms: farm.tarpit_ms,
+        screen: Screen {
+            pregreet_remember: farm.screen.pregreet_remember,
+            pregreet_talker: farm.screen.pregreet_talker,
+            pipelining: (!farm.screen.pipelining_off).then(|| {
+                farm.screen
+                    .pipelining_reply
+                    .clone()
+                    .unwrap_or_else(|| Reply::new(554, "5.5.0", "Error: improper command pipelining"))
+            }),
+            stress: farm.screen.stress.clone(),
+        },
         sender_auth,
     }
 }
@@ -292,6 +304,19 @@ fn step(rule: &str, check: Check, reply: Reply) -> Step {
 
 /// The decision program of a farm. Client-level rejects wait for RCPT TO by default (as Postfix's
 /// smtpd_delay_reject): a listed client is answered there, not dropped (seed 002).
+/// How long the greeting's last line waits: as written, else 2 s on an inbound MX (postscreen's
+/// `postscreen_greet_wait` is 6 s; remembered clients skip it) and never on submission, whose
+/// users' programs must not wait. `screen { pregreet #false }` turns it off.
+fn pregreet_wait(farm: &DraftFarm) -> u32 {
+    if farm.screen.pregreet_off {
+        return 0;
+    }
+    farm.limits.pregreet.unwrap_or(match farm.kind {
+        FarmKind::InboundMx => 2,
+        FarmKind::Submission => 0,
+    })
+}
+
 pub fn program(
     farm: &DraftFarm,
     hostname: &str,

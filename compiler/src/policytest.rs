@@ -501,7 +501,12 @@ fn lower_test(node: &KdlNode, source: &SourceFile, diags: &mut Diagnostics) -> O
             },
             "arc" => match value.as_deref().and_then(sender_auth::parse_arc) {
                 Some(verdict) => session.message.arc = Some(verdict),
-                None => bad(diags, child, "`arc` needs RESULT[:SEALER]".to_owned(), "e.g. arc \"pass:lists.example\""),
+                None => bad(
+                    diags,
+                    child,
+                    "`arc` needs RESULT[:SEALER[:DOMAIN]]".to_owned(),
+                    "e.g. arc \"pass:lists.example:bank.example\"",
+                ),
             },
             "dmarc" => match value.as_deref().and_then(|v| sender_auth::parse_dmarc(v, session.from.as_deref())) {
                 Some(verdict) => session.message.dmarc = Some(verdict),

@@ -40,6 +40,8 @@
           drv "docker-image-${attrs.name}.tar.gz" { config = builtins.toJSON attrs.config; };
         pkgsStatic = pkgs;
         coreutils = drv "coreutils" { };
+        cacert = drv "cacert" { };
+        installShellFiles = drv "install-shell-files" { };
         stdenv.hostPlatform.system = system;
       };
     in

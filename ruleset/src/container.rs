@@ -114,12 +114,19 @@ pub enum SectionKind {
     AddressTable = 3,
     /// A [`crate::tables::PrefixTable`].
     PrefixTable = 4,
+    /// The model fingerprint of the mtac that wrote the file ([`crate::MODEL_FINGERPRINT`]).
+    Model = 5,
 }
 
 impl SectionKind {
     /// Every kind this build knows, in numeric order.
-    pub const ALL: [SectionKind; 4] =
-        [SectionKind::Policy, SectionKind::DomainTable, SectionKind::AddressTable, SectionKind::PrefixTable];
+    pub const ALL: [SectionKind; 5] = [
+        SectionKind::Policy,
+        SectionKind::DomainTable,
+        SectionKind::AddressTable,
+        SectionKind::PrefixTable,
+        SectionKind::Model,
+    ];
 
     /// The number stored in the file.
     pub fn as_u32(self) -> u32 {
@@ -133,6 +140,7 @@ impl SectionKind {
             2 => Some(SectionKind::DomainTable),
             3 => Some(SectionKind::AddressTable),
             4 => Some(SectionKind::PrefixTable),
+            5 => Some(SectionKind::Model),
             _ => None,
         }
     }
@@ -144,6 +152,7 @@ impl SectionKind {
             SectionKind::DomainTable => "domain-table",
             SectionKind::AddressTable => "address-table",
             SectionKind::PrefixTable => "prefix-table",
+            SectionKind::Model => "model",
         }
     }
 }

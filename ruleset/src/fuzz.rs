@@ -78,7 +78,7 @@ fn check_file(file: Vec<u8>) {
                     query_prefixes(&t);
                 }
             }
-            SectionKind::Policy => {}
+            SectionKind::Policy | SectionKind::Model => {}
         }
     }
 

@@ -51,6 +51,10 @@ use tables::{
 /// The version of the program that wrote a ruleset, recorded in its header.
 pub const COMPILER_VERSION: &str = concat!("mtac ", env!("CARGO_PKG_VERSION"));
 
+/// What this build's ruleset bytes mean: a hash of the policy model and the tables' layout
+/// (ruleset/build.rs). Written into every ruleset; a ruleset with another one is refused.
+pub const MODEL_FINGERPRINT: &str = env!("MTAC_MODEL_FINGERPRINT");
+
 /// Opens one kind of table over its section's bytes.
 type TableOpener = fn(container::Bytes) -> Result<Table, TableError>;
 
@@ -87,6 +91,10 @@ pub enum LoadError {
     Container(#[from] ContainerError),
     #[error("the ruleset has no policy section; it was not written by `mtac build`")]
     NoPolicy,
+    #[error(
+        "the ruleset was built by an mtac whose policy model differs (model {found}, this node reads {expected}): rebuild it with this node's mtac (`mtac --version`)"
+    )]
+    Model { found: String, expected: &'static str },
     #[error("the policy section does not decode ({0}); rebuild the ruleset with this version of mtac")]
     Policy(postcard::Error),
     #[error("table {id} ({name}) is missing or damaged: {reason}")]
@@ -122,6 +130,15 @@ impl Ruleset {
     }
 
     fn from_container(container: Container) -> Result<Ruleset, LoadError> {
+        // Before decoding: postcard would read another model's bytes as some other policy.
+        let model = container.section(SectionKind::Model, 0);
+        if model.as_ref().map(|m| m.as_slice()) != Some(MODEL_FINGERPRINT.as_bytes()) {
+            let found = model.map_or_else(
+                || "none, from an older mtac".to_owned(),
+                |m| String::from_utf8_lossy(m.as_slice()).chars().take(32).collect(),
+            );
+            return Err(LoadError::Model { found, expected: MODEL_FINGERPRINT });
+        }
         let policy_bytes = container.section(SectionKind::Policy, 0).ok_or(LoadError::NoPolicy)?;
         let policy: Policy = postcard::from_bytes(policy_bytes.as_slice()).map_err(LoadError::Policy)?;
         let mut tables = Vec::with_capacity(policy.tables.len());
@@ -324,6 +341,7 @@ pub fn build(policy: &Policy, tables: Vec<TableInput>) -> Result<Vec<u8>, BuildE
         return Err(BuildError::TableCount { named: policy.tables.len(), given: tables.len() });
     }
     let mut writer = ContainerWriter::new();
+    writer.add_section(SectionKind::Model, 0, MODEL_FINGERPRINT.as_bytes().to_vec())?;
     let encoded = postcard::to_stdvec(policy).map_err(BuildError::Encode)?;
     writer.add_section(SectionKind::Policy, 0, encoded)?;
     // Tables are independent: build them on all cores (a farm of a million

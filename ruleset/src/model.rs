@@ -179,6 +179,8 @@ pub struct Farm {
     pub rate_limits: Vec<RateLimit>,
     /// Delay before answering a refused command, in milliseconds (0 = none).
     pub tarpit_ms: u32,
+    /// The early-talker, pipelining and stress screens.
+    pub screen: Screen,
     /// SPF, DKIM, ARC and DMARC verification and what their verdicts decide.
     pub sender_auth: SenderAuth,
 }
@@ -256,8 +258,9 @@ pub struct DmarcSettings {
     /// Author domains (and their subdomains) never refused for DMARC: mailing lists that
     /// rewrite messages, forwarders the operator knows.
     pub never_refuse: Option<TableId>,
-    /// ARC sealers (the `d=` of the newest ARC-Seal, with subdomains) whose valid chain
-    /// excuses a DMARC failure: the forwarders whose own checks the operator trusts.
+    /// ARC sealers (the `d=` of the newest ARC-Seal, with subdomains) whose valid chain excuses
+    /// a DMARC failure when their ARC-Authentication-Results record dmarc=pass for the same
+    /// author domain: the forwarders whose own checks the operator trusts.
     pub trust_arc: Option<TableId>,
 }
 
@@ -337,8 +340,12 @@ pub struct Limits {
     pub message_size: u64,
     pub recipients: u32,
     pub line_length: u32,
-    /// Protocol or policy errors before the session is closed with 421.
+    /// Protocol or policy errors before the session is closed with 421 (Postfix's
+    /// `smtpd_hard_error_limit`).
     pub errors: u32,
+    /// Errors after which each further negative reply waits a growing, bounded delay (Postfix's
+    /// `smtpd_soft_error_limit`).
+    pub soft_errors: u32,
     pub timeouts: Timeouts,
 }
 
@@ -352,8 +359,41 @@ pub struct Timeouts {
     pub data: u32,
     /// Waiting for the back end (each reply).
     pub relay: u32,
-    /// How long the greeting is delayed to catch early talkers (0 = no pregreet test).
+    /// How long the last line of the greeting waits to catch early talkers (0 = no pregreet
+    /// test).
     pub pregreet: u32,
+}
+
+/// postscreen's tests, done by the node itself (docs/policy.md `screen`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Screen {
+    /// Seconds a client that passed the pregreet test is greeted at once (0: never remembered).
+    pub pregreet_remember: u32,
+    /// What an early talker gets.
+    pub pregreet_talker: TalkerAction,
+    /// The reply to input sent before a reply it had to wait for (RFC 2920); `None`: not checked.
+    pub pipelining: Option<Reply>,
+    /// Shorter limits while the farm is near its connection limit; `None`: never.
+    pub stress: Option<Stress>,
+}
+
+/// What a client that talked before the greeting gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TalkerAction {
+    /// `554 5.5.1` and the connection is closed at once.
+    Close,
+    /// It is greeted, and every RCPT is refused (postscreen's `postscreen_greet_action = enforce`).
+    RefuseRecipients,
+}
+
+/// The limits a session gets when it starts while its farm is under stress.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Stress {
+    /// The share of `limits { connections }` (percent) at which the farm is under stress.
+    pub percent: u8,
+    pub command_timeout: u32,
+    pub data_timeout: u32,
+    pub errors: u32,
 }
 
 /// One entry of a client access list.

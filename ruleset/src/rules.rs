@@ -99,6 +99,7 @@ pub const GREYLIST: &str = "greylist";
 
 // Decided by the node.
 pub const PREGREET: &str = "pregreet";
+pub const PIPELINING: &str = "pipelining";
 pub const RATE_LIMIT: &str = "rate-limit";
 pub const SPOOL_BUDGET: &str = "spool-budget";
 pub const TRANSFERS_PER_IP: &str = "transfers-per-ip";
@@ -163,6 +164,7 @@ pub const RULES: &[Rule] = &[
     session(TLS_REQUIRED, Phase::Mail, Replies::Permanent),
     session(AUTH_SENDER, Phase::Mail, Replies::Permanent),
     node(PREGREET, Phase::Greet, Replies::Permanent),
+    node(PIPELINING, Phase::Any, Replies::Permanent),
     node(RATE_LIMIT, Phase::Mail, Replies::Either),
     node(SPOOL_BUDGET, Phase::Mail, Replies::Temporary),
     node(TRANSFERS_PER_IP, Phase::Mail, Replies::Temporary),

@@ -96,11 +96,15 @@ pub struct DkimVerdict {
     pub result: AuthResult,
 }
 
-/// The ARC chain's verdict and who sealed it last (the newest ARC-Seal's `d=`).
+/// The ARC chain's verdict, who sealed it last (the newest ARC-Seal's `d=`), and what that
+/// sealer recorded when it got the message: the author domain its ARC-Authentication-Results
+/// give `dmarc=pass` for ([`aar_dmarc_pass_domain`]). `trust-arc` needs all three: a valid
+/// chain proves who sealed, not that the message was genuine when sealed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ArcVerdict {
     pub result: AuthResult,
     pub sealer: Option<String>,
+    pub vouched_from: Option<String>,
 }
 
 /// A DMARC verdict (RFC 7489 section 11.2).
@@ -292,9 +296,14 @@ fn dmarc_outcome(
     if !verdict.domain.is_empty() && listed(settings.never_refuse, &verdict.domain) {
         return recorded(format!("dmarc=fail, {domain} is never refused (never-refuse): recorded"));
     }
-    if let Some(ArcVerdict { result: crate::sender_auth::AuthResult::Pass, sealer: Some(sealer) }) = arc {
-        if listed(settings.trust_arc, sealer) {
-            return recorded(format!("dmarc=fail, but a valid ARC chain sealed by trusted {sealer}: recorded"));
+    // A trusted sealer saves the message only if it recorded that the message passed DMARC for
+    // this very author domain when it got it: a valid chain alone proves who sealed, and anyone
+    // who can send through the sealer can have a forgery sealed.
+    if let Some(ArcVerdict { result: AuthResult::Pass, sealer: Some(sealer), vouched_from: Some(vouched) }) = arc {
+        if !verdict.domain.is_empty() && *vouched == verdict.domain && listed(settings.trust_arc, sealer) {
+            return recorded(format!(
+                "dmarc=fail, but trusted {sealer} sealed a valid ARC chain recording dmarc=pass for {domain}: recorded"
+            ));
         }
     }
     match (policy, settings.reject, settings.quarantine) {
@@ -336,14 +345,72 @@ pub fn parse_dmarc(text: &str, sender: Option<&str>) -> Option<DmarcVerdict> {
     Some(DmarcVerdict { result, policy, domain })
 }
 
-/// `RESULT[:SEALER]` (`pass:lists.example.org`), as `--arc` gives the ARC chain's verdict and
-/// the domain of its newest seal.
+/// `RESULT[:SEALER[:DOMAIN]]` (`pass:lists.example.org:bank.example`), as `--arc` gives the ARC
+/// chain's verdict, the domain of its newest seal, and the author domain that seal's
+/// ARC-Authentication-Results record `dmarc=pass` for.
 pub fn parse_arc(text: &str) -> Option<ArcVerdict> {
-    let (result, sealer) = match text.split_once(':') {
-        Some((r, s)) => (r, Some(syntax::normalize_domain(s))),
-        None => (text, None),
-    };
-    Some(ArcVerdict { result: AuthResult::parse(result)?, sealer })
+    let mut parts = text.splitn(3, ':');
+    let result = AuthResult::parse(parts.next()?)?;
+    let mut domain = || parts.next().map(syntax::normalize_domain);
+    let sealer = domain();
+    let vouched_from = domain();
+    Some(ArcVerdict { result, sealer, vouched_from })
+}
+
+/// The author domain that one ARC-Authentication-Results value (RFC 8617 4.1.1: `i=N;
+/// authserv-id; resinfo; …`) records `dmarc=pass` for — the `header.from` of its `dmarc=pass`
+/// result, lowercased. `None` when it records no DMARC pass, or several for different domains.
+/// Comments (`(…)`, nested) are dropped and quoted values unquoted, as RFC 8601 section 2.2
+/// writes them; anything this cannot read is no pass.
+pub fn aar_dmarc_pass_domain(value: &str) -> Option<String> {
+    let text = without_comments(value)?;
+    let mut found: Option<String> = None;
+    // The first two parts are the instance tag and the authserv-id.
+    for resinfo in text.split(';').skip(2) {
+        let mut words = resinfo.split_ascii_whitespace();
+        let Some(method) = words.next() else { continue };
+        let Some((name, result)) = method.split_once('=') else { continue };
+        if !name.eq_ignore_ascii_case("dmarc") || !result.eq_ignore_ascii_case("pass") {
+            continue;
+        }
+        let from = words.find_map(|w| {
+            let (key, value) = w.split_once('=')?;
+            key.eq_ignore_ascii_case("header.from").then(|| syntax::normalize_domain(value.trim_matches('"')))
+        })?;
+        match &found {
+            Some(other) if *other != from => return None,
+            _ => found = Some(from),
+        }
+    }
+    found.filter(|d| syntax::is_hostname(d))
+}
+
+/// `value` with its RFC 5322 comments removed (nested, with `\` escapes); `None` when they do
+/// not balance. Quoted strings keep their content, parentheses included.
+fn without_comments(value: &str) -> Option<String> {
+    let mut out = String::with_capacity(value.len());
+    let (mut depth, mut quoted, mut escaped) = (0usize, false, false);
+    for c in value.chars() {
+        if escaped {
+            escaped = false;
+            if depth == 0 {
+                out.push(c);
+            }
+            continue;
+        }
+        match c {
+            '\\' => escaped = true,
+            '"' if depth == 0 => {
+                quoted = !quoted;
+                out.push(c);
+            }
+            '(' if !quoted => depth += 1,
+            ')' if !quoted => depth = depth.checked_sub(1)?,
+            _ if depth == 0 => out.push(c),
+            _ => {}
+        }
+    }
+    (depth == 0 && !quoted).then_some(out)
 }
 
 #[cfg(test)]
@@ -360,7 +427,46 @@ mod tests {
         assert_eq!((d.result, d.policy, d.domain.as_str()), (DmarcResult::Fail, DmarcPolicy::Reject, "bank.example"));
         assert_eq!(parse_dmarc("pass", None).unwrap().policy, DmarcPolicy::None);
         assert_eq!(parse_arc("pass:lists.example").unwrap().sealer.as_deref(), Some("lists.example"));
+        let vouched = parse_arc("pass:lists.example:Bank.Example").unwrap();
+        assert_eq!(vouched.vouched_from.as_deref(), Some("bank.example"));
+        assert_eq!(parse_arc("pass").unwrap().vouched_from, None);
         assert!(parse_arc("fine").is_none());
+    }
+
+    #[test]
+    fn the_sealers_results_vouch_only_for_a_dmarc_pass_of_one_domain() {
+        let pass = |v: &str| aar_dmarc_pass_domain(v);
+        assert_eq!(
+            pass("i=1; lists.example; spf=pass smtp.mailfrom=bank.example; dmarc=pass (p=reject) header.from=Bank.Example"),
+            Some("bank.example".to_owned())
+        );
+        assert_eq!(
+            pass("i=1; lists.example; dmarc=pass header.from=\"bank.example\""),
+            Some("bank.example".to_owned())
+        );
+        assert_eq!(
+            pass("i=1; lists.example;\r\n\tdmarc=pass\r\n\theader.from=bank.example"),
+            Some("bank.example".to_owned())
+        );
+        // What a forgery sealed by the list looks like: the list saw the failure.
+        assert_eq!(
+            pass("i=1; lists.example; dkim=pass header.d=bank.example; dmarc=fail header.from=bank.example"),
+            None
+        );
+        assert_eq!(pass("i=1; lists.example; dkim=pass header.d=bank.example"), None);
+        // A pass hidden in a comment, or in the authserv-id's place, is no pass.
+        assert_eq!(
+            pass("i=1; lists.example; dmarc=fail (dmarc=pass header.from=x.example) header.from=bank.example"),
+            None
+        );
+        assert_eq!(pass("i=1; dmarc=pass header.from=bank.example"), None);
+        assert_eq!(pass("i=1; lists.example; dmarc=pass"), None, "no domain, nothing vouched");
+        assert_eq!(
+            pass("i=1; lists.example; dmarc=pass header.from=a.example; dmarc=pass header.from=b.example"),
+            None
+        );
+        assert_eq!(pass("i=1; lists.example; dmarc=pass (unbalanced header.from=bank.example"), None);
+        assert_eq!(pass("i=1; lists.example; dmarc=pass header.from=bank..example"), None);
     }
 
     #[test]

@@ -41,6 +41,7 @@ pub mod proxy;
 pub mod received;
 pub mod relay;
 pub mod scan;
+pub mod screen;
 pub mod sender_auth;
 pub mod session;
 pub mod shared;

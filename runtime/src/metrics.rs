@@ -111,6 +111,12 @@ label_sets! {
         kind: &'static str,
     }
     RulesetLabel { hash: String }
+    PregreetOutcome {
+        farm: String,
+        /// `passed` (waited for the whole greeting), `remembered` (greeted at once),
+        /// `early-talker`, `left` (closed during the wait).
+        outcome: &'static str,
+    }
     ReloadResult {
         /// `ok` or `failed`.
         result: &'static str,
@@ -196,6 +202,15 @@ metrics! {
         "Successful AUTH answered from the login cache (no password hash, no LDAP bind)";
     dkim_signatures: Family<DkimSigning, Counter>, "dkim_signatures",
         "Authenticated users' messages on farms with dkim-sign, by whether they were signed";
+    pregreet: Family<PregreetOutcome, Counter>, "pregreet", "Pregreet test outcomes on first contact, and remembered clients";
+    pipelining_refused: Family<FarmLabel, Counter>, "pipelining_refused",
+        "Sessions closed for input sent before a reply it had to wait for (RFC 2920)";
+    under_stress: Family<FarmLabel, Gauge>, "farm_under_stress",
+        "1 while the farm's connections pass its stress share (screen { stress at= })";
+    stressed_sessions: Family<FarmLabel, Counter>, "stress_sessions",
+        "Sessions started under stress, with shorter timeouts and a lower error limit";
+    error_delays: Family<FarmLabel, Counter>, "error_delays",
+        "Negative replies held back past the soft error limit (limits { soft-errors })";
     tls_sessions: Family<FarmLabel, Counter>, "tls_sessions", "Sessions that started TLS";
     viruses: Family<FarmLabel, Counter>, "viruses", "Messages refused for a virus";
     spam_score: Histograms<ScannerLabel> = Family::new_with_constructor(score_histogram), "spam_score",

@@ -9,21 +9,27 @@
 //! into the evaluator's types ([`mtac_ruleset::sender_auth`]) here, and nowhere else: the
 //! evaluator decides from them, as `mtac explain --spf/--dmarc` does.
 //!
-//! **Memory:** mail-auth verifies a message held in one buffer (it hashes the canonicalised
-//! headers and body and parses the header block), so the message is read from the spool file
-//! into memory for the verification, bounded by the farm's message size (the spool never holds
-//! more: DATA refuses a larger message first), and dropped before the relay streams the file.
+//! **Memory and CPU:** mail-auth verifies a message held in one buffer (it hashes the
+//! canonicalised headers and body and parses the header block), so the message is read from the
+//! spool file into memory for the verification, bounded by the farm's message size (the spool
+//! never holds more: DATA refuses a larger message first) and counted against the spool's budget
+//! of bytes in flight, and dropped before the relay streams the file. The caller
+//! (`conn::verify`) runs it on a blocking thread: hashing a large body would hold a worker.
+//! Parsing hashes the body once per distinct canonicalisation and algorithm (at most four
+//! for DKIM, `l=` being refused), and at most [`MAX_DKIM_SIGNATURES`] signatures are checked.
 
 use crate::dns::Dns;
 use mail_auth::dkim::DkimError;
 use mail_auth::dmarc::verify::DmarcParameters;
 use mail_auth::spf::verify::SpfParameters;
 use mail_auth::{
-    AuthenticatedMessage, AuthenticationResults, DkimOutput, DkimResult, DmarcResult as MaDmarc, Error,
+    AuthenticatedMessage, AuthenticationResults, DkimOutput, DkimResult, DmarcResult as MaDmarc, DnsError, Error,
     MessageAuthenticator, SpfOutput, SpfResult as MaSpf,
 };
+use mtac_ruleset::model::SenderAuth;
 use mtac_ruleset::sender_auth::{
-    ArcVerdict, AuthResult, DkimVerdict, DmarcPolicy, DmarcResult, DmarcVerdict, MessageAuth, SpfResult,
+    aar_dmarc_pass_domain, ArcVerdict, AuthResult, DkimVerdict, DmarcPolicy, DmarcResult, DmarcVerdict, MessageAuth,
+    SpfResult,
 };
 use std::net::IpAddr;
 use std::time::Duration;
@@ -109,6 +115,9 @@ fn body_hash_is_a_failure<'x>(parsed: &'x AuthenticatedMessage<'x>, output: Dkim
     }
 }
 
+/// The most DKIM signatures of one message that are checked.
+pub const MAX_DKIM_SIGNATURES: usize = 5;
+
 /// mail-auth on the node's resolver: cheap to clone (the resolver is shared).
 #[derive(Clone)]
 pub struct Verifier {
@@ -159,18 +168,19 @@ impl Verifier {
         })
     }
 
-    /// DKIM (every signature), ARC and DMARC of `message` (the sender's bytes, after our own
-    /// Received header) when `after_data`; and the Authentication-Results field with every
-    /// verdict, SPF's included, under `authserv_id`.
+    /// DKIM (every signature) and ARC when `checks.dkim`, and DMARC when `checks.dmarc`, of
+    /// `message` (the sender's bytes, after our own Received header); and the
+    /// Authentication-Results field with every verdict, SPF's included, under `authserv_id`.
+    /// With neither check, `message` is not read (SPF's verdict alone is written).
     pub async fn message(
         &self,
         message: &[u8],
         ip: IpAddr,
         spf: Option<&SpfCheck>,
-        after_data: bool,
-        dmarc: bool,
+        checks: &SenderAuth,
         authserv_id: &str,
     ) -> Verified {
+        let (after_data, dmarc) = (checks.after_data(), checks.dmarc.is_some());
         let mut results = AuthenticationResults::new(authserv_id);
         if let Some(spf) = spf {
             if let Some(helo) = &spf.helo {
@@ -179,15 +189,33 @@ impl Verifier {
             results = results.with_spf_mailfrom_result(&spf.mail_from, ip, &spf.sender, &spf.helo_name);
         }
         let mut facts = MessageAuth::default();
-        let parsed = if after_data { AuthenticatedMessage::parse(message) } else { None };
-        if let Some(parsed) = &parsed {
-            let dkim = tokio::time::timeout(self.timeout, self.auth.verify_dkim(parsed)).await.ok();
+        let mut parsed = if after_data { AuthenticatedMessage::parse(message) } else { None };
+        if let Some(parsed) = parsed.as_mut() {
+            // Each signature costs a DNS lookup and a public-key operation: past the first few
+            // (in header order: the newest first), the rest are not checked (RFC 6376 6.1 lets a
+            // verifier limit them; OpenDKIM's default is 3).
+            if parsed.dkim_headers.len() > MAX_DKIM_SIGNATURES {
+                tracing::info!(
+                    signatures = parsed.dkim_headers.len(),
+                    checked = MAX_DKIM_SIGNATURES,
+                    "DKIM: too many signatures, the rest are not checked"
+                );
+                parsed.dkim_headers.truncate(MAX_DKIM_SIGNATURES);
+            }
+            let parsed = &*parsed;
+            // `dkim #false` beside `dmarc`: DMARC decides from SPF alone, no signature is checked.
+            let (dkim, arc) = if checks.dkim {
+                let dkim = tokio::time::timeout(self.timeout, self.auth.verify_dkim(parsed)).await.ok();
+                let arc = tokio::time::timeout(self.timeout, self.auth.verify_arc(parsed)).await.ok();
+                (dkim, Some(arc))
+            } else {
+                (Some(Vec::new()), None)
+            };
             // A check cut short by the timeout may have held the aligned pass: DMARC must not
             // call the message a failure without it (below), or a slow key server is a 550.
             let mut cut_short = dkim.is_none();
             let dkim: Vec<_> =
                 dkim.unwrap_or_default().into_iter().map(|o| body_hash_is_a_failure(parsed, o)).collect();
-            let arc = tokio::time::timeout(self.timeout, self.auth.verify_arc(parsed)).await.ok();
             let header_from = parsed.from.first().map(String::as_str).unwrap_or_default();
             results = results.with_dkim_results(&dkim, header_from);
             facts.dkim = dkim
@@ -197,18 +225,25 @@ impl Verifier {
                     result: auth_result(d.result()),
                 })
                 .collect();
-            match &arc {
-                Some(arc) => {
-                    results = results.with_arc_result(arc, ip);
+            match arc {
+                None => {}
+                Some(Some(arc)) => {
+                    results = results.with_arc_result(&arc, ip);
+                    let newest = arc.sets().last();
                     facts.arc = Some(ArcVerdict {
                         result: auth_result(arc.result()),
-                        sealer: arc.sets().last().map(|set| set.seal.header.d.to_ascii_lowercase()),
+                        sealer: newest.map(|set| set.seal.header.d.to_ascii_lowercase()),
+                        // What the sealer recorded when it got the message: `trust-arc` needs
+                        // its dmarc=pass for the author domain, not only its valid seal.
+                        vouched_from: newest.and_then(|set| {
+                            std::str::from_utf8(set.results.value).ok().and_then(aar_dmarc_pass_domain)
+                        }),
                     });
                 }
                 // Cut short by the timeout: the chain could not be checked.
-                None => {
+                Some(None) => {
                     cut_short = true;
-                    facts.arc = Some(ArcVerdict { result: AuthResult::TempError, sealer: None });
+                    facts.arc = Some(ArcVerdict { result: AuthResult::TempError, sealer: None, vouched_from: None });
                 }
             }
             if dmarc {
@@ -221,11 +256,16 @@ impl Verifier {
                 let params = DmarcParameters::new(parsed, &dkim, mail_from_domain, spf_output);
                 let verdict = match tokio::time::timeout(self.timeout, self.auth.verify_dmarc(params)).await {
                     Ok(output) => {
-                        results = results.with_dmarc_result(&output);
-                        let result = match dmarc_result(&output.result()) {
-                            DmarcResult::Fail if cut_short => DmarcResult::TempError,
-                            other => other,
+                        // The field says what the step decides on: a failure whose DKIM or ARC
+                        // check was cut short is a temperror there too.
+                        let output = if cut_short && matches!(output.result(), MaDmarc::Fail(_)) {
+                            let why = "DKIM or ARC check cut short by the DNS timeout".to_owned();
+                            output.with_dkim_result(MaDmarc::TempError(Error::Dns(DnsError::Resolver(why))))
+                        } else {
+                            output
                         };
+                        results = results.with_dmarc_result(&output);
+                        let result = dmarc_result(&output.result());
                         DmarcVerdict {
                             result,
                             policy: dmarc_policy(output.policy()),

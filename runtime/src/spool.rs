@@ -27,6 +27,36 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+/// A copy of a spooled message in memory ([`Spool::copy_to_memory`]), its bytes counted
+/// against the spool's budget until it drops.
+#[derive(Debug)]
+pub struct InMemory {
+    pub bytes: Vec<u8>,
+    _reservation: Reservation,
+}
+
+/// Why a message could not be copied into memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CopyError {
+    /// The budget of bytes in flight has no room for the copy (a 452).
+    OverBudget,
+    /// The spool file could not be read (a 451).
+    Read,
+}
+
+/// Bytes of the spool's budget taken, given back when this drops.
+#[derive(Debug)]
+struct Reservation {
+    in_use: Arc<InUse>,
+    bytes: u64,
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        self.in_use.bytes.fetch_sub(self.bytes, Ordering::Relaxed);
+    }
+}
+
 /// The spool directory and its accounting.
 #[derive(Debug)]
 pub struct Spool {
@@ -92,6 +122,22 @@ impl Spool {
     /// reserved: the bytes are taken as they arrive).
     pub fn has_room_for(&self, size: u64) -> bool {
         self.bytes_in_use().saturating_add(size) <= self.budget()
+    }
+
+    /// The spooled message from `offset` on, copied into memory for a check that needs it in
+    /// one buffer (sender authentication, the MIME rules). The copy is RAM too: its bytes are
+    /// taken from the budget of bytes in flight while it lives, and when they do not fit the
+    /// caller answers 4xx rather than hold more memory than the operator gave messages in flight.
+    pub fn copy_to_memory(&self, reader: &SpoolReader, offset: u64) -> Result<InMemory, CopyError> {
+        let len = reader.len().saturating_sub(offset);
+        let before = self.in_use.bytes.fetch_add(len, Ordering::Relaxed);
+        let reservation = Reservation { in_use: Arc::clone(&self.in_use), bytes: len };
+        if before.saturating_add(len) > self.in_use.max_bytes.load(Ordering::Relaxed) {
+            return Err(CopyError::OverBudget);
+        }
+        let mut bytes = vec![0u8; usize::try_from(len).map_err(|_| CopyError::Read)?];
+        reader.read_at(offset, &mut bytes).map_err(|_| CopyError::Read)?;
+        Ok(InMemory { bytes, _reservation: reservation })
     }
 
     pub fn dir(&self) -> &Path {

@@ -91,6 +91,36 @@ fn inspect_refuses_a_corrupt_ruleset() {
     assert!(text(&out.stderr).contains("hash"), "{}", text(&out.stderr));
 }
 
+/// A ruleset whose bytes another policy model wrote (an older or newer mtac) is refused with
+/// what to do, never decoded: postcard would read them as some other policy without an error.
+#[test]
+fn a_ruleset_of_another_policy_model_is_refused() {
+    use mtac_ruleset::container::{Container, ContainerWriter, SectionKind};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("r.mtac");
+    assert_eq!(code(&mtac(&["build", "examples/quickstart/policy.kdl", "-o", path.to_str().unwrap()])), 0);
+    assert_eq!(code(&mtac(&["inspect", path.to_str().unwrap()])), 0);
+    let built = Container::open(&path).unwrap();
+    for model in [None, Some(&b"0123456789abcdef"[..])] {
+        // The same sections, with no model fingerprint or another one: a valid container.
+        let mut writer = ContainerWriter::new();
+        for section in built.sections().filter(|s| s.kind != SectionKind::Model) {
+            let bytes = built.section(section.kind, section.id).unwrap();
+            writer.add_section(section.kind, section.id, bytes.as_slice().to_vec()).unwrap();
+        }
+        if let Some(model) = model {
+            writer.add_section(SectionKind::Model, 0, model.to_vec()).unwrap();
+        }
+        let other = dir.path().join("other.mtac");
+        std::fs::write(&other, writer.to_bytes(built.compiler_version())).unwrap();
+        let out = mtac(&["inspect", other.to_str().unwrap()]);
+        assert_eq!(code(&out), 2, "{model:?}");
+        let said = text(&out.stderr);
+        assert!(said.contains("policy model differs") && said.contains("rebuild it with this node's mtac"), "{said}");
+        assert!(said.contains(model.map_or("from an older mtac", |_| "model 0123456789abcdef")), "{said}");
+    }
+}
+
 #[test]
 fn explain_shows_each_rule_and_the_reply() {
     let out = mtac(&[

@@ -15,6 +15,8 @@ spool "{spool}"
 farm "mx" kind="inbound-mx" {{
     listen "127.0.0.1:{port}"
     trust-loopback
+    // Each round is a new process, which knows no client: no pregreet wait (issue 17).
+    screen {{ pregreet #false; }}
     limits {{
         connections-per-ip 200
         timeout relay="10s"

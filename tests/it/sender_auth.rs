@@ -251,16 +251,27 @@ async fn a_tampered_body_fails_dkim() {
     assert!(!ar.contains("spf="), "no spf node, no SPF verdict: {ar}");
 }
 
+/// What the list at fwd.test does: records what it verified when it got `message` (its
+/// Authentication-Results, which python3-dkim copies into the ARC-Authentication-Results),
+/// changes the subject (the author's signature breaks) and seals it.
+fn forward_through_list(message: &[u8], results: &str, keys: &Keys) -> Vec<u8> {
+    let listed = String::from_utf8(message.to_vec()).unwrap().replace("Subject: news", "Subject: [list] news");
+    let with_results = format!("Authentication-Results: fwd.test; {results}\r\n{listed}");
+    arc_seal(with_results.as_bytes(), "arc", "fwd.test", &keys.fwd)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_forward_with_a_valid_arc_chain_from_a_trusted_sealer_is_not_refused() {
     let (server, keys) = zone().await;
     let sink = Sink::start(Behaviour::default()).await;
-    // bank.test signs; the list at fwd.test changes the subject (the signature breaks), records
-    // what it verified and seals the message; then relays it from its own address.
+    // bank.test signs; the list verified it (dmarc=pass for bank.test), broke the signature
+    // and sealed; then relays it from its own address.
     let original = sign(&message("ceo@bank.test", "news"), "s1", "bank.test", &keys.bank);
-    let listed = String::from_utf8(original).unwrap().replace("Subject: news", "Subject: [list] news");
-    let with_results = format!("Authentication-Results: fwd.test; dkim=pass header.d=bank.test\r\n{listed}");
-    let sealed = arc_seal(with_results.as_bytes(), "arc", "fwd.test", &keys.fwd);
+    let sealed = forward_through_list(
+        &original,
+        "dkim=pass header.d=bank.test; dmarc=pass (p=reject) header.from=bank.test",
+        &keys,
+    );
     let extra = "spf\n    dmarc { trust-arc \"fwd.test\"; }";
     let node = TestNode::start(&policy(server.addr, extra), Some(sink.addr)).await;
     let (_, end) = deliver(node.addr, "127.0.9.4", "mail.fwd.test", "bounces@fwd.test", &sealed).await;
@@ -272,6 +283,31 @@ async fn a_forward_with_a_valid_arc_chain_from_a_trusted_sealer_is_not_refused()
     let node = TestNode::start(&policy(server.addr, "spf\n    dmarc"), Some(sink.addr)).await;
     let (_, end) = deliver(node.addr, "127.0.9.4", "mail.fwd.test", "bounces@fwd.test", &sealed).await;
     assert!(end.starts_with("550 5.7.1"), "{end}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forgery_sealed_by_a_trusted_sealer_is_still_refused() {
+    let (server, keys) = zone().await;
+    let sink = Sink::start(Behaviour::default()).await;
+    // Anyone who can send through the list can have it seal a forgery: the list saw the forged
+    // bank.test message fail, said so in its results, and sealed it all the same. The seal is
+    // valid; what it vouches for is a failure.
+    let forged = message("ceo@bank.test", "news");
+    let extra = "spf\n    dmarc { trust-arc \"fwd.test\"; }";
+    let node = TestNode::start(&policy(server.addr, extra), Some(sink.addr)).await;
+    for results in [
+        "spf=fail smtp.mailfrom=bank.test; dkim=none; dmarc=fail (p=reject) header.from=bank.test",
+        // No DMARC verdict at all, or a pass for another domain (the list's own), is no pass.
+        "spf=pass smtp.mailfrom=fwd.test",
+        "dmarc=pass header.from=fwd.test",
+        // A pass only inside a comment.
+        "dmarc=fail (dmarc=pass header.from=bank.test) header.from=bank.test",
+    ] {
+        let sealed = forward_through_list(&forged, results, &keys);
+        let (_, end) = deliver(node.addr, "127.0.9.4", "mail.fwd.test", "bounces@fwd.test", &sealed).await;
+        assert!(end.starts_with("550 5.7.1"), "sealed with `{results}`: {end}");
+    }
+    assert!(sink.messages().is_empty(), "no forgery reached the store");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -304,4 +340,103 @@ async fn a_dns_timeout_is_a_temperror_that_defers_or_passes_never_a_5xx() {
     let node = TestNode::start(&policy(ns, "dmarc temperror=\"defer\""), Some(sink.addr)).await;
     let (_, end) = deliver(node.addr, "127.0.9.5", "mail.good.test", "a@good.test", &message("a@good.test", "t")).await;
     assert!(end.starts_with("451 4.7.1"), "{end}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_first_five_signatures_are_checked() {
+    let (server, keys) = zone().await;
+    let sink = Sink::start(Behaviour::default()).await;
+    let node = TestNode::start(&policy(server.addr, "dkim"), Some(sink.addr)).await;
+    // Each signature costs a DNS lookup and an RSA check: a sender cannot make the node do
+    // eight of them for one message.
+    let mut signed = message("a@good.test", "many");
+    for _ in 0..8 {
+        signed = sign(&signed, "rsa", "good.test", &keys.good_rsa);
+    }
+    let (_, end) = deliver(node.addr, "127.0.9.3", "mail.good.test", "a@good.test", &signed).await;
+    assert_eq!(code(&end), 250, "{end}");
+    let ar = our_results(&sink.messages()[0].data).join("\n");
+    assert_eq!(ar.matches("dkim=pass").count(), 5, "{ar}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_copy_verified_in_memory_counts_against_the_spool_budget() {
+    let (server, _keys) = zone().await;
+    let sink = Sink::start(Behaviour::default()).await;
+    // 700 KB: it fits a 1 MiB budget once (in the spool), not twice (spool and verifier).
+    let mut big = String::from_utf8(message("a@good.test", "big")).unwrap();
+    let line = format!("{}\r\n", "x".repeat(68));
+    big.push_str(&line.repeat(700_000 / line.len()));
+    let budget = |extra: &str| policy(server.addr, extra).replace("/spool\"", "/spool\" max-bytes=\"1MiB\"");
+    let node = TestNode::start(&budget("dkim"), Some(sink.addr)).await;
+    let (_, end) = deliver(node.addr, "127.0.9.3", "mail.good.test", "a@good.test", big.as_bytes()).await;
+    assert!(end.starts_with("452 4.3.1"), "verifying would double the bytes in flight: {end}");
+    assert!(sink.messages().is_empty());
+    // The budget alone holds it: without verification the message goes through.
+    let node = TestNode::start(&budget(""), Some(sink.addr)).await;
+    let (_, end) = deliver(node.addr, "127.0.9.3", "mail.good.test", "a@good.test", big.as_bytes()).await;
+    assert_eq!(code(&end), 250, "{end}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dkim_false_beside_dmarc_leaves_dmarc_to_spf_alone() {
+    let (server, keys) = zone().await;
+    let sink = Sink::start(Behaviour::default()).await;
+    // bank.test signs its mail, but this client is not in bank.test's SPF record.
+    let signed = sign(&message("ceo@bank.test", "signed"), "s1", "bank.test", &keys.bank);
+    let node = TestNode::start(&policy(server.addr, "spf\n    dmarc"), Some(sink.addr)).await;
+    let (_, end) = deliver(node.addr, "127.0.9.6", "mail.bank.test", "ceo@bank.test", &signed).await;
+    assert_eq!(code(&end), 250, "the aligned DKIM pass carries DMARC: {end}");
+    // The operator said not to check signatures: DMARC has SPF's fail alone, and p=reject holds.
+    let node = TestNode::start(&policy(server.addr, "spf\n    dkim #false\n    dmarc"), Some(sink.addr)).await;
+    let (_, end) = deliver(node.addr, "127.0.9.6", "mail.bank.test", "ceo@bank.test", &signed).await;
+    assert!(end.starts_with("550 5.7.1"), "{end}");
+    assert_eq!(sink.messages().len(), 1);
+    let ar = our_results(&sink.messages()[0].data).join("\n");
+    assert!(ar.contains("dkim=pass"), "the first node checked it: {ar}");
+}
+
+/// A nameserver in front of `upstream` that never answers DKIM key queries (`_domainkey`):
+/// a key server that is down while SPF and DMARC records still resolve.
+async fn keyless_nameserver(upstream: SocketAddr) -> SocketAddr {
+    let socket = std::sync::Arc::new(tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap());
+    let addr = socket.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut buf = vec![0u8; 4096];
+        loop {
+            let Ok((n, client)) = socket.recv_from(&mut buf).await else { return };
+            let query = buf[..n].to_vec();
+            if query.windows(10).any(|w| w.eq_ignore_ascii_case(b"_domainkey")) {
+                continue;
+            }
+            let socket = socket.clone();
+            tokio::spawn(async move {
+                let forward = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+                forward.send_to(&query, upstream).await.unwrap();
+                let mut answer = vec![0u8; 4096];
+                if let Ok(Ok(n)) =
+                    tokio::time::timeout(std::time::Duration::from_secs(2), forward.recv(&mut answer)).await
+                {
+                    let _ = socket.send_to(&answer[..n], client).await;
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dkim_check_cut_short_makes_dmarc_a_temperror_in_the_field_too() {
+    let (server, keys) = zone().await;
+    let sink = Sink::start(Behaviour::default()).await;
+    let ns = keyless_nameserver(server.addr).await;
+    // bank.test's signature would have carried DMARC (SPF fails from here): its key never comes.
+    let signed = sign(&message("ceo@bank.test", "slow"), "s1", "bank.test", &keys.bank);
+    let node = TestNode::start(&policy(ns, "spf\n    dmarc"), Some(sink.addr)).await;
+    let (_, end) = deliver(node.addr, "127.0.9.7", "mail.bank.test", "ceo@bank.test", &signed).await;
+    assert_eq!(code(&end), 250, "a slow key server is never a 550: {end}");
+    let ar = our_results(&sink.messages()[0].data).join("\n");
+    assert!(ar.contains("spf=fail"), "{ar}");
+    assert!(ar.contains("dmarc=temperror"), "the field says what the node decided: {ar}");
+    assert!(!ar.contains("dmarc=fail"), "{ar}");
 }

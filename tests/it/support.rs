@@ -275,6 +275,7 @@ impl TestNode {
         let text = policy
             .replace("{backend}", &backend.map(|b| b.to_string()).unwrap_or_default())
             .replace("{dir}", dir.path().to_str().unwrap());
+        let text = greet_at_once(&text);
         let path = dir.path().join("policy.kdl");
         std::fs::write(&path, &text).unwrap();
         let p = path.clone();
@@ -346,6 +347,17 @@ impl Drop for TestNode {
             let _ = stop.send(());
         }
     }
+}
+
+/// Test nodes greet at once: an inbound farm of a policy that writes no `screen` gets
+/// `screen { pregreet #false }` (unless it names `pregreet` itself), so the tests of other things do not wait out the pregreet test
+/// (2 s on first contact by default). tests/it/screening.rs writes its own `screen` and tests
+/// the default.
+fn greet_at_once(policy: &str) -> String {
+    if policy.contains("screen") || policy.contains("pregreet") {
+        return policy.to_owned();
+    }
+    policy.replace("kind=\"inbound-mx\" {", "kind=\"inbound-mx\" {\n    screen { pregreet #false; }")
 }
 
 /// A relay policy for tests: `{backend}` and `{dir}` are filled in by [`TestNode::start`].

@@ -14,6 +14,7 @@ pub const STANDARD_POLICIES: &[(&str, &str)] = &[
     ("role-accounts", include_str!("../../../policies/role-accounts.kdl")),
     ("strict-failover", include_str!("../../../policies/strict-failover.kdl")),
     ("dnsbl-spamhaus", include_str!("../../../policies/dnsbl-spamhaus.kdl")),
+    ("sender-auth", include_str!("../../../policies/sender-auth.kdl")),
 ];
 
 impl Lowerer {

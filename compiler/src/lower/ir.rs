@@ -145,10 +145,12 @@ pub struct DraftLimits {
     pub recipients: u32,
     pub line_length: u32,
     pub errors: u32,
+    pub soft_errors: u32,
     pub command_timeout: u32,
     pub data_timeout: u32,
     pub relay_timeout: u32,
-    pub pregreet: u32,
+    /// `timeout pregreet=`, as written; unwritten, the farm kind's default (see emit).
+    pub pregreet: Option<u32>,
 }
 
 impl Default for DraftLimits {
@@ -163,11 +165,14 @@ impl Default for DraftLimits {
             message_size: 25 * 1024 * 1024,
             recipients: 100,
             line_length: 2048,
-            errors: 10,
+            // Postfix's smtpd_hard_error_limit and smtpd_soft_error_limit: an audit's sixteen
+            // relay probes and a list with a few departed recipients finish.
+            errors: 20,
+            soft_errors: 10,
             command_timeout: 300,
             data_timeout: 600,
             relay_timeout: 120,
-            pregreet: 0,
+            pregreet: None,
         }
     }
 }
@@ -218,12 +223,26 @@ pub struct DraftFarm {
     pub ban_response: Option<(BanResponse, Origin)>,
     pub rate_limits: Vec<RateLimit>,
     pub tarpit_ms: u32,
+    pub screen: DraftScreen,
     /// `spf`: SPF at MAIL FROM.
     pub spf: Option<mtac_ruleset::model::SpfSettings>,
     /// `dkim` / `dkim #false`, as written (DMARC turns it on unless it says `#false`).
     pub dkim: Option<bool>,
     /// `dmarc`.
     pub dmarc: Option<super::sender_auth::DraftDmarc>,
+}
+
+/// `screen`, as written (defaults in `lower/screen.rs`).
+#[derive(Debug, Clone)]
+pub struct DraftScreen {
+    /// `pregreet #false`.
+    pub pregreet_off: bool,
+    pub pregreet_remember: u32,
+    pub pregreet_talker: mtac_ruleset::model::TalkerAction,
+    /// `pipelining #false`.
+    pub pipelining_off: bool,
+    pub pipelining_reply: Option<mtac_ruleset::model::Reply>,
+    pub stress: Option<mtac_ruleset::model::Stress>,
 }
 
 #[derive(Debug, Default)]

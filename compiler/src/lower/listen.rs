@@ -99,7 +99,11 @@ impl Lowerer {
                 set(self, "command", &mut l.command_timeout);
                 set(self, "data", &mut l.data_timeout);
                 set(self, "relay", &mut l.relay_timeout);
-                set(self, "pregreet", &mut l.pregreet);
+                if let Some(entry) = Self::prop(child, "pregreet") {
+                    if let Some(v) = self.duration(entry, child.file, "timeout `pregreet`") {
+                        l.pregreet = Some(v);
+                    }
+                }
                 for (key, value) in
                     [("command", l.command_timeout), ("data", l.data_timeout), ("relay", l.relay_timeout)]
                 {
@@ -190,6 +194,11 @@ impl Lowerer {
                 "errors" => {
                     if let Some(v) = self.u32_value(entry, child.file, &what, 1) {
                         farm.limits.errors = v;
+                    }
+                }
+                "soft-errors" => {
+                    if let Some(v) = self.u32_value(entry, child.file, &what, 1) {
+                        farm.limits.soft_errors = v;
                     }
                 }
                 _ => {}

@@ -23,6 +23,7 @@ mod listen;
 mod lists;
 mod read;
 mod relay;
+mod screen;
 mod sender_auth;
 mod submission;
 mod top;
@@ -30,7 +31,7 @@ mod top;
 pub use include::STANDARD_POLICIES;
 pub use ir::{
     AddressEntry, DomainEntry, Draft, DraftBan, DraftDnsbl, DraftFarm, DraftGreylist, DraftLimits, DraftRelay,
-    DraftScanner, DraftTls, DraftZone, HeloRules, NetEntry, Origin, Pos, SenderRules, Sources,
+    DraftScanner, DraftScreen, DraftTls, DraftZone, HeloRules, NetEntry, Origin, Pos, SenderRules, Sources,
 };
 pub use read::{parse_answer_pattern, parse_duration, parse_reply, parse_size};
 pub use sender_auth::DraftDmarc;
@@ -275,6 +276,7 @@ impl Lowerer {
             ban_response: None,
             rate_limits: Vec::new(),
             tarpit_ms: 0,
+            screen: DraftScreen::default(),
             spf: None,
             dkim: None,
             dmarc: None,

@@ -115,7 +115,7 @@ impl Lowerer {
                             child.file,
                             child.node.span(),
                             "missing or weak hash",
-                            "Argon2 PHC strings only ($argon2id$v=19$…, as the `argon2` tool prints them); plain text, crypt(3), scrypt and pbkdf2 hashes are refused",
+                            "Argon2 PHC strings only ($argon2id$v=19$…, as `mtac hash-password` prints them); plain text, crypt(3), scrypt and pbkdf2 hashes are refused",
                         ),
                         _ => {}
                     }
@@ -199,7 +199,7 @@ impl Lowerer {
                     file,
                     span,
                     "unreadable hash",
-                    "paste the whole line the `argon2` tool prints after `Encoded:` (or its -e output)",
+                    "paste the whole string `mtac hash-password` prints (or the `argon2` tool's -e output)",
                 );
                 return;
             }
@@ -221,8 +221,7 @@ impl Lowerer {
                 file,
                 span,
                 "weak hash",
-                "hash it again with Argon2id, m=19456 or more, t=2 or more: \
-                 printf %s 'PASSWORD' | argon2 \"$(openssl rand -base64 12)\" -id -m 15 -t 2 -p 1 -e",
+                "hash it again with Argon2id, m=19456 or more, t=2 or more: mtac hash-password --user USER",
             );
         }
     }

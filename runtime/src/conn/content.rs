@@ -1,12 +1,13 @@
 //! The scan phase: the MIME rules and the content scanners on the spooled message, after DATA
 //! and before the relay. The message stays in the spool: the scanners stream it from there, and
-//! only the MIME rules (mail-parser) hold it in memory.
+//! only the MIME rules (mail-parser) hold it in memory, a copy counted against the spool's
+//! budget of bytes in flight (`Spool::copy_to_memory`).
 
 use crate::metrics::{FarmLabel, ScanResult, ScannerLabel};
 use crate::session::Session;
 use crate::shared::Shared;
 use crate::smtp::{EnhancedCode, Reply};
-use crate::spool::SpoolFile;
+use crate::spool::{CopyError, SpoolFile};
 use mtac_ruleset::model::Farm;
 use mtac_ruleset::rules;
 
@@ -50,9 +51,8 @@ pub(super) async fn content_checks(
     if let Some(rules) = &farm.mime {
         // mail-parser needs the message in one piece: the MIME rules are the one check that
         // holds it in memory (the scanners stream it from the spool).
-        let mut bytes =
-            vec![0u8; usize::try_from(reader.len().saturating_sub(message.sender_start)).map_err(|_| storage())?];
-        reader.read_at(message.sender_start, &mut bytes).map_err(|_| storage())?;
+        let copy =
+            shared.spool.copy_to_memory(&reader, message.sender_start).map_err(|e| copy_refusal(shared, session, e))?;
         // What vouches for the client at RCPT vouches for it here: an authenticated user
         // sending From: their own local address is not forging it.
         let facts = session.facts(ruleset, session.transaction().map(|t| t.sender.as_str()), None);
@@ -62,8 +62,8 @@ pub(super) async fn content_checks(
             use mtac_ruleset::eval::Lookup;
             farm.local_domains.is_some_and(|t| ruleset.domain(t, domain).is_some())
         };
-        let violation = crate::scan::mime(rules, &bytes, trusted, &local);
-        drop(bytes);
+        let violation = crate::scan::mime(rules, &copy.bytes, trusted, &local);
+        drop(copy);
         if let Some(v) = violation {
             return Err(refuse(v.code, v.enhanced, &v.text, v.rule));
         }
@@ -118,5 +118,17 @@ pub(super) async fn content_checks(
     match crate::scan::combine(&outcomes, hostname) {
         crate::scan::Verdict::Pass { headers } => Ok(headers),
         crate::scan::Verdict::Refuse { code, enhanced, text, rule } => Err(refuse(code, enhanced, &text, rule)),
+    }
+}
+
+/// The answer when a message could not be copied into memory for a check: 452 when the spool's
+/// budget of bytes in flight has no room for the copy, 451 when the spool could not be read.
+pub(super) fn copy_refusal(shared: &Shared, session: &Session, error: CopyError) -> (Reply, &'static str) {
+    match error {
+        CopyError::OverBudget => {
+            tracing::warn!(session = %session.id(), budget = shared.spool.budget(), "no room in the spool's budget of bytes in flight for a copy of the message to check");
+            (super::data::insufficient_storage(), rules::SPOOL_BUDGET)
+        }
+        CopyError::Read => (Reply::local_error(), rules::SPOOL),
     }
 }

@@ -77,7 +77,7 @@ async fn receive(
         }
     };
     conn.reply(&Reply::start_data());
-    let data_deadline = Instant::now() + Duration::from_secs(u64::from(farm.limits.timeouts.data));
+    let data_deadline = Instant::now() + Duration::from_secs(u64::from(session.limits().timeouts.data));
     if !conn.flush(data_deadline).await {
         return Err(End::Io);
     }

@@ -11,6 +11,7 @@
 //! the read→parse→session→act loop (`run`); the I/O of each phase lives in the room named after
 //! it, so "where does the greylist round trip live?" has a file name for an answer:
 //!
+//! - `greet`: the pregreet test (early talkers, remembered clients) and the connect stage;
 //! - `prepare`: the lookups and rates a command's stage waits for (HELO, MAIL, RCPT);
 //! - `starttls`: the TLS handshake, STARTTLS or implicit;
 //! - `auth`: the credential check, its attempt budget and the ban at `max-failures`;
@@ -25,6 +26,7 @@
 mod auth;
 mod content;
 mod data;
+mod greet;
 mod prepare;
 mod rcpt;
 mod report;
@@ -34,12 +36,13 @@ mod verify;
 pub use prepare::rate_exceeded;
 
 use crate::lookups::{Lookups, Needs};
+use crate::metrics::FarmLabel;
 use crate::relay::Transaction;
 use crate::session::{Action, Session};
 use crate::shared::{Delivery, Shared, Shutdown, Snapshot};
 use crate::smtp::{parse, Frame, LineReader, Reply};
 use crate::tls::SmtpStream;
-use mtac_ruleset::model::{Farm, Stage};
+use mtac_ruleset::model::Farm;
 use report::Asked;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -204,6 +207,15 @@ struct Ctx<'a> {
     command_timeout: Duration,
 }
 
+/// What the accept loop learned about a connection it let in.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Admission {
+    /// The client is banned and is let in only to have its recipients refused.
+    pub banned: bool,
+    /// The farm's connections passed its stress share: this session gets the stress limits.
+    pub stressed: bool,
+}
+
 /// Serve one connection of `farm_name` on the snapshot current at accept time.
 pub async fn serve(
     stream: TcpStream,
@@ -212,7 +224,7 @@ pub async fn serve(
     implicit_tls: bool,
     shared: Arc<Shared>,
     id: String,
-    banned: bool,
+    admission: Admission,
 ) {
     let _ = stream.set_nodelay(true);
     // The session keeps the ruleset it started with, whatever reloads happen meanwhile.
@@ -232,14 +244,20 @@ pub async fn serve(
         shutdown: shared.shutdown_receiver(),
     };
     let mut session = Session::new(id, peer, &snapshot.ruleset, farm);
-    if banned {
+    if admission.banned {
         session.banned_at_connect();
+    }
+    if let Some(stress) = farm.screen.stress.as_ref().filter(|_| admission.stressed) {
+        // Postfix's `stress`: shorter timeouts and a lower error limit while the farm is near
+        // its connection limit, so slow and erring clients give their slots back sooner.
+        session.under_stress(stress);
+        shared.metrics.stressed_sessions.get_or_create(&FarmLabel { farm: farm.name.clone() }).inc();
     }
     if implicit_tls && !starttls::implicit(&mut conn, &mut session, &snapshot, farm_index, farm).await {
         return;
     }
     let mut lookups = shared.dns().map(|dns| Lookups::start(dns, Needs::of(farm), peer.ip()));
-    let mut command_timeout = Duration::from_secs(u64::from(farm.limits.timeouts.command));
+    let mut command_timeout = Duration::from_secs(u64::from(session.limits().timeouts.command));
     if session.is_banned() {
         // A banned client is only here to be refused: it gets little of our time.
         command_timeout = command_timeout.min(Duration::from_secs(10));
@@ -253,7 +271,7 @@ pub async fn serve(
 /// The read→parse→session→act loop: greet, then one command (or SASL line) at a time until the
 /// session ends. Each [`Action`] is handled in the room of its phase.
 async fn run(conn: &mut Conn<'_>, session: &mut Session, ctx: &Ctx<'_>, lookups: &mut Option<Lookups>) -> End {
-    if let Err(end) = greet(conn, session, ctx, lookups).await {
+    if let Err(end) = greet::greet(conn, session, ctx, lookups).await {
         return end;
     }
     let relay = ctx.snapshot.delivery(ctx.farm_index);
@@ -326,45 +344,6 @@ async fn act<'r>(
     }
 }
 
-/// The greet phase: the pregreet wait, then the `connect` stage and its 220 (or refusal).
-async fn greet(
-    conn: &mut Conn<'_>,
-    session: &mut Session,
-    ctx: &Ctx<'_>,
-    lookups: &mut Option<Lookups>,
-) -> Result<(), End> {
-    let limits = &ctx.farm.limits;
-    // Early talkers: a client that speaks before the greeting is a bot (postscreen's pregreet test).
-    if limits.timeouts.pregreet > 0 {
-        let wait = Instant::now() + Duration::from_secs(u64::from(limits.timeouts.pregreet));
-        match conn.read(wait, false).await {
-            Read::Timeout => {}
-            Read::Data => {
-                let closed = session.talked_early();
-                let reply = closed.sent_reply().cloned().unwrap_or_else(Reply::local_error);
-                return Err(conn.close(&reply, End::EarlyTalker).await);
-            }
-            Read::Closed => return Err(End::ClientClosed),
-            Read::Shutdown => return Err(conn.close(&Reply::shutting_down(&ctx.hostname), End::Shutdown).await),
-            Read::Error => return Err(End::Io),
-        }
-    }
-    if let Some(l) = lookups.as_mut() {
-        session.dns_answered(l.ready_for(Stage::Connect, &conn.shared.metrics).await);
-    }
-    let greeting = session.greet(&ctx.snapshot.ruleset, ctx.farm);
-    report::decided(conn.shared, session, ctx.farm, &Asked::Connect, &greeting);
-    // A client the policy refuses at connect has earned its ban by the greeting, whether or not
-    // it says another word.
-    rcpt::ban_after(conn.shared, session, ctx.farm, greeting.refusal());
-    match greeting {
-        Action::Close { reply, .. } => return Err(conn.close(&reply, End::Refused).await),
-        Action::Reply { reply, .. } => conn.reply(&reply),
-        _ => {}
-    }
-    Ok(())
-}
-
 /// A framed line: a command still to decide, or an answer already known.
 enum Prepared {
     Command(crate::smtp::Command),
@@ -401,9 +380,16 @@ async fn next_action(
             Frame::TooLong => Prepared::Done(session.line_too_long()),
             // A SASL exchange: the line is the client's base64 answer, not a command.
             Frame::Line(line) if session.in_sasl() => Prepared::Done(session.sasl_line(line)),
-            Frame::Line(line) => match parse(line) {
-                Ok(command) => Prepared::Command(command),
-                Err(e) => Prepared::Done(session.parse_error(&e)),
+            Frame::Line(line) => match (parse(line), ctx.farm.screen.pipelining.as_ref()) {
+                // Input behind a command whose reply it had to wait for (RFC 2920 3.1; no
+                // PIPELINING offered: behind any command) was written without reading us: the
+                // message behind a DATA before its 354 is how smuggling attempts look.
+                (Ok(command), Some(refusal)) if conn.input.len() > consumed && session.must_end_group(&command) => {
+                    conn.shared.metrics.pipelining_refused.get_or_create(&greet::farm_label(ctx)).inc();
+                    Prepared::Done(session.improper_pipelining(refusal))
+                }
+                (Ok(command), _) => Prepared::Command(command),
+                (Err(e), _) => Prepared::Done(session.parse_error(&e)),
             },
         };
         conn.input.drain(..consumed);

@@ -204,6 +204,19 @@ pub(super) async fn after_answer(
             }
         }
     }
+    // Past the soft error limit each refusal waits a little longer (Postfix's
+    // smtpd_error_sleep_time), so a harvester's next guess costs it seconds while an audit or
+    // a list sender with a few bad addresses still finishes before the hard limit.
+    let delay = session.error_delay_seconds();
+    if let (Action::Reply { reply: r, .. }, true) = (action, delay > 0) {
+        if r.is_transient() || r.is_permanent() {
+            if !conn.flush(Instant::now() + ctx.command_timeout).await {
+                return Err(End::Io);
+            }
+            conn.shared.metrics.error_delays.get_or_create(&super::greet::farm_label(ctx)).inc();
+            tokio::time::sleep(Duration::from_secs(u64::from(delay))).await;
+        }
+    }
     Ok(())
 }
 

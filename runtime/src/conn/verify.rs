@@ -10,12 +10,10 @@ use crate::session::{policy_reply, Session};
 use crate::shared::Shared;
 use crate::smtp::Reply;
 use crate::spool::SpoolFile;
-use futures_util::FutureExt;
 use mtac_ruleset::eval;
 use mtac_ruleset::model::Stage;
 use mtac_ruleset::rules;
 use mtac_ruleset::sender_auth::DmarcResult;
-use std::panic::AssertUnwindSafe;
 
 /// What the verify phase hands on: the header field to relay (empty when the farm verifies
 /// nothing) and the verdicts for the `message` log line.
@@ -66,32 +64,42 @@ pub(super) async fn sender_auth(
         return Ok(Checked::default());
     };
     let authserv_id = farm.verdict_headers.authserv_ids.first().map_or(hostname, String::as_str);
-    let bytes = if auth.after_data() {
-        // mail-auth verifies a message in one buffer: bounded by the message size, which DATA
-        // enforced before a byte of this was kept (sender_auth's module doc).
-        let storage = || (Reply::local_error(), rules::SPOOL, String::new());
-        let reader = spool.reader().map_err(|_| storage())?;
-        let len = usize::try_from(reader.len().saturating_sub(message.sender_start)).map_err(|_| storage())?;
-        let mut bytes = vec![0u8; len];
-        reader.read_at(message.sender_start, &mut bytes).map_err(|_| storage())?;
-        bytes
-    } else {
-        Vec::new()
-    };
+    let metrics = &shared.metrics;
     let ip = session.peer().ip();
     let verifier = Verifier::new(&dns);
-    let verifying = verifier.message(&bytes, ip, spf, auth.after_data(), auth.dmarc.is_some(), authserv_id);
-    // mail-auth parses what the sender wrote, and has `unwrap`s and `unimplemented!`s of its own:
-    // if one of them fires on a hostile message, the sender gets a 451 (and may try again), not a
-    // dropped connection.
-    let verified = match AssertUnwindSafe(verifying).catch_unwind().await {
-        Ok(verified) => verified,
-        Err(_) => {
-            tracing::error!(session = %session.id(), "sender authentication: the verifier panicked on this message");
-            return Err((Reply::local_error(), rules::DMARC, "verifier-panic".to_owned()));
+    let verified = if auth.after_data() {
+        // mail-auth verifies a message in one buffer: bounded by the message size, which DATA
+        // enforced before a byte of this was kept, and counted against the spool's budget of
+        // bytes in flight (this copy is RAM too), so many large messages verified at once are a
+        // 452, not a node out of memory.
+        let reader = spool.reader().map_err(|_| (Reply::local_error(), rules::SPOOL, String::new()))?;
+        let copy = shared.spool.copy_to_memory(&reader, message.sender_start).map_err(|e| {
+            let (reply, rule) = super::content::copy_refusal(shared, session, e);
+            (reply, rule, String::new())
+        })?;
+        // Hashing a large body and checking RSA signatures is CPU work that would hold every
+        // other session of this worker: it runs on a blocking thread, which drives the DNS
+        // lookups through the runtime's handle.
+        let spf = spf.cloned();
+        let authserv_id = authserv_id.to_owned();
+        let checks = auth.clone();
+        let runtime = tokio::runtime::Handle::current();
+        let verifying = tokio::task::spawn_blocking(move || {
+            runtime.block_on(verifier.message(&copy.bytes, ip, spf.as_ref(), &checks, &authserv_id))
+        });
+        // mail-auth parses what the sender wrote, and has `unwrap`s and `unimplemented!`s of its
+        // own: if one of them fires on a hostile message, the sender gets a 451 (and may try
+        // again), not a dropped connection.
+        match verifying.await {
+            Ok(verified) => verified,
+            Err(_) => {
+                tracing::error!(session = %session.id(), "sender authentication: the verifier panicked on this message");
+                return Err((Reply::local_error(), rules::DMARC, "verifier-panic".to_owned()));
+            }
         }
+    } else {
+        verifier.message(&[], ip, spf, auth, authserv_id).await
     };
-    drop(bytes);
     let mut verified = verified;
     if let Some(dmarc) = verified.facts.dmarc.as_mut() {
         // A verdict about no one author (mail-auth's `none` with no domain, or a domain other
@@ -103,7 +111,6 @@ pub(super) async fn sender_auth(
         }
     }
     let facts = &verified.facts;
-    let metrics = &shared.metrics;
     if let Some(helo) = spf.and_then(|s| s.helo.as_ref()) {
         let result = crate::sender_auth::SpfCheck::helo_result(helo);
         metrics.sender_auth_verdict(&farm.name, "spf-helo", result.as_str());

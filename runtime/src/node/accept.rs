@@ -10,10 +10,11 @@ use super::drain::Guard;
 use crate::metrics::{FarmLabel, RefusedAtAccept};
 use crate::shared::Shared;
 use mtac_ruleset::model::{self, BanResponse, RateSubject};
+use prometheus_client::metrics::gauge::Gauge;
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use tokio::net::{TcpListener, TcpStream};
 
 /// A listening socket with a deep backlog: a spam wave arrives as a burst of connects.
@@ -35,6 +36,43 @@ pub(super) fn bind(address: SocketAddr) -> std::io::Result<TcpListener> {
 pub(super) struct FarmLimits {
     total: AtomicU32,
     per_ip: Mutex<HashMap<IpAddr, u32>>,
+    stress: StressState,
+}
+
+/// Whether a farm is under stress: its open connections passed `screen { stress at= }` of its
+/// connection limit. Moved at accept and when a session ends, so the gauge falls back as soon
+/// as the farm does.
+#[derive(Default)]
+struct StressState {
+    /// Connections above which the farm is under stress (0: no stress screen).
+    above: AtomicU32,
+    on: AtomicBool,
+    /// The farm's `mtac_farm_under_stress` gauge and name, set by its first accept.
+    gauge: OnceLock<(Gauge, String)>,
+}
+
+impl FarmLimits {
+    /// Record `open` connections; whether the farm is under stress now. A change is logged and
+    /// shown by the gauge.
+    fn stressed(&self, open: u32) -> bool {
+        let above = self.stress.above.load(Ordering::Relaxed);
+        let now = above > 0 && open > above;
+        if self.stress.on.swap(now, Ordering::Relaxed) != now {
+            if let Some((gauge, farm)) = self.stress.gauge.get() {
+                gauge.set(i64::from(now));
+                if now {
+                    tracing::warn!(
+                        farm = farm.as_str(),
+                        connections = open,
+                        "farm under stress: new sessions get the stress limits"
+                    );
+                } else {
+                    tracing::info!(farm = farm.as_str(), connections = open, "farm no longer under stress");
+                }
+            }
+        }
+        now
+    }
 }
 
 /// Holds a farm connection slot, the client's per-IP slot (once the client is known) and a
@@ -48,7 +86,8 @@ struct Slot {
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        self.limits.total.fetch_sub(1, Ordering::Relaxed);
+        let open = self.limits.total.fetch_sub(1, Ordering::Relaxed).saturating_sub(1);
+        self.limits.stressed(open);
         self.shared.metrics.connections_active.dec();
         if let Some(ip) = self.ip {
             let mut map = self.limits.per_ip.lock().unwrap_or_else(PoisonError::into_inner);
@@ -85,7 +124,7 @@ struct Admitted {
     /// The client: the TCP peer, or the one a PROXY header named.
     peer: SocketAddr,
     slot: Slot,
-    banned: bool,
+    admission: crate::conn::Admission,
     check_farm_rate: bool,
 }
 
@@ -153,6 +192,14 @@ impl Listening {
         let check_farm_rate =
             farm_rates && farm_model.rate_limits.iter().any(|l| l.subject == RateSubject::Connections);
         let max_total = farm_model.limits.connections;
+        let stress_above = farm_model.screen.stress.as_ref().map_or(0, |s| {
+            let share = u64::from(max_total) * u64::from(s.percent) / 100;
+            u32::try_from(share).unwrap_or(u32::MAX).max(1)
+        });
+        self.limits.stress.above.store(stress_above, Ordering::Relaxed);
+        self.limits.stress.gauge.get_or_init(|| {
+            (shared.metrics.under_stress.get_or_create_owned(&FarmLabel { farm: farm.clone() }), farm.clone())
+        });
         let max_per_ip = farm_model.limits.connections_per_ip;
         let exempt = farm_model.trust_loopback && model::is_loopback(ip);
         drop(snapshot);
@@ -176,12 +223,14 @@ impl Listening {
             *count += 1;
             slot.ip = Some(key);
         }
-        Some(Admitted { stream, peer, slot, banned, check_farm_rate })
+        let stressed = self.limits.stressed(self.limits.total.load(Ordering::Relaxed));
+        let admission = crate::conn::Admission { banned, stressed };
+        Some(Admitted { stream, peer, slot, admission, check_farm_rate })
     }
 
     /// The session of an admitted connection, in the task that holds its slot.
     async fn serve(self: Arc<Self>, admitted: Admitted) {
-        let Admitted { stream, peer, slot, banned, check_farm_rate } = admitted;
+        let Admitted { stream, peer, slot, admission, check_farm_rate } = admitted;
         let _slot = slot;
         let shared = self.shared.clone();
         if check_farm_rate {
@@ -200,7 +249,7 @@ impl Listening {
             }
         }
         let id = shared.next_id();
-        crate::conn::serve(stream, peer, &self.farm, self.implicit_tls, shared, id, banned).await;
+        crate::conn::serve(stream, peer, &self.farm, self.implicit_tls, shared, id, admission).await;
     }
 
     /// A connection on a PROXY listener, in its own task: the balancer's header names the

@@ -76,6 +76,12 @@ impl Session {
             let r = reply(550, 5, 7, 1, "Client host rejected: too many refusals, banned for a while");
             return self.answer(r, Some(Refusal::no_ban(rules::BAN)));
         }
+        if self.talked_early {
+            // postscreen's `postscreen_greet_action = enforce`: refused at RCPT, so the log
+            // shows whom it wanted to reach.
+            let r = reply(550, 5, 5, 1, "Protocol error: you talked before the greeting");
+            return self.answer(r, Some(Refusal::no_ban(rules::PREGREET)));
+        }
         let Some(txn) = &self.txn else {
             return self.answer(Reply::bad_sequence("need MAIL command"), None);
         };
@@ -182,6 +188,10 @@ impl Session {
         self.txn = None;
         if reply.is_positive() {
             self.accepted = self.accepted.saturating_add(1);
+            // Postfix's error limits count "errors without delivering mail": a client that
+            // delivered starts again from zero, so a list's departed recipients spread over
+            // several messages never add up to a 421.
+            self.errors = 0;
             return Action::reply(reply);
         }
         self.answer(reply, None)

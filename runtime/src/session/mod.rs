@@ -81,7 +81,13 @@ pub struct Session {
     banned: bool,
     /// Commands that moved no mail so far.
     junk: u32,
+    /// The client talked before the greeting's last line and the farm refuses its recipients
+    /// (`screen { pregreet talker="refuse-recipients" }`).
+    talked_early: bool,
 }
+
+/// The longest delay a negative reply past the soft error limit waits.
+pub const MAX_ERROR_DELAY_SECONDS: u32 = 3;
 
 /// HELO, EHLO, NOOP, RSET, VRFY and HELP allowed per session (Postfix's default is 100).
 pub const JUNK_COMMAND_LIMIT: u32 = 100;
@@ -111,6 +117,7 @@ impl Session {
             dns: GivenDns::default(),
             banned: false,
             junk: 0,
+            talked_early: false,
         }
     }
 
@@ -200,6 +207,62 @@ impl Session {
     pub fn talked_early(&mut self) -> Action {
         let r = reply(554, 5, 5, 1, "Protocol error: you talked before the greeting");
         self.close_refusing(r, Refusal::no_ban(rules::PREGREET))
+    }
+
+    /// The client talked before the greeting, and the farm lets it go on to have its recipients
+    /// refused (`talker="refuse-recipients"`).
+    pub fn talked_early_refuse_recipients(&mut self) {
+        self.talked_early = true;
+        self.last_rule = Some(rules::PREGREET.to_owned());
+    }
+
+    /// The farm is under stress: this session gets the stress limits (Postfix's `stress`).
+    pub fn under_stress(&mut self, stress: &model::Stress) {
+        self.limits.errors = self.limits.errors.min(stress.errors.max(1));
+        self.limits.soft_errors = self.limits.soft_errors.min(self.limits.errors);
+        self.limits.timeouts.command = stress.command_timeout;
+        self.limits.timeouts.data = stress.data_timeout;
+    }
+
+    /// The limits this session runs under (the farm's, or its stress limits).
+    pub fn limits(&self) -> &model::Limits {
+        &self.limits
+    }
+
+    /// The client sent input before a reply it had to wait for (RFC 2920: after DATA, or any
+    /// command when PIPELINING was not offered): closed with the farm's `reply`, like
+    /// Postfix 3.9's `smtpd_forbid_unauth_pipelining`.
+    pub fn improper_pipelining(&mut self, reply: &model::Reply) -> Action {
+        self.close_refusing(policy_reply(reply), Refusal::no_ban(rules::PIPELINING))
+    }
+
+    /// Whether the reply to `command` must reach the client before it sends anything more:
+    /// every command when PIPELINING was not offered (no EHLO yet, or HELO), else the commands
+    /// RFC 2920 3.1 allows only last in a group (EHLO, DATA, VRFY, EXPN, NOOP; HELO as Postfix
+    /// does). RSET, MAIL and RCPT may be followed. STARTTLS is left to its own rule: what follows
+    /// it in clear text is dropped (CVE-2011-0411, `conn/starttls.rs`); AUTH to the SASL exchange.
+    pub fn must_end_group(&self, command: &Command) -> bool {
+        if matches!(command, Command::Quit) {
+            // Nothing after QUIT is read.
+            return false;
+        }
+        !self.esmtp
+            || matches!(
+                command,
+                Command::Helo(_)
+                    | Command::Ehlo(_)
+                    | Command::Data
+                    | Command::Vrfy(_)
+                    | Command::Expn(_)
+                    | Command::Noop
+            )
+    }
+
+    /// How long the last negative reply waits: past the soft error limit, one second more per
+    /// error, at most [`MAX_ERROR_DELAY_SECONDS`] (Postfix sleeps `smtpd_error_sleep_time`,
+    /// 1 s, each time). Zero below the limit.
+    pub fn error_delay_seconds(&self) -> u32 {
+        self.errors.saturating_sub(self.limits.soft_errors).min(MAX_ERROR_DELAY_SECONDS)
     }
 
     // ----- answers -----

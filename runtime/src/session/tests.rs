@@ -34,6 +34,7 @@ fn ruleset_with(errors: u32, edit: impl FnOnce(&mut Farm)) -> Ruleset {
             recipients: 2,
             line_length: 512,
             errors,
+            soft_errors: errors,
             timeouts: Timeouts { command: 300, data: 600, relay: 60, pregreet: 0 },
         },
         trust_loopback: false,
@@ -61,6 +62,12 @@ fn ruleset_with(errors: u32, edit: impl FnOnce(&mut Farm)) -> Ruleset {
         ban_response: BanResponse::Close521,
         rate_limits: vec![],
         tarpit_ms: 0,
+        screen: model::Screen {
+            pregreet_remember: 0,
+            pregreet_talker: model::TalkerAction::Close,
+            pipelining: None,
+            stress: None,
+        },
         sender_auth: Default::default(),
     };
     edit(&mut farm);
@@ -394,4 +401,65 @@ fn issue15_session_rooms_stay_small() {
         assert!(lines <= MAX_LINES, "{} has {lines} lines (at most {MAX_LINES})", path.display());
     }
     assert!(!dir.with_extension("rs").exists(), "session.rs is back beside session/");
+}
+
+#[test]
+fn issue17_pipelining_groups_end_where_rfc_2920_says() {
+    let rs = ruleset(10);
+    let mut s = session(&rs);
+    let cmd = |line: &str| parse(line.as_bytes()).unwrap();
+    // Before EHLO (and after HELO) PIPELINING was never offered: every command ends a group.
+    assert!(s.must_end_group(&cmd("MAIL FROM:<a@example.net>")));
+    assert!(!s.must_end_group(&cmd("QUIT")), "nothing after QUIT is read");
+    feed(&mut s, &rs, "HELO client.example.net");
+    assert!(s.must_end_group(&cmd("RCPT TO:<b@example.test>")));
+    feed(&mut s, &rs, "EHLO client.example.net");
+    for grouped in ["MAIL FROM:<a@example.net>", "RCPT TO:<b@example.test>", "RSET"] {
+        assert!(!s.must_end_group(&cmd(grouped)), "{grouped}");
+    }
+    for last in ["DATA", "EHLO x.example", "NOOP", "VRFY b"] {
+        assert!(s.must_end_group(&cmd(last)), "{last}");
+    }
+    let closed = s.improper_pipelining(&model::Reply::new(554, "5.5.0", "Error: improper command pipelining"));
+    assert!(matches!(closed, Action::Close { ref reply, .. } if reply.code() == 554), "{closed:?}");
+    assert_eq!(refused_by(&closed), Some((rules::PIPELINING, false)));
+}
+
+#[test]
+fn issue17_errors_past_the_soft_limit_wait_longer_and_delivery_resets_the_count() {
+    let rs = ruleset_with(20, |farm| farm.limits.soft_errors = 2);
+    let mut s = session(&rs);
+    let mut delays = Vec::new();
+    for _ in 0..7 {
+        assert_eq!(code(&feed(&mut s, &rs, "FROB")), 500);
+        delays.push(s.error_delay_seconds());
+    }
+    assert_eq!(delays, [0, 0, 1, 2, 3, 3, 3], "growing, bounded by {MAX_ERROR_DELAY_SECONDS} s");
+    feed(&mut s, &rs, "EHLO client.example.net");
+    feed(&mut s, &rs, "MAIL FROM:<a@example.net>");
+    let delivered = s.message_answered(Reply::ok());
+    assert_eq!(code(&delivered), 250);
+    assert_eq!(s.error_delay_seconds(), 0, "a delivered message starts the count again");
+}
+
+#[test]
+fn issue17_a_session_under_stress_closes_at_the_stress_error_limit() {
+    let rs = ruleset(20);
+    let mut s = session(&rs);
+    s.under_stress(&model::Stress { percent: 80, command_timeout: 10, data_timeout: 60, errors: 1 });
+    assert_eq!(s.limits().timeouts.command, 10);
+    let first = feed(&mut s, &rs, "FROB");
+    assert!(matches!(first, Action::Close { ref reply, .. } if reply.code() == 421), "{first:?}");
+}
+
+#[test]
+fn issue17_an_early_talker_let_on_is_refused_at_rcpt() {
+    let rs = ruleset(10);
+    let mut s = session(&rs);
+    s.talked_early_refuse_recipients();
+    feed(&mut s, &rs, "EHLO client.example.net");
+    feed(&mut s, &rs, "MAIL FROM:<a@example.net>");
+    let refused = feed(&mut s, &rs, "RCPT TO:<b@example.test>");
+    assert_eq!(code(&refused), 550);
+    assert_eq!(refused_by(&refused), Some((rules::PREGREET, false)));
 }

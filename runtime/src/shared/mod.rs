@@ -60,6 +60,8 @@ pub struct Shared {
     pub transfers: Arc<Transfers>,
     /// Greylist entries (and with Redis, the farm's bans), when some farm needs them.
     pub state: Option<Store>,
+    /// Clients that passed the pregreet test, when there is no `state` to remember them in.
+    pub pregreet_passed: crate::screen::PassedClients,
     pub metrics: Metrics,
     shutdown: watch::Sender<Shutdown>,
     /// Sessions started, for their ids.
@@ -97,6 +99,7 @@ impl Shared {
             spool,
             transfers: Arc::default(),
             state,
+            pregreet_passed: Default::default(),
             metrics,
             shutdown,
             sessions: AtomicU64::new(0),

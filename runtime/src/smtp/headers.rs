@@ -225,7 +225,11 @@ impl<'v> VerdictFilter<'v> {
         match self.fate {
             Fate::HoldAuthResults => {
                 let ours = match authserv_id(&self.held) {
-                    Some(id) => self.rules.authserv_ids.iter().any(|a| id.eq_ignore_ascii_case(a.as_bytes())),
+                    Some(id) => self
+                        .rules
+                        .authserv_ids
+                        .iter()
+                        .any(|a| id.eq_ignore_ascii_case(a.trim_end_matches('.').as_bytes())),
                     None => true,
                 };
                 if ours {
@@ -265,8 +269,9 @@ fn trim_end(mut bytes: &[u8]) -> &[u8] {
 }
 
 /// The authserv-id of a whole Authentication-Results field (RFC 8601 §2.2): the first token
-/// of its value, after white space, line folds and comments. `None` when there is none.
-fn authserv_id(field: &[u8]) -> Option<&[u8]> {
+/// of its value, after white space, line folds and comments. `None` when there is none (or an
+/// open quote never closes).
+fn authserv_id(field: &[u8]) -> Option<Vec<u8>> {
     let colon = field.iter().position(|&b| b == b':')?;
     let value = field.get(colon + 1..)?;
     let mut i = 0;
@@ -282,16 +287,37 @@ fn authserv_id(field: &[u8]) -> Option<&[u8]> {
         }
         i += 1;
     }
-    let start = i;
-    while let Some(&b) = value.get(i) {
-        if matches!(b, b';' | b' ' | b'\t' | b'\r' | b'\n' | b'(') {
-            break;
-        }
+    // A quoted authserv-id is a value too (RFC 8601 §2.2 allows `value`): read it unquoted and
+    // unescaped. A reader downstream may also ignore white space in it and a trailing root dot
+    // (`mx.example.net.`): so does this comparison, since a field wrongly taken for ours is only
+    // removed, while one wrongly taken for a stranger's is a forged verdict relayed.
+    let mut id = Vec::new();
+    if value.get(i) == Some(&b'"') {
         i += 1;
+        loop {
+            match *value.get(i)? {
+                b'"' => break,
+                b'\\' => {
+                    i += 1;
+                    id.push(*value.get(i)?);
+                }
+                b => id.push(b),
+            }
+            i += 1;
+        }
+    } else {
+        while let Some(&b) = value.get(i) {
+            if matches!(b, b';' | b' ' | b'\t' | b'\r' | b'\n' | b'(') {
+                break;
+            }
+            id.push(b);
+            i += 1;
+        }
     }
-    // A quoted authserv-id is a value too (RFC 8601 §2.2 allows `value`): compare it unquoted.
-    let id = value.get(start..i)?;
-    let id = id.strip_prefix(b"\"").and_then(|v| v.strip_suffix(b"\"")).unwrap_or(id);
+    id.retain(|b| !b.is_ascii_whitespace());
+    while id.last() == Some(&b'.') {
+        id.pop();
+    }
     (!id.is_empty()).then_some(id)
 }
 
@@ -436,12 +462,31 @@ mod tests {
 
     #[test]
     fn authserv_ids_are_read_past_comments_and_folds() {
-        assert_eq!(authserv_id(b"Authentication-Results: mx.example.net; spf=pass"), Some(&b"mx.example.net"[..]));
-        assert_eq!(
-            authserv_id(b"Authentication-Results:\r\n (a (nested) one) x.example 1; none"),
-            Some(&b"x.example"[..])
-        );
-        assert_eq!(authserv_id(b"Authentication-Results: \"q.example\"; none"), Some(&b"q.example"[..]));
-        assert_eq!(authserv_id(b"Authentication-Results: (only a comment)"), None);
+        let id = |field: &[u8]| authserv_id(field).map(|id| String::from_utf8(id).unwrap());
+        assert_eq!(id(b"Authentication-Results: mx.example.net; spf=pass").as_deref(), Some("mx.example.net"));
+        assert_eq!(id(b"Authentication-Results:\r\n (a (nested) one) x.example 1; none").as_deref(), Some("x.example"));
+        assert_eq!(id(b"Authentication-Results: \"q.example\"; none").as_deref(), Some("q.example"));
+        assert_eq!(id(b"Authentication-Results: (only a comment)"), None);
+        assert_eq!(id(b"Authentication-Results: \"never closed; none"), None);
+    }
+
+    /// Issue 16 review: spellings of our own authserv-id that a mail store may read as ours
+    /// survived the filter: a trailing root dot, a quoted id with escapes or white space.
+    #[test]
+    fn our_authserv_id_is_recognised_in_every_spelling() {
+        let rules = rules(false);
+        for forged in [
+            "Authentication-Results: mx.example.net.; dmarc=pass\r\n",
+            "Authentication-Results: MX.Example.NET; dmarc=pass\r\n",
+            "Authentication-Results: \"mx.exa\\mple.net\"; dmarc=pass\r\n",
+            "Authentication-Results: \" mx.example.net \"; dmarc=pass\r\n",
+            "Authentication-Results: \"mx.example.net.\" (ours?); dmarc=pass\r\n",
+        ] {
+            let mut f = VerdictFilter::new(&rules);
+            let mut out = Vec::new();
+            f.feed(format!("{forged}Subject: x\r\n\r\nbody").as_bytes(), &mut out);
+            let kept = String::from_utf8(out).unwrap();
+            assert!(!kept.contains("dmarc=pass"), "{forged:?} survived: {kept:?}");
+        }
     }
 }

@@ -13,6 +13,8 @@ use std::time::Duration;
 
 const TRIPLETS: redb::TableDefinition<&str, &[u8]> = redb::TableDefinition::new("greylist");
 const AWL: redb::TableDefinition<&str, &[u8]> = redb::TableDefinition::new("auto-whitelist");
+/// Clients that passed the pregreet test: address → (1, expires), the count encoding.
+const PREGREET: redb::TableDefinition<&str, &[u8]> = redb::TableDefinition::new("pregreet");
 
 /// The embedded store: one redb database file.
 pub struct Embedded {
@@ -58,6 +60,7 @@ impl Embedded {
         let txn = db.begin_write().map_err(embedded)?;
         txn.open_table(TRIPLETS).map_err(embedded)?;
         txn.open_table(AWL).map_err(embedded)?;
+        txn.open_table(PREGREET).map_err(embedded)?;
         txn.commit().map_err(embedded)?;
         Ok(Embedded { db })
     }
@@ -165,6 +168,25 @@ impl Embedded {
         Ok(value.and_then(|v| decode_count(v.value())).filter(|(_, e)| *e > now).map_or(0, |(n, _)| n))
     }
 
+    /// `client` passed the pregreet test: remember it until `now + ttl`.
+    pub(super) fn pregreet_passed(&self, client: &str, ttl: u64, now: u64) -> Result<(), StateError> {
+        let txn = self.write()?;
+        {
+            let mut table = txn.open_table(PREGREET).map_err(embedded)?;
+            table.insert(client, encode_count(1, now.saturating_add(ttl)).as_slice()).map_err(embedded)?;
+        }
+        txn.commit().map_err(embedded)
+    }
+
+    /// Whether `client` passed the pregreet test and is still remembered.
+    pub(super) fn pregreet_known(&self, client: &str, now: u64) -> Result<bool, StateError> {
+        use redb::ReadableDatabase;
+        let txn = self.db.begin_read().map_err(embedded)?;
+        let table = txn.open_table(PREGREET).map_err(embedded)?;
+        let value = table.get(client).map_err(embedded)?;
+        Ok(value.and_then(|v| decode_count(v.value())).is_some_and(|(_, expires)| expires > now))
+    }
+
     pub(super) fn counts(&self, now: u64) -> Result<Counts, StateError> {
         use redb::{ReadableDatabase, ReadableTable};
         let txn = self.db.begin_read().map_err(embedded)?;
@@ -213,6 +235,14 @@ impl Embedded {
                 keep
             })
             .map_err(embedded)?;
+            let mut pregreet = txn.open_table(PREGREET).map_err(embedded)?;
+            pregreet
+                .retain(|_, v| {
+                    let keep = decode_count(v).is_some_and(|(_, e)| e > now);
+                    removed += u64::from(!keep);
+                    keep
+                })
+                .map_err(embedded)?;
         }
         txn.commit().map_err(embedded)?;
         Ok(removed)
@@ -295,6 +325,18 @@ mod tests {
             GreylistVerdict::AutoWhitelisted
         );
         assert_eq!(db.deliveries(client, 1002 + 86_400 + 1).unwrap(), 0, "expired");
+    }
+
+    #[test]
+    fn a_client_that_passed_the_pregreet_test_is_known_until_its_ttl_ends() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Embedded::open(&dir.path().join("s.redb")).unwrap();
+        assert!(!db.pregreet_known("192.0.2.1", 1000).unwrap());
+        db.pregreet_passed("192.0.2.1", 86_400, 1000).unwrap();
+        assert!(db.pregreet_known("192.0.2.1", 1001).unwrap());
+        assert!(!db.pregreet_known("192.0.2.2", 1001).unwrap());
+        assert!(!db.pregreet_known("192.0.2.1", 1000 + 86_400).unwrap(), "expired");
+        assert_eq!(db.sweep(1000 + 86_400).unwrap(), 1);
     }
 
     #[test]

@@ -243,6 +243,26 @@ impl Store {
         }
     }
 
+    /// `client` (an address) passed the pregreet test: remember it for `ttl` seconds.
+    pub async fn pregreet_passed(&self, client: IpAddr, ttl: u64) -> Result<(), StateError> {
+        let now = unix_now();
+        let client = client.to_string();
+        match self {
+            Store::Embedded(db) => db.off_worker(move |db| db.pregreet_passed(&client, ttl, now)).await,
+            Store::Redis(r) => r.pregreet_passed(&client, ttl).await,
+        }
+    }
+
+    /// Whether `client` passed the pregreet test within its TTL.
+    pub async fn pregreet_known(&self, client: IpAddr) -> Result<bool, StateError> {
+        let now = unix_now();
+        let client = client.to_string();
+        match self {
+            Store::Embedded(db) => db.off_worker(move |db| db.pregreet_known(&client, now)).await,
+            Store::Redis(r) => r.pregreet_known(&client).await,
+        }
+    }
+
     /// How many entries of each kind (Redis: a SCAN of the keyspace, O(entries)).
     pub async fn counts(&self) -> Result<Counts, StateError> {
         let now = unix_now();

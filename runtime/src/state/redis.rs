@@ -13,6 +13,7 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 /// Keys: `mtac:g:CLIENT|SENDER|RCPT` (hash: first, passed, ip), `mtac:awl:CLIENT` (counter),
+/// `mtac:pg:ADDRESS` (passed the pregreet test, with its TTL),
 /// `mtac:ban:NETWORK[@FARM]` (see [`ban_key`]); bans are announced on [`BAN_CHANNEL`].
 const GREYLIST_SCRIPT: &str = r"
 local now = tonumber(ARGV[1])
@@ -167,6 +168,20 @@ impl RedisStore {
             first_address: ip.unwrap_or_default(),
             expires_in: u64::try_from(ttl).unwrap_or(0),
         }))
+    }
+
+    /// `client` passed the pregreet test: every node of the farm greets it at once for `ttl`.
+    pub(super) async fn pregreet_passed(&self, client: &str, ttl: u64) -> Result<(), StateError> {
+        let key = format!("mtac:pg:{client}");
+        self.run(async |mut c| redis::cmd("SET").arg(&key).arg(1).arg("EX").arg(ttl.max(1)).query_async(&mut c).await)
+            .await
+    }
+
+    /// Whether `client` passed the pregreet test on any node of the farm, within its TTL.
+    pub(super) async fn pregreet_known(&self, client: &str) -> Result<bool, StateError> {
+        let key = format!("mtac:pg:{client}");
+        let n: u32 = self.run(async |mut c| redis::cmd("EXISTS").arg(&key).query_async(&mut c).await).await?;
+        Ok(n > 0)
     }
 
     pub(super) async fn deliveries(&self, client: &str) -> Result<u64, StateError> {
