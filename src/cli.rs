@@ -394,7 +394,12 @@ fn inspect(path: &Path, format: Format) -> Result<ExitCode, String> {
         let listeners: Vec<String> = farm
             .listeners
             .iter()
-            .map(|l| format!("{}{}", l.address, if l.implicit_tls { " (tls)" } else { "" }))
+            .map(|l| {
+                let tls = if l.implicit_tls { " (tls)" } else { "" };
+                let proxy: Vec<String> = l.proxy_from.iter().map(ToString::to_string).collect();
+                let proxy = if proxy.is_empty() { String::new() } else { format!(" (proxy from {})", proxy.join(" ")) };
+                format!("{}{tls}{proxy}", l.address)
+            })
             .collect();
         println!("farm {} ({})", farm.name, farm.kind.as_str());
         println!("  listen     {}", listeners.join(", "));

@@ -318,6 +318,17 @@ pub struct Listener {
     pub address: SocketAddr,
     /// TLS from the first byte (RFC 8314, port 465).
     pub implicit_tls: bool,
+    /// The load balancers that connect here and send a PROXY protocol header (v1 or v2) naming
+    /// the real client. Empty: a plain listener. Otherwise every connection must come from
+    /// one of these networks and start with a header; the client is the one it names.
+    pub proxy_from: Vec<ipnet::IpNet>,
+}
+
+impl Listener {
+    /// Does this listener expect a PROXY header?
+    pub fn is_proxied(&self) -> bool {
+        !self.proxy_from.is_empty()
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

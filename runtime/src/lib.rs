@@ -37,6 +37,7 @@ pub mod lookups;
 pub mod maildir;
 pub mod metrics;
 pub mod node;
+pub mod proxy;
 pub mod received;
 pub mod relay;
 pub mod scan;

@@ -40,7 +40,9 @@ label_sets! {
     FarmLabel { farm: String }
     RefusedAtAccept {
         farm: String,
-        /// `limit` (connection limits), `ban`, `rate`.
+        /// `limit` (connection limits), `ban`, `rate`; on PROXY listeners `proxy-source` (not
+        /// from a `proxy-from` network), `proxy-missing` (no header in time), `proxy-header`
+        /// (not a valid header).
         reason: &'static str,
     }
     SessionEnd {
@@ -173,7 +175,7 @@ macro_rules! metrics {
 
 metrics! {
     connections: Family<FarmLabel, Counter>, "connections", "SMTP connections accepted";
-    refused_at_accept: Family<RefusedAtAccept, Counter>, "connections_refused", "Connections turned away at accept (limit, ban, rate)";
+    refused_at_accept: Family<RefusedAtAccept, Counter>, "connections_refused", "Connections turned away at accept (limit, ban, rate, PROXY header)";
     connections_active: Gauge, "connections_active", "SMTP connections open now";
     sessions: Family<SessionEnd, Counter>, "sessions", "Sessions ended, by how they ended";
     refusals: Family<Refusal, Counter>, "refusals", "4xx and 5xx replies, by stage and by the rule that gave them";

@@ -9,7 +9,7 @@
 use crate::support::{build, code, relay_policy, sample, Behaviour, Client, ProcessNode, Sink, TestNode};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::Duration;
 
 /// A redis-server of our own, on a free loopback port, without persistence.
@@ -26,19 +26,19 @@ impl RedisServer {
     }
 
     async fn start_on(port: u16) -> Option<RedisServer> {
-        let spawned = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn();
-        let child = match spawned {
-            Ok(child) => child,
-            Err(e) if std::env::var_os("CI").is_none() => {
-                eprintln!("redis-server not available ({e}): Redis tests skipped (they run in CI)");
-                return None;
-            }
-            Err(e) => panic!("CI=true and redis-server cannot start: {e}"),
-        };
+        let child = crate::support::spawn_required(
+            "redis-server",
+            Command::new("redis-server").args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ]),
+        )?;
         let server = RedisServer { child: Some(child), port };
         for _ in 0..200 {
             if server.ping().await {

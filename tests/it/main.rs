@@ -16,6 +16,7 @@ mod greylist_spf;
 mod node;
 mod policies;
 mod process;
+mod proxy;
 mod runtime;
 mod scan;
 mod screening;

@@ -460,3 +460,17 @@ impl Drop for ProcessNode {
 #[path = "../common/slapd.rs"]
 mod slapd;
 pub use slapd::Slapd;
+
+/// Start a daemon a test needs (`command`, output discarded). `None` — the test is skipped — only
+/// outside CI when `what` is not installed; under `CI=true` a missing tool is a failure.
+pub fn spawn_required(what: &str, command: &mut std::process::Command) -> Option<std::process::Child> {
+    use std::process::Stdio;
+    match command.stdout(Stdio::null()).stderr(Stdio::null()).spawn() {
+        Ok(child) => Some(child),
+        Err(e) if std::env::var_os("CI").is_none() => {
+            eprintln!("{what} not available ({e}): the tests that need it are skipped (they run in CI)");
+            None
+        }
+        Err(e) => panic!("CI=true and {what} cannot start: {e}"),
+    }
+}

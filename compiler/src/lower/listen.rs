@@ -1,6 +1,6 @@
 //! Listeners and limits: docs/policy.md section 2, `listen`, `limits` and `trust-loopback`.
 
-use super::ir::DraftFarm;
+use super::ir::{DraftFarm, Origin, Pos};
 use super::{At, Lowerer};
 use crate::diag::Diag;
 use crate::nodes::{self, Place};
@@ -10,7 +10,7 @@ use std::path::Path;
 
 impl Lowerer {
     pub(crate) fn listen(&mut self, at: At<'_>, _dir: &Path, farm: &mut DraftFarm) {
-        self.shape(at, &["tls"], 1, false);
+        self.shape(at, &["tls", "proxy-from"], 1, false);
         let Some(text) = self.one_string(at, "an address:port") else { return };
         let implicit_tls = match Self::prop(at, "tls") {
             Some(entry) => match self.string(entry, at.file, "`tls`").as_deref() {
@@ -31,6 +31,7 @@ impl Lowerer {
             },
             None => false,
         };
+        let proxy_from = self.proxy_from(at);
         match text.parse::<SocketAddr>() {
             Ok(address) => {
                 let origin = self.origin_of(at);
@@ -44,7 +45,7 @@ impl Lowerer {
                             .at(&source, first_span, "first here"),
                     );
                 } else {
-                    farm.listeners.push((Listener { address, implicit_tls }, origin));
+                    farm.listeners.push((Listener { address, implicit_tls, proxy_from }, origin));
                 }
             }
             Err(_) => self.reporter.err(
@@ -56,6 +57,28 @@ impl Lowerer {
                 "write \"0.0.0.0:25\", \"127.0.0.1:2525\" or \"[::]:587\" (IPv6 in brackets)",
             ),
         }
+    }
+
+    /// `proxy-from="NET NET…"`: the balancers allowed to speak the PROXY protocol here.
+    fn proxy_from(&mut self, at: At<'_>) -> Vec<ipnet::IpNet> {
+        let Some(entry) = Self::prop(at, "proxy-from") else { return Vec::new() };
+        let Some(text) = self.string(entry, at.file, "`proxy-from`") else { return Vec::new() };
+        let origin = Origin { file: at.file, pos: Pos::Span(entry.span()) };
+        let mut nets: Vec<ipnet::IpNet> =
+            text.split_whitespace().filter_map(|net| self.parse_net(net, origin)).collect();
+        if nets.is_empty() && text.split_whitespace().next().is_none() {
+            self.reporter.err(
+                "mtac::listen::proxy-from",
+                "`proxy-from` names no network".to_owned(),
+                at.file,
+                entry.span(),
+                "empty",
+                "name the load balancers' networks, e.g. proxy-from=\"10.0.0.0/24\"; leave `proxy-from` out for a listener that clients reach directly",
+            );
+        }
+        nets.sort();
+        nets.dedup();
+        nets
     }
 
     pub(crate) fn limits(&mut self, at: At<'_>, _dir: &Path, farm: &mut DraftFarm) {

@@ -273,7 +273,7 @@ impl Lowerer {
         }
     }
 
-    fn parse_net(&mut self, text: &str, origin: Origin) -> Option<IpNet> {
+    pub(super) fn parse_net(&mut self, text: &str, origin: Origin) -> Option<IpNet> {
         let parsed = match text.parse::<IpNet>() {
             Ok(net) => Some(net),
             Err(_) => text.parse::<IpAddr>().ok().map(IpNet::from),

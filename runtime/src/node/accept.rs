@@ -75,8 +75,8 @@ impl FarmLimits {
     }
 }
 
-/// Holds a farm connection slot, the client's per-IP slot and a drain guard; all are released
-/// on drop.
+/// Holds a farm connection slot, the client's per-IP slot (once the client is known) and a
+/// drain guard; all are released on drop.
 struct Slot {
     limits: Arc<FarmLimits>,
     ip: Option<IpAddr>,
@@ -106,54 +106,74 @@ fn refuse(stream: TcpStream, text: &str) {
     let _ = stream.try_write(text.as_bytes());
 }
 
-/// One listener of `farm`: accept until the task is aborted, each session task holding a clone
-/// of `drain`.
-pub(super) async fn accept_loop(
-    listener: TcpListener,
+/// One listener: what every connection it accepts shares.
+struct Listening {
     farm: String,
     implicit_tls: bool,
+    /// The balancers that may connect and must send a PROXY header; empty: clients connect
+    /// directly.
+    proxy_from: Vec<ipnet::IpNet>,
     limits: Arc<FarmLimits>,
     shared: Arc<Shared>,
     drain: Guard,
-) {
-    // Looked up on the first connection (so the series appears then, as it always did) and
-    // kept: counting a connection is then one relaxed atomic increment.
-    let mut accepted = None;
-    loop {
-        let Some((stream, peer)) = crate::shared::accepted(listener.accept().await, "accept failed").await else {
-            continue;
-        };
-        accepted
-            .get_or_insert_with(|| shared.metrics.connections.get_or_create_owned(&FarmLabel { farm: farm.clone() }))
-            .inc();
-        let refused = |reason: &'static str| {
-            shared.metrics.refused_at_accept.get_or_create(&RefusedAtAccept { farm: farm.clone(), reason }).inc();
-        };
+}
+
+/// A connection past every check at accept, ready for its session.
+struct Admitted {
+    stream: TcpStream,
+    /// The client: the TCP peer, or the one a PROXY header named.
+    peer: SocketAddr,
+    slot: Slot,
+    admission: crate::conn::Admission,
+    check_farm_rate: bool,
+}
+
+impl Listening {
+    fn refused(&self, reason: &'static str) {
+        let labels = RefusedAtAccept { farm: self.farm.clone(), reason };
+        self.shared.metrics.refused_at_accept.get_or_create(&labels).inc();
+    }
+
+    /// Take one of the farm's `max_total` connection slots, or `None` when the farm is full.
+    fn take_slot(&self, max_total: u32) -> Option<Slot> {
+        if self.limits.total.fetch_add(1, Ordering::Relaxed) >= max_total {
+            self.limits.total.fetch_sub(1, Ordering::Relaxed);
+            return None;
+        }
+        self.shared.metrics.connections_active.inc();
+        Some(Slot { limits: self.limits.clone(), ip: None, shared: self.shared.clone(), _drain: self.drain.clone() })
+    }
+
+    /// The checks at accept, in order: bans, the connection rate, the farm's connection limit
+    /// (unless `held` is the slot already taken for a PROXY header's wait) and the client's.
+    /// `None`: refused, and already answered.
+    fn admit(&self, stream: TcpStream, peer: SocketAddr, held: Option<Slot>) -> Option<Admitted> {
+        let shared = &self.shared;
+        let farm = &self.farm;
         let snapshot = shared.snapshot();
-        let Some((_, farm_model)) = snapshot.farm(&farm) else {
+        let Some((_, farm_model)) = snapshot.farm(farm) else {
             refuse(stream, "421 4.3.2 Service not available\r\n");
-            continue;
+            return None;
         };
-        let peer = normalize(peer);
         let ip = peer.ip();
         let mut banned = false;
-        if shared.bans.is_banned(&farm, ip, &farm_model.bans) {
-            if let Some(count) = shared.ban_refusals.note(&farm) {
+        if shared.bans.is_banned(farm, ip, &farm_model.bans) {
+            if let Some(count) = shared.ban_refusals.note(farm) {
                 tracing::info!(farm = farm.as_str(), client = %ip, refused = count, "banned clients turned away (one line per farm every 10 s at most)");
             }
             match farm_model.ban_response {
                 // On an implicit-TLS listener the client's first bytes are a TLS ClientHello: a
                 // plain-text 521 is noise to it, and a handshake to say 521 inside TLS would spend
                 // the CPU a ban is meant to save. Closing says "not now" as well.
-                BanResponse::Close521 if implicit_tls => {
-                    refused("ban");
+                BanResponse::Close521 if self.implicit_tls => {
+                    self.refused("ban");
                     drop(stream);
-                    continue;
+                    return None;
                 }
                 BanResponse::Close521 => {
-                    refused("ban");
+                    self.refused("ban");
                     refuse(stream, "521 5.3.2 Client host rejected: banned for a while, do not retry now\r\n");
-                    continue;
+                    return None;
                 }
                 BanResponse::RefuseRecipients => banned = true,
             }
@@ -162,11 +182,11 @@ pub(super) async fn accept_loop(
         // the accept loop never waits on the network.
         let farm_rates = matches!(shared.state, Some(crate::state::Store::Redis(_)));
         if !farm_rates {
-            if let Some(limit) = shared.rates.count(&farm, RateSubject::Connections, ip, &farm_model.rate_limits) {
-                refused("rate");
+            if let Some(limit) = shared.rates.count(farm, RateSubject::Connections, ip, &farm_model.rate_limits) {
+                self.refused("rate");
                 let reply = crate::session::policy_reply(&limit.reply);
                 refuse(stream, &String::from_utf8_lossy(&reply.to_bytes()));
-                continue;
+                return None;
             }
         }
         let check_farm_rate =
@@ -176,60 +196,137 @@ pub(super) async fn accept_loop(
             let share = u64::from(max_total) * u64::from(s.percent) / 100;
             u32::try_from(share).unwrap_or(u32::MAX).max(1)
         });
-        limits.stress.above.store(stress_above, Ordering::Relaxed);
-        limits.stress.gauge.get_or_init(|| {
+        self.limits.stress.above.store(stress_above, Ordering::Relaxed);
+        self.limits.stress.gauge.get_or_init(|| {
             (shared.metrics.under_stress.get_or_create_owned(&FarmLabel { farm: farm.clone() }), farm.clone())
         });
         let max_per_ip = farm_model.limits.connections_per_ip;
-        let exempt = farm_model.trust_loopback && model::is_loopback(peer.ip());
+        let exempt = farm_model.trust_loopback && model::is_loopback(ip);
         drop(snapshot);
-        let open = limits.total.fetch_add(1, Ordering::Relaxed);
-        if open >= max_total {
-            limits.total.fetch_sub(1, Ordering::Relaxed);
-            refused("limit");
+        let Some(mut slot) = held.or_else(|| self.take_slot(max_total)) else {
+            self.refused("limit");
             refuse(stream, "421 4.7.0 Too many connections, try again later\r\n");
-            continue;
-        }
+            return None;
+        };
         // An IPv6 host owns a /64: count it as one client, as bans and rate limits do.
-        let ip = if exempt { None } else { Some(per_ip_key(peer.ip())) };
-        if let Some(ip) = ip {
-            let mut map = limits.per_ip.lock().unwrap_or_else(PoisonError::into_inner);
-            let count = map.entry(ip).or_insert(0);
+        if !exempt {
+            let key = per_ip_key(ip);
+            let mut map = self.limits.per_ip.lock().unwrap_or_else(PoisonError::into_inner);
+            let count = map.entry(key).or_insert(0);
             if *count >= max_per_ip {
                 drop(map);
-                limits.total.fetch_sub(1, Ordering::Relaxed);
-                refused("limit");
+                drop(slot);
+                self.refused("limit");
                 refuse(stream, "421 4.7.0 Too many connections from your address, try again later\r\n");
-                continue;
+                return None;
             }
             *count += 1;
+            slot.ip = Some(key);
         }
-        shared.metrics.connections_active.inc();
-        let admission = crate::conn::Admission { banned, stressed: limits.stressed(open.saturating_add(1)) };
-        let slot = Slot { limits: limits.clone(), ip, shared: shared.clone(), _drain: drain.clone() };
-        let id = shared.next_id();
-        let shared = shared.clone();
-        let farm = farm.clone();
-        tokio::spawn(async move {
-            let _slot = slot;
-            if check_farm_rate {
-                let snapshot = shared.snapshot();
-                let limit = match snapshot.farm(&farm) {
-                    Some((_, model)) => {
-                        crate::conn::rate_exceeded(&shared, model, RateSubject::Connections, peer.ip()).await
-                    }
-                    None => None,
-                };
-                if let Some(reply) = limit {
-                    let labels = RefusedAtAccept { farm: farm.clone(), reason: "rate" };
-                    shared.metrics.refused_at_accept.get_or_create(&labels).inc();
-                    let mut stream = stream;
-                    let _ = tokio::io::AsyncWriteExt::write_all(&mut stream, &reply.to_bytes()).await;
-                    return;
+        let stressed = self.limits.stressed(self.limits.total.load(Ordering::Relaxed));
+        let admission = crate::conn::Admission { banned, stressed };
+        Some(Admitted { stream, peer, slot, admission, check_farm_rate })
+    }
+
+    /// The session of an admitted connection, in the task that holds its slot.
+    async fn serve(self: Arc<Self>, admitted: Admitted) {
+        let Admitted { stream, peer, slot, admission, check_farm_rate } = admitted;
+        let _slot = slot;
+        let shared = self.shared.clone();
+        if check_farm_rate {
+            let snapshot = shared.snapshot();
+            let limit = match snapshot.farm(&self.farm) {
+                Some((_, model)) => {
+                    crate::conn::rate_exceeded(&shared, model, RateSubject::Connections, peer.ip()).await
                 }
+                None => None,
+            };
+            if let Some(reply) = limit {
+                self.refused("rate");
+                let mut stream = stream;
+                let _ = tokio::io::AsyncWriteExt::write_all(&mut stream, &reply.to_bytes()).await;
+                return;
             }
-            crate::conn::serve(stream, peer, &farm, implicit_tls, shared, id, admission).await;
-        });
+        }
+        let id = shared.next_id();
+        crate::conn::serve(stream, peer, &self.farm, self.implicit_tls, shared, id, admission).await;
+    }
+
+    /// A connection on a PROXY listener, in its own task: the balancer's header names the
+    /// client, who is then admitted like a direct one. The wait holds a farm connection slot,
+    /// so headers that never come cannot pile up past the farm's `connections`.
+    async fn proxied(self: Arc<Self>, mut stream: TcpStream, balancer: SocketAddr, slot: Slot) {
+        let client = match crate::proxy::read_header(&mut stream).await {
+            Ok(header) => header.client.map_or(balancer, normalize),
+            Err(error) => {
+                self.refused(error.reason());
+                if let Some(count) = self.shared.proxy_refusals.note(&self.farm) {
+                    tracing::warn!(farm = self.farm.as_str(), balancer = %balancer.ip(), %error, refused = count, "connection closed before its greeting: no valid PROXY header (one line per farm every 10 s at most)");
+                }
+                return;
+            }
+        };
+        if let Some(admitted) = self.admit(stream, client, Some(slot)) {
+            self.serve(admitted).await;
+        }
+    }
+}
+
+/// One listener of `farm`: accept until the task is aborted, each session task holding a clone
+/// of `drain`.
+pub(super) async fn accept_loop(
+    listener: TcpListener,
+    farm: String,
+    spec: model::Listener,
+    limits: Arc<FarmLimits>,
+    shared: Arc<Shared>,
+    drain: Guard,
+) {
+    let listening = Arc::new(Listening {
+        farm,
+        implicit_tls: spec.implicit_tls,
+        proxy_from: spec.proxy_from,
+        limits,
+        shared,
+        drain,
+    });
+    // Looked up on the first connection (so the series appears then, as it always did) and
+    // kept: counting a connection is then one relaxed atomic increment.
+    let mut accepted = None;
+    loop {
+        let shared = &listening.shared;
+        let Some((stream, peer)) = crate::shared::accepted(listener.accept().await, "accept failed").await else {
+            continue;
+        };
+        accepted
+            .get_or_insert_with(|| {
+                shared.metrics.connections.get_or_create_owned(&FarmLabel { farm: listening.farm.clone() })
+            })
+            .inc();
+        let peer = normalize(peer);
+        if listening.proxy_from.is_empty() {
+            if let Some(admitted) = listening.admit(stream, peer, None) {
+                tokio::spawn(listening.clone().serve(admitted));
+            }
+            continue;
+        }
+        // A PROXY listener: only the balancers may connect, and they speak first. Anyone else
+        // is closed at once, unanswered: a greeting would tell a scanner the port is SMTP.
+        if !listening.proxy_from.iter().any(|net| net.contains(&peer.ip())) {
+            listening.refused("proxy-source");
+            if let Some(count) = shared.proxy_refusals.note(&listening.farm) {
+                tracing::warn!(farm = listening.farm.as_str(), peer = %peer.ip(), refused = count, "connection to a PROXY listener from outside its proxy-from closed (one line per farm every 10 s at most)");
+            }
+            continue;
+        }
+        let max_total = shared.snapshot().farm(&listening.farm).map_or(0, |(_, farm)| farm.limits.connections);
+        let Some(slot) = listening.take_slot(max_total) else {
+            // Said to the balancer, which passes it on to its client.
+            listening.refused("limit");
+            refuse(stream, "421 4.7.0 Too many connections, try again later\r\n");
+            continue;
+        };
+        tokio::spawn(listening.clone().proxied(stream, peer, slot));
     }
 }
 

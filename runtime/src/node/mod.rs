@@ -88,8 +88,8 @@ pub enum AdminAddress {
 
 /// Everything a node listens on.
 pub struct Listeners {
-    /// SMTP listeners, the farm each serves, and whether TLS starts at once (port 465).
-    pub smtp: Vec<(TcpListener, String, bool)>,
+    /// SMTP listeners, the farm each serves, and how it listens (implicit TLS, PROXY protocol).
+    pub smtp: Vec<(TcpListener, String, mtac_ruleset::model::Listener)>,
     pub admin: Option<TcpListener>,
     /// The admin socket (state queries, bans) and its path, removed at stop.
     pub admin_socket: Option<(tokio::net::UnixListener, PathBuf)>,
@@ -169,9 +169,14 @@ impl Node {
             for listener in &farm.listeners {
                 let socket = accept::bind(listener.address)
                     .map_err(|source| RunError::Listen { address: listener.address, source })?;
-                tracing::info!(farm = %farm.name, address = %listener.address, "listening");
+                if listener.is_proxied() {
+                    let balancers: Vec<String> = listener.proxy_from.iter().map(ToString::to_string).collect();
+                    tracing::info!(farm = %farm.name, address = %listener.address, proxy_from = %balancers.join(" "), "listening (PROXY protocol)");
+                } else {
+                    tracing::info!(farm = %farm.name, address = %listener.address, "listening");
+                }
                 self.shared.note_listening(&farm.name);
-                bound.push((socket, farm.name.clone(), listener.implicit_tls));
+                bound.push((socket, farm.name.clone(), listener.clone()));
             }
         }
         let admin_socket = match &snapshot.ruleset.policy().admin_socket {
@@ -220,9 +225,9 @@ impl Node {
         let (mut drain, guard) = Drain::new();
         let mut limits: HashMap<String, Arc<accept::FarmLimits>> = HashMap::new();
         let mut accept_tasks = Vec::new();
-        for (listener, farm, implicit_tls) in listeners.smtp {
+        for (listener, farm, spec) in listeners.smtp {
             let farm_limits = limits.entry(farm.clone()).or_default().clone();
-            let task = accept::accept_loop(listener, farm, implicit_tls, farm_limits, shared.clone(), guard.clone());
+            let task = accept::accept_loop(listener, farm, spec, farm_limits, shared.clone(), guard.clone());
             accept_tasks.push(tokio::spawn(task));
         }
         // From here on the accept loops and their sessions hold the only guards.

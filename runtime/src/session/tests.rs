@@ -21,7 +21,11 @@ fn ruleset_with(errors: u32, edit: impl FnOnce(&mut Farm)) -> Ruleset {
     let mut farm = Farm {
         name: "mx".to_owned(),
         kind: FarmKind::InboundMx,
-        listeners: vec![Listener { address: "127.0.0.1:0".parse().unwrap(), implicit_tls: false }],
+        listeners: vec![Listener {
+            address: "127.0.0.1:0".parse().unwrap(),
+            implicit_tls: false,
+            proxy_from: Vec::new(),
+        }],
         limits: Limits {
             connections: 10,
             connections_per_ip: 10,

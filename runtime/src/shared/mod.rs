@@ -53,6 +53,8 @@ pub struct Shared {
     pub auth_failures: Failures,
     /// Refusals of banned clients, for the rate-limited log line.
     pub ban_refusals: RefusalLog,
+    /// Connections closed on PROXY listeners (no header, a bad one, or not from a balancer).
+    pub proxy_refusals: RefusalLog,
     pub spool: Spool,
     /// Message transfers open per client (the farm's `transfers-per-ip`).
     pub transfers: Arc<Transfers>,
@@ -93,6 +95,7 @@ impl Shared {
             rates: Rates::default(),
             auth_failures: Failures::default(),
             ban_refusals: RefusalLog::default(),
+            proxy_refusals: RefusalLog::default(),
             spool,
             transfers: Arc::default(),
             state,
