@@ -26,6 +26,7 @@
 mod auth;
 mod content;
 mod data;
+mod filters;
 mod greet;
 mod prepare;
 mod rcpt;
