@@ -13,6 +13,7 @@ mod dnsbl;
 mod explain_node;
 mod greylist;
 mod greylist_spf;
+mod milter;
 mod node;
 mod policies;
 mod process;
