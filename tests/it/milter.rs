@@ -37,7 +37,14 @@ async fn opendkim() -> Option<Daemon> {
         ),
     )
     .unwrap();
-    let child = match Command::new("opendkim").arg("-f").arg("-x").arg(&config).stdout(Stdio::null()).stderr(Stdio::null()).spawn() {
+    let child = match Command::new("opendkim")
+        .arg("-f")
+        .arg("-x")
+        .arg(&config)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+    {
         Ok(c) => c,
         Err(e) => return missing("opendkim", e),
     };
@@ -60,7 +67,13 @@ async fn clamav_milter(clamd_port: u16) -> Option<Daemon> {
         ),
     )
     .unwrap();
-    let child = match Command::new("clamav-milter").arg("-c").arg(&config).stdout(Stdio::null()).stderr(Stdio::null()).spawn() {
+    let child = match Command::new("clamav-milter")
+        .arg("-c")
+        .arg(&config)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+    {
         Ok(c) => c,
         Err(e) => return missing("clamav-milter", e),
     };
@@ -273,7 +286,8 @@ async fn milter_actions_the_policy_does_not_allow_are_never_a_silent_250() {
     let sink = Sink::start(Behaviour::default()).await;
     let start = |script, extra: &'static str| async move {
         let port = scripted_milter(Script::Eom(script)).await;
-        TestNode::start(&relay_policy(&format!(r#"milter "inet:127.0.0.1:{port}" name="m" {extra}"#)), Some(sink.addr)).await
+        TestNode::start(&relay_policy(&format!(r#"milter "inet:127.0.0.1:{port}" name="m" {extra}"#)), Some(sink.addr))
+            .await
     };
     let custom = start(&[(b'y', b"554 5.7.1 Go away\x07 now\0")], "").await;
     let bad_custom = start(&[(b'y', b"250 2.0.0 fine\0")], "").await;

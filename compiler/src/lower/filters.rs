@@ -39,14 +39,22 @@ impl Lowerer {
                 at.node.span(),
                 "invalid address",
                 match kind {
-                    FilterKind::Milter => "\"inet:127.0.0.1:8891\", \"inet:8891@127.0.0.1\" or \"unix:/run/opendkim/opendkim.sock\"",
+                    FilterKind::Milter => {
+                        "\"inet:127.0.0.1:8891\", \"inet:8891@127.0.0.1\" or \"unix:/run/opendkim/opendkim.sock\""
+                    }
                     FilterKind::Hook => "an http:// URL with a host and port, e.g. \"http://127.0.0.1:8080/hook\"",
                 },
             );
             return;
         }
         let name = match Self::prop(at, "name").and_then(|e| self.string(e, at.file, "`name`")) {
-            Some(n) if !n.is_empty() && n.len() <= 64 && n.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') => n,
+            Some(n)
+                if !n.is_empty()
+                    && n.len() <= 64
+                    && n.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') =>
+            {
+                n
+            }
             Some(n) => {
                 self.reporter.err(
                     "mtac::filter::name",
@@ -78,9 +86,27 @@ impl Lowerer {
         let total_timeout = seconds(self, "timeout", TOTAL_TIMEOUT);
         let connect_timeout = seconds(self, "connect-timeout", CONNECT_TIMEOUT.min(total_timeout));
         let command_timeout = seconds(self, "command-timeout", COMMAND_TIMEOUT.min(total_timeout));
-        let fail_open = self.filter_choice(at, what, "fail", ["closed", "open"], "\"closed\" (the default) answers 451; \"open\" lets the message through and logs");
-        let discard_accepts = self.filter_choice(at, what, "discard", ["refuse", "accept"], "\"refuse\" (the default) answers 550; \"accept\" answers 250 and drops the message");
-        let quarantine_header = self.filter_choice(at, what, "quarantine", ["refuse", "header"], "\"refuse\" (the default) answers 550; \"header\" relays the message with an X-Quarantine header");
+        let fail_open = self.filter_choice(
+            at,
+            what,
+            "fail",
+            ["closed", "open"],
+            "\"closed\" (the default) answers 451; \"open\" lets the message through and logs",
+        );
+        let discard_accepts = self.filter_choice(
+            at,
+            what,
+            "discard",
+            ["refuse", "accept"],
+            "\"refuse\" (the default) answers 550; \"accept\" answers 250 and drops the message",
+        );
+        let quarantine_header = self.filter_choice(
+            at,
+            what,
+            "quarantine",
+            ["refuse", "header"],
+            "\"refuse\" (the default) answers 550; \"header\" relays the message with an X-Quarantine header",
+        );
         farm.filters.push(Filter {
             kind,
             name,
@@ -118,10 +144,11 @@ impl Lowerer {
 fn address_ok(kind: FilterKind, address: &str) -> bool {
     match kind {
         FilterKind::Milter => mtac_ruleset::syntax::milter_socket(address).is_some(),
-        FilterKind::Hook => address
-            .strip_prefix("http://")
-            .and_then(|rest| rest.split('/').next())
-            .is_some_and(|authority| authority.rsplit_once(':').is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok())),
+        FilterKind::Hook => {
+            address.strip_prefix("http://").and_then(|rest| rest.split('/').next()).is_some_and(|authority| {
+                authority.rsplit_once(':').is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok())
+            })
+        }
     }
 }
 
@@ -129,5 +156,9 @@ fn address_ok(kind: FilterKind, address: &str) -> bool {
 fn default_name(address: &str) -> String {
     let tail = address.rsplit(['/', ':', '@']).find(|s| !s.is_empty()).unwrap_or("filter");
     let name: String = tail.chars().filter(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '_').take(64).collect();
-    if name.is_empty() { "filter".to_owned() } else { name }
+    if name.is_empty() {
+        "filter".to_owned()
+    } else {
+        name
+    }
 }

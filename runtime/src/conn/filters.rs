@@ -73,13 +73,19 @@ pub(super) async fn run_filters(
         let answer = match answer {
             Ok(answer) => answer,
             Err(e) => {
-                count(if matches!(e, MilterError::Timeout(_) | MilterError::ConnectTimeout(_)) { "timeout" } else { "error" });
+                count(if matches!(e, MilterError::Timeout(_) | MilterError::ConnectTimeout(_)) {
+                    "timeout"
+                } else {
+                    "error"
+                });
                 tracing::warn!(session = %session.id(), filter = filter.name.as_str(), error = %e, fail_open = filter.fail_open, "filter failed");
                 if filter.fail_open {
                     continue;
                 }
                 let (_, unavailable) = milter::filter_rules(filter);
-                let Judgement::Refuse { reply, rule } = milter::unavailable(&filter.name, unavailable) else { continue };
+                let Judgement::Refuse { reply, rule } = milter::unavailable(&filter.name, unavailable) else {
+                    continue;
+                };
                 return Filtered::Refuse(reply, rule);
             }
         };

@@ -52,19 +52,32 @@ pub enum Verdict {
     /// Continue at every stage, or accept: relay (with the edits).
     Pass,
     /// Reject, or a 5xx custom reply (its text as the milter sent it, validated by the caller).
-    Reject { stage: &'static str, reply: Option<String> },
+    Reject {
+        stage: &'static str,
+        reply: Option<String>,
+    },
     /// Tempfail, shutdown, or a 4xx custom reply.
-    Tempfail { stage: &'static str, reply: Option<String> },
-    Discard { stage: &'static str },
+    Tempfail {
+        stage: &'static str,
+        reply: Option<String>,
+    },
+    Discard {
+        stage: &'static str,
+    },
 }
 
 /// A modification asked for at the end of the message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Edit {
     /// Added or inserted header field (mtac puts both in front of the message).
-    AddHeader { name: String, value: String },
+    AddHeader {
+        name: String,
+        value: String,
+    },
     /// A field changed, or deleted (empty value).
-    ChangeHeader { name: String },
+    ChangeHeader {
+        name: String,
+    },
     ReplaceBody,
     AddRecipient,
     DeleteRecipient,
@@ -148,7 +161,15 @@ enum Step {
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Conversation<S> {
     pub fn new(stream: S, command_timeout: Duration) -> Self {
-        Conversation { stream, out: Vec::with_capacity(1024), input: Vec::new(), command_timeout, protocol: 0, edits: Vec::new(), added: 0 }
+        Conversation {
+            stream,
+            out: Vec::with_capacity(1024),
+            input: Vec::new(),
+            command_timeout,
+            protocol: 0,
+            edits: Vec::new(),
+            added: 0,
+        }
     }
 
     /// Speak about the message (the spool from offset 0: mtac's Received header, then the
@@ -201,14 +222,20 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conversation<S> {
             mail_macros.push(("{auth_authen}", user.to_owned()));
             mail_macros.push(("{auth_type}", "PLAIN".to_owned()));
         }
-        match self.stage(b'M', &mail_macros, &Command::Mail(envelope.sender), protocol::NO_MAIL, protocol::NR_MAIL, "mail").await? {
+        match self
+            .stage(b'M', &mail_macros, &Command::Mail(envelope.sender), protocol::NO_MAIL, protocol::NR_MAIL, "mail")
+            .await?
+        {
             Step::Next | Step::SkipBody => {}
             Step::Done => return Ok(Verdict::Pass),
             Step::Verdict(v) => return Ok(v),
         }
         for rcpt in envelope.recipients {
             let rcpt_macros = vec![("{rcpt_addr}", rcpt.clone()), ("{rcpt_mailer}", "smtp".to_owned())];
-            match self.stage(b'R', &rcpt_macros, &Command::Rcpt(rcpt), protocol::NO_RCPT, protocol::NR_RCPT, "rcpt").await? {
+            match self
+                .stage(b'R', &rcpt_macros, &Command::Rcpt(rcpt), protocol::NO_RCPT, protocol::NR_RCPT, "rcpt")
+                .await?
+            {
                 Step::Next | Step::SkipBody => {}
                 Step::Done => return Ok(Verdict::Pass),
                 Step::Verdict(v) => return Ok(v),
@@ -238,7 +265,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conversation<S> {
     }
 
     async fn negotiate(&mut self) -> Result<(), MilterError> {
-        let offer = Command::OptionNegotiation { version: codec::VERSION, actions: action::ALL, protocol: protocol::OFFERED };
+        let offer =
+            Command::OptionNegotiation { version: codec::VERSION, actions: action::ALL, protocol: protocol::OFFERED };
         self.send(&offer, "negotiate").await?;
         match self.read("negotiate").await? {
             Reply::OptionNegotiation { version, actions, protocol: flags } => {
@@ -291,7 +319,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conversation<S> {
                 Reply::Accept => return Ok(Step::Done),
                 Reply::Skip if stage == "body" => return Ok(Step::SkipBody),
                 Reply::Reject => return Ok(Step::Verdict(Verdict::Reject { stage, reply: None })),
-                Reply::Tempfail | Reply::Shutdown => return Ok(Step::Verdict(Verdict::Tempfail { stage, reply: None })),
+                Reply::Tempfail | Reply::Shutdown => {
+                    return Ok(Step::Verdict(Verdict::Tempfail { stage, reply: None }))
+                }
                 Reply::Discard => return Ok(Step::Verdict(Verdict::Discard { stage })),
                 Reply::ReplyCode(text) => {
                     let verdict = if text.starts_with('4') {
@@ -317,7 +347,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conversation<S> {
                 }
             };
             if stage != "end-of-message" {
-                return Err(MilterError::Protocol { stage, what: "a modification before the end of the message".into() });
+                return Err(MilterError::Protocol {
+                    stage,
+                    what: "a modification before the end of the message".into(),
+                });
             }
             // A replaced body arrives in many packets: one edit says it all.
             if self.edits.last() != Some(&edit) || edit != Edit::ReplaceBody {
@@ -357,7 +390,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conversation<S> {
                 break start;
             }
         };
-        match self.stage(b'N', &[], &Command::EndOfHeaders, protocol::NO_EOH, protocol::NR_EOH, "end-of-headers").await? {
+        match self
+            .stage(b'N', &[], &Command::EndOfHeaders, protocol::NO_EOH, protocol::NR_EOH, "end-of-headers")
+            .await?
+        {
             Step::Next | Step::SkipBody => Ok(Ok(body_start)),
             step => Ok(Err(step)),
         }

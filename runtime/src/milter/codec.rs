@@ -60,16 +60,29 @@ pub mod protocol {
 /// A command from the MTA.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command<'a> {
-    OptionNegotiation { version: u32, actions: u32, protocol: u32 },
+    OptionNegotiation {
+        version: u32,
+        actions: u32,
+        protocol: u32,
+    },
     /// Macros for the command whose byte is `stage`: name/value pairs.
-    Macros { stage: u8, pairs: &'a [(&'a str, String)] },
-    Connect { hostname: &'a str, address: Option<std::net::SocketAddr> },
+    Macros {
+        stage: u8,
+        pairs: &'a [(&'a str, String)],
+    },
+    Connect {
+        hostname: &'a str,
+        address: Option<std::net::SocketAddr>,
+    },
     Helo(&'a str),
     /// The path without brackets (they are added), then ESMTP arguments.
     Mail(&'a str),
     Rcpt(&'a str),
     Data,
-    Header { name: &'a [u8], value: &'a [u8] },
+    Header {
+        name: &'a [u8],
+        value: &'a [u8],
+    },
     EndOfHeaders,
     Body(&'a [u8]),
     EndOfMessage,
@@ -158,7 +171,11 @@ fn cstr(out: &mut Vec<u8>, s: &[u8]) {
 /// A reply from the milter (`SMFIR_*`, and the option negotiation's answer).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Reply {
-    OptionNegotiation { version: u32, actions: u32, protocol: u32 },
+    OptionNegotiation {
+        version: u32,
+        actions: u32,
+        protocol: u32,
+    },
     Accept,
     Continue,
     Discard,
@@ -170,10 +187,21 @@ pub enum Reply {
     Shutdown,
     Progress,
     Skip,
-    AddHeader { name: String, value: String },
-    InsertHeader { index: u32, name: String, value: String },
+    AddHeader {
+        name: String,
+        value: String,
+    },
+    InsertHeader {
+        index: u32,
+        name: String,
+        value: String,
+    },
     /// An empty value deletes the field.
-    ChangeHeader { index: u32, name: String, value: String },
+    ChangeHeader {
+        index: u32,
+        name: String,
+        value: String,
+    },
     ReplaceBody(Vec<u8>),
     AddRcpt(String),
     DeleteRcpt(String),
@@ -286,7 +314,9 @@ fn one_string(data: &[u8], what: &'static str) -> Result<String, CodecError> {
 /// The first of one or more NUL-terminated strings.
 fn first_string(data: &[u8], what: &'static str) -> Result<String, CodecError> {
     match data.iter().position(|b| *b == 0) {
-        Some(end) if data.last() == Some(&0) => Ok(String::from_utf8_lossy(data.get(..end).unwrap_or_default()).into_owned()),
+        Some(end) if data.last() == Some(&0) => {
+            Ok(String::from_utf8_lossy(data.get(..end).unwrap_or_default()).into_owned())
+        }
         _ => Err(CodecError::Malformed(what)),
     }
 }
@@ -301,6 +331,7 @@ fn two_strings(data: &[u8], what: &'static str) -> Result<(String, String), Code
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used, clippy::indexing_slicing)]
     use super::*;
 
     fn packet(code: u8, data: &[u8]) -> Vec<u8> {
@@ -337,10 +368,7 @@ mod tests {
         assert_eq!(decode(&bytes[used..]), Ok(Some((Reply::Continue, 5))));
         let insert = packet(b'i', b"\0\0\0\0Authentication-Results\0mx; dkim=none\0");
         assert!(matches!(decode(&insert), Ok(Some((Reply::InsertHeader { index: 0, .. }, _)))));
-        assert_eq!(
-            decode(&packet(b'y', b"554 5.7.1 no\0")),
-            Ok(Some((Reply::ReplyCode("554 5.7.1 no".into()), 18)))
-        );
+        assert_eq!(decode(&packet(b'y', b"554 5.7.1 no\0")), Ok(Some((Reply::ReplyCode("554 5.7.1 no".into()), 18))));
     }
 
     #[test]
