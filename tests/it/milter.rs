@@ -418,3 +418,55 @@ async fn an_http_hook_rejects_defers_adds_a_header_and_times_out() {
     assert_eq!(sample(&m, r#"mtac_filter_answers_total{filter="inhouse",action="timeout"}"#), 1.0, "{m}");
     assert_eq!(node.spool_files(), 0);
 }
+
+/// Explain and the node answer alike: the same milter verdict gives the same reply through
+/// `mtac explain --milter` and through a node whose (scripted) milter gives it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn explain_takes_a_milter_verdict_as_a_fact_and_answers_as_the_node() {
+    let sink = Sink::start(Behaviour::default()).await;
+    let cases: [(&str, &'static [(u8, &'static [u8])], &str); 3] = [
+        ("reject", &[(b'r', b"")], ""),
+        ("tempfail", &[(b't', b"")], ""),
+        ("discard", &[(b'd', b"")], r#"discard="accept""#),
+    ];
+    let dir = tempfile::tempdir().unwrap();
+    for (verdict, script, extra) in cases {
+        let port = scripted_milter(Script::Eom(script)).await;
+        let fragment = format!(r#"milter "inet:127.0.0.1:{port}" name="m" {extra}"#);
+        let node = TestNode::start(&relay_policy(&fragment), Some(sink.addr)).await;
+        let from_node = send(node.addr, &message("s", "b")).await;
+        let policy = dir.path().join(format!("{verdict}.kdl"));
+        let text = relay_policy(&fragment)
+            .replace("{dir}", &dir.path().display().to_string())
+            .replace("{backend}", "127.0.0.1:2525");
+        std::fs::write(&policy, text).unwrap();
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_mtac"))
+            .args(["explain", "--policy"])
+            .arg(&policy)
+            .args(["--client-ip", "192.0.2.1", "--helo", "mail.sender.example", "--from", "alice@sender.example"])
+            .args(["--rcpt", "bob@example.test", "--milter", &format!("m={verdict}")])
+            .output()
+            .unwrap();
+        let said = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(out.status.success(), "{said}{}", String::from_utf8_lossy(&out.stderr));
+        let reply = from_node.trim_end();
+        assert!(said.contains(reply), "{verdict}: the node said {reply:?}, explain:\n{said}");
+    }
+    let dir_policy = dir.path().join("pending.kdl");
+    std::fs::write(
+        &dir_policy,
+        relay_policy(r#"milter "inet:127.0.0.1:9" name="m""#)
+            .replace("{dir}", &dir.path().display().to_string())
+            .replace("{backend}", "127.0.0.1:2525"),
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_mtac"))
+        .args(["explain", "--policy"])
+        .arg(&dir_policy)
+        .args(["--client-ip", "192.0.2.1", "--helo", "mail.sender.example", "--from", "alice@sender.example"])
+        .args(["--rcpt", "bob@example.test"])
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(said.contains("pending  the node asks this filter here"), "{said}");
+}

@@ -79,14 +79,11 @@ pub(super) async fn run_filters(
                     "error"
                 });
                 tracing::warn!(session = %session.id(), filter = filter.name.as_str(), error = %e, fail_open = filter.fail_open, "filter failed");
-                if filter.fail_open {
-                    continue;
+                let unavailable = mtac_ruleset::filters::FilterVerdict::Unavailable;
+                match milter::decided(filter, unavailable, String::new()) {
+                    Judgement::Refuse { reply, rule } => return Filtered::Refuse(reply, rule),
+                    _ => continue,
                 }
-                let (_, unavailable) = milter::filter_rules(filter);
-                let Judgement::Refuse { reply, rule } = milter::unavailable(&filter.name, unavailable) else {
-                    continue;
-                };
-                return Filtered::Refuse(reply, rule);
             }
         };
         count(client::verdict_name(&answer.verdict));

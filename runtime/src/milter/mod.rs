@@ -13,7 +13,8 @@ pub mod codec;
 
 use crate::smtp::{EnhancedCode, Reply};
 use client::{Answer, Edit, MilterError, Verdict};
-use mtac_ruleset::model::Filter;
+use mtac_ruleset::filters::{decide, FilterDecision, FilterVerdict};
+use mtac_ruleset::model::{Filter, FilterKind};
 use mtac_ruleset::rules;
 use std::collections::VecDeque;
 use std::time::Duration;
@@ -44,61 +45,51 @@ pub enum Judgement {
     Refuse { reply: Reply, rule: &'static str },
 }
 
-fn reply(code: u16, (class, subject, detail): (u8, u16, u16), text: &str) -> Reply {
-    Reply::new(code, EnhancedCode::new(class, subject, detail), text).unwrap_or_else(|_| Reply::local_error())
-}
-
-/// The rules of a filter's refusals: refused, and unavailable.
-pub fn filter_rules(filter: &Filter) -> (&'static str, &'static str) {
-    match filter.kind {
-        mtac_ruleset::model::FilterKind::Milter => (rules::MILTER, rules::MILTER_UNAVAILABLE),
-        mtac_ruleset::model::FilterKind::Hook => (rules::HOOK, rules::HOOK_UNAVAILABLE),
+/// The farm's decision on a verdict, from `mtac_ruleset::filters::decide` (the mapping
+/// `explain` and tests use too).
+pub fn decided(filter: &Filter, verdict: FilterVerdict, headers: String) -> Judgement {
+    match decide(filter, verdict) {
+        FilterDecision::Pass(_) => Judgement::Pass { headers },
+        FilterDecision::Discard => Judgement::Discard,
+        FilterDecision::Refuse { reply, rule } => {
+            Judgement::Refuse { reply: crate::session::policy_reply(&reply), rule }
+        }
     }
 }
 
-/// The unavailable filter's refusal (`fail="closed"`).
-pub fn unavailable(name: &str, rule: &'static str) -> Judgement {
-    let text = format!("Message could not be checked ({name} unavailable), please try again later");
-    Judgement::Refuse { reply: reply(451, (4, 7, 1), &text), rule }
-}
-
-/// Turn a milter's answer into the farm's decision.
+/// Turn a filter's answer into the farm's decision.
 pub fn judge(filter: &Filter, answer: &Answer) -> Judgement {
-    let name = filter.name.as_str();
-    let (refused, unavailable_rule) = filter_rules(filter);
-    let refuse = |reply: Reply| Judgement::Refuse { reply, rule: refused };
-    match &answer.verdict {
-        Verdict::Reject { reply: custom, .. } => {
-            return refuse(
-                custom_reply(custom.as_deref(), 5)
-                    .unwrap_or_else(|| reply(550, (5, 7, 1), &format!("Message rejected by {name}"))),
-            )
-        }
-        Verdict::Tempfail { reply: custom, .. } => {
-            return refuse(custom_reply(custom.as_deref(), 4).unwrap_or_else(|| {
-                reply(451, (4, 7, 1), &format!("Message deferred by {name}, please try again later"))
-            }))
-        }
-        Verdict::Discard { .. } if filter.discard_accepts => return Judgement::Discard,
-        // Never a silent 250 for a message nobody will read: refused, unless the policy says.
-        Verdict::Discard { .. } => {
-            return refuse(reply(550, (5, 7, 1), &format!("Message rejected by {name} (discard)")))
-        }
-        Verdict::Pass => {}
+    let (verdict, custom, class) = match &answer.verdict {
+        Verdict::Reject { reply, .. } => (FilterVerdict::Reject, reply.as_deref(), 5),
+        Verdict::Tempfail { reply, .. } => (FilterVerdict::Tempfail, reply.as_deref(), 4),
+        Verdict::Discard { .. } => (FilterVerdict::Discard, None, 0),
+        Verdict::Pass => (FilterVerdict::Continue, None, 0),
+    };
+    if let Some(reply) = custom_reply(custom, class) {
+        let rule = match filter.kind {
+            FilterKind::Milter => rules::MILTER,
+            FilterKind::Hook => rules::HOOK,
+        };
+        return Judgement::Refuse { reply, rule };
+    }
+    if verdict != FilterVerdict::Continue {
+        return decided(filter, verdict, String::new());
     }
     let mut headers = String::new();
     for edit in &answer.edits {
         match edit {
-            Edit::AddHeader { name: field, value } => match header_line(field, value) {
+            Edit::AddHeader { name, value } => match header_line(name, value) {
                 Some(line) => headers.push_str(&line),
-                None => return unavailable(name, unavailable_rule),
+                None => return decided(filter, FilterVerdict::Unavailable, headers),
             },
-            Edit::Quarantine(reason) if filter.quarantine_header => {
+            Edit::Quarantine(reason) => {
                 let reason: String = reason.chars().filter(|c| c.is_ascii_graphic() || *c == ' ').take(200).collect();
-                headers.push_str(&format!("X-Quarantine: {name}: {reason}\r\n"));
-            }
-            Edit::Quarantine(_) => {
-                return refuse(reply(550, (5, 7, 1), &format!("Message rejected by {name} (quarantine)")))
+                headers.push_str(&format!("X-Quarantine: {}: {reason}\r\n", filter.name));
+                if let refused @ (Judgement::Refuse { .. } | Judgement::Discard) =
+                    decided(filter, FilterVerdict::Quarantine, String::new())
+                {
+                    return refused;
+                }
             }
             // Changes mtac does not make: the spool file is written once and relayed as it is,
             // and recipients were taken by the back end at RCPT. Deferred, never silently lost.
@@ -106,10 +97,7 @@ pub fn judge(filter: &Filter, answer: &Answer) -> Judgement {
             | Edit::ReplaceBody
             | Edit::AddRecipient
             | Edit::DeleteRecipient
-            | Edit::ChangeSender => {
-                let text = format!("Message could not be changed as {name} asks, please try again later");
-                return Judgement::Refuse { reply: reply(451, (4, 7, 1), &text), rule: rules::MILTER_ACTION };
-            }
+            | Edit::ChangeSender => return decided(filter, FilterVerdict::Unsupported, headers),
         }
     }
     Judgement::Pass { headers }
