@@ -7,8 +7,8 @@
 //!
 //! On a laptop without the daemons these tests say so and pass; under `CI=true` they fail.
 
-use crate::scan::{clamd, missing, spamd, Daemon, EICAR, GTUBE};
-use crate::support::{code, free_port, relay_policy, sample, Behaviour, Client, Sink, TestNode};
+use crate::scan::{clamd, missing, send, spamd, Daemon, EICAR, GTUBE};
+use crate::support::{code, free_port, relay_policy, sample, Behaviour, Sink, TestNode};
 use std::net::SocketAddr;
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -23,6 +23,17 @@ async fn listening(port: u16, what: &str) {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     panic!("{what} did not start on port {port}");
+}
+
+/// Spawn a milter (output discarded) and wait until it listens on `port`.
+async fn started(what: &str, command: &mut Command, dir: tempfile::TempDir, port: u16) -> Option<Daemon> {
+    let child = match command.stdout(Stdio::null()).stderr(Stdio::null()).spawn() {
+        Ok(c) => c,
+        Err(e) => return missing(what, e),
+    };
+    let daemon = Daemon { child, _dir: dir, port };
+    listening(port, what).await;
+    Some(daemon)
 }
 
 async fn opendkim() -> Option<Daemon> {
@@ -86,39 +97,14 @@ async fn spamass_milter(spamd_port: u16) -> Option<Daemon> {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
     // -r 5: refuse at a score of 5 or more (GTUBE scores 1000); -- passes the rest to spamc.
-    let spawned = Command::new("spamass-milter")
-        .arg("-p")
-        .arg(format!("inet:{port}@127.0.0.1"))
-        .args(["-r", "5", "-i", "127.0.0.2", "--", "-d", "127.0.0.1", "-p"])
-        .arg(spamd_port.to_string())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn();
-    let child = match spawned {
-        Ok(c) => c,
-        Err(e) => return missing("spamass-milter", e),
-    };
-    let daemon = Daemon { child, _dir: dir, port };
-    listening(port, "spamass-milter").await;
-    Some(daemon)
+    let mut command = Command::new("spamass-milter");
+    command.arg("-p").arg(format!("inet:{port}@127.0.0.1"));
+    command.args(["-r", "5", "-i", "127.0.0.2", "--", "-d", "127.0.0.1", "-p"]).arg(spamd_port.to_string());
+    started("spamass-milter", &mut command, dir, port).await
 }
 
 fn message(subject: &str, body: &str) -> String {
     format!("From: alice@sender.example\nTo: bob@example.test\nSubject: {subject}\nMessage-ID: <m1@sender.example>\n\n{body}\n")
-}
-
-/// Send one message; the final reply.
-async fn send(addr: SocketAddr, message: &str) -> String {
-    let mut c = Client::connect(addr).await;
-    assert_eq!(code(&c.reply().await), 220);
-    assert_eq!(code(&c.cmd("EHLO mail.sender.example").await), 250);
-    assert_eq!(code(&c.cmd("MAIL FROM:<alice@sender.example>").await), 250);
-    assert_eq!(code(&c.cmd("RCPT TO:<bob@example.test>").await), 250);
-    assert_eq!(code(&c.cmd("DATA").await), 354);
-    c.send(message.replace('\n', "\r\n").as_bytes()).await;
-    let reply = c.cmd(".").await;
-    c.cmd("QUIT").await;
-    reply
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -175,11 +161,14 @@ async fn spamass_milter_refuses_gtube() {
 /// A milter scripted per connection: it negotiates, answers `continue` to every stage, and at
 /// the end of the message sends `eom` (raw reply packets) then a final `c`. `hang` never
 /// answers; `garbage` answers junk to the negotiation.
+/// Raw reply packets: command byte and data.
+type Packets = &'static [(u8, &'static [u8])];
+
 #[derive(Clone, Copy)]
 enum Script {
     Hang,
     Garbage,
-    Eom(&'static [(u8, &'static [u8])]),
+    Eom(Packets),
 }
 
 fn packet(code: u8, data: &[u8]) -> Vec<u8> {
@@ -424,7 +413,7 @@ async fn an_http_hook_rejects_defers_adds_a_header_and_times_out() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn explain_takes_a_milter_verdict_as_a_fact_and_answers_as_the_node() {
     let sink = Sink::start(Behaviour::default()).await;
-    let cases: [(&str, &'static [(u8, &'static [u8])], &str); 3] = [
+    let cases: [(&str, Packets, &str); 3] = [
         ("reject", &[(b'r', b"")], ""),
         ("tempfail", &[(b't', b"")], ""),
         ("discard", &[(b'd', b"")], r#"discard="accept""#),

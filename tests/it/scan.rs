@@ -119,7 +119,7 @@ fn hex(bytes: &[u8]) -> String {
 }
 
 /// Send one message; the final reply.
-async fn send(addr: SocketAddr, message: &str) -> String {
+pub(crate) async fn send(addr: SocketAddr, message: &str) -> String {
     let mut c = Client::connect(addr).await;
     assert_eq!(code(&c.reply().await), 220);
     assert_eq!(code(&c.cmd("EHLO mail.sender.example").await), 250);
