@@ -459,3 +459,43 @@ async fn explain_takes_a_milter_verdict_as_a_fact_and_answers_as_the_node() {
     let said = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(said.contains("pending  the node asks this filter here"), "{said}");
 }
+
+/// opendkim signing (the submission farm's use of it): what it signed is what mtac relays, so
+/// an independent verifier (python3-dkim) accepts the relayed copy — every header field and the
+/// body reached opendkim exactly as they are relayed, with simple/simple canonicalization.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn opendkim_signs_and_the_relayed_message_verifies() {
+    let keys = tempfile::tempdir().unwrap();
+    let key = crate::dkim_sign::rsa(keys.path(), "milter.pem", 2048);
+    let record = crate::dkim_sign::record(&key, "milter", "sender.example");
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let config = dir.path().join("opendkim.conf");
+    std::fs::write(
+        &config,
+        format!(
+            "Mode s\nRequireSafeKeys no\nDomain sender.example\nSelector milter\nKeyFile {key}\nCanonicalization simple/simple\nSocket inet:{port}@127.0.0.1\nBackground no\nSyslog no\nPidFile {}\n",
+            dir.path().join("pid").display()
+        ),
+    )
+    .unwrap();
+    let Some(_signer) = started("opendkim", Command::new("opendkim").arg("-f").arg("-x").arg(&config), dir, port).await
+    else {
+        return;
+    };
+    let sink = Sink::start(Behaviour::default()).await;
+    let node = TestNode::start(
+        &relay_policy(&format!(r#"milter "inet:127.0.0.1:{port}" name="opendkim-sign""#)),
+        Some(sink.addr),
+    )
+    .await;
+    let folded = "From: alice@sender.example\nTo: bob@example.test\nSubject: a subject\n  folded  over\tlines\nMessage-ID: <s1@sender.example>\n\nbody line\n\n  trailing space line  \n";
+    let r = send(node.addr, folded).await;
+    assert_eq!(code(&r), 250, "{r}");
+    let relayed = sink.messages()[0].data.clone();
+    let text = String::from_utf8_lossy(&relayed).into_owned();
+    assert!(text.starts_with("DKIM-Signature: v=1; a=rsa-sha256; c=simple/simple; d=sender.example;"), "{text}");
+    if let Some(verified) = crate::dkim_sign::python_verifies(&relayed, &[record]) {
+        assert!(verified, "python3-dkim does not verify what opendkim signed:\n{text}");
+    }
+}
