@@ -458,6 +458,33 @@ async fn explain_takes_a_milter_verdict_as_a_fact_and_answers_as_the_node() {
         .unwrap();
     let said = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(said.contains("pending  the node asks this filter here"), "{said}");
+
+    // Test files take the verdict too, and without it no outcome is one the node vouches for.
+    let tests = dir.path().join("filters.test.kdl");
+    let session =
+        r#"client "192.0.2.1"; helo "mail.sender.example"; from "alice@sender.example"; rcpt "bob@example.test""#;
+    std::fs::write(
+        &tests,
+        format!(
+            "policy {:?}\ntest \"rejected\" {{ {session}; milter \"m=reject\"; expect \"550 5.7.1 Message rejected by m\" stage=\"data\" rule=\"milter\" }}\ntest \"unavailable\" {{ {session}; milter \"m=unavailable\"; expect \"451 4.7.1\" rule=\"milter.unavailable\" }}\ntest \"passed\" {{ {session}; milter \"m=continue\"; expect \"accept\" }}\n",
+            dir_policy.display().to_string()
+        ),
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_mtac")).arg("test").arg(&tests).output().unwrap();
+    let said = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{said}");
+    std::fs::write(
+        &tests,
+        format!(
+            "policy {:?}\ntest \"not given\" {{ {session}; expect \"accept\" }}\n",
+            dir_policy.display().to_string()
+        ),
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_mtac")).arg("test").arg(&tests).output().unwrap();
+    let said = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && said.contains("milter \"NAME=continue\""), "{said}");
 }
 
 /// opendkim signing (the submission farm's use of it): what it signed is what mtac relays, so
