@@ -36,61 +36,41 @@ async fn started(what: &str, command: &mut Command, dir: tempfile::TempDir, port
     Some(daemon)
 }
 
-async fn opendkim() -> Option<Daemon> {
+/// Write the configuration file `name` (its text made from a fresh directory and a free port),
+/// start `program ARGS… FILE`, and wait until it listens on that port.
+async fn configured(
+    program: &str,
+    args: &[&str],
+    name: &str,
+    text: impl FnOnce(&std::path::Path, u16) -> String,
+) -> Option<Daemon> {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
-    let config = dir.path().join("opendkim.conf");
-    std::fs::write(
-        &config,
+    let config = dir.path().join(name);
+    std::fs::write(&config, text(dir.path(), port)).unwrap();
+    started(program, Command::new(program).args(args).arg(&config), dir, port).await
+}
+
+async fn opendkim() -> Option<Daemon> {
+    configured("opendkim", &["-f", "-x"], "opendkim.conf", |dir, port| {
         format!(
             "Mode v\nAlwaysAddARHeader yes\nAuthservID opendkim-test\nSocket inet:{port}@127.0.0.1\nBackground no\nSyslog no\nPidFile {}\n",
-            dir.path().join("pid").display()
-        ),
-    )
-    .unwrap();
-    let child = match Command::new("opendkim")
-        .arg("-f")
-        .arg("-x")
-        .arg(&config)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-    {
-        Ok(c) => c,
-        Err(e) => return missing("opendkim", e),
-    };
-    let daemon = Daemon { child, _dir: dir, port };
-    listening(port, "opendkim").await;
-    Some(daemon)
+            dir.join("pid").display()
+        )
+    })
+    .await
 }
 
 async fn clamav_milter(clamd_port: u16) -> Option<Daemon> {
-    let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let config = dir.path().join("clamav-milter.conf");
-    std::fs::write(
-        &config,
+    configured("clamav-milter", &["-c"], "clamav-milter.conf", |dir, port| {
         format!(
             "MilterSocket inet:{port}@127.0.0.1\nClamdSocket tcp:127.0.0.1:{clamd_port}\nForeground yes\nOnInfected Reject\nRejectMsg Virus found: %v\nOnClean Accept\nAddHeader No\nLogFile {}\nPidFile {}\nTemporaryDirectory {}\n",
-            dir.path().join("log").display(),
-            dir.path().join("pid").display(),
-            dir.path().display(),
-        ),
-    )
-    .unwrap();
-    let child = match Command::new("clamav-milter")
-        .arg("-c")
-        .arg(&config)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-    {
-        Ok(c) => c,
-        Err(e) => return missing("clamav-milter", e),
-    };
-    let daemon = Daemon { child, _dir: dir, port };
-    listening(port, "clamav-milter").await;
-    Some(daemon)
+            dir.join("log").display(),
+            dir.join("pid").display(),
+            dir.display(),
+        )
+    })
+    .await
 }
 
 async fn spamass_milter(spamd_port: u16) -> Option<Daemon> {
@@ -495,21 +475,15 @@ async fn opendkim_signs_and_the_relayed_message_verifies() {
     let keys = tempfile::tempdir().unwrap();
     let key = crate::dkim_sign::rsa(keys.path(), "milter.pem", 2048);
     let record = crate::dkim_sign::record(&key, "milter", "sender.example");
-    let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let config = dir.path().join("opendkim.conf");
-    std::fs::write(
-        &config,
+    let signer = configured("opendkim", &["-f", "-x"], "opendkim.conf", |dir, port| {
         format!(
             "Mode s\nRequireSafeKeys no\nDomain sender.example\nSelector milter\nKeyFile {key}\nCanonicalization simple/simple\nSocket inet:{port}@127.0.0.1\nBackground no\nSyslog no\nPidFile {}\n",
-            dir.path().join("pid").display()
-        ),
-    )
-    .unwrap();
-    let Some(_signer) = started("opendkim", Command::new("opendkim").arg("-f").arg("-x").arg(&config), dir, port).await
-    else {
-        return;
-    };
+            dir.join("pid").display()
+        )
+    })
+    .await;
+    let Some(signer) = signer else { return };
+    let port = signer.port;
     let sink = Sink::start(Behaviour::default()).await;
     let node = TestNode::start(
         &relay_policy(&format!(r#"milter "inet:127.0.0.1:{port}" name="opendkim-sign""#)),
