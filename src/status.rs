@@ -183,6 +183,26 @@ pub struct StateArgs {
     /// lift (default: every farm's; `*` for bans that hold for every farm)
     #[arg(long)]
     farm: Option<String>,
+    /// List the greylist triplets (of --client, or all), a page at a time
+    #[arg(long, conflicts_with_all = ["unban", "delete", "whitelist", "sender", "recipient"])]
+    list: bool,
+    /// With --list: list the whitelist counts (auto-whitelisted and operator-whitelisted clients)
+    #[arg(long, requires = "list")]
+    whitelisted: bool,
+    /// With --list: the most entries one page shows (at most 1000)
+    #[arg(long, requires = "list", default_value_t = 100)]
+    limit: usize,
+    /// With --list: the page after this cursor (the previous page prints it)
+    #[arg(long, requires = "list", value_name = "CURSOR")]
+    after: Option<String>,
+    /// Delete the greylist triplets of --client (or one, with --sender and --recipient): its next
+    /// attempt is greylisted afresh
+    #[arg(long, requires = "client", conflicts_with_all = ["unban", "whitelist"])]
+    delete: bool,
+    /// Whitelist --client: greylisting passes it for the farm's greylist lifetime, whatever its
+    /// auto-whitelist
+    #[arg(long, requires = "client", conflicts_with_all = ["unban", "sender", "recipient"])]
+    whitelist: bool,
     /// Output format
     #[arg(long, value_enum, default_value_t = StatusFormat::Human)]
     format: StatusFormat,
@@ -221,8 +241,26 @@ pub fn state(args: &StateArgs) -> Result<ExitCode, String> {
             query.push(format!("{name}={}", query_escape(v)));
         }
     }
-    let (method, base) =
-        if args.unban.is_some() { (hyper::Method::POST, "/unban") } else { (hyper::Method::GET, "/state") };
+    if args.list {
+        if args.whitelisted {
+            query.push("kind=whitelist".to_owned());
+        }
+        query.push(format!("limit={}", args.limit));
+        if let Some(after) = &args.after {
+            query.push(format!("after={}", query_escape(after)));
+        }
+    }
+    let (method, base) = if args.unban.is_some() {
+        (hyper::Method::POST, "/unban")
+    } else if args.delete {
+        (hyper::Method::POST, "/state/delete")
+    } else if args.whitelist {
+        (hyper::Method::POST, "/state/whitelist")
+    } else if args.list {
+        (hyper::Method::GET, "/state/list")
+    } else {
+        (hyper::Method::GET, "/state")
+    };
     let path = if query.is_empty() { base.to_owned() } else { format!("{base}?{}", query.join("&")) };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -237,6 +275,28 @@ pub fn state(args: &StateArgs) -> Result<ExitCode, String> {
         let lifted_none = report.lifted.as_ref().is_some_and(Vec::is_empty);
         let ok = code == 200 && report.error.is_none() && !lifted_none;
         return Ok(if ok { ExitCode::SUCCESS } else { ExitCode::from(1) });
+    }
+    if let Some(e) = report.error.as_ref().filter(|_| args.list || args.delete || args.whitelist) {
+        println!("error            {e}");
+        return Ok(ExitCode::from(1));
+    }
+    if let Some(listed) = &report.listed {
+        print_page(listed, report.next.as_deref(), args);
+        return Ok(ExitCode::SUCCESS);
+    }
+    if let Some(deleted) = report.deleted {
+        let key = report.client_key.as_deref().unwrap_or("");
+        if deleted == 0 {
+            println!("no triplet of {key} to delete");
+            return Ok(ExitCode::from(1));
+        }
+        println!("deleted          {deleted} triplet(s) of {key}");
+        return Ok(ExitCode::SUCCESS);
+    }
+    if let Some(seconds) = report.whitelisted_for {
+        let key = report.client_key.as_deref().unwrap_or("");
+        println!("whitelisted      {key}: passes greylisting for {}", age(seconds as f64));
+        return Ok(ExitCode::SUCCESS);
     }
     if let Some(lifted) = &report.lifted {
         for ban in lifted {
@@ -301,6 +361,38 @@ pub fn state(args: &StateArgs) -> Result<ExitCode, String> {
         return Ok(ExitCode::from(1));
     }
     Ok(if code == 200 { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}
+
+/// One page of `mtac state --list`, and how to ask for the next.
+fn print_page(listed: &[mtac_runtime::state::Listed], next: Option<&str>, args: &StateArgs) {
+    let now = mtac_runtime::state::unix_now();
+    for entry in listed {
+        match (entry.passed, entry.deliveries) {
+            (Some(passed), _) => println!(
+                "{}  {}  first seen {} ago  forgotten in {}",
+                if passed { "passed " } else { "waiting" },
+                entry.key,
+                age(now.saturating_sub(entry.first_seen.unwrap_or(now)) as f64),
+                age(entry.expires_in as f64)
+            ),
+            (None, Some(n)) => {
+                let who = if n >= mtac_runtime::state::OPERATOR_WHITELIST {
+                    "whitelisted by an operator".to_owned()
+                } else {
+                    format!("{n} deliveries")
+                };
+                println!("{}  {who}  forgotten in {}", entry.key, age(entry.expires_in as f64));
+            }
+            (None, None) => println!("{}", entry.key),
+        }
+    }
+    if listed.is_empty() {
+        println!("no entries");
+    }
+    if let Some(cursor) = next {
+        let kind = if args.whitelisted { " --whitelisted" } else { "" };
+        println!("more: mtac state --list{kind} --after {cursor}");
+    }
 }
 
 async fn ask(node: String, timeout: Duration) -> Result<Status, String> {

@@ -10,6 +10,9 @@
 //! | `/status`  | yes | yes    | JSON [`Status`]: ruleset hash, load time, uptime, connections     |
 //! | `/state`   | 404 | yes    | JSON [`StateReport`]: store counts and bans, or one client/triplet |
 //! | `/unban`   | 404 | POST   | lift the bans of an address or network ([`StateReport::lifted`])  |
+//! | `/state/list` | 404 | yes | a page of triplets or whitelist counts ([`StateReport::listed`]) |
+//! | `/state/delete` | 404 | POST | a client's triplets ([`StateReport::deleted`])               |
+//! | `/state/whitelist` | 404 | POST | a client passes greylisting for the lifetime           |
 //!
 //! The TCP listener listens on loopback unless the policy says otherwise and has no
 //! authentication: it reveals counts and the ruleset hash, never an address, and changes nothing.
@@ -20,12 +23,14 @@
 //! - `http`: the TCP listener and its two budgets (a full lane, and a health lane for when the
 //!   full one is held);
 //! - `socket`: the admin socket, with `/state` and `/unban`;
+//! - `edit`: the socket's `/state/list`, `/state/delete` and `/state/whitelist`;
 //! - `client`: [`get`] and [`ask_socket`], the clients `mtac status` and `mtac state` use.
 //!
 //! **Invariant:** `/status` and `/metrics` read the same counts — the node's metrics registry —
 //! so the two can never disagree.
 
 mod client;
+mod edit;
 mod http;
 mod socket;
 

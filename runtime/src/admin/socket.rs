@@ -1,6 +1,7 @@
 //! The admin socket: a local unix socket (mode 0600) for `mtac state`. Besides the TCP paths
 //! it answers `GET /state` (store counts and bans, or what the store knows of one client or
-//! triplet) and `POST /unban` (lift the bans of an address or network, on the farm with Redis).
+//! triplet), `POST /unban` (lift the bans of an address or network, on the farm with Redis), and
+//! `edit.rs`'s list, delete and whitelist.
 //!
 //! **Invariant:** who wrote to whom and which networks are banned, and lifting a ban, are
 //! served here only — to the node's user and root — so reaching the TCP port is not an oracle.
@@ -85,6 +86,12 @@ async fn answer_local<B>(
     let query = request.uri().query().unwrap_or("");
     let (status, report) = match (request.method(), request.uri().path()) {
         (&Method::POST, "/unban") => unban(query, shared).await,
+        (&Method::POST, "/state/delete") => super::edit::delete(query, shared).await,
+        (&Method::POST, "/state/whitelist") => super::edit::whitelist(query, shared).await,
+        (&Method::GET, "/state/list") => {
+            let _one = scans.lock().await;
+            super::edit::list(query, shared).await
+        }
         (&Method::GET, "/state") => {
             let _one = scans.lock().await;
             state(query, shared).await
@@ -92,7 +99,12 @@ async fn answer_local<B>(
         (&Method::GET, "/healthz" | "/readyz") => return health(request.uri().path(), shared),
         (&Method::GET, "/metrics") => return metrics(shared),
         (&Method::GET, "/status") => return status(shared),
-        _ => return text(StatusCode::NOT_FOUND, "not found: GET /state, POST /unban, or the TCP paths\n"),
+        _ => {
+            return text(
+                StatusCode::NOT_FOUND,
+                "not found: GET /state, GET /state/list, POST /state/delete, POST /state/whitelist, POST /unban, or the TCP paths\n",
+            )
+        }
     };
     match serde_json::to_string_pretty(&report) {
         Ok(json) => respond(status, "application/json", json + "\n"),
@@ -122,10 +134,21 @@ pub struct StateReport {
     /// The bans `/unban` lifted.
     #[serde(default)]
     pub lifted: Option<Vec<BanEntry>>,
+    /// `/state/list`: one page of entries, and the cursor of the next (`None`: the last page).
+    #[serde(default)]
+    pub listed: Option<Vec<crate::state::Listed>>,
+    #[serde(default)]
+    pub next: Option<String>,
+    /// `/state/delete`: how many triplets were deleted.
+    #[serde(default)]
+    pub deleted: Option<u64>,
+    /// `/state/whitelist`: for how many seconds the client now passes greylisting.
+    #[serde(default)]
+    pub whitelisted_for: Option<u64>,
     pub error: Option<String>,
 }
 
-fn store_name(shared: &Shared) -> String {
+pub(super) fn store_name(shared: &Shared) -> String {
     match shared.state.as_ref() {
         Some(crate::state::Store::Embedded(_)) => "embedded".into(),
         Some(crate::state::Store::Redis(_)) => "redis".into(),
@@ -133,7 +156,7 @@ fn store_name(shared: &Shared) -> String {
     }
 }
 
-fn param(query: &str, name: &str) -> Option<String> {
+pub(super) fn param(query: &str, name: &str) -> Option<String> {
     query.split('&').filter_map(|kv| kv.split_once('=')).find(|(k, _)| *k == name).map(|(_, v)| percent_decode(v))
 }
 

@@ -42,7 +42,13 @@ pub type Page = (Vec<Listed>, Option<String>);
 impl Store {
     /// Up to `limit` live entries whose key starts with `prefix` (a client key such as
     /// `net:192.0.2.0/24`, optionally `|sender`), from `cursor` (a previous page's).
-    pub async fn list(&self, kind: ListKind, prefix: &str, cursor: Option<&str>, limit: usize) -> Result<Page, StateError> {
+    pub async fn list(
+        &self,
+        kind: ListKind,
+        prefix: &str,
+        cursor: Option<&str>,
+        limit: usize,
+    ) -> Result<Page, StateError> {
         let limit = limit.clamp(1, MAX_PAGE);
         match self {
             Store::Embedded(db) => {
@@ -86,8 +92,10 @@ impl Store {
             Store::Redis(r) => {
                 let key = format!("mtac:awl:{client}");
                 let seconds = lifetime.max(1);
-                r.run(async |mut c| redis::cmd("SET").arg(&key).arg(deliveries).arg("EX").arg(seconds).query_async(&mut c).await)
-                    .await
+                r.run(async |mut c| {
+                    redis::cmd("SET").arg(&key).arg(deliveries).arg("EX").arg(seconds).query_async(&mut c).await
+                })
+                .await
             }
         }
     }
@@ -121,9 +129,15 @@ fn list_embedded(
         }
         last_seen = Some(key.to_owned());
         let listed = match kind {
-            ListKind::Triplets => decode_triplet(value.value()).filter(|t| t.2 > now).map(|(first, passed, e, _)| {
-                Listed { key: key.to_owned(), passed: Some(passed), first_seen: Some(first), deliveries: None, expires_in: e - now }
-            }),
+            ListKind::Triplets => {
+                decode_triplet(value.value()).filter(|t| t.2 > now).map(|(first, passed, e, _)| Listed {
+                    key: key.to_owned(),
+                    passed: Some(passed),
+                    first_seen: Some(first),
+                    deliveries: None,
+                    expires_in: e - now,
+                })
+            }
             ListKind::Whitelist => decode_count(value.value()).filter(|c| c.1 > now).map(|(n, e)| Listed {
                 key: key.to_owned(),
                 passed: None,
@@ -191,7 +205,14 @@ async fn list_redis(
     loop {
         let (next, keys): (u64, Vec<String>) = r
             .run(async |mut c| {
-                redis::cmd("SCAN").arg(scan).arg("MATCH").arg(&pattern).arg("COUNT").arg(limit.max(100)).query_async(&mut c).await
+                redis::cmd("SCAN")
+                    .arg(scan)
+                    .arg("MATCH")
+                    .arg(&pattern)
+                    .arg("COUNT")
+                    .arg(limit.max(100))
+                    .query_async(&mut c)
+                    .await
             })
             .await?;
         for key in keys {
@@ -199,7 +220,9 @@ async fn list_redis(
             let listed = match kind {
                 ListKind::Triplets => {
                     let (first, passed, ttl): (Option<u64>, Option<u8>, i64) = r
-                        .run(async |mut c| redis::pipe().hget(&key, "first").hget(&key, "passed").ttl(&key).query_async(&mut c).await)
+                        .run(async |mut c| {
+                            redis::pipe().hget(&key, "first").hget(&key, "passed").ttl(&key).query_async(&mut c).await
+                        })
                         .await?;
                     first.map(|first| Listed {
                         key: short.to_owned(),
@@ -241,7 +264,9 @@ async fn delete_redis(r: &Arc<RedisStore>, prefix: &str) -> Result<u64, StateErr
     let mut deleted = 0;
     loop {
         let (next, keys): (u64, Vec<String>) = r
-            .run(async |mut c| redis::cmd("SCAN").arg(scan).arg("MATCH").arg(&pattern).arg("COUNT").arg(1000).query_async(&mut c).await)
+            .run(async |mut c| {
+                redis::cmd("SCAN").arg(scan).arg("MATCH").arg(&pattern).arg("COUNT").arg(1000).query_async(&mut c).await
+            })
             .await?;
         if !keys.is_empty() {
             let n: u64 = r.run(async |mut c| redis::cmd("DEL").arg(&keys).query_async(&mut c).await).await?;

@@ -74,7 +74,7 @@ impl Triplet {
     }
 
     /// `CLIENT|SENDER|RECIPIENT`: the embedded table's key, and Redis's after `mtac:g:`.
-    fn key(&self) -> String {
+    pub fn key(&self) -> String {
         format!("{}|{}|{}", self.client, self.sender, self.recipient)
     }
 }
