@@ -96,6 +96,8 @@ enum Command {
     Status(crate::status::StatusArgs),
     /// Show a node's greylist and ban state (counts, bans with their expiry, one client or triplet), or lift a ban, on its admin socket
     State(crate::status::StateArgs),
+    /// Show or change a running node's log filter (RUST_LOG's syntax), on its admin socket
+    LogLevel(crate::status::LogLevelArgs),
     /// Print the DNS TXT record that publishes a DKIM key (`dkim-sign`)
     DkimRecord(crate::dkim_record::DkimRecordArgs),
     /// Make an Argon2id password hash for a submission farm's `user` entries (the password from
@@ -272,6 +274,7 @@ pub fn dispatch(cli: Cli) -> Result<ExitCode, String> {
         Command::Run(args) => crate::cli::run(args),
         Command::Status(args) => crate::status::status(&args),
         Command::State(args) => crate::status::state(&args),
+        Command::LogLevel(args) => crate::status::log_level(&args),
         Command::DkimRecord(args) => crate::dkim_record::dkim_record(&args),
         Command::HashPassword(args) => crate::tools::hash_password(&args),
         Command::ManPages(args) => crate::tools::man_pages(&args),

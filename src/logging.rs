@@ -180,6 +180,16 @@ pub fn init(settings: &LogSettings) -> Result<Option<Arc<Syslog>>, String> {
     use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // `mtac log-level` changes it in the running node, over the admin socket.
+    let current = filter.to_string();
+    let (filter, handle) = tracing_subscriber::reload::Layer::new(filter);
+    mtac_runtime::admin::register_log_filter(
+        current,
+        Box::new(move |directive| {
+            let filter = tracing_subscriber::EnvFilter::try_new(directive).map_err(|e| e.to_string())?;
+            handle.reload(filter).map_err(|e| e.to_string())
+        }),
+    );
     // Colours only on a terminal: log files and collectors get plain text.
     let stderr = tracing_subscriber::fmt::layer().with_ansi(std::io::stderr().is_terminal()).with_writer(io::stderr);
     let stderr = if settings.json { stderr.json().boxed() } else { stderr.boxed() };

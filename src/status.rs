@@ -435,3 +435,37 @@ mod tests {
         assert_eq!(age(3.0 * 86_400.0 + 4.0 * 3600.0), "3d04h");
     }
 }
+
+#[derive(Args, Debug)]
+pub struct LogLevelArgs {
+    /// The log filter to set, in RUST_LOG's syntax (`debug`, `warn`, `info,mtac_runtime::conn=debug`);
+    /// without it, print the one in force
+    level: Option<String>,
+    /// The node's admin socket (policy: `admin socket=`; default: admin.sock in the default spool)
+    #[arg(long, value_name = "SOCKET")]
+    socket: Option<PathBuf>,
+}
+
+/// `mtac log-level [LEVEL]`: the running node's log filter, read or changed on its admin socket.
+pub fn log_level(args: &LogLevelArgs) -> Result<ExitCode, String> {
+    let socket = args.socket.clone().unwrap_or_else(|| {
+        PathBuf::from(mtac_ruleset::model::DEFAULT_SPOOL).join(mtac_ruleset::model::ADMIN_SOCKET_NAME)
+    });
+    let (method, path) = match &args.level {
+        Some(level) => (hyper::Method::POST, format!("/log-level?level={}", query_escape(level))),
+        None => (hyper::Method::GET, "/log-level".to_owned()),
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the runtime: {e}"))?;
+    let (code, body) =
+        runtime.block_on(mtac_runtime::admin::ask_socket(&socket, method, &path, Duration::from_secs(10)))?;
+    if code == 200 {
+        println!("{}", body.trim_end());
+        Ok(ExitCode::SUCCESS)
+    } else {
+        eprintln!("mtac: {}: {}", socket.display(), body.trim_end());
+        Ok(ExitCode::from(1))
+    }
+}

@@ -13,6 +13,7 @@
 //! | `/state/list` | 404 | yes | a page of triplets or whitelist counts ([`StateReport::listed`]) |
 //! | `/state/delete` | 404 | POST | a client's triplets ([`StateReport::deleted`])               |
 //! | `/state/whitelist` | 404 | POST | a client passes greylisting for the lifetime           |
+//! | `/log-level` | 404 | yes, POST | the log filter in force; `POST ?level=` changes it      |
 //!
 //! The TCP listener listens on loopback unless the policy says otherwise and has no
 //! authentication: it reveals counts and the ruleset hash, never an address, and changes nothing.
@@ -24,6 +25,7 @@
 //!   full one is held);
 //! - `socket`: the admin socket, with `/state` and `/unban`;
 //! - `edit`: the socket's `/state/list`, `/state/delete` and `/state/whitelist`;
+//! - `log_level`: the socket's `/log-level`, over the handle the binary registers;
 //! - `client`: [`get`] and [`ask_socket`], the clients `mtac status` and `mtac state` use.
 //!
 //! **Invariant:** `/status` and `/metrics` read the same counts — the node's metrics registry —
@@ -32,10 +34,12 @@
 mod client;
 mod edit;
 mod http;
+mod log_level;
 mod socket;
 
 pub use client::{ask_socket, get};
 pub use http::{spawn, HEALTH_TIMEOUT, MAX_CONNECTIONS};
+pub use log_level::{register_log_filter, SetFilter};
 pub use socket::{bind_socket, spawn_socket, StateReport};
 
 use crate::shared::Shared;

@@ -96,13 +96,14 @@ async fn answer_local<B>(
             let _one = scans.lock().await;
             state(query, shared).await
         }
+        (method, "/log-level") => return super::log_level::answer(method, param(query, "level")),
         (&Method::GET, "/healthz" | "/readyz") => return health(request.uri().path(), shared),
         (&Method::GET, "/metrics") => return metrics(shared),
         (&Method::GET, "/status") => return status(shared),
         _ => {
             return text(
                 StatusCode::NOT_FOUND,
-                "not found: GET /state, GET /state/list, POST /state/delete, POST /state/whitelist, POST /unban, or the TCP paths\n",
+                "not found: GET /state, GET /state/list, POST /state/delete, POST /state/whitelist, POST /unban, /log-level, or the TCP paths\n",
             )
         }
     };
