@@ -98,6 +98,8 @@ enum Command {
     State(crate::status::StateArgs),
     /// Show or change a running node's log filter (RUST_LOG's syntax), on its admin socket
     LogLevel(crate::status::LogLevelArgs),
+    /// Follow a running node's decision lines for some clients (or a farm), on its admin socket
+    Trace(crate::status::TraceArgs),
     /// Print the DNS TXT record that publishes a DKIM key (`dkim-sign`)
     DkimRecord(crate::dkim_record::DkimRecordArgs),
     /// Make an Argon2id password hash for a submission farm's `user` entries (the password from
@@ -275,6 +277,7 @@ pub fn dispatch(cli: Cli) -> Result<ExitCode, String> {
         Command::Status(args) => crate::status::status(&args),
         Command::State(args) => crate::status::state(&args),
         Command::LogLevel(args) => crate::status::log_level(&args),
+        Command::Trace(args) => crate::status::trace(&args),
         Command::DkimRecord(args) => crate::dkim_record::dkim_record(&args),
         Command::HashPassword(args) => crate::tools::hash_password(&args),
         Command::ManPages(args) => crate::tools::man_pages(&args),

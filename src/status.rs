@@ -469,3 +469,46 @@ pub fn log_level(args: &LogLevelArgs) -> Result<ExitCode, String> {
         Ok(ExitCode::from(1))
     }
 }
+
+#[derive(Args, Debug)]
+pub struct TraceArgs {
+    /// Only the clients in this network (or this address)
+    #[arg(long, value_name = "CIDR")]
+    client: Option<String>,
+    /// Only this farm's sessions
+    #[arg(long)]
+    farm: Option<String>,
+    /// The node's admin socket (policy: `admin socket=`; default: admin.sock in the default spool)
+    #[arg(long, value_name = "SOCKET")]
+    socket: Option<PathBuf>,
+    /// Stop after this many lines (default: until interrupted)
+    #[arg(long, value_name = "N")]
+    lines: Option<u64>,
+}
+
+/// `mtac trace`: the running node's decision lines for some clients, as they happen.
+pub fn trace(args: &TraceArgs) -> Result<ExitCode, String> {
+    let socket = args.socket.clone().unwrap_or_else(|| {
+        PathBuf::from(mtac_ruleset::model::DEFAULT_SPOOL).join(mtac_ruleset::model::ADMIN_SOCKET_NAME)
+    });
+    let mut query = Vec::new();
+    if let Some(client) = &args.client {
+        query.push(format!("client={}", query_escape(client)));
+    }
+    if let Some(farm) = &args.farm {
+        query.push(format!("farm={}", query_escape(farm)));
+    }
+    let path = if query.is_empty() { "/trace".to_owned() } else { format!("/trace?{}", query.join("&")) };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the runtime: {e}"))?;
+    let mut left = args.lines;
+    runtime.block_on(mtac_runtime::admin::stream_socket(&socket, &path, |chunk| {
+        crate::output::stdout_bytes(chunk);
+        let lines = chunk.iter().filter(|&&b| b == b'\n').count() as u64;
+        left = left.map(|n| n.saturating_sub(lines));
+        !crate::output::failed() && left != Some(0)
+    }))?;
+    Ok(ExitCode::SUCCESS)
+}

@@ -114,12 +114,14 @@ async fn one_session(addr: std::net::SocketAddr) {
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn log_level_changes_a_running_nodes_filter_over_its_socket() {
-    let dir = tempfile::tempdir().unwrap();
+/// An `mtac run` process serving a relay farm (back end: nothing) with its admin socket in
+/// `dir`: the node, its SMTP address and its socket.
+async fn process_node(
+    dir: &std::path::Path,
+) -> (crate::support::ProcessNode, std::net::SocketAddr, std::path::PathBuf) {
     let (smtp, admin) = (free_port(), free_port());
-    let socket = dir.path().join("admin.sock");
-    let policy = dir.path().join("policy.kdl");
+    let socket = dir.join("admin.sock");
+    let policy = dir.join("policy.kdl");
     std::fs::write(
         &policy,
         format!(
@@ -133,14 +135,14 @@ farm "mx" kind="inbound-mx" {{
     relay {{ backend "smtp://127.0.0.1:9"; }}
 }}
 "#,
-            spool = dir.path().join("spool").display(),
+            spool = dir.join("spool").display(),
             socket = socket.display()
         ),
     )
     .unwrap();
-    let ruleset = dir.path().join("r.mtac");
+    let ruleset = dir.join("r.mtac");
     crate::support::build(&policy, &ruleset);
-    let node = crate::support::ProcessNode::start(&ruleset, &[], dir.path().join("node.log"));
+    let node = crate::support::ProcessNode::start(&ruleset, &[], dir.join("node.log"));
     let addr: std::net::SocketAddr = format!("127.0.0.1:{smtp}").parse().unwrap();
     for _ in 0..400 {
         if socket.exists() && tokio::net::TcpStream::connect(addr).await.is_ok() {
@@ -148,6 +150,13 @@ farm "mx" kind="inbound-mx" {{
         }
         tokio::time::sleep(std::time::Duration::from_millis(25)).await;
     }
+    (node, addr, socket)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn log_level_changes_a_running_nodes_filter_over_its_socket() {
+    let dir = tempfile::tempdir().unwrap();
+    let (node, addr, socket) = process_node(dir.path()).await;
     let level = |args: &[&str]| {
         let out = Command::new(env!("CARGO_BIN_EXE_mtac"))
             .arg("log-level")
@@ -184,4 +193,46 @@ farm "mx" kind="inbound-mx" {{
         .unwrap();
     assert_eq!(out.status.code(), Some(2), "no node there: a usage/I/O error");
     assert!(text(&out.stderr).contains("/nonexistent/admin.sock"), "{}", text(&out.stderr));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trace_follows_one_clients_decisions_whatever_the_log_level() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_node, addr, socket) = process_node(dir.path()).await;
+    // The log says nothing at info any more; the trace still sees every decision.
+    let out =
+        Command::new(env!("CARGO_BIN_EXE_mtac")).args(["log-level", "warn", "--socket"]).arg(&socket).output().unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let trace = Command::new(env!("CARGO_BIN_EXE_mtac"))
+        .args(["trace", "--client", "127.0.0.5/32", "--lines", "2", "--socket"])
+        .arg(&socket)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    for source in ["127.0.0.6", "127.0.0.5"] {
+        let mut c = crate::support::Client::connect_from(addr, source).await;
+        c.reply().await;
+        c.cmd("EHLO client.example.org").await;
+        c.cmd("MAIL FROM:<a@client.example.org>").await;
+        let r = c.cmd("RCPT TO:<someone@elsewhere.example>").await;
+        assert!(r.starts_with("554") || r.starts_with("550"), "not a relay: {r}");
+        c.cmd("QUIT").await;
+    }
+    let out = tokio::task::spawn_blocking(move || trace.wait_with_output().unwrap()).await.unwrap();
+    let lines = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{lines}{}", text(&out.stderr));
+    assert_eq!(lines.lines().count(), 2, "{lines}");
+    assert!(lines.lines().all(|l| l.contains("client=127.0.0.5")), "only the client asked for: {lines}");
+    assert!(lines.contains("refused") && lines.contains("session closed"), "{lines}");
+    assert!(!lines.contains("a@client.example.org\r"), "no raw protocol bytes");
+    // A bad network is a clear error.
+    let out = Command::new(env!("CARGO_BIN_EXE_mtac"))
+        .args(["trace", "--client", "not-a-network", "--socket"])
+        .arg(&socket)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("an address or a network"), "{}", text(&out.stderr));
 }

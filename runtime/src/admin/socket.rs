@@ -10,7 +10,8 @@
 use super::{health, metrics, respond, status, text, CONNECTION_TIMEOUT};
 use crate::guard::{BanEntry, BanFarm};
 use crate::shared::Shared;
-use http_body_util::Full;
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
 use hyper::{Method, Request, Response, StatusCode};
 use ipnet::IpNet;
@@ -18,6 +19,7 @@ use serde::{Deserialize, Serialize};
 use std::convert::Infallible;
 use std::net::IpAddr;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::UnixListener;
@@ -64,18 +66,49 @@ pub fn spawn_socket(listener: UnixListener, shared: Arc<Shared>) -> JoinHandle<(
             let (shared, scans) = (shared.clone(), scans.clone());
             tokio::spawn(async move {
                 let _permit = permit;
+                let streaming = Arc::new(AtomicBool::new(false));
+                let traced = streaming.clone();
                 let service = hyper::service::service_fn(move |request| {
-                    let (shared, scans) = (shared.clone(), scans.clone());
-                    async move { Ok::<_, Infallible>(answer_local(&request, &shared, &scans).await) }
+                    let (shared, scans, traced) = (shared.clone(), scans.clone(), traced.clone());
+                    async move {
+                        if request.uri().path() == "/trace" && request.method() == Method::GET {
+                            traced.store(true, Ordering::Relaxed);
+                            return Ok::<_, Infallible>(trace(request.uri().query().unwrap_or("")));
+                        }
+                        Ok(answer_local(&request, &shared, &scans).await.map(BodyExt::boxed))
+                    }
                 });
                 let connection = hyper::server::conn::http1::Builder::new()
                     .timer(hyper_util::rt::TokioTimer::new())
                     .header_read_timeout(Duration::from_secs(5))
                     .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
-                let _ = tokio::time::timeout(CONNECTION_TIMEOUT, connection).await;
+                let mut connection = std::pin::pin!(connection);
+                if tokio::time::timeout(CONNECTION_TIMEOUT, connection.as_mut()).await.is_err()
+                    && streaming.load(Ordering::Relaxed)
+                {
+                    // A trace streams until its reader hangs up (it holds one of the socket's
+                    // few connections meanwhile).
+                    let _ = connection.await;
+                }
             });
         }
     })
+}
+
+/// `GET /trace?[client=CIDR][&farm=F]`: the decision lines of those clients, as they happen.
+fn trace(query: &str) -> Response<BoxBody<Bytes, Infallible>> {
+    let clients =
+        match param(query, "client").map(|c| c.parse::<IpNet>().or_else(|_| c.parse::<IpAddr>().map(IpNet::from))) {
+            Some(Err(_)) => {
+                return text(StatusCode::BAD_REQUEST, "client=: an address or a network (CIDR)\n").map(BodyExt::boxed)
+            }
+            Some(Ok(net)) => Some(net.trunc()),
+            None => None,
+        };
+    let filter = super::trace::TraceFilter { clients, farm: param(query, "farm") };
+    let mut response = Response::new(super::trace::stream(filter));
+    response.headers_mut().insert(hyper::header::CONTENT_TYPE, hyper::header::HeaderValue::from_static("text/plain"));
+    response
 }
 
 async fn answer_local<B>(
