@@ -533,6 +533,7 @@ fn explain(args: ExplainArgs) -> Result<ExitCode, String> {
                 StepOutcome::Skipped(why) => format!("skipped  {why}"),
                 StepOutcome::Accepted(why) => format!("accept   {why}"),
                 StepOutcome::Decided(reply) => format!("REFUSE   {reply}"),
+                StepOutcome::WouldRefuse(reply) => format!("shadow   would refuse: {reply} (not enforced)"),
             };
             println!("  {:<24} {text}", line.rule);
         }

@@ -299,7 +299,7 @@ fn sender_auth(farm: &DraftFarm, tables: &mut Tables) -> SenderAuth {
 }
 
 fn step(rule: &str, check: Check, reply: Reply) -> Step {
-    Step { rule: rule.to_owned(), check, reply }
+    Step { rule: rule.to_owned(), check, reply, shadow: false }
 }
 
 /// The decision program of a farm. Client-level rejects wait for RCPT TO by default (as Postfix's
@@ -458,6 +458,12 @@ pub fn program(
     if let Some(g) = &farm.greylist {
         let reply = g.reply.clone().unwrap_or_else(|| Reply::new(451, "4.7.1", "Greylisted, please try again later"));
         p.rcpt.push(step(rules::GREYLIST, Check::Greylist, reply));
+    }
+    // `shadow`: validation kept the names to rules this program holds and may report only.
+    for stage in Stage::ALL {
+        for step in p.stage_mut(stage).iter_mut() {
+            step.shadow = farm.shadow.iter().any(|(rule, _)| *rule == step.rule);
+        }
     }
     p
 }

@@ -114,6 +114,7 @@ pub const NODES: &[Node] = &[
     child("dnsbl", "zone", "dnsbl"),
     child("zone", "answer", "dnsbl"),
     farm("ban", Lowerer::ban),
+    farm("shadow", Lowerer::shadow),
     farm("rate-limit", Lowerer::rate_limit),
     farm("tarpit", Lowerer::tarpit),
     once("screen", Lowerer::screen),

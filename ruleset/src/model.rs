@@ -516,6 +516,9 @@ pub struct Step {
     pub check: Check,
     /// The reply when the check fails (access lists carry their own per entry).
     pub reply: Reply,
+    /// `shadow`: the step is evaluated and what it would refuse is reported
+    /// ([`crate::eval::Decision::shadowed`]), never enforced.
+    pub shadow: bool,
 }
 
 /// What a step checks. Anti-spam checks are skipped for trusted clients, authenticated sessions

@@ -21,6 +21,7 @@ mod runtime;
 mod scan;
 mod screening;
 mod sender_auth;
+mod shadow;
 mod state_tools;
 mod submission;
 mod support;

@@ -200,6 +200,8 @@ pub struct DraftFarm {
     pub recipient_fqdn: bool,
     pub dnsbl: Option<DraftDnsbl>,
     pub bans: Vec<DraftBan>,
+    /// `shadow`: rules that only report what they would refuse, where each was named.
+    pub shadow: Vec<(String, Origin)>,
     pub greylist: Option<DraftGreylist>,
     pub scanners: Vec<DraftScanner>,
     /// `scan max-size=` (default: the farm's message size).

@@ -9,6 +9,7 @@ mod certificate;
 use crate::diag::{did_you_mean, Diag, Reporter};
 use crate::lower::{Draft, DraftFarm, DraftGreylist, Origin};
 use mtac_ruleset::model::FarmKind;
+use mtac_ruleset::rules;
 use std::collections::HashMap;
 
 /// How many findings of one kind are listed before they are summarised.
@@ -193,6 +194,7 @@ fn validate_farm(reporter: &mut Reporter, farm: &DraftFarm) {
         );
     }
     ban_rules(reporter, farm);
+    shadow_rules(reporter, farm);
     duplicate_domains(reporter, farm);
     addresses_outside_domains(reporter, farm);
     access::access_conflicts(reporter, &farm.access, "access");
@@ -346,6 +348,43 @@ fn ban_rules(reporter: &mut Reporter, farm: &DraftFarm) {
                 );
             }
         }
+    }
+}
+
+/// Rules a `shadow` may never name: relay control and required authentication keep a farm from
+/// being an open relay, and a role account's acceptance is no refusal to watch; greylisting
+/// and the directory are answered by stores after the program, so they have no "would refuse".
+const NEVER_SHADOWED: &[(&str, &str)] = &[
+    (rules::RELAY, "relay control is never shadowed: an open relay is not an experiment"),
+    (rules::AUTH_REQUIRED, "authentication is never shadowed: an open relay is not an experiment"),
+    (rules::RECIPIENT_ROLE_ACCOUNT, "a role account is accepted, never refused: nothing to shadow"),
+    (rules::GREYLIST, "greylisting is answered by the state store after the program: it cannot be shadowed"),
+    (rules::RECIPIENT_DIRECTORY, "the directory is asked after the program: it cannot be shadowed"),
+];
+
+/// `shadow` may name only the policy rules this farm's program holds, and none of
+/// [`NEVER_SHADOWED`]; the node's own decisions (rate limits, the spool) are not the program's.
+fn shadow_rules(reporter: &mut Reporter, farm: &DraftFarm) {
+    if farm.shadow.is_empty() {
+        return;
+    }
+    let known = crate::emit::rules_of(farm);
+    for (rule, origin) in &farm.shadow {
+        let (code, message, help) = if let Some((_, why)) = NEVER_SHADOWED.iter().find(|(name, _)| name == rule) {
+            ("mtac::shadow::forbidden", format!("`{rule}` cannot be shadowed"), (*why).to_owned())
+        } else if known.contains(&rule.as_str()) {
+            continue;
+        } else if rules::find(rule).is_some_and(|r| r.set_by != rules::SetBy::Policy) {
+            let help = "shadow names the policy program's rules (docs/policy.md, \"Rule names\")".to_owned();
+            ("mtac::shadow::not-policy", format!("`{rule}` is decided by the node, not the policy program"), help)
+        } else {
+            let help = match did_you_mean(rule, &known) {
+                Some(g) => format!("did you mean `{g}`?"),
+                None => format!("rules of this farm: {}", known.join(", ")),
+            };
+            ("mtac::shadow::unknown-rule", format!("no rule `{rule}` in farm `{}`", farm.name), help)
+        };
+        reporter.report(Diag::error(code, message).help(help), *origin, "cannot be shadowed");
     }
 }
 

@@ -57,7 +57,9 @@ impl Session {
             }
         };
         let facts = self.facts(ruleset, Some(&sender), None);
-        if let Verdict::Refuse(r, refusal) = decide(ruleset, farm, Stage::Mail, &facts) {
+        let (verdict, shadowed) = decide(ruleset, farm, Stage::Mail, &facts);
+        self.note_shadowed(Stage::Mail, shadowed);
+        if let Verdict::Refuse(r, refusal) = verdict {
             return self.answer(r, refusal);
         }
         self.txn = Some(Transaction {
@@ -126,7 +128,9 @@ impl Session {
         // The answer serves this RCPT only: a later RCPT of the same address asks again (the
         // directory's cache makes that cheap, and a 451 must not stick for the session).
         facts.directory = directory;
-        match decide(ruleset, farm, Stage::Rcpt, &facts) {
+        let (verdict, shadowed) = decide(ruleset, farm, Stage::Rcpt, &facts);
+        self.note_shadowed(Stage::Rcpt, shadowed);
+        match verdict {
             Verdict::Refuse(r, refusal) => self.answer(r, refusal),
             Verdict::AskDirectory => Action::Directory { address },
             Verdict::AskGreylist => Action::Greylist { address },
