@@ -12,7 +12,7 @@ use mtac_ruleset::tables::DomainTableBuilder;
 use mtac_ruleset::TableInput;
 
 fn step(rule: &str, check: Check, code: u16, status: &str, text: &str) -> Step {
-    Step { rule: rule.to_owned(), check, reply: model::Reply::new(code, status, text) }
+    Step { rule: rule.to_owned(), check, reply: model::Reply::new(code, status, text), shadow: false }
 }
 
 /// One inbound farm for `example.com` whose RCPT program is relay control, changed by `edit`.
