@@ -720,6 +720,23 @@ pub struct Backend {
     pub protocol: BackendProtocol,
     /// `host:port` as written in the policy (resolved by the runtime).
     pub address: String,
+    /// STARTTLS toward this back end.
+    pub tls: BackendTls,
+}
+
+/// `backend … tls=`: STARTTLS toward one back end (Postfix's `smtp_tls_security_level`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum BackendTls {
+    /// `tls="off"`: never STARTTLS (a back end whose TLS is known broken, or a socket on the
+    /// same machine).
+    Off,
+    /// `tls="opportunistic"`, the default (Postfix's `may`): STARTTLS when the back end offers
+    /// it, the certificate not verified (encryption against a passive listener); clear text when
+    /// it does not offer it. A failed handshake fails that back end, never falls back to clear.
+    Opportunistic,
+    /// `tls="required"` (Postfix's `secure`): STARTTLS or no relay, the certificate verified
+    /// against `ca` (a PEM file, absolute) or the system's roots, for `name`.
+    Required { ca: Option<String>, name: String },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -6,6 +6,7 @@
 mod admin;
 mod architecture;
 mod auth_bans;
+mod backend_tls;
 mod cli;
 mod directory;
 mod dkim_sign;
@@ -20,6 +21,7 @@ mod runtime;
 mod scan;
 mod screening;
 mod sender_auth;
+mod sink;
 mod submission;
 mod support;
 mod tools;
