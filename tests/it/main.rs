@@ -7,6 +7,7 @@ mod admin;
 mod architecture;
 mod auth_bans;
 mod backend_tls;
+mod chunking;
 mod cli;
 mod directory;
 mod dkim_sign;

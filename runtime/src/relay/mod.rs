@@ -19,9 +19,10 @@
 //! clear text: no STARTTLS offered, a refused STARTTLS, a failed handshake or verification all
 //! skip it, and with no back end left the client gets `451 4.4.0`.
 
+mod send;
 mod tls;
 
-use crate::smtp::{DotStuffer, EnhancedCode, Reply};
+use crate::smtp::{EnhancedCode, Reply};
 use crate::spool::SpoolFile;
 use mtac_ruleset::model::{Backend, BackendProtocol};
 use std::sync::Mutex;
@@ -37,8 +38,6 @@ const POOL_IDLE: Duration = Duration::from_secs(30);
 const POOL_SIZE: usize = 64;
 /// A back-end reply longer than this is a protocol error.
 const MAX_REPLY: usize = 16 * 1024;
-/// Chunk size when streaming the spool file.
-const CHUNK: usize = 64 * 1024;
 /// An open transaction idle for this long gets a NOOP (while the client uploads its message).
 const KEEPALIVE: Duration = Duration::from_secs(30);
 
@@ -128,6 +127,7 @@ struct Capabilities {
     eight_bit: bool,
     size: bool,
     starttls: bool,
+    chunking: bool,
 }
 
 impl Capabilities {
@@ -141,6 +141,7 @@ impl Capabilities {
                 "8BITMIME" => caps.eight_bit = true,
                 "SIZE" => caps.size = true,
                 "STARTTLS" => caps.starttls = true,
+                "CHUNKING" => caps.chunking = true,
                 _ => {}
             }
         }
@@ -498,7 +499,7 @@ impl Transaction<'_> {
     pub async fn data(mut self, headers: &[u8], spool: &mut SpoolFile) -> Reply {
         let relay = self.relay;
         let Some(mut conn) = self.conn.take() else { return RelayError::Protocol("closed".into()).reply() };
-        match send_data(&mut conn, headers, spool, self.recipients, relay.timeout).await {
+        match send::message(&mut conn, headers, spool, self.recipients, relay.timeout).await {
             Ok(reply) => {
                 if reply.code < 400 {
                     relay.give_back(conn);
@@ -520,59 +521,4 @@ impl Transaction<'_> {
             self.relay.reset_and_pool(conn).await;
         }
     }
-}
-
-async fn send_data(
-    conn: &mut Connection,
-    headers: &[u8],
-    spool: &mut SpoolFile,
-    recipients: usize,
-    timeout: Duration,
-) -> Result<BackendReply, RelayError> {
-    let go = conn.command("DATA", timeout).await?;
-    if go.code != 354 {
-        // Only a refusal may stand in for the verdict: a 2xx here would be a 250 for a body
-        // the back end never received.
-        if go.code >= 400 {
-            return Ok(go);
-        }
-        return Err(RelayError::Protocol(format!("DATA answered {}", go.code)));
-    }
-    spool.rewind().await?;
-    let mut stuffer = DotStuffer::new();
-    let mut chunk = vec![0u8; CHUNK];
-    let mut out = Vec::with_capacity(CHUNK + CHUNK / 8);
-    stuffer.encode(headers, &mut out);
-    loop {
-        let n = spool.read(&mut chunk).await?;
-        if n == 0 {
-            break;
-        }
-        stuffer.encode(chunk.get(..n).unwrap_or(&[]), &mut out);
-        if out.len() >= CHUNK {
-            conn.write(&out, timeout).await?;
-            out.clear();
-        }
-    }
-    stuffer.finish(&mut out);
-    conn.write(&out, timeout).await?;
-    let verdict = match conn.protocol {
-        BackendProtocol::Smtp => conn.reply(timeout).await,
-        BackendProtocol::Lmtp => {
-            // One reply per recipient. mtac sends one recipient per LMTP transaction (see
-            // ARCHITECTURE.md), so this is one reply; should there be more, the worst one counts.
-            let mut worst: Option<BackendReply> = None;
-            for _ in 0..recipients.max(1) {
-                let reply = conn.reply(timeout).await?;
-                if worst.as_ref().is_none_or(|w| reply.code > w.code) {
-                    worst = Some(reply);
-                }
-            }
-            worst.ok_or_else(|| RelayError::Protocol("no LMTP reply".to_owned()))
-        }
-    }?;
-    if !(verdict.code == 250 || verdict.code >= 400) {
-        return Err(RelayError::Protocol(format!("the message was answered {}", verdict.code)));
-    }
-    Ok(verdict)
 }
