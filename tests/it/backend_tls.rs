@@ -4,23 +4,11 @@
 //! when offered and relays in clear otherwise.
 
 use super::submission::certificate;
-use super::support::{code, Behaviour, Client, Sink, TestNode};
+use super::support::{code, relay_policy_with, Behaviour, Client, Sink, TestNode};
 
 /// An inbound farm relaying to the sink with `attributes` on its `backend` line.
 fn policy(attributes: &str) -> String {
-    format!(
-        r#"
-hostname "mx.test.example"
-spool "{{dir}}/spool"
-farm "mx" kind="inbound-mx" {{
-    listen "127.0.0.1:0"
-    local-domains "example.test"
-    relay {{
-        backend "smtp://{{backend}}" {attributes}
-    }}
-}}
-"#
-    )
+    relay_policy_with(attributes, "")
 }
 
 /// One message through the node; the replies to RCPT TO and to the end of DATA (empty when

@@ -196,6 +196,11 @@ fn greet_at_once(policy: &str) -> String {
 
 /// A relay policy for tests: `{backend}` and `{dir}` are filled in by [`TestNode::start`].
 pub fn relay_policy(extra: &str) -> String {
+    relay_policy_with("", extra)
+}
+
+/// [`relay_policy`] with `attributes` on the `backend` line (`tls="required" ca="…"`).
+pub fn relay_policy_with(attributes: &str, extra: &str) -> String {
     format!(
         r#"
 hostname "mx.test.example"
@@ -204,7 +209,7 @@ farm "mx" kind="inbound-mx" {{
     listen "127.0.0.1:0"
     local-domains "example.test"
     relay {{
-        backend "smtp://{{backend}}"
+        backend "smtp://{{backend}}" {attributes}
     }}
     {extra}
 }}

@@ -27,6 +27,7 @@ use crate::spool::SpoolFile;
 use mtac_ruleset::model::{Backend, BackendProtocol};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
+pub use tls::AnyCertificate;
 use tls::{BackendStream, Starttls};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
