@@ -53,6 +53,19 @@ pub enum StateSettings {
         /// When Redis cannot answer: accept (and log) instead of deferring with 451.
         fail_open: bool,
     },
+    /// A Redis primary found through Redis Sentinel, followed across failovers.
+    RedisSentinel {
+        /// The sentinels, `host:port` each, asked in order.
+        sentinels: Vec<String>,
+        /// The name the sentinels monitor the primary under.
+        service: String,
+        /// The database number.
+        db: i64,
+        /// Per command, milliseconds.
+        timeout_ms: u32,
+        /// When Redis cannot answer (a failover among others): accept instead of deferring.
+        fail_open: bool,
+    },
 }
 
 /// The embedded store's file when the policy does not say.

@@ -22,6 +22,7 @@ mod runtime;
 mod scan;
 mod screening;
 mod sender_auth;
+mod sentinel;
 mod sink;
 mod submission;
 mod support;

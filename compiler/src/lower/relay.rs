@@ -198,7 +198,7 @@ fn host_of(address: &str) -> &str {
     host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host)
 }
 
-fn valid_host_port(text: &str) -> bool {
+pub(crate) fn valid_host_port(text: &str) -> bool {
     if text.parse::<SocketAddr>().is_ok() {
         return true;
     }

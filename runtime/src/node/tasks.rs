@@ -61,7 +61,7 @@ fn list_zones(ruleset: &Ruleset) -> Vec<(String, model::DnsblTarget)> {
 /// Whether the node needs its state store: some farm greylists, or bans are shared through Redis.
 pub(super) fn needs_state(ruleset: &Ruleset) -> bool {
     let policy = ruleset.policy();
-    let redis = matches!(policy.state, model::StateSettings::Redis { .. });
+    let redis = matches!(policy.state, model::StateSettings::Redis { .. } | model::StateSettings::RedisSentinel { .. });
     policy.farms.iter().any(|f| f.greylist.is_some() || (redis && !f.bans.is_empty()))
 }
 
@@ -83,9 +83,11 @@ fn mirror_bans(redis: Arc<crate::state::RedisStore>, shared: Arc<Shared>) -> Joi
         let mut failures = 0u32;
         loop {
             let subscribed = async {
-                let mut pubsub = redis.client().get_async_pubsub().await?;
+                // With Sentinel, the primary of the moment: after a failover the lost channel
+                // is subscribed again on the promoted replica.
+                let mut pubsub = redis.client().await?.get_async_pubsub().await?;
                 pubsub.subscribe(crate::state::BAN_CHANNEL).await?;
-                Ok::<_, redis::RedisError>(pubsub)
+                Ok::<_, crate::state::StateError>(pubsub)
             };
             match tokio::time::timeout(Duration::from_secs(5), subscribed).await {
                 Ok(Ok(mut pubsub)) => {
