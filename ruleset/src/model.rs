@@ -53,6 +53,19 @@ pub enum StateSettings {
         /// When Redis cannot answer: accept (and log) instead of deferring with 451.
         fail_open: bool,
     },
+    /// A Redis primary found through Redis Sentinel, followed across failovers.
+    RedisSentinel {
+        /// The sentinels, `host:port` each, asked in order.
+        sentinels: Vec<String>,
+        /// The name the sentinels monitor the primary under.
+        service: String,
+        /// The database number.
+        db: i64,
+        /// Per command, milliseconds.
+        timeout_ms: u32,
+        /// When Redis cannot answer (a failover among others): accept instead of deferring.
+        fail_open: bool,
+    },
 }
 
 /// The embedded store's file when the policy does not say.
@@ -734,6 +747,23 @@ pub struct Backend {
     pub protocol: BackendProtocol,
     /// `host:port` as written in the policy (resolved by the runtime).
     pub address: String,
+    /// STARTTLS toward this back end.
+    pub tls: BackendTls,
+}
+
+/// `backend … tls=`: STARTTLS toward one back end (Postfix's `smtp_tls_security_level`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum BackendTls {
+    /// `tls="off"`: never STARTTLS (a back end whose TLS is known broken, or a socket on the
+    /// same machine).
+    Off,
+    /// `tls="opportunistic"`, the default (Postfix's `may`): STARTTLS when the back end offers
+    /// it, the certificate not verified (encryption against a passive listener); clear text when
+    /// it does not offer it. A failed handshake fails that back end, never falls back to clear.
+    Opportunistic,
+    /// `tls="required"` (Postfix's `secure`): STARTTLS or no relay, the certificate verified
+    /// against `ca` (a PEM file, absolute) or the system's roots, for `name`.
+    Required { ca: Option<String>, name: String },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

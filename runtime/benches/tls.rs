@@ -17,9 +17,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-#[path = "../../tests/common/any_certificate.rs"]
-mod any_certificate;
-use any_certificate::AnyCertificate;
+use mtac_runtime::relay::AnyCertificate;
 
 fn main() {
     let quick = std::env::args().any(|a| a == "--quick");

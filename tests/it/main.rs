@@ -6,6 +6,8 @@
 mod admin;
 mod architecture;
 mod auth_bans;
+mod backend_tls;
+mod chunking;
 mod cli;
 mod directory;
 mod dkim_sign;
@@ -21,7 +23,9 @@ mod runtime;
 mod scan;
 mod screening;
 mod sender_auth;
+mod sentinel;
 mod shadow;
+mod sink;
 mod state_tools;
 mod submission;
 mod support;

@@ -33,7 +33,7 @@ impl Asked {
                 ForwardPath::Postmaster => "postmaster".to_owned(),
                 ForwardPath::Mailbox(m) => m.to_string(),
             }),
-            Command::Data => Asked::Data,
+            Command::Data | Command::Bdat { .. } => Asked::Data,
             _ => Asked::Other,
         }
     }

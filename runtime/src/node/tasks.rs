@@ -63,7 +63,7 @@ fn list_zones(ruleset: &Ruleset) -> Vec<(String, model::DnsblTarget)> {
 /// connection to any node). Without Redis, the pregreet memory is the node's own either way.
 pub(super) fn needs_state(ruleset: &Ruleset) -> bool {
     let policy = ruleset.policy();
-    let redis = matches!(policy.state, model::StateSettings::Redis { .. });
+    let redis = matches!(policy.state, model::StateSettings::Redis { .. } | model::StateSettings::RedisSentinel { .. });
     let remembers = |f: &model::Farm| f.limits.timeouts.pregreet > 0 && f.screen.pregreet_remember > 0;
     policy.farms.iter().any(|f| f.greylist.is_some() || (redis && (!f.bans.is_empty() || remembers(f))))
 }
@@ -86,9 +86,11 @@ fn mirror_bans(redis: Arc<crate::state::RedisStore>, shared: Arc<Shared>) -> Joi
         let mut failures = 0u32;
         loop {
             let subscribed = async {
-                let mut pubsub = redis.client().get_async_pubsub().await?;
+                // With Sentinel, the primary of the moment: after a failover the lost channel
+                // is subscribed again on the promoted replica.
+                let mut pubsub = redis.client().await?.get_async_pubsub().await?;
                 pubsub.subscribe(crate::state::BAN_CHANNEL).await?;
-                Ok::<_, redis::RedisError>(pubsub)
+                Ok::<_, crate::state::StateError>(pubsub)
             };
             match tokio::time::timeout(Duration::from_secs(5), subscribed).await {
                 Ok(Ok(mut pubsub)) => {

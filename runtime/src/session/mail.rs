@@ -112,6 +112,16 @@ impl Session {
         }
     }
 
+    /// `BDAT` (RFC 3030): like DATA, the driver receives the message once a recipient was
+    /// accepted. A refused BDAT's octets are still the client's: the driver reads and drops
+    /// them, so they are never taken for commands.
+    pub(super) fn bdat(&mut self, size: u64, last: bool) -> Action {
+        match self.data() {
+            Action::Data => Action::Chunks { size, last },
+            refused => refused,
+        }
+    }
+
     /// The policy's decision on a recipient, with what the session knows now and, once asked,
     /// the directory's answer on it.
     fn rcpt_decision(

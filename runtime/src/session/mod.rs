@@ -418,6 +418,7 @@ impl Session {
             Command::Mail(mail) => self.mail(mail, ruleset, farm),
             Command::Rcpt(rcpt) => self.rcpt(rcpt, ruleset, farm),
             Command::Data => self.data(),
+            Command::Bdat { size, last } => self.bdat(size, last),
             Command::Rset => {
                 self.txn = None;
                 Action::reply(Reply::ok())
