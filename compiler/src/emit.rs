@@ -7,8 +7,8 @@
 use crate::lower::{AddressEntry, DomainEntry, Draft, DraftFarm, DraftRelay, NetEntry};
 use mtac_ruleset::model::{
     AccessAction, BanResponse, BanRule, Check, DmarcSettings, Dnsbl, DnsblZone, Farm, FarmKind, Greylist, Limits,
-    Policy, Program, Relay, Reply, Scanner, Screen, SenderAuth, Stage, Step, TableId, TableInfo, TableKind, Timeouts,
-    Tls, VerdictHeaders, VERIFIED_SENDER,
+    Policy, Program, Relay, Reply, Scanner, Screen, SenderAuth, SniCertificate, Stage, Step, TableId, TableInfo,
+    TableKind, Timeouts, Tls, VerdictHeaders, VERIFIED_SENDER,
 };
 use mtac_ruleset::rules;
 use mtac_ruleset::tables::{AddressTableBuilder, DomainTableBuilder, PrefixTableBuilder};
@@ -261,6 +261,15 @@ fn emit_farm(farm: &DraftFarm, hostname: &str, tables: &mut Tables) -> Farm {
             certificate: t.certificate.clone(),
             key: t.key.clone(),
             required: t.required,
+            sni: t
+                .sni
+                .iter()
+                .map(|s| SniCertificate {
+                    name: s.name.clone(),
+                    certificate: s.certificate.clone(),
+                    key: s.key.clone(),
+                })
+                .collect(),
         }),
         auth: farm.auth.as_ref().map(|(a, _)| a.clone()),
         dkim_sign: farm.dkim_sign.as_ref().map(|(d, _)| d.clone()),

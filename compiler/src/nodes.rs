@@ -146,6 +146,7 @@ pub const NODES: &[Node] = &[
     // `relay` and `deliver` are one way out: they share the once-per-farm key.
     Node { once: Some("relay"), ..once("deliver", Lowerer::deliver) },
     once("tls", Lowerer::tls),
+    child("tls", "sni", "tls"),
     once("auth", Lowerer::auth),
     child("auth", "ldap", "auth"),
     child("auth", "user", "auth"),

@@ -802,6 +802,18 @@ pub struct Tls {
     pub key: String,
     /// STARTTLS must succeed before MAIL (always true on submission farms).
     pub required: bool,
+    /// Other certificates, chosen by the name the client asks for (SNI); the one above serves
+    /// every other name and clients that ask for none.
+    pub sni: Vec<SniCertificate>,
+}
+
+/// `tls { sni "NAME" certificate=… key=… }`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SniCertificate {
+    /// Lower-cased; `*.example.com` covers one label under it.
+    pub name: String,
+    pub certificate: String,
+    pub key: String,
 }
 
 /// Recipient validation against an LDAP directory.

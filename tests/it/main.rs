@@ -26,6 +26,7 @@ mod sender_auth;
 mod sentinel;
 mod shadow;
 mod sink;
+mod sni;
 mod state_tools;
 mod submission;
 mod support;

@@ -133,6 +133,18 @@ pub struct DraftTls {
     pub required: bool,
     /// The host name clients connect to for this farm (`name=`; default: the policy's hostname).
     pub name: Option<String>,
+    /// `sni "NAME" certificate=… key=…`: other certificates, chosen by the name a client asks.
+    pub sni: Vec<DraftSni>,
+    pub origin: Origin,
+}
+
+/// One `sni` child of `tls`.
+#[derive(Debug, Clone)]
+pub struct DraftSni {
+    /// Lower-cased; `*.example.com` covers one label under it.
+    pub name: String,
+    pub certificate: String,
+    pub key: String,
     pub origin: Origin,
 }
 

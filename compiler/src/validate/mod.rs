@@ -49,6 +49,12 @@ pub fn validate(reporter: &mut Reporter, draft: &Draft) {
         if let (Some(tls), Some((hostname, _))) = (&farm.tls, &draft.hostname) {
             let name = tls.name.as_deref().unwrap_or(hostname);
             certificate::certificate(reporter, farm, &tls.certificate, name, tls.origin);
+            for sni in &tls.sni {
+                // `*.customer.example` is checked with a name it covers.
+                let asked =
+                    sni.name.strip_prefix("*.").map_or_else(|| sni.name.clone(), |parent| format!("mail.{parent}"));
+                certificate::certificate(reporter, farm, &sni.certificate, &asked, sni.origin);
+            }
         }
     }
 }
@@ -167,12 +173,15 @@ fn validate_farm(reporter: &mut Reporter, farm: &DraftFarm) {
         }
     }
     if let Some(tls) = &farm.tls {
-        for (what, path) in [("certificate", &tls.certificate), ("key", &tls.key)] {
+        let files = [("certificate", &tls.certificate, tls.origin), ("key", &tls.key, tls.origin)]
+            .into_iter()
+            .chain(tls.sni.iter().flat_map(|s| [("certificate", &s.certificate, s.origin), ("key", &s.key, s.origin)]));
+        for (what, path, origin) in files {
             if let Err(e) = std::fs::metadata(path) {
                 reporter.report(
                     Diag::error("mtac::tls::file", format!("TLS {what} {path}: {e}"))
                         .help("the node reads it at start and on reload; deploy it with the ruleset"),
-                    tls.origin,
+                    origin,
                     "file missing",
                 );
             }

@@ -64,10 +64,7 @@ impl Snapshot {
                 None => None,
             });
             tls.push(match &farm.tls {
-                Some(t) => Some(
-                    crate::tls::FarmTls::load(&t.certificate, &t.key)
-                        .map_err(|e| format!("farm `{}`: {e}", farm.name))?,
-                ),
+                Some(t) => Some(crate::tls::FarmTls::load(t).map_err(|e| format!("farm `{}`: {e}", farm.name))?),
                 None => None,
             });
             signers.push(match &farm.dkim_sign {
