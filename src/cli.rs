@@ -281,7 +281,9 @@ pub fn dispatch(cli: Cli) -> Result<ExitCode, String> {
             let options = mtac_compiler::Options { export_directory, ..files.options()? };
             Ok(check(&policy, &format, Some(&output), options))
         }
-        Command::Inspect { ruleset, settings: true, farm, format } => inspect_settings(&ruleset, farm.as_deref(), format),
+        Command::Inspect { ruleset, settings: true, farm, format } => {
+            inspect_settings(&ruleset, farm.as_deref(), format)
+        }
         Command::Inspect { ruleset, settings: false, farm: _, format } => inspect(&ruleset, format),
         Command::Lookup(args) => crate::lookup::lookup(&args),
         Command::Explain(args) => explain(*args),

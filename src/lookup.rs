@@ -73,7 +73,8 @@ pub fn lookup(args: &LookupArgs) -> Result<ExitCode, String> {
             match found {
                 Some(index) => vec![index],
                 None => {
-                    let names: Vec<&str> = policy.tables.iter().filter(|t| in_farm(t)).map(|t| t.name.as_str()).collect();
+                    let names: Vec<&str> =
+                        policy.tables.iter().filter(|t| in_farm(t)).map(|t| t.name.as_str()).collect();
                     // With --farm, NAME may be the short name: compare it with the short names too.
                     let short = |n: &str| prefix.as_deref().and_then(|p| n.strip_prefix(p)).unwrap_or(n).to_owned();
                     let close = did_you_mean(name, &names).or_else(|| {
@@ -98,7 +99,9 @@ pub fn lookup(args: &LookupArgs) -> Result<ExitCode, String> {
         let (value, what) = match (&key, table) {
             (Key::Ip(ip), Table::Prefixes(t)) => (t.lookup(*ip), ip.to_string()),
             (Key::Address { address, .. }, Table::Addresses(t)) => (t.lookup(address), address.clone()),
-            (Key::Address { domain, .. } | Key::Domain(domain), Table::Domains(t)) => (t.lookup(domain), domain.clone()),
+            (Key::Address { domain, .. } | Key::Domain(domain), Table::Domains(t)) => {
+                (t.lookup(domain), domain.clone())
+            }
             _ => continue,
         };
         let Some(value) = value else { continue };

@@ -45,8 +45,12 @@ impl Printer {
     }
 
     fn comment(&mut self, text: impl AsRef<str>) {
-        let line =
-            Line { parent: self.parent(), depth: self.path.len(), text: format!("// {}", text.as_ref()), setting: false };
+        let line = Line {
+            parent: self.parent(),
+            depth: self.path.len(),
+            text: format!("// {}", text.as_ref()),
+            setting: false,
+        };
         self.lines.push(line);
     }
 
@@ -118,9 +122,9 @@ fn boolean(on: bool) -> &'static str {
 fn duration(seconds: u32) -> String {
     let text = match seconds {
         0 => "0s".to_owned(),
-        s if s % 86_400 == 0 => format!("{}d", s / 86_400),
-        s if s % 3600 == 0 => format!("{}h", s / 3600),
-        s if s % 60 == 0 => format!("{}m", s / 60),
+        s if s.is_multiple_of(86_400) => format!("{}d", s / 86_400),
+        s if s.is_multiple_of(3600) => format!("{}h", s / 3600),
+        s if s.is_multiple_of(60) => format!("{}m", s / 60),
         s => format!("{s}s"),
     };
     quote(&text)
@@ -128,7 +132,7 @@ fn duration(seconds: u32) -> String {
 
 /// Milliseconds as a duration: whole seconds when exact, else `…ms`.
 fn duration_ms(ms: u32) -> String {
-    if ms % 1000 == 0 && ms > 0 {
+    if ms.is_multiple_of(1000) && ms > 0 {
         duration(ms / 1000)
     } else {
         quote(&format!("{ms}ms"))
@@ -138,7 +142,7 @@ fn duration_ms(ms: u32) -> String {
 /// Bytes as the policy writes a size, in the largest binary unit that divides it.
 fn size(bytes: u64) -> String {
     const UNITS: [(u64, &str); 3] = [(1 << 30, "GiB"), (1 << 20, "MiB"), (1 << 10, "KiB")];
-    match UNITS.iter().find(|(unit, _)| bytes > 0 && bytes % unit == 0) {
+    match UNITS.iter().find(|(unit, _)| bytes > 0 && bytes.is_multiple_of(*unit)) {
         Some((unit, name)) => quote(&format!("{}{name}", bytes / unit)),
         None => bytes.to_string(),
     }

@@ -92,7 +92,9 @@ fn the_settings_print_is_a_policy_that_builds_to_the_same_settings() {
     assert!(printed.contains("        connections 3000\n"), "{printed}");
     assert!(printed.contains("        recipients 100 // default\n"), "{printed}");
     assert!(printed.contains("timeout command=\"2m\" data=\"10m\" relay=\"90s\" pregreet=\"0s\"\n"), "{printed}");
-    assert!(printed.contains("state \"redis\" url=\"redis://10.0.0.9:6379/0\" timeout=\"300ms\" on-failure=\"accept\"\n"));
+    assert!(
+        printed.contains("state \"redis\" url=\"redis://10.0.0.9:6379/0\" timeout=\"300ms\" on-failure=\"accept\"\n")
+    );
     assert!(printed.contains("may-send-as \"alice\" \"sales@acme.example\""), "{printed}");
 
     let reprinted_policy = dir.path().join("printed.kdl");
@@ -116,7 +118,9 @@ fn settings_name_lists_by_reference_and_select_one_farm() {
     assert!(printed.contains("farm \"mx\" kind=\"inbound-mx\" {"), "{printed}");
     assert!(!printed.contains("farm \"users\""), "--farm mx printed another farm:\n{printed}");
     assert!(
-        printed.contains("// local-addresses: table mx.local-addresses (3000 entries, from examples/company/lists/accounts.txt)"),
+        printed.contains(
+            "// local-addresses: table mx.local-addresses (3000 entries, from examples/company/lists/accounts.txt)"
+        ),
         "{printed}"
     );
     assert!(printed.contains("    errors 10\n"), "{printed}");

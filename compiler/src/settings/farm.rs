@@ -2,10 +2,10 @@
 
 use super::{boolean, duration, duration_ms, quote, reply, size, table, Printer};
 use mtac_ruleset::model::{
-    AccessAction, Auth, AuthBackend, BackendProtocol, BackendTls, BanResponse, BanScope, BarePolicy, Check,
-    Directory, DkimSign, DmarcSettings, Dnsbl, DnsblTarget, Farm, Greylist, GreylistKey, Limits, MimeRules, OnFail,
-    OnQuarantine, OnTempError, Policy, Program, RateSubject, Relay, ScannerKind, Screen, SenderAuth, SpfSettings,
-    Stage, Step, Stress, TalkerAction, Timeouts, Tls, VerdictHeaders,
+    AccessAction, Auth, AuthBackend, BackendProtocol, BackendTls, BanResponse, BanScope, BarePolicy, Check, Directory,
+    DkimSign, DmarcSettings, Dnsbl, DnsblTarget, Farm, Greylist, GreylistKey, Limits, MimeRules, OnFail, OnQuarantine,
+    OnTempError, Policy, Program, RateSubject, Relay, ScannerKind, Screen, SenderAuth, SpfSettings, Stage, Step,
+    Stress, TalkerAction, Timeouts, Tls, VerdictHeaders,
 };
 
 pub(super) fn farm(p: &mut Printer, policy: &Policy, farm: &Farm) {
@@ -129,7 +129,12 @@ pub(super) fn farm(p: &mut Printer, policy: &Policy, farm: &Farm) {
         }
         print_relay(p, relay);
         if let Some(Tls { certificate, key, required }) = tls {
-            p.leaf(format!("tls certificate={} key={} required={}", quote(certificate), quote(key), boolean(*required)));
+            p.leaf(format!(
+                "tls certificate={} key={} required={}",
+                quote(certificate),
+                quote(key),
+                boolean(*required)
+            ));
         }
         if let Some(auth) = auth {
             print_auth(p, auth);
@@ -362,11 +367,8 @@ fn print_sender_auth(p: &mut Printer, policy: &Policy, sender_auth: &SenderAuth)
                 OnQuarantine::Refuse => "refuse",
                 OnQuarantine::Defer => "defer",
             };
-            let head = format!(
-                "dmarc reject={} quarantine=\"{quarantine}\" temperror={}",
-                on_fail(*reject),
-                temperror(*t)
-            );
+            let head =
+                format!("dmarc reject={} quarantine=\"{quarantine}\" temperror={}", on_fail(*reject), temperror(*t));
             p.block("dmarc", head, |p| {
                 table(p, policy, "never-refuse", *never_refuse);
                 table(p, policy, "trust-arc", *trust_arc);
