@@ -2,20 +2,9 @@
 //! binary as an operator runs them: the print is a policy that compiles back to itself, and a
 //! lookup's exit code says whether a table matched.
 
+use crate::cli::{code, mtac, text};
 use std::path::Path;
-use std::process::{Command, Output};
-
-fn mtac(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_mtac")).args(args).output().expect("mtac runs")
-}
-
-fn code(out: &Output) -> i32 {
-    out.status.code().unwrap_or(-1)
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
+use std::process::Output;
 
 fn build(policy: &Path, ruleset: &Path) {
     let out = mtac(&["build", policy.to_str().unwrap(), "-o", ruleset.to_str().unwrap()]);
