@@ -60,7 +60,9 @@ impl Printer {
     fn block(&mut self, key: &str, head: impl Into<String>, body: impl FnOnce(&mut Printer)) {
         let head = head.into();
         let at = self.lines.len();
-        let line = Line { parent: self.parent(), depth: self.path.len(), text: format!("{head} {{"), setting: false };
+        // An opener with properties is a setting too (`greylist delay=… {`); a bare one is not.
+        let setting = head != key;
+        let line = Line { parent: self.parent(), depth: self.path.len(), text: format!("{head} {{"), setting };
         self.lines.push(line);
         self.path.push(key.to_owned());
         body(self);
@@ -287,13 +289,29 @@ fn top_defaults(policy: &Policy) -> HashSet<(String, String)> {
 /// The farm settings a farm of `kind` that writes none gets (with this policy's host name, which
 /// some defaults name).
 fn farm_defaults(policy: &Policy, kind: FarmKind) -> HashSet<(String, String)> {
-    let Some(minimal) = model_of(&minimal(&policy.hostname, None, kind)) else { return HashSet::new() };
-    let mut p = Printer::default();
-    for farm in &minimal.farms {
-        farm::farm(&mut p, &minimal, farm);
-    }
-    p.settings().into_iter().filter(|(parent, _)| parent.starts_with("farm")).collect()
+    let print = |text: &str| {
+        let mut p = Printer::default();
+        if let Some(minimal) = model_of(text) {
+            for farm in &minimal.farms {
+                farm::farm(&mut p, &minimal, farm);
+            }
+        }
+        p.settings()
+    };
+    let mut defaults: HashSet<(String, String)> = print(&minimal(&policy.hostname, None, kind))
+        .into_iter()
+        .filter(|(parent, _)| parent.starts_with("farm"))
+        .collect();
+    // The blocks a farm has only when it writes them: their defaults are those of the bare node.
+    let bare = minimal(&policy.hostname, None, kind).replace("{\n}", &format!("{{\n{}}}", BARE_BLOCKS.join("\n")));
+    defaults.extend(print(&bare).into_iter().filter(|(parent, text)| {
+        BARE_BLOCKS.iter().any(|block| parent == "farm" && text.starts_with(&format!("{block} ")))
+    }));
+    defaults
 }
+
+/// Farm nodes that may be written bare and whose values then are all defaults.
+const BARE_BLOCKS: [&str; 3] = ["greylist", "spf", "dmarc"];
 
 #[cfg(test)]
 mod tests;

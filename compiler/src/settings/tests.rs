@@ -66,8 +66,11 @@ fn defaults_are_marked_and_written_values_are_not() {
     assert!(text.contains("socket=\"/dev/shm/mtac/admin.sock\" // default\n"), "{text}");
     assert!(text.contains("timeout command=\"5m\" data=\"10m\" relay=\"2m\" pregreet=\"2s\" // default"), "{text}");
     assert!(text.contains("// local-domains: table mx.local-domains (1 entries, from inline)"), "{text}");
-    // The greylist's defaults are those of a written `greylist`: no default farm has one.
-    assert!(text.contains("greylist delay=\"5m\" retry-window=\"4h\""), "{text}");
+    // The greylist's defaults are those of a bare `greylist`.
+    assert!(
+        text.contains("auto-whitelist=5 reply=\"451 4.7.1 Greylisted, please try again later\" { // default"),
+        "{text}"
+    );
 }
 
 #[test]
