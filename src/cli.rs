@@ -76,10 +76,21 @@ enum Command {
     Inspect {
         /// The ruleset file
         ruleset: PathBuf,
+        /// Print every effective setting instead, in the policy's own KDL (a policy that
+        /// `mtac check` accepts), values equal to the farm kind's defaults marked `// default`;
+        /// lists are named with their entry count and sources, not printed
+        #[arg(long)]
+        settings: bool,
+        /// With --settings: only this farm (and the top-level settings)
+        #[arg(long, requires = "settings")]
+        farm: Option<String>,
         /// Output format
         #[arg(long, value_enum, default_value_t = Format::Human)]
         format: Format,
     },
+    /// Look a key up in a ruleset's tables, like postmap -q: an IP address, an address or a
+    /// domain; exit 0 when a table matched, 1 when none did
+    Lookup(crate::lookup::LookupArgs),
     /// Evaluate one session against a ruleset and show each rule consulted and the reply
     Explain(Box<ExplainArgs>),
     /// Run declarative policy tests (files, or directories searched for *.test.kdl)
@@ -270,7 +281,11 @@ pub fn dispatch(cli: Cli) -> Result<ExitCode, String> {
             let options = mtac_compiler::Options { export_directory, ..files.options()? };
             Ok(check(&policy, &format, Some(&output), options))
         }
-        Command::Inspect { ruleset, format } => inspect(&ruleset, format),
+        Command::Inspect { ruleset, settings: true, farm, format } => {
+            inspect_settings(&ruleset, farm.as_deref(), format)
+        }
+        Command::Inspect { ruleset, settings: false, farm: _, format } => inspect(&ruleset, format),
+        Command::Lookup(args) => crate::lookup::lookup(&args),
         Command::Explain(args) => explain(*args),
         Command::Test { tests, files } => run_tests(&tests, &files),
         Command::Run(args) => crate::cli::run(args),
@@ -352,6 +367,22 @@ fn load_ruleset(path: Option<&Path>, policy: Option<&Path>, files: &FileArgs) ->
         }
         (None, None) => Err("give a ruleset file or --policy".to_owned()),
     }
+}
+
+/// `mtac inspect --settings`: the KDL print of `mtac_compiler::settings`, or the model as JSON.
+fn inspect_settings(path: &Path, farm: Option<&str>, format: Format) -> Result<ExitCode, String> {
+    let ruleset = load_ruleset(Some(path), None, &FileArgs::default())?;
+    let policy = ruleset.policy();
+    let request = mtac_compiler::settings::Request { farm };
+    let text = mtac_compiler::settings::print(policy, &request)?;
+    if format == Format::Human {
+        print!("{text}");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut selected = policy.clone();
+    selected.farms.retain(|f| farm.is_none_or(|name| f.name == name));
+    println!("{}", serde_json::to_string_pretty(&selected).map_err(|e| e.to_string())?);
+    Ok(ExitCode::SUCCESS)
 }
 
 fn inspect(path: &Path, format: Format) -> Result<ExitCode, String> {

@@ -15,6 +15,7 @@ mod dnsbl;
 mod explain_node;
 mod greylist;
 mod greylist_spf;
+mod inspect_settings;
 mod node;
 mod policies;
 mod process;
