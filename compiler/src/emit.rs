@@ -261,6 +261,7 @@ fn emit_farm(farm: &DraftFarm, hostname: &str, tables: &mut Tables) -> Farm {
             certificate: t.certificate.clone(),
             key: t.key.clone(),
             required: t.required,
+            name: t.name.clone(),
             sni: t
                 .sni
                 .iter()

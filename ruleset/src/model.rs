@@ -802,6 +802,9 @@ pub struct Tls {
     pub key: String,
     /// STARTTLS must succeed before MAIL (always true on submission farms).
     pub required: bool,
+    /// `name=`: the host name clients connect to, which `mtac check` checks the certificate
+    /// against (`None`: the policy's hostname).
+    pub name: Option<String>,
     /// Other certificates, chosen by the name the client asks for (SNI); the one above serves
     /// every other name and clients that ask for none.
     pub sni: Vec<SniCertificate>,

@@ -27,6 +27,7 @@ fn main() {
         certificate: format!("{root}/example-cert.pem"),
         key: format!("{root}/example-key.pem"),
         required: false,
+        name: None,
         sni: Vec::new(),
     };
     let tls = mtac_runtime::tls::FarmTls::load(&settings).expect("the example certificate loads");

@@ -240,6 +240,7 @@ mod tests {
             certificate: cert.to_str().unwrap().to_owned(),
             key: key.to_str().unwrap().to_owned(),
             required: false,
+            name: None,
             sni: Vec::new(),
         };
         let tls = FarmTls::load(&settings).unwrap();

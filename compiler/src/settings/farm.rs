@@ -4,8 +4,8 @@ use super::{boolean, duration, duration_ms, quote, reply, size, table, Printer};
 use mtac_ruleset::model::{
     AccessAction, Auth, AuthBackend, BackendProtocol, BackendTls, BanResponse, BanScope, BarePolicy, Check, Directory,
     DkimSign, DmarcSettings, Dnsbl, DnsblTarget, Farm, Greylist, GreylistKey, Limits, MimeRules, OnFail, OnQuarantine,
-    OnTempError, Policy, Program, RateSubject, Relay, ScannerKind, Screen, SenderAuth, SpfSettings, Stage, Step,
-    Stress, TalkerAction, Timeouts, Tls, VerdictHeaders,
+    OnTempError, Policy, Program, RateSubject, Relay, ScannerKind, Screen, SenderAuth, SniCertificate, SpfSettings,
+    Stage, Step, Stress, TalkerAction, Timeouts, Tls, VerdictHeaders,
 };
 
 pub(super) fn farm(p: &mut Printer, policy: &Policy, farm: &Farm) {
@@ -128,13 +128,17 @@ pub(super) fn farm(p: &mut Printer, policy: &Policy, farm: &Farm) {
             print_mime(p, mime);
         }
         print_relay(p, relay);
-        if let Some(Tls { certificate, key, required }) = tls {
-            p.leaf(format!(
-                "tls certificate={} key={} required={}",
-                quote(certificate),
-                quote(key),
-                boolean(*required)
-            ));
+        if let Some(Tls { certificate, key, required, name, sni }) = tls {
+            let mut head =
+                format!("tls certificate={} key={} required={}", quote(certificate), quote(key), boolean(*required));
+            if let Some(name) = name {
+                head.push_str(&format!(" name={}", quote(name)));
+            }
+            p.block("tls", head, |p| {
+                for SniCertificate { name, certificate, key } in sni {
+                    p.leaf(format!("sni {} certificate={} key={}", quote(name), quote(certificate), quote(key)));
+                }
+            });
         }
         if let Some(auth) = auth {
             print_auth(p, auth);
