@@ -59,10 +59,7 @@ pub fn status(args: &StatusArgs) -> Result<ExitCode, String> {
         (None, Some(hash)) => Some(hash.to_ascii_lowercase()),
         (None, None) => None,
     };
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| format!("cannot start the runtime: {e}"))?;
+    let runtime = client_runtime()?;
     let timeout = Duration::from_secs(args.timeout.max(1));
     let nodes: Vec<String> = args.nodes.iter().map(|n| with_port(n)).collect();
     let answers: Vec<Result<Status, String>> = runtime.block_on(async {
@@ -208,6 +205,21 @@ pub struct StateArgs {
     format: StatusFormat,
 }
 
+/// A client's runtime: one thread, for one request.
+fn client_runtime() -> Result<tokio::runtime::Runtime, String> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the runtime: {e}"))
+}
+
+/// The admin socket given, or the default one (admin.sock in the default spool).
+fn admin_socket(given: Option<&PathBuf>) -> PathBuf {
+    given.cloned().unwrap_or_else(|| {
+        PathBuf::from(mtac_ruleset::model::DEFAULT_SPOOL).join(mtac_ruleset::model::ADMIN_SOCKET_NAME)
+    })
+}
+
 fn query_escape(value: &str) -> String {
     value
         .bytes()
@@ -224,9 +236,7 @@ fn query_escape(value: &str) -> String {
 /// admin socket (the TCP listener does not answer state queries: it would tell anyone who can
 /// reach it who wrote to whom).
 pub fn state(args: &StateArgs) -> Result<ExitCode, String> {
-    let socket = args.socket.clone().unwrap_or_else(|| {
-        PathBuf::from(mtac_ruleset::model::DEFAULT_SPOOL).join(mtac_ruleset::model::ADMIN_SOCKET_NAME)
-    });
+    let socket = admin_socket(args.socket.as_ref());
     let mut query = Vec::new();
     let fields: [(&str, &Option<String>); 6] = [
         ("client", &args.client),
@@ -262,10 +272,7 @@ pub fn state(args: &StateArgs) -> Result<ExitCode, String> {
         (hyper::Method::GET, "/state")
     };
     let path = if query.is_empty() { base.to_owned() } else { format!("{base}?{}", query.join("&")) };
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| format!("cannot start the runtime: {e}"))?;
+    let runtime = client_runtime()?;
     let (code, body) =
         runtime.block_on(mtac_runtime::admin::ask_socket(&socket, method, &path, Duration::from_secs(10)))?;
     let report: mtac_runtime::admin::StateReport = serde_json::from_str(&body)
@@ -448,17 +455,12 @@ pub struct LogLevelArgs {
 
 /// `mtac log-level [LEVEL]`: the running node's log filter, read or changed on its admin socket.
 pub fn log_level(args: &LogLevelArgs) -> Result<ExitCode, String> {
-    let socket = args.socket.clone().unwrap_or_else(|| {
-        PathBuf::from(mtac_ruleset::model::DEFAULT_SPOOL).join(mtac_ruleset::model::ADMIN_SOCKET_NAME)
-    });
+    let socket = admin_socket(args.socket.as_ref());
     let (method, path) = match &args.level {
         Some(level) => (hyper::Method::POST, format!("/log-level?level={}", query_escape(level))),
         None => (hyper::Method::GET, "/log-level".to_owned()),
     };
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| format!("cannot start the runtime: {e}"))?;
+    let runtime = client_runtime()?;
     let (code, body) =
         runtime.block_on(mtac_runtime::admin::ask_socket(&socket, method, &path, Duration::from_secs(10)))?;
     if code == 200 {
@@ -488,9 +490,7 @@ pub struct TraceArgs {
 
 /// `mtac trace`: the running node's decision lines for some clients, as they happen.
 pub fn trace(args: &TraceArgs) -> Result<ExitCode, String> {
-    let socket = args.socket.clone().unwrap_or_else(|| {
-        PathBuf::from(mtac_ruleset::model::DEFAULT_SPOOL).join(mtac_ruleset::model::ADMIN_SOCKET_NAME)
-    });
+    let socket = admin_socket(args.socket.as_ref());
     let mut query = Vec::new();
     if let Some(client) = &args.client {
         query.push(format!("client={}", query_escape(client)));
@@ -499,10 +499,7 @@ pub fn trace(args: &TraceArgs) -> Result<ExitCode, String> {
         query.push(format!("farm={}", query_escape(farm)));
     }
     let path = if query.is_empty() { "/trace".to_owned() } else { format!("/trace?{}", query.join("&")) };
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| format!("cannot start the runtime: {e}"))?;
+    let runtime = client_runtime()?;
     let mut left = args.lines;
     runtime.block_on(mtac_runtime::admin::stream_socket(&socket, &path, |chunk| {
         crate::output::stdout_bytes(chunk);
