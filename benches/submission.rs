@@ -12,8 +12,6 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
-#[path = "../tests/common/any_certificate.rs"]
-mod any_certificate;
 #[path = "../tests/common/latencies.rs"]
 mod latencies;
 
@@ -139,7 +137,7 @@ farm "users" kind="submission" {{
             .with_safe_default_protocol_versions()
             .unwrap()
             .dangerous()
-            .with_custom_certificate_verifier(Arc::new(any_certificate::AnyCertificate(provider)))
+            .with_custom_certificate_verifier(Arc::new(mtac_runtime::relay::AnyCertificate(provider)))
             .with_no_client_auth();
         let tls = tokio_rustls::TlsConnector::from(Arc::new(config));
         let credentials = base64::engine::general_purpose::STANDARD.encode(b"\0alice\0correct horse");

@@ -76,10 +76,21 @@ enum Command {
     Inspect {
         /// The ruleset file
         ruleset: PathBuf,
+        /// Print every effective setting instead, in the policy's own KDL (a policy that
+        /// `mtac check` accepts), values equal to the farm kind's defaults marked `// default`;
+        /// lists are named with their entry count and sources, not printed
+        #[arg(long)]
+        settings: bool,
+        /// With --settings: only this farm (and the top-level settings)
+        #[arg(long, requires = "settings")]
+        farm: Option<String>,
         /// Output format
         #[arg(long, value_enum, default_value_t = Format::Human)]
         format: Format,
     },
+    /// Look a key up in a ruleset's tables, like postmap -q: an IP address, an address or a
+    /// domain; exit 0 when a table matched, 1 when none did
+    Lookup(crate::lookup::LookupArgs),
     /// Evaluate one session against a ruleset and show each rule consulted and the reply
     Explain(Box<ExplainArgs>),
     /// Run declarative policy tests (files, or directories searched for *.test.kdl)
@@ -96,6 +107,10 @@ enum Command {
     Status(crate::status::StatusArgs),
     /// Show a node's greylist and ban state (counts, bans with their expiry, one client or triplet), or lift a ban, on its admin socket
     State(crate::status::StateArgs),
+    /// Show or change a running node's log filter (RUST_LOG's syntax), on its admin socket
+    LogLevel(crate::status::LogLevelArgs),
+    /// Follow a running node's decision lines for some clients (or a farm), on its admin socket
+    Trace(crate::status::TraceArgs),
     /// Print the DNS TXT record that publishes a DKIM key (`dkim-sign`)
     DkimRecord(crate::dkim_record::DkimRecordArgs),
     /// Make an Argon2id password hash for a submission farm's `user` entries (the password from
@@ -270,12 +285,18 @@ pub fn dispatch(cli: Cli) -> Result<ExitCode, String> {
             let options = mtac_compiler::Options { export_directory, ..files.options()? };
             Ok(check(&policy, &format, Some(&output), options))
         }
-        Command::Inspect { ruleset, format } => inspect(&ruleset, format),
+        Command::Inspect { ruleset, settings: true, farm, format } => {
+            inspect_settings(&ruleset, farm.as_deref(), format)
+        }
+        Command::Inspect { ruleset, settings: false, farm: _, format } => inspect(&ruleset, format),
+        Command::Lookup(args) => crate::lookup::lookup(&args),
         Command::Explain(args) => explain(*args),
         Command::Test { tests, files } => run_tests(&tests, &files),
         Command::Run(args) => crate::cli::run(args),
         Command::Status(args) => crate::status::status(&args),
         Command::State(args) => crate::status::state(&args),
+        Command::LogLevel(args) => crate::status::log_level(&args),
+        Command::Trace(args) => crate::status::trace(&args),
         Command::DkimRecord(args) => crate::dkim_record::dkim_record(&args),
         Command::HashPassword(args) => crate::tools::hash_password(&args),
         Command::ManPages(args) => crate::tools::man_pages(&args),
@@ -350,6 +371,22 @@ fn load_ruleset(path: Option<&Path>, policy: Option<&Path>, files: &FileArgs) ->
         }
         (None, None) => Err("give a ruleset file or --policy".to_owned()),
     }
+}
+
+/// `mtac inspect --settings`: the KDL print of `mtac_compiler::settings`, or the model as JSON.
+fn inspect_settings(path: &Path, farm: Option<&str>, format: Format) -> Result<ExitCode, String> {
+    let ruleset = load_ruleset(Some(path), None, &FileArgs::default())?;
+    let policy = ruleset.policy();
+    let request = mtac_compiler::settings::Request { farm };
+    let text = mtac_compiler::settings::print(policy, &request)?;
+    if format == Format::Human {
+        print!("{text}");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut selected = policy.clone();
+    selected.farms.retain(|f| farm.is_none_or(|name| f.name == name));
+    println!("{}", serde_json::to_string_pretty(&selected).map_err(|e| e.to_string())?);
+    Ok(ExitCode::SUCCESS)
 }
 
 fn inspect(path: &Path, format: Format) -> Result<ExitCode, String> {
@@ -534,6 +571,7 @@ fn explain(args: ExplainArgs) -> Result<ExitCode, String> {
                 StepOutcome::Skipped(why) => format!("skipped  {why}"),
                 StepOutcome::Accepted(why) => format!("accept   {why}"),
                 StepOutcome::Decided(reply) => format!("REFUSE   {reply}"),
+                StepOutcome::WouldRefuse(reply) => format!("shadow   would refuse: {reply} (not enforced)"),
             };
             println!("  {:<24} {text}", line.rule);
         }

@@ -180,6 +180,20 @@ pub fn init(settings: &LogSettings) -> Result<Option<Arc<Syslog>>, String> {
     use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // `mtac log-level` changes it in the running node, over the admin socket: one reloadable
+    // copy per output (a per-layer filter is one layer's), all set together.
+    let current = filter.to_string();
+    let (stderr_filter, stderr_handle) = tracing_subscriber::reload::Layer::new(filter);
+    let (syslog_filter, syslog_handle) =
+        tracing_subscriber::reload::Layer::new(tracing_subscriber::EnvFilter::new(&current));
+    mtac_runtime::admin::register_log_filter(
+        current,
+        Box::new(move |directive| {
+            let parse = || tracing_subscriber::EnvFilter::try_new(directive).map_err(|e| e.to_string());
+            stderr_handle.reload(parse()?).map_err(|e| e.to_string())?;
+            syslog_handle.reload(parse()?).map_err(|e| e.to_string())
+        }),
+    );
     // Colours only on a terminal: log files and collectors get plain text.
     let stderr = tracing_subscriber::fmt::layer().with_ansi(std::io::stderr().is_terminal()).with_writer(io::stderr);
     let stderr = if settings.json { stderr.json().boxed() } else { stderr.boxed() };
@@ -197,11 +211,85 @@ pub fn init(settings: &LogSettings) -> Result<Option<Arc<Syslog>>, String> {
             .with_target(false)
             .with_writer(MakeSyslog(s.clone()))
     });
+    // `mtac trace` sees the node's decision lines whatever the log level: its own fixed filter,
+    // so no debug event of another crate is ever built for it.
+    let trace =
+        TraceLayer.with_filter(tracing_subscriber::filter::Targets::new().with_target("mtac_runtime", Level::INFO));
     tracing_subscriber::registry()
-        .with(filter)
-        .with(stderr)
-        .with(syslog_layer)
+        .with(stderr.with_filter(stderr_filter))
+        .with(syslog_layer.with_filter(syslog_filter))
+        .with(trace)
         .try_init()
         .map_err(|e| format!("cannot set up logging: {e}"))?;
     Ok(syslog)
+}
+
+/// Hands the node's decision lines (events naming a `client`) to `mtac trace` readers, only
+/// while there are some.
+struct TraceLayer;
+
+impl<S: tracing::Subscriber> Layer<S> for TraceLayer {
+    fn on_event(&self, event: &tracing::Event<'_>, _ctx: tracing_subscriber::layer::Context<'_, S>) {
+        if !mtac_runtime::admin::tracing_wanted() {
+            return;
+        }
+        let mut line = TraceFields::default();
+        event.record(&mut line);
+        let Some(client) = line.client else { return };
+        let meta = event.metadata();
+        let text = format!("{} {:>5} {}{}", clock(), meta.level(), line.message, line.fields);
+        mtac_runtime::admin::publish_trace(mtac_runtime::admin::TraceLine {
+            client: Some(client),
+            farm: line.farm,
+            text,
+        });
+    }
+}
+
+/// An event's message, `client`, `farm` and every field as ` name=value`.
+#[derive(Default)]
+struct TraceFields {
+    message: String,
+    fields: String,
+    client: Option<std::net::IpAddr>,
+    farm: Option<String>,
+}
+
+impl tracing::field::Visit for TraceFields {
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        use std::fmt::Write as _;
+        match field.name() {
+            "message" => self.message = format!("{value:?}"),
+            // `client = %ip`: a Display value, whose Debug is its Display.
+            "client" | "farm" => self.record_str(field, &format!("{value:?}")),
+            name => {
+                let _ = write!(self.fields, " {name}={value:?}");
+            }
+        }
+    }
+
+    fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+        use std::fmt::Write as _;
+        match field.name() {
+            "message" => value.clone_into(&mut self.message),
+            "farm" => {
+                self.farm = Some(value.to_owned());
+                let _ = write!(self.fields, " farm={value}");
+            }
+            "client" => {
+                self.client = value.parse().ok();
+                let _ = write!(self.fields, " client={value}");
+            }
+            name => {
+                let _ = write!(self.fields, " {name}={value:?}");
+            }
+        }
+    }
+}
+
+/// `HH:MM:SS.mmm` UTC, for a trace line.
+fn clock() -> String {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    let (s, ms) = (now.as_secs() % 86_400, now.subsec_millis());
+    format!("{:02}:{:02}:{:02}.{ms:03}", s / 3600, (s % 3600) / 60, s % 60)
 }

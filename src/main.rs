@@ -25,6 +25,7 @@ macro_rules! eprint {
 mod cli;
 mod dkim_record;
 mod logging;
+mod lookup;
 mod output;
 mod status;
 mod tools;

@@ -59,10 +59,7 @@ pub fn status(args: &StatusArgs) -> Result<ExitCode, String> {
         (None, Some(hash)) => Some(hash.to_ascii_lowercase()),
         (None, None) => None,
     };
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| format!("cannot start the runtime: {e}"))?;
+    let runtime = client_runtime()?;
     let timeout = Duration::from_secs(args.timeout.max(1));
     let nodes: Vec<String> = args.nodes.iter().map(|n| with_port(n)).collect();
     let answers: Vec<Result<Status, String>> = runtime.block_on(async {
@@ -183,9 +180,44 @@ pub struct StateArgs {
     /// lift (default: every farm's; `*` for bans that hold for every farm)
     #[arg(long)]
     farm: Option<String>,
+    /// List the greylist triplets (of --client, or all), a page at a time
+    #[arg(long, conflicts_with_all = ["unban", "delete", "whitelist", "sender", "recipient"])]
+    list: bool,
+    /// With --list: list the whitelist counts (auto-whitelisted and operator-whitelisted clients)
+    #[arg(long, requires = "list")]
+    whitelisted: bool,
+    /// With --list: the most entries one page shows (at most 1000)
+    #[arg(long, requires = "list", default_value_t = 100)]
+    limit: usize,
+    /// With --list: the page after this cursor (the previous page prints it)
+    #[arg(long, requires = "list", value_name = "CURSOR")]
+    after: Option<String>,
+    /// Delete the greylist triplets of --client (or one, with --sender and --recipient): its next
+    /// attempt is greylisted afresh
+    #[arg(long, requires = "client", conflicts_with_all = ["unban", "whitelist"])]
+    delete: bool,
+    /// Whitelist --client: greylisting passes it for the farm's greylist lifetime, whatever its
+    /// auto-whitelist
+    #[arg(long, requires = "client", conflicts_with_all = ["unban", "sender", "recipient"])]
+    whitelist: bool,
     /// Output format
     #[arg(long, value_enum, default_value_t = StatusFormat::Human)]
     format: StatusFormat,
+}
+
+/// A client's runtime: one thread, for one request.
+fn client_runtime() -> Result<tokio::runtime::Runtime, String> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the runtime: {e}"))
+}
+
+/// The admin socket given, or the default one (admin.sock in the default spool).
+fn admin_socket(given: Option<&PathBuf>) -> PathBuf {
+    given.cloned().unwrap_or_else(|| {
+        PathBuf::from(mtac_ruleset::model::DEFAULT_SPOOL).join(mtac_ruleset::model::ADMIN_SOCKET_NAME)
+    })
 }
 
 fn query_escape(value: &str) -> String {
@@ -204,9 +236,7 @@ fn query_escape(value: &str) -> String {
 /// admin socket (the TCP listener does not answer state queries: it would tell anyone who can
 /// reach it who wrote to whom).
 pub fn state(args: &StateArgs) -> Result<ExitCode, String> {
-    let socket = args.socket.clone().unwrap_or_else(|| {
-        PathBuf::from(mtac_ruleset::model::DEFAULT_SPOOL).join(mtac_ruleset::model::ADMIN_SOCKET_NAME)
-    });
+    let socket = admin_socket(args.socket.as_ref());
     let mut query = Vec::new();
     let fields: [(&str, &Option<String>); 6] = [
         ("client", &args.client),
@@ -221,13 +251,28 @@ pub fn state(args: &StateArgs) -> Result<ExitCode, String> {
             query.push(format!("{name}={}", query_escape(v)));
         }
     }
-    let (method, base) =
-        if args.unban.is_some() { (hyper::Method::POST, "/unban") } else { (hyper::Method::GET, "/state") };
+    if args.list {
+        if args.whitelisted {
+            query.push("kind=whitelist".to_owned());
+        }
+        query.push(format!("limit={}", args.limit));
+        if let Some(after) = &args.after {
+            query.push(format!("after={}", query_escape(after)));
+        }
+    }
+    let (method, base) = if args.unban.is_some() {
+        (hyper::Method::POST, "/unban")
+    } else if args.delete {
+        (hyper::Method::POST, "/state/delete")
+    } else if args.whitelist {
+        (hyper::Method::POST, "/state/whitelist")
+    } else if args.list {
+        (hyper::Method::GET, "/state/list")
+    } else {
+        (hyper::Method::GET, "/state")
+    };
     let path = if query.is_empty() { base.to_owned() } else { format!("{base}?{}", query.join("&")) };
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| format!("cannot start the runtime: {e}"))?;
+    let runtime = client_runtime()?;
     let (code, body) =
         runtime.block_on(mtac_runtime::admin::ask_socket(&socket, method, &path, Duration::from_secs(10)))?;
     let report: mtac_runtime::admin::StateReport = serde_json::from_str(&body)
@@ -237,6 +282,28 @@ pub fn state(args: &StateArgs) -> Result<ExitCode, String> {
         let lifted_none = report.lifted.as_ref().is_some_and(Vec::is_empty);
         let ok = code == 200 && report.error.is_none() && !lifted_none;
         return Ok(if ok { ExitCode::SUCCESS } else { ExitCode::from(1) });
+    }
+    if let Some(e) = report.error.as_ref().filter(|_| args.list || args.delete || args.whitelist) {
+        println!("error            {e}");
+        return Ok(ExitCode::from(1));
+    }
+    if let Some(listed) = &report.listed {
+        print_page(listed, report.next.as_deref(), args);
+        return Ok(ExitCode::SUCCESS);
+    }
+    if let Some(deleted) = report.deleted {
+        let key = report.client_key.as_deref().unwrap_or("");
+        if deleted == 0 {
+            println!("no triplet of {key} to delete");
+            return Ok(ExitCode::from(1));
+        }
+        println!("deleted          {deleted} triplet(s) of {key}");
+        return Ok(ExitCode::SUCCESS);
+    }
+    if let Some(seconds) = report.whitelisted_for {
+        let key = report.client_key.as_deref().unwrap_or("");
+        println!("whitelisted      {key}: passes greylisting for {}", age(seconds as f64));
+        return Ok(ExitCode::SUCCESS);
     }
     if let Some(lifted) = &report.lifted {
         for ban in lifted {
@@ -303,6 +370,38 @@ pub fn state(args: &StateArgs) -> Result<ExitCode, String> {
     Ok(if code == 200 { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }
 
+/// One page of `mtac state --list`, and how to ask for the next.
+fn print_page(listed: &[mtac_runtime::state::Listed], next: Option<&str>, args: &StateArgs) {
+    let now = mtac_runtime::state::unix_now();
+    for entry in listed {
+        match (entry.passed, entry.deliveries) {
+            (Some(passed), _) => println!(
+                "{}  {}  first seen {} ago  forgotten in {}",
+                if passed { "passed " } else { "waiting" },
+                entry.key,
+                age(now.saturating_sub(entry.first_seen.unwrap_or(now)) as f64),
+                age(entry.expires_in as f64)
+            ),
+            (None, Some(n)) => {
+                let who = if n >= mtac_runtime::state::OPERATOR_WHITELIST {
+                    "whitelisted by an operator".to_owned()
+                } else {
+                    format!("{n} deliveries")
+                };
+                println!("{}  {who}  forgotten in {}", entry.key, age(entry.expires_in as f64));
+            }
+            (None, None) => println!("{}", entry.key),
+        }
+    }
+    if listed.is_empty() {
+        println!("no entries");
+    }
+    if let Some(cursor) = next {
+        let kind = if args.whitelisted { " --whitelisted" } else { "" };
+        println!("more: mtac state --list{kind} --after {cursor}");
+    }
+}
+
 async fn ask(node: String, timeout: Duration) -> Result<Status, String> {
     let (code, body) = mtac_runtime::admin::get(&node, "/status", timeout).await?;
     if code != 200 {
@@ -342,4 +441,71 @@ mod tests {
         assert_eq!(age(7500.0), "2h05m");
         assert_eq!(age(3.0 * 86_400.0 + 4.0 * 3600.0), "3d04h");
     }
+}
+
+#[derive(Args, Debug)]
+pub struct LogLevelArgs {
+    /// The log filter to set, in RUST_LOG's syntax (`debug`, `warn`, `info,mtac_runtime::conn=debug`);
+    /// without it, print the one in force
+    level: Option<String>,
+    /// The node's admin socket (policy: `admin socket=`; default: admin.sock in the default spool)
+    #[arg(long, value_name = "SOCKET")]
+    socket: Option<PathBuf>,
+}
+
+/// `mtac log-level [LEVEL]`: the running node's log filter, read or changed on its admin socket.
+pub fn log_level(args: &LogLevelArgs) -> Result<ExitCode, String> {
+    let socket = admin_socket(args.socket.as_ref());
+    let (method, path) = match &args.level {
+        Some(level) => (hyper::Method::POST, format!("/log-level?level={}", query_escape(level))),
+        None => (hyper::Method::GET, "/log-level".to_owned()),
+    };
+    let runtime = client_runtime()?;
+    let (code, body) =
+        runtime.block_on(mtac_runtime::admin::ask_socket(&socket, method, &path, Duration::from_secs(10)))?;
+    if code == 200 {
+        println!("{}", body.trim_end());
+        Ok(ExitCode::SUCCESS)
+    } else {
+        eprintln!("mtac: {}: {}", socket.display(), body.trim_end());
+        Ok(ExitCode::from(1))
+    }
+}
+
+#[derive(Args, Debug)]
+pub struct TraceArgs {
+    /// Only the clients in this network (or this address)
+    #[arg(long, value_name = "CIDR")]
+    client: Option<String>,
+    /// Only this farm's sessions
+    #[arg(long)]
+    farm: Option<String>,
+    /// The node's admin socket (policy: `admin socket=`; default: admin.sock in the default spool)
+    #[arg(long, value_name = "SOCKET")]
+    socket: Option<PathBuf>,
+    /// Stop after this many lines (default: until interrupted)
+    #[arg(long, value_name = "N")]
+    lines: Option<u64>,
+}
+
+/// `mtac trace`: the running node's decision lines for some clients, as they happen.
+pub fn trace(args: &TraceArgs) -> Result<ExitCode, String> {
+    let socket = admin_socket(args.socket.as_ref());
+    let mut query = Vec::new();
+    if let Some(client) = &args.client {
+        query.push(format!("client={}", query_escape(client)));
+    }
+    if let Some(farm) = &args.farm {
+        query.push(format!("farm={}", query_escape(farm)));
+    }
+    let path = if query.is_empty() { "/trace".to_owned() } else { format!("/trace?{}", query.join("&")) };
+    let runtime = client_runtime()?;
+    let mut left = args.lines;
+    runtime.block_on(mtac_runtime::admin::stream_socket(&socket, &path, |chunk| {
+        crate::output::stdout_bytes(chunk);
+        let lines = chunk.iter().filter(|&&b| b == b'\n').count() as u64;
+        left = left.map(|n| n.saturating_sub(lines));
+        !crate::output::failed() && left != Some(0)
+    }))?;
+    Ok(ExitCode::SUCCESS)
 }

@@ -7,8 +7,8 @@
 use crate::lower::{AddressEntry, DomainEntry, Draft, DraftFarm, DraftRelay, NetEntry};
 use mtac_ruleset::model::{
     AccessAction, BanResponse, BanRule, Check, DmarcSettings, Dnsbl, DnsblZone, Farm, FarmKind, Greylist, Limits,
-    Policy, Program, Relay, Reply, Scanner, Screen, SenderAuth, Stage, Step, TableId, TableInfo, TableKind, Timeouts,
-    Tls, VerdictHeaders, VERIFIED_SENDER,
+    Policy, Program, Relay, Reply, Scanner, Screen, SenderAuth, SniCertificate, Stage, Step, TableId, TableInfo,
+    TableKind, Timeouts, Tls, VerdictHeaders, VERIFIED_SENDER,
 };
 use mtac_ruleset::rules;
 use mtac_ruleset::tables::{AddressTableBuilder, DomainTableBuilder, PrefixTableBuilder};
@@ -262,6 +262,16 @@ fn emit_farm(farm: &DraftFarm, hostname: &str, tables: &mut Tables) -> Farm {
             certificate: t.certificate.clone(),
             key: t.key.clone(),
             required: t.required,
+            name: t.name.clone(),
+            sni: t
+                .sni
+                .iter()
+                .map(|s| SniCertificate {
+                    name: s.name.clone(),
+                    certificate: s.certificate.clone(),
+                    key: s.key.clone(),
+                })
+                .collect(),
         }),
         auth: farm.auth.as_ref().map(|(a, _)| a.clone()),
         dkim_sign: farm.dkim_sign.as_ref().map(|(d, _)| d.clone()),
@@ -300,7 +310,7 @@ fn sender_auth(farm: &DraftFarm, tables: &mut Tables) -> SenderAuth {
 }
 
 fn step(rule: &str, check: Check, reply: Reply) -> Step {
-    Step { rule: rule.to_owned(), check, reply }
+    Step { rule: rule.to_owned(), check, reply, shadow: false }
 }
 
 /// The decision program of a farm. Client-level rejects wait for RCPT TO by default (as Postfix's
@@ -459,6 +469,12 @@ pub fn program(
     if let Some(g) = &farm.greylist {
         let reply = g.reply.clone().unwrap_or_else(|| Reply::new(451, "4.7.1", "Greylisted, please try again later"));
         p.rcpt.push(step(rules::GREYLIST, Check::Greylist, reply));
+    }
+    // `shadow`: validation kept the names to rules this program holds and may report only.
+    for stage in Stage::ALL {
+        for step in p.stage_mut(stage).iter_mut() {
+            step.shadow = farm.shadow.iter().any(|(rule, _)| *rule == step.rule);
+        }
     }
     p
 }

@@ -37,6 +37,7 @@ pub mod fuzz;
 pub mod lower;
 pub mod nodes;
 pub mod policytest;
+pub mod settings;
 pub mod validate;
 
 use diag::{Diag, Diagnostics, Reporter, SourceFile};

@@ -114,6 +114,7 @@ pub const NODES: &[Node] = &[
     child("dnsbl", "zone", "dnsbl"),
     child("zone", "answer", "dnsbl"),
     farm("ban", Lowerer::ban),
+    farm("shadow", Lowerer::shadow),
     farm("rate-limit", Lowerer::rate_limit),
     farm("tarpit", Lowerer::tarpit),
     once("screen", Lowerer::screen),
@@ -147,6 +148,7 @@ pub const NODES: &[Node] = &[
     // `relay` and `deliver` are one way out: they share the once-per-farm key.
     Node { once: Some("relay"), ..once("deliver", Lowerer::deliver) },
     once("tls", Lowerer::tls),
+    child("tls", "sni", "tls"),
     once("auth", Lowerer::auth),
     child("auth", "ldap", "auth"),
     child("auth", "user", "auth"),

@@ -15,6 +15,9 @@
 //! }
 //! ```
 //!
+//! `expect "accept" shadow="dnsbl"` also asks that the `shadow` rule `dnsbl` reported the
+//! refusal it would have given.
+//!
 //! Each test is evaluated against the compiled ruleset with [`mtac_ruleset::eval::simulate`], the
 //! function the runtime and `mtac explain` use, so a passing test proves what a node will answer.
 
@@ -86,6 +89,8 @@ pub struct Expectation {
     pub reply: String,
     pub stage: Option<Stage>,
     pub rule: Option<String>,
+    /// `shadow="RULE"`: that `shadow` rule must have reported a refusal it did not enforce.
+    pub shadow: Option<String>,
 }
 
 /// A test file: the policy it names and its tests.
@@ -267,7 +272,10 @@ impl PolicyTest {
         };
         let stage_ok = self.expect.stage.is_none() || self.expect.stage == outcome.stage;
         let rule_ok = self.expect.rule.is_none() || self.expect.rule == outcome.rule;
-        if reply_ok && stage_ok && rule_ok {
+        let shadowed: Vec<&str> =
+            simulation.stages.iter().flat_map(|(_, d)| &d.shadowed).map(|(rule, _)| rule.as_str()).collect();
+        let shadow_ok = self.expect.shadow.as_deref().is_none_or(|want| shadowed.contains(&want));
+        if reply_ok && stage_ok && rule_ok && shadow_ok {
             Ok(outcome)
         } else {
             let mut want = self.expect.reply.clone();
@@ -276,6 +284,10 @@ impl PolicyTest {
             }
             if let Some(rule) = &self.expect.rule {
                 want.push_str(&format!(" (rule {rule})"));
+            }
+            if let Some(rule) = &self.expect.shadow {
+                let seen = if shadowed.is_empty() { "none".to_owned() } else { shadowed.join(", ") };
+                want.push_str(&format!(", with shadow rule {rule} reporting a refusal (shadow refusals: {seen})"));
             }
             Err((Some(outcome), want))
         }
@@ -537,11 +549,12 @@ fn lower_test(node: &KdlNode, source: &SourceFile, diags: &mut Diagnostics) -> O
                     bad(diags, child, "unknown stage".to_owned(), "connect, helo, mail, rcpt or data");
                 }
                 let rule = child.get("rule").and_then(|v| v.as_string()).map(str::to_owned);
-                if let Some(rule) = &rule {
-                    check_rule_name(rule, child, source, diags);
+                let shadow = child.get("shadow").and_then(|v| v.as_string()).map(str::to_owned);
+                for name in rule.iter().chain(&shadow) {
+                    check_rule_name(name, child, source, diags);
                 }
                 match value {
-                    Some(reply) => expect = Some(Expectation { reply, stage: stage.flatten(), rule }),
+                    Some(reply) => expect = Some(Expectation { reply, stage: stage.flatten(), rule, shadow }),
                     None => bad(
                         diags,
                         child,

@@ -164,6 +164,9 @@ pub enum StepOutcome {
     /// A verdict the node finds for itself (this fact: `spf`, `dmarc`) was not given to this
     /// evaluation (`explain` without `--spf`). Passes, so the rest of the session is still shown.
     NotGiven(&'static str),
+    /// A `shadow` step would have refused with this reply: reported, not enforced, and the
+    /// stage goes on.
+    WouldRefuse(Reply),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -186,6 +189,9 @@ pub struct Decision {
     pub greylist_pending: bool,
     /// Every step so far passed and the directory must be asked (see [`StepOutcome::AskDirectory`]).
     pub directory_pending: bool,
+    /// The `shadow` steps that would have refused, and their replies: logged and counted by the
+    /// node as "would refuse", never sent.
+    pub shadowed: Vec<(String, Reply)>,
 }
 
 /// Evaluate `stage` of `farm` for `facts`.
@@ -195,6 +201,7 @@ pub fn evaluate(tables: &dyn Lookup, farm: &Farm, stage: Stage, facts: &Facts<'_
     // A role account (abuse@, postmaster@) must be reachable even by a client the access list
     // refuses: that client may be the one trying to report a problem.
     let mut role_account: Option<String> = None;
+    let mut shadowed = Vec::new();
     if stage == Stage::Mail {
         for (rule, outcome) in session_mail_checks(tables, farm, facts) {
             let refusal = match &outcome {
@@ -210,6 +217,7 @@ pub fn evaluate(tables: &dyn Lookup, farm: &Farm, stage: Stage, facts: &Facts<'_
                     trace,
                     greylist_pending: false,
                     directory_pending: false,
+                    shadowed: Vec::new(),
                 };
             }
         }
@@ -224,7 +232,13 @@ pub fn evaluate(tables: &dyn Lookup, farm: &Farm, stage: Stage, facts: &Facts<'_
             trace.push(TraceLine { rule: step.rule.clone(), outcome: StepOutcome::Skipped(why) });
             continue;
         }
-        let outcome = run_step(tables, farm, step, facts);
+        let outcome = match run_step(tables, farm, step, facts) {
+            StepOutcome::Decided(reply) if step.shadow => {
+                shadowed.push((step.rule.clone(), reply.clone()));
+                StepOutcome::WouldRefuse(reply)
+            }
+            outcome => outcome,
+        };
         let decided = match &outcome {
             StepOutcome::Decided(reply) => Some(reply.clone()),
             StepOutcome::Accepted(why) => {
@@ -242,6 +256,7 @@ pub fn evaluate(tables: &dyn Lookup, farm: &Farm, stage: Stage, facts: &Facts<'_
                 trace,
                 greylist_pending: false,
                 directory_pending: false,
+                shadowed,
             };
         }
         if trace.last().is_some_and(|line| line.outcome == StepOutcome::AskDirectory) {
@@ -253,11 +268,12 @@ pub fn evaluate(tables: &dyn Lookup, farm: &Farm, stage: Stage, facts: &Facts<'_
                 trace,
                 greylist_pending: false,
                 directory_pending: true,
+                shadowed,
             };
         }
     }
     let greylist_pending = trace.iter().any(|line| line.outcome == StepOutcome::Pending);
-    Decision { reply: None, rule: None, trusted, trace, greylist_pending, directory_pending: false }
+    Decision { reply: None, rule: None, trusted, trace, greylist_pending, directory_pending: false, shadowed }
 }
 
 /// The rule name of the TLS requirement at MAIL FROM (`tls required=#true`, every submission farm).

@@ -53,6 +53,19 @@ pub enum StateSettings {
         /// When Redis cannot answer: accept (and log) instead of deferring with 451.
         fail_open: bool,
     },
+    /// A Redis primary found through Redis Sentinel, followed across failovers.
+    RedisSentinel {
+        /// The sentinels, `host:port` each, asked in order.
+        sentinels: Vec<String>,
+        /// The name the sentinels monitor the primary under.
+        service: String,
+        /// The database number.
+        db: i64,
+        /// Per command, milliseconds.
+        timeout_ms: u32,
+        /// When Redis cannot answer (a failover among others): accept instead of deferring.
+        fail_open: bool,
+    },
 }
 
 /// The embedded store's file when the policy does not say.
@@ -518,6 +531,9 @@ pub struct Step {
     pub check: Check,
     /// The reply when the check fails (access lists carry their own per entry).
     pub reply: Reply,
+    /// `shadow`: the step is evaluated and what it would refuse is reported
+    /// ([`crate::eval::Decision::shadowed`]), never enforced.
+    pub shadow: bool,
 }
 
 /// What a step checks. Anti-spam checks are skipped for trusted clients, authenticated sessions
@@ -764,6 +780,23 @@ pub struct Backend {
     pub protocol: BackendProtocol,
     /// `host:port` as written in the policy (resolved by the runtime).
     pub address: String,
+    /// STARTTLS toward this back end.
+    pub tls: BackendTls,
+}
+
+/// `backend … tls=`: STARTTLS toward one back end (Postfix's `smtp_tls_security_level`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum BackendTls {
+    /// `tls="off"`: never STARTTLS (a back end whose TLS is known broken, or a socket on the
+    /// same machine).
+    Off,
+    /// `tls="opportunistic"`, the default (Postfix's `may`): STARTTLS when the back end offers
+    /// it, the certificate not verified (encryption against a passive listener); clear text when
+    /// it does not offer it. A failed handshake fails that back end, never falls back to clear.
+    Opportunistic,
+    /// `tls="required"` (Postfix's `secure`): STARTTLS or no relay, the certificate verified
+    /// against `ca` (a PEM file, absolute) or the system's roots, for `name`.
+    Required { ca: Option<String>, name: String },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -802,6 +835,21 @@ pub struct Tls {
     pub key: String,
     /// STARTTLS must succeed before MAIL (always true on submission farms).
     pub required: bool,
+    /// `name=`: the host name clients connect to, which `mtac check` checks the certificate
+    /// against (`None`: the policy's hostname).
+    pub name: Option<String>,
+    /// Other certificates, chosen by the name the client asks for (SNI); the one above serves
+    /// every other name and clients that ask for none.
+    pub sni: Vec<SniCertificate>,
+}
+
+/// `tls { sni "NAME" certificate=… key=… }`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SniCertificate {
+    /// Lower-cased; `*.example.com` covers one label under it.
+    pub name: String,
+    pub certificate: String,
+    pub key: String,
 }
 
 /// Recipient validation against an LDAP directory.

@@ -17,16 +17,20 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-#[path = "../../tests/common/any_certificate.rs"]
-mod any_certificate;
-use any_certificate::AnyCertificate;
+use mtac_runtime::relay::AnyCertificate;
 
 fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
     let seconds = if quick { 1 } else { 5 };
     let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/company/tls");
-    let tls = mtac_runtime::tls::FarmTls::load(&format!("{root}/example-cert.pem"), &format!("{root}/example-key.pem"))
-        .expect("the example certificate loads");
+    let settings = mtac_ruleset::model::Tls {
+        certificate: format!("{root}/example-cert.pem"),
+        key: format!("{root}/example-key.pem"),
+        required: false,
+        name: None,
+        sni: Vec::new(),
+    };
+    let tls = mtac_runtime::tls::FarmTls::load(&settings).expect("the example certificate loads");
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     listener.set_nonblocking(true).unwrap();
     let address = listener.local_addr().unwrap();

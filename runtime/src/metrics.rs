@@ -189,6 +189,8 @@ metrics! {
     connections_active: Gauge, "connections_active", "SMTP connections open now";
     sessions: Family<SessionEnd, Counter>, "sessions", "Sessions ended, by how they ended";
     refusals: Family<Refusal, Counter>, "refusals", "4xx and 5xx replies, by stage and by the rule that gave them";
+    shadow_refusals: Family<Refusal, Counter>, "shadow_refusals",
+        "Refusals a shadow rule would have given (never sent), by stage and rule";
     recipients: Family<Verdict, Counter>, "recipients", "RCPT TO verdicts";
     messages: Family<MessageOutcome, Counter>, "messages", "Messages after DATA, by verdict and reason";
     message_bytes: Family<FarmLabel, Counter>, "message_bytes", "Bytes of messages relayed or delivered";
@@ -283,6 +285,17 @@ impl Metrics {
             rule: rule.to_owned(),
         };
         self.refusals.get_or_create(&labels).inc();
+    }
+
+    /// One refusal a `shadow` rule would have given.
+    pub fn shadow_refusal(&self, farm: &str, stage: &'static str, permanent: bool, rule: &str) {
+        let labels = Refusal {
+            farm: farm.to_owned(),
+            stage,
+            verdict: if permanent { "reject" } else { "defer" },
+            rule: rule.to_owned(),
+        };
+        self.shadow_refusals.get_or_create(&labels).inc();
     }
 
     /// One sender authentication verdict.

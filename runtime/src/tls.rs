@@ -49,37 +49,80 @@ fn stamp(path: &str) -> Option<blake3::Hash> {
 }
 
 impl FarmTls {
-    /// Read the chain and key and build the server configuration.
-    pub fn load(certificate: &str, key_file: &str) -> Result<FarmTls, TlsError> {
-        // Each file is read once: what is parsed is exactly what is hashed.
-        let cert_error = |message: String| TlsError::Certificate { path: certificate.to_owned(), message };
-        let cert_pem = std::fs::read(certificate).map_err(|e| cert_error(e.to_string()))?;
-        let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&cert_pem)
-            .collect::<Result<_, _>>()
-            .map_err(|e| cert_error(e.to_string()))?;
-        if chain.is_empty() {
-            return Err(cert_error("no certificate in it".into()));
-        }
-        let key_error = |message: String| TlsError::Key { path: key_file.to_owned(), message };
-        let key_pem = std::fs::read(key_file).map_err(|e| key_error(e.to_string()))?;
-        let key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| key_error(e.to_string()))?;
+    /// Read the farm's chain and key, and those of its `sni` names, and build the server
+    /// configuration.
+    pub fn load(tls: &mtac_ruleset::model::Tls) -> Result<FarmTls, TlsError> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut stamps = Vec::new();
+        let default = certified_key(&tls.certificate, &tls.key, &provider, &mut stamps)?;
+        let mut by_name = Vec::with_capacity(tls.sni.len());
+        for sni in &tls.sni {
+            by_name.push((sni.name.clone(), certified_key(&sni.certificate, &sni.key, &provider, &mut stamps)?));
+        }
+        let resolver = SniResolver { default, by_name };
         let config = ServerConfig::builder_with_provider(provider)
             .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
             .with_no_client_auth()
-            .with_single_cert(chain, key)?;
-        Ok(FarmTls {
-            acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(config)),
-            stamps: vec![
-                (certificate.to_owned(), Some(blake3::hash(&cert_pem))),
-                (key_file.to_owned(), Some(blake3::hash(&key_pem))),
-            ],
-        })
+            .with_cert_resolver(Arc::new(resolver));
+        Ok(FarmTls { acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(config)), stamps })
     }
 
-    /// Whether the certificate or key file holds something else than what was loaded.
+    /// Whether a certificate or key file holds something else than what was loaded.
     pub fn changed_on_disk(&self) -> bool {
         self.stamps.iter().any(|(path, hash)| stamp(path) != *hash)
+    }
+}
+
+/// One chain and key, read once each (what is parsed is exactly what is hashed into `stamps`).
+fn certified_key(
+    certificate: &str,
+    key_file: &str,
+    provider: &rustls::crypto::CryptoProvider,
+    stamps: &mut Vec<(String, Option<blake3::Hash>)>,
+) -> Result<Arc<rustls::sign::CertifiedKey>, TlsError> {
+    let cert_error = |message: String| TlsError::Certificate { path: certificate.to_owned(), message };
+    let cert_pem = std::fs::read(certificate).map_err(|e| cert_error(e.to_string()))?;
+    let chain: Vec<CertificateDer<'static>> =
+        CertificateDer::pem_slice_iter(&cert_pem).collect::<Result<_, _>>().map_err(|e| cert_error(e.to_string()))?;
+    if chain.is_empty() {
+        return Err(cert_error("no certificate in it".into()));
+    }
+    let key_error = |message: String| TlsError::Key { path: key_file.to_owned(), message };
+    let key_pem = std::fs::read(key_file).map_err(|e| key_error(e.to_string()))?;
+    let key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| key_error(e.to_string()))?;
+    let certified = rustls::sign::CertifiedKey::from_der(chain, key, provider)?;
+    stamps.push((certificate.to_owned(), Some(blake3::hash(&cert_pem))));
+    stamps.push((key_file.to_owned(), Some(blake3::hash(&key_pem))));
+    Ok(Arc::new(certified))
+}
+
+/// The farm's certificates by the name a client asks for (SNI): an exact name first, then a
+/// `*.parent` one for a name one label under it; the farm's own for any other name and for
+/// clients that ask for none (most SMTP clients).
+#[derive(Debug)]
+struct SniResolver {
+    default: Arc<rustls::sign::CertifiedKey>,
+    by_name: Vec<(String, Arc<rustls::sign::CertifiedKey>)>,
+}
+
+impl SniResolver {
+    fn for_name(&self, asked: Option<&str>) -> Arc<rustls::sign::CertifiedKey> {
+        let Some(asked) = asked.map(|n| n.trim_end_matches('.').to_ascii_lowercase()) else {
+            return self.default.clone();
+        };
+        let wildcard = asked.split_once('.').map(|(_, parent)| format!("*.{parent}"));
+        let found = self
+            .by_name
+            .iter()
+            .find(|(name, _)| *name == asked)
+            .or_else(|| wildcard.and_then(|w| self.by_name.iter().find(|(name, _)| *name == w)));
+        found.map_or_else(|| self.default.clone(), |(_, key)| key.clone())
+    }
+}
+
+impl rustls::server::ResolvesServerCert for SniResolver {
+    fn resolve(&self, hello: rustls::server::ClientHello<'_>) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        Some(self.for_name(hello.server_name()))
     }
 }
 
@@ -193,7 +236,14 @@ mod tests {
             }
         };
         put("old");
-        let tls = FarmTls::load(cert.to_str().unwrap(), key.to_str().unwrap()).unwrap();
+        let settings = mtac_ruleset::model::Tls {
+            certificate: cert.to_str().unwrap().to_owned(),
+            key: key.to_str().unwrap().to_owned(),
+            required: false,
+            name: None,
+            sni: Vec::new(),
+        };
+        let tls = FarmTls::load(&settings).unwrap();
         assert!(!tls.changed_on_disk());
         put("new");
         assert!(tls.changed_on_disk(), "same mtime, other certificate: must reload");

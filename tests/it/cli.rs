@@ -4,15 +4,15 @@
 use std::path::Path;
 use std::process::{Command, Output};
 
-fn mtac(args: &[&str]) -> Output {
+pub(crate) fn mtac(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_mtac")).args(args).output().expect("mtac runs")
 }
 
-fn code(out: &Output) -> i32 {
+pub(crate) fn code(out: &Output) -> i32 {
     out.status.code().unwrap_or(-1)
 }
 
-fn text(bytes: &[u8]) -> String {
+pub(crate) fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 

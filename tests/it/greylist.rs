@@ -83,7 +83,7 @@ impl Drop for RedisServer {
 
 /// One transaction up to RCPT (and the message when accepted). Returns the RCPT reply and, if
 /// it was accepted, the final reply.
-async fn send(addr: SocketAddr, source: &str, from: &str, to: &str) -> (String, Option<String>) {
+pub(crate) async fn send(addr: SocketAddr, source: &str, from: &str, to: &str) -> (String, Option<String>) {
     let mut c = Client::connect_from(addr, source).await;
     assert_eq!(code(&c.reply().await), 220);
     assert_eq!(code(&c.cmd("EHLO mail.sender.example").await), 250);
@@ -100,7 +100,7 @@ async fn send(addr: SocketAddr, source: &str, from: &str, to: &str) -> (String, 
     (rcpt, Some(done))
 }
 
-const GREYLIST: &str = r#"greylist delay="2s" retry-window="1m" lifetime="1h" network="/24" auto-whitelist=2 reply="451 4.7.1 Greylisted, come back later""#;
+pub(crate) const GREYLIST: &str = r#"greylist delay="2s" retry-window="1m" lifetime="1h" network="/24" auto-whitelist=2 reply="451 4.7.1 Greylisted, come back later""#;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn embedded_greylisting_defers_then_passes_and_survives_a_restart() {

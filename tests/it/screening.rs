@@ -136,6 +136,30 @@ async fn issue17_a_first_contact_waits_for_the_greeting_and_is_greeted_at_once_n
     assert!(sample(&metrics, r#"mtac_pregreet_total{farm="mx",outcome="passed"}"#) >= 1.0, "{metrics}");
 }
 
+/// With Redis as the farm's store, a client that passed at one node is greeted at once by every
+/// other: the load balancer may send its next connection anywhere.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issue17_a_client_remembered_at_one_node_is_greeted_at_once_by_the_farm_through_redis() {
+    let Some(redis) = crate::greylist::RedisServer::start().await else { return };
+    let sink = Sink::start(Default::default()).await;
+    let policy = default_farm().replace(
+        "spool \"{dir}/spool\"",
+        &format!("spool \"{{dir}}/spool\"\nstate \"redis\" url=\"{}\" timeout=\"1s\"", redis.url()),
+    );
+    let (a, b) = (TestNode::start(&policy, Some(sink.addr)).await, TestNode::start(&policy, Some(sink.addr)).await);
+    let mut first = Client::connect_from(a.addr, "127.0.0.3").await;
+    assert!(line(&mut first).await.starts_with("220-mx.test.example"), "a first contact at A waits");
+    assert!(line(&mut first).await.starts_with("220 mx.test.example"));
+    assert_eq!(code(&first.cmd("QUIT").await), 221);
+    let mut at_b = Client::connect_from(b.addr, "127.0.0.3").await;
+    let greeting = at_b.reply().await;
+    assert!(greeting.starts_with("220 mx.test.example") && !greeting.contains('\n'), "B knows it: {greeting:?}");
+    // B's own start-up probe (from 127.0.0.1, which A's probe made known) counts as remembered too.
+    let metrics = b.metrics().await;
+    assert_eq!(sample(&metrics, r#"mtac_pregreet_total{farm="mx",outcome="remembered"}"#), 2.0, "{metrics}");
+    assert_eq!(sample(&metrics, r#"mtac_pregreet_total{farm="mx",outcome="passed"}"#), 0.0, "{metrics}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn issue17_an_early_talker_is_refused_at_once_by_default() {
     // remember=0: every connection is a first contact, so the test support's probe does not

@@ -1,179 +1,13 @@
-//! Test support: an in-process SMTP/LMTP back end that records what it receives, a raw SMTP
-//! client, and an mtac node started in-process on 127.0.0.1:0.
+//! Test support: a raw SMTP client and an mtac node started in-process on 127.0.0.1:0 (the
+//! back end they relay to is `sink.rs`'s, re-exported here).
 
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 
-/// One message as the back end received it (DATA unstuffed, without the final `.`).
-#[derive(Debug, Clone)]
-pub struct Received {
-    pub from: String,
-    pub rcpts: Vec<String>,
-    pub data: Vec<u8>,
-}
-
-/// How the back end behaves. Recipients steer their own fate: a local part starting with
-/// `reject5` gets 550, `defer4` gets 450.
-#[derive(Debug, Clone)]
-pub struct Behaviour {
-    pub lmtp: bool,
-    pub data_reply: String,
-    pub hang_after_data: bool,
-    pub reset_mid_data: bool,
-    pub greeting_delay: Duration,
-}
-
-impl Default for Behaviour {
-    fn default() -> Self {
-        Behaviour {
-            lmtp: false,
-            data_reply: "250 2.0.0 Ok: queued".to_owned(),
-            hang_after_data: false,
-            reset_mid_data: false,
-            greeting_delay: Duration::ZERO,
-        }
-    }
-}
-
-pub struct Sink {
-    pub addr: SocketAddr,
-    pub messages: Arc<Mutex<Vec<Received>>>,
-    pub behaviour: Arc<Mutex<Behaviour>>,
-    /// Connections the back end accepted (pooling keeps this low).
-    pub connections: Arc<Mutex<u32>>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for Sink {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-impl Sink {
-    pub async fn start(behaviour: Behaviour) -> Sink {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let messages = Arc::new(Mutex::new(Vec::new()));
-        let behaviour = Arc::new(Mutex::new(behaviour));
-        let connections = Arc::new(Mutex::new(0));
-        let (m, b, c) = (messages.clone(), behaviour.clone(), connections.clone());
-        let task = tokio::spawn(async move {
-            loop {
-                let Ok((stream, _)) = listener.accept().await else { return };
-                *c.lock().unwrap() += 1;
-                tokio::spawn(sink_session(stream, m.clone(), b.clone()));
-            }
-        });
-        Sink { addr, messages, behaviour, connections, task }
-    }
-
-    pub fn messages(&self) -> Vec<Received> {
-        self.messages.lock().unwrap().clone()
-    }
-}
-
-async fn sink_session(stream: TcpStream, messages: Arc<Mutex<Vec<Received>>>, behaviour: Arc<Mutex<Behaviour>>) {
-    let b = behaviour.lock().unwrap().clone();
-    tokio::time::sleep(b.greeting_delay).await;
-    let mut stream = BufReader::new(stream);
-    if stream.get_mut().write_all(b"220 sink ESMTP\r\n").await.is_err() {
-        return;
-    }
-    let (mut from, mut rcpts) = (String::new(), Vec::<String>::new());
-    loop {
-        let mut line = String::new();
-        match stream.read_line(&mut line).await {
-            Ok(0) | Err(_) => return,
-            Ok(_) => {}
-        }
-        let upper = line.to_ascii_uppercase();
-        let reply: String = if upper.starts_with("EHLO") || upper.starts_with("LHLO") {
-            "250-sink\r\n250-8BITMIME\r\n250-SMTPUTF8\r\n250 SIZE 100000000\r\n".to_owned()
-        } else if upper.starts_with("MAIL FROM:") {
-            from = between(&line).to_owned();
-            rcpts.clear();
-            "250 2.1.0 Ok\r\n".to_owned()
-        } else if upper.starts_with("RCPT TO:") {
-            let rcpt = between(&line).to_owned();
-            if rcpt.starts_with("reject5") {
-                "550 5.1.1 <rcpt>: Recipient address rejected: User unknown\r\n".to_owned()
-            } else if rcpt.starts_with("defer4") {
-                "450 4.2.0 Mailbox busy\r\n".to_owned()
-            } else {
-                rcpts.push(rcpt);
-                "250 2.1.5 Ok\r\n".to_owned()
-            }
-        } else if upper.starts_with("DATA") {
-            if stream.get_mut().write_all(b"354 go ahead\r\n").await.is_err() {
-                return;
-            }
-            let b = behaviour.lock().unwrap().clone();
-            let mut raw = Vec::new();
-            loop {
-                let mut chunk = Vec::new();
-                match stream.read_until(b'\n', &mut chunk).await {
-                    Ok(0) | Err(_) => return,
-                    Ok(_) => {}
-                }
-                if b.reset_mid_data && raw.len() > 10 {
-                    return;
-                }
-                if chunk == b".\r\n" && (raw.is_empty() || raw.ends_with(b"\r\n")) {
-                    break;
-                }
-                raw.extend_from_slice(&chunk);
-            }
-            if b.hang_after_data {
-                tokio::time::sleep(Duration::from_secs(3600)).await;
-                return;
-            }
-            let data = unstuff(&raw);
-            let ok = b.data_reply.starts_with('2');
-            if ok {
-                messages.lock().unwrap().push(Received { from: from.clone(), rcpts: rcpts.clone(), data });
-            }
-            if b.lmtp {
-                rcpts.iter().map(|_| format!("{}\r\n", b.data_reply)).collect()
-            } else {
-                format!("{}\r\n", b.data_reply)
-            }
-        } else if upper.starts_with("RSET") {
-            "250 2.0.0 Ok\r\n".to_owned()
-        } else if upper.starts_with("QUIT") {
-            let _ = stream.get_mut().write_all(b"221 2.0.0 Bye\r\n").await;
-            return;
-        } else {
-            "502 5.5.2 Error: command not recognized\r\n".to_owned()
-        };
-        if stream.get_mut().write_all(reply.as_bytes()).await.is_err() {
-            return;
-        }
-    }
-}
-
-fn between(line: &str) -> &str {
-    let start = line.find('<').map_or(0, |i| i + 1);
-    let end = line.rfind('>').unwrap_or(line.len());
-    line.get(start..end).unwrap_or("")
-}
-
-fn unstuff(raw: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(raw.len());
-    let mut at_start = true;
-    for &b in raw {
-        if at_start && b == b'.' {
-            at_start = false;
-            continue;
-        }
-        out.push(b);
-        at_start = b == b'\n';
-    }
-    out
-}
+pub use super::sink::{Behaviour, Sink};
 
 /// A raw SMTP client.
 pub struct Client {
@@ -362,6 +196,11 @@ fn greet_at_once(policy: &str) -> String {
 
 /// A relay policy for tests: `{backend}` and `{dir}` are filled in by [`TestNode::start`].
 pub fn relay_policy(extra: &str) -> String {
+    relay_policy_with("", extra)
+}
+
+/// [`relay_policy`] with `attributes` on the `backend` line (`tls="required" ca="…"`).
+pub fn relay_policy_with(attributes: &str, extra: &str) -> String {
     format!(
         r#"
 hostname "mx.test.example"
@@ -370,7 +209,7 @@ farm "mx" kind="inbound-mx" {{
     listen "127.0.0.1:0"
     local-domains "example.test"
     relay {{
-        backend "smtp://{{backend}}"
+        backend "smtp://{{backend}}" {attributes}
     }}
     {extra}
 }}

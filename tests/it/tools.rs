@@ -1,5 +1,6 @@
 //! Issue 22's operator tools, as an operator runs them: `mtac hash-password` (its hash logs a
-//! user in on a real node), `mtac --version`, `mtac man-pages`.
+//! user in on a real node), `mtac --version`, `mtac man-pages`, `mtac log-level` (on a running
+//! `mtac run` process).
 
 use crate::submission::{b64, certificate, policy, starttls};
 use crate::support::{Behaviour, Sink, TestNode};
@@ -98,4 +99,140 @@ fn man_pages_are_written_for_mtac_and_every_command() {
     let out = Command::new(env!("CARGO_BIN_EXE_mtac")).args(["man-pages", "/dev/null/x"]).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(text(&out.stderr).contains("/dev/null/x"), "{}", text(&out.stderr));
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// One session that says hello and quits, then a moment for its closing log line.
+async fn one_session(addr: std::net::SocketAddr) {
+    let mut c = crate::support::Client::connect_from(addr, "127.0.0.1").await;
+    c.reply().await;
+    c.cmd("QUIT").await;
+    drop(c);
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+}
+
+/// An `mtac run` process serving a relay farm (back end: nothing) with its admin socket in
+/// `dir`: the node, its SMTP address and its socket.
+async fn process_node(
+    dir: &std::path::Path,
+) -> (crate::support::ProcessNode, std::net::SocketAddr, std::path::PathBuf) {
+    let (smtp, admin) = (free_port(), free_port());
+    let socket = dir.join("admin.sock");
+    let policy = dir.join("policy.kdl");
+    std::fs::write(
+        &policy,
+        format!(
+            r#"hostname "mx.test.example"
+spool "{spool}"
+admin "127.0.0.1:{admin}" socket="{socket}"
+farm "mx" kind="inbound-mx" {{
+    listen "127.0.0.1:{smtp}"
+    local-domains "example.test"
+    screen {{ pregreet #false; }}
+    relay {{ backend "smtp://127.0.0.1:9"; }}
+}}
+"#,
+            spool = dir.join("spool").display(),
+            socket = socket.display()
+        ),
+    )
+    .unwrap();
+    let ruleset = dir.join("r.mtac");
+    crate::support::build(&policy, &ruleset);
+    let node = crate::support::ProcessNode::start(&ruleset, &[], dir.join("node.log"));
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{smtp}").parse().unwrap();
+    for _ in 0..400 {
+        if socket.exists() && tokio::net::TcpStream::connect(addr).await.is_ok() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    (node, addr, socket)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn log_level_changes_a_running_nodes_filter_over_its_socket() {
+    let dir = tempfile::tempdir().unwrap();
+    let (node, addr, socket) = process_node(dir.path()).await;
+    let level = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_mtac"))
+            .arg("log-level")
+            .args(args)
+            .arg("--socket")
+            .arg(&socket)
+            .output()
+            .unwrap();
+        (out.status.code(), text(&out.stdout), text(&out.stderr))
+    };
+    let closed = || node.log().matches("session closed").count();
+    assert_eq!(level(&[]).1.trim(), "info", "RUST_LOG=info is in force");
+    one_session(addr).await;
+    let before = closed();
+    assert!(before >= 1, "{}", node.log());
+
+    let (code, out, _) = level(&["warn"]);
+    assert_eq!((code, out.trim()), (Some(0), "warn"));
+    assert!(node.log().contains("log level changed by an operator"), "the change itself is logged");
+    one_session(addr).await;
+    assert_eq!(closed(), before, "at warn, no info line: {}", node.log());
+
+    let (code, _, err) = level(&["no such=level=!"]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("`no such=level=!`"), "{err}");
+    assert_eq!(level(&[]).1.trim(), "warn", "a bad directive changes nothing");
+
+    assert_eq!(level(&["info"]).0, Some(0));
+    one_session(addr).await;
+    assert_eq!(closed(), before + 1, "{}", node.log());
+    let out = Command::new(env!("CARGO_BIN_EXE_mtac"))
+        .args(["log-level", "debug", "--socket", "/nonexistent/admin.sock"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "no node there: a usage/I/O error");
+    assert!(text(&out.stderr).contains("/nonexistent/admin.sock"), "{}", text(&out.stderr));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trace_follows_one_clients_decisions_whatever_the_log_level() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_node, addr, socket) = process_node(dir.path()).await;
+    // The log says nothing at info any more; the trace still sees every decision.
+    let out =
+        Command::new(env!("CARGO_BIN_EXE_mtac")).args(["log-level", "warn", "--socket"]).arg(&socket).output().unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let trace = Command::new(env!("CARGO_BIN_EXE_mtac"))
+        .args(["trace", "--client", "127.0.0.5/32", "--lines", "2", "--socket"])
+        .arg(&socket)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    for source in ["127.0.0.6", "127.0.0.5"] {
+        let mut c = crate::support::Client::connect_from(addr, source).await;
+        c.reply().await;
+        c.cmd("EHLO client.example.org").await;
+        c.cmd("MAIL FROM:<a@client.example.org>").await;
+        let r = c.cmd("RCPT TO:<someone@elsewhere.example>").await;
+        assert!(r.starts_with("554") || r.starts_with("550"), "not a relay: {r}");
+        c.cmd("QUIT").await;
+    }
+    let out = tokio::task::spawn_blocking(move || trace.wait_with_output().unwrap()).await.unwrap();
+    let lines = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{lines}{}", text(&out.stderr));
+    assert_eq!(lines.lines().count(), 2, "{lines}");
+    assert!(lines.lines().all(|l| l.contains("client=127.0.0.5")), "only the client asked for: {lines}");
+    assert!(lines.contains("refused") && lines.contains("session closed"), "{lines}");
+    assert!(!lines.contains("a@client.example.org\r"), "no raw protocol bytes");
+    // A bad network is a clear error.
+    let out = Command::new(env!("CARGO_BIN_EXE_mtac"))
+        .args(["trace", "--client", "not-a-network", "--socket"])
+        .arg(&socket)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("an address or a network"), "{}", text(&out.stderr));
 }

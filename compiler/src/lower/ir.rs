@@ -133,6 +133,18 @@ pub struct DraftTls {
     pub required: bool,
     /// The host name clients connect to for this farm (`name=`; default: the policy's hostname).
     pub name: Option<String>,
+    /// `sni "NAME" certificate=… key=…`: other certificates, chosen by the name a client asks.
+    pub sni: Vec<DraftSni>,
+    pub origin: Origin,
+}
+
+/// One `sni` child of `tls`.
+#[derive(Debug, Clone)]
+pub struct DraftSni {
+    /// Lower-cased; `*.example.com` covers one label under it.
+    pub name: String,
+    pub certificate: String,
+    pub key: String,
     pub origin: Origin,
 }
 
@@ -200,6 +212,8 @@ pub struct DraftFarm {
     pub recipient_fqdn: bool,
     pub dnsbl: Option<DraftDnsbl>,
     pub bans: Vec<DraftBan>,
+    /// `shadow`: rules that only report what they would refuse, where each was named.
+    pub shadow: Vec<(String, Origin)>,
     pub greylist: Option<DraftGreylist>,
     pub scanners: Vec<DraftScanner>,
     /// `scan max-size=` (default: the farm's message size).

@@ -26,6 +26,7 @@ mod read;
 mod relay;
 mod screen;
 mod sender_auth;
+mod shadow;
 mod submission;
 mod top;
 
@@ -260,6 +261,7 @@ impl Lowerer {
             recipient_fqdn: false,
             dnsbl: None,
             bans: Vec::new(),
+            shadow: Vec::new(),
             greylist: None,
             scanners: Vec::new(),
             scan_max_size: None,

@@ -1,7 +1,7 @@
 //! Submission: docs/policy.md section 2, `tls`, `auth` (with its password hashes and
 //! `may-send-as`) and `directory`.
 
-use super::ir::{DraftFarm, DraftTls, Origin, Sources};
+use super::ir::{DraftFarm, DraftSni, DraftTls, Origin, Sources};
 use super::read::relative_to;
 use super::{At, Lowerer};
 use crate::diag::Diag;
@@ -17,7 +17,7 @@ const MIN_ARGON2_T: u32 = 2;
 
 impl Lowerer {
     pub(crate) fn tls(&mut self, at: At<'_>, dir: &Path, farm: &mut DraftFarm) {
-        self.shape(at, &["certificate", "key", "required", "name"], 0, false);
+        self.shape(at, &["certificate", "key", "required", "name"], 0, true);
         let get = |this: &mut Self, key: &str| match Self::prop(at, key) {
             Some(e) => this.string(e, at.file, &format!("`{key}`")),
             None => {
@@ -36,11 +36,69 @@ impl Lowerer {
         let key = get(self, "key");
         let required = self.bool_prop(at, "required", farm.kind == FarmKind::Submission);
         let name = Self::prop(at, "name").and_then(|e| self.string(e, at.file, "`name`"));
+        let mut sni: Vec<DraftSni> = Vec::new();
+        for child in Self::children(at) {
+            match child.node.name().value() {
+                "sni" => {
+                    if let Some(entry) = self.sni(child, dir) {
+                        if sni.iter().any(|s| s.name == entry.name) {
+                            self.reporter.err(
+                                "mtac::tls::sni",
+                                format!("`sni \"{}\"` is given twice", entry.name),
+                                child.file,
+                                child.node.span(),
+                                "duplicate",
+                                "one certificate per name",
+                            );
+                        } else {
+                            sni.push(entry);
+                        }
+                    }
+                }
+                _ => self.unknown_node(child, &nodes::names(Place::In("tls")), "`tls`"),
+            }
+        }
         if let (Some(certificate), Some(key)) = (certificate, key) {
             // Relative paths are relative to the policy file, like every other path it names.
             let (certificate, key) = (relative_to(dir, certificate), relative_to(dir, key));
-            farm.tls = Some(DraftTls { certificate, key, required, name, origin: self.origin_of(at) });
+            farm.tls = Some(DraftTls { certificate, key, required, name, sni, origin: self.origin_of(at) });
         }
+    }
+
+    /// `sni "NAME" certificate="…" key="…"`: the certificate for clients that ask for NAME
+    /// (`*.example.com`: any one label under it).
+    fn sni(&mut self, at: At<'_>, dir: &Path) -> Option<DraftSni> {
+        self.shape(at, &["certificate", "key"], 1, false);
+        let name = self.one_string(at, "the host name clients ask for")?.to_ascii_lowercase();
+        let host = name.strip_prefix("*.").unwrap_or(&name);
+        if !mtac_ruleset::syntax::is_hostname(host) || !host.contains('.') {
+            self.reporter.err(
+                "mtac::tls::sni",
+                format!("`{name}` is not a host name"),
+                at.file,
+                at.node.span(),
+                "not a host name",
+                "e.g. sni \"mail.customer.example\" or sni \"*.customer.example\"",
+            );
+            return None;
+        }
+        let mut file = |key: &str| match Self::prop(at, key) {
+            Some(e) => self.string(e, at.file, &format!("`{key}`")).map(|p| relative_to(dir, p)),
+            None => {
+                self.reporter.err(
+                    "mtac::tls::sni",
+                    format!("`sni` needs `{key}`"),
+                    at.file,
+                    at.node.span(),
+                    &format!("{key} missing"),
+                    "sni \"mail.customer.example\" certificate=\"/etc/mtac/customer.pem\" key=\"/etc/mtac/customer.key\"",
+                );
+                None
+            }
+        };
+        let certificate = file("certificate");
+        let key = file("key");
+        Some(DraftSni { name, certificate: certificate?, key: key?, origin: self.origin_of(at) })
     }
 
     pub(crate) fn auth(&mut self, at: At<'_>, dir: &Path, farm: &mut DraftFarm) {

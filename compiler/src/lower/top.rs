@@ -174,10 +174,12 @@ impl Lowerer {
         }
     }
 
-    /// `state "embedded" path="FILE"` or `state "redis" url="redis://…" [timeout=…] [on-failure=…]`.
+    /// `state "embedded" path="FILE"`, `state "redis" url="redis://…" [timeout=…] [on-failure=…]`
+    /// or `state "redis-sentinel" sentinels="HOST:PORT …" service="NAME" [db=N] [timeout=…]
+    /// [on-failure=…]`.
     pub(crate) fn state(&mut self, at: At<'_>, dir: &Path, draft: &mut Draft) {
-        self.shape(at, &["path", "url", "timeout", "on-failure"], 1, false);
-        let kind = self.one_string(at, "\"embedded\" or \"redis\"");
+        self.shape(at, &["path", "url", "timeout", "on-failure", "sentinels", "service", "db"], 1, false);
+        let kind = self.one_string(at, "\"embedded\", \"redis\" or \"redis-sentinel\"");
         let text = |this: &mut Self, key: &str| Self::prop(at, key).and_then(|e| this.string(e, at.file, key));
         match kind.as_deref() {
             Some("embedded") => {
@@ -208,36 +210,70 @@ impl Lowerer {
                         "TLS (rediss://) is not supported: keep Redis on the farm's private network",
                     );
                 }
-                let timeout_ms = match Self::prop(at, "timeout") {
-                    Some(entry) => self.duration_ms(entry, at.file, "`timeout`").unwrap_or(500),
-                    None => 500,
-                };
-                let fail_open = match text(self, "on-failure").as_deref() {
-                    None | Some("defer") => false,
-                    Some("accept") => true,
-                    Some(other) => {
-                        self.reporter.err(
-                            "mtac::state::on-failure",
-                            format!("unknown failure mode `{other}`"),
-                            at.file,
-                            at.node.span(),
-                            "expected \"defer\" or \"accept\"",
-                            "\"defer\" answers 451 while Redis is unreachable; \"accept\" lets mail through ungreylisted and logs it",
-                        );
-                        false
-                    }
-                };
+                let (timeout_ms, fail_open) = self.redis_failure(at);
                 draft.state = Some(StateSettings::Redis { url, timeout_ms, fail_open });
+            }
+            Some("redis-sentinel") => {
+                let sentinels: Vec<String> =
+                    text(self, "sentinels").unwrap_or_default().split_whitespace().map(str::to_owned).collect();
+                let service = text(self, "service").unwrap_or_default();
+                let bad = sentinels.iter().find(|s| !super::relay::valid_host_port(s));
+                if sentinels.is_empty() || service.is_empty() || bad.is_some() {
+                    self.reporter.err(
+                        "mtac::state::sentinel",
+                        match bad {
+                            Some(bad) => format!("`{bad}` is not a sentinel's HOST:PORT"),
+                            None => "a Redis Sentinel store needs `sentinels` and `service`".to_owned(),
+                        },
+                        at.file,
+                        at.node.span(),
+                        "invalid sentinel settings",
+                        "e.g. state \"redis-sentinel\" sentinels=\"10.0.0.21:26379 10.0.0.22:26379 10.0.0.23:26379\" service=\"mtac\"",
+                    );
+                    return;
+                }
+                let db = match Self::prop(at, "db") {
+                    Some(entry) => self.integer(entry, at.file, "`db`", 0, 1 << 20).unwrap_or(0),
+                    None => 0,
+                };
+                let (timeout_ms, fail_open) = self.redis_failure(at);
+                draft.state = Some(StateSettings::RedisSentinel { sentinels, service, db, timeout_ms, fail_open });
             }
             Some(other) => self.reporter.err(
                 "mtac::state::kind",
                 format!("unknown state store `{other}`"),
                 at.file,
                 at.node.span(),
-                "expected \"embedded\" or \"redis\"",
-                "\"embedded\" keeps state in a file on the node; \"redis\" shares it across the farm",
+                "expected \"embedded\", \"redis\" or \"redis-sentinel\"",
+                "\"embedded\" keeps state in a file on the node; \"redis\" shares it across the farm; \
+                 \"redis-sentinel\" follows a Redis primary across failovers",
             ),
             None => {}
         }
+    }
+
+    /// A Redis store's `timeout` (ms) and `on-failure` (true: accept).
+    fn redis_failure(&mut self, at: At<'_>) -> (u32, bool) {
+        let timeout_ms = match Self::prop(at, "timeout") {
+            Some(entry) => self.duration_ms(entry, at.file, "`timeout`").unwrap_or(500),
+            None => 500,
+        };
+        let on_failure = Self::prop(at, "on-failure").and_then(|e| self.string(e, at.file, "on-failure"));
+        let fail_open = match on_failure.as_deref() {
+            None | Some("defer") => false,
+            Some("accept") => true,
+            Some(other) => {
+                self.reporter.err(
+                    "mtac::state::on-failure",
+                    format!("unknown failure mode `{other}`"),
+                    at.file,
+                    at.node.span(),
+                    "expected \"defer\" or \"accept\"",
+                    "\"defer\" answers 451 while Redis is unreachable; \"accept\" lets mail through ungreylisted and logs it",
+                );
+                false
+            }
+        };
+        (timeout_ms, fail_open)
     }
 }

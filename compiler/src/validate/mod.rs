@@ -9,6 +9,7 @@ mod certificate;
 use crate::diag::{did_you_mean, Diag, Reporter};
 use crate::lower::{Draft, DraftFarm, DraftGreylist, Origin};
 use mtac_ruleset::model::FarmKind;
+use mtac_ruleset::rules;
 use std::collections::HashMap;
 
 /// How many findings of one kind are listed before they are summarised.
@@ -48,6 +49,12 @@ pub fn validate(reporter: &mut Reporter, draft: &Draft) {
         if let (Some(tls), Some((hostname, _))) = (&farm.tls, &draft.hostname) {
             let name = tls.name.as_deref().unwrap_or(hostname);
             certificate::certificate(reporter, farm, &tls.certificate, name, tls.origin);
+            for sni in &tls.sni {
+                // `*.customer.example` is checked with a name it covers.
+                let asked =
+                    sni.name.strip_prefix("*.").map_or_else(|| sni.name.clone(), |parent| format!("mail.{parent}"));
+                certificate::certificate(reporter, farm, &sni.certificate, &asked, sni.origin);
+            }
         }
     }
 }
@@ -166,12 +173,15 @@ fn validate_farm(reporter: &mut Reporter, farm: &DraftFarm) {
         }
     }
     if let Some(tls) = &farm.tls {
-        for (what, path) in [("certificate", &tls.certificate), ("key", &tls.key)] {
+        let files = [("certificate", &tls.certificate, tls.origin), ("key", &tls.key, tls.origin)]
+            .into_iter()
+            .chain(tls.sni.iter().flat_map(|s| [("certificate", &s.certificate, s.origin), ("key", &s.key, s.origin)]));
+        for (what, path, origin) in files {
             if let Err(e) = std::fs::metadata(path) {
                 reporter.report(
                     Diag::error("mtac::tls::file", format!("TLS {what} {path}: {e}"))
                         .help("the node reads it at start and on reload; deploy it with the ruleset"),
-                    tls.origin,
+                    origin,
                     "file missing",
                 );
             }
@@ -193,6 +203,7 @@ fn validate_farm(reporter: &mut Reporter, farm: &DraftFarm) {
         );
     }
     ban_rules(reporter, farm);
+    shadow_rules(reporter, farm);
     duplicate_domains(reporter, farm);
     addresses_outside_domains(reporter, farm);
     access::access_conflicts(reporter, &farm.access, "access");
@@ -346,6 +357,43 @@ fn ban_rules(reporter: &mut Reporter, farm: &DraftFarm) {
                 );
             }
         }
+    }
+}
+
+/// Rules a `shadow` may never name: relay control and required authentication keep a farm from
+/// being an open relay, and a role account's acceptance is no refusal to watch; greylisting
+/// and the directory are answered by stores after the program, so they have no "would refuse".
+const NEVER_SHADOWED: &[(&str, &str)] = &[
+    (rules::RELAY, "relay control is never shadowed: an open relay is not an experiment"),
+    (rules::AUTH_REQUIRED, "authentication is never shadowed: an open relay is not an experiment"),
+    (rules::RECIPIENT_ROLE_ACCOUNT, "a role account is accepted, never refused: nothing to shadow"),
+    (rules::GREYLIST, "greylisting is answered by the state store after the program: it cannot be shadowed"),
+    (rules::RECIPIENT_DIRECTORY, "the directory is asked after the program: it cannot be shadowed"),
+];
+
+/// `shadow` may name only the policy rules this farm's program holds, and none of
+/// [`NEVER_SHADOWED`]; the node's own decisions (rate limits, the spool) are not the program's.
+fn shadow_rules(reporter: &mut Reporter, farm: &DraftFarm) {
+    if farm.shadow.is_empty() {
+        return;
+    }
+    let known = crate::emit::rules_of(farm);
+    for (rule, origin) in &farm.shadow {
+        let (code, message, help) = if let Some((_, why)) = NEVER_SHADOWED.iter().find(|(name, _)| name == rule) {
+            ("mtac::shadow::forbidden", format!("`{rule}` cannot be shadowed"), (*why).to_owned())
+        } else if known.contains(&rule.as_str()) {
+            continue;
+        } else if rules::find(rule).is_some_and(|r| r.set_by != rules::SetBy::Policy) {
+            let help = "shadow names the policy program's rules (docs/policy.md, \"Rule names\")".to_owned();
+            ("mtac::shadow::not-policy", format!("`{rule}` is decided by the node, not the policy program"), help)
+        } else {
+            let help = match did_you_mean(rule, &known) {
+                Some(g) => format!("did you mean `{g}`?"),
+                None => format!("rules of this farm: {}", known.join(", ")),
+            };
+            ("mtac::shadow::unknown-rule", format!("no rule `{rule}` in farm `{}`", farm.name), help)
+        };
+        reporter.report(Diag::error(code, message).help(help), *origin, "cannot be shadowed");
     }
 }
 

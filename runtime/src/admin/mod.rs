@@ -10,6 +10,11 @@
 //! | `/status`  | yes | yes    | JSON [`Status`]: ruleset hash, load time, uptime, connections     |
 //! | `/state`   | 404 | yes    | JSON [`StateReport`]: store counts and bans, or one client/triplet |
 //! | `/unban`   | 404 | POST   | lift the bans of an address or network ([`StateReport::lifted`])  |
+//! | `/state/list` | 404 | yes | a page of triplets or whitelist counts ([`StateReport::listed`]) |
+//! | `/state/delete` | 404 | POST | a client's triplets ([`StateReport::deleted`])               |
+//! | `/state/whitelist` | 404 | POST | a client passes greylisting for the lifetime           |
+//! | `/log-level` | 404 | yes, POST | the log filter in force; `POST ?level=` changes it      |
+//! | `/trace`   | 404 | yes    | a live stream of decision lines (`client=CIDR`, `farm=`)         |
 //!
 //! The TCP listener listens on loopback unless the policy says otherwise and has no
 //! authentication: it reveals counts and the ruleset hash, never an address, and changes nothing.
@@ -20,18 +25,26 @@
 //! - `http`: the TCP listener and its two budgets (a full lane, and a health lane for when the
 //!   full one is held);
 //! - `socket`: the admin socket, with `/state` and `/unban`;
+//! - `edit`: the socket's `/state/list`, `/state/delete` and `/state/whitelist`;
+//! - `log_level`: the socket's `/log-level`, over the handle the binary registers;
+//! - `trace`: the socket's `/trace`, fed by the binary's tracing layer;
 //! - `client`: [`get`] and [`ask_socket`], the clients `mtac status` and `mtac state` use.
 //!
 //! **Invariant:** `/status` and `/metrics` read the same counts — the node's metrics registry —
 //! so the two can never disagree.
 
 mod client;
+mod edit;
 mod http;
+mod log_level;
 mod socket;
+mod trace;
 
-pub use client::{ask_socket, get};
+pub use client::{ask_socket, get, stream_socket};
 pub use http::{spawn, HEALTH_TIMEOUT, MAX_CONNECTIONS};
+pub use log_level::{register_log_filter, SetFilter};
 pub use socket::{bind_socket, spawn_socket, StateReport};
+pub use trace::{publish as publish_trace, tracing_wanted, TraceLine};
 
 use crate::shared::Shared;
 use http_body_util::Full;

@@ -1,6 +1,7 @@
 //! The admin socket: a local unix socket (mode 0600) for `mtac state`. Besides the TCP paths
 //! it answers `GET /state` (store counts and bans, or what the store knows of one client or
-//! triplet) and `POST /unban` (lift the bans of an address or network, on the farm with Redis).
+//! triplet), `POST /unban` (lift the bans of an address or network, on the farm with Redis), and
+//! `edit.rs`'s list, delete and whitelist.
 //!
 //! **Invariant:** who wrote to whom and which networks are banned, and lifting a ban, are
 //! served here only — to the node's user and root — so reaching the TCP port is not an oracle.
@@ -9,7 +10,8 @@
 use super::{health, metrics, respond, status, text, CONNECTION_TIMEOUT};
 use crate::guard::{BanEntry, BanFarm};
 use crate::shared::Shared;
-use http_body_util::Full;
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
 use hyper::{Method, Request, Response, StatusCode};
 use ipnet::IpNet;
@@ -17,6 +19,7 @@ use serde::{Deserialize, Serialize};
 use std::convert::Infallible;
 use std::net::IpAddr;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::UnixListener;
@@ -63,18 +66,49 @@ pub fn spawn_socket(listener: UnixListener, shared: Arc<Shared>) -> JoinHandle<(
             let (shared, scans) = (shared.clone(), scans.clone());
             tokio::spawn(async move {
                 let _permit = permit;
+                let streaming = Arc::new(AtomicBool::new(false));
+                let traced = streaming.clone();
                 let service = hyper::service::service_fn(move |request| {
-                    let (shared, scans) = (shared.clone(), scans.clone());
-                    async move { Ok::<_, Infallible>(answer_local(&request, &shared, &scans).await) }
+                    let (shared, scans, traced) = (shared.clone(), scans.clone(), traced.clone());
+                    async move {
+                        if request.uri().path() == "/trace" && request.method() == Method::GET {
+                            traced.store(true, Ordering::Relaxed);
+                            return Ok::<_, Infallible>(trace(request.uri().query().unwrap_or("")));
+                        }
+                        Ok(answer_local(&request, &shared, &scans).await.map(BodyExt::boxed))
+                    }
                 });
                 let connection = hyper::server::conn::http1::Builder::new()
                     .timer(hyper_util::rt::TokioTimer::new())
                     .header_read_timeout(Duration::from_secs(5))
                     .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
-                let _ = tokio::time::timeout(CONNECTION_TIMEOUT, connection).await;
+                let mut connection = std::pin::pin!(connection);
+                if tokio::time::timeout(CONNECTION_TIMEOUT, connection.as_mut()).await.is_err()
+                    && streaming.load(Ordering::Relaxed)
+                {
+                    // A trace streams until its reader hangs up (it holds one of the socket's
+                    // few connections meanwhile).
+                    let _ = connection.await;
+                }
             });
         }
     })
+}
+
+/// `GET /trace?[client=CIDR][&farm=F]`: the decision lines of those clients, as they happen.
+fn trace(query: &str) -> Response<BoxBody<Bytes, Infallible>> {
+    let clients =
+        match param(query, "client").map(|c| c.parse::<IpNet>().or_else(|_| c.parse::<IpAddr>().map(IpNet::from))) {
+            Some(Err(_)) => {
+                return text(StatusCode::BAD_REQUEST, "client=: an address or a network (CIDR)\n").map(BodyExt::boxed)
+            }
+            Some(Ok(net)) => Some(net.trunc()),
+            None => None,
+        };
+    let filter = super::trace::TraceFilter { clients, farm: param(query, "farm") };
+    let mut response = Response::new(super::trace::stream(filter));
+    response.headers_mut().insert(hyper::header::CONTENT_TYPE, hyper::header::HeaderValue::from_static("text/plain"));
+    response
 }
 
 async fn answer_local<B>(
@@ -85,14 +119,26 @@ async fn answer_local<B>(
     let query = request.uri().query().unwrap_or("");
     let (status, report) = match (request.method(), request.uri().path()) {
         (&Method::POST, "/unban") => unban(query, shared).await,
+        (&Method::POST, "/state/delete") => super::edit::delete(query, shared).await,
+        (&Method::POST, "/state/whitelist") => super::edit::whitelist(query, shared).await,
+        (&Method::GET, "/state/list") => {
+            let _one = scans.lock().await;
+            super::edit::list(query, shared).await
+        }
         (&Method::GET, "/state") => {
             let _one = scans.lock().await;
             state(query, shared).await
         }
+        (method, "/log-level") => return super::log_level::answer(method, param(query, "level")),
         (&Method::GET, "/healthz" | "/readyz") => return health(request.uri().path(), shared),
         (&Method::GET, "/metrics") => return metrics(shared),
         (&Method::GET, "/status") => return status(shared),
-        _ => return text(StatusCode::NOT_FOUND, "not found: GET /state, POST /unban, or the TCP paths\n"),
+        _ => {
+            return text(
+                StatusCode::NOT_FOUND,
+                "not found: GET /state, GET /state/list, POST /state/delete, POST /state/whitelist, POST /unban, /log-level, or the TCP paths\n",
+            )
+        }
     };
     match serde_json::to_string_pretty(&report) {
         Ok(json) => respond(status, "application/json", json + "\n"),
@@ -122,10 +168,21 @@ pub struct StateReport {
     /// The bans `/unban` lifted.
     #[serde(default)]
     pub lifted: Option<Vec<BanEntry>>,
+    /// `/state/list`: one page of entries, and the cursor of the next (`None`: the last page).
+    #[serde(default)]
+    pub listed: Option<Vec<crate::state::Listed>>,
+    #[serde(default)]
+    pub next: Option<String>,
+    /// `/state/delete`: how many triplets were deleted.
+    #[serde(default)]
+    pub deleted: Option<u64>,
+    /// `/state/whitelist`: for how many seconds the client now passes greylisting.
+    #[serde(default)]
+    pub whitelisted_for: Option<u64>,
     pub error: Option<String>,
 }
 
-fn store_name(shared: &Shared) -> String {
+pub(super) fn store_name(shared: &Shared) -> String {
     match shared.state.as_ref() {
         Some(crate::state::Store::Embedded(_)) => "embedded".into(),
         Some(crate::state::Store::Redis(_)) => "redis".into(),
@@ -133,7 +190,7 @@ fn store_name(shared: &Shared) -> String {
     }
 }
 
-fn param(query: &str, name: &str) -> Option<String> {
+pub(super) fn param(query: &str, name: &str) -> Option<String> {
     query.split('&').filter_map(|kv| kv.split_once('=')).find(|(k, _)| *k == name).map(|(_, v)| percent_decode(v))
 }
 

@@ -1,10 +1,11 @@
-//! The data phase and what follows it: DATA streams into the spool (the sender's verdict
+//! The data phase and what follows it: DATA (or BDAT's chunks, `chunks.rs`) streams into the spool (the sender's verdict
 //! headers filtered out on the way, the spool's byte budget taken as bytes arrive), the checks
 //! after DATA (size, bare line ends, the budget, `auth header-from`), the scan phase
 //! ([`super::content`]), then the relay phase: the DKIM signature (`dkim-sign`) put in front,
 //! and the back end's (or the maildir's) verdict is the client's answer. **Invariant: the spool file is written once**, and only ever holds what the
 //! back end may see.
 
+use super::chunks::Between;
 use super::content::{content_checks, SpooledMessage};
 use super::filters::Filtered;
 use super::report::{message_decided, relay_error, Answer};
@@ -15,7 +16,7 @@ use crate::received::{self, Trace};
 use crate::relay::Transaction;
 use crate::session::{Action, Session};
 use crate::shared::{Delivery, Shared};
-use crate::smtp::{BarePolicy as SmtpBare, DataReceiver, EnhancedCode, Reply, VerdictFilter};
+use crate::smtp::{BarePolicy as SmtpBare, Command, DataReceiver, EnhancedCode, LineReader, Reply, VerdictFilter};
 use crate::spool::{self, SpoolFile};
 use crate::state::Timings;
 use mtac_ruleset::model::{BarePolicy, Farm};
@@ -26,8 +27,16 @@ use tokio::time::Instant;
 /// Spool writes are batched to this size.
 const SPOOL_CHUNK: usize = 64 * 1024;
 
-/// `Action::Data`: receive the message, deliver it, log and count the answer, and end the
-/// transaction. `Err(end)` means the connection is over.
+/// How the message comes: after DATA's 354, dot-terminated, or in BDAT chunks (RFC 3030), the
+/// first one's size and LAST flag given.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Source {
+    Data,
+    Chunks { size: u64, last: bool },
+}
+
+/// `Action::Data` or `Action::Chunks`: receive the message, deliver it, log and count the
+/// answer, and end the transaction. `Err(end)` means the connection is over.
 pub(super) async fn transaction(
     conn: &mut Conn<'_>,
     session: &mut Session,
@@ -35,10 +44,17 @@ pub(super) async fn transaction(
     delivery: &Delivery<'_>,
     txn: Option<Transaction<'_>>,
     spf: Option<&crate::sender_auth::SpfCheck>,
+    source: Source,
 ) -> Result<(), End> {
     let farm = ctx.farm;
     let signer = ctx.snapshot.signer(ctx.farm_index);
-    let answer = receive(conn, session, ctx, signer, delivery, txn, spf).await?;
+    let Some(answer) = receive(conn, session, ctx, signer, delivery, txn, spf, source).await? else {
+        // RSET between two chunks: the session forgets the transaction and answers it.
+        if let Action::Reply { reply, .. } = session.command(Command::Rset, &ctx.snapshot.ruleset, farm) {
+            conn.reply(&reply);
+        }
+        return Ok(());
+    };
     message_decided(conn.shared, session, farm, &answer);
     let reply = answer.reply;
     if reply.is_positive() {
@@ -52,8 +68,9 @@ pub(super) async fn transaction(
     Ok(())
 }
 
-/// Receive DATA into the spool and deliver it. `Ok` is the final answer; `Err(end)` means the
-/// connection is over.
+/// Receive DATA or BDAT chunks into the spool and deliver it. `Ok(Some)` is the final answer,
+/// `Ok(None)` a RSET between chunks; `Err(end)` means the connection is over.
+#[allow(clippy::too_many_arguments)]
 async fn receive(
     conn: &mut Conn<'_>,
     session: &Session,
@@ -62,10 +79,11 @@ async fn receive(
     delivery: &Delivery<'_>,
     mut txn: Option<Transaction<'_>>,
     spf: Option<&crate::sender_auth::SpfCheck>,
-) -> Result<Answer, End> {
+    source: Source,
+) -> Result<Option<Answer>, End> {
     let (farm, ruleset, hostname) = (ctx.farm, &ctx.snapshot.ruleset, ctx.hostname.as_str());
     let Some(envelope) = session.transaction() else {
-        return Ok((Reply::bad_sequence("need MAIL command"), rules::PROTOCOL, 0).into());
+        return Ok(Some((Reply::bad_sequence("need MAIL command"), rules::PROTOCOL, 0).into()));
     };
     let mut spool = match conn.shared.spool.create(session.id()).await {
         Ok(file) => file,
@@ -74,13 +92,22 @@ async fn receive(
             if let Some(t) = txn {
                 t.abort().await;
             }
-            return Ok((insufficient_storage(), rules::SPOOL, 0).into());
+            return Ok(Some((insufficient_storage(), rules::SPOOL, 0).into()));
         }
     };
-    conn.reply(&Reply::start_data());
     let data_deadline = Instant::now() + Duration::from_secs(u64::from(session.limits().timeouts.data));
-    if !conn.flush(data_deadline).await {
-        return Err(End::Io);
+    // BDAT: the octets left of the current chunk, and whether it is the last.
+    let (mut chunk_left, mut last_chunk, chunked) = match source {
+        Source::Data => (0, false, false),
+        Source::Chunks { size, last } => (size, last, true),
+    };
+    let mut chunk_size = chunk_left;
+    let mut lines = LineReader::new(usize::try_from(farm.limits.line_length).unwrap_or(usize::MAX));
+    if !chunked {
+        conn.reply(&Reply::start_data());
+        if !conn.flush(data_deadline).await {
+            return Err(End::Io);
+        }
     }
     let trace = received::header(&Trace {
         helo: session.helo(),
@@ -100,7 +127,11 @@ async fn receive(
         BarePolicy::Reject => SmtpBare::Reject,
         BarePolicy::Normalize => SmtpBare::Normalize,
     };
-    let mut receiver = DataReceiver::new(farm.limits.message_size, bare);
+    let mut receiver = if chunked {
+        DataReceiver::chunked(farm.limits.message_size, bare)
+    } else {
+        DataReceiver::new(farm.limits.message_size, bare)
+    };
     // The sender's copies of our verdict headers go while the message streams into the spool:
     // the file is written once, and only ever holds what the back end may see.
     let mut verdicts = VerdictFilter::new(&farm.verdict_headers);
@@ -110,17 +141,30 @@ async fn receive(
     let sender_start = chunk.len() as u64;
     let mut spool_error: Option<std::io::Error> = None;
     loop {
-        let progress = if verdicts.in_body() {
-            receiver.feed(&conn.input, &mut chunk)
+        // A chunk's octets end where its size says; what follows is the next command.
+        let available = if chunked {
+            conn.input.len().min(usize::try_from(chunk_left).unwrap_or(usize::MAX))
         } else {
-            let progress = receiver.feed(&conn.input, &mut content);
+            conn.input.len()
+        };
+        let input = conn.input.get(..available).unwrap_or_default();
+        let in_body = verdicts.in_body();
+        let target = if in_body { &mut chunk } else { &mut content };
+        let mut progress = receiver.feed(input, target);
+        if chunked {
+            chunk_left = chunk_left.saturating_sub(progress.consumed as u64);
+            if chunk_left == 0 && last_chunk {
+                receiver.end_chunks(target);
+                progress.done = true;
+            }
+        }
+        if !in_body {
             verdicts.feed(&content, &mut chunk);
             content.clear();
             if progress.done {
                 verdicts.finish(&mut chunk);
             }
-            progress
-        };
+        }
         conn.input.drain(..progress.consumed);
         if chunk.len() >= SPOOL_CHUNK || (progress.done && !chunk.is_empty()) {
             if spool_error.is_none() {
@@ -132,6 +176,33 @@ async fn receive(
         }
         if progress.done {
             break;
+        }
+        if chunked && chunk_left == 0 {
+            // A chunk read whole, not the last: refuse the message now if it already broke a
+            // rule (its later chunks then meet a session without a transaction: 503, octets
+            // dropped), else acknowledge it and wait for the next.
+            if let Err(e) = receiver.check() {
+                let reason = match e {
+                    crate::smtp::DataError::BareLineEnding { .. } => rules::BARE_LINE_END,
+                    crate::smtp::DataError::TooLarge { .. } => rules::SIZE,
+                };
+                return Ok(Some((abandon(txn, e.reply()).await, reason, receiver.stats().size).into()));
+            }
+            conn.reply(&chunk_received(chunk_size));
+            match super::chunks::between(conn, &mut lines, data_deadline, hostname).await? {
+                Between::Chunk { size, last } => {
+                    (chunk_left, last_chunk, chunk_size) = (size, last, size);
+                    continue;
+                }
+                Between::Reset => {
+                    abandon(txn, Reply::ok()).await;
+                    return Ok(None);
+                }
+                Between::Quit => {
+                    abandon(txn, Reply::ok()).await;
+                    return Err(conn.close(&Reply::closing(), End::Quit).await);
+                }
+            }
         }
         if let Some(t) = txn.as_mut() {
             // Back ends drop idle clients (Postfix after 300 s): keep the transaction alive while
@@ -156,7 +227,7 @@ async fn receive(
             crate::smtp::DataError::BareLineEnding { .. } => rules::BARE_LINE_END,
             crate::smtp::DataError::TooLarge { .. } => rules::SIZE,
         };
-        return Ok((abandon(txn, e.reply()).await, reason, size).into());
+        return Ok(Some((abandon(txn, e.reply()).await, reason, size).into()));
     }
     if let Some(e) = spool_error {
         let over_budget = e.kind() == std::io::ErrorKind::StorageFull;
@@ -166,14 +237,14 @@ async fn receive(
             tracing::error!(session = %session.id(), error = %e, full = spool::is_full(&e), "spool: write failed");
         }
         let reason = if over_budget { rules::SPOOL_BUDGET } else { rules::SPOOL };
-        return Ok((abandon(txn, insufficient_storage()).await, reason, size).into());
+        return Ok(Some((abandon(txn, insufficient_storage()).await, reason, size).into()));
     }
     if let Err(e) = spool.flush().await {
         tracing::error!(session = %session.id(), error = %e, "spool: flush failed");
-        return Ok((abandon(txn, insufficient_storage()).await, rules::SPOOL, size).into());
+        return Ok(Some((abandon(txn, insufficient_storage()).await, rules::SPOOL, size).into()));
     }
     if let Some(refusal) = header_from_refusal(session, farm, ruleset, &verdicts) {
-        return Ok((abandon(txn, refusal).await, rules::AUTH_HEADER_FROM, size).into());
+        return Ok(Some((abandon(txn, refusal).await, rules::AUTH_HEADER_FROM, size).into()));
     }
     let message = SpooledMessage { size, sender_start };
     // Sender authentication (`spf`, `dkim`, `dmarc`): its verdicts go on the log line whatever
@@ -183,7 +254,7 @@ async fn receive(
         Ok(checked) => checked,
         Err((reply, rule, auth)) => {
             let reply = abandon(txn, reply).await;
-            return Ok(Answer { reply, reason: rule, size, signed: None, auth });
+            return Ok(Some(Answer { reply, reason: rule, size, signed: None, auth }));
         }
     };
     let auth = checked.summary;
@@ -192,7 +263,7 @@ async fn receive(
         Ok(headers) => checked.header + &headers,
         Err((reply, rule)) => {
             let reply = abandon(txn, reply).await;
-            return Ok(Answer { reply, reason: rule, size, signed: None, auth });
+            return Ok(Some(Answer { reply, reason: rule, size, signed: None, auth }));
         }
     };
     match super::filters::run_filters(conn.shared, session, farm, &spool, hostname).await {
@@ -200,11 +271,11 @@ async fn receive(
         Filtered::Discard => {
             abandon(txn, Reply::ok()).await;
             let reply = Reply::new(250, EnhancedCode::new(2, 0, 0), "Ok: discarded").unwrap_or_else(|_| Reply::ok());
-            return Ok(Answer { reply, reason: "discarded", size, signed: None, auth });
+            return Ok(Some(Answer { reply, reason: "discarded", size, signed: None, auth }));
         }
         Filtered::Refuse(reply, rule) => {
             let reply = abandon(txn, reply).await;
-            return Ok(Answer { reply, reason: rule, size, signed: None, auth });
+            return Ok(Some(Answer { reply, reason: rule, size, signed: None, auth }));
         }
     }
     // Signed last, over exactly what is relayed (our header lines and the spool file).
@@ -212,7 +283,7 @@ async fn receive(
         Ok(signed) => signed,
         Err(reply) => {
             let reply = abandon(txn, reply).await;
-            return Ok(Answer { reply, reason: rules::DKIM_SIGN, size, signed: None, auth });
+            return Ok(Some(Answer { reply, reason: rules::DKIM_SIGN, size, signed: None, auth }));
         }
     };
     let started = std::time::Instant::now();
@@ -230,7 +301,7 @@ async fn receive(
         (false, Delivery::Relay(_)) => rules::BACKEND,
         (false, Delivery::Maildir(_)) => rules::LOCAL_DELIVERY,
     };
-    Ok(Answer { reply, reason, size, signed, auth })
+    Ok(Some(Answer { reply, reason, size, signed, auth }))
 }
 
 /// A delivered message counts toward its client's auto-whitelisting (in the background: the
@@ -365,6 +436,11 @@ async fn abandon(txn: Option<Transaction<'_>>, reply: Reply) -> Reply {
         t.abort().await;
     }
     reply
+}
+
+/// `250 2.0.0 N octets received`: a BDAT chunk that was not the last (RFC 3030 §4.2).
+fn chunk_received(size: u64) -> Reply {
+    Reply::new(250, EnhancedCode::new(2, 0, 0), &format!("{size} octets received")).unwrap_or_else(|_| Reply::ok())
 }
 
 pub(super) fn insufficient_storage() -> Reply {

@@ -24,6 +24,7 @@
 //! client trickling one byte at a time cannot stretch it.
 
 mod auth;
+mod chunks;
 mod content;
 mod data;
 mod filters;
@@ -292,6 +293,7 @@ async fn run(conn: &mut Conn<'_>, session: &mut Session, ctx: &Ctx<'_>, lookups:
             break end;
         }
         report::decided(conn.shared, session, ctx.farm, &asked, &action);
+        report::shadowed(conn.shared, session, ctx.farm);
         if let Err(end) = act(conn, session, ctx, &relay, &mut txn, action, lookups).await {
             break end;
         }
@@ -328,14 +330,18 @@ async fn act<'r>(
             Ok(())
         }
         Action::Close { reply, .. } => Err(conn.close(&reply, End::of_close(&reply)).await),
-        Action::Data => {
+        Action::Data | Action::Chunks { .. } => {
             // MAIL FROM's SPF check, for Authentication-Results and DMARC (awaited if it is
             // still running: it started at MAIL FROM).
             let spf = match lookups.as_mut() {
                 Some(l) => l.spf_check().await.cloned(),
                 None => None,
             };
-            data::transaction(conn, session, ctx, relay, txn.take(), spf.as_ref()).await
+            let source = match action {
+                Action::Chunks { size, last } => data::Source::Chunks { size, last },
+                _ => data::Source::Data,
+            };
+            data::transaction(conn, session, ctx, relay, txn.take(), spf.as_ref(), source).await
         }
         Action::StartTls(reply) => starttls::upgrade(conn, session, ctx, &reply).await,
         // Made by `round_trips` before we get here.
@@ -398,10 +404,20 @@ async fn next_action(
             Prepared::Done(action) => (Asked::Other, action),
             Prepared::Command(command) => {
                 let asked = Asked::of(&command);
+                let chunk = match command {
+                    crate::smtp::Command::Bdat { size, .. } => Some(size),
+                    _ => None,
+                };
                 let action =
                     prepare::prepare(&command, session, ctx.farm, conn.shared, lookups, transfer, &ctx.hostname)
                         .await
                         .unwrap_or_else(|| session.command(command, &ctx.snapshot.ruleset, ctx.farm));
+                if let (Some(size), false) = (chunk, matches!(action, Action::Chunks { .. } | Action::Close { .. })) {
+                    // A refused BDAT's octets follow it all the same: read and drop them (unless
+                    // the session closes anyway).
+                    let deadline = Instant::now() + Duration::from_secs(u64::from(session.limits().timeouts.data));
+                    chunks::discard(conn, size, deadline, &ctx.hostname).await?;
+                }
                 (asked, action)
             }
         });

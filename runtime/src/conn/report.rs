@@ -33,7 +33,7 @@ impl Asked {
                 ForwardPath::Postmaster => "postmaster".to_owned(),
                 ForwardPath::Mailbox(m) => m.to_string(),
             }),
-            Command::Data => Asked::Data,
+            Command::Data | Command::Bdat { .. } => Asked::Data,
             _ => Asked::Other,
         }
     }
@@ -165,5 +165,30 @@ pub(super) fn session_closed(shared: &Shared, session: &Session, farm_name: &str
         rule = session.last_rule().unwrap_or(""),
         end = end.as_str(),
         "session closed"
+    );
+}
+
+/// What `shadow` rules would have refused since the last command: one `would refuse` line each
+/// (with the reply it would have given) and a count; the client saw none of it.
+pub(super) fn shadowed(shared: &Shared, session: &mut Session, farm: &Farm) {
+    for shadow in session.take_shadowed() {
+        would_refuse(shared, session, farm, shadow.stage, &shadow.rule, &shadow.reply);
+    }
+}
+
+/// One refusal a `shadow` rule would have given at `stage`.
+pub(super) fn would_refuse(
+    shared: &Shared,
+    session: &Session,
+    farm: &Farm,
+    stage: mtac_ruleset::model::Stage,
+    rule: &str,
+    reply: &mtac_ruleset::model::Reply,
+) {
+    shared.metrics.shadow_refusal(&farm.name, stage.as_str(), reply.code >= 500, rule);
+    tracing::info!(
+        session = %session.id(), client = %session.peer().ip(), farm = farm.name.as_str(),
+        helo = session.helo().unwrap_or(""), sender = session.transaction().map_or("", |t| t.sender.as_str()),
+        stage = stage.as_str(), rule, reply = %reply, "would refuse (shadow)"
     );
 }

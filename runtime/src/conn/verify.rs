@@ -130,6 +130,9 @@ pub(super) async fn sender_auth(
     let mut evaluated = session.facts(ruleset, sender, None);
     evaluated.message = Some(facts);
     let decision = eval::evaluate(ruleset, farm, Stage::Data, &evaluated);
+    for (rule, reply) in &decision.shadowed {
+        super::report::would_refuse(shared, session, farm, Stage::Data, rule, reply);
+    }
     if let (Some(reply), Some(rule)) = (&decision.reply, decision.rule.as_deref()) {
         let rule = rules::find(rule).map_or(rules::DMARC, |r| r.name);
         tracing::info!(session = %session.id(), rule, verdicts = text.as_str(), "message refused by sender authentication");

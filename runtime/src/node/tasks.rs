@@ -58,11 +58,14 @@ fn list_zones(ruleset: &Ruleset) -> Vec<(String, model::DnsblTarget)> {
     zones
 }
 
-/// Whether the node needs its state store: some farm greylists, or bans are shared through Redis.
+/// Whether the node needs its state store: some farm greylists, or, through Redis, shares bans
+/// or the clients that passed its pregreet test (the balancer may send a client's next
+/// connection to any node). Without Redis, the pregreet memory is the node's own either way.
 pub(super) fn needs_state(ruleset: &Ruleset) -> bool {
     let policy = ruleset.policy();
-    let redis = matches!(policy.state, model::StateSettings::Redis { .. });
-    policy.farms.iter().any(|f| f.greylist.is_some() || (redis && !f.bans.is_empty()))
+    let redis = matches!(policy.state, model::StateSettings::Redis { .. } | model::StateSettings::RedisSentinel { .. });
+    let remembers = |f: &model::Farm| f.limits.timeouts.pregreet > 0 && f.screen.pregreet_remember > 0;
+    policy.farms.iter().any(|f| f.greylist.is_some() || (redis && (!f.bans.is_empty() || remembers(f))))
 }
 
 /// The state store's own task: the embedded store's flush and sweep, or the mirror of the
@@ -83,9 +86,11 @@ fn mirror_bans(redis: Arc<crate::state::RedisStore>, shared: Arc<Shared>) -> Joi
         let mut failures = 0u32;
         loop {
             let subscribed = async {
-                let mut pubsub = redis.client().get_async_pubsub().await?;
+                // With Sentinel, the primary of the moment: after a failover the lost channel
+                // is subscribed again on the promoted replica.
+                let mut pubsub = redis.client().await?.get_async_pubsub().await?;
                 pubsub.subscribe(crate::state::BAN_CHANNEL).await?;
-                Ok::<_, redis::RedisError>(pubsub)
+                Ok::<_, crate::state::StateError>(pubsub)
             };
             match tokio::time::timeout(Duration::from_secs(5), subscribed).await {
                 Ok(Ok(mut pubsub)) => {

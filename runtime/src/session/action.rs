@@ -34,6 +34,8 @@ pub enum Action {
     Authenticate { user: String, password: String },
     /// Send 354 and receive the message.
     Data,
+    /// Receive the message in BDAT chunks (RFC 3030), this command's `size` octets first.
+    Chunks { size: u64, last: bool },
 }
 
 /// Why a reply refuses: the rule (a step of the policy's program or one of the node's own,
@@ -75,7 +77,8 @@ impl Action {
             | Action::Greylist { .. }
             | Action::Directory { .. }
             | Action::Authenticate { .. }
-            | Action::Data => None,
+            | Action::Data
+            | Action::Chunks { .. } => None,
         }
     }
 

@@ -113,7 +113,15 @@ impl Session {
     }
 }
 
-/// Evaluate `stage` with `facts`.
-pub(super) fn decide(ruleset: &Ruleset, farm: &Farm, stage: Stage, facts: &Facts<'_>) -> Verdict {
-    Verdict::of(eval::evaluate(ruleset, farm, stage, facts))
+/// Evaluate `stage` with `facts`; and what its `shadow` steps would have refused (for
+/// [`super::Session::note_shadowed`]).
+pub(super) fn decide(
+    ruleset: &Ruleset,
+    farm: &Farm,
+    stage: Stage,
+    facts: &Facts<'_>,
+) -> (Verdict, Vec<(String, mtac_ruleset::model::Reply)>) {
+    let mut decision = eval::evaluate(ruleset, farm, stage, facts);
+    let shadowed = std::mem::take(&mut decision.shadowed);
+    (Verdict::of(decision), shadowed)
 }

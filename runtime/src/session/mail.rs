@@ -57,7 +57,9 @@ impl Session {
             }
         };
         let facts = self.facts(ruleset, Some(&sender), None);
-        if let Verdict::Refuse(r, refusal) = decide(ruleset, farm, Stage::Mail, &facts) {
+        let (verdict, shadowed) = decide(ruleset, farm, Stage::Mail, &facts);
+        self.note_shadowed(Stage::Mail, shadowed);
+        if let Verdict::Refuse(r, refusal) = verdict {
             return self.answer(r, refusal);
         }
         self.txn = Some(Transaction {
@@ -110,6 +112,16 @@ impl Session {
         }
     }
 
+    /// `BDAT` (RFC 3030): like DATA, the driver receives the message once a recipient was
+    /// accepted. A refused BDAT's octets are still the client's: the driver reads and drops
+    /// them, so they are never taken for commands.
+    pub(super) fn bdat(&mut self, size: u64, last: bool) -> Action {
+        match self.data() {
+            Action::Data => Action::Chunks { size, last },
+            refused => refused,
+        }
+    }
+
     /// The policy's decision on a recipient, with what the session knows now and, once asked,
     /// the directory's answer on it.
     fn rcpt_decision(
@@ -126,7 +138,9 @@ impl Session {
         // The answer serves this RCPT only: a later RCPT of the same address asks again (the
         // directory's cache makes that cheap, and a 451 must not stick for the session).
         facts.directory = directory;
-        match decide(ruleset, farm, Stage::Rcpt, &facts) {
+        let (verdict, shadowed) = decide(ruleset, farm, Stage::Rcpt, &facts);
+        self.note_shadowed(Stage::Rcpt, shadowed);
+        match verdict {
             Verdict::Refuse(r, refusal) => self.answer(r, refusal),
             Verdict::AskDirectory => Action::Directory { address },
             Verdict::AskGreylist => Action::Greylist { address },

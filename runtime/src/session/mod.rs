@@ -43,9 +43,19 @@ use mtac_ruleset::Ruleset;
 use std::net::SocketAddr;
 
 /// Per-session protocol state.
+/// A refusal a `shadow` step would have given: reported, never sent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Shadowed {
+    pub stage: Stage,
+    pub rule: String,
+    pub reply: mtac_ruleset::model::Reply,
+}
+
 #[derive(Debug)]
 pub struct Session {
     id: String,
+    /// `shadow` steps' refusals not yet reported ([`Session::take_shadowed`]).
+    shadowed: Vec<Shadowed>,
     peer: SocketAddr,
     hostname: String,
     limits: model::Limits,
@@ -106,6 +116,7 @@ impl Session {
             errors: 0,
             accepted: 0,
             last_rule: None,
+            shadowed: Vec::new(),
             greylist_client: None,
             tls_offered: farm.tls.is_some(),
             tls: None,
@@ -298,6 +309,23 @@ impl Session {
         Action::Close { reply, refusal }
     }
 
+    /// Keep what `stage`'s `shadow` steps would have refused, once per rule and stage until the
+    /// driver takes them ([`Session::take_shadowed`]): a stage evaluated again (after the
+    /// directory's answer) does not report twice.
+    pub(super) fn note_shadowed(&mut self, stage: Stage, shadowed: Vec<(String, mtac_ruleset::model::Reply)>) {
+        for (rule, reply) in shadowed {
+            if !self.shadowed.iter().any(|s| s.stage == stage && s.rule == rule) {
+                self.shadowed.push(Shadowed { stage, rule, reply });
+            }
+        }
+    }
+
+    /// What `shadow` steps would have refused since the last call: the driver logs and counts
+    /// them as "would refuse".
+    pub fn take_shadowed(&mut self) -> Vec<Shadowed> {
+        std::mem::take(&mut self.shadowed)
+    }
+
     /// A refusal decided outside the policy program (a rate limit, the spool's room): counted
     /// like any other.
     pub fn refuse(&mut self, reply: Reply, rule: &str) -> Action {
@@ -309,7 +337,8 @@ impl Session {
     /// The greeting, after the connect stage of the policy.
     pub fn greet(&mut self, ruleset: &Ruleset, farm: &Farm) -> Action {
         let facts = self.facts(ruleset, None, None);
-        let decision = eval::evaluate(ruleset, farm, Stage::Connect, &facts);
+        let mut decision = eval::evaluate(ruleset, farm, Stage::Connect, &facts);
+        self.note_shadowed(Stage::Connect, std::mem::take(&mut decision.shadowed));
         let Some(policy) = &decision.reply else {
             return Action::reply(Reply::greeting(&self.hostname, &ruleset.policy().banner));
         };
@@ -389,6 +418,7 @@ impl Session {
             Command::Mail(mail) => self.mail(mail, ruleset, farm),
             Command::Rcpt(rcpt) => self.rcpt(rcpt, ruleset, farm),
             Command::Data => self.data(),
+            Command::Bdat { size, last } => self.bdat(size, last),
             Command::Rset => {
                 self.txn = None;
                 Action::reply(Reply::ok())
@@ -412,7 +442,9 @@ impl Session {
         self.txn = None;
         let previous = self.helo.replace(name);
         let facts = self.facts(ruleset, None, None);
-        if let Verdict::Refuse(r, refusal) = decide(ruleset, farm, Stage::Helo, &facts) {
+        let (verdict, shadowed) = decide(ruleset, farm, Stage::Helo, &facts);
+        self.note_shadowed(Stage::Helo, shadowed);
+        if let Verdict::Refuse(r, refusal) = verdict {
             self.helo = previous;
             return self.answer(r, refusal);
         }

@@ -12,7 +12,7 @@ use mtac_ruleset::tables::DomainTableBuilder;
 use mtac_ruleset::TableInput;
 
 fn step(rule: &str, check: Check, code: u16, status: &str, text: &str) -> Step {
-    Step { rule: rule.to_owned(), check, reply: model::Reply::new(code, status, text) }
+    Step { rule: rule.to_owned(), check, reply: model::Reply::new(code, status, text), shadow: false }
 }
 
 /// One inbound farm for `example.com` whose RCPT program is relay control, changed by `edit`.
@@ -113,6 +113,7 @@ fn code(action: &Action) -> u16 {
         Action::Authenticate { .. } => 3,
         Action::Directory { .. } => 4,
         Action::Data => 354,
+        Action::Chunks { .. } => 5,
     }
 }
 
@@ -140,6 +141,22 @@ fn a_transaction_goes_through_the_stages_in_order() {
     assert_eq!(s.accepted(), 1);
     assert_eq!(code(&feed(&mut s, &rs, "DATA")), 503, "the transaction ended");
     assert_eq!(code(&feed(&mut s, &rs, "QUIT")), 221);
+}
+
+/// Issue 18: BDAT is DATA's twin: refused before MAIL and before a recipient, handed to the
+/// driver with its size afterwards.
+#[test]
+fn issue18_bdat_needs_a_transaction_with_a_recipient() {
+    let rs = ruleset(10);
+    let mut s = session(&rs);
+    s.greet(&rs, &rs.policy().farms[0]);
+    feed(&mut s, &rs, "EHLO a.example.org");
+    assert_eq!(code(&feed(&mut s, &rs, "BDAT 10 LAST")), 503);
+    feed(&mut s, &rs, "MAIL FROM:<a@example.org>");
+    assert_eq!(code(&feed(&mut s, &rs, "BDAT 10")), 554, "no recipient yet");
+    feed(&mut s, &rs, "RCPT TO:<b@example.com>");
+    s.recipient_result("b@example.com".into(), Ok(()));
+    assert_eq!(feed(&mut s, &rs, "BDAT 10 LAST"), Action::Chunks { size: 10, last: true });
 }
 
 #[test]

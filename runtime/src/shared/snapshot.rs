@@ -64,10 +64,7 @@ impl Snapshot {
                 None => None,
             });
             tls.push(match &farm.tls {
-                Some(t) => Some(
-                    crate::tls::FarmTls::load(&t.certificate, &t.key)
-                        .map_err(|e| format!("farm `{}`: {e}", farm.name))?,
-                ),
+                Some(t) => Some(crate::tls::FarmTls::load(t).map_err(|e| format!("farm `{}`: {e}", farm.name))?),
                 None => None,
             });
             signers.push(match &farm.dkim_sign {
@@ -84,9 +81,14 @@ impl Snapshot {
                         let (index, _) = p.farm(&farm.name)?;
                         p.relays.get(index)?.as_ref().filter(|r| r.same_settings(backends, &hostname, timeout)).cloned()
                     });
-                    relays.push(Some(
-                        reused.unwrap_or_else(|| Arc::new(Relay::new(backends.clone(), hostname.clone(), timeout))),
-                    ));
+                    let relay = match reused {
+                        Some(relay) => relay,
+                        None => Arc::new(
+                            Relay::new(backends.clone(), hostname.clone(), timeout)
+                                .map_err(|e| format!("farm `{}`: {e}", farm.name))?,
+                        ),
+                    };
+                    relays.push(Some(relay));
                     maildirs.push(None);
                 }
                 RelayModel::Maildir(dir) => {
@@ -124,11 +126,13 @@ impl Snapshot {
     }
 
     /// A file the snapshot read besides the ruleset changed on disk since: a certificate or key
-    /// (a renewal), a DKIM key (a rollover), or a directory's bind password (a rotation).
+    /// (a renewal), a DKIM key (a rollover), a directory's bind password (a rotation), or a back
+    /// end's CA file.
     pub fn files_changed(&self) -> bool {
         self.tls.iter().flatten().any(crate::tls::FarmTls::changed_on_disk)
             || self.signers.iter().flatten().any(crate::dkim_sign::FarmSigner::changed_on_disk)
             || self.directories.iter().flatten().any(|d| d.password_changed())
+            || self.relays.iter().flatten().any(|r| r.changed_on_disk())
     }
 
     /// The farm called `name` and its index.

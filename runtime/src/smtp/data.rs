@@ -39,6 +39,12 @@
 //! before it, was bare) has no "other characters", so it is kept as `.`. A bare CR or a NUL
 //! right after the dot counts as another character, so the dot goes.
 //!
+//! # Chunks (BDAT)
+//!
+//! [`DataReceiver::chunked`] reads RFC 3030 BDAT chunks: the same normalisation, counts and
+//! size, but no dot-unstuffing and no end marker — a `.` line is content, and the message ends
+//! when the session says so ([`DataReceiver::end_chunks`]), after the `LAST` chunk's octets.
+//!
 //! # Size
 //!
 //! `size` counts the content as it would be relayed: after unstuffing and normalisation,
@@ -149,6 +155,8 @@ enum State {
 #[derive(Debug, Clone)]
 pub struct DataReceiver {
     max_size: u64,
+    /// BDAT: no dot-unstuffing, no end marker.
+    chunked: bool,
     policy: BarePolicy,
     state: State,
     stats: DataStats,
@@ -158,7 +166,28 @@ pub struct DataReceiver {
 impl DataReceiver {
     /// A receiver that keeps at most `max_size` content bytes in `out`.
     pub fn new(max_size: u64, policy: BarePolicy) -> Self {
-        Self { max_size, policy, state: State::LineStart { real: true }, stats: DataStats::default(), line_len: 0 }
+        Self {
+            max_size,
+            chunked: false,
+            policy,
+            state: State::LineStart { real: true },
+            stats: DataStats::default(),
+            line_len: 0,
+        }
+    }
+
+    /// A receiver for BDAT chunks: feed it exactly each chunk's octets (it consumes all it is
+    /// given), then call [`DataReceiver::end_chunks`] after the `LAST` one.
+    pub fn chunked(max_size: u64, policy: BarePolicy) -> Self {
+        Self { chunked: true, ..Self::new(max_size, policy) }
+    }
+
+    /// The end of a chunked message: a CR held back at the very end was bare.
+    pub fn end_chunks(&mut self, out: &mut Vec<u8>) {
+        if self.state == State::Cr {
+            self.bare_cr(out);
+        }
+        self.state = State::Done;
     }
 
     /// Reads `input`, appending content to `out`, up to and including the end marker. The
@@ -216,7 +245,7 @@ impl DataReceiver {
     fn step(&mut self, b: u8, out: &mut Vec<u8>) {
         match self.state {
             State::LineStart { real } => match b {
-                b'.' => self.state = State::Dot { real },
+                b'.' if !self.chunked => self.state = State::Dot { real },
                 _ => self.text_byte(b, out),
             },
             State::Dot { real } => match b {
@@ -662,5 +691,36 @@ mod tests {
         for split in 0..=content.len() {
             assert_eq!(stuff(&[&content[..split], &content[split..]]), wire);
         }
+    }
+
+    /// Issue 18: BDAT content is taken as is: a `.` line and a leading dot are content, nothing
+    /// ends the message but the session, and bare line ends follow the same policy as DATA.
+    #[test]
+    fn issue18_chunks_are_content_without_dot_unstuffing() {
+        let message = b"Subject: x\r\n\r\n.\r\n..two\r\n.\r\nend\r\n";
+        for split in 0..=message.len() {
+            let mut rx = DataReceiver::chunked(BIG, BarePolicy::Reject);
+            let mut out = Vec::new();
+            for part in [&message[..split], &message[split..]] {
+                assert_eq!(rx.feed(part, &mut out), DataProgress { consumed: part.len(), done: false });
+            }
+            rx.end_chunks(&mut out);
+            assert!(rx.is_done());
+            assert_eq!(out, message, "split at {split}");
+            assert_eq!(rx.check(), Ok(()));
+        }
+        let mut rx = DataReceiver::chunked(BIG, BarePolicy::Normalize);
+        let mut out = Vec::new();
+        rx.feed(b"a\nb\rc\0d\r", &mut out);
+        rx.end_chunks(&mut out);
+        assert_eq!(out, b"a\r\nb cd ", "LF to CRLF, CR to a space, NUL dropped");
+        let mut rx = DataReceiver::chunked(BIG, BarePolicy::Reject);
+        rx.feed(b"a\nb\r\n", &mut Vec::new());
+        assert!(matches!(rx.check(), Err(DataError::BareLineEnding { lf: 1, .. })));
+        let mut rx = DataReceiver::chunked(10, BarePolicy::Reject);
+        let mut out = Vec::new();
+        rx.feed(&[b'x'; 20], &mut out);
+        assert_eq!(out.len(), 10);
+        assert!(matches!(rx.check(), Err(DataError::TooLarge { size: 20, max: 10 })));
     }
 }

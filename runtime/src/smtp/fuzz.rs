@@ -5,7 +5,9 @@
 //! Each function takes the fuzzer's bytes, whose first byte is a control byte (limits, policy,
 //! where to split the input) and the rest the client's bytes, and panics only on a bug.
 
-use super::{parse, BarePolicy, DataReceiver, DataStats, DotStuffer, Frame, LineReader, Reply, MAX_REPLY_LINE};
+use super::{
+    parse, BarePolicy, DataProgress, DataReceiver, DataStats, DotStuffer, Frame, LineReader, Reply, MAX_REPLY_LINE,
+};
 
 /// Arbitrary bytes on the command channel: framing and parsing must never panic, every line the
 /// reader hands out is within its limit and free of LF, and every reply built from a parse error
@@ -103,6 +105,21 @@ pub fn smtp_data(data: &[u8]) {
     }
 
     verdict_filter(&out, control);
+
+    // BDAT (RFC 3030): the same bytes as two chunks. All consumed, nothing in them ends the
+    // message, the output is clean, and clean input within the limit comes out unchanged (no
+    // dot-unstuffing).
+    let mut chunks = DataReceiver::chunked(max, policy);
+    let mut chunked = Vec::new();
+    for piece in [head, tail] {
+        assert_eq!(chunks.feed(piece, &mut chunked), DataProgress { consumed: piece.len(), done: false });
+    }
+    chunks.end_chunks(&mut chunked);
+    assert!(chunked.len() as u64 <= max);
+    assert_clean(&chunked);
+    if !chunks.stats().bare_seen() && chunks.stats().size <= max {
+        assert_eq!(chunked, input, "BDAT content changed");
+    }
 
     // Round trip: what the relay sends the back end reads back to the same content.
     if done && stats.size <= max && (policy == BarePolicy::Normalize || !stats.bare_seen()) {

@@ -398,6 +398,7 @@ impl Reply {
     pub fn ehlo(hostname: &str, caps: &EhloCapabilities) -> Self {
         let mut lines = vec![hostname.to_owned(), "PIPELINING".to_owned(), format!("SIZE {}", caps.max_size)];
         lines.push("8BITMIME".to_owned());
+        lines.push("CHUNKING".to_owned());
         if caps.smtputf8 {
             lines.push("SMTPUTF8".to_owned());
         }
@@ -426,10 +427,10 @@ impl Reply {
     }
 }
 
-/// What the `EHLO` answer offers. `CHUNKING` (and with it `BINARYMIME`) is never offered: mtac
-/// relays while the client waits and reads message data only through the dot-terminated
-/// [`DataReceiver`](super::DataReceiver); `DSN` is not offered because its parameters are not
-/// relayed.
+/// What the `EHLO` answer offers. `CHUNKING` always (RFC 3030 BDAT, read by
+/// [`DataReceiver::chunked`](super::DataReceiver::chunked)), but not `BINARYMIME`: a binary body
+/// could not be relayed faithfully to a back end without CHUNKING. `DSN` is not offered because
+/// its parameters are not relayed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EhloCapabilities {
     /// The `SIZE` limit (RFC 1870) in bytes.
@@ -558,16 +559,16 @@ mod tests {
         };
         assert_eq!(
             wire(&Reply::ehlo("mx.example", &caps)),
-            "250-mx.example\r\n250-PIPELINING\r\n250-SIZE 10485760\r\n250-8BITMIME\r\n\
+            "250-mx.example\r\n250-PIPELINING\r\n250-SIZE 10485760\r\n250-8BITMIME\r\n250-CHUNKING\r\n\
              250-SMTPUTF8\r\n250-ENHANCEDSTATUSCODES\r\n250-STARTTLS\r\n250 AUTH PLAIN LOGIN\r\n"
         );
         let caps = EhloCapabilities { max_size: 1000, smtputf8: false, starttls: false, auth_mechanisms: vec![] };
         let w = wire(&Reply::ehlo("mx.example", &caps));
         assert_eq!(
             w,
-            "250-mx.example\r\n250-PIPELINING\r\n250-SIZE 1000\r\n250-8BITMIME\r\n250 ENHANCEDSTATUSCODES\r\n"
+            "250-mx.example\r\n250-PIPELINING\r\n250-SIZE 1000\r\n250-8BITMIME\r\n250-CHUNKING\r\n250 ENHANCEDSTATUSCODES\r\n"
         );
-        assert!(!w.contains("CHUNKING"));
+        assert!(!w.contains("BINARYMIME"));
     }
 
     #[test]

@@ -74,7 +74,7 @@ impl Triplet {
     }
 
     /// `CLIENT|SENDER|RECIPIENT`: the embedded table's key, and Redis's after `mtac:g:`.
-    fn key(&self) -> String {
+    pub fn key(&self) -> String {
         format!("{}|{}|{}", self.client, self.sender, self.recipient)
     }
 }
@@ -190,6 +190,10 @@ impl Store {
                 let client = ::redis::Client::open(url.as_str())?;
                 Ok(Store::Redis(Arc::new(RedisStore::new(client, Duration::from_millis(u64::from(*timeout_ms))))))
             }
+            StateSettings::RedisSentinel { sentinels, service, db, timeout_ms, fail_open: _ } => {
+                let timeout = Duration::from_millis(u64::from(*timeout_ms));
+                Ok(Store::Redis(Arc::new(RedisStore::sentinel(sentinels, service, *db, timeout)?)))
+            }
         }
     }
 
@@ -280,6 +284,9 @@ impl Store {
 
     /// Whether failures of this store let mail through (the policy's `on-failure="accept"`).
     pub fn fail_open(settings: &StateSettings) -> bool {
-        matches!(settings, StateSettings::Redis { fail_open: true, .. })
+        matches!(
+            settings,
+            StateSettings::Redis { fail_open: true, .. } | StateSettings::RedisSentinel { fail_open: true, .. }
+        )
     }
 }

@@ -4,6 +4,14 @@
 //! The connection is a `ConnectionManager`, made on first use (a node starts while Redis is down)
 //! and reconnecting by itself; every call is bounded by the policy's timeout. **Invariant:** the
 //! triplet update is one Lua script, so two nodes seeing the same retry cannot both record it.
+//!
+//! With Redis Sentinel (`state "redis-sentinel"`), the primary's address is asked of the
+//! sentinels (the redis crate's `SentinelClient`, which also checks that the answer calls itself
+//! primary) when the connection is made, and the connection is dropped at the first failed call:
+//! a manager would otherwise reconnect to the old primary forever, or to it demoted to a replica
+//! (whose writes fail READONLY). During a failover calls fail within the timeout, so greylisting
+//! and bans follow the policy's `on-failure`, never a 5xx; the first call after the sentinels
+//! promoted a replica finds it.
 
 use super::bans::{ban_key, ban_message, parse_ban_key, BAN_CHANNEL};
 use super::{unix_now, Counts, Entry, GreylistVerdict, StateError, Timings, Triplet};
@@ -44,9 +52,15 @@ if e[3] ~= ARGV[6] then other = 1 end
 return {2, age, other}
 ";
 
+/// Where the primary is: one address, or whatever the sentinels say now.
+enum Primary {
+    Fixed(redis::Client),
+    Sentinel(tokio::sync::Mutex<redis::sentinel::SentinelClient>),
+}
+
 /// The Redis store: a lazily (re)connected multiplexed connection.
 pub struct RedisStore {
-    client: redis::Client,
+    primary: Primary,
     timeout: Duration,
     connection: tokio::sync::Mutex<Option<redis::aio::ConnectionManager>>,
     script: redis::Script,
@@ -55,15 +69,45 @@ pub struct RedisStore {
 impl RedisStore {
     pub(super) fn new(client: redis::Client, timeout: Duration) -> RedisStore {
         RedisStore {
-            client,
+            primary: Primary::Fixed(client),
             timeout,
             connection: tokio::sync::Mutex::new(None),
             script: redis::Script::new(GREYLIST_SCRIPT),
         }
     }
 
-    pub fn client(&self) -> &redis::Client {
-        &self.client
+    /// The store on the primary the sentinels (`host:port` each) monitor as `service`.
+    pub(super) fn sentinel(
+        sentinels: &[String],
+        service: &str,
+        db: i64,
+        timeout: Duration,
+    ) -> Result<RedisStore, StateError> {
+        use redis::sentinel::{SentinelClient, SentinelNodeConnectionInfo, SentinelServerType};
+        let urls: Vec<String> = sentinels.iter().map(|s| format!("redis://{s}")).collect();
+        let node = SentinelNodeConnectionInfo::default()
+            .set_redis_connection_info(redis::RedisConnectionInfo::default().set_db(db));
+        let client = SentinelClient::build(urls, service.to_owned(), Some(node), SentinelServerType::Master)?;
+        Ok(RedisStore {
+            primary: Primary::Sentinel(tokio::sync::Mutex::new(client)),
+            timeout,
+            connection: tokio::sync::Mutex::new(None),
+            script: redis::Script::new(GREYLIST_SCRIPT),
+        })
+    }
+
+    /// A client of the primary: the fixed one, or the one the sentinels name now.
+    pub async fn client(&self) -> Result<redis::Client, StateError> {
+        match &self.primary {
+            Primary::Fixed(client) => Ok(client.clone()),
+            Primary::Sentinel(sentinels) => {
+                let ask = async { sentinels.lock().await.async_get_client().await };
+                tokio::time::timeout(self.timeout * 2, ask)
+                    .await
+                    .map_err(|_| StateError::Timeout(self.timeout))?
+                    .map_err(Into::into)
+            }
+        }
     }
 
     /// The connection, made on first use. The manager reconnects by itself afterwards; the
@@ -78,12 +122,11 @@ impl RedisStore {
             .set_response_timeout(Some(self.timeout))
             .set_number_of_retries(1)
             .set_max_delay(Duration::from_secs(1));
-        let manager = tokio::time::timeout(
-            self.timeout * 2,
-            redis::aio::ConnectionManager::new_with_config(self.client.clone(), config),
-        )
-        .await
-        .map_err(|_| StateError::Timeout(self.timeout))??;
+        let client = self.client().await?;
+        let manager =
+            tokio::time::timeout(self.timeout * 2, redis::aio::ConnectionManager::new_with_config(client, config))
+                .await
+                .map_err(|_| StateError::Timeout(self.timeout))??;
         *slot = Some(manager.clone());
         Ok(manager)
     }
@@ -93,10 +136,22 @@ impl RedisStore {
         op: impl AsyncFnOnce(redis::aio::ConnectionManager) -> redis::RedisResult<T>,
     ) -> Result<T, StateError> {
         let connection = self.connection().await?;
-        tokio::time::timeout(self.timeout, op(connection))
+        let result = tokio::time::timeout(self.timeout, op(connection))
             .await
             .map_err(|_| StateError::Timeout(self.timeout))?
-            .map_err(Into::into)
+            .map_err(Into::into);
+        if result.is_err() {
+            self.forget_primary().await;
+        }
+        result
+    }
+
+    /// After a failed call on a sentinel-found primary: ask the sentinels again next time (it may
+    /// be gone, or demoted). A fixed address keeps its self-reconnecting manager.
+    async fn forget_primary(&self) {
+        if let Primary::Sentinel(_) = self.primary {
+            *self.connection.lock().await = None;
+        }
     }
 
     pub(super) async fn greylist(

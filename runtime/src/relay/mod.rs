@@ -9,14 +9,26 @@
 //! to the next one (failover). A pooled connection that turns out dead is replaced once by a fresh
 //! one; a reply is never retried, so a recipient is never offered twice in one transaction.
 //!
+//! Each back end's `tls=` is carried out right after its EHLO/LHLO (`tls.rs`): STARTTLS, a new
+//! EHLO/LHLO on the encrypted channel, and only then MAIL FROM.
+//!
 //! **Invariant:** mtac answers 250 to DATA only after the back end answered 250 (SMTP) or every
 //! recipient got 250 (LMTP). Everything else becomes a 4xx or the back end's own 5xx.
+//!
+//! **Invariant:** a back end with `tls="required"` is never sent a command after EHLO/LHLO in
+//! clear text: no STARTTLS offered, a refused STARTTLS, a failed handshake or verification all
+//! skip it, and with no back end left the client gets `451 4.4.0`.
 
-use crate::smtp::{DotStuffer, EnhancedCode, Reply};
+mod send;
+mod tls;
+
+use crate::smtp::{EnhancedCode, Reply};
 use crate::spool::SpoolFile;
 use mtac_ruleset::model::{Backend, BackendProtocol};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
+pub use tls::AnyCertificate;
+use tls::{BackendStream, Starttls};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -27,8 +39,6 @@ const POOL_IDLE: Duration = Duration::from_secs(30);
 const POOL_SIZE: usize = 64;
 /// A back-end reply longer than this is a protocol error.
 const MAX_REPLY: usize = 16 * 1024;
-/// Chunk size when streaming the spool file.
-const CHUNK: usize = 64 * 1024;
 /// An open transaction idle for this long gets a NOOP (while the client uploads its message).
 const KEEPALIVE: Duration = Duration::from_secs(30);
 
@@ -43,6 +53,10 @@ pub enum RelayError {
     Io(#[from] std::io::Error),
     #[error("back end protocol error: {0}")]
     Protocol(String),
+    /// `tls="required"` could not be met (no STARTTLS, a failed handshake or verification), on
+    /// every back end tried.
+    #[error("TLS to the back end failed: {0}")]
+    Tls(String),
 }
 
 impl RelayError {
@@ -53,6 +67,7 @@ impl RelayError {
             RelayError::Timeout => (2, "Back end timed out, try again later"),
             RelayError::Io(_) => (2, "Back end connection lost, try again later"),
             RelayError::Protocol(_) => (0, "Back end protocol error, try again later"),
+            RelayError::Tls(_) => (0, "Back end unavailable: TLS to it failed, try again later"),
         };
         Reply::new(451, EnhancedCode::new(4, 4, detail), text).unwrap_or_else(|_| Reply::local_error())
     }
@@ -112,11 +127,32 @@ struct Capabilities {
     smtputf8: bool,
     eight_bit: bool,
     size: bool,
+    starttls: bool,
+    chunking: bool,
+}
+
+impl Capabilities {
+    /// The keywords of an EHLO/LHLO reply (its first line is the greeting).
+    fn of(reply: &BackendReply) -> Capabilities {
+        let mut caps = Capabilities::default();
+        for line in reply.lines.iter().skip(1) {
+            let keyword = line.split_whitespace().next().unwrap_or("").to_ascii_uppercase();
+            match keyword.as_str() {
+                "SMTPUTF8" => caps.smtputf8 = true,
+                "8BITMIME" => caps.eight_bit = true,
+                "SIZE" => caps.size = true,
+                "STARTTLS" => caps.starttls = true,
+                "CHUNKING" => caps.chunking = true,
+                _ => {}
+            }
+        }
+        caps
+    }
 }
 
 /// An open, greeted back-end connection.
 pub struct Connection {
-    stream: TcpStream,
+    stream: BackendStream,
     buf: Vec<u8>,
     backend: usize,
     protocol: BackendProtocol,
@@ -126,7 +162,12 @@ pub struct Connection {
 
 impl Connection {
     async fn write(&mut self, bytes: &[u8], timeout: Duration) -> Result<(), RelayError> {
-        tokio::time::timeout(timeout, self.stream.write_all(bytes)).await.map_err(|_| RelayError::Timeout)??;
+        // The flush pushes rustls' buffered records out (a no-op on plain TCP).
+        let write = async {
+            self.stream.write_all(bytes).await?;
+            self.stream.flush().await
+        };
+        tokio::time::timeout(timeout, write).await.map_err(|_| RelayError::Timeout)??;
         Ok(())
     }
 
@@ -173,6 +214,49 @@ impl Connection {
         self.last_used = Instant::now();
         reply
     }
+
+    /// EHLO/LHLO, and the capabilities it announces.
+    async fn hello(&mut self, hostname: &str, timeout: Duration) -> Result<(), RelayError> {
+        let hello = match self.protocol {
+            BackendProtocol::Smtp => "EHLO",
+            BackendProtocol::Lmtp => "LHLO",
+        };
+        let reply = self.command(&format!("{hello} {hostname}"), timeout).await?;
+        if reply.code != 250 {
+            return Err(RelayError::Protocol(format!("{hello} answered {}", reply.code)));
+        }
+        self.caps = Capabilities::of(&reply);
+        Ok(())
+    }
+
+    /// Carry out the back end's `tls=` after the first EHLO/LHLO: STARTTLS, the handshake and
+    /// a new EHLO/LHLO whose capabilities replace the clear-text ones (RFC 3207 §4.2).
+    async fn secure(&mut self, starttls: &Starttls, hostname: &str, timeout: Duration) -> Result<(), RelayError> {
+        let (connector, name, required) = match starttls {
+            Starttls::Off => return Ok(()),
+            Starttls::Opportunistic { .. } if !self.caps.starttls => return Ok(()),
+            Starttls::Required { .. } if !self.caps.starttls => {
+                return Err(RelayError::Tls("the back end does not offer STARTTLS".to_owned()))
+            }
+            Starttls::Opportunistic { connector, name } => (connector, name, false),
+            Starttls::Required { connector, name } => (connector, name, true),
+        };
+        let tls_error = |why: String| if required { RelayError::Tls(why) } else { RelayError::Protocol(why) };
+        let reply = self.command("STARTTLS", timeout).await?;
+        if reply.code != 220 {
+            return Err(tls_error(format!("STARTTLS answered {}", reply.code)));
+        }
+        // Bytes after the 220 came before the handshake: they cannot be trusted as coming
+        // from the encrypted peer (the CVE-2011-0411 class, client side).
+        if !self.buf.is_empty() {
+            return Err(tls_error("data pipelined behind the 220 to STARTTLS".to_owned()));
+        }
+        tokio::time::timeout(timeout, self.stream.upgrade(connector, name.clone()))
+            .await
+            .map_err(|_| RelayError::Timeout)?
+            .map_err(|e| tls_error(format!("handshake: {e}")))?;
+        self.hello(hostname, timeout).await
+    }
 }
 
 /// The envelope replayed to the back end.
@@ -187,15 +271,34 @@ pub struct Envelope {
 /// The back ends of one farm and their idle connections.
 pub struct Relay {
     backends: Vec<Backend>,
+    /// Per back end: its `tls=`, ready to connect with.
+    starttls: Vec<Starttls>,
+    /// The CA files read, with a hash of what was read, to notice a renewed CA.
+    ca_stamps: Vec<(String, blake3::Hash)>,
     pools: Vec<Mutex<Vec<Connection>>>,
     hostname: String,
     timeout: Duration,
 }
 
 impl Relay {
-    pub fn new(backends: Vec<Backend>, hostname: String, timeout: Duration) -> Relay {
+    /// The relay to `backends`; reads their CA files (or the system's roots): called when a
+    /// ruleset is loaded. Fails when a back end's `tls="required"` has nothing to verify with.
+    pub fn new(backends: Vec<Backend>, hostname: String, timeout: Duration) -> Result<Relay, String> {
         let pools = backends.iter().map(|_| Mutex::new(Vec::new())).collect();
-        Relay { backends, pools, hostname, timeout }
+        let mut starttls = Vec::with_capacity(backends.len());
+        let mut ca_stamps = Vec::new();
+        for backend in &backends {
+            let (config, stamp) = Starttls::load(&backend.tls, &backend.address)
+                .map_err(|e| format!("back end {}: {e}", backend.address))?;
+            starttls.push(config);
+            ca_stamps.extend(stamp);
+        }
+        Ok(Relay { backends, starttls, ca_stamps, pools, hostname, timeout })
+    }
+
+    /// Whether a CA file holds something else than what was loaded (a renewed authority).
+    pub fn changed_on_disk(&self) -> bool {
+        self.ca_stamps.iter().any(|(path, hash)| std::fs::read(path).ok().map(|b| blake3::hash(&b)) != Some(*hash))
     }
 
     pub fn backends(&self) -> &[Backend] {
@@ -205,7 +308,7 @@ impl Relay {
     /// Whether this relay can serve a reloaded ruleset as is (same back ends, name and timeout),
     /// keeping its pooled connections.
     pub fn same_settings(&self, backends: &[Backend], hostname: &str, timeout: Duration) -> bool {
-        self.backends == backends && self.hostname == hostname && self.timeout == timeout
+        self.backends == backends && self.hostname == hostname && self.timeout == timeout && !self.changed_on_disk()
     }
 
     fn take_pooled(&self) -> Option<Connection> {
@@ -233,14 +336,19 @@ impl Relay {
 
     async fn connect(&self) -> Result<Connection, RelayError> {
         let mut failures = Vec::new();
+        let mut all_tls = true;
         for (index, backend) in self.backends.iter().enumerate() {
             match self.connect_one(index, backend).await {
                 Ok(conn) => return Ok(conn),
                 Err(e) => {
                     tracing::warn!(backend = %backend.address, error = %e, "back end failed, trying the next");
+                    all_tls &= matches!(e, RelayError::Tls(_));
                     failures.push(format!("{}: {e}", backend.address));
                 }
             }
+        }
+        if all_tls && !failures.is_empty() {
+            return Err(RelayError::Tls(failures.join("; ")));
         }
         Err(RelayError::Unreachable(failures.join("; ")))
     }
@@ -251,7 +359,7 @@ impl Relay {
             .map_err(|_| RelayError::Timeout)??;
         stream.set_nodelay(true)?;
         let mut conn = Connection {
-            stream,
+            stream: BackendStream::Plain(stream),
             buf: Vec::with_capacity(1024),
             backend: index,
             protocol: backend.protocol,
@@ -262,23 +370,11 @@ impl Relay {
         if greeting.code != 220 {
             return Err(RelayError::Protocol(format!("greeting {}", greeting.code)));
         }
-        let hello = match backend.protocol {
-            BackendProtocol::Smtp => "EHLO",
-            BackendProtocol::Lmtp => "LHLO",
-        };
-        let reply = conn.command(&format!("{hello} {}", self.hostname), self.timeout).await?;
-        if reply.code != 250 {
-            return Err(RelayError::Protocol(format!("{hello} answered {}", reply.code)));
+        conn.hello(&self.hostname, self.timeout).await?;
+        if let Some(starttls) = self.starttls.get(index) {
+            conn.secure(starttls, &self.hostname, self.timeout).await?;
         }
-        for line in reply.lines.iter().skip(1) {
-            let keyword = line.split_whitespace().next().unwrap_or("").to_ascii_uppercase();
-            match keyword.as_str() {
-                "SMTPUTF8" => conn.caps.smtputf8 = true,
-                "8BITMIME" => conn.caps.eight_bit = true,
-                "SIZE" => conn.caps.size = true,
-                _ => {}
-            }
-        }
+        tracing::debug!(backend = %backend.address, tls = conn.stream.is_tls(), "back end connected");
         Ok(conn)
     }
 
@@ -404,7 +500,7 @@ impl Transaction<'_> {
     pub async fn data(mut self, headers: &[u8], spool: &mut SpoolFile) -> Reply {
         let relay = self.relay;
         let Some(mut conn) = self.conn.take() else { return RelayError::Protocol("closed".into()).reply() };
-        match send_data(&mut conn, headers, spool, self.recipients, relay.timeout).await {
+        match send::message(&mut conn, headers, spool, self.recipients, relay.timeout).await {
             Ok(reply) => {
                 if reply.code < 400 {
                     relay.give_back(conn);
@@ -426,59 +522,4 @@ impl Transaction<'_> {
             self.relay.reset_and_pool(conn).await;
         }
     }
-}
-
-async fn send_data(
-    conn: &mut Connection,
-    headers: &[u8],
-    spool: &mut SpoolFile,
-    recipients: usize,
-    timeout: Duration,
-) -> Result<BackendReply, RelayError> {
-    let go = conn.command("DATA", timeout).await?;
-    if go.code != 354 {
-        // Only a refusal may stand in for the verdict: a 2xx here would be a 250 for a body
-        // the back end never received.
-        if go.code >= 400 {
-            return Ok(go);
-        }
-        return Err(RelayError::Protocol(format!("DATA answered {}", go.code)));
-    }
-    spool.rewind().await?;
-    let mut stuffer = DotStuffer::new();
-    let mut chunk = vec![0u8; CHUNK];
-    let mut out = Vec::with_capacity(CHUNK + CHUNK / 8);
-    stuffer.encode(headers, &mut out);
-    loop {
-        let n = spool.read(&mut chunk).await?;
-        if n == 0 {
-            break;
-        }
-        stuffer.encode(chunk.get(..n).unwrap_or(&[]), &mut out);
-        if out.len() >= CHUNK {
-            conn.write(&out, timeout).await?;
-            out.clear();
-        }
-    }
-    stuffer.finish(&mut out);
-    conn.write(&out, timeout).await?;
-    let verdict = match conn.protocol {
-        BackendProtocol::Smtp => conn.reply(timeout).await,
-        BackendProtocol::Lmtp => {
-            // One reply per recipient. mtac sends one recipient per LMTP transaction (see
-            // ARCHITECTURE.md), so this is one reply; should there be more, the worst one counts.
-            let mut worst: Option<BackendReply> = None;
-            for _ in 0..recipients.max(1) {
-                let reply = conn.reply(timeout).await?;
-                if worst.as_ref().is_none_or(|w| reply.code > w.code) {
-                    worst = Some(reply);
-                }
-            }
-            worst.ok_or_else(|| RelayError::Protocol("no LMTP reply".to_owned()))
-        }
-    }?;
-    if !(verdict.code == 250 || verdict.code >= 400) {
-        return Err(RelayError::Protocol(format!("the message was answered {}", verdict.code)));
-    }
-    Ok(verdict)
 }

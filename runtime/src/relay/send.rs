@@ -1,0 +1,128 @@
+//! The message itself: the spooled content sent as BDAT chunks (RFC 3030) to a back end that
+//! offers CHUNKING, else as dot-stuffed DATA, and the back end's verdict read (one reply per
+//! recipient on LMTP).
+//!
+//! The spool holds normalised content (no bare CR or LF, `smtp::data`), so both forms carry
+//! the same bytes: BDAT sends them as they are, DATA dot-stuffs them and adds the end marker.
+
+use super::{BackendReply, Connection, RelayError};
+use crate::smtp::DotStuffer;
+use crate::spool::SpoolFile;
+use mtac_ruleset::model::BackendProtocol;
+use std::time::Duration;
+
+/// Chunk size when streaming the spool file (one BDAT chunk each).
+const CHUNK: usize = 64 * 1024;
+
+/// Send `headers` then the spooled message; the back end's verdict (a refusal of DATA or of a
+/// chunk stands in for it).
+pub(super) async fn message(
+    conn: &mut Connection,
+    headers: &[u8],
+    spool: &mut SpoolFile,
+    recipients: usize,
+    timeout: Duration,
+) -> Result<BackendReply, RelayError> {
+    let sent = if conn.caps.chunking {
+        chunks(conn, headers, spool, timeout).await?
+    } else {
+        data(conn, headers, spool, timeout).await?
+    };
+    if let Some(refusal) = sent {
+        return Ok(refusal);
+    }
+    let verdict = match conn.protocol {
+        BackendProtocol::Smtp => conn.reply(timeout).await,
+        BackendProtocol::Lmtp => {
+            // One reply per recipient. mtac sends one recipient per LMTP transaction (see
+            // ARCHITECTURE.md), so this is one reply; should there be more, the worst one counts.
+            let mut worst: Option<BackendReply> = None;
+            for _ in 0..recipients.max(1) {
+                let reply = conn.reply(timeout).await?;
+                if worst.as_ref().is_none_or(|w| reply.code > w.code) {
+                    worst = Some(reply);
+                }
+            }
+            worst.ok_or_else(|| RelayError::Protocol("no LMTP reply".to_owned()))
+        }
+    }?;
+    if !(verdict.code == 250 || verdict.code >= 400) {
+        return Err(RelayError::Protocol(format!("the message was answered {}", verdict.code)));
+    }
+    Ok(verdict)
+}
+
+/// DATA, dot-stuffed. `Ok(Some)`: DATA itself was refused.
+async fn data(
+    conn: &mut Connection,
+    headers: &[u8],
+    spool: &mut SpoolFile,
+    timeout: Duration,
+) -> Result<Option<BackendReply>, RelayError> {
+    let go = conn.command("DATA", timeout).await?;
+    if go.code != 354 {
+        // Only a refusal may stand in for the verdict: a 2xx here would be a 250 for a body
+        // the back end never received.
+        if go.code >= 400 {
+            return Ok(Some(go));
+        }
+        return Err(RelayError::Protocol(format!("DATA answered {}", go.code)));
+    }
+    spool.rewind().await?;
+    let mut stuffer = DotStuffer::new();
+    let mut chunk = vec![0u8; CHUNK];
+    let mut out = Vec::with_capacity(CHUNK + CHUNK / 8);
+    stuffer.encode(headers, &mut out);
+    loop {
+        let n = spool.read(&mut chunk).await?;
+        if n == 0 {
+            break;
+        }
+        stuffer.encode(chunk.get(..n).unwrap_or(&[]), &mut out);
+        if out.len() >= CHUNK {
+            conn.write(&out, timeout).await?;
+            out.clear();
+        }
+    }
+    stuffer.finish(&mut out);
+    conn.write(&out, timeout).await?;
+    Ok(None)
+}
+
+/// BDAT chunks of about [`CHUNK`] octets, the last one marked LAST; each earlier one's 250 is
+/// awaited (no PIPELINING assumed). `Ok(Some)`: a chunk was refused; the verdict of the LAST
+/// one is left for [`message`] to read.
+async fn chunks(
+    conn: &mut Connection,
+    headers: &[u8],
+    spool: &mut SpoolFile,
+    timeout: Duration,
+) -> Result<Option<BackendReply>, RelayError> {
+    spool.rewind().await?;
+    let mut out = Vec::with_capacity(CHUNK + headers.len());
+    out.extend_from_slice(headers);
+    let mut piece = vec![0u8; CHUNK];
+    loop {
+        let n = spool.read(&mut piece).await?;
+        out.extend_from_slice(piece.get(..n).unwrap_or(&[]));
+        let last = n == 0;
+        if out.len() < CHUNK && !last {
+            continue;
+        }
+        let mut wire = format!("BDAT {}{}\r\n", out.len(), if last { " LAST" } else { "" }).into_bytes();
+        wire.extend_from_slice(&out);
+        conn.write(&wire, timeout).await?;
+        out.clear();
+        if last {
+            return Ok(None);
+        }
+        let reply = conn.reply(timeout).await?;
+        conn.last_used = std::time::Instant::now();
+        if reply.code >= 400 {
+            return Ok(Some(reply));
+        }
+        if reply.code != 250 {
+            return Err(RelayError::Protocol(format!("BDAT answered {}", reply.code)));
+        }
+    }
+}
