@@ -11,6 +11,11 @@
 # every message gets real lookups through the node's resolver and cache. With the harness:
 #   FRONT_CMD='env MTAC_FRONT_AUTH=$VARIANT bench/mtac-front.sh {port} {backend_port}' \
 #     ../shared/bench/peers.sh --targets "direct front:off front:on"
+#
+# MTAC_FRONT_MILTER=on (or 1) adds one milter: Debian's opendkim verifying (AlwaysAddARHeader),
+# started here on port-2000, so every message costs one milter conversation. With the harness:
+#   FRONT_CMD='env MTAC_FRONT_MILTER=$VARIANT bench/mtac-front.sh {port} {backend_port}' \
+#     ../shared/bench/peers.sh --targets "direct front:off front:on"
 set -eu
 port=${1:?port} backend=${2:?backend port}
 here=$(cd "$(dirname "$0")" && pwd)
@@ -34,6 +39,27 @@ on | 1)
     dmarc"
     ;;
 esac
+milter=""
+case "${MTAC_FRONT_MILTER:-off}" in
+on | 1)
+    milter_port=$((port - 2000))
+    cat >"$state/opendkim.conf" <<CONF
+Mode v
+AlwaysAddARHeader yes
+AuthservID mx.bench.example
+Socket inet:$milter_port@127.0.0.1
+Background no
+Syslog no
+CONF
+    # In the front's process group: the harness's stop ends it with the node.
+    opendkim -f -x "$state/opendkim.conf" &
+    for _ in $(seq 50); do
+        (exec 3<>"/dev/tcp/127.0.0.1/$milter_port") 2>/dev/null && break
+        sleep 0.1
+    done
+    milter="milter \"inet:127.0.0.1:$milter_port\" name=\"opendkim\" timeout=\"10s\""
+    ;;
+esac
 cat >"$state/policy.kdl" <<POLICY
 hostname "mx.bench.example"
 spool "$spool"
@@ -47,6 +73,7 @@ farm "mx" kind="inbound-mx" {
     }
     local-domains "example.net"
     $auth
+    $milter
     relay {
         backend "smtp://127.0.0.1:$backend"
     }

@@ -229,6 +229,10 @@ pub struct ExplainArgs {
     /// sender's): RESULT[:POLICY[:DOMAIN]], e.g. fail:reject
     #[arg(long, value_name = "RESULT[:POLICY[:DOMAIN]]")]
     dmarc: Option<String>,
+    /// A milter's or hook's verdict on the message, NAME=VERDICT (continue, reject, tempfail,
+    /// discard, quarantine, unavailable, unsupported); repeat for each filter
+    #[arg(long, value_name = "NAME=VERDICT")]
+    milter: Vec<String>,
 }
 
 #[derive(Args, Debug)]
@@ -556,6 +560,9 @@ fn explain(args: ExplainArgs) -> Result<ExitCode, String> {
                     "pending  the node checks SPF here (give --spf pass|fail|softfail|neutral|none|temperror|permerror)"
                         .to_owned()
                 }
+                StepOutcome::NotGiven("milter") => {
+                    "pending  the node asks this filter here (give --milter NAME=continue|reject|tempfail|…)".to_owned()
+                }
                 StepOutcome::NotGiven(fact) => {
                     format!(
                         "pending  the node verifies the message here (give --{fact} RESULT[:POLICY], e.g. fail:reject)"
@@ -576,7 +583,8 @@ fn explain(args: ExplainArgs) -> Result<ExitCode, String> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// `--spf`, `--dkim`, `--arc`, `--dmarc`: the verdicts a node's sender authentication finds.
+/// `--spf`, `--dkim`, `--arc`, `--dmarc`: the verdicts a node's sender authentication finds;
+/// `--milter`: its filters' verdicts.
 fn sender_auth_flags(args: &ExplainArgs, session: &mut Session) -> Result<(), String> {
     use mtac_ruleset::sender_auth;
     if let Some(result) = &args.spf {
@@ -601,6 +609,12 @@ fn sender_auth_flags(args: &ExplainArgs, session: &mut Session) -> Result<(), St
             sender_auth::parse_dmarc(flag, session.from.as_deref())
                 .ok_or_else(|| format!("--dmarc {flag}: RESULT[:POLICY[:DOMAIN]], e.g. fail:reject"))?,
         );
+    }
+    for flag in &args.milter {
+        let given = mtac_ruleset::filters::parse_given(flag).ok_or_else(|| {
+            format!("--milter {flag}: NAME=VERDICT ({})", mtac_ruleset::filters::FilterVerdict::NAMES)
+        })?;
+        session.message.filters.push(given);
     }
     Ok(())
 }

@@ -252,6 +252,7 @@ fn emit_farm(farm: &DraftFarm, hostname: &str, tables: &mut Tables) -> Farm {
         scan_oversize_refuse: farm.scan_oversize_pass.is_none(),
         verdict_headers: verdict_headers(farm, hostname),
         mime: farm.mime.clone(),
+        filters: farm.filters.clone(),
         relay: match &farm.relay {
             Some((DraftRelay::Backends(b), _)) => Relay::Backends(b.clone()),
             Some((DraftRelay::Maildir(d), _)) => Relay::Maildir(d.clone()),

@@ -141,6 +141,8 @@ pub const NODES: &[Node] = &[
     child("mime", "forbid-type", "mime"),
     child("mime", "require-header", "mime"),
     child("mime", "forged-local-sender", "mime"),
+    farm("milter", Lowerer::milter),
+    farm("hook", Lowerer::hook),
     once("relay", Lowerer::relay),
     child("relay", "backend", "relay"),
     // `relay` and `deliver` are one way out: they share the once-per-farm key.

@@ -242,7 +242,11 @@ impl PolicyTest {
             _ => None,
         });
         if let Some(fact) = not_given {
-            let example = if fact == "spf" { "spf \"pass\"" } else { "dmarc \"fail:reject\"" };
+            let example = match fact {
+                "spf" => "spf \"pass\"",
+                "milter" => "milter \"NAME=continue\"",
+                _ => "dmarc \"fail:reject\"",
+            };
             return Err((
                 Some(outcome),
                 format!("a decided outcome: the node checks {fact} here; give e.g. {example}"),
@@ -309,6 +313,7 @@ const TEST_NODES: &[&str] = &[
     "dkim",
     "arc",
     "dmarc",
+    "milter",
     "expect",
 ];
 
@@ -527,6 +532,15 @@ fn lower_test(node: &KdlNode, source: &SourceFile, diags: &mut Diagnostics) -> O
                     child,
                     "`dmarc` needs RESULT[:POLICY[:DOMAIN]]".to_owned(),
                     "e.g. dmarc \"fail:reject\" (pass, fail, none, temperror, permerror; none, quarantine, reject)",
+                ),
+            },
+            "milter" => match value.as_deref().and_then(mtac_ruleset::filters::parse_given) {
+                Some(given) => session.message.filters.push(given),
+                None => bad(
+                    diags,
+                    child,
+                    "`milter` needs NAME=VERDICT".to_owned(),
+                    "e.g. milter \"opendkim=reject\" (continue, reject, tempfail, discard, quarantine, unavailable, unsupported)",
                 ),
             },
             "expect" => {

@@ -763,13 +763,23 @@ pub fn simulate(tables: &dyn Lookup, farm: &Farm, facts: &Facts<'_>) -> Simulati
         (Stage::Helo, facts.helo.is_some()),
         (Stage::Mail, facts.sender.is_some()),
         (Stage::Rcpt, facts.recipient.is_some()),
-        (Stage::Data, facts.recipient.is_some() && !farm.program.data.is_empty()),
+        (Stage::Data, facts.recipient.is_some() && (!farm.program.data.is_empty() || !farm.filters.is_empty())),
     ];
     for (stage, reached) in reached {
         if !reached {
             continue;
         }
-        let decision = evaluate(tables, farm, stage, facts);
+        let mut decision = evaluate(tables, farm, stage, facts);
+        // The filters (`milter`, `hook`) answer after the message's own checks passed.
+        if stage == Stage::Data && decision.reply.is_none() && !farm.filters.is_empty() {
+            let given = facts.message.map(|m| m.filters.as_slice()).unwrap_or_default();
+            let (trace, refusal) = crate::filters::simulate(farm, given);
+            decision.trace.extend(trace);
+            if let Some((reply, rule)) = refusal {
+                decision.reply = Some(reply);
+                decision.rule = Some(rule.to_owned());
+            }
+        }
         let refused = decision.reply.is_some();
         stages.push((stage, decision));
         if refused {

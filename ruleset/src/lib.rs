@@ -31,6 +31,7 @@
 pub mod container;
 pub mod dkim;
 pub mod eval;
+pub mod filters;
 mod fst_nodes;
 #[doc(hidden)]
 pub mod fuzz;

@@ -177,6 +177,8 @@ pub struct Farm {
     pub verdict_headers: VerdictHeaders,
     /// Attachment and header rules, checked after DATA (before the scanners).
     pub mime: Option<MimeRules>,
+    /// Milters and HTTP hooks, asked in policy order after the scanners (`milter`, `hook`).
+    pub filters: Vec<Filter>,
     pub relay: Relay,
     pub tls: Option<Tls>,
     pub auth: Option<Auth>,
@@ -731,6 +733,37 @@ pub enum ScannerKind {
     Clamav,
     Spamassassin,
     Rspamd,
+}
+
+/// An external filter the farm asks about each message after the scanners: a milter (the
+/// Sendmail/Postfix protocol, version 6) or an HTTP hook (JSON, the MTA Hooks draft's shape).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Filter {
+    pub kind: FilterKind,
+    /// The name logs, metrics and `--milter NAME=VERDICT` use (default: derived from the address).
+    pub name: String,
+    /// Milter: `inet:HOST:PORT`, `inet:PORT@HOST` or `unix:/PATH`; hook: an `http://` URL.
+    pub address: String,
+    /// Seconds to connect.
+    pub connect_timeout: u32,
+    /// Seconds for each answer.
+    pub command_timeout: u32,
+    /// Seconds for the whole conversation about one message.
+    pub total_timeout: u32,
+    /// `fail="open"`: a filter that cannot answer lets the message through (logged).
+    pub fail_open: bool,
+    /// `discard="accept"`: a milter's discard is answered 250 and the message dropped; by
+    /// default it is refused (550), never a silent 250.
+    pub discard_accepts: bool,
+    /// `quarantine="header"`: a milter's quarantine becomes an `X-Quarantine` header on the
+    /// relayed message; by default it refuses (550).
+    pub quarantine_header: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum FilterKind {
+    Milter,
+    Hook,
 }
 
 /// Where accepted mail goes, while the sender waits.

@@ -119,6 +119,11 @@ pub const SCAN_OVERSIZE: &str = "scan.oversize";
 pub const SCAN_VIRUS: &str = "scan.virus";
 pub const SCAN_SPAM: &str = "scan.spam";
 pub const SCAN_UNAVAILABLE: &str = "scan.unavailable";
+pub const MILTER: &str = "milter";
+pub const MILTER_UNAVAILABLE: &str = "milter.unavailable";
+pub const MILTER_ACTION: &str = "milter.action";
+pub const HOOK: &str = "hook";
+pub const HOOK_UNAVAILABLE: &str = "hook.unavailable";
 pub const MIME_SYNTAX: &str = "mime.syntax";
 pub const MIME_HEADER: &str = "mime.header";
 pub const MIME_FORGED_SENDER: &str = "mime.forged-sender";
@@ -182,6 +187,11 @@ pub const RULES: &[Rule] = &[
     node(SCAN_VIRUS, Phase::Data, Replies::Permanent),
     node(SCAN_SPAM, Phase::Data, Replies::Permanent),
     node(SCAN_UNAVAILABLE, Phase::Data, Replies::Temporary),
+    node(MILTER, Phase::Data, Replies::Either),
+    node(MILTER_UNAVAILABLE, Phase::Data, Replies::Temporary),
+    node(MILTER_ACTION, Phase::Data, Replies::Either),
+    node(HOOK, Phase::Data, Replies::Either),
+    node(HOOK_UNAVAILABLE, Phase::Data, Replies::Temporary),
     node(MIME_SYNTAX, Phase::Data, Replies::Permanent),
     node(MIME_HEADER, Phase::Data, Replies::Permanent),
     node(MIME_FORGED_SENDER, Phase::Data, Replies::Permanent),

@@ -187,6 +187,9 @@ pub struct MessageAuth {
     pub arc: Option<ArcVerdict>,
     /// `None`: not evaluated (the farm has no `dmarc`, or `explain` was not given `--dmarc`).
     pub dmarc: Option<DmarcVerdict>,
+    /// The milters' and hooks' verdicts by name (`explain --milter`, test files' `milter`);
+    /// the node asks its filters itself.
+    pub filters: Vec<(String, crate::filters::FilterVerdict)>,
 }
 
 /// The reply to an SPF `fail` the policy refuses (RFC 7372 section 3.2).

@@ -114,3 +114,46 @@ mod tests {
         assert!(!is_mailbox(&format!("{}@example.com", "x".repeat(65))));
     }
 }
+
+/// Where a milter listens, as Postfix's `smtpd_milters` and Sendmail write it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MilterSocket {
+    /// `inet:HOST:PORT`, `inet:[V6]:PORT` or `inet:PORT@HOST` (`inet6:` alike).
+    Inet { host: String, port: u16 },
+    /// `unix:/PATH` or `local:/PATH`.
+    Unix(String),
+}
+
+/// A milter's address, or `None` when it is not one. The one parser the compiler (which
+/// refuses a bad one) and the node (which connects) share.
+pub fn milter_socket(address: &str) -> Option<MilterSocket> {
+    if let Some(path) = address.strip_prefix("unix:").or_else(|| address.strip_prefix("local:")) {
+        return path.starts_with('/').then(|| MilterSocket::Unix(path.to_owned()));
+    }
+    let inet = address.strip_prefix("inet:").or_else(|| address.strip_prefix("inet6:"))?;
+    let (host, port) = match inet.split_once('@') {
+        Some((port, host)) => (host, port),
+        None => inet.rsplit_once(':')?,
+    };
+    let host = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host);
+    let port = port.parse::<u16>().ok().filter(|p| *p > 0)?;
+    let host_ok = !host.is_empty() && host.bytes().all(|b| b.is_ascii_alphanumeric() || b"-.:".contains(&b));
+    host_ok.then(|| MilterSocket::Inet { host: host.to_owned(), port })
+}
+
+#[cfg(test)]
+mod milter_socket_tests {
+    use super::{milter_socket, MilterSocket};
+
+    #[test]
+    fn postfix_and_sendmail_spellings() {
+        let inet = |h: &str, p| Some(MilterSocket::Inet { host: h.into(), port: p });
+        assert_eq!(milter_socket("inet:127.0.0.1:8891"), inet("127.0.0.1", 8891));
+        assert_eq!(milter_socket("inet:8891@localhost"), inet("localhost", 8891));
+        assert_eq!(milter_socket("inet6:[::1]:8891"), inet("::1", 8891));
+        assert_eq!(milter_socket("unix:/run/opendkim.sock"), Some(MilterSocket::Unix("/run/opendkim.sock".into())));
+        for bad in ["127.0.0.1:8891", "inet:host", "inet:h:0", "unix:relative", "inet::25", "inet:a b:25"] {
+            assert_eq!(milter_socket(bad), None, "{bad}");
+        }
+    }
+}

@@ -90,6 +90,16 @@ label_sets! {
         /// clean, virus, scored, timeout, error.
         result: &'static str,
     }
+    FilterLabel {
+        /// The milter's or hook's `name=` in the policy.
+        filter: String,
+    }
+    FilterAnswer {
+        filter: String,
+        /// continue, reject, tempfail, discard, add-header, quarantine, refused-action,
+        /// timeout, error.
+        action: &'static str,
+    }
     ZoneLabel { zone: String }
     DkimSigning {
         farm: String,
@@ -197,6 +207,10 @@ metrics! {
         "Header fields a sender wrote under a name of this node's verdicts, removed or renamed";
     greylist: Family<GreylistOutcome, Counter>, "greylist", "Greylist decisions, by outcome";
     scans: Family<ScanResult, Counter>, "scans", "Scanner answers, by scanner and result";
+    filter_answers: Family<FilterAnswer, Counter>, "filter_answers",
+        "Milter and hook answers about messages, by filter and action";
+    filter_seconds: Histograms<FilterLabel> = Family::new_with_constructor(relay_histogram), "filter_duration_seconds",
+        "Time each milter or hook took about a message";
     sender_auth: Family<SenderAuthVerdict, Counter>, "sender_auth",
         "Sender authentication verdicts (SPF, each DKIM signature, ARC, DMARC), by check and result";
     auth: Family<AuthOutcome, Counter>, "auth", "SMTP AUTH attempts, by outcome";

@@ -28,12 +28,12 @@ fn genkey(dir: &Path, name: &str, args: &[&str]) -> String {
     path.to_string_lossy().into_owned()
 }
 
-fn rsa(dir: &Path, name: &str, bits: u32) -> String {
+pub(crate) fn rsa(dir: &Path, name: &str, bits: u32) -> String {
     genkey(dir, name, &["-algorithm", "RSA", "-pkeyopt", &format!("rsa_keygen_bits:{bits}")])
 }
 
 /// The TXT record `mtac dkim-record` prints for a key: (owner name, the strings joined).
-fn record(key: &str, selector: &str, domain: &str) -> (String, String) {
+pub(crate) fn record(key: &str, selector: &str, domain: &str) -> (String, String) {
     let out = mtac(&["dkim-record", key, "--selector", selector, "--domain", domain]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let line = String::from_utf8(out.stdout).unwrap();
@@ -45,7 +45,7 @@ fn record(key: &str, selector: &str, domain: &str) -> (String, String) {
 
 /// Whether python3-dkim verifies `message` with `records` (owner name → TXT value) as its DNS.
 /// `None`: python3-dkim is not installed (and CI is not set).
-fn python_verifies(message: &[u8], records: &[(String, String)]) -> Option<bool> {
+pub(crate) fn python_verifies(message: &[u8], records: &[(String, String)]) -> Option<bool> {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("message.eml"), message).unwrap();
     let dns: Vec<String> = records.iter().map(|(name, txt)| format!("{name:?}: {txt:?}")).collect();

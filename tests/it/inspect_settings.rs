@@ -56,6 +56,9 @@ farm "users" kind="submission" {{
         forbid-extension "exe" "scr"
         require-header "Date" "From"
     }}
+    milter "inet:127.0.0.1:8891" name="opendkim" timeout="10s" fail="open"
+    milter "unix:/run/clamav/milter.ctl" quarantine="header"
+    hook "http://127.0.0.1:8080/check" name="inhouse" command-timeout="5s"
     relay {{
         backend "smtp://10.0.0.10:587" tls="required" name="mail.acme.example"
         backend "lmtp://10.0.0.11:24" tls="off"
@@ -85,6 +88,7 @@ fn the_settings_print_is_a_policy_that_builds_to_the_same_settings() {
         printed.contains("state \"redis\" url=\"redis://10.0.0.9:6379/0\" timeout=\"300ms\" on-failure=\"accept\"\n")
     );
     assert!(printed.contains("may-send-as \"alice\" \"sales@acme.example\""), "{printed}");
+    assert!(printed.contains("milter \"unix:/run/clamav/milter.ctl\" name=\"milterctl\" connect-timeout=\"10s\" command-timeout=\"30s\" timeout=\"1m\" fail=\"closed\" discard=\"refuse\" quarantine=\"header\"\n"), "{printed}");
 
     let reprinted_policy = dir.path().join("printed.kdl");
     std::fs::write(&reprinted_policy, &printed).unwrap();

@@ -16,6 +16,7 @@ mod explain_node;
 mod greylist;
 mod greylist_spf;
 mod inspect_settings;
+mod milter;
 mod node;
 mod policies;
 mod process;

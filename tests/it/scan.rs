@@ -10,14 +10,14 @@ use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-const EICAR: &str = r"X5O!P%@AP[4\PZX54(P^)7CC)7}$EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*";
+pub(crate) const EICAR: &str = r"X5O!P%@AP[4\PZX54(P^)7CC)7}$EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*";
 const OWN_SIGNATURE: &str = "MTAC-TEST-VIRUS-SIGNATURE-7f3a9c";
-const GTUBE: &str = "XJS*C4JDBQADN1.NSBN3*2IDNEN*GTUBE-STANDARD-ANTI-UBE-TEST-EMAIL*C.34X";
+pub(crate) const GTUBE: &str = "XJS*C4JDBQADN1.NSBN3*2IDNEN*GTUBE-STANDARD-ANTI-UBE-TEST-EMAIL*C.34X";
 
-struct Daemon {
-    child: Child,
-    _dir: tempfile::TempDir,
-    port: u16,
+pub(crate) struct Daemon {
+    pub(crate) child: Child,
+    pub(crate) _dir: tempfile::TempDir,
+    pub(crate) port: u16,
 }
 
 impl Drop for Daemon {
@@ -35,7 +35,7 @@ impl Drop for Daemon {
     }
 }
 
-fn missing(what: &str, e: std::io::Error) -> Option<Daemon> {
+pub(crate) fn missing(what: &str, e: std::io::Error) -> Option<Daemon> {
     if std::env::var_os("CI").is_some() {
         panic!("CI=true and {what} cannot start: {e}");
     }
@@ -46,7 +46,7 @@ fn missing(what: &str, e: std::io::Error) -> Option<Daemon> {
 /// Wait until `ping` (sent on a fresh connection) is answered with something starting `pong`.
 /// Up to two minutes: rspamd's first start on a fresh machine compiles its rules, and the test
 /// suite shares two cores with it.
-async fn wait_for(port: u16, ping: &[u8], pong: &[u8], what: &str) {
+pub(crate) async fn wait_for(port: u16, ping: &[u8], pong: &[u8], what: &str) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     for _ in 0..1200 {
         if let Ok(mut s) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await {
@@ -63,7 +63,7 @@ async fn wait_for(port: u16, ping: &[u8], pong: &[u8], what: &str) {
     panic!("{what} did not start on port {port}");
 }
 
-async fn clamd() -> Option<Daemon> {
+pub(crate) async fn clamd() -> Option<Daemon> {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("db");
     std::fs::create_dir_all(&db).unwrap();
@@ -93,7 +93,7 @@ async fn clamd() -> Option<Daemon> {
     Some(daemon)
 }
 
-async fn spamd() -> Option<Daemon> {
+pub(crate) async fn spamd() -> Option<Daemon> {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
     let spawned = Command::new("spamd")
@@ -119,7 +119,7 @@ fn hex(bytes: &[u8]) -> String {
 }
 
 /// Send one message; the final reply.
-async fn send(addr: SocketAddr, message: &str) -> String {
+pub(crate) async fn send(addr: SocketAddr, message: &str) -> String {
     let mut c = Client::connect(addr).await;
     assert_eq!(code(&c.reply().await), 220);
     assert_eq!(code(&c.cmd("EHLO mail.sender.example").await), 250);

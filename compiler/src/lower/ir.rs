@@ -225,6 +225,8 @@ pub struct DraftFarm {
     /// `authserv-id`: this farm's name in Authentication-Results (default: the host name).
     pub authserv_id: Option<String>,
     pub mime: Option<MimeRules>,
+    /// `milter` and `hook`, in policy order.
+    pub filters: Vec<mtac_ruleset::model::Filter>,
     pub relay: Option<(DraftRelay, Origin)>,
     pub tls: Option<DraftTls>,
     pub auth: Option<(Auth, Origin)>,

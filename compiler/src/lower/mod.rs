@@ -17,6 +17,7 @@
 mod checks;
 mod content;
 mod dkim;
+mod filters;
 mod include;
 mod ir;
 mod listen;
@@ -268,6 +269,7 @@ impl Lowerer {
             verdict_headers: None,
             authserv_id: None,
             mime: None,
+            filters: Vec::new(),
             relay: None,
             tls: None,
             auth: None,

@@ -30,6 +30,7 @@ pub(super) fn farm(p: &mut Printer, policy: &Policy, farm: &Farm) {
         scan_oversize_refuse,
         verdict_headers,
         mime,
+        filters,
         relay,
         tls,
         auth,
@@ -127,6 +128,7 @@ pub(super) fn farm(p: &mut Printer, policy: &Policy, farm: &Farm) {
         if let Some(mime) = mime {
             print_mime(p, mime);
         }
+        print_filters(p, filters);
         print_relay(p, relay);
         if let Some(Tls { certificate, key, required, name, sni }) = tls {
             let mut head =
@@ -407,6 +409,30 @@ fn print_scan(p: &mut Printer, scanners: &[mtac_ruleset::model::Scanner], max_si
             p.leaf(line);
         }
     });
+}
+
+fn print_filters(p: &mut Printer, filters: &[mtac_ruleset::model::Filter]) {
+    for f in filters {
+        let kind = match f.kind {
+            mtac_ruleset::model::FilterKind::Milter => "milter",
+            mtac_ruleset::model::FilterKind::Hook => "hook",
+        };
+        let mut line = format!(
+            "{kind} {} name={} connect-timeout={} command-timeout={} timeout={} fail=\"{}\"",
+            quote(&f.address),
+            quote(&f.name),
+            duration(f.connect_timeout),
+            duration(f.command_timeout),
+            duration(f.total_timeout),
+            if f.fail_open { "open" } else { "closed" }
+        );
+        if f.kind == mtac_ruleset::model::FilterKind::Milter {
+            let discard = if f.discard_accepts { "accept" } else { "refuse" };
+            let quarantine = if f.quarantine_header { "header" } else { "refuse" };
+            line.push_str(&format!(" discard=\"{discard}\" quarantine=\"{quarantine}\""));
+        }
+        p.leaf(line);
+    }
 }
 
 fn print_verdict_headers(p: &mut Printer, headers: &VerdictHeaders) {

@@ -7,6 +7,7 @@
 
 use super::chunks::Between;
 use super::content::{content_checks, SpooledMessage};
+use super::filters::Filtered;
 use super::report::{message_decided, relay_error, Answer};
 use super::{Conn, Ctx, End, READ_STEP};
 use crate::dkim_sign::{FarmSigner, SignError};
@@ -265,6 +266,18 @@ async fn receive(
             return Ok(Some(Answer { reply, reason: rule, size, signed: None, auth }));
         }
     };
+    match super::filters::run_filters(conn.shared, session, farm, &spool, hostname).await {
+        Filtered::Pass(added) => headers.insert_str(0, &added),
+        Filtered::Discard => {
+            abandon(txn, Reply::ok()).await;
+            let reply = Reply::new(250, EnhancedCode::new(2, 0, 0), "Ok: discarded").unwrap_or_else(|_| Reply::ok());
+            return Ok(Some(Answer { reply, reason: "discarded", size, signed: None, auth }));
+        }
+        Filtered::Refuse(reply, rule) => {
+            let reply = abandon(txn, reply).await;
+            return Ok(Some(Answer { reply, reason: rule, size, signed: None, auth }));
+        }
+    }
     // Signed last, over exactly what is relayed (our header lines and the spool file).
     let signed = match dkim_sign(conn.shared, session, farm, signer, &verdicts, &spool, &mut headers).await {
         Ok(signed) => signed,

@@ -27,6 +27,7 @@ mod auth;
 mod chunks;
 mod content;
 mod data;
+mod filters;
 mod greet;
 mod prepare;
 mod rcpt;

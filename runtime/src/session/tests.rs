@@ -53,6 +53,7 @@ fn ruleset_with(errors: u32, edit: impl FnOnce(&mut Farm)) -> Ruleset {
         scan_oversize_refuse: false,
         verdict_headers: model::VerdictHeaders { names: vec![], authserv_ids: vec![], rename: false },
         mime: None,
+        filters: Vec::new(),
         relay: model::Relay::Maildir("/nonexistent".to_owned()),
         tls: None,
         auth: None,
