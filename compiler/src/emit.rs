@@ -511,6 +511,8 @@ pub const VERDICT_HEADERS: &[&str] = &[
     "x-rspamd-score",
     "x-virus-scanned",
     "x-virus-status",
+    // A milter's quarantine with `quarantine="header"` (runtime/src/milter).
+    "x-quarantine",
 ];
 
 /// The farm's verdict headers: the built-in names and the policy's, and the authserv-ids whose

@@ -414,6 +414,7 @@ async fn issue14_forged_verdict_headers_never_reach_the_back_end() {
         \ttests=ALL_TRUSTED\n\
         X-Spam-Score: -50.0\n\
         X-Virus-Scanned: clamav on mx.test.example (mtac)\n\
+        X-Quarantine: opendkim: none (forged)\n\
         Authentication-Results: mx.test.example; spf=pass smtp.mailfrom=bank.example;\n\
         \tdkim=pass header.d=bank.example\n\
         Authentication-Results: MX.TEST.EXAMPLE; dmarc=pass\n\
@@ -431,7 +432,9 @@ async fn issue14_forged_verdict_headers_never_reach_the_back_end() {
     let (head, tail) = relayed.split_once("\r\n\r\n").unwrap();
     assert!(head.contains("X-Spam-Status: unscanned, clamav unavailable"), "our own verdict: {relayed}");
     assert_eq!(head.matches("X-Spam-Status:").count(), 1, "{head}");
-    for gone in ["X-Spam-Flag", "X-Spam-Score", "X-Virus-Scanned", "score=-50", "ALL_TRUSTED", "bank.example"] {
+    for gone in
+        ["X-Spam-Flag", "X-Spam-Score", "X-Virus-Scanned", "X-Quarantine", "score=-50", "ALL_TRUSTED", "bank.example"]
+    {
         assert!(!head.contains(gone), "{gone} was handed on: {head}");
     }
     assert!(!head.to_ascii_lowercase().contains("authentication-results: mx.test.example"), "{head}");
