@@ -246,6 +246,9 @@ pub async fn serve(
         shutdown: shared.shutdown_receiver(),
     };
     let mut session = Session::new(id, peer, &snapshot.ruleset, farm);
+    if let Some(candidate) = shared.candidate() {
+        session.with_candidate(candidate);
+    }
     if admission.banned {
         session.banned_at_connect();
     }
@@ -294,6 +297,8 @@ async fn run(conn: &mut Conn<'_>, session: &mut Session, ctx: &Ctx<'_>, lookups:
         }
         report::decided(conn.shared, session, ctx.farm, &asked, &action);
         report::shadowed(conn.shared, session, ctx.farm);
+        report::ruleset_changes(conn.shared, session, ctx.farm);
+        report::ruleset_changes(conn.shared, session, ctx.farm);
         if let Err(end) = act(conn, session, ctx, &relay, &mut txn, action, lookups).await {
             break end;
         }
