@@ -758,6 +758,9 @@ pub struct Filter {
     /// `quarantine="header"`: a milter's quarantine becomes an `X-Quarantine` header on the
     /// relayed message; by default it refuses (550).
     pub quarantine_header: bool,
+    /// `recipients="change"`: a milter may add and delete recipients (an added one must pass
+    /// the farm's relay control); by default such a request defers the message (451).
+    pub change_recipients: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

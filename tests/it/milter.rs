@@ -8,7 +8,7 @@
 //! On a laptop without the daemons these tests say so and pass; under `CI=true` they fail.
 
 use crate::scan::{clamd, missing, send, spamd, Daemon, EICAR, GTUBE};
-use crate::support::{code, free_port, relay_policy, sample, Behaviour, Sink, TestNode};
+use crate::support::{code, free_port, Client, relay_policy, sample, Behaviour, Sink, TestNode};
 use std::net::SocketAddr;
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -83,7 +83,7 @@ async fn spamass_milter(spamd_port: u16) -> Option<Daemon> {
     started("spamass-milter", &mut command, dir, port).await
 }
 
-fn message(subject: &str, body: &str) -> String {
+pub(crate) fn message(subject: &str, body: &str) -> String {
     format!("From: alice@sender.example\nTo: bob@example.test\nSubject: {subject}\nMessage-ID: <m1@sender.example>\n\n{body}\n")
 }
 
@@ -113,7 +113,8 @@ async fn opendkim_and_clamav_milter_in_order_add_their_header_and_refuse_eicar()
     assert!(r.contains("Virus found: Mtac.Test.Eicar"), "with its own reply (RejectMsg): {r}");
     assert_eq!(sink.messages().len(), 1, "nothing more reached the back end");
     let m = node.metrics().await;
-    assert_eq!(sample(&m, r#"mtac_filter_answers_total{filter="opendkim",action="add-header"}"#), 2.0, "{m}");
+    // opendkim puts its Authentication-Results on top (smfi_insheader at 0).
+    assert_eq!(sample(&m, r#"mtac_filter_answers_total{filter="opendkim",action="insert-header"}"#), 2.0, "{m}");
     assert_eq!(sample(&m, r#"mtac_filter_answers_total{filter="clamav",action="reject"}"#), 1.0, "{m}");
     assert_eq!(sample(&m, r#"mtac_messages_total{farm="mx",verdict="rejected",reason="milter"}"#), 1.0, "{m}");
     assert_eq!(node.spool_files(), 0);
@@ -144,28 +145,92 @@ async fn spamass_milter_refuses_gtube() {
 /// Raw reply packets: command byte and data.
 type Packets = &'static [(u8, &'static [u8])];
 
-#[derive(Clone, Copy)]
-enum Script {
+#[derive(Clone)]
+pub(crate) enum Script {
     Hang,
     Garbage,
     Eom(Packets),
+    /// Answers each command as [`Staged::answer`] says, counting connections and commands.
+    Staged(std::sync::Arc<Staged>),
 }
 
-fn packet(code: u8, data: &[u8]) -> Vec<u8> {
+/// A milter scripted stage by stage (`milter_live.rs`).
+pub(crate) struct Staged {
+    /// The reply packets to a command (its byte and data); `None`: continue.
+    pub answer: fn(u8, &[u8]) -> Option<Vec<u8>>,
+    /// Connections accepted.
+    pub connections: std::sync::atomic::AtomicUsize,
+    /// Every command byte received but macros, in order.
+    pub commands: std::sync::Mutex<Vec<u8>>,
+}
+
+impl Staged {
+    pub(crate) fn new(answer: fn(u8, &[u8]) -> Option<Vec<u8>>) -> std::sync::Arc<Staged> {
+        std::sync::Arc::new(Staged { answer, connections: Default::default(), commands: Default::default() })
+    }
+
+    pub(crate) fn connections(&self) -> usize {
+        self.connections.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// The command bytes received, as a string (`"OCHMRRTLLNBE"`…).
+    pub(crate) fn commands(&self) -> String {
+        String::from_utf8(self.commands.lock().unwrap().clone()).unwrap()
+    }
+}
+
+/// One staged conversation: negotiate with every action, answer each command as scripted.
+async fn staged(mut stream: tokio::net::TcpStream, script: std::sync::Arc<Staged>) {
+    script.connections.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    let mut input = Vec::new();
+    let mut buf = [0u8; 65536];
+    loop {
+        while input.len() >= 5 {
+            let len = u32::from_be_bytes(input[..4].try_into().unwrap()) as usize;
+            if input.len() < 4 + len {
+                break;
+            }
+            let command = input[4];
+            let data = input[5..4 + len].to_vec();
+            input.drain(..4 + len);
+            if command != b'D' {
+                script.commands.lock().unwrap().push(command);
+            }
+            let answer = match command {
+                b'O' => packet(b'O', &[0, 0, 0, 6, 0, 0, 1, 0xff, 0, 0, 0, 0]),
+                b'D' | b'A' => continue,
+                b'Q' => return,
+                _ => (script.answer)(command, &data).unwrap_or_else(|| packet(b'c', b"")),
+            };
+            if stream.write_all(&answer).await.is_err() {
+                return;
+            }
+        }
+        match stream.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => input.extend_from_slice(&buf[..n]),
+        }
+    }
+}
+
+pub(crate) fn packet(code: u8, data: &[u8]) -> Vec<u8> {
     let mut p = ((data.len() + 1) as u32).to_be_bytes().to_vec();
     p.push(code);
     p.extend_from_slice(data);
     p
 }
 
-async fn scripted_milter(script: Script) -> u16 {
+pub(crate) async fn scripted_milter(script: Script) -> u16 {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
     tokio::spawn(async move {
         let mut held = Vec::new();
         while let Ok((mut stream, _)) = listener.accept().await {
-            match script {
+            match script.clone() {
                 Script::Hang => held.push(stream),
+                Script::Staged(script) => {
+                    tokio::spawn(staged(stream, script));
+                }
                 Script::Garbage => {
                     tokio::spawn(async move {
                         let mut buf = [0u8; 64];
@@ -187,7 +252,7 @@ async fn scripted_milter(script: Script) -> u16 {
                                 input.drain(..4 + len);
                                 let answer = match command {
                                     b'O' => packet(b'O', &[0, 0, 0, 6, 0, 0, 1, 0xff, 0, 0, 0, 0]),
-                                    b'D' => continue,
+                                    b'D' | b'A' => continue,
                                     b'Q' => return,
                                     b'E' => {
                                         let mut out: Vec<u8> = eom.iter().flat_map(|(c, d)| packet(*c, d)).collect();
@@ -229,16 +294,25 @@ async fn a_milter_that_hangs_or_answers_garbage_gives_its_failure_mode() {
     let junk = TestNode::start(&node(format!("inet:127.0.0.1:{garbage}"), "closed"), Some(sink.addr)).await;
     let absent = TestNode::start(&node(format!("inet:127.0.0.1:{down}"), "closed"), Some(sink.addr)).await;
 
+    // The milters are first asked at MAIL FROM: their failure mode answers it.
+    let mail = |addr| async move {
+        let mut c = Client::connect(addr).await;
+        c.reply().await;
+        c.cmd("EHLO mail.sender.example").await;
+        let reply = c.cmd("MAIL FROM:<alice@sender.example>").await;
+        c.cmd("QUIT").await;
+        reply
+    };
     let started = std::time::Instant::now();
-    let r = send(closed.addr, &message("hello", "hi")).await;
+    let r = mail(closed.addr).await;
     assert!(r.starts_with("451 4.7.1 Message could not be checked (m unavailable)"), "fail closed: {r}");
     assert!(started.elapsed() < Duration::from_secs(3), "the command timeout: {:?}", started.elapsed());
     let r = send(open.addr, &message("hello", "hi")).await;
     assert_eq!(code(&r), 250, "fail open: {r}");
     assert_eq!(sink.messages().len(), 1);
-    let r = send(junk.addr, &message("hello", "hi")).await;
+    let r = mail(junk.addr).await;
     assert!(r.starts_with("451 4.7.1"), "garbage: {r}");
-    let r = send(absent.addr, &message("hello", "hi")).await;
+    let r = mail(absent.addr).await;
     assert!(r.starts_with("451 4.7.1"), "nobody listening: {r}");
     assert_eq!(sink.messages().len(), 1);
     let m = closed.metrics().await;
@@ -264,7 +338,7 @@ async fn milter_actions_the_policy_does_not_allow_are_never_a_silent_250() {
     let discard_allowed = start(&[(b'd', b"")], r#"discard="accept""#).await;
     let quarantine = start(&[(b'q', b"looks odd\0")], "").await;
     let quarantine_header = start(&[(b'q', b"looks odd\0")], r#"quarantine="header""#).await;
-    let change = start(&[(b'm', b"\0\0\0\x01Subject\0\0")], "").await;
+    let change = start(&[(b'e', b"<other@sender.example>\0")], "").await;
     let add_rcpt = start(&[(b'+', b"<eve@example.test>\0")], "").await;
     let headers = start(&[(b'h', b"X-Filtered\0yes\0"), (b'i', b"\0\0\0\0X-First\0one\n\ttwo\0")], "").await;
 
@@ -279,7 +353,7 @@ async fn milter_actions_the_policy_does_not_allow_are_never_a_silent_250() {
     let r = send(quarantine.addr, &message("s", "b")).await;
     assert!(r.starts_with("550 5.7.1 Message rejected by m (quarantine)"), "{r}");
     let r = send(change.addr, &message("s", "b")).await;
-    assert!(r.starts_with("451 4.7.1"), "a header change mtac does not make: {r}");
+    assert!(r.starts_with("451 4.7.1"), "a sender change mtac does not make: {r}");
     let r = send(add_rcpt.addr, &message("s", "b")).await;
     assert!(r.starts_with("451 4.7.1"), "a recipient added: {r}");
     assert!(sink.messages().is_empty(), "nothing relayed so far");
@@ -289,7 +363,9 @@ async fn milter_actions_the_policy_does_not_allow_are_never_a_silent_250() {
     assert_eq!(code(&r), 250, "{r}");
     let relayed: Vec<String> = sink.messages().iter().map(|m| String::from_utf8_lossy(&m.data).into_owned()).collect();
     assert!(relayed[0].starts_with("X-Quarantine: m: looks odd\r\n"), "{}", relayed[0]);
-    assert!(relayed[1].starts_with("X-Filtered: yes\r\nX-First: one\r\n\ttwo\r\nReceived:"), "{}", relayed[1]);
+    // libmilter's places: an insert at index 0 on top, an added field at the end of the section.
+    assert!(relayed[1].starts_with("X-First: one\r\n\ttwo\r\nReceived:"), "{}", relayed[1]);
+    assert!(relayed[1].ends_with("Message-ID: <m1@sender.example>\r\nX-Filtered: yes\r\n\r\nb\r\n"), "{}", relayed[1]);
     let m = change.metrics().await;
     assert_eq!(sample(&m, r#"mtac_messages_total{farm="mx",verdict="deferred",reason="milter.action"}"#), 1.0, "{m}");
 }

@@ -13,7 +13,7 @@ const TOTAL_TIMEOUT: u32 = 60;
 
 impl Lowerer {
     /// `milter "ADDRESS" [name=] [timeout=] [connect-timeout=] [command-timeout=] [fail=]
-    /// [discard=] [quarantine=]`.
+    /// [discard=] [quarantine=] [recipients=]`.
     pub(crate) fn milter(&mut self, at: At<'_>, _dir: &Path, farm: &mut DraftFarm) {
         self.filter(at, farm, FilterKind::Milter);
     }
@@ -25,7 +25,7 @@ impl Lowerer {
 
     fn filter(&mut self, at: At<'_>, farm: &mut DraftFarm, kind: FilterKind) {
         let (what, mut allowed) = match kind {
-            FilterKind::Milter => ("milter", vec!["discard", "quarantine"]),
+            FilterKind::Milter => ("milter", vec!["discard", "quarantine", "recipients"]),
             FilterKind::Hook => ("hook", Vec::new()),
         };
         allowed.extend(["name", "timeout", "connect-timeout", "command-timeout", "fail"]);
@@ -107,6 +107,14 @@ impl Lowerer {
             ["refuse", "header"],
             "\"refuse\" (the default) answers 550; \"header\" relays the message with an X-Quarantine header",
         );
+        let change_recipients = self.filter_choice(
+            at,
+            what,
+            "recipients",
+            ["refuse", "change"],
+            "\"refuse\" (the default) answers 451 to a milter that adds or deletes recipients; \"change\" makes \
+             the change (an added recipient must pass the farm's relay control)",
+        );
         farm.filters.push(Filter {
             kind,
             name,
@@ -117,6 +125,7 @@ impl Lowerer {
             fail_open,
             discard_accepts,
             quarantine_header,
+            change_recipients,
         });
     }
 
