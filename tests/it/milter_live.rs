@@ -281,3 +281,52 @@ async fn a_replaced_body_on_a_signing_farm_verifies() {
         assert!(verified, "python3-dkim does not verify the edited message:\n{shown}");
     }
 }
+
+/// `explain --milter NAME=VERDICT@rcpt` answers as the node whose milter refuses at RCPT, and a
+/// test file takes the same fact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn explain_takes_a_verdict_at_rcpt_and_answers_as_the_node() {
+    fn reject_rcpt(command: u8, _: &[u8]) -> Option<Vec<u8>> {
+        (command == b'R').then(|| packet(b'r', b""))
+    }
+    let sink = Sink::start(Behaviour::default()).await;
+    let script = Staged::new(reject_rcpt);
+    let node = node_with(&script, "", &sink).await;
+    let mut c = session(&node).await;
+    assert_eq!(code(&c.cmd("MAIL FROM:<alice@sender.example>").await), 250);
+    let from_node = c.cmd("RCPT TO:<bob@example.test>").await;
+    c.cmd("QUIT").await;
+    assert!(from_node.starts_with("550 5.7.1 Message rejected by m"), "{from_node}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("policy.kdl");
+    let text = relay_policy(r#"milter "inet:127.0.0.1:9" name="m""#)
+        .replace("{dir}", &dir.path().display().to_string())
+        .replace("{backend}", "127.0.0.1:2525");
+    std::fs::write(&policy, text).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_mtac"))
+        .args(["explain", "--policy"])
+        .arg(&policy)
+        .args(["--client-ip", "192.0.2.1", "--helo", "mail.sender.example", "--from", "alice@sender.example"])
+        .args(["--rcpt", "bob@example.test", "--milter", "m=reject@rcpt"])
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{said}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(said.contains(from_node.trim_end()), "the node said {from_node:?}, explain:\n{said}");
+
+    let tests = dir.path().join("rcpt.test.kdl");
+    let session =
+        r#"client "192.0.2.1"; helo "mail.sender.example"; from "alice@sender.example"; rcpt "bob@example.test""#;
+    std::fs::write(
+        &tests,
+        format!(
+            "policy {:?}\ntest \"refused at rcpt\" {{ {session}; milter \"m=reject@rcpt\"; expect \"550 5.7.1 Message rejected by m\" stage=\"rcpt\" rule=\"milter\" }}\n",
+            policy.display().to_string()
+        ),
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_mtac")).arg("test").arg(&tests).output().unwrap();
+    let said = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{said}");
+}
