@@ -126,7 +126,9 @@ pub fn simulate_stage(
                 trace.push(line(StepOutcome::Decided(reply.clone())));
                 return (trace, Some((reply, rule)));
             }
-            FilterDecision::Pass(why) => trace.push(line(StepOutcome::Passed(format!("{}: {why}", g.verdict.as_str())))),
+            FilterDecision::Pass(why) => {
+                trace.push(line(StepOutcome::Passed(format!("{}: {why}", g.verdict.as_str()))))
+            }
             FilterDecision::Discard => {}
         }
     }
@@ -198,9 +200,9 @@ pub fn simulate(farm: &Farm, given: &[GivenFilter]) -> (Vec<TraceLine>, Option<(
         };
         let line = |outcome| TraceLine { rule: format!("{rule} {}", filter.name), outcome };
         // A discard given before the message is its verdict at the end (libmilter's meaning).
-        let early_discard = given.iter().find(|g| {
-            g.name == filter.name && g.stage != FilterStage::Message && g.verdict == FilterVerdict::Discard
-        });
+        let early_discard = given
+            .iter()
+            .find(|g| g.name == filter.name && g.stage != FilterStage::Message && g.verdict == FilterVerdict::Discard);
         let at_end = given.iter().find(|g| g.name == filter.name && g.stage == FilterStage::Message);
         let Some(verdict) = early_discard.or(at_end).map(|g| &g.verdict) else {
             trace.push(line(StepOutcome::NotGiven("milter")));

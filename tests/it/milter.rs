@@ -8,7 +8,7 @@
 //! On a laptop without the daemons these tests say so and pass; under `CI=true` they fail.
 
 use crate::scan::{clamd, missing, send, spamd, Daemon, EICAR, GTUBE};
-use crate::support::{code, free_port, Client, relay_policy, sample, Behaviour, Sink, TestNode};
+use crate::support::{code, free_port, relay_policy, sample, Behaviour, Client, Sink, TestNode};
 use std::net::SocketAddr;
 use std::process::{Command, Stdio};
 use std::time::Duration;

@@ -12,7 +12,8 @@ use std::time::Duration;
 
 async fn node_with(script: &Arc<Staged>, options: &str, sink: &Sink) -> TestNode {
     let port = scripted_milter(Script::Staged(script.clone())).await;
-    TestNode::start(&relay_policy(&format!(r#"milter "inet:127.0.0.1:{port}" name="m" {options}"#)), Some(sink.addr)).await
+    TestNode::start(&relay_policy(&format!(r#"milter "inet:127.0.0.1:{port}" name="m" {options}"#)), Some(sink.addr))
+        .await
 }
 
 /// EHLO, then a session's commands from MAIL on.
@@ -275,7 +276,11 @@ async fn a_replaced_body_on_a_signing_farm_verifies() {
     assert_eq!(code(&s.reply().await), 250);
     let relayed = sink.messages()[0].data.clone();
     let shown = String::from_utf8_lossy(&relayed).into_owned();
-    assert!(shown.starts_with("DKIM-Signature:") && shown.ends_with("\r\n\r\nA new body\r\nin two packets\r\n.a line with a dot\r\n"), "{shown}");
+    assert!(
+        shown.starts_with("DKIM-Signature:")
+            && shown.ends_with("\r\n\r\nA new body\r\nin two packets\r\n.a line with a dot\r\n"),
+        "{shown}"
+    );
     assert!(shown.contains("Subject: [scanned] lunch\r\n"), "{shown}");
     if let Some(verified) = python_verifies(&relayed, &[record(&key, "s2026", "example.test")]) {
         assert!(verified, "python3-dkim does not verify the edited message:\n{shown}");

@@ -430,9 +430,7 @@ fn print_filters(p: &mut Printer, filters: &[mtac_ruleset::model::Filter]) {
             let discard = if f.discard_accepts { "accept" } else { "refuse" };
             let quarantine = if f.quarantine_header { "header" } else { "refuse" };
             let recipients = if f.change_recipients { "change" } else { "refuse" };
-            line.push_str(&format!(
-                " discard=\"{discard}\" quarantine=\"{quarantine}\" recipients=\"{recipients}\""
-            ));
+            line.push_str(&format!(" discard=\"{discard}\" quarantine=\"{quarantine}\" recipients=\"{recipients}\""));
         }
         p.leaf(line);
     }

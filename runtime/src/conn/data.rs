@@ -12,8 +12,8 @@ use super::report::{message_decided, relay_error, Answer};
 use super::{Conn, Ctx, End, READ_STEP};
 use crate::dkim_sign::{FarmSigner, SignError};
 use crate::metrics::{DkimSigning, FarmLabel};
-use crate::received::{self, Trace};
 use crate::milter::live::LiveMilters;
+use crate::received::{self, Trace};
 use crate::relay::Transaction;
 use crate::relayed::Relayed;
 use crate::session::{Action, Session};
@@ -270,8 +270,7 @@ async fn receive(
             return Ok(Some(Answer { reply, reason: rule, size, signed: None, auth }));
         }
     };
-    let (edits, body) = match super::filters::run_filters(conn.shared, session, farm, &spool, hostname, milters).await
-    {
+    let (edits, body) = match super::filters::run_filters(conn.shared, session, farm, &spool, hostname, milters).await {
         Filtered::Pass { headers: added, edits, body } => {
             headers.insert_str(0, &added);
             (edits, body)

@@ -78,7 +78,9 @@ pub(super) async fn recipients<'r>(
         Err(refused)
     };
     let farm = ctx.farm;
-    if let Some(foreign) = added.iter().find(|a| !mtac_ruleset::eval::is_local_recipient(&ctx.snapshot.ruleset, farm, a)) {
+    if let Some(foreign) =
+        added.iter().find(|a| !mtac_ruleset::eval::is_local_recipient(&ctx.snapshot.ruleset, farm, a))
+    {
         let shown: String = foreign.chars().filter(|c| !c.is_control()).take(100).collect();
         tracing::warn!(session = %session.id(), recipient = shown.as_str(), "a milter added a recipient outside the farm's local domains: refused");
         return give_up(txn, cannot_change("a recipient added outside the local domains")).await;
@@ -88,12 +90,8 @@ pub(super) async fn recipients<'r>(
         return Ok(txn);
     };
     let Some(original) = session.transaction() else { return give_up(txn, cannot_change("no transaction")).await };
-    let mut list: Vec<String> = original
-        .recipients
-        .iter()
-        .filter(|r| !deleted.iter().any(|d| d.eq_ignore_ascii_case(r)))
-        .cloned()
-        .collect();
+    let mut list: Vec<String> =
+        original.recipients.iter().filter(|r| !deleted.iter().any(|d| d.eq_ignore_ascii_case(r))).cloned().collect();
     for a in &added {
         if !list.iter().any(|r| r.eq_ignore_ascii_case(a)) {
             list.push(a.clone());

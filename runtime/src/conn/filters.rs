@@ -22,7 +22,11 @@ use mtac_ruleset::rules;
 pub(super) enum Filtered {
     /// Relay, with these header lines in front (the filters' own, newest first), the milters'
     /// modifications (in the order asked) and the body a milter replaced.
-    Pass { headers: String, edits: Vec<Edit>, body: Option<SpoolFile> },
+    Pass {
+        headers: String,
+        edits: Vec<Edit>,
+        body: Option<SpoolFile>,
+    },
     /// Answer 250 and drop the message: a discard the policy allows.
     Discard,
     Refuse(Reply, &'static str),

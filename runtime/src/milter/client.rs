@@ -69,12 +69,23 @@ pub enum Verdict {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Edit {
     /// `SMFIR_ADDHEADER`: a field appended to the header section.
-    AddHeader { name: String, value: String },
+    AddHeader {
+        name: String,
+        value: String,
+    },
     /// `SMFIR_INSHEADER`: a field inserted before the `index`th (0: at the top).
-    InsertHeader { index: u32, name: String, value: String },
+    InsertHeader {
+        index: u32,
+        name: String,
+        value: String,
+    },
     /// `SMFIR_CHGHEADER`: the `index`th field named `name` (from 1) changed, or deleted (empty
     /// value); added when there is no such field.
-    ChangeHeader { index: u32, name: String, value: String },
+    ChangeHeader {
+        index: u32,
+        name: String,
+        value: String,
+    },
     /// `SMFIR_REPLBODY`: the body replaced (its bytes went to a second spool file).
     ReplaceBody,
     AddRecipient(String),

@@ -86,7 +86,8 @@ impl HeaderList {
                 let wanted = name.to_ascii_lowercase().into_bytes();
                 // libmilter counts from 1; Sendmail takes 0 as 1.
                 let nth = usize::try_from(*index).unwrap_or(usize::MAX).max(1);
-                let found = self.fields.iter().enumerate().filter(|(_, f)| f.name == wanted).nth(nth - 1).map(|(i, _)| i);
+                let found =
+                    self.fields.iter().enumerate().filter(|(_, f)| f.name == wanted).nth(nth - 1).map(|(i, _)| i);
                 match (found, value.trim().is_empty()) {
                     (Some(at), true) => {
                         self.fields.remove(at);
@@ -110,7 +111,9 @@ impl HeaderList {
         let mut pieces: Vec<Piece> = Vec::with_capacity(self.fields.len());
         for field in self.fields {
             match (pieces.last_mut(), field.piece) {
-                (Some(Piece::Spool { file: 0, end, .. }), Piece::Spool { file: 0, start, end: next }) if *end == start => {
+                (Some(Piece::Spool { file: 0, end, .. }), Piece::Spool { file: 0, start, end: next })
+                    if *end == start =>
+                {
                     *end = next;
                 }
                 (_, piece) => pieces.push(piece),

@@ -22,8 +22,8 @@
 mod send;
 mod tls;
 
-use crate::smtp::{EnhancedCode, Reply};
 use crate::relayed::Relayed;
+use crate::smtp::{EnhancedCode, Reply};
 use mtac_ruleset::model::{Backend, BackendProtocol};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};

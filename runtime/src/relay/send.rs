@@ -6,8 +6,8 @@
 //! the same bytes: BDAT sends them as they are, DATA dot-stuffs them and adds the end marker.
 
 use super::{BackendReply, Connection, RelayError};
-use crate::smtp::DotStuffer;
 use crate::relayed::Relayed;
+use crate::smtp::DotStuffer;
 use mtac_ruleset::model::BackendProtocol;
 use std::time::Duration;
 
