@@ -39,6 +39,7 @@ pub(super) enum Source {
 
 /// `Action::Data` or `Action::Chunks`: receive the message, deliver it, log and count the
 /// answer, and end the transaction. `Err(end)` means the connection is over.
+#[allow(clippy::too_many_arguments)]
 pub(super) async fn transaction(
     conn: &mut Conn<'_>,
     session: &mut Session,

@@ -346,6 +346,7 @@ async fn mail_filtered(
 }
 
 /// Carry out the session's answer, each in the room of its phase. `Err`: the session is over.
+#[allow(clippy::too_many_arguments)]
 async fn act<'r>(
     conn: &mut Conn<'_>,
     session: &mut Session,
