@@ -139,17 +139,27 @@ async fn spamass_milter_refuses_gtube() {
     assert!(relayed.contains("X-Spam-Checker-Version: SpamAssassin"), "{relayed}");
 }
 
-/// A milter scripted per connection: it negotiates, answers `continue` to every stage, and at
-/// the end of the message sends `eom` (raw reply packets) then a final `c`. `hang` never
-/// answers; `garbage` answers junk to the negotiation.
 /// Raw reply packets: command byte and data.
 type Packets = &'static [(u8, &'static [u8])];
+
+/// A milter that negotiates, answers `continue` to every stage, and at the end of the message
+/// sends `eom` (raw reply packets) then a final `c` (unless one of them is final).
+fn eom_script(eom: Packets) -> Script {
+    Script::Staged(Staged::new(move |command, _| {
+        (command == b'E').then(|| {
+            let mut out: Vec<u8> = eom.iter().flat_map(|(c, d)| packet(*c, d)).collect();
+            if !eom.iter().any(|(c, _)| b"rtdyac".contains(c)) {
+                out.extend(packet(b'c', b""));
+            }
+            out
+        })
+    }))
+}
 
 #[derive(Clone)]
 pub(crate) enum Script {
     Hang,
     Garbage,
-    Eom(Packets),
     /// Answers each command as [`Staged::answer`] says, counting connections and commands.
     Staged(std::sync::Arc<Staged>),
 }
@@ -157,7 +167,7 @@ pub(crate) enum Script {
 /// A milter scripted stage by stage (`milter_live.rs`).
 pub(crate) struct Staged {
     /// The reply packets to a command (its byte and data); `None`: continue.
-    pub answer: fn(u8, &[u8]) -> Option<Vec<u8>>,
+    pub answer: Box<dyn Fn(u8, &[u8]) -> Option<Vec<u8>> + Send + Sync>,
     /// Connections accepted.
     pub connections: std::sync::atomic::AtomicUsize,
     /// Every command byte received but macros, in order.
@@ -165,7 +175,8 @@ pub(crate) struct Staged {
 }
 
 impl Staged {
-    pub(crate) fn new(answer: fn(u8, &[u8]) -> Option<Vec<u8>>) -> std::sync::Arc<Staged> {
+    pub(crate) fn new(answer: impl Fn(u8, &[u8]) -> Option<Vec<u8>> + Send + Sync + 'static) -> std::sync::Arc<Staged> {
+        let answer = Box::new(answer);
         std::sync::Arc::new(Staged { answer, connections: Default::default(), commands: Default::default() })
     }
 
@@ -238,42 +249,6 @@ pub(crate) async fn scripted_milter(script: Script) -> u16 {
                         let _ = stream.write_all(b"\x00\x00\x00\x05Zjunk and more junk").await;
                     });
                 }
-                Script::Eom(eom) => {
-                    tokio::spawn(async move {
-                        let mut input = Vec::new();
-                        let mut buf = [0u8; 65536];
-                        loop {
-                            while input.len() >= 5 {
-                                let len = u32::from_be_bytes(input[..4].try_into().unwrap()) as usize;
-                                if input.len() < 4 + len {
-                                    break;
-                                }
-                                let command = input[4];
-                                input.drain(..4 + len);
-                                let answer = match command {
-                                    b'O' => packet(b'O', &[0, 0, 0, 6, 0, 0, 1, 0xff, 0, 0, 0, 0]),
-                                    b'D' | b'A' => continue,
-                                    b'Q' => return,
-                                    b'E' => {
-                                        let mut out: Vec<u8> = eom.iter().flat_map(|(c, d)| packet(*c, d)).collect();
-                                        if !eom.iter().any(|(c, _)| b"rtdyac".contains(c)) {
-                                            out.extend(packet(b'c', b""));
-                                        }
-                                        out
-                                    }
-                                    _ => packet(b'c', b""),
-                                };
-                                if stream.write_all(&answer).await.is_err() {
-                                    return;
-                                }
-                            }
-                            match stream.read(&mut buf).await {
-                                Ok(0) | Err(_) => return,
-                                Ok(n) => input.extend_from_slice(&buf[..n]),
-                            }
-                        }
-                    });
-                }
             }
         }
     });
@@ -328,7 +303,7 @@ async fn a_milter_that_hangs_or_answers_garbage_gives_its_failure_mode() {
 async fn milter_actions_the_policy_does_not_allow_are_never_a_silent_250() {
     let sink = Sink::start(Behaviour::default()).await;
     let start = |script, extra: &'static str| async move {
-        let port = scripted_milter(Script::Eom(script)).await;
+        let port = scripted_milter(eom_script(script)).await;
         TestNode::start(&relay_policy(&format!(r#"milter "inet:127.0.0.1:{port}" name="m" {extra}"#)), Some(sink.addr))
             .await
     };
@@ -464,6 +439,44 @@ async fn an_http_hook_rejects_defers_adds_a_header_and_times_out() {
     assert_eq!(node.spool_files(), 0);
 }
 
+/// A policy file `name` in `dir`: the relay farm with `fragment` (its back end never asked).
+pub(crate) fn policy_file(dir: &std::path::Path, name: &str, fragment: &str) -> std::path::PathBuf {
+    let policy = dir.join(name);
+    let text =
+        relay_policy(fragment).replace("{dir}", &dir.display().to_string()).replace("{backend}", "127.0.0.1:2525");
+    std::fs::write(&policy, text).unwrap();
+    policy
+}
+
+/// `mtac explain` of alice's message to bob from 192.0.2.1 through `policy`, with `more`
+/// arguments: what it prints.
+pub(crate) fn explain(policy: &std::path::Path, more: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_mtac"))
+        .args(["explain", "--policy"])
+        .arg(policy)
+        .args(["--client-ip", "192.0.2.1", "--helo", "mail.sender.example", "--from", "alice@sender.example"])
+        .args(["--rcpt", "bob@example.test"])
+        .args(more)
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{said}{}", String::from_utf8_lossy(&out.stderr));
+    said
+}
+
+/// `mtac test` of a file with `tests` (one per line, `SESSION` standing for alice's message to
+/// bob) against `policy`: whether it passed, and what it said.
+pub(crate) fn policy_tests(policy: &std::path::Path, tests: &str) -> (bool, String) {
+    let session =
+        r#"client "192.0.2.1"; helo "mail.sender.example"; from "alice@sender.example"; rcpt "bob@example.test""#;
+    let file = policy.with_extension("test.kdl");
+    let text = format!("policy {:?}\n{}\n", policy.display().to_string(), tests.replace("SESSION", session));
+    std::fs::write(&file, text).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_mtac")).arg("test").arg(&file).output().unwrap();
+    let said = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.success(), said)
+}
+
 /// Explain and the node answer alike: the same milter verdict gives the same reply through
 /// `mtac explain --milter` and through a node whose (scripted) milter gives it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -476,71 +489,27 @@ async fn explain_takes_a_milter_verdict_as_a_fact_and_answers_as_the_node() {
     ];
     let dir = tempfile::tempdir().unwrap();
     for (verdict, script, extra) in cases {
-        let port = scripted_milter(Script::Eom(script)).await;
+        let port = scripted_milter(eom_script(script)).await;
         let fragment = format!(r#"milter "inet:127.0.0.1:{port}" name="m" {extra}"#);
         let node = TestNode::start(&relay_policy(&fragment), Some(sink.addr)).await;
         let from_node = send(node.addr, &message("s", "b")).await;
-        let policy = dir.path().join(format!("{verdict}.kdl"));
-        let text = relay_policy(&fragment)
-            .replace("{dir}", &dir.path().display().to_string())
-            .replace("{backend}", "127.0.0.1:2525");
-        std::fs::write(&policy, text).unwrap();
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_mtac"))
-            .args(["explain", "--policy"])
-            .arg(&policy)
-            .args(["--client-ip", "192.0.2.1", "--helo", "mail.sender.example", "--from", "alice@sender.example"])
-            .args(["--rcpt", "bob@example.test", "--milter", &format!("m={verdict}")])
-            .output()
-            .unwrap();
-        let said = String::from_utf8_lossy(&out.stdout).into_owned();
-        assert!(out.status.success(), "{said}{}", String::from_utf8_lossy(&out.stderr));
+        let policy = policy_file(dir.path(), &format!("{verdict}.kdl"), &fragment);
+        let said = explain(&policy, &["--milter", &format!("m={verdict}")]);
         let reply = from_node.trim_end();
         assert!(said.contains(reply), "{verdict}: the node said {reply:?}, explain:\n{said}");
     }
-    let dir_policy = dir.path().join("pending.kdl");
-    std::fs::write(
-        &dir_policy,
-        relay_policy(r#"milter "inet:127.0.0.1:9" name="m""#)
-            .replace("{dir}", &dir.path().display().to_string())
-            .replace("{backend}", "127.0.0.1:2525"),
-    )
-    .unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_mtac"))
-        .args(["explain", "--policy"])
-        .arg(&dir_policy)
-        .args(["--client-ip", "192.0.2.1", "--helo", "mail.sender.example", "--from", "alice@sender.example"])
-        .args(["--rcpt", "bob@example.test"])
-        .output()
-        .unwrap();
-    let said = String::from_utf8_lossy(&out.stdout).into_owned();
+    let policy = policy_file(dir.path(), "pending.kdl", r#"milter "inet:127.0.0.1:9" name="m""#);
+    let said = explain(&policy, &[]);
     assert!(said.contains("pending  the node asks this filter here"), "{said}");
 
     // Test files take the verdict too, and without it no outcome is one the node vouches for.
-    let tests = dir.path().join("filters.test.kdl");
-    let session =
-        r#"client "192.0.2.1"; helo "mail.sender.example"; from "alice@sender.example"; rcpt "bob@example.test""#;
-    std::fs::write(
-        &tests,
-        format!(
-            "policy {:?}\ntest \"rejected\" {{ {session}; milter \"m=reject\"; expect \"550 5.7.1 Message rejected by m\" stage=\"data\" rule=\"milter\" }}\ntest \"unavailable\" {{ {session}; milter \"m=unavailable\"; expect \"451 4.7.1\" rule=\"milter.unavailable\" }}\ntest \"passed\" {{ {session}; milter \"m=continue\"; expect \"accept\" }}\n",
-            dir_policy.display().to_string()
-        ),
-    )
-    .unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_mtac")).arg("test").arg(&tests).output().unwrap();
-    let said = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{said}");
-    std::fs::write(
-        &tests,
-        format!(
-            "policy {:?}\ntest \"not given\" {{ {session}; expect \"accept\" }}\n",
-            dir_policy.display().to_string()
-        ),
-    )
-    .unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_mtac")).arg("test").arg(&tests).output().unwrap();
-    let said = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success() && said.contains("milter \"NAME=continue\""), "{said}");
+    let (passed, said) = policy_tests(
+        &policy,
+        "test \"rejected\" { SESSION; milter \"m=reject\"; expect \"550 5.7.1 Message rejected by m\" stage=\"data\" rule=\"milter\" }\ntest \"unavailable\" { SESSION; milter \"m=unavailable\"; expect \"451 4.7.1\" rule=\"milter.unavailable\" }\ntest \"passed\" { SESSION; milter \"m=continue\"; expect \"accept\" }",
+    );
+    assert!(passed, "{said}");
+    let (passed, said) = policy_tests(&policy, "test \"not given\" { SESSION; expect \"accept\" }");
+    assert!(!passed && said.contains("milter \"NAME=continue\""), "{said}");
 }
 
 /// opendkim signing (the submission farm's use of it): what it signed is what mtac relays, so

@@ -5,7 +5,7 @@
 //! them. The milters are scripted stage by stage (`milter::Staged`); the back end is the test
 //! sink, so the bytes relayed are checked exactly.
 
-use crate::milter::{message, packet, scripted_milter, Script, Staged};
+use crate::milter::{explain, message, packet, policy_file, policy_tests, scripted_milter, Script, Staged};
 use crate::support::{code, relay_policy, sample, Behaviour, Client, Sink, TestNode};
 use std::sync::Arc;
 use std::time::Duration;
@@ -304,34 +304,12 @@ async fn explain_takes_a_verdict_at_rcpt_and_answers_as_the_node() {
     assert!(from_node.starts_with("550 5.7.1 Message rejected by m"), "{from_node}");
 
     let dir = tempfile::tempdir().unwrap();
-    let policy = dir.path().join("policy.kdl");
-    let text = relay_policy(r#"milter "inet:127.0.0.1:9" name="m""#)
-        .replace("{dir}", &dir.path().display().to_string())
-        .replace("{backend}", "127.0.0.1:2525");
-    std::fs::write(&policy, text).unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_mtac"))
-        .args(["explain", "--policy"])
-        .arg(&policy)
-        .args(["--client-ip", "192.0.2.1", "--helo", "mail.sender.example", "--from", "alice@sender.example"])
-        .args(["--rcpt", "bob@example.test", "--milter", "m=reject@rcpt"])
-        .output()
-        .unwrap();
-    let said = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(out.status.success(), "{said}{}", String::from_utf8_lossy(&out.stderr));
+    let policy = policy_file(dir.path(), "policy.kdl", r#"milter "inet:127.0.0.1:9" name="m""#);
+    let said = explain(&policy, &["--milter", "m=reject@rcpt"]);
     assert!(said.contains(from_node.trim_end()), "the node said {from_node:?}, explain:\n{said}");
-
-    let tests = dir.path().join("rcpt.test.kdl");
-    let session =
-        r#"client "192.0.2.1"; helo "mail.sender.example"; from "alice@sender.example"; rcpt "bob@example.test""#;
-    std::fs::write(
-        &tests,
-        format!(
-            "policy {:?}\ntest \"refused at rcpt\" {{ {session}; milter \"m=reject@rcpt\"; expect \"550 5.7.1 Message rejected by m\" stage=\"rcpt\" rule=\"milter\" }}\n",
-            policy.display().to_string()
-        ),
-    )
-    .unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_mtac")).arg("test").arg(&tests).output().unwrap();
-    let said = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{said}");
+    let (passed, said) = policy_tests(
+        &policy,
+        "test \"refused at rcpt\" { SESSION; milter \"m=reject@rcpt\"; expect \"550 5.7.1 Message rejected by m\" stage=\"rcpt\" rule=\"milter\" }",
+    );
+    assert!(passed, "{said}");
 }

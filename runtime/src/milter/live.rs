@@ -97,19 +97,10 @@ impl LiveMilters {
             if let State::Refusing(verdict) = &slot.state {
                 return StageAnswer::Verdict(slot.index, verdict.clone());
             }
-            match slot.ask(filter, envelope, Ask::Mail).await {
-                Ok(Step::Next | Step::SkipBody) => slot.in_transaction = true,
-                Ok(Step::Done) => (slot.in_transaction, slot.accepted) = (true, true),
-                // A discard is about the message: decided at its end (`discard=`).
-                Ok(Step::Verdict(verdict @ Verdict::Discard { .. })) => {
-                    (slot.in_transaction, slot.pending) = (true, Some(verdict));
-                }
-                Ok(Step::Verdict(verdict)) => return StageAnswer::Verdict(slot.index, verdict),
-                Err(e) if filter.fail_open => {
-                    slot.state = State::Done;
-                    self.failed_open.push((slot.index, e));
-                }
-                Err(e) => return StageAnswer::Failed(slot.index, e),
+            let result = slot.ask(filter, envelope, Ask::Mail).await;
+            slot.in_transaction = result.is_ok();
+            if let Some(answer) = slot.outcome(result, filter.fail_open, &mut self.failed_open) {
+                return answer;
             }
         }
         StageAnswer::Pass
@@ -122,18 +113,9 @@ impl LiveMilters {
             if slot.accepted || slot.pending.is_some() {
                 continue;
             }
-            match slot.ask(filter, envelope, Ask::Rcpt(rcpt)).await {
-                Ok(Step::Next | Step::SkipBody) => {}
-                Ok(Step::Done) => slot.accepted = true,
-                // A discard at RCPT is about the whole message (libmilter's meaning): decided
-                // at its end, where the policy's `discard=` applies.
-                Ok(Step::Verdict(verdict @ Verdict::Discard { .. })) => slot.pending = Some(verdict),
-                Ok(Step::Verdict(verdict)) => return StageAnswer::Verdict(slot.index, verdict),
-                Err(e) if filter.fail_open => {
-                    slot.state = State::Done;
-                    self.failed_open.push((slot.index, e));
-                }
-                Err(e) => return StageAnswer::Failed(slot.index, e),
+            let result = slot.ask(filter, envelope, Ask::Rcpt(rcpt)).await;
+            if let Some(answer) = slot.outcome(result, filter.fail_open, &mut self.failed_open) {
+                return answer;
             }
         }
         StageAnswer::Pass
@@ -210,6 +192,36 @@ enum Ask<'a> {
 }
 
 impl Slot {
+    /// What a stage's answer leaves to do: `Some` ends the stage (a refusal, or a failure with
+    /// `fail="closed"`). An accept ends the milter's part in the message; a discard is about the
+    /// message, decided at its end where the policy's `discard=` applies (libmilter's meaning,
+    /// at MAIL or RCPT alike); a failure with `fail="open"` drops the milter for the session.
+    fn outcome(
+        &mut self,
+        result: Result<Step, MilterError>,
+        fail_open: bool,
+        failed_open: &mut Vec<(usize, MilterError)>,
+    ) -> Option<StageAnswer> {
+        match result {
+            Ok(Step::Next | Step::SkipBody) => None,
+            Ok(Step::Done) => {
+                self.accepted = true;
+                None
+            }
+            Ok(Step::Verdict(verdict @ Verdict::Discard { .. })) => {
+                self.pending = Some(verdict);
+                None
+            }
+            Ok(Step::Verdict(verdict)) => Some(StageAnswer::Verdict(self.index, verdict)),
+            Err(error) if fail_open => {
+                self.state = State::Done;
+                failed_open.push((self.index, error));
+                None
+            }
+            Err(error) => Some(StageAnswer::Failed(self.index, error)),
+        }
+    }
+
     /// What is left of the transaction's total time.
     fn left(&self, filter: &Filter) -> Duration {
         Duration::from_secs(u64::from(filter.total_timeout)).saturating_sub(self.spent)
