@@ -104,7 +104,8 @@ pub fn parse_given(text: &str) -> Option<GivenFilter> {
     Some(GivenFilter { name: name.trim().to_owned(), verdict, stage })
 }
 
-/// The milters' verdicts given at `stage` (MAIL or RCPT), in policy order: the trace lines, and
+/// The milters' verdicts given at `stage` (MAIL or RCPT), then those of the hooks asked at
+/// RCPT, in policy order: the trace lines, and
 /// the refusal of that command. Only given verdicts are traced (a milter not given at this
 /// stage is taken to continue: its verdict on the message is asked at the end). A discard is
 /// kept for the end of the message.
@@ -114,9 +115,16 @@ pub fn simulate_stage(
     stage: FilterStage,
 ) -> (Vec<TraceLine>, Option<(Reply, &'static str)>) {
     let mut trace = Vec::new();
-    for filter in farm.filters.iter().filter(|f| f.kind == FilterKind::Milter) {
+    // Milters are asked at MAIL and RCPT, hooks with `ask-rcpt=#true` at RCPT: milters first.
+    let milters = farm.filters.iter().filter(|f| f.kind == FilterKind::Milter);
+    let hooks = farm.filters.iter().filter(|f| f.kind == FilterKind::Hook && f.ask_rcpt && stage == FilterStage::Rcpt);
+    for filter in milters.chain(hooks) {
         let Some(g) = given.iter().find(|g| g.name == filter.name && g.stage == stage) else { continue };
-        let line = |outcome| TraceLine { rule: format!("{} {}", rules::MILTER, filter.name), outcome };
+        let rule = match filter.kind {
+            FilterKind::Milter => rules::MILTER,
+            FilterKind::Hook => rules::HOOK,
+        };
+        let line = |outcome| TraceLine { rule: format!("{rule} {}", filter.name), outcome };
         if g.verdict == FilterVerdict::Discard {
             trace.push(line(StepOutcome::Passed("discard: decided at the end of the message".to_owned())));
             continue;

@@ -346,8 +346,8 @@ async fn milter_actions_the_policy_does_not_allow_are_never_a_silent_250() {
 }
 
 /// An HTTP hook stand-in: the answer follows the message's Subject (`reject`, `tempfail`,
-/// `header`, `hang`); it keeps each request's JSON.
-async fn hook_server() -> (SocketAddr, std::sync::Arc<std::sync::Mutex<Vec<serde_json::Value>>>) {
+/// `header`, `hang`), and at RCPT it refuses eve; it keeps each request's JSON.
+pub(crate) async fn hook_server() -> (SocketAddr, std::sync::Arc<std::sync::Mutex<Vec<serde_json::Value>>>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
@@ -376,15 +376,18 @@ async fn hook_server() -> (SocketAddr, std::sync::Arc<std::sync::Mutex<Vec<serde
                     }
                 }
                 let json: serde_json::Value = serde_json::from_slice(&request[head_len..]).unwrap();
+                let refused_rcpt = json["envelope"]["rcpt"].as_str().is_some_and(|r| r.starts_with("eve@"));
                 let subject = json["headers"]
                     .as_array()
-                    .unwrap()
+                    .map(Vec::as_slice)
+                    .unwrap_or_default()
                     .iter()
                     .find(|h| h[0] == "Subject")
                     .map(|h| h[1].as_str().unwrap().to_owned())
                     .unwrap_or_default();
                 record.lock().unwrap().push(json);
                 let body = match subject.as_str() {
+                    _ if refused_rcpt => r#"{"action":"reject","reply":"550 5.7.1 The hook says no to eve"}"#,
                     "reject" => r#"{"action":"reject","reply":"550 5.7.1 The hook says no"}"#,
                     "tempfail" => r#"{"action":"tempfail"}"#,
                     "header" => r#"{"action":"modify","add-headers":[{"name":"X-Hook","value":"seen"}]}"#,

@@ -313,3 +313,30 @@ async fn explain_takes_a_verdict_at_rcpt_and_answers_as_the_node() {
     );
     assert!(passed, "{said}");
 }
+
+/// An HTTP hook with `ask-rcpt=#true` is asked about each recipient the policy accepted (stage
+/// `rcpt`) and refuses that recipient only; without it a hook hears of the message only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hook_asked_at_rcpt_refuses_one_recipient() {
+    let sink = Sink::start(Behaviour::default()).await;
+    let (hook, seen) = crate::milter::hook_server().await;
+    let node = TestNode::start(
+        &relay_policy(&format!(r#"hook "http://{hook}/check" name="inhouse" ask-rcpt=#true"#)),
+        Some(sink.addr),
+    )
+    .await;
+    let mut c = session(&node).await;
+    assert_eq!(code(&c.cmd("MAIL FROM:<alice@sender.example>").await), 250);
+    assert_eq!(code(&c.cmd("RCPT TO:<bob@example.test>").await), 250);
+    assert_eq!(c.cmd("RCPT TO:<eve@example.test>").await, "550 5.7.1 The hook says no to eve");
+    assert_eq!(code(&data(&mut c, &message("s", "b")).await), 250);
+    c.cmd("QUIT").await;
+    assert_eq!(sink.messages()[0].rcpts, ["bob@example.test"]);
+    let requests = seen.lock().unwrap().clone();
+    let stages: Vec<&str> = requests.iter().map(|r| r["stage"].as_str().unwrap()).collect();
+    assert_eq!(stages, ["rcpt", "rcpt", "end-of-message"]);
+    assert_eq!(requests[1]["envelope"]["rcpt"], "eve@example.test");
+    assert_eq!(requests[1]["envelope"]["to"][0], "bob@example.test", "the recipients accepted before");
+    let m = node.metrics().await;
+    assert_eq!(sample(&m, r#"mtac_filter_answers_total{filter="inhouse",action="reject"}"#), 1.0, "{m}");
+}

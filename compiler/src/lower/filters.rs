@@ -18,7 +18,8 @@ impl Lowerer {
         self.filter(at, farm, FilterKind::Milter);
     }
 
-    /// `hook "http://HOST:PORT/PATH" [name=] [timeout=] [connect-timeout=] [command-timeout=] [fail=]`.
+    /// `hook "http://HOST:PORT/PATH" [name=] [timeout=] [connect-timeout=] [command-timeout=] [fail=]
+    /// [ask-rcpt=]`.
     pub(crate) fn hook(&mut self, at: At<'_>, _dir: &Path, farm: &mut DraftFarm) {
         self.filter(at, farm, FilterKind::Hook);
     }
@@ -26,7 +27,7 @@ impl Lowerer {
     fn filter(&mut self, at: At<'_>, farm: &mut DraftFarm, kind: FilterKind) {
         let (what, mut allowed) = match kind {
             FilterKind::Milter => ("milter", vec!["discard", "quarantine", "recipients"]),
-            FilterKind::Hook => ("hook", Vec::new()),
+            FilterKind::Hook => ("hook", vec!["ask-rcpt"]),
         };
         allowed.extend(["name", "timeout", "connect-timeout", "command-timeout", "fail"]);
         self.shape(at, &allowed, 1, false);
@@ -115,6 +116,7 @@ impl Lowerer {
             "\"refuse\" (the default) answers 451 to a milter that adds or deletes recipients; \"change\" makes \
              the change (an added recipient must pass the farm's relay control)",
         );
+        let ask_rcpt = kind == FilterKind::Hook && self.bool_prop(at, "ask-rcpt", false);
         farm.filters.push(Filter {
             kind,
             name,
@@ -126,6 +128,7 @@ impl Lowerer {
             discard_accepts,
             quarantine_header,
             change_recipients,
+            ask_rcpt,
         });
     }
 

@@ -431,6 +431,8 @@ fn print_filters(p: &mut Printer, filters: &[mtac_ruleset::model::Filter]) {
             let quarantine = if f.quarantine_header { "header" } else { "refuse" };
             let recipients = if f.change_recipients { "change" } else { "refuse" };
             line.push_str(&format!(" discard=\"{discard}\" quarantine=\"{quarantine}\" recipients=\"{recipients}\""));
+        } else {
+            line.push_str(if f.ask_rcpt { " ask-rcpt=#true" } else { " ask-rcpt=#false" });
         }
         p.leaf(line);
     }

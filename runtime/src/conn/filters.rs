@@ -145,12 +145,27 @@ pub(super) async fn rcpt_stage(
     live: &mut LiveMilters,
     address: &str,
 ) -> Option<(Reply, &'static str)> {
-    if live.is_empty() {
+    if farm.filters.is_empty() {
         return None;
     }
     let told = Told::of(session);
-    let answer = live.rcpt(&farm.filters, &told.envelope(session, hostname), address).await;
-    stage_refusal(&shared.metrics, session, farm, live, answer, "rcpt")
+    let envelope = told.envelope(session, hostname);
+    let answer = live.rcpt(&farm.filters, &envelope, address).await;
+    if let Some(refusal) = stage_refusal(&shared.metrics, session, farm, live, answer, "rcpt") {
+        return Some(refusal);
+    }
+    // Then the hooks that asked to hear of recipients, in policy order.
+    for (index, filter) in farm.filters.iter().enumerate().filter(|(_, f)| f.kind == FilterKind::Hook && f.ask_rcpt) {
+        let answer = match crate::hook::ask_rcpt(filter, &envelope, address).await {
+            Ok(Verdict::Pass) => StageAnswer::Pass,
+            Ok(verdict) => StageAnswer::Verdict(index, verdict),
+            Err(error) => StageAnswer::Failed(index, error),
+        };
+        if let Some(refusal) = stage_refusal(&shared.metrics, session, farm, live, answer, "rcpt") {
+            return Some(refusal);
+        }
+    }
+    None
 }
 
 /// The spooled message: each filter in policy order (milters on their open conversation,
