@@ -135,7 +135,8 @@ pub fn changes_message(edits: &[Edit]) -> bool {
 /// read here (to index its fields); nothing is copied.
 pub fn edited(spool: &SpoolFile, edits: &[Edit], body: Option<SpoolFile>) -> Result<Relayed, EditError> {
     let reader = spool.reader().map_err(EditError::Spool)?;
-    let mut fields = super::Fields::new(MAX_NAME + 2);
+    // Split as the milters were sent the fields (`client::MAX_FIELD`), so indexes agree.
+    let mut fields = super::Fields::new(super::client::MAX_FIELD);
     let mut list = HeaderList::default();
     let mut buf = vec![0u8; 16 * 1024];
     let body_start = loop {

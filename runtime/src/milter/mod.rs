@@ -319,6 +319,29 @@ mod tests {
         assert!(fields[0].1.len() < 64, "{}", fields[0].1.len());
     }
 
+    /// The ranges fields take are what the header overlay (`edits`) relays: whole lines, folds
+    /// included, whatever the reads.
+    #[test]
+    fn field_spans_cover_their_lines() {
+        let message = b"Received: from x\r\n\tby y\r\nSubject: hi\r\n\r\nbody\r\n";
+        for piece in [1, 5, 64] {
+            let mut fields = Fields::new(64);
+            let mut spans = Vec::new();
+            while fields.body_start().is_none() {
+                let at = fields.fed() as usize;
+                match message.get(at..(at + piece).min(message.len())) {
+                    Some(chunk) if !chunk.is_empty() => fields.feed(chunk),
+                    _ => fields.finish(),
+                }
+                while let Some((name, start, end)) = fields.next_field_span() {
+                    spans.push((String::from_utf8(name).unwrap(), start, end));
+                }
+            }
+            assert_eq!(spans, [("Received".into(), 0, 25), ("Subject".into(), 25, 38)], "piece {piece}");
+            assert_eq!(&message[25..38], b"Subject: hi\r\n");
+        }
+    }
+
     #[test]
     fn custom_replies_are_checked_and_cleaned() {
         let r = |t: &str, class| custom_reply(Some(t), class).map(|r| String::from_utf8(r.to_bytes()).unwrap());
