@@ -26,7 +26,9 @@ pub async fn ask(filter: &Filter, envelope: &Envelope<'_>, spool: &SpoolReader) 
     let total = Duration::from_secs(u64::from(filter.total_timeout));
     let work = async {
         let mut body = request("end-of-message", envelope);
-        body["headers"] = serde_json::json!(headers(spool)?);
+        if let Some(object) = body.as_object_mut() {
+            object.insert("headers".into(), serde_json::json!(headers(spool)?));
+        }
         post(filter, body).await
     };
     tokio::time::timeout(total, work).await.unwrap_or(Err(MilterError::Timeout("total")))
@@ -42,7 +44,9 @@ fn protocol(what: String) -> MilterError {
 pub async fn ask_rcpt(filter: &Filter, envelope: &Envelope<'_>, rcpt: &str) -> Result<Verdict, MilterError> {
     let total = Duration::from_secs(u64::from(filter.total_timeout));
     let mut body = request("rcpt", envelope);
-    body["envelope"]["rcpt"] = rcpt.into();
+    if let Some(fields) = body.get_mut("envelope").and_then(serde_json::Value::as_object_mut) {
+        fields.insert("rcpt".into(), rcpt.into());
+    }
     let answer = tokio::time::timeout(total, post(filter, body)).await.unwrap_or(Err(MilterError::Timeout("total")))?;
     match answer.verdict {
         Verdict::Discard { .. } => Err(protocol("a discard at RCPT".into())),

@@ -164,10 +164,13 @@ pub(crate) enum Script {
     Staged(std::sync::Arc<Staged>),
 }
 
+/// The reply packets a scripted milter gives to a command (its byte and data); `None`: continue.
+type Answerer = dyn Fn(u8, &[u8]) -> Option<Vec<u8>> + Send + Sync;
+
 /// A milter scripted stage by stage (`milter_live.rs`).
 pub(crate) struct Staged {
     /// The reply packets to a command (its byte and data); `None`: continue.
-    pub answer: Box<dyn Fn(u8, &[u8]) -> Option<Vec<u8>> + Send + Sync>,
+    pub answer: Box<Answerer>,
     /// Connections accepted.
     pub connections: std::sync::atomic::AtomicUsize,
     /// Every command byte received but macros, in order.
