@@ -340,3 +340,59 @@ async fn a_hook_asked_at_rcpt_refuses_one_recipient() {
     let m = node.metrics().await;
     assert_eq!(sample(&m, r#"mtac_filter_answers_total{filter="inhouse",action="reject"}"#), 1.0, "{m}");
 }
+
+/// A milter that fails at RCPT with `fail="closed"` defers that recipient only; the next stage
+/// connects again and tells the new conversation the transaction so far (MAIL and the
+/// recipients accepted), so the message is judged whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_milter_that_fails_at_rcpt_is_connected_again_and_told_the_transaction() {
+    let failed = std::sync::atomic::AtomicBool::new(false);
+    let script = Staged::new(move |command, data| {
+        let first_failure =
+            command == b'R' && data.starts_with(b"<flaky@") && !failed.swap(true, std::sync::atomic::Ordering::SeqCst);
+        first_failure.then(|| b"\0\0\0\x05Zjunk".to_vec())
+    });
+    let sink = Sink::start(Behaviour::default()).await;
+    let node = node_with(&script, r#"fail="closed""#, &sink).await;
+    let mut c = session(&node).await;
+    assert_eq!(code(&c.cmd("MAIL FROM:<alice@sender.example>").await), 250);
+    assert_eq!(code(&c.cmd("RCPT TO:<bob@example.test>").await), 250);
+    let r = c.cmd("RCPT TO:<flaky@example.test>").await;
+    assert!(r.starts_with("451 4.7.1 Message could not be checked (m unavailable)"), "{r}");
+    assert_eq!(code(&c.cmd("RCPT TO:<carol@example.test>").await), 250);
+    assert_eq!(code(&data(&mut c, &message("s", "b")).await), 250);
+    c.cmd("QUIT").await;
+    assert_eq!(sink.messages()[0].rcpts, ["bob@example.test", "carol@example.test"]);
+    let commands = script.commands();
+    assert_eq!(script.connections(), 2, "{commands}");
+    let second = &commands[commands.rfind('O').unwrap()..];
+    assert!(second.starts_with("OCHMRRT"), "MAIL and bob replayed before carol: {commands}");
+    let m = node.metrics().await;
+    assert_eq!(sample(&m, r#"mtac_filter_answers_total{filter="m",action="error"}"#), 1.0, "{m}");
+}
+
+fn discard_at_rcpt(command: u8, _: &[u8]) -> Option<Vec<u8>> {
+    (command == b'R').then(|| packet(b'd', b""))
+}
+
+/// A discard at RCPT is about the whole message (libmilter's meaning): the recipient is
+/// accepted, and the end of DATA is answered as the policy's `discard=` says — never a silent
+/// 250 unless it allows one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_discard_at_rcpt_is_decided_at_the_end_of_the_message() {
+    let sink = Sink::start(Behaviour::default()).await;
+    for (options, expected) in
+        [("", "550 5.7.1 Message rejected by m (discard)"), (r#"discard="accept""#, "250 2.0.0 Ok: discarded")]
+    {
+        let script = Staged::new(discard_at_rcpt);
+        let node = node_with(&script, options, &sink).await;
+        let mut c = session(&node).await;
+        assert_eq!(code(&c.cmd("MAIL FROM:<alice@sender.example>").await), 250);
+        assert_eq!(code(&c.cmd("RCPT TO:<bob@example.test>").await), 250);
+        let r = data(&mut c, &message("s", "b")).await;
+        assert!(r.starts_with(expected), "{options}: {r}");
+        c.cmd("QUIT").await;
+        assert!(!script.commands().contains('T'), "not asked about the message: {}", script.commands());
+    }
+    assert!(sink.messages().is_empty());
+}

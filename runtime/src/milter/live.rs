@@ -177,11 +177,6 @@ impl LiveMilters {
             }
         }
     }
-
-    /// How many milter conversations are open (for tests and logs).
-    pub fn open_count(&self) -> usize {
-        self.slots.iter().filter(|s| matches!(s.state, State::Open(_))).count()
-    }
 }
 
 /// A stage before the message.
