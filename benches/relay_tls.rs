@@ -38,21 +38,21 @@ fn certificates(dir: &Path) -> (String, String, String) {
     (path("ca.pem"), path("cert.pem"), path("key.pem"))
 }
 
-/// CPU seconds (user + system) of this process's threads whose name starts with `prefix`.
+/// CPU seconds of this process's threads whose name starts with `prefix`: the scheduler's
+/// `se.sum_exec_runtime` (milliseconds with nanosecond precision), not stat's 10 ms ticks, which
+/// round a round's few hundred milliseconds by several percent.
 fn thread_cpu(prefix: &str) -> f64 {
-    let ticks = 100.0; // USER_HZ on Linux
-    let mut total = 0u64;
+    let mut total_ms = 0.0;
     for task in std::fs::read_dir("/proc/self/task").unwrap().flatten() {
-        let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else { continue };
-        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else { continue };
-        if !stat[open + 1..close].starts_with(prefix) {
+        let Ok(comm) = std::fs::read_to_string(task.path().join("comm")) else { continue };
+        if !comm.starts_with(prefix) {
             continue;
         }
-        let fields: Vec<&str> = stat[close + 2..].split(' ').collect();
-        // utime and stime are fields 14 and 15 of stat; here, after "pid (comm) ", 12 and 13.
-        total += fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+        let Ok(sched) = std::fs::read_to_string(task.path().join("sched")) else { continue };
+        let runtime = sched.lines().find_map(|l| l.strip_prefix("se.sum_exec_runtime"));
+        total_ms += runtime.and_then(|r| r.trim_start_matches([' ', ':']).trim().parse::<f64>().ok()).unwrap();
     }
-    total as f64 / ticks
+    total_ms / 1e3
 }
 
 async fn reply(s: &mut BufReader<tokio::net::TcpStream>) -> u16 {
@@ -89,9 +89,64 @@ async fn one_message(node: SocketAddr, body: &[u8]) -> bool {
     ok
 }
 
+/// Start a node relaying to the sink with `attributes` on its back end, on a runtime of one
+/// thread named `name`: its address, and the runtime (dropping it stops the node).
+fn start_node(dir: &Path, name: &str, sink: SocketAddr, attributes: &str) -> (SocketAddr, tokio::runtime::Runtime) {
+    let policy = format!(
+        r#"hostname "mx.bench.example"
+spool "{d}/spool-{name}"
+farm "mx" kind="inbound-mx" {{
+    listen "127.0.0.1:0"
+    local-domains "example.test"
+    limits {{ connections-per-ip 1000; }}
+    screen {{ pregreet #false; }}
+    relay {{ backend "smtp://{sink}" {attributes}; }}
+}}
+"#,
+        d = dir.display(),
+    );
+    let path = dir.join(format!("policy-{name}.kdl"));
+    std::fs::write(&path, policy).unwrap();
+    let compiled = mtac_compiler::compile_path(&path);
+    let Some(output) = compiled.output else {
+        panic!("{:?}", compiled.diagnostics.list.iter().map(|d| &d.message).collect::<Vec<_>>());
+    };
+    let bytes = output.bytes;
+    let server =
+        tokio::runtime::Builder::new_multi_thread().worker_threads(1).thread_name(name).enable_all().build().unwrap();
+    let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+    server.spawn(async move {
+        let loader: mtac_runtime::Loader =
+            Arc::new(move || mtac_ruleset::Ruleset::from_vec(bytes.clone()).map_err(|e| e.to_string()));
+        let node = mtac_runtime::Node::new(loader.clone()).unwrap();
+        let listeners = node.bind(mtac_runtime::AdminAddress::Off).await.unwrap();
+        addr_tx.send(listeners.smtp[0].0.local_addr().unwrap()).unwrap();
+        let config = mtac_runtime::RunConfig {
+            loader,
+            watch: None,
+            grace: Duration::from_secs(1),
+            admin: mtac_runtime::AdminAddress::Off,
+            candidate: None,
+        };
+        node.run_until(listeners, config, std::future::pending()).await.unwrap();
+    });
+    (addr_rx.recv().unwrap(), server)
+}
+
+/// What one mode cost over all its rounds.
+#[derive(Default)]
+struct Tally {
+    messages: usize,
+    cpu: f64,
+    seconds: f64,
+    backend_connections: u32,
+}
+
 fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
-    let messages: usize = if quick { 300 } else { 2000 };
+    // Rounds alternate the two modes, so a machine that speeds up or slows down during the run
+    // (frequency, another process, the allocator warming) weighs on both alike.
+    let (rounds, per_round) = if quick { (3, 100) } else { (10, 400) };
     let dir = tempfile::tempdir().unwrap();
     let (ca, cert, key) = certificates(dir.path());
     let backend =
@@ -103,101 +158,79 @@ fn main() {
         body.extend_from_slice(b"0123456789abcdefghijklmnopqrstuvwxyz0123456789abcdefghijklmnopqrstuvwxyz\r\n");
     }
     body.extend_from_slice(b".\r\n");
+    let body = Arc::new(body);
     let clients = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .thread_name("client")
         .enable_all()
         .build()
         .unwrap();
-    println!("{messages} messages of 4 KiB per mode, 4 clients, one message per session; node on one runtime thread");
+    let modes = [
+        ("clear text", "plain", r#"tls="off""#.to_owned()),
+        ("STARTTLS, verified", "tls", format!(r#"tls="required" ca="{ca}" name="mx.test.example""#)),
+    ];
+    let nodes: Vec<_> =
+        modes.iter().map(|(_, name, attributes)| start_node(dir.path(), name, sink.addr, attributes)).collect();
+    for (node, _) in &nodes {
+        // Warm up: the back end's first connection (and handshake), the allocator.
+        assert!(clients.block_on(one_message(*node, &body)));
+    }
+    println!(
+        "{rounds} rounds of {per_round} messages of 4 KiB per mode, modes alternating; 4 clients, one message per \
+         session; each node on one runtime thread"
+    );
+    let mut tallies: Vec<Tally> = modes.iter().map(|_| Tally::default()).collect();
+    for _ in 0..rounds {
+        for (i, (node, _)) in nodes.iter().enumerate() {
+            let node = *node;
+            let connections_before = *sink.connections.lock().unwrap();
+            let before = thread_cpu(modes[i].1);
+            let started = std::time::Instant::now();
+            let sent = clients.block_on(async {
+                let tasks: Vec<_> = (0..4)
+                    .map(|_| {
+                        let body = body.clone();
+                        tokio::spawn(async move {
+                            let mut ok = 0usize;
+                            for _ in 0..per_round / 4 {
+                                ok += usize::from(one_message(node, &body).await);
+                            }
+                            ok
+                        })
+                    })
+                    .collect();
+                let mut ok = 0;
+                for t in tasks {
+                    ok += t.await.unwrap();
+                }
+                ok
+            });
+            let tally = &mut tallies[i];
+            tally.seconds += started.elapsed().as_secs_f64();
+            tally.cpu += thread_cpu(modes[i].1) - before;
+            tally.messages += sent;
+            tally.backend_connections += *sink.connections.lock().unwrap() - connections_before;
+            assert_eq!(sent, per_round / 4 * 4, "every message was relayed");
+        }
+    }
     let mut figures = Vec::new();
-    for (mode, attributes) in [
-        ("clear text", r#"tls="off""#.to_owned()),
-        ("STARTTLS, verified", format!(r#"tls="required" ca="{ca}" name="mx.test.example""#)),
-    ] {
-        let policy = format!(
-            r#"hostname "mx.bench.example"
-spool "{d}/spool-{n}"
-farm "mx" kind="inbound-mx" {{
-    listen "127.0.0.1:0"
-    local-domains "example.test"
-    limits {{ connections-per-ip 1000; }}
-    screen {{ pregreet #false; }}
-    relay {{ backend "smtp://{sink}" {attributes}; }}
-}}
-"#,
-            d = dir.path().display(),
-            n = figures.len(),
-            sink = sink.addr
-        );
-        let path = dir.path().join(format!("policy-{}.kdl", figures.len()));
-        std::fs::write(&path, policy).unwrap();
-        let compiled = mtac_compiler::compile_path(&path);
-        let Some(output) = compiled.output else {
-            panic!("{:?}", compiled.diagnostics.list.iter().map(|d| &d.message).collect::<Vec<_>>());
-        };
-        let bytes = output.bytes;
-        let name = format!("front{}", figures.len());
-        let server = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .thread_name(&name)
-            .enable_all()
-            .build()
-            .unwrap();
-        let (addr_tx, addr_rx) = std::sync::mpsc::channel();
-        server.spawn(async move {
-            let loader: mtac_runtime::Loader =
-                Arc::new(move || mtac_ruleset::Ruleset::from_vec(bytes.clone()).map_err(|e| e.to_string()));
-            let node = mtac_runtime::Node::new(loader.clone()).unwrap();
-            let listeners = node.bind(mtac_runtime::AdminAddress::Off).await.unwrap();
-            addr_tx.send(listeners.smtp[0].0.local_addr().unwrap()).unwrap();
-            let config = mtac_runtime::RunConfig {
-                loader,
-                watch: None,
-                grace: Duration::from_secs(1),
-                admin: mtac_runtime::AdminAddress::Off,
-            };
-            node.run_until(listeners, config, std::future::pending()).await.unwrap();
-        });
-        let node = addr_rx.recv().unwrap();
-        let body = Arc::new(body.clone());
-        // Warm up (the back end's connection, the resolver of nothing, the allocator).
-        clients.block_on(one_message(node, &body));
-        let before = thread_cpu(&name);
-        let started = std::time::Instant::now();
-        let sent = clients.block_on(async {
-            let mut tasks = Vec::new();
-            for _ in 0..4 {
-                let body = body.clone();
-                tasks.push(tokio::spawn(async move {
-                    let mut ok = 0usize;
-                    for _ in 0..messages / 4 {
-                        ok += usize::from(one_message(node, &body).await);
-                    }
-                    ok
-                }));
-            }
-            let mut ok = 0;
-            for t in tasks {
-                ok += t.await.unwrap();
-            }
-            ok
-        });
-        let elapsed = started.elapsed();
-        let cpu = thread_cpu(&name) - before;
-        assert_eq!(sent, messages / 4 * 4, "every message was relayed");
-        let per_message = cpu / sent as f64 * 1e6;
+    for ((mode, _, _), t) in modes.iter().zip(&tallies) {
+        let per_message = t.cpu / t.messages as f64 * 1e6;
         println!(
-            "{mode:20} {per_message:7.0} µs CPU/message at the node   {:6.0} msg/s   ({sent} messages, {cpu:.2} s CPU)",
-            sent as f64 / elapsed.as_secs_f64()
+            "{mode:20} {per_message:7.1} µs CPU/message at the node  {:6.0} msg/s  ({} messages, {:.3} s CPU, \
+             {} back-end connections)",
+            t.messages as f64 / t.seconds,
+            t.messages,
+            t.cpu,
+            t.backend_connections
         );
         figures.push(per_message);
-        drop(server);
     }
     let tls_share = sink.messages.lock().unwrap().iter().filter(|m| m.tls).count();
     println!(
-        "STARTTLS costs {:+.0} µs per message ({:+.0}%); {tls_share} messages crossed encrypted",
+        "STARTTLS costs {:+.1} µs per message ({:+.1}%); {tls_share} messages crossed encrypted",
         figures[1] - figures[0],
         (figures[1] / figures[0] - 1.0) * 100.0
     );
+    drop(nodes);
 }

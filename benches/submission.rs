@@ -124,6 +124,7 @@ farm "users" kind="submission" {{
             watch: None,
             grace: Duration::from_secs(1),
             admin: mtac_runtime::AdminAddress::Off,
+            candidate: None,
         };
         node.run_until(listeners, config, std::future::pending()).await.unwrap();
     });

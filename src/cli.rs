@@ -262,6 +262,10 @@ pub struct RunArgs {
     /// Seconds sessions may take to finish after SIGTERM before they are told 421
     #[arg(long, default_value_t = 30, value_name = "SECONDS")]
     pub grace: u64,
+    /// A candidate ruleset to compare every decision with, never enforced: its differences
+    /// are logged ("shadow ruleset differs") and counted; reloaded when the file changes
+    #[arg(long, value_name = "CANDIDATE")]
+    pub shadow: Option<PathBuf>,
 }
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
@@ -727,11 +731,23 @@ pub fn run(args: RunArgs) -> Result<ExitCode, String> {
         .thread_name("mtac-worker")
         .build()
         .map_err(|e| format!("cannot start the runtime: {e}"))?;
+    let candidate = match args.shadow {
+        Some(path) => {
+            let p = path.clone();
+            let loader: mtac_runtime::Loader =
+                std::sync::Arc::new(move || Ruleset::open_sealed(&p).map_err(|e| format!("{}: {e}", p.display())));
+            // A candidate that cannot be read is a mistake to hear about now, not in a log line.
+            loader().map_err(|e| format!("the shadow ruleset cannot be loaded: {e}"))?;
+            Some(mtac_runtime::CandidateConfig { loader, watch: Some(path) })
+        }
+        None => None,
+    };
     let config = mtac_runtime::RunConfig {
         loader,
         watch: Some(watch),
         grace: std::time::Duration::from_secs(args.grace),
         admin: args.admin.unwrap_or(mtac_runtime::AdminAddress::Policy),
+        candidate,
     };
     let result = runtime.block_on(mtac_runtime::run(config));
     if let Some(dropped) = syslog.map(|s| s.dropped()).filter(|n| *n > 0) {

@@ -242,6 +242,7 @@ impl<S: tracing::Subscriber> Layer<S> for TraceLayer {
             client: Some(client),
             farm: line.farm,
             text,
+            dialogue: false,
         });
     }
 }

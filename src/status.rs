@@ -486,6 +486,10 @@ pub struct TraceArgs {
     /// Stop after this many lines (default: until interrupted)
     #[arg(long, value_name = "N")]
     lines: Option<u64>,
+    /// The sessions' SMTP dialogue too: each command (`<`) and reply (`>`), never a message's
+    /// content or an AUTH payload
+    #[arg(long)]
+    dialogue: bool,
 }
 
 /// `mtac trace`: the running node's decision lines for some clients, as they happen.
@@ -497,6 +501,9 @@ pub fn trace(args: &TraceArgs) -> Result<ExitCode, String> {
     }
     if let Some(farm) = &args.farm {
         query.push(format!("farm={}", query_escape(farm)));
+    }
+    if args.dialogue {
+        query.push("dialogue=1".to_owned());
     }
     let path = if query.is_empty() { "/trace".to_owned() } else { format!("/trace?{}", query.join("&")) };
     let runtime = client_runtime()?;

@@ -7,8 +7,8 @@
 use crate::lower::{AddressEntry, DomainEntry, Draft, DraftFarm, DraftRelay, NetEntry};
 use mtac_ruleset::model::{
     AccessAction, BanResponse, BanRule, Check, DmarcSettings, Dnsbl, DnsblZone, Farm, FarmKind, Greylist, Limits,
-    Policy, Program, Relay, Reply, Scanner, Screen, SenderAuth, SniCertificate, Stage, Step, TableId, TableInfo,
-    TableKind, Timeouts, Tls, VerdictHeaders, VERIFIED_SENDER,
+    Policy, Program, RecipientDomainPolicy, RecipientDomains, Relay, Reply, Scanner, Screen, SenderAuth,
+    SniCertificate, Stage, Step, TableId, TableInfo, TableKind, Timeouts, Tls, VerdictHeaders, VERIFIED_SENDER,
 };
 use mtac_ruleset::rules;
 use mtac_ruleset::tables::{AddressTableBuilder, DomainTableBuilder, PrefixTableBuilder};
@@ -180,6 +180,7 @@ fn emit_farm(farm: &DraftFarm, hostname: &str, tables: &mut Tables) -> Farm {
     });
     let program = program(farm, hostname, deny_domains, deny_addresses);
     let sender_auth = sender_auth(farm, tables);
+    let recipient_domains = recipient_domains(farm, tables);
     Farm {
         name: farm.name.clone(),
         kind: farm.kind,
@@ -292,6 +293,7 @@ fn emit_farm(farm: &DraftFarm, hostname: &str, tables: &mut Tables) -> Farm {
             stress: farm.screen.stress.clone(),
         },
         sender_auth,
+        recipient_domains,
     }
 }
 
@@ -326,6 +328,41 @@ fn pregreet_wait(farm: &DraftFarm) -> u32 {
         FarmKind::InboundMx => 2,
         FarmKind::Submission => 0,
     })
+}
+
+/// The `recipient-domain` blocks: one domain table whose values index the blocks (validation
+/// made each domain appear in one block only).
+fn recipient_domains(farm: &DraftFarm, tables: &mut Tables) -> RecipientDomains {
+    if farm.recipient_domains.is_empty() {
+        return RecipientDomains::default();
+    }
+    let mut sources = Vec::new();
+    for block in &farm.recipient_domains {
+        for source in &block.sources.0 {
+            if !sources.contains(source) {
+                sources.push(source.clone());
+            }
+        }
+    }
+    let entries = farm.recipient_domains.iter().enumerate().flat_map(|(i, block)| {
+        let index = u32::try_from(i).unwrap_or(u32::MAX);
+        block.domains.iter().map(move |entry| (entry, index))
+    });
+    let table = tables.domains_valued(format!("{}.recipient-domains", farm.name), entries, &sources);
+    let policies = farm
+        .recipient_domains
+        .iter()
+        .map(|block| RecipientDomainPolicy {
+            domains: block
+                .domains
+                .iter()
+                .map(|e| if e.subdomains { format!("*.{}", e.domain) } else { e.domain.clone() })
+                .collect(),
+            skip: block.skip.iter().map(|(rule, _)| rule.clone()).collect(),
+            dnsbl_threshold: block.dnsbl_threshold.map(|(t, _)| t),
+        })
+        .collect();
+    RecipientDomains { table, policies }
 }
 
 pub fn program(

@@ -22,7 +22,8 @@
 //! role accounts skip them.
 
 use crate::model::{
-    AccessAction, Check, DkimSign, DkimSignKey, Dnsbl, DnsblTarget, Farm, FarmKind, Reply, Stage, Step, TableId,
+    AccessAction, Check, DkimSign, DkimSignKey, Dnsbl, DnsblTarget, Farm, FarmKind, RecipientDomainPolicy, Reply,
+    Stage, Step, TableId,
 };
 pub use crate::sender_auth::{MessageAuth, SpfResult};
 use crate::syntax;
@@ -222,17 +223,25 @@ pub fn evaluate(tables: &dyn Lookup, farm: &Farm, stage: Stage, facts: &Facts<'_
             }
         }
     }
+    // A recipient domain's own block (`recipient-domain`) weighs on the RCPT stage only: before
+    // it there is no recipient, and the message's stage is decided for all recipients at once.
+    let domain_policy = match (stage, facts.recipient) {
+        (Stage::Rcpt, Some(recipient)) => recipient_domain_policy(tables, farm, recipient),
+        _ => None,
+    };
     for step in farm.program.stage(stage) {
         let skip = match (&trusted, &role_account) {
             (_, Some(why)) if step.check.is_antispam() || step.check == Check::Access => Some(why.clone()),
             (Some(why), _) if step.check.is_antispam() => Some(why.clone()),
-            _ => None,
+            _ => domain_policy
+                .filter(|p| p.skip.contains(&step.rule))
+                .map(|p| format!("recipient-domain {} skips it", p.domains.first().map_or("", String::as_str))),
         };
         if let Some(why) = skip {
             trace.push(TraceLine { rule: step.rule.clone(), outcome: StepOutcome::Skipped(why) });
             continue;
         }
-        let outcome = match run_step(tables, farm, step, facts) {
+        let outcome = match run_step(tables, farm, step, facts, domain_policy) {
             StepOutcome::Decided(reply) if step.shadow => {
                 shadowed.push((step.rule.clone(), reply.clone()));
                 StepOutcome::WouldRefuse(reply)
@@ -447,7 +456,13 @@ fn sender_domain<'a>(facts: &Facts<'a>) -> Option<&'a str> {
     facts.sender.and_then(|s| syntax::split_address(s)).map(|(_, d)| d)
 }
 
-fn run_step(tables: &dyn Lookup, farm: &Farm, step: &Step, facts: &Facts<'_>) -> StepOutcome {
+fn run_step(
+    tables: &dyn Lookup,
+    farm: &Farm,
+    step: &Step,
+    facts: &Facts<'_>,
+    domain_policy: Option<&RecipientDomainPolicy>,
+) -> StepOutcome {
     let fail = || StepOutcome::Decided(step.reply.clone());
     let pass = |why: &str| StepOutcome::Passed(why.to_owned());
     match &step.check {
@@ -465,10 +480,16 @@ fn run_step(tables: &dyn Lookup, farm: &Farm, step: &Step, facts: &Facts<'_>) ->
             let Some(dnsbl) = &farm.dnsbl else { return pass("no DNS lists") };
             let (score, notes) = dnsbl_score(dnsbl, facts);
             let detail = if notes.is_empty() { "no listing".to_owned() } else { notes.join(", ") };
-            if score >= dnsbl.threshold {
+            let (threshold, whose) = match domain_policy.and_then(|p| Some((p.dnsbl_threshold?, p))) {
+                Some((threshold, p)) => {
+                    (threshold, format!(", recipient-domain {}", p.domains.first().map_or("", String::as_str)))
+                }
+                None => (dnsbl.threshold, String::new()),
+            };
+            if score >= threshold {
                 StepOutcome::Decided(step.reply.clone())
             } else {
-                pass(&format!("score {score} < {} ({detail})", dnsbl.threshold))
+                pass(&format!("score {score} < {threshold}{whose} ({detail})"))
             }
         }
         Check::HeloRequired => match facts.helo {
@@ -698,6 +719,19 @@ fn greylist_whitelisted(tables: &dyn Lookup, farm: &Farm, facts: &Facts<'_>) -> 
 
 fn is_role_account(farm: &Farm, local: &str) -> bool {
     farm.role_accounts.iter().any(|r| r.eq_ignore_ascii_case(local))
+}
+
+/// The `recipient-domain` block that decides for this recipient (most specific domain wins), if
+/// any.
+pub fn recipient_domain_policy<'f>(
+    tables: &dyn Lookup,
+    farm: &'f Farm,
+    recipient: &str,
+) -> Option<&'f RecipientDomainPolicy> {
+    let table = farm.recipient_domains.table?;
+    let (_, domain) = syntax::split_address(recipient)?;
+    let index = tables.domain(table, &syntax::normalize_domain(domain))?;
+    farm.recipient_domains.policies.get(usize::try_from(index).ok()?)
 }
 
 /// Is the recipient's domain one of the farm's local domains?

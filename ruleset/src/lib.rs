@@ -28,6 +28,7 @@
 
 #![deny(unsafe_code)]
 
+pub mod compare;
 pub mod container;
 pub mod dkim;
 pub mod eval;

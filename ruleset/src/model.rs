@@ -198,6 +198,30 @@ pub struct Farm {
     pub screen: Screen,
     /// SPF, DKIM, ARC and DMARC verification and what their verdicts decide.
     pub sender_auth: SenderAuth,
+    /// `recipient-domain` blocks: what changes for recipients of given local domains.
+    pub recipient_domains: RecipientDomains,
+}
+
+/// Checks overridden per recipient domain (docs/policy.md `recipient-domain`): an ISP's customer
+/// domain that opts out of greylisting, another with a stricter DNS list threshold. Decided per
+/// recipient, at RCPT, by the evaluator (`eval::recipient_domain_policy`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecipientDomains {
+    /// Recipient domain → index into `policies`; most specific match wins, as in `local-domains`.
+    pub table: Option<TableId>,
+    pub policies: Vec<RecipientDomainPolicy>,
+}
+
+/// One `recipient-domain` block.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecipientDomainPolicy {
+    /// The domains as written (`.example.com`: the subdomains too), for `explain` and settings.
+    pub domains: Vec<String>,
+    /// Rules of the farm's RCPT stage these recipients are not subject to (anti-spam checks only:
+    /// relay control, recipient validation and access are never skipped).
+    pub skip: Vec<String>,
+    /// The DNS list score at which these recipients refuse the client, instead of the farm's.
+    pub dnsbl_threshold: Option<i32>,
 }
 
 /// Which sender authentication checks a farm runs and what their verdicts decide

@@ -58,7 +58,7 @@ pub mod transfers;
 #[allow(clippy::unwrap_used, clippy::panic)]
 mod tidy;
 
-pub use node::{run, AdminAddress, Listeners, Loader, Node, RunConfig, RunError};
+pub use node::{run, AdminAddress, CandidateConfig, Listeners, Loader, Node, RunConfig, RunError};
 
 /// This machine's host name (uname's nodename), for logs; empty when it is not UTF-8.
 pub fn hostname() -> String {

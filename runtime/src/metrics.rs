@@ -122,6 +122,15 @@ label_sets! {
         kind: &'static str,
     }
     RulesetLabel { hash: String }
+    CandidateDecision {
+        farm: String,
+        stage: &'static str,
+        /// same, newly-refused, newly-accepted, reply-changed, newly-greylisted,
+        /// no-longer-greylisted (`mtac_ruleset::compare::Change`).
+        direction: &'static str,
+        /// The rule that refuses on either side (empty when both accept).
+        rule: String,
+    }
     PregreetOutcome {
         farm: String,
         /// `passed` (waited for the whole greeting), `remembered` (greeted at once),
@@ -192,6 +201,9 @@ metrics! {
     refusals: Family<Refusal, Counter>, "refusals", "4xx and 5xx replies, by stage and by the rule that gave them";
     shadow_refusals: Family<Refusal, Counter>, "shadow_refusals",
         "Refusals a shadow rule would have given (never sent), by stage and rule";
+    shadow_ruleset_decisions: Family<CandidateDecision, Counter>, "shadow_ruleset_decisions",
+        "Decisions compared with the shadow ruleset's, by stage, direction of the difference and rule";
+    shadow_ruleset_reloads: Family<ReloadResult, Counter>, "shadow_ruleset_reloads", "Shadow ruleset loads, by result";
     recipients: Family<Verdict, Counter>, "recipients", "RCPT TO verdicts";
     messages: Family<MessageOutcome, Counter>, "messages", "Messages after DATA, by verdict and reason";
     message_bytes: Family<FarmLabel, Counter>, "message_bytes", "Bytes of messages relayed or delivered";
@@ -297,6 +309,12 @@ impl Metrics {
             rule: rule.to_owned(),
         };
         self.shadow_refusals.get_or_create(&labels).inc();
+    }
+
+    /// One decision compared with the shadow ruleset's.
+    pub fn candidate_decision(&self, farm: &str, stage: &'static str, direction: &'static str, rule: &str) {
+        let labels = CandidateDecision { farm: farm.to_owned(), stage, direction, rule: rule.to_owned() };
+        self.shadow_ruleset_decisions.get_or_create(&labels).inc();
     }
 
     /// One sender authentication verdict.

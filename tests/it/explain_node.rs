@@ -409,6 +409,9 @@ async fn issue15_explain_answers_every_scripted_session_as_the_node_does() {
             // dwl.test, a domain allow list: its RFC 5782 test point, and trusted.test on it.
             ("test.dwl".to_owned(), dns_server::a("127.0.2.2")),
             ("trusted.test.dwl".to_owned(), dns_server::a("127.0.2.2")),
+            // dbl.test, a domain block list: its test point, and listed.test on it.
+            ("test.dbl".to_owned(), dns_server::a("127.0.1.2")),
+            ("listed.test.dbl".to_owned(), dns_server::a("127.0.1.2")),
         ],
     )])
     .await;
@@ -417,9 +420,60 @@ async fn issue15_explain_answers_every_scripted_session_as_the_node_does() {
     let grey =
         TestNode::start(&MX_GREY_VERIFIED.replace("{nameserver}", &zone.addr.to_string()), Some(sink.addr)).await;
     differences.extend(compare(&grey, None, "mx", GREY_VERIFIED_SCRIPTS).await);
+    let per_domain =
+        TestNode::start(&MX_PER_DOMAIN.replace("{nameserver}", &zone.addr.to_string()), Some(sink.addr)).await;
+    differences.extend(compare(&per_domain, None, "mx", PER_DOMAIN_SCRIPTS).await);
 
     assert!(differences.is_empty(), "explain and the node disagree:\n{}", differences.join("\n"));
 }
+
+/// Issue 20: checks changed per recipient domain, decided per recipient at the node as in
+/// `explain`: `optout.test` skips greylisting, `strict.test` refuses at any DNS list score.
+const MX_PER_DOMAIN: &str = r#"hostname "mx.test.example"
+dns timeout="1s" {
+    nameserver "{nameserver}"
+}
+spool "{dir}/spool"
+state "embedded" path="{dir}/state.redb"
+farm "mx" kind="inbound-mx" {
+    listen "127.0.0.1:0"
+    local-domains "example.test" "optout.test" "strict.test"
+    dnsbl threshold=3 {
+        zone "dbl.test" target="sender-domain" {
+            answer "127.0.1.2" weight=1
+            answer "127.0.1.3" weight=3
+        }
+    }
+    greylist delay="1m" retry-window="1h"
+    recipient-domain "optout.test" {
+        skip "greylist"
+    }
+    recipient-domain "strict.test" {
+        skip "greylist"
+        dnsbl threshold=1
+    }
+    relay {
+        backend "smtp://{backend}"
+    }
+}
+"#;
+
+const fn to_domain(name: &'static str, from: &'static str, rcpt: &'static str, expect: &'static str) -> Script {
+    let listed = if from.as_bytes()[0] == b'l' { Some(("dbl.test", "127.0.1.2")) } else { None };
+    Script { rcpt: Some(rcpt), listed, ..spf(name, "127.0.0.10", from, "none", expect) }
+}
+
+const PER_DOMAIN_SCRIPTS: &[Script] = &[
+    to_domain(
+        "a listed sender (1 < 3) to the farm's domain is greylisted",
+        "listed@listed.test",
+        "bob@example.test",
+        "451 4.7.1",
+    ),
+    to_domain("the same sender to a domain that skips greylisting", "listed@listed.test", "bob@optout.test", "accept"),
+    to_domain("the same sender to the strict domain (1 >= 1)", "listed@listed.test", "bob@strict.test", "554 5.7.1"),
+    to_domain("a clean sender to the strict domain", "clean@clean.test", "bob@strict.test", "accept"),
+];
 
 fn txt(text: &str) -> hickory_server::proto::rr::RData {
     hickory_server::proto::rr::RData::TXT(hickory_server::proto::rr::rdata::TXT::new(vec![text.to_owned()]))

@@ -89,3 +89,78 @@ test "a good HELO reports nothing" {{
     assert!(said.contains("ok    ") && said.contains("a bare HELO is only reported"), "{said}");
     assert!(said.contains("FAIL") && said.contains("shadow refusals: none"), "{said}");
 }
+
+/// One message from `client` (HELO `helo`) to bob@example.test: the RCPT reply.
+async fn one_recipient(node: &TestNode, client: &str, helo: &str) -> String {
+    let mut c = Client::connect_from(node.addr, client).await;
+    assert_eq!(code(&c.reply().await), 220);
+    c.cmd(&format!("EHLO {helo}")).await;
+    assert_eq!(code(&c.cmd("MAIL FROM:<a@sender.example>").await), 250);
+    let rcpt = c.cmd("RCPT TO:<bob@example.test>").await;
+    if code(&rcpt) == 250 {
+        assert_eq!(code(&c.cmd("DATA").await), 354);
+        c.send(b"Subject: shadow ruleset\r\n\r\nhello\r\n").await;
+        assert_eq!(code(&c.cmd(".").await), 250);
+    }
+    c.cmd("QUIT").await;
+    rcpt
+}
+
+fn compared(metrics: &str, stage: &str, direction: &str, rule: &str) -> f64 {
+    let series = format!(
+        r#"mtac_shadow_ruleset_decisions_total{{farm="mx",stage="{stage}",direction="{direction}",rule="{rule}"}}"#
+    );
+    sample(metrics, &series)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shadow_ruleset_counts_each_difference_and_the_live_one_decides() {
+    let sink = Sink::start(Behaviour::default()).await;
+    let live = relay_policy("helo fqdn=#true");
+    // The candidate drops the HELO check and refuses one client by its address.
+    let candidate = relay_policy("access {\n        reject \"127.0.0.66/32\"\n    }");
+    let node = TestNode::start_with_candidate(&live, &candidate, Some(sink.addr)).await;
+    let sessions = [
+        ("127.0.0.9", "mail.example.org", 250),  // both accept
+        ("127.0.0.66", "mail.example.org", 250), // the candidate would refuse (access)
+        ("127.0.0.9", "workstation", 504),       // the candidate would accept
+        ("127.0.0.66", "workstation", 504),      // both refuse, the candidate with another reply
+    ];
+    for (client, helo, expected) in sessions {
+        let rcpt = one_recipient(&node, client, helo).await;
+        assert_eq!(code(&rcpt), expected, "the live ruleset decides: {client} {helo}: {rcpt}");
+    }
+    assert_eq!(sink.messages().len(), 2, "mail the candidate would refuse is relayed");
+    let m = node.metrics().await;
+    assert_eq!(compared(&m, "rcpt", "same", ""), 1.0, "{m}");
+    assert_eq!(compared(&m, "rcpt", "newly-refused", "access"), 1.0, "{m}");
+    assert_eq!(compared(&m, "rcpt", "newly-accepted", "helo.fqdn"), 1.0, "{m}");
+    assert_eq!(compared(&m, "rcpt", "reply-changed", "access"), 1.0, "{m}");
+    // Every other decision was compared and is the same: 4 HELOs, 4 MAILs, and 5 greetings
+    // (the test's first connection, which waits for the node's greeting, is one).
+    for (stage, decisions) in [("connect", 5.0), ("helo", 4.0), ("mail", 4.0)] {
+        assert_eq!(compared(&m, stage, "same", ""), decisions, "{stage}: {m}");
+    }
+    assert_eq!(sample(&m, r#"mtac_refusals_total{farm="mx",stage="rcpt",verdict="reject",rule="access"}"#), 0.0);
+
+    // A candidate pushed like a ruleset is loaded, and from then on it is what is compared: the
+    // live policy itself differs from the live policy in nothing.
+    node.push_candidate(&live, Some(sink.addr));
+    let mut reloaded = false;
+    for _ in 0..100 {
+        if sample(&node.metrics().await, r#"mtac_shadow_ruleset_reloads_total{result="ok"}"#) == 2.0 {
+            reloaded = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(reloaded, "the pushed candidate was loaded");
+    for (client, helo, _) in sessions {
+        one_recipient(&node, client, helo).await;
+    }
+    let m = node.metrics().await;
+    assert_eq!(compared(&m, "rcpt", "same", ""), 3.0, "{m}");
+    assert_eq!(compared(&m, "rcpt", "same", "helo.fqdn"), 2.0, "{m}");
+    assert_eq!(compared(&m, "rcpt", "newly-refused", "access"), 1.0, "no new difference: {m}");
+    assert_eq!(compared(&m, "rcpt", "newly-accepted", "helo.fqdn"), 1.0, "{m}");
+}

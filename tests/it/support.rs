@@ -71,6 +71,22 @@ pub fn code(reply: &str) -> u16 {
     reply.get(..3).and_then(|c| c.parse().ok()).unwrap_or(0)
 }
 
+/// Compile `policy` (`{backend}` and `{dir}` filled in) into `dir/candidate.ruleset`, written
+/// whole and renamed into place as a push does; its path.
+fn write_candidate(dir: &std::path::Path, policy: &str, backend: Option<SocketAddr>) -> std::path::PathBuf {
+    let text = policy
+        .replace("{backend}", &backend.map(|b| b.to_string()).unwrap_or_default())
+        .replace("{dir}", dir.to_str().unwrap());
+    let source = dir.join("candidate.kdl");
+    std::fs::write(&source, greet_at_once(&text)).unwrap();
+    let compiled = mtac_compiler::compile_path(&source);
+    let bytes = compiled.output.unwrap_or_else(|| panic!("candidate: {:?}", compiled.diagnostics.list)).bytes;
+    let (temp, file) = (dir.join("candidate.ruleset.tmp"), dir.join("candidate.ruleset"));
+    std::fs::write(&temp, bytes).unwrap();
+    std::fs::rename(temp, &file).unwrap();
+    file
+}
+
 /// An mtac node running in-process.
 pub struct TestNode {
     pub addr: SocketAddr,
@@ -91,12 +107,25 @@ impl TestNode {
 
     /// [`TestNode::start`], compiling (and reloading) with `options`.
     pub async fn start_with(policy: &str, backend: Option<SocketAddr>, options: mtac_compiler::Options) -> TestNode {
-        TestNode::start_configured(policy, backend, options, Duration::from_secs(5)).await
+        TestNode::start_configured(policy, backend, options, Duration::from_secs(5), None).await
+    }
+
+    /// [`TestNode::start`] with a shadow ruleset compiled from `candidate` (same placeholders),
+    /// written to `{dir}/candidate.ruleset` and watched there (`mtac run --shadow`).
+    pub async fn start_with_candidate(policy: &str, candidate: &str, backend: Option<SocketAddr>) -> TestNode {
+        let options = mtac_compiler::Options::default();
+        TestNode::start_configured(policy, backend, options, Duration::from_secs(5), Some(candidate)).await
+    }
+
+    /// Compile `policy` (placeholders filled as at start) and push it as this node's shadow
+    /// ruleset: the node's watcher loads it.
+    pub fn push_candidate(&self, policy: &str, backend: Option<SocketAddr>) {
+        write_candidate(self.dir.path(), policy, backend);
     }
 
     /// [`TestNode::start`] with a grace period of its own for the drain at stop (5 s otherwise).
     pub async fn start_with_grace(policy: &str, backend: Option<SocketAddr>, grace: Duration) -> TestNode {
-        TestNode::start_configured(policy, backend, mtac_compiler::Options::default(), grace).await
+        TestNode::start_configured(policy, backend, mtac_compiler::Options::default(), grace, None).await
     }
 
     async fn start_configured(
@@ -104,6 +133,7 @@ impl TestNode {
         backend: Option<SocketAddr>,
         options: mtac_compiler::Options,
         grace: Duration,
+        candidate_policy: Option<&str>,
     ) -> TestNode {
         let dir = tempfile::tempdir().unwrap();
         let text = policy
@@ -127,7 +157,14 @@ impl TestNode {
         let admin_addr = listeners.admin.as_ref().unwrap().local_addr().unwrap();
         let shared = node.shared.clone();
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let config = mtac_runtime::RunConfig { loader, watch: Some(path), grace, admin };
+        let candidate = candidate_policy.map(|candidate| {
+            let file = write_candidate(dir.path(), candidate, backend);
+            let f = file.clone();
+            let loader: mtac_runtime::Loader =
+                Arc::new(move || mtac_ruleset::Ruleset::open_sealed(&f).map_err(|e| e.to_string()));
+            mtac_runtime::CandidateConfig { loader, watch: Some(file) }
+        });
+        let config = mtac_runtime::RunConfig { loader, watch: Some(path), grace, admin, candidate };
         let task = tokio::spawn(async move {
             let _ = node
                 .run_until(listeners, config, async move {

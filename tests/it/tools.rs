@@ -236,3 +236,43 @@ async fn trace_follows_one_clients_decisions_whatever_the_log_level() {
     assert_eq!(out.status.code(), Some(2));
     assert!(text(&out.stderr).contains("an address or a network"), "{}", text(&out.stderr));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trace_dialogue_shows_commands_and_replies_but_never_credentials() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_node, addr, socket) = process_node(dir.path()).await;
+    let mut trace = Command::new(env!("CARGO_BIN_EXE_mtac"))
+        .args(["trace", "--dialogue", "--client", "127.0.0.7", "--socket"])
+        .arg(&socket)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let mut c = crate::support::Client::connect_from(addr, "127.0.0.7").await;
+    c.reply().await;
+    c.cmd("EHLO client.example.org").await;
+    c.cmd("AUTH PLAIN AGFsaWNlAHNlY3JldA==").await;
+    c.cmd("MAIL FROM:<a@client.example.org>").await;
+    c.cmd("RCPT TO:<someone@elsewhere.example>").await;
+    c.cmd("QUIT").await;
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let _ = trace.kill();
+    let out = tokio::task::spawn_blocking(move || trace.wait_with_output().unwrap()).await.unwrap();
+    let lines = text(&out.stdout);
+    for said in [
+        "> 220 ",
+        "< EHLO client.example.org",
+        "> 250-",
+        "< AUTH PLAIN ***",
+        "< MAIL FROM:<a@client.example.org>",
+        "< RCPT TO:<someone@elsewhere.example>",
+        "> 554 5.7.1",
+        "< QUIT",
+        "> 221 ",
+    ] {
+        assert!(lines.contains(said), "`{said}` in the dialogue:\n{lines}");
+    }
+    assert!(!lines.contains("AGFsaWNl"), "never a credential:\n{lines}");
+    assert!(lines.contains("refused"), "the decision lines too:\n{lines}");
+}

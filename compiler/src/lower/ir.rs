@@ -17,6 +17,19 @@ pub struct DomainEntry {
     pub origin: Origin,
 }
 
+/// One `recipient-domain` block: what changes for recipients of its domains.
+#[derive(Debug, Clone)]
+pub struct DraftRecipientDomain {
+    pub domains: Vec<DomainEntry>,
+    pub sources: Sources,
+    /// `skip "RULE"…`, where each was named.
+    pub skip: Vec<(String, Origin)>,
+    /// `dnsbl threshold=N`, where it was written.
+    pub dnsbl_threshold: Option<(i32, Origin)>,
+    /// The block itself.
+    pub origin: Origin,
+}
+
 #[derive(Debug, Clone)]
 pub struct AddressEntry {
     pub address: String,
@@ -214,6 +227,8 @@ pub struct DraftFarm {
     pub bans: Vec<DraftBan>,
     /// `shadow`: rules that only report what they would refuse, where each was named.
     pub shadow: Vec<(String, Origin)>,
+    /// `recipient-domain` blocks, in policy order.
+    pub recipient_domains: Vec<DraftRecipientDomain>,
     pub greylist: Option<DraftGreylist>,
     pub scanners: Vec<DraftScanner>,
     /// `scan max-size=` (default: the farm's message size).

@@ -23,6 +23,7 @@ mod ir;
 mod listen;
 mod lists;
 mod read;
+mod recipient_domain;
 mod relay;
 mod screen;
 mod sender_auth;
@@ -262,6 +263,7 @@ impl Lowerer {
             dnsbl: None,
             bans: Vec::new(),
             shadow: Vec::new(),
+            recipient_domains: Vec::new(),
             greylist: None,
             scanners: Vec::new(),
             scan_max_size: None,

@@ -4,8 +4,8 @@ use super::{boolean, duration, duration_ms, quote, reply, size, table, Printer};
 use mtac_ruleset::model::{
     AccessAction, Auth, AuthBackend, BackendProtocol, BackendTls, BanResponse, BanScope, BarePolicy, Check, Directory,
     DkimSign, DmarcSettings, Dnsbl, DnsblTarget, Farm, Greylist, GreylistKey, Limits, MimeRules, OnFail, OnQuarantine,
-    OnTempError, Policy, Program, RateSubject, Relay, ScannerKind, Screen, SenderAuth, SniCertificate, SpfSettings,
-    Stage, Step, Stress, TalkerAction, Timeouts, Tls, VerdictHeaders,
+    OnTempError, Policy, Program, RateSubject, RecipientDomainPolicy, Relay, ScannerKind, Screen, SenderAuth,
+    SniCertificate, SpfSettings, Stage, Step, Stress, TalkerAction, Timeouts, Tls, VerdictHeaders,
 };
 
 pub(super) fn farm(p: &mut Printer, policy: &Policy, farm: &Farm) {
@@ -42,6 +42,7 @@ pub(super) fn farm(p: &mut Printer, policy: &Policy, farm: &Farm) {
         tarpit_ms,
         screen,
         sender_auth,
+        recipient_domains,
     } = farm;
     let head = format!("farm {} kind={}", quote(name), quote(kind.as_str()));
     p.block("farm", head, |p| {
@@ -121,6 +122,18 @@ pub(super) fn farm(p: &mut Printer, policy: &Policy, farm: &Farm) {
         print_screen(p, screen);
         if let Some(g) = greylist {
             print_greylist(p, policy, g);
+        }
+        for RecipientDomainPolicy { domains, skip, dnsbl_threshold } in &recipient_domains.policies {
+            let names: Vec<String> = domains.iter().map(|d| quote(d)).collect();
+            p.block("recipient-domain", format!("recipient-domain {}", names.join(" ")), |p| {
+                if !skip.is_empty() {
+                    let rules: Vec<String> = skip.iter().map(|r| quote(r)).collect();
+                    p.leaf(format!("skip {}", rules.join(" ")));
+                }
+                if let Some(threshold) = dnsbl_threshold {
+                    p.leaf(format!("dnsbl threshold={threshold}"));
+                }
+            });
         }
         print_sender_auth(p, policy, sender_auth);
         print_scan(p, scanners, *scan_max_size, *scan_oversize_refuse);

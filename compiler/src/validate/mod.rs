@@ -5,6 +5,7 @@
 
 mod access;
 mod certificate;
+mod recipient_domain;
 
 use crate::diag::{did_you_mean, Diag, Reporter};
 use crate::lower::{Draft, DraftFarm, DraftGreylist, Origin};
@@ -204,6 +205,7 @@ fn validate_farm(reporter: &mut Reporter, farm: &DraftFarm) {
     }
     ban_rules(reporter, farm);
     shadow_rules(reporter, farm);
+    recipient_domain::recipient_domains(reporter, farm);
     duplicate_domains(reporter, farm);
     addresses_outside_domains(reporter, farm);
     access::access_conflicts(reporter, &farm.access, "access");

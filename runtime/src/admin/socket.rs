@@ -95,7 +95,8 @@ pub fn spawn_socket(listener: UnixListener, shared: Arc<Shared>) -> JoinHandle<(
     })
 }
 
-/// `GET /trace?[client=CIDR][&farm=F]`: the decision lines of those clients, as they happen.
+/// `GET /trace?[client=CIDR][&farm=F][&dialogue=1]`: the decision lines of those clients (and
+/// their dialogue), as they happen.
 fn trace(query: &str) -> Response<BoxBody<Bytes, Infallible>> {
     let clients =
         match param(query, "client").map(|c| c.parse::<IpNet>().or_else(|_| c.parse::<IpAddr>().map(IpNet::from))) {
@@ -105,7 +106,8 @@ fn trace(query: &str) -> Response<BoxBody<Bytes, Infallible>> {
             Some(Ok(net)) => Some(net.trunc()),
             None => None,
         };
-    let filter = super::trace::TraceFilter { clients, farm: param(query, "farm") };
+    let dialogue = param(query, "dialogue").is_some_and(|v| v == "1" || v == "true");
+    let filter = super::trace::TraceFilter { clients, farm: param(query, "farm"), dialogue };
     let mut response = Response::new(super::trace::stream(filter));
     response.headers_mut().insert(hyper::header::CONTENT_TYPE, hyper::header::HeaderValue::from_static("text/plain"));
     response

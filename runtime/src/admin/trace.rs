@@ -1,6 +1,8 @@
 //! `mtac trace`: a live stream of a running node's decision lines — every `mtac_runtime` event
 //! at info or above that names a client (`refused`, `session closed`, `message`…) — for the
-//! clients in a network or one farm, over the admin socket (KumoMTA's `kcli trace-smtp-server`).
+//! clients in a network or one farm, over the admin socket (KumoMTA's `kcli trace-smtp-server`);
+//! with `--dialogue`, the commands and replies too (`conn::dialogue`, published only while
+//! someone traces).
 //!
 //! The binary's tracing layer hands each such line to [`publish`]; it costs one atomic load when
 //! nobody traces. Lines go through a bounded broadcast channel: a reader too slow for the node
@@ -19,12 +21,15 @@ use tokio::sync::broadcast;
 /// Lines buffered for readers before the slowest misses some.
 const CAPACITY: usize = 4096;
 
-/// One decision line, with what readers filter on.
+/// One decision line (or one line of a session's dialogue), with what readers filter on.
 #[derive(Debug)]
 pub struct TraceLine {
     pub client: Option<IpAddr>,
     pub farm: Option<String>,
     pub text: String,
+    /// A command the client sent or a reply the node wrote (`mtac trace --dialogue`), not a
+    /// decision line.
+    pub dialogue: bool,
 }
 
 struct Hub {
@@ -52,11 +57,14 @@ pub fn publish(line: TraceLine) {
 pub struct TraceFilter {
     pub clients: Option<IpNet>,
     pub farm: Option<String>,
+    /// The sessions' dialogue too (commands and replies; never a message or AUTH payload).
+    pub dialogue: bool,
 }
 
 impl TraceFilter {
     fn wants(&self, line: &TraceLine) -> bool {
-        self.clients.is_none_or(|net| line.client.is_some_and(|ip| net.contains(&ip)))
+        (self.dialogue || !line.dialogue)
+            && self.clients.is_none_or(|net| line.client.is_some_and(|ip| net.contains(&ip)))
             && self.farm.as_ref().is_none_or(|farm| line.farm.as_ref() == Some(farm))
     }
 }
@@ -104,12 +112,16 @@ mod tests {
             client: client.parse().ok(),
             farm: Some(farm.to_owned()),
             text: String::new(),
+            dialogue: false,
         };
-        let filter = TraceFilter { clients: "192.0.2.0/24".parse().ok(), farm: Some("mx".to_owned()) };
+        let filter = TraceFilter { clients: "192.0.2.0/24".parse().ok(), farm: Some("mx".to_owned()), dialogue: false };
         assert!(filter.wants(&line("192.0.2.7", "mx")));
         assert!(!filter.wants(&line("192.0.3.7", "mx")));
         assert!(!filter.wants(&line("192.0.2.7", "users")));
         assert!(!filter.wants(&line("", "mx")), "a line without a client is not one of them");
         assert!(TraceFilter::default().wants(&line("", "mx")));
+        let said = TraceLine { dialogue: true, ..line("192.0.2.7", "mx") };
+        assert!(!filter.wants(&said), "the dialogue only when asked for");
+        assert!(TraceFilter { dialogue: true, ..filter }.wants(&said));
     }
 }

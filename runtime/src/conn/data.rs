@@ -77,7 +77,7 @@ pub(super) async fn transaction(
 #[allow(clippy::too_many_arguments)]
 async fn receive(
     conn: &mut Conn<'_>,
-    session: &Session,
+    session: &mut Session,
     ctx: &Ctx<'_>,
     signer: Option<&FarmSigner>,
     delivery: &Delivery<'_>,

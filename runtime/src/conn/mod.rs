@@ -29,6 +29,7 @@ mod auth;
 mod chunks;
 mod content;
 mod data;
+mod dialogue;
 mod edited;
 mod filters;
 mod greet;
@@ -114,12 +115,17 @@ struct Conn<'s> {
     output: Vec<u8>,
     shared: &'s Shared,
     shutdown: tokio::sync::watch::Receiver<Shutdown>,
+    /// Set once `mtac trace --dialogue` wants this session's lines.
+    speaker: Option<Box<dialogue::Speaker>>,
 }
 
 impl Conn<'_> {
     async fn flush(&mut self, deadline: Instant) -> bool {
         if self.output.is_empty() {
             return true;
+        }
+        if let Some(speaker) = self.speaker.as_deref().filter(|_| dialogue::wanted()) {
+            dialogue::replies(speaker, &self.output);
         }
         let ok = matches!(tokio::time::timeout_at(deadline, self.stream.write_all(&self.output)).await, Ok(Ok(())));
         self.output.clear();
@@ -248,8 +254,12 @@ pub async fn serve(
         output: Vec::with_capacity(512),
         shared: &shared,
         shutdown: shared.shutdown_receiver(),
+        speaker: dialogue::wanted().then(|| dialogue::Speaker::new(&id, peer.ip(), farm_name)),
     };
     let mut session = Session::new(id, peer, &snapshot.ruleset, farm);
+    if let Some(candidate) = shared.candidate() {
+        session.with_candidate(candidate);
+    }
     if admission.banned {
         session.banned_at_connect();
     }
@@ -301,6 +311,8 @@ async fn run(conn: &mut Conn<'_>, session: &mut Session, ctx: &Ctx<'_>, lookups:
         }
         report::decided(conn.shared, session, ctx.farm, &asked, &action);
         report::shadowed(conn.shared, session, ctx.farm);
+        report::ruleset_changes(conn.shared, session, ctx.farm);
+        report::ruleset_changes(conn.shared, session, ctx.farm);
         if let Err(end) = act(conn, session, ctx, &relay, &mut txn, action, lookups, &mut milters).await {
             break end;
         }
@@ -405,6 +417,12 @@ async fn next_action(
     loop {
         let framed = lines.read(&conn.input);
         let consumed = framed.consumed;
+        if let (Frame::Line(line), true) = (&framed.frame, dialogue::wanted()) {
+            let speaker = conn
+                .speaker
+                .get_or_insert_with(|| dialogue::Speaker::new(session.id(), session.peer().ip(), &ctx.farm.name));
+            dialogue::command(speaker, line, session.in_sasl());
+        }
         let prepared = match framed.frame {
             Frame::NeedMore => {
                 conn.input.drain(..consumed);

@@ -7,6 +7,7 @@ use crate::metrics::{FarmLabel, MessageOutcome, RelayError, SessionEnd, Verdict}
 use crate::session::{Action, Session};
 use crate::shared::Shared;
 use crate::smtp::Reply;
+use mtac_ruleset::compare::{Change, Outcome};
 use mtac_ruleset::model::Farm;
 use mtac_ruleset::rules;
 
@@ -174,6 +175,29 @@ pub(super) fn shadowed(shared: &Shared, session: &mut Session, farm: &Farm) {
     for shadow in session.take_shadowed() {
         would_refuse(shared, session, farm, shadow.stage, &shadow.rule, &shadow.reply);
     }
+}
+
+/// How the shadow ruleset's decision on the last command differs from the live one: counted
+/// (every comparison, and each difference by stage, rule and direction) and, when it differs,
+/// one `shadow ruleset differs` line with both replies.
+pub(super) fn ruleset_changes(shared: &Shared, session: &mut Session, farm: &Farm) {
+    let Some(change) = session.take_ruleset_change() else { return };
+    shared.metrics.candidate_decision(&farm.name, change.stage.as_str(), change.change.as_str(), change.rule());
+    if change.change == Change::Same {
+        return;
+    }
+    let show = |o: &Outcome| match o {
+        Outcome::Accept => "accept".to_owned(),
+        Outcome::Greylist => "greylist".to_owned(),
+        Outcome::Refuse { reply, .. } => reply.to_string(),
+    };
+    let recipient = change.recipient.as_deref().unwrap_or("");
+    tracing::info!(
+        session = %session.id(), client = %session.peer().ip(), farm = farm.name.as_str(),
+        helo = session.helo().unwrap_or(""), sender = session.transaction().map_or("", |t| t.sender.as_str()),
+        recipient, stage = change.stage.as_str(), direction = change.change.as_str(), rule = change.rule(),
+        live = %show(&change.live), candidate = %show(&change.candidate), "shadow ruleset differs"
+    );
 }
 
 /// One refusal a `shadow` rule would have given at `stage`.

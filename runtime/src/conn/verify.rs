@@ -49,7 +49,7 @@ impl Author {
 /// verdicts (for the log line).
 pub(super) async fn sender_auth(
     shared: &Shared,
-    session: &Session,
+    session: &mut Session,
     ctx: &Ctx<'_>,
     spool: &SpoolFile,
     message: SpooledMessage,
@@ -130,6 +130,9 @@ pub(super) async fn sender_auth(
     let mut evaluated = session.facts(ruleset, sender, None);
     evaluated.message = Some(facts);
     let decision = eval::evaluate(ruleset, farm, Stage::Data, &evaluated);
+    let change = session.compare_with_candidate(&farm.name, Stage::Data, &evaluated, &decision);
+    session.note_candidate(change);
+    super::report::ruleset_changes(shared, session, farm);
     for (rule, reply) in &decision.shadowed {
         super::report::would_refuse(shared, session, farm, Stage::Data, rule, reply);
     }

@@ -75,6 +75,14 @@ pub struct RunConfig {
     pub grace: Duration,
     /// Where the admin listener listens.
     pub admin: AdminAddress,
+    /// A shadow ruleset to compare every decision with (`mtac run LIVE --shadow CANDIDATE`).
+    pub candidate: Option<CandidateConfig>,
+}
+
+/// The shadow ruleset: how to load it, and the file whose changes reload it.
+pub struct CandidateConfig {
+    pub loader: Loader,
+    pub watch: Option<PathBuf>,
 }
 
 /// The admin listener's address: the policy's (`admin`, loopback by default), or one given on
@@ -112,6 +120,8 @@ pub fn unsupported(ruleset: &Ruleset) -> Vec<String> {
 pub struct Node {
     pub shared: Arc<Shared>,
     loader: Loader,
+    /// The shadow ruleset's loader, if the node runs one.
+    candidate: Option<Loader>,
 }
 
 impl Node {
@@ -144,7 +154,7 @@ impl Node {
         tracing::info!(hash = %ruleset.hash_hex(), "ruleset loaded");
         let snapshot = Snapshot::new(ruleset, None).map_err(RunError::Tls)?;
         let shared = Arc::new(Shared::new(snapshot, dns, spool, state, started));
-        Ok(Node { shared, loader })
+        Ok(Node { shared, loader, candidate: None })
     }
 
     /// Bind every listener of every farm, and the admin listener.
@@ -212,9 +222,15 @@ impl Node {
         config: RunConfig,
         stop: impl std::future::Future<Output = ()>,
     ) -> Result<(), RunError> {
-        let node = Arc::new(self);
+        let (candidate, candidate_watch) = match config.candidate {
+            Some(CandidateConfig { loader, watch }) => (Some(loader), watch),
+            None => (None, None),
+        };
+        let node = Arc::new(Node { candidate, ..self });
         let shared = node.shared.clone();
-        let (watcher, events) = reload::watch(config.watch.as_deref());
+        let _ = node.reload_candidate();
+        let watched: Vec<&Path> = config.watch.iter().chain(candidate_watch.iter()).map(PathBuf::as_path).collect();
+        let (watcher, events) = reload::watch(&watched);
         // The admin listener outlives the accept loops: while draining, /readyz says 503 and
         // /metrics shows the sessions finishing.
         let admin = listeners.admin.map(|admin| crate::admin::spawn(admin, shared.clone()));

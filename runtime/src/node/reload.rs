@@ -40,6 +40,45 @@ impl Node {
         }
     }
 
+    /// Load the shadow ruleset again, if the node runs one: `Ok(true)` swapped in, `Ok(false)`
+    /// unchanged (or none), `Err` refused — logged and counted, and the candidate it had keeps
+    /// being compared (a node without one compares nothing). The live ruleset is never touched.
+    pub fn reload_candidate(&self) -> Result<bool, String> {
+        let Some(loader) = &self.candidate else { return Ok(false) };
+        let counted = |result: &'static str| {
+            self.shared.metrics.shadow_ruleset_reloads.get_or_create(&ReloadResult { result }).inc();
+        };
+        match loader() {
+            Ok(candidate) => {
+                let hash = candidate.hash_hex();
+                if self.shared.candidate().is_some_and(|c| c.hash_hex() == hash) {
+                    return Ok(false);
+                }
+                let live = self.shared.snapshot();
+                let unmatched: Vec<&str> = live
+                    .ruleset
+                    .policy()
+                    .farms
+                    .iter()
+                    .map(|f| f.name.as_str())
+                    .filter(|name| candidate.farm(name).is_none())
+                    .collect();
+                if !unmatched.is_empty() {
+                    tracing::warn!(farms = ?unmatched, "the shadow ruleset lacks these farms: their decisions are not compared");
+                }
+                self.shared.replace_candidate(Some(candidate));
+                counted("ok");
+                tracing::info!(hash = %hash, "shadow ruleset loaded: every decision is compared with it");
+                Ok(true)
+            }
+            Err(e) => {
+                counted("failed");
+                tracing::error!(error = %e, "shadow ruleset refused; decisions are compared with the one loaded before, if any");
+                Err(e)
+            }
+        }
+    }
+
     /// Load, check and swap in a new snapshot when the ruleset or a certificate changed.
     /// Returns the old and new ruleset hashes when it swapped.
     fn swap(&self) -> Result<Option<(String, String)>, String> {
@@ -75,15 +114,19 @@ impl Node {
     }
 }
 
-/// Start watching `watch_path`'s directory; events arrive on the returned channel. Set up before
-/// the node accepts, so that a file pushed right after start is never missed. The watch is on
-/// the directory, not the file's inode, so it survives the atomic rename a push ends with.
-pub(super) fn watch(watch_path: Option<&Path>) -> (Option<notify::RecommendedWatcher>, mpsc::Receiver<()>) {
+/// Start watching the directories of `paths` (the ruleset, and the shadow ruleset if any);
+/// events arrive on the returned channel. Set up before the node accepts, so that a file pushed
+/// right after start is never missed. The watch is on the directory, not the file's inode, so
+/// it survives the atomic rename a push ends with.
+pub(super) fn watch(paths: &[&Path]) -> (Option<notify::RecommendedWatcher>, mpsc::Receiver<()>) {
     use notify::Watcher;
     let (tx, rx) = mpsc::channel::<()>(16);
-    let watcher = watch_path.and_then(|path| {
-        let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new(".")).to_path_buf();
-        let name = path.file_name()?.to_owned();
+    let dir_of =
+        |path: &Path| path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new(".")).to_path_buf();
+    let names: Vec<std::ffi::OsString> = paths.iter().filter_map(|p| p.file_name()).map(ToOwned::to_owned).collect();
+    let mut dirs: Vec<std::path::PathBuf> = paths.iter().map(|p| dir_of(p)).collect();
+    dirs.dedup();
+    let watcher = (!names.is_empty()).then_some(()).and_then(|()| {
         let tx = tx.clone();
         let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
             if let Ok(event) = event {
@@ -96,17 +139,20 @@ pub(super) fn watch(watch_path: Option<&Path>) -> (Option<notify::RecommendedWat
                     EventKind::Access(_) => false,
                     _ => true,
                 };
-                if changes && event.paths.iter().any(|p| p.file_name() == Some(name.as_os_str())) {
+                let ours = |p: &std::path::PathBuf| p.file_name().is_some_and(|n| names.iter().any(|m| m == n));
+                if changes && event.paths.iter().any(ours) {
                     let _ = tx.try_send(());
                 }
             }
         })
         .map_err(|e| tracing::error!(error = %e, "cannot watch the ruleset; SIGHUP still reloads"))
         .ok()?;
-        watcher
-            .watch(&dir, notify::RecursiveMode::NonRecursive)
-            .map_err(|e| tracing::error!(error = %e, dir = %dir.display(), "cannot watch the ruleset directory"))
-            .ok()?;
+        for dir in &dirs {
+            watcher
+                .watch(dir, notify::RecursiveMode::NonRecursive)
+                .map_err(|e| tracing::error!(error = %e, dir = %dir.display(), "cannot watch the ruleset directory"))
+                .ok()?;
+        }
         Some(watcher)
     });
     (watcher, rx)
@@ -150,6 +196,10 @@ pub(super) async fn reload_loop(
         }
         let node = node.clone();
         // Loading maps and hashes the file (and `--policy` compiles): keep it off the workers.
-        let _ = tokio::task::spawn_blocking(move || node.reload()).await;
+        let _ = tokio::task::spawn_blocking(move || {
+            let _ = node.reload();
+            let _ = node.reload_candidate();
+        })
+        .await;
     }
 }

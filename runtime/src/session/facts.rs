@@ -113,15 +113,26 @@ impl Session {
     }
 }
 
-/// Evaluate `stage` with `facts`; and what its `shadow` steps would have refused (for
-/// [`super::Session::note_shadowed`]).
+/// One decision of the session: the verdict, what its `shadow` steps would have refused (for
+/// [`super::Session::note_shadowed`]), and how the shadow ruleset's differs (for
+/// [`super::Session::note_candidate`]).
+pub(super) struct Decided {
+    pub verdict: Verdict,
+    pub shadowed: Vec<(String, mtac_ruleset::model::Reply)>,
+    pub candidate: Option<super::candidate::RulesetChange>,
+}
+
+/// Evaluate `stage` with `facts`, and with the same facts in the candidate ruleset if the
+/// session has one.
 pub(super) fn decide(
     ruleset: &Ruleset,
     farm: &Farm,
     stage: Stage,
     facts: &Facts<'_>,
-) -> (Verdict, Vec<(String, mtac_ruleset::model::Reply)>) {
+    candidate: Option<&super::candidate::Candidate>,
+) -> Decided {
     let mut decision = eval::evaluate(ruleset, farm, stage, facts);
+    let candidate = super::candidate::compare(candidate, &farm.name, stage, facts, &decision);
     let shadowed = std::mem::take(&mut decision.shadowed);
-    (Verdict::of(decision), shadowed)
+    Decided { verdict: Verdict::of(decision), shadowed, candidate }
 }

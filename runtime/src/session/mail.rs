@@ -10,6 +10,7 @@ use super::action::{reply, Action, Refusal};
 use super::facts::{decide, Verdict};
 use super::Session;
 use crate::smtp::{Body, ForwardPath, MailFrom, RcptTo, Reply, ReversePath};
+use mtac_ruleset::compare::Outcome;
 use mtac_ruleset::eval::DirectoryAnswer;
 use mtac_ruleset::model::{Farm, Stage};
 use mtac_ruleset::{rules, Ruleset};
@@ -57,8 +58,8 @@ impl Session {
             }
         };
         let facts = self.facts(ruleset, Some(&sender), None);
-        let (verdict, shadowed) = decide(ruleset, farm, Stage::Mail, &facts);
-        self.note_shadowed(Stage::Mail, shadowed);
+        let decided = decide(ruleset, farm, Stage::Mail, &facts, self.candidate());
+        let verdict = self.decided(Stage::Mail, decided);
         if let Verdict::Refuse(r, refusal) = verdict {
             return self.answer(r, refusal);
         }
@@ -138,8 +139,8 @@ impl Session {
         // The answer serves this RCPT only: a later RCPT of the same address asks again (the
         // directory's cache makes that cheap, and a 451 must not stick for the session).
         facts.directory = directory;
-        let (verdict, shadowed) = decide(ruleset, farm, Stage::Rcpt, &facts);
-        self.note_shadowed(Stage::Rcpt, shadowed);
+        let decided = decide(ruleset, farm, Stage::Rcpt, &facts, self.candidate());
+        let verdict = self.decided(Stage::Rcpt, decided);
         match verdict {
             Verdict::Refuse(r, refusal) => self.answer(r, refusal),
             Verdict::AskDirectory => Action::Directory { address },
@@ -172,12 +173,17 @@ impl Session {
     pub fn greylist_result(&mut self, address: String, answer: GreylistAnswer) -> Action {
         match answer {
             GreylistAnswer::Pass { client } => {
+                self.candidate_greylist_answered(Outcome::Accept);
                 if client.is_some() {
                     self.greylist_client = client;
                 }
                 Action::Recipient { address }
             }
-            GreylistAnswer::Refuse(r) => self.answer(r, Some(Refusal::no_ban(rules::GREYLIST))),
+            GreylistAnswer::Refuse(r) => {
+                let rule = rules::GREYLIST.to_owned();
+                self.candidate_greylist_answered(Outcome::Refuse { reply: super::candidate::as_policy(&r), rule });
+                self.answer(r, Some(Refusal::no_ban(rules::GREYLIST)))
+            }
         }
     }
 

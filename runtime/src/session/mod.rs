@@ -23,6 +23,7 @@
 
 mod action;
 mod auth;
+mod candidate;
 mod facts;
 mod mail;
 #[cfg(test)]
@@ -30,12 +31,13 @@ mod tests;
 
 pub use action::{policy_reply, Action, Refusal};
 pub use auth::AuthVerdict;
+pub use candidate::RulesetChange;
 pub use facts::DnsUpdate;
 pub use mail::{GreylistAnswer, Transaction};
 
 use crate::smtp::{Command, EhloCapabilities, ParseError, Reply};
 use action::reply;
-use facts::{decide, Verdict};
+use facts::{decide, Decided, Verdict};
 use mtac_ruleset::eval::{self, GivenDns};
 use mtac_ruleset::model::{self, Farm, Stage};
 use mtac_ruleset::rules;
@@ -56,6 +58,8 @@ pub struct Session {
     id: String,
     /// `shadow` steps' refusals not yet reported ([`Session::take_shadowed`]).
     shadowed: Vec<Shadowed>,
+    /// The node's shadow ruleset, if it runs one (boxed: most sessions have none).
+    candidate: Option<Box<candidate::Candidate>>,
     peer: SocketAddr,
     hostname: String,
     limits: model::Limits,
@@ -117,6 +121,7 @@ impl Session {
             accepted: 0,
             last_rule: None,
             shadowed: Vec::new(),
+            candidate: None,
             greylist_client: None,
             tls_offered: farm.tls.is_some(),
             tls: None,
@@ -312,6 +317,13 @@ impl Session {
     /// Keep what `stage`'s `shadow` steps would have refused, once per rule and stage until the
     /// driver takes them ([`Session::take_shadowed`]): a stage evaluated again (after the
     /// directory's answer) does not report twice.
+    /// Note what a decision reported besides its verdict; the verdict.
+    fn decided(&mut self, stage: Stage, decided: Decided) -> Verdict {
+        self.note_shadowed(stage, decided.shadowed);
+        self.note_candidate(decided.candidate);
+        decided.verdict
+    }
+
     pub(super) fn note_shadowed(&mut self, stage: Stage, shadowed: Vec<(String, mtac_ruleset::model::Reply)>) {
         for (rule, reply) in shadowed {
             if !self.shadowed.iter().any(|s| s.stage == stage && s.rule == rule) {
@@ -338,6 +350,8 @@ impl Session {
     pub fn greet(&mut self, ruleset: &Ruleset, farm: &Farm) -> Action {
         let facts = self.facts(ruleset, None, None);
         let mut decision = eval::evaluate(ruleset, farm, Stage::Connect, &facts);
+        let change = candidate::compare(self.candidate(), &farm.name, Stage::Connect, &facts, &decision);
+        self.note_candidate(change);
         self.note_shadowed(Stage::Connect, std::mem::take(&mut decision.shadowed));
         let Some(policy) = &decision.reply else {
             return Action::reply(Reply::greeting(&self.hostname, &ruleset.policy().banner));
@@ -442,8 +456,8 @@ impl Session {
         self.txn = None;
         let previous = self.helo.replace(name);
         let facts = self.facts(ruleset, None, None);
-        let (verdict, shadowed) = decide(ruleset, farm, Stage::Helo, &facts);
-        self.note_shadowed(Stage::Helo, shadowed);
+        let decided = decide(ruleset, farm, Stage::Helo, &facts, self.candidate());
+        let verdict = self.decided(Stage::Helo, decided);
         if let Verdict::Refuse(r, refusal) = verdict {
             self.helo = previous;
             return self.answer(r, refusal);

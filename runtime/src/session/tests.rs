@@ -70,6 +70,7 @@ fn ruleset_with(errors: u32, edit: impl FnOnce(&mut Farm)) -> Ruleset {
             stress: None,
         },
         sender_auth: Default::default(),
+        recipient_domains: Default::default(),
     };
     edit(&mut farm);
     let policy = Policy {

@@ -25,7 +25,7 @@ use crate::metrics::{FarmLabel, Metrics};
 use crate::spool::Spool;
 use crate::state::Store;
 use crate::transfers::Transfers;
-use arc_swap::ArcSwap;
+use arc_swap::{ArcSwap, ArcSwapOption};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use tokio::sync::watch;
@@ -43,6 +43,8 @@ pub enum Shutdown {
 /// What every session shares.
 pub struct Shared {
     snapshot: ArcSwap<Snapshot>,
+    /// The shadow ruleset (`mtac run --shadow`): every decision is compared with its.
+    candidate: ArcSwapOption<mtac_ruleset::Ruleset>,
     /// The node's resolver, when some farm's policy needs DNS.
     dns: Option<Dns>,
     /// Temporary bans, by network.
@@ -90,6 +92,7 @@ impl Shared {
         metrics.start_time.set(i64::from(started));
         Shared {
             snapshot: ArcSwap::from_pointee(snapshot),
+            candidate: ArcSwapOption::empty(),
             dns,
             bans: Bans::default(),
             rates: Rates::default(),
@@ -120,6 +123,16 @@ impl Shared {
 
     pub fn snapshot(&self) -> Arc<Snapshot> {
         self.snapshot.load_full()
+    }
+
+    /// The shadow ruleset, if the node runs one; a session keeps the one of its accept.
+    pub fn candidate(&self) -> Option<Arc<mtac_ruleset::Ruleset>> {
+        self.candidate.load_full()
+    }
+
+    /// Swap in a new shadow ruleset (or none).
+    pub(crate) fn replace_candidate(&self, candidate: Option<mtac_ruleset::Ruleset>) {
+        self.candidate.store(candidate.map(Arc::new));
     }
 
     /// Swap in a new snapshot (the reload path): one atomic store, counted and timed in the
