@@ -230,8 +230,9 @@ pub struct ExplainArgs {
     #[arg(long, value_name = "RESULT[:POLICY[:DOMAIN]]")]
     dmarc: Option<String>,
     /// A milter's or hook's verdict on the message, NAME=VERDICT (continue, reject, tempfail,
-    /// discard, quarantine, unavailable, unsupported); repeat for each filter
-    #[arg(long, value_name = "NAME=VERDICT")]
+    /// discard, quarantine, unavailable, unsupported), or a milter's at MAIL or RCPT,
+    /// NAME=VERDICT@mail or @rcpt; repeat for each filter and stage
+    #[arg(long, value_name = "NAME=VERDICT[@STAGE]")]
     milter: Vec<String>,
 }
 
@@ -616,7 +617,11 @@ fn sender_auth_flags(args: &ExplainArgs, session: &mut Session) -> Result<(), St
     }
     for flag in &args.milter {
         let given = mtac_ruleset::filters::parse_given(flag).ok_or_else(|| {
-            format!("--milter {flag}: NAME=VERDICT ({})", mtac_ruleset::filters::FilterVerdict::NAMES)
+            format!(
+                "--milter {flag}: NAME=VERDICT[@mail|@rcpt] ({}; before the message only continue, reject, \
+                 tempfail, discard or unavailable)",
+                mtac_ruleset::filters::FilterVerdict::NAMES
+            )
         })?;
         session.message.filters.push(given);
     }

@@ -539,8 +539,8 @@ fn lower_test(node: &KdlNode, source: &SourceFile, diags: &mut Diagnostics) -> O
                 None => bad(
                     diags,
                     child,
-                    "`milter` needs NAME=VERDICT".to_owned(),
-                    "e.g. milter \"opendkim=reject\" (continue, reject, tempfail, discard, quarantine, unavailable, unsupported)",
+                    "`milter` needs NAME=VERDICT[@mail|@rcpt]".to_owned(),
+                    "e.g. milter \"opendkim=reject\" (continue, reject, tempfail, discard, quarantine, unavailable, unsupported) or milter \"m=reject@rcpt\"",
                 ),
             },
             "expect" => {

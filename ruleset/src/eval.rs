@@ -804,6 +804,21 @@ pub fn simulate(tables: &dyn Lookup, farm: &Farm, facts: &Facts<'_>) -> Simulati
             continue;
         }
         let mut decision = evaluate(tables, farm, stage, facts);
+        // The milters answer MAIL and RCPT after the policy accepted them.
+        let early = match stage {
+            Stage::Mail => Some(crate::filters::FilterStage::Mail),
+            Stage::Rcpt => Some(crate::filters::FilterStage::Rcpt),
+            _ => None,
+        };
+        if let (Some(early), None) = (early, &decision.reply) {
+            let given = facts.message.map(|m| m.filters.as_slice()).unwrap_or_default();
+            let (trace, refusal) = crate::filters::simulate_stage(farm, given, early);
+            decision.trace.extend(trace);
+            if let Some((reply, rule)) = refusal {
+                decision.reply = Some(reply);
+                decision.rule = Some(rule.to_owned());
+            }
+        }
         // The filters (`milter`, `hook`) answer after the message's own checks passed.
         if stage == Stage::Data && decision.reply.is_none() && !farm.filters.is_empty() {
             let given = facts.message.map(|m| m.filters.as_slice()).unwrap_or_default();

@@ -1,7 +1,9 @@
 //! External filters' verdicts as facts: what a milter's or hook's answer means for the message
 //! (`decide`), the one mapping the node (`runtime::milter::judge`), `mtac explain --milter
-//! NAME=VERDICT` and test files (`milter "NAME=VERDICT"`) share. The node asks the filters
-//! after DATA; `explain` and tests are told their verdicts, in the spirit of `--spf`.
+//! NAME=VERDICT[@STAGE]` and test files (`milter "NAME=VERDICT[@STAGE]"`) share. The node asks
+//! its milters at MAIL, at each RCPT the policy accepted and after DATA (hooks after DATA
+//! only); `explain` and tests are told their verdicts, in the spirit of `--spf`: at the end of
+//! the message unless a stage (`@mail`, `@rcpt`) is given.
 
 use crate::eval::{StepOutcome, TraceLine};
 use crate::model::{Farm, Filter, FilterKind, Reply};
@@ -53,10 +55,92 @@ impl FilterVerdict {
     }
 }
 
-/// `NAME=VERDICT`, as `--milter` and test files write it.
-pub fn parse_given(text: &str) -> Option<(String, FilterVerdict)> {
-    let (name, verdict) = text.split_once('=')?;
-    Some((name.trim().to_owned(), FilterVerdict::parse(verdict.trim())?))
+/// Where a filter's verdict is given: the stage whose command it answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FilterStage {
+    /// MAIL FROM (a milter's answer refuses the sender).
+    Mail,
+    /// RCPT TO (refuses that recipient only).
+    Rcpt,
+    /// The end of the message (the default).
+    Message,
+}
+
+/// A filter's verdict given as a fact: `NAME=VERDICT[@STAGE]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GivenFilter {
+    pub name: String,
+    pub verdict: FilterVerdict,
+    pub stage: FilterStage,
+}
+
+/// `NAME=VERDICT[@mail|@rcpt|@data]`, as `--milter` and test files write it. Before the message
+/// only `continue`, `reject`, `tempfail`, `discard` (decided at its end, as libmilter means it)
+/// and `unavailable` can be given: the others are answers to the message.
+pub fn parse_given(text: &str) -> Option<GivenFilter> {
+    let (name, rest) = text.split_once('=')?;
+    let (verdict, stage) = match rest.split_once('@') {
+        Some((verdict, stage)) => (verdict, stage.trim()),
+        None => (rest, "data"),
+    };
+    let verdict = FilterVerdict::parse(verdict.trim())?;
+    let stage = match stage {
+        "mail" => FilterStage::Mail,
+        "rcpt" => FilterStage::Rcpt,
+        "data" | "end-of-message" => FilterStage::Message,
+        _ => return None,
+    };
+    let early = matches!(
+        verdict,
+        FilterVerdict::Continue
+            | FilterVerdict::Reject
+            | FilterVerdict::Tempfail
+            | FilterVerdict::Discard
+            | FilterVerdict::Unavailable
+    );
+    if stage != FilterStage::Message && !early {
+        return None;
+    }
+    Some(GivenFilter { name: name.trim().to_owned(), verdict, stage })
+}
+
+/// The milters' verdicts given at `stage` (MAIL or RCPT), then those of the hooks asked at
+/// RCPT, in policy order: the trace lines, and
+/// the refusal of that command. Only given verdicts are traced (a milter not given at this
+/// stage is taken to continue: its verdict on the message is asked at the end). A discard is
+/// kept for the end of the message.
+pub fn simulate_stage(
+    farm: &Farm,
+    given: &[GivenFilter],
+    stage: FilterStage,
+) -> (Vec<TraceLine>, Option<(Reply, &'static str)>) {
+    let mut trace = Vec::new();
+    // Milters are asked at MAIL and RCPT, hooks with `ask-rcpt=#true` at RCPT: milters first.
+    let milters = farm.filters.iter().filter(|f| f.kind == FilterKind::Milter);
+    let hooks = farm.filters.iter().filter(|f| f.kind == FilterKind::Hook && f.ask_rcpt && stage == FilterStage::Rcpt);
+    for filter in milters.chain(hooks) {
+        let Some(g) = given.iter().find(|g| g.name == filter.name && g.stage == stage) else { continue };
+        let rule = match filter.kind {
+            FilterKind::Milter => rules::MILTER,
+            FilterKind::Hook => rules::HOOK,
+        };
+        let line = |outcome| TraceLine { rule: format!("{rule} {}", filter.name), outcome };
+        if g.verdict == FilterVerdict::Discard {
+            trace.push(line(StepOutcome::Passed("discard: decided at the end of the message".to_owned())));
+            continue;
+        }
+        match decide(filter, g.verdict) {
+            FilterDecision::Refuse { reply, rule } => {
+                trace.push(line(StepOutcome::Decided(reply.clone())));
+                return (trace, Some((reply, rule)));
+            }
+            FilterDecision::Pass(why) => {
+                trace.push(line(StepOutcome::Passed(format!("{}: {why}", g.verdict.as_str()))))
+            }
+            FilterDecision::Discard => {}
+        }
+    }
+    (trace, None)
 }
 
 /// What the farm does with a filter's verdict.
@@ -115,7 +199,7 @@ pub fn decide(filter: &Filter, verdict: FilterVerdict) -> FilterDecision {
 /// The filters of `farm` in policy order with the verdicts given: the trace lines, and the
 /// first refusal (or discard, a 250). A filter whose verdict is not given is `NotGiven`: the
 /// node would ask it.
-pub fn simulate(farm: &Farm, given: &[(String, FilterVerdict)]) -> (Vec<TraceLine>, Option<(Reply, &'static str)>) {
+pub fn simulate(farm: &Farm, given: &[GivenFilter]) -> (Vec<TraceLine>, Option<(Reply, &'static str)>) {
     let mut trace = Vec::new();
     for filter in &farm.filters {
         let rule = match filter.kind {
@@ -123,7 +207,12 @@ pub fn simulate(farm: &Farm, given: &[(String, FilterVerdict)]) -> (Vec<TraceLin
             FilterKind::Hook => rules::HOOK,
         };
         let line = |outcome| TraceLine { rule: format!("{rule} {}", filter.name), outcome };
-        let Some((_, verdict)) = given.iter().find(|(name, _)| *name == filter.name) else {
+        // A discard given before the message is its verdict at the end (libmilter's meaning).
+        let early_discard = given
+            .iter()
+            .find(|g| g.name == filter.name && g.stage != FilterStage::Message && g.verdict == FilterVerdict::Discard);
+        let at_end = given.iter().find(|g| g.name == filter.name && g.stage == FilterStage::Message);
+        let Some(verdict) = early_discard.or(at_end).map(|g| &g.verdict) else {
             trace.push(line(StepOutcome::NotGiven("milter")));
             return (trace, None);
         };
@@ -141,4 +230,21 @@ pub fn simulate(farm: &Farm, given: &[(String, FilterVerdict)]) -> (Vec<TraceLin
         }
     }
     (trace, None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn given_verdicts_name_their_stage() {
+        let given = |text| parse_given(text).map(|g| (g.name, g.verdict, g.stage));
+        assert_eq!(given("m=reject"), Some(("m".into(), FilterVerdict::Reject, FilterStage::Message)));
+        assert_eq!(given("m=reject@rcpt"), Some(("m".into(), FilterVerdict::Reject, FilterStage::Rcpt)));
+        assert_eq!(given(" m = tempfail@mail"), Some(("m".into(), FilterVerdict::Tempfail, FilterStage::Mail)));
+        assert_eq!(given("m=quarantine@data"), Some(("m".into(), FilterVerdict::Quarantine, FilterStage::Message)));
+        assert_eq!(given("m=quarantine@rcpt"), None, "an answer to the message only");
+        assert_eq!(given("m=unsupported@mail"), None);
+        assert_eq!(given("m=reject@helo"), None);
+    }
 }

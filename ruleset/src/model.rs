@@ -782,6 +782,12 @@ pub struct Filter {
     /// `quarantine="header"`: a milter's quarantine becomes an `X-Quarantine` header on the
     /// relayed message; by default it refuses (550).
     pub quarantine_header: bool,
+    /// `recipients="change"`: a milter may add and delete recipients (an added one must pass
+    /// the farm's relay control); by default such a request defers the message (451).
+    pub change_recipients: bool,
+    /// Hooks: `ask-rcpt=#true` asks the hook about each recipient the policy accepted too (a
+    /// milter is always asked at RCPT).
+    pub ask_rcpt: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -189,7 +189,7 @@ pub struct MessageAuth {
     pub dmarc: Option<DmarcVerdict>,
     /// The milters' and hooks' verdicts by name (`explain --milter`, test files' `milter`);
     /// the node asks its filters itself.
-    pub filters: Vec<(String, crate::filters::FilterVerdict)>,
+    pub filters: Vec<crate::filters::GivenFilter>,
 }
 
 /// The reply to an SPF `fail` the policy refuses (RFC 7372 section 3.2).

@@ -15,7 +15,7 @@
 //!   Ed25519 operation) runs on the blocking pool, off the runtime's workers.
 //! * **Failure** is `451 4.3.0`: a farm told to sign never relays the message unsigned.
 
-use crate::spool::SpoolReader;
+use crate::relayed::Relayed;
 use mail_auth::common::crypto::{DkimKey as Key, Ed25519Key, RsaKey, Sha256};
 use mail_auth::common::headers::HeaderWriter;
 use mail_auth::dkim::{Canonicalization, DkimSigner, Done};
@@ -90,24 +90,21 @@ impl FarmSigner {
         self.stamps.iter().any(|(path, hash)| std::fs::read(path).ok().map(|bytes| blake3::hash(&bytes)) != Some(*hash))
     }
 
-    /// The `DKIM-Signature` field (CRLF-terminated) of the message `prefix` + the spool file,
-    /// signed by `domain`'s key.
-    pub async fn sign(&self, domain: &str, prefix: &[u8], spool: &SpoolReader) -> Result<String, SignError> {
+    /// The `DKIM-Signature` field (CRLF-terminated) of the message `prefix` + `message` (the
+    /// spool file, or the milters' edits over it: what is relayed), signed by `domain`'s key.
+    pub async fn sign(&self, domain: &str, prefix: &[u8], mut message: Relayed) -> Result<String, SignError> {
         let signer = self.signer(domain).ok_or_else(|| SignError::Sign(format!("no key for {domain}")))?;
-        let reader = spool.try_clone()?;
         let prefix = prefix.to_vec();
         let work = tokio::task::spawn_blocking(move || {
             let mut stream = signer.sign_streaming();
             stream.write(&prefix);
             let mut chunk = vec![0u8; CHUNK];
-            let mut offset = 0u64;
-            while offset < reader.len() {
-                let n = reader.read_at(offset, &mut chunk)?;
+            loop {
+                let n = message.read(&mut chunk)?;
                 if n == 0 {
                     break;
                 }
                 stream.write(chunk.get(..n).unwrap_or_default());
-                offset += n as u64;
             }
             let signature = stream.finish().map_err(|e| SignError::Sign(e.to_string()))?;
             Ok::<_, SignError>(signature.to_header())

@@ -1,5 +1,6 @@
-//! HTTP/JSON hooks: in-house filters in any language, asked at the end of the message in the
-//! shape of the MTA Hooks draft (stage, client, envelope, headers). One POST per message over
+//! HTTP/JSON hooks: in-house filters in any language, asked at the end of the message (and, with
+//! `ask-rcpt=#true`, about each recipient the policy accepted) in the shape of the MTA Hooks
+//! draft (stage, client, envelope, headers). One POST per message over
 //! hyper (HTTP/1.1, no TLS: hooks run beside the node), with the filter's connect, command and
 //! total timeouts; the answer is the JSON object
 //! `{"action": "accept"|"continue"|"reject"|"tempfail"|"discard", "reply": "550 5.7.1 TEXT",
@@ -23,22 +24,41 @@ const MAX_ANSWER: usize = 64 * 1024;
 /// Ask one hook about the spooled message.
 pub async fn ask(filter: &Filter, envelope: &Envelope<'_>, spool: &SpoolReader) -> Result<Answer, MilterError> {
     let total = Duration::from_secs(u64::from(filter.total_timeout));
-    tokio::time::timeout(total, post(filter, envelope, spool)).await.unwrap_or(Err(MilterError::Timeout("total")))
+    let work = async {
+        let mut body = request("end-of-message", envelope);
+        if let Some(object) = body.as_object_mut() {
+            object.insert("headers".into(), serde_json::json!(headers(spool)?));
+        }
+        post(filter, body).await
+    };
+    tokio::time::timeout(total, work).await.unwrap_or(Err(MilterError::Timeout("total")))
 }
 
 fn protocol(what: String) -> MilterError {
     MilterError::Protocol { stage: "end-of-message", what }
 }
 
-async fn post(filter: &Filter, envelope: &Envelope<'_>, spool: &SpoolReader) -> Result<Answer, MilterError> {
-    use http_body_util::BodyExt;
-    let rest = filter.address.strip_prefix("http://").ok_or_else(|| MilterError::Address(filter.address.clone()))?;
-    let (authority, path) = match rest.split_once('/') {
-        Some((a, p)) => (a, format!("/{p}")),
-        None => (rest, "/".to_owned()),
-    };
-    let body = serde_json::json!({
-        "stage": "end-of-message",
+/// Ask a hook with `ask-rcpt=#true` about a recipient the policy accepted (`stage: "rcpt"`,
+/// `envelope.rcpt`; `envelope.to` the recipients accepted before it). Its answer is accept,
+/// continue, reject or tempfail; anything else there is a broken hook (`fail=` decides).
+pub async fn ask_rcpt(filter: &Filter, envelope: &Envelope<'_>, rcpt: &str) -> Result<Verdict, MilterError> {
+    let total = Duration::from_secs(u64::from(filter.total_timeout));
+    let mut body = request("rcpt", envelope);
+    if let Some(fields) = body.get_mut("envelope").and_then(serde_json::Value::as_object_mut) {
+        fields.insert("rcpt".into(), rcpt.into());
+    }
+    let answer = tokio::time::timeout(total, post(filter, body)).await.unwrap_or(Err(MilterError::Timeout("total")))?;
+    match answer.verdict {
+        Verdict::Discard { .. } => Err(protocol("a discard at RCPT".into())),
+        _ if !answer.edits.is_empty() => Err(protocol("headers added at RCPT".into())),
+        verdict => Ok(verdict),
+    }
+}
+
+/// The request's JSON without the message: stage, client, server and envelope.
+fn request(stage: &str, envelope: &Envelope<'_>) -> serde_json::Value {
+    serde_json::json!({
+        "stage": stage,
         "queue-id": envelope.queue_id,
         "client": {
             "ip": envelope.client.ip().to_string(),
@@ -50,8 +70,16 @@ async fn post(filter: &Filter, envelope: &Envelope<'_>, spool: &SpoolReader) -> 
         },
         "server": { "hostname": envelope.hostname },
         "envelope": { "from": envelope.sender, "to": envelope.recipients },
-        "headers": headers(spool)?,
-    });
+    })
+}
+
+async fn post(filter: &Filter, body: serde_json::Value) -> Result<Answer, MilterError> {
+    use http_body_util::BodyExt;
+    let rest = filter.address.strip_prefix("http://").ok_or_else(|| MilterError::Address(filter.address.clone()))?;
+    let (authority, path) = match rest.split_once('/') {
+        Some((a, p)) => (a, format!("/{p}")),
+        None => (rest, "/".to_owned()),
+    };
     let body = serde_json::to_vec(&body).map_err(|e| protocol(e.to_string()))?;
     let connect = Duration::from_secs(u64::from(filter.connect_timeout));
     let command = Duration::from_secs(u64::from(filter.command_timeout));

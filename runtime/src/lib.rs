@@ -42,6 +42,7 @@ pub mod node;
 pub mod proxy;
 pub mod received;
 pub mod relay;
+pub mod relayed;
 pub mod scan;
 pub mod screen;
 pub mod sender_auth;

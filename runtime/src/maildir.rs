@@ -19,9 +19,16 @@ pub fn prepare(dir: &Path) -> io::Result<()> {
     Ok(())
 }
 
-/// Deliver the spooled message at `spool` with `return_path` prepended; returns the file name.
-/// Blocking: call it from `spawn_blocking`.
-pub fn deliver(dir: &Path, spool: &Path, headers: &[u8], return_path: &str, hostname: &str) -> io::Result<PathBuf> {
+/// Deliver the message (`headers`, then `content`: the spool file, or the milters' edits over
+/// it) with `return_path` prepended; returns the file name. Blocking: call it from
+/// `spawn_blocking`.
+pub fn deliver(
+    dir: &Path,
+    mut content: crate::relayed::Relayed,
+    headers: &[u8],
+    return_path: &str,
+    hostname: &str,
+) -> io::Result<PathBuf> {
     prepare(dir)?;
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
     let n = SEQUENCE.fetch_add(1, Ordering::Relaxed);
@@ -31,8 +38,14 @@ pub fn deliver(dir: &Path, spool: &Path, headers: &[u8], return_path: &str, host
         let mut out = OpenOptions::new().write(true).create_new(true).open(&tmp)?;
         writeln!(out, "Return-Path: <{return_path}>\r")?;
         out.write_all(headers)?;
-        let mut input = File::open(spool)?;
-        io::copy(&mut input, &mut out)?;
+        let mut chunk = vec![0u8; 64 * 1024];
+        loop {
+            let n = content.read(&mut chunk)?;
+            if n == 0 {
+                break;
+            }
+            out.write_all(chunk.get(..n).unwrap_or_default())?;
+        }
         out.sync_all()?;
         let new = dir.join("new").join(&name);
         fs::rename(&tmp, &new)?;

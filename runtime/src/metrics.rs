@@ -96,8 +96,9 @@ label_sets! {
     }
     FilterAnswer {
         filter: String,
-        /// continue, reject, tempfail, discard, add-header, quarantine, refused-action,
-        /// timeout, error.
+        /// continue, reject, tempfail, discard, add-header, insert-header, change-header,
+        /// delete-header, replace-body, add-recipient, delete-recipient, quarantine,
+        /// refused-action, timeout, error.
         action: &'static str,
     }
     ZoneLabel { zone: String }

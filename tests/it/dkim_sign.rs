@@ -76,7 +76,7 @@ sys.exit(0 if dkim.verify(message, dnsfunc=dns) else 1)
     }
 }
 
-fn signing_policy(cert: &str, key: &str, dkim: &str) -> String {
+pub(crate) fn signing_policy(cert: &str, key: &str, dkim: &str) -> String {
     format!(
         r#"hostname "mx.test.example"
 spool "{{dir}}/spool"

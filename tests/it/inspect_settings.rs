@@ -88,7 +88,7 @@ fn the_settings_print_is_a_policy_that_builds_to_the_same_settings() {
         printed.contains("state \"redis\" url=\"redis://10.0.0.9:6379/0\" timeout=\"300ms\" on-failure=\"accept\"\n")
     );
     assert!(printed.contains("may-send-as \"alice\" \"sales@acme.example\""), "{printed}");
-    assert!(printed.contains("milter \"unix:/run/clamav/milter.ctl\" name=\"milterctl\" connect-timeout=\"10s\" command-timeout=\"30s\" timeout=\"1m\" fail=\"closed\" discard=\"refuse\" quarantine=\"header\"\n"), "{printed}");
+    assert!(printed.contains("milter \"unix:/run/clamav/milter.ctl\" name=\"milterctl\" connect-timeout=\"10s\" command-timeout=\"30s\" timeout=\"1m\" fail=\"closed\" discard=\"refuse\" quarantine=\"header\" recipients=\"refuse\"\n"), "{printed}");
 
     let reprinted_policy = dir.path().join("printed.kdl");
     std::fs::write(&reprinted_policy, &printed).unwrap();

@@ -17,6 +17,7 @@ mod greylist;
 mod greylist_spf;
 mod inspect_settings;
 mod milter;
+mod milter_live;
 mod node;
 mod policies;
 mod process;

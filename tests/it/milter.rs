@@ -8,7 +8,7 @@
 //! On a laptop without the daemons these tests say so and pass; under `CI=true` they fail.
 
 use crate::scan::{clamd, missing, send, spamd, Daemon, EICAR, GTUBE};
-use crate::support::{code, free_port, relay_policy, sample, Behaviour, Sink, TestNode};
+use crate::support::{code, free_port, relay_policy, sample, Behaviour, Client, Sink, TestNode};
 use std::net::SocketAddr;
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -83,7 +83,7 @@ async fn spamass_milter(spamd_port: u16) -> Option<Daemon> {
     started("spamass-milter", &mut command, dir, port).await
 }
 
-fn message(subject: &str, body: &str) -> String {
+pub(crate) fn message(subject: &str, body: &str) -> String {
     format!("From: alice@sender.example\nTo: bob@example.test\nSubject: {subject}\nMessage-ID: <m1@sender.example>\n\n{body}\n")
 }
 
@@ -113,7 +113,8 @@ async fn opendkim_and_clamav_milter_in_order_add_their_header_and_refuse_eicar()
     assert!(r.contains("Virus found: Mtac.Test.Eicar"), "with its own reply (RejectMsg): {r}");
     assert_eq!(sink.messages().len(), 1, "nothing more reached the back end");
     let m = node.metrics().await;
-    assert_eq!(sample(&m, r#"mtac_filter_answers_total{filter="opendkim",action="add-header"}"#), 2.0, "{m}");
+    // opendkim puts its Authentication-Results on top (smfi_insheader at 0).
+    assert_eq!(sample(&m, r#"mtac_filter_answers_total{filter="opendkim",action="insert-header"}"#), 2.0, "{m}");
     assert_eq!(sample(&m, r#"mtac_filter_answers_total{filter="clamav",action="reject"}"#), 1.0, "{m}");
     assert_eq!(sample(&m, r#"mtac_messages_total{farm="mx",verdict="rejected",reason="milter"}"#), 1.0, "{m}");
     assert_eq!(node.spool_files(), 0);
@@ -138,75 +139,117 @@ async fn spamass_milter_refuses_gtube() {
     assert!(relayed.contains("X-Spam-Checker-Version: SpamAssassin"), "{relayed}");
 }
 
-/// A milter scripted per connection: it negotiates, answers `continue` to every stage, and at
-/// the end of the message sends `eom` (raw reply packets) then a final `c`. `hang` never
-/// answers; `garbage` answers junk to the negotiation.
 /// Raw reply packets: command byte and data.
 type Packets = &'static [(u8, &'static [u8])];
 
-#[derive(Clone, Copy)]
-enum Script {
-    Hang,
-    Garbage,
-    Eom(Packets),
+/// A milter that negotiates, answers `continue` to every stage, and at the end of the message
+/// sends `eom` (raw reply packets) then a final `c` (unless one of them is final).
+fn eom_script(eom: Packets) -> Script {
+    Script::Staged(Staged::new(move |command, _| {
+        (command == b'E').then(|| {
+            let mut out: Vec<u8> = eom.iter().flat_map(|(c, d)| packet(*c, d)).collect();
+            if !eom.iter().any(|(c, _)| b"rtdyac".contains(c)) {
+                out.extend(packet(b'c', b""));
+            }
+            out
+        })
+    }))
 }
 
-fn packet(code: u8, data: &[u8]) -> Vec<u8> {
+#[derive(Clone)]
+pub(crate) enum Script {
+    Hang,
+    Garbage,
+    /// Answers each command as [`Staged::answer`] says, counting connections and commands.
+    Staged(std::sync::Arc<Staged>),
+}
+
+/// The reply packets a scripted milter gives to a command (its byte and data); `None`: continue.
+type Answerer = dyn Fn(u8, &[u8]) -> Option<Vec<u8>> + Send + Sync;
+
+/// A milter scripted stage by stage (`milter_live.rs`).
+pub(crate) struct Staged {
+    /// The reply packets to a command (its byte and data); `None`: continue.
+    pub answer: Box<Answerer>,
+    /// Connections accepted.
+    pub connections: std::sync::atomic::AtomicUsize,
+    /// Every command byte received but macros, in order.
+    pub commands: std::sync::Mutex<Vec<u8>>,
+}
+
+impl Staged {
+    pub(crate) fn new(answer: impl Fn(u8, &[u8]) -> Option<Vec<u8>> + Send + Sync + 'static) -> std::sync::Arc<Staged> {
+        let answer = Box::new(answer);
+        std::sync::Arc::new(Staged { answer, connections: Default::default(), commands: Default::default() })
+    }
+
+    pub(crate) fn connections(&self) -> usize {
+        self.connections.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// The command bytes received, as a string (`"OCHMRRTLLNBE"`…).
+    pub(crate) fn commands(&self) -> String {
+        String::from_utf8(self.commands.lock().unwrap().clone()).unwrap()
+    }
+}
+
+/// One staged conversation: negotiate with every action, answer each command as scripted.
+async fn staged(mut stream: tokio::net::TcpStream, script: std::sync::Arc<Staged>) {
+    script.connections.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    let mut input = Vec::new();
+    let mut buf = [0u8; 65536];
+    loop {
+        while input.len() >= 5 {
+            let len = u32::from_be_bytes(input[..4].try_into().unwrap()) as usize;
+            if input.len() < 4 + len {
+                break;
+            }
+            let command = input[4];
+            let data = input[5..4 + len].to_vec();
+            input.drain(..4 + len);
+            if command != b'D' {
+                script.commands.lock().unwrap().push(command);
+            }
+            let answer = match command {
+                b'O' => packet(b'O', &[0, 0, 0, 6, 0, 0, 1, 0xff, 0, 0, 0, 0]),
+                b'D' | b'A' => continue,
+                b'Q' => return,
+                _ => (script.answer)(command, &data).unwrap_or_else(|| packet(b'c', b"")),
+            };
+            if stream.write_all(&answer).await.is_err() {
+                return;
+            }
+        }
+        match stream.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => input.extend_from_slice(&buf[..n]),
+        }
+    }
+}
+
+pub(crate) fn packet(code: u8, data: &[u8]) -> Vec<u8> {
     let mut p = ((data.len() + 1) as u32).to_be_bytes().to_vec();
     p.push(code);
     p.extend_from_slice(data);
     p
 }
 
-async fn scripted_milter(script: Script) -> u16 {
+pub(crate) async fn scripted_milter(script: Script) -> u16 {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
     tokio::spawn(async move {
         let mut held = Vec::new();
         while let Ok((mut stream, _)) = listener.accept().await {
-            match script {
+            match script.clone() {
                 Script::Hang => held.push(stream),
+                Script::Staged(script) => {
+                    tokio::spawn(staged(stream, script));
+                }
                 Script::Garbage => {
                     tokio::spawn(async move {
                         let mut buf = [0u8; 64];
                         let _ = stream.read(&mut buf).await;
                         let _ = stream.write_all(b"\x00\x00\x00\x05Zjunk and more junk").await;
-                    });
-                }
-                Script::Eom(eom) => {
-                    tokio::spawn(async move {
-                        let mut input = Vec::new();
-                        let mut buf = [0u8; 65536];
-                        loop {
-                            while input.len() >= 5 {
-                                let len = u32::from_be_bytes(input[..4].try_into().unwrap()) as usize;
-                                if input.len() < 4 + len {
-                                    break;
-                                }
-                                let command = input[4];
-                                input.drain(..4 + len);
-                                let answer = match command {
-                                    b'O' => packet(b'O', &[0, 0, 0, 6, 0, 0, 1, 0xff, 0, 0, 0, 0]),
-                                    b'D' => continue,
-                                    b'Q' => return,
-                                    b'E' => {
-                                        let mut out: Vec<u8> = eom.iter().flat_map(|(c, d)| packet(*c, d)).collect();
-                                        if !eom.iter().any(|(c, _)| b"rtdyac".contains(c)) {
-                                            out.extend(packet(b'c', b""));
-                                        }
-                                        out
-                                    }
-                                    _ => packet(b'c', b""),
-                                };
-                                if stream.write_all(&answer).await.is_err() {
-                                    return;
-                                }
-                            }
-                            match stream.read(&mut buf).await {
-                                Ok(0) | Err(_) => return,
-                                Ok(n) => input.extend_from_slice(&buf[..n]),
-                            }
-                        }
                     });
                 }
             }
@@ -229,16 +272,25 @@ async fn a_milter_that_hangs_or_answers_garbage_gives_its_failure_mode() {
     let junk = TestNode::start(&node(format!("inet:127.0.0.1:{garbage}"), "closed"), Some(sink.addr)).await;
     let absent = TestNode::start(&node(format!("inet:127.0.0.1:{down}"), "closed"), Some(sink.addr)).await;
 
+    // The milters are first asked at MAIL FROM: their failure mode answers it.
+    let mail = |addr| async move {
+        let mut c = Client::connect(addr).await;
+        c.reply().await;
+        c.cmd("EHLO mail.sender.example").await;
+        let reply = c.cmd("MAIL FROM:<alice@sender.example>").await;
+        c.cmd("QUIT").await;
+        reply
+    };
     let started = std::time::Instant::now();
-    let r = send(closed.addr, &message("hello", "hi")).await;
+    let r = mail(closed.addr).await;
     assert!(r.starts_with("451 4.7.1 Message could not be checked (m unavailable)"), "fail closed: {r}");
     assert!(started.elapsed() < Duration::from_secs(3), "the command timeout: {:?}", started.elapsed());
     let r = send(open.addr, &message("hello", "hi")).await;
     assert_eq!(code(&r), 250, "fail open: {r}");
     assert_eq!(sink.messages().len(), 1);
-    let r = send(junk.addr, &message("hello", "hi")).await;
+    let r = mail(junk.addr).await;
     assert!(r.starts_with("451 4.7.1"), "garbage: {r}");
-    let r = send(absent.addr, &message("hello", "hi")).await;
+    let r = mail(absent.addr).await;
     assert!(r.starts_with("451 4.7.1"), "nobody listening: {r}");
     assert_eq!(sink.messages().len(), 1);
     let m = closed.metrics().await;
@@ -254,7 +306,7 @@ async fn a_milter_that_hangs_or_answers_garbage_gives_its_failure_mode() {
 async fn milter_actions_the_policy_does_not_allow_are_never_a_silent_250() {
     let sink = Sink::start(Behaviour::default()).await;
     let start = |script, extra: &'static str| async move {
-        let port = scripted_milter(Script::Eom(script)).await;
+        let port = scripted_milter(eom_script(script)).await;
         TestNode::start(&relay_policy(&format!(r#"milter "inet:127.0.0.1:{port}" name="m" {extra}"#)), Some(sink.addr))
             .await
     };
@@ -264,7 +316,7 @@ async fn milter_actions_the_policy_does_not_allow_are_never_a_silent_250() {
     let discard_allowed = start(&[(b'd', b"")], r#"discard="accept""#).await;
     let quarantine = start(&[(b'q', b"looks odd\0")], "").await;
     let quarantine_header = start(&[(b'q', b"looks odd\0")], r#"quarantine="header""#).await;
-    let change = start(&[(b'm', b"\0\0\0\x01Subject\0\0")], "").await;
+    let change = start(&[(b'e', b"<other@sender.example>\0")], "").await;
     let add_rcpt = start(&[(b'+', b"<eve@example.test>\0")], "").await;
     let headers = start(&[(b'h', b"X-Filtered\0yes\0"), (b'i', b"\0\0\0\0X-First\0one\n\ttwo\0")], "").await;
 
@@ -279,7 +331,7 @@ async fn milter_actions_the_policy_does_not_allow_are_never_a_silent_250() {
     let r = send(quarantine.addr, &message("s", "b")).await;
     assert!(r.starts_with("550 5.7.1 Message rejected by m (quarantine)"), "{r}");
     let r = send(change.addr, &message("s", "b")).await;
-    assert!(r.starts_with("451 4.7.1"), "a header change mtac does not make: {r}");
+    assert!(r.starts_with("451 4.7.1"), "a sender change mtac does not make: {r}");
     let r = send(add_rcpt.addr, &message("s", "b")).await;
     assert!(r.starts_with("451 4.7.1"), "a recipient added: {r}");
     assert!(sink.messages().is_empty(), "nothing relayed so far");
@@ -289,14 +341,16 @@ async fn milter_actions_the_policy_does_not_allow_are_never_a_silent_250() {
     assert_eq!(code(&r), 250, "{r}");
     let relayed: Vec<String> = sink.messages().iter().map(|m| String::from_utf8_lossy(&m.data).into_owned()).collect();
     assert!(relayed[0].starts_with("X-Quarantine: m: looks odd\r\n"), "{}", relayed[0]);
-    assert!(relayed[1].starts_with("X-Filtered: yes\r\nX-First: one\r\n\ttwo\r\nReceived:"), "{}", relayed[1]);
+    // libmilter's places: an insert at index 0 on top, an added field at the end of the section.
+    assert!(relayed[1].starts_with("X-First: one\r\n\ttwo\r\nReceived:"), "{}", relayed[1]);
+    assert!(relayed[1].ends_with("Message-ID: <m1@sender.example>\r\nX-Filtered: yes\r\n\r\nb\r\n"), "{}", relayed[1]);
     let m = change.metrics().await;
     assert_eq!(sample(&m, r#"mtac_messages_total{farm="mx",verdict="deferred",reason="milter.action"}"#), 1.0, "{m}");
 }
 
 /// An HTTP hook stand-in: the answer follows the message's Subject (`reject`, `tempfail`,
-/// `header`, `hang`); it keeps each request's JSON.
-async fn hook_server() -> (SocketAddr, std::sync::Arc<std::sync::Mutex<Vec<serde_json::Value>>>) {
+/// `header`, `hang`), and at RCPT it refuses eve; it keeps each request's JSON.
+pub(crate) async fn hook_server() -> (SocketAddr, std::sync::Arc<std::sync::Mutex<Vec<serde_json::Value>>>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
@@ -325,15 +379,18 @@ async fn hook_server() -> (SocketAddr, std::sync::Arc<std::sync::Mutex<Vec<serde
                     }
                 }
                 let json: serde_json::Value = serde_json::from_slice(&request[head_len..]).unwrap();
+                let refused_rcpt = json["envelope"]["rcpt"].as_str().is_some_and(|r| r.starts_with("eve@"));
                 let subject = json["headers"]
                     .as_array()
-                    .unwrap()
+                    .map(Vec::as_slice)
+                    .unwrap_or_default()
                     .iter()
                     .find(|h| h[0] == "Subject")
                     .map(|h| h[1].as_str().unwrap().to_owned())
                     .unwrap_or_default();
                 record.lock().unwrap().push(json);
                 let body = match subject.as_str() {
+                    _ if refused_rcpt => r#"{"action":"reject","reply":"550 5.7.1 The hook says no to eve"}"#,
                     "reject" => r#"{"action":"reject","reply":"550 5.7.1 The hook says no"}"#,
                     "tempfail" => r#"{"action":"tempfail"}"#,
                     "header" => r#"{"action":"modify","add-headers":[{"name":"X-Hook","value":"seen"}]}"#,
@@ -388,6 +445,44 @@ async fn an_http_hook_rejects_defers_adds_a_header_and_times_out() {
     assert_eq!(node.spool_files(), 0);
 }
 
+/// A policy file `name` in `dir`: the relay farm with `fragment` (its back end never asked).
+pub(crate) fn policy_file(dir: &std::path::Path, name: &str, fragment: &str) -> std::path::PathBuf {
+    let policy = dir.join(name);
+    let text =
+        relay_policy(fragment).replace("{dir}", &dir.display().to_string()).replace("{backend}", "127.0.0.1:2525");
+    std::fs::write(&policy, text).unwrap();
+    policy
+}
+
+/// `mtac explain` of alice's message to bob from 192.0.2.1 through `policy`, with `more`
+/// arguments: what it prints.
+pub(crate) fn explain(policy: &std::path::Path, more: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_mtac"))
+        .args(["explain", "--policy"])
+        .arg(policy)
+        .args(["--client-ip", "192.0.2.1", "--helo", "mail.sender.example", "--from", "alice@sender.example"])
+        .args(["--rcpt", "bob@example.test"])
+        .args(more)
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{said}{}", String::from_utf8_lossy(&out.stderr));
+    said
+}
+
+/// `mtac test` of a file with `tests` (one per line, `SESSION` standing for alice's message to
+/// bob) against `policy`: whether it passed, and what it said.
+pub(crate) fn policy_tests(policy: &std::path::Path, tests: &str) -> (bool, String) {
+    let session =
+        r#"client "192.0.2.1"; helo "mail.sender.example"; from "alice@sender.example"; rcpt "bob@example.test""#;
+    let file = policy.with_extension("test.kdl");
+    let text = format!("policy {:?}\n{}\n", policy.display().to_string(), tests.replace("SESSION", session));
+    std::fs::write(&file, text).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_mtac")).arg("test").arg(&file).output().unwrap();
+    let said = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.success(), said)
+}
+
 /// Explain and the node answer alike: the same milter verdict gives the same reply through
 /// `mtac explain --milter` and through a node whose (scripted) milter gives it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -400,71 +495,27 @@ async fn explain_takes_a_milter_verdict_as_a_fact_and_answers_as_the_node() {
     ];
     let dir = tempfile::tempdir().unwrap();
     for (verdict, script, extra) in cases {
-        let port = scripted_milter(Script::Eom(script)).await;
+        let port = scripted_milter(eom_script(script)).await;
         let fragment = format!(r#"milter "inet:127.0.0.1:{port}" name="m" {extra}"#);
         let node = TestNode::start(&relay_policy(&fragment), Some(sink.addr)).await;
         let from_node = send(node.addr, &message("s", "b")).await;
-        let policy = dir.path().join(format!("{verdict}.kdl"));
-        let text = relay_policy(&fragment)
-            .replace("{dir}", &dir.path().display().to_string())
-            .replace("{backend}", "127.0.0.1:2525");
-        std::fs::write(&policy, text).unwrap();
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_mtac"))
-            .args(["explain", "--policy"])
-            .arg(&policy)
-            .args(["--client-ip", "192.0.2.1", "--helo", "mail.sender.example", "--from", "alice@sender.example"])
-            .args(["--rcpt", "bob@example.test", "--milter", &format!("m={verdict}")])
-            .output()
-            .unwrap();
-        let said = String::from_utf8_lossy(&out.stdout).into_owned();
-        assert!(out.status.success(), "{said}{}", String::from_utf8_lossy(&out.stderr));
+        let policy = policy_file(dir.path(), &format!("{verdict}.kdl"), &fragment);
+        let said = explain(&policy, &["--milter", &format!("m={verdict}")]);
         let reply = from_node.trim_end();
         assert!(said.contains(reply), "{verdict}: the node said {reply:?}, explain:\n{said}");
     }
-    let dir_policy = dir.path().join("pending.kdl");
-    std::fs::write(
-        &dir_policy,
-        relay_policy(r#"milter "inet:127.0.0.1:9" name="m""#)
-            .replace("{dir}", &dir.path().display().to_string())
-            .replace("{backend}", "127.0.0.1:2525"),
-    )
-    .unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_mtac"))
-        .args(["explain", "--policy"])
-        .arg(&dir_policy)
-        .args(["--client-ip", "192.0.2.1", "--helo", "mail.sender.example", "--from", "alice@sender.example"])
-        .args(["--rcpt", "bob@example.test"])
-        .output()
-        .unwrap();
-    let said = String::from_utf8_lossy(&out.stdout).into_owned();
+    let policy = policy_file(dir.path(), "pending.kdl", r#"milter "inet:127.0.0.1:9" name="m""#);
+    let said = explain(&policy, &[]);
     assert!(said.contains("pending  the node asks this filter here"), "{said}");
 
     // Test files take the verdict too, and without it no outcome is one the node vouches for.
-    let tests = dir.path().join("filters.test.kdl");
-    let session =
-        r#"client "192.0.2.1"; helo "mail.sender.example"; from "alice@sender.example"; rcpt "bob@example.test""#;
-    std::fs::write(
-        &tests,
-        format!(
-            "policy {:?}\ntest \"rejected\" {{ {session}; milter \"m=reject\"; expect \"550 5.7.1 Message rejected by m\" stage=\"data\" rule=\"milter\" }}\ntest \"unavailable\" {{ {session}; milter \"m=unavailable\"; expect \"451 4.7.1\" rule=\"milter.unavailable\" }}\ntest \"passed\" {{ {session}; milter \"m=continue\"; expect \"accept\" }}\n",
-            dir_policy.display().to_string()
-        ),
-    )
-    .unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_mtac")).arg("test").arg(&tests).output().unwrap();
-    let said = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{said}");
-    std::fs::write(
-        &tests,
-        format!(
-            "policy {:?}\ntest \"not given\" {{ {session}; expect \"accept\" }}\n",
-            dir_policy.display().to_string()
-        ),
-    )
-    .unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_mtac")).arg("test").arg(&tests).output().unwrap();
-    let said = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success() && said.contains("milter \"NAME=continue\""), "{said}");
+    let (passed, said) = policy_tests(
+        &policy,
+        "test \"rejected\" { SESSION; milter \"m=reject\"; expect \"550 5.7.1 Message rejected by m\" stage=\"data\" rule=\"milter\" }\ntest \"unavailable\" { SESSION; milter \"m=unavailable\"; expect \"451 4.7.1\" rule=\"milter.unavailable\" }\ntest \"passed\" { SESSION; milter \"m=continue\"; expect \"accept\" }",
+    );
+    assert!(passed, "{said}");
+    let (passed, said) = policy_tests(&policy, "test \"not given\" { SESSION; expect \"accept\" }");
+    assert!(!passed && said.contains("milter \"NAME=continue\""), "{said}");
 }
 
 /// opendkim signing (the submission farm's use of it): what it signed is what mtac relays, so

@@ -13,20 +13,21 @@ const TOTAL_TIMEOUT: u32 = 60;
 
 impl Lowerer {
     /// `milter "ADDRESS" [name=] [timeout=] [connect-timeout=] [command-timeout=] [fail=]
-    /// [discard=] [quarantine=]`.
+    /// [discard=] [quarantine=] [recipients=]`.
     pub(crate) fn milter(&mut self, at: At<'_>, _dir: &Path, farm: &mut DraftFarm) {
         self.filter(at, farm, FilterKind::Milter);
     }
 
-    /// `hook "http://HOST:PORT/PATH" [name=] [timeout=] [connect-timeout=] [command-timeout=] [fail=]`.
+    /// `hook "http://HOST:PORT/PATH" [name=] [timeout=] [connect-timeout=] [command-timeout=] [fail=]
+    /// [ask-rcpt=]`.
     pub(crate) fn hook(&mut self, at: At<'_>, _dir: &Path, farm: &mut DraftFarm) {
         self.filter(at, farm, FilterKind::Hook);
     }
 
     fn filter(&mut self, at: At<'_>, farm: &mut DraftFarm, kind: FilterKind) {
         let (what, mut allowed) = match kind {
-            FilterKind::Milter => ("milter", vec!["discard", "quarantine"]),
-            FilterKind::Hook => ("hook", Vec::new()),
+            FilterKind::Milter => ("milter", vec!["discard", "quarantine", "recipients"]),
+            FilterKind::Hook => ("hook", vec!["ask-rcpt"]),
         };
         allowed.extend(["name", "timeout", "connect-timeout", "command-timeout", "fail"]);
         self.shape(at, &allowed, 1, false);
@@ -107,6 +108,15 @@ impl Lowerer {
             ["refuse", "header"],
             "\"refuse\" (the default) answers 550; \"header\" relays the message with an X-Quarantine header",
         );
+        let change_recipients = self.filter_choice(
+            at,
+            what,
+            "recipients",
+            ["refuse", "change"],
+            "\"refuse\" (the default) answers 451 to a milter that adds or deletes recipients; \"change\" makes \
+             the change (an added recipient must pass the farm's relay control)",
+        );
+        let ask_rcpt = kind == FilterKind::Hook && self.bool_prop(at, "ask-rcpt", false);
         farm.filters.push(Filter {
             kind,
             name,
@@ -117,6 +127,8 @@ impl Lowerer {
             fail_open,
             discard_accepts,
             quarantine_header,
+            change_recipients,
+            ask_rcpt,
         });
     }
 

@@ -442,7 +442,10 @@ fn print_filters(p: &mut Printer, filters: &[mtac_ruleset::model::Filter]) {
         if f.kind == mtac_ruleset::model::FilterKind::Milter {
             let discard = if f.discard_accepts { "accept" } else { "refuse" };
             let quarantine = if f.quarantine_header { "header" } else { "refuse" };
-            line.push_str(&format!(" discard=\"{discard}\" quarantine=\"{quarantine}\""));
+            let recipients = if f.change_recipients { "change" } else { "refuse" };
+            line.push_str(&format!(" discard=\"{discard}\" quarantine=\"{quarantine}\" recipients=\"{recipients}\""));
+        } else {
+            line.push_str(if f.ask_rcpt { " ask-rcpt=#true" } else { " ask-rcpt=#false" });
         }
         p.leaf(line);
     }

@@ -12,12 +12,14 @@ use super::report::{message_decided, relay_error, Answer};
 use super::{Conn, Ctx, End, READ_STEP};
 use crate::dkim_sign::{FarmSigner, SignError};
 use crate::metrics::{DkimSigning, FarmLabel};
+use crate::milter::live::LiveMilters;
 use crate::received::{self, Trace};
 use crate::relay::Transaction;
+use crate::relayed::Relayed;
 use crate::session::{Action, Session};
 use crate::shared::{Delivery, Shared};
 use crate::smtp::{BarePolicy as SmtpBare, Command, DataReceiver, EnhancedCode, LineReader, Reply, VerdictFilter};
-use crate::spool::{self, SpoolFile};
+use crate::spool;
 use crate::state::Timings;
 use mtac_ruleset::model::{BarePolicy, Farm};
 use mtac_ruleset::rules;
@@ -37,6 +39,7 @@ pub(super) enum Source {
 
 /// `Action::Data` or `Action::Chunks`: receive the message, deliver it, log and count the
 /// answer, and end the transaction. `Err(end)` means the connection is over.
+#[allow(clippy::too_many_arguments)]
 pub(super) async fn transaction(
     conn: &mut Conn<'_>,
     session: &mut Session,
@@ -45,10 +48,11 @@ pub(super) async fn transaction(
     txn: Option<Transaction<'_>>,
     spf: Option<&crate::sender_auth::SpfCheck>,
     source: Source,
+    milters: &mut LiveMilters,
 ) -> Result<(), End> {
     let farm = ctx.farm;
     let signer = ctx.snapshot.signer(ctx.farm_index);
-    let Some(answer) = receive(conn, session, ctx, signer, delivery, txn, spf, source).await? else {
+    let Some(answer) = receive(conn, session, ctx, signer, delivery, txn, spf, source, milters).await? else {
         // RSET between two chunks: the session forgets the transaction and answers it.
         if let Action::Reply { reply, .. } = session.command(Command::Rset, &ctx.snapshot.ruleset, farm) {
             conn.reply(&reply);
@@ -80,6 +84,7 @@ async fn receive(
     mut txn: Option<Transaction<'_>>,
     spf: Option<&crate::sender_auth::SpfCheck>,
     source: Source,
+    milters: &mut LiveMilters,
 ) -> Result<Option<Answer>, End> {
     let (farm, ruleset, hostname) = (ctx.farm, &ctx.snapshot.ruleset, ctx.hostname.as_str());
     let Some(envelope) = session.transaction() else {
@@ -266,8 +271,11 @@ async fn receive(
             return Ok(Some(Answer { reply, reason: rule, size, signed: None, auth }));
         }
     };
-    match super::filters::run_filters(conn.shared, session, farm, &spool, hostname).await {
-        Filtered::Pass(added) => headers.insert_str(0, &added),
+    let (edits, body) = match super::filters::run_filters(conn.shared, session, farm, &spool, hostname, milters).await {
+        Filtered::Pass { headers: added, edits, body } => {
+            headers.insert_str(0, &added);
+            (edits, body)
+        }
         Filtered::Discard => {
             abandon(txn, Reply::ok()).await;
             let reply = Reply::new(250, EnhancedCode::new(2, 0, 0), "Ok: discarded").unwrap_or_else(|_| Reply::ok());
@@ -277,9 +285,21 @@ async fn receive(
             let reply = abandon(txn, reply).await;
             return Ok(Some(Answer { reply, reason: rule, size, signed: None, auth }));
         }
-    }
-    // Signed last, over exactly what is relayed (our header lines and the spool file).
-    let signed = match dkim_sign(conn.shared, session, farm, signer, &verdicts, &spool, &mut headers).await {
+    };
+    // What is relayed: the spool file, or the milters' edits over it.
+    let mut relayed = match super::edited::relayed(session, farm, &spool, &edits, body) {
+        Ok(relayed) => relayed,
+        Err((reply, rule)) => {
+            let reply = abandon(txn, reply).await;
+            return Ok(Some(Answer { reply, reason: rule, size, signed: None, auth }));
+        }
+    };
+    let txn = match super::edited::recipients(session, ctx, delivery, txn, &edits).await {
+        Ok(txn) => txn,
+        Err((reply, rule)) => return Ok(Some(Answer { reply, reason: rule, size, signed: None, auth })),
+    };
+    // Signed last, over exactly what is relayed (our header lines and the edited message).
+    let signed = match dkim_sign(conn.shared, session, farm, signer, &verdicts, &relayed, &mut headers).await {
         Ok(signed) => signed,
         Err(reply) => {
             let reply = abandon(txn, reply).await;
@@ -287,7 +307,7 @@ async fn receive(
         }
     };
     let started = std::time::Instant::now();
-    let reply = deliver(session, delivery, txn, &mut spool, hostname, headers).await;
+    let reply = deliver(session, delivery, txn, &mut relayed, hostname, headers).await;
     let metrics = &conn.shared.metrics;
     if let Delivery::Relay(_) = delivery {
         let farm_label = FarmLabel { farm: farm.name.clone() };
@@ -389,7 +409,7 @@ async fn dkim_sign(
     farm: &Farm,
     signer: Option<&FarmSigner>,
     verdicts: &VerdictFilter<'_>,
-    spool: &SpoolFile,
+    relayed: &Relayed,
     headers: &mut String,
 ) -> Result<Option<String>, Reply> {
     use mtac_ruleset::eval::{dkim_signing, Signing};
@@ -410,8 +430,8 @@ async fn dkim_sign(
         }
         Signing::Key(key) => key,
     };
-    let signature = match (signer, spool.reader()) {
-        (Some(signer), Ok(reader)) => signer.sign(&key.domain, headers.as_bytes(), &reader).await,
+    let signature = match (signer, relayed.reading_copy()) {
+        (Some(signer), Ok(message)) => signer.sign(&key.domain, headers.as_bytes(), message).await,
         (None, _) => Err(SignError::Sign("the farm's keys are not loaded".into())),
         (_, Err(e)) => Err(e.into()),
     };
@@ -453,23 +473,26 @@ async fn deliver(
     session: &Session,
     delivery: &Delivery<'_>,
     txn: Option<Transaction<'_>>,
-    spool: &mut SpoolFile,
+    relayed: &mut Relayed,
     hostname: &str,
     headers: String,
 ) -> Reply {
     match delivery {
         Delivery::Relay(_) => match txn {
-            Some(t) => t.data(headers.as_bytes(), spool).await,
+            Some(t) => t.data(headers.as_bytes(), relayed).await,
             None => Reply::new(451, EnhancedCode::new(4, 4, 0), "Back end transaction lost, try again later")
                 .unwrap_or_else(|_| Reply::local_error()),
         },
         Delivery::Maildir(dir) => {
             let dir = dir.to_path_buf();
-            let path = spool.path().to_path_buf();
+            let content = match relayed.reading_copy() {
+                Ok(content) => content,
+                Err(_) => return Reply::local_error(),
+            };
             let sender = session.transaction().map(|t| t.sender.clone()).unwrap_or_default();
             let host = hostname.to_owned();
             let result = tokio::task::spawn_blocking(move || {
-                crate::maildir::deliver(&dir, &path, headers.as_bytes(), &sender, &host)
+                crate::maildir::deliver(&dir, content, headers.as_bytes(), &sender, &host)
             })
             .await;
             match result {

@@ -18,6 +18,8 @@
 //! - `rcpt`: directory, greylist and back-end round trips, and what follows a refusal (ban, tarpit);
 //! - `data`: DATA into the spool, the checks after it, delivery;
 //! - `content`: the scan phase (MIME rules and scanners);
+//! - `filters`: the milters at MAIL, RCPT and after the scan phase, and the HTTP hooks;
+//! - `edited`: the milters' modifications made on what is relayed and on the recipients;
 //! - `report`: the log phase, one line and one count per decision and per session.
 //!
 //! Every wait is bounded by the stage's timeout, measured from the start of the stage, so a
@@ -28,6 +30,7 @@ mod chunks;
 mod content;
 mod data;
 mod dialogue;
+mod edited;
 mod filters;
 mod greet;
 mod prepare;
@@ -40,6 +43,7 @@ pub use prepare::rate_exceeded;
 
 use crate::lookups::{Lookups, Needs};
 use crate::metrics::FarmLabel;
+use crate::milter::live::LiveMilters;
 use crate::relay::Transaction;
 use crate::session::{Action, Session};
 use crate::shared::{Delivery, Shared, Shutdown, Snapshot};
@@ -292,20 +296,23 @@ async fn run(conn: &mut Conn<'_>, session: &mut Session, ctx: &Ctx<'_>, lookups:
     // This client's place among the transfers in flight, held from MAIL to the end of DATA.
     let mut transfer: Option<crate::transfers::TransferSlot> = None;
     let mut deadline = Instant::now() + ctx.command_timeout;
+    // The session's milter conversations, opened at its first MAIL FROM.
+    let mut milters = LiveMilters::new(&ctx.farm.filters);
     let end = loop {
         let (asked, action) = match next_action(conn, session, ctx, &mut lines, lookups, &mut transfer, deadline).await
         {
             Ok(next) => next,
             Err(end) => break end,
         };
-        let action = round_trips(conn.shared, session, ctx, &relay, &mut txn, action).await;
+        let action = round_trips(conn.shared, session, ctx, &relay, &mut txn, action, &mut milters).await;
+        let action = mail_filtered(conn.shared, session, ctx, &asked, action, &mut milters).await;
         if let Err(end) = rcpt::after_answer(conn, session, ctx, &action).await {
             break end;
         }
         report::decided(conn.shared, session, ctx.farm, &asked, &action);
         report::shadowed(conn.shared, session, ctx.farm);
         report::ruleset_changes(conn.shared, session, ctx.farm);
-        if let Err(end) = act(conn, session, ctx, &relay, &mut txn, action, lookups).await {
+        if let Err(end) = act(conn, session, ctx, &relay, &mut txn, action, lookups, &mut milters).await {
             break end;
         }
         // RSET, a new EHLO, or a refused transaction: release the back end connection and the
@@ -315,6 +322,9 @@ async fn run(conn: &mut Conn<'_>, session: &mut Session, ctx: &Ctx<'_>, lookups:
             if let Some(t) = txn.take() {
                 t.abort().await;
             }
+            if milters.in_transaction() {
+                milters.end_transaction().await;
+            }
         }
         // The next command's time starts now, not before we waited on the back end.
         deadline = Instant::now() + ctx.command_timeout;
@@ -322,10 +332,32 @@ async fn run(conn: &mut Conn<'_>, session: &mut Session, ctx: &Ctx<'_>, lookups:
     if let Some(t) = txn.take() {
         t.abort().await;
     }
+    milters.quit().await;
     end
 }
 
+/// MAIL FROM the policy accepted goes to the milters before the client hears 250: a milter's
+/// refusal answers MAIL instead (and the transaction does not open).
+async fn mail_filtered(
+    shared: &Shared,
+    session: &mut Session,
+    ctx: &Ctx<'_>,
+    asked: &Asked,
+    action: Action,
+    milters: &mut LiveMilters,
+) -> Action {
+    let accepted = matches!(&action, Action::Reply { reply, .. } if reply.is_positive());
+    if !matches!(asked, Asked::Mail(_)) || !accepted || session.transaction().is_none() || milters.is_empty() {
+        return action;
+    }
+    match filters::mail_stage(shared, session, ctx.farm, &ctx.hostname, milters).await {
+        Some((reply, rule)) => session.sender_filtered(reply, rule),
+        None => action,
+    }
+}
+
 /// Carry out the session's answer, each in the room of its phase. `Err`: the session is over.
+#[allow(clippy::too_many_arguments)]
 async fn act<'r>(
     conn: &mut Conn<'_>,
     session: &mut Session,
@@ -334,6 +366,7 @@ async fn act<'r>(
     txn: &mut Option<Transaction<'r>>,
     action: Action,
     lookups: &mut Option<Lookups>,
+    milters: &mut LiveMilters,
 ) -> Result<(), End> {
     match action {
         Action::Reply { reply, .. } => {
@@ -352,7 +385,7 @@ async fn act<'r>(
                 Action::Chunks { size, last } => data::Source::Chunks { size, last },
                 _ => data::Source::Data,
             };
-            data::transaction(conn, session, ctx, relay, txn.take(), spf.as_ref(), source).await
+            data::transaction(conn, session, ctx, relay, txn.take(), spf.as_ref(), source, milters).await
         }
         Action::StartTls(reply) => starttls::upgrade(conn, session, ctx, &reply).await,
         // Made by `round_trips` before we get here.
@@ -450,6 +483,7 @@ async fn round_trips<'r>(
     relay: &Delivery<'r>,
     txn: &mut Option<Transaction<'r>>,
     mut action: Action,
+    milters: &mut LiveMilters,
 ) -> Action {
     loop {
         action = match action {
@@ -467,7 +501,14 @@ async fn round_trips<'r>(
                 let answer = rcpt::greylist(shared, session, ctx.farm, &address, fail_open).await;
                 session.greylist_result(address, answer)
             }
-            Action::Recipient { address } => rcpt::recipient(shared, session, ctx.farm, relay, txn, address).await,
+            // The milters hear of a recipient the policy accepted before the back end does: one
+            // they refuse is never given to it.
+            Action::Recipient { address } => {
+                match filters::rcpt_stage(shared, session, ctx.farm, &ctx.hostname, milters, &address).await {
+                    Some((reply, rule)) => session.refuse(reply, rule),
+                    None => rcpt::recipient(shared, session, ctx.farm, relay, txn, address).await,
+                }
+            }
             answer => return answer,
         };
     }

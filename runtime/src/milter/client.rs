@@ -1,16 +1,14 @@
-//! One milter conversation about one message, on a connection of its own: option negotiation,
-//! then connect, HELO, MAIL, each RCPT, DATA, the header fields, end of headers, the body in
-//! chunks of at most 64 KiB read from the spool, end of message, QUIT. Each stage is preceded by
-//! the macros milters read (`j`, `{daemon_name}`, `i`, `{client_addr}`, `{mail_addr}`…), skipped
+//! One milter conversation, on a connection of its own, for the length of an SMTP session:
+//! option negotiation, connect and HELO (at the session's first MAIL FROM), then per
+//! transaction MAIL, each RCPT the policy accepted, and once the message is spooled DATA, the
+//! header fields, end of headers, the body in chunks of at most 64 KiB read from the spool and
+//! end of message; ABORT between transactions, QUIT at the end. Each stage is preceded by the
+//! macros milters read (`j`, `{daemon_name}`, `i`, `{client_addr}`, `{mail_addr}`…), skipped
 //! or sent without waiting for an answer as the milter negotiated.
-//!
-//! The whole conversation runs after DATA, when the message is spooled, so a milter's verdict at
-//! any stage is the answer to the end of DATA (a per-recipient refusal at RCPT refuses the
-//! message: its other recipients were already taken by the back end).
 //!
 //! Memory per conversation is one 64 KiB body chunk and one header field (longer fields are cut
 //! at [`MAX_FIELD`] before the milter sees them); what the milter sends back is bounded by
-//! [`MAX_EDITS`] and [`MAX_ADDED`].
+//! [`MAX_EDITS`] and [`MAX_ADDED`], and a replaced body goes to a spool file, never to memory.
 
 use super::codec::{self, action, protocol, Command, Reply};
 use crate::spool::SpoolReader;
@@ -66,21 +64,32 @@ pub enum Verdict {
     },
 }
 
-/// A modification asked for at the end of the message.
+/// A modification asked for at the end of the message (what mtac makes of each is
+/// [`super::edits`]' and [`super::judge`]'s business).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Edit {
-    /// Added or inserted header field (mtac puts both in front of the message).
+    /// `SMFIR_ADDHEADER`: a field appended to the header section.
     AddHeader {
         name: String,
         value: String,
     },
-    /// A field changed, or deleted (empty value).
-    ChangeHeader {
+    /// `SMFIR_INSHEADER`: a field inserted before the `index`th (0: at the top).
+    InsertHeader {
+        index: u32,
         name: String,
+        value: String,
     },
+    /// `SMFIR_CHGHEADER`: the `index`th field named `name` (from 1) changed, or deleted (empty
+    /// value); added when there is no such field.
+    ChangeHeader {
+        index: u32,
+        name: String,
+        value: String,
+    },
+    /// `SMFIR_REPLBODY`: the body replaced (its bytes went to a second spool file).
     ReplaceBody,
-    AddRecipient,
-    DeleteRecipient,
+    AddRecipient(String),
+    DeleteRecipient(String),
     ChangeSender,
     Quarantine(String),
 }
@@ -159,7 +168,10 @@ pub async fn connect(address: &str, timeout: Duration) -> Result<Box<dyn Stream>
     }
 }
 
-/// One conversation: the milter's end of a connection, with a timeout per answer.
+/// One conversation: the milter's end of a connection, with a timeout per answer. It lives as
+/// long as the SMTP session ([`super::live`]): opened at the session's first MAIL FROM, told
+/// each transaction's stages as they happen, aborted between transactions and told QUIT at the
+/// end.
 pub struct Conversation<S> {
     stream: S,
     out: Vec<u8>,
@@ -169,12 +181,18 @@ pub struct Conversation<S> {
     protocol: u32,
     edits: Vec<Edit>,
     added: usize,
+    /// The end of the message was answered: the milter waits for the next MAIL (libmilter
+    /// takes no ABORT there).
+    message_done: bool,
 }
 
 /// How a stage ended.
-enum Step {
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Step {
+    /// Continue: on to the next stage.
     Next,
-    /// Accept: nothing more to ask this milter about this message.
+    /// Accept: nothing more to ask this milter about this message (at connect or HELO: about
+    /// this session).
     Done,
     /// Skip the rest of the body.
     SkipBody,
@@ -191,19 +209,17 @@ impl<S: Stream> Conversation<S> {
             protocol: 0,
             edits: Vec::new(),
             added: 0,
+            message_done: false,
         }
     }
 
-    /// Speak about the message (the spool from offset 0: mtac's Received header, then the
-    /// sender's message), and say goodbye.
-    pub async fn run(mut self, envelope: &Envelope<'_>, spool: &SpoolReader) -> Result<Answer, MilterError> {
-        let verdict = self.stages(envelope, spool).await?;
-        self.send(&Command::Quit, "quit").await?;
-        let _ = self.stream.shutdown().await;
-        Ok(Answer { verdict, edits: self.edits })
+    /// Whether the last message was taken to its end (no ABORT needed before the next MAIL).
+    pub fn message_done(&self) -> bool {
+        self.message_done
     }
 
-    async fn stages(&mut self, envelope: &Envelope<'_>, spool: &SpoolReader) -> Result<Verdict, MilterError> {
+    /// Negotiate, then the connect and HELO stages (the session's, told at its first MAIL).
+    pub async fn open(&mut self, envelope: &Envelope<'_>) -> Result<Step, MilterError> {
         self.negotiate().await?;
         let name = envelope.client_name.map_or_else(|| format!("[{}]", envelope.client.ip()), str::to_owned);
         let mut macros = vec![
@@ -224,17 +240,19 @@ impl<S: Stream> Conversation<S> {
         let connect = Command::Connect { hostname: &name, address: Some(envelope.client) };
         match self.stage(b'C', &macros, &connect, protocol::NO_CONNECT, protocol::NR_CONNECT, "connect").await? {
             Step::Next | Step::SkipBody => {}
-            Step::Done => return Ok(Verdict::Pass),
-            Step::Verdict(v) => return Ok(v),
+            step => return Ok(step),
         }
         let helo_macros: Vec<(&str, String)> =
             envelope.tls.map(|version| ("{tls_version}", version.to_owned())).into_iter().collect();
         let helo = Command::Helo(envelope.helo);
-        match self.stage(b'H', &helo_macros, &helo, protocol::NO_HELO, protocol::NR_HELO, "helo").await? {
-            Step::Next | Step::SkipBody => {}
-            Step::Done => return Ok(Verdict::Pass),
-            Step::Verdict(v) => return Ok(v),
-        }
+        self.stage(b'H', &helo_macros, &helo, protocol::NO_HELO, protocol::NR_HELO, "helo").await
+    }
+
+    /// MAIL FROM, with the transaction's macros.
+    pub async fn mail(&mut self, envelope: &Envelope<'_>) -> Result<Step, MilterError> {
+        self.edits.clear();
+        self.added = 0;
+        self.message_done = false;
         let mut mail_macros = vec![
             ("i", envelope.queue_id.to_owned()),
             ("{mail_addr}", envelope.sender.to_owned()),
@@ -244,26 +262,26 @@ impl<S: Stream> Conversation<S> {
             mail_macros.push(("{auth_authen}", user.to_owned()));
             mail_macros.push(("{auth_type}", "PLAIN".to_owned()));
         }
-        match self
-            .stage(b'M', &mail_macros, &Command::Mail(envelope.sender), protocol::NO_MAIL, protocol::NR_MAIL, "mail")
-            .await?
-        {
-            Step::Next | Step::SkipBody => {}
-            Step::Done => return Ok(Verdict::Pass),
-            Step::Verdict(v) => return Ok(v),
-        }
-        for rcpt in envelope.recipients {
-            let rcpt_macros = vec![("{rcpt_addr}", rcpt.clone()), ("{rcpt_mailer}", "smtp".to_owned())];
-            match self
-                .stage(b'R', &rcpt_macros, &Command::Rcpt(rcpt), protocol::NO_RCPT, protocol::NR_RCPT, "rcpt")
-                .await?
-            {
-                Step::Next | Step::SkipBody => {}
-                Step::Done => return Ok(Verdict::Pass),
-                Step::Verdict(v) => return Ok(v),
-            }
-        }
-        let data_macros = vec![("i", envelope.queue_id.to_owned())];
+        let mail = Command::Mail(envelope.sender);
+        self.stage(b'M', &mail_macros, &mail, protocol::NO_MAIL, protocol::NR_MAIL, "mail").await
+    }
+
+    /// One RCPT TO the policy accepted.
+    pub async fn rcpt(&mut self, rcpt: &str) -> Result<Step, MilterError> {
+        let rcpt_macros = vec![("{rcpt_addr}", rcpt.to_owned()), ("{rcpt_mailer}", "smtp".to_owned())];
+        self.stage(b'R', &rcpt_macros, &Command::Rcpt(rcpt), protocol::NO_RCPT, protocol::NR_RCPT, "rcpt").await
+    }
+
+    /// The message, once spooled (from offset 0: mtac's Received header, then the sender's
+    /// message): DATA, the header fields, end of headers, the body, end of message. A replaced
+    /// body goes to `body` as it arrives; the other modifications are [`Conversation::take_edits`]'s.
+    pub async fn message(
+        &mut self,
+        queue_id: &str,
+        spool: &SpoolReader,
+        body: &mut super::edits::ReplacementBody<'_>,
+    ) -> Result<Verdict, MilterError> {
+        let data_macros = vec![("i", queue_id.to_owned())];
         match self.stage(b'T', &data_macros, &Command::Data, protocol::NO_DATA, protocol::NR_DATA, "data").await? {
             Step::Next | Step::SkipBody => {}
             Step::Done => return Ok(Verdict::Pass),
@@ -271,7 +289,6 @@ impl<S: Stream> Conversation<S> {
         }
         let body_start = match self.headers(spool).await? {
             Ok(offset) => offset,
-            Err(Step::Done) => return Ok(Verdict::Pass),
             Err(Step::Verdict(v)) => return Ok(v),
             Err(_) => return Ok(Verdict::Pass),
         };
@@ -280,9 +297,32 @@ impl<S: Stream> Conversation<S> {
             Step::Done => return Ok(Verdict::Pass),
             Step::Verdict(v) => return Ok(v),
         }
-        match self.stage(b'E', &[], &Command::EndOfMessage, 0, 0, "end-of-message").await? {
+        self.send(&Command::EndOfMessage, "end-of-message").await?;
+        let answer = self.answer("end-of-message", Some(body)).await?;
+        self.message_done = true;
+        match answer {
             Step::Verdict(v) => Ok(v),
             _ => Ok(Verdict::Pass),
+        }
+    }
+
+    /// The modifications asked for at the end of the message, in the order asked.
+    pub fn take_edits(&mut self) -> Vec<Edit> {
+        self.added = 0;
+        std::mem::take(&mut self.edits)
+    }
+
+    /// The transaction is over (RSET, a refused or finished message): the milter forgets it and
+    /// waits for the session's next MAIL. No reply.
+    pub async fn abort(&mut self) -> Result<(), MilterError> {
+        self.edits.clear();
+        self.send(&Command::Abort, "abort").await
+    }
+
+    /// The session is over.
+    pub async fn quit(mut self) {
+        if self.send(&Command::Quit, "quit").await.is_ok() {
+            let _ = self.stream.shutdown().await;
         }
     }
 
@@ -329,11 +369,15 @@ impl<S: Stream> Conversation<S> {
         if no_reply != 0 && self.protocol & no_reply != 0 {
             return Ok(Step::Next);
         }
-        self.answer(stage).await
+        self.answer(stage, None).await
     }
 
     /// Read until the final reply of a stage, collecting modifications at its end.
-    async fn answer(&mut self, stage: &'static str) -> Result<Step, MilterError> {
+    async fn answer(
+        &mut self,
+        stage: &'static str,
+        mut body: Option<&mut super::edits::ReplacementBody<'_>>,
+    ) -> Result<Step, MilterError> {
         loop {
             let reply = self.read(stage).await?;
             let edit = match reply {
@@ -354,14 +398,33 @@ impl<S: Stream> Conversation<S> {
                     return Ok(Step::Verdict(verdict));
                 }
                 Reply::Progress => continue,
-                Reply::AddHeader { name, value } | Reply::InsertHeader { name, value, .. } => {
+                Reply::AddHeader { name, value } => {
                     self.added += name.len() + value.len();
                     Edit::AddHeader { name, value }
                 }
-                Reply::ChangeHeader { name, .. } => Edit::ChangeHeader { name },
-                Reply::ReplaceBody(_) => Edit::ReplaceBody,
-                Reply::AddRcpt(_) => Edit::AddRecipient,
-                Reply::DeleteRcpt(_) => Edit::DeleteRecipient,
+                Reply::InsertHeader { index, name, value } => {
+                    self.added += name.len() + value.len();
+                    Edit::InsertHeader { index, name, value }
+                }
+                Reply::ChangeHeader { index, name, value } => {
+                    self.added += name.len() + value.len();
+                    Edit::ChangeHeader { index, name, value }
+                }
+                Reply::ReplaceBody(bytes) => match body.as_deref_mut() {
+                    Some(sink) => {
+                        sink.write(&bytes).await;
+                        Edit::ReplaceBody
+                    }
+                    None => Edit::ReplaceBody,
+                },
+                Reply::AddRcpt(address) => {
+                    self.added += address.len();
+                    Edit::AddRecipient(address)
+                }
+                Reply::DeleteRcpt(address) => {
+                    self.added += address.len();
+                    Edit::DeleteRecipient(address)
+                }
                 Reply::ChangeFrom(_) => Edit::ChangeSender,
                 Reply::Quarantine(reason) => Edit::Quarantine(reason),
                 other @ (Reply::Skip | Reply::OptionNegotiation { .. } | Reply::SetSymbolList) => {

@@ -1,8 +1,9 @@
 //! The milter client: the operator's existing filters (opendkim, clamav-milter, spamass-milter,
-//! rspamd's milter proxy, in-house ones) asked about each message after DATA, as Postfix's
+//! rspamd's milter proxy, in-house ones) asked alongside the SMTP dialogue, as Postfix's
 //! `smtpd_milters` asks them. [`codec`] is the wire format without I/O, [`client`] one
-//! conversation, and [`judge`] the one place that turns a milter's answer (or its silence)
-//! into a refusal or the header lines relayed in front of the spooled message.
+//! conversation, [`live`] the session's conversations stage by stage, [`edits`] the
+//! modifications made on what is relayed, and [`judge`] the one place that turns a milter's
+//! answer (or its silence) into a refusal or the changes relayed.
 //!
 //! Written here rather than taken from a crate: the Rust milter crates are milter *servers*
 //! (for writing a filter), and the client side is a few hundred lines over a protocol that has
@@ -10,35 +11,22 @@
 
 pub mod client;
 pub mod codec;
+pub mod edits;
+pub mod live;
 
 use crate::smtp::{EnhancedCode, Reply};
-use client::{Answer, Edit, MilterError, Verdict};
+use client::{Answer, Edit, Verdict};
 use mtac_ruleset::filters::{decide, FilterDecision, FilterVerdict};
 use mtac_ruleset::model::{Filter, FilterKind};
 use mtac_ruleset::rules;
 use std::collections::VecDeque;
-use std::time::Duration;
-
-/// Ask one milter about the spooled message, within its connect, command and total timeouts.
-pub async fn ask(
-    filter: &Filter,
-    envelope: &client::Envelope<'_>,
-    spool: &crate::spool::SpoolReader,
-) -> Result<Answer, MilterError> {
-    let total = Duration::from_secs(u64::from(filter.total_timeout));
-    let work = async {
-        let stream = client::connect(&filter.address, Duration::from_secs(u64::from(filter.connect_timeout))).await?;
-        let command = Duration::from_secs(u64::from(filter.command_timeout));
-        client::Conversation::new(stream, command).run(envelope, spool).await
-    };
-    tokio::time::timeout(total, work).await.unwrap_or(Err(MilterError::Timeout("total")))
-}
 
 /// What the farm does with one filter's answer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Judgement {
-    /// Relay, with these header lines (CRLF-terminated) in front of the message.
-    Pass { headers: String },
+    /// Relay, with these header lines (CRLF-terminated) in front of the message and these
+    /// modifications made ([`edits`]).
+    Pass { headers: String, edits: Vec<Edit> },
     /// Answer 250 and drop the message (a discard the policy allows).
     Discard,
     /// Refuse with this reply; the rule for logs and metrics.
@@ -49,7 +37,7 @@ pub enum Judgement {
 /// `explain` and tests use too).
 pub fn decided(filter: &Filter, verdict: FilterVerdict, headers: String) -> Judgement {
     match decide(filter, verdict) {
-        FilterDecision::Pass(_) => Judgement::Pass { headers },
+        FilterDecision::Pass(_) => Judgement::Pass { headers, edits: Vec::new() },
         FilterDecision::Discard => Judgement::Discard,
         FilterDecision::Refuse { reply, rule } => {
             Judgement::Refuse { reply: crate::session::policy_reply(&reply), rule }
@@ -76,12 +64,25 @@ pub fn judge(filter: &Filter, answer: &Answer) -> Judgement {
         return decided(filter, verdict, String::new());
     }
     let mut headers = String::new();
+    let mut kept = Vec::new();
     for edit in &answer.edits {
         match edit {
-            Edit::AddHeader { name, value } => match header_line(name, value) {
+            // A hook's added fields are trace fields, put in front like mtac's own.
+            Edit::AddHeader { name, value } if filter.kind == FilterKind::Hook => match header_line(name, value) {
                 Some(line) => headers.push_str(&line),
                 None => return decided(filter, FilterVerdict::Unavailable, headers),
             },
+            Edit::AddHeader { name, value }
+            | Edit::InsertHeader { name, value, .. }
+            | Edit::ChangeHeader { name, value, .. } => {
+                // A field that could not be written as asked makes the milter a broken one.
+                let deletes = matches!(edit, Edit::ChangeHeader { .. }) && value.trim().is_empty();
+                if header_line(name, if deletes { "x" } else { value }).is_none() {
+                    return decided(filter, FilterVerdict::Unavailable, headers);
+                }
+                kept.push(edit.clone());
+            }
+            Edit::ReplaceBody => kept.push(Edit::ReplaceBody),
             Edit::Quarantine(reason) => {
                 let reason: String = reason.chars().filter(|c| c.is_ascii_graphic() || *c == ' ').take(200).collect();
                 headers.push_str(&format!("X-Quarantine: {}: {reason}\r\n", filter.name));
@@ -91,16 +92,16 @@ pub fn judge(filter: &Filter, answer: &Answer) -> Judgement {
                     return refused;
                 }
             }
-            // Changes mtac does not make: the spool file is written once and relayed as it is,
-            // and recipients were taken by the back end at RCPT. Deferred, never silently lost.
-            Edit::ChangeHeader { .. }
-            | Edit::ReplaceBody
-            | Edit::AddRecipient
-            | Edit::DeleteRecipient
-            | Edit::ChangeSender => return decided(filter, FilterVerdict::Unsupported, headers),
+            Edit::AddRecipient(_) | Edit::DeleteRecipient(_) if filter.change_recipients => kept.push(edit.clone()),
+            // Changes the policy does not allow (recipients without `recipients="change"`) or
+            // mtac does not make (the sender: the back end took MAIL FROM already). Deferred,
+            // never silently lost.
+            Edit::AddRecipient(_) | Edit::DeleteRecipient(_) | Edit::ChangeSender => {
+                return decided(filter, FilterVerdict::Unsupported, headers)
+            }
         }
     }
-    Judgement::Pass { headers }
+    Judgement::Pass { headers, edits: kept }
 }
 
 /// A milter's own reply (`SMFIR_REPLYCODE`) when it is a valid one of `class` (4 or 5): its
@@ -170,8 +171,10 @@ pub struct Fields {
     fed: u64,
     /// Where the unfinished line started.
     line_start: u64,
-    current: Option<(Vec<u8>, Vec<u8>)>,
-    ready: VecDeque<(Vec<u8>, Vec<u8>)>,
+    /// The field being read, and where it started.
+    current: Option<(Vec<u8>, Vec<u8>, u64)>,
+    /// Whole fields: name, value, and the stream range `start..end` they took.
+    ready: VecDeque<(Vec<u8>, Vec<u8>, u64, u64)>,
     body_start: Option<u64>,
 }
 
@@ -191,7 +194,12 @@ impl Fields {
     }
 
     pub fn next_field(&mut self) -> Option<(Vec<u8>, Vec<u8>)> {
-        self.ready.pop_front()
+        self.ready.pop_front().map(|(name, value, _, _)| (name, value))
+    }
+
+    /// The next whole field's name and the range of the stream it took (its line ends included).
+    pub fn next_field_span(&mut self) -> Option<(Vec<u8>, u64, u64)> {
+        self.ready.pop_front().map(|(name, _, start, end)| (name, start, end))
     }
 
     pub fn feed(&mut self, bytes: &[u8]) {
@@ -218,7 +226,7 @@ impl Fields {
                 self.line.push(b'\n');
                 self.line_done();
             }
-            self.flush_current();
+            self.flush_current(self.fed);
             self.body_start.get_or_insert(self.fed);
         }
     }
@@ -231,7 +239,7 @@ impl Fields {
         let start = self.line_start;
         self.line_start = self.fed;
         if line.first().is_some_and(|b| *b == b' ' || *b == b'\t') {
-            if let Some((_, value)) = self.current.as_mut() {
+            if let Some((_, value, _)) = self.current.as_mut() {
                 if value.len() + line.len() < self.max {
                     value.push(b'\n');
                     value.extend_from_slice(&line);
@@ -239,7 +247,7 @@ impl Fields {
                 return;
             }
         }
-        self.flush_current();
+        self.flush_current(start);
         let field = line
             .iter()
             .position(|b| *b == b':')
@@ -248,7 +256,7 @@ impl Fields {
             Some(colon) => {
                 let name = line.get(..colon).unwrap_or_default().to_vec();
                 let value = line.get(colon + 1..).unwrap_or_default().to_vec();
-                self.current = Some((name, value));
+                self.current = Some((name, value, start));
             }
             // The empty line ends the section after it; a line that is no field is the body's
             // first line (Postfix reads it so too).
@@ -257,9 +265,10 @@ impl Fields {
         }
     }
 
-    fn flush_current(&mut self) {
-        if let Some(field) = self.current.take() {
-            self.ready.push_back(field);
+    /// The current field is whole: it ended at `end`.
+    fn flush_current(&mut self, end: u64) {
+        if let Some((name, value, start)) = self.current.take() {
+            self.ready.push_back((name, value, start, end));
         }
     }
 }
@@ -308,6 +317,29 @@ mod tests {
         let long = format!("X: {}\r\n\r\n", "a".repeat(500));
         let (fields, _) = split(long.as_bytes(), 100);
         assert!(fields[0].1.len() < 64, "{}", fields[0].1.len());
+    }
+
+    /// The ranges fields take are what the header overlay (`edits`) relays: whole lines, folds
+    /// included, whatever the reads.
+    #[test]
+    fn field_spans_cover_their_lines() {
+        let message = b"Received: from x\r\n\tby y\r\nSubject: hi\r\n\r\nbody\r\n";
+        for piece in [1, 5, 64] {
+            let mut fields = Fields::new(64);
+            let mut spans = Vec::new();
+            while fields.body_start().is_none() {
+                let at = fields.fed() as usize;
+                match message.get(at..(at + piece).min(message.len())) {
+                    Some(chunk) if !chunk.is_empty() => fields.feed(chunk),
+                    _ => fields.finish(),
+                }
+                while let Some((name, start, end)) = fields.next_field_span() {
+                    spans.push((String::from_utf8(name).unwrap(), start, end));
+                }
+            }
+            assert_eq!(spans, [("Received".into(), 0, 25), ("Subject".into(), 25, 38)], "piece {piece}");
+            assert_eq!(&message[25..38], b"Subject: hi\r\n");
+        }
     }
 
     #[test]

@@ -22,8 +22,8 @@
 mod send;
 mod tls;
 
+use crate::relayed::Relayed;
 use crate::smtp::{EnhancedCode, Reply};
-use crate::spool::SpoolFile;
 use mtac_ruleset::model::{Backend, BackendProtocol};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -497,7 +497,7 @@ impl Transaction<'_> {
     /// Send the spooled message and return the reply for the client.
     /// Send the message: `headers` (complete CRLF-terminated lines, e.g. the scanners' X-Spam-*)
     /// first, then the spooled message.
-    pub async fn data(mut self, headers: &[u8], spool: &mut SpoolFile) -> Reply {
+    pub async fn data(mut self, headers: &[u8], spool: &mut Relayed) -> Reply {
         let relay = self.relay;
         let Some(mut conn) = self.conn.take() else { return RelayError::Protocol("closed".into()).reply() };
         match send::message(&mut conn, headers, spool, self.recipients, relay.timeout).await {

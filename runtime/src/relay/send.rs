@@ -6,20 +6,20 @@
 //! the same bytes: BDAT sends them as they are, DATA dot-stuffs them and adds the end marker.
 
 use super::{BackendReply, Connection, RelayError};
+use crate::relayed::Relayed;
 use crate::smtp::DotStuffer;
-use crate::spool::SpoolFile;
 use mtac_ruleset::model::BackendProtocol;
 use std::time::Duration;
 
 /// Chunk size when streaming the spool file (one BDAT chunk each).
 const CHUNK: usize = 64 * 1024;
 
-/// Send `headers` then the spooled message; the back end's verdict (a refusal of DATA or of a
+/// Send `headers` then the message (the spool file, or the milters' edits over it); the back end's verdict (a refusal of DATA or of a
 /// chunk stands in for it).
 pub(super) async fn message(
     conn: &mut Connection,
     headers: &[u8],
-    spool: &mut SpoolFile,
+    spool: &mut Relayed,
     recipients: usize,
     timeout: Duration,
 ) -> Result<BackendReply, RelayError> {
@@ -56,7 +56,7 @@ pub(super) async fn message(
 async fn data(
     conn: &mut Connection,
     headers: &[u8],
-    spool: &mut SpoolFile,
+    spool: &mut Relayed,
     timeout: Duration,
 ) -> Result<Option<BackendReply>, RelayError> {
     let go = conn.command("DATA", timeout).await?;
@@ -68,13 +68,13 @@ async fn data(
         }
         return Err(RelayError::Protocol(format!("DATA answered {}", go.code)));
     }
-    spool.rewind().await?;
+    spool.rewind();
     let mut stuffer = DotStuffer::new();
     let mut chunk = vec![0u8; CHUNK];
     let mut out = Vec::with_capacity(CHUNK + CHUNK / 8);
     stuffer.encode(headers, &mut out);
     loop {
-        let n = spool.read(&mut chunk).await?;
+        let n = spool.read(&mut chunk)?;
         if n == 0 {
             break;
         }
@@ -95,15 +95,15 @@ async fn data(
 async fn chunks(
     conn: &mut Connection,
     headers: &[u8],
-    spool: &mut SpoolFile,
+    spool: &mut Relayed,
     timeout: Duration,
 ) -> Result<Option<BackendReply>, RelayError> {
-    spool.rewind().await?;
+    spool.rewind();
     let mut out = Vec::with_capacity(CHUNK + headers.len());
     out.extend_from_slice(headers);
     let mut piece = vec![0u8; CHUNK];
     loop {
-        let n = spool.read(&mut piece).await?;
+        let n = spool.read(&mut piece)?;
         out.extend_from_slice(piece.get(..n).unwrap_or(&[]));
         let last = n == 0;
         if out.len() < CHUNK && !last {

@@ -201,6 +201,13 @@ impl Session {
         }
     }
 
+    /// A milter refused the sender the policy accepted (`conn::filters`): the transaction does
+    /// not open, and the refusal counts as an error like any other.
+    pub fn sender_filtered(&mut self, reply: Reply, rule: &str) -> Action {
+        self.txn = None;
+        self.refuse(reply, rule)
+    }
+
     /// The message was answered with `reply` (the back end's verdict, or a refusal after DATA):
     /// the transaction is over. A refusal counts as an error like any other; its rule is the
     /// driver's to log (`report::message_decided`).
