@@ -9,7 +9,7 @@ use crate::rules;
 
 /// A filter's verdict on the message, at the end of it (the node's answer at any stage is its
 /// answer at the end of DATA).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum FilterVerdict {
     /// Continue or accept, no modification that refuses.
     Continue,
