@@ -43,6 +43,13 @@ impl Privacy {
         Privacy { addresses, client_ip, key }
     }
 
+    /// With a fresh random key (ring's system random): one per journal started.
+    pub fn generate(addresses: AddressPrivacy, client_ip: IpPrivacy) -> Result<Privacy, ring::error::Unspecified> {
+        let mut key = [0u8; 32];
+        ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut key)?;
+        Ok(Privacy::new(addresses, client_ip, key))
+    }
+
     /// Keep everything.
     pub fn full() -> Privacy {
         Privacy::new(AddressPrivacy::Full, IpPrivacy::Full, [0; 32])

@@ -35,6 +35,7 @@ pub(super) async fn greet(
     let greeting = session.greet(&ctx.snapshot.ruleset, ctx.farm);
     report::decided(conn.shared, session, ctx.farm, &Asked::Connect, &greeting);
     report::shadowed(conn.shared, session, ctx.farm);
+    report::journal(conn.shared, session);
     // A client the policy refuses at connect has earned its ban by the greeting, whether or not
     // it says another word.
     super::rcpt::ban_after(conn.shared, session, ctx.farm, greeting.refusal());

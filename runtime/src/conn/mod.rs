@@ -294,6 +294,7 @@ async fn run(conn: &mut Conn<'_>, session: &mut Session, ctx: &Ctx<'_>, lookups:
         }
         report::decided(conn.shared, session, ctx.farm, &asked, &action);
         report::shadowed(conn.shared, session, ctx.farm);
+        report::journal(conn.shared, session);
         if let Err(end) = act(conn, session, ctx, &relay, &mut txn, action, lookups).await {
             break end;
         }

@@ -176,6 +176,20 @@ pub(super) fn shadowed(shared: &Shared, session: &mut Session, farm: &Farm) {
     }
 }
 
+/// The session's journal records since the last command, stamped with the time and handed to
+/// the node's journal (which never waits).
+pub(super) fn journal(shared: &Shared, session: &mut Session) {
+    let records = session.take_journal();
+    if records.is_empty() {
+        return;
+    }
+    let now = crate::state::since_epoch().as_secs();
+    for mut record in records {
+        record.time = now;
+        shared.journal(record);
+    }
+}
+
 /// One refusal a `shadow` rule would have given at `stage`.
 pub(super) fn would_refuse(
     shared: &Shared,

@@ -12,6 +12,8 @@ use super::Session;
 use crate::smtp::Reply;
 use mtac_ruleset::eval::{self, Decision, DomainStatus, Facts, GivenDns, ListAnswer, ReverseDns, SpfResult};
 use mtac_ruleset::model::{Farm, Stage};
+use mtac_ruleset::journal::{Record, RecordedFacts};
+use mtac_ruleset::replay::Outcome;
 use mtac_ruleset::Ruleset;
 
 /// One thing DNS answered (or made stale) since the session last heard, handed to
@@ -113,15 +115,70 @@ impl Session {
     }
 }
 
-/// Evaluate `stage` with `facts`; and what its `shadow` steps would have refused (for
-/// [`super::Session::note_shadowed`]).
+/// One evaluation's results for the session ([`Session::settle`]).
+pub(super) struct Decided {
+    verdict: Verdict,
+    /// What its `shadow` steps would have refused.
+    shadowed: Vec<(String, mtac_ruleset::model::Reply)>,
+    /// Its journal record, when the journal is on.
+    record: Option<Record>,
+}
+
+/// Evaluate `stage` with `facts`, recording it when `journal` (what `facts.dns` reads) is given.
 pub(super) fn decide(
     ruleset: &Ruleset,
     farm: &Farm,
     stage: Stage,
     facts: &Facts<'_>,
-) -> (Verdict, Vec<(String, mtac_ruleset::model::Reply)>) {
+    journal: Option<&GivenDns>,
+) -> Decided {
     let mut decision = eval::evaluate(ruleset, farm, stage, facts);
+    let record = journal.map(|dns| record(farm, stage, facts, dns, &decision));
     let shadowed = std::mem::take(&mut decision.shadowed);
-    (Verdict::of(decision), shadowed)
+    Decided { verdict: Verdict::of(decision), shadowed, record }
+}
+
+/// The journal's record of one evaluation: the facts it read and its outcome. The time is the
+/// driver's to stamp (the session has no clock).
+fn record(farm: &Farm, stage: Stage, facts: &Facts<'_>, dns: &GivenDns, decision: &Decision) -> Record {
+    Record {
+        time: 0,
+        farm: farm.name.clone(),
+        stage,
+        facts: RecordedFacts::of(facts, dns),
+        outcome: Outcome::of(decision),
+    }
+}
+
+impl Session {
+    /// What a journal record must hold of the DNS answers, when the journal is on.
+    pub(super) fn journaled(&self) -> Option<&GivenDns> {
+        self.journal.is_some().then_some(&self.dns)
+    }
+
+    /// Keep what an evaluation leaves for the driver (shadow refusals, the journal record) and
+    /// return its verdict.
+    pub(super) fn settle(&mut self, stage: Stage, decided: Decided) -> Verdict {
+        self.note_shadowed(stage, decided.shadowed);
+        self.keep_record(decided.record);
+        decided.verdict
+    }
+
+    pub(super) fn keep_record(&mut self, record: Option<Record>) {
+        if let (Some(journal), Some(record)) = (self.journal.as_mut(), record) {
+            journal.push(record);
+        }
+    }
+
+    /// The record of an evaluation the driver made with [`Session::facts`] (the `data` stage,
+    /// after the message's verdicts), when the journal is on.
+    pub fn journal_record(&self, farm: &Farm, stage: Stage, facts: &Facts<'_>, decision: &Decision) -> Option<Record> {
+        self.journaled().map(|dns| record(farm, stage, facts, dns, decision))
+    }
+
+    /// The journal records of the evaluations since the last call, for the driver to stamp and
+    /// hand to the node's journal.
+    pub fn take_journal(&mut self) -> Vec<Record> {
+        self.journal.as_mut().map(std::mem::take).unwrap_or_default()
+    }
 }

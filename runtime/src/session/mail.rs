@@ -57,9 +57,8 @@ impl Session {
             }
         };
         let facts = self.facts(ruleset, Some(&sender), None);
-        let (verdict, shadowed) = decide(ruleset, farm, Stage::Mail, &facts);
-        self.note_shadowed(Stage::Mail, shadowed);
-        if let Verdict::Refuse(r, refusal) = verdict {
+        let decided = decide(ruleset, farm, Stage::Mail, &facts, self.journaled());
+        if let Verdict::Refuse(r, refusal) = self.settle(Stage::Mail, decided) {
             return self.answer(r, refusal);
         }
         self.txn = Some(Transaction {
@@ -138,9 +137,8 @@ impl Session {
         // The answer serves this RCPT only: a later RCPT of the same address asks again (the
         // directory's cache makes that cheap, and a 451 must not stick for the session).
         facts.directory = directory;
-        let (verdict, shadowed) = decide(ruleset, farm, Stage::Rcpt, &facts);
-        self.note_shadowed(Stage::Rcpt, shadowed);
-        match verdict {
+        let decided = decide(ruleset, farm, Stage::Rcpt, &facts, self.journaled());
+        match self.settle(Stage::Rcpt, decided) {
             Verdict::Refuse(r, refusal) => self.answer(r, refusal),
             Verdict::AskDirectory => Action::Directory { address },
             Verdict::AskGreylist => Action::Greylist { address },

@@ -94,6 +94,9 @@ pub struct Session {
     /// The client talked before the greeting's last line and the farm refuses its recipients
     /// (`screen { pregreet talker="refuse-recipients" }`).
     talked_early: bool,
+    /// Journal records not yet taken by the driver ([`Session::take_journal`]); `None`: the
+    /// ruleset has no journal, and nothing is recorded.
+    journal: Option<Vec<mtac_ruleset::journal::Record>>,
 }
 
 /// The longest delay a negative reply past the soft error limit waits.
@@ -126,6 +129,7 @@ impl Session {
             auth_failures: 0,
             max_auth_failures: farm.auth.as_ref().map_or(5, |a| a.max_failures.max(1)),
             dns: GivenDns::default(),
+            journal: ruleset.policy().journal.as_ref().map(|_| Vec::new()),
             banned: false,
             junk: 0,
             talked_early: false,
@@ -338,6 +342,8 @@ impl Session {
     pub fn greet(&mut self, ruleset: &Ruleset, farm: &Farm) -> Action {
         let facts = self.facts(ruleset, None, None);
         let mut decision = eval::evaluate(ruleset, farm, Stage::Connect, &facts);
+        let record = self.journal_record(farm, Stage::Connect, &facts, &decision);
+        self.keep_record(record);
         self.note_shadowed(Stage::Connect, std::mem::take(&mut decision.shadowed));
         let Some(policy) = &decision.reply else {
             return Action::reply(Reply::greeting(&self.hostname, &ruleset.policy().banner));
@@ -442,9 +448,8 @@ impl Session {
         self.txn = None;
         let previous = self.helo.replace(name);
         let facts = self.facts(ruleset, None, None);
-        let (verdict, shadowed) = decide(ruleset, farm, Stage::Helo, &facts);
-        self.note_shadowed(Stage::Helo, shadowed);
-        if let Verdict::Refuse(r, refusal) = verdict {
+        let decided = decide(ruleset, farm, Stage::Helo, &facts, self.journaled());
+        if let Verdict::Refuse(r, refusal) = self.settle(Stage::Helo, decided) {
             self.helo = previous;
             return self.answer(r, refusal);
         }
