@@ -14,6 +14,7 @@ mod dkim_sign;
 mod dnsbl;
 mod explain_node;
 mod greylist;
+mod journal;
 mod greylist_spf;
 mod inspect_settings;
 mod milter;
