@@ -24,7 +24,8 @@ The workflow: keep the policy in git; CI runs `mtac check` and `mtac test` on ev
 `mtac build` writes one ruleset file; push that file to every node; each node's `mtac run`
 reloads it by itself.
 
-Exit codes: 0 clean, 1 policy errors or failed policy tests, 2 usage or I/O errors.";
+Exit codes: 0 clean, 1 policy errors, failed policy tests or (`diff`) more newly refused decisions than
+--fail-if-refused allows, 2 usage or I/O errors.";
 
 /// `mtac --version`: the crate version, and the commit, build date and target build.rs found.
 const VERSION: &str = concat!(

@@ -289,12 +289,13 @@ async fn run(conn: &mut Conn<'_>, session: &mut Session, ctx: &Ctx<'_>, lookups:
             Err(end) => break end,
         };
         let action = round_trips(conn.shared, session, ctx, &relay, &mut txn, action).await;
+        // Before anything can end the session: its last decisions are journaled too.
+        report::journal(conn.shared, session);
         if let Err(end) = rcpt::after_answer(conn, session, ctx, &action).await {
             break end;
         }
         report::decided(conn.shared, session, ctx.farm, &asked, &action);
         report::shadowed(conn.shared, session, ctx.farm);
-        report::journal(conn.shared, session);
         if let Err(end) = act(conn, session, ctx, &relay, &mut txn, action, lookups).await {
             break end;
         }
