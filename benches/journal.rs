@@ -92,8 +92,16 @@ fn record(rng: &mut Rng, i: u64, old: &Ruleset) -> Record {
         1 => ListAnswer::Listed(vec![Ipv4Addr::new(127, 0, 0, 10)]),
         _ => ListAnswer::NotListed,
     };
-    let helo = if (r >> 40) % 5 == 0 { "workstation".to_owned() } else { format!("mail{}.sender{}.example", r % 97, r % 1013) };
-    let sender = if (r >> 44) % 7 == 0 { format!("user{}@localhost", r % 50) } else { format!("user{}@sender{}.example", r % 5003, r % 1013) };
+    let helo = if (r >> 40).is_multiple_of(5) {
+        "workstation".to_owned()
+    } else {
+        format!("mail{}.sender{}.example", r % 97, r % 1013)
+    };
+    let sender = if (r >> 44).is_multiple_of(7) {
+        format!("user{}@localhost", r % 50)
+    } else {
+        format!("user{}@sender{}.example", r % 5003, r % 1013)
+    };
     let recipient = match (r >> 48) % 10 {
         0 => format!("someone{}@elsewhere.example", r % 31),
         _ => format!("user{}@example.{}", r % 20011, ["com", "net", "org"][(r % 3) as usize]),
@@ -105,7 +113,7 @@ fn record(rng: &mut Rng, i: u64, old: &Ruleset) -> Record {
         recipient: (stage == Stage::Rcpt).then_some(recipient),
         authenticated: false,
         user: None,
-        tls: r % 2 == 0,
+        tls: r.is_multiple_of(2),
         dns: GivenDns {
             lists: vec![("zen.example".to_owned(), listed), ("bl.example".to_owned(), ListAnswer::NotListed)],
             ..GivenDns::default()
@@ -136,7 +144,8 @@ fn main() {
 
     // 1. Encode and write, as the node's writer thread does.
     let path = dir.path().join("journal");
-    let header = Header { hostname: "mx.bench.example".into(), started: 0, addresses: "full".into(), client_ip: "full".into() };
+    let header =
+        Header { hostname: "mx.bench.example".into(), started: 0, addresses: "full".into(), client_ip: "full".into() };
     let mut file = JournalFile::open(&path, 4 << 30, 1, &header).unwrap();
     let mut frame = Vec::with_capacity(512);
     let mut bytes = 0u64;

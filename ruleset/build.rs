@@ -52,7 +52,9 @@ fn serialized_items<'a>(text: &'a str, only: Option<&[&str]>) -> Vec<Vec<&'a str
     }
     items.retain(|item| {
         only.is_none_or(|names| {
-            item.iter().any(|l| names.iter().any(|n| l.contains(&format!("pub struct {n} ")) || l.contains(&format!("pub enum {n} "))))
+            item.iter().any(|l| {
+                names.iter().any(|n| l.contains(&format!("pub struct {n} ")) || l.contains(&format!("pub enum {n} ")))
+            })
         })
     });
     items

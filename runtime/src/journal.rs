@@ -38,7 +38,12 @@ struct Counts {
 impl Journal {
     /// Start the writer thread for `settings`. The file is opened on the thread; a file that
     /// cannot be opened is logged there and every record counted as dropped.
-    pub fn start(settings: &JournalSettings, hostname: &str, started: u64, metrics: &Metrics) -> std::io::Result<Journal> {
+    pub fn start(
+        settings: &JournalSettings,
+        hostname: &str,
+        started: u64,
+        metrics: &Metrics,
+    ) -> std::io::Result<Journal> {
         let (queue, receiver) = mpsc::channel(QUEUE);
         let counts = Counts {
             records: metrics.journal_records.clone(),

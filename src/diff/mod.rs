@@ -167,7 +167,8 @@ impl Replay {
             Change::NewlyAccepted => old.rule(),
             _ => new.rule().or(old.rule()),
         };
-        let key = GroupKey { farm: record.farm.clone(), stage: record.stage, change, rule: rule.unwrap_or("").to_owned() };
+        let key =
+            GroupKey { farm: record.farm.clone(), stage: record.stage, change, rule: rule.unwrap_or("").to_owned() };
         let group = self.groups.entry(key).or_default();
         group.count += 1;
         if group.examples.len() < examples {
@@ -185,7 +186,13 @@ impl Replay {
 }
 
 /// Replay every record of `journals` through `old` and `new`.
-pub fn replay(old: &Ruleset, new: &Ruleset, journals: &[PathBuf], farm: Option<&str>, examples: usize) -> Result<Replay, String> {
+pub fn replay(
+    old: &Ruleset,
+    new: &Ruleset,
+    journals: &[PathBuf],
+    farm: Option<&str>,
+    examples: usize,
+) -> Result<Replay, String> {
     let mut replay = Replay { files: journals.len(), ..Replay::default() };
     for path in journals {
         let file = std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
@@ -236,9 +243,8 @@ pub fn diff(args: &DiffArgs) -> Result<ExitCode, String> {
         return Ok(ExitCode::SUCCESS);
     }
     let replay = replay(&old, &new, &args.journals, args.farm.as_deref(), args.examples)?;
-    let over = args
-        .fail_if_refused
-        .is_some_and(|t| t.exceeded(replay.count(Change::NewlyRefused), replay.accepted_by_old));
+    let over =
+        args.fail_if_refused.is_some_and(|t| t.exceeded(replay.count(Change::NewlyRefused), replay.accepted_by_old));
     let names = report::Names { old: &args.old, new: &args.new, old_hash: old.hash_hex(), new_hash: new.hash_hex() };
     if args.format == Format::Json {
         report::json(&replay, &names, args.fail_if_refused, over)?;

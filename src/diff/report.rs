@@ -13,7 +13,8 @@ pub struct Names<'a> {
     pub new_hash: String,
 }
 
-const CHANGES: [Change; 4] = [Change::NewlyRefused, Change::NewlyAccepted, Change::ReplyChanged, Change::PendingChanged];
+const CHANGES: [Change; 4] =
+    [Change::NewlyRefused, Change::NewlyAccepted, Change::ReplyChanged, Change::PendingChanged];
 
 fn percent(part: u64, whole: u64) -> f64 {
     if whole == 0 {
@@ -47,7 +48,12 @@ pub fn human(replay: &Replay, names: &Names<'_>, threshold: Option<Threshold>, o
     );
     println!("  old {} ({})", names.old.display(), names.old_hash.get(..16).unwrap_or(&names.old_hash));
     println!("  new {} ({})", names.new.display(), names.new_hash.get(..16).unwrap_or(&names.new_hash));
-    println!("changed: {} of {} ({:.2}%)", replay.changed(), replay.decisions, percent(replay.changed(), replay.decisions));
+    println!(
+        "changed: {} of {} ({:.2}%)",
+        replay.changed(),
+        replay.decisions,
+        percent(replay.changed(), replay.decisions)
+    );
     let refused = replay.count(Change::NewlyRefused);
     println!(
         "  newly refused: {refused} ({:.2}% of the {} decisions OLD accepts)",
@@ -114,8 +120,10 @@ pub fn json(replay: &Replay, names: &Names<'_>, threshold: Option<Threshold>, ov
     let live: Vec<serde_json::Value> = replay
         .live_examples
         .iter()
-        .map(|(farm, stage, e)| json!({"farm": farm, "stage": stage.as_str(), "recorded": e.old.to_string(),
-            "replayed": e.new.to_string(), "client": e.client, "sender": e.sender, "recipient": e.recipient}))
+        .map(|(farm, stage, e)| {
+            json!({"farm": farm, "stage": stage.as_str(), "recorded": e.old.to_string(),
+            "replayed": e.new.to_string(), "client": e.client, "sender": e.sender, "recipient": e.recipient})
+        })
         .collect();
     let value = json!({
         "old": {"path": names.old.display().to_string(), "hash": names.old_hash},

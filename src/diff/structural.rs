@@ -19,15 +19,56 @@ const LISTED: usize = 20;
 pub enum Change {
     FarmAdded(String),
     FarmRemoved(String),
-    StepAdded { farm: String, stage: Stage, rule: String, reply: Reply },
-    StepRemoved { farm: String, stage: Stage, rule: String },
-    Reordered { farm: String, stage: Stage, old: Vec<String>, new: Vec<String> },
-    ReplyChanged { farm: String, stage: Stage, rule: String, old: Reply, new: Reply },
-    ShadowChanged { farm: String, stage: Stage, rule: String, shadow: bool },
-    TableAdded { table: String, entries: u64 },
-    TableRemoved { table: String, entries: u64 },
-    Entries { table: String, added: Vec<String>, removed: Vec<String>, added_count: usize, removed_count: usize },
-    EntryCount { table: String, old: u64, new: u64 },
+    StepAdded {
+        farm: String,
+        stage: Stage,
+        rule: String,
+        reply: Reply,
+    },
+    StepRemoved {
+        farm: String,
+        stage: Stage,
+        rule: String,
+    },
+    Reordered {
+        farm: String,
+        stage: Stage,
+        old: Vec<String>,
+        new: Vec<String>,
+    },
+    ReplyChanged {
+        farm: String,
+        stage: Stage,
+        rule: String,
+        old: Reply,
+        new: Reply,
+    },
+    ShadowChanged {
+        farm: String,
+        stage: Stage,
+        rule: String,
+        shadow: bool,
+    },
+    TableAdded {
+        table: String,
+        entries: u64,
+    },
+    TableRemoved {
+        table: String,
+        entries: u64,
+    },
+    Entries {
+        table: String,
+        added: Vec<String>,
+        removed: Vec<String>,
+        added_count: usize,
+        removed_count: usize,
+    },
+    EntryCount {
+        table: String,
+        old: u64,
+        new: u64,
+    },
     /// Lines of `mtac inspect --settings`, `-` OLD's, `+` NEW's.
     Settings(Vec<String>),
 }
@@ -126,7 +167,9 @@ fn tables<'r>(old: &'r Ruleset, new: &'r Ruleset, farm: Option<&str>, out: &mut 
                     });
                 }
             }
-            _ if count != new_count => out.push(Change::EntryCount { table: name.clone(), old: *count, new: *new_count }),
+            _ if count != new_count => {
+                out.push(Change::EntryCount { table: name.clone(), old: *count, new: *new_count })
+            }
             _ => {}
         }
     }
@@ -195,7 +238,9 @@ fn change_json(change: &Change) -> serde_json::Value {
         Change::TableRemoved { table, entries } => json!({"kind": "table-removed", "table": table, "entries": entries}),
         Change::Entries { table, added, removed, added_count, removed_count } => json!({"kind": "entries",
             "table": table, "added": added, "removed": removed, "added_count": added_count, "removed_count": removed_count}),
-        Change::EntryCount { table, old, new } => json!({"kind": "entry-count", "table": table, "old": old, "new": new}),
+        Change::EntryCount { table, old, new } => {
+            json!({"kind": "entry-count", "table": table, "old": old, "new": new})
+        }
         Change::Settings(lines) => json!({"kind": "settings", "lines": lines}),
     }
 }
@@ -204,7 +249,9 @@ fn change_text(change: &Change) -> String {
     match change {
         Change::FarmAdded(farm) => format!("farm {farm}: added"),
         Change::FarmRemoved(farm) => format!("farm {farm}: removed"),
-        Change::StepAdded { farm, stage, rule, reply } => format!("{farm} {}: step added: {rule} ({reply})", stage.as_str()),
+        Change::StepAdded { farm, stage, rule, reply } => {
+            format!("{farm} {}: step added: {rule} ({reply})", stage.as_str())
+        }
         Change::StepRemoved { farm, stage, rule } => format!("{farm} {}: step removed: {rule}", stage.as_str()),
         Change::Reordered { farm, stage, old, new } => {
             format!("{farm} {}: steps reordered: {} → {}", stage.as_str(), old.join(", "), new.join(", "))
@@ -212,7 +259,9 @@ fn change_text(change: &Change) -> String {
         Change::ReplyChanged { farm, stage, rule, old, new } => {
             format!("{farm} {}: {rule}: reply {old} → {new}", stage.as_str())
         }
-        Change::ShadowChanged { farm, stage, rule, shadow: true } => format!("{farm} {}: {rule}: now shadow", stage.as_str()),
+        Change::ShadowChanged { farm, stage, rule, shadow: true } => {
+            format!("{farm} {}: {rule}: now shadow", stage.as_str())
+        }
         Change::ShadowChanged { farm, stage, rule, shadow: false } => {
             format!("{farm} {}: {rule}: now enforced (was shadow)", stage.as_str())
         }

@@ -42,8 +42,8 @@ fn diff_json(old: &Path, new: &Path, journals: &[PathBuf], extra: &[&str]) -> (O
     }
     let out = command.output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
-    let value = serde_json::from_str(&text)
-        .unwrap_or_else(|e| panic!("{e}: {text}\n{}", String::from_utf8_lossy(&out.stderr)));
+    let value =
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}\n{}", String::from_utf8_lossy(&out.stderr)));
     (out.status.code(), value)
 }
 
@@ -97,8 +97,7 @@ async fn traffic(node: &TestNode) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_journal_replayed_through_its_own_ruleset_reproduces_every_decision_and_a_candidate_shows_its_blast_radius()
-{
+async fn a_journal_replayed_through_its_own_ruleset_reproduces_every_decision_and_a_candidate_shows_its_blast_radius() {
     let sink = Sink::start(Behaviour::default()).await;
     let text = policy(JOURNAL);
     let node = TestNode::start(&text, Some(sink.addr)).await;
@@ -152,7 +151,10 @@ async fn a_journal_replayed_through_its_own_ruleset_reproduces_every_decision_an
     assert_eq!(blast["by_change"]["pending-changed"], 1, "{blast}");
     let pending = &blast["groups"][1];
     assert_eq!((pending["stage"].as_str(), pending["change"].as_str()), (Some("rcpt"), Some("pending-changed")));
-    assert_eq!((pending["examples"][0]["old"].as_str(), pending["examples"][0]["new"].as_str()), (Some("pass"), Some("ask greylist")));
+    assert_eq!(
+        (pending["examples"][0]["old"].as_str(), pending["examples"][0]["new"].as_str()),
+        (Some("pass"), Some("ask greylist"))
+    );
     let group = &blast["groups"][0];
     assert_eq!((group["farm"].as_str(), group["stage"].as_str()), (Some("mx"), Some("connect")), "{blast}");
     assert_eq!((group["change"].as_str(), group["rule"].as_str()), (Some("newly-refused"), Some("access")));
@@ -236,7 +238,9 @@ async fn a_reload_turns_the_journal_on() {
     let (r, _) = send(node.addr, "127.0.41.7", "alice@sender.example", "bob@example.test").await;
     assert_eq!(code(&r), 250);
     assert!(!journal.exists(), "off by default");
-    let text = policy(JOURNAL).replace("{backend}", &sink.addr.to_string()).replace("{dir}", node.dir.path().to_str().unwrap());
+    let text = policy(JOURNAL)
+        .replace("{backend}", &sink.addr.to_string())
+        .replace("{dir}", node.dir.path().to_str().unwrap());
     let tmp = node.dir.path().join("policy.kdl.tmp");
     std::fs::write(&tmp, text).unwrap();
     std::fs::rename(&tmp, node.dir.path().join("policy.kdl")).unwrap();
@@ -285,7 +289,8 @@ fn the_structural_diff_names_an_added_entry_a_removed_step_and_a_changed_reply()
         .replace("reject \"127.0.0.20\"", "reject \"127.0.0.20\"\n        accept \"198.51.100.0/24\"")
         .replace("    helo fqdn=#true\n", "")
         .replace("Greylisted, come back later", "Greylisted, please retry");
-    let candidate = candidate.replace("local-domains \"example.test\"", "local-domains \"example.test\" \"example.org\"");
+    let candidate =
+        candidate.replace("local-domains \"example.test\"", "local-domains \"example.test\" \"example.org\"");
     let new = dir.path().join("new.kdl");
     std::fs::write(&new, &candidate).unwrap();
     let out = mtac(&["diff"], &[&old, &new]);
@@ -293,7 +298,9 @@ fn the_structural_diff_names_an_added_entry_a_removed_step_and_a_changed_reply()
     assert_eq!(out.status.code(), Some(0), "{shown}{}", String::from_utf8_lossy(&out.stderr));
     assert!(shown.contains("mx rcpt: step removed: helo.fqdn"), "{shown}");
     assert!(
-        shown.contains("mx rcpt: greylist: reply 451 4.7.1 Greylisted, come back later → 451 4.7.1 Greylisted, please retry"),
+        shown.contains(
+            "mx rcpt: greylist: reply 451 4.7.1 Greylisted, come back later → 451 4.7.1 Greylisted, please retry"
+        ),
         "{shown}"
     );
     assert!(shown.contains("table mx.local-domains: 1 added, 0 removed\n  + example.org"), "{shown}");

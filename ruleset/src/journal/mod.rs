@@ -239,8 +239,13 @@ impl<R: Read> JournalReader<R> {
         if found != fingerprint() {
             return Err(at(10, JournalErrorKind::Layout { found }));
         }
-        let mut reader =
-            JournalReader { input, offset: preamble.len() as u64, header: empty_header(), buf: Vec::new(), done: false };
+        let mut reader = JournalReader {
+            input,
+            offset: preamble.len() as u64,
+            header: empty_header(),
+            buf: Vec::new(),
+            done: false,
+        };
         match reader.frame::<Header>("the header")? {
             Some(header) => reader.header = header,
             None => return Err(at(preamble.len(), JournalErrorKind::Truncated("the header"))),
@@ -310,7 +315,9 @@ fn fill(input: &mut impl Read, buf: &mut [u8], offset: u64) -> Result<usize, Jou
             Ok(0) => break,
             Ok(n) => got += n,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(JournalError { offset: offset + got as u64, kind: JournalErrorKind::Io(e.to_string()) }),
+            Err(e) => {
+                return Err(JournalError { offset: offset + got as u64, kind: JournalErrorKind::Io(e.to_string()) })
+            }
         }
     }
     Ok(got)

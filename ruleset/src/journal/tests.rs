@@ -142,7 +142,8 @@ fn rotation_keeps_the_files_under_the_bound_and_each_file_readable() {
     assert!(total <= max, "{total} > {max}");
     let mut newest_first = Vec::new();
     for p in &paths {
-        let records: Vec<Record> = JournalReader::new(std::fs::File::open(p).unwrap()).unwrap().map(Result::unwrap).collect();
+        let records: Vec<Record> =
+            JournalReader::new(std::fs::File::open(p).unwrap()).unwrap().map(Result::unwrap).collect();
         assert!(!records.is_empty());
         newest_first.push(records);
     }
@@ -154,7 +155,8 @@ fn rotation_keeps_the_files_under_the_bound_and_each_file_readable() {
     // A new run rotates the last run's file away rather than append under another header.
     drop(file);
     let _again = JournalFile::open(&path, max, files, &header()).unwrap();
-    let first: Vec<_> = JournalReader::new(std::fs::File::open(dir.path().join("journal.1")).unwrap()).unwrap().collect();
+    let first: Vec<_> =
+        JournalReader::new(std::fs::File::open(dir.path().join("journal.1")).unwrap()).unwrap().collect();
     assert_eq!(first.last().unwrap().as_ref().unwrap(), &record(written - 1));
 }
 

@@ -11,8 +11,8 @@ use super::action::{policy_reply, Refusal};
 use super::Session;
 use crate::smtp::Reply;
 use mtac_ruleset::eval::{self, Decision, DomainStatus, Facts, GivenDns, ListAnswer, ReverseDns, SpfResult};
-use mtac_ruleset::model::{Farm, Stage};
 use mtac_ruleset::journal::{Record, RecordedFacts};
+use mtac_ruleset::model::{Farm, Stage};
 use mtac_ruleset::replay::Outcome;
 use mtac_ruleset::Ruleset;
 
