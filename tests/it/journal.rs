@@ -307,3 +307,29 @@ fn the_structural_diff_names_an_added_entry_a_removed_step_and_a_changed_reply()
     assert!(shown.contains("table mx.access: 1 → 2 entries") || shown.contains("mx.access"), "{shown}");
     assert!(shown.contains("settings (mtac inspect --settings):"), "{shown}");
 }
+
+#[test]
+fn check_refuses_a_journal_too_small_or_of_an_unknown_mode_and_inspect_prints_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, journal: &str| -> PathBuf {
+        let text = policy(journal).replace("{dir}", dir.path().to_str().unwrap()).replace("{backend}", "127.0.0.1:9");
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        path
+    };
+    let bad = write("bad.kdl", "journal \"j\" max-size=\"32KiB\" files=4 addresses=\"hashed\"");
+    let out = mtac(&["check"], &[&bad]);
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{said}");
+    assert!(said.contains("mtac::journal::max-size") && said.contains("mtac::journal::mode"), "{said}");
+    let good = write("good.kdl", "journal \"j\" files=2 addresses=\"domain\" client-ip=\"network\"");
+    let ruleset = dir.path().join("good.mtac");
+    build(&good, &ruleset);
+    let out = mtac(&["inspect", "--settings"], &[&ruleset]);
+    let shown = String::from_utf8_lossy(&out.stdout);
+    let expected = format!(
+        "journal \"{}\" max-size=\"256MiB\" files=2 addresses=\"domain\" client-ip=\"network\"",
+        dir.path().join("j").display()
+    );
+    assert!(shown.contains(&expected), "{shown}");
+}

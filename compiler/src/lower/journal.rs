@@ -58,36 +58,33 @@ impl Lowerer {
                 "give at least 16 KiB a file (a record is a few hundred bytes), e.g. max-size=\"256MiB\" files=8",
             );
         }
-        if let Some(entry) = Self::prop(at, "addresses") {
-            if let Some(text) = self.string(entry, file, "`addresses`") {
-                match AddressPrivacy::parse(&text) {
-                    Some(mode) => settings.addresses = mode,
-                    None => self.reporter.err(
-                        "mtac::journal::addresses",
-                        format!("`{text}` is not an address mode"),
-                        file,
-                        entry.span(),
-                        "unknown mode",
-                        "\"full\", \"pseudonymous\" (local parts replaced by a keyed hash) or \"domain\" (local parts dropped)",
-                    ),
-                }
-            }
+        let addresses =
+            "\"full\", \"pseudonymous\" (local parts replaced by a keyed hash) or \"domain\" (local parts dropped)";
+        if let Some(mode) = self.mode(at, "addresses", AddressPrivacy::parse, addresses) {
+            settings.addresses = mode;
         }
-        if let Some(entry) = Self::prop(at, "client-ip") {
-            if let Some(text) = self.string(entry, file, "`client-ip`") {
-                match IpPrivacy::parse(&text) {
-                    Some(mode) => settings.client_ip = mode,
-                    None => self.reporter.err(
-                        "mtac::journal::client-ip",
-                        format!("`{text}` is not a client-ip mode"),
-                        file,
-                        entry.span(),
-                        "unknown mode",
-                        "\"full\" or \"network\" (IPv4 /24, IPv6 /48)",
-                    ),
-                }
-            }
+        if let Some(mode) = self.mode(at, "client-ip", IpPrivacy::parse, "\"full\" or \"network\" (IPv4 /24, IPv6 /48)")
+        {
+            settings.client_ip = mode;
         }
         draft.journal = Some(settings);
+    }
+
+    /// A privacy mode (`addresses=`, `client-ip=`): one of the words `parse` knows.
+    fn mode<T>(&mut self, at: At<'_>, key: &str, parse: fn(&str) -> Option<T>, modes: &str) -> Option<T> {
+        let entry = Self::prop(at, key)?;
+        let text = self.string(entry, at.file, &format!("`{key}`"))?;
+        let mode = parse(&text);
+        if mode.is_none() {
+            self.reporter.err(
+                "mtac::journal::mode",
+                format!("`{text}` is not a mode of `{key}`"),
+                at.file,
+                entry.span(),
+                "unknown mode",
+                modes,
+            );
+        }
+        mode
     }
 }
