@@ -24,7 +24,8 @@ The workflow: keep the policy in git; CI runs `mtac check` and `mtac test` on ev
 `mtac build` writes one ruleset file; push that file to every node; each node's `mtac run`
 reloads it by itself.
 
-Exit codes: 0 clean, 1 policy errors or failed policy tests, 2 usage or I/O errors.";
+Exit codes: 0 clean, 1 policy errors, failed policy tests or (`diff`) more newly refused decisions than
+--fail-if-refused allows, 2 usage or I/O errors.";
 
 /// `mtac --version`: the crate version, and the commit, build date and target build.rs found.
 const VERSION: &str = concat!(
@@ -93,6 +94,10 @@ enum Command {
     Lookup(crate::lookup::LookupArgs),
     /// Evaluate one session against a ruleset and show each rule consulted and the reply
     Explain(Box<ExplainArgs>),
+    /// What a policy change would change: replay decision journals through OLD and NEW and
+    /// count the decisions that change (exit 1 over --fail-if-refused), or without journals
+    /// compare the rulesets' steps, replies, table entries and settings
+    Diff(Box<crate::diff::DiffArgs>),
     /// Run declarative policy tests (files, or directories searched for *.test.kdl)
     Test {
         /// Test files or directories
@@ -156,7 +161,7 @@ impl FileArgs {
 }
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
-enum Format {
+pub(crate) enum Format {
     Human,
     Json,
 }
@@ -296,6 +301,7 @@ pub fn dispatch(cli: Cli) -> Result<ExitCode, String> {
         Command::Inspect { ruleset, settings: false, farm: _, format } => inspect(&ruleset, format),
         Command::Lookup(args) => crate::lookup::lookup(&args),
         Command::Explain(args) => explain(*args),
+        Command::Diff(args) => crate::diff::diff(&args),
         Command::Test { tests, files } => run_tests(&tests, &files),
         Command::Run(args) => crate::cli::run(args),
         Command::Status(args) => crate::status::status(&args),
@@ -366,7 +372,7 @@ fn check(policy: &Path, args: &OutputArgs, output: Option<&Path>, options: mtac_
     ExitCode::SUCCESS
 }
 
-fn load_ruleset(path: Option<&Path>, policy: Option<&Path>, files: &FileArgs) -> Result<Ruleset, String> {
+pub(crate) fn load_ruleset(path: Option<&Path>, policy: Option<&Path>, files: &FileArgs) -> Result<Ruleset, String> {
     match (path, policy) {
         (Some(path), _) => Ruleset::open(path).map_err(|e| format!("{}: {e}", path.display())),
         (None, Some(policy)) => {

@@ -23,6 +23,7 @@ macro_rules! eprint {
 }
 
 mod cli;
+mod diff;
 mod dkim_record;
 mod logging;
 mod lookup;

@@ -125,6 +125,7 @@ pub fn emit(draft: &Draft) -> Result<Emitted, Vec<String>> {
             None => Some(format!("{}/{}", spool.trim_end_matches('/'), mtac_ruleset::model::ADMIN_SOCKET_NAME)),
         },
         state: draft.state.clone().unwrap_or_default(),
+        journal: draft.journal.clone(),
     };
     Ok(Emitted { policy, tables: tables.inputs })
 }

@@ -83,6 +83,7 @@ pub const NODES: &[Node] = &[
     child("dns", "nameserver", "dns"),
     top("admin", Lowerer::admin),
     top("state", Lowerer::state),
+    top("journal", Lowerer::journal),
     top("farm", Lowerer::farm),
     include(Place::Top),
     farm("listen", Lowerer::listen),

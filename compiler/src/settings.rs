@@ -14,7 +14,7 @@
 
 mod farm;
 
-use mtac_ruleset::model::{DnsSettings, FarmKind, Policy, Reply, StateSettings, TableId};
+use mtac_ruleset::model::{DnsSettings, FarmKind, JournalSettings, Policy, Reply, StateSettings, TableId};
 use std::collections::HashSet;
 use std::fmt::Write as _;
 
@@ -207,8 +207,19 @@ pub fn unknown_farm(policy: &Policy, name: &str) -> String {
 }
 
 fn top(p: &mut Printer, policy: &Policy) {
-    let Policy { hostname, banner, spool, spool_max_bytes, farms: _, tables: _, dns, admin, admin_socket, state } =
-        policy;
+    let Policy {
+        hostname,
+        banner,
+        spool,
+        spool_max_bytes,
+        farms: _,
+        tables: _,
+        dns,
+        admin,
+        admin_socket,
+        state,
+        journal,
+    } = policy;
     p.leaf(format!("hostname {}", quote(hostname)));
     p.leaf(format!("banner {}", quote(banner)));
     match spool_max_bytes {
@@ -244,6 +255,15 @@ fn top(p: &mut Printer, policy: &Policy) {
             duration_ms(*timeout_ms),
             on_failure(*fail_open)
         )),
+    }
+    if let Some(JournalSettings { path, max_size, files, addresses, client_ip }) = journal {
+        p.leaf(format!(
+            "journal {} max-size={} files={files} addresses={} client-ip={}",
+            quote(path),
+            size(*max_size),
+            quote(addresses.as_str()),
+            quote(client_ip.as_str())
+        ));
     }
 }
 

@@ -38,7 +38,7 @@ pub trait Lookup {
 }
 
 /// One DNS list's answer for this session.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum ListAnswer {
     NotListed,
     Listed(Vec<Ipv4Addr>),
@@ -47,7 +47,7 @@ pub enum ListAnswer {
 }
 
 /// Whether the sender's domain can receive mail (Postfix's reject_unknown_sender_domain).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum DomainStatus {
     Resolves,
     /// Neither MX nor A/AAAA.
@@ -58,14 +58,14 @@ pub enum DomainStatus {
 }
 
 /// Greylisting state of the current triplet.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum GreylistStatus {
     Pass,
     Defer,
 }
 
 /// The directory's answer for one recipient.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum DirectoryAnswer {
     Known,
     Unknown,
@@ -74,7 +74,7 @@ pub enum DirectoryAnswer {
 }
 
 /// The client's reverse DNS.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum ReverseDns {
     /// A PTR name that resolves back to the client's address (FCrDNS).
     Confirmed(String),
@@ -743,7 +743,7 @@ pub fn is_local_recipient(tables: &dyn Lookup, farm: &Farm, recipient: &str) -> 
 
 /// DNS answers known up front (`mtac explain` flags, a policy test) or gathered so far (a
 /// node's session): DNS only.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct GivenDns {
     /// Zone → the answers it gave (empty = not listed).
     pub lists: Vec<(String, ListAnswer)>,

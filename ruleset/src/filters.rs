@@ -11,7 +11,7 @@ use crate::rules;
 
 /// A filter's verdict on the message, at the end of it (the node's answer at any stage is its
 /// answer at the end of DATA).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum FilterVerdict {
     /// Continue or accept, no modification that refuses.
     Continue,
@@ -56,7 +56,7 @@ impl FilterVerdict {
 }
 
 /// Where a filter's verdict is given: the stage whose command it answers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum FilterStage {
     /// MAIL FROM (a milter's answer refuses the sender).
     Mail,
@@ -67,7 +67,7 @@ pub enum FilterStage {
 }
 
 /// A filter's verdict given as a fact: `NAME=VERDICT[@STAGE]`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct GivenFilter {
     pub name: String,
     pub verdict: FilterVerdict,

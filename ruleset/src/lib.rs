@@ -12,6 +12,8 @@
 //!   postcard-encoded in the `Policy` section.
 //! - [`eval`]: the evaluator of the decision program, shared by `mtac run`, `explain` and `test` so
 //!   the three can never disagree.
+//! - [`journal`]: the decision journal's format (every evaluator call's facts and outcome), its
+//!   reader and its rotating writer; [`replay`]: two decisions compared (`mtac diff`).
 //! - [`rules`]: every rule name a refusal can carry (stage, reply class, policy or node), the
 //!   one list that logs, metrics, `mtac test` and the docs read.
 //!
@@ -28,7 +30,6 @@
 
 #![deny(unsafe_code)]
 
-pub mod compare;
 pub mod container;
 pub mod dkim;
 pub mod eval;
@@ -36,7 +37,9 @@ pub mod filters;
 mod fst_nodes;
 #[doc(hidden)]
 pub mod fuzz;
+pub mod journal;
 pub mod model;
+pub mod replay;
 pub mod rules;
 pub mod sender_auth;
 pub mod syntax;

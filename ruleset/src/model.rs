@@ -38,6 +38,72 @@ pub struct Policy {
     pub admin_socket: Option<String>,
     /// Where greylist entries (and, with Redis, bans) live.
     pub state: StateSettings,
+    /// The decision journal (`None`: off, the default).
+    pub journal: Option<JournalSettings>,
+}
+
+/// `journal`: every decision's facts and outcome, written for `mtac diff` to replay.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JournalSettings {
+    /// The current file; rotated ones are `PATH.1` … `PATH.(files-1)`.
+    pub path: String,
+    /// The most bytes all the journal's files hold together.
+    pub max_size: u64,
+    /// How many files share `max_size` (the current one included).
+    pub files: u32,
+    pub addresses: AddressPrivacy,
+    pub client_ip: IpPrivacy,
+}
+
+/// What a journal keeps of an address (addresses are personal data).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AddressPrivacy {
+    /// As given.
+    Full,
+    /// The local part replaced by a keyed hash (the key made when the journal starts, never
+    /// written): one address keeps one pseudonym while the node runs, and cannot be read back.
+    Pseudonymous,
+    /// The local part dropped: only the domain is kept.
+    Domain,
+}
+
+impl AddressPrivacy {
+    pub const NAMES: [&'static str; 3] = ["full", "pseudonymous", "domain"];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AddressPrivacy::Full => "full",
+            AddressPrivacy::Pseudonymous => "pseudonymous",
+            AddressPrivacy::Domain => "domain",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<AddressPrivacy> {
+        [AddressPrivacy::Full, AddressPrivacy::Pseudonymous, AddressPrivacy::Domain]
+            .into_iter()
+            .find(|m| m.as_str() == text)
+    }
+}
+
+/// What a journal keeps of the client's address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum IpPrivacy {
+    Full,
+    /// The network only: IPv4 /24, IPv6 /48.
+    Network,
+}
+
+impl IpPrivacy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            IpPrivacy::Full => "full",
+            IpPrivacy::Network => "network",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<IpPrivacy> {
+        [IpPrivacy::Full, IpPrivacy::Network].into_iter().find(|m| m.as_str() == text)
+    }
 }
 
 /// The state store: greylist triplets, auto-whitelist counts, bans shared across a farm.

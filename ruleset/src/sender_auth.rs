@@ -12,7 +12,7 @@ use crate::model::{DmarcSettings, Farm, OnFail, OnQuarantine, OnTempError, Reply
 use crate::syntax;
 
 /// An SPF verdict (RFC 7208 section 2.6).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum SpfResult {
     Pass,
     Fail,
@@ -53,7 +53,7 @@ impl SpfResult {
 }
 
 /// A DKIM signature's or the ARC chain's verdict (RFC 8601 section 2.7.1, RFC 8617).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum AuthResult {
     Pass,
     Fail,
@@ -90,7 +90,7 @@ impl AuthResult {
 }
 
 /// One DKIM signature's verdict and the domain (`d=`) that signed.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct DkimVerdict {
     pub domain: String,
     pub result: AuthResult,
@@ -100,7 +100,7 @@ pub struct DkimVerdict {
 /// sealer recorded when it got the message: the author domain its ARC-Authentication-Results
 /// give `dmarc=pass` for ([`aar_dmarc_pass_domain`]). `trust-arc` needs all three: a valid
 /// chain proves who sealed, not that the message was genuine when sealed.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ArcVerdict {
     pub result: AuthResult,
     pub sealer: Option<String>,
@@ -108,7 +108,7 @@ pub struct ArcVerdict {
 }
 
 /// A DMARC verdict (RFC 7489 section 11.2).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum DmarcResult {
     Pass,
     Fail,
@@ -149,7 +149,7 @@ impl DmarcResult {
 }
 
 /// The policy the author domain publishes (`p=`, or `sp=` for a subdomain).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum DmarcPolicy {
     None,
     Quarantine,
@@ -171,7 +171,7 @@ impl DmarcPolicy {
 }
 
 /// The DMARC verdict on the message's author domain (RFC5322.From).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct DmarcVerdict {
     pub result: DmarcResult,
     pub policy: DmarcPolicy,
@@ -180,7 +180,7 @@ pub struct DmarcVerdict {
 }
 
 /// What verification found in one message after DATA: the facts of [`dmarc_step`].
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct MessageAuth {
     /// Every DKIM signature's verdict, in header order.
     pub dkim: Vec<DkimVerdict>,

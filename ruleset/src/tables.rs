@@ -486,6 +486,20 @@ impl DomainTable {
         }
     }
 
+    /// Every entry and its value, in key order: `example.com`, or `.example.com` for an entry
+    /// that also matches its subdomains (`mtac diff` compares two tables' entries). Walks the
+    /// whole table with fst's reader, safe here because [`DomainTable::new`] checked every node.
+    pub fn entries(&self) -> Vec<(String, u32)> {
+        let mut out = Vec::with_capacity(self.len());
+        let mut stream = self.fst.map.stream();
+        while let Some((key, raw)) = fst::Streamer::next(&mut stream) {
+            let domain = unreverse(key);
+            let name = if raw & 1 == 1 { format!(".{domain}") } else { domain };
+            out.push((name, u32::try_from(raw >> 1).unwrap_or(u32::MAX)));
+        }
+        out
+    }
+
     /// Number of domains in the table.
     pub fn len(&self) -> usize {
         self.fst.len()
@@ -676,6 +690,22 @@ impl AddressTable {
         // Every state of an fst built from keys lies on the path of some key,
         // so reaching the state after "domain@" means a key starts with it.
         buf.get(..=d.len()).is_some_and(|prefix| self.fst.walk(prefix).is_some())
+    }
+
+    /// Every address (`local@domain`, as stored: case-folded by the module's rules) and its
+    /// value, in key order; see [`DomainTable::entries`].
+    pub fn entries(&self) -> Vec<(String, u32)> {
+        let mut out = Vec::with_capacity(self.len());
+        let mut stream = self.fst.map.stream();
+        while let Some((key, raw)) = fst::Streamer::next(&mut stream) {
+            let key = String::from_utf8_lossy(key);
+            let address = match key.split_once('@') {
+                Some((domain, local)) => format!("{local}@{domain}"),
+                None => key.into_owned(),
+            };
+            out.push((address, u32::try_from(raw).unwrap_or(u32::MAX)));
+        }
+        out
     }
 
     /// Number of addresses in the table.

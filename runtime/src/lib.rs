@@ -34,6 +34,7 @@ pub mod dkim_sign;
 pub mod dns;
 pub mod guard;
 pub mod hook;
+pub mod journal;
 pub mod lookups;
 pub mod maildir;
 pub mod metrics;

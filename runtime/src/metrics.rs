@@ -255,6 +255,10 @@ metrics! {
         "Recipient lookups in the directory, by result and by whether the cache answered";
     directory_seconds: Histograms<FarmLabel> = Family::new_with_constructor(relay_histogram),
         "directory_duration_seconds", "Time of each directory round trip (cache hits excluded)";
+    journal_records: Counter, "journal_records", "Decision journal records written";
+    journal_bytes: Counter, "journal_bytes", "Bytes of decision journal records written (length prefixes included)";
+    journal_dropped: Counter, "journal_dropped",
+        "Decision journal records dropped: the writer's queue was full, or the file could not be written";
     // Set at scrape time from where the value lives (Shared::render_metrics).
     bans_active: Gauge, "bans_active", "Client networks banned now";
     spool_bytes: Gauge, "spool_bytes", "Bytes of messages in the spool now";

@@ -16,6 +16,7 @@ mod explain_node;
 mod greylist;
 mod greylist_spf;
 mod inspect_settings;
+mod journal;
 mod milter;
 mod milter_live;
 mod node;

@@ -289,5 +289,7 @@ pub struct Draft {
     /// `None`: not said (the default path in the spool); `Some(None)`: `socket=#false`.
     pub admin_socket: Option<Option<String>>,
     pub state: Option<StateSettings>,
+    /// `journal` (`None`: off).
+    pub journal: Option<mtac_ruleset::model::JournalSettings>,
     pub farms: Vec<DraftFarm>,
 }

@@ -20,6 +20,7 @@ mod dkim;
 mod filters;
 mod include;
 mod ir;
+mod journal;
 mod listen;
 mod lists;
 mod read;

@@ -36,6 +36,7 @@ pub(super) async fn greet(
     report::decided(conn.shared, session, ctx.farm, &Asked::Connect, &greeting);
     report::shadowed(conn.shared, session, ctx.farm);
     report::ruleset_changes(conn.shared, session, ctx.farm);
+    report::journal(conn.shared, session);
     // A client the policy refuses at connect has earned its ban by the greeting, whether or not
     // it says another word.
     super::rcpt::ban_after(conn.shared, session, ctx.farm, greeting.refusal());

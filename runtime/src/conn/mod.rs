@@ -305,6 +305,8 @@ async fn run(conn: &mut Conn<'_>, session: &mut Session, ctx: &Ctx<'_>, lookups:
             Err(end) => break end,
         };
         let action = round_trips(conn.shared, session, ctx, &relay, &mut txn, action, &mut milters).await;
+        // Before anything can end the session: its last decisions are journaled too.
+        report::journal(conn.shared, session);
         let action = mail_filtered(conn.shared, session, ctx, &asked, action, &mut milters).await;
         if let Err(end) = rcpt::after_answer(conn, session, ctx, &action).await {
             break end;

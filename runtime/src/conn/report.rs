@@ -7,8 +7,8 @@ use crate::metrics::{FarmLabel, MessageOutcome, RelayError, SessionEnd, Verdict}
 use crate::session::{Action, Session};
 use crate::shared::Shared;
 use crate::smtp::Reply;
-use mtac_ruleset::compare::{Change, Outcome};
 use mtac_ruleset::model::Farm;
+use mtac_ruleset::replay::Change;
 use mtac_ruleset::rules;
 
 /// What the client asked, for the decision's log line and metrics.
@@ -186,18 +186,27 @@ pub(super) fn ruleset_changes(shared: &Shared, session: &mut Session, farm: &Far
     if change.change == Change::Same {
         return;
     }
-    let show = |o: &Outcome| match o {
-        Outcome::Accept => "accept".to_owned(),
-        Outcome::Greylist => "greylist".to_owned(),
-        Outcome::Refuse { reply, .. } => reply.to_string(),
-    };
     let recipient = change.recipient.as_deref().unwrap_or("");
     tracing::info!(
         session = %session.id(), client = %session.peer().ip(), farm = farm.name.as_str(),
         helo = session.helo().unwrap_or(""), sender = session.transaction().map_or("", |t| t.sender.as_str()),
         recipient, stage = change.stage.as_str(), direction = change.change.as_str(), rule = change.rule(),
-        live = %show(&change.live), candidate = %show(&change.candidate), "shadow ruleset differs"
+        live = %change.live, candidate = %change.candidate, "shadow ruleset differs"
     );
+}
+
+/// The session's journal records since the last command, stamped with the time and handed to
+/// the node's journal (which never waits).
+pub(super) fn journal(shared: &Shared, session: &mut Session) {
+    let records = session.take_journal();
+    if records.is_empty() {
+        return;
+    }
+    let now = crate::state::since_epoch().as_secs();
+    for mut record in records {
+        record.time = now;
+        shared.journal(record);
+    }
 }
 
 /// One refusal a `shadow` rule would have given at `stage`.

@@ -130,6 +130,10 @@ pub(super) async fn sender_auth(
     let mut evaluated = session.facts(ruleset, sender, None);
     evaluated.message = Some(facts);
     let decision = eval::evaluate(ruleset, farm, Stage::Data, &evaluated);
+    if let Some(mut record) = session.journal_record(farm, Stage::Data, &evaluated, &decision) {
+        record.time = crate::state::since_epoch().as_secs();
+        shared.journal(record);
+    }
     let change = session.compare_with_candidate(&farm.name, Stage::Data, &evaluated, &decision);
     session.note_candidate(change);
     super::report::ruleset_changes(shared, session, farm);

@@ -8,9 +8,9 @@
 //! candidate that would not greylist.
 
 use super::Session;
-use mtac_ruleset::compare::{Change, Outcome};
 use mtac_ruleset::eval::{self, Decision, Facts};
 use mtac_ruleset::model::Stage;
+use mtac_ruleset::replay::{Change, Outcome};
 use mtac_ruleset::Ruleset;
 use std::sync::Arc;
 
@@ -36,10 +36,12 @@ impl RulesetChange {
     /// The rule a change is counted under: the one that refuses (the candidate's when it
     /// newly refuses, the live one's when it no longer does), or greylisting.
     pub fn rule(&self) -> &str {
-        match (&self.candidate, &self.live) {
-            (Outcome::Refuse { rule, .. }, _) | (_, Outcome::Refuse { rule, .. }) => rule,
-            (Outcome::Greylist, _) | (_, Outcome::Greylist) => mtac_ruleset::rules::GREYLIST,
-            (Outcome::Accept, Outcome::Accept) => "",
+        match (self.candidate.rule(), self.live.rule()) {
+            (Some(rule), _) | (None, Some(rule)) => rule,
+            (None, None) if [&self.candidate, &self.live].contains(&&Outcome::AskGreylist) => {
+                mtac_ruleset::rules::GREYLIST
+            }
+            (None, None) => "",
         }
     }
 }
@@ -56,22 +58,26 @@ pub(super) fn compare(
 ) -> Option<RulesetChange> {
     let candidate = candidate?;
     let farm = candidate.ruleset.farm(farm_name)?;
-    let live = Outcome::of(live)?;
-    let theirs = eval::evaluate(&*candidate.ruleset, farm, stage, facts);
+    let live = match Outcome::of(live) {
+        Outcome::AskDirectory => return None,
+        outcome => outcome,
+    };
     // A candidate that would ask the directory where the live ruleset did not: the node does
-    // not ask for it, so its outcome is what it decided before the directory (accept).
-    let theirs = Outcome::of(&theirs).unwrap_or(Outcome::Accept);
+    // not ask for it, so its outcome is what it decided before the directory (it passed).
+    let theirs = match Outcome::of(&eval::evaluate(&*candidate.ruleset, farm, stage, facts)) {
+        Outcome::AskDirectory => Outcome::Pass,
+        outcome => outcome,
+    };
     let recipient = facts.recipient.map(str::to_owned);
     Some(RulesetChange { stage, change: Change::between(&live, &theirs), live, candidate: theirs, recipient })
 }
 
-/// A reply the session gives, as the policy would have written it (to compare with the
-/// candidate's).
-pub(super) fn as_policy(reply: &crate::smtp::Reply) -> mtac_ruleset::model::Reply {
-    mtac_ruleset::model::Reply {
+/// A refusal the session gives outside the evaluator (the greylist store's), as an outcome.
+pub(super) fn refused(reply: &crate::smtp::Reply, rule: &str) -> Outcome {
+    Outcome::Refused {
         code: reply.code(),
-        status: reply.enhanced().map(|e| e.to_string()).unwrap_or_default(),
-        text: reply.lines().join(" "),
+        enhanced: reply.enhanced().map(|e| e.to_string()).unwrap_or_default(),
+        rule: rule.to_owned(),
     }
 }
 
@@ -109,10 +115,10 @@ impl Session {
     /// differs only if the store deferred.
     pub(super) fn candidate_greylist_answered(&mut self, live: Outcome) {
         let Some(last) = self.candidate.as_deref_mut().and_then(|c| c.last.as_mut()) else { return };
-        if last.live != Outcome::Greylist {
+        if last.live != Outcome::AskGreylist {
             return;
         }
-        if last.candidate == Outcome::Greylist {
+        if last.candidate == Outcome::AskGreylist {
             // Both greylist: the store's one answer serves both.
             last.candidate = live.clone();
         }

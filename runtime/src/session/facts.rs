@@ -11,7 +11,9 @@ use super::action::{policy_reply, Refusal};
 use super::Session;
 use crate::smtp::Reply;
 use mtac_ruleset::eval::{self, Decision, DomainStatus, Facts, GivenDns, ListAnswer, ReverseDns, SpfResult};
+use mtac_ruleset::journal::{Record, RecordedFacts};
 use mtac_ruleset::model::{Farm, Stage};
+use mtac_ruleset::replay::Outcome;
 use mtac_ruleset::Ruleset;
 
 /// One thing DNS answered (or made stale) since the session last heard, handed to
@@ -113,26 +115,76 @@ impl Session {
     }
 }
 
-/// One decision of the session: the verdict, what its `shadow` steps would have refused (for
-/// [`super::Session::note_shadowed`]), and how the shadow ruleset's differs (for
-/// [`super::Session::note_candidate`]).
+/// One evaluation's results for the session ([`Session::settle`]).
 pub(super) struct Decided {
-    pub verdict: Verdict,
-    pub shadowed: Vec<(String, mtac_ruleset::model::Reply)>,
-    pub candidate: Option<super::candidate::RulesetChange>,
+    verdict: Verdict,
+    /// What its `shadow` steps would have refused.
+    shadowed: Vec<(String, mtac_ruleset::model::Reply)>,
+    /// How the shadow ruleset's decision differs, when the node runs one.
+    candidate: Option<super::candidate::RulesetChange>,
+    /// Its journal record, when the journal is on.
+    record: Option<Record>,
 }
 
-/// Evaluate `stage` with `facts`, and with the same facts in the candidate ruleset if the
-/// session has one.
+/// Evaluate `stage` with `facts` — with the same facts in the candidate ruleset too, if the
+/// session has one — recording it when `journal` (what `facts.dns` reads) is given.
 pub(super) fn decide(
     ruleset: &Ruleset,
     farm: &Farm,
     stage: Stage,
     facts: &Facts<'_>,
     candidate: Option<&super::candidate::Candidate>,
+    journal: Option<&GivenDns>,
 ) -> Decided {
     let mut decision = eval::evaluate(ruleset, farm, stage, facts);
     let candidate = super::candidate::compare(candidate, &farm.name, stage, facts, &decision);
+    let record = journal.map(|dns| record(farm, stage, facts, dns, &decision));
     let shadowed = std::mem::take(&mut decision.shadowed);
-    Decided { verdict: Verdict::of(decision), shadowed, candidate }
+    Decided { verdict: Verdict::of(decision), shadowed, candidate, record }
+}
+
+/// The journal's record of one evaluation: the facts it read and its outcome. The time is the
+/// driver's to stamp (the session has no clock).
+fn record(farm: &Farm, stage: Stage, facts: &Facts<'_>, dns: &GivenDns, decision: &Decision) -> Record {
+    Record {
+        time: 0,
+        farm: farm.name.clone(),
+        stage,
+        facts: RecordedFacts::of(facts, dns),
+        outcome: Outcome::of(decision),
+    }
+}
+
+impl Session {
+    /// What a journal record must hold of the DNS answers, when the journal is on.
+    pub(super) fn journaled(&self) -> Option<&GivenDns> {
+        self.journal.is_some().then_some(&self.dns)
+    }
+
+    /// Keep what an evaluation leaves for the driver (shadow refusals, the journal record) and
+    /// return its verdict.
+    pub(super) fn settle(&mut self, stage: Stage, decided: Decided) -> Verdict {
+        self.note_shadowed(stage, decided.shadowed);
+        self.note_candidate(decided.candidate);
+        self.keep_record(decided.record);
+        decided.verdict
+    }
+
+    pub(super) fn keep_record(&mut self, record: Option<Record>) {
+        if let (Some(journal), Some(record)) = (self.journal.as_mut(), record) {
+            journal.push(record);
+        }
+    }
+
+    /// The record of an evaluation the driver made with [`Session::facts`] (the `data` stage,
+    /// after the message's verdicts), when the journal is on.
+    pub fn journal_record(&self, farm: &Farm, stage: Stage, facts: &Facts<'_>, decision: &Decision) -> Option<Record> {
+        self.journaled().map(|dns| record(farm, stage, facts, dns, decision))
+    }
+
+    /// The journal records of the evaluations since the last call, for the driver to stamp and
+    /// hand to the node's journal.
+    pub fn take_journal(&mut self) -> Vec<Record> {
+        self.journal.as_mut().map(std::mem::take).unwrap_or_default()
+    }
 }

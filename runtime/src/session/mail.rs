@@ -10,9 +10,9 @@ use super::action::{reply, Action, Refusal};
 use super::facts::{decide, Verdict};
 use super::Session;
 use crate::smtp::{Body, ForwardPath, MailFrom, RcptTo, Reply, ReversePath};
-use mtac_ruleset::compare::Outcome;
 use mtac_ruleset::eval::DirectoryAnswer;
 use mtac_ruleset::model::{Farm, Stage};
+use mtac_ruleset::replay::Outcome;
 use mtac_ruleset::{rules, Ruleset};
 
 /// The envelope of the transaction in progress.
@@ -58,9 +58,8 @@ impl Session {
             }
         };
         let facts = self.facts(ruleset, Some(&sender), None);
-        let decided = decide(ruleset, farm, Stage::Mail, &facts, self.candidate());
-        let verdict = self.decided(Stage::Mail, decided);
-        if let Verdict::Refuse(r, refusal) = verdict {
+        let decided = decide(ruleset, farm, Stage::Mail, &facts, self.candidate(), self.journaled());
+        if let Verdict::Refuse(r, refusal) = self.settle(Stage::Mail, decided) {
             return self.answer(r, refusal);
         }
         self.txn = Some(Transaction {
@@ -139,9 +138,8 @@ impl Session {
         // The answer serves this RCPT only: a later RCPT of the same address asks again (the
         // directory's cache makes that cheap, and a 451 must not stick for the session).
         facts.directory = directory;
-        let decided = decide(ruleset, farm, Stage::Rcpt, &facts, self.candidate());
-        let verdict = self.decided(Stage::Rcpt, decided);
-        match verdict {
+        let decided = decide(ruleset, farm, Stage::Rcpt, &facts, self.candidate(), self.journaled());
+        match self.settle(Stage::Rcpt, decided) {
             Verdict::Refuse(r, refusal) => self.answer(r, refusal),
             Verdict::AskDirectory => Action::Directory { address },
             Verdict::AskGreylist => Action::Greylist { address },
@@ -173,15 +171,14 @@ impl Session {
     pub fn greylist_result(&mut self, address: String, answer: GreylistAnswer) -> Action {
         match answer {
             GreylistAnswer::Pass { client } => {
-                self.candidate_greylist_answered(Outcome::Accept);
+                self.candidate_greylist_answered(Outcome::Pass);
                 if client.is_some() {
                     self.greylist_client = client;
                 }
                 Action::Recipient { address }
             }
             GreylistAnswer::Refuse(r) => {
-                let rule = rules::GREYLIST.to_owned();
-                self.candidate_greylist_answered(Outcome::Refuse { reply: super::candidate::as_policy(&r), rule });
+                self.candidate_greylist_answered(super::candidate::refused(&r, rules::GREYLIST));
                 self.answer(r, Some(Refusal::no_ban(rules::GREYLIST)))
             }
         }

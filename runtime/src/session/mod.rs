@@ -37,7 +37,7 @@ pub use mail::{GreylistAnswer, Transaction};
 
 use crate::smtp::{Command, EhloCapabilities, ParseError, Reply};
 use action::reply;
-use facts::{decide, Decided, Verdict};
+use facts::{decide, Verdict};
 use mtac_ruleset::eval::{self, GivenDns};
 use mtac_ruleset::model::{self, Farm, Stage};
 use mtac_ruleset::rules;
@@ -98,6 +98,9 @@ pub struct Session {
     /// The client talked before the greeting's last line and the farm refuses its recipients
     /// (`screen { pregreet talker="refuse-recipients" }`).
     talked_early: bool,
+    /// Journal records not yet taken by the driver ([`Session::take_journal`]); `None`: the
+    /// ruleset has no journal, and nothing is recorded.
+    journal: Option<Vec<mtac_ruleset::journal::Record>>,
 }
 
 /// The longest delay a negative reply past the soft error limit waits.
@@ -131,6 +134,7 @@ impl Session {
             auth_failures: 0,
             max_auth_failures: farm.auth.as_ref().map_or(5, |a| a.max_failures.max(1)),
             dns: GivenDns::default(),
+            journal: ruleset.policy().journal.as_ref().map(|_| Vec::new()),
             banned: false,
             junk: 0,
             talked_early: false,
@@ -317,13 +321,6 @@ impl Session {
     /// Keep what `stage`'s `shadow` steps would have refused, once per rule and stage until the
     /// driver takes them ([`Session::take_shadowed`]): a stage evaluated again (after the
     /// directory's answer) does not report twice.
-    /// Note what a decision reported besides its verdict; the verdict.
-    fn decided(&mut self, stage: Stage, decided: Decided) -> Verdict {
-        self.note_shadowed(stage, decided.shadowed);
-        self.note_candidate(decided.candidate);
-        decided.verdict
-    }
-
     pub(super) fn note_shadowed(&mut self, stage: Stage, shadowed: Vec<(String, mtac_ruleset::model::Reply)>) {
         for (rule, reply) in shadowed {
             if !self.shadowed.iter().any(|s| s.stage == stage && s.rule == rule) {
@@ -351,7 +348,9 @@ impl Session {
         let facts = self.facts(ruleset, None, None);
         let mut decision = eval::evaluate(ruleset, farm, Stage::Connect, &facts);
         let change = candidate::compare(self.candidate(), &farm.name, Stage::Connect, &facts, &decision);
+        let record = self.journal_record(farm, Stage::Connect, &facts, &decision);
         self.note_candidate(change);
+        self.keep_record(record);
         self.note_shadowed(Stage::Connect, std::mem::take(&mut decision.shadowed));
         let Some(policy) = &decision.reply else {
             return Action::reply(Reply::greeting(&self.hostname, &ruleset.policy().banner));
@@ -456,9 +455,8 @@ impl Session {
         self.txn = None;
         let previous = self.helo.replace(name);
         let facts = self.facts(ruleset, None, None);
-        let decided = decide(ruleset, farm, Stage::Helo, &facts, self.candidate());
-        let verdict = self.decided(Stage::Helo, decided);
-        if let Verdict::Refuse(r, refusal) = verdict {
+        let decided = decide(ruleset, farm, Stage::Helo, &facts, self.candidate(), self.journaled());
+        if let Verdict::Refuse(r, refusal) = self.settle(Stage::Helo, decided) {
             self.helo = previous;
             return self.answer(r, refusal);
         }

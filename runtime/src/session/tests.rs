@@ -84,6 +84,7 @@ fn ruleset_with(errors: u32, edit: impl FnOnce(&mut Farm)) -> Ruleset {
         admin: None,
         admin_socket: None,
         state: Default::default(),
+        journal: None,
     };
     let mut domains = DomainTableBuilder::new();
     domains.insert("example.com", false, 0).unwrap();

@@ -75,6 +75,8 @@ pub struct Shared {
     last_reload_error: Mutex<Option<String>>,
     /// The listeners are bound and the node takes connections (readiness).
     ready: AtomicBool,
+    /// The decision journal, while the ruleset asks for one ([`Shared::configure_journal`]).
+    journal: arc_swap::ArcSwapOption<crate::journal::Journal>,
 }
 
 impl Shared {
@@ -90,7 +92,7 @@ impl Shared {
         let metrics = Metrics::new();
         metrics.ruleset_loaded(&snapshot.ruleset.hash_hex());
         metrics.start_time.set(i64::from(started));
-        Shared {
+        let shared = Shared {
             snapshot: ArcSwap::from_pointee(snapshot),
             candidate: ArcSwapOption::empty(),
             dns,
@@ -110,6 +112,39 @@ impl Shared {
             listening: Mutex::new(Vec::new()),
             last_reload_error: Mutex::new(None),
             ready: AtomicBool::new(false),
+            journal: arc_swap::ArcSwapOption::empty(),
+        };
+        shared.configure_journal();
+        shared
+    }
+
+    /// Start, replace or stop the decision journal as the ruleset in use says: at start and
+    /// after every reload. An unchanged setting keeps the running journal (and its pseudonym
+    /// key); a changed one closes the old file when its last record is written.
+    pub(crate) fn configure_journal(&self) {
+        let snapshot = self.snapshot();
+        let policy = snapshot.ruleset.policy();
+        let wanted = policy.journal.as_ref();
+        if self.journal.load().as_ref().map(|j| j.settings()) == wanted {
+            return;
+        }
+        let started = crate::state::since_epoch().as_secs();
+        let next = wanted.and_then(|settings| {
+            match crate::journal::Journal::start(settings, &policy.hostname, started, &self.metrics) {
+                Ok(journal) => Some(Arc::new(journal)),
+                Err(e) => {
+                    tracing::error!(error = %e, "journal: cannot start its writer thread");
+                    None
+                }
+            }
+        });
+        self.journal.store(next);
+    }
+
+    /// Hand a decision's record to the journal, if one runs (never waits).
+    pub fn journal(&self, record: mtac_ruleset::journal::Record) {
+        if let Some(journal) = self.journal.load().as_ref() {
+            journal.record(record);
         }
     }
 
@@ -141,6 +176,7 @@ impl Shared {
         let hash = snapshot.ruleset.hash_hex();
         self.snapshot.store(Arc::new(snapshot));
         self.metrics.ruleset_loaded(&hash);
+        self.configure_journal();
     }
 
     pub fn shutdown_receiver(&self) -> watch::Receiver<Shutdown> {
