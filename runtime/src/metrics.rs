@@ -125,8 +125,8 @@ label_sets! {
     CandidateDecision {
         farm: String,
         stage: &'static str,
-        /// same, newly-refused, newly-accepted, reply-changed, newly-greylisted,
-        /// no-longer-greylisted (`mtac_ruleset::compare::Change`).
+        /// same, newly-refused, newly-accepted, reply-changed, pending-changed
+        /// (`mtac_ruleset::replay::Change`).
         direction: &'static str,
         /// The rule that refuses on either side (empty when both accept).
         rule: String,
