@@ -12,10 +12,12 @@
 #   FRONT_CMD='env MTAC_FRONT_AUTH=$VARIANT bench/mtac-front.sh {port} {backend_port}' \
 #     ../shared/bench/peers.sh --targets "direct front:off front:on"
 #
-# MTAC_FRONT_MILTER=on (or 1) adds one milter: Debian's opendkim verifying (AlwaysAddARHeader),
-# started here on port-2000, so every message costs one milter conversation. With the harness:
-#   FRONT_CMD='env MTAC_FRONT_MILTER=$VARIANT bench/mtac-front.sh {port} {backend_port}' \
-#     ../shared/bench/peers.sh --targets "direct front:off front:on"
+# MTAC_FRONT_MILTER=on (or 1, or milter) adds one milter: Debian's opendkim verifying
+# (AlwaysAddARHeader), started here on port-2000, so every message costs one milter
+# conversation. MTAC_FRONT_JOURNAL=on (or 1, or journal) turns the decision journal on (in the
+# state directory, addresses in full). Both from one harness variable:
+#   FRONT_CMD='env MTAC_FRONT_MILTER=$VARIANT MTAC_FRONT_JOURNAL=$VARIANT bench/mtac-front.sh {port} {backend_port}' \
+#     ../shared/bench/peers.sh --targets "direct front:off front:milter front:journal"
 set -eu
 port=${1:?port} backend=${2:?backend port}
 here=$(cd "$(dirname "$0")" && pwd)
@@ -41,7 +43,7 @@ on | 1)
 esac
 milter=""
 case "${MTAC_FRONT_MILTER:-off}" in
-on | 1)
+on | 1 | milter)
     milter_port=$((port - 2000))
     cat >"$state/opendkim.conf" <<CONF
 Mode v
@@ -60,9 +62,17 @@ CONF
     milter="milter \"inet:127.0.0.1:$milter_port\" name=\"opendkim\" timeout=\"10s\""
     ;;
 esac
+journal=""
+case "${MTAC_FRONT_JOURNAL:-off}" in
+on | 1 | journal)
+    rm -f "$state"/journal*
+    journal="journal \"$state/journal\" max-size=\"1GiB\" files=4"
+    ;;
+esac
 cat >"$state/policy.kdl" <<POLICY
 hostname "mx.bench.example"
 spool "$spool"
+$journal
 $dns
 farm "mx" kind="inbound-mx" {
     listen "127.0.0.1:$port"

@@ -271,7 +271,9 @@ fn a_truncated_or_foreign_journal_is_an_error_naming_the_offset() {
     assert_eq!(out.status.code(), Some(2), "{said}");
     assert!(said.contains("mbox: at byte 0: not an mtac journal"), "{said}");
 
-    // A whole journal with its last record cut short.
+    // A whole journal with its last record cut short: the fuzz seed, which a change to the record
+    // types makes foreign ("record layout …"): write the seeds again with
+    // `cargo test -p mtac-ruleset -- --ignored write_seed_corpus`.
     let seed = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/journal_reader/truncated");
     let out = mtac(&["diff"], &[&r, &r, Path::new("--journal"), &seed]);
     let said = String::from_utf8_lossy(&out.stderr);
