@@ -64,11 +64,19 @@ fn ruleset_of(node: &TestNode, text: &str, name: &str, backend: &str) -> PathBuf
 /// Wait until the writer thread has written every record the node counted (it flushes whenever
 /// its queue runs empty), and read them.
 async fn written(node: &TestNode, files: &[PathBuf]) -> Vec<Record> {
+    // The writer lets records gather for 20 ms after a quiet spell: a count that held still for
+    // 100 ms, all of it in the files, is the whole traffic.
+    let mut last = (0, 0);
     for _ in 0..250 {
         let m = node.metrics().await;
         let counted = sample(&m, "mtac_journal_records_total") as usize;
         let read: Vec<Record> = files.iter().filter(|f| f.exists()).flat_map(|f| records(f)).collect();
-        if counted > 0 && read.len() == counted {
+        last = if counted > 0 && read.len() == counted && last.0 == counted {
+            (counted, last.1 + 1)
+        } else {
+            (counted, 0)
+        };
+        if last.1 == 5 {
             return read;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
