@@ -9,6 +9,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing, dead_code)]
 
+#[path = "../tests/common/bench_node.rs"]
+mod bench_node;
 #[path = "../tests/it/sink.rs"]
 mod sink;
 
@@ -16,7 +18,6 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;
-use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
 /// A throwaway CA and a leaf for mx.test.example signed by it, in `dir`: (ca, cert, key).
@@ -107,30 +108,7 @@ farm "mx" kind="inbound-mx" {{
     );
     let path = dir.join(format!("policy-{name}.kdl"));
     std::fs::write(&path, policy).unwrap();
-    let compiled = mtac_compiler::compile_path(&path);
-    let Some(output) = compiled.output else {
-        panic!("{:?}", compiled.diagnostics.list.iter().map(|d| &d.message).collect::<Vec<_>>());
-    };
-    let bytes = output.bytes;
-    let server =
-        tokio::runtime::Builder::new_multi_thread().worker_threads(1).thread_name(name).enable_all().build().unwrap();
-    let (addr_tx, addr_rx) = std::sync::mpsc::channel();
-    server.spawn(async move {
-        let loader: mtac_runtime::Loader =
-            Arc::new(move || mtac_ruleset::Ruleset::from_vec(bytes.clone()).map_err(|e| e.to_string()));
-        let node = mtac_runtime::Node::new(loader.clone()).unwrap();
-        let listeners = node.bind(mtac_runtime::AdminAddress::Off).await.unwrap();
-        addr_tx.send(listeners.smtp[0].0.local_addr().unwrap()).unwrap();
-        let config = mtac_runtime::RunConfig {
-            loader,
-            watch: None,
-            grace: Duration::from_secs(1),
-            admin: mtac_runtime::AdminAddress::Off,
-            candidate: None,
-        };
-        node.run_until(listeners, config, std::future::pending()).await.unwrap();
-    });
-    (addr_rx.recv().unwrap(), server)
+    bench_node::start(&path, name)
 }
 
 /// What one mode cost over all its rounds.

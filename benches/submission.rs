@@ -12,6 +12,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
+#[path = "../tests/common/bench_node.rs"]
+mod bench_node;
 #[path = "../tests/common/latencies.rs"]
 mod latencies;
 
@@ -104,31 +106,8 @@ farm "users" kind="submission" {{
     );
     let path = dir.path().join("policy.kdl");
     std::fs::write(&path, policy).unwrap();
-    let compiled = mtac_compiler::compile_path(&path);
-    let Some(output) = compiled.output else {
-        panic!("{:?}", compiled.diagnostics.list.iter().map(|d| &d.message).collect::<Vec<_>>());
-    };
-    let bytes = output.bytes;
-
     // The node on a runtime of its own with one thread: the per-core figure.
-    let server = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
-    let (addr_tx, addr_rx) = std::sync::mpsc::channel();
-    server.spawn(async move {
-        let loader: mtac_runtime::Loader =
-            Arc::new(move || mtac_ruleset::Ruleset::from_vec(bytes.clone()).map_err(|e| e.to_string()));
-        let node = mtac_runtime::Node::new(loader.clone()).unwrap();
-        let listeners = node.bind(mtac_runtime::AdminAddress::Off).await.unwrap();
-        addr_tx.send(listeners.smtp[0].0.local_addr().unwrap()).unwrap();
-        let config = mtac_runtime::RunConfig {
-            loader,
-            watch: None,
-            grace: Duration::from_secs(1),
-            admin: mtac_runtime::AdminAddress::Off,
-            candidate: None,
-        };
-        node.run_until(listeners, config, std::future::pending()).await.unwrap();
-    });
-    let node = addr_rx.recv().unwrap();
+    let (node, server) = bench_node::start(&path, "front");
 
     let clients = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
     clients.block_on(async move {
