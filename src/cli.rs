@@ -6,6 +6,7 @@
 use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
 use mtac_compiler::diag::{self, Diag};
 use mtac_compiler::policytest::{self, Session};
+use mtac_compiler::sources::{EntrySources, Recorder};
 use mtac_compiler::Compilation;
 use mtac_ruleset::eval::StepOutcome;
 use mtac_ruleset::model::{Relay, TableKind};
@@ -292,7 +293,7 @@ pub fn dispatch(cli: Cli) -> Result<ExitCode, String> {
     match cli.command {
         Command::Check { policy, output, files } => Ok(check(&policy, &output, None, files.options()?)),
         Command::Build { policy, output, export_directory, format, files } => {
-            let options = mtac_compiler::Options { export_directory, ..files.options()? };
+            let options = mtac_compiler::Options { export_directory, entry_sources: true, ..files.options()? };
             Ok(check(&policy, &format, Some(&output), options))
         }
         Command::Inspect { ruleset, settings: true, farm, format } => {
@@ -359,6 +360,15 @@ fn check(policy: &Path, args: &OutputArgs, output: Option<&Path>, options: mtac_
         return ExitCode::from(1);
     };
     if let Some(path) = output {
+        // The sources first: a ruleset on disk then always has the file naming its entries'
+        // sources (a leftover one for a ruleset never written names another hash and is refused).
+        if let Some(sources) = &out.sources {
+            let sources_path = mtac_compiler::sources::path_for(path);
+            if let Err(e) = mtac_ruleset::container::write_atomic(&sources_path, sources.render().as_bytes()) {
+                eprintln!("mtac: cannot write {}: {e}", sources_path.display());
+                return ExitCode::from(2);
+            }
+        }
         if let Err(e) = mtac_ruleset::container::write_atomic(path, &out.bytes) {
             eprintln!("mtac: cannot write {}: {e}", path.display());
             return ExitCode::from(2);
@@ -373,12 +383,31 @@ fn check(policy: &Path, args: &OutputArgs, output: Option<&Path>, options: mtac_
 }
 
 pub(crate) fn load_ruleset(path: Option<&Path>, policy: Option<&Path>, files: &FileArgs) -> Result<Ruleset, String> {
+    load_ruleset_with_sources(path, policy, files, false).map(|(ruleset, _)| ruleset)
+}
+
+/// A ruleset (a file, or a policy compiled in memory), with where its table entries were
+/// written when asked: from `RULESET.sources` beside the file, or from the compilation. The
+/// sources' error says why they are missing; the ruleset works without them.
+pub(crate) fn load_ruleset_with_sources(
+    path: Option<&Path>,
+    policy: Option<&Path>,
+    files: &FileArgs,
+    with_sources: bool,
+) -> Result<(Ruleset, Result<EntrySources, String>), String> {
+    let not_asked = || Err("not asked for".to_owned());
     match (path, policy) {
-        (Some(path), _) => Ruleset::open(path).map_err(|e| format!("{}: {e}", path.display())),
+        (Some(path), _) => {
+            let ruleset = Ruleset::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+            let sources = if with_sources { EntrySources::load_for(path, &ruleset) } else { not_asked() };
+            Ok((ruleset, sources))
+        }
         (None, Some(policy)) => {
-            let compilation = mtac_compiler::compile_path_with(policy, &files.options()?);
+            let options = mtac_compiler::Options { entry_sources: with_sources, ..files.options()? };
+            let compilation = mtac_compiler::compile_path_with(policy, &options);
             print_diagnostics(&compilation, Format::Human, policy);
-            compilation.output.map(|o| o.ruleset).ok_or_else(|| format!("{} does not compile", policy.display()))
+            let output = compilation.output.ok_or_else(|| format!("{} does not compile", policy.display()))?;
+            Ok((output.ruleset, output.sources.ok_or_else(|| "not recorded".to_owned())))
         }
         (None, None) => Err("give a ruleset file or --policy".to_owned()),
     }
@@ -496,7 +525,8 @@ fn inspect(path: &Path, format: Format) -> Result<ExitCode, String> {
 }
 
 fn explain(args: ExplainArgs) -> Result<ExitCode, String> {
-    let ruleset = load_ruleset(args.ruleset.as_deref(), args.policy.as_deref(), &args.files)?;
+    let (ruleset, sources) =
+        load_ruleset_with_sources(args.ruleset.as_deref(), args.policy.as_deref(), &args.files, true)?;
     let farm = match &args.farm {
         Some(name) => ruleset.farm(name).ok_or_else(|| format!("no farm `{name}` in the ruleset"))?,
         None => ruleset.policy().farms.first().ok_or("the ruleset has no farm")?,
@@ -545,7 +575,8 @@ fn explain(args: ExplainArgs) -> Result<ExitCode, String> {
             .ok_or_else(|| format!("--directory {answer}: known, unknown or unavailable"))?;
         session.directory = Some(answer);
     }
-    let (simulation, outcome) = policytest::run_session(&ruleset, farm, &session);
+    let recorder = Recorder::new(&ruleset);
+    let (simulation, outcome) = policytest::run_session_with(&recorder, &ruleset, farm, &session);
     println!("farm {} ({}), ruleset {}", farm.name, farm.kind.as_str(), ruleset.hash_hex());
     for (stage, decision) in &simulation.stages {
         println!("{}:", stage.as_str());
@@ -587,6 +618,7 @@ fn explain(args: ExplainArgs) -> Result<ExitCode, String> {
             println!("  {:<24} {text}", line.rule);
         }
     }
+    crate::lookup::print_matched(&ruleset, &sources, &recorder.into_looked());
     match outcome.stage {
         Some(_) => println!("=> {outcome}"),
         None => println!("=> accepted: the recipient would be relayed to the back end (whose own answer counts)"),

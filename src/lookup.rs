@@ -3,10 +3,15 @@
 //! The key decides which tables are asked: an IP address the prefix tables (longest prefix), an
 //! address the address tables and, by its domain, the domain tables, a domain the domain tables.
 //! Exit 0 when a table matched, 1 when none did (as postmap), 2 on usage errors.
+//!
+//! Each answer names the entry behind it and where it was written (`file:line`), read from the
+//! `RULESET.sources` file `mtac build` writes beside the ruleset ([`mtac_compiler::sources`]).
+//! Without that file the answer names the table's sources only, and says why on stderr.
 
 use clap::Args;
 use mtac_compiler::diag::did_you_mean;
-use mtac_ruleset::model::{AccessAction, Farm, TableInfo, VERIFIED_SENDER};
+use mtac_compiler::sources::{Asked, EntrySources, Looked};
+use mtac_ruleset::model::{AccessAction, Farm, TableId, TableInfo, VERIFIED_SENDER};
 use mtac_ruleset::{syntax, Ruleset, Table};
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -56,6 +61,7 @@ fn parse_key(text: &str) -> Result<Key, String> {
 pub fn lookup(args: &LookupArgs) -> Result<ExitCode, String> {
     let key = parse_key(&args.key)?;
     let ruleset = Ruleset::open(&args.ruleset).map_err(|e| format!("{}: {e}", args.ruleset.display()))?;
+    let sources = EntrySources::load_for(&args.ruleset, &ruleset);
     let policy = ruleset.policy();
     let farm = match &args.farm {
         Some(name) => Some(ruleset.farm(name).ok_or_else(|| mtac_compiler::settings::unknown_farm(policy, name))?),
@@ -96,25 +102,80 @@ pub fn lookup(args: &LookupArgs) -> Result<ExitCode, String> {
     let mut matched = 0usize;
     for index in chosen {
         let (Some(info), Some(table)) = (policy.tables.get(index), ruleset.tables().get(index)) else { continue };
-        let (value, what) = match (&key, table) {
-            (Key::Ip(ip), Table::Prefixes(t)) => (t.lookup(*ip), ip.to_string()),
-            (Key::Address { address, .. }, Table::Addresses(t)) => (t.lookup(address), address.clone()),
+        let (value, asked) = match (&key, table) {
+            (Key::Ip(ip), Table::Prefixes(t)) => (t.lookup(*ip), Asked::Ip(*ip)),
+            (Key::Address { address, .. }, Table::Addresses(t)) => (t.lookup(address), Asked::Address(address.clone())),
             (Key::Address { domain, .. } | Key::Domain(domain), Table::Domains(t)) => {
-                (t.lookup(domain), domain.clone())
+                (t.lookup(domain), Asked::Domain(domain.clone()))
             }
             _ => continue,
         };
         let Some(value) = value else { continue };
         matched += 1;
-        let owner = policy.farms.iter().find(|f| info.name.starts_with(&format!("{}.", f.name)));
-        println!("{}\t{what}\t{}\t(sources: {})", info.name, meaning(info, owner, value), info.sources.join(", "));
+        let id = TableId::try_from(index).unwrap_or(TableId::MAX);
+        let found = Looked { table: id, asked, value: Some(value) };
+        println!(
+            "{}\t{}\t{}\t{}",
+            info.name,
+            found.asked,
+            meaning(policy, info, &found.asked, value),
+            entries(&sources, info, &found, value)
+        );
+    }
+    if let (Err(why), true) = (&sources, matched > 0) {
+        eprintln!("mtac: entries not named: {why}");
     }
     Ok(if matched > 0 { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }
 
-/// What a table's value means: an access list's action, a verified whitelist entry, or a
-/// plain entry.
-fn meaning(info: &TableInfo, farm: Option<&Farm>, value: u32) -> String {
+/// `explain`'s list of the table entries its evaluation matched: the table, what was looked
+/// up, what the entry means, and the entry with the line that wrote it.
+pub fn print_matched(ruleset: &Ruleset, sources: &Result<EntrySources, String>, looked: &[Looked]) {
+    let policy = ruleset.policy();
+    println!("matched:");
+    let mut any = false;
+    for found in looked {
+        let (Some(value), Some(info)) =
+            (found.value, usize::try_from(found.table).ok().and_then(|i| policy.tables.get(i)))
+        else {
+            continue;
+        };
+        any = true;
+        println!("  {} {} → {}", info.name, found.asked, meaning(policy, info, &found.asked, value));
+        println!("      entry {}", entries(sources, info, found, value));
+    }
+    if !any {
+        println!("  no table entry matched this session");
+    } else if let Err(why) = sources {
+        println!("  (entries not named: {why})");
+    }
+}
+
+/// The entries behind a table's answer, with the line that wrote each; without the sources
+/// file, the table's sources.
+fn entries(sources: &Result<EntrySources, String>, info: &TableInfo, found: &Looked, value: u32) -> String {
+    /// An address table asked for a domain may have thousands of its addresses: name a few.
+    const SHOWN: usize = 3;
+    let Ok(sources) = sources else { return format!("(sources: {})", info.sources.join(", ")) };
+    let matched = sources.matched(found.table, info.kind, &found.asked, value);
+    if matched.is_empty() {
+        return "(no entry in the sources file matches: it may not be this ruleset's)".to_owned();
+    }
+    let mut text =
+        matched.iter().take(SHOWN).map(|e| format!("{} at {}", e.key, e.source)).collect::<Vec<_>>().join(", ");
+    if matched.len() > SHOWN {
+        text.push_str(&format!(" and {} more", matched.len() - SHOWN));
+    }
+    text
+}
+
+/// What a table's value means: an access list's action, a verified whitelist entry, a
+/// recipient-domain block, or a plain entry.
+fn meaning(policy: &mtac_ruleset::model::Policy, info: &TableInfo, asked: &Asked, value: u32) -> String {
+    if let Asked::AddressDomain(_) = asked {
+        return "has addresses of this domain".to_owned();
+    }
+    let farm: Option<&Farm> = policy.farms.iter().find(|f| info.name.starts_with(&format!("{}.", f.name)));
     let Some(farm) = farm else { return "listed".to_owned() };
     let name = info.name.strip_prefix(&format!("{}.", farm.name)).unwrap_or(&info.name);
     match name {
@@ -123,6 +184,10 @@ fn meaning(info: &TableInfo, farm: Option<&Farm>, value: u32) -> String {
             Some(AccessAction::Reject(reply)) => format!("reject {reply}"),
             Some(AccessAction::Defer(reply)) => format!("defer {reply}"),
             None => format!("action #{value}"),
+        },
+        "recipient-domains" => match usize::try_from(value).ok().and_then(|i| farm.recipient_domains.policies.get(i)) {
+            Some(block) => format!("the block recipient-domain \"{}\"", block.domains.join("\" \"")),
+            None => format!("block #{value}"),
         },
         "greylist-senders" if value == VERIFIED_SENDER => "listed (verified=#true: only with SPF pass)".to_owned(),
         _ => "listed".to_owned(),

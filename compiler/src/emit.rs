@@ -4,7 +4,7 @@
 //! recipient is decided"): safety checks first, role accounts, then the anti-spam checks that trust
 //! may skip, greylisting last so that a triplet is only recorded for mail that passed everything else.
 
-use crate::lower::{AddressEntry, DomainEntry, Draft, DraftFarm, DraftRelay, NetEntry};
+use crate::lower::{AddressEntry, DomainEntry, Draft, DraftFarm, DraftRelay, NetEntry, Origin};
 use mtac_ruleset::model::{
     AccessAction, BanResponse, BanRule, Check, DmarcSettings, Dnsbl, DnsblZone, Farm, FarmKind, Greylist, Limits,
     Policy, Program, RecipientDomainPolicy, RecipientDomains, Relay, Reply, Scanner, Screen, SenderAuth,
@@ -18,12 +18,26 @@ use mtac_ruleset::TableInput;
 pub struct Emitted {
     pub policy: Policy,
     pub tables: Vec<TableInput>,
+    /// Each table's entries and where the policy wrote them (same order as `policy.tables`),
+    /// when asked for: the stuff of [`crate::sources`].
+    pub origins: Option<Vec<Vec<EntryOrigin>>>,
+}
+
+/// One table entry as the policy wrote it, its value in the table, and where it was written.
+#[derive(Debug, Clone)]
+pub struct EntryOrigin {
+    /// `example.com`, `*.example.com` (with its subdomains), `user@example.com` or a network.
+    pub key: String,
+    pub value: u32,
+    pub origin: Origin,
 }
 
 struct Tables {
     infos: Vec<TableInfo>,
     inputs: Vec<TableInput>,
     errors: Vec<String>,
+    /// Filled only when the caller asked for entry origins.
+    origins: Option<Vec<Vec<EntryOrigin>>>,
 }
 
 impl Tables {
@@ -43,16 +57,21 @@ impl Tables {
         sources: &[String],
     ) -> Option<TableId> {
         let mut builder = DomainTableBuilder::new();
+        let mut origins = Vec::new();
         for (entry, value) in entries {
             if let Err(e) = builder.insert(&entry.domain, entry.subdomains, value) {
                 self.errors.push(format!("{name}: {e}"));
+            }
+            if self.origins.is_some() {
+                let key = if entry.subdomains { format!("*.{}", entry.domain) } else { entry.domain.clone() };
+                origins.push(EntryOrigin { key, value, origin: entry.origin });
             }
         }
         if builder.is_empty() {
             return None;
         }
         let count = builder.len();
-        self.push(name, TableKind::Domains, count, sources, TableInput::Domains(builder))
+        self.push(name, TableKind::Domains, count, sources, TableInput::Domains(builder), origins)
     }
 
     fn addresses(&mut self, name: String, entries: &[AddressEntry], sources: &[String]) -> Option<TableId> {
@@ -65,7 +84,13 @@ impl Tables {
                 self.errors.push(format!("{name}: {e}"));
             }
         }
-        self.push(name, TableKind::Addresses, entries.len(), sources, TableInput::Addresses(builder))
+        let origins = match self.origins {
+            Some(_) => {
+                entries.iter().map(|e| EntryOrigin { key: e.address.clone(), value: 0, origin: e.origin }).collect()
+            }
+            None => Vec::new(),
+        };
+        self.push(name, TableKind::Addresses, entries.len(), sources, TableInput::Addresses(builder), origins)
     }
 
     /// Prefixes with values from `value_of` (an index into the farm's access actions, or 0).
@@ -80,10 +105,15 @@ impl Tables {
             return None;
         }
         let mut builder = PrefixTableBuilder::new();
+        let mut origins = Vec::new();
         for entry in entries {
-            builder.insert(entry.net, value_of(entry));
+            let value = value_of(entry);
+            builder.insert(entry.net, value);
+            if self.origins.is_some() {
+                origins.push(EntryOrigin { key: entry.net.to_string(), value, origin: entry.origin });
+            }
         }
-        self.push(name, TableKind::Prefixes, entries.len(), sources, TableInput::Prefixes(builder))
+        self.push(name, TableKind::Prefixes, entries.len(), sources, TableInput::Prefixes(builder), origins)
     }
 
     fn push(
@@ -93,17 +123,24 @@ impl Tables {
         entries: usize,
         sources: &[String],
         input: TableInput,
+        origins: Vec<EntryOrigin>,
     ) -> Option<TableId> {
         let id = self.next_id();
         self.infos.push(TableInfo { kind, name, entries: entries as u64, sources: sources.to_vec() });
         self.inputs.push(input);
+        if let Some(all) = &mut self.origins {
+            all.push(origins);
+        }
         Some(id)
     }
 }
 
-/// Build the model. `Err` carries internal table errors (validation should have caught them).
-pub fn emit(draft: &Draft) -> Result<Emitted, Vec<String>> {
-    let mut tables = Tables { infos: Vec::new(), inputs: Vec::new(), errors: Vec::new() };
+/// Build the model; with `record_origins`, also where each table entry was written (a copy of
+/// every key, so only `mtac build` and `explain --policy` ask). `Err` carries internal table
+/// errors (validation should have caught them).
+pub fn emit(draft: &Draft, record_origins: bool) -> Result<Emitted, Vec<String>> {
+    let mut tables =
+        Tables { infos: Vec::new(), inputs: Vec::new(), errors: Vec::new(), origins: record_origins.then(Vec::new) };
     let hostname =
         draft.hostname.as_ref().map(|(h, _)| h.clone()).unwrap_or_else(|| "localhost.localdomain".to_owned());
     let farms = draft.farms.iter().map(|farm| emit_farm(farm, &hostname, &mut tables)).collect();
@@ -127,7 +164,7 @@ pub fn emit(draft: &Draft) -> Result<Emitted, Vec<String>> {
         state: draft.state.clone().unwrap_or_default(),
         journal: draft.journal.clone(),
     };
-    Ok(Emitted { policy, tables: tables.inputs })
+    Ok(Emitted { policy, tables: tables.inputs, origins: tables.origins })
 }
 
 fn emit_farm(farm: &DraftFarm, hostname: &str, tables: &mut Tables) -> Farm {

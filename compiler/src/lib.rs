@@ -38,6 +38,7 @@ pub mod lower;
 pub mod nodes;
 pub mod policytest;
 pub mod settings;
+pub mod sources;
 pub mod validate;
 
 use diag::{Diag, Diagnostics, Reporter, SourceFile};
@@ -52,6 +53,8 @@ use std::path::{Path, PathBuf};
 pub struct Output {
     pub bytes: Vec<u8>,
     pub ruleset: Ruleset,
+    /// Where each table entry was written ([`Options::entry_sources`]).
+    pub sources: Option<sources::EntrySources>,
 }
 
 /// The result of one compilation: diagnostics always, output only without errors.
@@ -73,6 +76,9 @@ pub struct Options {
     /// Directories outside the policy's own from which includes and list files may be read
     /// (`--allow-dir`; [`files`] says why there is a boundary).
     pub allowed_dirs: Vec<PathBuf>,
+    /// Name the source of every table entry in [`Output::sources`] (`mtac build` writes them to
+    /// `RULESET.sources`; `explain --policy` shows them). A copy of every key: off for `check`.
+    pub entry_sources: bool,
 }
 
 pub fn compile_path_with(path: &Path, options: &Options) -> Compilation {
@@ -103,11 +109,18 @@ fn compile(options: &Options, lower: impl FnOnce(&mut Lowerer) -> Option<lower::
         // validation finds no error.
         let draft = &draft;
         let built = std::thread::scope(|scope| {
-            let builder = (!reporter.has_errors()).then(|| scope.spawn(|| build_ruleset(draft)));
+            let builder = (!reporter.has_errors()).then(|| scope.spawn(|| build_ruleset(draft, options.entry_sources)));
             validate::validate(&mut reporter, draft);
             builder.map(|b| b.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)))
         });
         if let (false, Some(built)) = (reporter.has_errors(), built) {
+            let built = built.map(|(mut output, origins)| {
+                output.sources = origins.map(|origins| {
+                    let names = output.ruleset.policy().tables.iter().map(|t| t.name.clone());
+                    sources::EntrySources::new(output.ruleset.hash_hex(), names, origins, &reporter.files)
+                });
+                output
+            });
             output = probe(&mut reporter, draft, built);
         }
     }
@@ -117,19 +130,24 @@ fn compile(options: &Options, lower: impl FnOnce(&mut Lowerer) -> Option<lower::
     Compilation { diagnostics: reporter.diagnostics, files: reporter.files, output }
 }
 
+/// Each table's entries and where they were written, in table order.
+type TableOrigins = Vec<Vec<emit::EntryOrigin>>;
+
 /// Emits the draft's tables and program, builds the ruleset and loads it
-/// back as a node would. Errors here are compiler bugs.
-fn build_ruleset(draft: &lower::Draft) -> Result<Output, Vec<Diag>> {
+/// back as a node would; with `record_origins`, also where each entry was written. Errors
+/// here are compiler bugs.
+fn build_ruleset(draft: &lower::Draft, record_origins: bool) -> Result<(Output, Option<TableOrigins>), Vec<Diag>> {
     let bug = "this is a compiler bug: please report it";
-    let emitted = emit::emit(draft).map_err(|errors| {
+    let emitted = emit::emit(draft, record_origins).map_err(|errors| {
         errors.into_iter().map(|e| Diag::error("mtac::internal::table", e).help(bug)).collect::<Vec<_>>()
     })?;
+    let origins = emitted.origins;
     let bytes = mtac_ruleset::build(&emitted.policy, emitted.tables)
         .map_err(|e| vec![Diag::error("mtac::internal::build", e.to_string()).help(bug)])?;
     let ruleset = Ruleset::from_vec(bytes.clone()).map_err(|e| {
         vec![Diag::error("mtac::internal::reload", format!("the ruleset does not load back: {e}")).help(bug)]
     })?;
-    Ok(Output { bytes, ruleset })
+    Ok((Output { bytes, ruleset, sources: None }, origins))
 }
 
 /// Reports a failed build, or probes the built ruleset for an open relay.

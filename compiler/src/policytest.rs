@@ -176,6 +176,17 @@ pub fn run_session(
     farm: &mtac_ruleset::model::Farm,
     session: &Session,
 ) -> (eval::Simulation, Outcome) {
+    run_session_with(ruleset, ruleset, farm, session)
+}
+
+/// [`run_session`], its table lookups made through `tables` (`explain` records them there to
+/// name the entries that matched).
+pub fn run_session_with(
+    tables: &dyn eval::Lookup,
+    ruleset: &Ruleset,
+    farm: &mtac_ruleset::model::Farm,
+    session: &Session,
+) -> (eval::Simulation, Outcome) {
     let facts = Facts {
         client_ip: session.client,
         helo: session.helo.as_deref(),
@@ -191,7 +202,7 @@ pub fn run_session(
         directory: session.directory,
         message: Some(&session.message),
     };
-    let simulation = eval::simulate(ruleset, farm, &facts);
+    let simulation = eval::simulate(tables, farm, &facts);
     let outcome = match simulation.refusal() {
         Some((stage, decision)) => Outcome {
             stage: Some(stage),

@@ -286,7 +286,7 @@ fn minimal(hostname: &str, spool: Option<&str>, kind: FarmKind) -> String {
 fn model_of(text: &str) -> Option<Policy> {
     let mut lowerer = crate::lower::Lowerer::new();
     let draft = lowerer.lower_text("defaults.kdl", text.to_owned(), None)?;
-    crate::emit::emit(&draft).ok().map(|emitted| emitted.policy)
+    crate::emit::emit(&draft, false).ok().map(|emitted| emitted.policy)
 }
 
 /// The top-level settings a policy that writes none gets. The admin socket's default follows

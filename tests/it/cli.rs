@@ -56,10 +56,13 @@ fn a_failed_build_writes_nothing_and_a_good_one_is_byte_identical() {
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "a failed build left a temporary file");
 
     assert_eq!(code(&mtac(&["build", "examples/company/policy.kdl", "-o", out])), 0);
-    let first = std::fs::read(&out_path).unwrap();
+    let sources_path = dir.path().join("ruleset.mtac.sources");
+    let first = (std::fs::read(&out_path).unwrap(), std::fs::read(&sources_path).unwrap());
     assert_eq!(code(&mtac(&["build", "examples/company/policy.kdl", "-o", out])), 0);
-    assert_eq!(first, std::fs::read(&out_path).unwrap(), "two builds differ");
-    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1, "temporary files left behind");
+    let second = (std::fs::read(&out_path).unwrap(), std::fs::read(&sources_path).unwrap());
+    assert!(first == second, "two builds differ");
+    // The ruleset and the file naming its entries' sources, nothing else.
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 2, "temporary files left behind");
 }
 
 #[test]

@@ -1,6 +1,7 @@
 //! `mtac inspect --settings` (postconf's answer) and `mtac lookup` (postmap -q's), through the
-//! binary as an operator runs them: the print is a policy that compiles back to itself, and a
-//! lookup's exit code says whether a table matched.
+//! binary as an operator runs them: the print is a policy that compiles back to itself, a
+//! lookup's exit code says whether a table matched, and lookups and `explain` name the entry
+//! that matched with the file and line that wrote it.
 
 use crate::cli::{code, mtac, text};
 use std::path::Path;
@@ -144,7 +145,13 @@ fn lookup_answers_like_postmap_with_its_exit_codes() {
     assert_eq!(code(&out), 0, "{}", text(&out.stderr));
     let answer = text(&out.stdout);
     assert!(answer.starts_with("mx.access\t198.51.100.7\treject 554 5.7.1 Blocked: repeated spam"), "{answer}");
-    assert!(answer.contains("examples/company/lists/blocked-networks.txt"), "{answer}");
+    let line = line_of("examples/company/lists/blocked-networks.txt", "198.51.100.0/24");
+    assert!(
+        answer
+            .trim_end()
+            .ends_with(&format!("\t198.51.100.0/24 at examples/company/lists/blocked-networks.txt:{line}")),
+        "{answer}"
+    );
 
     // An address: its own table, and its domain in the domain tables of both farms.
     let domain = std::fs::read_to_string("examples/company/lists/domains.txt").unwrap();
@@ -174,4 +181,91 @@ fn lookup_answers_like_postmap_with_its_exit_codes() {
     let out = mtac(&["lookup", r, "not a key"]);
     assert_eq!(code(&out), 2);
     assert!(text(&out.stderr).contains("is not an IP address, an address or a domain"), "{}", text(&out.stderr));
+}
+
+/// The 1-based line of `path` that starts with `entry`.
+fn line_of(path: &str, entry: &str) -> usize {
+    let text = std::fs::read_to_string(path).unwrap();
+    text.lines().position(|l| l.trim_start().starts_with(entry)).map(|i| i + 1).unwrap_or_else(|| panic!("{entry}"))
+}
+
+/// `explain` names each table entry its evaluation matched, with the list file's line (or the
+/// policy's line for an inline value), from a ruleset's `RULESET.sources` or from a policy
+/// compiled in memory; a missing or foreign sources file is said, and the answer stays.
+#[test]
+fn explain_and_lookup_name_the_entry_and_its_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let lists = dir.path().join("lists");
+    std::fs::create_dir(&lists).unwrap();
+    std::fs::write(lists.join("partners.txt"), "# partners\n\npartner.example\n*.group.example  # and its hosts\n")
+        .unwrap();
+    std::fs::write(lists.join("blocked.txt"), "203.0.113.0/24\n203.0.113.128/25 550 5.7.1 worse\n").unwrap();
+    let policy = dir.path().join("policy.kdl");
+    let source = r#"hostname "mx.example.com"
+farm "mx" kind="inbound-mx" {
+    listen "127.0.0.1:0"
+    local-domains "example.com" file="lists/partners.txt"
+    access {
+        reject file="lists/blocked.txt"
+        reject "198.51.100.0/24"
+    }
+    relay { backend "smtp://127.0.0.1:2525"; }
+}
+"#;
+    std::fs::write(&policy, source).unwrap();
+    let ruleset = dir.path().join("mx.mtac");
+    build(&policy, &ruleset);
+    let sources = dir.path().join("mx.mtac.sources");
+    assert!(sources.exists(), "mtac build wrote no {}", sources.display());
+    let lists = lists.display().to_string();
+    let policy_name = policy.display().to_string();
+
+    let explain = |target: &[&str], client: &str, rcpt: &str| {
+        let mut args = vec!["explain"];
+        args.extend_from_slice(target);
+        args.extend_from_slice(&["--client-ip", client, "--helo", "mail.sender.example", "--from", "a@sender.example"]);
+        args.extend_from_slice(&["--rcpt", rcpt]);
+        let out = mtac(&args);
+        assert_eq!(code(&out), 0, "{}", text(&out.stderr));
+        text(&out.stdout)
+    };
+    let r = ruleset.to_str().unwrap();
+    // The longest prefix, from its file's second line; a subdomain, by the wildcard line 4.
+    let shown = explain(&[r], "203.0.113.200", "someone@mx1.group.example");
+    assert!(shown.contains("mx.access 203.0.113.200 → reject 550 5.7.1 worse\n"), "{shown}");
+    assert!(shown.contains(&format!("entry 203.0.113.128/25 at {lists}/blocked.txt:2\n")), "{shown}");
+    assert!(shown.contains("mx.local-domains mx1.group.example → listed\n"), "{shown}");
+    assert!(shown.contains(&format!("entry *.group.example at {lists}/partners.txt:4\n")), "{shown}");
+    // An inline value: the policy's line. The same from a policy compiled in memory.
+    let p = policy.to_str().unwrap();
+    for target in [vec![r], vec!["--policy", p]] {
+        let shown = explain(&target, "198.51.100.9", "someone@example.com");
+        assert!(shown.contains(&format!("entry 198.51.100.0/24 at {policy_name}:7\n")), "{shown}");
+        assert!(shown.contains(&format!("entry example.com at {policy_name}:4\n")), "{shown}");
+    }
+    // Nothing listed: said so.
+    let shown = explain(&[r], "192.0.2.1", "someone@elsewhere.example");
+    assert!(shown.contains("matched:\n  no table entry matched this session\n"), "{shown}");
+
+    // lookup answers the same entry.
+    let out = mtac(&["lookup", r, "203.0.113.7"]);
+    assert_eq!(code(&out), 0, "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), format!("mx.access\t203.0.113.7\treject 554 5.7.1 Client host rejected: Access denied\t203.0.113.0/24 at {lists}/blocked.txt:1\n"));
+
+    // A sources file for another ruleset is refused, not believed; the answer stays.
+    std::fs::write(&policy, source.replace("198.51.100.0/24", "198.51.100.0/25")).unwrap();
+    let other = dir.path().join("other.mtac");
+    build(&policy, &other);
+    std::fs::copy(dir.path().join("other.mtac.sources"), &sources).unwrap();
+    let out = mtac(&["lookup", r, "203.0.113.7"]);
+    assert_eq!(code(&out), 0, "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).ends_with(&format!("\t(sources: {lists}/blocked.txt, inline)\n")),
+        "{}",
+        text(&out.stdout)
+    );
+    assert!(text(&out.stderr).contains("describes ruleset"), "{}", text(&out.stderr));
+    std::fs::remove_file(&sources).unwrap();
+    let shown = explain(&[r], "203.0.113.7", "someone@example.com");
+    assert!(shown.contains("(entries not named: ") && shown.contains("mx.mtac.sources not found"), "{shown}");
 }
