@@ -161,8 +161,12 @@ fn entries(sources: &Result<EntrySources, String>, info: &TableInfo, found: &Loo
     if matched.is_empty() {
         return "(no entry in the sources file matches: it may not be this ruleset's)".to_owned();
     }
-    let mut text =
-        matched.iter().take(SHOWN).map(|e| format!("{} at {}", e.key, e.source)).collect::<Vec<_>>().join(", ");
+    let mut text = matched
+        .iter()
+        .take(SHOWN)
+        .map(|e| format!("{} at {}", e.key, sources.source(e)))
+        .collect::<Vec<_>>()
+        .join(", ");
     if matched.len() > SHOWN {
         text.push_str(&format!(" and {} more", matched.len() - SHOWN));
     }

@@ -18,10 +18,15 @@
 //!
 //! ```text
 //! mtac-sources 1 RULESET-HASH
+//! file 0 policy.kdl
+//! file 1 lists/domains.txt
 //! table 0 mx.local-domains
-//! example.com<TAB>0<TAB>policy.kdl:12
-//! *.example.net<TAB>0<TAB>lists/domains.txt:3
+//! example.com<TAB>0<TAB>0:12
+//! *.example.net<TAB>0<TAB>1:3
 //! ```
+//!
+//! (entry: key, value, file number and line; a file is named once, so a million entries of one
+//! list cost their keys and not a million copies of its path).
 
 use crate::diag::SourceFile;
 use crate::emit::EntryOrigin;
@@ -38,12 +43,13 @@ use std::path::{Path, PathBuf};
 const MAGIC: &str = "mtac-sources 1";
 
 /// One table entry: as the policy wrote it (`*.` for a domain with its subdomains), its value
-/// in the table, and `file:line`.
+/// in the table, and where: an index into [`EntrySources::files`] and a 1-based line.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SourceEntry {
     pub key: String,
     pub value: u32,
-    pub source: String,
+    pub file: u32,
+    pub line: u32,
 }
 
 /// Every table's entries and their sources, for one ruleset.
@@ -51,6 +57,8 @@ pub struct SourceEntry {
 pub struct EntrySources {
     /// The hash of the ruleset these entries were compiled into.
     pub ruleset_hash: String,
+    /// The policy's files, as its diagnostics name them.
+    pub files: Vec<String>,
     /// Same order as the policy's tables.
     pub tables: Vec<(String, Vec<SourceEntry>)>,
 }
@@ -76,29 +84,39 @@ impl EntrySources {
                 let entries = entries
                     .into_iter()
                     .map(|e| {
-                        let file = files.get(e.origin.file);
-                        let line = match (e.origin.pos, file) {
-                            (Pos::Line(line), _) => line as usize,
-                            (Pos::Span(span), Some(file)) => file.line_col(span.offset()).0,
+                        let line = match (e.origin.pos, files.get(e.origin.file)) {
+                            (Pos::Line(line), _) => line,
+                            (Pos::Span(span), Some(file)) => {
+                                u32::try_from(file.line_col(span.offset()).0).unwrap_or(u32::MAX)
+                            }
                             (Pos::Span(_), None) => 0,
                         };
-                        let name = file.map_or("?", |f| f.name.as_str());
-                        SourceEntry { key: e.key, value: e.value, source: format!("{name}:{line}") }
+                        let file = u32::try_from(e.origin.file).unwrap_or(u32::MAX);
+                        SourceEntry { key: e.key, value: e.value, file, line }
                     })
                     .collect();
                 (name, entries)
             })
             .collect();
-        EntrySources { ruleset_hash, tables }
+        EntrySources { ruleset_hash, files: files.iter().map(|f| f.name.clone()).collect(), tables }
+    }
+
+    /// `file:line` of an entry.
+    pub fn source(&self, entry: &SourceEntry) -> String {
+        let file = usize::try_from(entry.file).ok().and_then(|i| self.files.get(i)).map_or("?", String::as_str);
+        format!("{file}:{}", entry.line)
     }
 
     /// The file's text: deterministic, like the ruleset itself.
     pub fn render(&self) -> String {
         let mut out = format!("{MAGIC} {}\n", self.ruleset_hash);
+        for (index, name) in self.files.iter().enumerate() {
+            let _ = writeln!(out, "file {index} {name}");
+        }
         for (index, (name, entries)) in self.tables.iter().enumerate() {
             let _ = writeln!(out, "table {index} {name}");
             for e in entries {
-                let _ = writeln!(out, "{}\t{}\t{}", e.key, e.value, e.source);
+                let _ = writeln!(out, "{}\t{}\t{}:{}", e.key, e.value, e.file, e.line);
             }
         }
         out
@@ -114,9 +132,17 @@ impl EntrySources {
                 .ok_or_else(|| format!("line 1: not a sources file (expected `{MAGIC} HASH`)"))?,
             None => return Err("the file is empty".to_owned()),
         };
-        let mut sources = EntrySources { ruleset_hash: ruleset_hash.to_owned(), tables: Vec::new() };
+        let mut sources = EntrySources { ruleset_hash: ruleset_hash.to_owned(), ..EntrySources::default() };
         for (index, line) in lines {
             let bad = |what: &str| format!("line {}: {what}", index + 1);
+            if let Some(rest) = line.strip_prefix("file ") {
+                let (number, name) = rest.split_once(' ').ok_or_else(|| bad("expected `file N PATH`"))?;
+                if number.parse::<usize>().ok() != Some(sources.files.len()) || !sources.tables.is_empty() {
+                    return Err(bad("files out of order"));
+                }
+                sources.files.push(name.to_owned());
+                continue;
+            }
             if let Some(rest) = line.strip_prefix("table ") {
                 let (number, name) = rest.split_once(' ').ok_or_else(|| bad("expected `table N NAME`"))?;
                 if number.parse::<usize>().ok() != Some(sources.tables.len()) {
@@ -130,8 +156,13 @@ impl EntrySources {
                 return Err(bad("expected KEY<TAB>VALUE<TAB>SOURCE"));
             };
             let value = value.parse().map_err(|_| bad("the value is not a number"))?;
+            let (file, line) = source
+                .split_once(':')
+                .and_then(|(file, line)| Some((file.parse::<u32>().ok()?, line.parse::<u32>().ok()?)))
+                .filter(|&(file, _)| usize::try_from(file).is_ok_and(|f| f < sources.files.len()))
+                .ok_or_else(|| bad("the source is not FILE-NUMBER:LINE of a listed file"))?;
             let (_, entries) = sources.tables.last_mut().ok_or_else(|| bad("an entry before any `table` line"))?;
-            entries.push(SourceEntry { key: key.to_owned(), value, source: source.to_owned() });
+            entries.push(SourceEntry { key: key.to_owned(), value, file, line });
         }
         Ok(sources)
     }
@@ -321,23 +352,18 @@ impl Lookup for Recorder<'_> {
 mod tests {
     use super::*;
 
-    fn entry(key: &str, value: u32, source: &str) -> SourceEntry {
-        SourceEntry { key: key.to_owned(), value, source: source.to_owned() }
+    fn entry(key: &str, value: u32, file: u32, line: u32) -> SourceEntry {
+        SourceEntry { key: key.to_owned(), value, file, line }
     }
 
     fn sample() -> EntrySources {
         EntrySources {
             ruleset_hash: "ab12".to_owned(),
+            files: ["p.kdl", "d.txt", "a.txt", "u.txt"].map(str::to_owned).to_vec(),
             tables: vec![
-                (
-                    "mx.local-domains".to_owned(),
-                    vec![entry("example.com", 0, "p.kdl:3"), entry("*.example.net", 0, "d.txt:1")],
-                ),
-                (
-                    "mx.access".to_owned(),
-                    vec![entry("192.0.2.0/24", 0, "a.txt:1"), entry("192.0.2.128/25", 1, "a.txt:2")],
-                ),
-                ("mx.local-addresses".to_owned(), vec![entry("John@Example.com", 0, "u.txt:9")]),
+                ("mx.local-domains".to_owned(), vec![entry("example.com", 0, 0, 3), entry("*.example.net", 0, 1, 1)]),
+                ("mx.access".to_owned(), vec![entry("192.0.2.0/24", 0, 2, 1), entry("192.0.2.128/25", 1, 2, 2)]),
+                ("mx.local-addresses".to_owned(), vec![entry("John@Example.com", 0, 3, 9)]),
             ],
         }
     }
@@ -352,12 +378,14 @@ mod tests {
         assert!(err.starts_with("line 2:"), "{err}");
         let err = EntrySources::parse("mtac-sources 1 ab\ntable 1 x\n").unwrap_err();
         assert!(err.contains("out of order"), "{err}");
+        let err = EntrySources::parse("mtac-sources 1 ab\nfile 0 p\ntable 0 x\nexample.com\t0\t1:3\n").unwrap_err();
+        assert!(err.contains("of a listed file"), "{err}");
     }
 
     #[test]
     fn the_entry_behind_an_answer_is_found_by_the_tables_rules() {
         let s = sample();
-        let keys = |found: Vec<&SourceEntry>| found.into_iter().map(|e| e.source.clone()).collect::<Vec<_>>();
+        let keys = |found: Vec<&SourceEntry>| found.into_iter().map(|e| s.source(e)).collect::<Vec<_>>();
         let domain = |d: &str| Asked::Domain(d.to_owned());
         assert_eq!(keys(s.matched(0, TableKind::Domains, &domain("Example.COM."), 0)), ["p.kdl:3"]);
         assert!(s.matched(0, TableKind::Domains, &domain("mail.example.com"), 0).is_empty());
