@@ -6,6 +6,7 @@
 mod admin;
 mod architecture;
 mod auth_bans;
+mod backend_pipelining;
 mod backend_tls;
 mod chunking;
 mod cli;

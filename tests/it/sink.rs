@@ -35,6 +35,10 @@ pub struct Behaviour {
     pub starttls: Option<(String, String)>,
     /// Offer CHUNKING and take BDAT.
     pub chunking: bool,
+    /// Offer PIPELINING (RFC 2920), as Postfix, Exchange and smtp-sink do.
+    pub pipelining: bool,
+    /// MAIL FROM's reply (default 250).
+    pub mail_reply: Option<String>,
 }
 
 impl Default for Behaviour {
@@ -47,6 +51,8 @@ impl Default for Behaviour {
             greeting_delay: Duration::ZERO,
             starttls: None,
             chunking: false,
+            pipelining: true,
+            mail_reply: None,
         }
     }
 }
@@ -59,6 +65,8 @@ pub struct Sink {
     pub connections: Arc<Mutex<u32>>,
     /// Commands seen, upper-cased verb only, in order (STARTTLS, BDAT, DATA…).
     pub verbs: Arc<Mutex<Vec<String>>>,
+    /// MAIL commands whose next command had arrived before MAIL was answered (pipelined).
+    pub pipelined_mail: Arc<Mutex<u32>>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -76,15 +84,17 @@ impl Sink {
         let behaviour = Arc::new(Mutex::new(behaviour));
         let connections = Arc::new(Mutex::new(0));
         let verbs = Arc::new(Mutex::new(Vec::new()));
-        let (m, b, c, v) = (messages.clone(), behaviour.clone(), connections.clone(), verbs.clone());
+        let pipelined_mail = Arc::new(Mutex::new(0));
+        let (m, b, c, v, p) =
+            (messages.clone(), behaviour.clone(), connections.clone(), verbs.clone(), pipelined_mail.clone());
         let task = tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else { return };
                 *c.lock().unwrap() += 1;
-                tokio::spawn(sink_session(stream, m.clone(), b.clone(), v.clone()));
+                tokio::spawn(sink_session(stream, m.clone(), b.clone(), v.clone(), p.clone()));
             }
         });
-        Sink { addr, messages, behaviour, connections, verbs, task }
+        Sink { addr, messages, behaviour, connections, verbs, pipelined_mail, task }
     }
 
     pub fn messages(&self) -> Vec<Received> {
@@ -117,6 +127,7 @@ async fn sink_session(
     messages: Arc<Mutex<Vec<Received>>>,
     behaviour: Arc<Mutex<Behaviour>>,
     verbs: Arc<Mutex<Vec<String>>>,
+    pipelined_mail: Arc<Mutex<u32>>,
 ) {
     let b = behaviour.lock().unwrap().clone();
     tokio::time::sleep(b.greeting_delay).await;
@@ -126,6 +137,8 @@ async fn sink_session(
     }
     let (mut from, mut rcpts) = (String::new(), Vec::<String>::new());
     let mut tls = false;
+    // A MAIL FROM was accepted and no RSET or message has ended the transaction since.
+    let mut in_transaction = false;
     let mut chunks: Vec<u8> = Vec::new();
     loop {
         let mut line = String::new();
@@ -144,6 +157,9 @@ async fn sink_session(
             if b.chunking {
                 reply.push_str("250-CHUNKING\r\n");
             }
+            if b.pipelining {
+                reply.push_str("250-PIPELINING\r\n");
+            }
             reply + "250 SIZE 100000000\r\n"
         } else if upper.starts_with("STARTTLS") && b.starttls.is_some() && !tls {
             let (cert, key) = b.starttls.clone().unwrap();
@@ -156,15 +172,27 @@ async fn sink_session(
             stream = BufReader::new(Box::new(encrypted));
             tls = true;
             (from, rcpts) = (String::new(), Vec::new());
+            in_transaction = false;
             continue;
         } else if upper.starts_with("MAIL FROM:") {
-            from = between(&line).to_owned();
-            rcpts.clear();
-            chunks.clear();
-            "250 2.1.0 Ok\r\n".to_owned()
+            if !stream.buffer().is_empty() {
+                *pipelined_mail.lock().unwrap() += 1;
+            }
+            if let Some(refusal) = &b.mail_reply {
+                in_transaction = false;
+                format!("{refusal}\r\n")
+            } else {
+                in_transaction = true;
+                from = between(&line).to_owned();
+                rcpts.clear();
+                chunks.clear();
+                "250 2.1.0 Ok\r\n".to_owned()
+            }
         } else if upper.starts_with("RCPT TO:") {
             let rcpt = between(&line).to_owned();
-            if rcpt.starts_with("reject5") {
+            if !in_transaction {
+                "503 5.5.1 Error: need MAIL command\r\n".to_owned()
+            } else if rcpt.starts_with("reject5") {
                 "550 5.1.1 <rcpt>: Recipient address rejected: User unknown\r\n".to_owned()
             } else if rcpt.starts_with("defer4") {
                 "450 4.2.0 Mailbox busy\r\n".to_owned()
@@ -185,6 +213,7 @@ async fn sink_session(
                 format!("250 2.0.0 {size} octets received\r\n")
             } else {
                 let data = std::mem::take(&mut chunks);
+                in_transaction = false;
                 finish(&b, &messages, Received { from: from.clone(), rcpts: rcpts.clone(), data, tls, bdat: true })
                     .await
             }
@@ -208,8 +237,10 @@ async fn sink_session(
                 raw.extend_from_slice(&chunk);
             }
             let data = unstuff(&raw);
+            in_transaction = false;
             finish(&b, &messages, Received { from: from.clone(), rcpts: rcpts.clone(), data, tls, bdat: false }).await
         } else if upper.starts_with("RSET") {
+            in_transaction = false;
             chunks.clear();
             "250 2.0.0 Ok\r\n".to_owned()
         } else if upper.starts_with("NOOP") {

@@ -167,7 +167,10 @@ async fn forward<'r>(
         }) else {
             return Err(Reply::bad_sequence("need MAIL command"));
         };
-        *txn = Some(relay.begin(&envelope).await?);
+        // The first recipient goes with MAIL FROM (pipelined where the back end allows).
+        let (opened, verdict) = relay.begin_with(&envelope, address).await?;
+        *txn = Some(opened);
+        return verdict;
     }
     let Some(t) = txn.as_mut() else { return Err(Reply::local_error()) };
     // LMTP answers per recipient after DATA while our client expects one reply: one recipient

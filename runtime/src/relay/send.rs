@@ -14,6 +14,13 @@ use std::time::Duration;
 /// Chunk size when streaming the spool file (one BDAT chunk each).
 const CHUNK: usize = 64 * 1024;
 
+/// The read buffer for streaming `spool`: a chunk, or the whole message when it is smaller
+/// (most are: a 4 KiB message then costs no 64 KiB allocation to fill with zeros).
+fn buffer_for(spool: &Relayed) -> Vec<u8> {
+    let size = usize::try_from(spool.len()).map_or(CHUNK, |len| len.clamp(1, CHUNK));
+    vec![0u8; size]
+}
+
 /// Send `headers` then the message (the spool file, or the milters' edits over it); the back end's verdict (a refusal of DATA or of a
 /// chunk stands in for it).
 pub(super) async fn message(
@@ -70,8 +77,8 @@ async fn data(
     }
     spool.rewind();
     let mut stuffer = DotStuffer::new();
-    let mut chunk = vec![0u8; CHUNK];
-    let mut out = Vec::with_capacity(CHUNK + CHUNK / 8);
+    let mut chunk = buffer_for(spool);
+    let mut out = Vec::with_capacity(headers.len() + chunk.len() + chunk.len() / 8 + 8);
     stuffer.encode(headers, &mut out);
     loop {
         let n = spool.read(&mut chunk)?;
@@ -99,9 +106,9 @@ async fn chunks(
     timeout: Duration,
 ) -> Result<Option<BackendReply>, RelayError> {
     spool.rewind();
-    let mut out = Vec::with_capacity(CHUNK + headers.len());
+    let mut piece = buffer_for(spool);
+    let mut out = Vec::with_capacity(headers.len() + piece.len());
     out.extend_from_slice(headers);
-    let mut piece = vec![0u8; CHUNK];
     loop {
         let n = spool.read(&mut piece)?;
         out.extend_from_slice(piece.get(..n).unwrap_or(&[]));

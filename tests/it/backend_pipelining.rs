@@ -1,0 +1,65 @@
+//! Issue 21: MAIL FROM and the first RCPT go to the back end in one write when it offers
+//! PIPELINING (RFC 2920), one round trip fewer per message; each reply still reaches the
+//! client as the back end gave it, and a back end that does not offer PIPELINING gets one
+//! command at a time.
+
+use super::support::{code, relay_policy, Behaviour, Client, Sink, TestNode};
+
+async fn message(c: &mut Client, rcpts: &[&str]) -> Vec<u16> {
+    let mut codes = vec![code(&c.cmd("MAIL FROM:<a@sender.example>").await)];
+    for rcpt in rcpts {
+        codes.push(code(&c.cmd(&format!("RCPT TO:<{rcpt}>")).await));
+    }
+    if codes.iter().skip(1).any(|&c| c == 250) {
+        codes.push(code(&c.cmd("DATA").await));
+        codes.push(code(&c.cmd("Subject: t\r\n\r\nbody\r\n.").await));
+    } else {
+        codes.push(code(&c.cmd("RSET").await));
+    }
+    codes
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issue21_mail_and_the_first_rcpt_share_a_write_only_where_pipelining_is_offered() {
+    for pipelining in [true, false] {
+        let sink = Sink::start(Behaviour { pipelining, ..Behaviour::default() }).await;
+        let node = TestNode::start(&relay_policy(""), Some(sink.addr)).await;
+        let mut c = Client::connect(node.addr).await;
+        c.reply().await;
+        c.cmd("EHLO client.example").await;
+        // Two recipients, the second refused by the back end; then a refused first recipient.
+        assert_eq!(message(&mut c, &["bob@example.test", "reject5@example.test"]).await, [250, 250, 550, 354, 250]);
+        assert_eq!(message(&mut c, &["defer4@example.test", "bob@example.test"]).await, [250, 450, 250, 354, 250]);
+        let messages = sink.messages();
+        assert_eq!(messages.len(), 2, "pipelining={pipelining}");
+        assert_eq!(messages[0].rcpts, ["bob@example.test"]);
+        assert_eq!(messages[1].rcpts, ["bob@example.test"]);
+        let pipelined = *sink.pipelined_mail.lock().unwrap();
+        assert_eq!(pipelined, if pipelining { 2 } else { 0 }, "MAIL commands sent with their RCPT");
+        assert_eq!(*sink.connections.lock().unwrap(), 1, "one pooled connection throughout");
+    }
+}
+
+/// A refused MAIL FROM is the client's answer for the recipient, and the pipelined RCPT's 503
+/// is read too: the pooled connection stays in step for the next message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issue21_a_refused_pipelined_mail_keeps_the_connection_in_step() {
+    let sink = Sink::start(Behaviour {
+        mail_reply: Some("550 5.7.1 Sender refused by the back end".to_owned()),
+        ..Behaviour::default()
+    })
+    .await;
+    let node = TestNode::start(&relay_policy(""), Some(sink.addr)).await;
+    let mut c = Client::connect(node.addr).await;
+    c.reply().await;
+    c.cmd("EHLO client.example").await;
+    assert_eq!(code(&c.cmd("MAIL FROM:<a@sender.example>").await), 250);
+    let refused = c.cmd("RCPT TO:<bob@example.test>").await;
+    assert!(refused.starts_with("550 5.7.1 Sender refused by the back end"), "{refused}");
+    assert_eq!(code(&c.cmd("RSET").await), 250);
+    sink.behaviour.lock().unwrap().mail_reply = None;
+    assert_eq!(message(&mut c, &["bob@example.test"]).await, [250, 250, 354, 250]);
+    assert_eq!(sink.messages().len(), 1);
+    assert_eq!(*sink.connections.lock().unwrap(), 1, "the connection was pooled in step, not replaced");
+    assert_eq!(*sink.pipelined_mail.lock().unwrap(), 2);
+}
