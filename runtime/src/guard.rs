@@ -211,9 +211,13 @@ impl Bans {
 /// Why an AUTH attempt is refused before any password is checked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AttemptRefused {
-    /// The network already failed `max-failures` times this hour, or that many checks of it are
-    /// running now.
+    /// The network already failed `max-failures` times this hour.
     TooManyFailures,
+    /// Its failures leave room, but checks under way in its other sessions fill the rest of the
+    /// budget: wait for one to end ([`Failures::released`]) and ask again. A webmail server or
+    /// an office behind one address logs many users in at once; they wait their turn, they are
+    /// not told of failures that never happened.
+    Busy,
 }
 
 /// One client network's AUTH attempts on one farm: window end, failures counted, checks under way.
@@ -223,10 +227,13 @@ type Attempts = (Instant, u32, u32);
 ///
 /// An attempt is reserved before the password is checked and settled after: concurrent sessions
 /// share one budget of `max-failures` checks, so twenty sessions opened at once get five checks
-/// in total, not one hundred.
+/// in total, not one hundred; the others wait for a check to end, and are refused only once
+/// the failures themselves reach the budget.
 #[derive(Debug, Default)]
 pub struct Failures {
     table: Mutex<Swept<(String, IpNet), Attempts>>,
+    /// Woken whenever a check ends: sessions waiting on [`AttemptRefused::Busy`] ask again.
+    released: tokio::sync::Notify,
 }
 
 impl Failures {
@@ -246,23 +253,36 @@ impl Failures {
         if entry.0 <= now {
             *entry = (now + Duration::from_secs(3600), 0, entry.2);
         }
-        if entry.1.saturating_add(entry.2) >= max {
+        if entry.1 >= max {
             return Err(AttemptRefused::TooManyFailures);
+        }
+        if entry.1.saturating_add(entry.2) >= max {
+            return Err(AttemptRefused::Busy);
         }
         entry.2 = entry.2.saturating_add(1);
         drop(table);
         Ok(Attempt { failures: self, key: Some(key) })
     }
 
+    /// Resolves at the next end of a check. Create it before [`Failures::reserve`] answers
+    /// `Busy` (and `enable` it), so a check that ends in between is not missed.
+    pub fn released(&self) -> tokio::sync::futures::Notified<'_> {
+        self.released.notified()
+    }
+
     /// End a reserved check; `failed` counts it toward the window. The failures in the window.
     fn release(&self, key: &(String, IpNet), failed: bool) -> u32 {
-        let mut table = self.table.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let Some(entry) = table.map.get_mut(key) else { return 0 };
-        entry.2 = entry.2.saturating_sub(1);
-        if failed {
-            entry.1 = entry.1.saturating_add(1);
-        }
-        entry.1
+        let failures = {
+            let mut table = self.table.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let Some(entry) = table.map.get_mut(key) else { return 0 };
+            entry.2 = entry.2.saturating_sub(1);
+            if failed {
+                entry.1 = entry.1.saturating_add(1);
+            }
+            entry.1
+        };
+        self.released.notify_waiters();
+        failures
     }
 
     /// Forget `net`'s failures (an operator lifted its ban).
@@ -469,6 +489,11 @@ mod tests {
         let ip: IpAddr = "192.0.2.50".parse().unwrap();
         let mut reserved: Vec<Attempt<'_>> = (0..20).filter_map(|_| failures.reserve("users", ip, 5).ok()).collect();
         assert_eq!(reserved.len(), 5, "twenty at once, five checks");
+        assert_eq!(
+            failures.reserve("users", ip, 5).err(),
+            Some(AttemptRefused::Busy),
+            "the sixth waits: no check has failed yet"
+        );
         assert_eq!(reserved.pop().unwrap().settle(false), 0, "a success counts no failure");
         assert!(failures.reserve("users", ip, 5).is_ok(), "and frees its place");
         drop(reserved.pop());

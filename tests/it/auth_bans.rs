@@ -109,6 +109,41 @@ async fn issue_14_twenty_parallel_sessions_get_at_most_max_failures_password_che
     assert!(r.starts_with("521 5.3.2"), "{r}");
 }
 
+/// Many users behind one address (a webmail server, an office's NAT) logging in at once with the
+/// right passwords: each waits for a place among the checks under way and gets 235. The budget
+/// of checks bounds guessing; it must not refuse logins for failures that never happened (it
+/// answered 421 "too many failed authentications" to all but five of them).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issue_14_parallel_logins_with_the_right_password_wait_their_turn() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = certificate(dir.path());
+    let sink = Sink::start(Behaviour::default()).await;
+    // The real cost of a check (Argon2id at the `argon2` crate's defaults, tens of
+    // milliseconds), so the twenty checks overlap.
+    let real = {
+        use argon2::password_hash::{PasswordHasher, SaltString};
+        let salt = SaltString::encode_b64(b"mtac-test-salt!!").unwrap();
+        argon2::Argon2::default().hash_password(b"correct horse", &salt).unwrap().to_string()
+    };
+    let policy = two_farms(&cert, &key, "", free_port(), free_port()).replace(&cheap_phc("correct horse"), &real);
+    let node = TestNode::start(&policy, Some(sink.addr)).await;
+    let mut sessions = Vec::new();
+    for _ in 0..20 {
+        let mut s = starttls(node.addr, &cert).await;
+        assert_eq!(code(&s.cmd("EHLO laptop.example.org").await), 250);
+        sessions.push(s);
+    }
+    let logins = sessions.into_iter().map(|mut s| {
+        tokio::spawn(async move { s.cmd(&format!("AUTH PLAIN {}", b64("\0alice\0correct horse"))).await })
+    });
+    for login in logins.collect::<Vec<_>>() {
+        let reply = login.await.unwrap();
+        assert!(reply.starts_with("235"), "{reply}");
+    }
+    let m = node.metrics().await;
+    assert_eq!(sample(&m, r#"mtac_auth_total{farm="users",outcome="success"}"#), 20.0);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn issue_14_a_banned_client_let_in_to_refuse_recipients_never_gets_235() {
     let dir = tempfile::tempdir().unwrap();

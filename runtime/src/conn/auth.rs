@@ -3,6 +3,7 @@
 //! farm's other nodes through Redis). The SASL exchange itself is the session's (no I/O).
 
 use crate::auth::LoginCache;
+use crate::guard::AttemptRefused;
 use crate::metrics::AuthOutcome;
 use crate::session::{Action, AuthVerdict, Session};
 use crate::shared::Shared;
@@ -12,7 +13,9 @@ use std::time::Duration;
 /// Check AUTH credentials. Before any password is checked, a client banned from this farm or
 /// whose network (the address, an IPv6 /64) has used up the farm's `max-failures` is refused
 /// (421, [`Session::auth_locked_out`]); otherwise one check is reserved against that budget, so
-/// concurrent sessions cannot check more passwords than it allows. A failure costs the client a
+/// concurrent sessions cannot check more passwords than it allows: a session whose place is
+/// taken by checks under way waits for one to end (at most [`AUTH_QUEUE_WAIT`], then 454, try
+/// again later), and is refused only if those checks failed. A failure costs the client a
 /// second (brute force gets slow); the one that reaches `max-failures` bans the network from
 /// this farm (and through Redis, from the farm's other nodes).
 pub(super) async fn authenticate(
@@ -25,8 +28,14 @@ pub(super) async fn authenticate(
 ) -> Action {
     let ip = session.peer().ip();
     let max = farm.auth.as_ref().map_or(5, |a| a.max_failures.max(1));
-    let attempt = match shared.auth_failures.reserve(&farm.name, ip, max) {
+    let attempt = match reserve(shared, farm, ip, max).await {
         Ok(attempt) if !shared.bans.is_banned(&farm.name, ip, &farm.bans) => Some(attempt),
+        Err(AttemptRefused::Busy) => {
+            drop(password);
+            auth_counted(shared, farm, "unavailable");
+            tracing::info!(session = %session.id(), client = %ip, "authentication deferred: the address's other checks took too long");
+            return session.auth_result(user, AuthVerdict::Unavailable);
+        }
         _ => None,
     };
     let Some(attempt) = attempt else {
@@ -74,6 +83,36 @@ pub(super) async fn authenticate(
         AuthVerdict::Unavailable => auth_counted(shared, farm, "unavailable"),
     }
     session.auth_result(user, verdict)
+}
+
+/// How long a session waits for a place in its network's budget of checks (other sessions of
+/// the address are checking passwords): a password check takes tens of milliseconds, so this
+/// is only reached when the checks themselves hang (an LDAP bind timing out).
+const AUTH_QUEUE_WAIT: Duration = Duration::from_secs(30);
+
+/// A place in the network's budget of password checks, waiting while other sessions' checks
+/// fill it. `Busy` only once [`AUTH_QUEUE_WAIT`] has passed.
+async fn reserve<'s>(
+    shared: &'s Shared,
+    farm: &Farm,
+    ip: std::net::IpAddr,
+    max: u32,
+) -> Result<crate::guard::Attempt<'s>, AttemptRefused> {
+    let deadline = tokio::time::Instant::now() + AUTH_QUEUE_WAIT;
+    loop {
+        // Registered before asking, so a check that ends in between still wakes this one.
+        let released = shared.auth_failures.released();
+        tokio::pin!(released);
+        released.as_mut().enable();
+        match shared.auth_failures.reserve(&farm.name, ip, max) {
+            Err(AttemptRefused::Busy) => {
+                if tokio::time::timeout_at(deadline, released).await.is_err() {
+                    return Err(AttemptRefused::Busy);
+                }
+            }
+            answer => return answer,
+        }
+    }
 }
 
 fn auth_counted(shared: &Shared, farm: &Farm, outcome: &'static str) {
