@@ -66,6 +66,9 @@ pub struct Spool {
     in_use: Arc<InUse>,
     /// The directory is a tmpfs: file operations never wait on a device.
     in_memory: bool,
+    /// This process's id, in every file name (`tidy` tells a dead node's files by it); read
+    /// once, not a getpid(2) per message.
+    pid: u32,
 }
 
 #[derive(Debug)]
@@ -97,7 +100,7 @@ impl Spool {
             files: AtomicU64::new(0),
             max_bytes: AtomicU64::new(default_budget(dir)),
         });
-        Ok(Spool { dir: dir.to_path_buf(), counter: AtomicU64::new(0), in_use, in_memory })
+        Ok(Spool { dir: dir.to_path_buf(), counter: AtomicU64::new(0), in_use, in_memory, pid: std::process::id() })
     }
 
     /// Set the budget of bytes in flight (the policy's `spool max-bytes=`, or `None` for a share
@@ -179,7 +182,7 @@ impl Spool {
     /// A new, empty spool file.
     pub async fn create(&self, session: &str) -> io::Result<SpoolFile> {
         let n = self.counter.fetch_add(1, Ordering::Relaxed);
-        let path = self.dir.join(format!("{PREFIX}{}-{session}-{n}{SUFFIX}", std::process::id()));
+        let path = self.dir.join(format!("{PREFIX}{}-{session}-{n}{SUFFIX}", self.pid));
         let in_memory = self.in_memory;
         let file = off_worker(in_memory, || {
             use std::os::unix::fs::OpenOptionsExt;
@@ -194,7 +197,7 @@ impl Spool {
                 .open(&path)
         })?;
         self.in_use.files.fetch_add(1, Ordering::Relaxed);
-        Ok(SpoolFile { path, file, len: 0, in_use: self.in_use.clone(), in_memory })
+        Ok(SpoolFile { path, file: Arc::new(file), len: 0, in_use: self.in_use.clone(), in_memory })
     }
 }
 
@@ -286,7 +289,8 @@ fn is_tmpfs(dir: &Path) -> bool {
 #[derive(Debug)]
 pub struct SpoolFile {
     path: PathBuf,
-    file: File,
+    /// Shared with its readers (they read at offsets): a reader costs no dup(2) and close(2).
+    file: Arc<File>,
     len: u64,
     in_use: Arc<InUse>,
     in_memory: bool,
@@ -314,7 +318,7 @@ impl SpoolFile {
             self.in_use.bytes.fetch_sub(n, Ordering::Relaxed);
             return Err(io::Error::new(io::ErrorKind::StorageFull, "the spool's budget of bytes in flight is used up"));
         }
-        let file = &mut self.file;
+        let mut file = &*self.file;
         if let Err(e) = off_worker(self.in_memory, || file.write_all(bytes)) {
             self.in_use.bytes.fetch_sub(n, Ordering::Relaxed);
             return Err(e);
@@ -326,23 +330,23 @@ impl SpoolFile {
     /// A reader of the spooled bytes for one consumer (a scanner): its own handle, reading at
     /// offsets, so several read at once while the file stays as it was written.
     pub fn reader(&self) -> io::Result<SpoolReader> {
-        Ok(SpoolReader { file: self.file.try_clone()?, len: self.len, in_memory: self.in_memory })
+        Ok(SpoolReader { file: self.file.clone(), len: self.len, in_memory: self.in_memory })
     }
 
     /// Make everything written visible to readers (and to [`SpoolFile::path`]).
     pub async fn flush(&mut self) -> io::Result<()> {
-        let file = &mut self.file;
+        let mut file = &*self.file;
         off_worker(self.in_memory, || file.flush())
     }
 
     /// Go back to the start to read the message.
     pub async fn rewind(&mut self) -> io::Result<()> {
-        let file = &mut self.file;
+        let mut file = &*self.file;
         off_worker(self.in_memory, || file.seek(io::SeekFrom::Start(0)).map(|_| ()))
     }
 
     pub async fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let file = &mut self.file;
+        let mut file = &*self.file;
         off_worker(self.in_memory, || file.read(buf))
     }
 }
@@ -350,7 +354,7 @@ impl SpoolFile {
 /// Reads a spool file at offsets (see [`SpoolFile::reader`]).
 #[derive(Debug)]
 pub struct SpoolReader {
-    file: File,
+    file: Arc<File>,
     len: u64,
     in_memory: bool,
 }
@@ -358,7 +362,7 @@ pub struct SpoolReader {
 impl SpoolReader {
     /// Another reader of the same file (for a consumer that must own its reader).
     pub fn try_clone(&self) -> io::Result<SpoolReader> {
-        Ok(SpoolReader { file: self.file.try_clone()?, len: self.len, in_memory: self.in_memory })
+        Ok(SpoolReader { file: self.file.clone(), len: self.len, in_memory: self.in_memory })
     }
 
     /// The file's length when the reader was made.
