@@ -180,14 +180,25 @@ impl Connection {
         let mut lines = Vec::new();
         loop {
             while let Some(end) = self.buf.iter().position(|&b| b == b'\n') {
-                let line: Vec<u8> = self.buf.drain(..=end).collect();
-                let line = String::from_utf8_lossy(&line).trim_end_matches(['\r', '\n']).to_owned();
-                let code = line.get(..3).and_then(|c| c.parse::<u16>().ok()).filter(|c| (200..600).contains(c));
+                // Parsed in place: one allocation per line, its text.
+                let mut raw = self.buf.get(..end).unwrap_or(&[]);
+                while let Some(trimmed) = raw.strip_suffix(b"\r") {
+                    raw = trimmed;
+                }
+                let code = raw
+                    .get(..3)
+                    .and_then(|c| std::str::from_utf8(c).ok())
+                    .and_then(|c| c.parse::<u16>().ok())
+                    .filter(|c| (200..600).contains(c));
                 let Some(code) = code else {
-                    return Err(RelayError::Protocol(format!("malformed reply line {line:?}")));
+                    return Err(RelayError::Protocol(format!(
+                        "malformed reply line {:?}",
+                        String::from_utf8_lossy(raw)
+                    )));
                 };
-                let last = line.as_bytes().get(3) != Some(&b'-');
-                lines.push(line.get(4..).unwrap_or("").to_owned());
+                let last = raw.get(3) != Some(&b'-');
+                lines.push(String::from_utf8_lossy(raw.get(4..).unwrap_or(&[])).into_owned());
+                self.buf.drain(..=end);
                 if last {
                     return Ok(BackendReply { code, lines });
                 }
