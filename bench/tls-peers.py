@@ -52,7 +52,9 @@ def parse_args():
     p.add_argument('--targets', default='direct mtac postfix')
     p.add_argument('--sessions', default='1 10 50')
     p.add_argument('--per-session', default='1 10')
-    p.add_argument('--messages', type=int, default=2000, help='messages per run (every target)')
+    p.add_argument('--messages', type=int, default=2000,
+                   help='messages per run at 1 message per session, the same for every target; with K per '
+                        'session, min(K, 4) times as many (those runs are faster: CPU ticks need the length)')
     p.add_argument('--size', type=int, default=4096)
     p.add_argument('--reps', type=int, default=3)
     p.add_argument('--key', choices=['ec', 'rsa'], default='ec',
@@ -121,7 +123,7 @@ def offers_starttls(port, timeout=30):
         try:
             with socket.create_connection(('127.0.0.1', port), timeout=5) as s:
                 f = s.makefile('rb')
-                line = b'-'
+                line = f.readline()
                 while line[3:4] == b'-':  # mtac's first contact: "220-" now, "220 " after pregreet
                     line = f.readline()
                 s.sendall(b'EHLO probe.example\r\n')
@@ -285,7 +287,7 @@ def fmt(v, digits=0):
 
 
 def summarize(runs, names, points, commit, versions, out):
-    lines = ['STARTTLS inbound, commit %s, %s, %d-byte bodies, %d messages per run, %s certificate, '
+    lines = ['STARTTLS inbound, commit %s, %s, %d-byte bodies, %d messages per run (x min(K, 4) at K per session), %s certificate, '
              'median of %d reps' % (commit, time.strftime('%Y-%m-%d'), ARGS.size, ARGS.messages,
                                     'ECDSA P-256' if ARGS.key == 'ec' else 'RSA 2048', ARGS.reps), '']
     head = '| sessions | msgs/session |'
@@ -319,7 +321,14 @@ def summarize(runs, names, points, commit, versions, out):
                                     % (n, s, k, r['failed'], r['failures'], r.get('backend_received'), r['sent']))
     lines += ['', '† median run with more than %d%% of the CPUs used by other processes (noise).'
               % (bench.NOISY * 100)]
-    lines += ['Load average before the runs: %s.' % ', '.join(fmt(r['load'], 2) for r in runs[:1])]
+    loads = [r['load'] for r in runs if 'load' in r]
+    if loads:
+        lines += ['Load average (1 min) before a run: %s to %s; noise (median per target): %s.' % (
+            fmt(min(loads), 2), fmt(max(loads), 2),
+            ', '.join('%s %d%%' % (n, 100 * (median([r for r in runs if r['target'] == n], 'noise') or 0))
+                      for n in names))]
+    gen = median(runs, 'generator_us_per_msg')
+    lines += ['The generator (tls-load, one thread) itself: %s µs CPU per message (median of all runs).' % fmt(gen)]
     lines += ['Versions: ' + '; '.join('%s = %s' % kv for kv in versions.items())]
     lines += ['Failures / back end short: ' + ('none' if not problems else '')] + ['- ' + p for p in problems]
     text = '\n'.join(lines) + '\n'
@@ -357,7 +366,7 @@ def main():
                 order = targets[rep % len(targets):] + targets[:rep % len(targets)]
                 for (s, k) in points:
                     for t in order:
-                        r = measure(t, s, k, ARGS.messages)
+                        r = measure(t, s, k, ARGS.messages * min(k, 4))
                         r.update(rep=rep, commit=commit)
                         runs.append(r)
                         jl.write(json.dumps(r) + '\n')

@@ -210,6 +210,7 @@ fn message(from: &str, to: &str, size: usize) -> Vec<u8> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::indexing_slicing)]
 mod tests {
     #[test]
     fn the_body_is_the_size_asked_for_and_ends_the_data() {
