@@ -59,6 +59,7 @@ def parse_args():
     p.add_argument('--reps', type=int, default=3)
     p.add_argument('--key', choices=['ec', 'rsa'], default='ec',
                    help='certificate key: ECDSA P-256 (default) or RSA 2048')
+    p.add_argument('--tls-version', choices=['1.2', '1.3'], help='offer only this TLS version (default: both)')
     p.add_argument('--harness', default=os.path.join(os.path.dirname(REPO), 'shared', 'bench'))
     p.add_argument('--target-dir', default=os.environ.get('CARGO_TARGET_DIR', os.path.join(REPO, 'target')))
     p.add_argument('--no-build', action='store_true', help='use the release binaries as they are')
@@ -223,6 +224,8 @@ def generator(port, sessions, per_session, messages, plain):
            '--messages', str(messages), '--size', str(ARGS.size), '--json']
     if plain:
         cmd.append('--plain')
+    elif ARGS.tls_version:
+        cmd += ['--tls-version', ARGS.tls_version]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         out, err = proc.communicate(timeout=ARGS.run_timeout)
@@ -290,6 +293,8 @@ def summarize(runs, names, points, commit, versions, out):
     lines = ['STARTTLS inbound, commit %s, %s, %d-byte bodies, %d messages per run (x min(K, 4) at K per session), %s certificate, '
              'median of %d reps' % (commit, time.strftime('%Y-%m-%d'), ARGS.size, ARGS.messages,
                                     'ECDSA P-256' if ARGS.key == 'ec' else 'RSA 2048', ARGS.reps), '']
+    if ARGS.tls_version:
+        lines[0] += ', TLS %s only' % ARGS.tls_version
     head = '| sessions | msgs/session |'
     for n in names:
         head += ' %s msg/s |' % n

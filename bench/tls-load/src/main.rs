@@ -80,7 +80,10 @@ fn main() -> ExitCode {
     } else {
         tokio::runtime::Builder::new_multi_thread().worker_threads(args.threads).enable_all().build()
     };
-    let report = match runtime.map_err(|e| e.to_string()).and_then(|rt| rt.block_on(run(&settings)).map_err(|e| e.to_string())) {
+    let report = match runtime
+        .map_err(|e| e.to_string())
+        .and_then(|rt| rt.block_on(run(&settings)).map_err(|e| e.to_string()))
+    {
         Ok(report) => report,
         Err(e) => {
             eprintln!("tls-load: {e}");

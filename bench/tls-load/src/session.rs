@@ -182,9 +182,7 @@ fn connector(settings: &Settings) -> Result<(tokio_rustls::TlsConnector, ServerN
         config.resumption = Resumption::disabled();
     }
     let name = match &settings.server_name {
-        Some(name) => {
-            ServerName::try_from(name.clone()).map_err(|_| SetupError::ServerName(name.clone()))?
-        }
+        Some(name) => ServerName::try_from(name.clone()).map_err(|_| SetupError::ServerName(name.clone()))?,
         None => ServerName::IpAddress(settings.target.ip().into()),
     };
     Ok((tokio_rustls::TlsConnector::from(Arc::new(config)), name))
