@@ -18,6 +18,9 @@
 # state directory, addresses in full). Both from one harness variable:
 #   FRONT_CMD='env MTAC_FRONT_MILTER=$VARIANT MTAC_FRONT_JOURNAL=$VARIANT bench/mtac-front.sh {port} {backend_port}' \
 #     ../shared/bench/peers.sh --targets "direct front:off front:milter front:journal"
+#
+# MTAC_FRONT_TLS_CERT and MTAC_FRONT_TLS_KEY (PEM files) give the farm `tls`, so it offers
+# STARTTLS (bench/tls-peers.py sets them).
 set -eu
 port=${1:?port} backend=${2:?backend port}
 here=$(cd "$(dirname "$0")" && pwd)
@@ -69,6 +72,10 @@ on | 1 | journal)
     journal="journal \"$state/journal\" max-size=\"1GiB\" files=4"
     ;;
 esac
+tls=""
+if [ -n "${MTAC_FRONT_TLS_CERT:-}" ]; then
+    tls="tls certificate=\"$MTAC_FRONT_TLS_CERT\" key=\"${MTAC_FRONT_TLS_KEY:?MTAC_FRONT_TLS_KEY with MTAC_FRONT_TLS_CERT}\""
+fi
 cat >"$state/policy.kdl" <<POLICY
 hostname "mx.bench.example"
 spool "$spool"
@@ -84,6 +91,7 @@ farm "mx" kind="inbound-mx" {
     local-domains "example.net"
     $auth
     $milter
+    $tls
     relay {
         backend "smtp://127.0.0.1:$backend"
     }

@@ -35,6 +35,7 @@ mod sni;
 mod state_tools;
 mod submission;
 mod support;
+mod tls_load;
 mod tools;
 mod trust_defects;
 mod untrusted_policy;

@@ -7,7 +7,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 
 /// A self-signed certificate and key for `name`, as `stem.pem` and `stem.key` in `dir`.
-fn certificate(dir: &Path, stem: &str, name: &str) -> (String, String) {
+pub(crate) fn certificate(dir: &Path, stem: &str, name: &str) -> (String, String) {
     let (cert, key) = (dir.join(format!("{stem}.pem")), dir.join(format!("{stem}.key")));
     let out = Command::new("openssl")
         .args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-days", "30"])
