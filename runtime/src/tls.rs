@@ -162,6 +162,30 @@ impl SmtpStream {
         *self = SmtpStream::Tls(Box::new(tls));
         Ok(())
     }
+
+    /// Wait until a read would return something (bytes, the end of the stream or an error),
+    /// without lending the stream a buffer: an idle session waits here and holds none.
+    ///
+    /// Under TLS the socket is not the only source: rustls may already hold decrypted bytes
+    /// (a client's pipelined commands that did not fit the last read) or a close_notify, which
+    /// the socket will never signal again; those count as readable at once.
+    pub async fn readable(&mut self) -> io::Result<()> {
+        match self {
+            SmtpStream::Plain(tcp) => tcp.readable().await,
+            SmtpStream::Tls(tls) => {
+                let (tcp, connection) = tls.get_mut();
+                // tokio-rustls processes every record it reads at once, so this finds nothing
+                // new; it reports what rustls holds. An error is left for the read to report.
+                match connection.process_new_packets() {
+                    Ok(state) if state.plaintext_bytes_to_read() == 0 && !state.peer_has_closed() => {
+                        tcp.readable().await
+                    }
+                    _ => Ok(()),
+                }
+            }
+            SmtpStream::Gone => Err(gone()),
+        }
+    }
 }
 
 fn gone() -> io::Error {

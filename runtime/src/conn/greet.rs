@@ -26,7 +26,7 @@ pub(super) async fn greet(
     conn: &mut Conn<'_>,
     session: &mut Session,
     ctx: &Ctx<'_>,
-    lookups: &mut Option<Lookups>,
+    lookups: &mut Option<Box<Lookups>>,
 ) -> Result<(), End> {
     pregreet(conn, session, ctx).await?;
     if let Some(l) = lookups.as_mut() {
