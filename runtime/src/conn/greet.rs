@@ -100,7 +100,7 @@ async fn pregreet(conn: &mut Conn<'_>, session: &mut Session, ctx: &Ctx<'_>) -> 
             count("left");
             Err(End::ClientClosed)
         }
-        Read::Shutdown => Err(conn.close(&Reply::shutting_down(&ctx.hostname), End::Shutdown).await),
+        Read::Shutdown => Err(conn.close(&Reply::shutting_down(ctx.hostname), End::Shutdown).await),
         Read::Error => Err(End::Io),
     }
 }

@@ -220,7 +220,7 @@ struct Ctx<'a> {
     farm_index: usize,
     farm: &'a Farm,
     /// The policy's host name, for the replies the driver writes itself.
-    hostname: String,
+    hostname: &'a str,
     /// How long a command may take to arrive, and the handshake after STARTTLS.
     command_timeout: Duration,
 }
@@ -285,7 +285,7 @@ pub async fn serve(
         // A banned client is only here to be refused: it gets little of our time.
         command_timeout = command_timeout.min(Duration::from_secs(10));
     }
-    let hostname = snapshot.ruleset.policy().hostname.clone();
+    let hostname = snapshot.ruleset.policy().hostname.as_str();
     let ctx = Ctx { snapshot: &snapshot, farm_index, farm, hostname, command_timeout };
     let end = run(&mut conn, &mut session, &ctx, &mut lookups).await;
     report::session_closed(&shared, &session, farm_name, farm, end);
@@ -315,7 +315,7 @@ async fn run(conn: &mut Conn<'_>, session: &mut Session, ctx: &Ctx<'_>, lookups:
         if conn.input.is_empty() {
             match conn.between_commands(state.deadline, session.transaction().is_some()).await {
                 Read::Data => {}
-                read => break Box::pin(conn.ended_by(read, &ctx.hostname)).await.unwrap_or(End::Io),
+                read => break Box::pin(conn.ended_by(read, ctx.hostname)).await.unwrap_or(End::Io),
             }
         }
         if let Err(end) = Box::pin(commands(conn, session, ctx, lookups, &mut state)).await {
@@ -404,7 +404,7 @@ async fn mail_filtered(
     if !matches!(asked, Asked::Mail(_)) || !accepted || session.transaction().is_none() || milters.is_empty() {
         return action;
     }
-    match filters::mail_stage(shared, session, ctx.farm, &ctx.hostname, milters).await {
+    match filters::mail_stage(shared, session, ctx.farm, ctx.hostname, milters).await {
         Some((reply, rule)) => session.sender_filtered(reply, rule),
         None => action,
     }
@@ -483,7 +483,7 @@ async fn next_action(
                     return Err(End::Io);
                 }
                 let read = conn.read(deadline, session.transaction().is_some()).await;
-                match conn.ended_by(read, &ctx.hostname).await {
+                match conn.ended_by(read, ctx.hostname).await {
                     None => continue,
                     Some(end) => return Err(end),
                 }
@@ -513,14 +513,14 @@ async fn next_action(
                     _ => None,
                 };
                 let action =
-                    prepare::prepare(&command, session, ctx.farm, conn.shared, lookups, transfer, &ctx.hostname)
+                    prepare::prepare(&command, session, ctx.farm, conn.shared, lookups, transfer, ctx.hostname)
                         .await
                         .unwrap_or_else(|| session.command(command, &ctx.snapshot.ruleset, ctx.farm));
                 if let (Some(size), false) = (chunk, matches!(action, Action::Chunks { .. } | Action::Close { .. })) {
                     // A refused BDAT's octets follow it all the same: read and drop them (unless
                     // the session closes anyway).
                     let deadline = Instant::now() + Duration::from_secs(u64::from(session.limits().timeouts.data));
-                    chunks::discard(conn, size, deadline, &ctx.hostname).await?;
+                    chunks::discard(conn, size, deadline, ctx.hostname).await?;
                 }
                 (asked, action)
             }
@@ -558,7 +558,7 @@ async fn round_trips<'r>(
             // The milters hear of a recipient the policy accepted before the back end does: one
             // they refuse is never given to it.
             Action::Recipient { address } => {
-                match filters::rcpt_stage(shared, session, ctx.farm, &ctx.hostname, milters, &address).await {
+                match filters::rcpt_stage(shared, session, ctx.farm, ctx.hostname, milters, &address).await {
                     Some((reply, rule)) => session.refuse(reply, rule),
                     None => rcpt::recipient(shared, session, ctx.farm, relay, txn, address).await,
                 }

@@ -29,7 +29,7 @@ impl Conn<'_> {
                 return Read::Shutdown;
             }
             tokio::select! {
-                ready = tokio::time::timeout_at(deadline, self.stream.readable()) => {
+                ready = tokio::time::timeout_at(deadline, std::future::poll_fn(|cx| self.stream.poll_readable(cx))) => {
                     return match ready {
                         Ok(Ok(())) => Read::Data,
                         Ok(Err(_)) => Read::Error,
