@@ -46,3 +46,34 @@ impl Conn<'_> {
         }
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use crate::conn::{serve, Admission};
+    use crate::shared::{Shared, Snapshot};
+    use crate::spool::Spool;
+    use std::sync::Arc;
+    use tokio::net::{TcpListener, TcpStream};
+
+    /// Issue 21: an idle session costs what its task holds, times the thousands a node keeps.
+    /// With the big awaits inlined, the session future was 12-14 KB (release); boxed, it is
+    /// ~1.7 KB in this debug build (~2 KB with the accept loop's part in release,
+    /// BENCHMARKS.md "Idle sessions"). The bound leaves ~400 bytes for new state that lives
+    /// between commands, far less than any boxed await (the smallest, greet, is 3.7 KB), so
+    /// inlining one again fails here instead of costing every idle session its size.
+    #[tokio::test]
+    async fn idle_session_stays_small() {
+        const MAX_SESSION_FUTURE: usize = 2048;
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::new(&dir.path().join("spool")).unwrap();
+        let snapshot = Snapshot::new(crate::session::tests::ruleset(3), None).unwrap();
+        let shared = Arc::new(Shared::new(snapshot, None, spool, None, 0));
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let _client = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
+        let (stream, peer) = listener.accept().await.unwrap();
+        let session = serve(stream, peer, "mx", false, shared, "T".to_owned(), Admission::default());
+        let size = std::mem::size_of_val(&session);
+        assert!(size <= MAX_SESSION_FUTURE, "the session future is {size} bytes (at most {MAX_SESSION_FUTURE})");
+    }
+}
