@@ -1,14 +1,18 @@
 #!/usr/bin/env python3
 """Idle-session memory of `mtac run`: hold N sessions after EHLO and read the node's memory.
 
-    bench/idle.py [--counts 1000,5000,10000,19000] [--procs 4]
+    bench/idle.py [--counts 1000,5000,10000,19000] [--procs 4] [--starttls]
 
 Starts target/release/mtac on a scratch policy, then for each N (ascending) opens sessions from
 many 127.x.y.z source addresses spread over several client processes (each process is capped at
 the machine's open-file limit, like the node), sends EHLO, reads the reply, and holds them.
 Reports the node's RSS and PSS (from /proc) above its baseline, per session.
+
+With --starttls the farm gets a certificate (a fresh self-signed P-256 one) and each session
+does EHLO, STARTTLS, the handshake (TLS 1.3) and EHLO again before it is held: what an idle MX
+session costs when, as most MX traffic today, it arrives over STARTTLS.
 """
-import argparse, os, socket, subprocess, sys, tempfile, time
+import argparse, os, socket, ssl, subprocess, sys, tempfile, time
 from multiprocessing import Process, Queue
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -22,9 +26,20 @@ def mem(pid):
             if line.startswith("Pss:"): pss = int(line.split()[1])
     return rss, pss
 
-def holder(port, start, count, ready, done):
+def ehlo(f, s):
+    """Send EHLO and read its reply to the last line; True if it was a 250."""
+    s.sendall(b"EHLO idle.example.org\r\n")
+    while True:
+        line = f.readline()
+        if not line or line[3:4] != b"-": break
+    return line.startswith(b"250")
+
+def holder(port, start, count, ready, done, starttls):
     socks = []
     failed = 0
+    tls = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    tls.check_hostname = False
+    tls.verify_mode = ssl.CERT_NONE
     for i in range(start, start + count):
         src = f"127.{1 + (i // 60000) % 250}.{(i // 250) % 250}.{1 + i % 250}"
         try:
@@ -32,11 +47,13 @@ def holder(port, start, count, ready, done):
             s.bind((src, 0)); s.connect(("127.0.0.1", port))
             f = s.makefile("rb")
             if not f.readline().startswith(b"220"): failed += 1; continue
-            s.sendall(b"EHLO idle.example.org\r\n")
-            while True:
-                line = f.readline()
-                if not line or line[3:4] != b"-": break
-            if not line.startswith(b"250"): failed += 1; continue
+            if not ehlo(f, s): failed += 1; continue
+            if starttls:
+                s.sendall(b"STARTTLS\r\n")
+                if not f.readline().startswith(b"220"): failed += 1; continue
+                s = tls.wrap_socket(s, server_hostname="mx.idle.example")
+                f = s.makefile("rb")
+                if not ehlo(f, s): failed += 1; continue
             socks.append((s, f))
         except OSError:
             failed += 1
@@ -47,6 +64,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--counts", default="1000,5000,10000,19000")
     ap.add_argument("--procs", type=int, default=4)
+    ap.add_argument("--starttls", action="store_true", help="hold sessions after EHLO, STARTTLS, EHLO")
     a = ap.parse_args()
     import resource
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -54,6 +72,13 @@ def main():
     d = tempfile.mkdtemp()
     port = 36000 + os.getpid() % 1000
     policy = os.path.join(d, "policy.kdl")
+    tls = ""
+    if a.starttls:
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+                        "-nodes", "-days", "30", "-subj", "/CN=mx.idle.example",
+                        "-addext", "subjectAltName=DNS:mx.idle.example",
+                        "-keyout", f"{d}/key.pem", "-out", f"{d}/cert.pem"], check=True, capture_output=True)
+        tls = f'tls certificate="{d}/cert.pem" key="{d}/key.pem"'
     open(policy, "w").write(f'''hostname "mx.idle.example"
 spool "{d}/spool"
 farm "mx" kind="inbound-mx" {{
@@ -68,6 +93,7 @@ farm "mx" kind="inbound-mx" {{
     // its EHLO; the sessions measured here are the ones held after it.
     screen {{ pregreet #false; }}
     deliver maildir="{d}/Maildir"
+    {tls}
 }}
 ''')
     node = subprocess.Popen([BIN, "run", "--policy", policy], stderr=open(os.path.join(d, "log"), "w"),
@@ -77,13 +103,14 @@ farm "mx" kind="inbound-mx" {{
         except OSError: time.sleep(0.05)
     time.sleep(0.5)
     base_rss, base_pss = mem(node.pid)
+    print(f"mode: {'EHLO, STARTTLS, EHLO' if a.starttls else 'EHLO'}")
     print(f"machine: {os.cpu_count()} cpus, open-file limit {hard}; baseline RSS {base_rss/1024:.1f} MiB, PSS {base_pss/1024:.1f} MiB")
     print("| sessions held | failed | RSS MiB | PSS MiB | KiB/session RSS | KiB/session PSS |")
     print("|---|---|---|---|---|---|")
     for n in [int(x) for x in a.counts.split(",")]:
         ready, done = Queue(), Queue()
         per = (n + a.procs - 1) // a.procs
-        procs = [Process(target=holder, args=(port, k * per, min(per, n - k * per), ready, done)) for k in range(a.procs)]
+        procs = [Process(target=holder, args=(port, k * per, min(per, n - k * per), ready, done, a.starttls)) for k in range(a.procs)]
         for p in procs: p.start()
         held = failed = 0
         for _ in procs:

@@ -162,6 +162,32 @@ impl SmtpStream {
         *self = SmtpStream::Tls(Box::new(tls));
         Ok(())
     }
+
+    /// Ready when a read would return something (bytes, the end of the stream or an error),
+    /// without lending the stream a buffer: an idle session waits here and holds none. A poll
+    /// function, not a future, so the waiting session keeps no readiness future either: the
+    /// waker is kept by the socket's registration.
+    ///
+    /// Under TLS the socket is not the only source: rustls may already hold decrypted bytes
+    /// (a client's pipelined commands that did not fit the last read) or a close_notify, which
+    /// the socket will never signal again; those count as readable at once.
+    pub fn poll_readable(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self {
+            SmtpStream::Plain(tcp) => tcp.poll_read_ready(cx),
+            SmtpStream::Tls(tls) => {
+                let (tcp, connection) = tls.get_mut();
+                // tokio-rustls processes every record it reads at once, so this finds nothing
+                // new; it reports what rustls holds. An error is left for the read to report.
+                match connection.process_new_packets() {
+                    Ok(state) if state.plaintext_bytes_to_read() == 0 && !state.peer_has_closed() => {
+                        tcp.poll_read_ready(cx)
+                    }
+                    _ => Poll::Ready(Ok(())),
+                }
+            }
+            SmtpStream::Gone => Poll::Ready(Err(gone())),
+        }
+    }
 }
 
 fn gone() -> io::Error {

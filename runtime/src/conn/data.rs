@@ -86,7 +86,7 @@ async fn receive(
     source: Source,
     milters: &mut LiveMilters,
 ) -> Result<Option<Answer>, End> {
-    let (farm, ruleset, hostname) = (ctx.farm, &ctx.snapshot.ruleset, ctx.hostname.as_str());
+    let (farm, ruleset, hostname) = (ctx.farm, &ctx.snapshot.ruleset, ctx.hostname);
     let Some(envelope) = session.transaction() else {
         return Ok(Some((Reply::bad_sequence("need MAIL command"), rules::PROTOCOL, 0).into()));
     };

@@ -26,7 +26,7 @@ pub(super) async fn greet(
     conn: &mut Conn<'_>,
     session: &mut Session,
     ctx: &Ctx<'_>,
-    lookups: &mut Option<Lookups>,
+    lookups: &mut Option<Box<Lookups>>,
 ) -> Result<(), End> {
     pregreet(conn, session, ctx).await?;
     if let Some(l) = lookups.as_mut() {
@@ -100,7 +100,7 @@ async fn pregreet(conn: &mut Conn<'_>, session: &mut Session, ctx: &Ctx<'_>) -> 
             count("left");
             Err(End::ClientClosed)
         }
-        Read::Shutdown => Err(conn.close(&Reply::shutting_down(&ctx.hostname), End::Shutdown).await),
+        Read::Shutdown => Err(conn.close(&Reply::shutting_down(ctx.hostname), End::Shutdown).await),
         Read::Error => Err(End::Io),
     }
 }

@@ -38,6 +38,7 @@ mod rcpt;
 mod report;
 mod starttls;
 mod verify;
+mod wait;
 
 pub use prepare::rate_exceeded;
 
@@ -184,6 +185,11 @@ impl Conn<'_> {
     }
 
     fn reply(&mut self, reply: &Reply) {
+        // Given back while the session waits (`between_commands`): one allocation, not a
+        // doubling per line of an EHLO reply.
+        if self.output.capacity() == 0 {
+            self.output.reserve(512);
+        }
         reply.write_to(&mut self.output);
     }
 
@@ -214,7 +220,7 @@ struct Ctx<'a> {
     farm_index: usize,
     farm: &'a Farm,
     /// The policy's host name, for the replies the driver writes itself.
-    hostname: String,
+    hostname: &'a str,
     /// How long a command may take to arrive, and the handshake after STARTTLS.
     command_timeout: Duration,
 }
@@ -269,16 +275,17 @@ pub async fn serve(
         session.under_stress(stress);
         shared.metrics.stressed_sessions.get_or_create(&FarmLabel { farm: farm.name.clone() }).inc();
     }
-    if implicit_tls && !starttls::implicit(&mut conn, &mut session, &snapshot, farm_index, farm).await {
+    if implicit_tls && !Box::pin(starttls::implicit(&mut conn, &mut session, &snapshot, farm_index, farm)).await {
         return;
     }
-    let mut lookups = shared.dns().map(|dns| Lookups::start(dns, Needs::of(farm), peer.ip()));
+    // Boxed: 760 bytes that a farm without DNS checks does not need at all.
+    let mut lookups = shared.dns().map(|dns| Box::new(Lookups::start(dns, Needs::of(farm), peer.ip())));
     let mut command_timeout = Duration::from_secs(u64::from(session.limits().timeouts.command));
     if session.is_banned() {
         // A banned client is only here to be refused: it gets little of our time.
         command_timeout = command_timeout.min(Duration::from_secs(10));
     }
-    let hostname = snapshot.ruleset.policy().hostname.clone();
+    let hostname = snapshot.ruleset.policy().hostname.as_str();
     let ctx = Ctx { snapshot: &snapshot, farm_index, farm, hostname, command_timeout };
     let end = run(&mut conn, &mut session, &ctx, &mut lookups).await;
     report::session_closed(&shared, &session, farm_name, farm, end);
@@ -286,41 +293,88 @@ pub async fn serve(
 
 /// The read→parse→session→act loop: greet, then one command (or SASL line) at a time until the
 /// session ends. Each [`Action`] is handled in the room of its phase.
-async fn run(conn: &mut Conn<'_>, session: &mut Session, ctx: &Ctx<'_>, lookups: &mut Option<Lookups>) -> End {
-    if let Err(end) = greet::greet(conn, session, ctx, lookups).await {
+///
+/// **Invariant: an idle session holds no read buffer and no command's state.** Between
+/// commands this future is small (`wait::between_commands`, no buffer); the work of a command
+/// runs in a boxed future, allocated when the client's bytes arrive and freed before the next
+/// wait. A future's size is its largest await's (the message's, the milters', TLS…), so a
+/// session that waited inside them would pin ~14 KB for as long as it stays idle.
+async fn run(conn: &mut Conn<'_>, session: &mut Session, ctx: &Ctx<'_>, lookups: &mut Option<Box<Lookups>>) -> End {
+    if let Err(end) = Box::pin(greet::greet(conn, session, ctx, lookups)).await {
         return end;
     }
-    let relay = ctx.snapshot.delivery(ctx.farm_index);
-    let mut lines = LineReader::new(usize::try_from(ctx.farm.limits.line_length).unwrap_or(usize::MAX));
-    let mut txn: Option<Transaction<'_>> = None;
-    // This client's place among the transfers in flight, held from MAIL to the end of DATA.
-    let mut transfer: Option<crate::transfers::TransferSlot> = None;
-    let mut deadline = Instant::now() + ctx.command_timeout;
-    // The session's milter conversations, opened at its first MAIL FROM.
-    let mut milters = LiveMilters::new(&ctx.farm.filters);
+    let mut state = Between {
+        relay: ctx.snapshot.delivery(ctx.farm_index),
+        lines: LineReader::new(usize::try_from(ctx.farm.limits.line_length).unwrap_or(usize::MAX)),
+        txn: None,
+        transfer: None,
+        deadline: Instant::now() + ctx.command_timeout,
+        milters: LiveMilters::new(&ctx.farm.filters),
+    };
     let end = loop {
-        let (asked, action) = match next_action(conn, session, ctx, &mut lines, lookups, &mut transfer, deadline).await
-        {
-            Ok(next) => next,
-            Err(end) => break end,
-        };
-        let action = round_trips(conn.shared, session, ctx, &relay, &mut txn, action, &mut milters).await;
-        // Before anything can end the session: its last decisions are journaled too.
-        report::journal(conn.shared, session);
-        let action = mail_filtered(conn.shared, session, ctx, &asked, action, &mut milters).await;
-        if let Err(end) = rcpt::after_answer(conn, session, ctx, &action).await {
+        if conn.input.is_empty() {
+            match conn.between_commands(state.deadline, session.transaction().is_some()).await {
+                Read::Data => {}
+                read => break Box::pin(conn.ended_by(read, ctx.hostname)).await.unwrap_or(End::Io),
+            }
+        }
+        if let Err(end) = Box::pin(commands(conn, session, ctx, lookups, &mut state)).await {
             break end;
         }
+    };
+    Box::pin(state.finish()).await;
+    end
+}
+
+/// What lives from one command to the next, beside the session.
+struct Between<'r> {
+    relay: Delivery<'r>,
+    lines: LineReader,
+    /// The back end's side of the transaction, from MAIL to the end of DATA.
+    txn: Option<Transaction<'r>>,
+    /// This client's place among the transfers in flight, held from MAIL to the end of DATA.
+    transfer: Option<crate::transfers::TransferSlot>,
+    /// When the next command must have arrived.
+    deadline: Instant,
+    /// The session's milter conversations, opened at its first MAIL FROM.
+    milters: LiveMilters,
+}
+
+impl Between<'_> {
+    /// The session is over: the back end and the milters are told.
+    async fn finish(mut self) {
+        if let Some(t) = self.txn.take() {
+            t.abort().await;
+        }
+        self.milters.quit().await;
+    }
+}
+
+/// The commands the client's input holds (at least one; reading on for a command's rest),
+/// until the input is used up. `Err`: the session is over.
+async fn commands(
+    conn: &mut Conn<'_>,
+    session: &mut Session,
+    ctx: &Ctx<'_>,
+    lookups: &mut Option<Box<Lookups>>,
+    state: &mut Between<'_>,
+) -> Result<(), End> {
+    let Between { relay, lines, txn, transfer, deadline, milters } = state;
+    loop {
+        let (asked, action) = next_action(conn, session, ctx, lines, lookups, transfer, *deadline).await?;
+        let action = round_trips(conn.shared, session, ctx, relay, txn, action, milters).await;
+        // Before anything can end the session: its last decisions are journaled too.
+        report::journal(conn.shared, session);
+        let action = mail_filtered(conn.shared, session, ctx, &asked, action, milters).await;
+        rcpt::after_answer(conn, session, ctx, &action).await?;
         report::decided(conn.shared, session, ctx.farm, &asked, &action);
         report::shadowed(conn.shared, session, ctx.farm);
         report::ruleset_changes(conn.shared, session, ctx.farm);
-        if let Err(end) = act(conn, session, ctx, &relay, &mut txn, action, lookups, &mut milters).await {
-            break end;
-        }
+        act(conn, session, ctx, relay, txn, action, lookups, milters).await?;
         // RSET, a new EHLO, or a refused transaction: release the back end connection and the
         // client's place among the transfers in flight.
         if session.transaction().is_none() {
-            transfer = None;
+            *transfer = None;
             if let Some(t) = txn.take() {
                 t.abort().await;
             }
@@ -329,13 +383,11 @@ async fn run(conn: &mut Conn<'_>, session: &mut Session, ctx: &Ctx<'_>, lookups:
             }
         }
         // The next command's time starts now, not before we waited on the back end.
-        deadline = Instant::now() + ctx.command_timeout;
-    };
-    if let Some(t) = txn.take() {
-        t.abort().await;
+        *deadline = Instant::now() + ctx.command_timeout;
+        if conn.input.is_empty() {
+            return Ok(());
+        }
     }
-    milters.quit().await;
-    end
 }
 
 /// MAIL FROM the policy accepted goes to the milters before the client hears 250: a milter's
@@ -352,7 +404,7 @@ async fn mail_filtered(
     if !matches!(asked, Asked::Mail(_)) || !accepted || session.transaction().is_none() || milters.is_empty() {
         return action;
     }
-    match filters::mail_stage(shared, session, ctx.farm, &ctx.hostname, milters).await {
+    match filters::mail_stage(shared, session, ctx.farm, ctx.hostname, milters).await {
         Some((reply, rule)) => session.sender_filtered(reply, rule),
         None => action,
     }
@@ -367,7 +419,7 @@ async fn act<'r>(
     relay: &Delivery<'r>,
     txn: &mut Option<Transaction<'r>>,
     action: Action,
-    lookups: &mut Option<Lookups>,
+    lookups: &mut Option<Box<Lookups>>,
     milters: &mut LiveMilters,
 ) -> Result<(), End> {
     match action {
@@ -411,7 +463,7 @@ async fn next_action(
     session: &mut Session,
     ctx: &Ctx<'_>,
     lines: &mut LineReader,
-    lookups: &mut Option<Lookups>,
+    lookups: &mut Option<Box<Lookups>>,
     transfer: &mut Option<crate::transfers::TransferSlot>,
     deadline: Instant,
 ) -> Result<(Asked, Action), End> {
@@ -431,7 +483,7 @@ async fn next_action(
                     return Err(End::Io);
                 }
                 let read = conn.read(deadline, session.transaction().is_some()).await;
-                match conn.ended_by(read, &ctx.hostname).await {
+                match conn.ended_by(read, ctx.hostname).await {
                     None => continue,
                     Some(end) => return Err(end),
                 }
@@ -461,14 +513,14 @@ async fn next_action(
                     _ => None,
                 };
                 let action =
-                    prepare::prepare(&command, session, ctx.farm, conn.shared, lookups, transfer, &ctx.hostname)
+                    prepare::prepare(&command, session, ctx.farm, conn.shared, lookups, transfer, ctx.hostname)
                         .await
                         .unwrap_or_else(|| session.command(command, &ctx.snapshot.ruleset, ctx.farm));
                 if let (Some(size), false) = (chunk, matches!(action, Action::Chunks { .. } | Action::Close { .. })) {
                     // A refused BDAT's octets follow it all the same: read and drop them (unless
                     // the session closes anyway).
                     let deadline = Instant::now() + Duration::from_secs(u64::from(session.limits().timeouts.data));
-                    chunks::discard(conn, size, deadline, &ctx.hostname).await?;
+                    chunks::discard(conn, size, deadline, ctx.hostname).await?;
                 }
                 (asked, action)
             }
@@ -506,7 +558,7 @@ async fn round_trips<'r>(
             // The milters hear of a recipient the policy accepted before the back end does: one
             // they refuse is never given to it.
             Action::Recipient { address } => {
-                match filters::rcpt_stage(shared, session, ctx.farm, &ctx.hostname, milters, &address).await {
+                match filters::rcpt_stage(shared, session, ctx.farm, ctx.hostname, milters, &address).await {
                     Some((reply, rule)) => session.refuse(reply, rule),
                     None => rcpt::recipient(shared, session, ctx.farm, relay, txn, address).await,
                 }

@@ -18,7 +18,7 @@ pub(super) async fn prepare(
     session: &mut Session,
     farm: &Farm,
     shared: &Shared,
-    lookups: &mut Option<Lookups>,
+    lookups: &mut Option<Box<Lookups>>,
     transfer: &mut Option<crate::transfers::TransferSlot>,
     hostname: &str,
 ) -> Option<Action> {

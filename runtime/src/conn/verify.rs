@@ -56,7 +56,7 @@ pub(super) async fn sender_auth(
     spf: Option<&SpfCheck>,
     author: &Author,
 ) -> Result<Checked, (Reply, &'static str, String)> {
-    let (farm, ruleset, hostname) = (ctx.farm, &ctx.snapshot.ruleset, ctx.hostname.as_str());
+    let (farm, ruleset, hostname) = (ctx.farm, &ctx.snapshot.ruleset, ctx.hostname);
     let auth = &farm.sender_auth;
     // An authenticated session is the farm's own user: nothing of theirs to verify (as SPF at
     // MAIL FROM, which did not run either).

@@ -236,8 +236,9 @@ impl Listening {
         if check_farm_rate {
             let snapshot = shared.snapshot();
             let limit = match snapshot.farm(&self.farm) {
+                // Boxed: the Redis round trip would otherwise size every session's task.
                 Some((_, model)) => {
-                    crate::conn::rate_exceeded(&shared, model, RateSubject::Connections, peer.ip()).await
+                    Box::pin(crate::conn::rate_exceeded(&shared, model, RateSubject::Connections, peer.ip())).await
                 }
                 None => None,
             };

@@ -27,7 +27,7 @@ mod candidate;
 mod facts;
 mod mail;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 pub use action::{policy_reply, Action, Refusal};
 pub use auth::AuthVerdict;

@@ -91,7 +91,7 @@ fn ruleset_with(errors: u32, edit: impl FnOnce(&mut Farm)) -> Ruleset {
     Ruleset::from_vec(mtac_ruleset::build(&policy, vec![TableInput::Domains(domains)]).unwrap()).unwrap()
 }
 
-fn ruleset(errors: u32) -> Ruleset {
+pub(crate) fn ruleset(errors: u32) -> Ruleset {
     ruleset_with(errors, |_| {})
 }
 
