@@ -201,10 +201,11 @@ impl EntrySources {
         let Some((_, entries)) = usize::try_from(table).ok().and_then(|i| self.tables.get(i)) else {
             return Vec::new();
         };
+        let asked = asked.folded();
         let mut best: Vec<&SourceEntry> = Vec::new();
         let mut best_rank = 0usize;
         for entry in entries {
-            let Some(rank) = specificity(kind, asked, &entry.key) else { continue };
+            let Some(rank) = specificity(kind, &asked, &entry.key) else { continue };
             // Rank 0 is reserved for "no match yet": every match ranks 1 or more.
             let rank = rank + 1;
             if rank > best_rank {
@@ -232,6 +233,20 @@ pub enum Asked {
     Ip(IpAddr),
 }
 
+impl Asked {
+    /// As the tables compare it: case and a trailing dot folded, an IPv4-mapped IPv6 address
+    /// as IPv4. Done once per lookup, not once per entry compared.
+    fn folded(&self) -> Asked {
+        match self {
+            Asked::Domain(d) => Asked::Domain(fold_domain(d)),
+            Asked::Address(a) => Asked::Address(fold_address(a)),
+            Asked::AddressDomain(d) => Asked::AddressDomain(fold_domain(d)),
+            Asked::Ip(IpAddr::V6(v6)) => Asked::Ip(v6.to_ipv4_mapped().map_or(IpAddr::V6(*v6), IpAddr::V4)),
+            Asked::Ip(ip) => Asked::Ip(*ip),
+        }
+    }
+}
+
 impl std::fmt::Display for Asked {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
@@ -242,12 +257,11 @@ impl std::fmt::Display for Asked {
     }
 }
 
-/// How specific a match `key` is for `asked` (higher is more specific), by the table's own
-/// rules; `None` when it does not match.
+/// How specific a match `key` is for `asked` ([`Asked::folded`]; higher is more specific), by
+/// the table's own rules; `None` when it does not match.
 fn specificity(kind: TableKind, asked: &Asked, key: &str) -> Option<usize> {
     match (kind, asked) {
         (TableKind::Domains, Asked::Domain(domain)) => {
-            let domain = fold_domain(domain);
             let (listed, subdomains) = match key.strip_prefix("*.") {
                 Some(rest) => (rest, true),
                 None => (key, false),
@@ -259,17 +273,13 @@ fn specificity(kind: TableKind, asked: &Asked, key: &str) -> Option<usize> {
                     && domain.as_bytes().get(domain.len() - listed.len() - 1) == Some(&b'.'));
             matches.then_some(listed.len())
         }
-        (TableKind::Addresses, Asked::Address(address)) => (fold_address(key) == fold_address(address)).then_some(0),
+        (TableKind::Addresses, Asked::Address(address)) => (fold_address(key) == *address).then_some(0),
         (TableKind::Addresses, Asked::AddressDomain(domain)) => {
-            key.rsplit_once('@').is_some_and(|(_, d)| fold_domain(d) == fold_domain(domain)).then_some(0)
+            key.rsplit_once('@').is_some_and(|(_, d)| fold_domain(d) == *domain).then_some(0)
         }
         (TableKind::Prefixes, Asked::Ip(ip)) => {
             let net: IpNet = key.parse().ok()?;
-            let ip = match ip {
-                IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(*ip, IpAddr::V4),
-                IpAddr::V4(_) => *ip,
-            };
-            net.contains(&ip).then_some(usize::from(net.prefix_len()))
+            net.contains(ip).then_some(usize::from(net.prefix_len()))
         }
         _ => None,
     }

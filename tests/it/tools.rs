@@ -203,13 +203,7 @@ async fn trace_follows_one_clients_decisions_whatever_the_log_level() {
     let out =
         Command::new(env!("CARGO_BIN_EXE_mtac")).args(["log-level", "warn", "--socket"]).arg(&socket).output().unwrap();
     assert_eq!(out.status.code(), Some(0));
-    let trace = Command::new(env!("CARGO_BIN_EXE_mtac"))
-        .args(["trace", "--client", "127.0.0.5/32", "--lines", "2", "--socket"])
-        .arg(&socket)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let trace = spawn_trace(&socket, &["--client", "127.0.0.5/32", "--lines", "2"]);
     tokio::time::sleep(std::time::Duration::from_millis(500)).await;
     for source in ["127.0.0.6", "127.0.0.5"] {
         let mut c = crate::support::Client::connect_from(addr, source).await;
@@ -241,13 +235,7 @@ async fn trace_follows_one_clients_decisions_whatever_the_log_level() {
 async fn trace_dialogue_shows_commands_and_replies_but_never_credentials() {
     let dir = tempfile::tempdir().unwrap();
     let (_node, addr, socket) = process_node(dir.path()).await;
-    let mut trace = Command::new(env!("CARGO_BIN_EXE_mtac"))
-        .args(["trace", "--dialogue", "--client", "127.0.0.7", "--socket"])
-        .arg(&socket)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut trace = spawn_trace(&socket, &["--dialogue", "--client", "127.0.0.7"]);
     tokio::time::sleep(std::time::Duration::from_millis(500)).await;
     let mut c = crate::support::Client::connect_from(addr, "127.0.0.7").await;
     c.reply().await;
@@ -275,4 +263,17 @@ async fn trace_dialogue_shows_commands_and_replies_but_never_credentials() {
     }
     assert!(!lines.contains("AGFsaWNl"), "never a credential:\n{lines}");
     assert!(lines.contains("refused"), "the decision lines too:\n{lines}");
+}
+
+/// `mtac trace ARGS --socket SOCKET`, its output piped for the test to read.
+fn spawn_trace(socket: &std::path::Path, args: &[&str]) -> std::process::Child {
+    Command::new(env!("CARGO_BIN_EXE_mtac"))
+        .arg("trace")
+        .args(args)
+        .arg("--socket")
+        .arg(socket)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
 }
