@@ -286,7 +286,14 @@ async fn back_end_verdicts_reach_the_client() {
     c.cmd("MAIL FROM:<a@example.org>").await;
     c.cmd("RCPT TO:<ok@example.test>").await;
     c.cmd("DATA").await;
-    let r = c.cmd("line one\r\nline two\r\nline three\r\n.").await;
+    // Past the spool's in-memory mark, so the message is a file that must go.
+    let mut body = b"line one\r\nline two\r\n".to_vec();
+    for _ in 0..2000 {
+        body.extend_from_slice(&[b'z'; 98]);
+        body.extend_from_slice(b"\r\n");
+    }
+    c.send(&body).await;
+    let r = c.cmd(".").await;
     assert!(r.starts_with("451 4.4."), "{r}");
     wait_for(|| node.spool_files() == 0).await;
     assert_eq!(node.spool_files(), 0, "spool files left behind");
