@@ -6,8 +6,8 @@
 //! message), and a stalled reader of stderr (a journald that cannot keep up, a full pipe) stalls
 //! the log thread only, never the sessions. The queue is bounded ([`MAX_QUEUED`]): beyond it a
 //! line is dropped and counted, and the thread writes how many before the next lines, so the
-//! gap is in the log itself. Losing a line is better than delaying every session on the node;
-//! the decision journal (`journal`), not the log, is the record that must not lose an entry.
+//! gap is in the log itself. Losing a line is better than delaying every session on the node
+//! (the decision journal, runtime/src/journal.rs, makes the same choice for its records).
 
 use std::io::{self, Write};
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
