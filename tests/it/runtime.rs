@@ -1,7 +1,7 @@
 //! `mtac run` over real TCP against a real (in-process) back end: every command, pipelining,
 //! every limit, every back-end verdict, smuggling, spool hygiene, reload and graceful stop.
 
-use crate::support::{code, relay_policy, sample, Behaviour, Client, Sink, TestNode};
+use crate::support::{code, relay_policy, sample, wait_for, Behaviour, Client, Sink, TestNode};
 use std::time::Duration;
 
 async fn node_with(extra: &str) -> (Sink, TestNode) {
@@ -15,15 +15,6 @@ async fn ehlo(addr: std::net::SocketAddr) -> Client {
     assert_eq!(code(&c.reply().await), 220);
     assert_eq!(code(&c.cmd("EHLO client.example.org").await), 250);
     c
-}
-
-async fn wait_for(mut check: impl FnMut() -> bool) {
-    for _ in 0..100 {
-        if check() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

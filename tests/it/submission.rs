@@ -166,7 +166,10 @@ async fn the_node_prefers_aes_128_gcm_whatever_the_client_lists_first() {
     let node = TestNode::start(&policy(&cert, &key, &auth, ""), Some(sink.addr)).await;
     let client = starttls(node.addr, &cert).await;
     let (_, session) = client.stream.get_ref().get_ref();
-    assert_eq!(session.negotiated_cipher_suite().map(|s| s.suite()), Some(rustls::CipherSuite::TLS13_AES_128_GCM_SHA256));
+    assert_eq!(
+        session.negotiated_cipher_suite().map(|s| s.suite()),
+        Some(rustls::CipherSuite::TLS13_AES_128_GCM_SHA256)
+    );
 
     let mut roots = rustls::RootCertStore::empty();
     for c in CertificateDer::pem_file_iter(Path::new(&cert).with_file_name("ca.pem")).unwrap() {
