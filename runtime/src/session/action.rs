@@ -69,6 +69,15 @@ impl Action {
         Action::Close { reply, refusal: None }
     }
 
+    /// Whether the driver must ask something outside the session (the back end, the
+    /// greylist store, the directory, the password check) before there is an answer.
+    pub fn needs_round_trip(&self) -> bool {
+        matches!(
+            self,
+            Action::Recipient { .. } | Action::Greylist { .. } | Action::Directory { .. } | Action::Authenticate { .. }
+        )
+    }
+
     /// The reply this action sends, if it sends one.
     pub fn sent_reply(&self) -> Option<&Reply> {
         match self {
