@@ -72,7 +72,13 @@ async fn pregreet(conn: &mut Conn<'_>, session: &mut Session, ctx: &Ctx<'_>) -> 
     if !conn.flush(deadline).await {
         return Err(End::Io);
     }
-    match conn.read(deadline, false).await {
+    // The wait holds no buffer (most clients say nothing in it): one is allocated only for
+    // what a talker sent, or to tell a close from data.
+    let waited = match conn.between_commands(deadline, false).await {
+        Read::Data => conn.read(deadline, false).await,
+        other => other,
+    };
+    match waited {
         Read::Timeout => {
             count("passed");
             if remember > 0 {
