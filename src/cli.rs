@@ -733,7 +733,8 @@ fn run_tests(paths: &[PathBuf], file_args: &FileArgs) -> Result<ExitCode, String
 }
 
 pub fn run(args: RunArgs) -> Result<ExitCode, String> {
-    let syslog = crate::logging::init(&crate::logging::LogSettings {
+    // Dropped last: lines queued until the very end are written out.
+    let _logs = crate::logging::init(&crate::logging::LogSettings {
         json: args.log_json || args.log_format == LogFormat::Json,
         syslog: args.syslog.clone(),
     })?;
@@ -788,14 +789,11 @@ pub fn run(args: RunArgs) -> Result<ExitCode, String> {
         candidate,
     };
     let result = runtime.block_on(mtac_runtime::run(config));
-    if let Some(dropped) = syslog.map(|s| s.dropped()).filter(|n| *n > 0) {
-        eprintln!("mtac: {dropped} log line(s) could not be sent to syslog");
+    if let Err(e) = &result {
+        tracing::error!("{e}");
     }
     match result {
         Ok(()) => Ok(ExitCode::SUCCESS),
-        Err(e) => {
-            tracing::error!("{e}");
-            Err(e.to_string())
-        }
+        Err(e) => Err(e.to_string()),
     }
 }

@@ -12,6 +12,8 @@ use std::net::UdpSocket;
 use std::os::unix::net::UnixDatagram;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+
+use crate::log_writer::{LogWriter, MakeQueued};
 use tracing::{Level, Metadata};
 use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::layer::SubscriberExt;
@@ -175,8 +177,29 @@ pub struct LogSettings {
     pub syslog: Option<SyslogTarget>,
 }
 
-/// Install the subscriber. Returns the syslog sender (to report dropped lines), if any.
-pub fn init(settings: &LogSettings) -> Result<Option<Arc<Syslog>>, String> {
+/// The node's outputs, for what they report at exit.
+pub struct Outputs {
+    pub stderr: Arc<LogWriter>,
+    pub syslog: Option<Arc<Syslog>>,
+}
+
+/// Dropped when `mtac run` returns, whichever way: what is queued is written out, and what was
+/// lost is said.
+impl Drop for Outputs {
+    fn drop(&mut self) {
+        self.stderr.finish();
+        if let Some(dropped) = self.syslog.as_ref().map(|s| s.dropped()).filter(|n| *n > 0) {
+            eprintln!("mtac: {dropped} log line(s) could not be sent to syslog");
+        }
+        let dropped = self.stderr.dropped();
+        if dropped > 0 {
+            eprintln!("mtac: {dropped} log line(s) were dropped: stderr did not keep up");
+        }
+    }
+}
+
+/// Install the subscriber, its stderr lines written by their own thread (`log_writer`).
+pub fn init(settings: &LogSettings) -> Result<Outputs, String> {
     use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
@@ -195,7 +218,11 @@ pub fn init(settings: &LogSettings) -> Result<Option<Arc<Syslog>>, String> {
         }),
     );
     // Colours only on a terminal: log files and collectors get plain text.
-    let stderr = tracing_subscriber::fmt::layer().with_ansi(std::io::stderr().is_terminal()).with_writer(io::stderr);
+    let writer =
+        Arc::new(LogWriter::start(Box::new(io::stderr())).map_err(|e| format!("cannot start the log writer: {e}"))?);
+    let stderr = tracing_subscriber::fmt::layer()
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(MakeQueued(writer.clone()));
     let stderr = if settings.json { stderr.json().boxed() } else { stderr.boxed() };
     let syslog = match &settings.syslog {
         Some(target) => {
@@ -221,7 +248,7 @@ pub fn init(settings: &LogSettings) -> Result<Option<Arc<Syslog>>, String> {
         .with(trace)
         .try_init()
         .map_err(|e| format!("cannot set up logging: {e}"))?;
-    Ok(syslog)
+    Ok(Outputs { stderr: writer, syslog })
 }
 
 /// Hands the node's decision lines (events naming a `client`) to `mtac trace` readers, only

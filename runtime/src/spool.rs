@@ -1,6 +1,13 @@
 //! The RAM-disk spool: one file per message in flight, written as DATA arrives, read back to
 //! relay it, and removed on every path.
 //!
+//! A message that stays small ([`IN_MEMORY_UP_TO`], most mail) never becomes a file: its bytes
+//! stay in the session's memory, counted against the same budget of bytes in flight, and read
+//! the same way. A file would be the same RAM (a tmpfs) at the cost of five system calls per
+//! message (open, write, read, unlink, close) and the tmpfs's page work: about a tenth of the
+//! node's CPU per relayed 4 KiB message. A message that grows past the mark moves to its file
+//! then, once, and streams on as before.
+//!
 //! A [`SpoolFile`] removes its file when dropped, so a refused message, a lost client, a back end
 //! error, a panicking session task or an aborted one at shutdown all leave nothing behind. A node
 //! killed outright (SIGKILL, power) leaves files; [`Spool::clean_stale`] removes those of dead
@@ -22,7 +29,7 @@
 //! make it first, to read the messages or plant files, and is refused there.
 
 use std::fs::File;
-use std::io::{self, Read, Seek, Write};
+use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -82,6 +89,10 @@ struct InUse {
 /// The share of the spool's file system that messages in flight may use when the policy sets no
 /// budget: the rest is headroom, so the budget's clean 452 comes before the file system's ENOSPC.
 const DEFAULT_SHARE_PERCENT: u64 = 75;
+
+/// Messages up to this size stay in memory (module doc). Most mail is smaller; beyond it, a
+/// file's fixed cost is small beside the bytes.
+pub const IN_MEMORY_UP_TO: u64 = 128 * 1024;
 
 const PREFIX: &str = "mtac-";
 const SUFFIX: &str = ".msg";
@@ -179,26 +190,34 @@ impl Spool {
         removed
     }
 
-    /// A new, empty spool file.
+    /// A new, empty spooled message: in memory until it grows past [`IN_MEMORY_UP_TO`].
     pub async fn create(&self, session: &str) -> io::Result<SpoolFile> {
         let n = self.counter.fetch_add(1, Ordering::Relaxed);
         let path = self.dir.join(format!("{PREFIX}{}-{session}-{n}{SUFFIX}", self.pid));
-        let in_memory = self.in_memory;
-        let file = off_worker(in_memory, || {
-            use std::os::unix::fs::OpenOptionsExt;
-            // 0600: a message is for this node's user only. create_new (O_EXCL) never follows a
-            // symbolic link; O_NOFOLLOW says so twice.
-            std::fs::OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .custom_flags(libc::O_NOFOLLOW)
-                .open(&path)
-        })?;
         self.in_use.files.fetch_add(1, Ordering::Relaxed);
-        Ok(SpoolFile { path, file: Arc::new(file), len: 0, in_use: self.in_use.clone(), in_memory })
+        Ok(SpoolFile {
+            path,
+            store: Store::Memory(Arc::new(Vec::new())),
+            len: 0,
+            in_use: self.in_use.clone(),
+            in_memory: self.in_memory,
+        })
     }
+}
+
+/// Create the spool file at `path`: 0600, a message is for this node's user only. create_new
+/// (O_EXCL) never follows a symbolic link; O_NOFOLLOW says so twice.
+fn create_file(path: &Path, in_memory: bool) -> io::Result<File> {
+    off_worker(in_memory, || {
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(path)
+    })
 }
 
 /// Make `dir` (mode 0700) or check the one there: this user's, a real directory, writable by
@@ -285,20 +304,35 @@ fn is_tmpfs(dir: &Path) -> bool {
     }
 }
 
-/// One message's spool file; removed when dropped.
+/// One spooled message: its bytes in memory, or its file (removed when dropped).
 #[derive(Debug)]
 pub struct SpoolFile {
+    /// Where its file is, or will be should it grow past [`IN_MEMORY_UP_TO`].
     path: PathBuf,
-    /// Shared with its readers (they read at offsets): a reader costs no dup(2) and close(2).
-    file: Arc<File>,
+    store: Store,
     len: u64,
     in_use: Arc<InUse>,
+    /// The spool is a tmpfs (file operations in place, not off the worker).
     in_memory: bool,
 }
 
+/// Where a spooled message's bytes are. Both are shared with the message's readers, which
+/// read at offsets: a reader costs no copy, and no dup(2) and close(2).
+#[derive(Debug, Clone)]
+enum Store {
+    Memory(Arc<Vec<u8>>),
+    File(Arc<File>),
+}
+
 impl SpoolFile {
+    /// Where its file is, when it has one ([`SpoolFile::is_file`]).
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Whether the message grew past [`IN_MEMORY_UP_TO`] into its file.
+    pub fn is_file(&self) -> bool {
+        matches!(self.store, Store::File(_))
     }
 
     pub fn len(&self) -> u64 {
@@ -318,8 +352,7 @@ impl SpoolFile {
             self.in_use.bytes.fetch_sub(n, Ordering::Relaxed);
             return Err(io::Error::new(io::ErrorKind::StorageFull, "the spool's budget of bytes in flight is used up"));
         }
-        let mut file = &*self.file;
-        if let Err(e) = off_worker(self.in_memory, || file.write_all(bytes)) {
+        if let Err(e) = self.append(bytes) {
             self.in_use.bytes.fetch_sub(n, Ordering::Relaxed);
             return Err(e);
         }
@@ -327,34 +360,50 @@ impl SpoolFile {
         Ok(())
     }
 
+    /// Append to the memory or the file, moving the message to its file when it grows past
+    /// [`IN_MEMORY_UP_TO`].
+    fn append(&mut self, bytes: &[u8]) -> io::Result<()> {
+        if let Store::Memory(memory) = &mut self.store {
+            if self.len.saturating_add(bytes.len() as u64) <= IN_MEMORY_UP_TO {
+                // Written before any reader exists: no copy is made here.
+                Arc::make_mut(memory).extend_from_slice(bytes);
+                return Ok(());
+            }
+            let file = create_file(&self.path, self.in_memory)?;
+            let mut writer = &file;
+            let written = off_worker(self.in_memory, || writer.write_all(memory));
+            let file = Arc::new(file);
+            // From here on the file exists and is removed when this drops, written or not.
+            self.store = Store::File(Arc::clone(&file));
+            written?;
+        }
+        let Store::File(file) = &self.store else { return Ok(()) };
+        let mut file = &**file;
+        off_worker(self.in_memory, || file.write_all(bytes))
+    }
+
     /// A reader of the spooled bytes for one consumer (a scanner): its own handle, reading at
     /// offsets, so several read at once while the file stays as it was written.
     pub fn reader(&self) -> io::Result<SpoolReader> {
-        Ok(SpoolReader { file: self.file.clone(), len: self.len, in_memory: self.in_memory })
+        Ok(SpoolReader { store: self.store.clone(), len: self.len, in_memory: self.in_memory })
     }
 
     /// Make everything written visible to readers (and to [`SpoolFile::path`]).
     pub async fn flush(&mut self) -> io::Result<()> {
-        let mut file = &*self.file;
-        off_worker(self.in_memory, || file.flush())
-    }
-
-    /// Go back to the start to read the message.
-    pub async fn rewind(&mut self) -> io::Result<()> {
-        let mut file = &*self.file;
-        off_worker(self.in_memory, || file.seek(io::SeekFrom::Start(0)).map(|_| ()))
-    }
-
-    pub async fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let mut file = &*self.file;
-        off_worker(self.in_memory, || file.read(buf))
+        match &self.store {
+            Store::Memory(_) => Ok(()),
+            Store::File(file) => {
+                let mut file = &**file;
+                off_worker(self.in_memory, || file.flush())
+            }
+        }
     }
 }
 
 /// Reads a spool file at offsets (see [`SpoolFile::reader`]).
 #[derive(Debug)]
 pub struct SpoolReader {
-    file: Arc<File>,
+    store: Store,
     len: u64,
     in_memory: bool,
 }
@@ -362,7 +411,7 @@ pub struct SpoolReader {
 impl SpoolReader {
     /// Another reader of the same file (for a consumer that must own its reader).
     pub fn try_clone(&self) -> io::Result<SpoolReader> {
-        Ok(SpoolReader { file: self.file.clone(), len: self.len, in_memory: self.in_memory })
+        Ok(SpoolReader { store: self.store.clone(), len: self.len, in_memory: self.in_memory })
     }
 
     /// The file's length when the reader was made.
@@ -379,10 +428,22 @@ impl SpoolReader {
         use std::os::unix::fs::FileExt;
         let want = usize::try_from(self.len.saturating_sub(offset)).unwrap_or(usize::MAX).min(buf.len());
         let buf = buf.get_mut(..want).unwrap_or_default();
+        let file = match &self.store {
+            Store::File(file) => file,
+            Store::Memory(memory) => {
+                let start = usize::try_from(offset).unwrap_or(usize::MAX);
+                let bytes = memory.get(start..).and_then(|rest| rest.get(..buf.len()));
+                let Some(bytes) = bytes else {
+                    return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "spooled message shorter than written"));
+                };
+                buf.copy_from_slice(bytes);
+                return Ok(buf.len());
+            }
+        };
         off_worker(self.in_memory, || {
             let mut filled = 0;
             while filled < buf.len() {
-                match self.file.read_at(buf.get_mut(filled..).unwrap_or_default(), offset + filled as u64) {
+                match file.read_at(buf.get_mut(filled..).unwrap_or_default(), offset + filled as u64) {
                     Ok(0) => {
                         return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "spool file shorter than written"))
                     }
@@ -400,6 +461,9 @@ impl Drop for SpoolFile {
     fn drop(&mut self) {
         self.in_use.bytes.fetch_sub(self.len, Ordering::Relaxed);
         self.in_use.files.fetch_sub(1, Ordering::Relaxed);
+        if !self.is_file() {
+            return;
+        }
         // Unlinking on a tmpfs is a short metadata operation; doing it here is what guarantees
         // that no path (error, panic, abort) leaves the message behind.
         if let Err(e) = std::fs::remove_file(&self.path) {
@@ -428,5 +492,84 @@ fn default_budget(dir: &Path) -> u64 {
             }
         }
         Err(_) => u64::MAX,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spool() -> (tempfile::TempDir, Spool) {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::new(&dir.path().join("spool")).unwrap();
+        (dir, spool)
+    }
+
+    fn files(spool: &Spool) -> Vec<PathBuf> {
+        std::fs::read_dir(spool.dir()).unwrap().map(|e| e.unwrap().path()).collect()
+    }
+
+    fn read_all(reader: &SpoolReader) -> Vec<u8> {
+        let mut bytes = vec![0u8; usize::try_from(reader.len()).unwrap()];
+        reader.read_at(0, &mut bytes).unwrap();
+        bytes
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+    async fn a_small_message_is_never_a_file_and_is_counted_while_it_lives() {
+        let (_dir, spool) = spool();
+        let mut message = spool.create("S1").await.unwrap();
+        message.write(b"Subject: small\r\n\r\n").await.unwrap();
+        message.write(b"body\r\n").await.unwrap();
+        message.flush().await.unwrap();
+        assert!(!message.is_file());
+        assert!(files(&spool).is_empty(), "{:?}", files(&spool));
+        assert_eq!((spool.files_in_use(), spool.bytes_in_use()), (1, 24));
+        let reader = message.reader().unwrap();
+        assert_eq!(read_all(&reader), b"Subject: small\r\n\r\nbody\r\n");
+        let mut tail = [0u8; 4];
+        assert_eq!(reader.read_at(18, &mut tail).unwrap(), 4);
+        assert_eq!(&tail, b"body");
+        drop(reader);
+        drop(message);
+        assert_eq!((spool.files_in_use(), spool.bytes_in_use()), (0, 0));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+    async fn a_message_that_grows_past_the_mark_moves_to_a_private_file_whole() {
+        use std::os::unix::fs::PermissionsExt;
+        let (_dir, spool) = spool();
+        let mut message = spool.create("S2").await.unwrap();
+        let piece: Vec<u8> = (0..=255u8).cycle().take(50_000).collect();
+        let mut expected = Vec::new();
+        for _ in 0..3 {
+            message.write(&piece).await.unwrap();
+            expected.extend_from_slice(&piece);
+        }
+        assert!(expected.len() as u64 > IN_MEMORY_UP_TO);
+        assert!(message.is_file());
+        let on_disk = files(&spool);
+        assert_eq!(on_disk, vec![message.path().to_path_buf()]);
+        assert_eq!(std::fs::metadata(message.path()).unwrap().permissions().mode() & 0o777, 0o600);
+        message.flush().await.unwrap();
+        // Every byte, the ones written while in memory first, in order.
+        assert_eq!(read_all(&message.reader().unwrap()), expected);
+        assert_eq!(spool.bytes_in_use(), expected.len() as u64);
+        drop(message);
+        assert!(files(&spool).is_empty(), "the file outlived its message");
+        assert_eq!((spool.files_in_use(), spool.bytes_in_use()), (0, 0));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+    async fn the_budget_holds_for_messages_in_memory_too() {
+        let (_dir, spool) = spool();
+        spool.set_budget(Some(1000));
+        let mut first = spool.create("S3").await.unwrap();
+        first.write(&[b'a'; 800]).await.unwrap();
+        let mut second = spool.create("S4").await.unwrap();
+        let e = second.write(&[b'b'; 300]).await.unwrap_err();
+        assert!(is_full(&e), "{e}");
+        drop(first);
+        second.write(&[b'b'; 300]).await.unwrap();
     }
 }

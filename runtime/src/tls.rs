@@ -52,7 +52,7 @@ impl FarmTls {
     /// Read the farm's chain and key, and those of its `sni` names, and build the server
     /// configuration.
     pub fn load(tls: &mtac_ruleset::model::Tls) -> Result<FarmTls, TlsError> {
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let provider = Arc::new(server_provider());
         let mut stamps = Vec::new();
         let default = certified_key(&tls.certificate, &tls.key, &provider, &mut stamps)?;
         let mut by_name = Vec::with_capacity(tls.sni.len());
@@ -60,10 +60,16 @@ impl FarmTls {
             by_name.push((sni.name.clone(), certified_key(&sni.certificate, &sni.key, &provider, &mut stamps)?));
         }
         let resolver = SniResolver { default, by_name };
-        let config = ServerConfig::builder_with_provider(provider)
+        let mut config = ServerConfig::builder_with_provider(provider)
             .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
             .with_no_client_auth()
             .with_cert_resolver(Arc::new(resolver));
+        // Our order, AES-128-GCM first (`server_provider`): clients (OpenSSL's, rustls') list
+        // AES-256 first, which buys nothing against a 128-bit key exchange and costs more.
+        config.ignore_client_order = true;
+        // One TLS 1.3 ticket per handshake, not rustls' two: a sending MTA resumes with one
+        // (Postfix caches one session per destination), and each ticket is sealed and stored.
+        config.send_tls13_tickets = 1;
         Ok(FarmTls { acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(config)), stamps })
     }
 
@@ -71,6 +77,26 @@ impl FarmTls {
     pub fn changed_on_disk(&self) -> bool {
         self.stamps.iter().any(|(path, hash)| stamp(path) != *hash)
     }
+}
+
+/// ring's provider with its cipher suites in the node's order of preference: for each version,
+/// AES-128-GCM, then AES-256-GCM, then ChaCha20-Poly1305 (Mozilla's "modern" order; every
+/// suite is AEAD with forward secrecy, as before). Only the order changes, never the set.
+fn server_provider() -> rustls::crypto::CryptoProvider {
+    use rustls::CipherSuite as Suite;
+    let mut provider = rustls::crypto::ring::default_provider();
+    let rank = |suite: Suite| match suite {
+        Suite::TLS13_AES_128_GCM_SHA256
+        | Suite::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256
+        | Suite::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256 => 0,
+        Suite::TLS13_AES_256_GCM_SHA384
+        | Suite::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384
+        | Suite::TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384 => 1,
+        _ => 2,
+    };
+    // Stable: TLS 1.3's suites stay ahead of TLS 1.2's.
+    provider.cipher_suites.sort_by_key(|s| (s.version() != &rustls::version::TLS13, rank(s.suite())));
+    provider
 }
 
 /// One chain and key, read once each (what is parsed is exactly what is hashed into `stamps`).

@@ -1,7 +1,7 @@
 //! `mtac run` over real TCP against a real (in-process) back end: every command, pipelining,
 //! every limit, every back-end verdict, smuggling, spool hygiene, reload and graceful stop.
 
-use crate::support::{code, relay_policy, sample, Behaviour, Client, Sink, TestNode};
+use crate::support::{code, relay_policy, sample, wait_for, Behaviour, Client, Sink, TestNode};
 use std::time::Duration;
 
 async fn node_with(extra: &str) -> (Sink, TestNode) {
@@ -15,15 +15,6 @@ async fn ehlo(addr: std::net::SocketAddr) -> Client {
     assert_eq!(code(&c.reply().await), 220);
     assert_eq!(code(&c.cmd("EHLO client.example.org").await), 250);
     c
-}
-
-async fn wait_for(mut check: impl FnMut() -> bool) {
-    for _ in 0..100 {
-        if check() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -286,7 +277,14 @@ async fn back_end_verdicts_reach_the_client() {
     c.cmd("MAIL FROM:<a@example.org>").await;
     c.cmd("RCPT TO:<ok@example.test>").await;
     c.cmd("DATA").await;
-    let r = c.cmd("line one\r\nline two\r\nline three\r\n.").await;
+    // Past the spool's in-memory mark, so the message is a file that must go.
+    let mut body = b"line one\r\nline two\r\n".to_vec();
+    for _ in 0..2000 {
+        body.extend_from_slice(&[b'z'; 98]);
+        body.extend_from_slice(b"\r\n");
+    }
+    c.send(&body).await;
+    let r = c.cmd(".").await;
     assert!(r.starts_with("451 4.4."), "{r}");
     wait_for(|| node.spool_files() == 0).await;
     assert_eq!(node.spool_files(), 0, "spool files left behind");

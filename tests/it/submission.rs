@@ -154,6 +154,44 @@ async fn issue14_the_header_from_must_belong_to_the_user() {
     assert_eq!(sink.messages().len(), 2, "only the owned messages were relayed");
 }
 
+/// The node's cipher order wins over the client's: rustls' client (like OpenSSL's) lists
+/// AES-256-GCM first, and gets AES-128-GCM (the cheaper suite, as strong as the key exchange),
+/// over TLS 1.3 and over TLS 1.2.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_node_prefers_aes_128_gcm_whatever_the_client_lists_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = certificate(dir.path());
+    let sink = Sink::start(Behaviour::default()).await;
+    let auth = format!(r#"auth {{ user "alice" hash="{}" }}"#, phc("correct horse"));
+    let node = TestNode::start(&policy(&cert, &key, &auth, ""), Some(sink.addr)).await;
+    let client = starttls(node.addr, &cert).await;
+    let (_, session) = client.stream.get_ref().get_ref();
+    assert_eq!(
+        session.negotiated_cipher_suite().map(|s| s.suite()),
+        Some(rustls::CipherSuite::TLS13_AES_128_GCM_SHA256)
+    );
+
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_file_iter(Path::new(&cert).with_file_name("ca.pem")).unwrap() {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let tls12 = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_protocol_versions(&[&rustls::version::TLS12])
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let mut plain = Smtp { stream: BufReader::new(tokio::net::TcpStream::connect(node.addr).await.unwrap()) };
+    plain.reply().await;
+    plain.cmd("EHLO laptop.example.org").await;
+    assert!(plain.cmd("STARTTLS").await.starts_with("220 2.0.0"));
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(tls12))
+        .connect(ServerName::try_from("mx.test.example").unwrap(), plain.stream.into_inner())
+        .await
+        .unwrap();
+    let suite = tls.get_ref().1.negotiated_cipher_suite().map(|s| s.suite());
+    assert_eq!(suite, Some(rustls::CipherSuite::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn submission_needs_tls_then_auth_and_the_user_owns_the_sender() {
     let dir = tempfile::tempdir().unwrap();

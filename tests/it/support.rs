@@ -67,6 +67,16 @@ pub async fn read_reply<R: tokio::io::AsyncBufRead + Unpin>(stream: &mut R) -> S
     }
 }
 
+/// Poll `check` every 50 ms for up to 5 s (the caller asserts afterwards, with its context).
+pub async fn wait_for(mut check: impl FnMut() -> bool) {
+    for _ in 0..100 {
+        if check() {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
 pub fn code(reply: &str) -> u16 {
     reply.get(..3).and_then(|c| c.parse().ok()).unwrap_or(0)
 }

@@ -175,6 +175,8 @@ async fn log_level_changes_a_running_nodes_filter_over_its_socket() {
 
     let (code, out, _) = level(&["warn"]);
     assert_eq!((code, out.trim()), (Some(0), "warn"));
+    // Log lines reach the file from the node's log thread, a few milliseconds later.
+    crate::support::wait_for(|| node.log().contains("log level changed by an operator")).await;
     assert!(node.log().contains("log level changed by an operator"), "the change itself is logged");
     one_session(addr).await;
     assert_eq!(closed(), before, "at warn, no info line: {}", node.log());

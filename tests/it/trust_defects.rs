@@ -175,7 +175,8 @@ async fn issue14_the_spool_is_private_to_the_node() {
         assert!(e.contains("belongs to uid 65534"), "{e}");
     }
 
-    // A message in flight: its file is 0600 (the back end sits on it, so it stays there).
+    // A message in flight that outgrew memory: its file is 0600 (the back end sits on it, so
+    // it stays there). A small one never becomes a file (spool.rs).
     let sink = Sink::start(Behaviour { hang_after_data: true, ..Behaviour::default() }).await;
     let node = TestNode::start(&relay_policy(""), Some(sink.addr)).await;
     let spool = node.dir.path().join("spool");
@@ -186,7 +187,13 @@ async fn issue14_the_spool_is_private_to_the_node() {
     c.cmd("MAIL FROM:<alice@example.org>").await;
     c.cmd("RCPT TO:<bob@example.test>").await;
     assert_eq!(code(&c.cmd("DATA").await), 354);
-    c.send(b"Subject: t\r\n\r\nbody\r\n.\r\n").await;
+    let mut message = b"Subject: t\r\n\r\n".to_vec();
+    for _ in 0..3000 {
+        message.extend_from_slice(&[b'x'; 78]);
+        message.extend_from_slice(b"\r\n");
+    }
+    message.extend_from_slice(b".\r\n");
+    c.send(&message).await;
     let mut files = Vec::new();
     for _ in 0..100 {
         // The admin socket lives beside the messages: only message files count.

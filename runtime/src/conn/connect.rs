@@ -43,7 +43,10 @@ pub fn serve<H: Send + 'static>(
     admission: Admission,
     held: H,
 ) -> Option<impl std::future::Future<Output = ()> + Send + 'static> {
-    let _ = stream.set_nodelay(true);
+    // Replies go out as they are made (the listener set it where accepted sockets inherit it).
+    if !cfg!(target_os = "linux") {
+        let _ = stream.set_nodelay(true);
+    }
     // The session keeps the ruleset it started with, whatever reloads happen meanwhile.
     let snapshot = shared.snapshot();
     let Some((farm_index, farm)) = snapshot.farm(farm_name) else {

@@ -26,6 +26,9 @@ pub(super) fn bind(address: SocketAddr) -> std::io::Result<TcpListener> {
         socket.set_only_v6(true)?;
     }
     socket.set_nonblocking(true)?;
+    // Linux gives accepted sockets the listener's TCP_NODELAY: one setsockopt(2) here instead
+    // of one per connection (`conn::serve` sets it itself elsewhere).
+    socket.set_tcp_nodelay(true)?;
     socket.bind(&address.into())?;
     socket.listen(4096)?;
     TcpListener::from_std(socket.into())
