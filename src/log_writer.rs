@@ -40,9 +40,9 @@ struct Shared {
 struct Queue {
     bytes: Vec<u8>,
     /// Lines dropped since the last write (the queue was full).
-    dropped: u64,
+    dropped_unsaid: u64,
     /// Lines dropped in all.
-    dropped_total: u64,
+    dropped: u64,
     /// The writer waits for lines: the next line must wake it.
     sleeping: bool,
     closed: bool,
@@ -68,8 +68,8 @@ impl LogWriter {
             return;
         }
         if queue.bytes.len().saturating_add(line.len()) > MAX_QUEUED {
+            queue.dropped_unsaid += 1;
             queue.dropped += 1;
-            queue.dropped_total += 1;
             return;
         }
         queue.bytes.extend_from_slice(line);
@@ -82,7 +82,7 @@ impl LogWriter {
 
     /// Lines dropped so far because the output could not keep up.
     pub fn dropped(&self) -> u64 {
-        self.shared.queue.lock().unwrap_or_else(PoisonError::into_inner).dropped_total
+        self.shared.queue.lock().unwrap_or_else(PoisonError::into_inner).dropped
     }
 
     /// Write what is queued and stop the thread; later lines go straight to stderr.
@@ -101,7 +101,7 @@ fn write_out(shared: &Shared, mut output: Box<dyn Write + Send>) {
     loop {
         {
             let mut queue = shared.queue.lock().unwrap_or_else(PoisonError::into_inner);
-            while queue.bytes.is_empty() && queue.dropped == 0 && !queue.closed {
+            while queue.bytes.is_empty() && queue.dropped_unsaid == 0 && !queue.closed {
                 queue.sleeping = true;
                 queue = shared.wake.wait(queue).unwrap_or_else(PoisonError::into_inner);
             }
@@ -114,7 +114,7 @@ fn write_out(shared: &Shared, mut output: Box<dyn Write + Send>) {
         let (dropped, closed) = {
             let mut queue = shared.queue.lock().unwrap_or_else(PoisonError::into_inner);
             std::mem::swap(&mut batch, &mut queue.bytes);
-            (std::mem::take(&mut queue.dropped), queue.closed)
+            (std::mem::take(&mut queue.dropped_unsaid), queue.closed)
         };
         if dropped > 0 {
             let _ = writeln!(output, "mtac: {dropped} log line(s) dropped: the log output did not keep up");
@@ -158,6 +158,7 @@ impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for MakeQueued {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

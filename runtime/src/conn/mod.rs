@@ -11,6 +11,7 @@
 //! the read→parse→session→act loop (`run`); the I/O of each phase lives in the room named after
 //! it, so "where does the greylist round trip live?" has a file name for an answer:
 //!
+//! - `connect`: the session's task, built when the accept loop let the connection in;
 //! - `greet`: the pregreet test (early talkers, remembered clients) and the connect stage;
 //! - `prepare`: the lookups and rates a command's stage waits for (HELO, MAIL, RCPT);
 //! - `starttls`: the TLS handshake, STARTTLS or implicit;
@@ -27,6 +28,7 @@
 
 mod auth;
 mod chunks;
+mod connect;
 mod content;
 mod data;
 mod dialogue;
@@ -40,10 +42,10 @@ mod starttls;
 mod verify;
 mod wait;
 
+pub use connect::{serve, Admission};
 pub use prepare::rate_exceeded;
 
-use crate::lookups::{Lookups, Needs};
-use crate::metrics::FarmLabel;
+use crate::lookups::Lookups;
 use crate::milter::live::LiveMilters;
 use crate::relay::Transaction;
 use crate::session::{Action, Session};
@@ -52,11 +54,8 @@ use crate::smtp::{parse, Frame, LineReader, Reply};
 use crate::tls::SmtpStream;
 use mtac_ruleset::model::Farm;
 use report::Asked;
-use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 /// Input buffer growth step while reading commands.
@@ -225,75 +224,6 @@ struct Ctx<'a> {
     command_timeout: Duration,
 }
 
-/// What the accept loop learned about a connection it let in.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Admission {
-    /// The client is banned and is let in only to have its recipients refused.
-    pub banned: bool,
-    /// The farm's connections passed its stress share: this session gets the stress limits.
-    pub stressed: bool,
-}
-
-/// Serve one connection of `farm_name` on the snapshot current at accept time.
-pub async fn serve(
-    stream: TcpStream,
-    peer: SocketAddr,
-    farm_name: &str,
-    implicit_tls: bool,
-    shared: Arc<Shared>,
-    id: String,
-    admission: Admission,
-) {
-    // Replies go out as they are made (the listener set it where accepted sockets inherit it).
-    if !cfg!(target_os = "linux") {
-        let _ = stream.set_nodelay(true);
-    }
-    // The session keeps the ruleset it started with, whatever reloads happen meanwhile.
-    let snapshot = shared.snapshot();
-    let Some((farm_index, farm)) = snapshot.farm(farm_name) else {
-        let mut stream = stream;
-        let reply = Reply::shutting_down(&snapshot.ruleset.policy().hostname);
-        let _ = stream.write_all(&reply.to_bytes()).await;
-        tracing::warn!(session = %id, farm = farm_name, "farm no longer in the ruleset; connection refused");
-        return;
-    };
-    let mut conn = Conn {
-        stream: SmtpStream::Plain(stream),
-        input: Vec::with_capacity(READ_STEP),
-        output: Vec::with_capacity(512),
-        shared: &shared,
-        shutdown: shared.shutdown_receiver(),
-        speaker: dialogue::wanted().then(|| dialogue::Speaker::new(&id, peer.ip(), farm_name)),
-    };
-    let mut session = Session::new(id, peer, &snapshot.ruleset, farm);
-    if let Some(candidate) = shared.candidate() {
-        session.with_candidate(candidate);
-    }
-    if admission.banned {
-        session.banned_at_connect();
-    }
-    if let Some(stress) = farm.screen.stress.as_ref().filter(|_| admission.stressed) {
-        // Postfix's `stress`: shorter timeouts and a lower error limit while the farm is near
-        // its connection limit, so slow and erring clients give their slots back sooner.
-        session.under_stress(stress);
-        shared.metrics.stressed_sessions.get_or_create(&FarmLabel { farm: farm.name.clone() }).inc();
-    }
-    if implicit_tls && !Box::pin(starttls::implicit(&mut conn, &mut session, &snapshot, farm_index, farm)).await {
-        return;
-    }
-    // Boxed: 760 bytes that a farm without DNS checks does not need at all.
-    let mut lookups = shared.dns().map(|dns| Box::new(Lookups::start(dns, Needs::of(farm), peer.ip())));
-    let mut command_timeout = Duration::from_secs(u64::from(session.limits().timeouts.command));
-    if session.is_banned() {
-        // A banned client is only here to be refused: it gets little of our time.
-        command_timeout = command_timeout.min(Duration::from_secs(10));
-    }
-    let hostname = snapshot.ruleset.policy().hostname.as_str();
-    let ctx = Ctx { snapshot: &snapshot, farm_index, farm, hostname, command_timeout };
-    let end = run(&mut conn, &mut session, &ctx, &mut lookups).await;
-    report::session_closed(&shared, &session, farm_name, farm, end);
-}
-
 /// The read→parse→session→act loop: greet, then one command (or SASL line) at a time until the
 /// session ends. Each [`Action`] is handled in the room of its phase.
 ///
@@ -301,40 +231,52 @@ pub async fn serve(
 /// commands this future is small (`wait::between_commands`, no buffer); the work of a command
 /// runs in a boxed future, allocated when the client's bytes arrive and freed before the next
 /// wait. A future's size is its largest await's (the message's, the milters', TLS…), so a
-/// session that waited inside them would pin ~14 KB for as long as it stays idle.
-async fn run(conn: &mut Conn<'_>, session: &mut Session, ctx: &Ctx<'_>, lookups: &mut Option<Box<Lookups>>) -> End {
-    if let Err(end) = Box::pin(greet::greet(conn, session, ctx, lookups)).await {
-        return end;
-    }
-    let mut state = Between {
-        relay: ctx.snapshot.delivery(ctx.farm_index),
-        lines: LineReader::new(usize::try_from(ctx.farm.limits.line_length).unwrap_or(usize::MAX)),
-        txn: None,
-        transfer: None,
-        deadline: Instant::now() + ctx.command_timeout,
-        milters: LiveMilters::new(&ctx.farm.filters),
-    };
-    let end = loop {
-        if conn.input.is_empty() {
-            match conn.between_commands(state.deadline, session.transaction().is_some()).await {
-                Read::Data => {}
-                read => break Box::pin(conn.ended_by(read, ctx.hostname)).await.unwrap_or(End::Io),
+/// session that waited inside them would pin ~14 KB for as long as it stays idle. (An `async`
+/// block, not an `async fn`, for the same reason: the fn would keep its arguments twice.)
+// The async fn clippy suggests is what this avoids (see above).
+#[allow(clippy::manual_async_fn)]
+fn run<'a, 'c, 's>(
+    conn: &'a mut Conn<'c>,
+    session: &'a mut Session,
+    ctx: &'a Ctx<'s>,
+    lookups: &'a mut Option<Box<Lookups>>,
+) -> impl std::future::Future<Output = End> + use<'a, 'c, 's> {
+    async move {
+        if let Err(end) = Box::pin(greet::greet(conn, session, ctx, lookups)).await {
+            return end;
+        }
+        let mut state = Between {
+            relay: ctx.snapshot.delivery(ctx.farm_index),
+            lines: LineReader::new(usize::try_from(ctx.farm.limits.line_length).unwrap_or(usize::MAX)),
+            txn: None,
+            transfer: None,
+            deadline: Instant::now() + ctx.command_timeout,
+            milters: LiveMilters::new(&ctx.farm.filters),
+        };
+        let end = loop {
+            if conn.input.is_empty() {
+                let in_transaction = session.transaction().is_some();
+                match conn.between_commands(state.deadline, in_transaction).await {
+                    Read::Data => {}
+                    read => break Box::pin(conn.ended_by(read, ctx.hostname)).await.unwrap_or(End::Io),
+                }
             }
-        }
-        if let Err(end) = Box::pin(commands(conn, session, ctx, lookups, &mut state)).await {
-            break end;
-        }
-    };
-    Box::pin(state.finish()).await;
-    end
+            if let Err(end) = Box::pin(commands(conn, session, ctx, lookups, &mut state)).await {
+                break end;
+            }
+        };
+        Box::pin(state.finish()).await;
+        end
+    }
 }
 
 /// What lives from one command to the next, beside the session.
 struct Between<'r> {
     relay: Delivery<'r>,
     lines: LineReader,
-    /// The back end's side of the transaction, from MAIL to the end of DATA.
-    txn: Option<Transaction<'r>>,
+    /// The back end's side of the transaction, from the first RCPT to the end of DATA (boxed:
+    /// 104 bytes an idle session does not need).
+    txn: Option<Box<Transaction<'r>>>,
     /// This client's place among the transfers in flight, held from MAIL to the end of DATA.
     transfer: Option<crate::transfers::TransferSlot>,
     /// When the next command must have arrived.
@@ -347,7 +289,7 @@ impl Between<'_> {
     /// The session is over: the back end and the milters are told.
     async fn finish(mut self) {
         if let Some(t) = self.txn.take() {
-            t.abort().await;
+            (*t).abort().await;
         }
         self.milters.quit().await;
     }
@@ -386,7 +328,7 @@ async fn commands(
         if session.transaction().is_none() {
             *transfer = None;
             if let Some(t) = txn.take() {
-                Box::pin(t.abort()).await;
+                Box::pin((*t).abort()).await;
             }
             if milters.in_transaction() {
                 Box::pin(milters.end_transaction()).await;
@@ -427,7 +369,7 @@ async fn act<'r>(
     session: &mut Session,
     ctx: &Ctx<'_>,
     relay: &Delivery<'r>,
-    txn: &mut Option<Transaction<'r>>,
+    txn: &mut Option<Box<Transaction<'r>>>,
     action: Action,
     lookups: &mut Option<Box<Lookups>>,
     milters: &mut LiveMilters,
@@ -449,7 +391,17 @@ async fn act<'r>(
                 Action::Chunks { size, last } => data::Source::Chunks { size, last },
                 _ => data::Source::Data,
             };
-            Box::pin(data::transaction(conn, session, ctx, relay, txn.take(), spf.as_ref(), source, milters)).await
+            Box::pin(data::transaction(
+                conn,
+                session,
+                ctx,
+                relay,
+                txn.take().map(|t| *t),
+                spf.as_ref(),
+                source,
+                milters,
+            ))
+            .await
         }
         Action::StartTls(reply) => Box::pin(starttls::upgrade(conn, session, ctx, &reply)).await,
         // Made by `round_trips` before we get here.
@@ -545,7 +497,7 @@ async fn round_trips<'r>(
     session: &mut Session,
     ctx: &Ctx<'_>,
     relay: &Delivery<'r>,
-    txn: &mut Option<Transaction<'r>>,
+    txn: &mut Option<Box<Transaction<'r>>>,
     mut action: Action,
     milters: &mut LiveMilters,
 ) -> Action {

@@ -137,7 +137,7 @@ pub(super) async fn recipient<'r>(
     session: &mut Session,
     farm: &Farm,
     delivery: &Delivery<'r>,
-    txn: &mut Option<Transaction<'r>>,
+    txn: &mut Option<Box<Transaction<'r>>>,
     address: String,
 ) -> Action {
     let verdict = match *delivery {
@@ -154,7 +154,7 @@ pub(super) async fn recipient<'r>(
 /// Ask the back end about one recipient, opening the transaction at the first.
 async fn forward<'r>(
     relay: &'r Relay,
-    txn: &mut Option<Transaction<'r>>,
+    txn: &mut Option<Box<Transaction<'r>>>,
     session: &Session,
     address: &str,
 ) -> Result<(), Reply> {
@@ -169,7 +169,7 @@ async fn forward<'r>(
         };
         // The first recipient goes with MAIL FROM (pipelined where the back end allows).
         let (opened, verdict) = relay.begin_with(&envelope, address).await?;
-        *txn = Some(opened);
+        *txn = Some(Box::new(opened));
         return verdict;
     }
     let Some(t) = txn.as_mut() else { return Err(Reply::local_error()) };

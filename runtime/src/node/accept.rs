@@ -231,29 +231,44 @@ impl Listening {
         Some(Admitted { stream, peer, slot, admission, check_farm_rate })
     }
 
-    /// The session of an admitted connection, in the task that holds its slot.
-    async fn serve(self: Arc<Self>, admitted: Admitted) {
-        let Admitted { stream, peer, slot, admission, check_farm_rate } = admitted;
-        let _slot = slot;
-        let shared = self.shared.clone();
-        if check_farm_rate {
-            let snapshot = shared.snapshot();
-            let limit = match snapshot.farm(&self.farm) {
-                // Boxed: the Redis round trip would otherwise size every session's task.
-                Some((_, model)) => {
-                    Box::pin(crate::conn::rate_exceeded(&shared, model, RateSubject::Connections, peer.ip())).await
-                }
-                None => None,
-            };
-            if let Some(reply) = limit {
-                self.refused("rate");
-                let mut stream = stream;
-                let _ = tokio::io::AsyncWriteExt::write_all(&mut stream, &reply.to_bytes()).await;
-                return;
-            }
+    /// Start the session of an admitted connection in a task of its own, which holds its slot.
+    fn start(self: &Arc<Self>, admitted: Admitted) {
+        if admitted.check_farm_rate {
+            // The Redis round trip runs in a task of its own, which starts the session's after
+            // it: awaited inside the session's task, it would size every session's future.
+            tokio::spawn(self.clone().rate_checked(admitted));
+            return;
         }
-        let id = shared.next_id();
-        crate::conn::serve(stream, peer, &self.farm, self.implicit_tls, shared, id, admission).await;
+        self.spawn_session(admitted.stream, admitted.peer, admitted.slot, admitted.admission);
+    }
+
+    fn spawn_session(&self, stream: TcpStream, peer: SocketAddr, slot: Slot, admission: crate::conn::Admission) {
+        let id = self.shared.next_id();
+        let shared = self.shared.clone();
+        if let Some(session) =
+            crate::conn::serve(stream, peer, &self.farm, self.implicit_tls, shared, id, admission, slot)
+        {
+            tokio::spawn(session);
+        }
+    }
+
+    /// The farm's connection rate, counted in Redis before the session starts.
+    async fn rate_checked(self: Arc<Self>, admitted: Admitted) {
+        let Admitted { stream, peer, slot, admission, .. } = admitted;
+        let shared = self.shared.clone();
+        let snapshot = shared.snapshot();
+        let limit = match snapshot.farm(&self.farm) {
+            Some((_, model)) => crate::conn::rate_exceeded(&shared, model, RateSubject::Connections, peer.ip()).await,
+            None => None,
+        };
+        drop(snapshot);
+        if let Some(reply) = limit {
+            self.refused("rate");
+            let mut stream = stream;
+            let _ = tokio::io::AsyncWriteExt::write_all(&mut stream, &reply.to_bytes()).await;
+            return;
+        }
+        self.spawn_session(stream, peer, slot, admission);
     }
 
     /// A connection on a PROXY listener, in its own task: the balancer's header names the
@@ -271,7 +286,8 @@ impl Listening {
             }
         };
         if let Some(admitted) = self.admit(stream, client, Some(slot)) {
-            self.serve(admitted).await;
+            // A task of its own: this one's PROXY header wait would otherwise live on in it.
+            self.start(admitted);
         }
     }
 }
@@ -310,7 +326,7 @@ pub(super) async fn accept_loop(
         let peer = normalize(peer);
         if listening.proxy_from.is_empty() {
             if let Some(admitted) = listening.admit(stream, peer, None) {
-                tokio::spawn(listening.clone().serve(admitted));
+                listening.start(admitted);
             }
             continue;
         }

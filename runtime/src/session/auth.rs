@@ -19,6 +19,28 @@ pub(super) enum Sasl {
     LoginPassword { user: String },
 }
 
+/// What a session keeps once it used AUTH ([`Session`]'s `auth`, boxed: most sessions never do).
+#[derive(Debug)]
+pub(super) struct AuthState {
+    /// A SASL exchange in progress: the next line is a response, not a command.
+    pub(super) sasl: Option<Sasl>,
+    /// The user this session authenticated as.
+    pub(super) user: Option<String>,
+    /// Failed AUTH attempts in this session.
+    failures: u32,
+    /// The farm's `max-failures`, read at the first AUTH.
+    max_failures: u32,
+}
+
+/// Failed attempts that close a session when the farm sets no `max-failures`.
+const DEFAULT_MAX_FAILURES: u32 = 5;
+
+impl AuthState {
+    fn new(max_failures: u32) -> AuthState {
+        AuthState { sasl: None, user: None, failures: 0, max_failures }
+    }
+}
+
 /// What the credential check said.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AuthVerdict {
@@ -36,12 +58,12 @@ fn decode_base64(text: &str) -> Option<Vec<u8>> {
 impl Session {
     /// A SASL exchange is waiting for the client's next line.
     pub fn in_sasl(&self) -> bool {
-        self.sasl.is_some()
+        self.auth.as_ref().is_some_and(|a| a.sasl.is_some())
     }
 
     /// The client's answer to a 334 challenge (a base64 line, or `*` to cancel).
     pub fn sasl_line(&mut self, line: &[u8]) -> Action {
-        let Some(state) = self.sasl.take() else {
+        let Some(state) = self.auth.as_mut().and_then(|a| a.sasl.take()) else {
             return self.answer(Reply::bad_sequence("no AUTH in progress"), None);
         };
         let line = String::from_utf8_lossy(line).trim().to_owned();
@@ -78,28 +100,33 @@ impl Session {
     }
 
     fn login_user(&mut self, decoded: Vec<u8>) -> Action {
-        self.sasl = Some(Sasl::LoginPassword { user: String::from_utf8_lossy(&decoded).into_owned() });
+        self.sasl(Sasl::LoginPassword { user: String::from_utf8_lossy(&decoded).into_owned() });
         // "Password:"
         Action::reply(Reply::challenge("UGFzc3dvcmQ6"))
     }
 
     /// `AUTH mechanism [initial-response]`.
-    pub(super) fn auth(&mut self, mechanism: &str, initial: Option<String>) -> Action {
-        if self.auth_mechanisms.is_empty() {
+    pub(super) fn auth(&mut self, mechanism: &str, initial: Option<String>, farm: &Farm) -> Action {
+        let mechanisms = farm.auth.as_ref().map(|a| a.mechanisms.as_slice()).unwrap_or_default();
+        if mechanisms.is_empty() {
             return self.answer(reply(503, 5, 5, 1, "Error: authentication not enabled"), None);
         }
         if self.tls.is_none() {
             let r = reply(538, 5, 7, 11, "Encryption required for requested authentication mechanism");
             return self.answer(r, None);
         }
-        if self.authenticated.is_some() {
+        if self.authenticated().is_some() {
             return self.answer(reply(503, 5, 5, 1, "Already authenticated"), None);
         }
         if self.txn.is_some() {
             return self.answer(reply(503, 5, 5, 1, "AUTH not allowed during a mail transaction"), None);
         }
-        if !self.auth_mechanisms.iter().any(|m| m.eq_ignore_ascii_case(mechanism)) {
+        if !mechanisms.iter().any(|m| m.eq_ignore_ascii_case(mechanism)) {
             return self.answer(reply(504, 5, 5, 4, "Unrecognized authentication type"), None);
+        }
+        if self.auth.is_none() {
+            let max_failures = farm.auth.as_ref().map_or(DEFAULT_MAX_FAILURES, |a| a.max_failures.max(1));
+            self.auth = Some(Box::new(AuthState::new(max_failures)));
         }
         let initial = match initial.as_deref() {
             None => None,
@@ -112,12 +139,12 @@ impl Session {
         match (mechanism, initial) {
             ("PLAIN", Some(bytes)) => self.plain(&bytes),
             ("PLAIN", None) => {
-                self.sasl = Some(Sasl::PlainResponse);
+                self.sasl(Sasl::PlainResponse);
                 Action::reply(Reply::challenge(""))
             }
             ("LOGIN", Some(user)) => self.login_user(user),
             ("LOGIN", None) => {
-                self.sasl = Some(Sasl::LoginUser);
+                self.sasl(Sasl::LoginUser);
                 // "Username:"
                 Action::reply(Reply::challenge("VXNlcm5hbWU6"))
             }
@@ -129,7 +156,7 @@ impl Session {
     pub fn auth_result(&mut self, user: String, verdict: AuthVerdict) -> Action {
         match verdict {
             AuthVerdict::Valid => {
-                self.authenticated = Some(user);
+                self.auth_state().user = Some(user);
                 Action::reply(reply(235, 2, 7, 0, "Authentication successful"))
             }
             AuthVerdict::Invalid => self.auth_failed(),
@@ -150,10 +177,23 @@ impl Session {
         self.close_refusing(reply(421, 4, 7, 0, &text), Refusal::no_ban(rules::AUTH))
     }
 
+    /// The session's AUTH state: made by the AUTH command that started the exchange, before
+    /// any response or verdict can reach here.
+    fn auth_state(&mut self) -> &mut AuthState {
+        self.auth.get_or_insert_with(|| Box::new(AuthState::new(DEFAULT_MAX_FAILURES)))
+    }
+
+    /// The next line is the client's answer in this SASL exchange.
+    fn sasl(&mut self, state: Sasl) {
+        self.auth_state().sasl = Some(state);
+    }
+
     fn auth_failed(&mut self) -> Action {
-        self.auth_failures = self.auth_failures.saturating_add(1);
+        let state = self.auth_state();
+        state.failures = state.failures.saturating_add(1);
+        let exhausted = state.failures >= state.max_failures;
         let refusal = Refusal::no_ban(rules::AUTH);
-        if self.auth_failures >= self.max_auth_failures {
+        if exhausted {
             let text = format!("{} Too many failed authentications", self.hostname);
             return self.close_refusing(reply(421, 4, 7, 0, &text), refusal);
         }
@@ -164,6 +204,6 @@ impl Session {
     /// decides ([`eval::may_send_as`]), as it does at MAIL FROM; the driver asks for `auth
     /// header-from`.
     pub fn owns(&self, sender: &str, ruleset: &Ruleset, farm: &Farm) -> bool {
-        self.authenticated.as_deref().is_none_or(|user| eval::may_send_as(ruleset, farm, user, sender))
+        self.authenticated().is_none_or(|user| eval::may_send_as(ruleset, farm, user, sender))
     }
 }

@@ -73,24 +73,25 @@ impl Session {
     /// DNS answered (or the name asked about changed): merge it into what the evaluator reads.
     pub fn dns_answered(&mut self, updates: impl IntoIterator<Item = DnsUpdate>) {
         for update in updates {
+            let dns = self.dns.get_or_insert_with(Box::default);
             match update {
-                DnsUpdate::Listed { zone, answer } => match self.dns.lists.iter_mut().find(|(z, _)| *z == zone) {
+                DnsUpdate::Listed { zone, answer } => match dns.lists.iter_mut().find(|(z, _)| *z == zone) {
                     Some(slot) => slot.1 = answer,
-                    None => self.dns.lists.push((zone, answer)),
+                    None => dns.lists.push((zone, answer)),
                 },
                 DnsUpdate::HeloChanged { zones } => {
-                    forget(&mut self.dns, &zones);
-                    self.dns.helo_name = None;
+                    forget(dns, &zones);
+                    dns.helo_name = None;
                 }
                 DnsUpdate::SenderChanged { zones } => {
-                    forget(&mut self.dns, &zones);
-                    self.dns.sender_domain = None;
-                    self.dns.spf = None;
+                    forget(dns, &zones);
+                    dns.sender_domain = None;
+                    dns.spf = None;
                 }
-                DnsUpdate::Reverse(reverse) => self.dns.reverse = Some(reverse),
-                DnsUpdate::HeloName(status) => self.dns.helo_name = status,
-                DnsUpdate::SenderDomain(status) => self.dns.sender_domain = status,
-                DnsUpdate::Spf(result) => self.dns.spf = result,
+                DnsUpdate::Reverse(reverse) => dns.reverse = Some(reverse),
+                DnsUpdate::HeloName(status) => dns.helo_name = status,
+                DnsUpdate::SenderDomain(status) => dns.sender_domain = status,
+                DnsUpdate::Spf(result) => dns.spf = result,
             }
         }
     }
@@ -103,11 +104,11 @@ impl Session {
             helo: self.helo.as_deref(),
             sender,
             recipient,
-            authenticated: self.authenticated.is_some(),
-            user: self.authenticated.as_deref(),
+            authenticated: self.authenticated().is_some(),
+            user: self.authenticated(),
             tls: self.tls.is_some(),
             hostname: &ruleset.policy().hostname,
-            dns: &self.dns,
+            dns: self.dns(),
             greylist: None,
             directory: None,
             message: None,
@@ -158,7 +159,7 @@ fn record(farm: &Farm, stage: Stage, facts: &Facts<'_>, dns: &GivenDns, decision
 impl Session {
     /// What a journal record must hold of the DNS answers, when the journal is on.
     pub(super) fn journaled(&self) -> Option<&GivenDns> {
-        self.journal.is_some().then_some(&self.dns)
+        self.journal.is_some().then(|| self.dns())
     }
 
     /// Keep what an evaluation leaves for the driver (shadow refusals, the journal record) and

@@ -62,13 +62,13 @@ impl Session {
         if let Verdict::Refuse(r, refusal) = self.settle(Stage::Mail, decided) {
             return self.answer(r, refusal);
         }
-        self.txn = Some(Transaction {
+        self.txn = Some(Box::new(Transaction {
             sender,
             size: mail.size,
             eight_bit: mail.body == Some(Body::EightBitMime),
             smtputf8: mail.smtputf8,
             recipients: Vec::new(),
-        });
+        }));
         Action::reply(Reply::sender_ok())
     }
 

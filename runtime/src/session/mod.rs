@@ -64,10 +64,12 @@ pub struct Session {
     hostname: String,
     limits: model::Limits,
     /// The connect stage refused this client: every command but QUIT is refused.
-    refused: Option<Reply>,
+    refused: Option<Box<Reply>>,
     helo: Option<String>,
     esmtp: bool,
-    txn: Option<Transaction>,
+    /// Boxed: created at MAIL and dropped at the end of DATA, so an idle session holds 8 bytes,
+    /// not the transaction's 72.
+    txn: Option<Box<Transaction>>,
     errors: u32,
     /// Messages accepted in this session (for the closing log line).
     accepted: u32,
@@ -77,20 +79,16 @@ pub struct Session {
     tls_offered: bool,
     /// The connection is encrypted ("TLS1.3 TLS13_AES_256_GCM_SHA384").
     tls: Option<String>,
-    /// The SASL mechanisms this farm accepts (inside TLS only); empty: no AUTH.
-    auth_mechanisms: Vec<String>,
-    /// A SASL exchange in progress: the next line is a response, not a command.
-    sasl: Option<auth::Sasl>,
-    /// The user this session authenticated as.
-    authenticated: Option<String>,
-    /// Failed AUTH attempts in this session.
-    auth_failures: u32,
-    max_auth_failures: u32,
+    /// What AUTH left: the SASL exchange in progress, the user, the failures. Created by the
+    /// first AUTH command (the mechanisms and the failure limit are read from the farm), so
+    /// the sessions that never authenticate, most of them, hold 8 bytes for it.
+    auth: Option<Box<auth::AuthState>>,
     /// The greylist client key of this session, once a recipient passed greylisting (its
     /// delivered messages count toward auto-whitelisting).
     greylist_client: Option<String>,
-    /// DNS answers gathered so far ([`Session::dns_answered`]).
-    dns: GivenDns,
+    /// DNS answers gathered so far ([`Session::dns_answered`]); created by the first one, so a
+    /// farm without DNS checks holds 8 bytes for it, not 64.
+    dns: Option<Box<GivenDns>>,
     /// The client is banned and was let in to be refused at RCPT (ban response "refuse-recipients").
     banned: bool,
     /// Commands that moved no mail so far.
@@ -102,6 +100,10 @@ pub struct Session {
     /// ruleset has no journal, and nothing is recorded.
     journal: Option<Vec<mtac_ruleset::journal::Record>>,
 }
+
+/// What a session that DNS has not answered knows of it.
+static NO_DNS_ANSWERS: GivenDns =
+    GivenDns { lists: Vec::new(), sender_domain: None, reverse: None, helo_name: None, spf: None };
 
 /// The longest delay a negative reply past the soft error limit waits.
 pub const MAX_ERROR_DELAY_SECONDS: u32 = 3;
@@ -128,12 +130,8 @@ impl Session {
             greylist_client: None,
             tls_offered: farm.tls.is_some(),
             tls: None,
-            auth_mechanisms: farm.auth.as_ref().map(|a| a.mechanisms.clone()).unwrap_or_default(),
-            sasl: None,
-            authenticated: None,
-            auth_failures: 0,
-            max_auth_failures: farm.auth.as_ref().map_or(5, |a| a.max_failures.max(1)),
-            dns: GivenDns::default(),
+            auth: None,
+            dns: None,
             journal: ruleset.policy().journal.as_ref().map(|_| Vec::new()),
             banned: false,
             junk: 0,
@@ -167,7 +165,7 @@ impl Session {
 
     /// The mail transaction in progress.
     pub fn transaction(&self) -> Option<&Transaction> {
-        self.txn.as_ref()
+        self.txn.as_deref()
     }
 
     /// What protects the connection ("TLS1.3 TLS13_AES_256_GCM_SHA384"), if it is encrypted.
@@ -177,7 +175,7 @@ impl Session {
 
     /// The user this session authenticated as.
     pub fn authenticated(&self) -> Option<&str> {
-        self.authenticated.as_deref()
+        self.auth.as_ref().and_then(|a| a.user.as_deref())
     }
 
     /// Messages accepted in this session.
@@ -197,7 +195,7 @@ impl Session {
 
     /// What DNS answered so far.
     pub fn dns(&self) -> &GivenDns {
-        &self.dns
+        self.dns.as_deref().unwrap_or(&NO_DNS_ANSWERS)
     }
 
     // ----- what happened, told by the driver -----
@@ -219,7 +217,9 @@ impl Session {
         self.helo = None;
         self.esmtp = false;
         self.txn = None;
-        self.sasl = None;
+        if let Some(auth) = &mut self.auth {
+            auth.sasl = None;
+        }
     }
 
     /// The client talked before the greeting (postscreen's pregreet test): a bot. Closed with
@@ -364,7 +364,7 @@ impl Session {
         if closes {
             return Action::Close { reply: greeting, refusal };
         }
-        self.refused = Some(r);
+        self.refused = Some(Box::new(r));
         Action::Reply { reply: greeting, refusal }
     }
 
@@ -378,21 +378,21 @@ impl Session {
     /// command again (left as it was, the exchange would read the client's next command as a
     /// base64 answer).
     pub fn line_too_long(&mut self) -> Action {
-        if self.sasl.take().is_some() {
+        if self.auth.as_mut().and_then(|a| a.sasl.take()).is_some() {
             return self.answer(Reply::auth_line_too_long(), None);
         }
         self.answer(Reply::line_too_long(), None)
     }
 
     /// The EHLO capabilities this farm offers.
-    fn capabilities(&self) -> EhloCapabilities {
+    fn capabilities(&self, farm: &Farm) -> EhloCapabilities {
         EhloCapabilities {
             max_size: self.limits.message_size,
             smtputf8: true,
             starttls: self.tls_offered && self.tls.is_none(),
             // RFC 4954 and common sense: never offer a password mechanism in clear text.
-            auth_mechanisms: if self.tls.is_some() && self.authenticated.is_none() {
-                self.auth_mechanisms.clone()
+            auth_mechanisms: if self.tls.is_some() && self.authenticated().is_none() {
+                farm.auth.as_ref().map(|a| a.mechanisms.clone()).unwrap_or_default()
             } else {
                 Vec::new()
             },
@@ -446,7 +446,7 @@ impl Session {
                 self.answer(reply(502, 5, 5, 1, "STARTTLS not available on this listener"), None)
             }
             Command::StartTls => Action::StartTls(reply(220, 2, 0, 0, "Ready to start TLS")),
-            Command::Auth { mechanism, initial_response } => self.auth(&mechanism, initial_response),
+            Command::Auth { mechanism, initial_response } => self.auth(&mechanism, initial_response, farm),
         }
     }
 
@@ -462,7 +462,7 @@ impl Session {
         }
         self.esmtp = esmtp;
         if esmtp {
-            Action::reply(Reply::ehlo(&self.hostname, &self.capabilities()))
+            Action::reply(Reply::ehlo(&self.hostname, &self.capabilities(farm)))
         } else {
             Action::reply(Reply::helo(&self.hostname))
         }
