@@ -1,0 +1,38 @@
+#!/usr/bin/python3
+"""A/B of mtac binaries: the node's own CPU per relayed message, binaries interleaved.
+
+    bench/cpu-ab.py [-c 50] [-m 20000] [-r 3] /tmp/mtac-before /tmp/mtac-after
+
+For each rep and each binary: smtp-sink on 127.0.0.1:31025, the binary as bench/mtac-front.sh
+starts it on 127.0.0.1:31026, 2,000 warm-up messages, then smtp-source sends -m messages of
+4 KiB over -c sessions at once (one session per message); prints the node process's
+utime+stime per message and the rate. Only the node is counted (not the generator or the
+sink), so on a shared 2-core machine the difference between binaries is what to read; the
+peers harness gives the side-by-side figures for BENCHMARKS.md.
+"""
+import argparse, os, subprocess, time, signal, statistics
+ap = argparse.ArgumentParser(); ap.add_argument('-c', type=int, default=50); ap.add_argument('-m', type=int, default=20000)
+ap.add_argument('-r', type=int, default=3); ap.add_argument('bins', nargs='+'); a = ap.parse_args()
+tick = os.sysconf('SC_CLK_TCK')
+def cpu(pid):
+    f = open(f'/proc/{pid}/stat').read().rsplit(')', 1)[1].split()
+    return (int(f[11]) + int(f[12])) / tick
+sink = subprocess.Popen(['smtp-sink', '-u', 'nobody', '-c', '127.0.0.1:31025', '1000'], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+res = {b: [] for b in a.bins}
+try:
+    for r in range(a.r):
+        for b in a.bins:
+            env = dict(os.environ, MTAC_BIN=b, BENCH_STATE='/tmp/s6ab')
+            fr = subprocess.Popen([os.path.join(os.path.dirname(os.path.abspath(__file__)), 'mtac-front.sh'), '31026', '31025'], env=env, stdout=open('/tmp/s6ab.log', 'w'), stderr=subprocess.STDOUT, start_new_session=True)
+            time.sleep(1.0)
+            subprocess.run(['smtp-source', '-s', str(a.c), '-m', '2000', '-l', '4096', '-f', 'sender@example.com', '-t', 'rcpt@example.net', '127.0.0.1:31026'], check=True)
+            c0 = cpu(fr.pid); t0 = time.time()
+            subprocess.run(['smtp-source', '-s', str(a.c), '-m', str(a.m), '-l', '4096', '-f', 'sender@example.com', '-t', 'rcpt@example.net', '127.0.0.1:31026'], check=True)
+            dt = time.time() - t0; dc = cpu(fr.pid) - c0
+            res[b].append((dc / a.m * 1e6, a.m / dt))
+            os.killpg(fr.pid, signal.SIGTERM); fr.wait()
+            print(f'{os.path.basename(b)}: {dc/a.m*1e6:.0f} µs/msg, {a.m/dt:.0f} msg/s', flush=True)
+finally:
+    sink.kill()
+for b, v in res.items():
+    print(f'{os.path.basename(b)}: median {statistics.median(x for x,_ in v):.0f} µs/msg [{min(x for x,_ in v):.0f}-{max(x for x,_ in v):.0f}], {statistics.median(y for _,y in v):.0f} msg/s')
