@@ -220,8 +220,17 @@ pub enum AttemptRefused {
     Busy,
 }
 
-/// One client network's AUTH attempts on one farm: window end, failures counted, checks under way.
-type Attempts = (Instant, u32, u32);
+/// One client network's AUTH attempts on one farm.
+#[derive(Debug)]
+struct Attempts {
+    /// The end of the hour its failures count in.
+    window_end: Instant,
+    failures: u32,
+    /// Checks under way.
+    pending: u32,
+    /// Sessions waiting for a place ([`Turn`]), first come first served.
+    waiting: std::collections::VecDeque<u64>,
+}
 
 /// Failed AUTH attempts per (farm, client network) over the last hour, across its sessions.
 ///
@@ -232,8 +241,11 @@ type Attempts = (Instant, u32, u32);
 #[derive(Debug, Default)]
 pub struct Failures {
     table: Mutex<Swept<(String, IpNet), Attempts>>,
-    /// Woken whenever a check ends: sessions waiting on [`AttemptRefused::Busy`] ask again.
+    /// Woken whenever a check ends or a waiter leaves: sessions waiting on
+    /// [`AttemptRefused::Busy`] ask again, and the first in line gets the place.
     released: tokio::sync::Notify,
+    /// Numbers for [`Turn`]s.
+    turns: std::sync::atomic::AtomicU64,
 }
 
 impl Failures {
@@ -241,27 +253,59 @@ impl Failures {
     /// already reach `max`.
     /// The reservation is given back when the returned [`Attempt`] is dropped unsettled (a
     /// session that ends mid-check), so no path leaks a place in the budget.
-    pub fn reserve(&self, farm: &str, ip: IpAddr, max: u32) -> Result<Attempt<'_>, AttemptRefused> {
+    ///
+    /// Places go in order of asking: a session told `Busy` is put in line in `turn` (keep it
+    /// and ask again with it after [`Failures::released`]), and while anyone is in line a
+    /// newcomer gets in line behind them rather than the place that just came free. Without
+    /// the line, every end of a check woke all the waiters and the quickest took the place,
+    /// so some logins of a busy webmail waited for seconds while later ones went through.
+    pub fn reserve<'f>(
+        &'f self,
+        farm: &str,
+        ip: IpAddr,
+        max: u32,
+        turn: &mut Option<Turn<'f>>,
+    ) -> Result<Attempt<'f>, AttemptRefused> {
         let now = Instant::now();
         let key = (farm.to_owned(), auth_network(ip));
         let mut table = self.table.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if !table.make_room(|(end, _, pending)| *end <= now && *pending == 0) && !table.map.contains_key(&key) {
+        let idle = |a: &Attempts| a.window_end <= now && a.pending == 0 && a.waiting.is_empty();
+        if !table.make_room(idle) && !table.map.contains_key(&key) {
             // Full of live entries (a very wide guessing wave): refuse rather than forget.
             return Err(AttemptRefused::TooManyFailures);
         }
-        let entry = table.map.entry(key.clone()).or_insert((now + Duration::from_secs(3600), 0, 0));
-        if entry.0 <= now {
-            *entry = (now + Duration::from_secs(3600), 0, entry.2);
+        let fresh = || Attempts {
+            window_end: now + Duration::from_secs(3600),
+            failures: 0,
+            pending: 0,
+            waiting: std::collections::VecDeque::new(),
+        };
+        let entry = table.map.entry(key.clone()).or_insert_with(fresh);
+        if entry.window_end <= now {
+            (entry.window_end, entry.failures) = (now + Duration::from_secs(3600), 0);
         }
-        if entry.1 >= max {
+        if entry.failures >= max {
             return Err(AttemptRefused::TooManyFailures);
         }
-        if entry.1.saturating_add(entry.2) >= max {
-            return Err(AttemptRefused::Busy);
+        let mine = turn.as_ref().map(|t| t.number);
+        let first_in_line = entry.waiting.front().copied() == mine;
+        if first_in_line && entry.failures.saturating_add(entry.pending) < max {
+            entry.pending = entry.pending.saturating_add(1);
+            if mine.is_some() {
+                entry.waiting.pop_front();
+            }
+            drop(table);
+            if let Some(mut served) = turn.take() {
+                served.in_line = false;
+            }
+            return Ok(Attempt { failures: self, key: Some(key) });
         }
-        entry.2 = entry.2.saturating_add(1);
-        drop(table);
-        Ok(Attempt { failures: self, key: Some(key) })
+        if turn.is_none() {
+            let number = self.turns.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            entry.waiting.push_back(number);
+            *turn = Some(Turn { failures: self, key, number, in_line: true });
+        }
+        Err(AttemptRefused::Busy)
     }
 
     /// Resolves at the next end of a check. Create it before [`Failures::reserve`] answers
@@ -275,11 +319,11 @@ impl Failures {
         let failures = {
             let mut table = self.table.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
             let Some(entry) = table.map.get_mut(key) else { return 0 };
-            entry.2 = entry.2.saturating_sub(1);
+            entry.pending = entry.pending.saturating_sub(1);
             if failed {
-                entry.1 = entry.1.saturating_add(1);
+                entry.failures = entry.failures.saturating_add(1);
             }
-            entry.1
+            entry.failures
         };
         self.released.notify_waiters();
         failures
@@ -290,9 +334,34 @@ impl Failures {
         let mut table = self.table.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         for ((_, key), entry) in table.map.iter_mut() {
             if net.contains(key) || key.contains(&net) {
-                entry.1 = 0;
+                entry.failures = 0;
             }
         }
+    }
+}
+
+/// A session's place in line for a check ([`Failures::reserve`]); leaving the line (a session
+/// that gives up or ends) lets the next one on.
+#[derive(Debug)]
+pub struct Turn<'f> {
+    failures: &'f Failures,
+    key: (String, IpNet),
+    number: u64,
+    in_line: bool,
+}
+
+impl Drop for Turn<'_> {
+    fn drop(&mut self) {
+        if !self.in_line {
+            return;
+        }
+        {
+            let mut table = self.failures.table.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            if let Some(entry) = table.map.get_mut(&self.key) {
+                entry.waiting.retain(|n| *n != self.number);
+            }
+        }
+        self.failures.released.notify_waiters();
     }
 }
 
@@ -472,10 +541,10 @@ mod tests {
         assert_eq!(auth_network("192.0.2.7".parse().unwrap()), "192.0.2.7/32".parse::<IpNet>().unwrap());
         let failures = Failures::default();
         for ip in [a, b, a] {
-            failures.reserve("users", ip, 3).unwrap().settle(true);
+            failures.reserve("users", ip, 3, &mut None).unwrap().settle(true);
         }
-        assert_eq!(failures.reserve("users", b, 3).err(), Some(AttemptRefused::TooManyFailures), "same /64");
-        assert!(failures.reserve("users", elsewhere, 3).is_ok());
+        assert_eq!(failures.reserve("users", b, 3, &mut None).err(), Some(AttemptRefused::TooManyFailures), "same /64");
+        assert!(failures.reserve("users", elsewhere, 3, &mut None).is_ok());
         let bans = Bans::default();
         bans.insert(BanFarm::Farm("users".into()), auth_network(a), 60);
         assert!(bans.is_banned("users", b, &[]) && !bans.is_banned("users", elsewhere, &[]));
@@ -487,22 +556,49 @@ mod tests {
     fn issue_14_parallel_attempts_share_one_budget() {
         let failures = Failures::default();
         let ip: IpAddr = "192.0.2.50".parse().unwrap();
-        let mut reserved: Vec<Attempt<'_>> = (0..20).filter_map(|_| failures.reserve("users", ip, 5).ok()).collect();
+        let mut reserved: Vec<Attempt<'_>> =
+            (0..20).filter_map(|_| failures.reserve("users", ip, 5, &mut None).ok()).collect();
         assert_eq!(reserved.len(), 5, "twenty at once, five checks");
         assert_eq!(
-            failures.reserve("users", ip, 5).err(),
+            failures.reserve("users", ip, 5, &mut None).err(),
             Some(AttemptRefused::Busy),
             "the sixth waits: no check has failed yet"
         );
         assert_eq!(reserved.pop().unwrap().settle(false), 0, "a success counts no failure");
-        assert!(failures.reserve("users", ip, 5).is_ok(), "and frees its place");
+        assert!(failures.reserve("users", ip, 5, &mut None).is_ok(), "and frees its place");
         drop(reserved.pop());
         assert!(
-            failures.reserve("users", ip, 5).is_ok(),
+            failures.reserve("users", ip, 5, &mut None).is_ok(),
             "an attempt dropped unsettled (its session ended) frees its place too"
         );
-        assert!(failures.reserve("other-farm", ip, 5).is_ok(), "another farm has its own budget");
+        assert!(failures.reserve("other-farm", ip, 5, &mut None).is_ok(), "another farm has its own budget");
         failures.forget(auth_network(ip));
+    }
+
+    /// Sessions told to wait get the places in the order they asked; a newcomer queues behind
+    /// them even when it asks just as a place comes free; one that leaves the line lets the
+    /// next one on.
+    #[test]
+    fn places_in_the_budget_go_first_come_first_served() {
+        let failures = Failures::default();
+        let ip: IpAddr = "192.0.2.60".parse().unwrap();
+        let mut checks: Vec<Attempt<'_>> =
+            (0..2).map(|_| failures.reserve("users", ip, 2, &mut None).unwrap()).collect();
+        let (mut first, mut second, mut third) = (None, None, None);
+        for turn in [&mut first, &mut second, &mut third] {
+            assert_eq!(failures.reserve("users", ip, 2, turn).err(), Some(AttemptRefused::Busy));
+        }
+        checks.pop().unwrap().settle(false);
+        assert_eq!(failures.reserve("users", ip, 2, &mut None).err(), Some(AttemptRefused::Busy), "no cutting in");
+        assert_eq!(failures.reserve("users", ip, 2, &mut second).err(), Some(AttemptRefused::Busy), "not its turn");
+        checks.push(failures.reserve("users", ip, 2, &mut first).expect("the first in line"));
+        assert!(first.is_none(), "out of the line once served");
+        checks.pop().unwrap().settle(false);
+        drop(second.take());
+        checks.push(failures.reserve("users", ip, 2, &mut third).expect("the second left: the third's turn"));
+        assert_eq!(failures.reserve("users", ip, 2, &mut None).err(), Some(AttemptRefused::Busy), "both places taken");
+        drop(checks);
+        assert!(failures.reserve("users", ip, 2, &mut None).is_ok(), "an empty line: straight in");
     }
 
     #[test]

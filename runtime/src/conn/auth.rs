@@ -99,12 +99,14 @@ async fn reserve<'s>(
     max: u32,
 ) -> Result<crate::guard::Attempt<'s>, AttemptRefused> {
     let deadline = tokio::time::Instant::now() + AUTH_QUEUE_WAIT;
+    // This session's place in line once it has to wait (first come, first served).
+    let mut turn = None;
     loop {
         // Registered before asking, so a check that ends in between still wakes this one.
         let released = shared.auth_failures.released();
         tokio::pin!(released);
         released.as_mut().enable();
-        match shared.auth_failures.reserve(&farm.name, ip, max) {
+        match shared.auth_failures.reserve(&farm.name, ip, max, &mut turn) {
             Err(AttemptRefused::Busy) => {
                 if tokio::time::timeout_at(deadline, released).await.is_err() {
                     return Err(AttemptRefused::Busy);
