@@ -591,11 +591,12 @@ mod tests {
         checks.pop().unwrap().settle(false);
         assert_eq!(failures.reserve("users", ip, 2, &mut None).err(), Some(AttemptRefused::Busy), "no cutting in");
         assert_eq!(failures.reserve("users", ip, 2, &mut second).err(), Some(AttemptRefused::Busy), "not its turn");
-        checks.push(failures.reserve("users", ip, 2, &mut first).expect("the first in line"));
+        checks.push(failures.reserve("users", ip, 2, &mut first).unwrap());
         assert!(first.is_none(), "out of the line once served");
         checks.pop().unwrap().settle(false);
         drop(second.take());
-        checks.push(failures.reserve("users", ip, 2, &mut third).expect("the second left: the third's turn"));
+        // The second left the line: the third's turn.
+        checks.push(failures.reserve("users", ip, 2, &mut third).unwrap());
         assert_eq!(failures.reserve("users", ip, 2, &mut None).err(), Some(AttemptRefused::Busy), "both places taken");
         drop(checks);
         assert!(failures.reserve("users", ip, 2, &mut None).is_ok(), "an empty line: straight in");
