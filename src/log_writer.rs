@@ -18,7 +18,8 @@ const MAX_QUEUED: usize = 8 * 1024 * 1024;
 
 /// How long the writer lets lines gather once the first has come: one wake-up and one write
 /// per this span at most, however busy the node (a wake-up per line cost the workers more than
-/// the writes did). Lines are that much later in the log, never lost.
+/// the writes did). Lines are that much later in the log; an exit writes them out, but a
+/// process killed outright (SIGKILL, the OOM killer, an abort) loses what was queued.
 const GATHER: std::time::Duration = std::time::Duration::from_millis(5);
 
 /// A batch's buffer kept between writes is given back above this size.
@@ -116,11 +117,13 @@ fn write_out(shared: &Shared, mut output: Box<dyn Write + Send>) {
             std::mem::swap(&mut batch, &mut queue.bytes);
             (std::mem::take(&mut queue.dropped_unsaid), queue.closed)
         };
+        // A failed write (stderr closed) drops the batch: nothing else could be done with it.
+        let _ = output.write_all(&batch);
+        // The lines of this batch were queued before the ones dropped: the gap is after them.
         if dropped > 0 {
             let _ = writeln!(output, "mtac: {dropped} log line(s) dropped: the log output did not keep up");
         }
-        // A failed write (stderr closed) drops the batch: nothing else could be done with it.
-        let _ = output.write_all(&batch).and_then(|()| output.flush());
+        let _ = output.flush();
         batch.clear();
         if batch.capacity() > KEEP_CAPACITY {
             batch = Vec::new();

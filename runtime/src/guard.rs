@@ -281,8 +281,12 @@ impl Failures {
             waiting: std::collections::VecDeque::new(),
         };
         let entry = table.map.entry(key.clone()).or_insert_with(fresh);
+        // Places that come free other than by a check's end (a new window, the one before us
+        // served with room to spare) must wake the line too: only its first may take them.
+        let mut wake_line = false;
         if entry.window_end <= now {
             (entry.window_end, entry.failures) = (now + Duration::from_secs(3600), 0);
+            wake_line = !entry.waiting.is_empty();
         }
         if entry.failures >= max {
             return Err(AttemptRefused::TooManyFailures);
@@ -294,9 +298,13 @@ impl Failures {
             if mine.is_some() {
                 entry.waiting.pop_front();
             }
+            wake_line |= !entry.waiting.is_empty() && entry.failures.saturating_add(entry.pending) < max;
             drop(table);
             if let Some(mut served) = turn.take() {
                 served.in_line = false;
+            }
+            if wake_line {
+                self.released.notify_waiters();
             }
             return Ok(Attempt { failures: self, key: Some(key) });
         }
@@ -304,6 +312,10 @@ impl Failures {
             let number = self.turns.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             entry.waiting.push_back(number);
             *turn = Some(Turn { failures: self, key, number, in_line: true });
+        }
+        drop(table);
+        if wake_line {
+            self.released.notify_waiters();
         }
         Err(AttemptRefused::Busy)
     }
@@ -337,6 +349,9 @@ impl Failures {
                 entry.failures = 0;
             }
         }
+        drop(table);
+        // Places came free: the sessions in line ask again.
+        self.released.notify_waiters();
     }
 }
 
@@ -600,6 +615,32 @@ mod tests {
         assert_eq!(failures.reserve("users", ip, 2, &mut None).err(), Some(AttemptRefused::Busy), "both places taken");
         drop(checks);
         assert!(failures.reserve("users", ip, 2, &mut None).is_ok(), "an empty line: straight in");
+    }
+
+    /// Two checks end before either waiter asks again (one wake-up for both): when the first
+    /// in line is served and a place is left, the next in line is woken for it, not left
+    /// asleep until another check ends.
+    #[tokio::test]
+    async fn a_place_left_after_the_first_in_line_is_served_wakes_the_next() {
+        let failures = Failures::default();
+        let ip: IpAddr = "192.0.2.61".parse().unwrap();
+        let checks: Vec<Attempt<'_>> = (0..2).map(|_| failures.reserve("users", ip, 2, &mut None).unwrap()).collect();
+        let (mut first, mut second) = (None, None);
+        for turn in [&mut first, &mut second] {
+            assert_eq!(failures.reserve("users", ip, 2, turn).err(), Some(AttemptRefused::Busy));
+        }
+        for check in checks {
+            check.settle(false);
+        }
+        // The second asks first (not its turn) and goes back to waiting, registered anew.
+        let released = failures.released();
+        tokio::pin!(released);
+        released.as_mut().enable();
+        assert_eq!(failures.reserve("users", ip, 2, &mut second).err(), Some(AttemptRefused::Busy));
+        let _served = failures.reserve("users", ip, 2, &mut first).unwrap();
+        let woken = tokio::time::timeout(Duration::ZERO, released).await;
+        assert!(woken.is_ok(), "the second in line sleeps beside a free place");
+        assert!(failures.reserve("users", ip, 2, &mut second).is_ok());
     }
 
     #[test]

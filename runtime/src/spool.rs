@@ -1,12 +1,13 @@
 //! The RAM-disk spool: one file per message in flight, written as DATA arrives, read back to
 //! relay it, and removed on every path.
 //!
-//! A message that stays small ([`IN_MEMORY_UP_TO`], most mail) never becomes a file: its bytes
-//! stay in the session's memory, counted against the same budget of bytes in flight, and read
-//! the same way. A file would be the same RAM (a tmpfs) at the cost of five system calls per
-//! message (open, write, read, unlink, close) and the tmpfs's page work: about a tenth of the
-//! node's CPU per relayed 4 KiB message. A message that grows past the mark moves to its file
-//! then, once, and streams on as before.
+//! On a tmpfs, a message that stays small ([`IN_MEMORY_UP_TO`], most mail) never becomes a
+//! file: its bytes stay in the session's memory, counted against the same budget of bytes in
+//! flight (a share of the same RAM), and read the same way. A file there would be the same RAM
+//! at the cost of five system calls per message (open, write, read, unlink, close) and the
+//! tmpfs's page work: about a tenth of the node's CPU per relayed 4 KiB message. A message that
+//! grows past the mark moves to its file then, once, and streams on as before. A spool on a disk
+//! keeps every message in its file: its budget is a share of the disk, not of memory.
 //!
 //! A [`SpoolFile`] removes its file when dropped, so a refused message, a lost client, a back end
 //! error, a panicking session task or an aborted one at shutdown all leave nothing behind. A node
@@ -190,18 +191,18 @@ impl Spool {
         removed
     }
 
-    /// A new, empty spooled message: in memory until it grows past [`IN_MEMORY_UP_TO`].
+    /// A new, empty spooled message: on a tmpfs in memory until it grows past
+    /// [`IN_MEMORY_UP_TO`], elsewhere its file from the start.
     pub async fn create(&self, session: &str) -> io::Result<SpoolFile> {
         let n = self.counter.fetch_add(1, Ordering::Relaxed);
         let path = self.dir.join(format!("{PREFIX}{}-{session}-{n}{SUFFIX}", self.pid));
+        let store = if self.in_memory {
+            Store::Memory(Arc::new(Vec::new()))
+        } else {
+            Store::File(Arc::new(create_file(&path, false)?))
+        };
         self.in_use.files.fetch_add(1, Ordering::Relaxed);
-        Ok(SpoolFile {
-            path,
-            store: Store::Memory(Arc::new(Vec::new())),
-            len: 0,
-            in_use: self.in_use.clone(),
-            in_memory: self.in_memory,
-        })
+        Ok(SpoolFile { path, store, len: 0, in_use: self.in_use.clone(), in_memory: self.in_memory })
     }
 }
 
@@ -365,8 +366,11 @@ impl SpoolFile {
     fn append(&mut self, bytes: &[u8]) -> io::Result<()> {
         if let Store::Memory(memory) = &mut self.store {
             if self.len.saturating_add(bytes.len() as u64) <= IN_MEMORY_UP_TO {
-                // Written before any reader exists: no copy is made here.
-                Arc::make_mut(memory).extend_from_slice(bytes);
+                // Written before any reader exists: no copy is made here. Exact: the budget
+                // counts the bytes, and a small message is mostly written once.
+                let memory = Arc::make_mut(memory);
+                memory.reserve_exact(bytes.len());
+                memory.extend_from_slice(bytes);
                 return Ok(());
             }
             let file = create_file(&self.path, self.in_memory)?;
@@ -428,6 +432,9 @@ impl SpoolReader {
         use std::os::unix::fs::FileExt;
         let want = usize::try_from(self.len.saturating_sub(offset)).unwrap_or(usize::MAX).min(buf.len());
         let buf = buf.get_mut(..want).unwrap_or_default();
+        if buf.is_empty() {
+            return Ok(0);
+        }
         let file = match &self.store {
             Store::File(file) => file,
             Store::Memory(memory) => {
@@ -500,9 +507,11 @@ fn default_budget(dir: &Path) -> u64 {
 mod tests {
     use super::*;
 
+    /// A spool on a tmpfs (/dev/shm), where small messages stay in memory.
     fn spool() -> (tempfile::TempDir, Spool) {
-        let dir = tempfile::tempdir().unwrap();
+        let dir = tempfile::tempdir_in("/dev/shm").unwrap();
         let spool = Spool::new(&dir.path().join("spool")).unwrap();
+        assert!(spool.in_memory, "/dev/shm is a tmpfs");
         (dir, spool)
     }
 
@@ -559,6 +568,21 @@ mod tests {
         drop(message);
         assert!(files(&spool).is_empty(), "the file outlived its message");
         assert_eq!((spool.files_in_use(), spool.bytes_in_use()), (0, 0));
+    }
+
+    /// On a disk the budget is a share of the disk: a message there is never held in memory.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+    async fn a_spool_on_a_disk_keeps_every_message_in_its_file() {
+        let dir = tempfile::tempdir_in(env!("CARGO_MANIFEST_DIR")).unwrap();
+        let spool = Spool::new(&dir.path().join("spool")).unwrap();
+        assert!(!spool.in_memory, "the crate's directory is on a disk");
+        let mut message = spool.create("S5").await.unwrap();
+        message.write(b"Subject: small\r\n\r\nbody\r\n").await.unwrap();
+        assert!(message.is_file());
+        assert_eq!(files(&spool), vec![message.path().to_path_buf()]);
+        assert_eq!(read_all(&message.reader().unwrap()), b"Subject: small\r\n\r\nbody\r\n");
+        drop(message);
+        assert!(files(&spool).is_empty());
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
