@@ -590,6 +590,17 @@ mod tests {
         failures.forget(auth_network(ip));
     }
 
+    /// `ip`'s budget of 2 checks on "users" taken, and `N` sessions in line behind them, in order.
+    fn full_with_a_line<const N: usize>(failures: &Failures, ip: IpAddr) -> (Vec<Attempt<'_>>, [Option<Turn<'_>>; N]) {
+        let checks = (0..2).map(|_| failures.reserve("users", ip, 2, &mut None).unwrap()).collect();
+        let line = std::array::from_fn(|_| {
+            let mut turn = None;
+            assert_eq!(failures.reserve("users", ip, 2, &mut turn).err(), Some(AttemptRefused::Busy));
+            turn
+        });
+        (checks, line)
+    }
+
     /// Sessions told to wait get the places in the order they asked; a newcomer queues behind
     /// them even when it asks just as a place comes free; one that leaves the line lets the
     /// next one on.
@@ -597,12 +608,7 @@ mod tests {
     fn places_in_the_budget_go_first_come_first_served() {
         let failures = Failures::default();
         let ip: IpAddr = "192.0.2.60".parse().unwrap();
-        let mut checks: Vec<Attempt<'_>> =
-            (0..2).map(|_| failures.reserve("users", ip, 2, &mut None).unwrap()).collect();
-        let (mut first, mut second, mut third) = (None, None, None);
-        for turn in [&mut first, &mut second, &mut third] {
-            assert_eq!(failures.reserve("users", ip, 2, turn).err(), Some(AttemptRefused::Busy));
-        }
+        let (mut checks, [mut first, mut second, mut third]) = full_with_a_line(&failures, ip);
         checks.pop().unwrap().settle(false);
         assert_eq!(failures.reserve("users", ip, 2, &mut None).err(), Some(AttemptRefused::Busy), "no cutting in");
         assert_eq!(failures.reserve("users", ip, 2, &mut second).err(), Some(AttemptRefused::Busy), "not its turn");
@@ -624,11 +630,7 @@ mod tests {
     async fn a_place_left_after_the_first_in_line_is_served_wakes_the_next() {
         let failures = Failures::default();
         let ip: IpAddr = "192.0.2.61".parse().unwrap();
-        let checks: Vec<Attempt<'_>> = (0..2).map(|_| failures.reserve("users", ip, 2, &mut None).unwrap()).collect();
-        let (mut first, mut second) = (None, None);
-        for turn in [&mut first, &mut second] {
-            assert_eq!(failures.reserve("users", ip, 2, turn).err(), Some(AttemptRefused::Busy));
-        }
+        let (checks, [mut first, mut second]) = full_with_a_line(&failures, ip);
         for check in checks {
             check.settle(false);
         }

@@ -308,8 +308,8 @@ async fn commands(
     loop {
         let (asked, action) = next_action(conn, session, ctx, lines, lookups, transfer, *deadline).await?;
         // Each command's rarer or bigger work is boxed where it happens, so this future (boxed
-        // for every batch of commands, `run`) stays a few hundred bytes: inlined, the relay,
-        // DATA and STARTTLS made it 62 KB, allocated and copied for every command.
+        // for every batch of commands, `run`) stays a few KB: inlined, the relay,
+        // DATA and STARTTLS made it tens of KB, allocated and copied for every command.
         let action = if action.needs_round_trip() {
             Box::pin(round_trips(conn.shared, session, ctx, relay, txn, action, milters)).await
         } else {
