@@ -17,6 +17,9 @@ tick = os.sysconf('SC_CLK_TCK')
 def cpu(pid):
     f = open(f'/proc/{pid}/stat').read().rsplit(')', 1)[1].split()
     return (int(f[11]) + int(f[12])) / tick
+def faults(pid):
+    f = open(f'/proc/{pid}/stat').read().rsplit(')', 1)[1].split()
+    return int(f[7])
 sink = subprocess.Popen(['smtp-sink', '-u', 'nobody', '-c', '127.0.0.1:31025', '1000'], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 res = {b: [] for b in a.bins}
 try:
@@ -26,12 +29,12 @@ try:
             fr = subprocess.Popen([os.path.join(os.path.dirname(os.path.abspath(__file__)), 'mtac-front.sh'), '31026', '31025'], env=env, stdout=open('/tmp/s6ab.log', 'w'), stderr=subprocess.STDOUT, start_new_session=True)
             time.sleep(1.0)
             subprocess.run(['smtp-source', '-s', str(a.c), '-m', '2000', '-l', '4096', '-f', 'sender@example.com', '-t', 'rcpt@example.net', '127.0.0.1:31026'], check=True)
-            c0 = cpu(fr.pid); t0 = time.time()
+            c0 = cpu(fr.pid); f0 = faults(fr.pid); t0 = time.time()
             subprocess.run(['smtp-source', '-s', str(a.c), '-m', str(a.m), '-l', '4096', '-f', 'sender@example.com', '-t', 'rcpt@example.net', '127.0.0.1:31026'], check=True)
-            dt = time.time() - t0; dc = cpu(fr.pid) - c0
+            dt = time.time() - t0; dc = cpu(fr.pid) - c0; df = faults(fr.pid) - f0
             res[b].append((dc / a.m * 1e6, a.m / dt))
             os.killpg(fr.pid, signal.SIGTERM); fr.wait()
-            print(f'{os.path.basename(b)}: {dc/a.m*1e6:.0f} µs/msg, {a.m/dt:.0f} msg/s', flush=True)
+            print(f'{os.path.basename(b)}: {dc/a.m*1e6:.0f} µs/msg, {a.m/dt:.0f} msg/s, {df/a.m:.2f} page faults/msg', flush=True)
 finally:
     sink.kill()
 for b, v in res.items():

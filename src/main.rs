@@ -2,7 +2,9 @@
 //! (inspect, explain) and the runtime (run). Arguments are parsed here and turned into the
 //! crates' own settings; no policy logic lives in this file.
 
-#![forbid(unsafe_code)]
+// One module implements the global allocator, which takes unsafe code (`allocator`); the
+// rest of the binary has none.
+#![deny(unsafe_code)]
 
 // std's printing macros panic on a closed pipe; these shadow them for every module declared
 // below, so all output goes through `output` (its module doc says what happens there).
@@ -22,6 +24,7 @@ macro_rules! eprint {
     ($($arg:tt)*) => { $crate::output::stderr(format_args!($($arg)*)) };
 }
 
+mod allocator;
 mod cli;
 mod diff;
 mod dkim_record;
@@ -35,13 +38,9 @@ mod tools;
 use clap::Parser;
 use std::process::ExitCode;
 
-/// musl's allocator is slow under a server's churn of small allocations; the static build uses
-/// mimalloc instead. The glibc build keeps glibc's: mimalloc there saves about a tenth of the
-/// CPU per relayed message but costs ~10 MiB more at rest and ~0.6 KiB more per idle session
-/// (measured 2026-12-06, `bench/idle.py`), and idle memory is what a perimeter runs out of.
-#[cfg(target_env = "musl")]
+/// mimalloc, huge pages off (the module says why).
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: allocator::Allocator = allocator::Allocator;
 
 fn main() -> ExitCode {
     let args = cli::Cli::parse();

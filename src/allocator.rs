@@ -1,0 +1,59 @@
+//! The global allocator: mimalloc, with transparent huge pages turned off before its first
+//! allocation.
+//!
+//! mimalloc in every build, so the binary benchmarked is the one that ships. Under a server's
+//! churn of small allocations musl's malloc costs 30-50% more CPU per relayed message and
+//! glibc's a fifth more (BENCHMARKS.md, `bench/cpu-ab.py`).
+//!
+//! mimalloc carves its heaps out of large aligned regions, and on a host whose THP setting is
+//! `always` (RHEL's default, and the benchmark machine's) the first touch of one maps a whole
+//! 2 MiB page: a node at rest took 19.6 MiB instead of 12, for no CPU gain that
+//! `bench/cpu-ab.py` could tell from noise. A perimeter runs out of memory before it runs out
+//! of TLB entries. The switch has to come before mimalloc's first pages are touched, which is
+//! before `main` (the standard library allocates first), hence this wrapper rather than a call
+//! at the top of `main` (which still left 4 MiB of huge pages).
+
+// The only unsafe code of the binary: GlobalAlloc's methods are unsafe to implement and to
+// call; each one here hands its arguments unchanged to mimalloc's, under the same contract.
+#![allow(unsafe_code)]
+
+use mimalloc::MiMalloc;
+use std::alloc::{GlobalAlloc, Layout};
+use std::sync::Once;
+
+pub struct Allocator;
+
+static HUGE_PAGES_OFF: Once = Once::new();
+
+/// PR_SET_THP_DISABLE, for the whole process and its children. It must neither allocate nor
+/// log (it runs inside the first allocation); a kernel without it leaves things as they were.
+fn huge_pages_off() {
+    let _ = rustix::thread::disable_transparent_huge_pages(true);
+}
+
+// SAFETY: every method forwards to mimalloc's implementation with the caller's arguments, so
+// the caller's guarantees are mimalloc's; the only addition is a call that does not allocate.
+unsafe impl GlobalAlloc for Allocator {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        HUGE_PAGES_OFF.call_once(huge_pages_off);
+        // SAFETY: forwarded unchanged (see the impl).
+        unsafe { MiMalloc.alloc(layout) }
+    }
+
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        HUGE_PAGES_OFF.call_once(huge_pages_off);
+        // SAFETY: forwarded unchanged (see the impl).
+        unsafe { MiMalloc.alloc_zeroed(layout) }
+    }
+
+    // A block to free or resize came from `alloc`, so the switch is already made.
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: forwarded unchanged (see the impl).
+        unsafe { MiMalloc.dealloc(ptr, layout) }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        // SAFETY: forwarded unchanged (see the impl).
+        unsafe { MiMalloc.realloc(ptr, layout, new_size) }
+    }
+}
