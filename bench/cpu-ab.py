@@ -9,10 +9,13 @@ starts it on 127.0.0.1:31026, 2,000 warm-up messages, then smtp-source sends -m 
 utime+stime per message and the rate. Only the node is counted (not the generator or the
 sink), so on a shared 2-core machine the difference between binaries is what to read; the
 peers harness gives the side-by-side figures for BENCHMARKS.md.
+
+With --direct each rep also sends the same messages straight to the sink and prints the sink's
+own CPU per received message: issue 21's yardstick, interleaved with the binaries.
 """
 import argparse, os, subprocess, time, signal, statistics
 ap = argparse.ArgumentParser(); ap.add_argument('-c', type=int, default=50); ap.add_argument('-m', type=int, default=20000)
-ap.add_argument('-r', type=int, default=3); ap.add_argument('bins', nargs='+'); a = ap.parse_args()
+ap.add_argument('-r', type=int, default=3); ap.add_argument('--direct', action='store_true'); ap.add_argument('bins', nargs='+'); a = ap.parse_args()
 tick = os.sysconf('SC_CLK_TCK')
 def cpu(pid):
     f = open(f'/proc/{pid}/stat').read().rsplit(')', 1)[1].split()
@@ -22,8 +25,20 @@ def faults(pid):
     return int(f[7])
 sink = subprocess.Popen(['smtp-sink', '-u', 'nobody', '-c', '127.0.0.1:31025', '1000'], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 res = {b: [] for b in a.bins}
+if a.direct:
+    res['direct (smtp-sink)'] = []
+def source(port, count):
+    subprocess.run(['smtp-source', '-s', str(a.c), '-m', str(count), '-l', '4096', '-f', 'sender@example.com', '-t', 'rcpt@example.net', f'127.0.0.1:{port}'], check=True)
 try:
+    time.sleep(0.5)
     for r in range(a.r):
+        if a.direct:
+            source(31025, 2000)
+            c0 = cpu(sink.pid); t0 = time.time()
+            source(31025, a.m)
+            dt = time.time() - t0; dc = cpu(sink.pid) - c0
+            res['direct (smtp-sink)'].append((dc / a.m * 1e6, a.m / dt))
+            print(f'direct (smtp-sink): {dc/a.m*1e6:.0f} µs/msg, {a.m/dt:.0f} msg/s', flush=True)
         for b in a.bins:
             env = dict(os.environ, MTAC_BIN=b, BENCH_STATE='/tmp/s6ab')
             fr = subprocess.Popen([os.path.join(os.path.dirname(os.path.abspath(__file__)), 'mtac-front.sh'), '31026', '31025'], env=env, stdout=open('/tmp/s6ab.log', 'w'), stderr=subprocess.STDOUT, start_new_session=True)
@@ -38,4 +53,4 @@ try:
 finally:
     sink.kill()
 for b, v in res.items():
-    print(f'{os.path.basename(b)}: median {statistics.median(x for x,_ in v):.0f} µs/msg [{min(x for x,_ in v):.0f}-{max(x for x,_ in v):.0f}], {statistics.median(y for _,y in v):.0f} msg/s')
+    print(f'{os.path.basename(b) if b.startswith("/") else b}: median {statistics.median(x for x,_ in v):.0f} µs/msg [{min(x for x,_ in v):.0f}-{max(x for x,_ in v):.0f}], {statistics.median(y for _,y in v):.0f} msg/s')

@@ -272,6 +272,11 @@ pub struct RunArgs {
     /// are logged ("shadow ruleset differs") and counted; reloaded when the file changes
     #[arg(long, value_name = "CANDIDATE")]
     pub shadow: Option<PathBuf>,
+    /// Threads serving sessions (default: one per CPU the node may use). Fewer when the
+    /// machine's other CPUs are busy with something else (a scanner, the back end): threads
+    /// that keep waking each other cost more than the sessions they serve
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub workers: Option<u16>,
 }
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
@@ -765,11 +770,17 @@ pub fn run(args: RunArgs) -> Result<ExitCode, String> {
         }
         (None, None) => return Err("give a ruleset file or --policy".to_owned()),
     };
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    if let Some(workers) = args.workers {
+        runtime.worker_threads(usize::from(workers));
+    }
+    let runtime = runtime
         .enable_all()
         .thread_name("mtac-worker")
         .build()
         .map_err(|e| format!("cannot start the runtime: {e}"))?;
+    // What the runtime made of --workers (or of the CPUs it may use), as an operator checks it.
+    tracing::info!(workers = runtime.metrics().num_workers(), "session threads");
     let candidate = match args.shadow {
         Some(path) => {
             let p = path.clone();

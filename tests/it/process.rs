@@ -1,7 +1,7 @@
 //! `mtac run` as a real process: killed with SIGKILL mid-transaction (no acknowledged message may
 //! be lost), stopped with SIGTERM, and fed new and corrupt rulesets while it serves.
 
-use crate::support::{build, code, free_port, Behaviour, Client, ProcessNode, Sink};
+use crate::support::{build, code, free_port, wait_for, Behaviour, Client, ProcessNode, Sink};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -282,4 +282,38 @@ async fn a_node_that_relayed_mail_holds_no_transparent_huge_pages() {
     let rollup = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).unwrap();
     let huge: Vec<&str> = rollup.lines().filter(|l| l.starts_with("AnonHugePages:")).collect();
     assert_eq!(huge, ["AnonHugePages:         0 kB"], "{rollup}");
+}
+
+/// `mtac run --workers N` sets the threads serving sessions (for a node whose other CPUs are
+/// busy with scanners or the back end), says how many it runs, and serves with one as with
+/// many; without it the node runs one per CPU it may use.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workers_sets_the_session_threads_and_the_log_says_how_many() {
+    let sink = Sink::start(Behaviour::default()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let policy = write_policy(dir.path(), port, sink.addr, "\"example.test\"");
+    let ruleset = dir.path().join("ruleset.mtac");
+    build(&policy, &ruleset);
+    let one = ProcessNode::start(&ruleset, &["--workers", "1", "--admin", "off"], dir.path().join("one.log"));
+    wait_ready(port).await;
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    for i in 0..5 {
+        assert_eq!(send_one(addr, &format!("w{i}"), "example.test").await, Ok(true), "{}", one.log());
+    }
+    wait_for(|| one.log().contains("session threads workers=1")).await;
+    assert!(one.log().contains("session threads workers=1"), "{}", one.log());
+    drop(one);
+    let cpus = std::thread::available_parallelism().unwrap().get();
+    let default = ProcessNode::start(&ruleset, &["--admin", "off"], dir.path().join("default.log"));
+    wait_ready(port).await;
+    let said = format!("session threads workers={cpus}");
+    wait_for(|| default.log().contains(&said)).await;
+    assert!(default.log().contains(&said), "{}", default.log());
+    let refused = std::process::Command::new(env!("CARGO_BIN_EXE_mtac"))
+        .args(["run", "--workers", "0"])
+        .arg(&ruleset)
+        .output()
+        .unwrap();
+    assert_eq!(refused.status.code(), Some(2), "{refused:?}");
 }
