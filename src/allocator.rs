@@ -5,13 +5,17 @@
 //! churn of small allocations musl's malloc costs 30-50% more CPU per relayed message and
 //! glibc's a fifth more (BENCHMARKS.md, `bench/cpu-ab.py`).
 //!
-//! mimalloc carves its heaps out of large aligned regions, and on a host whose THP setting is
-//! `always` (RHEL's default, and the benchmark machine's) the first touch of one maps a whole
-//! 2 MiB page: a node at rest took 19.6 MiB instead of 12, for no CPU gain that
-//! `bench/cpu-ab.py` could tell from noise. A perimeter runs out of memory before it runs out
-//! of TLB entries. The switch has to come before mimalloc's first pages are touched, which is
-//! before `main` (the standard library allocates first), hence this wrapper rather than a call
-//! at the top of `main` (which still left 4 MiB of huge pages).
+//! mimalloc carves its heaps out of large aligned regions and asks for huge pages on them
+//! (`madvise(MADV_HUGEPAGE)`); on a host whose THP setting is `madvise` (Debian's and the
+//! benchmark machine's) that gave a node at rest 19.6 MiB instead of 12, and on one set to
+//! `always` (RHEL's default) the kernel maps them unasked. There was no CPU gain that
+//! `bench/cpu-ab.py` could tell from noise, and a perimeter runs out of memory before it runs
+//! out of TLB entries. So mimalloc is built without its own requests (Cargo.toml, `no_thp`),
+//! and the process turns THP off (PR_SET_THP_DISABLE, which also covers `always` hosts) before
+//! the first Rust allocation: that is before `main` (the standard library allocates first),
+//! hence this wrapper rather than a call at the top of `main` (which still left 4 MiB of huge
+//! pages). mimalloc's own set-up runs earlier still (a C constructor), so on an `always` host
+//! the page it touches then may be a huge one; on a `madvise` host nothing can be.
 
 // The only unsafe code of the binary: GlobalAlloc's methods are unsafe to implement and to
 // call; each one here hands its arguments unchanged to mimalloc's, under the same contract.

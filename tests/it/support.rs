@@ -314,6 +314,8 @@ impl ProcessNode {
             .args(args)
             .arg(ruleset)
             .env("RUST_LOG", "info")
+            // tokio reads it for its default number of workers; the tests want the node's own.
+            .env_remove("TOKIO_WORKER_THREADS")
             .stdout(std::process::Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
