@@ -17,12 +17,14 @@ import argparse, os, subprocess, time, signal, statistics
 ap = argparse.ArgumentParser(); ap.add_argument('-c', type=int, default=50); ap.add_argument('-m', type=int, default=20000)
 ap.add_argument('-r', type=int, default=3); ap.add_argument('--direct', action='store_true'); ap.add_argument('bins', nargs='+'); a = ap.parse_args()
 tick = os.sysconf('SC_CLK_TCK')
+def stat(pid):
+    """/proc/PID/stat's fields after the command name (field 3 is index 0)."""
+    return open(f'/proc/{pid}/stat').read().rsplit(')', 1)[1].split()
 def cpu(pid):
-    f = open(f'/proc/{pid}/stat').read().rsplit(')', 1)[1].split()
+    f = stat(pid)
     return (int(f[11]) + int(f[12])) / tick
 def faults(pid):
-    f = open(f'/proc/{pid}/stat').read().rsplit(')', 1)[1].split()
-    return int(f[7])
+    return int(stat(pid)[7])
 sink = subprocess.Popen(['smtp-sink', '-u', 'nobody', '-c', '127.0.0.1:31025', '1000'], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 res = {b: [] for b in a.bins}
 if a.direct:

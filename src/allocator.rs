@@ -3,7 +3,7 @@
 //!
 //! mimalloc in every build, so the binary benchmarked is the one that ships. Under a server's
 //! churn of small allocations musl's malloc costs 30-50% more CPU per relayed message and
-//! glibc's a fifth more (BENCHMARKS.md, `bench/cpu-ab.py`).
+//! glibc's 5-20% more (BENCHMARKS.md, `bench/cpu-ab.py`).
 //!
 //! mimalloc carves its heaps out of large aligned regions and asks for huge pages on them
 //! (`madvise(MADV_HUGEPAGE)`); on a host whose THP setting is `madvise` (Debian's and the
