@@ -272,9 +272,9 @@ pub struct RunArgs {
     /// are logged ("shadow ruleset differs") and counted; reloaded when the file changes
     #[arg(long, value_name = "CANDIDATE")]
     pub shadow: Option<PathBuf>,
-    /// Threads serving sessions (default: one per CPU the node may use). Fewer when the
-    /// machine's other CPUs are busy with something else (a scanner, the back end): threads
-    /// that keep waking each other cost more than the sessions they serve
+    /// Threads serving sessions, each accepting and serving its own (default: one per CPU the
+    /// node may use). Fewer when the machine's other CPUs are busy with something else (a
+    /// scanner, the back end)
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub workers: Option<u16>,
 }
@@ -770,17 +770,16 @@ pub fn run(args: RunArgs) -> Result<ExitCode, String> {
         }
         (None, None) => return Err("give a ruleset file or --policy".to_owned()),
     };
-    let mut runtime = tokio::runtime::Builder::new_multi_thread();
-    if let Some(workers) = args.workers {
-        runtime.worker_threads(usize::from(workers));
-    }
-    let runtime = runtime
+    // The node's own runtime: signals, reloads, the admin listener, probes. Sessions run on
+    // session threads of their own (`mtac_runtime::node`'s `threads`).
+    let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
-        .thread_name("mtac-worker")
+        .thread_name("mtac-blocking")
         .build()
         .map_err(|e| format!("cannot start the runtime: {e}"))?;
-    // What the runtime made of --workers (or of the CPUs it may use), as an operator checks it.
-    tracing::info!(workers = runtime.metrics().num_workers(), "session threads");
+    // One per CPU this process may use (its affinity and cgroup quota), as tokio counted them.
+    let session_threads =
+        args.workers.map_or_else(|| std::thread::available_parallelism().map_or(1, usize::from), usize::from);
     let candidate = match args.shadow {
         Some(path) => {
             let p = path.clone();
@@ -798,6 +797,8 @@ pub fn run(args: RunArgs) -> Result<ExitCode, String> {
         grace: std::time::Duration::from_secs(args.grace),
         admin: args.admin.unwrap_or(mtac_runtime::AdminAddress::Policy),
         candidate,
+        session_threads,
+        thread_name: "mtac-session".to_owned(),
     };
     let result = runtime.block_on(mtac_runtime::run(config));
     if let Err(e) = &result {

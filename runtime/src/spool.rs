@@ -16,10 +16,11 @@
 //!
 //! The spool is meant to be a tmpfs (a RAM disk). [`Spool::new`] checks: on a tmpfs every file
 //! operation is a memory operation that never waits on a device, so it is done in place, on the
-//! session's worker, without the hop to a blocking thread that would cost more than the operation
+//! session's thread, without the hop to a blocking thread that would cost more than the operation
 //! itself (measured: ~25% of the node's CPU per 4 KiB message). A spool on any other file system
-//! is still served, with every operation moved off the worker (`block_in_place`) and a warning
-//! at start.
+//! is still served, with a warning at start: each operation then waits for the device on the
+//! session thread, holding that thread's other sessions meanwhile (on a work-stealing runtime,
+//! as tests run, the worker is handed over first with `block_in_place`).
 //!
 //! Messages are private: the directory is the node user's own, mode 0700, and every file is
 //! 0600. [`Spool::new`] makes the directory with `mkdir` (which, like `O_EXCL`, never adopts a
@@ -105,7 +106,7 @@ impl Spool {
         private_dir(dir)?;
         let in_memory = is_tmpfs(dir);
         if !in_memory {
-            tracing::warn!(dir = %dir.display(), "the spool is not a tmpfs: mount a RAM disk there for speed");
+            tracing::warn!(dir = %dir.display(), "the spool is not a tmpfs: each file operation waits for the device, holding its session thread; mount a RAM disk there");
         }
         let in_use = Arc::new(InUse {
             bytes: AtomicU64::new(0),
@@ -281,9 +282,13 @@ fn private_dir(dir: &Path) -> io::Result<()> {
     Ok(())
 }
 
-/// Run a file operation: in place on a tmpfs, else with the worker handed over to other tasks.
+/// Run a file operation: in place on a tmpfs; else, on a work-stealing runtime, with the
+/// worker's other tasks handed over first. A session thread's runtime has no other worker to
+/// hand them to (`block_in_place` panics there): the operation waits in place.
 fn off_worker<T>(in_memory: bool, op: impl FnOnce() -> T) -> T {
-    if in_memory {
+    let work_stealing = tokio::runtime::Handle::try_current()
+        .is_ok_and(|runtime| runtime.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+    if in_memory || !work_stealing {
         op()
     } else {
         tokio::task::block_in_place(op)

@@ -1,13 +1,15 @@
-//! A node for the benches: `policy` compiled and served on a tokio runtime of one thread (the
-//! per-core figure), admin off. Shared by benches through `#[path]`.
+//! A node for the benches: `policy` compiled and served by one session thread (the per-core
+//! figure), admin off. Shared by benches through `#[path]`.
 
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// Compile `policy` and serve it on a one-thread runtime named `thread_name`: the node's first
-/// listener and the runtime (dropping it stops the node).
+/// Compile `policy` and serve it with one session thread: the node's runtime (one thread) is
+/// named `thread_name` and its session thread `{thread_name}-session-0`, so every thread of it
+/// starts with `thread_name`. Returns the node's first listener and the runtime (dropping it
+/// stops the node).
 pub fn start(policy: &Path, thread_name: &str) -> (SocketAddr, tokio::runtime::Runtime) {
     let compiled = mtac_compiler::compile_path(policy);
     let Some(output) = compiled.output else {
@@ -20,6 +22,7 @@ pub fn start(policy: &Path, thread_name: &str) -> (SocketAddr, tokio::runtime::R
         .enable_all()
         .build()
         .unwrap();
+    let session_name = format!("{thread_name}-session");
     let (addr_tx, addr_rx) = std::sync::mpsc::channel();
     server.spawn(async move {
         let loader: mtac_runtime::Loader =
@@ -33,6 +36,8 @@ pub fn start(policy: &Path, thread_name: &str) -> (SocketAddr, tokio::runtime::R
             grace: Duration::from_secs(1),
             admin: mtac_runtime::AdminAddress::Off,
             candidate: None,
+            session_threads: 1,
+            thread_name: session_name,
         };
         node.run_until(listeners, config, std::future::pending()).await.unwrap();
     });

@@ -63,3 +63,22 @@ async fn issue21_a_refused_pipelined_mail_keeps_the_connection_in_step() {
     assert_eq!(*sink.connections.lock().unwrap(), 1, "the connection was pooled in step, not replaced");
     assert_eq!(*sink.pipelined_mail.lock().unwrap(), 2);
 }
+
+/// Each session thread keeps the back-end connections it opened: the test node's two threads
+/// share 40 sessions (the kernel spreads them over their listening sockets) and each reuses its
+/// own pooled connection, so the back end sees exactly two. One pool shared by the threads
+/// would hand a connection to a thread whose runtime does not report its readiness.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issue21_each_session_thread_reuses_its_own_back_end_connection() {
+    let sink = Sink::start(Behaviour::default()).await;
+    let node = TestNode::start(&relay_policy(""), Some(sink.addr)).await;
+    for _ in 0..40 {
+        let mut c = Client::connect(node.addr).await;
+        c.reply().await;
+        c.cmd("EHLO client.example").await;
+        assert_eq!(message(&mut c, &["bob@example.test"]).await, [250, 250, 354, 250]);
+        c.cmd("QUIT").await;
+    }
+    assert_eq!(sink.messages().len(), 40);
+    assert_eq!(*sink.connections.lock().unwrap(), 2, "one back-end connection per session thread");
+}

@@ -66,6 +66,40 @@ async fn wait_ready(port: u16) {
 }
 
 /// One transaction; `Ok(true)` when the node answered 250 to the final dot.
+/// The node's session threads (`mtac-session-N`) and how often each has gone to sleep
+/// waiting for work (`voluntary_ctxt_switches`): a thread that served a session has slept since.
+fn session_thread_switches(pid: u32) -> std::collections::BTreeMap<String, u64> {
+    let mut threads = std::collections::BTreeMap::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap().flatten() {
+        let name = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default().trim().to_owned();
+        if !name.starts_with("mtac-session-") {
+            continue;
+        }
+        let status = std::fs::read_to_string(task.path().join("status")).unwrap_or_default();
+        let switches = status
+            .lines()
+            .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap();
+        threads.insert(name, switches);
+    }
+    threads
+}
+
+/// Sockets listening on 127.0.0.1:`port`, from /proc/net/tcp (state 0A is LISTEN).
+fn listening_sockets(port: u16) -> usize {
+    let local = format!("0100007F:{port:04X}");
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
+    table
+        .lines()
+        .skip(1)
+        .filter(|l| {
+            let fields: Vec<&str> = l.split_whitespace().collect();
+            fields.get(1) == Some(&local.as_str()) && fields.get(3) == Some(&"0A")
+        })
+        .count()
+}
+
 async fn send_one(addr: SocketAddr, token: &str, rcpt_domain: &str) -> Result<bool, ()> {
     let stream = tokio::time::timeout(Duration::from_secs(2), tokio::net::TcpStream::connect(addr))
         .await
@@ -287,7 +321,8 @@ async fn a_node_that_relayed_mail_holds_no_transparent_huge_pages() {
 
 /// `mtac run --workers N` sets the threads serving sessions (for a node whose other CPUs are
 /// busy with scanners or the back end), says how many it runs, and serves with one as with
-/// many; without it the node runs one per CPU it may use.
+/// several, each listening and serving on its own; without it the node runs one per CPU it may
+/// use.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn workers_sets_the_session_threads_and_the_log_says_how_many() {
     let sink = Sink::start(Behaviour::default()).await;
@@ -308,6 +343,23 @@ async fn workers_sets_the_session_threads_and_the_log_says_how_many() {
     wait_for(|| says(one.log(), 1)).await;
     assert!(says(one.log(), 1), "{}", one.log());
     drop(one);
+
+    // Three threads: each listens on a socket of its own on the port (as `ss -ltn` shows) and
+    // serves sessions; the kernel spreads the connections over them.
+    let three = ProcessNode::start(&ruleset, &["--workers", "3", "--admin", "off"], dir.path().join("three.log"));
+    wait_ready(port).await;
+    let pid = three.child.id();
+    let before = session_thread_switches(pid);
+    assert_eq!(before.len(), 3, "three session threads: {before:?}");
+    assert_eq!(listening_sockets(port), 3, "one listening socket per session thread");
+    for i in 0..30 {
+        assert_eq!(send_one(addr, &format!("t{i}"), "example.test").await, Ok(true), "{}", three.log());
+    }
+    let after = session_thread_switches(pid);
+    for (name, switches) in &before {
+        assert!(after[name] > *switches, "{name} served no session of 30: {before:?} → {after:?}");
+    }
+    drop(three);
     let cpus = std::thread::available_parallelism().unwrap().get();
     let default = ProcessNode::start(&ruleset, &["--admin", "off"], dir.path().join("default.log"));
     wait_ready(port).await;

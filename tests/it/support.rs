@@ -174,7 +174,17 @@ impl TestNode {
                 Arc::new(move || mtac_ruleset::Ruleset::open_sealed(&f).map_err(|e| e.to_string()));
             mtac_runtime::CandidateConfig { loader, watch: Some(file) }
         });
-        let config = mtac_runtime::RunConfig { loader, watch: Some(path), grace, admin, candidate };
+        // Two session threads, as on a 2-CPU node: connections spread over both, each thread with
+        // its own listening socket and back-end pool.
+        let config = mtac_runtime::RunConfig {
+            loader,
+            watch: Some(path),
+            grace,
+            admin,
+            candidate,
+            session_threads: 2,
+            thread_name: "test-session".to_owned(),
+        };
         let task = tokio::spawn(async move {
             let _ = node
                 .run_until(listeners, config, async move {
@@ -314,8 +324,6 @@ impl ProcessNode {
             .args(args)
             .arg(ruleset)
             .env("RUST_LOG", "info")
-            // tokio reads it for its default number of workers; the tests want the node's own.
-            .env_remove("TOKIO_WORKER_THREADS")
             .stdout(std::process::Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()

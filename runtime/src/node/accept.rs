@@ -18,10 +18,14 @@ use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use tokio::net::{TcpListener, TcpStream};
 
 /// A listening socket with a deep backlog: a spam wave arrives as a burst of connects.
-pub(super) fn bind(address: SocketAddr) -> std::io::Result<TcpListener> {
+/// `SO_REUSEPORT`: each session thread listens on a socket of its own bound to the same address
+/// (the kernel spreads connections by their addresses and ports); only sockets of this user can
+/// join them.
+pub(super) fn bind(address: SocketAddr) -> std::io::Result<std::net::TcpListener> {
     let domain = if address.is_ipv4() { socket2::Domain::IPV4 } else { socket2::Domain::IPV6 };
     let socket = socket2::Socket::new(domain, socket2::Type::STREAM, Some(socket2::Protocol::TCP))?;
     socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
     if address.is_ipv6() {
         socket.set_only_v6(true)?;
     }
@@ -31,7 +35,7 @@ pub(super) fn bind(address: SocketAddr) -> std::io::Result<TcpListener> {
     socket.set_tcp_nodelay(true)?;
     socket.bind(&address.into())?;
     socket.listen(4096)?;
-    TcpListener::from_std(socket.into())
+    Ok(socket.into())
 }
 
 /// Connection counts of one farm, shared by its listeners.
@@ -292,8 +296,8 @@ impl Listening {
     }
 }
 
-/// One listener of `farm`: accept until the task is aborted, each session task holding a clone
-/// of `drain`.
+/// One listening socket of `farm`, on the session thread that runs this task: accept until the
+/// task is aborted, each session task (on this thread) holding a clone of `drain`.
 pub(super) async fn accept_loop(
     listener: TcpListener,
     farm: String,

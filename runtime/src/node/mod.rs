@@ -6,7 +6,9 @@
 //! - `reload`: the one reload path ([`Node::reload`]) and the watcher and signals that call it;
 //! - `tasks`: what runs beside the sessions (DNS zone probes, the state store's task, systemd
 //!   notifications) and what is prepared before serving (resolver, maildirs, open-file limit);
-//! - `drain`: the completion guard the drain waits on.
+//! - `drain`: the completion guard the drain waits on;
+//! - `threads`: the session threads, each a single-threaded runtime with listening sockets of
+//!   its own, on which sessions run from accept to end.
 //!
 //! What sessions and the admin listener share ([`Shared`], [`crate::shared::Snapshot`]) lives
 //! below this module in [`crate::shared`]; nothing below imports `node`.
@@ -20,6 +22,7 @@ mod accept;
 mod drain;
 mod reload;
 mod tasks;
+mod threads;
 
 pub use tasks::raise_file_limit;
 
@@ -62,6 +65,8 @@ pub enum RunError {
     State(String),
     #[error("TLS: {0}")]
     Tls(String),
+    #[error("cannot start the session threads: {0}")]
+    Threads(std::io::Error),
     #[error("admin socket {path}: {source}")]
     AdminSocket { path: String, source: std::io::Error },
 }
@@ -77,6 +82,12 @@ pub struct RunConfig {
     pub admin: AdminAddress,
     /// A shadow ruleset to compare every decision with (`mtac run LIVE --shadow CANDIDATE`).
     pub candidate: Option<CandidateConfig>,
+    /// How many session threads serve the SMTP listeners (at least one; `mtac run --workers`,
+    /// one per CPU by default).
+    pub session_threads: usize,
+    /// What the session threads' names start with (`mtac-session`: `mtac-session-0`, …), as
+    /// `top -H` and /proc show them.
+    pub thread_name: String,
 }
 
 /// The shadow ruleset: how to load it, and the file whose changes reload it.
@@ -96,8 +107,9 @@ pub enum AdminAddress {
 
 /// Everything a node listens on.
 pub struct Listeners {
-    /// SMTP listeners, the farm each serves, and how it listens (implicit TLS, PROXY protocol).
-    pub smtp: Vec<(TcpListener, String, mtac_ruleset::model::Listener)>,
+    /// SMTP listeners, the farm each serves, and how it listens (implicit TLS, PROXY protocol):
+    /// the first socket of each address; every other session thread binds one more beside it.
+    pub smtp: Vec<(std::net::TcpListener, String, mtac_ruleset::model::Listener)>,
     pub admin: Option<TcpListener>,
     /// The admin socket (state queries, bans) and its path, removed at stop.
     pub admin_socket: Option<(tokio::net::UnixListener, PathBuf)>,
@@ -228,6 +240,30 @@ impl Node {
         };
         let node = Arc::new(Node { candidate, ..self });
         let shared = node.shared.clone();
+        let threads =
+            threads::SessionThreads::start(config.session_threads, &config.thread_name).map_err(RunError::Threads)?;
+        // As an operator checks what --workers (or the CPUs the node may use) came to.
+        tracing::info!(workers = threads.count(), "session threads");
+        // Every socket bound and registered before anything is spawned: a failure here leaves
+        // nothing running. Connections wait in the backlogs until the accept loops start.
+        let mut sockets = Vec::new();
+        for (first, farm, spec) in listeners.smtp {
+            let listen_error = |source| RunError::Listen { address: spec.address, source };
+            let address = first.local_addr().map_err(listen_error)?;
+            let mut first = Some(first);
+            for handle in threads.handles() {
+                let socket = match first.take() {
+                    Some(socket) => socket,
+                    None => accept::bind(address).map_err(listen_error)?,
+                };
+                // Registered with the thread's own reactor, which then reports its connections.
+                let listener = {
+                    let _runtime = handle.enter();
+                    TcpListener::from_std(socket).map_err(listen_error)?
+                };
+                sockets.push((handle.clone(), listener, farm.clone(), spec.clone()));
+            }
+        }
         let _ = node.reload_candidate();
         let watched: Vec<&Path> = config.watch.iter().chain(candidate_watch.iter()).map(PathBuf::as_path).collect();
         let (watcher, events) = reload::watch(&watched);
@@ -241,10 +277,10 @@ impl Node {
         let (mut drain, guard) = Drain::new();
         let mut limits: HashMap<String, Arc<accept::FarmLimits>> = HashMap::new();
         let mut accept_tasks = Vec::new();
-        for (listener, farm, spec) in listeners.smtp {
+        for (handle, listener, farm, spec) in sockets {
             let farm_limits = limits.entry(farm.clone()).or_default().clone();
             let task = accept::accept_loop(listener, farm, spec, farm_limits, shared.clone(), guard.clone());
-            accept_tasks.push(tokio::spawn(task));
+            accept_tasks.push(handle.spawn(task));
         }
         // From here on the accept loops and their sessions hold the only guards.
         drop(guard);
@@ -272,6 +308,8 @@ impl Node {
             tracing::warn!(sessions = shared.connections_open(), "stopping with sessions still open");
         }
         abort_and_wait(admin.into_iter().chain(admin_socket).chain(state_task)).await;
+        // With them the sessions that outlived the last call, and what sessions left running.
+        threads.stop().await;
         if let Some(path) = &socket_path {
             let _ = std::fs::remove_file(path);
         }

@@ -36,7 +36,7 @@ use tokio::net::TcpStream;
 /// Pooled connections older than this are closed rather than reused (back ends time idle
 /// clients out; Postfix after 300 s).
 const POOL_IDLE: Duration = Duration::from_secs(30);
-/// Idle connections kept per back end.
+/// Idle connections kept per back end and session thread.
 const POOL_SIZE: usize = 64;
 /// A back-end reply longer than this is a protocol error.
 const MAX_REPLY: usize = 16 * 1024;
@@ -158,6 +158,8 @@ pub struct Connection {
     stream: BackendStream,
     buf: Vec<u8>,
     backend: usize,
+    /// The session thread that opened it, whose runtime reports its readiness.
+    home: usize,
     protocol: BackendProtocol,
     caps: Capabilities,
     last_used: Instant,
@@ -306,7 +308,10 @@ pub struct Relay {
     starttls: Vec<Starttls>,
     /// The CA files read, with a hash of what was read, to notice a renewed CA.
     ca_stamps: Vec<(String, blake3::Hash)>,
-    pools: Vec<Mutex<Vec<Connection>>>,
+    /// Per back end, per session thread ([`crate::shared::session_thread`]): idle connections.
+    /// A thread takes only its own, registered with its own runtime (ARCHITECTURE.md, the
+    /// session threads' invariant).
+    pools: Vec<Mutex<Vec<Vec<Connection>>>>,
     hostname: String,
     timeout: Duration,
 }
@@ -343,8 +348,10 @@ impl Relay {
     }
 
     fn take_pooled(&self) -> Option<Connection> {
-        for pool in &self.pools {
-            let mut pool = pool.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let thread = crate::shared::session_thread();
+        for pools in &self.pools {
+            let mut pools = pools.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let Some(pool) = pools.get_mut(thread) else { continue };
             while let Some(conn) = pool.pop() {
                 if conn.last_used.elapsed() < POOL_IDLE {
                     return Some(conn);
@@ -357,10 +364,15 @@ impl Relay {
     fn give_back(&self, mut conn: Connection) {
         conn.last_used = Instant::now();
         conn.buf.clear();
-        if let Some(pool) = self.pools.get(conn.backend) {
-            let mut pool = pool.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            if pool.len() < POOL_SIZE {
-                pool.push(conn);
+        if let Some(pools) = self.pools.get(conn.backend) {
+            let mut pools = pools.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            if pools.len() <= conn.home {
+                pools.resize_with(conn.home + 1, Vec::new);
+            }
+            if let Some(pool) = pools.get_mut(conn.home) {
+                if pool.len() < POOL_SIZE {
+                    pool.push(conn);
+                }
             }
         }
     }
@@ -393,6 +405,7 @@ impl Relay {
             stream: BackendStream::Plain(stream),
             buf: Vec::with_capacity(1024),
             backend: index,
+            home: crate::shared::session_thread(),
             protocol: backend.protocol,
             caps: Capabilities::default(),
             last_used: Instant::now(),

@@ -264,6 +264,22 @@ impl Shared {
     }
 }
 
+thread_local! {
+    /// Which session thread this is; 0 on every other thread.
+    static SESSION_THREAD: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// The index of the session thread running the caller (0 outside the session threads, as on a
+/// test's runtime): what keeps each thread's pooled back-end connections its own.
+pub fn session_thread() -> usize {
+    SESSION_THREAD.with(std::cell::Cell::get)
+}
+
+/// Mark the calling thread as session thread `index`, once, when it starts.
+pub(crate) fn set_session_thread(index: usize) {
+    SESSION_THREAD.with(|cell| cell.set(index));
+}
+
 /// What an accept loop (SMTP, admin TCP, admin socket) got: the connection, or `None` after
 /// logging `what` and backing off for 100 ms, so that EMFILE and friends do not make it spin.
 pub(crate) async fn accepted<T>(result: std::io::Result<T>, what: &str) -> Option<T> {

@@ -1,0 +1,93 @@
+//! The session threads: one single-threaded runtime per thread, each accepting on a listening
+//! socket of its own for every address (`SO_REUSEPORT`, so the kernel spreads the connections)
+//! and running the sessions it accepted from start to end.
+//!
+//! Why not one work-stealing pool: a session's wake-ups (client, back end, timers) then land on
+//! whichever worker is free, and the workers wake each other to share the work — measured on the
+//! 2-CPU bench machine, 14% of the node's CPU went to parking and unparking workers, and one
+//! worker relayed a message for 112–118 µs of CPU where two spent 134–150 (BENCHMARKS.md, issue
+//! 21). A thread here never hands a session to another, so it sleeps only when it has nothing
+//! to do, as a single worker does, and a node still uses every CPU it is given.
+//!
+//! What runs beside the sessions (the admin listener, reloads, DNS zone probes, the state
+//! store's task) stays on the node's own runtime; sessions reach it through channels and the
+//! [`crate::shared::Shared`] tables, which are thread-safe.
+//!
+//! **Invariant:** a back-end connection is used by the thread that opened it (the relay pools
+//! idle connections per thread, [`crate::shared::session_thread`]): its readiness is reported
+//! by the runtime that registered it, so a connection taken by another thread would cost a
+//! cross-thread wake-up on every read.
+
+use std::thread::JoinHandle;
+use std::time::Duration;
+use tokio::runtime::Handle;
+use tokio::sync::oneshot;
+
+/// How long a stopping thread waits for blocking work of its sessions (a DKIM verification)
+/// before it lets go of it.
+const STOP_WAIT: Duration = Duration::from_secs(1);
+
+/// The running session threads.
+pub(super) struct SessionThreads {
+    threads: Vec<SessionThread>,
+}
+
+struct SessionThread {
+    handle: Handle,
+    stop: oneshot::Sender<()>,
+    thread: JoinHandle<()>,
+}
+
+impl SessionThreads {
+    /// Start `count` threads (at least one) named `name-0`, `name-1`…, each running a runtime of
+    /// its own until told to stop.
+    pub(super) fn start(count: usize, name: &str) -> std::io::Result<SessionThreads> {
+        let mut threads = Vec::with_capacity(count.max(1));
+        for index in 0..count.max(1) {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .thread_name(format!("{name}-{index}-blocking"))
+                .build()?;
+            let handle = runtime.handle().clone();
+            let (stop, stopped) = oneshot::channel::<()>();
+            let thread = std::thread::Builder::new().name(format!("{name}-{index}")).spawn(move || {
+                crate::shared::set_session_thread(index);
+                // The runtime drives its tasks while this waits; a dropped sender stops it too.
+                runtime.block_on(async {
+                    let _ = stopped.await;
+                });
+                // Dropped here, not in the node's async context (where dropping a runtime panics):
+                // the tasks still on it (sessions past the drain's last call) end with it.
+                runtime.shutdown_timeout(STOP_WAIT);
+            })?;
+            threads.push(SessionThread { handle, stop, thread });
+        }
+        Ok(SessionThreads { threads })
+    }
+
+    pub(super) fn count(&self) -> usize {
+        self.threads.len()
+    }
+
+    /// Each thread's runtime, to spawn its accept loops on.
+    pub(super) fn handles(&self) -> impl Iterator<Item = &Handle> {
+        self.threads.iter().map(|t| &t.handle)
+    }
+
+    /// Stop every thread and wait until each has ended, with whatever still ran on it.
+    pub(super) async fn stop(self) {
+        let mut joins = Vec::with_capacity(self.threads.len());
+        for SessionThread { stop, thread, .. } in self.threads {
+            let _ = stop.send(());
+            joins.push(thread);
+        }
+        let joined = tokio::task::spawn_blocking(move || {
+            for thread in joins {
+                if thread.join().is_err() {
+                    tracing::error!("a session thread panicked while stopping");
+                }
+            }
+        });
+        let _ = joined.await;
+    }
+}
