@@ -777,7 +777,7 @@ pub fn run(args: RunArgs) -> Result<ExitCode, String> {
         .thread_name("mtac-blocking")
         .build()
         .map_err(|e| format!("cannot start the runtime: {e}"))?;
-    // One per CPU this process may use (its affinity and cgroup quota), as tokio counted them.
+    // One per CPU this process may use (its affinity and cgroup quota).
     let session_threads =
         args.workers.map_or_else(|| std::thread::available_parallelism().map_or(1, usize::from), usize::from);
     let candidate = match args.shadow {

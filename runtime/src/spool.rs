@@ -19,8 +19,8 @@
 //! session's thread, without the hop to a blocking thread that would cost more than the operation
 //! itself (measured: ~25% of the node's CPU per 4 KiB message). A spool on any other file system
 //! is still served, with a warning at start: each operation then waits for the device on the
-//! session thread, holding that thread's other sessions meanwhile (on a work-stealing runtime,
-//! as tests run, the worker is handed over first with `block_in_place`).
+//! session thread, holding that thread's other sessions meanwhile (on a work-stealing runtime
+//! the worker's other tasks are handed over first, with `block_in_place`).
 //!
 //! Messages are private: the directory is the node user's own, mode 0700, and every file is
 //! 0600. [`Spool::new`] makes the directory with `mkdir` (which, like `O_EXCL`, never adopts a

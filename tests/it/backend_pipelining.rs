@@ -66,8 +66,8 @@ async fn issue21_a_refused_pipelined_mail_keeps_the_connection_in_step() {
 
 /// Each session thread keeps the back-end connections it opened: the test node's two threads
 /// share 40 sessions (the kernel spreads them over their listening sockets) and each reuses its
-/// own pooled connection, so the back end sees exactly two. One pool shared by the threads
-/// would hand a connection to a thread whose runtime does not report its readiness.
+/// own pooled connection, so the back end sees exactly two. With one pool shared by the
+/// threads, every read on a connection another thread opened would wake that thread first.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn issue21_each_session_thread_reuses_its_own_back_end_connection() {
     let sink = Sink::start(Behaviour::default()).await;

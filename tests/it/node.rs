@@ -102,3 +102,29 @@ async fn status_and_metrics_read_the_same_counts() {
     assert_eq!(code(&open.cmd("QUIT").await), 221);
     node.stop().await;
 }
+
+/// Session threads share each listening address (`SO_REUSEPORT`), but a second node (or a farm
+/// whose listener overlaps another's) must not join them without a word: its bind fails as a
+/// plain bind would, and the first node keeps every connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_does_not_start_on_an_address_another_node_listens_on() {
+    let sink = Sink::start(Behaviour::default()).await;
+    let first = TestNode::start(&relay_policy(""), Some(sink.addr)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let policy = relay_policy("")
+        .replace("127.0.0.1:0", &first.addr.to_string())
+        .replace("{backend}", &sink.addr.to_string())
+        .replace("{dir}", dir.path().to_str().unwrap());
+    let path = dir.path().join("policy.kdl");
+    std::fs::write(&path, policy).unwrap();
+    let loader: mtac_runtime::Loader = std::sync::Arc::new(move || {
+        mtac_compiler::compile_path(&path).output.map(|o| o.ruleset).ok_or_else(|| "does not compile".to_owned())
+    });
+    let second = mtac_runtime::Node::new(loader).unwrap();
+    let Err(error) = second.bind(mtac_runtime::AdminAddress::Off).await else {
+        panic!("a second node bound {} beside the first", first.addr);
+    };
+    assert!(error.to_string().starts_with(&format!("cannot listen on {}", first.addr)), "{error}");
+    let mut c = Client::connect(first.addr).await;
+    assert_eq!(code(&c.reply().await), 220, "the first node still serves");
+}

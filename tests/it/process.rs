@@ -65,14 +65,15 @@ async fn wait_ready(port: u16) {
     panic!("mtac did not start listening on {port}");
 }
 
-/// One transaction; `Ok(true)` when the node answered 250 to the final dot.
 /// The node's session threads (`mtac-session-N`) and how often each has gone to sleep
 /// waiting for work (`voluntary_ctxt_switches`): a thread that served a session has slept since.
 fn session_thread_switches(pid: u32) -> std::collections::BTreeMap<String, u64> {
     let mut threads = std::collections::BTreeMap::new();
     for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap().flatten() {
         let name = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default().trim().to_owned();
-        if !name.starts_with("mtac-session-") {
+        // mtac-session-N, not its runtime's blocking threads (mtac-session-bl…).
+        let index = name.strip_prefix("mtac-session-").unwrap_or_default();
+        if index.is_empty() || !index.bytes().all(|b| b.is_ascii_digit()) {
             continue;
         }
         let status = std::fs::read_to_string(task.path().join("status")).unwrap_or_default();
@@ -100,6 +101,7 @@ fn listening_sockets(port: u16) -> usize {
         .count()
 }
 
+/// One transaction; `Ok(true)` when the node answered 250 to the final dot.
 async fn send_one(addr: SocketAddr, token: &str, rcpt_domain: &str) -> Result<bool, ()> {
     let stream = tokio::time::timeout(Duration::from_secs(2), tokio::net::TcpStream::connect(addr))
         .await
@@ -349,9 +351,13 @@ async fn workers_sets_the_session_threads_and_the_log_says_how_many() {
     let three = ProcessNode::start(&ruleset, &["--workers", "3", "--admin", "off"], dir.path().join("three.log"));
     wait_ready(port).await;
     let pid = three.child.id();
+    // The first socket listens before the threads bind theirs; wait_ready's connection is then
+    // served, so that every thread is idle when counting starts.
+    wait_for(|| listening_sockets(port) == 3).await;
+    assert_eq!(listening_sockets(port), 3, "one listening socket per session thread");
+    tokio::time::sleep(Duration::from_millis(300)).await;
     let before = session_thread_switches(pid);
     assert_eq!(before.len(), 3, "three session threads: {before:?}");
-    assert_eq!(listening_sockets(port), 3, "one listening socket per session thread");
     for i in 0..30 {
         assert_eq!(send_one(addr, &format!("t{i}"), "example.test").await, Ok(true), "{}", three.log());
     }

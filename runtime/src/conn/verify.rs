@@ -78,8 +78,8 @@ pub(super) async fn sender_auth(
             (reply, rule, String::new())
         })?;
         // Hashing a large body and checking RSA signatures is CPU work that would hold every
-        // other session of this worker: it runs on a blocking thread, which drives the DNS
-        // lookups through the runtime's handle.
+        // other session of this thread: it runs on a blocking thread, whose DNS lookups the
+        // session thread's runtime drives (through its handle) meanwhile.
         let spf = spf.cloned();
         let authserv_id = authserv_id.to_owned();
         let checks = auth.clone();

@@ -17,18 +17,26 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use tokio::net::{TcpListener, TcpStream};
 
+/// The first listening socket of `address`, or the error a plain `bind` gives when something
+/// already listens there: `SO_REUSEPORT` alone would let a second node of the same user share
+/// the port without a word, or start two farms on overlapping addresses. A socket without it
+/// is bound first and closed (an ephemeral port cannot be taken: port 0 skips it).
+pub(super) fn bind_first(address: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    if address.port() != 0 {
+        let probe = socket(address)?;
+        probe.bind(&address.into())?;
+        drop(probe);
+    }
+    bind(address)
+}
+
 /// A listening socket with a deep backlog: a spam wave arrives as a burst of connects.
 /// `SO_REUSEPORT`: each session thread listens on a socket of its own bound to the same address
 /// (the kernel spreads connections by their addresses and ports); only sockets of this user can
 /// join them.
 pub(super) fn bind(address: SocketAddr) -> std::io::Result<std::net::TcpListener> {
-    let domain = if address.is_ipv4() { socket2::Domain::IPV4 } else { socket2::Domain::IPV6 };
-    let socket = socket2::Socket::new(domain, socket2::Type::STREAM, Some(socket2::Protocol::TCP))?;
-    socket.set_reuse_address(true)?;
+    let socket = socket(address)?;
     socket.set_reuse_port(true)?;
-    if address.is_ipv6() {
-        socket.set_only_v6(true)?;
-    }
     socket.set_nonblocking(true)?;
     // Linux gives accepted sockets the listener's TCP_NODELAY: one setsockopt(2) here instead
     // of one per connection (`conn::serve` sets it itself elsewhere).
@@ -36,6 +44,18 @@ pub(super) fn bind(address: SocketAddr) -> std::io::Result<std::net::TcpListener
     socket.bind(&address.into())?;
     socket.listen(4096)?;
     Ok(socket.into())
+}
+
+/// A TCP socket for `address`, `SO_REUSEADDR` (a restart does not wait for the last node's
+/// connections in TIME_WAIT), IPv6 sockets IPv6 only.
+fn socket(address: SocketAddr) -> std::io::Result<socket2::Socket> {
+    let domain = if address.is_ipv4() { socket2::Domain::IPV4 } else { socket2::Domain::IPV6 };
+    let socket = socket2::Socket::new(domain, socket2::Type::STREAM, Some(socket2::Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    if address.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    Ok(socket)
 }
 
 /// Connection counts of one farm, shared by its listeners.

@@ -189,7 +189,7 @@ impl Node {
         let mut bound = Vec::new();
         for farm in &snapshot.ruleset.policy().farms {
             for listener in &farm.listeners {
-                let socket = accept::bind(listener.address)
+                let socket = accept::bind_first(listener.address)
                     .map_err(|source| RunError::Listen { address: listener.address, source })?;
                 if listener.is_proxied() {
                     let balancers: Vec<String> = listener.proxy_from.iter().map(ToString::to_string).collect();
@@ -314,8 +314,8 @@ impl Node {
             let _ = std::fs::remove_file(path);
         }
         if let Some(crate::state::Store::Embedded(db)) = &shared.state {
-            // Deliveries counted in the background (auto-whitelisting) finish before the last
-            // write; a session that outlived the grace period may still hold the store.
+            // Deliveries counted in the background (auto-whitelisting, on blocking threads that
+            // outlive their session thread's stop) finish before the last write.
             let last = Instant::now() + Duration::from_secs(5);
             while Arc::strong_count(db) > 1 && Instant::now() < last {
                 tokio::time::sleep(Duration::from_millis(20)).await;

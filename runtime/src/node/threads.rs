@@ -46,7 +46,7 @@ impl SessionThreads {
         for index in 0..count.max(1) {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
-                .thread_name(format!("{name}-{index}-blocking"))
+                .thread_name(format!("{name}-blocking"))
                 .build()?;
             let handle = runtime.handle().clone();
             let (stop, stopped) = oneshot::channel::<()>();
@@ -74,7 +74,9 @@ impl SessionThreads {
         self.threads.iter().map(|t| &t.handle)
     }
 
-    /// Stop every thread and wait until each has ended, with whatever still ran on it.
+    /// Stop every thread and wait until each has ended, with whatever still ran on it — for a
+    /// few seconds at most: a thread held by a blocking call (a spool on a hung disk) is left
+    /// behind, said in the log, rather than holding the node's exit.
     pub(super) async fn stop(self) {
         let mut joins = Vec::with_capacity(self.threads.len());
         for SessionThread { stop, thread, .. } in self.threads {
@@ -88,6 +90,8 @@ impl SessionThreads {
                 }
             }
         });
-        let _ = joined.await;
+        if tokio::time::timeout(STOP_WAIT * 3, joined).await.is_err() {
+            tracing::error!("a session thread did not stop in time (blocked in a system call?): leaving it behind");
+        }
     }
 }

@@ -64,6 +64,10 @@ pub struct RedisStore {
     timeout: Duration,
     connection: tokio::sync::Mutex<Option<redis::aio::ConnectionManager>>,
     script: redis::Script,
+    /// The runtime the store was opened on (the node's own): the manager is made there, so
+    /// its connection is driven there and not by the session thread that happened to need it
+    /// first — one that is busy, or blocked, would hold every other thread's calls.
+    home: Option<tokio::runtime::Handle>,
 }
 
 impl RedisStore {
@@ -73,6 +77,7 @@ impl RedisStore {
             timeout,
             connection: tokio::sync::Mutex::new(None),
             script: redis::Script::new(GREYLIST_SCRIPT),
+            home: tokio::runtime::Handle::try_current().ok(),
         }
     }
 
@@ -93,6 +98,7 @@ impl RedisStore {
             timeout,
             connection: tokio::sync::Mutex::new(None),
             script: redis::Script::new(GREYLIST_SCRIPT),
+            home: tokio::runtime::Handle::try_current().ok(),
         })
     }
 
@@ -123,10 +129,14 @@ impl RedisStore {
             .set_number_of_retries(1)
             .set_max_delay(Duration::from_secs(1));
         let client = self.client().await?;
-        let manager =
-            tokio::time::timeout(self.timeout * 2, redis::aio::ConnectionManager::new_with_config(client, config))
+        let connect = redis::aio::ConnectionManager::new_with_config(client, config);
+        let connected = match &self.home {
+            Some(home) => tokio::time::timeout(self.timeout * 2, home.spawn(connect))
                 .await
-                .map_err(|_| StateError::Timeout(self.timeout))??;
+                .map(|joined| joined.unwrap_or_else(|e| Err(std::io::Error::other(e).into()))),
+            None => tokio::time::timeout(self.timeout * 2, connect).await,
+        };
+        let manager = connected.map_err(|_| StateError::Timeout(self.timeout))??;
         *slot = Some(manager.clone());
         Ok(manager)
     }
