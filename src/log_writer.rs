@@ -1,8 +1,8 @@
-//! The node's log lines leave through one writer thread, not from the SMTP workers.
+//! The node's log lines leave through one writer thread, not from the session threads.
 //!
-//! A worker formats its event and appends it to a queue (a memcpy under a short lock); the
+//! A session thread formats its event and appends it to a queue (a memcpy under a short lock); the
 //! thread `mtac-log` writes everything queued in one `write(2)`. Under load that is one system
-//! call for many lines instead of one per line on the session's worker (three per relayed
+//! call for many lines instead of one per line on the session's thread (three per relayed
 //! message), and a stalled reader of stderr (a journald that cannot keep up, a full pipe) stalls
 //! the log thread only, never the sessions. The queue is bounded ([`MAX_QUEUED`]): beyond it a
 //! line is dropped and counted, and the thread writes how many before the next lines, so the
@@ -17,7 +17,7 @@ use std::thread::JoinHandle;
 const MAX_QUEUED: usize = 8 * 1024 * 1024;
 
 /// How long the writer lets lines gather once the first has come: one wake-up and one write
-/// per this span at most, however busy the node (a wake-up per line cost the workers more than
+/// per this span at most, however busy the node (a wake-up per line cost the session threads more than
 /// the writes did). Lines are that much later in the log; an exit writes them out, but a
 /// process killed outright (SIGKILL, the OOM killer, an abort) loses what was queued.
 const GATHER: std::time::Duration = std::time::Duration::from_millis(5);

@@ -240,12 +240,14 @@ impl Node {
         };
         let node = Arc::new(Node { candidate, ..self });
         let shared = node.shared.clone();
-        let threads =
-            threads::SessionThreads::start(config.session_threads, &config.thread_name).map_err(RunError::Threads)?;
+        let threads = threads::SessionThreads::start(config.session_threads, &config.thread_name)
+            .await
+            .map_err(RunError::Threads)?;
         // As an operator checks what --workers (or the CPUs the node may use) came to.
         tracing::info!(workers = threads.count(), "session threads");
-        // Every socket bound and registered before anything is spawned: a failure here leaves
-        // nothing running. Connections wait in the backlogs until the accept loops start.
+        // Every socket bound and registered before anything is spawned: after a failure here
+        // only the session threads are left, and they end by themselves (their stop senders are
+        // dropped). Connections wait in the backlogs until the accept loops start.
         let mut sockets = Vec::new();
         for (first, farm, spec) in listeners.smtp {
             let listen_error = |source| RunError::Listen { address: spec.address, source };
@@ -297,9 +299,11 @@ impl Node {
         shared.set_shutdown(Shutdown::Draining);
         // An aborted task is dropped on its next poll, not at once: wait for each, so that
         // nothing of this node (its state store above all) outlives `run_until` — and so that
-        // the accept loops' guards are gone before the drain counts on them.
-        let background = accept_tasks.into_iter().chain([reload_task]).chain(probes).chain(watchdog);
-        abort_and_wait(background).await;
+        // the accept loops' guards are gone before the drain counts on them. An accept loop is
+        // polled by its session thread: one held by a blocking call is not waited for past the
+        // last call's span (its thread is left behind at the end, below).
+        abort_and_wait([reload_task].into_iter().chain(probes).chain(watchdog)).await;
+        let _ = tokio::time::timeout(LAST_CALL, abort_and_wait(accept_tasks.into_iter())).await;
         // Whether the sessions ended in time or not, `Now` next: the ones still open answer 421
         // and close; a node whose sessions all ended is told nothing new.
         drain.until(deadline).await;

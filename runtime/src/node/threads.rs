@@ -41,25 +41,34 @@ struct SessionThread {
 impl SessionThreads {
     /// Start `count` threads (at least one) named `name-0`, `name-1`…, each running a runtime of
     /// its own until told to stop.
-    pub(super) fn start(count: usize, name: &str) -> std::io::Result<SessionThreads> {
+    pub(super) async fn start(count: usize, name: &str) -> std::io::Result<SessionThreads> {
         let mut threads = Vec::with_capacity(count.max(1));
         for index in 0..count.max(1) {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .thread_name(format!("{name}-blocking"))
-                .build()?;
-            let handle = runtime.handle().clone();
             let (stop, stopped) = oneshot::channel::<()>();
+            let (started, handle) = oneshot::channel::<std::io::Result<Handle>>();
+            let blocking_name = format!("{name}-blocking");
+            // The runtime is made and dropped inside its thread: dropped here, in the node's
+            // async context (a failed spawn would), it would panic.
             let thread = std::thread::Builder::new().name(format!("{name}-{index}")).spawn(move || {
+                let runtime =
+                    match tokio::runtime::Builder::new_current_thread().enable_all().thread_name(blocking_name).build()
+                    {
+                        Ok(runtime) => runtime,
+                        Err(e) => {
+                            let _ = started.send(Err(e));
+                            return;
+                        }
+                    };
                 crate::shared::set_session_thread(index);
+                let _ = started.send(Ok(runtime.handle().clone()));
                 // The runtime drives its tasks while this waits; a dropped sender stops it too.
                 runtime.block_on(async {
                     let _ = stopped.await;
                 });
-                // Dropped here, not in the node's async context (where dropping a runtime panics):
-                // the tasks still on it (sessions past the drain's last call) end with it.
+                // The tasks still on it (sessions past the drain's last call) end with it.
                 runtime.shutdown_timeout(STOP_WAIT);
             })?;
+            let handle = handle.await.map_err(std::io::Error::other)??;
             threads.push(SessionThread { handle, stop, thread });
         }
         Ok(SessionThreads { threads })
@@ -83,14 +92,18 @@ impl SessionThreads {
             let _ = stop.send(());
             joins.push(thread);
         }
-        let joined = tokio::task::spawn_blocking(move || {
+        // Joined on a thread of its own, not a blocking task of the node's runtime: one still
+        // waiting for a stuck thread would hold that runtime's drop, and the process's exit.
+        let (joined, all_joined) = oneshot::channel::<()>();
+        let joiner = std::thread::Builder::new().name("mtac-stop".to_owned()).spawn(move || {
             for thread in joins {
                 if thread.join().is_err() {
                     tracing::error!("a session thread panicked while stopping");
                 }
             }
+            let _ = joined.send(());
         });
-        if tokio::time::timeout(STOP_WAIT * 3, joined).await.is_err() {
+        if joiner.is_err() || tokio::time::timeout(STOP_WAIT * 3, all_joined).await.is_err() {
             tracing::error!("a session thread did not stop in time (blocked in a system call?): leaving it behind");
         }
     }

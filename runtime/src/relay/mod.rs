@@ -36,7 +36,7 @@ use tokio::net::TcpStream;
 /// Pooled connections older than this are closed rather than reused (back ends time idle
 /// clients out; Postfix after 300 s).
 const POOL_IDLE: Duration = Duration::from_secs(30);
-/// Idle connections kept per back end and session thread.
+/// Idle connections kept per back end (all session threads together).
 const POOL_SIZE: usize = 64;
 /// A back-end reply longer than this is a protocol error.
 const MAX_REPLY: usize = 16 * 1024;
@@ -366,13 +366,16 @@ impl Relay {
         conn.buf.clear();
         if let Some(pools) = self.pools.get(conn.backend) {
             let mut pools = pools.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            // The cap is the back end's, whatever the number of threads: each idle connection
+            // may hold a process of the back end (a Postfix smtpd).
+            if pools.iter().map(Vec::len).sum::<usize>() >= POOL_SIZE {
+                return;
+            }
             if pools.len() <= conn.home {
                 pools.resize_with(conn.home + 1, Vec::new);
             }
             if let Some(pool) = pools.get_mut(conn.home) {
-                if pool.len() < POOL_SIZE {
-                    pool.push(conn);
-                }
+                pool.push(conn);
             }
         }
     }
