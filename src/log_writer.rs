@@ -17,9 +17,9 @@ use std::thread::JoinHandle;
 const MAX_QUEUED: usize = 8 * 1024 * 1024;
 
 /// How long the writer lets lines gather once the first has come: one wake-up and one write
-/// per this span at most, however busy the node (a wake-up per line cost the session threads more than
-/// the writes did). Lines are that much later in the log; an exit writes them out, but a
-/// process killed outright (SIGKILL, the OOM killer, an abort) loses what was queued.
+/// per this span at most, however busy the node (a wake-up per line cost the session threads
+/// more than the writes did). Lines are that much later in the log; an exit writes them out,
+/// but a process killed outright (SIGKILL, the OOM killer, an abort) loses what was queued.
 const GATHER: std::time::Duration = std::time::Duration::from_millis(5);
 
 /// A batch's buffer kept between writes is given back above this size.

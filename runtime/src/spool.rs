@@ -286,12 +286,15 @@ fn private_dir(dir: &Path) -> io::Result<()> {
 /// worker's other tasks handed over first. A session thread's runtime has no other worker to
 /// hand them to (`block_in_place` panics there): the operation waits in place.
 fn off_worker<T>(in_memory: bool, op: impl FnOnce() -> T) -> T {
+    if in_memory {
+        return op();
+    }
     let work_stealing = tokio::runtime::Handle::try_current()
         .is_ok_and(|runtime| runtime.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
-    if in_memory || !work_stealing {
-        op()
-    } else {
+    if work_stealing {
         tokio::task::block_in_place(op)
+    } else {
+        op()
     }
 }
 

@@ -18,7 +18,6 @@
 //! by the runtime that registered it, so a connection taken by another thread would cost a
 //! cross-thread wake-up on every read.
 
-use std::thread::JoinHandle;
 use std::time::Duration;
 use tokio::runtime::Handle;
 use tokio::sync::oneshot;
@@ -35,7 +34,8 @@ pub(super) struct SessionThreads {
 struct SessionThread {
     handle: Handle,
     stop: oneshot::Sender<()>,
-    thread: JoinHandle<()>,
+    /// Resolves when the thread has let go of its runtime (an error: the thread panicked).
+    stopped: oneshot::Receiver<()>,
 }
 
 impl SessionThreads {
@@ -44,12 +44,13 @@ impl SessionThreads {
     pub(super) async fn start(count: usize, name: &str) -> std::io::Result<SessionThreads> {
         let mut threads = Vec::with_capacity(count.max(1));
         for index in 0..count.max(1) {
-            let (stop, stopped) = oneshot::channel::<()>();
+            let (stop, told_to_stop) = oneshot::channel::<()>();
+            let (done, stopped) = oneshot::channel::<()>();
             let (started, handle) = oneshot::channel::<std::io::Result<Handle>>();
             let blocking_name = format!("{name}-blocking");
             // The runtime is made and dropped inside its thread: dropped here, in the node's
             // async context (a failed spawn would), it would panic.
-            let thread = std::thread::Builder::new().name(format!("{name}-{index}")).spawn(move || {
+            std::thread::Builder::new().name(format!("{name}-{index}")).spawn(move || {
                 let runtime =
                     match tokio::runtime::Builder::new_current_thread().enable_all().thread_name(blocking_name).build()
                     {
@@ -63,13 +64,14 @@ impl SessionThreads {
                 let _ = started.send(Ok(runtime.handle().clone()));
                 // The runtime drives its tasks while this waits; a dropped sender stops it too.
                 runtime.block_on(async {
-                    let _ = stopped.await;
+                    let _ = told_to_stop.await;
                 });
                 // The tasks still on it (sessions past the drain's last call) end with it.
                 runtime.shutdown_timeout(STOP_WAIT);
+                let _ = done.send(());
             })?;
             let handle = handle.await.map_err(std::io::Error::other)??;
-            threads.push(SessionThread { handle, stop, thread });
+            threads.push(SessionThread { handle, stop, stopped });
         }
         Ok(SessionThreads { threads })
     }
@@ -83,27 +85,24 @@ impl SessionThreads {
         self.threads.iter().map(|t| &t.handle)
     }
 
-    /// Stop every thread and wait until each has ended, with whatever still ran on it — for a
-    /// few seconds at most: a thread held by a blocking call (a spool on a hung disk) is left
-    /// behind, said in the log, rather than holding the node's exit.
+    /// Stop every thread and wait until each has let go of its runtime, with whatever still ran
+    /// on it — for a few seconds at most: a thread held by a blocking call (a spool on a hung
+    /// disk) is left behind (the threads are never joined), said in the log, rather than
+    /// holding the node's exit.
     pub(super) async fn stop(self) {
-        let mut joins = Vec::with_capacity(self.threads.len());
-        for SessionThread { stop, thread, .. } in self.threads {
+        let mut stopping = Vec::with_capacity(self.threads.len());
+        for SessionThread { stop, stopped, .. } in self.threads {
             let _ = stop.send(());
-            joins.push(thread);
+            stopping.push(stopped);
         }
-        // Joined on a thread of its own, not a blocking task of the node's runtime: one still
-        // waiting for a stuck thread would hold that runtime's drop, and the process's exit.
-        let (joined, all_joined) = oneshot::channel::<()>();
-        let joiner = std::thread::Builder::new().name("mtac-stop".to_owned()).spawn(move || {
-            for thread in joins {
-                if thread.join().is_err() {
+        let all_stopped = async {
+            for stopped in stopping {
+                if stopped.await.is_err() {
                     tracing::error!("a session thread panicked while stopping");
                 }
             }
-            let _ = joined.send(());
-        });
-        if joiner.is_err() || tokio::time::timeout(STOP_WAIT * 3, all_joined).await.is_err() {
+        };
+        if tokio::time::timeout(STOP_WAIT * 3, all_stopped).await.is_err() {
             tracing::error!("a session thread did not stop in time (blocked in a system call?): leaving it behind");
         }
     }
