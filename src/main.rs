@@ -28,6 +28,7 @@ mod allocator;
 mod cli;
 mod diff;
 mod dkim_record;
+mod log_format;
 mod log_writer;
 mod logging;
 mod lookup;

@@ -21,18 +21,7 @@ pub struct Trace<'a> {
 
 /// `Received: from helo ([ip]) by host (mtac) with ESMTP id ID for <rcpt>; date` with CRLF.
 pub fn header(trace: &Trace<'_>) -> String {
-    let literal = match trace.client {
-        IpAddr::V4(v4) => format!("[{v4}]"),
-        IpAddr::V6(v6) => format!("[IPv6:{v6}]"),
-    };
-    // The HELO name is client text: keep only what a host name or literal may contain.
-    let helo: String = trace
-        .helo
-        .unwrap_or("unknown")
-        .chars()
-        .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '[' | ']' | ':'))
-        .take(255)
-        .collect();
+    use std::fmt::Write as _;
     // RFC 3848 and RFC 6531: ESMTP + S (TLS) + A (authenticated); UTF8SMTP likewise.
     let base = match (trace.esmtp, trace.smtputf8) {
         (true, true) => "UTF8SMTP",
@@ -46,23 +35,51 @@ pub fn header(trace: &Trace<'_>) -> String {
         (true, false, true) => "A",
         (true, false, false) => "",
     };
-    let protocol = format!("{base}{suffix}");
-    let mut out = format!("Received: from {helo} ({literal})\r\n\tby {} (mtac)", trace.hostname);
+    // One buffer for the whole field (one per relayed message): writes into a String cannot
+    // fail, so their results are dropped.
+    let mut out = String::with_capacity(256);
+    out.push_str("Received: from ");
+    // The HELO name is client text: keep only what a host name or literal may contain.
+    out.extend(
+        trace
+            .helo
+            .unwrap_or("unknown")
+            .chars()
+            .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '[' | ']' | ':'))
+            .take(255),
+    );
+    let _ = match trace.client {
+        IpAddr::V4(v4) => write!(out, " ([{v4}])"),
+        IpAddr::V6(v6) => write!(out, " ([IPv6:{v6}])"),
+    };
+    let _ = write!(out, "\r\n\tby {} (mtac)", trace.hostname);
     if let Some(tls) = trace.tls {
-        let tls: String = tls.chars().filter(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | ' ')).collect();
-        out.push_str(&format!("\r\n\t(using {tls})"));
+        out.push_str("\r\n\t(using ");
+        out.extend(tls.chars().filter(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | ' ')));
+        out.push(')');
     }
-    out.push_str(&format!("\r\n\twith {protocol} id {}", trace.id));
+    let _ = write!(out, "\r\n\twith {base}{suffix} id {}", trace.id);
     if let Some(rcpt) = trace.recipient {
-        let rcpt: String = rcpt.chars().filter(|c| !c.is_control() && *c != '<' && *c != '>').collect();
-        out.push_str(&format!("\r\n\tfor <{rcpt}>"));
+        out.push_str("\r\n\tfor <");
+        out.extend(rcpt.chars().filter(|c| !c.is_control() && *c != '<' && *c != '>'));
+        out.push('>');
     }
-    out.push_str(&format!(";\r\n\t{}\r\n", rfc5322_date(SystemTime::now())));
+    out.push_str(";\r\n\t");
+    write_rfc5322_date(&mut out, SystemTime::now());
+    out.push_str("\r\n");
     out
 }
 
 /// `Sun, 22 Nov 2026 13:45:00 +0000`.
 pub fn rfc5322_date(time: SystemTime) -> String {
+    let mut out = String::with_capacity(31);
+    write_rfc5322_date(&mut out, time);
+    out
+}
+
+/// Appends [`rfc5322_date`]'s text to `out`.
+fn write_rfc5322_date(out: &mut String, time: SystemTime) {
+    use std::fmt::Write as _;
     let secs = time.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
     let days = secs / 86_400;
     let rem = secs % 86_400;
@@ -71,7 +88,13 @@ pub fn rfc5322_date(time: SystemTime) -> String {
     const MONTHS: [&str; 12] = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
     let weekday = WEEKDAYS.get((days % 7) as usize).copied().unwrap_or("Thu");
     let month_name = MONTHS.get(month.saturating_sub(1) as usize).copied().unwrap_or("Jan");
-    format!("{weekday}, {day:02} {month_name} {year} {:02}:{:02}:{:02} +0000", rem / 3600, (rem % 3600) / 60, rem % 60)
+    let _ = write!(
+        out,
+        "{weekday}, {day:02} {month_name} {year} {:02}:{:02}:{:02} +0000",
+        rem / 3600,
+        (rem % 3600) / 60,
+        rem % 60
+    );
 }
 
 /// Days since 1970-01-01 → (year, month 1–12, day 1–31), Howard Hinnant's algorithm.

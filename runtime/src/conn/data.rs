@@ -140,7 +140,9 @@ async fn receive(
     // The sender's copies of our verdict headers go while the message streams into the spool:
     // the file is written once, and only ever holds what the back end may see.
     let mut verdicts = VerdictFilter::new(&farm.verdict_headers);
-    let mut content = Vec::new();
+    // The header section's bytes on their way through the filter (cleared after each read):
+    // sized once for a common header section rather than grown line by line.
+    let mut content = Vec::with_capacity(4096);
     let mut chunk = Vec::with_capacity(SPOOL_CHUNK.min(16 * 1024));
     chunk.extend_from_slice(trace.as_bytes());
     let sender_start = chunk.len() as u64;
@@ -254,8 +256,7 @@ async fn receive(
     let message = SpooledMessage { size, sender_start };
     // Sender authentication (`spf`, `dkim`, `dmarc`): its verdicts go on the log line whatever
     // the answer.
-    let author = author(&verdicts);
-    let checked = match super::verify::sender_auth(conn.shared, session, ctx, &spool, message, spf, &author).await {
+    let checked = match super::verify::sender_auth(conn.shared, session, ctx, &spool, message, spf, &verdicts).await {
         Ok(checked) => checked,
         Err((reply, rule, auth)) => {
             let reply = abandon(txn, reply).await;
@@ -374,7 +375,7 @@ fn header_from_refusal(
 
 /// What the node itself read of the message's author, for DMARC (`super::verify`): how many
 /// From fields, whether all their text was kept, and the distinct domains of their addresses.
-fn author(verdicts: &VerdictFilter<'_>) -> super::verify::Author {
+pub(super) fn author(verdicts: &VerdictFilter<'_>) -> super::verify::Author {
     let (addresses, fields) = from_addresses(verdicts);
     let mut domains: Vec<String> =
         addresses.iter().filter_map(|a| a.rsplit_once('@')).map(|(_, d)| d.to_ascii_lowercase()).collect();

@@ -8,7 +8,7 @@ use super::Ctx;
 use crate::sender_auth::{summary, SpfCheck, Verifier};
 use crate::session::{policy_reply, Session};
 use crate::shared::Shared;
-use crate::smtp::Reply;
+use crate::smtp::{Reply, VerdictFilter};
 use crate::spool::SpoolFile;
 use mtac_ruleset::eval;
 use mtac_ruleset::model::Stage;
@@ -54,7 +54,7 @@ pub(super) async fn sender_auth(
     spool: &SpoolFile,
     message: SpooledMessage,
     spf: Option<&SpfCheck>,
-    author: &Author,
+    verdicts: &VerdictFilter<'_>,
 ) -> Result<Checked, (Reply, &'static str, String)> {
     let (farm, ruleset, hostname) = (ctx.farm, &ctx.snapshot.ruleset, ctx.hostname);
     let auth = &farm.sender_auth;
@@ -105,6 +105,8 @@ pub(super) async fn sender_auth(
         // A verdict about no one author (mail-auth's `none` with no domain, or a domain other
         // than the one From the node read) is no verdict: the message's author is unclear.
         let known = matches!(dmarc.result, DmarcResult::TempError);
+        // What the node read of From is parsed only here, for a DMARC verdict to check.
+        let author = super::data::author(verdicts);
         if !known && !author.is_one(&dmarc.domain) {
             tracing::info!(session = %session.id(), fields = author.fields, domains = ?author.domains, verifier = dmarc.domain.as_str(), "DMARC: no one author domain");
             dmarc.result = DmarcResult::BadFrom;

@@ -15,6 +15,7 @@
 //! Enhanced status codes (RFC 2034, RFC 3463) go on every line of every reply except the
 //! greeting and the `HELO`/`EHLO` answers, as RFC 2034 §3 says.
 
+use std::borrow::Cow;
 use std::fmt;
 
 /// RFC 5321 §4.5.3.1.5: the maximum length of a reply line, code and CRLF included.
@@ -103,6 +104,43 @@ impl fmt::Display for EnhancedCode {
     }
 }
 
+impl EnhancedCode {
+    /// The length of `class.subject.detail` as written.
+    fn wire_len(self) -> usize {
+        3 + decimal_len(self.subject) + decimal_len(self.detail)
+    }
+
+    /// Appends `class.subject.detail`, as [`fmt::Display`] writes it.
+    fn write_to(self, out: &mut Vec<u8>) {
+        out.push(b'0' + self.class % 10);
+        out.push(b'.');
+        push_decimal(out, self.subject);
+        out.push(b'.');
+        push_decimal(out, self.detail);
+    }
+}
+
+/// Digits of `n` (at most 999, as [`EnhancedCode::new`] and the reply code checks keep it).
+fn decimal_len(n: u16) -> usize {
+    match n {
+        0..=9 => 1,
+        10..=99 => 2,
+        _ => 3,
+    }
+}
+
+/// Appends `n` (at most 999) in decimal without leading zeros.
+fn push_decimal(out: &mut Vec<u8>, n: u16) {
+    let digits = three_digits(n);
+    out.extend_from_slice(digits.get(3 - decimal_len(n)..).unwrap_or(&digits));
+}
+
+/// `n` (at most 999) as three ASCII digits, leading zeros included.
+fn three_digits(n: u16) -> [u8; 3] {
+    let n = n % 1000;
+    [b'0' + (n / 100) as u8, b'0' + (n / 10 % 10) as u8, b'0' + (n % 10) as u8]
+}
+
 /// Why [`Reply::new`] refused a code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum ReplyError {
@@ -162,7 +200,7 @@ impl Reply {
 
     /// For this module's own constructors, whose codes are valid by inspection.
     pub(crate) fn fixed(code: u16, enhanced: Option<EnhancedCode>, text: &str) -> Self {
-        let mut reply = Self { code, enhanced, lines: Vec::new() };
+        let mut reply = Self { code, enhanced, lines: Vec::with_capacity(1) };
         let budget = reply.text_budget();
         wrap_into(&sanitize(text), budget, &mut reply.lines);
         if reply.lines.is_empty() {
@@ -173,7 +211,7 @@ impl Reply {
 
     /// How much text fits on one line after `NNN-` and the enhanced code, before CRLF.
     fn text_budget(&self) -> usize {
-        let enhanced = self.enhanced.map_or(0, |e| e.to_string().len() + 1);
+        let enhanced = self.enhanced.map_or(0, |e| e.wire_len() + 1);
         MAX_REPLY_LINE - 2 - 4 - enhanced
     }
 
@@ -210,27 +248,25 @@ impl Reply {
     /// Appends the reply as it goes on the wire: `NNN-…` lines, then one `NNN …` line, each
     /// ending in CRLF.
     pub fn write_to(&self, out: &mut Vec<u8>) {
-        let code = self.code.to_string();
-        let enhanced = self.enhanced.map(|e| e.to_string());
+        // Straight into `out`, without formatting machinery: every reply of every session
+        // passes here.
+        let code = three_digits(self.code);
         let last = self.lines.len().saturating_sub(1);
         for (i, text) in self.lines.iter().enumerate() {
-            out.extend_from_slice(code.as_bytes());
-            let mut content = String::new();
-            if let Some(e) = &enhanced {
-                content.push_str(e);
-            }
-            if !text.is_empty() {
-                if !content.is_empty() {
-                    content.push(' ');
-                }
-                content.push_str(text);
-            }
+            out.extend_from_slice(&code);
+            let has_content = self.enhanced.is_some() || !text.is_empty();
             if i < last {
                 out.push(b'-');
-            } else if !content.is_empty() {
+            } else if has_content {
                 out.push(b' ');
             }
-            out.extend_from_slice(content.as_bytes());
+            if let Some(e) = self.enhanced {
+                e.write_to(out);
+                if !text.is_empty() {
+                    out.push(b' ');
+                }
+            }
+            out.extend_from_slice(text.as_bytes());
             out.extend_from_slice(b"\r\n");
         }
     }
@@ -396,32 +432,31 @@ impl Reply {
 
     /// The `EHLO` answer: the host name line, then one line per offered extension.
     pub fn ehlo(hostname: &str, caps: &EhloCapabilities) -> Self {
-        let mut lines = vec![hostname.to_owned(), "PIPELINING".to_owned(), format!("SIZE {}", caps.max_size)];
-        lines.push("8BITMIME".to_owned());
-        lines.push("CHUNKING".to_owned());
+        let mut reply = Self { code: 250, enhanced: None, lines: Vec::with_capacity(10) };
+        let budget = reply.text_budget();
+        let mut line = |text: &str| wrap_into(&sanitize(text), budget, &mut reply.lines);
+        line(hostname);
+        line("PIPELINING");
+        line(&format!("SIZE {}", caps.max_size));
+        line("8BITMIME");
+        line("CHUNKING");
         if caps.smtputf8 {
-            lines.push("SMTPUTF8".to_owned());
+            line("SMTPUTF8");
         }
-        lines.push("ENHANCEDSTATUSCODES".to_owned());
+        line("ENHANCEDSTATUSCODES");
         if caps.starttls {
-            lines.push("STARTTLS".to_owned());
+            line("STARTTLS");
         }
         // RFC 4422 §3.1 mechanism names; anything else is left out rather than sent mangled.
-        let mechs: Vec<String> = caps
-            .auth_mechanisms
-            .iter()
-            .filter(|m| {
-                (1..=20).contains(&m.len()) && m.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-            })
-            .map(|m| m.to_ascii_uppercase())
-            .collect();
-        if !mechs.is_empty() {
-            lines.push(format!("AUTH {}", mechs.join(" ")));
+        let mut auth = String::new();
+        for mech in caps.auth_mechanisms.iter().filter(|m| {
+            (1..=20).contains(&m.len()) && m.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        }) {
+            auth.push_str(if auth.is_empty() { "AUTH " } else { " " });
+            auth.extend(mech.chars().map(|c| c.to_ascii_uppercase()));
         }
-        let mut reply = Self { code: 250, enhanced: None, lines: Vec::new() };
-        let budget = reply.text_budget();
-        for line in lines {
-            wrap_into(&sanitize(&line), budget, &mut reply.lines);
+        if !auth.is_empty() {
+            line(&auth);
         }
         reply
     }
@@ -445,14 +480,20 @@ pub struct EhloCapabilities {
 
 /// Makes `text` safe to put in a reply: control characters become spaces, everything outside
 /// printable ASCII becomes `?`.
-fn sanitize(text: &str) -> String {
-    text.chars()
-        .map(|c| match c {
-            ' '..='~' => c,
-            c if c.is_control() => ' ',
-            _ => '?',
-        })
-        .collect()
+fn sanitize(text: &str) -> Cow<'_, str> {
+    // Most texts (every fixed one) are already clean: borrowed, not copied.
+    if text.bytes().all(|b| (b' '..=b'~').contains(&b)) {
+        return Cow::Borrowed(text);
+    }
+    Cow::Owned(
+        text.chars()
+            .map(|c| match c {
+                ' '..='~' => c,
+                c if c.is_control() => ' ',
+                _ => '?',
+            })
+            .collect(),
+    )
 }
 
 /// Splits ASCII `text` into pieces of at most `budget` bytes, preferring to break at a space.
@@ -544,6 +585,21 @@ mod tests {
         assert_eq!(EnhancedCode::new(3, 0, 0), None);
         assert_eq!(EnhancedCode::new(5, 1000, 0), None);
         assert_eq!(EnhancedCode::new(4, 7, 1).unwrap().to_string(), "4.7.1");
+        // The wire writer (no formatting machinery) says what Display says, and as many bytes
+        // as the line budget counted.
+        for (class, subject, detail) in [(2, 0, 0), (5, 7, 26), (4, 4, 10), (5, 100, 999), (4, 999, 0), (2, 10, 1)] {
+            let e = EnhancedCode::new(class, subject, detail).unwrap();
+            let mut wire = Vec::new();
+            e.write_to(&mut wire);
+            assert_eq!(wire, e.to_string().as_bytes());
+            assert_eq!(e.wire_len(), wire.len());
+            let r = Reply::multiline(u16::from(class) * 100 + 50, Some(e), ["a", "", "b"]).unwrap();
+            let code = u16::from(class) * 100 + 50;
+            assert_eq!(
+                String::from_utf8(r.to_bytes()).unwrap(),
+                format!("{code}-{e} a\r\n{code}-{e}\r\n{code} {e} b\r\n")
+            );
+        }
         assert!(Reply::new(421, EnhancedCode::new(4, 7, 0), "x").unwrap().is_transient());
         assert!(Reply::message_too_big().is_permanent());
         assert!(Reply::ok().is_positive());
