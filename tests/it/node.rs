@@ -128,3 +128,50 @@ async fn a_node_does_not_start_on_an_address_another_node_listens_on() {
     let mut c = Client::connect(first.addr).await;
     assert_eq!(code(&c.reply().await), 220, "the first node still serves");
 }
+
+/// After QUIT's 221 the node lets go of the connection at once, without waiting for the client
+/// to close its side (a lingering close would hold the session for up to a second per client);
+/// a client that pipelined more after QUIT still reads the whole 221 and a clean end of the
+/// stream, never a reset (the node drains before closing then).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quit_ends_the_session_at_once_and_its_221_is_never_reset() {
+    use tokio::io::AsyncReadExt;
+    let sink = Sink::start(Behaviour::default()).await;
+    let mut node = TestNode::start(&relay_policy(""), Some(sink.addr)).await;
+    let wait_for_connections = |open: u64| {
+        let shared = node.shared.clone();
+        async move {
+            for _ in 0..400 {
+                if shared.connections_open() == open {
+                    return true;
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            false
+        }
+    };
+    assert!(wait_for_connections(0).await, "the readiness probe's connection never ended");
+
+    // QUIT alone: 221, the end of the stream, and the session is over while the client still
+    // holds its socket open.
+    let mut client = Client::connect(node.addr).await;
+    assert_eq!(code(&client.reply().await), 220);
+    assert_eq!(code(&client.cmd("EHLO client.example.org").await), 250);
+    let started = Instant::now();
+    assert_eq!(code(&client.cmd("QUIT").await), 221);
+    assert!(client.closed().await);
+    assert!(wait_for_connections(0).await, "the session outlived its QUIT");
+    assert!(started.elapsed() < Duration::from_millis(900), "the node waited for the client to close first");
+
+    // Commands after QUIT in the same write: the 221 arrives whole, then a clean end.
+    let mut client = Client::connect(node.addr).await;
+    assert_eq!(code(&client.reply().await), 220);
+    assert_eq!(code(&client.cmd("EHLO client.example.org").await), 250);
+    client.send(b"QUIT\r\nNOOP\r\nNOOP\r\n").await;
+    assert_eq!(code(&client.reply().await), 221);
+    let mut rest = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), client.stream.read_to_end(&mut rest)).await;
+    assert!(matches!(read, Ok(Ok(_))), "{read:?}");
+    assert!(rest.is_empty(), "{:?}", String::from_utf8_lossy(&rest));
+    node.stop().await;
+}
