@@ -529,22 +529,30 @@ async fn round_trips<'r>(
         action = match action {
             Action::Authenticate { user, password } => {
                 let cache = ctx.snapshot.login_cache(ctx.farm_index);
-                auth::authenticate(shared, session, ctx.farm, cache, user, password).await
+                Box::pin(auth::authenticate(shared, session, ctx.farm, cache, user, password)).await
             }
             Action::Directory { address } => {
                 let answer =
-                    rcpt::ask_directory(shared, ctx.snapshot, ctx.farm_index, ctx.farm, session, &address).await;
+                    Box::pin(rcpt::ask_directory(shared, ctx.snapshot, ctx.farm_index, ctx.farm, session, &address))
+                        .await;
                 session.directory_result(&ctx.snapshot.ruleset, ctx.farm, address, answer)
             }
             Action::Greylist { address } => {
                 let fail_open = crate::state::Store::fail_open(&ctx.snapshot.ruleset.policy().state);
-                let answer = rcpt::greylist(shared, session, ctx.farm, &address, fail_open).await;
+                let answer = Box::pin(rcpt::greylist(shared, session, ctx.farm, &address, fail_open)).await;
                 session.greylist_result(address, answer)
             }
             // The milters hear of a recipient the policy accepted before the back end does: one
             // they refuse is never given to it.
             Action::Recipient { address } => {
-                match filters::rcpt_stage(shared, session, ctx.farm, ctx.hostname, milters, &address).await {
+                // Boxed, and only for a farm with milters: inlined, the milter conversation was
+                // most of this future's size, allocated and copied for every recipient.
+                let refused = if ctx.farm.filters.is_empty() {
+                    None
+                } else {
+                    Box::pin(filters::rcpt_stage(shared, session, ctx.farm, ctx.hostname, milters, &address)).await
+                };
+                match refused {
                     Some((reply, rule)) => session.refuse(reply, rule),
                     None => rcpt::recipient(shared, session, ctx.farm, relay, txn, address).await,
                 }

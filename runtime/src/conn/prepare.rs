@@ -95,24 +95,37 @@ pub async fn rate_exceeded(shared: &Shared, farm: &Farm, subject: RateSubject, i
         return None;
     }
     if let Some(crate::state::Store::Redis(redis)) = &shared.state {
-        let mut exceeded = None;
-        for (index, limit) in farm.rate_limits.iter().enumerate().filter(|(_, l)| l.subject == subject) {
-            let key = crate::guard::rate_key(&farm.name, index, ip, limit);
-            match redis.count_rate(&key, u64::from(limit.window)).await {
-                Ok(count) if count > u64::from(limit.limit) => {
-                    exceeded.get_or_insert(limit);
-                }
-                Ok(_) => {}
-                Err(e) => {
-                    tracing::warn!(error = %e, "redis: rate counter unavailable; counting on this node");
-                    return shared
-                        .rates
-                        .count(&farm.name, subject, ip, &farm.rate_limits)
-                        .map(|l| crate::session::policy_reply(&l.reply));
-                }
-            }
-        }
-        return exceeded.map(|l| crate::session::policy_reply(&l.reply));
+        // Boxed: the Redis round trips are most of this future's size, which every command's
+        // future would otherwise carry (and copy) whether the farm counts in Redis or not.
+        return Box::pin(redis_rate_exceeded(shared, redis, farm, subject, ip)).await;
     }
     shared.rates.count(&farm.name, subject, ip, &farm.rate_limits).map(|l| crate::session::policy_reply(&l.reply))
+}
+
+/// [`rate_exceeded`] for a node sharing its counts through Redis.
+async fn redis_rate_exceeded(
+    shared: &Shared,
+    redis: &crate::state::RedisStore,
+    farm: &Farm,
+    subject: RateSubject,
+    ip: std::net::IpAddr,
+) -> Option<Reply> {
+    let mut exceeded = None;
+    for (index, limit) in farm.rate_limits.iter().enumerate().filter(|(_, l)| l.subject == subject) {
+        let key = crate::guard::rate_key(&farm.name, index, ip, limit);
+        match redis.count_rate(&key, u64::from(limit.window)).await {
+            Ok(count) if count > u64::from(limit.limit) => {
+                exceeded.get_or_insert(limit);
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "redis: rate counter unavailable; counting on this node");
+                return shared
+                    .rates
+                    .count(&farm.name, subject, ip, &farm.rate_limits)
+                    .map(|l| crate::session::policy_reply(&l.reply));
+            }
+        }
+    }
+    exceeded.map(|l| crate::session::policy_reply(&l.reply))
 }
