@@ -4,7 +4,7 @@
 //! Syslog is a second `tracing` layer whose writer wraps each formatted event in an RFC 5424
 //! header (facility mail, the event's severity, UTC timestamp, host, `mtac`, pid) and sends it as
 //! one datagram. The socket is non-blocking: when the collector cannot keep up, lines are
-//! dropped (and counted on stderr at exit) rather than stalling a worker thread — losing a log
+//! dropped (and counted on stderr at exit) rather than stalling a session thread — losing a log
 //! line is better than delaying every SMTP session on the node.
 
 use std::io::{self, Write};

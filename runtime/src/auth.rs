@@ -1,7 +1,7 @@
 //! Checking SMTP AUTH credentials: against the PHC password hashes compiled into the ruleset, or
 //! by binding to an LDAP directory as the user.
 //!
-//! Both run off the session's worker: a password hash costs tens of milliseconds of CPU by
+//! Both run off the session's thread: a password hash costs tens of milliseconds of CPU by
 //! design (Argon2id), and an LDAP bind is a network round trip bounded by a timeout. A directory
 //! that cannot answer gives [`AuthVerdict::Unavailable`] (454), never 535: a user is not told
 //! their password is wrong because LDAP was down.

@@ -5,7 +5,7 @@
 //! **Invariant: a session never waits on the journal.** [`Journal::record`] is one `try_send`:
 //! a full queue (a disk slower than the traffic) drops the record and counts it
 //! (`mtac_journal_dropped_total`), as does a file that cannot be written. The thread is a plain
-//! OS thread, so the blocking file I/O never holds an async worker. It flushes whenever the
+//! OS thread, so the blocking file I/O never holds a session thread. It flushes whenever the
 //! queue runs empty and ends when the last [`Journal`] handle is dropped (a reload that changes
 //! the setting, or the node's end), flushing first.
 

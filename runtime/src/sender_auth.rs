@@ -14,7 +14,7 @@
 //! spool file into memory for the verification, bounded by the farm's message size (the spool
 //! never holds more: DATA refuses a larger message first) and counted against the spool's budget
 //! of bytes in flight, and dropped before the relay streams the file. The caller
-//! (`conn::verify`) runs it on a blocking thread: hashing a large body would hold a worker.
+//! (`conn::verify`) runs it on a blocking thread: hashing a large body would hold a session thread.
 //! Parsing hashes the body once per distinct canonicalisation and algorithm (at most four
 //! for DKIM, `l=` being refused), and at most [`MAX_DKIM_SIGNATURES`] signatures are checked.
 

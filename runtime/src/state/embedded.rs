@@ -3,7 +3,7 @@
 //! Writes commit without fsync; [`Embedded::spawn_maintenance`] makes them durable every second
 //! and sweeps expired entries every five minutes, so a crash loses at most a second of greylist
 //! entries (senders are greylisted once more), never mail. redb blocks: [`Store`](super::Store)
-//! runs every call through [`Embedded::off_worker`], never on an async worker.
+//! runs every call through [`Embedded::off_worker`], never on a session thread.
 //! **Invariant:** a value that does not decode is treated as absent (a new triplet), never a panic.
 
 use super::{embedded, unix_now, Counts, Entry, GreylistVerdict, StateError, Timings, Triplet};
