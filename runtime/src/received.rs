@@ -70,14 +70,7 @@ pub fn header(trace: &Trace<'_>) -> String {
     out
 }
 
-/// `Sun, 22 Nov 2026 13:45:00 +0000`.
-pub fn rfc5322_date(time: SystemTime) -> String {
-    let mut out = String::with_capacity(31);
-    write_rfc5322_date(&mut out, time);
-    out
-}
-
-/// Appends [`rfc5322_date`]'s text to `out`.
+/// Appends `Sun, 22 Nov 2026 13:45:00 +0000` to `out`.
 fn write_rfc5322_date(out: &mut String, time: SystemTime) {
     use std::fmt::Write as _;
     let secs = time.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
@@ -116,6 +109,12 @@ fn civil_from_days(days: u64) -> (u64, u64, u64) {
 mod tests {
     use super::*;
     use std::time::Duration;
+
+    fn rfc5322_date(time: SystemTime) -> String {
+        let mut out = String::new();
+        write_rfc5322_date(&mut out, time);
+        out
+    }
 
     #[test]
     fn dates() {

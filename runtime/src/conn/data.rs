@@ -256,14 +256,7 @@ async fn receive(
     let message = SpooledMessage { size, sender_start };
     // Sender authentication (`spf`, `dkim`, `dmarc`): its verdicts go on the log line whatever
     // the answer.
-    // Boxed, and only for a farm that verifies senders (as the milters below): most of the
-    // size of this future otherwise.
-    let checked = if farm.sender_auth.any() {
-        Box::pin(super::verify::sender_auth(conn.shared, session, ctx, &spool, message, spf, &verdicts)).await
-    } else {
-        Ok(super::verify::Checked::default())
-    };
-    let checked = match checked {
+    let checked = match super::verify::sender_auth(conn.shared, session, ctx, &spool, message, spf, &verdicts).await {
         Ok(checked) => checked,
         Err((reply, rule, auth)) => {
             let reply = abandon(txn, reply).await;
@@ -279,14 +272,7 @@ async fn receive(
             return Ok(Some(Answer { reply, reason: rule, size, signed: None, auth }));
         }
     };
-    // Boxed, and only for a farm with milters: inlined, the milter conversation was most of
-    // the size of this future, allocated and copied for every message.
-    let filtered = if farm.filters.is_empty() {
-        Filtered::Pass { headers: String::new(), edits: Vec::new(), body: None }
-    } else {
-        Box::pin(super::filters::run_filters(conn.shared, session, farm, &spool, hostname, milters)).await
-    };
-    let (edits, body) = match filtered {
+    let (edits, body) = match super::filters::run_filters(conn.shared, session, farm, &spool, hostname, milters).await {
         Filtered::Pass { headers: added, edits, body } => {
             headers.insert_str(0, &added);
             (edits, body)

@@ -148,6 +148,20 @@ pub(super) async fn rcpt_stage(
     if farm.filters.is_empty() {
         return None;
     }
+    // Boxed: the conversations are most of this future's size, which every recipient's future
+    // would otherwise carry (and copy), milters or not.
+    Box::pin(ask_rcpt(shared, session, farm, hostname, live, address)).await
+}
+
+/// [`rcpt_stage`] for a farm with filters.
+async fn ask_rcpt(
+    shared: &Shared,
+    session: &Session,
+    farm: &Farm,
+    hostname: &str,
+    live: &mut LiveMilters,
+    address: &str,
+) -> Option<(Reply, &'static str)> {
     let told = Told::of(session);
     let envelope = told.envelope(session, hostname);
     let answer = live.rcpt(&farm.filters, &envelope, address).await;
@@ -178,12 +192,26 @@ pub(super) async fn run_filters(
     hostname: &str,
     live: &mut LiveMilters,
 ) -> Filtered {
+    if farm.filters.is_empty() {
+        return Filtered::Pass { headers: String::new(), edits: Vec::new(), body: None };
+    }
+    // Boxed: the conversations are most of this future's size, which every message's future
+    // would otherwise carry (and copy), milters or not.
+    Box::pin(filter_message(shared, session, farm, spool, hostname, live)).await
+}
+
+/// [`run_filters`] for a farm with filters.
+async fn filter_message(
+    shared: &Shared,
+    session: &Session,
+    farm: &Farm,
+    spool: &SpoolFile,
+    hostname: &str,
+    live: &mut LiveMilters,
+) -> Filtered {
     let mut headers = String::new();
     let mut edits = Vec::new();
     let mut body: Option<SpoolFile> = None;
-    if farm.filters.is_empty() {
-        return Filtered::Pass { headers, edits, body };
-    }
     let Ok(reader) = spool.reader() else {
         return Filtered::Refuse(Reply::local_error(), rules::SPOOL);
     };

@@ -545,14 +545,7 @@ async fn round_trips<'r>(
             // The milters hear of a recipient the policy accepted before the back end does: one
             // they refuse is never given to it.
             Action::Recipient { address } => {
-                // Boxed, and only for a farm with milters: inlined, the milter conversation was
-                // most of this future's size, allocated and copied for every recipient.
-                let refused = if ctx.farm.filters.is_empty() {
-                    None
-                } else {
-                    Box::pin(filters::rcpt_stage(shared, session, ctx.farm, ctx.hostname, milters, &address)).await
-                };
-                match refused {
+                match filters::rcpt_stage(shared, session, ctx.farm, ctx.hostname, milters, &address).await {
                     Some((reply, rule)) => session.refuse(reply, rule),
                     None => rcpt::recipient(shared, session, ctx.farm, relay, txn, address).await,
                 }

@@ -56,13 +56,31 @@ pub(super) async fn sender_auth(
     spf: Option<&SpfCheck>,
     verdicts: &VerdictFilter<'_>,
 ) -> Result<Checked, (Reply, &'static str, String)> {
-    let (farm, ruleset, hostname) = (ctx.farm, &ctx.snapshot.ruleset, ctx.hostname);
-    let auth = &farm.sender_auth;
+    let auth = &ctx.farm.sender_auth;
     // An authenticated session is the farm's own user: nothing of theirs to verify (as SPF at
     // MAIL FROM, which did not run either).
     let Some(dns) = shared.dns().filter(|_| auth.any() && session.authenticated().is_none()) else {
         return Ok(Checked::default());
     };
+    // Boxed: verifying is most of this future's size, which every message's future would
+    // otherwise carry (and copy), whether the farm verifies senders or not.
+    Box::pin(verify(shared, session, ctx, spool, message, spf, verdicts, dns)).await
+}
+
+/// [`sender_auth`] for a message there is something to verify of.
+#[allow(clippy::too_many_arguments)]
+async fn verify(
+    shared: &Shared,
+    session: &mut Session,
+    ctx: &Ctx<'_>,
+    spool: &SpoolFile,
+    message: SpooledMessage,
+    spf: Option<&SpfCheck>,
+    verdicts: &VerdictFilter<'_>,
+    dns: crate::dns::Dns,
+) -> Result<Checked, (Reply, &'static str, String)> {
+    let (farm, ruleset, hostname) = (ctx.farm, &ctx.snapshot.ruleset, ctx.hostname);
+    let auth = &farm.sender_auth;
     let authserv_id = farm.verdict_headers.authserv_ids.first().map_or(hostname, String::as_str);
     let metrics = &shared.metrics;
     let ip = session.peer().ip();
