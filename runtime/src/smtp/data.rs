@@ -199,27 +199,12 @@ impl DataReceiver {
             if self.state == State::Done {
                 break;
             }
-            // Fast paths, the common case byte for byte: a line start that is neither a dot nor
-            // a line end begins a run of text (what `step` would do a byte at a time)...
-            if let (State::LineStart { .. }, Some(&first)) = (self.state, rest.first()) {
-                if !matches!(first, b'.' | b'\r' | b'\n' | 0) || (first == b'.' && self.chunked) {
-                    self.state = State::Text;
-                }
-            }
-            if self.state == State::Text {
-                // ...a run of ordinary bytes is copied at once...
-                let run_len = memchr::memchr3(b'\r', b'\n', 0, rest).unwrap_or(rest.len());
-                if run_len > 0 {
-                    self.content(rest.get(..run_len).unwrap_or_default(), out);
-                    i += run_len;
-                    continue;
-                }
-                // ...and a CRLF ends the line in one step.
-                if rest.starts_with(b"\r\n") {
-                    self.line_end(true, out);
-                    i += 2;
-                    continue;
-                }
+            // The common case, line after line: input that is its own content is copied at
+            // once; the state machine sees a byte at a time only what it must change or hold.
+            let verbatim = self.verbatim(rest, out);
+            if verbatim > 0 {
+                i += verbatim;
+                continue;
             }
             let Some(&b) = rest.first() else { break };
             i += 1;
@@ -227,6 +212,54 @@ impl DataReceiver {
         }
         self.stats.raw_bytes = self.stats.raw_bytes.saturating_add(i as u64);
         DataProgress { consumed: i, done: self.state == State::Done }
+    }
+
+    /// Takes the longest prefix of `rest` that is its own content — lines ended by CRLF and
+    /// then the text of an unfinished line, with no NUL, no bare CR or LF and (outside BDAT) no
+    /// line-start dot — counts its lines and appends it in one piece: what [`Self::step`]
+    /// would do byte by byte. Returns its length; 0 when the next byte is one `step` must
+    /// decide (or hold back: a CR at the end of `rest`). Its work is proportional to what it
+    /// takes, plus one byte, so `feed` stays linear.
+    fn verbatim(&mut self, rest: &[u8], out: &mut Vec<u8>) -> usize {
+        let (mut line_start, real) = match self.state {
+            State::LineStart { real } => (true, real),
+            State::Text => (false, true),
+            _ => return 0,
+        };
+        let (mut taken, mut lines, mut line_len, mut longest) = (0, 0, self.line_len, self.stats.longest_line);
+        while let Some(line) = rest.get(taken..) {
+            if line_start && !self.chunked && line.first() == Some(&b'.') {
+                break;
+            }
+            let text = memchr::memchr3(b'\r', b'\n', 0, line).unwrap_or(line.len());
+            line_len = line_len.saturating_add(text as u64);
+            if line.get(text..text + 2) != Some(b"\r\n") {
+                taken += text;
+                line_start = line_start && text == 0;
+                break;
+            }
+            taken += text + 2;
+            lines += 1;
+            longest = longest.max(line_len);
+            line_len = 0;
+            line_start = true;
+        }
+        let Some(taken_bytes) = rest.get(..taken).filter(|bytes| !bytes.is_empty()) else {
+            return 0;
+        };
+        self.stats.lines += lines;
+        self.stats.longest_line = longest;
+        self.line_len = line_len;
+        if !self.stats.eight_bit && !taken_bytes.is_ascii() {
+            self.stats.eight_bit = true;
+        }
+        self.emit(taken_bytes, out);
+        self.state = match (line_start, lines) {
+            (false, _) => State::Text,
+            (true, 0) => State::LineStart { real },
+            (true, _) => State::LineStart { real: true },
+        };
+        taken
     }
 
     /// True once the end marker has been read.
@@ -339,10 +372,11 @@ impl DataReceiver {
         self.state = State::Text;
     }
 
-    /// Counts `bytes` and appends what fits. `out` thus receives the longest prefix of the
-    /// content that fits in `max_size`, whatever the chunking of the input, except that a CRLF
-    /// is never split (a lone CR in `out` would break the invariant, even in a spool that is
-    /// about to be thrown away).
+    /// Counts content `bytes` (in which a CR is always the first half of a CRLF) and appends
+    /// what fits. `out` thus receives the longest prefix of the content that fits in
+    /// `max_size`, whatever the chunking of the input, except that a CRLF is never split (a
+    /// lone CR in `out` would break the invariant, even in a spool that is about to be thrown
+    /// away).
     fn emit(&mut self, bytes: &[u8], out: &mut Vec<u8>) {
         let room = self.max_size.saturating_sub(self.stats.size);
         self.stats.size = self.stats.size.saturating_add(bytes.len() as u64);
@@ -350,10 +384,10 @@ impl DataReceiver {
             return;
         }
         let fits = usize::try_from(room).unwrap_or(usize::MAX).min(bytes.len());
-        if fits == bytes.len() {
-            out.extend_from_slice(bytes);
-        } else if bytes != b"\r\n" {
-            out.extend_from_slice(bytes.get(..fits).unwrap_or_default());
+        let kept = bytes.get(..fits).unwrap_or_default();
+        match kept.strip_suffix(b"\r") {
+            Some(before_cr) if fits < bytes.len() => out.extend_from_slice(before_cr),
+            _ => out.extend_from_slice(kept),
         }
     }
 }
@@ -683,6 +717,58 @@ mod tests {
         assert!(rx.feed(b"x\r\n.\r\n", &mut out).done);
         assert_eq!(rx.feed(b"more", &mut out), DataProgress { consumed: 0, done: true });
         assert_eq!(out, b"x\r\n");
+    }
+
+    /// `feed` takes runs of ordinary lines whole (`verbatim`); it must do exactly what the byte
+    /// state machine does alone — content, counts, state, where it stops — at any size limit,
+    /// in DATA and in BDAT, under either policy, however the input is cut.
+    #[test]
+    fn feed_agrees_with_the_byte_at_a_time_machine() {
+        fn bytewise(input: &[u8], mut rx: DataReceiver) -> (Vec<u8>, usize, DataReceiver) {
+            let mut out = Vec::new();
+            let mut consumed = 0;
+            for &b in input {
+                if rx.is_done() {
+                    break;
+                }
+                rx.step(b, &mut out);
+                consumed += 1;
+            }
+            rx.stats.raw_bytes = consumed as u64;
+            (out, consumed, rx)
+        }
+        let mut seed = 0x2545_f491_4f6c_dd1d_u64;
+        let mut next = move |below: usize| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            (seed % below as u64) as usize
+        };
+        for _ in 0..20_000 {
+            let input: Vec<u8> = (0..next(60)).map(|_| b".\r\n\r\naab\0\xc3"[next(10)]).collect();
+            let max = if next(2) == 0 { BIG } else { next(40) as u64 };
+            let policy = if next(2) == 0 { BarePolicy::Reject } else { BarePolicy::Normalize };
+            let chunked = next(4) == 0;
+            let fresh = || if chunked { DataReceiver::chunked(max, policy) } else { DataReceiver::new(max, policy) };
+            let (want, want_consumed, want_rx) = bytewise(&input, fresh());
+            let cut = next(input.len() + 1);
+            let cut2 = cut + next(input.len() - cut + 1);
+            let (mut rx, mut out, mut consumed) = (fresh(), Vec::new(), 0);
+            for part in [&input[..cut], &input[cut..cut2], &input[cut2..]] {
+                consumed += rx.feed(part, &mut out).consumed;
+                if rx.is_done() {
+                    break;
+                }
+            }
+            let case = format!(
+                "{:?} cut at {cut}, {cut2}, max {max}, {policy:?}, chunked {chunked}",
+                String::from_utf8_lossy(&input)
+            );
+            assert_eq!(out, want, "{case}");
+            assert_eq!(consumed, want_consumed, "{case}");
+            assert_eq!(rx.stats(), want_rx.stats(), "{case}");
+            assert_eq!((rx.state, rx.line_len), (want_rx.state, want_rx.line_len), "{case}");
+        }
     }
 
     fn stuff(content: &[&[u8]]) -> Vec<u8> {
