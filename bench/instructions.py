@@ -2,7 +2,7 @@
 """User-space instructions per relayed message, counted by callgrind: the node's own work,
 without the scheduler's noise.
 
-    bench/instructions.py [-c 10] [-m 1000] /tmp/mtac-before /tmp/mtac-after
+    bench/instructions.py [-c 10] [-m 1000] [--keep DIR] /tmp/mtac-before /tmp/mtac-after
 
 On a 2-core machine shared with the generator and the sink, the CPU time per message moves by
 ±15% from run to run (bench/cpu-ab.py), more than most code changes do. Instructions do not:
@@ -13,11 +13,12 @@ smtp-source) and prints the instructions executed in user space by all of the no
 per message. The kernel's share (system calls, loopback TCP) is not in it: bench/cpu-ab.py
 and the peers harness measure the whole. Repeated runs of one binary agree within 0.5%.
 """
-import argparse, os, subprocess, time, signal, glob, re, tempfile, stat
+import argparse, os, subprocess, time, signal, glob, re, tempfile, stat, shutil
 
 ap = argparse.ArgumentParser()
 ap.add_argument('-c', type=int, default=10)
 ap.add_argument('-m', type=int, default=1000)
+ap.add_argument('--keep', metavar='DIR', help='copy each callgrind dump to DIR/callgrind.BINARY, for callgrind_annotate')
 ap.add_argument('bins', nargs='+')
 a = ap.parse_args()
 here = os.path.dirname(os.path.abspath(__file__))
@@ -55,6 +56,9 @@ def measure(binary, work):
     dumps = glob.glob(f'{out}.{node.pid}.1')
     if not dumps:
         raise SystemExit(f'{binary}: no callgrind dump in {work}')
+    if a.keep:
+        os.makedirs(a.keep, exist_ok=True)
+        shutil.copy(dumps[0], os.path.join(a.keep, f'callgrind.{os.path.basename(binary)}'))
     summary = re.search(r'^summary: (\d+)', open(dumps[0]).read(), re.M)
     return int(summary.group(1)) / a.m
 
