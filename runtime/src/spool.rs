@@ -435,6 +435,15 @@ impl SpoolReader {
         self.len == 0
     }
 
+    /// `len` bytes from `offset` (fewer past the end), lent without a copy, when the message
+    /// never grew into its file; `None` for a message in its file ([`Self::read_at`] reads it).
+    pub fn in_memory_at(&self, offset: u64, len: usize) -> Option<&[u8]> {
+        let Store::Memory(memory) = &self.store else { return None };
+        let end = usize::try_from(self.len).unwrap_or(usize::MAX).min(memory.len());
+        let start = usize::try_from(offset).unwrap_or(usize::MAX).min(end);
+        memory.get(start..end.min(start.saturating_add(len)))
+    }
+
     /// Fill `buf` from `offset`, short only at the end of the file. Returns the bytes read.
     pub fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
         use std::os::unix::fs::FileExt;

@@ -19,34 +19,39 @@ async fn ehlo(addr: std::net::SocketAddr) -> Client {
 
 /// On a RAM disk (the production setting) a small message is never a file: it reaches the back
 /// end byte for byte from memory, and a large one still goes through its file, which is gone
-/// after the answer.
+/// after the answer; as DATA, and as BDAT chunks (the large one in several, each read by its
+/// size) to a back end that offers CHUNKING.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn on_a_ram_disk_small_messages_relay_from_memory_and_large_ones_from_their_file() {
-    let shm = tempfile::tempdir_in("/dev/shm").unwrap();
-    let spool = shm.path().join("spool");
-    let policy = relay_policy("").replace("{dir}/spool", &spool.display().to_string());
-    let sink = Sink::start(Behaviour::default()).await;
-    let node = TestNode::start(&policy, Some(sink.addr)).await;
-    let files = || std::fs::read_dir(&spool).map(|d| d.flatten().filter(|e| e.file_name() != "admin.sock").count());
     let mut large = b"Subject: large\r\n\r\n".to_vec();
     for n in 0..2000 {
         large.extend_from_slice(format!("{n:06} {}\r\n", "y".repeat(90)).as_bytes());
     }
-    for body in [b"Subject: small\r\n\r\n..dot\r\nbody\r\n".to_vec(), large.clone()] {
-        let mut c = ehlo(node.addr).await;
-        assert_eq!(code(&c.cmd("MAIL FROM:<alice@example.org>").await), 250);
-        assert_eq!(code(&c.cmd("RCPT TO:<bob@example.test>").await), 250);
-        assert_eq!(code(&c.cmd("DATA").await), 354);
-        c.send(&body).await;
-        let reply = c.cmd(".").await;
-        assert_eq!(code(&reply), 250, "{reply}");
-        assert_eq!(files().unwrap(), 0, "a spool file outlived its message");
-    }
-    let messages = sink.messages();
-    assert_eq!(messages.len(), 2);
-    assert!(messages[0].data.ends_with(b"Subject: small\r\n\r\n.dot\r\nbody\r\n"));
     assert!(large.len() > 128 * 1024, "past the spool's in-memory mark");
-    assert!(messages[1].data.ends_with(&large), "the large message changed on its way");
+    for chunking in [false, true] {
+        let shm = tempfile::tempdir_in("/dev/shm").unwrap();
+        let spool = shm.path().join("spool");
+        let policy = relay_policy("").replace("{dir}/spool", &spool.display().to_string());
+        let sink = Sink::start(Behaviour { chunking, ..Behaviour::default() }).await;
+        let node = TestNode::start(&policy, Some(sink.addr)).await;
+        let files = || std::fs::read_dir(&spool).map(|d| d.flatten().filter(|e| e.file_name() != "admin.sock").count());
+        for body in [b"Subject: small\r\n\r\n..dot\r\nbody\r\n".to_vec(), large.clone()] {
+            let mut c = ehlo(node.addr).await;
+            assert_eq!(code(&c.cmd("MAIL FROM:<alice@example.org>").await), 250);
+            assert_eq!(code(&c.cmd("RCPT TO:<bob@example.test>").await), 250);
+            assert_eq!(code(&c.cmd("DATA").await), 354);
+            c.send(&body).await;
+            let reply = c.cmd(".").await;
+            assert_eq!(code(&reply), 250, "{reply}");
+            assert_eq!(files().unwrap(), 0, "a spool file outlived its message");
+        }
+        let messages = sink.messages();
+        assert_eq!(messages.len(), 2);
+        assert!(messages.iter().all(|m| m.bdat == chunking), "BDAT only to a back end that offers it");
+        assert!(messages[0].data.ends_with(b"Subject: small\r\n\r\n.dot\r\nbody\r\n"), "chunking={chunking}");
+        assert!(messages[1].data.ends_with(&large), "the large message changed on its way (chunking={chunking})");
+        assert!(messages[1].data.starts_with(b"Received: "), "our trace header goes in front");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

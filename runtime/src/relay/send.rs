@@ -14,13 +14,6 @@ use std::time::Duration;
 /// Chunk size when streaming the spool file (one BDAT chunk each).
 const CHUNK: usize = 64 * 1024;
 
-/// The read buffer for streaming `spool`: a chunk, or the whole message when it is smaller
-/// (most are: a 4 KiB message then costs no 64 KiB allocation to fill with zeros).
-fn buffer_for(spool: &Relayed) -> Vec<u8> {
-    let size = usize::try_from(spool.len()).map_or(CHUNK, |len| len.clamp(1, CHUNK));
-    vec![0u8; size]
-}
-
 /// Send `headers` then the message (the spool file, or the milters' edits over it); the back end's verdict (a refusal of DATA or of a
 /// chunk stands in for it).
 pub(super) async fn message(
@@ -77,15 +70,16 @@ async fn data(
     }
     spool.rewind();
     let mut stuffer = DotStuffer::new();
-    let mut chunk = buffer_for(spool);
-    let mut out = Vec::with_capacity(headers.len() + chunk.len() + chunk.len() / 8 + 8);
+    let mut scratch = Vec::new();
+    let first = usize::try_from(spool.len()).map_or(CHUNK, |len| len.min(CHUNK));
+    let mut out = Vec::with_capacity(headers.len() + first + first / 8 + 8);
     stuffer.encode(headers, &mut out);
     loop {
-        let n = spool.read(&mut chunk)?;
-        if n == 0 {
+        let content = spool.next_chunk(CHUNK, &mut scratch)?;
+        if content.is_empty() {
             break;
         }
-        stuffer.encode(chunk.get(..n).unwrap_or(&[]), &mut out);
+        stuffer.encode(content, &mut out);
         if out.len() >= CHUNK {
             conn.write(&out, timeout).await?;
             out.clear();
@@ -96,9 +90,9 @@ async fn data(
     Ok(None)
 }
 
-/// BDAT chunks of about [`CHUNK`] octets, the last one marked LAST; each earlier one's 250 is
-/// awaited (no PIPELINING assumed). `Ok(Some)`: a chunk was refused; the verdict of the LAST
-/// one is left for [`message`] to read.
+/// BDAT chunks of [`CHUNK`] octets (the last one shorter and marked LAST), each written with
+/// its command in one buffer; each earlier one's 250 is awaited (no PIPELINING assumed).
+/// `Ok(Some)`: a chunk was refused; the verdict of the LAST one is left for [`message`] to read.
 async fn chunks(
     conn: &mut Connection,
     headers: &[u8],
@@ -106,20 +100,30 @@ async fn chunks(
     timeout: Duration,
 ) -> Result<Option<BackendReply>, RelayError> {
     spool.rewind();
-    let mut piece = buffer_for(spool);
-    let mut out = Vec::with_capacity(headers.len() + piece.len());
-    out.extend_from_slice(headers);
+    let total = (headers.len() as u64).saturating_add(spool.len());
+    let (mut sent, mut headers_left, mut scratch) = (0u64, headers, Vec::new());
     loop {
-        let n = spool.read(&mut piece)?;
-        out.extend_from_slice(piece.get(..n).unwrap_or(&[]));
-        let last = n == 0;
-        if out.len() < CHUNK && !last {
-            continue;
+        let size = usize::try_from(total - sent).map_or(CHUNK, |left| left.min(CHUNK));
+        let last = sent + size as u64 == total;
+        let command = format!("BDAT {size}{}\r\n", if last { " LAST" } else { "" });
+        let mut wire = Vec::with_capacity(command.len() + size);
+        wire.extend_from_slice(command.as_bytes());
+        let (from_headers, rest) = headers_left.split_at(headers_left.len().min(size));
+        wire.extend_from_slice(from_headers);
+        headers_left = rest;
+        let mut left = size - from_headers.len();
+        while left > 0 {
+            let content = spool.next_chunk(left, &mut scratch)?;
+            if content.is_empty() {
+                return Err(
+                    std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "message shorter than its length").into()
+                );
+            }
+            wire.extend_from_slice(content);
+            left -= content.len();
         }
-        let mut wire = format!("BDAT {}{}\r\n", out.len(), if last { " LAST" } else { "" }).into_bytes();
-        wire.extend_from_slice(&out);
         conn.write(&wire, timeout).await?;
-        out.clear();
+        sent += size as u64;
         if last {
             return Ok(None);
         }
