@@ -98,7 +98,8 @@ impl Relayed {
                 if let Some(bytes) = reader.in_memory_at(start + from, want) {
                     return stretch(bytes, 0, want);
                 }
-                // Zeroed only as it grows: once per message, which is large to be in a file.
+                // Zeroed only where it grows past what it held: a few times per message, and
+                // only for one large enough to be in its file.
                 scratch.resize(want, 0);
                 read_exactly(reader, start + from, scratch)?;
                 Ok(scratch)
@@ -108,7 +109,8 @@ impl Relayed {
     }
 
     /// Moves past the next `want` bytes (at most `max`) of the current piece, skipping finished
-    /// ones: which piece, where in it they start, how many. `None` at the end.
+    /// ones: which piece, where in it they start, how many. `None` at the end. The bytes count
+    /// as read even if reading them then fails: after an error, `rewind` before reading again.
     fn take(&mut self, max: usize) -> Option<(usize, u64, usize)> {
         while let Some(piece) = self.pieces.get(self.at) {
             let left = piece_len(piece).saturating_sub(self.offset);
