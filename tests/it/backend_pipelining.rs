@@ -1,15 +1,9 @@
 //! Issue 21: MAIL FROM and the first RCPT go to the back end in one write when it offers
 //! PIPELINING (RFC 2920), one round trip fewer per message; each reply still reaches the
 //! client as the back end gave it, and a back end that does not offer PIPELINING gets one
-//! command at a time. DATA goes to the back end when the client's DATA arrives, so its 354
-//! travels while the client uploads.
+//! command at a time.
 
-use super::support::{code, relay_policy, wait_for, Behaviour, Client, Sink, TestNode};
-
-/// How many times the back end was sent DATA.
-fn asked(sink: &Sink) -> usize {
-    sink.verbs().iter().filter(|v| *v == "DATA").count()
-}
+use super::support::{code, relay_policy, Behaviour, Client, Sink, TestNode};
 
 async fn message(c: &mut Client, rcpts: &[&str]) -> Vec<u16> {
     let mut codes = vec![code(&c.cmd("MAIL FROM:<a@sender.example>").await)];
@@ -87,93 +81,4 @@ async fn issue21_each_session_thread_reuses_its_own_back_end_connection() {
     }
     assert_eq!(sink.messages().len(), 40);
     assert_eq!(*sink.connections.lock().unwrap(), 2, "one back-end connection per session thread");
-}
-
-/// The back end's DATA goes out when the client's DATA arrives, so its 354 travels while the
-/// client uploads: the back end has been asked for the message before the client sent a byte
-/// of it. A back end that offers CHUNKING gets none (the message goes in one `BDAT LAST`).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn issue21_the_back_ends_data_goes_out_when_the_client_begins_its_message() {
-    for chunking in [false, true] {
-        let sink = Sink::start(Behaviour { chunking, ..Behaviour::default() }).await;
-        let node = TestNode::start(&relay_policy(""), Some(sink.addr)).await;
-        let mut c = Client::connect(node.addr).await;
-        c.reply().await;
-        c.cmd("EHLO client.example").await;
-        for round in 0..2 {
-            assert_eq!(code(&c.cmd("MAIL FROM:<a@sender.example>").await), 250);
-            assert_eq!(code(&c.cmd("RCPT TO:<bob@example.test>").await), 250);
-            assert_eq!(code(&c.cmd("DATA").await), 354);
-            if !chunking {
-                wait_for(|| asked(&sink) > round).await;
-                assert_eq!(
-                    asked(&sink),
-                    round + 1,
-                    "the back end's DATA before the client's first byte, round {round}"
-                );
-            }
-            assert_eq!(sink.messages().len(), round, "nothing delivered before the client's dot");
-            assert_eq!(code(&c.cmd("Subject: t\r\n\r\nbody\r\n.").await), 250);
-        }
-        assert_eq!(asked(&sink), if chunking { 0 } else { 2 }, "chunking={chunking}");
-        let messages = sink.messages();
-        assert_eq!(messages.len(), 2);
-        assert!(messages.iter().all(|m| m.data.ends_with(b"Subject: t\r\n\r\nbody\r\n") && m.bdat == chunking));
-        assert_eq!(*sink.connections.lock().unwrap(), 1, "the connection was pooled after each message");
-    }
-}
-
-/// A message refused after the back end's DATA went out (here: over the size limit) closes
-/// that connection, since a transaction in DATA takes no RSET and closing cancels it: the back
-/// end delivers nothing, is never sent the refused bytes, and the next message goes on a
-/// fresh connection.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn issue21_a_message_refused_after_the_back_ends_data_closes_that_connection() {
-    let sink = Sink::start(Behaviour::default()).await;
-    let node = TestNode::start(&relay_policy(r#"limits { message-size "2KiB" }"#), Some(sink.addr)).await;
-    let mut c = Client::connect(node.addr).await;
-    c.reply().await;
-    c.cmd("EHLO client.example").await;
-    assert_eq!(code(&c.cmd("MAIL FROM:<a@sender.example>").await), 250);
-    assert_eq!(code(&c.cmd("RCPT TO:<bob@example.test>").await), 250);
-    assert_eq!(code(&c.cmd("DATA").await), 354);
-    c.send(&vec![b'y'; 3000]).await;
-    assert_eq!(code(&c.cmd("\r\n.").await), 552);
-    assert_eq!(message(&mut c, &["bob@example.test"]).await, [250, 250, 354, 250]);
-    let messages = sink.messages();
-    assert_eq!(messages.len(), 1, "only the second message was delivered");
-    assert!(!messages[0].data.windows(3).any(|w| w == b"yyy"), "the refused bytes never reached the back end");
-    assert_eq!(*sink.connections.lock().unwrap(), 2, "the connection left in DATA was closed, not pooled");
-    let verbs = sink.verbs();
-    assert!(!verbs.contains(&"RSET".to_owned()), "no RSET inside a message: {verbs:?}");
-}
-
-/// A client that uploads slowly outlasts KEEPALIVE (30 s) with the back end's DATA already
-/// sent, when no NOOP can keep that transaction alive: it is opened again on a fresh connection
-/// (MAIL FROM and the recipients again), the first is closed (cancelling it), and the message
-/// arrives once, whole, on the second.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn issue21_a_slow_upload_opens_the_back_ends_transaction_again() {
-    let sink = Sink::start(Behaviour::default()).await;
-    let node = TestNode::start(&relay_policy(""), Some(sink.addr)).await;
-    let mut c = Client::connect(node.addr).await;
-    c.reply().await;
-    c.cmd("EHLO client.example").await;
-    assert_eq!(code(&c.cmd("MAIL FROM:<a@sender.example>").await), 250);
-    assert_eq!(code(&c.cmd("RCPT TO:<bob@example.test>").await), 250);
-    assert_eq!(code(&c.cmd("RCPT TO:<carol@example.test>").await), 250);
-    assert_eq!(code(&c.cmd("DATA").await), 354);
-    c.send(b"Subject: slow\r\n\r\nfirst line\r\n").await;
-    tokio::time::sleep(std::time::Duration::from_secs(31)).await;
-    // A line past KEEPALIVE: the node notices the age of its transaction.
-    c.send(b"second line\r\n").await;
-    wait_for(|| *sink.connections.lock().unwrap() == 2).await;
-    assert_eq!(code(&c.cmd("third line\r\n.").await), 250);
-    let messages = sink.messages();
-    assert_eq!(messages.len(), 1, "delivered once");
-    assert_eq!(messages[0].rcpts, ["bob@example.test", "carol@example.test"]);
-    assert!(messages[0].data.ends_with(b"Subject: slow\r\n\r\nfirst line\r\nsecond line\r\nthird line\r\n"));
-    assert_eq!(*sink.connections.lock().unwrap(), 2, "a fresh connection for the transaction opened again");
-    let verbs: Vec<String> = sink.verbs().into_iter().filter(|v| v != "EHLO").collect();
-    assert_eq!(verbs, ["MAIL", "RCPT", "RCPT", "DATA", "MAIL", "RCPT", "RCPT", "DATA"]);
 }

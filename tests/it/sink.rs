@@ -238,9 +238,6 @@ async fn sink_session(
             }
             let data = unstuff(&raw);
             in_transaction = false;
-            // The verdict is the behaviour's at the final dot, not at DATA (which mtac sends
-            // as the client's DATA arrives, before a test may change it).
-            let b = behaviour.lock().unwrap().clone();
             finish(&b, &messages, Received { from: from.clone(), rcpts: rcpts.clone(), data, tls, bdat: false }).await
         } else if upper.starts_with("RSET") {
             in_transaction = false;

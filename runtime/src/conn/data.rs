@@ -108,10 +108,6 @@ async fn receive(
     };
     let mut chunk_size = chunk_left;
     let mut lines = LineReader::new(usize::try_from(farm.limits.line_length).unwrap_or(usize::MAX));
-    // The back end's DATA goes now: its 354 arrives while the message does.
-    if let Some(t) = txn.as_mut() {
-        t.announce_data().await;
-    }
     if !chunked {
         conn.reply(&Reply::start_data());
         if !conn.flush(data_deadline).await {
@@ -215,10 +211,10 @@ async fn receive(
                 }
             }
         }
-        if let (Some(t), Some(envelope)) = (txn.as_mut(), session.transaction()) {
+        if let Some(t) = txn.as_mut() {
             // Back ends drop idle clients (Postfix after 300 s): keep the transaction alive while
             // a slow client uploads.
-            t.keepalive(&super::rcpt::envelope(envelope), &envelope.recipients).await;
+            t.keepalive().await;
         }
         let read = conn.read_chunk(data_deadline, true, SPOOL_CHUNK).await;
         if let Some(end) = conn.ended_by(read, hostname).await {

@@ -8,7 +8,7 @@
 use super::Ctx;
 use crate::milter::client::Edit;
 use crate::milter::edits;
-use crate::relay::Transaction;
+use crate::relay::{Envelope, Transaction};
 use crate::relayed::Relayed;
 use crate::session::Session;
 use crate::shared::Delivery;
@@ -101,15 +101,20 @@ pub(super) async fn recipients<'r>(
     if list.is_empty() {
         return give_up(txn, cannot_change("every recipient deleted")).await;
     }
-    // A transaction already in DATA takes no more RCPT commands: it starts again too.
-    let restart = !deleted.is_empty() || txn.as_ref().is_some_and(Transaction::data_sent);
+    let restart = !deleted.is_empty();
     let (mut txn, to_send) = match txn {
         Some(t) if !restart => (t, added),
         previous => {
             if let Some(t) = previous {
                 t.abort().await;
             }
-            match relay.begin(&super::rcpt::envelope(original)).await {
+            let envelope = Envelope {
+                sender: original.sender.clone(),
+                size: original.size,
+                eight_bit: original.eight_bit,
+                smtputf8: original.smtputf8,
+            };
+            match relay.begin(&envelope).await {
                 Ok(t) => (t, list),
                 Err(reply) => return Err((reply, rules::BACKEND)),
             }

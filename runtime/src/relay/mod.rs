@@ -293,9 +293,9 @@ impl Connection {
 }
 
 /// The envelope replayed to the back end.
-#[derive(Debug, Clone, Copy)]
-pub struct Envelope<'a> {
-    pub sender: &'a str,
+#[derive(Debug, Clone)]
+pub struct Envelope {
+    pub sender: String,
     pub size: Option<u64>,
     pub eight_bit: bool,
     pub smtputf8: bool,
@@ -427,7 +427,7 @@ impl Relay {
 
     /// Open a transaction: a connection (pooled or new) that accepted MAIL FROM.
     /// `Err(reply)` is what the client must get for the recipient that triggered it.
-    pub async fn begin(&self, envelope: &Envelope<'_>) -> Result<Transaction<'_>, Reply> {
+    pub async fn begin(&self, envelope: &Envelope) -> Result<Transaction<'_>, Reply> {
         self.open(envelope, None).await.map(|(txn, _)| txn)
     }
 
@@ -436,7 +436,7 @@ impl Relay {
     /// this recipient); else the open transaction and the back end's verdict on `first`.
     pub async fn begin_with(
         &self,
-        envelope: &Envelope<'_>,
+        envelope: &Envelope,
         first: &str,
     ) -> Result<(Transaction<'_>, Result<(), Reply>), Reply> {
         let (mut txn, verdict) = self.open(envelope, Some(first)).await?;
@@ -448,7 +448,7 @@ impl Relay {
     }
 
     /// [`Relay::begin`], with the first recipient's verdict when it went in the same write.
-    async fn open(&self, envelope: &Envelope<'_>, first: Option<&str>) -> Result<Opened<'_>, Reply> {
+    async fn open(&self, envelope: &Envelope, first: Option<&str>) -> Result<Opened<'_>, Reply> {
         // A pooled connection may have been closed by the back end while idle: one fresh retry.
         if let Some(conn) = self.take_pooled() {
             if let Ok(result) = self.mail_from(conn, envelope, first).await {
@@ -474,7 +474,7 @@ impl Relay {
     async fn mail_from(
         &self,
         mut conn: Connection,
-        envelope: &Envelope<'_>,
+        envelope: &Envelope,
         first: Option<&str>,
     ) -> Result<Result<Opened<'_>, Reply>, RelayError> {
         if envelope.smtputf8 && !conn.caps.smtputf8 {
@@ -513,7 +513,7 @@ impl Relay {
             }
             return Ok(Err(client));
         }
-        let mut txn = Transaction { relay: self, conn: Some(conn), recipients: 0, data_sent: false };
+        let mut txn = Transaction { relay: self, conn: Some(conn), recipients: 0 };
         let verdict = rcpt.map(|rcpt| txn.rcpt_answered(rcpt));
         Ok(Ok((txn, verdict)))
     }
@@ -536,29 +536,17 @@ pub struct Transaction<'r> {
     relay: &'r Relay,
     conn: Option<Connection>,
     recipients: usize,
-    /// DATA went out when the client began its message ([`Transaction::announce_data`]); its
-    /// 354 is read when the message is relayed.
-    data_sent: bool,
 }
 
-impl<'r> Transaction<'r> {
+impl Transaction<'_> {
     pub fn protocol(&self) -> BackendProtocol {
         self.conn.as_ref().map_or(BackendProtocol::Smtp, |c| c.protocol)
-    }
-
-    /// Whether the back end is already waiting for the message: no command fits before it.
-    pub fn data_sent(&self) -> bool {
-        self.data_sent
     }
 
     /// Forward one recipient; `Err` carries the reply for the client.
     pub async fn rcpt(&mut self, address: &str) -> Result<(), Reply> {
         let timeout = self.relay.timeout;
         let Some(conn) = self.conn.as_mut() else { return Err(RelayError::Protocol("closed".into()).reply()) };
-        if self.data_sent {
-            // The line would be read as the message's first: callers restart the transaction.
-            return Err(RelayError::Protocol("RCPT after DATA".into()).reply());
-        }
         let answer = conn.command(&format!("RCPT TO:<{address}>"), timeout).await;
         self.rcpt_answered(answer)
     }
@@ -580,47 +568,12 @@ impl<'r> Transaction<'r> {
         }
     }
 
-    /// The client began its message (DATA, or its first BDAT chunk): send DATA now, so that the
-    /// back end's 354 travels while the message is uploaded and checked instead of after — one
-    /// round trip fewer between the client's final dot and its answer (Postfix's before-queue
-    /// proxy waits for it). Not to a back end that offers CHUNKING: there the whole message goes
-    /// in one `BDAT LAST` already. A failed write leaves no transaction (DATA then answers 451).
-    pub async fn announce_data(&mut self) {
-        let timeout = self.relay.timeout;
-        let Some(conn) = self.conn.as_mut() else { return };
-        if conn.caps.chunking || self.recipients == 0 || self.data_sent {
-            return;
-        }
-        match conn.write(b"DATA\r\n", timeout).await {
-            Ok(()) => {
-                conn.last_used = Instant::now();
-                self.data_sent = true;
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "relay: DATA failed");
-                self.conn = None;
-            }
-        }
-    }
-
-    /// Keep the transaction alive while a slow client uploads (back ends drop idle clients:
-    /// Postfix after 300 s, after 10 s when it is under stress). Once the last exchange is older
-    /// than [`KEEPALIVE`]: a NOOP; or, when DATA already went out (no command fits before the
-    /// message), the transaction is opened again on a fresh connection with `envelope` and
-    /// `recipients`, and DATA waits for the message's end. The connection left in DATA is
-    /// closed, which cancels its transaction (RFC 5321 §3.8). A connection that does not answer,
-    /// or a recipient the back end no longer accepts, leaves no transaction: DATA then answers
-    /// 451 and the client keeps its message.
-    pub async fn keepalive(&mut self, envelope: &Envelope<'_>, recipients: &[String]) {
+    /// Keep an idle transaction alive: a NOOP when the last exchange is older than
+    /// [`KEEPALIVE`]. A connection that does not answer is dropped; DATA then answers 451.
+    pub async fn keepalive(&mut self) {
         let timeout = self.relay.timeout;
         let Some(conn) = self.conn.as_mut() else { return };
         if conn.last_used.elapsed() < KEEPALIVE {
-            return;
-        }
-        if self.data_sent {
-            tracing::info!("relay: a slow upload; the back end's transaction is opened again for it");
-            self.conn = None;
-            self.reopen(envelope, recipients).await;
             return;
         }
         match conn.command("NOOP", timeout).await {
@@ -632,39 +585,13 @@ impl<'r> Transaction<'r> {
         }
     }
 
-    /// This transaction again, from MAIL FROM, on a pooled or fresh connection; every recipient
-    /// must be accepted again, else none is left.
-    async fn reopen(&mut self, envelope: &Envelope<'_>, recipients: &[String]) {
-        let Some((first, rest)) = recipients.split_first() else { return };
-        let (mut again, verdict) = match self.relay.begin_with(envelope, first).await {
-            Ok(opened) => opened,
-            Err(reply) => {
-                tracing::warn!(code = reply.code(), "relay: the transaction could not be opened again");
-                return;
-            }
-        };
-        let mut verdict = verdict;
-        for rcpt in rest {
-            if verdict.is_err() {
-                break;
-            }
-            verdict = again.rcpt(rcpt).await;
-        }
-        match verdict {
-            Ok(()) => *self = again,
-            Err(reply) => {
-                tracing::warn!(code = reply.code(), "relay: a recipient was not accepted again");
-                again.abort().await;
-            }
-        }
-    }
-
+    /// Send the spooled message and return the reply for the client.
     /// Send the message: `headers` (complete CRLF-terminated lines, e.g. the scanners' X-Spam-*)
     /// first, then the spooled message.
     pub async fn data(mut self, headers: &[u8], spool: &mut Relayed) -> Reply {
         let relay = self.relay;
         let Some(mut conn) = self.conn.take() else { return RelayError::Protocol("closed".into()).reply() };
-        match send::message(&mut conn, headers, spool, self.recipients, self.data_sent, relay.timeout).await {
+        match send::message(&mut conn, headers, spool, self.recipients, relay.timeout).await {
             Ok(reply) => {
                 if reply.code < 400 {
                     relay.give_back(conn);
@@ -680,14 +607,10 @@ impl<'r> Transaction<'r> {
         }
     }
 
-    /// Abandon the transaction (client RSET, QUIT, refused DATA): RSET and pool the connection;
-    /// or, when DATA already went out, close it, which cancels the transaction (RFC 5321 §3.8:
-    /// no end of data, no message).
+    /// Abandon the transaction (client RSET, QUIT, refused DATA): RSET and pool the connection.
     pub async fn abort(mut self) {
         if let Some(conn) = self.conn.take() {
-            if !self.data_sent {
-                self.relay.reset_and_pool(conn).await;
-            }
+            self.relay.reset_and_pool(conn).await;
         }
     }
 }

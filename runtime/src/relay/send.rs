@@ -21,13 +21,12 @@ pub(super) async fn message(
     headers: &[u8],
     spool: &mut Relayed,
     recipients: usize,
-    data_sent: bool,
     timeout: Duration,
 ) -> Result<BackendReply, RelayError> {
     let sent = if conn.caps.chunking {
         chunks(conn, headers, spool, timeout).await?
     } else {
-        data(conn, headers, spool, data_sent, timeout).await?
+        data(conn, headers, spool, timeout).await?
     };
     if let Some(refusal) = sent {
         return Ok(refusal);
@@ -58,10 +57,9 @@ async fn data(
     conn: &mut Connection,
     headers: &[u8],
     spool: &mut Relayed,
-    data_sent: bool,
     timeout: Duration,
 ) -> Result<Option<BackendReply>, RelayError> {
-    let go = if data_sent { conn.reply(timeout).await? } else { conn.command("DATA", timeout).await? };
+    let go = conn.command("DATA", timeout).await?;
     if go.code != 354 {
         // Only a refusal may stand in for the verdict: a 2xx here would be a 250 for a body
         // the back end never received.
