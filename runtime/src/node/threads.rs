@@ -26,6 +26,19 @@ use tokio::sync::oneshot;
 /// before it lets go of it.
 const STOP_WAIT: Duration = Duration::from_secs(1);
 
+/// A timer that is always due within a second, so that a session's timer (a command, relay
+/// or DNS timeout: seconds to minutes away) is never the runtime's earliest. tokio's timer
+/// wheel wakes its driver through the I/O driver's eventfd whenever a new timer is earlier than
+/// the wake-up it planned — even from the driver's own thread, where the wake-up is needless:
+/// 0.7 `write` calls per relayed message at 10 sessions without this floor.
+async fn timer_floor() {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+    }
+}
+
 /// The running session threads.
 pub(super) struct SessionThreads {
     threads: Vec<SessionThread>,
@@ -64,7 +77,10 @@ impl SessionThreads {
                 let _ = started.send(Ok(runtime.handle().clone()));
                 // The runtime drives its tasks while this waits; a dropped sender stops it too.
                 runtime.block_on(async {
-                    let _ = told_to_stop.await;
+                    tokio::select! {
+                        _ = told_to_stop => {}
+                        () = timer_floor() => {}
+                    }
                 });
                 // The tasks still on it (sessions past the drain's last call) end with it.
                 runtime.shutdown_timeout(STOP_WAIT);
