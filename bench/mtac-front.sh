@@ -98,4 +98,5 @@ farm "mx" kind="inbound-mx" {
 }
 POLICY
 # No admin listener: several fronts (old and new binaries) may run side by side in one harness run.
-exec "${MTAC_BIN:-$here/../target/release/mtac}" run --policy "$state/policy.kdl" --admin off
+# MTAC_FRONT_WORKERS=N: N session threads (default: one per CPU).
+exec "${MTAC_BIN:-$here/../target/release/mtac}" run --policy "$state/policy.kdl" --admin off ${MTAC_FRONT_WORKERS:+--workers "$MTAC_FRONT_WORKERS"}

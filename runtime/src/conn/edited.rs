@@ -8,7 +8,7 @@
 use super::Ctx;
 use crate::milter::client::Edit;
 use crate::milter::edits;
-use crate::relay::{Envelope, Transaction};
+use crate::relay::Transaction;
 use crate::relayed::Relayed;
 use crate::session::Session;
 use crate::shared::Delivery;
@@ -108,13 +108,7 @@ pub(super) async fn recipients<'r>(
             if let Some(t) = previous {
                 t.abort().await;
             }
-            let envelope = Envelope {
-                sender: original.sender.clone(),
-                size: original.size,
-                eight_bit: original.eight_bit,
-                smtputf8: original.smtputf8,
-            };
-            match relay.begin(&envelope).await {
+            match relay.begin(&super::rcpt::envelope(original)).await {
                 Ok(t) => (t, list),
                 Err(reply) => return Err((reply, rules::BACKEND)),
             }

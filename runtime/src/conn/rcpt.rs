@@ -152,6 +152,11 @@ pub(super) async fn recipient<'r>(
 }
 
 /// Ask the back end about one recipient, opening the transaction at the first.
+/// The client's envelope as the back end is given it.
+pub(super) fn envelope(t: &crate::session::Transaction) -> Envelope<'_> {
+    Envelope { sender: &t.sender, size: t.size, eight_bit: t.eight_bit, smtputf8: t.smtputf8 }
+}
+
 async fn forward<'r>(
     relay: &'r Relay,
     txn: &mut Option<Box<Transaction<'r>>>,
@@ -159,12 +164,7 @@ async fn forward<'r>(
     address: &str,
 ) -> Result<(), Reply> {
     if txn.is_none() {
-        let Some(envelope) = session.transaction().map(|t| Envelope {
-            sender: t.sender.clone(),
-            size: t.size,
-            eight_bit: t.eight_bit,
-            smtputf8: t.smtputf8,
-        }) else {
+        let Some(envelope) = session.transaction().map(envelope) else {
             return Err(Reply::bad_sequence("need MAIL command"));
         };
         // The first recipient goes with MAIL FROM (pipelined where the back end allows).

@@ -292,10 +292,10 @@ impl Connection {
     }
 }
 
-/// The envelope replayed to the back end.
-#[derive(Debug, Clone)]
-pub struct Envelope {
-    pub sender: String,
+/// The envelope replayed to the back end (borrowed from the session's transaction).
+#[derive(Debug, Clone, Copy)]
+pub struct Envelope<'a> {
+    pub sender: &'a str,
     pub size: Option<u64>,
     pub eight_bit: bool,
     pub smtputf8: bool,
@@ -427,7 +427,7 @@ impl Relay {
 
     /// Open a transaction: a connection (pooled or new) that accepted MAIL FROM.
     /// `Err(reply)` is what the client must get for the recipient that triggered it.
-    pub async fn begin(&self, envelope: &Envelope) -> Result<Transaction<'_>, Reply> {
+    pub async fn begin(&self, envelope: &Envelope<'_>) -> Result<Transaction<'_>, Reply> {
         self.open(envelope, None).await.map(|(txn, _)| txn)
     }
 
@@ -436,7 +436,7 @@ impl Relay {
     /// this recipient); else the open transaction and the back end's verdict on `first`.
     pub async fn begin_with(
         &self,
-        envelope: &Envelope,
+        envelope: &Envelope<'_>,
         first: &str,
     ) -> Result<(Transaction<'_>, Result<(), Reply>), Reply> {
         let (mut txn, verdict) = self.open(envelope, Some(first)).await?;
@@ -448,7 +448,7 @@ impl Relay {
     }
 
     /// [`Relay::begin`], with the first recipient's verdict when it went in the same write.
-    async fn open(&self, envelope: &Envelope, first: Option<&str>) -> Result<Opened<'_>, Reply> {
+    async fn open(&self, envelope: &Envelope<'_>, first: Option<&str>) -> Result<Opened<'_>, Reply> {
         // A pooled connection may have been closed by the back end while idle: one fresh retry.
         if let Some(conn) = self.take_pooled() {
             if let Ok(result) = self.mail_from(conn, envelope, first).await {
@@ -474,7 +474,7 @@ impl Relay {
     async fn mail_from(
         &self,
         mut conn: Connection,
-        envelope: &Envelope,
+        envelope: &Envelope<'_>,
         first: Option<&str>,
     ) -> Result<Result<Opened<'_>, Reply>, RelayError> {
         if envelope.smtputf8 && !conn.caps.smtputf8 {
