@@ -350,7 +350,7 @@ def main():
     os.makedirs(out, exist_ok=True)
     if not ARGS.no_build:
         log('cargo build --release (mtac, tls-load)')
-        subprocess.run(['cargo', 'build', '--release', '--bin', 'mtac', '-p', 'mtac-tls-load'], cwd=REPO, check=True)
+        subprocess.run(['cargo', 'build', '--release', '-p', 'mtac', '-p', 'mtac-tls-load'], cwd=REPO, check=True)
     commit = subprocess.run(['git', 'rev-parse', '--short', 'HEAD'], cwd=REPO, capture_output=True,
                             text=True).stdout.strip()
     if subprocess.run(['git', 'diff', '--quiet', 'HEAD'], cwd=REPO).returncode != 0:
