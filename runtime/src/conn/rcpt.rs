@@ -151,12 +151,12 @@ pub(super) async fn recipient<'r>(
     session.recipient_result(address, verdict)
 }
 
-/// Ask the back end about one recipient, opening the transaction at the first.
 /// The client's envelope as the back end is given it.
 pub(super) fn envelope(t: &crate::session::Transaction) -> Envelope<'_> {
     Envelope { sender: &t.sender, size: t.size, eight_bit: t.eight_bit, smtputf8: t.smtputf8 }
 }
 
+/// Ask the back end about one recipient, opening the transaction at the first.
 async fn forward<'r>(
     relay: &'r Relay,
     txn: &mut Option<Box<Transaction<'r>>>,
