@@ -98,13 +98,14 @@ impl FarmSigner {
         let work = tokio::task::spawn_blocking(move || {
             let mut stream = signer.sign_streaming();
             stream.write(&prefix);
-            let mut chunk = vec![0u8; CHUNK];
+            // Bytes in memory are lent; only a spool file's are read, into `scratch`.
+            let mut scratch = Vec::new();
             loop {
-                let n = message.read(&mut chunk)?;
-                if n == 0 {
+                let chunk = message.next_chunk(CHUNK, &mut scratch)?;
+                if chunk.is_empty() {
                     break;
                 }
-                stream.write(chunk.get(..n).unwrap_or_default());
+                stream.write(chunk);
             }
             let signature = stream.finish().map_err(|e| SignError::Sign(e.to_string()))?;
             Ok::<_, SignError>(signature.to_header())

@@ -9,6 +9,7 @@ use super::{BackendReply, Connection, RelayError};
 use crate::relayed::Relayed;
 use crate::smtp::DotStuffer;
 use mtac_ruleset::model::BackendProtocol;
+use std::io::Write;
 use std::time::Duration;
 
 /// Chunk size when streaming the spool file (one BDAT chunk each).
@@ -102,12 +103,14 @@ async fn chunks(
     spool.rewind();
     let total = (headers.len() as u64).saturating_add(spool.len());
     let (mut sent, mut headers_left, mut scratch) = (0u64, headers, Vec::new());
+    // One buffer for every chunk: a command line and at most CHUNK octets.
+    let first = usize::try_from(total).map_or(CHUNK, |total| total.min(CHUNK));
+    let mut wire = Vec::with_capacity(first + 32);
     loop {
         let size = usize::try_from(total - sent).map_or(CHUNK, |left| left.min(CHUNK));
         let last = sent + size as u64 == total;
-        let command = format!("BDAT {size}{}\r\n", if last { " LAST" } else { "" });
-        let mut wire = Vec::with_capacity(command.len() + size);
-        wire.extend_from_slice(command.as_bytes());
+        wire.clear();
+        let _ = write!(wire, "BDAT {size}{}\r\n", if last { " LAST" } else { "" });
         let (from_headers, rest) = headers_left.split_at(headers_left.len().min(size));
         wire.extend_from_slice(from_headers);
         headers_left = rest;
