@@ -272,9 +272,10 @@ pub struct RunArgs {
     /// are logged ("shadow ruleset differs") and counted; reloaded when the file changes
     #[arg(long, value_name = "CANDIDATE")]
     pub shadow: Option<PathBuf>,
-    /// Threads serving sessions, each accepting and serving its own (default: one per CPU the
-    /// node may use). Fewer when the machine's other CPUs are busy with something else (a
-    /// scanner, the back end)
+    /// Threads serving sessions (default: one per CPU the node may use). The first serves
+    /// every session until it is busy (three quarters of a CPU), then new ones go to the next.
+    /// Fewer when the machine's other CPUs are reserved for something else (a scanner, the
+    /// back end)
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub workers: Option<u16>,
 }
@@ -798,6 +799,7 @@ pub fn run(args: RunArgs) -> Result<ExitCode, String> {
         admin: args.admin.unwrap_or(mtac_runtime::AdminAddress::Policy),
         candidate,
         session_threads,
+        busy_share: mtac_runtime::BUSY_SHARE,
         thread_name: "mtac-session".to_owned(),
     };
     let result = runtime.block_on(mtac_runtime::run(config));

@@ -59,7 +59,7 @@ pub mod transfers;
 #[allow(clippy::unwrap_used, clippy::panic)]
 mod tidy;
 
-pub use node::{run, AdminAddress, CandidateConfig, Listeners, Loader, Node, RunConfig, RunError};
+pub use node::{run, AdminAddress, CandidateConfig, Listeners, Loader, Node, RunConfig, RunError, BUSY_SHARE};
 
 /// This machine's host name (uname's nodename), for logs; empty when it is not UTF-8.
 pub fn hostname() -> String {

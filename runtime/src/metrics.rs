@@ -38,6 +38,10 @@ macro_rules! label_sets {
 
 label_sets! {
     FarmLabel { farm: String }
+    ThreadLabel {
+        /// A session thread's index (`mtac-session-N`).
+        thread: String,
+    }
     RefusedAtAccept {
         farm: String,
         /// `limit` (connection limits), `ban`, `rate`; on PROXY listeners `proxy-source` (not
@@ -197,6 +201,8 @@ metrics! {
     connections: Family<FarmLabel, Counter>, "connections", "SMTP connections accepted";
     refused_at_accept: Family<RefusedAtAccept, Counter>, "connections_refused", "Connections turned away at accept (limit, ban, rate, PROXY header)";
     connections_active: Gauge, "connections_active", "SMTP connections open now";
+    thread_connections: Family<ThreadLabel, Counter>, "session_thread_connections",
+        "Connections given to each session thread (thread 0 keeps them until it is busy)";
     sessions: Family<SessionEnd, Counter>, "sessions", "Sessions ended, by how they ended";
     refusals: Family<Refusal, Counter>, "refusals", "4xx and 5xx replies, by stage and by the rule that gave them";
     shadow_refusals: Family<Refusal, Counter>, "shadow_refusals",

@@ -37,6 +37,7 @@ pub fn start(policy: &Path, thread_name: &str) -> (SocketAddr, tokio::runtime::R
             admin: mtac_runtime::AdminAddress::Off,
             candidate: None,
             session_threads: 1,
+            busy_share: mtac_runtime::BUSY_SHARE,
             thread_name: session_name,
         };
         node.run_until(listeners, config, std::future::pending()).await.unwrap();

@@ -1,6 +1,7 @@
 //! The node's lifetime as a client sees it: the drain waits for the sessions themselves (a
 //! completion guard, not a polled counter), bounded by the grace period; and `/status` and
-//! `/metrics` read one set of counts.
+//! `/metrics` read one set of counts; a load that keeps the first session thread busy spreads
+//! to the others.
 
 use crate::support::{code, relay_policy, sample, Behaviour, Client, Sink, TestNode};
 use std::time::{Duration, Instant};
@@ -103,9 +104,8 @@ async fn status_and_metrics_read_the_same_counts() {
     node.stop().await;
 }
 
-/// Session threads share each listening address (`SO_REUSEPORT`), but a second node (or a farm
-/// whose listener overlaps another's) must not join them without a word: its bind fails as a
-/// plain bind would, and the first node keeps every connection.
+/// A second node (or a farm whose listener overlaps another's) cannot share a listening address
+/// without a word: its bind fails, and the first node keeps every connection.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_does_not_start_on_an_address_another_node_listens_on() {
     let sink = Sink::start(Behaviour::default()).await;
@@ -173,5 +173,55 @@ async fn quit_ends_the_session_at_once_and_its_221_is_never_reset() {
     let read = tokio::time::timeout(Duration::from_secs(5), client.stream.read_to_end(&mut rest)).await;
     assert!(matches!(read, Ok(Ok(_))), "{read:?}");
     assert!(rest.is_empty(), "{:?}", String::from_utf8_lossy(&rest));
+    node.stop().await;
+}
+
+/// A load that keeps session thread 0 busy (past a share of a CPU set low here, so that the
+/// test's own load reaches it on a machine busy with other tests) spreads: thread 0 gives new
+/// connections to the other threads, which serve and relay them as it would. Before the flood,
+/// one session at a time, every connection stayed on thread 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busy_first_session_thread_hands_new_connections_to_the_others() {
+    let sink = Sink::start(Behaviour::default()).await;
+    let policy = relay_policy("limits { connections-per-ip 100; }");
+    let mut node = TestNode::start_with_threads(&policy, Some(sink.addr), 3, 0.05).await;
+    let per_thread = |metrics: &str| -> Vec<f64> {
+        (0..3).map(|t| sample(metrics, &format!("mtac_session_thread_connections_total{{thread=\"{t}\"}}"))).collect()
+    };
+    let send = |addr, token: String| async move {
+        let mut c = Client::connect(addr).await;
+        assert_eq!(code(&c.reply().await), 220);
+        assert_eq!(code(&c.cmd("EHLO client.example.org").await), 250);
+        assert_eq!(code(&c.cmd("MAIL FROM:<a@example.org>").await), 250);
+        assert_eq!(code(&c.cmd("RCPT TO:<b@example.test>").await), 250);
+        assert_eq!(code(&c.cmd("DATA").await), 354);
+        let reply = c.cmd(&format!("Subject: {token}\r\n\r\nbody\r\n.")).await;
+        assert_eq!(code(&reply), 250, "{token}: {reply}");
+        assert_eq!(code(&c.cmd("QUIT").await), 221);
+    };
+    send(node.addr, "alone".to_owned()).await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let before = per_thread(&node.metrics().await);
+    assert_eq!(before[1..], [0.0, 0.0], "one session at a time stays on thread 0: {before:?}");
+
+    let flood: Vec<_> = (0..24)
+        .map(|client| {
+            let addr = node.addr;
+            tokio::spawn(async move {
+                for i in 0..15 {
+                    send(addr, format!("flood-{client}-{i}")).await;
+                }
+            })
+        })
+        .collect();
+    for client in flood {
+        client.await.unwrap();
+    }
+    let after = per_thread(&node.metrics().await);
+    assert!(after[1] + after[2] > 0.0, "a flood of 360 messages stayed on thread 0: {after:?}");
+    // Every connection went to one thread and every message reached the back end, whichever
+    // thread served it (each thread relays over back-end connections of its own).
+    assert_eq!(after.iter().sum::<f64>(), 1.0 + 1.0 + 360.0, "the readiness probe, one, the flood: {after:?}");
+    assert_eq!(sink.messages().len(), 361);
     node.stop().await;
 }

@@ -97,6 +97,10 @@ fn write_candidate(dir: &std::path::Path, policy: &str, backend: Option<SocketAd
     file
 }
 
+/// Two session threads, as on a 2-CPU node, busy past the node's default share of a CPU: a
+/// test's light load stays on the first.
+const TWO_THREADS: (usize, f64) = (2, mtac_runtime::BUSY_SHARE);
+
 /// An mtac node running in-process.
 pub struct TestNode {
     pub addr: SocketAddr,
@@ -117,14 +121,14 @@ impl TestNode {
 
     /// [`TestNode::start`], compiling (and reloading) with `options`.
     pub async fn start_with(policy: &str, backend: Option<SocketAddr>, options: mtac_compiler::Options) -> TestNode {
-        TestNode::start_configured(policy, backend, options, Duration::from_secs(5), None).await
+        TestNode::start_configured(policy, backend, options, Duration::from_secs(5), None, TWO_THREADS).await
     }
 
     /// [`TestNode::start`] with a shadow ruleset compiled from `candidate` (same placeholders),
     /// written to `{dir}/candidate.ruleset` and watched there (`mtac run --shadow`).
     pub async fn start_with_candidate(policy: &str, candidate: &str, backend: Option<SocketAddr>) -> TestNode {
         let options = mtac_compiler::Options::default();
-        TestNode::start_configured(policy, backend, options, Duration::from_secs(5), Some(candidate)).await
+        TestNode::start_configured(policy, backend, options, Duration::from_secs(5), Some(candidate), TWO_THREADS).await
     }
 
     /// Compile `policy` (placeholders filled as at start) and push it as this node's shadow
@@ -135,7 +139,20 @@ impl TestNode {
 
     /// [`TestNode::start`] with a grace period of its own for the drain at stop (5 s otherwise).
     pub async fn start_with_grace(policy: &str, backend: Option<SocketAddr>, grace: Duration) -> TestNode {
-        TestNode::start_configured(policy, backend, mtac_compiler::Options::default(), grace, None).await
+        TestNode::start_configured(policy, backend, mtac_compiler::Options::default(), grace, None, TWO_THREADS).await
+    }
+
+    /// [`TestNode::start`] with `threads` session threads, each busy past `busy_share` of a CPU
+    /// (0.75 otherwise): a low share lets a test's load make the first thread busy even on a
+    /// machine whose other tests hold the CPUs.
+    pub async fn start_with_threads(
+        policy: &str,
+        backend: Option<SocketAddr>,
+        threads: usize,
+        busy_share: f64,
+    ) -> TestNode {
+        let options = mtac_compiler::Options::default();
+        TestNode::start_configured(policy, backend, options, Duration::from_secs(5), None, (threads, busy_share)).await
     }
 
     async fn start_configured(
@@ -144,6 +161,7 @@ impl TestNode {
         options: mtac_compiler::Options,
         grace: Duration,
         candidate_policy: Option<&str>,
+        (session_threads, busy_share): (usize, f64),
     ) -> TestNode {
         let dir = tempfile::tempdir().unwrap();
         let text = policy
@@ -174,15 +192,14 @@ impl TestNode {
                 Arc::new(move || mtac_ruleset::Ruleset::open_sealed(&f).map_err(|e| e.to_string()));
             mtac_runtime::CandidateConfig { loader, watch: Some(file) }
         });
-        // Two session threads, as on a 2-CPU node: connections spread over both, each thread with
-        // its own listening socket and back-end pool.
         let config = mtac_runtime::RunConfig {
             loader,
             watch: Some(path),
             grace,
             admin,
             candidate,
-            session_threads: 2,
+            session_threads,
+            busy_share,
             thread_name: "test-session".to_owned(),
         };
         let task = tokio::spawn(async move {

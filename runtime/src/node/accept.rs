@@ -7,6 +7,7 @@
 //! drops the task's drain [`Guard`], so the limits, the gauge and the drain cannot disagree.
 
 use super::drain::Guard;
+use super::threads::Placement;
 use crate::metrics::{FarmLabel, RefusedAtAccept};
 use crate::shared::Shared;
 use mtac_ruleset::model::{self, BanResponse, RateSubject};
@@ -17,26 +18,11 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use tokio::net::{TcpListener, TcpStream};
 
-/// The first listening socket of `address`, or the error a plain `bind` gives when something
-/// already listens there: `SO_REUSEPORT` alone would let a second node of the same user share
-/// the port without a word, or start two farms on overlapping addresses. A socket without it
-/// is bound first and closed (an ephemeral port cannot be taken: port 0 skips it).
-pub(super) fn bind_first(address: SocketAddr) -> std::io::Result<std::net::TcpListener> {
-    if address.port() != 0 {
-        let probe = socket(address)?;
-        probe.bind(&address.into())?;
-        drop(probe);
-    }
-    bind(address)
-}
-
-/// A listening socket with a deep backlog: a spam wave arrives as a burst of connects.
-/// `SO_REUSEPORT`: each session thread listens on a socket of its own bound to the same address
-/// (the kernel spreads connections by their addresses and ports); only sockets of this user can
-/// join them.
+/// The listening socket of `address`, or the error a plain `bind` gives when something already
+/// listens there. A deep backlog: a spam wave arrives as a burst of connects. One socket per
+/// address, accepted on by session thread 0, which hands connections on ([`super::threads`]).
 pub(super) fn bind(address: SocketAddr) -> std::io::Result<std::net::TcpListener> {
     let socket = socket(address)?;
-    socket.set_reuse_port(true)?;
     socket.set_nonblocking(true)?;
     // Linux gives accepted sockets the listener's TCP_NODELAY: one setsockopt(2) here instead
     // of one per connection (`conn::serve` sets it itself elsewhere).
@@ -295,6 +281,34 @@ impl Listening {
         self.spawn_session(stream, peer, slot, admission);
     }
 
+    /// An accepted connection, on the session thread that serves it: admitted (a direct
+    /// client) or given a task that waits for the PROXY header (a balancer); anyone else on a
+    /// PROXY listener is closed at once, unanswered: a greeting would tell a scanner the port is
+    /// SMTP.
+    fn connected(self: &Arc<Self>, stream: TcpStream, peer: SocketAddr) {
+        if self.proxy_from.is_empty() {
+            if let Some(admitted) = self.admit(stream, peer, None) {
+                self.start(admitted);
+            }
+            return;
+        }
+        if !self.proxy_from.iter().any(|net| net.contains(&peer.ip())) {
+            self.refused("proxy-source");
+            if let Some(count) = self.shared.proxy_refusals.note(&self.farm) {
+                tracing::warn!(farm = self.farm.as_str(), peer = %peer.ip(), refused = count, "connection to a PROXY listener from outside its proxy-from closed (one line per farm every 10 s at most)");
+            }
+            return;
+        }
+        let max_total = self.shared.snapshot().farm(&self.farm).map_or(0, |(_, farm)| farm.limits.connections);
+        let Some(slot) = self.take_slot(max_total) else {
+            // Said to the balancer, which passes it on to its client.
+            self.refused("limit");
+            refuse(stream, "421 4.7.0 Too many connections, try again later\r\n");
+            return;
+        };
+        tokio::spawn(self.clone().proxied(stream, peer, slot));
+    }
+
     /// A connection on a PROXY listener, in its own task: the balancer's header names the
     /// client, who is then admitted like a direct one. The wait holds a farm connection slot,
     /// so headers that never come cannot pile up past the farm's `connections`.
@@ -316,8 +330,9 @@ impl Listening {
     }
 }
 
-/// One listening socket of `farm`, on the session thread that runs this task: accept until the
-/// task is aborted, each session task (on this thread) holding a clone of `drain`.
+/// One listening socket of `farm`, on session thread 0: accept until the task is aborted, and
+/// start each connection's work on the thread [`Placement`] picks; each session task holds a
+/// clone of `drain`.
 pub(super) async fn accept_loop(
     listener: TcpListener,
     farm: String,
@@ -325,6 +340,7 @@ pub(super) async fn accept_loop(
     limits: Arc<FarmLimits>,
     shared: Arc<Shared>,
     drain: Guard,
+    placement: Arc<Placement>,
 ) {
     let listening = Arc::new(Listening {
         farm,
@@ -337,6 +353,7 @@ pub(super) async fn accept_loop(
     // Looked up on the first connection (so the series appears then, as it always did) and
     // kept: counting a connection is then one relaxed atomic increment.
     let mut accepted = None;
+    let here = crate::shared::session_thread();
     loop {
         let shared = &listening.shared;
         let Some((stream, peer)) = crate::shared::accepted(listener.accept().await, "accept failed").await else {
@@ -348,29 +365,28 @@ pub(super) async fn accept_loop(
             })
             .inc();
         let peer = normalize(peer);
-        if listening.proxy_from.is_empty() {
-            if let Some(admitted) = listening.admit(stream, peer, None) {
-                listening.start(admitted);
+        let thread = placement.place();
+        match placement.handle(thread) {
+            Some(handle) if thread != here => {
+                // Taken off this thread's reactor (one epoll_ctl) and registered with that
+                // thread's, there, in a task of its own.
+                let listening = listening.clone();
+                match stream.into_std() {
+                    Ok(stream) => {
+                        handle.spawn(async move {
+                            match TcpStream::from_std(stream) {
+                                Ok(stream) => listening.connected(stream, peer),
+                                Err(error) => tracing::warn!(%error, "accepted connection: cannot register it"),
+                            }
+                        });
+                    }
+                    Err(error) => {
+                        tracing::warn!(%error, "cannot hand an accepted connection to another session thread")
+                    }
+                }
             }
-            continue;
+            _ => listening.connected(stream, peer),
         }
-        // A PROXY listener: only the balancers may connect, and they speak first. Anyone else
-        // is closed at once, unanswered: a greeting would tell a scanner the port is SMTP.
-        if !listening.proxy_from.iter().any(|net| net.contains(&peer.ip())) {
-            listening.refused("proxy-source");
-            if let Some(count) = shared.proxy_refusals.note(&listening.farm) {
-                tracing::warn!(farm = listening.farm.as_str(), peer = %peer.ip(), refused = count, "connection to a PROXY listener from outside its proxy-from closed (one line per farm every 10 s at most)");
-            }
-            continue;
-        }
-        let max_total = shared.snapshot().farm(&listening.farm).map_or(0, |(_, farm)| farm.limits.connections);
-        let Some(slot) = listening.take_slot(max_total) else {
-            // Said to the balancer, which passes it on to its client.
-            listening.refused("limit");
-            refuse(stream, "421 4.7.0 Too many connections, try again later\r\n");
-            continue;
-        };
-        tokio::spawn(listening.clone().proxied(stream, peer, slot));
     }
 }
 

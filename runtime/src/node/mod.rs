@@ -7,8 +7,9 @@
 //! - `tasks`: what runs beside the sessions (DNS zone probes, the state store's task, systemd
 //!   notifications) and what is prepared before serving (resolver, maildirs, open-file limit);
 //! - `drain`: the completion guard the drain waits on;
-//! - `threads`: the session threads, each a single-threaded runtime with listening sockets of
-//!   its own, on which sessions run from accept to end.
+//! - `threads`: the session threads, each a single-threaded runtime on which sessions run from
+//!   accept to end, and the placement that gives thread 0's accepted connections to a thread:
+//!   thread 0 until it is busy, then the next.
 //!
 //! What sessions and the admin listener share ([`Shared`], [`crate::shared::Snapshot`]) lives
 //! below this module in [`crate::shared`]; nothing below imports `node`.
@@ -25,6 +26,7 @@ mod tasks;
 mod threads;
 
 pub use tasks::raise_file_limit;
+pub use threads::BUSY_SHARE;
 
 use crate::shared::{Shared, Shutdown, Snapshot};
 use crate::spool::Spool;
@@ -85,6 +87,9 @@ pub struct RunConfig {
     /// How many session threads serve the SMTP listeners (at least one; `mtac run --workers`,
     /// one per CPU by default).
     pub session_threads: usize,
+    /// The share of a CPU past which a session thread is busy and new connections go to the
+    /// next ([`BUSY_SHARE`] by default).
+    pub busy_share: f64,
     /// What the session threads' names start with (`mtac-session`: `mtac-session-0`, …), as
     /// `top -H` and /proc show them.
     pub thread_name: String,
@@ -108,7 +113,7 @@ pub enum AdminAddress {
 /// Everything a node listens on.
 pub struct Listeners {
     /// SMTP listeners, the farm each serves, and how it listens (implicit TLS, PROXY protocol):
-    /// the first socket of each address; every other session thread binds one more beside it.
+    /// one socket per address, which session thread 0 accepts on.
     pub smtp: Vec<(std::net::TcpListener, String, mtac_ruleset::model::Listener)>,
     pub admin: Option<TcpListener>,
     /// The admin socket (state queries, bans) and its path, removed at stop.
@@ -189,7 +194,7 @@ impl Node {
         let mut bound = Vec::new();
         for farm in &snapshot.ruleset.policy().farms {
             for listener in &farm.listeners {
-                let socket = accept::bind_first(listener.address)
+                let socket = accept::bind(listener.address)
                     .map_err(|source| RunError::Listen { address: listener.address, source })?;
                 if listener.is_proxied() {
                     let balancers: Vec<String> = listener.proxy_from.iter().map(ToString::to_string).collect();
@@ -240,31 +245,28 @@ impl Node {
         };
         let node = Arc::new(Node { candidate, ..self });
         let shared = node.shared.clone();
-        let threads = threads::SessionThreads::start(config.session_threads, &config.thread_name)
-            .await
-            .map_err(RunError::Threads)?;
+        let threads = threads::SessionThreads::start(
+            config.session_threads,
+            &config.thread_name,
+            config.busy_share,
+            &shared.metrics,
+        )
+        .await
+        .map_err(RunError::Threads)?;
         // As an operator checks what --workers (or the CPUs the node may use) came to.
         tracing::info!(workers = threads.count(), "session threads");
-        // Every socket bound and registered before anything is spawned: after a failure here
-        // only the session threads are left, and they end by themselves (their stop senders are
+        // Every socket registered before anything is spawned: after a failure here only the
+        // session threads are left, and they end by themselves (their stop senders are
         // dropped). Connections wait in the backlogs until the accept loops start.
         let mut sockets = Vec::new();
-        for (first, farm, spec) in listeners.smtp {
-            let listen_error = |source| RunError::Listen { address: spec.address, source };
-            let address = first.local_addr().map_err(listen_error)?;
-            let mut first = Some(first);
-            for handle in threads.handles() {
-                let socket = match first.take() {
-                    Some(socket) => socket,
-                    None => accept::bind(address).map_err(listen_error)?,
-                };
-                // Registered with the thread's own reactor, which then reports its connections.
-                let listener = {
-                    let _runtime = handle.enter();
-                    TcpListener::from_std(socket).map_err(listen_error)?
-                };
-                sockets.push((handle.clone(), listener, farm.clone(), spec.clone()));
-            }
+        for (socket, farm, spec) in listeners.smtp {
+            // Registered with thread 0's reactor, which then reports its connections.
+            let listener = {
+                let _runtime = threads.accepting().enter();
+                TcpListener::from_std(socket)
+            };
+            let listener = listener.map_err(|source| RunError::Listen { address: spec.address, source })?;
+            sockets.push((listener, farm, spec));
         }
         let _ = node.reload_candidate();
         let watched: Vec<&Path> = config.watch.iter().chain(candidate_watch.iter()).map(PathBuf::as_path).collect();
@@ -279,10 +281,18 @@ impl Node {
         let (mut drain, guard) = Drain::new();
         let mut limits: HashMap<String, Arc<accept::FarmLimits>> = HashMap::new();
         let mut accept_tasks = Vec::new();
-        for (handle, listener, farm, spec) in sockets {
+        for (listener, farm, spec) in sockets {
             let farm_limits = limits.entry(farm.clone()).or_default().clone();
-            let task = accept::accept_loop(listener, farm, spec, farm_limits, shared.clone(), guard.clone());
-            accept_tasks.push(handle.spawn(task));
+            let task = accept::accept_loop(
+                listener,
+                farm,
+                spec,
+                farm_limits,
+                shared.clone(),
+                guard.clone(),
+                threads.placement(),
+            );
+            accept_tasks.push(threads.accepting().spawn(task));
         }
         // From here on the accept loops and their sessions hold the only guards.
         drop(guard);
