@@ -3,7 +3,7 @@
 //! client as the back end gave it, and a back end that does not offer PIPELINING gets one
 //! command at a time.
 
-use super::support::{code, relay_policy, Behaviour, Client, Sink, TestNode};
+use super::support::{code, relay_policy, sample, Behaviour, Client, Sink, TestNode};
 
 async fn message(c: &mut Client, rcpts: &[&str]) -> Vec<u16> {
     let mut codes = vec![code(&c.cmd("MAIL FROM:<a@sender.example>").await)];
@@ -65,13 +65,18 @@ async fn issue21_a_refused_pipelined_mail_keeps_the_connection_in_step() {
 }
 
 /// Each session thread keeps the back-end connections it opened: the test node's two threads
-/// share 40 sessions (the kernel spreads them over their listening sockets) and each reuses its
-/// own pooled connection, so the back end sees exactly two. With one pool shared by the
-/// threads, every read on a connection another thread opened would wake that thread first.
+/// share 40 sessions (every thread counts as busy here, so each new connection goes to the one
+/// that was less busy) and each reuses its own pooled connection, so the back end sees one per
+/// thread that served a session. With one pool shared by the threads, every read on a
+/// connection another thread opened would wake that thread first.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn issue21_each_session_thread_reuses_its_own_back_end_connection() {
     let sink = Sink::start(Behaviour::default()).await;
-    let node = TestNode::start(&relay_policy(""), Some(sink.addr)).await;
+    let node = TestNode::start_with_threads(&relay_policy(""), Some(sink.addr), 2, 0.0).await;
+    let per_thread = |metrics: &str| -> Vec<f64> {
+        (0..2).map(|t| sample(metrics, &format!("mtac_session_thread_connections_total{{thread=\"{t}\"}}"))).collect()
+    };
+    let before = per_thread(&node.metrics().await);
     for _ in 0..40 {
         let mut c = Client::connect(node.addr).await;
         c.reply().await;
@@ -79,6 +84,9 @@ async fn issue21_each_session_thread_reuses_its_own_back_end_connection() {
         assert_eq!(message(&mut c, &["bob@example.test"]).await, [250, 250, 354, 250]);
         c.cmd("QUIT").await;
     }
+    let after = per_thread(&node.metrics().await);
+    let served: Vec<f64> = after.iter().zip(&before).map(|(a, b)| a - b).collect();
+    assert!(served.iter().all(|&n| n > 0.0), "both threads served sessions: {served:?}");
     assert_eq!(sink.messages().len(), 40);
-    assert_eq!(*sink.connections.lock().unwrap(), 2, "one back-end connection per session thread");
+    assert_eq!(*sink.connections.lock().unwrap(), 2, "one back-end connection per session thread: {served:?}");
 }
