@@ -273,7 +273,7 @@ pub struct RunArgs {
     #[arg(long, value_name = "CANDIDATE")]
     pub shadow: Option<PathBuf>,
     /// Threads serving sessions (default: one per CPU the node may use). The first serves
-    /// every session until it is busy (three quarters of a CPU), then new ones go to the next.
+    /// every session until it is busy (90% of a CPU), then new ones go to the next.
     /// Fewer when the machine's other CPUs are reserved for something else (a scanner, the
     /// back end)
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=1024))]

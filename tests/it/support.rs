@@ -143,7 +143,7 @@ impl TestNode {
     }
 
     /// [`TestNode::start`] with `threads` session threads, each busy past `busy_share` of a CPU
-    /// (0.75 otherwise): a low share lets a test's load make the first thread busy even on a
+    /// (0.9 otherwise): a low share lets a test's load make the first thread busy even on a
     /// machine whose other tests hold the CPUs.
     pub async fn start_with_threads(
         policy: &str,
