@@ -26,6 +26,7 @@ mod tls;
 use crate::relayed::Relayed;
 use crate::smtp::{EnhancedCode, Reply};
 use mtac_ruleset::model::{Backend, BackendProtocol};
+use std::collections::VecDeque;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 pub use tls::AnyCertificate;
@@ -36,8 +37,17 @@ use tokio::net::TcpStream;
 /// Pooled connections older than this are closed rather than reused (back ends time idle
 /// clients out; Postfix after 300 s).
 const POOL_IDLE: Duration = Duration::from_secs(30);
-/// Idle connections kept per back end (all session threads together).
+/// Idle connections kept per back end (all session threads together) once they have waited
+/// [`POOL_SPARE`]: beyond it, a returned connection closes the pool's stale ones, or itself.
 const POOL_SIZE: usize = 64;
+/// A connection back in the pool this recently counts as in use for [`POOL_SIZE`]: at 200
+/// sessions about 100 back-end connections are busy at once, and a cap on all idle ones closed
+/// a connection that the next session reopened moments later (9% of the messages paid a new
+/// connection and EHLO at 200 sessions, none at 50; BENCHMARKS.md, issue 21 round nine).
+const POOL_SPARE: Duration = Duration::from_secs(1);
+/// Idle connections per back end however recently used: a bound when the farm's connection
+/// limit is large.
+const POOL_MAX: usize = 1024;
 /// A back-end reply longer than this is a protocol error.
 const MAX_REPLY: usize = 16 * 1024;
 /// An open transaction idle for this long gets a NOOP (while the client uploads its message).
@@ -301,6 +311,25 @@ pub struct Envelope<'a> {
     pub smtputf8: bool,
 }
 
+/// Whether one more connection may wait in `pools` (one back end's, per thread) at `now`: below
+/// [`POOL_SIZE`] it may; at or above, connections idle longer than [`POOL_SPARE`] are closed,
+/// and those left were in use a moment ago (the back end served that many at once), so it may
+/// wait beside them up to [`POOL_MAX`].
+fn make_room<T>(pools: &mut [VecDeque<T>], now: Instant, last_used: impl Fn(&T) -> Instant) -> bool {
+    let waiting: usize = pools.iter().map(VecDeque::len).sum();
+    if waiting < POOL_SIZE {
+        return true;
+    }
+    let mut closed = 0;
+    for pool in pools.iter_mut() {
+        while pool.front().is_some_and(|oldest| now.saturating_duration_since(last_used(oldest)) > POOL_SPARE) {
+            pool.pop_front();
+            closed += 1;
+        }
+    }
+    waiting - closed < POOL_MAX
+}
+
 /// The back ends of one farm and their idle connections.
 pub struct Relay {
     backends: Vec<Backend>,
@@ -308,10 +337,11 @@ pub struct Relay {
     starttls: Vec<Starttls>,
     /// The CA files read, with a hash of what was read, to notice a renewed CA.
     ca_stamps: Vec<(String, blake3::Hash)>,
-    /// Per back end, per session thread ([`crate::shared::session_thread`]): idle connections.
+    /// Per back end, per session thread ([`crate::shared::session_thread`]): idle connections,
+    /// the most recently used last (taken first), the longest idle first (closed first).
     /// A thread takes only its own, registered with its own runtime (ARCHITECTURE.md, the
     /// session threads' invariant).
-    pools: Vec<Mutex<Vec<Vec<Connection>>>>,
+    pools: Vec<Mutex<Vec<VecDeque<Connection>>>>,
     hostname: String,
     timeout: Duration,
 }
@@ -352,7 +382,7 @@ impl Relay {
         for pools in &self.pools {
             let mut pools = pools.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
             let Some(pool) = pools.get_mut(thread) else { continue };
-            while let Some(conn) = pool.pop() {
+            while let Some(conn) = pool.pop_back() {
                 if conn.last_used.elapsed() < POOL_IDLE {
                     return Some(conn);
                 }
@@ -368,14 +398,14 @@ impl Relay {
             let mut pools = pools.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
             // The cap is the back end's, whatever the number of threads: each idle connection
             // may hold a process of the back end (a Postfix smtpd).
-            if pools.iter().map(Vec::len).sum::<usize>() >= POOL_SIZE {
+            if !make_room(&mut pools, conn.last_used, |idle| idle.last_used) {
                 return;
             }
             if pools.len() <= conn.home {
-                pools.resize_with(conn.home + 1, Vec::new);
+                pools.resize_with(conn.home + 1, VecDeque::new);
             }
             if let Some(pool) = pools.get_mut(conn.home) {
-                pool.push(conn);
+                pool.push_back(conn);
             }
         }
     }
@@ -612,5 +642,44 @@ impl Transaction<'_> {
         if let Some(conn) = self.conn.take() {
             self.relay.reset_and_pool(conn).await;
         }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::indexing_slicing)]
+mod tests {
+    use super::{make_room, POOL_MAX, POOL_SIZE, POOL_SPARE};
+    use std::collections::VecDeque;
+    use std::time::{Duration, Instant};
+
+    /// Pools of idle connections (their last use), one per thread, `counts[i]` used at `ages[i]`
+    /// before `now`, the longest idle first.
+    fn pools(now: Instant, threads: &[(usize, Duration)]) -> Vec<VecDeque<Instant>> {
+        threads.iter().map(|&(count, age)| std::iter::repeat_n(now - age, count).collect()).collect()
+    }
+
+    #[test]
+    fn idle_connections_past_the_pool_size_close_only_once_they_have_waited() {
+        let now = Instant::now();
+        let fresh = Duration::from_millis(5);
+        let stale = POOL_SPARE + Duration::from_millis(1);
+        let used = |at: &Instant| *at;
+        // Below the size: always room, nothing closed.
+        let mut below = pools(now, &[(POOL_SIZE - 1, stale)]);
+        assert!(make_room(&mut below, now, used));
+        assert_eq!(below[0].len(), POOL_SIZE - 1);
+        // At the size, every one in use a moment ago (a busy back end): one more waits.
+        let mut busy = pools(now, &[(POOL_SIZE / 2, fresh), (POOL_SIZE / 2, fresh)]);
+        assert!(make_room(&mut busy, now, used));
+        assert_eq!(busy.iter().map(VecDeque::len).sum::<usize>(), POOL_SIZE);
+        // At the size, the stale ones (oldest first, on any thread) close and make room.
+        let mut mixed = pools(now, &[(POOL_SIZE / 2, stale), (POOL_SIZE / 2, fresh)]);
+        mixed[1].push_front(now - stale);
+        assert!(make_room(&mut mixed, now, used));
+        assert_eq!((mixed[0].len(), mixed[1].len()), (0, POOL_SIZE / 2));
+        // However recent, never past the maximum.
+        let mut full = pools(now, &[(POOL_MAX, fresh)]);
+        assert!(!make_room(&mut full, now, used));
+        assert_eq!(full[0].len(), POOL_MAX);
     }
 }
