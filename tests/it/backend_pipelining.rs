@@ -3,7 +3,7 @@
 //! client as the back end gave it, and a back end that does not offer PIPELINING gets one
 //! command at a time.
 
-use super::support::{code, relay_policy, sample, Behaviour, Client, Sink, TestNode};
+use super::support::{code, relay_policy, thread_connections, Behaviour, Client, Sink, TestNode};
 
 async fn message(c: &mut Client, rcpts: &[&str]) -> Vec<u16> {
     let mut codes = vec![code(&c.cmd("MAIL FROM:<a@sender.example>").await)];
@@ -73,9 +73,7 @@ async fn issue21_a_refused_pipelined_mail_keeps_the_connection_in_step() {
 async fn issue21_each_session_thread_reuses_its_own_back_end_connection() {
     let sink = Sink::start(Behaviour::default()).await;
     let node = TestNode::start_with_threads(&relay_policy(""), Some(sink.addr), 2, 0.0).await;
-    let per_thread = |metrics: &str| -> Vec<f64> {
-        (0..2).map(|t| sample(metrics, &format!("mtac_session_thread_connections_total{{thread=\"{t}\"}}"))).collect()
-    };
+    let per_thread = |metrics: &str| thread_connections(metrics, 2);
     let before = per_thread(&node.metrics().await);
     for _ in 0..40 {
         let mut c = Client::connect(node.addr).await;

@@ -3,7 +3,8 @@
 //! `/metrics` read one set of counts; a load that keeps the first session thread busy spreads
 //! to the others.
 
-use crate::support::{code, relay_policy, sample, Behaviour, Client, Sink, TestNode};
+use crate::scan::send;
+use crate::support::{code, relay_policy, sample, thread_connections, Behaviour, Client, Sink, TestNode};
 use std::time::{Duration, Instant};
 
 /// A session of `node` inside DATA: a transaction the drain lets finish.
@@ -185,21 +186,12 @@ async fn a_busy_first_session_thread_hands_new_connections_to_the_others() {
     let sink = Sink::start(Behaviour::default()).await;
     let policy = relay_policy("limits { connections-per-ip 100; }");
     let mut node = TestNode::start_with_threads(&policy, Some(sink.addr), 3, 0.05).await;
-    let per_thread = |metrics: &str| -> Vec<f64> {
-        (0..3).map(|t| sample(metrics, &format!("mtac_session_thread_connections_total{{thread=\"{t}\"}}"))).collect()
-    };
-    let send = |addr, token: String| async move {
-        let mut c = Client::connect(addr).await;
-        assert_eq!(code(&c.reply().await), 220);
-        assert_eq!(code(&c.cmd("EHLO client.example.org").await), 250);
-        assert_eq!(code(&c.cmd("MAIL FROM:<a@example.org>").await), 250);
-        assert_eq!(code(&c.cmd("RCPT TO:<b@example.test>").await), 250);
-        assert_eq!(code(&c.cmd("DATA").await), 354);
-        let reply = c.cmd(&format!("Subject: {token}\r\n\r\nbody\r\n.")).await;
+    let per_thread = |metrics: &str| thread_connections(metrics, 3);
+    let relayed = |addr, token: String| async move {
+        let reply = send(addr, &format!("Subject: {token}\n\nbody\n")).await;
         assert_eq!(code(&reply), 250, "{token}: {reply}");
-        assert_eq!(code(&c.cmd("QUIT").await), 221);
     };
-    send(node.addr, "alone".to_owned()).await;
+    relayed(node.addr, "alone".to_owned()).await;
     tokio::time::sleep(Duration::from_millis(50)).await;
     let before = per_thread(&node.metrics().await);
     assert_eq!(before[1..], [0.0, 0.0], "one session at a time stays on thread 0: {before:?}");
@@ -209,7 +201,7 @@ async fn a_busy_first_session_thread_hands_new_connections_to_the_others() {
             let addr = node.addr;
             tokio::spawn(async move {
                 for i in 0..15 {
-                    send(addr, format!("flood-{client}-{i}")).await;
+                    relayed(addr, format!("flood-{client}-{i}")).await;
                 }
             })
         })

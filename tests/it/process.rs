@@ -1,7 +1,7 @@
 //! `mtac run` as a real process: killed with SIGKILL mid-transaction (no acknowledged message may
 //! be lost), stopped with SIGTERM, and fed new and corrupt rulesets while it serves.
 
-use crate::support::{build, code, free_port, sample, wait_for, Behaviour, Client, ProcessNode, Sink};
+use crate::support::{build, code, free_port, thread_connections, wait_for, Behaviour, Client, ProcessNode, Sink};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -332,9 +332,7 @@ async fn workers_sets_the_session_threads_and_the_log_says_how_many() {
     assert_eq!(listening_sockets(port), 1, "one listening socket, whatever the threads");
     let given = || async {
         let (_, metrics) = mtac_runtime::admin::get(&admin, "/metrics", Duration::from_secs(5)).await.unwrap();
-        (0..3)
-            .map(|t| sample(&metrics, &format!("mtac_session_thread_connections_total{{thread=\"{t}\"}}")))
-            .collect::<Vec<f64>>()
+        thread_connections(&metrics, 3)
     };
     // Light load, one session at a time: every one on thread 0.
     for i in 0..30 {

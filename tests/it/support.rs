@@ -300,6 +300,11 @@ pub fn sample(metrics: &str, series: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
+/// `mtac_session_thread_connections_total` of threads 0 to `threads - 1`, from a scrape.
+pub fn thread_connections(metrics: &str, threads: usize) -> Vec<f64> {
+    (0..threads).map(|t| sample(metrics, &format!("mtac_session_thread_connections_total{{thread=\"{t}\"}}"))).collect()
+}
+
 impl TestNode {
     /// A scrape of the node's /metrics.
     pub async fn metrics(&self) -> String {

@@ -309,6 +309,26 @@ impl Listening {
         tokio::spawn(self.clone().proxied(stream, peer, slot));
     }
 
+    /// [`Listening::connected`] on another session thread: the connection taken off this
+    /// thread's reactor (one epoll_ctl) and registered with that thread's, there, in a task of
+    /// its own.
+    fn hand_to(self: &Arc<Self>, thread: &tokio::runtime::Handle, stream: TcpStream, peer: SocketAddr) {
+        let stream = match stream.into_std() {
+            Ok(stream) => stream,
+            Err(error) => {
+                tracing::warn!(%error, "cannot hand an accepted connection to another session thread");
+                return;
+            }
+        };
+        let listening = self.clone();
+        thread.spawn(async move {
+            match TcpStream::from_std(stream) {
+                Ok(stream) => listening.connected(stream, peer),
+                Err(error) => tracing::warn!(%error, "accepted connection: cannot register it"),
+            }
+        });
+    }
+
     /// A connection on a PROXY listener, in its own task: the balancer's header names the
     /// client, who is then admitted like a direct one. The wait holds a farm connection slot,
     /// so headers that never come cannot pile up past the farm's `connections`.
@@ -367,24 +387,7 @@ pub(super) async fn accept_loop(
         let peer = normalize(peer);
         let thread = placement.place();
         match placement.handle(thread) {
-            Some(handle) if thread != here => {
-                // Taken off this thread's reactor (one epoll_ctl) and registered with that
-                // thread's, there, in a task of its own.
-                let listening = listening.clone();
-                match stream.into_std() {
-                    Ok(stream) => {
-                        handle.spawn(async move {
-                            match TcpStream::from_std(stream) {
-                                Ok(stream) => listening.connected(stream, peer),
-                                Err(error) => tracing::warn!(%error, "accepted connection: cannot register it"),
-                            }
-                        });
-                    }
-                    Err(error) => {
-                        tracing::warn!(%error, "cannot hand an accepted connection to another session thread")
-                    }
-                }
-            }
+            Some(handle) if thread != here => listening.hand_to(handle, stream, peer),
             _ => listening.connected(stream, peer),
         }
     }

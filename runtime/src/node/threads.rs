@@ -258,11 +258,11 @@ impl Placement {
         for thread in &self.threads {
             let Some(cpu) = thread.cpu_ns() else { continue };
             let used = cpu.saturating_sub(thread.cpu_at_sample.swap(cpu, Ordering::Relaxed));
-            let now = u32::try_from(u128::from(used) * 1000 / u128::from(span.max(1))).unwrap_or(u32::MAX);
+            let lately = u32::try_from(u128::from(used) * 1000 / u128::from(span.max(1))).unwrap_or(u32::MAX);
             // Half the last sample's weight: one burst alone does not make a thread busy, a
             // lasting load shows within two or three samples.
             let before = thread.load.load(Ordering::Relaxed);
-            thread.load.store(before / 2 + now / 2, Ordering::Relaxed);
+            thread.load.store(before / 2 + lately / 2, Ordering::Relaxed);
         }
     }
 }
