@@ -64,6 +64,10 @@ def serve(port, handler):
     class Server(socketserver.ThreadingTCPServer):
         daemon_threads = True
         allow_reuse_address = True
+        # socketserver's default backlog is 5: the node opens a connection per message at
+        # once (20 to the sink before its pool has any), and a connection the full queue drops
+        # after the handshake waits for a greeting until the 5-minute timeout.
+        request_queue_size = 128
     server = Server(("127.0.0.1", port), handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     return server

@@ -149,6 +149,19 @@ impl BackendStream {
         matches!(self, BackendStream::Tls(_))
     }
 
+    /// Ask the kernel to acknowledge what has arrived now, not after its delayed-ACK wait (up
+    /// to 40 ms on a connection it sees as interactive, as a pooled one is): a back end with
+    /// Nagle on holds its next write until our ACK of the last one arrives.
+    pub fn ack_now(&self) {
+        let tcp = match self {
+            BackendStream::Plain(tcp) => tcp,
+            BackendStream::Tls(tls) => tls.get_ref().0,
+            BackendStream::Gone => return,
+        };
+        // Best effort: a socket that refuses the option only loses the optimisation.
+        let _ = socket2::SockRef::from(tcp).set_tcp_quickack(true);
+    }
+
     /// Run the client handshake on a plain stream, after the back end's `220` to STARTTLS.
     pub async fn upgrade(
         &mut self,
