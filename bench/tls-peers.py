@@ -60,6 +60,8 @@ def parse_args():
     p.add_argument('--key', choices=['ec', 'rsa'], default='ec',
                    help='certificate key: ECDSA P-256 (default) or RSA 2048')
     p.add_argument('--tls-version', choices=['1.2', '1.3'], help='offer only this TLS version (default: both)')
+    p.add_argument('--resume', action='store_true',
+                   help="resume TLS sessions with the target's tickets (tls-load --resume)")
     p.add_argument('--harness', default=os.path.join(os.path.dirname(REPO), 'shared', 'bench'))
     p.add_argument('--target-dir', default=os.environ.get('CARGO_TARGET_DIR', os.path.join(REPO, 'target')))
     p.add_argument('--no-build', action='store_true', help='use the release binaries as they are')
@@ -224,8 +226,11 @@ def generator(port, sessions, per_session, messages, plain):
            '--messages', str(messages), '--size', str(ARGS.size), '--json']
     if plain:
         cmd.append('--plain')
-    elif ARGS.tls_version:
-        cmd += ['--tls-version', ARGS.tls_version]
+    else:
+        if ARGS.tls_version:
+            cmd += ['--tls-version', ARGS.tls_version]
+        if ARGS.resume:
+            cmd.append('--resume')
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         out, err = proc.communicate(timeout=ARGS.run_timeout)
@@ -272,7 +277,7 @@ def measure(target, sessions, per_session, messages):
     sent = report['sent']
     return dict(target=target.name, sessions=sessions, per_session=per_session, messages=messages,
                 sent=sent, failed=report['failed'], failures=report['failures'],
-                tls_sessions=report['tls_sessions'], wall_s=report['wall_seconds'],
+                tls_sessions=report['tls_sessions'], resumed=report.get('resumed', 0), wall_s=report['wall_seconds'],
                 msg_per_s=report['messages_per_second'],
                 cpu_us_per_msg=(cpu_ticks / bench.HZ * 1e6 / sent) if sent else None,
                 generator_us_per_msg=(gen_s * 1e6 / sent) if sent else None,
@@ -295,6 +300,9 @@ def summarize(runs, names, points, commit, versions, out):
                                     'ECDSA P-256' if ARGS.key == 'ec' else 'RSA 2048', ARGS.reps), '']
     if ARGS.tls_version:
         lines[0] += ', TLS %s only' % ARGS.tls_version
+    if ARGS.resume:
+        lines[0] += ', sessions resumed where the target allows (%d of %d TLS sessions)' % (
+            sum(r.get('resumed', 0) for r in runs), sum(r.get('tls_sessions', 0) for r in runs))
     head = '| sessions | msgs/session |'
     for n in names:
         head += ' %s msg/s |' % n

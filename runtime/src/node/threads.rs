@@ -10,10 +10,10 @@
 //! Why fill the first thread before the next rather than spread every connection: a thread
 //! that is not busy sleeps between its sessions' events, and each sleep costs a wake-up (tens of
 //! µs on a VM); two half-busy threads sleep three times as often per message as one busy thread
-//! (BENCHMARKS.md, issue 21 round eight). Thread 0 accepts every connection and keeps it while
-//! the thread used less than [`BUSY_SHARE`] of a CPU over the last sample; past that the connection
-//! goes to the first thread that is not busy, and when all are, to the least busy. A light load
-//! runs on one thread, a heavy one on every CPU the node is given.
+//! (BENCHMARKS.md, "What each change of issue 21 bought"). Thread 0 accepts every connection
+//! and keeps it while the thread used less than [`BUSY_SHARE`] of a CPU over the last sample;
+//! past that the connection goes to the first thread that is not busy, and when all are, to the
+//! least busy. A light load runs on one thread, a heavy one on every CPU the node is given.
 //!
 //! What runs beside the sessions (the admin listener, reloads, DNS zone probes, the state
 //! store's task) stays on the node's own runtime; sessions reach it through channels and the
@@ -55,7 +55,7 @@ const STOP_WAIT: Duration = Duration::from_secs(1);
 /// wheel wakes its driver through the I/O driver's eventfd whenever a new timer is earlier than
 /// the wake-up it planned — even from the driver's own thread, where the wake-up is needless:
 /// with this floor, `write` calls per relayed message at 10 sessions went from 1.27 to 0.22
-/// (BENCHMARKS.md, issue 21 round eight).
+/// (BENCHMARKS.md, "What each change of issue 21 bought").
 async fn timer_floor() {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

@@ -43,7 +43,8 @@ const POOL_SIZE: usize = 64;
 /// A connection back in the pool this recently counts as in use for [`POOL_SIZE`]: at 200
 /// sessions about 100 back-end connections are busy at once, and a cap on all idle ones closed
 /// a connection that the next session reopened moments later (9% of the messages paid a new
-/// connection and EHLO at 200 sessions, none at 50; BENCHMARKS.md, issue 21 round nine).
+/// connection and EHLO at 200 sessions, none at 50; BENCHMARKS.md, "What each change of issue
+/// 21 bought").
 const POOL_SPARE: Duration = Duration::from_secs(1);
 /// Idle connections per back end however recently used: a bound when the farm's connection
 /// limit is large.
