@@ -10,6 +10,7 @@ use crate::session::{policy_reply, Session};
 use crate::shared::Shared;
 use crate::smtp::{Reply, VerdictFilter};
 use crate::spool::SpoolFile;
+use futures_util::FutureExt;
 use mtac_ruleset::eval;
 use mtac_ruleset::model::Stage;
 use mtac_ruleset::rules;
@@ -43,6 +44,33 @@ impl Author {
             && self.complete
             && matches!(self.domains.as_slice(), [one] if one.eq_ignore_ascii_case(verifier_domain))
     }
+}
+
+/// Messages up to this size are verified on the session thread (see [`light`]).
+const IN_PLACE_BYTES: usize = 64 * 1024;
+/// At most this many signature fields (DKIM-Signature, ARC-Seal, ARC-Message-Signature), each
+/// a DNS lookup and a public-key check, for a message to be verified on the session thread.
+const IN_PLACE_SIGNATURES: usize = 3;
+
+/// Whether verifying `message` is light enough to run on the session thread, holding its other
+/// sessions for at most a few hundred microseconds: a body of at most [`IN_PLACE_BYTES`] to
+/// hash and at most [`IN_PLACE_SIGNATURES`] signatures to check.
+fn light(message: &[u8]) -> bool {
+    if message.len() > IN_PLACE_BYTES {
+        return false;
+    }
+    let header_end = memchr::memmem::find(message, b"\r\n\r\n").map_or(message.len(), |end| end + 2);
+    let header = message.get(..header_end).unwrap_or(message);
+    let signatures = header
+        .split(|&b| b == b'\n')
+        .filter(|line| {
+            let name = line.get(..line.iter().position(|&b| b == b':').unwrap_or(0)).unwrap_or(&[]);
+            [&b"DKIM-Signature"[..], b"ARC-Seal", b"ARC-Message-Signature"]
+                .iter()
+                .any(|field| name.trim_ascii_end().eq_ignore_ascii_case(field))
+        })
+        .count();
+    signatures <= IN_PLACE_SIGNATURES
 }
 
 /// Verify the spooled message and decide on it. `Err` carries the refusal, its rule and the
@@ -95,22 +123,32 @@ async fn verify(
             let (reply, rule) = super::content::copy_refusal(shared, session, e);
             (reply, rule, String::new())
         })?;
-        // Hashing a large body and checking RSA signatures is CPU work that would hold every
-        // other session of this thread: it runs on a blocking thread, whose DNS lookups the
-        // session thread's runtime drives (through its handle) meanwhile.
-        let spf = spf.cloned();
-        let authserv_id = authserv_id.to_owned();
-        let checks = auth.clone();
-        let runtime = tokio::runtime::Handle::current();
-        let verifying = tokio::task::spawn_blocking(move || {
-            runtime.block_on(verifier.message(&copy.bytes, ip, spf.as_ref(), &checks, &authserv_id))
-        });
         // mail-auth parses what the sender wrote, and has `unwrap`s and `unimplemented!`s of its
         // own: if one of them fires on a hostile message, the sender gets a 451 (and may try
         // again), not a dropped connection.
-        match verifying.await {
+        let verifying = if light(&copy.bytes) {
+            // Little to hash and few signatures: cheaper here than the two thread hand-offs of
+            // the blocking pool (an unsigned 4 KiB message cost ~90 µs of CPU that way, most of
+            // it waking threads; BENCHMARKS.md, sender authentication).
+            let work = verifier.message(&copy.bytes, ip, spf, auth, authserv_id);
+            std::panic::AssertUnwindSafe(work).catch_unwind().await.map_err(drop)
+        } else {
+            // Hashing a large body and checking many signatures is CPU work that would hold
+            // every other session of this thread: it runs on a blocking thread, whose DNS
+            // lookups the session thread's runtime drives (through its handle) meanwhile.
+            let spf = spf.cloned();
+            let authserv_id = authserv_id.to_owned();
+            let checks = auth.clone();
+            let runtime = tokio::runtime::Handle::current();
+            tokio::task::spawn_blocking(move || {
+                runtime.block_on(verifier.message(&copy.bytes, ip, spf.as_ref(), &checks, &authserv_id))
+            })
+            .await
+            .map_err(drop)
+        };
+        match verifying {
             Ok(verified) => verified,
-            Err(_) => {
+            Err(()) => {
                 tracing::error!(session = %session.id(), "sender authentication: the verifier panicked on this message");
                 return Err((Reply::local_error(), rules::DMARC, "verifier-panic".to_owned()));
             }
@@ -166,4 +204,31 @@ async fn verify(
         return Err((policy_reply(reply), rule, text));
     }
     Ok(Checked { header: verified.header, summary: text })
+}
+
+#[cfg(test)]
+#[allow(clippy::indexing_slicing)]
+mod tests {
+    use super::{light, IN_PLACE_BYTES};
+
+    #[test]
+    fn small_messages_with_few_signatures_are_verified_in_place() {
+        let signed = |n: usize, body: usize| {
+            let mut m = Vec::new();
+            for i in 0..n {
+                let name = ["DKIM-Signature", "arc-seal", "ARC-Message-Signature "][i % 3];
+                m.extend_from_slice(format!("{name}: v=1; d=example.org;\r\n\tb=abc\r\n").as_bytes());
+            }
+            m.extend_from_slice(b"From: a@example.org\r\nSubject: s\r\n\r\n");
+            // A body line that looks like a signature field is not one.
+            m.extend_from_slice(b"DKIM-Signature: not a header\r\n");
+            m.resize(m.len() + body, b'x');
+            m
+        };
+        assert!(light(&signed(0, 4096)));
+        assert!(light(&signed(3, 4096)));
+        assert!(!light(&signed(4, 4096)), "a fourth signature field goes to the blocking pool");
+        assert!(!light(&signed(1, IN_PLACE_BYTES)), "a large body goes to the blocking pool");
+        assert!(light(b"no header end at all"));
+    }
 }
