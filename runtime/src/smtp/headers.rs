@@ -35,6 +35,8 @@ pub const MAX_HELD: usize = 8 * 1024;
 const MAX_FROM: usize = 2 * 1024;
 
 const AUTH_RESULTS: &[u8] = b"authentication-results";
+/// Fields that each cost the verifier a DNS lookup and a public-key check.
+const SIGNATURES: [&[u8]; 3] = [b"dkim-signature", b"arc-seal", b"arc-message-signature"];
 const RENAMED_PREFIX: &[u8] = b"X-Original-";
 
 /// What happens to the field being read.
@@ -69,6 +71,7 @@ pub struct VerdictFilter<'v> {
     /// Some From text did not fit in `MAX_FROM`: what was kept may not name every address.
     from_truncated: bool,
     removed: u32,
+    signature_fields: u32,
 }
 
 impl<'v> VerdictFilter<'v> {
@@ -84,6 +87,7 @@ impl<'v> VerdictFilter<'v> {
             from_fields: 0,
             from_truncated: false,
             removed: 0,
+            signature_fields: 0,
         }
     }
 
@@ -96,6 +100,12 @@ impl<'v> VerdictFilter<'v> {
     /// Fields removed or renamed so far.
     pub fn removed(&self) -> u32 {
         self.removed
+    }
+
+    /// DKIM-Signature, ARC-Seal and ARC-Message-Signature fields so far: the signatures a
+    /// verifier would check.
+    pub fn signature_fields(&self) -> u32 {
+        self.signature_fields
     }
 
     /// The `From:` fields' values (unfolded bytes, at most 2 KiB) and how many there were.
@@ -199,6 +209,9 @@ impl<'v> VerdictFilter<'v> {
             self.keep_from(&value);
         }
         let name = trim_end(self.held.get(..colon).unwrap_or(&[]));
+        if SIGNATURES.iter().any(|signature| name.eq_ignore_ascii_case(signature)) {
+            self.signature_fields += 1;
+        }
         if name.eq_ignore_ascii_case(AUTH_RESULTS) {
             self.fate = Fate::HoldAuthResults;
             return;
@@ -395,6 +408,27 @@ mod tests {
         assert!(out.contains("X-Original-Authentication-Results: mx.example.net; spf=pass"), "{out}");
         assert!(out.contains("\r\nAuthentication-Results: relay.partner.example; spf=pass\r\n"), "{out}");
         assert!(!out.contains("\r\nX-Spam-Flag: NO"), "{out}");
+    }
+
+    #[test]
+    fn signature_fields_are_counted_in_the_header_section_only() {
+        let message = "DKIM-Signature: v=1; d=a.example;\r\n\tb=abc\r\n\
+            arc-seal : i=1; b=x\r\n\
+            ARC-Message-Signature: i=1\r\n\
+            ARC-Authentication-Results: i=1; x\r\n\
+            Subject: DKIM-Signature: not this one\r\n\
+            \r\n\
+            DKIM-Signature: in the body, not a field\r\n";
+        let rules = rules(false);
+        for step in 1..=message.len() {
+            let mut f = VerdictFilter::new(&rules);
+            let mut out = Vec::new();
+            for piece in message.as_bytes().chunks(step) {
+                f.feed(piece, &mut out);
+            }
+            f.finish(&mut out);
+            assert_eq!(f.signature_fields(), 3, "pieces of {step} bytes");
+        }
     }
 
     #[test]
